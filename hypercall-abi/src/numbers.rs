@@ -1,0 +1,113 @@
+//! Hypercall numbers (spec: `docs/abi/`, one section per number).
+//!
+//! Numbers are grouped by family in ranges of 16. A number, once assigned, is
+//! never reused; a retired call stays in the table as reserved. The table below
+//! is the only place a number is written: the enum, its decoding, its name and
+//! the list used by the spec-coverage test are all generated from it.
+
+macro_rules! hypercalls {
+    ($( $(#[$doc:meta])* $name:ident = $num:literal, $spec:literal, $clause:literal; )*) => {
+        /// A hypercall number, as passed in `rax`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u64)]
+        pub enum Hypercall {
+            $( $(#[$doc])* $name = $num, )*
+        }
+
+        impl Hypercall {
+            /// Every defined hypercall, in numeric order.
+            pub const ALL: &'static [Hypercall] = &[$(Hypercall::$name,)*];
+
+            /// Decodes `rax`; `None` for an undefined or reserved number.
+            pub const fn from_number(n: u64) -> Option<Hypercall> {
+                match n {
+                    $( $num => Some(Hypercall::$name), )*
+                    _ => None,
+                }
+            }
+
+            /// The number placed in `rax`.
+            pub const fn number(self) -> u64 {
+                self as u64
+            }
+
+            /// The name used in the specification's section heading.
+            pub const fn spec_name(self) -> &'static str {
+                match self { $( Hypercall::$name => $spec, )* }
+            }
+
+            /// The specification clause that defines this call.
+            pub const fn clause(self) -> &'static str {
+                match self { $( Hypercall::$name => $clause, )* }
+            }
+        }
+    };
+}
+
+hypercalls! {
+    /// Returns [`crate::ABI_VERSION`].
+    AbiVersion = 0x00, "abi_version", "BASE-1";
+    /// Writes bytes to the domain's console.
+    ConsoleWrite = 0x01, "console_write", "CON-1";
+    /// Gives up the rest of the time slice.
+    Yield = 0x10, "yield", "SCHED-1";
+    /// Idles until an unmasked event is pending or a deadline passes.
+    Block = 0x11, "block", "SCHED-2";
+    /// Ends the domain with a reason.
+    Shutdown = 0x12, "shutdown", "SCHED-3";
+    /// Arms or cancels the domain's one-shot timer.
+    TimerSet = 0x13, "timer_set", "TIME-1";
+    /// Allocates a port that one named domain may bind to.
+    EventAllocUnbound = 0x20, "event_alloc_unbound", "EVT-1";
+    /// Binds a local port to a peer's unbound port.
+    EventBindInterdomain = 0x21, "event_bind_interdomain", "EVT-2";
+    /// Binds a local port to a virtual interrupt (e.g. the timer).
+    EventBindVirq = 0x22, "event_bind_virq", "EVT-3";
+    /// Raises the event on the peer of a bound port.
+    EventSend = 0x23, "event_send", "EVT-4";
+    /// Closes a port.
+    EventClose = 0x24, "event_close", "EVT-5";
+    /// Clears a port's mask bit and delivers it if pending.
+    EventUnmask = 0x25, "event_unmask", "EVT-6";
+    /// Registers the event upcall entry point and its stack.
+    SetCallbacks = 0x30, "set_callbacks", "TRAP-1";
+    /// Registers handlers for the domain's own exceptions.
+    SetTrapTable = 0x31, "set_trap_table", "TRAP-2";
+    /// Returns from an upcall or a reflected trap, restoring a saved frame.
+    UpcallReturn = 0x32, "upcall_return", "TRAP-3";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_decode_to_themselves() {
+        for &h in Hypercall::ALL {
+            assert_eq!(Hypercall::from_number(h.number()), Some(h));
+        }
+    }
+
+    #[test]
+    fn numbers_are_unique_and_sorted() {
+        for w in Hypercall::ALL.windows(2) {
+            assert!(w[0].number() < w[1].number(), "{:?} !< {:?}", w[0], w[1]);
+        }
+    }
+
+    #[test]
+    fn undefined_numbers_are_refused() {
+        assert_eq!(Hypercall::from_number(0x0f), None);
+        assert_eq!(Hypercall::from_number(u64::MAX), None);
+    }
+
+    #[test]
+    fn clause_ids_are_unique() {
+        for (i, a) in Hypercall::ALL.iter().enumerate() {
+            for b in &Hypercall::ALL[i + 1..] {
+                assert_ne!(a.clause(), b.clause());
+                assert_ne!(a.spec_name(), b.spec_name());
+            }
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! The boot pack: what `cargo xtask` hands the hypervisor as its boot module.
+//!
+//! xtask validates a scenario manifest (TOML) on the host and packs the result
+//! here in binary form, so the hypervisor never parses text it did not need
+//! to. Layout (all integers little-endian, every record `#[repr(C)]`):
+//!
+//! ```text
+//! offset 0                 PackHeader (64 bytes)
+//! header.domains_offset    DomainRecord × domain_count (128 bytes each)
+//! header.blobs_offset      BlobRecord × blob_count (16 bytes each)
+//! blob.offset              blob bytes (guest ELF images, command lines), 16-byte aligned
+//! ```
+//!
+//! `checksum` is FNV-1a/64 over the whole pack with the checksum field read
+//! as zero. Several domains may share one image blob (64 copies of a guest
+//! cost one image).
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// `b"TAHOMAPK"`.
+pub const MAGIC: [u8; 8] = *b"TAHOMAPK";
+/// Format version understood by this code.
+pub const VERSION: u32 = 1;
+/// Sentinel for "no blob".
+pub const NO_BLOB: u32 = u32::MAX;
+/// Longest domain name, in bytes.
+pub const NAME_LEN: usize = 32;
+
+/// The pack's header.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct PackHeader {
+    /// [`MAGIC`].
+    pub magic: [u8; 8],
+    /// [`VERSION`].
+    pub version: u32,
+    /// Size of this header in bytes (64).
+    pub header_size: u32,
+    /// Size of the whole pack in bytes; must equal the module's size.
+    pub total_size: u64,
+    /// FNV-1a/64 over the pack with this field taken as zero.
+    pub checksum: u64,
+    /// Byte offset of the domain table.
+    pub domains_offset: u32,
+    /// Number of [`DomainRecord`]s.
+    pub domain_count: u32,
+    /// Byte offset of the blob table.
+    pub blobs_offset: u32,
+    /// Number of [`BlobRecord`]s.
+    pub blob_count: u32,
+    /// Byte offset of the scenario name blob (UTF-8), or 0.
+    pub scenario_blob: u32,
+    /// Reserved, zero.
+    pub reserved: [u32; 3],
+}
+
+/// One domain to create at boot.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct DomainRecord {
+    /// NUL-padded UTF-8 name.
+    pub name: [u8; NAME_LEN],
+    /// Memory in 4 KiB pages (the domain's initial reservation).
+    pub mem_pages: u32,
+    /// Upper bound the domain may grow to, in pages (>= `mem_pages`).
+    pub max_pages: u32,
+    /// [`DomainFlags`] bits.
+    pub flags: u32,
+    /// Index of the ELF image blob.
+    pub image_blob: u32,
+    /// Index of the command-line blob, or [`NO_BLOB`].
+    pub cmdline_blob: u32,
+    /// Relative scheduling weight (1..=256); 0 means the default.
+    pub weight: u32,
+    /// Reserved, zero.
+    pub reserved: [u32; 18],
+}
+
+bitflags::bitflags! {
+    /// Per-domain flags in [`DomainRecord::flags`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct DomainFlags: u32 {
+        /// The driver domain: may be delegated I/O ports, MMIO and IRQs.
+        const PRIVILEGED = 1 << 0;
+        /// The scenario ends (QEMU exits) when this domain ends; its
+        /// shutdown reason becomes the exit status.
+        const CRITICAL = 1 << 1;
+    }
+}
+
+/// Where a blob lies in the pack.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct BlobRecord {
+    /// Byte offset from the start of the pack.
+    pub offset: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<PackHeader>() == 64);
+const _: () = assert!(core::mem::size_of::<DomainRecord>() == 128);
+const _: () = assert!(core::mem::size_of::<BlobRecord>() == 16);
+
+/// Why a pack was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackError {
+    /// Shorter than a header.
+    TooShort,
+    /// The magic is wrong: not a boot pack.
+    BadMagic,
+    /// A version this hypervisor does not understand.
+    BadVersion(u32),
+    /// `total_size` disagrees with the module's length.
+    SizeMismatch {
+        /// What the header says.
+        declared: u64,
+        /// What the boot loader delivered.
+        actual: u64,
+    },
+    /// The checksum does not match.
+    BadChecksum,
+    /// A table or blob lies (partly) outside the pack.
+    OutOfBounds,
+    /// A domain names a blob that does not exist.
+    BadBlobIndex,
+}
+
+impl core::fmt::Display for PackError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PackError::TooShort => write!(f, "module is shorter than a boot-pack header"),
+            PackError::BadMagic => write!(f, "module is not a Tahoma boot pack (bad magic)"),
+            PackError::BadVersion(v) => write!(f, "boot pack version {v} is not supported (want {VERSION})"),
+            PackError::SizeMismatch { declared, actual } => write!(
+                f,
+                "boot pack declares {declared} bytes but the module holds {actual}: truncated or padded"
+            ),
+            PackError::BadChecksum => write!(f, "boot pack checksum mismatch: the module is corrupt"),
+            PackError::OutOfBounds => write!(f, "boot pack table or blob lies outside the module"),
+            PackError::BadBlobIndex => write!(f, "boot pack domain refers to a missing blob"),
+        }
+    }
+}
+
+/// FNV-1a/64 of `bytes`, with the 8 bytes at `skip` (if any) taken as zero.
+pub fn checksum(bytes: &[u8], skip: Option<usize>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, &b) in bytes.iter().enumerate() {
+        let b = match skip {
+            Some(s) if i >= s && i < s + 8 => 0,
+            _ => b,
+        };
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+const CHECKSUM_OFFSET: usize = core::mem::offset_of!(PackHeader, checksum);
+
+/// A validated view of a boot pack.
+#[derive(Clone, Copy, Debug)]
+pub struct Pack<'a> {
+    bytes: &'a [u8],
+    header: PackHeader,
+}
+
+impl<'a> Pack<'a> {
+    /// Validates `bytes` as a boot pack: magic, version, size, checksum and
+    /// that every table entry and blob lies inside.
+    pub fn parse(bytes: &'a [u8]) -> Result<Pack<'a>, PackError> {
+        let (header, _) = PackHeader::read_from_prefix(bytes).map_err(|_| PackError::TooShort)?;
+        if header.magic != MAGIC {
+            return Err(PackError::BadMagic);
+        }
+        if header.version != VERSION {
+            return Err(PackError::BadVersion(header.version));
+        }
+        if header.total_size != bytes.len() as u64 {
+            return Err(PackError::SizeMismatch {
+                declared: header.total_size,
+                actual: bytes.len() as u64,
+            });
+        }
+        if checksum(bytes, Some(CHECKSUM_OFFSET)) != header.checksum {
+            return Err(PackError::BadChecksum);
+        }
+        let pack = Pack { bytes, header };
+        table_bounds(bytes.len(), header.domains_offset, header.domain_count, 128)?;
+        table_bounds(bytes.len(), header.blobs_offset, header.blob_count, 16)?;
+        for i in 0..header.blob_count {
+            let b = pack.blob_record(i).ok_or(PackError::OutOfBounds)?;
+            let end = b.offset.checked_add(b.size).ok_or(PackError::OutOfBounds)?;
+            if end > bytes.len() as u64 {
+                return Err(PackError::OutOfBounds);
+            }
+        }
+        for d in pack.domains() {
+            if d.image_blob >= header.blob_count
+                || (d.cmdline_blob != NO_BLOB && d.cmdline_blob >= header.blob_count)
+            {
+                return Err(PackError::BadBlobIndex);
+            }
+        }
+        Ok(pack)
+    }
+
+    /// The header.
+    pub fn header(&self) -> &PackHeader {
+        &self.header
+    }
+
+    /// Size of the whole pack in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the pack is empty (never, once parsed).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The domain records, in boot order.
+    pub fn domains(&self) -> impl Iterator<Item = DomainRecord> + 'a {
+        let bytes = self.bytes;
+        let off = self.header.domains_offset as usize;
+        (0..self.header.domain_count as usize).filter_map(move |i| {
+            DomainRecord::read_from_prefix(&bytes[off + i * 128..])
+                .ok()
+                .map(|(d, _)| d)
+        })
+    }
+
+    fn blob_record(&self, index: u32) -> Option<BlobRecord> {
+        if index >= self.header.blob_count {
+            return None;
+        }
+        let off = self.header.blobs_offset as usize + index as usize * 16;
+        BlobRecord::read_from_prefix(self.bytes.get(off..)?)
+            .ok()
+            .map(|(b, _)| b)
+    }
+
+    /// The bytes of blob `index`.
+    pub fn blob(&self, index: u32) -> Option<&'a [u8]> {
+        let b = self.blob_record(index)?;
+        self.bytes
+            .get(b.offset as usize..(b.offset + b.size) as usize)
+    }
+
+    /// The scenario's name, if the pack carries one.
+    pub fn scenario(&self) -> Option<&'a str> {
+        if self.header.scenario_blob == 0 {
+            return None;
+        }
+        core::str::from_utf8(self.blob(self.header.scenario_blob - 1)?).ok()
+    }
+}
+
+fn table_bounds(len: usize, offset: u32, count: u32, size: u64) -> Result<(), PackError> {
+    let end = u64::from(count)
+        .checked_mul(size)
+        .and_then(|t| t.checked_add(u64::from(offset)));
+    match end {
+        Some(end) if end <= len as u64 => Ok(()),
+        _ => Err(PackError::OutOfBounds),
+    }
+}
+
+/// The UTF-8 name in a NUL-padded field.
+pub fn name_str(name: &[u8; NAME_LEN]) -> &str {
+    let end = name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
+    core::str::from_utf8(&name[..end]).unwrap_or("?")
+}
+
+/// Builds a boot pack (used by xtask on the host, and by tests).
+#[derive(Default, Debug)]
+pub struct PackBuilder {
+    domains: alloc::vec::Vec<DomainRecord>,
+    blobs: alloc::vec::Vec<alloc::vec::Vec<u8>>,
+    scenario: Option<u32>,
+}
+
+/// A domain as given to [`PackBuilder::domain`].
+#[derive(Clone, Debug)]
+pub struct DomainSpec<'a> {
+    /// Name (at most [`NAME_LEN`] bytes).
+    pub name: &'a str,
+    /// Initial memory in pages.
+    pub mem_pages: u32,
+    /// Maximum memory in pages.
+    pub max_pages: u32,
+    /// Flags.
+    pub flags: DomainFlags,
+    /// Blob index of the ELF image (from [`PackBuilder::blob`]).
+    pub image_blob: u32,
+    /// Command line.
+    pub cmdline: &'a str,
+    /// Scheduling weight.
+    pub weight: u32,
+}
+
+impl PackBuilder {
+    /// An empty pack.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a blob and returns its index.
+    pub fn blob(&mut self, bytes: &[u8]) -> u32 {
+        self.blobs.push(bytes.to_vec());
+        (self.blobs.len() - 1) as u32
+    }
+
+    /// Records the scenario name.
+    pub fn scenario(&mut self, name: &str) {
+        let i = self.blob(name.as_bytes());
+        self.scenario = Some(i);
+    }
+
+    /// Adds a domain; its command line becomes a blob. Names longer than
+    /// [`NAME_LEN`] are an error.
+    pub fn domain(&mut self, spec: &DomainSpec<'_>) -> Result<(), &'static str> {
+        if spec.name.len() > NAME_LEN {
+            return Err("domain name longer than 32 bytes");
+        }
+        let mut name = [0u8; NAME_LEN];
+        name[..spec.name.len()].copy_from_slice(spec.name.as_bytes());
+        let cmdline_blob = if spec.cmdline.is_empty() {
+            NO_BLOB
+        } else {
+            self.blob(spec.cmdline.as_bytes())
+        };
+        self.domains.push(DomainRecord {
+            name,
+            mem_pages: spec.mem_pages,
+            max_pages: spec.max_pages.max(spec.mem_pages),
+            flags: spec.flags.bits(),
+            image_blob: spec.image_blob,
+            cmdline_blob,
+            weight: spec.weight,
+            reserved: [0; 18],
+        });
+        Ok(())
+    }
+
+    /// Lays the pack out and returns its bytes.
+    pub fn finish(&self) -> alloc::vec::Vec<u8> {
+        let align = |x: usize| (x + 15) & !15;
+        let domains_offset = 64;
+        let blobs_offset = domains_offset + self.domains.len() * 128;
+        let mut data_offset = align(blobs_offset + self.blobs.len() * 16);
+        let mut records = alloc::vec::Vec::new();
+        for b in &self.blobs {
+            records.push(BlobRecord {
+                offset: data_offset as u64,
+                size: b.len() as u64,
+            });
+            data_offset = align(data_offset + b.len());
+        }
+        let total = data_offset;
+        let header = PackHeader {
+            magic: MAGIC,
+            version: VERSION,
+            header_size: 64,
+            total_size: total as u64,
+            checksum: 0,
+            domains_offset: domains_offset as u32,
+            domain_count: self.domains.len() as u32,
+            blobs_offset: blobs_offset as u32,
+            blob_count: self.blobs.len() as u32,
+            scenario_blob: self.scenario.map_or(0, |i| i + 1),
+            reserved: [0; 3],
+        };
+        let mut out = alloc::vec![0u8; total];
+        out[..64].copy_from_slice(header.as_bytes());
+        for (i, d) in self.domains.iter().enumerate() {
+            out[domains_offset + i * 128..][..128].copy_from_slice(d.as_bytes());
+        }
+        for (i, (r, b)) in records.iter().zip(&self.blobs).enumerate() {
+            out[blobs_offset + i * 16..][..16].copy_from_slice(r.as_bytes());
+            out[r.offset as usize..][..b.len()].copy_from_slice(b);
+        }
+        let sum = checksum(&out, Some(CHECKSUM_OFFSET));
+        out[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_le_bytes());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> alloc::vec::Vec<u8> {
+        let mut b = PackBuilder::new();
+        b.scenario("demo");
+        let img = b.blob(b"\x7fELF-image");
+        for (i, name) in ["alpha", "beta"].iter().enumerate() {
+            b.domain(&DomainSpec {
+                name,
+                mem_pages: 64 + i as u32,
+                max_pages: 128,
+                flags: DomainFlags::CRITICAL,
+                image_blob: img,
+                cmdline: "x=1",
+                weight: 0,
+            })
+            .unwrap();
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = sample();
+        let p = Pack::parse(&bytes).unwrap();
+        assert_eq!(p.scenario(), Some("demo"));
+        let ds: alloc::vec::Vec<_> = p.domains().collect();
+        assert_eq!(ds.len(), 2);
+        assert_eq!(name_str(&ds[1].name), "beta");
+        assert_eq!(ds[1].mem_pages, 65);
+        assert_eq!(p.blob(ds[0].image_blob), Some(&b"\x7fELF-image"[..]));
+        assert_eq!(p.blob(ds[0].cmdline_blob), Some(&b"x=1"[..]));
+    }
+
+    #[test]
+    fn truncation_is_a_size_mismatch() {
+        let bytes = sample();
+        let err = Pack::parse(&bytes[..bytes.len() - 1]).unwrap_err();
+        assert!(matches!(err, PackError::SizeMismatch { .. }));
+    }
+
+    #[test]
+    fn any_flipped_byte_is_refused() {
+        let bytes = sample();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            assert!(Pack::parse(&b).is_err(), "flip at {i} accepted");
+        }
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert_eq!(Pack::parse(&[]).unwrap_err(), PackError::TooShort);
+        assert_eq!(Pack::parse(&[0u8; 100]).unwrap_err(), PackError::BadMagic);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = Pack::parse(&bytes);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The hypervisor's pure logic, tested on the host with `cargo test`.
+//!
+//! Everything here is plain computation over plain data: no registers, no
+//! physical memory, no `unsafe`. The hypervisor binary links this crate and
+//! supplies the machine; the tests supply models. Isolation-critical logic
+//! (page-table validation, frame accounting) lives here so it can be
+//! property-tested and fuzzed as the very code that runs in ring 0.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod bootpack;
+pub mod frames;
+pub mod memmap;

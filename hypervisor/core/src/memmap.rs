@@ -1,0 +1,168 @@
+//! The boot memory map, reduced to the page-aligned RAM the hypervisor may use.
+
+use alloc::vec::Vec;
+
+/// Page size in bytes.
+pub const PAGE: u64 = 4096;
+
+/// A half-open physical range `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Range {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+impl Range {
+    /// `[start, start + len)`, saturating at the top of the address space.
+    pub fn new(start: u64, len: u64) -> Range {
+        Range {
+            start,
+            end: start.saturating_add(len),
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+
+    /// Whether the range holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// Kind of a firmware memory-map entry (the E820 / PVH numbering).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Usable RAM (type 1).
+    Ram,
+    /// Anything else.
+    Reserved(u32),
+}
+
+impl Kind {
+    /// From the E820 type number.
+    pub fn from_e820(t: u32) -> Kind {
+        if t == 1 {
+            Kind::Ram
+        } else {
+            Kind::Reserved(t)
+        }
+    }
+}
+
+/// Computes the usable RAM: the `Ram` entries, shrunk inward to page
+/// boundaries, minus every reserved entry and every range in `exclude`
+/// (the hypervisor image, the boot module, low memory), merged and sorted.
+pub fn usable(entries: &[(Range, Kind)], exclude: &[Range]) -> Vec<Range> {
+    let mut ram: Vec<Range> = entries
+        .iter()
+        .filter(|(_, k)| *k == Kind::Ram)
+        .map(|(r, _)| Range {
+            start: align_up(r.start),
+            end: align_down(r.end),
+        })
+        .filter(|r| !r.is_empty())
+        .collect();
+    let holes = entries
+        .iter()
+        .filter(|(_, k)| *k != Kind::Ram)
+        .map(|(r, _)| *r)
+        .chain(exclude.iter().copied());
+    for hole in holes {
+        let hole = Range {
+            start: align_down(hole.start),
+            end: align_up(hole.end),
+        };
+        ram = ram.into_iter().flat_map(|r| subtract(r, hole)).collect();
+    }
+    ram.sort();
+    let mut merged: Vec<Range> = Vec::new();
+    for r in ram {
+        match merged.last_mut() {
+            Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+fn subtract(r: Range, hole: Range) -> impl Iterator<Item = Range> {
+    let left = Range {
+        start: r.start,
+        end: r.end.min(hole.start),
+    };
+    let right = Range {
+        start: r.start.max(hole.end),
+        end: r.end,
+    };
+    [left, right].into_iter().filter(|x| !x.is_empty())
+}
+
+/// Rounds up to a page boundary (saturating).
+pub fn align_up(x: u64) -> u64 {
+    x.checked_add(PAGE - 1)
+        .map_or(u64::MAX & !(PAGE - 1), |y| y & !(PAGE - 1))
+}
+
+/// Rounds down to a page boundary.
+pub fn align_down(x: u64) -> u64 {
+    x & !(PAGE - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn qemu_like_map() {
+        let map = [
+            (Range::new(0, 0x9fc00), Kind::Ram),
+            (Range::new(0x9fc00, 0x400), Kind::Reserved(2)),
+            (Range::new(0x100000, 0x7ee0000), Kind::Ram),
+            (Range::new(0xfffc0000, 0x40000), Kind::Reserved(2)),
+        ];
+        let excl = [
+            Range::new(0, 0x100000),
+            Range::new(0x100000, 0x200000),
+            Range::new(0x7000000, 0x8000),
+        ];
+        let u = usable(&map, &excl);
+        assert_eq!(
+            u,
+            vec![
+                Range {
+                    start: 0x300000,
+                    end: 0x7000000
+                },
+                Range {
+                    start: 0x7008000,
+                    end: 0x7fe0000
+                }
+            ]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn result_is_aligned_sorted_disjoint_and_avoids_exclusions(
+            ram in proptest::collection::vec((0u64..1<<32, 0u64..1<<28), 0..6),
+            excl in proptest::collection::vec((0u64..1<<32, 0u64..1<<26), 0..6),
+        ) {
+            let entries: Vec<_> = ram.iter().map(|&(s, l)| (Range::new(s, l), Kind::Ram)).collect();
+            let ex: Vec<_> = excl.iter().map(|&(s, l)| Range::new(s, l)).collect();
+            let u = usable(&entries, &ex);
+            for w in u.windows(2) { prop_assert!(w[0].end < w[1].start); }
+            for r in &u {
+                prop_assert!(r.start % PAGE == 0 && r.end % PAGE == 0 && !r.is_empty());
+                let inside = |a: u64| entries.iter().any(|(e, _)| e.start <= a && a < e.end);
+                prop_assert!(inside(r.start) && inside(r.end - 1));
+                for e in &ex { prop_assert!(r.end <= e.start || r.start >= e.end); }
+            }
+        }
+    }
+}
