@@ -13,3 +13,4 @@ extern crate alloc;
 pub mod bootpack;
 pub mod frames;
 pub mod memmap;
+pub mod mm;

@@ -1,0 +1,1 @@
+//! Memory virtualization: the frame table and the page-table validator.
