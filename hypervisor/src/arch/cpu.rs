@@ -1,0 +1,141 @@
+//! Descriptor tables: GDT (with the selector order `syscall`/`sysret` need),
+//! TSS with IST stacks, and the IDT pointing at the trap stubs.
+
+use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
+use x86_64::instructions::tables::load_tss;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::idt::InterruptDescriptorTable;
+use x86_64::structures::tss::TaskStateSegment;
+use x86_64::{PrivilegeLevel, VirtAddr};
+
+/// Kernel code selector (STAR[47:32]).
+pub const KERNEL_CS: u16 = 0x08;
+/// Kernel data selector.
+pub const KERNEL_SS: u16 = 0x10;
+/// User data selector with RPL 3 (sysret loads STAR[63:48] + 8).
+pub const USER_SS: u16 = 0x18 | 3;
+/// User 64-bit code selector with RPL 3 (sysret loads STAR[63:48] + 16).
+pub const USER_CS: u16 = 0x20 | 3;
+
+/// IST slot (1-based, as the IDT encodes it) for double faults.
+pub const IST_DOUBLE_FAULT: u16 = 1;
+/// IST slot for NMIs.
+pub const IST_NMI: u16 = 2;
+/// IST slot for machine checks.
+pub const IST_MACHINE_CHECK: u16 = 3;
+
+const STACK_SIZE: usize = 16 * 1024;
+
+#[repr(C, align(16))]
+struct Stack([u8; STACK_SIZE]);
+
+static mut IST_STACKS: [Stack; 3] = [const { Stack([0; STACK_SIZE]) }; 3];
+/// The stack every trap from ring 3 lands on (TSS.RSP0).
+static mut KERNEL_STACK: Stack = Stack([0; STACK_SIZE]);
+
+static TSS: spin::Once<TaskStateSegment> = spin::Once::new();
+static GDT: spin::Once<GlobalDescriptorTable> = spin::Once::new();
+static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
+
+fn stack_top(stack: *const Stack) -> VirtAddr {
+    VirtAddr::from_ptr(stack) + STACK_SIZE as u64
+}
+
+/// The top of the ring-0 stack that traps from guests arrive on.
+pub fn kernel_stack_top() -> u64 {
+    stack_top(&raw const KERNEL_STACK).as_u64()
+}
+
+/// Whether `addr` lies in one of the hypervisor's own stacks.
+pub fn on_kernel_stack(addr: u64) -> bool {
+    let in_stack = |s: *const Stack| {
+        let lo = s as u64;
+        addr >= lo && addr < lo + STACK_SIZE as u64
+    };
+    // SAFETY: only the addresses of the statics are taken, never references.
+    let ist = unsafe {
+        [
+            &raw const IST_STACKS[0],
+            &raw const IST_STACKS[1],
+            &raw const IST_STACKS[2],
+        ]
+    };
+    in_stack(&raw const KERNEL_STACK)
+        || ist.iter().any(|&s| in_stack(s))
+        || crate::arch::on_boot_stack(addr)
+}
+
+/// Loads the GDT, TSS and IDT. Called once, early, with interrupts off.
+pub fn init() {
+    let tss = TSS.call_once(|| {
+        let mut tss = TaskStateSegment::new();
+        tss.privilege_stack_table[0] = stack_top(&raw const KERNEL_STACK);
+        for (i, slot) in [IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK]
+            .iter()
+            .enumerate()
+        {
+            // SAFETY: address-of only; each IST stack is used by exactly one vector.
+            let s = unsafe { &raw const IST_STACKS[i] };
+            tss.interrupt_stack_table[usize::from(*slot) - 1] = stack_top(s);
+        }
+        tss
+    });
+    let (gdt, tss_sel) = {
+        let mut tss_sel = SegmentSelector(0);
+        let gdt = GDT.call_once(|| {
+            let mut gdt = GlobalDescriptorTable::new();
+            let kcs = gdt.append(Descriptor::kernel_code_segment());
+            let kss = gdt.append(Descriptor::kernel_data_segment());
+            let uss = gdt.append(Descriptor::user_data_segment());
+            let ucs = gdt.append(Descriptor::user_code_segment());
+            tss_sel = gdt.append(Descriptor::tss_segment(tss));
+            debug_assert_eq!(
+                (kcs.0, kss.0, uss.0, ucs.0),
+                (KERNEL_CS, KERNEL_SS, USER_SS, USER_CS)
+            );
+            gdt
+        });
+        (gdt, tss_sel)
+    };
+    gdt.load();
+    // SAFETY: the selectors name the descriptors appended above, in the GDT
+    // just loaded; the TSS descriptor is loaded exactly once.
+    unsafe {
+        CS::set_reg(SegmentSelector::new(KERNEL_CS / 8, PrivilegeLevel::Ring0));
+        SS::set_reg(SegmentSelector::new(KERNEL_SS / 8, PrivilegeLevel::Ring0));
+        DS::set_reg(SegmentSelector(0));
+        ES::set_reg(SegmentSelector(0));
+        load_tss(tss_sel);
+    }
+    IDT.call_once(build_idt).load();
+}
+
+fn build_idt() -> InterruptDescriptorTable {
+    let mut idt = InterruptDescriptorTable::new();
+    let stub = |v: u8| VirtAddr::new(crate::arch::traps::stub_address(v));
+    macro_rules! set {
+        ($($field:ident = $vec:literal $(, ist $ist:expr)?;)*) => {$(
+            // SAFETY: the stub for this vector pushes the frame `trap_common`
+            // expects (a zero error code where the CPU pushes none).
+            let _opts = unsafe { idt.$field.set_handler_addr(stub($vec)) };
+            $(
+                // SAFETY: the IST slot holds a stack reserved for this vector.
+                unsafe { _opts.set_stack_index($ist - 1) };
+            )?
+        )*};
+    }
+    set! {
+        divide_error = 0; debug = 1; non_maskable_interrupt = 2, ist IST_NMI; breakpoint = 3;
+        overflow = 4; bound_range_exceeded = 5; invalid_opcode = 6; device_not_available = 7;
+        double_fault = 8, ist IST_DOUBLE_FAULT; invalid_tss = 10; segment_not_present = 11;
+        stack_segment_fault = 12; general_protection_fault = 13; page_fault = 14;
+        x87_floating_point = 16; alignment_check = 17; machine_check = 18, ist IST_MACHINE_CHECK;
+        simd_floating_point = 19; virtualization = 20; cp_protection_exception = 21;
+        hv_injection_exception = 28; vmm_communication_exception = 29; security_exception = 30;
+    }
+    for v in 32..=255u8 {
+        // SAFETY: as above; vectors >= 32 never carry an error code.
+        unsafe { idt[v].set_handler_addr(stub(v)) };
+    }
+    idt
+}

@@ -1,0 +1,251 @@
+//! Physical memory: the direct map, the heap, the frame allocator, and the
+//! hypervisor's own page tables.
+//!
+//! Address-space layout (the top half belongs to the hypervisor in every
+//! address space, guests included; all of it is supervisor-only):
+//!
+//! | PML4 slot | virtual base | what |
+//! |---|---|---|
+//! | 0..=255 | `0x0000_0000_0000_0000` | guest (empty in the hypervisor's own tables) |
+//! | 256 | `0xFFFF_8000_0000_0000` | direct map of physical memory, 2 MiB pages, NX |
+//! | 511 | `0xFFFF_FFFF_8000_0000` | the hypervisor image, 4 KiB pages, W^X |
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use linked_list_allocator::LockedHeap;
+use spin::Mutex;
+use tahoma_core::frames::FrameAllocator;
+use tahoma_core::memmap::{self, Kind, Range};
+
+/// Base of the direct map.
+pub const PHYS_OFFSET: u64 = 0xFFFF_8000_0000_0000;
+/// Base the image is linked at (minus its physical load address).
+pub const KERNEL_VMA: u64 = 0xFFFF_FFFF_8000_0000;
+
+/// Page-table entry bits.
+pub mod pte {
+    pub const PRESENT: u64 = 1 << 0;
+    pub const WRITABLE: u64 = 1 << 1;
+    pub const USER: u64 = 1 << 2;
+    pub const PWT: u64 = 1 << 3;
+    pub const PCD: u64 = 1 << 4;
+    pub const HUGE: u64 = 1 << 7;
+    pub const GLOBAL: u64 = 1 << 8;
+    pub const NX: u64 = 1 << 63;
+    pub const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+}
+
+/// How far the direct map reaches (bytes of physical address space).
+static DIRECT_MAP_LIMIT: AtomicU64 = AtomicU64::new(1 << 30);
+
+const HEAP_SIZE: usize = 8 << 20;
+#[repr(C, align(4096))]
+struct HeapArea([u8; HEAP_SIZE]);
+static mut HEAP_AREA: HeapArea = HeapArea([0; HEAP_SIZE]);
+
+#[global_allocator]
+static HEAP: LockedHeap = LockedHeap::empty();
+
+/// The physical frame allocator (set up by [`init`]).
+pub static FRAMES: Mutex<Option<FrameAllocator>> = Mutex::new(None);
+
+/// Hands the static heap area to the allocator. Called once, first.
+pub fn init_heap() {
+    // SAFETY: HEAP_AREA is used by nothing but this allocator, and this runs
+    // once, before any allocation.
+    unsafe { HEAP.lock().init(&raw mut HEAP_AREA as *mut u8, HEAP_SIZE) };
+}
+
+/// Heap bytes in total.
+pub fn heap_size() -> usize {
+    HEAP_SIZE
+}
+
+/// The direct-map address of physical address `pa`.
+pub fn phys_to_virt(pa: u64) -> u64 {
+    PHYS_OFFSET + pa
+}
+
+/// A byte slice over physical memory `[pa, pa + len)`.
+///
+/// Panics (a hypervisor bug, never guest input) when the range is outside the
+/// direct map.
+pub fn phys_slice(pa: u64, len: u64) -> &'static [u8] {
+    let end = pa.checked_add(len).expect("physical range wraps");
+    assert!(
+        end <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed),
+        "physical range {pa:#x}+{len:#x} not direct-mapped"
+    );
+    // SAFETY: the range lies inside the direct map (checked above), which maps
+    // every byte of it for the hypervisor's lifetime. The callers read boot
+    // structures and the boot module, which nothing writes after boot.
+    unsafe { core::slice::from_raw_parts(phys_to_virt(pa) as *const u8, len as usize) }
+}
+
+/// The 512 entries of the page-table frame `pfn`, through the direct map.
+pub fn table_mut(pfn: u64) -> &'static mut [u64; 512] {
+    assert!(
+        (pfn + 1) << 12 <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed),
+        "frame {pfn:#x} not direct-mapped"
+    );
+    // SAFETY: the frame is direct-mapped (checked), 4 KiB aligned, and owned by
+    // the caller as a page table; the hypervisor runs on one CPU with no
+    // concurrent writer of the same table.
+    unsafe { &mut *(phys_to_virt(pfn << 12) as *mut [u64; 512]) }
+}
+
+/// Takes a zeroed frame from the allocator.
+pub fn alloc_zeroed_frame() -> Option<u64> {
+    let pfn = FRAMES.lock().as_mut()?.alloc()?;
+    table_mut(pfn).fill(0);
+    Some(pfn)
+}
+
+extern "C" {
+    static __image_start_phys: u8;
+    static __image_end_phys: u8;
+    static __text_start: u8;
+    static __text_end: u8;
+    static __rodata_start: u8;
+    static __rodata_end: u8;
+    static __data_start: u8;
+    static __data_end: u8;
+}
+
+/// The hypervisor image's physical range.
+pub fn image_range() -> Range {
+    let (s, e) = (
+        &raw const __image_start_phys as u64,
+        &raw const __image_end_phys as u64,
+    );
+    Range { start: s, end: e }
+}
+
+/// What [`init`] found.
+pub struct MemoryReport {
+    /// Firmware map entries.
+    pub regions: usize,
+    /// Bytes of RAM in the firmware map.
+    pub ram_bytes: u64,
+    /// Frames handed to the allocator.
+    pub usable_frames: u64,
+    /// The physical address of the hypervisor's PML4.
+    pub pml4: u64,
+}
+
+/// The hypervisor's PML4 (physical frame number), for new address spaces to copy.
+static KERNEL_PML4: AtomicU64 = AtomicU64::new(0);
+
+/// The hypervisor's PML4 frame.
+pub fn kernel_pml4() -> u64 {
+    KERNEL_PML4.load(Ordering::Relaxed)
+}
+
+/// Sets up the frame allocator over usable RAM (minus the image, the boot
+/// module, low memory and the boot structures), builds the hypervisor's page
+/// tables and switches to them.
+pub fn init(map: &[(Range, Kind)], exclude: &[Range]) -> MemoryReport {
+    let mut excl = alloc::vec![
+        Range {
+            start: 0,
+            end: 0x10_0000
+        },
+        image_range()
+    ];
+    excl.extend_from_slice(exclude);
+    let usable = memmap::usable(map, &excl);
+    let alloc = FrameAllocator::new(&usable);
+    let usable_frames = alloc.total();
+    *FRAMES.lock() = Some(alloc);
+
+    let ram_top = map
+        .iter()
+        .filter(|(_, k)| *k == Kind::Ram)
+        .map(|(r, _)| r.end)
+        .max()
+        .unwrap_or(0);
+    let limit = ram_top.max(4 << 30).next_multiple_of(2 << 20);
+    let pml4 = alloc_zeroed_frame().expect("a frame for the PML4");
+    map_direct(pml4, limit);
+    map_image(pml4);
+    // SAFETY: the new tables map the running image at the same virtual
+    // addresses with compatible permissions, and the direct map over all RAM,
+    // so execution and the stack continue unchanged.
+    unsafe {
+        core::arch::asm!("mov cr3, {}", in(reg) pml4 << 12, options(nostack, preserves_flags));
+    }
+    DIRECT_MAP_LIMIT.store(limit, Ordering::Relaxed);
+    KERNEL_PML4.store(pml4, Ordering::Relaxed);
+    MemoryReport {
+        regions: map.len(),
+        ram_bytes: map
+            .iter()
+            .filter(|(_, k)| *k == Kind::Ram)
+            .map(|(r, _)| r.len())
+            .sum(),
+        usable_frames,
+        pml4: pml4 << 12,
+    }
+}
+
+fn next_table(table: u64, index: usize) -> u64 {
+    let t = table_mut(table);
+    if t[index] & pte::PRESENT == 0 {
+        let f = alloc_zeroed_frame().expect("a frame for a page table");
+        // Intermediate entries allow everything; leaves decide.
+        table_mut(table)[index] = (f << 12) | pte::PRESENT | pte::WRITABLE;
+        f
+    } else {
+        (t[index] & pte::ADDR) >> 12
+    }
+}
+
+fn idx(va: u64, level: u32) -> usize {
+    ((va >> (12 + 9 * (level - 1))) & 0x1ff) as usize
+}
+
+fn map_direct(pml4: u64, limit: u64) {
+    let mut pa = 0;
+    while pa < limit {
+        let va = phys_to_virt(pa);
+        let pdpt = next_table(pml4, idx(va, 4));
+        let pd = next_table(pdpt, idx(va, 3));
+        let mut flags = pte::PRESENT | pte::WRITABLE | pte::HUGE | pte::GLOBAL | pte::NX;
+        // The 32 MiB under 4 GiB hold the local APIC, I/O APIC and
+        // virtio-mmio windows: uncached.
+        if ((0xFE00_0000)..(1 << 32)).contains(&pa) {
+            flags |= pte::PCD | pte::PWT;
+        }
+        table_mut(pd)[idx(va, 2)] = pa | flags;
+        pa += 2 << 20;
+    }
+}
+
+fn map_image(pml4: u64) {
+    let sections = [
+        (
+            &raw const __text_start as u64,
+            &raw const __text_end as u64,
+            0,
+        ),
+        (
+            &raw const __rodata_start as u64,
+            &raw const __rodata_end as u64,
+            pte::NX,
+        ),
+        (
+            &raw const __data_start as u64,
+            &raw const __data_end as u64,
+            pte::NX | pte::WRITABLE,
+        ),
+    ];
+    for (start, end, flags) in sections {
+        let mut va = start;
+        while va < end {
+            let pdpt = next_table(pml4, idx(va, 4));
+            let pd = next_table(pdpt, idx(va, 3));
+            let pt = next_table(pd, idx(va, 2));
+            table_mut(pt)[idx(va, 1)] = (va - KERNEL_VMA) | pte::PRESENT | pte::GLOBAL | flags;
+            va += 4096;
+        }
+    }
+}

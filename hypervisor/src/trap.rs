@@ -1,0 +1,74 @@
+//! What happens on a trap: the policy above the arch entry path.
+//!
+//! A trap taken in ring 0 is a hypervisor bug: it is reported (vector, error
+//! code, RIP, CR2, a backtrace of return addresses) and the run ends with a
+//! failure status. It never hangs silently.
+
+use crate::arch::traps::{vector_name, TrapFrame};
+use crate::arch::{self, cpu};
+
+/// Entry from `trap_dispatch`.
+pub fn handle(frame: &mut TrapFrame) {
+    if frame.cs & 3 == 0 {
+        if frame.vector >= 32 {
+            log::warn!(
+                "unexpected interrupt vector {} in the hypervisor; ignored",
+                frame.vector
+            );
+            return;
+        }
+        hypervisor_fault(frame);
+    }
+    // Traps from ring 3 arrive once guests exist.
+    hypervisor_fault(frame);
+}
+
+fn hypervisor_fault(frame: &TrapFrame) -> ! {
+    let cr2 = if frame.vector == 14 { arch::cr2() } else { 0 };
+    crate::report!(
+        "exception",
+        "vector={} name={} error={:#x} rip={:#x} cr2={:#x} rsp={:#x} cs={:#x}",
+        frame.vector,
+        vector_name(frame.vector),
+        frame.error_code,
+        frame.rip,
+        cr2,
+        frame.rsp,
+        frame.cs
+    );
+    log::error!(
+        "hypervisor fault: {} (vector {}) at rip {:#x}, error code {:#x}, cr2 {:#x}; \
+         resolve the backtrace with addr2line -e target/x86_64-unknown-none/release/tahoma",
+        vector_name(frame.vector),
+        frame.vector,
+        frame.rip,
+        frame.error_code,
+        cr2
+    );
+    backtrace(frame.rip, frame.rbp);
+    crate::report!("exit", "status=failure");
+    arch::exit_qemu(arch::EXIT_FAILURE)
+}
+
+/// Prints `@ backtrace` with `first` and the return addresses found by
+/// walking the frame-pointer chain from `rbp` (the image is built with frame
+/// pointers). Only frames on the hypervisor's own stacks are followed.
+pub fn backtrace(first: u64, mut rbp: u64) {
+    let mut line = heapless::String::<512>::new();
+    use core::fmt::Write;
+    let _ = write!(line, "{first:#x}");
+    for _ in 0..16 {
+        if rbp % 8 != 0 || !cpu::on_kernel_stack(rbp) || !cpu::on_kernel_stack(rbp + 8) {
+            break;
+        }
+        // SAFETY: rbp and rbp+8 lie inside one of the hypervisor's stacks
+        // (checked above), which are always mapped and readable.
+        let (next, ret) = unsafe { (*(rbp as *const u64), *((rbp + 8) as *const u64)) };
+        if ret == 0 {
+            break;
+        }
+        let _ = write!(line, " {ret:#x}");
+        rbp = next;
+    }
+    crate::report!("backtrace", "{}", line);
+}
