@@ -15,7 +15,9 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod args;
 pub mod error;
+pub mod layout;
 pub mod numbers;
 pub mod regs;
 

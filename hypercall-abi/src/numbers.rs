@@ -69,12 +69,10 @@ hypercalls! {
     EventClose = 0x24, "event_close", "EVT-5";
     /// Clears a port's mask bit and delivers it if pending.
     EventUnmask = 0x25, "event_unmask", "EVT-6";
-    /// Registers the event upcall entry point and its stack.
+    /// Registers the event upcall entry, the trap entry and their stack.
     SetCallbacks = 0x30, "set_callbacks", "TRAP-1";
-    /// Registers handlers for the domain's own exceptions.
-    SetTrapTable = 0x31, "set_trap_table", "TRAP-2";
-    /// Returns from an upcall or a reflected trap, restoring a saved frame.
-    UpcallReturn = 0x32, "upcall_return", "TRAP-3";
+    /// Returns from an upcall or a reflected trap, restoring the saved frame.
+    UpcallReturn = 0x31, "upcall_return", "TRAP-2";
 }
 
 #[cfg(test)]

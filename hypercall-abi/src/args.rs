@@ -1,0 +1,74 @@
+//! Argument and result values of individual hypercalls.
+
+/// Pass as a domain id to mean "the calling domain" (`EVT-1`).
+pub const DOMID_SELF: u64 = 0x7FF0;
+
+/// Largest number of bytes one `console_write` accepts (`CON-1`).
+pub const CONSOLE_WRITE_MAX: u64 = 4096;
+
+/// `block`'s deadline meaning "no deadline" (`SCHED-2`).
+pub const NO_DEADLINE: u64 = u64::MAX;
+
+/// What ended a `block` (`SCHED-2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum BlockResult {
+    /// An unmasked event is pending.
+    Event = 0,
+    /// The deadline passed first.
+    Deadline = 1,
+}
+
+/// Why a domain shuts down (`SCHED-3`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum ShutdownReason {
+    /// Finished; the exit code says how.
+    Poweroff = 0,
+    /// Asks to be started again (reported; restarting is the scenario's policy).
+    Reboot = 1,
+    /// The guest detected a fatal error (e.g. its panic handler).
+    Crash = 2,
+}
+
+impl ShutdownReason {
+    /// From the argument register.
+    pub fn from_arg(v: u64) -> Option<ShutdownReason> {
+        match v {
+            0 => Some(ShutdownReason::Poweroff),
+            1 => Some(ShutdownReason::Reboot),
+            2 => Some(ShutdownReason::Crash),
+            _ => None,
+        }
+    }
+
+    /// Stable name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShutdownReason::Poweroff => "poweroff",
+            ShutdownReason::Reboot => "reboot",
+            ShutdownReason::Crash => "crash",
+        }
+    }
+}
+
+/// Virtual interrupts a port can be bound to (`EVT-3`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Virq {
+    /// The one-shot timer armed by `timer_set` fired.
+    Timer = 0,
+}
+
+impl Virq {
+    /// Number of defined virtual interrupts.
+    pub const COUNT: usize = 1;
+
+    /// From the argument register.
+    pub fn from_arg(v: u64) -> Option<Virq> {
+        match v {
+            0 => Some(Virq::Timer),
+            _ => None,
+        }
+    }
+}

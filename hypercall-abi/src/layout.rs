@@ -1,0 +1,262 @@
+//! What a guest finds in memory when it starts (spec `docs/abi/layout.md`,
+//! clauses `MEM-1`..): the virtual layout, the start-info page (Denali's
+//! "virtual registers": read-only facts about the domain) and the
+//! shared-info page (event bits and time, written by both sides).
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// Guests own the lower half of every address space; the top half is the
+/// hypervisor's and is never accessible from ring 3 (`MEM-1`).
+pub const GUEST_VA_TOP: u64 = 0x0000_8000_0000_0000;
+
+/// Virtual base of the guest's memory window: pseudo-physical page `i` of
+/// the domain is mapped at `WINDOW_BASE + i * 4096` (`MEM-2`). Guest images
+/// are linked here.
+pub const WINDOW_BASE: u64 = 0x40_0000;
+
+/// Largest window, in pages (1 GiB minus the first 4 MiB).
+pub const WINDOW_MAX_PAGES: u64 = (0x4000_0000 - WINDOW_BASE) / 4096;
+
+/// Where the shared-info page is mapped (read-write), just below the window.
+pub const SHARED_INFO_VA: u64 = WINDOW_BASE - 0x1000;
+
+/// Pages of initial stack at the top of the window.
+pub const INITIAL_STACK_PAGES: u64 = 16;
+
+/// Number of event ports per domain (`EVT-0`).
+pub const NR_PORTS: usize = 1024;
+
+/// Words in the pending and mask bitmaps.
+pub const PORT_WORDS: usize = NR_PORTS / 64;
+
+/// `b"TAHOMASI"`: first bytes of the start-info page.
+pub const START_INFO_MAGIC: [u8; 8] = *b"TAHOMASI";
+
+/// The start-info page, mapped read-only; its address arrives in `rdi` at
+/// entry (`MEM-3`).
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct StartInfo {
+    /// [`START_INFO_MAGIC`].
+    pub magic: [u8; 8],
+    /// The hypervisor's [`crate::ABI_VERSION`].
+    pub abi_version: u32,
+    /// This domain's id.
+    pub domain_id: u16,
+    /// [`StartFlags`] bits.
+    pub flags: u16,
+    /// Pages in the window (the domain's current reservation).
+    pub nr_pages: u64,
+    /// Pages the domain may grow to.
+    pub max_pages: u64,
+    /// Virtual address of the window ([`WINDOW_BASE`]).
+    pub window_base: u64,
+    /// Virtual address of the shared-info page ([`SHARED_INFO_VA`]).
+    pub shared_info_va: u64,
+    /// Pseudo-physical index of the first page the guest may use freely
+    /// (after the image, page tables, frame list and this page).
+    pub first_free_page: u64,
+    /// Pseudo-physical index where the initial stack begins (it runs to the
+    /// end of the window).
+    pub stack_first_page: u64,
+    /// Pseudo-physical index of the root page table (L4).
+    pub pt_first_page: u64,
+    /// Number of page-table pages, contiguous from `pt_first_page`.
+    pub pt_pages: u64,
+    /// Virtual address of the frame list: `nr_pages` × u64 machine frame
+    /// numbers, one per pseudo-physical page.
+    pub frame_list_va: u64,
+    /// TSC ticks per second, as calibrated by the hypervisor.
+    pub tsc_hz: u64,
+    /// Length of `cmdline` in bytes.
+    pub cmdline_len: u32,
+    /// Reserved, zero.
+    pub reserved0: u32,
+    /// The domain's name, NUL-padded UTF-8.
+    pub name: [u8; 32],
+    /// The domain's command line (UTF-8, `cmdline_len` bytes).
+    pub cmdline: [u8; 1024],
+}
+
+bitflags::bitflags! {
+    /// Flags in [`StartInfo::flags`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct StartFlags: u16 {
+        /// The domain is the privileged driver domain.
+        const PRIVILEGED = 1 << 0;
+    }
+}
+
+/// Time information in the shared-info page (`TIME-0`), pvclock style:
+///
+/// `now_ns = system_time_ns + ((tsc - tsc_timestamp) * tsc_mul) >> 32`
+/// (128-bit product). `version` is odd while the hypervisor updates the
+/// record: read it, read the fields, re-read it, retry if it changed or is
+/// odd.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct TimeInfo {
+    /// Sequence counter.
+    pub version: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// TSC value at which `system_time_ns` was taken.
+    pub tsc_timestamp: u64,
+    /// Monotonic nanoseconds since the hypervisor started, at `tsc_timestamp`.
+    pub system_time_ns: u64,
+    /// Nanoseconds per TSC tick, as a 32.32 fixed-point multiplier.
+    pub tsc_mul: u64,
+}
+
+impl TimeInfo {
+    /// Nanoseconds at TSC value `tsc` (saturating before `tsc_timestamp`).
+    pub fn ns_at(&self, tsc: u64) -> u64 {
+        let delta = tsc.saturating_sub(self.tsc_timestamp) as u128;
+        let ns = (delta * self.tsc_mul as u128) >> 32;
+        self.system_time_ns.saturating_add(ns as u64)
+    }
+
+    /// The 32.32 multiplier for a TSC of `tsc_hz`.
+    pub fn mul_for_hz(tsc_hz: u64) -> u64 {
+        (((1_000_000_000u128) << 32) / tsc_hz.max(1) as u128) as u64
+    }
+}
+
+/// The shared-info page, mapped read-write at [`SHARED_INFO_VA`]
+/// (`EVT-0`, `TIME-0`). Owned by the hypervisor; both sides write it, with
+/// atomic bit operations on the bitmaps.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SharedInfo {
+    /// Bit `p` set: port `p` has an event. Set by the hypervisor, cleared by
+    /// the guest *before* it handles the event.
+    pub pending: [u64; PORT_WORDS],
+    /// Bit `p` set: port `p` is masked (no upcall, no wake-up). Written by
+    /// the guest.
+    pub mask: [u64; PORT_WORDS],
+    /// Bit `w` set: `pending[w]` may have a bit set. Set by the hypervisor;
+    /// the guest swaps it with zero, then scans the words it names.
+    pub pending_sel: u64,
+    /// Nonzero: some unmasked port became pending since the guest last
+    /// cleared this byte.
+    pub upcall_pending: u8,
+    /// Nonzero: upcalls are disabled (the guest's virtual interrupt flag).
+    /// Set by the hypervisor when it delivers an upcall; cleared by
+    /// `upcall_return` and by `block`.
+    pub upcall_mask: u8,
+    /// Reserved, zero.
+    pub reserved: [u8; 6],
+    /// Time.
+    pub time: TimeInfo,
+}
+
+/// Byte offset of [`SharedInfo::pending`].
+pub const SHARED_PENDING_OFFSET: usize = core::mem::offset_of!(SharedInfo, pending);
+/// Byte offset of [`SharedInfo::mask`].
+pub const SHARED_MASK_OFFSET: usize = core::mem::offset_of!(SharedInfo, mask);
+/// Byte offset of [`SharedInfo::pending_sel`].
+pub const SHARED_PENDING_SEL_OFFSET: usize = core::mem::offset_of!(SharedInfo, pending_sel);
+/// Byte offset of [`SharedInfo::upcall_pending`].
+pub const SHARED_UPCALL_PENDING_OFFSET: usize = core::mem::offset_of!(SharedInfo, upcall_pending);
+/// Byte offset of [`SharedInfo::upcall_mask`].
+pub const SHARED_UPCALL_MASK_OFFSET: usize = core::mem::offset_of!(SharedInfo, upcall_mask);
+/// Byte offset of [`SharedInfo::time`].
+pub const SHARED_TIME_OFFSET: usize = core::mem::offset_of!(SharedInfo, time);
+
+/// Why an upcall frame was pushed (`TRAP-0`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum UpcallKind {
+    /// Events are pending (the event entry runs).
+    Event = 0,
+    /// The guest's own exception (the trap entry runs); see `vector`.
+    Trap = 1,
+}
+
+/// The frame the hypervisor pushes on the callback stack before running an
+/// entry registered with `set_callbacks` (`TRAP-0`). It holds the complete
+/// interrupted context; `upcall_return` takes its address and resumes it
+/// (the guest may edit it first, e.g. to skip a faulting instruction).
+/// `rdi` at the entry holds the frame's address; `rsp` equals it.
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct UpcallFrame {
+    /// [`UpcallKind`] as a number.
+    pub kind: u64,
+    /// Exception vector (for `Trap`), else 0.
+    pub vector: u64,
+    /// The CPU's error code (for `Trap`), else 0.
+    pub error_code: u64,
+    /// The faulting address for a page fault, else 0.
+    pub cr2: u64,
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    /// Where the interrupted context resumes.
+    pub rip: u64,
+    /// The interrupted stack pointer.
+    pub rsp: u64,
+    /// The interrupted flags (only the arithmetic flags, DF and AC are
+    /// restored; IF is always set, IOPL always 0).
+    pub rflags: u64,
+}
+
+/// Bytes below the interrupted `rsp` the hypervisor leaves untouched when it
+/// pushes a nested frame on the same stack (the System V red zone).
+pub const RED_ZONE: u64 = 128;
+
+/// RFLAGS bits a guest may set through `upcall_return`: CF, PF, AF, ZF, SF,
+/// TF excluded, DF, OF, AC.
+pub const RFLAGS_GUEST_MASK: u64 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x400 | 0x800 | 0x4_0000;
+
+/// The frame for the initial entry: the hypervisor always forces IF.
+pub const RFLAGS_IF: u64 = 0x200;
+
+const _: () = assert!(core::mem::size_of::<StartInfo>() == 8 + 8 + 8 * 10 + 8 + 32 + 1024);
+const _: () = assert!(core::mem::size_of::<StartInfo>() <= 4096);
+const _: () = assert!(core::mem::size_of::<TimeInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<SharedInfo>() == 128 + 128 + 8 + 8 + 32);
+const _: () = assert!(core::mem::size_of::<UpcallFrame>() == 22 * 8);
+const _: () = assert!(core::mem::size_of::<UpcallFrame>() % 16 == 0);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_scale() {
+        let t = TimeInfo {
+            version: 0,
+            reserved: 0,
+            tsc_timestamp: 1000,
+            system_time_ns: 5,
+            tsc_mul: TimeInfo::mul_for_hz(2_000_000_000),
+        };
+        assert_eq!(t.ns_at(1000), 5);
+        assert_eq!(t.ns_at(3000), 5 + 1000);
+        assert_eq!(t.ns_at(0), 5, "before the timestamp saturates");
+        let g = TimeInfo {
+            tsc_mul: TimeInfo::mul_for_hz(1_000_000_000),
+            ..t
+        };
+        assert_eq!(g.ns_at(1000 + 1_000_000_000), 5 + 1_000_000_000);
+    }
+
+    #[test]
+    fn window_fits_one_l2() {
+        assert!(WINDOW_BASE + WINDOW_MAX_PAGES * 4096 <= 1 << 30);
+        assert_eq!(SHARED_INFO_VA % 4096, 0);
+    }
+}
