@@ -11,6 +11,8 @@
 extern crate alloc;
 
 pub mod bootpack;
+pub mod event;
 pub mod frames;
 pub mod memmap;
 pub mod mm;
+pub mod sched;

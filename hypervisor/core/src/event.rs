@@ -1,0 +1,403 @@
+//! Event-channel port tables (spec `docs/abi/events.md`, EVT-0..6).
+//!
+//! This is the state machine of ports across all domains: which port is
+//! free, offered, connected or bound to a virtual interrupt. The pending and
+//! mask bits live in each domain's shared-info page and are handled by the
+//! hypervisor; this module decides *whom* an operation affects.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use hypercall_abi::args::Virq;
+use hypercall_abi::layout::NR_PORTS;
+use hypercall_abi::Error;
+
+/// A domain id.
+pub type DomId = u16;
+/// A port number, `1..NR_PORTS`.
+pub type Port = u32;
+
+/// The state of one port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortState {
+    /// Not allocated.
+    Free,
+    /// Allocated and offered to `remote`, which may bind it.
+    Unbound {
+        /// The only domain that may bind it.
+        remote: DomId,
+    },
+    /// Connected to `remote_port` of `remote`.
+    Interdomain {
+        /// The peer domain.
+        remote: DomId,
+        /// The peer's port.
+        remote_port: Port,
+    },
+    /// Bound to a virtual interrupt.
+    Virq(Virq),
+}
+
+/// One domain's ports.
+#[derive(Debug, Clone)]
+pub struct PortTable {
+    ports: Vec<PortState>,
+    virqs: [Option<Port>; Virq::COUNT],
+    in_use: usize,
+}
+
+impl Default for PortTable {
+    fn default() -> Self {
+        PortTable {
+            ports: vec![PortState::Free; NR_PORTS],
+            virqs: [None; Virq::COUNT],
+            in_use: 0,
+        }
+    }
+}
+
+impl PortTable {
+    /// The state of `port` (`None` when out of range or port 0).
+    pub fn get(&self, port: Port) -> Option<PortState> {
+        if port == 0 {
+            return None;
+        }
+        self.ports.get(port as usize).copied()
+    }
+
+    /// The port bound to `virq`, if any.
+    pub fn virq_port(&self, virq: Virq) -> Option<Port> {
+        self.virqs[virq as usize]
+    }
+
+    /// Ports in use.
+    pub fn in_use(&self) -> usize {
+        self.in_use
+    }
+
+    fn alloc(&mut self, state: PortState) -> Result<Port, Error> {
+        let p = self
+            .ports
+            .iter()
+            .skip(1)
+            .position(|s| *s == PortState::Free)
+            .ok_or(Error::NoResources)?
+            + 1;
+        self.ports[p] = state;
+        self.in_use += 1;
+        Ok(p as Port)
+    }
+
+    fn set(&mut self, port: Port, state: PortState) {
+        let old = self.ports[port as usize];
+        if let PortState::Virq(v) = old {
+            self.virqs[v as usize] = None;
+        }
+        match (old == PortState::Free, state == PortState::Free) {
+            (true, false) => self.in_use += 1,
+            (false, true) => self.in_use -= 1,
+            _ => {}
+        }
+        self.ports[port as usize] = state;
+    }
+}
+
+/// Every domain's port table, indexed by domain id.
+#[derive(Debug, Default)]
+pub struct Channels {
+    tables: Vec<Option<PortTable>>,
+}
+
+/// The target of an event: raise `port` in domain `dom`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The domain to notify.
+    pub dom: DomId,
+    /// Its port.
+    pub port: Port,
+}
+
+impl Channels {
+    /// No domains yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Gives domain `dom` an empty port table.
+    pub fn add_domain(&mut self, dom: DomId) {
+        let i = usize::from(dom);
+        if self.tables.len() <= i {
+            self.tables.resize_with(i + 1, || None);
+        }
+        self.tables[i] = Some(PortTable::default());
+    }
+
+    /// Whether `dom` exists.
+    pub fn exists(&self, dom: DomId) -> bool {
+        self.table(dom).is_some()
+    }
+
+    /// The port table of `dom`.
+    pub fn table(&self, dom: DomId) -> Option<&PortTable> {
+        self.tables.get(usize::from(dom))?.as_ref()
+    }
+
+    fn table_mut(&mut self, dom: DomId) -> Option<&mut PortTable> {
+        self.tables.get_mut(usize::from(dom))?.as_mut()
+    }
+
+    fn resolve(caller: DomId, dom: u64) -> Option<DomId> {
+        if dom == hypercall_abi::args::DOMID_SELF {
+            Some(caller)
+        } else {
+            DomId::try_from(dom).ok()
+        }
+    }
+
+    /// EVT-1: a new port of `caller` offered to `remote`.
+    pub fn alloc_unbound(&mut self, caller: DomId, remote: u64) -> Result<Port, Error> {
+        let remote = Self::resolve(caller, remote)
+            .filter(|d| self.exists(*d))
+            .ok_or(Error::NotFound)?;
+        self.table_mut(caller)
+            .ok_or(Error::NotFound)?
+            .alloc(PortState::Unbound { remote })
+    }
+
+    /// EVT-2: connects a new port of `caller` to `remote_port` of `remote`.
+    pub fn bind_interdomain(
+        &mut self,
+        caller: DomId,
+        remote: u64,
+        remote_port: u64,
+    ) -> Result<Port, Error> {
+        let remote = Self::resolve(caller, remote)
+            .filter(|d| self.exists(*d))
+            .ok_or(Error::NotFound)?;
+        let rport = Port::try_from(remote_port).map_err(|_| Error::NotFound)?;
+        match self.table(remote).and_then(|t| t.get(rport)) {
+            None => return Err(Error::NotFound),
+            Some(PortState::Unbound { remote: offered }) if offered == caller => {}
+            Some(_) => return Err(Error::WrongState),
+        }
+        let local =
+            self.table_mut(caller)
+                .ok_or(Error::NotFound)?
+                .alloc(PortState::Interdomain {
+                    remote,
+                    remote_port: rport,
+                })?;
+        if let Some(t) = self.table_mut(remote) {
+            t.set(
+                rport,
+                PortState::Interdomain {
+                    remote: caller,
+                    remote_port: local,
+                },
+            );
+        }
+        Ok(local)
+    }
+
+    /// EVT-3: binds a new port of `caller` to `virq`.
+    pub fn bind_virq(&mut self, caller: DomId, virq: u64) -> Result<Port, Error> {
+        let virq = Virq::from_arg(virq).ok_or(Error::InvalidArgument)?;
+        let t = self.table_mut(caller).ok_or(Error::NotFound)?;
+        if t.virqs[virq as usize].is_some() {
+            return Err(Error::WrongState);
+        }
+        let p = t.alloc(PortState::Virq(virq))?;
+        t.virqs[virq as usize] = Some(p);
+        Ok(p)
+    }
+
+    /// EVT-4: whom `caller` notifies by sending on `port`.
+    pub fn send(&self, caller: DomId, port: u64) -> Result<Target, Error> {
+        let port = Port::try_from(port).map_err(|_| Error::NotFound)?;
+        match self.table(caller).and_then(|t| t.get(port)) {
+            None | Some(PortState::Free) => Err(Error::NotFound),
+            Some(PortState::Interdomain {
+                remote,
+                remote_port,
+            }) => Ok(Target {
+                dom: remote,
+                port: remote_port,
+            }),
+            Some(_) => Err(Error::WrongState),
+        }
+    }
+
+    /// EVT-5: closes `port` of `caller`. Returns the peer port that went
+    /// back to unbound, if any.
+    pub fn close(&mut self, caller: DomId, port: u64) -> Result<Option<Target>, Error> {
+        let port = Port::try_from(port).map_err(|_| Error::NotFound)?;
+        let state = match self.table(caller).and_then(|t| t.get(port)) {
+            None | Some(PortState::Free) => return Err(Error::NotFound),
+            Some(s) => s,
+        };
+        let mut peer = None;
+        if let PortState::Interdomain {
+            remote,
+            remote_port,
+        } = state
+        {
+            if let Some(t) = self.table_mut(remote) {
+                if t.get(remote_port)
+                    == Some(PortState::Interdomain {
+                        remote: caller,
+                        remote_port: port,
+                    })
+                {
+                    t.set(remote_port, PortState::Unbound { remote: caller });
+                    peer = Some(Target {
+                        dom: remote,
+                        port: remote_port,
+                    });
+                }
+            }
+        }
+        if let Some(t) = self.table_mut(caller) {
+            t.set(port, PortState::Free);
+        }
+        Ok(peer)
+    }
+
+    /// The port of `dom` bound to `virq`, if any.
+    pub fn virq_target(&self, dom: DomId, virq: Virq) -> Option<Target> {
+        Some(Target {
+            dom,
+            port: self.table(dom)?.virq_port(virq)?,
+        })
+    }
+
+    /// Closes every port of `dom` and forgets it. Peers' ports connected to
+    /// it become unbound (offered to the dead domain, which never returns:
+    /// ids are not reused), so their owners see `wrong_state` on send and
+    /// their port numbers are not reused behind their backs.
+    pub fn remove_domain(&mut self, dom: DomId) {
+        for p in 1..NR_PORTS as u64 {
+            let _ = self.close(dom, p);
+        }
+        if let Some(slot) = self.tables.get_mut(usize::from(dom)) {
+            *slot = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hypercall_abi::args::DOMID_SELF;
+
+    fn two() -> Channels {
+        let mut c = Channels::new();
+        c.add_domain(1);
+        c.add_domain(2);
+        c
+    }
+
+    #[test]
+    fn connect_send_close() {
+        let mut c = two();
+        let p1 = c.alloc_unbound(1, 2).unwrap();
+        assert_eq!(p1, 1, "lowest free port, never 0");
+        assert_eq!(
+            c.send(1, p1.into()),
+            Err(Error::WrongState),
+            "unbound: EVT-4b"
+        );
+        let p2 = c.bind_interdomain(2, 1, p1.into()).unwrap();
+        assert_eq!(c.send(1, p1.into()), Ok(Target { dom: 2, port: p2 }));
+        assert_eq!(c.send(2, p2.into()), Ok(Target { dom: 1, port: p1 }));
+        assert_eq!(c.close(2, p2.into()), Ok(Some(Target { dom: 1, port: p1 })));
+        assert_eq!(
+            c.table(1).unwrap().get(p1),
+            Some(PortState::Unbound { remote: 2 }),
+            "EVT-5"
+        );
+        assert_eq!(c.send(1, p1.into()), Err(Error::WrongState));
+        assert_eq!(c.send(2, p2.into()), Err(Error::NotFound));
+    }
+
+    #[test]
+    fn only_the_offered_domain_may_bind() {
+        let mut c = two();
+        c.add_domain(3);
+        let p = c.alloc_unbound(1, 2).unwrap();
+        assert_eq!(
+            c.bind_interdomain(3, 1, p.into()),
+            Err(Error::WrongState),
+            "EVT-2b"
+        );
+        assert_eq!(
+            c.table(3).unwrap().in_use(),
+            0,
+            "nothing allocated on failure"
+        );
+        assert_eq!(c.bind_interdomain(2, 1, 0), Err(Error::NotFound));
+        assert_eq!(
+            c.bind_interdomain(2, 1, NR_PORTS as u64),
+            Err(Error::NotFound)
+        );
+        assert_eq!(c.bind_interdomain(2, 1, u64::MAX), Err(Error::NotFound));
+        assert_eq!(c.bind_interdomain(2, 9, 1), Err(Error::NotFound));
+        assert_eq!(c.alloc_unbound(1, 9), Err(Error::NotFound), "EVT-1a");
+    }
+
+    #[test]
+    fn loopback_to_self() {
+        let mut c = two();
+        let a = c.alloc_unbound(1, DOMID_SELF).unwrap();
+        let b = c.bind_interdomain(1, DOMID_SELF, a.into()).unwrap();
+        assert_eq!(c.send(1, a.into()), Ok(Target { dom: 1, port: b }));
+    }
+
+    #[test]
+    fn virq_binding_is_unique() {
+        let mut c = two();
+        let p = c.bind_virq(1, 0).unwrap();
+        assert_eq!(c.bind_virq(1, 0), Err(Error::WrongState), "EVT-3b");
+        assert_eq!(c.bind_virq(1, 7), Err(Error::InvalidArgument), "EVT-3a");
+        assert_eq!(
+            c.virq_target(1, Virq::Timer),
+            Some(Target { dom: 1, port: p })
+        );
+        assert_eq!(c.send(1, p.into()), Err(Error::WrongState));
+        c.close(1, p.into()).unwrap();
+        assert_eq!(c.virq_target(1, Virq::Timer), None);
+        assert!(c.bind_virq(1, 0).is_ok(), "rebindable after close");
+    }
+
+    #[test]
+    fn table_fills_up() {
+        let mut c = two();
+        for _ in 1..NR_PORTS {
+            c.alloc_unbound(1, 2).unwrap();
+        }
+        assert_eq!(c.alloc_unbound(1, 2), Err(Error::NoResources), "EVT-1b");
+        assert_eq!(c.bind_virq(1, 0), Err(Error::NoResources), "EVT-3c");
+    }
+
+    #[test]
+    fn removing_a_domain_unbinds_its_peers() {
+        let mut c = two();
+        let p1 = c.alloc_unbound(1, 2).unwrap();
+        let p2 = c.bind_interdomain(2, 1, p1.into()).unwrap();
+        let offered = c.alloc_unbound(1, 2).unwrap();
+        c.remove_domain(2);
+        assert!(!c.exists(2));
+        assert_eq!(
+            c.table(1).unwrap().get(p1),
+            Some(PortState::Unbound { remote: 2 })
+        );
+        assert_eq!(
+            c.table(1).unwrap().get(offered),
+            Some(PortState::Unbound { remote: 2 })
+        );
+        assert_eq!(c.send(1, p1.into()), Err(Error::WrongState));
+        assert_eq!(
+            c.send(2, p2.into()),
+            Err(Error::NotFound),
+            "the dead domain has no ports"
+        );
+    }
+}
