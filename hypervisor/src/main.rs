@@ -11,13 +11,17 @@ extern crate alloc;
 
 mod arch;
 mod console;
+mod domain;
+mod guestmem;
+mod hv;
 mod mem;
 mod pvh;
 mod selftest;
+mod time;
 mod trap;
 
 use console::Quoted;
-use tahoma_core::bootpack::{self, Pack};
+use tahoma_core::bootpack::Pack;
 
 /// Called from the boot trampoline on the boot stack, with the physical
 /// address of `hvm_start_info`.
@@ -59,6 +63,8 @@ extern "C" fn kernel_start(start_info: u64) -> ! {
     );
     check_heap();
     arch::enable_protections();
+    arch::syscall::init();
+    time::init();
 
     if let Some(test) = boot.arg("selftest") {
         selftest::run(test);
@@ -77,13 +83,8 @@ extern "C" fn kernel_start(start_info: u64) -> ! {
                         pack.header().domain_count,
                         Quoted(pack.scenario().unwrap_or(""))
                     );
-                    for d in pack.domains() {
-                        log::info!(
-                            "  domain {:?}: {} pages, image {} bytes",
-                            bootpack::name_str(&d.name),
-                            d.mem_pages,
-                            pack.blob(d.image_blob).map_or(0, |b| b.len())
-                        );
+                    if pack.header().domain_count > 0 {
+                        hv::start(&pack);
                     }
                 }
                 Err(e) => {

@@ -249,3 +249,54 @@ fn map_image(pml4: u64) {
         }
     }
 }
+
+/// Reads the u64 at physical address `pa` (8-aligned), or `None` when it
+/// is outside the direct map.
+pub fn read_phys_u64(pa: u64) -> Option<u64> {
+    if pa % 8 != 0 || pa.checked_add(8)? > DIRECT_MAP_LIMIT.load(Ordering::Relaxed) {
+        return None;
+    }
+    // SAFETY: aligned and inside the direct map (checked above).
+    Some(unsafe { (phys_to_virt(pa) as *const u64).read_volatile() })
+}
+
+/// Copies physical memory at `pa` into `buf`; the range must be inside one
+/// page of the direct map (callers translate page by page).
+pub fn copy_from_phys(pa: u64, buf: &mut [u8]) {
+    assert!(pa + buf.len() as u64 <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed));
+    // SAFETY: the source is inside the direct map (checked) and cannot
+    // overlap `buf`, which is hypervisor memory, not a guest frame.
+    unsafe {
+        core::ptr::copy_nonoverlapping(phys_to_virt(pa) as *const u8, buf.as_mut_ptr(), buf.len())
+    }
+}
+
+/// Copies `data` to physical memory at `pa` (inside the direct map).
+pub fn copy_to_phys(pa: u64, data: &[u8]) {
+    assert!(pa + data.len() as u64 <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed));
+    // SAFETY: the destination is inside the direct map (checked) and is a
+    // guest or hypervisor-owned frame the caller chose; `data` is separate.
+    unsafe {
+        core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(pa) as *mut u8, data.len())
+    }
+}
+
+/// Zeroes frame `pfn` (scrubbing before reuse).
+pub fn scrub(pfn: u64) {
+    table_mut(pfn).fill(0);
+}
+
+/// Returns frame `pfn` to the allocator after scrubbing it.
+pub fn free_frame(pfn: u64) {
+    scrub(pfn);
+    if let Some(a) = FRAMES.lock().as_mut() {
+        if let Err(e) = a.free(pfn) {
+            log::error!("freeing frame {pfn:#x}: {e:?}");
+        }
+    }
+}
+
+/// Frames free now.
+pub fn free_frames() -> u64 {
+    FRAMES.lock().as_ref().map_or(0, |a| a.free_count())
+}

@@ -4,23 +4,22 @@
 //! code, RIP, CR2, a backtrace of return addresses) and the run ends with a
 //! failure status. It never hangs silently.
 
+use crate::arch::lapic;
 use crate::arch::traps::{vector_name, TrapFrame};
 use crate::arch::{self, cpu};
 
 /// Entry from `trap_dispatch`.
 pub fn handle(frame: &mut TrapFrame) {
-    if frame.cs & 3 == 0 {
-        if frame.vector >= 32 {
-            log::warn!(
-                "unexpected interrupt vector {} in the hypervisor; ignored",
-                frame.vector
-            );
-            return;
-        }
-        hypervisor_fault(frame);
+    let from_guest = frame.cs & 3 == 3;
+    match frame.vector {
+        v if v == u64::from(lapic::TIMER_VECTOR) => crate::hv::timer_interrupt(frame),
+        v if v == u64::from(lapic::SPURIOUS_VECTOR) => {}
+        // NMI, double fault and machine check are never the guest's.
+        2 | 8 | 18 => hypervisor_fault(frame),
+        0..=31 if from_guest => crate::hv::guest_exception(frame),
+        0..=31 => hypervisor_fault(frame),
+        v => log::warn!("unexpected interrupt vector {v}; ignored"),
     }
-    // Traps from ring 3 arrive once guests exist.
-    hypervisor_fault(frame);
 }
 
 fn hypervisor_fault(frame: &TrapFrame) -> ! {

@@ -24,7 +24,7 @@ pub const IST_NMI: u16 = 2;
 /// IST slot for machine checks.
 pub const IST_MACHINE_CHECK: u16 = 3;
 
-const STACK_SIZE: usize = 16 * 1024;
+const STACK_SIZE: usize = 64 * 1024;
 
 #[repr(C, align(16))]
 struct Stack([u8; STACK_SIZE]);

@@ -3,6 +3,8 @@
 
 pub mod boot;
 pub mod cpu;
+pub mod lapic;
+pub mod syscall;
 pub mod traps;
 
 use x86_64::instructions::port::Port;
@@ -86,4 +88,32 @@ pub fn enable_protections() {
         u8::from(smep),
         u8::from(smap)
     );
+}
+
+/// Loads `root` (a PML4 physical address) into CR3.
+///
+/// # Safety
+/// `root` must map the hypervisor's half exactly as the running tables do.
+pub unsafe fn load_root(root: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { core::arch::asm!("mov cr3, {}", in(reg) root, options(nostack, preserves_flags)) };
+}
+
+/// Waits for an interrupt with interrupts enabled only for the wait
+/// (`sti; hlt` executes atomically with respect to interrupts).
+pub fn idle() {
+    // SAFETY: the only handlers that can run are the timer's EOI path and
+    // fatal reports, neither of which touches the state the caller holds.
+    unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+}
+
+/// Starts running the context in `frame` (ring 3) on an empty ring-0 stack.
+pub fn enter_guest(frame: &traps::TrapFrame) -> ! {
+    let at = cpu::kernel_stack_top() - core::mem::size_of::<traps::TrapFrame>() as u64;
+    // SAFETY: `at` is the top of the ring-0 stack, unused while we run on
+    // the boot stack; `trap_return` pops exactly one TrapFrame and irets.
+    unsafe {
+        (at as *mut traps::TrapFrame).write(*frame);
+        core::arch::asm!("mov rsp, {0}", "jmp trap_return", in(reg) at, options(noreturn));
+    }
 }

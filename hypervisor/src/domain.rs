@@ -1,0 +1,521 @@
+//! Domains: building one from an ELF image (spec MEM-2, MEM-3), its shared
+//! page, and tearing it down.
+
+use crate::arch::cpu::{USER_CS, USER_SS};
+use crate::arch::traps::TrapFrame;
+use crate::mem::{self, pte};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use hypercall_abi::layout::{
+    SharedInfo, StartFlags, StartInfo, TimeInfo, INITIAL_STACK_PAGES, PORT_WORDS, RFLAGS_IF,
+    SHARED_INFO_VA, START_INFO_MAGIC, WINDOW_BASE, WINDOW_MAX_PAGES,
+};
+use tahoma_core::bootpack::{DomainFlags, DomainRecord, NAME_LEN};
+use tahoma_core::event::DomId;
+use xmas_elf::program::Type as SegType;
+use xmas_elf::ElfFile;
+use zerocopy::IntoBytes;
+
+/// Smallest domain, in pages.
+pub const MIN_PAGES: u64 = 32;
+/// Default time slice in milliseconds (weight 0).
+pub const DEFAULT_SLICE_MS: u64 = 10;
+/// Bytes below the registered callback-stack top that count as the
+/// callback stack (TRAP-0).
+pub const CALLBACK_STACK_SIZE: u64 = 64 * 1024;
+
+/// Where a domain is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// In the run queue, or running.
+    Runnable,
+    /// Sleeping in `block`.
+    Blocked,
+}
+
+/// Entries registered with `set_callbacks`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Callbacks {
+    /// Event upcall entry (0 = none).
+    pub event: u64,
+    /// Trap entry (0 = none).
+    pub trap: u64,
+    /// Callback stack top.
+    pub stack: u64,
+}
+
+/// A guest domain.
+pub struct Domain {
+    /// Its id (1-based; never reused).
+    pub id: DomId,
+    /// Its name from the manifest.
+    pub name: heapless::String<NAME_LEN>,
+    /// Manifest flags.
+    pub flags: DomainFlags,
+    /// Scheduling state.
+    pub state: RunState,
+    /// Saved registers while not running.
+    pub ctx: TrapFrame,
+    /// Physical address of the root page table (loaded into CR3).
+    pub root: u64,
+    /// Machine frame of each pseudo-physical page.
+    pub frames: Vec<u64>,
+    /// The shared-info page.
+    pub shared: SharedPage,
+    /// Registered upcall entries.
+    pub callbacks: Callbacks,
+    /// Upcall frames pushed and not yet returned.
+    pub upcall_depth: u32,
+    /// Armed one-shot timer (TSC), if any.
+    pub timer_at: Option<u64>,
+    /// Deadline of the current `block` (TSC), if any.
+    pub block_at: Option<u64>,
+    /// Time slice in TSC ticks.
+    pub slice: u64,
+    /// Console bytes not yet ended by a newline.
+    pub console: heapless::Vec<u8, 256>,
+    /// Hypercalls made.
+    pub hypercalls: u64,
+}
+
+/// Why a domain could not be built (MEM-2b).
+#[derive(Debug)]
+pub enum BuildError {
+    /// Memory size out of range.
+    BadSize(u64),
+    /// Not an ELF64 x86-64 executable.
+    BadElf(&'static str),
+    /// A segment lies outside the window or over reserved pages.
+    BadSegment(u64),
+    /// The entry point is not in an executable segment.
+    BadEntry(u64),
+    /// Not enough free frames.
+    NoMemory,
+}
+
+/// A domain's shared-info page: a hypervisor-owned frame mapped read-write
+/// into the guest. Every access is atomic or volatile, and no value read
+/// from it is trusted (MEM-4).
+pub struct SharedPage {
+    pfn: u64,
+}
+
+impl SharedPage {
+    fn base(&self) -> *mut SharedInfo {
+        mem::phys_to_virt(self.pfn << 12) as *mut SharedInfo
+    }
+
+    fn word(&self, field: *mut u64) -> &AtomicU64 {
+        let _ = self;
+        // SAFETY: `field` points into this page (a live, 8-aligned,
+        // direct-mapped frame owned by the domain for its lifetime); any bit
+        // pattern is a valid u64, and the guest only ever accesses it from
+        // the same CPU while the hypervisor is not running.
+        unsafe { AtomicU64::from_ptr(field) }
+    }
+
+    fn byte(&self, field: *mut u8) -> &AtomicU8 {
+        let _ = self;
+        // SAFETY: as in `word`, for a byte.
+        unsafe { AtomicU8::from_ptr(field) }
+    }
+
+    fn pending(&self, w: usize) -> &AtomicU64 {
+        // SAFETY (pointer arithmetic): `w < PORT_WORDS`, inside the page.
+        self.word(unsafe { &raw mut (*self.base()).pending[w] })
+    }
+
+    fn mask(&self, w: usize) -> &AtomicU64 {
+        // SAFETY (pointer arithmetic): `w < PORT_WORDS`, inside the page.
+        self.word(unsafe { &raw mut (*self.base()).mask[w] })
+    }
+
+    /// Sets `port`'s pending bit. Returns true when the guest must be
+    /// notified: the bit was clear and the port is not masked (EVT-0).
+    pub fn raise(&self, port: u32) -> bool {
+        let (w, bit) = ((port / 64) as usize, 1u64 << (port % 64));
+        if w >= PORT_WORDS {
+            return false;
+        }
+        let was = self.pending(w).fetch_or(bit, Ordering::SeqCst);
+        if was & bit != 0 || self.mask(w).load(Ordering::SeqCst) & bit != 0 {
+            return false;
+        }
+        self.note_pending_word(w);
+        true
+    }
+
+    fn note_pending_word(&self, w: usize) {
+        // SAFETY (pointer arithmetic): fields of the page.
+        let (sel, up) = unsafe {
+            (
+                &raw mut (*self.base()).pending_sel,
+                &raw mut (*self.base()).upcall_pending,
+            )
+        };
+        self.word(sel).fetch_or(1 << w, Ordering::SeqCst);
+        self.byte(up).store(1, Ordering::SeqCst);
+    }
+
+    /// Clears `port`'s mask bit; returns true when it is pending (EVT-6).
+    pub fn unmask(&self, port: u32) -> bool {
+        let (w, bit) = ((port / 64) as usize, 1u64 << (port % 64));
+        if w >= PORT_WORDS {
+            return false;
+        }
+        self.mask(w).fetch_and(!bit, Ordering::SeqCst);
+        if self.pending(w).load(Ordering::SeqCst) & bit != 0 {
+            self.note_pending_word(w);
+            return true;
+        }
+        false
+    }
+
+    /// Clears `port`'s pending bit (on close).
+    pub fn clear(&self, port: u32) {
+        let (w, bit) = ((port / 64) as usize, 1u64 << (port % 64));
+        if w < PORT_WORDS {
+            self.pending(w).fetch_and(!bit, Ordering::SeqCst);
+        }
+    }
+
+    /// Clears `port`'s pending and mask bits (a freshly allocated port, EVT-1).
+    pub fn reset_port(&self, port: u32) {
+        self.clear(port);
+        let (w, bit) = ((port / 64) as usize, 1u64 << (port % 64));
+        if w < PORT_WORDS {
+            self.mask(w).fetch_and(!bit, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether any port is pending and not masked.
+    pub fn any_unmasked_pending(&self) -> bool {
+        (0..PORT_WORDS).any(|w| {
+            self.pending(w).load(Ordering::SeqCst) & !self.mask(w).load(Ordering::SeqCst) != 0
+        })
+    }
+
+    /// `upcall_mask` (the guest's virtual interrupt flag; set = disabled).
+    pub fn upcall_masked(&self) -> bool {
+        // SAFETY (pointer arithmetic): field of the page.
+        self.byte(unsafe { &raw mut (*self.base()).upcall_mask })
+            .load(Ordering::SeqCst)
+            != 0
+    }
+
+    /// Sets or clears `upcall_mask`.
+    pub fn set_upcall_mask(&self, masked: bool) {
+        // SAFETY (pointer arithmetic): field of the page.
+        self.byte(unsafe { &raw mut (*self.base()).upcall_mask })
+            .store(u8::from(masked), Ordering::SeqCst);
+    }
+
+    /// `upcall_pending`.
+    pub fn upcall_pending(&self) -> bool {
+        // SAFETY (pointer arithmetic): field of the page.
+        self.byte(unsafe { &raw mut (*self.base()).upcall_pending })
+            .load(Ordering::SeqCst)
+            != 0
+    }
+
+    fn write_time(&self, t: &TimeInfo) {
+        let off = core::mem::offset_of!(SharedInfo, time) as u64;
+        mem::copy_to_phys((self.pfn << 12) + off, t.as_bytes());
+    }
+
+    /// The frame.
+    pub fn pfn(&self) -> u64 {
+        self.pfn
+    }
+}
+
+/// How the window's pages are used (MEM-2).
+struct Plan {
+    nr_pages: u64,
+    image_pages: u64,
+    pt_first: u64,
+    pt_pages: u64,
+    frame_list_first: u64,
+    frame_list_pages: u64,
+    start_info_page: u64,
+    first_free: u64,
+    stack_first: u64,
+}
+
+fn plan(nr_pages: u64, image_pages: u64) -> Result<Plan, BuildError> {
+    let window_l1s = nr_pages.div_ceil(512);
+    let pt_pages = 4 + window_l1s; // L4, L3, L2, the L1 holding shared info, window L1s
+    let frame_list_pages = (nr_pages * 8).div_ceil(4096);
+    let pt_first = image_pages;
+    let frame_list_first = pt_first + pt_pages;
+    let start_info_page = frame_list_first + frame_list_pages;
+    let first_free = start_info_page + 1;
+    let stack_first = nr_pages.saturating_sub(INITIAL_STACK_PAGES);
+    if first_free > stack_first {
+        return Err(BuildError::BadSize(nr_pages));
+    }
+    Ok(Plan {
+        nr_pages,
+        image_pages,
+        pt_first,
+        pt_pages,
+        frame_list_first,
+        frame_list_pages,
+        start_info_page,
+        first_free,
+        stack_first,
+    })
+}
+
+struct Segment {
+    va: u64,
+    file: (usize, usize),
+    mem: u64,
+    write: bool,
+    exec: bool,
+}
+
+fn parse_elf(image: &[u8]) -> Result<(u64, Vec<Segment>), BuildError> {
+    let elf = ElfFile::new(image).map_err(BuildError::BadElf)?;
+    if elf.header.pt1.class() != xmas_elf::header::Class::SixtyFour {
+        return Err(BuildError::BadElf("not ELF64"));
+    }
+    if elf.header.pt2.machine().as_machine() != xmas_elf::header::Machine::X86_64 {
+        return Err(BuildError::BadElf("not x86-64"));
+    }
+    if elf.header.pt2.type_().as_type() != xmas_elf::header::Type::Executable {
+        return Err(BuildError::BadElf(
+            "not ET_EXEC (link with relocation-model=static)",
+        ));
+    }
+    let mut segs = Vec::new();
+    for ph in elf.program_iter() {
+        if ph.get_type() != Ok(SegType::Load) || ph.mem_size() == 0 {
+            continue;
+        }
+        let (off, filesz) = (ph.offset(), ph.file_size());
+        let end = off
+            .checked_add(filesz)
+            .ok_or(BuildError::BadElf("segment wraps"))?;
+        if end > image.len() as u64 || filesz > ph.mem_size() {
+            return Err(BuildError::BadElf("segment outside the file"));
+        }
+        segs.push(Segment {
+            va: ph.virtual_addr(),
+            file: (off as usize, filesz as usize),
+            mem: ph.mem_size(),
+            write: ph.flags().is_write(),
+            exec: ph.flags().is_execute(),
+        });
+    }
+    Ok((elf.header.pt2.entry_point(), segs))
+}
+
+/// Builds domain `id` from its boot-pack record and ELF image: allocates and
+/// scrubs its frames, loads the image, builds its page tables and
+/// start-info page, and sets up its entry state (MEM-2, MEM-3).
+pub fn build(
+    id: DomId,
+    rec: &DomainRecord,
+    image: &[u8],
+    cmdline: &[u8],
+) -> Result<Domain, BuildError> {
+    let nr_pages = u64::from(rec.mem_pages);
+    if !(MIN_PAGES..=WINDOW_MAX_PAGES).contains(&nr_pages) {
+        return Err(BuildError::BadSize(nr_pages));
+    }
+    let (entry, segs) = parse_elf(image)?;
+    let mut image_end = WINDOW_BASE;
+    for s in &segs {
+        let end =
+            s.va.checked_add(s.mem)
+                .ok_or(BuildError::BadSegment(s.va))?;
+        if s.va < WINDOW_BASE || end > WINDOW_BASE + nr_pages * 4096 {
+            return Err(BuildError::BadSegment(s.va));
+        }
+        image_end = image_end.max(end);
+    }
+    if !segs
+        .iter()
+        .any(|s| s.exec && entry >= s.va && entry < s.va + s.mem)
+    {
+        return Err(BuildError::BadEntry(entry));
+    }
+    let image_pages = (image_end - WINDOW_BASE).div_ceil(4096);
+    let plan = plan(nr_pages, image_pages)?;
+
+    // Frames: the window, then the shared-info page. All scrubbed.
+    let mut frames = Vec::with_capacity(nr_pages as usize);
+    let take = || mem::alloc_zeroed_frame();
+    for _ in 0..nr_pages {
+        match take() {
+            Some(f) => frames.push(f),
+            None => {
+                frames.iter().for_each(|&f| mem::free_frame(f));
+                return Err(BuildError::NoMemory);
+            }
+        }
+    }
+    let Some(shared_pfn) = take() else {
+        frames.iter().for_each(|&f| mem::free_frame(f));
+        return Err(BuildError::NoMemory);
+    };
+
+    // The image.
+    let mut perms = alloc::vec![(false, false); image_pages as usize];
+    for s in &segs {
+        let data = &image[s.file.0..s.file.0 + s.file.1];
+        let mut done = 0usize;
+        while done < data.len() {
+            let va = s.va + done as u64;
+            let page = (va - WINDOW_BASE) / 4096;
+            let off = va & 0xfff;
+            let n = ((4096 - off) as usize).min(data.len() - done);
+            mem::copy_to_phys((frames[page as usize] << 12) + off, &data[done..done + n]);
+            done += n;
+        }
+        let first = (s.va - WINDOW_BASE) / 4096;
+        let last = (s.va + s.mem - 1 - WINDOW_BASE) / 4096;
+        for p in first..=last {
+            let e = &mut perms[p as usize];
+            e.0 |= s.write;
+            e.1 |= s.exec;
+        }
+    }
+
+    // Page tables.
+    let pt = |i: u64| frames[(plan.pt_first + i) as usize];
+    let (l4, l3, l2, l1_low) = (pt(0), pt(1), pt(2), pt(3));
+    let table = |pfn: u64| (pfn << 12) | pte::PRESENT | pte::WRITABLE | pte::USER;
+    let kernel = mem::table_mut(mem::kernel_pml4());
+    let root = mem::table_mut(l4);
+    root[256..].copy_from_slice(&kernel[256..]);
+    root[0] = table(l3);
+    mem::table_mut(l3)[0] = table(l2);
+    mem::table_mut(l2)[(SHARED_INFO_VA >> 21) as usize & 0x1ff] = table(l1_low);
+    mem::table_mut(l1_low)[(SHARED_INFO_VA >> 12) as usize & 0x1ff] =
+        (shared_pfn << 12) | pte::PRESENT | pte::WRITABLE | pte::USER | pte::NX;
+    for page in 0..nr_pages {
+        let l1 = pt(4 + page / 512);
+        if page % 512 == 0 {
+            mem::table_mut(l2)[((WINDOW_BASE >> 21) + page / 512) as usize] = table(l1);
+        }
+        let (w, x) = if page < plan.image_pages {
+            perms[page as usize]
+        } else if (plan.pt_first..plan.pt_first + plan.pt_pages).contains(&page)
+            || page == plan.start_info_page
+        {
+            (false, false)
+        } else {
+            (true, false)
+        };
+        let mut e = (frames[page as usize] << 12) | pte::PRESENT | pte::USER;
+        if w {
+            e |= pte::WRITABLE;
+        }
+        if !x {
+            e |= pte::NX;
+        }
+        mem::table_mut(l1)[(page % 512) as usize] = e;
+    }
+
+    // The frame list.
+    let list: Vec<u8> = frames.iter().flat_map(|f| f.to_le_bytes()).collect();
+    for (i, chunk) in list.chunks(4096).enumerate() {
+        mem::copy_to_phys(
+            frames[(plan.frame_list_first + i as u64) as usize] << 12,
+            chunk,
+        );
+    }
+    let va_of = |page: u64| WINDOW_BASE + page * 4096;
+
+    // The start-info page.
+    let mut si = StartInfo {
+        magic: START_INFO_MAGIC,
+        abi_version: hypercall_abi::ABI_VERSION,
+        domain_id: id,
+        flags: if DomainFlags::from_bits_truncate(rec.flags).contains(DomainFlags::PRIVILEGED) {
+            StartFlags::PRIVILEGED.bits()
+        } else {
+            0
+        },
+        nr_pages,
+        max_pages: u64::from(rec.max_pages).max(nr_pages),
+        window_base: WINDOW_BASE,
+        shared_info_va: SHARED_INFO_VA,
+        first_free_page: plan.first_free,
+        stack_first_page: plan.stack_first,
+        pt_first_page: plan.pt_first,
+        pt_pages: plan.pt_pages,
+        frame_list_va: va_of(plan.frame_list_first),
+        tsc_hz: crate::time::tsc_hz(),
+        cmdline_len: 0,
+        reserved0: 0,
+        name: rec.name,
+        cmdline: [0; 1024],
+    };
+    let n = cmdline.len().min(si.cmdline.len());
+    si.cmdline[..n].copy_from_slice(&cmdline[..n]);
+    si.cmdline_len = n as u32;
+    mem::copy_to_phys(frames[plan.start_info_page as usize] << 12, si.as_bytes());
+    let _ = plan.frame_list_pages;
+
+    let shared = SharedPage { pfn: shared_pfn };
+    shared.write_time(&TimeInfo {
+        version: 0,
+        reserved: 0,
+        tsc_timestamp: crate::time::boot_tsc(),
+        system_time_ns: 0,
+        tsc_mul: TimeInfo::mul_for_hz(crate::time::tsc_hz()),
+    });
+
+    let ctx = TrapFrame {
+        rip: entry,
+        rsp: WINDOW_BASE + nr_pages * 4096,
+        rdi: va_of(plan.start_info_page),
+        rflags: RFLAGS_IF | 0x2,
+        cs: u64::from(USER_CS),
+        ss: u64::from(USER_SS),
+        ..TrapFrame::default()
+    };
+    let weight = if rec.weight == 0 {
+        DEFAULT_SLICE_MS
+    } else {
+        u64::from(rec.weight.min(256))
+    };
+    let mut name = heapless::String::new();
+    let _ = name.push_str(tahoma_core::bootpack::name_str(&rec.name));
+    Ok(Domain {
+        id,
+        name,
+        flags: DomainFlags::from_bits_truncate(rec.flags),
+        state: RunState::Runnable,
+        ctx,
+        root: l4 << 12,
+        frames,
+        shared,
+        callbacks: Callbacks::default(),
+        upcall_depth: 0,
+        timer_at: None,
+        block_at: None,
+        slice: crate::time::ms_to_ticks(weight),
+        console: heapless::Vec::new(),
+        hypercalls: 0,
+    })
+}
+
+impl Domain {
+    /// Scrubs and returns every frame the domain owns (SCHED-3).
+    pub fn release_frames(&mut self) {
+        for &f in &self.frames {
+            mem::free_frame(f);
+        }
+        self.frames.clear();
+        mem::free_frame(self.shared.pfn);
+    }
+
+    /// Whether this domain ends the scenario when it ends.
+    pub fn critical(&self) -> bool {
+        self.flags.contains(DomainFlags::CRITICAL)
+    }
+}

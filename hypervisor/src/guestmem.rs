@@ -1,0 +1,119 @@
+//! Checked access to guest memory (spec CALL-4).
+//!
+//! A guest pointer is an *allegation*: [`GuestRange::new`] checks its shape
+//! (no wrap, below the hypervisor's half, within the call's length limit),
+//! and the copies translate every page through the guest's own page tables
+//! (present and user-accessible at every level, writable where written)
+//! before touching it through the direct map. Guest memory never becomes a
+//! Rust reference, and a bad pointer is an error code, never a fault in
+//! ring 0.
+
+use crate::mem::{self, pte};
+use hypercall_abi::layout::GUEST_VA_TOP;
+use hypercall_abi::Error;
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+/// A range of guest virtual memory whose shape has been checked.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestRange {
+    va: u64,
+    len: u64,
+}
+
+impl GuestRange {
+    /// Checks `[va, va + len)`: no wrap, below [`GUEST_VA_TOP`], `len <= max`.
+    pub fn new(va: u64, len: u64, max: u64) -> Result<GuestRange, Error> {
+        if len > max {
+            return Err(Error::InvalidArgument);
+        }
+        match va.checked_add(len) {
+            Some(end) if end <= GUEST_VA_TOP => Ok(GuestRange { va, len }),
+            _ => Err(Error::BadAddress),
+        }
+    }
+
+    /// Start address.
+    pub fn va(&self) -> u64 {
+        self.va
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// Translates `va` through the page tables rooted at `root` (a PML4
+/// physical address) for a user access; returns the physical address.
+pub fn translate(root: u64, va: u64, write: bool) -> Result<u64, Error> {
+    if va >= GUEST_VA_TOP {
+        return Err(Error::BadAddress);
+    }
+    let need = pte::PRESENT | pte::USER | if write { pte::WRITABLE } else { 0 };
+    let mut table = root & pte::ADDR;
+    for level in (1..=4u32).rev() {
+        let index = (va >> (12 + 9 * (level - 1))) & 0x1ff;
+        let entry = mem::read_phys_u64(table + index * 8).ok_or(Error::BadAddress)?;
+        if entry & need != need {
+            return Err(Error::BadAddress);
+        }
+        let leaf_huge = (level == 2 || level == 3) && entry & pte::HUGE != 0;
+        if level == 1 || leaf_huge {
+            let page_bits = 12 + 9 * (level - 1);
+            let base = entry & pte::ADDR & !((1u64 << page_bits) - 1);
+            return Ok(base + (va & ((1u64 << page_bits) - 1)));
+        }
+        table = entry & pte::ADDR;
+    }
+    Err(Error::BadAddress)
+}
+
+/// Physical pieces (address, length) covering `range`, each within a page.
+fn pieces(
+    root: u64,
+    range: GuestRange,
+    write: bool,
+    mut f: impl FnMut(u64, usize, usize),
+) -> Result<(), Error> {
+    let mut done = 0u64;
+    while done < range.len {
+        let va = range.va + done;
+        let chunk = (4096 - (va & 0xfff)).min(range.len - done);
+        let pa = translate(root, va, write)?;
+        f(pa, done as usize, chunk as usize);
+        done += chunk;
+    }
+    Ok(())
+}
+
+/// Copies guest memory `range` into `buf` (`buf.len() == range.len()`).
+pub fn copy_from(root: u64, range: GuestRange, buf: &mut [u8]) -> Result<(), Error> {
+    debug_assert_eq!(buf.len() as u64, range.len);
+    pieces(root, range, false, |_, _, _| {})?;
+    pieces(root, range, false, |pa, off, len| {
+        mem::copy_from_phys(pa, &mut buf[off..off + len])
+    })
+}
+
+/// Copies `data` into guest memory at `va`; nothing is written unless every
+/// page is writable.
+pub fn copy_to(root: u64, va: u64, data: &[u8]) -> Result<(), Error> {
+    let range = GuestRange::new(va, data.len() as u64, u64::MAX)?;
+    pieces(root, range, true, |_, _, _| {})?;
+    pieces(root, range, true, |pa, off, len| {
+        mem::copy_to_phys(pa, &data[off..off + len])
+    })
+}
+
+/// Reads a `T` from guest address `va`.
+pub fn read<T: FromBytes + IntoBytes>(root: u64, va: u64) -> Result<T, Error> {
+    let mut value = T::new_zeroed();
+    let range = GuestRange::new(va, core::mem::size_of::<T>() as u64, u64::MAX)?;
+    copy_from(root, range, value.as_mut_bytes())?;
+    Ok(value)
+}
+
+/// Writes `value` to guest address `va`.
+pub fn write<T: IntoBytes + Immutable>(root: u64, va: u64, value: &T) -> Result<(), Error> {
+    copy_to(root, va, value.as_bytes())
+}

@@ -1,0 +1,763 @@
+//! The hypervisor proper: domains, scheduling, hypercalls, event delivery,
+//! upcalls and containment. Everything here runs with interrupts disabled
+//! on the one ring-0 stack, entered from `syscall`, a trap, or the timer.
+//!
+//! Every entry gets the interrupted context as a [`TrapFrame`] and leaves
+//! by returning it to `trap_return`; switching domains means saving the
+//! frame into the current domain and loading another's into it.
+
+use crate::arch::traps::{vector_name, TrapFrame};
+use crate::arch::{
+    self,
+    cpu::{USER_CS, USER_SS},
+};
+use crate::console::Quoted;
+use crate::domain::{self, Domain, RunState, CALLBACK_STACK_SIZE};
+use crate::guestmem::{self, GuestRange};
+use crate::{mem, report, time};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use hypercall_abi::args::{BlockResult, ShutdownReason, Virq, CONSOLE_WRITE_MAX, NO_DEADLINE};
+use hypercall_abi::layout::{
+    UpcallFrame, UpcallKind, GUEST_VA_TOP, NR_PORTS, RED_ZONE, RFLAGS_GUEST_MASK, RFLAGS_IF,
+};
+use hypercall_abi::{regs, Error, Hypercall};
+use spin::Mutex;
+use tahoma_core::bootpack::{self, Pack};
+use tahoma_core::event::{Channels, DomId, Target};
+use tahoma_core::sched::{Deadlines, RunQueue, TimerKind};
+
+/// Upcall frames a domain may have outstanding before a further trap
+/// destroys it (TRAP-0c).
+const MAX_UPCALL_DEPTH: u32 = 8;
+
+static HV: Mutex<Option<Hv>> = Mutex::new(None);
+
+/// How a domain ended.
+#[derive(Clone, Copy, Debug)]
+enum Exit {
+    Shutdown(ShutdownReason, u64),
+    Fault {
+        vector: u64,
+        error: u64,
+        rip: u64,
+        cr2: u64,
+        why: &'static str,
+    },
+    ScenarioEnd,
+}
+
+/// What a hypercall did to the caller's frame.
+enum Outcome {
+    /// Return this result to the caller.
+    Return(Result<u64, Error>),
+    /// The frame now holds another context (a switch, or an upcall return).
+    Replaced,
+}
+
+struct Hv {
+    doms: Vec<Option<Box<Domain>>>,
+    current: Option<DomId>,
+    runq: RunQueue,
+    deadlines: Deadlines,
+    channels: Channels,
+    slice_end: u64,
+    armed: u64,
+    loaded_root: u64,
+    live: u32,
+    critical_left: u32,
+    critical_total: u32,
+    failed: bool,
+    baseline_free: u64,
+}
+
+/// Creates the boot pack's domains and runs them. Never returns: the run
+/// ends when the scenario's critical domains have ended (SCHED-3b).
+pub fn start(pack: &Pack<'_>) -> ! {
+    let mut hv = Hv {
+        doms: alloc::vec![None],
+        current: None,
+        runq: RunQueue::new(),
+        deadlines: Deadlines::new(),
+        channels: Channels::new(),
+        slice_end: 0,
+        armed: u64::MAX,
+        loaded_root: mem::kernel_pml4() << 12,
+        live: 0,
+        critical_left: 0,
+        critical_total: 0,
+        failed: false,
+        baseline_free: mem::free_frames(),
+    };
+    for (i, rec) in pack.domains().enumerate() {
+        let id = (i + 1) as DomId;
+        let name = bootpack::name_str(&rec.name);
+        let image = pack.blob(rec.image_blob).unwrap_or(&[]);
+        let cmdline = if rec.cmdline_blob == bootpack::NO_BLOB {
+            &[][..]
+        } else {
+            pack.blob(rec.cmdline_blob).unwrap_or(&[])
+        };
+        hv.doms.push(None);
+        match domain::build(id, &rec, image, cmdline) {
+            Ok(d) => {
+                report!(
+                    "domain-start",
+                    "id={} name={} pages={} critical={}",
+                    id,
+                    Quoted(name),
+                    d.frames.len(),
+                    u8::from(d.critical())
+                );
+                if d.critical() {
+                    hv.critical_left += 1;
+                    hv.critical_total += 1;
+                }
+                hv.channels.add_domain(id);
+                hv.runq.push(id);
+                hv.live += 1;
+                hv.doms[usize::from(id)] = Some(Box::new(d));
+            }
+            Err(e) => {
+                let mut msg = heapless::String::<96>::new();
+                let _ = core::fmt::write(&mut msg, format_args!("{e:?}"));
+                report!(
+                    "domain-error",
+                    "id={} name={} error={}",
+                    id,
+                    Quoted(name),
+                    Quoted(&msg)
+                );
+                log::error!("domain {name:?} not started: {e:?}; fix its manifest entry or image");
+                hv.failed = true;
+            }
+        }
+    }
+    report!(
+        "domains",
+        "started={} free_frames={}",
+        hv.live,
+        mem::free_frames()
+    );
+    let mut frame = TrapFrame::default();
+    hv.run_next(&mut frame);
+    hv.leave(&mut frame);
+    *HV.lock() = Some(hv);
+    arch::enter_guest(&frame)
+}
+
+/// Entry from `syscall` (CALL-1).
+#[no_mangle]
+extern "C" fn hypercall_entry(frame: &mut TrapFrame) {
+    let mut guard = HV.lock();
+    let Some(hv) = guard.as_mut() else {
+        frame.rax = regs::encode(Err(Error::NoSuchCall));
+        return;
+    };
+    hv.hypercall(frame);
+    hv.leave(frame);
+}
+
+/// The local APIC timer fired.
+pub fn timer_interrupt(frame: &mut TrapFrame) {
+    arch::lapic::eoi();
+    if frame.cs & 3 == 0 {
+        // Woke the idle loop, which looks at the clock itself.
+        return;
+    }
+    let mut guard = HV.lock();
+    let Some(hv) = guard.as_mut() else { return };
+    hv.armed = u64::MAX;
+    let now = time::now_tsc();
+    hv.fire_deadlines(now);
+    if now >= hv.slice_end {
+        if hv.runq.is_empty() {
+            let slice = hv.current.and_then(|c| hv.dom(c)).map_or(0, |d| d.slice);
+            hv.slice_end = now + slice;
+        } else {
+            hv.switch_away(frame, true);
+        }
+    }
+    hv.leave(frame);
+}
+
+/// A guest raised an exception (TRAP-0b, TRAP-0c).
+pub fn guest_exception(frame: &mut TrapFrame) {
+    let mut guard = HV.lock();
+    let Some(hv) = guard.as_mut() else { return };
+    let Some(cur) = hv.current else { return };
+    let (vector, error) = (frame.vector, frame.error_code);
+    let cr2 = if vector == 14 { arch::cr2() } else { 0 };
+    let reflectable = matches!(vector, 0 | 1 | 3..=7 | 11..=14 | 16 | 17 | 19);
+    let rip = frame.rip;
+    let fault = |why| Exit::Fault {
+        vector,
+        error,
+        rip,
+        cr2,
+        why,
+    };
+    let exit = match hv.dom(cur) {
+        None => return,
+        Some(_) if !reflectable => Some(fault("exception not reflectable")),
+        Some(d) if d.callbacks.trap == 0 => Some(fault("no trap handler registered")),
+        Some(d) if d.upcall_depth >= MAX_UPCALL_DEPTH => Some(fault("traps nested too deep")),
+        Some(_) => match hv.push_upcall(cur, frame, UpcallKind::Trap, vector, error, cr2) {
+            Ok(()) => None,
+            Err(why) => Some(fault(why)),
+        },
+    };
+    if let Some(exit) = exit {
+        hv.destroy(cur, exit);
+        hv.run_next(frame);
+    }
+    hv.leave(frame);
+}
+
+impl Hv {
+    fn dom(&mut self, id: DomId) -> Option<&mut Domain> {
+        self.doms.get_mut(usize::from(id))?.as_deref_mut()
+    }
+
+    fn hypercall(&mut self, frame: &mut TrapFrame) {
+        let Some(cur) = self.current else { return };
+        if let Some(d) = self.dom(cur) {
+            d.hypercalls += 1;
+        }
+        let a = [
+            frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8, frame.r9,
+        ];
+        let outcome = match Hypercall::from_number(frame.rax) {
+            None => Outcome::Return(Err(Error::NoSuchCall)),
+            Some(h) => self.call(cur, h, a, frame),
+        };
+        if let Outcome::Return(r) = outcome {
+            frame.rax = regs::encode(r);
+        }
+    }
+
+    fn call(&mut self, cur: DomId, h: Hypercall, a: [u64; 6], frame: &mut TrapFrame) -> Outcome {
+        use Outcome::Return;
+        match h {
+            Hypercall::AbiVersion => Return(Ok(u64::from(hypercall_abi::ABI_VERSION))),
+            Hypercall::ConsoleWrite => Return(self.console_write(cur, a[0], a[1])),
+            Hypercall::Yield => {
+                frame.rax = 0;
+                if !self.runq.is_empty() {
+                    self.switch_away(frame, true);
+                }
+                Outcome::Replaced
+            }
+            Hypercall::Block => self.block(cur, a[0], frame),
+            Hypercall::Shutdown => match ShutdownReason::from_arg(a[0]) {
+                None => Return(Err(Error::InvalidArgument)),
+                Some(reason) => {
+                    self.destroy(cur, Exit::Shutdown(reason, a[1]));
+                    self.run_next(frame);
+                    Outcome::Replaced
+                }
+            },
+            Hypercall::TimerSet => {
+                let at = (a[0] != 0).then(|| time::ns_to_tsc(a[0]));
+                if let Some(d) = self.dom(cur) {
+                    d.timer_at = at;
+                }
+                if let Some(at) = at {
+                    self.deadlines.arm(at, cur, TimerKind::OneShot);
+                    self.fire_deadlines(time::now_tsc());
+                }
+                Return(Ok(0))
+            }
+            Hypercall::EventAllocUnbound => {
+                Return(self.new_port(cur, |c| c.alloc_unbound(cur, a[0])))
+            }
+            Hypercall::EventBindInterdomain => {
+                Return(self.new_port(cur, |c| c.bind_interdomain(cur, a[0], a[1])))
+            }
+            Hypercall::EventBindVirq => Return(self.new_port(cur, |c| c.bind_virq(cur, a[0]))),
+            Hypercall::EventSend => Return(self.channels.send(cur, a[0]).map(|t| {
+                self.raise(t);
+                0
+            })),
+            Hypercall::EventClose => Return(self.channels.close(cur, a[0]).map(|_| {
+                if let Some(d) = self.dom(cur) {
+                    d.shared.clear(a[0] as u32);
+                }
+                0
+            })),
+            Hypercall::EventUnmask => Return(if a[0] == 0 || a[0] >= NR_PORTS as u64 {
+                Err(Error::NotFound)
+            } else {
+                if let Some(d) = self.dom(cur) {
+                    d.shared.unmask(a[0] as u32);
+                }
+                Ok(0)
+            }),
+            Hypercall::SetCallbacks => Return(self.set_callbacks(cur, a[0], a[1], a[2])),
+            Hypercall::UpcallReturn => match self.upcall_return(cur, a[0], frame) {
+                Ok(()) => Outcome::Replaced,
+                Err(e) => Return(Err(e)),
+            },
+        }
+    }
+
+    fn new_port(
+        &mut self,
+        cur: DomId,
+        f: impl FnOnce(&mut Channels) -> Result<u32, Error>,
+    ) -> Result<u64, Error> {
+        let port = f(&mut self.channels)?;
+        if let Some(d) = self.dom(cur) {
+            d.shared.reset_port(port);
+        }
+        Ok(u64::from(port))
+    }
+
+    fn console_write(&mut self, cur: DomId, ptr: u64, len: u64) -> Result<u64, Error> {
+        let range = GuestRange::new(ptr, len, CONSOLE_WRITE_MAX)?;
+        let d = self.dom(cur).ok_or(Error::NotFound)?;
+        let mut buf = [0u8; CONSOLE_WRITE_MAX as usize];
+        let bytes = &mut buf[..len as usize];
+        guestmem::copy_from(d.root, range, bytes)?;
+        for &b in bytes.iter() {
+            if b == b'\n' {
+                flush_console(d);
+            } else if d.console.push(b).is_err() {
+                flush_console(d);
+                let _ = d.console.push(b);
+            }
+        }
+        Ok(len)
+    }
+
+    fn set_callbacks(
+        &mut self,
+        cur: DomId,
+        event: u64,
+        trap: u64,
+        stack: u64,
+    ) -> Result<u64, Error> {
+        if event >= GUEST_VA_TOP || trap >= GUEST_VA_TOP || stack >= GUEST_VA_TOP {
+            return Err(Error::BadAddress);
+        }
+        if stack % 16 != 0 || (stack == 0 && (event != 0 || trap != 0)) {
+            return Err(Error::InvalidArgument);
+        }
+        let d = self.dom(cur).ok_or(Error::NotFound)?;
+        d.callbacks = domain::Callbacks { event, trap, stack };
+        Ok(0)
+    }
+
+    fn block(&mut self, cur: DomId, deadline_ns: u64, frame: &mut TrapFrame) -> Outcome {
+        let Some(d) = self.dom(cur) else {
+            return Outcome::Return(Err(Error::NotFound));
+        };
+        d.shared.set_upcall_mask(false);
+        if d.shared.any_unmasked_pending() {
+            return Outcome::Return(Ok(BlockResult::Event as u64));
+        }
+        let at = if deadline_ns == NO_DEADLINE {
+            None
+        } else {
+            Some(time::ns_to_tsc(deadline_ns))
+        };
+        if at.is_some_and(|at| at <= time::now_tsc()) {
+            return Outcome::Return(Ok(BlockResult::Deadline as u64));
+        }
+        d.state = RunState::Blocked;
+        d.block_at = at;
+        if let Some(at) = at {
+            self.deadlines.arm(at, cur, TimerKind::Block);
+        }
+        self.switch_away(frame, false);
+        Outcome::Replaced
+    }
+
+    fn upcall_return(&mut self, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(), Error> {
+        let d = self.dom(cur).ok_or(Error::NotFound)?;
+        if d.upcall_depth == 0 {
+            return Err(Error::WrongState);
+        }
+        let uf: UpcallFrame = guestmem::read(d.root, ptr)?;
+        let kind = match uf.kind {
+            0 => UpcallKind::Event,
+            1 => UpcallKind::Trap,
+            _ => return Err(Error::InvalidArgument),
+        };
+        if uf.rip >= GUEST_VA_TOP || uf.rsp >= GUEST_VA_TOP {
+            return Err(Error::InvalidArgument);
+        }
+        *frame = TrapFrame {
+            r15: uf.r15,
+            r14: uf.r14,
+            r13: uf.r13,
+            r12: uf.r12,
+            r11: uf.r11,
+            r10: uf.r10,
+            r9: uf.r9,
+            r8: uf.r8,
+            rbp: uf.rbp,
+            rdi: uf.rdi,
+            rsi: uf.rsi,
+            rdx: uf.rdx,
+            rcx: uf.rcx,
+            rbx: uf.rbx,
+            rax: uf.rax,
+            vector: 0,
+            error_code: 0,
+            rip: uf.rip,
+            cs: u64::from(USER_CS),
+            rflags: (uf.rflags & RFLAGS_GUEST_MASK) | RFLAGS_IF | 0x2,
+            rsp: uf.rsp,
+            ss: u64::from(USER_SS),
+        };
+        d.upcall_depth -= 1;
+        if kind == UpcallKind::Event {
+            d.shared.set_upcall_mask(false);
+        }
+        Ok(())
+    }
+
+    /// Pushes an upcall frame for the context in `frame` and points `frame`
+    /// at the registered entry (TRAP-0).
+    fn push_upcall(
+        &mut self,
+        id: DomId,
+        frame: &mut TrapFrame,
+        kind: UpcallKind,
+        vector: u64,
+        error: u64,
+        cr2: u64,
+    ) -> Result<(), &'static str> {
+        let d = self.dom(id).ok_or("no domain")?;
+        let entry = match kind {
+            UpcallKind::Event => d.callbacks.event,
+            UpcallKind::Trap => d.callbacks.trap,
+        };
+        let top = d.callbacks.stack;
+        let on_callback_stack =
+            frame.rsp <= top && frame.rsp > top.saturating_sub(CALLBACK_STACK_SIZE);
+        let base = if on_callback_stack {
+            frame.rsp.saturating_sub(RED_ZONE)
+        } else {
+            top
+        };
+        let size = core::mem::size_of::<UpcallFrame>() as u64;
+        let at = base.checked_sub(size).ok_or("callback stack exhausted")? & !15;
+        let uf = UpcallFrame {
+            kind: kind as u64,
+            vector,
+            error_code: error,
+            cr2,
+            rax: frame.rax,
+            rbx: frame.rbx,
+            rcx: frame.rcx,
+            rdx: frame.rdx,
+            rsi: frame.rsi,
+            rdi: frame.rdi,
+            rbp: frame.rbp,
+            r8: frame.r8,
+            r9: frame.r9,
+            r10: frame.r10,
+            r11: frame.r11,
+            r12: frame.r12,
+            r13: frame.r13,
+            r14: frame.r14,
+            r15: frame.r15,
+            rip: frame.rip,
+            rsp: frame.rsp,
+            rflags: frame.rflags,
+        };
+        guestmem::write(d.root, at, &uf).map_err(|_| "callback stack not writable")?;
+        frame.rip = entry;
+        frame.rsp = at;
+        frame.rdi = at;
+        frame.rflags = RFLAGS_IF | 0x2;
+        d.upcall_depth += 1;
+        Ok(())
+    }
+
+    /// Raises `t.port` in `t.dom` (EVT-0).
+    fn raise(&mut self, t: Target) {
+        let Some(d) = self.dom(t.dom) else { return };
+        if d.shared.raise(t.port) && d.state == RunState::Blocked {
+            self.wake(t.dom, BlockResult::Event);
+        }
+    }
+
+    fn wake(&mut self, id: DomId, why: BlockResult) {
+        let Some(d) = self.dom(id) else { return };
+        if d.state != RunState::Blocked {
+            return;
+        }
+        d.state = RunState::Runnable;
+        d.block_at = None;
+        d.ctx.rax = why as u64;
+        self.runq.push(id);
+    }
+
+    fn fire_deadlines(&mut self, now: u64) {
+        loop {
+            let doms = &self.doms;
+            let armed = |id: DomId, kind: TimerKind, at: u64| {
+                doms.get(usize::from(id))
+                    .and_then(|d| d.as_deref())
+                    .is_some_and(|d| match kind {
+                        TimerKind::Block => d.block_at == Some(at),
+                        TimerKind::OneShot => d.timer_at == Some(at),
+                    })
+            };
+            let Some((id, kind)) = self.deadlines.expire(now, armed) else {
+                break;
+            };
+            match kind {
+                TimerKind::Block => self.wake(id, BlockResult::Deadline),
+                TimerKind::OneShot => {
+                    if let Some(d) = self.dom(id) {
+                        d.timer_at = None;
+                    }
+                    if let Some(t) = self.channels.virq_target(id, Virq::Timer) {
+                        self.raise(t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Saves the running domain (re-queueing it if `requeue`) and loads the
+    /// next one into `frame`.
+    fn switch_away(&mut self, frame: &mut TrapFrame, requeue: bool) {
+        if let Some(cur) = self.current.take() {
+            if let Some(d) = self.dom(cur) {
+                d.ctx = *frame;
+            }
+            if requeue {
+                self.runq.push(cur);
+            }
+        }
+        self.run_next(frame);
+    }
+
+    /// Loads the next runnable domain into `frame`, idling (halting the CPU)
+    /// while none is runnable. Ends the run when no domain is left.
+    fn run_next(&mut self, frame: &mut TrapFrame) {
+        loop {
+            if self.live == 0 || (self.critical_total > 0 && self.critical_left == 0) {
+                self.finish();
+            }
+            let now = time::now_tsc();
+            self.fire_deadlines(now);
+            while let Some(id) = self.runq.pop() {
+                let Some(d) = self.dom(id) else { continue };
+                *frame = d.ctx;
+                let (root, slice) = (d.root, d.slice);
+                if root != self.loaded_root {
+                    // SAFETY: `root` is a complete PML4 built for this domain
+                    // whose upper half is the hypervisor's, so the running
+                    // code, stack and data stay mapped.
+                    unsafe { arch::load_root(root) };
+                    self.loaded_root = root;
+                }
+                self.current = Some(id);
+                self.slice_end = now + slice;
+                return;
+            }
+            let doms = &self.doms;
+            let next = self.deadlines.next(|id, kind, at| {
+                doms.get(usize::from(id))
+                    .and_then(|d| d.as_deref())
+                    .is_some_and(|d| match kind {
+                        TimerKind::Block => d.block_at == Some(at),
+                        TimerKind::OneShot => d.timer_at == Some(at),
+                    })
+            });
+            match next {
+                Some(at) => time::arm_at(at),
+                None => arch::lapic::arm(0),
+            }
+            self.armed = u64::MAX;
+            if next.is_none() {
+                log::warn!("every domain is blocked with no deadline; waiting for an event that cannot come");
+                self.failed = true;
+                self.finish();
+            }
+            arch::idle();
+        }
+    }
+
+    /// Before returning to the current domain: deliver a pending event
+    /// upcall (TRAP-0a) and arm the timer for the next slice end or deadline.
+    fn leave(&mut self, frame: &mut TrapFrame) {
+        loop {
+            let Some(cur) = self.current else { return };
+            let Some(d) = self.dom(cur) else { return };
+            let wants_upcall =
+                d.callbacks.event != 0 && !d.shared.upcall_masked() && d.shared.upcall_pending();
+            if !wants_upcall {
+                break;
+            }
+            match self.push_upcall(cur, frame, UpcallKind::Event, 0, 0, 0) {
+                Ok(()) => {
+                    if let Some(d) = self.dom(cur) {
+                        d.shared.set_upcall_mask(true);
+                    }
+                    break;
+                }
+                Err(why) => {
+                    let exit = Exit::Fault {
+                        vector: 0,
+                        error: 0,
+                        rip: frame.rip,
+                        cr2: 0,
+                        why,
+                    };
+                    self.destroy(cur, exit);
+                    self.run_next(frame);
+                }
+            }
+        }
+        let doms = &self.doms;
+        let deadline = self.deadlines.next(|id, kind, at| {
+            doms.get(usize::from(id))
+                .and_then(|d| d.as_deref())
+                .is_some_and(|d| match kind {
+                    TimerKind::Block => d.block_at == Some(at),
+                    TimerKind::OneShot => d.timer_at == Some(at),
+                })
+        });
+        let at = deadline.map_or(self.slice_end, |d| d.min(self.slice_end));
+        if at != self.armed {
+            time::arm_at(at);
+            self.armed = at;
+        }
+    }
+
+    /// Destroys domain `id`: closes its ports, scrubs and frees its frames,
+    /// reports how it ended.
+    fn destroy(&mut self, id: DomId, exit: Exit) {
+        let Some(mut d) = self.doms.get_mut(usize::from(id)).and_then(Option::take) else {
+            return;
+        };
+        if !d.console.is_empty() {
+            flush_console(&mut d);
+        }
+        self.runq.remove(id);
+        self.channels.remove_domain(id);
+        if self.current == Some(id) {
+            self.current = None;
+        }
+        if self.loaded_root == d.root {
+            // SAFETY: the hypervisor's own PML4 maps everything ring 0 needs.
+            unsafe { arch::load_root(mem::kernel_pml4() << 12) };
+            self.loaded_root = mem::kernel_pml4() << 12;
+        }
+        d.release_frames();
+        self.live -= 1;
+        let name = Quoted(&d.name);
+        let ok = match exit {
+            Exit::Shutdown(reason, code) => {
+                report!(
+                    "domain-exit",
+                    "id={} name={} reason={} code={} hypercalls={}",
+                    id,
+                    name,
+                    reason.name(),
+                    code,
+                    d.hypercalls
+                );
+                reason == ShutdownReason::Poweroff && code == 0
+            }
+            Exit::Fault {
+                vector,
+                error,
+                rip,
+                cr2,
+                why,
+            } => {
+                report!(
+                    "domain-fault",
+                    "id={} name={} vector={} exception={} error={:#x} rip={:#x} cr2={:#x} reason={}",
+                    id,
+                    name,
+                    vector,
+                    vector_name(vector),
+                    error,
+                    rip,
+                    cr2,
+                    Quoted(why)
+                );
+                log::warn!(
+                    "domain {} destroyed: {} at rip {:#x} ({}); other domains continue",
+                    d.name,
+                    vector_name(vector),
+                    rip,
+                    why
+                );
+                false
+            }
+            Exit::ScenarioEnd => {
+                report!(
+                    "domain-exit",
+                    "id={} name={} reason=scenario-end code=0 hypercalls={}",
+                    id,
+                    name,
+                    d.hypercalls
+                );
+                true
+            }
+        };
+        if d.critical() {
+            self.critical_left = self.critical_left.saturating_sub(1);
+            if !ok {
+                self.failed = true;
+            }
+        }
+    }
+
+    /// Ends the run: destroys what is left, audits the frames, exits.
+    fn finish(&mut self) -> ! {
+        for id in 0..self.doms.len() {
+            if self.doms[id].is_some() {
+                self.destroy(id as DomId, Exit::ScenarioEnd);
+            }
+        }
+        let free = mem::free_frames();
+        report!(
+            "audit",
+            "free_frames={} baseline={}",
+            free,
+            self.baseline_free
+        );
+        if free != self.baseline_free {
+            log::error!(
+                "frame audit: {} frames not returned",
+                self.baseline_free.abs_diff(free)
+            );
+            self.failed = true;
+        }
+        if self.failed {
+            report!("exit", "status=failure");
+            arch::exit_qemu(arch::EXIT_FAILURE)
+        }
+        report!("exit", "status=success");
+        arch::exit_qemu(arch::EXIT_SUCCESS)
+    }
+}
+
+/// Prints a domain's buffered console line, sanitised (CON-1d).
+fn flush_console(d: &mut Domain) {
+    let mut line = heapless::String::<512>::new();
+    for ch in core::str::from_utf8(&d.console)
+        .unwrap_or("<invalid utf-8>")
+        .chars()
+    {
+        let c = if ch.is_control() && ch != '\t' {
+            '?'
+        } else {
+            ch
+        };
+        let _ = line.push(c);
+    }
+    crate::println!("[{}] {}", d.name, line);
+    d.console.clear();
+}

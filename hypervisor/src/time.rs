@@ -1,0 +1,66 @@
+//! Time: the calibrated TSC, monotonic nanoseconds, and the one-shot
+//! hypervisor timer that drives preemption and guest deadlines.
+
+use crate::arch::{self, lapic};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+static TSC_HZ: AtomicU64 = AtomicU64::new(1_000_000_000);
+static APIC_HZ: AtomicU64 = AtomicU64::new(1_000_000_000);
+static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
+
+/// Calibrates and records the clocks; reports `@ time`.
+pub fn init() {
+    lapic::init();
+    let c = lapic::calibrate();
+    TSC_HZ.store(c.tsc_hz.max(1), Ordering::Relaxed);
+    APIC_HZ.store(c.apic_hz.max(1), Ordering::Relaxed);
+    BOOT_TSC.store(arch::rdtsc(), Ordering::Relaxed);
+    crate::report!(
+        "time",
+        "tsc_hz={} apic_hz={} source={}",
+        c.tsc_hz,
+        c.apic_hz,
+        c.source
+    );
+}
+
+/// TSC ticks per second.
+pub fn tsc_hz() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}
+
+/// The TSC value that is monotonic time 0.
+pub fn boot_tsc() -> u64 {
+    BOOT_TSC.load(Ordering::Relaxed)
+}
+
+/// The TSC now.
+pub fn now_tsc() -> u64 {
+    arch::rdtsc()
+}
+
+/// Converts monotonic nanoseconds to a TSC value (saturating).
+pub fn ns_to_tsc(ns: u64) -> u64 {
+    let ticks = u128::from(ns) * u128::from(tsc_hz()) / 1_000_000_000;
+    boot_tsc().saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX))
+}
+
+/// Converts a TSC value to monotonic nanoseconds.
+pub fn tsc_to_ns(tsc: u64) -> u64 {
+    let ticks = u128::from(tsc.saturating_sub(boot_tsc()));
+    u64::try_from(ticks * 1_000_000_000 / u128::from(tsc_hz())).unwrap_or(u64::MAX)
+}
+
+/// TSC ticks in `ms` milliseconds.
+pub fn ms_to_ticks(ms: u64) -> u64 {
+    tsc_hz() / 1000 * ms
+}
+
+/// Arms the hypervisor timer to fire at TSC value `at` (at once if past).
+pub fn arm_at(at: u64) {
+    let now = now_tsc();
+    let delta = at.saturating_sub(now).max(1);
+    let apic =
+        u128::from(delta) * u128::from(APIC_HZ.load(Ordering::Relaxed)) / u128::from(tsc_hz());
+    lapic::arm(u32::try_from(apic).unwrap_or(u32::MAX).max(1));
+}
