@@ -62,7 +62,7 @@ struct RunArgs {
     #[arg(long)]
     gdb: bool,
     /// Kill QEMU after S seconds (default: the scenario's `timeout`).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
     timeout: Option<u64>,
     /// Extra hypervisor command line, appended to the scenario's `cmdline`
     /// (e.g. --append "selftest=panic").
@@ -85,7 +85,7 @@ struct TestArgs {
     #[arg(long, value_enum)]
     accel: Option<Accel>,
     /// Kill each boot after S seconds (default: each scenario's `timeout`).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
     timeout: Option<u64>,
 }
 

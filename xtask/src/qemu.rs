@@ -263,7 +263,7 @@ impl Run {
             tail.push_str(&format!("# qemu: {line}\n"));
         }
         tail.push_str(&format!(
-            "# ended: {exit} after {:.2} s\n",
+            "# ended after {:.2} s: {exit}\n",
             started.elapsed().as_secs_f64()
         ));
         log.write_all(tail.as_bytes())
