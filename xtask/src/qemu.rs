@@ -198,6 +198,10 @@ impl Run {
     /// Boots, streams and waits. `Err` only if QEMU could not be started or
     /// the log could not be written.
     pub fn run(&self, sh: &Shell) -> Result<Ended, String> {
+        self.run_with_args(sh, &self.args())
+    }
+
+    fn run_with_args(&self, sh: &Shell, args: &[String]) -> Result<Ended, String> {
         if let Some(dir) = self.log.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -207,11 +211,13 @@ impl Run {
         writeln!(log, "# {}", self.command_line())
             .map_err(|e| format!("cannot write {}: {e}", self.log.display()))?;
 
-        let mut command: Command = sh.cmd(&self.qemu).args(self.args()).into();
+        let mut command: Command = sh.cmd(&self.qemu).args(args).into();
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // QEMU stays in our process group, so Ctrl-C reaches it too. It does
+        // not fork, so once it is killed its pipes close and the readers end.
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.qemu.display()))?;
@@ -362,6 +368,71 @@ mod tests {
         assert!(!cpu_has_virtualization(
             "flags : fpu vme sse hypervisor\nvmx flags : ept\n"
         ));
+    }
+
+    /// A stand-in for QEMU: a shell script that ignores its arguments.
+    fn fake_qemu(name: &str, body: &str) -> (Run, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("tahoma-xtask-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("qemu");
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+        let mut run = sample();
+        run.qemu = "/bin/sh".into();
+        run.log = dir.join("logs/run.log");
+        (run, script)
+    }
+
+    fn run_fake(name: &str, body: &str, timeout: u64) -> (Ended, String) {
+        let (mut run, script) = fake_qemu(name, body);
+        run.timeout = Some(Duration::from_secs(timeout));
+        let sh = Shell::new().unwrap();
+        // Put the script first: `/bin/sh script -machine ...`.
+        let mut args = vec![script.display().to_string()];
+        args.extend(run.args());
+        let ended = run.run_with_args(&sh, &args).unwrap();
+        let log = std::fs::read_to_string(&run.log).unwrap();
+        std::fs::remove_dir_all(script.parent().unwrap()).unwrap();
+        (ended, log)
+    }
+
+    #[test]
+    fn success_status_and_transcript() {
+        let (ended, log) = run_fake(
+            "ok",
+            "printf 'hello\\r\\n@ exit status=success\\nno newline'; echo oops >&2; exit 33",
+            10,
+        );
+        assert_eq!(ended.exit, Exit::Success);
+        assert_eq!(ended.raw_status, Some(33));
+        assert_eq!(
+            ended.transcript,
+            "hello\n@ exit status=success\nno newline\n"
+        );
+        assert_eq!(ended.qemu_stderr, "oops\n");
+        assert!(log.starts_with("# /bin/sh"), "{log}");
+        assert!(
+            log.contains("\nhello\n@ exit status=success\nno newline\n# qemu: oops\n"),
+            "{log}"
+        );
+        assert!(log.contains("success (status 33)"), "{log}");
+    }
+
+    #[test]
+    fn other_statuses() {
+        assert_eq!(run_fake("fail", "exit 35", 10).0.exit, Exit::Failure);
+        assert_eq!(run_fake("zero", "exit 0", 10).0.exit, Exit::Unexpected(0));
+        assert_eq!(run_fake("sig", "kill -9 $$", 10).0.exit, Exit::Killed);
+    }
+
+    #[test]
+    fn timeout_kills_and_keeps_output() {
+        let started = Instant::now();
+        let (ended, log) = run_fake("hang", "echo '@ boot abi=1'; exec sleep 30", 1);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(ended.exit, Exit::TimedOut(Duration::from_secs(1)));
+        assert_eq!(ended.raw_status, None);
+        assert_eq!(ended.transcript, "@ boot abi=1\n");
+        assert!(log.contains("timed out after 1 s"), "{log}");
     }
 
     #[test]
