@@ -128,6 +128,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     let root = images::root();
     // A typo in the manifest should fail before a long build.
     let scenario = Scenario::load(&root, &args.scenario)?;
+    scenario.check_images(&images::guest_crates(&root)?)?;
     let qemu = qemu::find_qemu(&sh)?;
     let images = images::build(&sh, &root)?;
     let accel = args.accel.unwrap_or_else(Accel::detect);

@@ -256,6 +256,28 @@ impl Scenario {
         Scenario::parse(shown, &text).map_err(|e| e.to_string())
     }
 
+    /// Checks that every guest's image is one of the guest crates `known`
+    /// (so a typo fails before a build, naming the line).
+    pub fn check_images(&self, known: &[String]) -> Result<(), String> {
+        for g in &self.guests {
+            if !known.contains(&g.image) {
+                return Err(format!(
+                    "{}:{}: image `{}` is not a guest crate (there is no guests/{}/Cargo.toml); guest crates: {}",
+                    self.path.display(),
+                    g.image_line,
+                    g.image,
+                    g.image,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Packs the scenario with the guest ELFs from `images` (the release
     /// output directory): each distinct image is stored once.
     pub fn pack(&self, images: &Path) -> Result<Vec<u8>, String> {
@@ -611,6 +633,13 @@ weight = 256
         assert_eq!(ds[0].flags, DomainFlags::PRIVILEGED.bits());
         assert_eq!(ds[1].flags, DomainFlags::CRITICAL.bits());
         assert_eq!(pack.blob(ds[1].cmdline_blob), Some(&b"greeting=hi"[..]));
+
+        assert_eq!(s.check_images(&["hello".into(), "netdrv".into()]), Ok(()));
+        let e = s.check_images(&["hello".into()]).unwrap_err();
+        assert!(
+            e.contains("t.toml:9: image `netdrv` is not a guest crate"),
+            "{e}"
+        );
 
         std::fs::remove_file(dir.join("netdrv")).unwrap();
         let e = s.pack(&dir).unwrap_err();
