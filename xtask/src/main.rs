@@ -1,1 +1,213 @@
-fn main() {}
+//! `cargo xtask`: build, boot and test Tahoma.
+//!
+//! One tool, in Rust, for every workflow: `build` compiles the bare-metal
+//! images, `run` boots a scenario in QEMU with its serial console on the
+//! terminal, `test` runs every kind of test and ends with one `N passed, N
+//! failed` line. Progress goes to stderr; the serial console (for `run`) and
+//! the final tally (for `test`) go to stdout. Every error says what to do
+//! next. See `docs/xtask.md`.
+
+#![forbid(unsafe_code)]
+
+mod images;
+mod machine;
+mod manifest;
+mod qemu;
+mod test;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tahoma_tests::{BootRequest, Exit};
+use xshell::Shell;
+
+use crate::machine::{Booter, Presentation};
+use crate::manifest::Scenario;
+use crate::qemu::Accel;
+
+/// Build, boot and test Tahoma, the paravirtualized microkernel hypervisor.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the hypervisor and every guest crate under guests/ (release,
+    /// x86_64-unknown-none, one cargo invocation).
+    Build,
+    /// Build, then boot a scenario in QEMU: stream its serial console to
+    /// stdout, keep it in target/tahoma/logs/SCENARIO.log, and say how the
+    /// run ended (exit status 0 only if the hypervisor reported success).
+    Run(RunArgs),
+    /// Run everything: host unit tests (cargo test), then the scenario tests
+    /// in QEMU, then conformance. Ends with one line `N passed, N failed`.
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The scenario: guests/scenarios/SCENARIO.toml (or a path to a .toml).
+    #[arg(default_value = "boot")]
+    scenario: String,
+    /// Accelerator. Default: kvm only if /proc/cpuinfo advertises vmx or svm,
+    /// otherwise tcg (a nested /dev/kvm cannot run a PV hypervisor).
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
+    /// Start paused with a gdb server on :1234 (QEMU -s -S); disables the
+    /// timeout.
+    #[arg(long)]
+    gdb: bool,
+    /// Kill QEMU after S seconds (default: the scenario's `timeout`).
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: Option<u64>,
+    /// Extra hypervisor command line, appended to the scenario's `cmdline`
+    /// (e.g. --append "selftest=panic").
+    #[arg(
+        long,
+        value_name = "ARGS",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
+    append: String,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Run only the scenario tests whose name contains SUBSTR (no host unit
+    /// tests, no conformance).
+    #[arg(long, value_name = "SUBSTR")]
+    filter: Option<String>,
+    /// Accelerator for every boot (default as for `run`).
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
+    /// Kill each boot after S seconds (default: each scenario's `timeout`).
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build => build(),
+        Command::Run(args) => run(args),
+        Command::Test(args) => test::test(&test::Options {
+            filter: args.filter,
+            accel: args.accel,
+            timeout: args.timeout.map(Duration::from_secs),
+        }),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn shell() -> Result<Shell, String> {
+    Shell::new().map_err(|e| format!("cannot set up a shell: {e}"))
+}
+
+fn build() -> Result<ExitCode, String> {
+    let sh = shell()?;
+    let images = images::build(&sh, &images::root())?;
+    eprintln!("xtask: hypervisor: {}", images.hypervisor.display());
+    for g in &images.guests {
+        eprintln!("xtask: guest:      {}", images.dir.join(g).display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, String> {
+    let sh = shell()?;
+    let root = images::root();
+    // A typo in the manifest should fail before a long build.
+    let scenario = Scenario::load(&root, &args.scenario)?;
+    scenario.check_images(&images::guest_crates(&root)?)?;
+    let qemu = qemu::find_qemu(&sh)?;
+    let images = images::build(&sh, &root)?;
+    let accel = args.accel.unwrap_or_else(Accel::detect);
+    let booter = Booter {
+        sh: &sh,
+        root: root.clone(),
+        images,
+        qemu,
+        accel,
+    };
+    let timeout = args.timeout.map(Duration::from_secs);
+    let shown = timeout.unwrap_or(scenario.timeout).as_secs();
+    eprintln!(
+        "xtask: booting scenario `{}`{} with {} guest(s) under {}, {}",
+        scenario.name,
+        scenario
+            .description
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default(),
+        scenario.guests.len(),
+        accel.name(),
+        if args.gdb {
+            "no timeout (gdb)".to_string()
+        } else {
+            format!("timeout {shown} s")
+        }
+    );
+    if args.gdb {
+        eprintln!(
+            "xtask: QEMU waits for gdb on :1234. In another terminal:\n  \
+             gdb {} -ex 'target remote :1234'",
+            booter
+                .images
+                .hypervisor
+                .strip_prefix(&root)
+                .unwrap_or(&booter.images.hypervisor)
+                .display()
+        );
+    }
+    let (_, reach) = machine::endpoints(&scenario);
+    for line in reach {
+        eprintln!("xtask: {line}");
+    }
+    let req = BootRequest {
+        scenario: args.scenario.clone(),
+        cmdline: args.append,
+        timeout,
+        ..Default::default()
+    };
+    let how = Presentation {
+        echo: true,
+        gdb: args.gdb,
+        log_name: scenario.name.clone(),
+    };
+    let (outcome, _, ended) = booter.boot(&req, &how)?;
+    for line in ended.qemu_stderr.lines() {
+        eprintln!("qemu: {line}");
+    }
+    let log = outcome
+        .log
+        .as_ref()
+        .map(|l| l.strip_prefix(&root).unwrap_or(l).display().to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "xtask: scenario `{}` ended: {} (serial log: {log})",
+        scenario.name, outcome.exit
+    );
+    if let Some(bad) = outcome.facts.bad.first() {
+        eprintln!(
+            "xtask: warning: {} malformed report line(s), first at line {}: {}",
+            outcome.facts.bad.len(),
+            bad.line,
+            bad.error
+        );
+    }
+    Ok(if outcome.exit == Exit::Success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,185 @@
+//! Booting a scenario: manifest -> boot pack -> QEMU. Shared by `run` and by
+//! the [`Machine`] that `test` hands to the scenario tests.
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tahoma_tests::{BootOutcome, BootRequest, Machine, PackMutation};
+use xshell::Shell;
+
+use crate::images::Images;
+use crate::manifest::Scenario;
+use crate::qemu::{Accel, Ended, Run};
+
+/// Everything a boot needs besides the request.
+pub struct Booter<'a> {
+    /// For running QEMU.
+    pub sh: &'a Shell,
+    /// The workspace root.
+    pub root: PathBuf,
+    /// The built images.
+    pub images: Images,
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    /// The accelerator.
+    pub accel: Accel,
+}
+
+/// How to present a boot.
+pub struct Presentation {
+    /// Stream serial output to stdout.
+    pub echo: bool,
+    /// Wait for gdb; no timeout.
+    pub gdb: bool,
+    /// Log file name (without `.log`).
+    pub log_name: String,
+}
+
+/// Ports and devices a scenario asks for, and how a human reaches them.
+///
+/// The hook for scenarios that forward ports: return the QEMU arguments
+/// (e.g. `-netdev user,id=n0,hostfwd=tcp::8080-:80 -device ...`) and one line
+/// per endpoint for `run` to print. No scenario forwards anything yet.
+pub fn endpoints(_scenario: &Scenario) -> (Vec<String>, Vec<String>) {
+    (Vec::new(), Vec::new())
+}
+
+impl Booter<'_> {
+    /// `target/tahoma`.
+    pub fn work_dir(&self) -> PathBuf {
+        self.root.join("target/tahoma")
+    }
+
+    /// Loads and packs `req.scenario`, boots it, and returns the outcome
+    /// (plus the scenario, for callers that print more).
+    pub fn boot(
+        &self,
+        req: &BootRequest,
+        how: &Presentation,
+    ) -> Result<(BootOutcome, Scenario, Ended), String> {
+        let scenario = Scenario::load(&self.root, &req.scenario)?;
+        let pack = scenario.pack(&self.images.dir)?;
+        let packs = self.work_dir().join("packs");
+        std::fs::create_dir_all(&packs)
+            .map_err(|e| format!("cannot create {}: {e}", packs.display()))?;
+        let initrd = match req.pack {
+            PackMutation::Intact => Some(write(&packs, &format!("{}.pack", scenario.name), &pack)?),
+            PackMutation::Truncate(n) => {
+                let n = usize::try_from(n)
+                    .ok()
+                    .filter(|&n| n <= pack.len())
+                    .ok_or(format!(
+                        "cannot truncate a {}-byte pack by {n} bytes",
+                        pack.len()
+                    ))?;
+                let name = format!("{}.truncated-{n}.pack", scenario.name);
+                Some(write(&packs, &name, &pack[..pack.len() - n])?)
+            }
+            PackMutation::Omit => None,
+        };
+        let pack_size = match &initrd {
+            Some(p) => Some(
+                std::fs::metadata(p)
+                    .map_err(|e| format!("cannot stat {}: {e}", p.display()))?
+                    .len(),
+            ),
+            None => None,
+        };
+        let append = [scenario.cmdline.as_str(), req.cmdline.as_str()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let (extra, _) = endpoints(&scenario);
+        let log = self
+            .work_dir()
+            .join("logs")
+            .join(format!("{}.log", how.log_name));
+        let run = Run {
+            qemu: self.qemu.clone(),
+            accel: self.accel,
+            memory_mib: scenario.memory_mib,
+            kernel: self.images.hypervisor.clone(),
+            initrd,
+            append,
+            gdb: how.gdb,
+            extra,
+            timeout: if how.gdb {
+                None
+            } else {
+                Some(req.timeout.unwrap_or(scenario.timeout))
+            },
+            echo: how.echo,
+            log: log.clone(),
+        };
+        let ended = run.run(self.sh)?;
+        let mut outcome = BootOutcome::new(
+            ended.exit.clone(),
+            ended.raw_status,
+            ended.transcript.clone(),
+        );
+        outcome.pack_size = pack_size;
+        outcome.log = Some(log);
+        Ok((outcome, scenario, ended))
+    }
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, String> {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The [`Machine`] for one scenario test: boots quietly, logs to
+/// `target/tahoma/logs/tests/<test>[.N].log`.
+pub struct TestMachine<'a, 'b> {
+    /// The booter.
+    pub booter: &'a Booter<'b>,
+    /// The test's name.
+    pub test: &'static str,
+    /// Boots so far.
+    pub boots: Cell<usize>,
+    /// Timeout override for every boot (`--timeout`).
+    pub timeout: Option<Duration>,
+}
+
+impl TestMachine<'_, '_> {
+    /// The log of the last boot, if there was one.
+    pub fn last_log(&self) -> Option<PathBuf> {
+        let n = self.boots.get().checked_sub(1)?;
+        Some(
+            self.booter
+                .work_dir()
+                .join("logs")
+                .join(format!("{}.log", self.log_name(n))),
+        )
+    }
+
+    /// The log of boot number `n`.
+    pub fn log_name(&self, n: usize) -> String {
+        if n == 0 {
+            format!("tests/{}", self.test)
+        } else {
+            format!("tests/{}.{n}", self.test)
+        }
+    }
+}
+
+impl Machine for TestMachine<'_, '_> {
+    fn boot(&self, req: &BootRequest) -> Result<BootOutcome, String> {
+        let n = self.boots.get();
+        self.boots.set(n + 1);
+        let mut req = req.clone();
+        if self.timeout.is_some() {
+            req.timeout = self.timeout;
+        }
+        let how = Presentation {
+            echo: false,
+            gdb: false,
+            log_name: self.log_name(n),
+        };
+        self.booter.boot(&req, &how).map(|(outcome, _, _)| outcome)
+    }
+}

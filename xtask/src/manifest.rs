@@ -1,0 +1,652 @@
+//! Scenario manifests: `guests/scenarios/NAME.toml`, validated on the host and
+//! packed into a boot pack.
+//!
+//! The hypervisor never parses TOML. Everything that can be wrong with a
+//! manifest is caught here, and the error names the file and line, so a typo
+//! costs seconds rather than a boot. The format is documented in
+//! `docs/xtask.md`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tahoma_core::bootpack::{DomainFlags, DomainSpec, PackBuilder, NAME_LEN};
+use toml::Spanned;
+
+/// Bytes per page.
+const PAGE: u64 = 4096;
+/// Smallest guest reservation.
+const MIN_GUEST_MEMORY: u64 = 64 * 1024;
+/// Smallest QEMU RAM size we accept.
+const MIN_MACHINE_MEMORY: u64 = 16 << 20;
+/// Largest scheduling weight.
+const MAX_WEIGHT: i64 = 256;
+/// Default scenario timeout.
+pub const DEFAULT_TIMEOUT: u64 = 60;
+/// Default QEMU RAM.
+const DEFAULT_MEMORY: &str = "512M";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    description: Option<String>,
+    timeout: Option<Spanned<i64>>,
+    memory: Option<Spanned<String>>,
+    cmdline: Option<String>,
+    #[serde(default)]
+    guest: Vec<RawGuest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuest {
+    name: Spanned<String>,
+    image: Spanned<String>,
+    memory: Spanned<String>,
+    max_memory: Option<Spanned<String>>,
+    cmdline: Option<String>,
+    privileged: Option<bool>,
+    critical: Option<bool>,
+    count: Option<Spanned<i64>>,
+    weight: Option<Spanned<i64>>,
+}
+
+/// A validated scenario.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scenario {
+    /// The file's stem: `boot` for `boot.toml`.
+    pub name: String,
+    /// Where it came from.
+    pub path: PathBuf,
+    /// Free text.
+    pub description: Option<String>,
+    /// How long a run may take.
+    pub timeout: Duration,
+    /// QEMU RAM in MiB.
+    pub memory_mib: u64,
+    /// The hypervisor command line from the manifest.
+    pub cmdline: String,
+    /// Domains to create, in boot order, after `count` expansion.
+    pub guests: Vec<Guest>,
+}
+
+/// One domain, after `count` expansion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guest {
+    /// Unique name, at most 32 bytes.
+    pub name: String,
+    /// Guest crate / binary name.
+    pub image: String,
+    /// Line of `image = ...`, for errors found later (a missing image).
+    pub image_line: usize,
+    /// Initial reservation in pages.
+    pub mem_pages: u32,
+    /// Upper bound in pages.
+    pub max_pages: u32,
+    /// The guest's command line.
+    pub cmdline: String,
+    /// May be delegated hardware.
+    pub privileged: bool,
+    /// The scenario ends when this guest ends.
+    pub critical: bool,
+    /// Scheduling weight, 0 = default.
+    pub weight: u32,
+}
+
+/// A manifest error, pointing at the file and line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestError {
+    /// The manifest.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.message)?,
+            None => write!(f, "{}: {}", self.file.display(), self.message)?,
+        }
+        write!(f, " (the manifest format is in docs/xtask.md)")
+    }
+}
+
+/// 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ManifestError {
+        ManifestError {
+            file: self.file.to_path_buf(),
+            line: span.map(|s| line_of(self.text, s.start)),
+            message: message.into(),
+        }
+    }
+
+    fn at<T>(&self, v: &Spanned<T>, message: impl Into<String>) -> ManifestError {
+        self.err(Some(v.span()), message)
+    }
+}
+
+/// Parses a size: a whole number of bytes with an optional `K`, `M` or `G`
+/// suffix (powers of 1024).
+pub fn parse_size(raw: &str) -> Result<u64, String> {
+    let raw = raw.trim();
+    let (digits, shift) = match raw.char_indices().last() {
+        Some((i, 'K')) => (&raw[..i], 10),
+        Some((i, 'M')) => (&raw[..i], 20),
+        Some((i, 'G')) => (&raw[..i], 30),
+        _ => (raw, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{raw}` is not a size: write a whole number with an optional K, M or G suffix, like \"2M\""
+        ));
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("`{raw}` is too large"))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl Scenario {
+    /// Parses and validates the manifest `text` read from `file`. Names the
+    /// scenario after the file's stem.
+    pub fn parse(file: &Path, text: &str) -> Result<Scenario, ManifestError> {
+        let cx = Ctx { file, text };
+        let raw: RawManifest =
+            toml::from_str(text).map_err(|e| cx.err(e.span(), e.message().trim_end()))?;
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+
+        let timeout = match &raw.timeout {
+            None => DEFAULT_TIMEOUT,
+            Some(t) if *t.get_ref() >= 1 => t.get_ref().unsigned_abs(),
+            Some(t) => {
+                return Err(cx.at(
+                    t,
+                    format!("timeout = {} must be at least 1 (seconds)", t.get_ref()),
+                ))
+            }
+        };
+        let memory_bytes = match &raw.memory {
+            None => parse_size(DEFAULT_MEMORY).unwrap_or(512 << 20),
+            Some(m) => parse_size(m.get_ref()).map_err(|e| cx.at(m, format!("memory: {e}")))?,
+        };
+        if let Some(m) = &raw.memory {
+            if memory_bytes % (1 << 20) != 0 || memory_bytes < MIN_MACHINE_MEMORY {
+                return Err(cx.at(
+                    m,
+                    "memory (QEMU RAM) must be a whole number of MiB and at least 16M",
+                ));
+            }
+        }
+
+        let mut guests = Vec::new();
+        for g in &raw.guest {
+            expand_guest(&cx, g, &mut guests)?;
+        }
+        let mut seen = BTreeSet::new();
+        for (g, raw_name) in &guests {
+            if !seen.insert(g.name.clone()) {
+                return Err(cx.at(
+                    raw_name,
+                    format!("guest name `{}` is used twice; names must be unique (count = N adds -0..-N-1)", g.name),
+                ));
+            }
+        }
+
+        Ok(Scenario {
+            name,
+            path: file.to_path_buf(),
+            description: raw.description,
+            timeout: Duration::from_secs(timeout),
+            memory_mib: memory_bytes >> 20,
+            cmdline: raw.cmdline.unwrap_or_default(),
+            guests: guests.into_iter().map(|(g, _)| g).collect(),
+        })
+    }
+
+    /// Reads and parses `guests/scenarios/<name>.toml` under `root` (or
+    /// `name` itself, if it is a path to a `.toml` file).
+    pub fn load(root: &Path, name: &str) -> Result<Scenario, String> {
+        let dir = root.join("guests/scenarios");
+        let path = if name.ends_with(".toml") {
+            PathBuf::from(name)
+        } else {
+            dir.join(format!("{name}.toml"))
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            let known = list(root).unwrap_or_default().join(", ");
+            format!(
+                "cannot read scenario `{name}` ({}: {e}); known scenarios: {}",
+                path.display(),
+                if known.is_empty() { "none" } else { &known }
+            )
+        })?;
+        let shown = path.strip_prefix(root).unwrap_or(&path);
+        Scenario::parse(shown, &text).map_err(|e| e.to_string())
+    }
+
+    /// Checks that every guest's image is one of the guest crates `known`
+    /// (so a typo fails before a build, naming the line).
+    pub fn check_images(&self, known: &[String]) -> Result<(), String> {
+        for g in &self.guests {
+            if !known.contains(&g.image) {
+                return Err(format!(
+                    "{}:{}: image `{}` is not a guest crate (there is no guests/{}/Cargo.toml); guest crates: {}",
+                    self.path.display(),
+                    g.image_line,
+                    g.image,
+                    g.image,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Packs the scenario with the guest ELFs from `images` (the release
+    /// output directory): each distinct image is stored once.
+    pub fn pack(&self, images: &Path) -> Result<Vec<u8>, String> {
+        let mut b = PackBuilder::new();
+        b.scenario(&self.name);
+        let mut blobs: BTreeMap<&str, u32> = BTreeMap::new();
+        for g in &self.guests {
+            let blob = match blobs.get(g.image.as_str()) {
+                Some(&i) => i,
+                None => {
+                    let path = images.join(&g.image);
+                    let elf = std::fs::read(&path).map_err(|e| {
+                        format!(
+                            "{}:{}: guest image `{}` not found at {} ({e}): is there a crate guests/{}/ ? then run `cargo xtask build`",
+                            self.path.display(),
+                            g.image_line,
+                            g.image,
+                            path.display(),
+                            g.image
+                        )
+                    })?;
+                    if !elf.starts_with(b"\x7fELF") {
+                        return Err(format!("{} is not an ELF file", path.display()));
+                    }
+                    let i = b.blob(&elf);
+                    blobs.insert(&g.image, i);
+                    i
+                }
+            };
+            let mut flags = DomainFlags::empty();
+            flags.set(DomainFlags::PRIVILEGED, g.privileged);
+            flags.set(DomainFlags::CRITICAL, g.critical);
+            b.domain(&DomainSpec {
+                name: &g.name,
+                mem_pages: g.mem_pages,
+                max_pages: g.max_pages,
+                flags,
+                image_blob: blob,
+                cmdline: &g.cmdline,
+                weight: g.weight,
+            })
+            .map_err(|e| format!("guest `{}`: {e}", g.name))?;
+        }
+        Ok(b.finish())
+    }
+}
+
+/// Validates one `[[guest]]` table and pushes its copies (with the span of
+/// its name, for duplicate errors).
+fn expand_guest<'a>(
+    cx: &Ctx<'_>,
+    g: &'a RawGuest,
+    out: &mut Vec<(Guest, &'a Spanned<String>)>,
+) -> Result<(), ManifestError> {
+    let name = g.name.get_ref();
+    if !valid_name(name) {
+        return Err(cx.at(
+            &g.name,
+            format!("guest name `{name}` must be non-empty and use only letters, digits, `-`, `_` and `.`"),
+        ));
+    }
+    let image = g.image.get_ref();
+    if !valid_name(image) {
+        return Err(cx.at(
+            &g.image,
+            format!("image `{image}` must name a guest crate under guests/"),
+        ));
+    }
+    let pages = |v: &Spanned<String>, what: &str| -> Result<u32, ManifestError> {
+        let bytes = parse_size(v.get_ref()).map_err(|e| cx.at(v, format!("{what}: {e}")))?;
+        if bytes % PAGE != 0 {
+            return Err(cx.at(
+                v,
+                format!(
+                    "{what} = \"{}\" is not a whole number of 4K pages",
+                    v.get_ref()
+                ),
+            ));
+        }
+        if bytes < MIN_GUEST_MEMORY {
+            return Err(cx.at(
+                v,
+                format!("{what} = \"{}\" is below the minimum of 64K", v.get_ref()),
+            ));
+        }
+        u32::try_from(bytes / PAGE)
+            .map_err(|_| cx.at(v, format!("{what} = \"{}\" is too large", v.get_ref())))
+    };
+    let mem_pages = pages(&g.memory, "memory")?;
+    let max_pages = match &g.max_memory {
+        None => mem_pages,
+        Some(m) => {
+            let p = pages(m, "max_memory")?;
+            if p < mem_pages {
+                return Err(cx.at(
+                    m,
+                    format!(
+                        "max_memory = \"{}\" is less than memory = \"{}\"",
+                        m.get_ref(),
+                        g.memory.get_ref()
+                    ),
+                ));
+            }
+            p
+        }
+    };
+    let weight = match &g.weight {
+        None => 0,
+        Some(w) if (0..=MAX_WEIGHT).contains(w.get_ref()) => w.get_ref().unsigned_abs() as u32,
+        Some(w) => {
+            return Err(cx.at(
+                w,
+                format!(
+                    "weight = {} is outside 1..=256 (0 means the default)",
+                    w.get_ref()
+                ),
+            ))
+        }
+    };
+    let count = match &g.count {
+        None => 1,
+        Some(c) if (1..=1024).contains(c.get_ref()) => c.get_ref().unsigned_abs(),
+        Some(c) => {
+            return Err(cx.at(c, format!("count = {} is outside 1..=1024", c.get_ref())));
+        }
+    };
+    let image_line = line_of(cx.text, g.image.span().start);
+    for i in 0..count {
+        let copy = if count > 1 {
+            format!("{name}-{i}")
+        } else {
+            name.clone()
+        };
+        if copy.len() > NAME_LEN {
+            return Err(cx.at(
+                &g.name,
+                format!("guest name `{copy}` is longer than {NAME_LEN} bytes"),
+            ));
+        }
+        out.push((
+            Guest {
+                name: copy,
+                image: image.clone(),
+                image_line,
+                mem_pages,
+                max_pages,
+                cmdline: g.cmdline.clone().unwrap_or_default(),
+                privileged: g.privileged.unwrap_or(false),
+                critical: g.critical.unwrap_or(true),
+                weight,
+            },
+            &g.name,
+        ));
+    }
+    Ok(())
+}
+
+/// The scenario names under `root/guests/scenarios`, sorted.
+pub fn list(root: &Path) -> Result<Vec<String>, String> {
+    let dir = root.join("guests/scenarios");
+    let entries =
+        std::fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).map(String::from))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tahoma_core::bootpack::{name_str, Pack};
+
+    fn parse(text: &str) -> Result<Scenario, ManifestError> {
+        Scenario::parse(Path::new("guests/scenarios/t.toml"), text)
+    }
+
+    fn err(text: &str) -> ManifestError {
+        parse(text).expect_err("manifest should be refused")
+    }
+
+    const GOOD: &str = r#"
+description = "two workers and a driver"
+timeout = 30
+memory = "256M"
+cmdline = "log=debug"
+
+[[guest]]
+name = "net"
+image = "netdrv"
+memory = "4M"
+max_memory = "8M"
+privileged = true
+critical = false
+
+[[guest]]
+name = "worker"
+image = "hello"
+memory = "64K"
+cmdline = "greeting=hi"
+count = 3
+weight = 256
+"#;
+
+    #[test]
+    fn good_manifest() {
+        let s = parse(GOOD).unwrap();
+        assert_eq!(s.name, "t");
+        assert_eq!(s.description.as_deref(), Some("two workers and a driver"));
+        assert_eq!(s.timeout, Duration::from_secs(30));
+        assert_eq!(s.memory_mib, 256);
+        assert_eq!(s.cmdline, "log=debug");
+        let net = &s.guests[0];
+        assert_eq!(
+            (
+                net.mem_pages,
+                net.max_pages,
+                net.privileged,
+                net.critical,
+                net.weight
+            ),
+            (1024, 2048, true, false, 0)
+        );
+        assert_eq!(net.image_line, 9);
+        let w = &s.guests[1];
+        assert_eq!((w.mem_pages, w.max_pages, w.weight), (16, 16, 256));
+        assert!(w.critical && !w.privileged);
+        assert_eq!(w.cmdline, "greeting=hi");
+    }
+
+    #[test]
+    fn defaults() {
+        let s = parse("").unwrap();
+        assert_eq!(s.timeout, Duration::from_secs(DEFAULT_TIMEOUT));
+        assert_eq!(s.memory_mib, 512);
+        assert_eq!(s.cmdline, "");
+        assert!(s.guests.is_empty());
+    }
+
+    #[test]
+    fn count_expansion() {
+        let s = parse(GOOD).unwrap();
+        let names: Vec<_> = s.guests.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["net", "worker-0", "worker-1", "worker-2"]);
+        let one =
+            parse("[[guest]]\nname = \"a\"\nimage = \"x\"\nmemory = \"1M\"\ncount = 1\n").unwrap();
+        assert_eq!(one.guests[0].name, "a");
+        let e = err("[[guest]]\nname = \"a\"\nimage = \"x\"\nmemory = \"1M\"\ncount = 0\n");
+        assert_eq!(e.line, Some(5));
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let e = err("timeout = 5\n\n[[guest]]\nname = \"a\"\nimage = \"x\"\nmemory = \"1M\"\nprivilged = true\n");
+        assert_eq!(e.file, Path::new("guests/scenarios/t.toml"));
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(e.message.contains("privilged"), "{e}");
+        assert!(
+            e.to_string().starts_with("guests/scenarios/t.toml:7: "),
+            "{e}"
+        );
+        let top = err("descripton = \"x\"\n");
+        assert_eq!(top.line, Some(1), "{top}");
+    }
+
+    #[test]
+    fn bad_values_name_the_line() {
+        let guest =
+            |mem: &str| format!("\n[[guest]]\nname = \"a\"\nimage = \"x\"\nmemory = {mem}\n");
+        for (mem, why) in [
+            ("\"2X\"", "not a size"),
+            ("\"\"", "not a size"),
+            ("\"-1M\"", "not a size"),
+            ("\"1000\"", "whole number of 4K pages"),
+            ("\"32K\"", "minimum of 64K"),
+            ("\"99999G\"", "too large"),
+            ("2", "string"),
+        ] {
+            let e = err(&guest(mem));
+            assert_eq!(e.line, Some(5), "{mem}: {e}");
+            assert!(e.message.contains(why), "{mem}: {e}");
+        }
+        let e =
+            err("[[guest]]\nname = \"a\"\nimage = \"x\"\nmemory = \"2M\"\nmax_memory = \"1M\"\n");
+        assert_eq!(e.line, Some(5));
+        assert!(e.message.contains("less than"), "{e}");
+        let e = err("[[guest]]\nname = \"a\"\nimage = \"x\"\nmemory = \"2M\"\nweight = 257\n");
+        assert_eq!(e.line, Some(5));
+        let e = err("timeout = 0\n");
+        assert_eq!(e.line, Some(1));
+        let e = err("memory = \"1G\"\ntimeout = \"soon\"\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = err("memory = \"8M\"\n");
+        assert!(e.message.contains("at least 16M"), "{e}");
+        let e = err("[[guest]]\nname = \"has space\"\nimage = \"x\"\nmemory = \"2M\"\n");
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn duplicate_names() {
+        let e = err("[[guest]]\nname = \"a\"\nimage = \"x\"\nmemory = \"1M\"\n\n[[guest]]\nname = \"a\"\nimage = \"y\"\nmemory = \"1M\"\n");
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(e.message.contains("used twice"), "{e}");
+        // Expansion can collide with an explicit name.
+        let e = err("[[guest]]\nname = \"w-1\"\nimage = \"x\"\nmemory = \"1M\"\n\n[[guest]]\nname = \"w\"\nimage = \"x\"\nmemory = \"1M\"\ncount = 2\n");
+        assert!(e.message.contains("`w-1`"), "{e}");
+    }
+
+    #[test]
+    fn long_names_are_refused() {
+        let long = "n".repeat(31);
+        let e = err(&format!(
+            "[[guest]]\nname = \"{long}\"\nimage = \"x\"\nmemory = \"1M\"\ncount = 2\n"
+        ));
+        assert!(e.message.contains("longer than 32"), "{e}");
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("2M"), Ok(2 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("1.5M").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("1m").is_err());
+    }
+
+    #[test]
+    fn pack_stores_each_image_once() {
+        let dir = std::env::temp_dir().join(format!("tahoma-xtask-pack-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hello"), b"\x7fELF hello image").unwrap();
+        std::fs::write(dir.join("netdrv"), b"\x7fELF netdrv image").unwrap();
+        let s = parse(GOOD).unwrap();
+        let bytes = s.pack(&dir).unwrap();
+        let pack = Pack::parse(&bytes).unwrap();
+        assert_eq!(pack.scenario(), Some("t"));
+        let ds: Vec<_> = pack.domains().collect();
+        assert_eq!(ds.len(), 4);
+        assert_eq!(name_str(&ds[3].name), "worker-2");
+        assert_eq!(ds[1].image_blob, ds[3].image_blob);
+        assert_ne!(ds[0].image_blob, ds[1].image_blob);
+        assert_eq!(
+            pack.blob(ds[1].image_blob),
+            Some(&b"\x7fELF hello image"[..])
+        );
+        assert_eq!(ds[0].flags, DomainFlags::PRIVILEGED.bits());
+        assert_eq!(ds[1].flags, DomainFlags::CRITICAL.bits());
+        assert_eq!(pack.blob(ds[1].cmdline_blob), Some(&b"greeting=hi"[..]));
+
+        assert_eq!(s.check_images(&["hello".into(), "netdrv".into()]), Ok(()));
+        let e = s.check_images(&["hello".into()]).unwrap_err();
+        assert!(
+            e.contains("t.toml:9: image `netdrv` is not a guest crate"),
+            "{e}"
+        );
+
+        std::fs::remove_file(dir.join("netdrv")).unwrap();
+        let e = s.pack(&dir).unwrap_err();
+        assert!(
+            e.contains("t.toml:9: guest image `netdrv` not found"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,281 @@
+//! `cargo xtask test`: host unit tests, scenario tests, conformance; one tally.
+//!
+//! Nothing is skipped silently: a scenario test that cannot run (the images
+//! did not build, QEMU is missing) counts as failed, with the reason.
+
+use std::cell::Cell;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use tahoma_tests::{scenario_tests, BootRequest, Exit};
+use xshell::{cmd, Shell};
+
+use crate::images;
+use crate::machine::{Booter, Presentation, TestMachine};
+use crate::qemu::{self, Accel};
+
+/// Options of `cargo xtask test`.
+pub struct Options {
+    /// Only scenario tests whose name contains this.
+    pub filter: Option<String>,
+    /// Accelerator override.
+    pub accel: Option<Accel>,
+    /// Per-boot timeout override.
+    pub timeout: Option<Duration>,
+}
+
+/// Lines of transcript shown for a failed scenario test.
+const TAIL_LINES: usize = 30;
+/// The conformance scenario, once it exists.
+const CONFORMANCE: &str = "conformance";
+
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs the tests and prints the closing line.
+pub fn test(opts: &Options) -> Result<ExitCode, String> {
+    let sh = Shell::new().map_err(|e| format!("cannot set up a shell: {e}"))?;
+    let root = images::root();
+    let mut tally = Tally::default();
+
+    if opts.filter.is_none() {
+        unit_tests(&sh, &root, &mut tally);
+    }
+
+    let booter = qemu::find_qemu(&sh).and_then(|qemu| {
+        let images = images::build(&sh, &root)?;
+        Ok(Booter {
+            sh: &sh,
+            root: root.clone(),
+            images,
+            qemu,
+            accel: opts.accel.unwrap_or_else(Accel::detect),
+        })
+    });
+    if let Err(e) = &booter {
+        eprintln!("xtask: cannot boot anything: {e}");
+    }
+    let booter = booter.as_ref().map_err(|e| e.as_str());
+
+    scenarios(booter, opts, &mut tally);
+    if opts.filter.is_none() {
+        conformance(booter, &root, &mut tally);
+    }
+
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    Ok(if tally.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Counts from one `test result: ok. 3 passed; 1 failed; ...` line.
+fn parse_test_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.trim().strip_prefix("test result:")?;
+    let mut passed = None;
+    let mut failed = None;
+    for part in rest.split(';') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(label), Some(n)) = (words.next(), words.next()) else {
+            continue;
+        };
+        match (label, n.parse::<u64>()) {
+            ("passed", Ok(n)) => passed = Some(n),
+            ("failed", Ok(n)) => failed = Some(n),
+            _ => {}
+        }
+    }
+    Some((passed?, failed?))
+}
+
+/// `cargo test` over the default members, streamed to stderr; every
+/// `test result:` line is summed. A build failure counts as one failure.
+fn unit_tests(sh: &Shell, root: &Path, tally: &mut Tally) {
+    eprintln!("xtask: host unit tests: cargo test");
+    let _dir = sh.push_dir(root);
+    let mut command: Command = cmd!(sh, "cargo test").into();
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("unit tests ... FAILED (cannot start cargo test: {e})");
+            tally.failed += 1;
+            return;
+        }
+    };
+    let (mut passed, mut failed) = (0, 0);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if let Some((p, f)) = parse_test_result(&line) {
+                passed += p;
+                failed += f;
+            }
+        }
+    }
+    let ok = child.wait().map(|s| s.success()).unwrap_or(false);
+    tally.passed += passed;
+    tally.failed += failed;
+    if !ok && failed == 0 {
+        eprintln!("unit tests ... FAILED (cargo test did not build or run; see its output above)");
+        tally.failed += 1;
+    } else {
+        eprintln!(
+            "unit tests ... {} ({passed} passed, {failed} failed)",
+            if failed == 0 { "ok" } else { "FAILED" }
+        );
+    }
+}
+
+fn scenarios(booter: Result<&Booter<'_>, &str>, opts: &Options, tally: &mut Tally) {
+    let all = scenario_tests();
+    let selected: Vec<_> = all
+        .iter()
+        .filter(|t| {
+            opts.filter
+                .as_ref()
+                .is_none_or(|f| t.name.contains(f.as_str()))
+        })
+        .collect();
+    if selected.is_empty() {
+        let names: Vec<_> = all.iter().map(|t| t.name).collect();
+        eprintln!(
+            "scenario tests ... FAILED (no test matches {:?}; the tests are: {})",
+            opts.filter.as_deref().unwrap_or(""),
+            names.join(", ")
+        );
+        tally.failed += 1;
+        return;
+    }
+    for t in selected {
+        let booter = match booter {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("scenario {} ... FAILED (could not run: {e})", t.name);
+                tally.failed += 1;
+                continue;
+            }
+        };
+        let machine = TestMachine {
+            booter,
+            test: t.name,
+            boots: Cell::new(0),
+            timeout: opts.timeout,
+        };
+        match (t.run)(&machine) {
+            Ok(()) => {
+                eprintln!("scenario {} ... ok", t.name);
+                tally.passed += 1;
+            }
+            Err(reason) => {
+                eprintln!("scenario {} ... FAILED ({reason})", t.name);
+                tally.failed += 1;
+                if let Some(log) = machine.last_log() {
+                    show_tail(&log, &booter.root);
+                }
+            }
+        }
+    }
+}
+
+fn show_tail(log: &Path, root: &Path) {
+    let shown = log.strip_prefix(root).unwrap_or(log);
+    match std::fs::read_to_string(log) {
+        Ok(text) => {
+            let lines: Vec<_> = text.lines().collect();
+            let from = lines.len().saturating_sub(TAIL_LINES);
+            eprintln!(
+                "    log: {} (last {} lines):",
+                shown.display(),
+                lines.len() - from
+            );
+            for l in &lines[from..] {
+                eprintln!("    | {l}");
+            }
+        }
+        Err(e) => eprintln!("    log: {} (unreadable: {e})", shown.display()),
+    }
+}
+
+/// Boots `guests/scenarios/conformance.toml` (once it exists) and counts
+/// each `@ conformance clause=... outcome=pass|fail` line as one test.
+fn conformance(booter: Result<&Booter<'_>, &str>, root: &Path, tally: &mut Tally) {
+    let manifest = root.join(format!("guests/scenarios/{CONFORMANCE}.toml"));
+    if !manifest.exists() {
+        eprintln!("conformance: none yet (guests/scenarios/{CONFORMANCE}.toml does not exist)");
+        return;
+    }
+    let booter = match booter {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("conformance ... FAILED (could not run: {e})");
+            tally.failed += 1;
+            return;
+        }
+    };
+    let how = Presentation {
+        echo: false,
+        gdb: false,
+        log_name: format!("tests/{CONFORMANCE}"),
+    };
+    let (outcome, _, _) = match booter.boot(&BootRequest::scenario(CONFORMANCE), &how) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("conformance ... FAILED (could not boot: {e})");
+            tally.failed += 1;
+            return;
+        }
+    };
+    let mut clauses = 0;
+    for fact in outcome.facts.of_kind("conformance") {
+        clauses += 1;
+        let clause = fact.get("clause").unwrap_or("?");
+        let name = fact.get("name").unwrap_or("");
+        if fact.get("outcome") == Some("pass") {
+            eprintln!("conformance {clause} {name} ... ok");
+            tally.passed += 1;
+        } else {
+            eprintln!(
+                "conformance {clause} {name} ... FAILED ({})",
+                fact.get("detail").unwrap_or("no detail")
+            );
+            tally.failed += 1;
+        }
+    }
+    let log = outcome.log.as_deref().unwrap_or(Path::new("?"));
+    if clauses == 0 || outcome.exit != Exit::Success {
+        eprintln!(
+            "conformance ... FAILED (ended with {}, {clauses} clause(s) reported)",
+            outcome.exit
+        );
+        tally.failed += 1;
+        show_tail(log, root);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_result_lines() {
+        assert_eq!(
+            parse_test_result("test result: ok. 19 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s"),
+            Some((19, 0))
+        );
+        assert_eq!(
+            parse_test_result(
+                "test result: FAILED. 7 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out"
+            ),
+            Some((7, 2))
+        );
+        assert_eq!(parse_test_result("test foo ... ok"), None);
+        assert_eq!(parse_test_result("test result: garbled"), None);
+    }
+}
