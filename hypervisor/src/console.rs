@@ -37,14 +37,6 @@ pub fn write_fmt(args: core::fmt::Arguments<'_>) {
     let _ = port.write_fmt(args);
 }
 
-/// Writes raw bytes (e.g. a guest's console output) to COM1.
-pub fn write_bytes(bytes: &[u8]) {
-    let mut port = COM1.lock();
-    for &b in bytes {
-        port.send(b);
-    }
-}
-
 /// Prints a line to the console.
 #[macro_export]
 macro_rules! println {

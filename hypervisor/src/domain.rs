@@ -93,6 +93,18 @@ pub enum BuildError {
     NoMemory,
 }
 
+impl core::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BuildError::BadSize(p) => write!(f, "{p} pages is outside {MIN_PAGES}..={WINDOW_MAX_PAGES} or leaves no room for the image"),
+            BuildError::BadElf(why) => write!(f, "image refused: {why}"),
+            BuildError::BadSegment(va) => write!(f, "segment at {va:#x} lies outside the window"),
+            BuildError::BadEntry(va) => write!(f, "entry point {va:#x} is not in an executable segment"),
+            BuildError::NoMemory => write!(f, "not enough free frames"),
+        }
+    }
+}
+
 /// A domain's shared-info page: a hypervisor-owned frame mapped read-write
 /// into the guest. Every access is atomic or volatile, and no value read
 /// from it is trusted (MEM-4).
@@ -222,16 +234,10 @@ impl SharedPage {
         let off = core::mem::offset_of!(SharedInfo, time) as u64;
         mem::copy_to_phys((self.pfn << 12) + off, t.as_bytes());
     }
-
-    /// The frame.
-    pub fn pfn(&self) -> u64 {
-        self.pfn
-    }
 }
 
 /// How the window's pages are used (MEM-2).
 struct Plan {
-    nr_pages: u64,
     image_pages: u64,
     pt_first: u64,
     pt_pages: u64,
@@ -255,7 +261,6 @@ fn plan(nr_pages: u64, image_pages: u64) -> Result<Plan, BuildError> {
         return Err(BuildError::BadSize(nr_pages));
     }
     Ok(Plan {
-        nr_pages,
         image_pages,
         pt_first,
         pt_pages,

@@ -31,16 +31,6 @@ impl GuestRange {
             _ => Err(Error::BadAddress),
         }
     }
-
-    /// Start address.
-    pub fn va(&self) -> u64 {
-        self.va
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
 }
 
 /// Translates `va` through the page tables rooted at `root` (a PML4

@@ -120,7 +120,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
             }
             Err(e) => {
                 let mut msg = heapless::String::<96>::new();
-                let _ = core::fmt::write(&mut msg, format_args!("{e:?}"));
+                let _ = core::fmt::write(&mut msg, format_args!("{e}"));
                 report!(
                     "domain-error",
                     "id={} name={} error={}",
@@ -128,7 +128,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
                     Quoted(name),
                     Quoted(&msg)
                 );
-                log::error!("domain {name:?} not started: {e:?}; fix its manifest entry or image");
+                log::error!("domain {name:?} not started: {e}; fix its manifest entry or image");
                 hv.failed = true;
             }
         }
@@ -687,8 +687,9 @@ impl Hv {
                     Quoted(why)
                 );
                 log::warn!(
-                    "domain {} destroyed: {} at rip {:#x} ({}); other domains continue",
+                    "domain {} ({}) destroyed: {} at rip {:#x} ({}); other domains continue",
                     d.name,
+                    d.id,
                     vector_name(vector),
                     rip,
                     why

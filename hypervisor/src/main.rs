@@ -35,7 +35,7 @@ extern "C" fn kernel_start(start_info: u64) -> ! {
     let boot = match pvh::parse(start_info) {
         Ok(b) => b,
         Err(e) => fail(format_args!(
-            "start info at {start_info:#x} unusable: {e:?}; boot with a PVH loader (QEMU -kernel)"
+            "start info at {start_info:#x} unusable: {e}; boot with a PVH loader (QEMU -kernel)"
         )),
     };
     report!(

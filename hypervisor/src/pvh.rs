@@ -66,6 +66,17 @@ pub enum BootInfoError {
     NoMemoryMap,
 }
 
+impl core::fmt::Display for BootInfoError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BootInfoError::BadMagic(m) => {
+                write!(f, "magic {m:#x} is not hvm_start_info's {MAGIC:#x}")
+            }
+            BootInfoError::NoMemoryMap => write!(f, "no memory map (start info version 0)"),
+        }
+    }
+}
+
 /// Reads `T` at physical address `pa` (through the direct map).
 fn read_phys<T: FromBytes>(pa: u64) -> T {
     let len = core::mem::size_of::<T>();

@@ -45,12 +45,6 @@ pub fn ns_to_tsc(ns: u64) -> u64 {
     boot_tsc().saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX))
 }
 
-/// Converts a TSC value to monotonic nanoseconds.
-pub fn tsc_to_ns(tsc: u64) -> u64 {
-    let ticks = u128::from(tsc.saturating_sub(boot_tsc()));
-    u64::try_from(ticks * 1_000_000_000 / u128::from(tsc_hz())).unwrap_or(u64::MAX)
-}
-
 /// TSC ticks in `ms` milliseconds.
 pub fn ms_to_ticks(ms: u64) -> u64 {
     tsc_hz() / 1000 * ms

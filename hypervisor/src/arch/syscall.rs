@@ -81,7 +81,7 @@ pub fn init() {
         sel(super::cpu::KERNEL_SS, PrivilegeLevel::Ring0),
     )
     .expect("GDT order matches sysret's expectations");
-    LStar::write(VirtAddr::new(syscall_entry as usize as u64));
+    LStar::write(VirtAddr::new(syscall_entry as *const () as u64));
     // Entry runs with interrupts off, DF clear, AC clear (SMAP on), no trap flag.
     SFMask::write(
         RFlags::INTERRUPT_FLAG
