@@ -1,0 +1,89 @@
+//! Misbehaves on request (`do=ACTION`), to show that the damage stays in
+//! this domain (TRAP-0c, TRAP-3). Without a trap handler each action below
+//! must get the domain destroyed with a report; `do=trap-*` installs a
+//! handler first, observes the reflected exception and carries on.
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+use guest_sdk::{println, trap, StartInfo, UpcallFrame};
+
+guest_sdk::entry!(main);
+
+static SEEN_VECTOR: AtomicU64 = AtomicU64::new(u64::MAX);
+static SEEN_CR2: AtomicU64 = AtomicU64::new(0);
+static SKIP: AtomicU64 = AtomicU64::new(0);
+
+fn observe(frame: &mut UpcallFrame) -> trap::TrapAction {
+    SEEN_VECTOR.store(frame.vector, Ordering::Release);
+    SEEN_CR2.store(frame.cr2, Ordering::Release);
+    frame.rip += SKIP.load(Ordering::Acquire);
+    trap::TrapAction::Resume
+}
+
+/// Runs one privileged or faulting instruction; returns its length in bytes.
+fn act(what: &str) -> Option<u64> {
+    // SAFETY (all blocks): deliberately executing instructions a ring-3
+    // guest may not; the hypervisor must turn each into a fault of ours.
+    unsafe {
+        match what {
+            "hlt" => asm!("hlt"),
+            "cli" => asm!("cli"),
+            "in" => asm!("in al, dx", in("dx") 0x3f8u16, out("al") _),
+            "out" => asm!("out dx, al", in("dx") 0xf4u16, in("al") 0u8),
+            "wrmsr" => asm!("wrmsr", in("ecx") 0xc000_0082u32, in("eax") 0u32, in("edx") 0u32),
+            "movcr3" => asm!("mov cr3, {}", in(reg) 0u64),
+            "lgdt" => {
+                let zero = [0u64; 2];
+                asm!("lgdt [{}]", in(reg) zero.as_ptr());
+            }
+            "wild" => asm!("mov qword ptr [{}], 1", in(reg) 0xdead_0000u64),
+            "hyper" => asm!("mov {}, qword ptr [{}]", out(reg) _, in(reg) 0xffff_ffff_8010_0000u64),
+            "directmap" => asm!("mov qword ptr [{}], 0", in(reg) 0xffff_8000_0010_0000u64),
+            "ud2" => asm!("ud2"),
+            "loop" => loop {
+                core::hint::spin_loop();
+            },
+            _ => return None,
+        }
+    }
+    Some(0)
+}
+
+fn main(si: &StartInfo) -> i32 {
+    let what = si.cmdline_value("do").unwrap_or("");
+    if let Some(inner) = what.strip_prefix("trap-") {
+        // `mov [rcx], rax` is 3 bytes; the single-byte privileged
+        // instructions are 1; others as encoded by the assembler.
+        let len = match inner {
+            "hlt" | "cli" => 1,
+            "out" | "in" => 1,
+            "wild" => 3,
+            "ud2" | "wrmsr" => 2,
+            _ => 0,
+        };
+        SKIP.store(len, Ordering::Release);
+        trap::set_handler(observe).expect("register the trap handler");
+        if inner == "wild" {
+            // SAFETY: a deliberate write to an unmapped page, caught above.
+            unsafe { asm!("mov qword ptr [rcx], rax", in("rcx") 0xdead_0000u64, in("rax") 1u64) };
+        } else if act(inner).is_none() {
+            println!("unknown action {inner:?}");
+            return 2;
+        }
+        println!(
+            "@ trapped action={} vector={} cr2={:#x}",
+            inner,
+            SEEN_VECTOR.load(Ordering::Acquire),
+            SEEN_CR2.load(Ordering::Acquire)
+        );
+        return 0;
+    }
+    if act(what).is_none() {
+        println!("unknown action {what:?}");
+        return 2;
+    }
+    println!("@ survived action={what}");
+    1
+}
