@@ -1,0 +1,417 @@
+//! Event channels (`EVT-0`..`EVT-6`): ports, handlers, masking and waiting.
+//!
+//! An event on a port sets its pending bit in the shared-info page; the
+//! hypervisor then runs the SDK's event entry (an upcall, `TRAP-0`), which
+//! calls the handler registered with [`set_handler`] for each pending,
+//! unmasked port, in ascending port order, clearing each pending bit
+//! *before* calling its handler (`EVT-0c`): a raise during the handler is
+//! seen again.
+//!
+//! Handlers run on the callback stack with upcalls masked, interrupting
+//! whatever `main` was doing: keep them short, communicate through atomics,
+//! and do not block in them. [`wait`] and [`wait_for`] put `main` to sleep
+//! until a handler has run.
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use hypercall_abi::args::{BlockResult, Virq, DOMID_SELF, NO_DEADLINE};
+use hypercall_abi::layout::{NR_PORTS, PORT_WORDS};
+use hypercall_abi::{Error, Hypercall};
+
+use crate::raw;
+use crate::sched;
+use crate::shared::Shared;
+
+/// An event port of this domain (`EVT-0`: `1 .. NR_PORTS`).
+///
+/// The number is not checked here; the hypervisor refuses bad ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Port(pub u32);
+
+impl Port {
+    /// The port number.
+    pub const fn number(self) -> u32 {
+        self.0
+    }
+
+    /// `(word, bit)` in the bitmaps, if the port is in range.
+    fn position(self) -> Option<(usize, u64)> {
+        let p = usize::try_from(self.0).ok().filter(|&p| p < NR_PORTS)?;
+        Some((p / 64, 1u64 << (p % 64)))
+    }
+
+    fn from_result(v: u64) -> Port {
+        // EVT-1/2/3 return a port < NR_PORTS.
+        Port(u32::try_from(v).unwrap_or(u32::MAX))
+    }
+}
+
+impl core::fmt::Display for Port {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "port {}", self.0)
+    }
+}
+
+/// A domain id, as used by the event calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DomId(pub u16);
+
+impl DomId {
+    /// The calling domain (`DOMID_SELF`).
+    pub const SELF: DomId = DomId(DOMID_SELF as u16);
+}
+
+const _: () = assert!(DOMID_SELF <= u16::MAX as u64);
+
+/// Allocates a port that only `remote` may bind to (`EVT-1`).
+pub fn alloc_unbound(remote: DomId) -> Result<Port, Error> {
+    raw::call1(Hypercall::EventAllocUnbound, remote.0.into()).map(Port::from_result)
+}
+
+/// Binds a new local port to `remote_port` of `remote`, which must have
+/// been offered to this domain (`EVT-2`).
+pub fn bind_interdomain(remote: DomId, remote_port: Port) -> Result<Port, Error> {
+    raw::call2(
+        Hypercall::EventBindInterdomain,
+        remote.0.into(),
+        remote_port.0.into(),
+    )
+    .map(Port::from_result)
+}
+
+/// Binds a new local port to a virtual interrupt (`EVT-3`).
+pub fn bind_virq(virq: Virq) -> Result<Port, Error> {
+    raw::call1(Hypercall::EventBindVirq, virq as u64).map(Port::from_result)
+}
+
+/// Raises the event on the peer of `port` (`EVT-4`).
+pub fn send(port: Port) -> Result<(), Error> {
+    raw::call1(Hypercall::EventSend, port.0.into()).map(drop)
+}
+
+/// Closes `port` (`EVT-5`); its handler is removed too.
+pub fn close(port: Port) -> Result<(), Error> {
+    raw::call1(Hypercall::EventClose, port.0.into())?;
+    clear_handler(port);
+    Ok(())
+}
+
+/// Clears `port`'s mask bit and has it delivered if pending (`EVT-6`).
+pub fn unmask(port: Port) -> Result<(), Error> {
+    // The upcall scans only the words named in `pending_sel`. A port that
+    // stayed pending while masked was skipped by an earlier scan that also
+    // cleared its word's selector bit, so name the word again before the
+    // hypervisor delivers it (harmless if it does so itself, EVT-0e).
+    if let Some((word, bit)) = port.position() {
+        let sh = Shared::get();
+        if sh.pending(word).load(Ordering::Acquire) & bit != 0 {
+            sh.pending_sel().fetch_or(1 << word, Ordering::AcqRel);
+        }
+    }
+    raw::call1(Hypercall::EventUnmask, port.0.into()).map(drop)
+}
+
+/// Sets `port`'s mask bit: its events stay pending and neither wake the
+/// domain nor run its handler until [`unmask`] (`EVT-0d`). No hypercall.
+/// Out-of-range ports are ignored.
+pub fn mask(port: Port) {
+    if let Some((word, bit)) = port.position() {
+        Shared::get().mask(word).fetch_or(bit, Ordering::AcqRel);
+    }
+}
+
+/// Whether `port` is masked.
+pub fn is_masked(port: Port) -> bool {
+    port.position()
+        .is_some_and(|(w, bit)| Shared::get().mask(w).load(Ordering::Acquire) & bit != 0)
+}
+
+/// Whether `port` has an event not yet handled.
+pub fn is_pending(port: Port) -> bool {
+    port.position()
+        .is_some_and(|(w, bit)| Shared::get().pending(w).load(Ordering::Acquire) & bit != 0)
+}
+
+/// An event handler: called in upcall context with the port that fired.
+pub type Handler = fn(Port);
+
+/// The handler table. Locked only with upcalls masked, so the upcall (which
+/// runs only with upcalls unmasked before it) never finds it held.
+static HANDLERS: spin::Mutex<[Option<Handler>; NR_PORTS]> = spin::Mutex::new([None; NR_PORTS]);
+
+/// Set at every event upcall; consumed by [`wait`] (a park token).
+static WOKEN: AtomicBool = AtomicBool::new(false);
+
+/// Calls `handler` for every event on `port` from now on (replacing any
+/// previous handler). Out-of-range ports are ignored.
+///
+/// To not miss an event that arrives between binding a port and setting
+/// its handler, do both inside [`without_upcalls`].
+pub fn set_handler(port: Port, handler: Handler) {
+    set_slot(port, Some(handler));
+}
+
+/// Removes `port`'s handler; its events are then cleared and dropped.
+pub fn clear_handler(port: Port) {
+    set_slot(port, None);
+}
+
+fn set_slot(port: Port, slot: Option<Handler>) {
+    if let Some(i) = usize::try_from(port.0).ok().filter(|&p| p < NR_PORTS) {
+        without_upcalls(|| HANDLERS.lock()[i] = slot);
+    }
+}
+
+/// Binds `virq` and sets its handler with no window in between.
+pub fn bind_virq_with(virq: Virq, handler: Handler) -> Result<Port, Error> {
+    without_upcalls(|| {
+        let port = bind_virq(virq)?;
+        set_handler(port, handler);
+        Ok(port)
+    })
+}
+
+/// Runs `f` with event upcalls masked (the guest's `cli`; `TRAP-0a`), then
+/// restores the previous state; an upcall that became pending meanwhile is
+/// delivered on the way out. Nests.
+pub fn without_upcalls<R>(f: impl FnOnce() -> R) -> R {
+    let sh = Shared::get();
+    let was_masked = mask_upcalls(&sh);
+    let r = f();
+    restore_upcalls(&sh, was_masked);
+    r
+}
+
+/// Masks upcalls; returns whether they were already masked.
+pub(crate) fn mask_upcalls(sh: &Shared) -> bool {
+    sh.upcall_mask().swap(1, Ordering::AcqRel) != 0
+}
+
+/// Restores the state saved by [`mask_upcalls`].
+pub(crate) fn restore_upcalls(sh: &Shared, was_masked: bool) {
+    if was_masked {
+        return;
+    }
+    sh.upcall_mask().store(0, Ordering::Release);
+    if sh.upcall_pending().load(Ordering::Acquire) != 0 {
+        // An event arrived while masked: clearing the byte does not enter
+        // the hypervisor, so make a harmless hypercall; the upcall is
+        // delivered on its return to ring 3 (TRAP-0).
+        let _ = raw::call0(Hypercall::AbiVersion);
+    }
+}
+
+/// Sleeps until an event upcall has run since the last `wait` returned
+/// (returns at once if one has). Like a park token: an event that arrives
+/// just before the call is not lost, and spurious returns are possible, so
+/// re-check your condition in a loop (or use [`wait_for`]).
+pub fn wait() {
+    wait_until(NO_DEADLINE);
+}
+
+/// [`wait`] with a deadline (monotonic ns): `Event` when an upcall ran,
+/// `Deadline` when the deadline passed first.
+pub fn wait_until(deadline_ns: u64) -> BlockResult {
+    let sh = Shared::get();
+    loop {
+        // Check the token with upcalls masked, then block: `block` unmasks
+        // atomically with sleeping (SCHED-2a) and returns at once if an
+        // event came in between (SCHED-2b), so no wake-up falls between the
+        // check and the sleep.
+        let was_masked = mask_upcalls(&sh);
+        if WOKEN.swap(false, Ordering::AcqRel) {
+            restore_upcalls(&sh, was_masked);
+            return BlockResult::Event;
+        }
+        if sched::block(deadline_ns) == BlockResult::Deadline {
+            // `block` left upcalls unmasked; put back what the caller had.
+            if was_masked {
+                mask_upcalls(&sh);
+            }
+            return BlockResult::Deadline;
+        }
+        // The upcall has run (SCHED-2c) and set the token; loop to take it.
+        if was_masked {
+            mask_upcalls(&sh);
+        }
+    }
+}
+
+/// Sleeps until `cond()` holds, re-checking after every event.
+pub fn wait_for(mut cond: impl FnMut() -> bool) {
+    while !cond() {
+        wait();
+    }
+}
+
+/// [`wait_for`] with a deadline: `true` if `cond()` held, `false` if the
+/// deadline passed first.
+pub fn wait_for_until(mut cond: impl FnMut() -> bool, deadline_ns: u64) -> bool {
+    loop {
+        if cond() {
+            return true;
+        }
+        if wait_until(deadline_ns) == BlockResult::Deadline {
+            return cond();
+        }
+    }
+}
+
+/// The event upcall's work (`TRAP-0a`, `EVT-0c`): runs the handlers of the
+/// pending, unmasked ports. Called by the event entry with upcalls masked.
+#[cfg_attr(not(target_os = "none"), allow(dead_code))]
+pub(crate) fn dispatch() {
+    scan(&Shared::get(), |port| {
+        let handler = usize::try_from(port.0)
+            .ok()
+            .and_then(|i| HANDLERS.lock().get(i).copied().flatten());
+        match handler {
+            Some(h) => h(port),
+            None => log::trace!("event on {port} with no handler, dropped"),
+        }
+    });
+    WOKEN.store(true, Ordering::Release);
+}
+
+/// The scan: clear `upcall_pending`, swap `pending_sel` with 0, and for
+/// each word it names (ascending), each pending and unmasked bit
+/// (ascending): clear the bit atomically, then call `handle`. Repeats
+/// while the hypervisor names more words. Masked ports stay pending.
+/// Returns the number of events handled.
+pub(crate) fn scan(sh: &Shared, mut handle: impl FnMut(Port)) -> usize {
+    let mut handled = 0;
+    loop {
+        sh.upcall_pending().store(0, Ordering::Release);
+        let sel = sh.pending_sel().swap(0, Ordering::AcqRel);
+        if sel == 0 {
+            return handled;
+        }
+        for word in set_bits(sel).filter(|&w| w < PORT_WORDS) {
+            let ready =
+                sh.pending(word).load(Ordering::Acquire) & !sh.mask(word).load(Ordering::Acquire);
+            for bit in set_bits(ready) {
+                let b = 1u64 << bit;
+                // Clear before handling (EVT-0c); skip if someone else
+                // (a nested upcall) already took it.
+                if sh.pending(word).fetch_and(!b, Ordering::AcqRel) & b != 0 {
+                    handled += 1;
+                    handle(Port((word * 64 + bit) as u32));
+                }
+            }
+        }
+    }
+}
+
+/// The indices of the set bits of `w`, ascending.
+fn set_bits(mut w: u64) -> impl Iterator<Item = usize> {
+    core::iter::from_fn(move || {
+        if w == 0 {
+            return None;
+        }
+        let i = w.trailing_zeros() as usize;
+        w &= w - 1;
+        Some(i)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::test_page;
+    use std::vec::Vec;
+
+    fn raise(sh: &Shared, port: u32) {
+        let (w, b) = Port(port).position().unwrap();
+        sh.pending(w).fetch_or(b, Ordering::SeqCst);
+        sh.pending_sel().fetch_or(1 << w, Ordering::SeqCst);
+        sh.upcall_pending().store(1, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn scans_in_ascending_port_order() {
+        let sh = test_page();
+        for p in [700, 3, 64, 1023, 63, 1, 130] {
+            raise(&sh, p);
+        }
+        let mut seen = Vec::new();
+        let n = scan(&sh, |p| seen.push(p.0));
+        assert_eq!(seen, [1, 3, 63, 64, 130, 700, 1023]);
+        assert_eq!(n, 7);
+        assert_eq!(sh.pending_sel().load(Ordering::SeqCst), 0);
+        assert_eq!(sh.upcall_pending().load(Ordering::SeqCst), 0);
+        for w in 0..PORT_WORDS {
+            assert_eq!(sh.pending(w).load(Ordering::SeqCst), 0);
+        }
+    }
+
+    #[test]
+    fn clears_the_bit_before_the_handler_runs() {
+        let sh = test_page();
+        raise(&sh, 5);
+        scan(&sh, |p| {
+            let (w, b) = p.position().unwrap();
+            assert_eq!(sh.pending(w).load(Ordering::SeqCst) & b, 0);
+        });
+    }
+
+    #[test]
+    fn a_raise_during_the_handler_is_seen_again() {
+        let sh = test_page();
+        raise(&sh, 9);
+        let mut seen = Vec::new();
+        scan(&sh, |p| {
+            if seen.is_empty() {
+                raise(&sh, 9);
+                raise(&sh, 2);
+            }
+            seen.push(p.0);
+        });
+        assert_eq!(seen, [9, 2, 9]);
+    }
+
+    #[test]
+    fn masked_ports_stay_pending() {
+        let sh = test_page();
+        raise(&sh, 70);
+        raise(&sh, 71);
+        let (w, b) = Port(70).position().unwrap();
+        sh.mask(w).fetch_or(b, Ordering::SeqCst);
+        let mut seen = Vec::new();
+        scan(&sh, |p| seen.push(p.0));
+        assert_eq!(seen, [71]);
+        assert_eq!(sh.pending(w).load(Ordering::SeqCst), b);
+    }
+
+    #[test]
+    fn only_named_words_are_scanned() {
+        let sh = test_page();
+        raise(&sh, 200);
+        // Pending without its selector bit: not the hypervisor's protocol,
+        // so not scanned.
+        sh.pending(0).fetch_or(1 << 4, Ordering::SeqCst);
+        // Selector bits beyond the bitmap are ignored, not a panic.
+        sh.pending_sel().fetch_or(1 << 40, Ordering::SeqCst);
+        let mut seen = Vec::new();
+        scan(&sh, |p| seen.push(p.0));
+        assert_eq!(seen, [200]);
+    }
+
+    #[test]
+    fn nothing_pending_is_nothing_handled() {
+        let sh = test_page();
+        assert_eq!(scan(&sh, |_| panic!("no event")), 0);
+    }
+
+    #[test]
+    fn out_of_range_ports_have_no_position() {
+        assert_eq!(Port(1024).position(), None);
+        assert_eq!(Port(u32::MAX).position(), None);
+        assert_eq!(Port(1023).position(), Some((15, 1 << 63)));
+    }
+
+    #[test]
+    fn set_bits_ascend() {
+        let v: Vec<usize> = set_bits(0x8000_0000_0000_0005).collect();
+        assert_eq!(v, [0, 2, 63]);
+    }
+}

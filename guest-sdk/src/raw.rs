@@ -1,0 +1,137 @@
+//! The raw hypercall: one `syscall` instruction (`CALL-1`), and the result
+//! decoding (`CALL-2`).
+//!
+//! The typed wrappers elsewhere in the SDK are the normal way to call the
+//! hypervisor. This module is for code that must pass arbitrary (even
+//! invalid) arguments or numbers, such as a conformance guest.
+//!
+//! Safety split: a hypercall whose only effect is on the hypervisor's state
+//! or on memory the hypervisor checks (`CALL-4`) cannot break the guest's
+//! memory safety, so [`call`] is safe. Two calls transfer control
+//! (`set_callbacks` installs entry points, `upcall_return` resumes an
+//! arbitrary context); [`call`] refuses them and they are reachable only
+//! through the `unsafe` functions [`call_unchecked`] and [`syscall`].
+#![allow(unsafe_code)]
+
+use hypercall_abi::{regs, Error, Hypercall};
+
+/// Executes `syscall` with `rax` = `nr` and the six argument registers
+/// (`rdi`, `rsi`, `rdx`, `r10`, `r8`, `r9`), and returns `rax` undecoded.
+///
+/// # Safety
+///
+/// `nr` may name a call that transfers control (`set_callbacks`,
+/// `upcall_return`, or a number defined by a later ABI). The caller must make
+/// sure the arguments of such a call name code and a context that are valid
+/// to run; for every other call any argument values are sound.
+#[cfg(target_os = "none")]
+#[inline(always)]
+pub unsafe fn syscall(nr: u64, args: [u64; 6]) -> u64 {
+    let rax: u64;
+    // SAFETY: the register convention is CALL-1: rax = number, arguments in
+    // rdi, rsi, rdx, r10, r8, r9 (preserved), rcx and r11 clobbered by the
+    // instruction itself, everything else and the stack preserved (so
+    // `nostack`: nothing is pushed below rsp, the red zone survives). The
+    // call may read or write guest memory named by its arguments, so the
+    // block is not `nomem`/`readonly`, and flags are not declared preserved.
+    // Control-transfer calls are the caller's obligation (see `# Safety`).
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") nr => rax,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
+            in("r10") args[3],
+            in("r8") args[4],
+            in("r9") args[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    rax
+}
+
+/// Host build (unit tests): there is no hypervisor to call.
+///
+/// # Safety
+///
+/// Always sound; it panics.
+#[cfg(not(target_os = "none"))]
+pub unsafe fn syscall(nr: u64, _args: [u64; 6]) -> u64 {
+    panic!("hypercall {nr:#x}: hypercalls exist only on the x86_64-unknown-none target")
+}
+
+/// Makes hypercall `nr` and decodes the result (`CALL-2`).
+///
+/// # Safety
+///
+/// As [`syscall`]: for `SetCallbacks` and `UpcallReturn` the caller must
+/// make sure the entries, stack or frame are valid to run.
+#[inline(always)]
+pub unsafe fn call_unchecked(nr: Hypercall, args: [u64; 6]) -> Result<u64, Error> {
+    // SAFETY: forwarded to the caller.
+    regs::decode(unsafe { syscall(nr.number(), args) })
+}
+
+/// Whether `nr` transfers control to guest code named by its arguments.
+pub const fn transfers_control(nr: Hypercall) -> bool {
+    matches!(nr, Hypercall::SetCallbacks | Hypercall::UpcallReturn)
+}
+
+/// Makes hypercall `nr` with any arguments and decodes the result.
+///
+/// # Panics
+///
+/// For `SetCallbacks` and `UpcallReturn`, which can resume arbitrary code;
+/// use [`call_unchecked`] or the wrappers in [`crate::upcall`].
+#[inline]
+pub fn call(nr: Hypercall, args: [u64; 6]) -> Result<u64, Error> {
+    assert!(
+        !transfers_control(nr),
+        "{} transfers control: use raw::call_unchecked",
+        nr.spec_name()
+    );
+    // SAFETY: `nr` is not a control-transfer call (checked above); every
+    // other call only acts on hypervisor state and on guest memory that the
+    // hypervisor checks and accesses like a DMA device (CALL-4).
+    unsafe { call_unchecked(nr, args) }
+}
+
+/// [`call`] with no arguments.
+#[inline]
+pub fn call0(nr: Hypercall) -> Result<u64, Error> {
+    call(nr, [0; 6])
+}
+
+/// [`call`] with one argument (the others 0, `CALL-1b`).
+#[inline]
+pub fn call1(nr: Hypercall, a0: u64) -> Result<u64, Error> {
+    call(nr, [a0, 0, 0, 0, 0, 0])
+}
+
+/// [`call`] with two arguments (the others 0, `CALL-1b`).
+#[inline]
+pub fn call2(nr: Hypercall, a0: u64, a1: u64) -> Result<u64, Error> {
+    call(nr, [a0, a1, 0, 0, 0, 0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_control_transfers_are_refused() {
+        for &h in Hypercall::ALL {
+            let refused = matches!(h, Hypercall::SetCallbacks | Hypercall::UpcallReturn);
+            assert_eq!(transfers_control(h), refused, "{h:?}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "transfers control")]
+    fn safe_call_refuses_upcall_return() {
+        let _ = call1(Hypercall::UpcallReturn, 0);
+    }
+}

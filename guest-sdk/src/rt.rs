@@ -1,0 +1,183 @@
+//! The runtime: start-up (`MEM-3`), the heap, the panic handler.
+//!
+//! `_start` (in `arch`) calls [`start`], which checks the start-info page,
+//! sets up the heap, the logger and the callbacks, runs the guest's `main`
+//! (named by [`crate::entry!`]) and shuts down with its exit code.
+#![allow(unsafe_code)]
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::panic::PanicInfo;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use hypercall_abi::layout::{self, SHARED_INFO_VA, START_INFO_MAGIC, WINDOW_BASE};
+use hypercall_abi::{abi_compatible, ABI_VERSION, PAGE_SIZE};
+use linked_list_allocator::LockedHeap;
+
+use crate::sched::{self, ShutdownReason};
+use crate::start::{self, StartInfo};
+use crate::upcall::CALLBACK_STACK_SIZE;
+use crate::{arch, console, event, println, trap};
+
+unsafe extern "Rust" {
+    /// The guest's `main`, defined by `entry!` in the binary. A link error
+    /// naming this symbol means the guest forgot `guest_sdk::entry!(main);`.
+    safe fn __tahoma_guest_main(start_info: &StartInfo) -> i32;
+}
+
+/// The callback stack (`TRAP-0`): in `.bss`, so it exists however small
+/// the heap is. Only its address is taken; the hypervisor and the entries
+/// write it, Rust never makes a reference to it.
+#[repr(C, align(16))]
+struct CallbackStack([u8; CALLBACK_STACK_SIZE]);
+
+static mut CALLBACK_STACK: CallbackStack = CallbackStack([0; CALLBACK_STACK_SIZE]);
+
+/// Prints `why` and shuts down: start-up cannot go on.
+fn fail(why: core::fmt::Arguments<'_>) -> ! {
+    println!("guest-sdk: cannot start: {why}");
+    sched::shutdown(ShutdownReason::Crash, 1)
+}
+
+/// Called by `_start` with the start-info address from `rdi`.
+pub(crate) extern "C" fn start(si: *const layout::StartInfo) -> ! {
+    if si.is_null() || (si as usize) & (PAGE_SIZE - 1) != 0 {
+        fail(format_args!("start info at {si:p} is not a page"));
+    }
+    // SAFETY: MEM-3: `rdi` holds the address of the start-info page, which
+    // the hypervisor maps readable for the domain's life; it is page-aligned
+    // (checked) and a `StartInfo` fits in a page (asserted in the ABI). The
+    // record is plain data (every bit pattern valid), copied once here.
+    let raw = unsafe { core::ptr::read_volatile(si) };
+    if raw.magic != START_INFO_MAGIC {
+        fail(format_args!("bad start-info magic {:02x?}", raw.magic));
+    }
+    if !abi_compatible(ABI_VERSION, raw.abi_version) {
+        fail(format_args!(
+            "built for ABI {:#x}, hypervisor speaks {:#x}",
+            ABI_VERSION, raw.abi_version
+        ));
+    }
+    let reported = crate::abi_version();
+    if reported != raw.abi_version {
+        fail(format_args!(
+            "abi_version() = {reported:#x} but the start info says {:#x}",
+            raw.abi_version
+        ));
+    }
+    if raw.window_base != WINDOW_BASE || raw.shared_info_va != SHARED_INFO_VA {
+        fail(format_args!(
+            "window at {:#x}, shared info at {:#x}: the SDK expects {WINDOW_BASE:#x}, {SHARED_INFO_VA:#x}",
+            raw.window_base, raw.shared_info_va
+        ));
+    }
+    let si = start::install(raw);
+
+    init_heap(si);
+    let level = si
+        .cmdline_value("log")
+        .and_then(console::parse_level)
+        .unwrap_or(log::LevelFilter::Info);
+    console::init_log(level);
+    init_callbacks();
+
+    let code = __tahoma_guest_main(si);
+    sched::shutdown(ShutdownReason::Poweroff, code)
+}
+
+/// Registers the event entry and the callback stack (no trap entry until
+/// the guest sets a trap handler).
+fn init_callbacks() {
+    let stack_top = (&raw mut CALLBACK_STACK) as u64 + CALLBACK_STACK_SIZE as u64;
+    let (event_entry, trap_entry) = (arch::event_entry(), arch::trap_entry());
+    trap::init(event_entry, trap_entry, stack_top);
+    // SAFETY: the event entry is the SDK's assembly stub, which follows
+    // TRAP-0; the stack is the dedicated, 16-aligned CALLBACK_STACK of
+    // exactly CALLBACK_STACK_SIZE bytes, used for nothing else.
+    if let Err(e) = unsafe { crate::upcall::set_callbacks(event_entry, 0, stack_top) } {
+        fail(format_args!("set_callbacks: {e}"));
+    }
+}
+
+/// The heap: `linked_list_allocator` over the window's free pages, locked
+/// with upcalls masked so an event handler that allocates cannot find the
+/// lock held by the code it interrupted.
+struct Heap(LockedHeap);
+
+#[global_allocator]
+static HEAP: Heap = Heap(LockedHeap::empty());
+
+// SAFETY: allocation is delegated to `linked_list_allocator::Heap`, which
+// returns blocks that fit `layout` and are not in use; the lock serialises
+// it, and masking upcalls around the lock keeps an upcall from re-entering.
+unsafe impl GlobalAlloc for Heap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        event::without_upcalls(|| {
+            self.0
+                .lock()
+                .allocate_first_fit(layout)
+                .map_or(core::ptr::null_mut(), NonNull::as_ptr)
+        })
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if let Some(ptr) = NonNull::new(ptr) {
+            event::without_upcalls(|| {
+                // SAFETY: GlobalAlloc's contract: `ptr` came from `alloc` on
+                // this heap with this `layout`.
+                unsafe { self.0.lock().deallocate(ptr, layout) }
+            });
+        }
+    }
+}
+
+/// Gives the heap the pages `[first_free_page, stack_first_page)` (`MEM-2`).
+fn init_heap(si: &StartInfo) {
+    let (first, stack) = (si.first_free_page, si.stack_first_page);
+    if first > stack || stack > si.nr_pages {
+        fail(format_args!(
+            "free pages {first}..{stack} do not fit the window of {} pages",
+            si.nr_pages
+        ));
+    }
+    let bottom = si.page_va(first);
+    let Ok(size) = usize::try_from((stack - first) * PAGE_SIZE as u64) else {
+        fail(format_args!("heap too large"));
+    };
+    if size == 0 {
+        return;
+    }
+    // SAFETY: MEM-2: the pages from first_free_page up to stack_first_page
+    // are mapped read-write, hold nothing (scrubbed), and are left to the
+    // guest; nothing else in the SDK or the guest uses them. Called once.
+    unsafe { HEAP.0.lock().init(bottom as *mut u8, size) };
+}
+
+/// Heap usage: `(used, free)` bytes.
+pub fn heap_usage() -> (usize, usize) {
+    event::without_upcalls(|| {
+        let h = HEAP.0.lock();
+        (h.used(), h.free())
+    })
+}
+
+static PANICKING: AtomicBool = AtomicBool::new(false);
+
+#[panic_handler]
+fn panic(info: &PanicInfo<'_>) -> ! {
+    if PANICKING.swap(true, Ordering::AcqRel) {
+        let _ = console::write_str("panicked while panicking\n");
+        sched::shutdown(ShutdownReason::Crash, 1);
+    }
+    match info.location() {
+        Some(l) => println!(
+            "panicked at {}:{}:{}: {}",
+            l.file(),
+            l.line(),
+            l.column(),
+            info.message()
+        ),
+        None => println!("panicked: {}", info.message()),
+    }
+    sched::shutdown(ShutdownReason::Crash, 1)
+}

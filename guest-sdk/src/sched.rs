@@ -1,0 +1,42 @@
+//! Scheduling (`SCHED-1`..`SCHED-3`): yield, block, shutdown.
+
+pub use hypercall_abi::args::{BlockResult, ShutdownReason, NO_DEADLINE};
+use hypercall_abi::Hypercall;
+
+use crate::raw;
+
+/// Gives up the rest of the time slice (`SCHED-1`).
+pub fn yield_now() {
+    // SCHED-1: never fails.
+    let _ = raw::call0(Hypercall::Yield);
+}
+
+/// Sleeps until an unmasked event is pending or `deadline_ns` (monotonic,
+/// [`crate::time::now_ns`]) passes; [`NO_DEADLINE`] for none (`SCHED-2`).
+///
+/// Clears `upcall_mask` atomically with going to sleep (`SCHED-2a`), so the
+/// event handlers of whatever woke the domain run right after it returns
+/// (`SCHED-2c`). Most guests want [`crate::event::wait`] or
+/// [`crate::time::sleep_ns`] instead.
+pub fn block(deadline_ns: u64) -> BlockResult {
+    match raw::call1(Hypercall::Block, deadline_ns) {
+        Ok(1) => BlockResult::Deadline,
+        // SCHED-2d: never fails. Anything but "deadline" is treated as an
+        // event, since a spurious wake-up is always safe for callers that
+        // re-check their condition.
+        _ => BlockResult::Event,
+    }
+}
+
+/// Ends the domain (`SCHED-3`): `code` 0 is success (meaningful with
+/// [`ShutdownReason::Poweroff`]). Negative codes are sign-extended.
+pub fn shutdown(reason: ShutdownReason, code: i32) -> ! {
+    let code = i64::from(code) as u64;
+    let _ = raw::call2(Hypercall::Shutdown, reason as u64, code);
+    // Only an undefined reason returns (SCHED-3a), and `reason` is typed;
+    // if the hypervisor returns anyway, insist, then idle.
+    loop {
+        let _ = raw::call2(Hypercall::Shutdown, ShutdownReason::Crash as u64, code);
+        block(NO_DEADLINE);
+    }
+}
