@@ -240,6 +240,22 @@ pub struct Facts {
     pub facts: Vec<Fact>,
     /// Lines that start with `@ ` but are malformed: a hypervisor bug.
     pub bad: Vec<BadLine>,
+    /// Facts reported by guests: console lines `[NAME] @ kind ...`, which
+    /// the hypervisor prefixes with the domain's name (ABI clause CON-1d),
+    /// so a guest can never forge a hypervisor fact. In order, with NAME.
+    pub guest: Vec<(String, Fact)>,
+    /// Guest lines that look like facts but do not parse.
+    pub guest_bad: Vec<BadLine>,
+}
+
+/// Splits a guest console line `[NAME] rest` into `(NAME, rest)`.
+pub fn guest_line(line: &str) -> Option<(&str, &str)> {
+    let rest = line.strip_prefix('[')?;
+    let (name, rest) = rest.split_once("] ")?;
+    if name.is_empty() || name.contains(' ') {
+        return None;
+    }
+    Some((name, rest))
 }
 
 impl Facts {
@@ -247,6 +263,18 @@ impl Facts {
     pub fn parse(transcript: &str) -> Facts {
         let mut out = Facts::default();
         for (i, line) in transcript.lines().enumerate() {
+            if let Some((name, rest)) = guest_line(line) {
+                match parse_line(rest) {
+                    Ok(Some(f)) => out.guest.push((name.to_string(), f)),
+                    Ok(None) => {}
+                    Err(error) => out.guest_bad.push(BadLine {
+                        line: i + 1,
+                        text: line.to_string(),
+                        error,
+                    }),
+                }
+                continue;
+            }
             match parse_line(line) {
                 Ok(Some(f)) => out.facts.push(f),
                 Ok(None) => {}
@@ -263,6 +291,27 @@ impl Facts {
     /// Every fact of kind `kind`, in order.
     pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Fact> + 'a {
         self.facts.iter().filter(move |f| f.kind == kind)
+    }
+
+    /// Every guest fact of kind `kind`, with the reporting domain's name.
+    pub fn guest_of_kind<'a>(
+        &'a self,
+        kind: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a Fact)> + 'a {
+        self.guest
+            .iter()
+            .filter(move |(_, f)| f.kind == kind)
+            .map(|(n, f)| (n.as_str(), f))
+    }
+
+    /// The single fact of kind `kind` reported by guest `name`.
+    pub fn guest_one<'a>(&'a self, name: &str, kind: &'a str) -> Result<&'a Fact, String> {
+        let mut it = self.guest_of_kind(kind).filter(|(n, _)| *n == name);
+        match (it.next(), it.next()) {
+            (Some((_, f)), None) => Ok(f),
+            (None, _) => Err(format!("guest `{name}` reported no `@ {kind}` line")),
+            (Some(_), Some(_)) => Err(format!("guest `{name}` reported several `@ {kind}` lines")),
+        }
     }
 
     /// The single fact of kind `kind`: an error if there is none or several.
@@ -284,6 +333,25 @@ mod tests {
 
     fn fact(line: &str) -> Fact {
         parse_line(line).expect("parses").expect("is a fact")
+    }
+
+    #[test]
+    fn guest_facts_are_kept_apart() {
+        let f = Facts::parse(
+            "@ exit status=success\n[ping] @ exit status=failure\n[ping] @ pingpong rounds=3\n[a b] @ x\n",
+        );
+        assert_eq!(
+            f.of_kind("exit").count(),
+            1,
+            "the guest's @ exit is not the hypervisor's"
+        );
+        assert_eq!(f.guest_of_kind("exit").count(), 1);
+        assert_eq!(
+            f.guest_one("ping", "pingpong").unwrap().number("rounds"),
+            Ok(3)
+        );
+        assert!(f.guest_one("pong", "pingpong").is_err());
+        assert_eq!(f.facts.len(), 1, "`[a b] @ x` is free text, not a fact");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod facts;
+mod guests;
 mod scenarios;
 
 pub use facts::{Fact, Facts};

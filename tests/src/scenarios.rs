@@ -4,7 +4,7 @@ use crate::{BootOutcome, BootRequest, Exit, Machine, PackMutation, ScenarioTest}
 
 /// Every scenario test, in the order `cargo xtask test` runs them.
 pub fn scenario_tests() -> Vec<ScenarioTest> {
-    vec![
+    let mut tests = vec![
         ScenarioTest {
             name: "boot_reports_memory_and_heap",
             run: boot_reports_memory_and_heap,
@@ -25,7 +25,9 @@ pub fn scenario_tests() -> Vec<ScenarioTest> {
             name: "missing_boot_module_is_reported",
             run: missing_boot_module_is_reported,
         },
-    ]
+    ];
+    tests.extend(crate::guests::tests());
+    tests
 }
 
 /// Returns `Err(format!(...))` unless `cond` holds.

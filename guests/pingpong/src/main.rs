@@ -19,7 +19,9 @@ fn on_event(_: Port) {
 }
 
 fn arg(si: &StartInfo, key: &str, default: u64) -> u64 {
-    si.cmdline_value(key).and_then(|v| v.parse().ok()).unwrap_or(default)
+    si.cmdline_value(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main(si: &StartInfo) -> i32 {
@@ -55,6 +57,16 @@ fn main(si: &StartInfo) -> i32 {
     }
     let elapsed = guest_sdk::time::now_ns() - start;
     let received = RECEIVED.load(Ordering::Acquire);
-    println!("@ pingpong role={} rounds={} received={} elapsed_ns={}", if ping { "ping" } else { "pong" }, rounds, received, elapsed);
-    if received == rounds { 0 } else { 1 }
+    println!(
+        "@ pingpong role={} rounds={} received={} elapsed_ns={}",
+        if ping { "ping" } else { "pong" },
+        rounds,
+        received,
+        elapsed
+    );
+    if received == rounds {
+        0
+    } else {
+        1
+    }
 }

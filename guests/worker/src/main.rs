@@ -9,7 +9,10 @@ use guest_sdk::{println, sched, time, StartInfo};
 guest_sdk::entry!(main);
 
 fn main(si: &StartInfo) -> i32 {
-    let iterations: u64 = si.cmdline_value("iterations").and_then(|v| v.parse().ok()).unwrap_or(20);
+    let iterations: u64 = si
+        .cmdline_value("iterations")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let start = time::now_ns();
     let mut acc = 0u64;
     for i in 0..iterations {
@@ -19,6 +22,11 @@ fn main(si: &StartInfo) -> i32 {
         time::sleep_ns(1_000_000);
         sched::yield_now();
     }
-    println!("@ worker done iterations={} elapsed_ns={} acc={:#x}", iterations, time::now_ns() - start, acc);
+    println!(
+        "@ worker done iterations={} elapsed_ns={} acc={:#x}",
+        iterations,
+        time::now_ns() - start,
+        acc
+    );
     0
 }

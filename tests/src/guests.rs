@@ -1,0 +1,216 @@
+//! Scenario tests with guests (issue #3): what the guests observed and what
+//! the hypervisor reported about them.
+
+use crate::{BootOutcome, BootRequest, Exit, Machine, ScenarioTest};
+
+/// The guest scenario tests.
+pub fn tests() -> Vec<ScenarioTest> {
+    vec![
+        ScenarioTest {
+            name: "hello_guest_greets_and_powers_off",
+            run: hello_guest_greets_and_powers_off,
+        },
+        ScenarioTest {
+            name: "two_guests_ping_pong_events",
+            run: two_guests_ping_pong_events,
+        },
+        ScenarioTest {
+            name: "guest_sleeps_on_deadline_and_timer",
+            run: guest_sleeps_on_deadline_and_timer,
+        },
+        ScenarioTest {
+            name: "misbehaving_guests_are_contained",
+            run: misbehaving_guests_are_contained,
+        },
+        ScenarioTest {
+            name: "sixty_four_guests_at_once",
+            run: sixty_four_guests_at_once,
+        },
+    ]
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+/// The run succeeded, its report lines parse, and every frame came back.
+fn succeeded_and_audited(out: &BootOutcome) -> Result<(), String> {
+    if let Some(bad) = out.facts.bad.first() {
+        return Err(format!(
+            "malformed report line {}: `{}`",
+            bad.line, bad.text
+        ));
+    }
+    ensure!(
+        out.exit == Exit::Success,
+        "the run ended with {}, not success",
+        out.exit
+    );
+    let audit = out.facts.one("audit")?;
+    let (free, base) = (audit.number("free_frames")?, audit.number("baseline")?);
+    ensure!(
+        free == base,
+        "`{audit}`: {} frames were not returned",
+        base.abs_diff(free)
+    );
+    Ok(())
+}
+
+/// The `@ domain-exit` of domain `name`.
+fn exit_of<'a>(out: &'a BootOutcome, name: &str) -> Result<&'a crate::facts::Fact, String> {
+    out.facts
+        .of_kind("domain-exit")
+        .find(|f| f.get("name") == Some(name))
+        .ok_or_else(|| format!("no `@ domain-exit` for `{name}`"))
+}
+
+fn powered_off_cleanly(out: &BootOutcome, name: &str) -> Result<(), String> {
+    let e = exit_of(out, name)?;
+    ensure!(
+        e.get("reason") == Some("poweroff") && e.number("code")? == 0,
+        "`{e}`: expected reason=poweroff code=0"
+    );
+    Ok(())
+}
+
+fn hello_guest_greets_and_powers_off(m: &dyn Machine) -> Result<(), String> {
+    let out = m.boot(&BootRequest::scenario("hello"))?;
+    succeeded_and_audited(&out)?;
+    let greeted = out
+        .transcript
+        .lines()
+        .any(|l| l.starts_with("[hello] ") && l.contains("greeting=hi"));
+    ensure!(
+        greeted,
+        "no console line from `hello` quoting its command line `greeting=hi`"
+    );
+    powered_off_cleanly(&out, "hello")?;
+    let e = exit_of(&out, "hello")?;
+    ensure!(
+        e.number("hypercalls")? >= 2,
+        "`{e}`: the guest must have made hypercalls to print and shut down"
+    );
+    Ok(())
+}
+
+fn two_guests_ping_pong_events(m: &dyn Machine) -> Result<(), String> {
+    let out = m.boot(&BootRequest::scenario("pingpong"))?;
+    succeeded_and_audited(&out)?;
+    for name in ["ping", "pong"] {
+        let f = out.facts.guest_one(name, "pingpong")?;
+        let (rounds, received) = (f.number("rounds")?, f.number("received")?);
+        ensure!(
+            rounds == 1000 && received == rounds,
+            "`{name}`: `{f}`: every round must be answered"
+        );
+        powered_off_cleanly(&out, name)?;
+        // Each round costs at least a send and a block per side.
+        let hc = exit_of(&out, name)?.number("hypercalls")?;
+        ensure!(
+            hc >= 2 * rounds,
+            "`{name}` made {hc} hypercalls for {rounds} rounds: events cannot have crossed"
+        );
+    }
+    Ok(())
+}
+
+fn guest_sleeps_on_deadline_and_timer(m: &dyn Machine) -> Result<(), String> {
+    let out = m.boot(&BootRequest::scenario("sleeper"))?;
+    succeeded_and_audited(&out)?;
+    for kind in ["sleep", "timer"] {
+        let f = out.facts.guest_one("sleeper", kind)?;
+        let (want, got) = (f.number("requested_ns")?, f.number("elapsed_ns")?);
+        ensure!(got >= want, "`{f}`: woke {} ns early", want - got);
+        ensure!(got < want + 2_000_000_000, "`{f}`: woke more than 2 s late");
+    }
+    ensure!(
+        out.facts.guest_of_kind("clock").next().is_none(),
+        "the guest saw its clock go backwards"
+    );
+    powered_off_cleanly(&out, "sleeper")
+}
+
+fn misbehaving_guests_are_contained(m: &dyn Machine) -> Result<(), String> {
+    let out = m.boot(&BootRequest::scenario("misbehave"))?;
+    succeeded_and_audited(&out)?;
+    // Each privileged instruction or wild access destroyed its domain alone,
+    // with the exception the CPU raised.
+    let expect = [
+        ("bad-hlt", 13, None),
+        ("bad-cli", 13, None),
+        ("bad-in", 13, None),
+        ("bad-out", 13, None),
+        ("bad-wrmsr", 13, None),
+        ("bad-movcr3", 13, None),
+        ("bad-lgdt", 13, None),
+        ("bad-ud2", 6, None),
+        ("bad-wild", 14, Some(0xdead_0000u64)),
+        ("bad-hyper", 14, Some(0xffff_ffff_8010_0000)),
+        ("bad-directmap", 14, Some(0xffff_8000_0010_0000)),
+    ];
+    for (name, vector, cr2) in expect {
+        let f = out
+            .facts
+            .of_kind("domain-fault")
+            .find(|f| f.get("name") == Some(name))
+            .ok_or_else(|| format!("`{name}` was not destroyed with a `@ domain-fault` report"))?;
+        ensure!(
+            f.number("vector")? == vector,
+            "`{f}`: expected vector {vector}"
+        );
+        if let Some(cr2) = cr2 {
+            ensure!(f.number("cr2")? == cr2, "`{f}`: expected cr2={cr2:#x}");
+        }
+        ensure!(f.number("rip")? > 0, "`{f}`: no rip");
+        ensure!(
+            !out.facts.guest_of_kind("survived").any(|(n, _)| n == name),
+            "`{name}` says it survived its own misdeed"
+        );
+    }
+    // Guests with a trap handler saw their own exception and carried on.
+    for (name, vector, cr2) in [
+        ("trap-wild", 14, 0xdead_0000u64),
+        ("trap-hlt", 13, 0),
+        ("trap-cli", 13, 0),
+        ("trap-out", 13, 0),
+        ("trap-ud2", 6, 0),
+    ] {
+        let f = out.facts.guest_one(name, "trapped")?;
+        ensure!(
+            f.number("vector")? == vector && f.number("cr2")? == cr2,
+            "`{name}`: `{f}`: expected vector {vector}, cr2 {cr2:#x}"
+        );
+        powered_off_cleanly(&out, name)?;
+    }
+    // The endless loop never starved the worker, which finished while it spun.
+    let w = out.facts.guest_one("worker", "worker")?;
+    ensure!(w.number("iterations")? == 20, "`{w}`");
+    powered_off_cleanly(&out, "worker")?;
+    let spin = exit_of(&out, "spin")?;
+    ensure!(
+        spin.get("reason") == Some("scenario-end"),
+        "`{spin}`: the spinning guest should still be running at the end"
+    );
+    Ok(())
+}
+
+fn sixty_four_guests_at_once(m: &dyn Machine) -> Result<(), String> {
+    let out = m.boot(&BootRequest::scenario("many"))?;
+    succeeded_and_audited(&out)?;
+    let started = out.facts.one("domains")?.number("started")?;
+    ensure!(started == 64, "{started} domains started, expected 64");
+    for i in 0..64 {
+        powered_off_cleanly(&out, &format!("g-{i}"))?;
+    }
+    let greeted = out
+        .transcript
+        .lines()
+        .filter(|l| l.starts_with("[g-") && l.contains("Hello"))
+        .count();
+    ensure!(greeted == 64, "{greeted} of 64 guests greeted");
+    Ok(())
+}
