@@ -12,8 +12,8 @@ use hypercall_abi::{Error, Hypercall};
 use crate::raw;
 
 /// Size of the callback stack the hypervisor assumes below the registered
-/// top (`TRAP-0`).
-pub const CALLBACK_STACK_SIZE: usize = 64 * 1024;
+/// top (`TRAP-0`), from the ABI.
+pub const CALLBACK_STACK_SIZE: usize = hypercall_abi::layout::CALLBACK_STACK_SIZE as usize;
 
 /// Registers the event entry, the trap entry (0 disables either) and the
 /// callback stack top (`TRAP-1`).

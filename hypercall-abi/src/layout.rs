@@ -213,6 +213,10 @@ pub struct UpcallFrame {
     pub rflags: u64,
 }
 
+/// Bytes below the registered callback-stack top that count as the callback
+/// stack when deciding where to push a nested frame (`TRAP-0`).
+pub const CALLBACK_STACK_SIZE: u64 = 64 * 1024;
+
 /// Bytes below the interrupted `rsp` the hypervisor leaves untouched when it
 /// pushes a nested frame on the same stack (the System V red zone).
 pub const RED_ZONE: u64 = 128;
@@ -229,7 +233,7 @@ const _: () = assert!(core::mem::size_of::<StartInfo>() <= 4096);
 const _: () = assert!(core::mem::size_of::<TimeInfo>() == 32);
 const _: () = assert!(core::mem::size_of::<SharedInfo>() == 128 + 128 + 8 + 8 + 32);
 const _: () = assert!(core::mem::size_of::<UpcallFrame>() == 22 * 8);
-const _: () = assert!(core::mem::size_of::<UpcallFrame>() % 16 == 0);
+const _: () = assert!(core::mem::size_of::<UpcallFrame>() & 15 == 0);
 
 #[cfg(test)]
 mod tests {

@@ -20,9 +20,6 @@ use zerocopy::IntoBytes;
 pub const MIN_PAGES: u64 = 32;
 /// Default time slice in milliseconds (weight 0).
 pub const DEFAULT_SLICE_MS: u64 = 10;
-/// Bytes below the registered callback-stack top that count as the
-/// callback stack (TRAP-0).
-pub const CALLBACK_STACK_SIZE: u64 = 64 * 1024;
 
 /// Where a domain is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

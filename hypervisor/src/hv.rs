@@ -12,14 +12,15 @@ use crate::arch::{
     cpu::{USER_CS, USER_SS},
 };
 use crate::console::Quoted;
-use crate::domain::{self, Domain, RunState, CALLBACK_STACK_SIZE};
+use crate::domain::{self, Domain, RunState};
 use crate::guestmem::{self, GuestRange};
 use crate::{mem, report, time};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use hypercall_abi::args::{BlockResult, ShutdownReason, Virq, CONSOLE_WRITE_MAX, NO_DEADLINE};
 use hypercall_abi::layout::{
-    UpcallFrame, UpcallKind, GUEST_VA_TOP, NR_PORTS, RED_ZONE, RFLAGS_GUEST_MASK, RFLAGS_IF,
+    UpcallFrame, UpcallKind, CALLBACK_STACK_SIZE, GUEST_VA_TOP, NR_PORTS, RED_ZONE,
+    RFLAGS_GUEST_MASK, RFLAGS_IF,
 };
 use hypercall_abi::{regs, Error, Hypercall};
 use spin::Mutex;
@@ -662,7 +663,7 @@ impl Hv {
                     id,
                     name,
                     reason.name(),
-                    code,
+                    code as i64,
                     d.hypercalls
                 );
                 reason == ShutdownReason::Poweroff && code == 0
