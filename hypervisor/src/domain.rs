@@ -73,6 +73,10 @@ pub struct Domain {
     pub console: heapless::Vec<u8, 256>,
     /// Hypercalls made.
     pub hypercalls: u64,
+    /// TSC when the hypervisor began building the domain.
+    pub built_at: u64,
+    /// TSC when the domain first ran, if it has.
+    pub first_run_at: Option<u64>,
 }
 
 /// Why a domain could not be built (MEM-2b).
@@ -322,6 +326,7 @@ pub fn build(
     image: &[u8],
     cmdline: &[u8],
 ) -> Result<Domain, BuildError> {
+    let built_at = crate::time::now_tsc();
     let nr_pages = u64::from(rec.mem_pages);
     if !(MIN_PAGES..=WINDOW_MAX_PAGES).contains(&nr_pages) {
         return Err(BuildError::BadSize(nr_pages));
@@ -503,6 +508,8 @@ pub fn build(
         slice: crate::time::ms_to_ticks(weight),
         console: heapless::Vec::new(),
         hypercalls: 0,
+        built_at,
+        first_run_at: None,
     })
 }
 

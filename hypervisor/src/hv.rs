@@ -223,6 +223,9 @@ impl Hv {
     fn hypercall(&mut self, frame: &mut TrapFrame) {
         let Some(cur) = self.current else { return };
         if let Some(d) = self.dom(cur) {
+            if d.hypercalls == 0 {
+                first_hypercall(d);
+            }
             d.hypercalls += 1;
         }
         let a = [
@@ -559,6 +562,9 @@ impl Hv {
                     unsafe { arch::load_root(root) };
                     self.loaded_root = root;
                 }
+                if let Some(d) = self.dom(id) {
+                    d.first_run_at.get_or_insert(now);
+                }
                 self.current = Some(id);
                 self.slice_end = now + slice;
                 return;
@@ -744,6 +750,23 @@ impl Hv {
         report!("exit", "status=success");
         arch::exit_qemu(arch::EXIT_SUCCESS)
     }
+}
+
+/// Reports how long the domain took from the start of its build to its
+/// first hypercall, in TSC ticks (instructions under `-icount shift=0`).
+#[cold]
+fn first_hypercall(d: &Domain) {
+    let now = time::now_tsc();
+    let run = d.first_run_at.unwrap_or(now);
+    report!(
+        "domain-first-hypercall",
+        "id={} name={} build_ticks={} run_ticks={} total_ticks={}",
+        d.id,
+        Quoted(&d.name),
+        run.saturating_sub(d.built_at),
+        now.saturating_sub(run),
+        now.saturating_sub(d.built_at)
+    );
 }
 
 /// Prints a domain's buffered console line, sanitised (CON-1d).
