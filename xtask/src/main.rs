@@ -51,7 +51,7 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// The scenario: guests/scenarios/SCENARIO.toml (or a path to a .toml).
-    #[arg(default_value = "boot")]
+    #[arg(default_value = "hello")]
     scenario: String,
     /// Accelerator. Default: kvm only if /proc/cpuinfo advertises vmx or svm,
     /// otherwise tcg (a nested /dev/kvm cannot run a PV hypervisor).
