@@ -15,6 +15,15 @@ enum Op {
     Batch(DomainId, Vec<(u64, u64)>),
     UpdateVa(DomainId, Pfn, u64, u64),
     Switch(usize, Pfn),
+    /// Resolved against the current state, so that deep states are reached:
+    /// an update of slot `.1` of the `.0`-th table in use.
+    UpdateInUse(usize, usize, u64),
+    /// Load the `.1`-th pinned L4 on vCPU `.0`.
+    SwitchPinned(usize, usize),
+    /// The fast path on the `.0`-th L4 in use.
+    UpdateVaInUse(usize, u64, u64),
+    /// Unpin the `.0`-th pinned frame.
+    UnpinPinned(usize),
     /// The guest writes a frame it can write (type `None` or `Writable`):
     /// builds tables before pinning them.
     GuestWrite(DomainId, Pfn, usize, u64),
@@ -94,6 +103,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(d, b)| Op::Batch(d, b)),
         2 => (domain(), frame(), va(), value()).prop_map(|(d, r, a, v)| Op::UpdateVa(d, r, a, v)),
         1 => (0..3usize, frame()).prop_map(|(s, p)| Op::Switch(s, p)),
+        8 => (any::<usize>(), slot(), value()).prop_map(|(t, i, v)| Op::UpdateInUse(t, i, v)),
+        2 => (0..3usize, any::<usize>()).prop_map(|(s, t)| Op::SwitchPinned(s, t)),
+        4 => (any::<usize>(), va(), value()).prop_map(|(t, a, v)| Op::UpdateVaInUse(t, a, v)),
+        1 => any::<usize>().prop_map(Op::UnpinPinned),
         6 => (domain(), 0..12u64, slot(), value())
             .prop_map(|(d, p, i, v)| Op::GuestWrite(d, p, i, v)),
         1 => (0..12u64, slot()).prop_map(|(p, i)| Op::CpuSetsAccessed(p, i)),
@@ -123,8 +136,74 @@ impl World {
         }
     }
 
+    /// The `sel`-th frame (cyclically) that satisfies `pred`, if any.
+    fn pick(&self, sel: usize, pred: impl Fn(&FrameInfo) -> bool) -> Option<Pfn> {
+        let found: Vec<Pfn> = (0..FRAMES)
+            .filter(|p| pred(self.mm.frame(*p).unwrap()))
+            .collect();
+        (!found.is_empty()).then(|| found[sel % found.len()])
+    }
+
+    /// A virtual address whose walk from `root` reaches an L1, steered by
+    /// the bits of `seed`, if there is one.
+    fn mapped_va(&self, root: Pfn, seed: u64) -> Option<u64> {
+        let mut table = root;
+        let mut va = seed & 0x1f_f000;
+        for (n, level) in [Level::L4, Level::L3, Level::L2].into_iter().enumerate() {
+            let below = level.below()?;
+            let slots: Vec<usize> = (0..level.guest_slots())
+                .filter(|i| {
+                    self.mm
+                        .rules()
+                        .target_of(self.mem.peek(table, *i))
+                        .and_then(|t| self.mm.frame(t.pfn))
+                        .is_some_and(|f| f.table_level() == Some(below))
+                })
+                .collect();
+            if slots.is_empty() {
+                return None;
+            }
+            let i = slots[(seed >> (21 + 9 * n)) as usize % slots.len()];
+            va |= (i as u64) << (39 - 9 * n);
+            table = self.mm.rules().target_of(self.mem.peek(table, i))?.pfn;
+        }
+        Some(va)
+    }
+
+    /// Turns the state-resolved ops into plain ones.
+    fn resolve(&self, op: &Op) -> Op {
+        let in_use = |f: &FrameInfo| f.table_level().is_some();
+        let l4 = |f: &FrameInfo| f.table_level() == Some(Level::L4);
+        match op {
+            Op::UpdateInUse(t, i, v) => match self.pick(*t, in_use) {
+                Some(p) => {
+                    let d = match self.mm.frame(p).unwrap().owner() {
+                        Owner::Domain(d) => d,
+                        _ => DOM,
+                    };
+                    Op::Update(d, ptr(p, *i), *v)
+                }
+                None => Op::Flush,
+            },
+            Op::SwitchPinned(s, t) => match self.pick(*t, l4) {
+                Some(p) => Op::Switch(*s, p),
+                None => Op::Flush,
+            },
+            Op::UpdateVaInUse(t, a, v) => match self.pick(*t, l4) {
+                Some(p) => Op::UpdateVa(DOM, p, self.mapped_va(p, *a).unwrap_or(*a), *v),
+                None => Op::Flush,
+            },
+            Op::UnpinPinned(t) => match self.pick(*t, |f| f.pinned()) {
+                Some(p) => Op::Unpin(DOM, p),
+                None => Op::Flush,
+            },
+            other => other.clone(),
+        }
+    }
+
     /// Applies one op, checking the per-op properties.
     fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        let op = &self.resolve(op);
         let before = snapshot(&self.mm, &self.mem);
         let single = match op {
             Op::Pin(d, p, l) => Some(self.mm.pin(&mut self.mem, *d, *p, *l)),
@@ -185,6 +264,10 @@ impl World {
                 let _ = self.mm.take_flush_request();
                 None
             }
+            Op::UpdateInUse(..)
+            | Op::SwitchPinned(..)
+            | Op::UpdateVaInUse(..)
+            | Op::UnpinPinned(_) => None,
         };
         if let Some(Err(_)) = single {
             prop_assert_eq!(&snapshot(&self.mm, &self.mem), &before);
