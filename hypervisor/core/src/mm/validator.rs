@@ -558,9 +558,14 @@ impl Mm {
     /// Unloads the root of `space` (a vCPU going away); its L4 may then be
     /// unpinned.
     pub fn detach(&mut self, space: &mut AddressSpace) {
+        let dom = space.dom;
         if let Some(old) = space.root.take() {
             if let Ok(f) = self.info_mut(old) {
-                f.loaded = f.loaded.saturating_sub(1);
+                // A space kept past its domain's teardown must not unload a
+                // frame that has changed hands since.
+                if f.owner == Owner::Domain(dom) {
+                    f.loaded = f.loaded.saturating_sub(1);
+                }
             }
         }
     }
