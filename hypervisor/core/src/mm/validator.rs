@@ -19,7 +19,7 @@
 
 use super::error::{BatchError, MmError};
 use super::frame::{DomainId, FrameInfo, Owner, PageType, PINNED, SPECIAL_WRITABLE};
-use super::pte::{EntryRules, Level, Target, ENTRIES, FIRST_HYPERVISOR_SLOT, PS_OR_PAT};
+use super::pte::{EntryRules, Level, Target, ENTRIES, FIRST_HYPERVISOR_SLOT, PS_OR_PAT, USER};
 use super::{AddressSpace, PhysMem};
 use crate::frames::Pfn;
 use alloc::vec::Vec;
@@ -39,7 +39,8 @@ pub struct MmConfig {
     /// The CPU's MAXPHYADDR (CPUID 0x8000_0008 EAX[7:0]), 32..=52.
     pub max_phys_bits: u8,
     /// The values of L4 slots 256..=511, copied into every L4 when it
-    /// becomes a page table (MMU-3). Must not have U/S set.
+    /// becomes a page table (MMU-3). Must not have U/S set (refused with
+    /// `BadConfig`); should have A set, so the CPU never writes them.
     pub hypervisor_slots: [u64; HYPERVISOR_SLOTS],
 }
 
@@ -62,6 +63,12 @@ impl Mm {
         let rules = EntryRules::new(config.max_phys_bits)?;
         let addressable = 1u64 << (config.max_phys_bits - 12);
         if config.frames > addressable {
+            return Err(MmError::BadConfig);
+        }
+        // The hypervisor's slots are readable through a guest's read-only
+        // self entry (MMU-10); U clear keeps everything below them out of
+        // ring 3's reach.
+        if config.hypervisor_slots.iter().any(|e| e & USER != 0) {
             return Err(MmError::BadConfig);
         }
         let n = usize::try_from(config.frames).map_err(|_| MmError::BadConfig)?;

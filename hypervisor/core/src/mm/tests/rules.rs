@@ -921,6 +921,9 @@ fn config_is_checked() {
     assert_eq!(Mm::new(&cfg(16, 53)).unwrap_err(), MmError::BadConfig);
     assert_eq!(Mm::new(&cfg(1 << 21, 32)).unwrap_err(), MmError::BadConfig);
     assert!(Mm::new(&cfg(1 << 20, 32)).is_ok());
+    let mut user_slot = cfg(16, 46);
+    user_slot.hypervisor_slots[3] = (50 << 12) | PRESENT | USER;
+    assert_eq!(Mm::new(&user_slot).unwrap_err(), MmError::BadConfig);
     assert_eq!(core::mem::size_of::<FrameInfo>(), 20);
 }
 
