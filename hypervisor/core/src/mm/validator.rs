@@ -36,7 +36,7 @@ pub struct MmConfig {
     /// Frames of physical memory covered by the frame table (highest frame
     /// number + 1). Entries naming frames at or beyond are refused (MMU-8).
     pub frames: u64,
-    /// The CPU's MAXPHYADDR (CPUID 0x8000_0008 EAX[7:0]), 32..=52.
+    /// The CPU's MAXPHYADDR (CPUID 0x8000_0008, EAX bits 7..0), 32..=52.
     pub max_phys_bits: u8,
     /// The values of L4 slots 256..=511, copied into every L4 when it
     /// becomes a page table (MMU-3). Must not have U/S set (refused with
