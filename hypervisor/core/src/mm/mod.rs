@@ -1,1 +1,82 @@
 //! Memory virtualization: the frame table and the page-table validator.
+//!
+//! Tahoma guests use *direct paging*, as Xen PV guests do: a guest builds its
+//! own 4-level page tables in frames it owns, and the CPU walks them for
+//! real. Isolation rests on one rule: the hypervisor validates every value
+//! before it lands in a page table, and a frame in use as a page table is
+//! never writable by the guest. The guest therefore changes its tables only
+//! through hypercalls, which call into this module:
+//!
+//! * [`Mm::pin`] / [`Mm::unpin`]: validate a table and its tree below, and
+//!   keep it valid;
+//! * [`Mm::mmu_update`]: a batch of `(entry machine address, new value)`;
+//! * [`Mm::update_va_mapping`]: the fast path for one leaf entry;
+//! * [`Mm::switch_root`]: load a pinned L4;
+//! * [`Mm::teardown`]: drop everything a dying domain's tables hold.
+//!
+//! The rules are the clauses of `docs/abi/mmu.md` (MMU-1 ...). The module is
+//! pure: it reads and writes page-table entries only through [`PhysMem`],
+//! which the hypervisor implements over its direct map and the tests over a
+//! plain array. It never allocates after [`Mm::new`], never panics on guest
+//! input, and keeps no locks (one CPU).
+//!
+//! After every hypercall that called into this module, the hypervisor must
+//! ask [`Mm::take_flush_request`] and flush the TLB when told (MMU-20).
+
+pub mod audit;
+pub mod error;
+pub mod frame;
+pub mod pte;
+pub mod validator;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{BatchError, MmError};
+pub use frame::{DomainId, FrameInfo, FrameView, Owner, PageType};
+pub use pte::{EntryRules, Level};
+pub use validator::{Mm, MmConfig, HYPERVISOR_SLOTS};
+
+use crate::frames::Pfn;
+
+/// Physical memory as the validator sees it: page-table entries, by frame
+/// and index.
+///
+/// The validator only calls these with `pfn < frame_count` and
+/// `index < 512`. The hypervisor implements them with single 64-bit
+/// accesses through its direct map (the CPU may set A/D bits concurrently on
+/// other CPUs one day; the validator never relies on them).
+pub trait PhysMem {
+    /// The 64-bit entry `index` of frame `pfn`.
+    fn read_entry(&self, pfn: Pfn, index: usize) -> u64;
+    /// Stores `value` in entry `index` of frame `pfn`.
+    fn write_entry(&mut self, pfn: Pfn, index: usize, value: u64);
+}
+
+/// One vCPU's view of its domain's address space: which L4 it runs on.
+///
+/// The hypervisor keeps one per vCPU and passes it to [`Mm::switch_root`];
+/// the frame table counts loaded roots so that a loaded root cannot be
+/// unpinned (MMU-12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressSpace {
+    dom: DomainId,
+    root: Option<Pfn>,
+}
+
+impl AddressSpace {
+    /// A vCPU of `dom` with no root loaded yet.
+    pub const fn new(dom: DomainId) -> AddressSpace {
+        AddressSpace { dom, root: None }
+    }
+
+    /// The domain.
+    pub const fn domain(&self) -> DomainId {
+        self.dom
+    }
+
+    /// The loaded root L4, if any.
+    pub const fn root(&self) -> Option<Pfn> {
+        self.root
+    }
+}

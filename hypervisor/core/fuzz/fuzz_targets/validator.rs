@@ -1,0 +1,291 @@
+//! Fuzzes the page-table validator with random operation sequences on a
+//! small machine, checking after every step:
+//!
+//! * nothing panics (guest input never panics the hypervisor);
+//! * the from-scratch audit passes (counts equal references found by a full
+//!   scan; no table-typed frame is mapped writable; every mapped frame is
+//!   owned by the table's domain; hypervisor L4 slots equal the template);
+//! * a refused single operation changed nothing;
+//! * a batch equals its updates applied one by one up to the first refusal;
+//! * teardown returns every frame of the domain to idle.
+//!
+//! Run: `cargo +nightly fuzz run validator` in `hypervisor/core` (see
+//! README.md). The same property runs on stable in `cargo test` (proptest).
+#![no_main]
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use tahoma_core::mm::audit::audit;
+use tahoma_core::mm::{
+    AddressSpace, BatchError, DomainId, FrameView, Level, Mm, MmConfig, Owner, PageType, PhysMem,
+    HYPERVISOR_SLOTS,
+};
+
+const FRAMES: u64 = 48;
+const DOMS: [DomainId; 2] = [1, 2];
+const ENTRIES: usize = 512;
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct Mem(Vec<[u64; ENTRIES]>);
+
+impl PhysMem for Mem {
+    fn read_entry(&self, pfn: u64, index: usize) -> u64 {
+        self.0[pfn as usize][index]
+    }
+    fn write_entry(&mut self, pfn: u64, index: usize, value: u64) {
+        self.0[pfn as usize][index] = value;
+    }
+}
+
+/// A frame number: mostly small (the guest's own), sometimes anything.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum F {
+    Small(u8),
+    Any(u64),
+}
+
+impl F {
+    fn pfn(self) -> u64 {
+        match self {
+            F::Small(n) => u64::from(n) % (FRAMES + 2),
+            F::Any(n) => n,
+        }
+    }
+}
+
+/// An entry value: mostly a frame with a few flags, sometimes raw bits.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum V {
+    Entry(F, u8),
+    Raw(u64),
+}
+
+impl V {
+    fn value(self) -> u64 {
+        match self {
+            // Low flag bits P, RW, U, PWT, PCD, A, D, PS from the byte, plus
+            // sometimes NX; most often P|U set so that it means something.
+            V::Entry(f, bits) => {
+                let low = u64::from(bits) & 0xff;
+                let low = if bits & 0x80 == 0 { low | 0b101 } else { low };
+                f.pfn().wrapping_shl(12) | (low & 0x7f) | (u64::from(bits >> 7) << 63)
+            }
+            V::Raw(v) => v,
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug, Clone)]
+enum Op {
+    Pin(u8, F, u8),
+    Unpin(u8, F),
+    Update(u8, F, u16, V),
+    /// Update an entry of the `n`-th table in use.
+    UpdateInUse(u8, u16, V),
+    Batch(u8, Vec<(F, u16, V)>),
+    UpdateVa(u8, F, u64, V),
+    Switch(u8, F),
+    GuestWrite(u8, F, u16, V),
+    CpuSetsAccessed(F, u16),
+    Teardown(u8),
+    Flush,
+}
+
+struct World {
+    mm: Mm,
+    mem: Mem,
+    spaces: [AddressSpace; 3],
+}
+
+fn dom(d: u8) -> DomainId {
+    DOMS[usize::from(d) % DOMS.len()]
+}
+
+fn ptr(pfn: u64, slot: u16) -> u64 {
+    pfn.wrapping_shl(12) | (u64::from(slot % 512) * 8)
+}
+
+fn snapshot(w: &World) -> (Vec<FrameView>, Mem) {
+    let views = (0..FRAMES).map(|p| w.mm.frame(p).unwrap().view()).collect();
+    (views, w.mem.clone())
+}
+
+impl World {
+    fn new() -> World {
+        let mut slots = [0u64; HYPERVISOR_SLOTS];
+        slots[0] = (44 << 12) | 0x23;
+        let mut mm = Mm::new(&MmConfig {
+            frames: FRAMES,
+            max_phys_bits: 46,
+            hypervisor_slots: slots,
+        })
+        .unwrap();
+        for pfn in 0..FRAMES {
+            let owner = match pfn {
+                0..=23 => Owner::Domain(DOMS[0]),
+                24..=35 => Owner::Domain(DOMS[1]),
+                36..=43 => Owner::Hypervisor,
+                _ => Owner::Free,
+            };
+            mm.assign(pfn, owner).unwrap();
+        }
+        mm.assign(22, Owner::Free).unwrap();
+        mm.share_special(22, DOMS[0], true).unwrap();
+        mm.assign(23, Owner::Free).unwrap();
+        mm.share_special(23, DOMS[0], false).unwrap();
+        World {
+            mm,
+            mem: Mem(vec![[0; ENTRIES]; FRAMES as usize]),
+            spaces: [
+                AddressSpace::new(DOMS[0]),
+                AddressSpace::new(DOMS[0]),
+                AddressSpace::new(DOMS[1]),
+            ],
+        }
+    }
+
+    fn step(&mut self, op: &Op) {
+        let before = snapshot(self);
+        let single = match op {
+            Op::Pin(d, f, l) => {
+                let level = Level::from_number(u64::from(*l % 5));
+                Some(level.and_then(|l| self.mm.pin(&mut self.mem, dom(*d), f.pfn(), l)))
+            }
+            Op::Unpin(d, f) => Some(self.mm.unpin(&mut self.mem, dom(*d), f.pfn())),
+            Op::Update(d, f, s, v) => {
+                Some(
+                    self.mm
+                        .mmu_update_one(&mut self.mem, dom(*d), ptr(f.pfn(), *s), v.value()),
+                )
+            }
+            Op::UpdateInUse(n, s, v) => {
+                let in_use: Vec<u64> = (0..FRAMES)
+                    .filter(|p| self.mm.frame(*p).unwrap().table_level().is_some())
+                    .collect();
+                if in_use.is_empty() {
+                    None
+                } else {
+                    let p = in_use[usize::from(*n) % in_use.len()];
+                    let d = match self.mm.frame(p).unwrap().owner() {
+                        Owner::Domain(d) => d,
+                        _ => DOMS[0],
+                    };
+                    Some(
+                        self.mm
+                            .mmu_update_one(&mut self.mem, d, ptr(p, *s), v.value()),
+                    )
+                }
+            }
+            Op::Batch(d, b) => {
+                self.batch(dom(*d), b);
+                None
+            }
+            Op::UpdateVa(d, f, va, v) => {
+                Some(
+                    self.mm
+                        .update_va_mapping(&mut self.mem, dom(*d), f.pfn(), *va, v.value()),
+                )
+            }
+            Op::Switch(s, f) => {
+                let space = &mut self.spaces[usize::from(*s) % 3];
+                let old = *space;
+                let r = self.mm.switch_root(space, f.pfn()).map(|_| ());
+                if r.is_err() {
+                    assert_eq!(*space, old);
+                }
+                Some(r)
+            }
+            Op::GuestWrite(d, f, s, v) => {
+                let p = f.pfn();
+                if let Some(fr) = self.mm.frame(p) {
+                    let writable = matches!(fr.page_type(), PageType::None | PageType::Writable)
+                        || (fr.page_type() == PageType::Special && fr.special_writable());
+                    if fr.owner() == Owner::Domain(dom(*d)) && writable {
+                        self.mem.0[p as usize][usize::from(*s % 512)] = v.value();
+                    }
+                }
+                None
+            }
+            Op::CpuSetsAccessed(f, s) => {
+                let p = f.pfn();
+                if let Some(fr) = self.mm.frame(p) {
+                    let e = &mut self.mem.0[p as usize][usize::from(*s % 512)];
+                    if fr.table_level().is_some() && *e & 1 != 0 {
+                        *e |= if fr.page_type() == PageType::L1 {
+                            0x60
+                        } else {
+                            0x20
+                        };
+                    }
+                }
+                None
+            }
+            Op::Teardown(d) => {
+                let d = dom(*d);
+                self.mm.teardown(&mut self.mem, d);
+                for s in self.spaces.iter_mut().filter(|s| s.domain() == d) {
+                    *s = AddressSpace::new(d);
+                }
+                for pfn in 0..FRAMES {
+                    let f = self.mm.frame(pfn).unwrap();
+                    if f.owner() == Owner::Domain(d) {
+                        assert!(f.idle(), "frame {pfn} not idle after teardown");
+                    }
+                }
+                None
+            }
+            Op::Flush => {
+                let _ = self.mm.take_flush_request();
+                None
+            }
+        };
+        if let Some(Err(_)) = single {
+            assert!(snapshot(self) == before, "refused {op:?} changed state");
+        }
+        if let Err(e) = audit(&self.mm, &self.mem) {
+            panic!("audit failed after {op:?}: {e:?}");
+        }
+    }
+
+    fn batch(&mut self, d: DomainId, b: &[(F, u16, V)]) {
+        let updates: Vec<(u64, u64)> = b
+            .iter()
+            .map(|(f, s, v)| (ptr(f.pfn(), *s), v.value()))
+            .collect();
+        let mut mm = self.mm.clone();
+        let mut mem = self.mem.clone();
+        let mut expect = Ok(updates.len());
+        for (index, (p, v)) in updates.iter().enumerate() {
+            if let Err(error) = mm.mmu_update_one(&mut mem, d, *p, *v) {
+                expect = Err(BatchError { index, error });
+                break;
+            }
+        }
+        let r = self
+            .mm
+            .mmu_update(&mut self.mem, d, updates.iter().copied());
+        assert_eq!(r, expect);
+        let views = |m: &Mm| -> Vec<FrameView> {
+            (0..FRAMES).map(|p| m.frame(p).unwrap().view()).collect()
+        };
+        assert!(mem == self.mem, "batch differs from one-by-one updates");
+        assert!(views(&mm) == views(&self.mm), "batch accounting differs");
+    }
+}
+
+fuzz_target!(|ops: Vec<Op>| {
+    let mut w = World::new();
+    for op in ops.iter().take(256) {
+        w.step(op);
+    }
+    for d in DOMS {
+        w.mm.teardown(&mut w.mem, d);
+    }
+    for pfn in 0..FRAMES {
+        assert!(
+            w.mm.frame(pfn).unwrap().idle(),
+            "frame {pfn} not idle at the end"
+        );
+    }
+    audit(&w.mm, &w.mem).unwrap();
+});

@@ -1,0 +1,167 @@
+//! A from-scratch check of the frame table against page-table contents.
+//!
+//! The audit is the reference model of the accounting rules: it ignores the
+//! counts the validator keeps, rescans every table in use, and recomputes
+//! what every frame's type and counts must be. Property tests and the fuzz
+//! target run it after every operation; the hypervisor may run it from a
+//! debug command. O(frames + 512 x tables); allocates one vector.
+
+use super::frame::{Owner, PageType};
+use super::pte::{Level, ACCESSED, ENTRIES, FIRST_HYPERVISOR_SLOT};
+use super::{Mm, PhysMem};
+use crate::frames::Pfn;
+use alloc::vec;
+
+/// The first inconsistency found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditError {
+    /// The frame where it was found.
+    pub pfn: Pfn,
+    /// What is wrong.
+    pub what: &'static str,
+}
+
+fn fail<T>(pfn: Pfn, what: &'static str) -> Result<T, AuditError> {
+    Err(AuditError { pfn, what })
+}
+
+/// References found by the scan, per frame.
+#[derive(Clone, Copy, Default)]
+struct Expected {
+    type_refs: u64,
+    total_refs: u64,
+}
+
+/// Checks every invariant of [`super::validator`] over `mm` and `mem`.
+pub fn audit<M: PhysMem>(mm: &Mm, mem: &M) -> Result<(), AuditError> {
+    let n = mm.frame_count();
+    let mut expected = vec![Expected::default(); usize::try_from(n).unwrap_or(0)];
+    for pfn in 0..n {
+        let Some(f) = mm.frame(pfn) else {
+            return fail(pfn, "frame missing");
+        };
+        check_frame_alone(pfn, f)?;
+        if f.pinned() {
+            bump(&mut expected, pfn, true)?;
+        }
+        if let Some(level) = f.table_level() {
+            scan_table(mm, mem, pfn, level, &mut expected)?;
+        }
+    }
+    for pfn in 0..n {
+        let f = mm.frame(pfn).ok_or(AuditError {
+            pfn,
+            what: "frame missing",
+        })?;
+        let Some(e) = usize::try_from(pfn).ok().and_then(|i| expected.get(i)) else {
+            return fail(pfn, "frame beyond the expected table");
+        };
+        if u64::from(f.type_count()) != e.type_refs {
+            return fail(pfn, "type count differs from references found");
+        }
+        if u64::from(f.total_count()) != e.total_refs {
+            return fail(pfn, "total count differs from references found");
+        }
+    }
+    Ok(())
+}
+
+/// Rules about one frame's own fields.
+fn check_frame_alone(pfn: Pfn, f: &super::FrameInfo) -> Result<(), AuditError> {
+    let typed = f.page_type() != PageType::None && f.page_type() != PageType::Special;
+    if typed != (f.type_count() > 0) {
+        return fail(pfn, "type set without type references, or the reverse");
+    }
+    if f.page_type() == PageType::Special && f.type_count() != 0 {
+        return fail(pfn, "special frame with type references");
+    }
+    if f.type_count() > f.total_count() {
+        return fail(pfn, "type count above total count");
+    }
+    if f.pinned() && f.table_level().is_none() {
+        return fail(pfn, "pinned frame is not a table");
+    }
+    if f.loaded() > 0 && !(f.pinned() && f.page_type() == PageType::L4) {
+        return fail(pfn, "loaded root is not a pinned L4");
+    }
+    if typed && !matches!(f.owner(), Owner::Domain(_)) {
+        return fail(pfn, "typed frame not owned by a domain");
+    }
+    Ok(())
+}
+
+fn bump(expected: &mut [Expected], pfn: Pfn, typed: bool) -> Result<(), AuditError> {
+    let Some(e) = usize::try_from(pfn).ok().and_then(|i| expected.get_mut(i)) else {
+        return fail(pfn, "reference beyond the frame table");
+    };
+    e.total_refs += 1;
+    if typed {
+        e.type_refs += 1;
+    }
+    Ok(())
+}
+
+/// Rescans one table in use: its entries must all still pass validation and
+/// agree with their targets' types.
+fn scan_table<M: PhysMem>(
+    mm: &Mm,
+    mem: &M,
+    table: Pfn,
+    level: Level,
+    expected: &mut [Expected],
+) -> Result<(), AuditError> {
+    let owner = mm.frame(table).map(|f| f.owner());
+    for i in 0..level.guest_slots() {
+        let value = mem.read_entry(table, i);
+        let target = match mm.rules().check(level, value) {
+            Ok(Some(t)) => t,
+            Ok(None) => continue,
+            Err(_) => return fail(table, "table holds an entry that fails validation"),
+        };
+        let Some(tf) = mm.frame(target.pfn) else {
+            return fail(table, "entry points beyond the frame table");
+        };
+        if Some(tf.owner()) != owner {
+            return fail(target.pfn, "mapped frame not owned by the table's owner");
+        }
+        match level.below() {
+            None if target.writable && tf.page_type() == PageType::Special => {
+                if !tf.special_writable() {
+                    return fail(target.pfn, "read-only special frame mapped writable");
+                }
+                bump(expected, target.pfn, false)?;
+            }
+            None if target.writable => {
+                if tf.page_type() != PageType::Writable {
+                    return fail(target.pfn, "writable mapping of a non-writable-typed frame");
+                }
+                bump(expected, target.pfn, true)?;
+            }
+            None => bump(expected, target.pfn, false)?,
+            Some(_) if level == Level::L4 && target.pfn == table => {
+                if target.writable {
+                    return fail(table, "writable linear entry");
+                }
+            }
+            Some(below) => {
+                if tf.table_level() != Some(below) {
+                    return fail(target.pfn, "entry points at a frame of the wrong type");
+                }
+                bump(expected, target.pfn, true)?;
+            }
+        }
+    }
+    if level == Level::L4 {
+        for (i, v) in mm.hypervisor_slots().iter().enumerate() {
+            if i + FIRST_HYPERVISOR_SLOT >= ENTRIES {
+                break;
+            }
+            // The CPU may set A in them; nothing else may change.
+            let found = mem.read_entry(table, FIRST_HYPERVISOR_SLOT + i);
+            if found & !ACCESSED != *v & !ACCESSED {
+                return fail(table, "hypervisor slot differs from the template");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! The frame table: who owns each physical frame, what it is used as, and
+//! how many references hold it in that use.
+//!
+//! The accounting follows Xen's (header of `xen/arch/x86/mm.c`): a frame has
+//! one *type* out of mutually exclusive uses (a table at one level, or
+//! writable data) and a *type count* of the references that depend on that
+//! type; the type may change only when the type count is 0. Separately, the
+//! *total count* counts every reference of any kind, so a frame is never
+//! handed to someone else while anything still points at it.
+
+use super::pte::Level;
+
+/// A domain's identifier.
+pub type DomainId = u16;
+
+/// Who a frame belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Owner {
+    /// Nobody: in the hypervisor's free pool.
+    #[default]
+    Free,
+    /// The hypervisor (its code, data, page tables, the frame table...).
+    Hypervisor,
+    /// A guest domain.
+    Domain(DomainId),
+}
+
+/// What a frame is used as. Exactly one at a time (MMU-1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum PageType {
+    /// No use that constrains it: may be mapped read-only, or acquire any
+    /// type.
+    #[default]
+    None,
+    /// A level-1 page table.
+    L1,
+    /// A level-2 page table.
+    L2,
+    /// A level-3 page table.
+    L3,
+    /// A level-4 page table (a root).
+    L4,
+    /// Mapped writable by at least one L1 entry.
+    Writable,
+    /// Shared by the hypervisor with its owner (e.g. shared-info): mappable,
+    /// never a page table, never retyped while shared.
+    Special,
+}
+
+impl PageType {
+    /// The page-table type of `level`.
+    pub const fn table(level: Level) -> PageType {
+        match level {
+            Level::L1 => PageType::L1,
+            Level::L2 => PageType::L2,
+            Level::L3 => PageType::L3,
+            Level::L4 => PageType::L4,
+        }
+    }
+
+    /// The level, if this is a page-table type.
+    pub const fn level(self) -> Option<Level> {
+        match self {
+            PageType::L1 => Some(Level::L1),
+            PageType::L2 => Some(Level::L2),
+            PageType::L3 => Some(Level::L3),
+            PageType::L4 => Some(Level::L4),
+            _ => None,
+        }
+    }
+}
+
+/// Flag: the owner holds a pin (a type and a total reference) on the frame.
+pub(super) const PINNED: u8 = 1 << 0;
+/// Flag: a `Special` frame the owner may map writable.
+pub(super) const SPECIAL_WRITABLE: u8 = 1 << 1;
+
+/// One frame's accounting. 20 bytes; the table has one per frame of RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FrameInfo {
+    pub(super) owner: Owner,
+    pub(super) ty: PageType,
+    pub(super) flags: u8,
+    /// vCPUs that have this frame loaded as their root.
+    pub(super) loaded: u16,
+    pub(super) type_count: u32,
+    pub(super) total_count: u32,
+    /// The TLB epoch in which a reference to this frame was last dropped;
+    /// 0 = never (see `Mm::take_flush_request`).
+    pub(super) dropped_epoch: u32,
+}
+
+impl FrameInfo {
+    /// Who owns the frame.
+    pub const fn owner(&self) -> Owner {
+        self.owner
+    }
+    /// Its current type.
+    pub const fn page_type(&self) -> PageType {
+        self.ty
+    }
+    /// References that depend on the type (entries one level up, writable
+    /// L1 entries, or the pin).
+    pub const fn type_count(&self) -> u32 {
+        self.type_count
+    }
+    /// All references: every present entry of a validated table that points
+    /// here, plus the pin.
+    pub const fn total_count(&self) -> u32 {
+        self.total_count
+    }
+    /// Whether the owner pinned it.
+    pub const fn pinned(&self) -> bool {
+        self.flags & PINNED != 0
+    }
+    /// How many vCPUs run on it as their root.
+    pub const fn loaded(&self) -> u16 {
+        self.loaded
+    }
+    /// For a `Special` frame: whether the owner may map it writable.
+    pub const fn special_writable(&self) -> bool {
+        self.flags & SPECIAL_WRITABLE != 0
+    }
+    /// The page-table level, if it is a table in use.
+    pub const fn table_level(&self) -> Option<Level> {
+        if self.type_count == 0 {
+            return None;
+        }
+        self.ty.level()
+    }
+    /// Nothing refers to it and it has no type: it may change hands.
+    pub const fn idle(&self) -> bool {
+        self.type_count == 0
+            && self.total_count == 0
+            && self.loaded == 0
+            && self.flags & PINNED == 0
+    }
+
+    /// The accounting fields that a refused operation must leave unchanged
+    /// (everything but the TLB bookkeeping).
+    pub const fn view(&self) -> FrameView {
+        FrameView {
+            owner: self.owner,
+            ty: self.ty,
+            type_count: self.type_count,
+            total_count: self.total_count,
+            pinned: self.pinned(),
+            loaded: self.loaded,
+        }
+    }
+}
+
+/// A snapshot of one frame's accounting, for tests and audits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FrameView {
+    /// Who owns it.
+    pub owner: Owner,
+    /// Its type.
+    pub ty: PageType,
+    /// Its type count.
+    pub type_count: u32,
+    /// Its total count.
+    pub total_count: u32,
+    /// Whether it is pinned.
+    pub pinned: bool,
+    /// How many vCPUs have it loaded as root.
+    pub loaded: u16,
+}

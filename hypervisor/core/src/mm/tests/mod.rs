@@ -1,0 +1,164 @@
+//! Tests of the validator: a small machine, one test per rule and attack
+//! (named after its clause in `docs/abi/mmu.md`), and property tests
+//! against the from-scratch audit.
+
+mod props;
+mod rules;
+
+use super::pte::{ENTRIES, NX, PRESENT, USER, WRITABLE};
+use super::*;
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// Frames in the test machine.
+pub(super) const FRAMES: u64 = 64;
+/// The guest under test owns frames 0..40.
+pub(super) const DOM: DomainId = 1;
+/// Another guest owns 40..48.
+pub(super) const OTHER: DomainId = 2;
+pub(super) const OTHER_FRAMES: core::ops::Range<u64> = 40..48;
+/// The hypervisor owns 48..56; 56..64 are free.
+pub(super) const HYP_FRAMES: core::ops::Range<u64> = 48..56;
+pub(super) const FREE_FRAME: Pfn = 60;
+
+/// Dense physical memory: every frame is 512 entries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Mem {
+    frames: Vec<[u64; ENTRIES]>,
+}
+
+impl Mem {
+    pub(super) fn new(frames: u64) -> Mem {
+        Mem {
+            frames: vec![[0; ENTRIES]; frames as usize],
+        }
+    }
+    /// A write that bypasses the validator: the guest writing a frame it
+    /// may write, or the CPU setting A/D bits.
+    pub(super) fn poke(&mut self, pfn: Pfn, index: usize, value: u64) {
+        self.frames[pfn as usize][index] = value;
+    }
+    pub(super) fn peek(&self, pfn: Pfn, index: usize) -> u64 {
+        self.frames[pfn as usize][index]
+    }
+}
+
+impl PhysMem for Mem {
+    fn read_entry(&self, pfn: Pfn, index: usize) -> u64 {
+        self.frames[pfn as usize][index]
+    }
+    fn write_entry(&mut self, pfn: Pfn, index: usize, value: u64) {
+        self.frames[pfn as usize][index] = value;
+    }
+}
+
+/// The hypervisor's L4 slots: supervisor-only tables at fixed frames.
+pub(super) fn template() -> [u64; HYPERVISOR_SLOTS] {
+    let mut t = [0; HYPERVISOR_SLOTS];
+    t[0] = (HYP_FRAMES.start << 12) | PRESENT | WRITABLE;
+    t[255] = ((HYP_FRAMES.start + 1) << 12) | PRESENT | WRITABLE;
+    t
+}
+
+/// A machine with ownership assigned, nothing typed.
+pub(super) fn machine() -> (Mm, Mem) {
+    let mut mm = Mm::new(&MmConfig {
+        frames: FRAMES,
+        max_phys_bits: 46,
+        hypervisor_slots: template(),
+    })
+    .unwrap();
+    for pfn in 0..FRAMES {
+        let owner = if pfn < OTHER_FRAMES.start {
+            Owner::Domain(DOM)
+        } else if OTHER_FRAMES.contains(&pfn) {
+            Owner::Domain(OTHER)
+        } else if HYP_FRAMES.contains(&pfn) {
+            Owner::Hypervisor
+        } else {
+            Owner::Free
+        };
+        mm.assign(pfn, owner).unwrap();
+    }
+    (mm, Mem::new(FRAMES))
+}
+
+/// A non-leaf entry pointing at `pfn`.
+pub(super) fn table(pfn: Pfn) -> u64 {
+    (pfn << 12) | PRESENT | WRITABLE | USER
+}
+/// A writable leaf entry.
+pub(super) fn rw(pfn: Pfn) -> u64 {
+    (pfn << 12) | PRESENT | WRITABLE | USER | NX
+}
+/// A read-only leaf entry (or read-only non-leaf entry).
+pub(super) fn ro(pfn: Pfn) -> u64 {
+    (pfn << 12) | PRESENT | USER
+}
+/// The machine address of entry `index` of `pfn`.
+pub(super) fn ptr(pfn: Pfn, index: usize) -> u64 {
+    (pfn << 12) | (index as u64 * 8)
+}
+
+/// Frames of the standard tree.
+pub(super) const L4: Pfn = 1;
+pub(super) const L3: Pfn = 2;
+pub(super) const L2: Pfn = 3;
+pub(super) const L1: Pfn = 4;
+/// Data frames mapped writable at L1[0..4] (va 0x0, 0x1000, ...).
+pub(super) const DATA: Pfn = 10;
+
+/// The standard tree, built the way a guest does it: fill the frames while
+/// they are plain memory, pin the L4 (which validates downwards), load it.
+pub(super) fn tree() -> (Mm, Mem, AddressSpace) {
+    let (mut mm, mut mem) = machine();
+    mem.poke(L4, 0, table(L3));
+    mem.poke(L3, 0, table(L2));
+    mem.poke(L2, 0, table(L1));
+    for i in 0..4 {
+        mem.poke(L1, i as usize, rw(DATA + i));
+    }
+    mm.pin(&mut mem, DOM, L4, Level::L4).unwrap();
+    let mut space = AddressSpace::new(DOM);
+    mm.switch_root(&mut space, L4).unwrap();
+    audit::audit(&mm, &mem).unwrap();
+    (mm, mem, space)
+}
+
+/// Everything a refused operation must leave unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Snapshot {
+    frames: Vec<FrameView>,
+    mem: Mem,
+}
+
+pub(super) fn snapshot(mm: &Mm, mem: &Mem) -> Snapshot {
+    Snapshot {
+        frames: (0..mm.frame_count())
+            .map(|p| mm.frame(p).unwrap().view())
+            .collect(),
+        mem: mem.clone(),
+    }
+}
+
+/// Asserts a refusal: the exact error, and that nothing changed.
+#[track_caller]
+pub(super) fn assert_refused<T: core::fmt::Debug>(
+    mm: &Mm,
+    mem: &Mem,
+    before: &Snapshot,
+    result: Result<T, MmError>,
+    want: MmError,
+) {
+    assert_eq!(result.unwrap_err(), want);
+    assert_eq!(
+        &snapshot(mm, mem),
+        before,
+        "a refused operation changed state"
+    );
+    audit::audit(mm, mem).unwrap();
+}
+
+pub(super) fn view(mm: &Mm, pfn: Pfn) -> FrameView {
+    mm.frame(pfn).unwrap().view()
+}

@@ -1,0 +1,670 @@
+//! The page-table validator: every change a guest makes to its page tables
+//! passes through here, and leaves the frame table consistent.
+//!
+//! Invariants kept after every operation, successful or not (checked by
+//! [`super::audit::audit`] in the property and fuzz tests):
+//!
+//! * a frame whose type is a table level has had every entry of its guest
+//!   slots validated for that level, and holds one reference on each frame
+//!   they point at;
+//! * a frame with a table type is never the target of a writable L1 entry;
+//! * type and total counts equal the references found by scanning all
+//!   validated tables, plus one for a pin;
+//! * every frame a guest's tables reference is owned by that guest.
+//!
+//! References only ever point from a table at level N to a table at level
+//! N-1 or to data (the one same-level exception, a read-only L4 self entry,
+//! takes no reference), so reference chains cannot loop (XSA-240) and
+//! recursion depth is at most four.
+
+use super::error::{BatchError, MmError};
+use super::frame::{DomainId, FrameInfo, Owner, PageType, PINNED, SPECIAL_WRITABLE};
+use super::pte::{EntryRules, Level, Target, ENTRIES, FIRST_HYPERVISOR_SLOT, PS_OR_PAT, USER};
+use super::{AddressSpace, PhysMem};
+use crate::frames::Pfn;
+use alloc::vec::Vec;
+
+/// Number of L4 slots the hypervisor owns (256..=511).
+pub const HYPERVISOR_SLOTS: usize = ENTRIES - FIRST_HYPERVISOR_SLOT;
+
+/// The first non-canonical / hypervisor-half virtual address.
+const GUEST_VA_END: u64 = 1 << 47;
+
+/// What the hypervisor tells the validator at boot.
+#[derive(Clone, Debug)]
+pub struct MmConfig {
+    /// Frames of physical memory covered by the frame table (highest frame
+    /// number + 1). Entries naming frames at or beyond are refused (MMU-8).
+    pub frames: u64,
+    /// The CPU's MAXPHYADDR (CPUID 0x8000_0008, EAX bits 7..0), 32..=52.
+    pub max_phys_bits: u8,
+    /// The values of L4 slots 256..=511, copied into every L4 when it
+    /// becomes a page table (MMU-3). Must not have U/S set (refused with
+    /// `BadConfig`); should have A set, so the CPU never writes them.
+    pub hypervisor_slots: [u64; HYPERVISOR_SLOTS],
+}
+
+/// The frame table and the validator over it. One per machine.
+#[derive(Clone, Debug)]
+pub struct Mm {
+    frames: Vec<FrameInfo>,
+    rules: EntryRules,
+    template: [u64; HYPERVISOR_SLOTS],
+    /// Counts full TLB flushes; see [`Mm::take_flush_request`].
+    epoch: u32,
+    flush_pending: bool,
+}
+
+impl Mm {
+    /// A frame table of `config.frames` frames, all free.
+    ///
+    /// This is the only allocation the module makes: 20 bytes per frame.
+    pub fn new(config: &MmConfig) -> Result<Mm, MmError> {
+        let rules = EntryRules::new(config.max_phys_bits)?;
+        let addressable = 1u64 << (config.max_phys_bits - 12);
+        if config.frames > addressable {
+            return Err(MmError::BadConfig);
+        }
+        // The hypervisor's slots are readable through a guest's read-only
+        // self entry (MMU-10); U clear keeps everything below them out of
+        // ring 3's reach.
+        if config.hypervisor_slots.iter().any(|e| e & USER != 0) {
+            return Err(MmError::BadConfig);
+        }
+        let n = usize::try_from(config.frames).map_err(|_| MmError::BadConfig)?;
+        let mut frames = Vec::new();
+        frames.resize(n, FrameInfo::default());
+        Ok(Mm {
+            frames,
+            rules,
+            template: config.hypervisor_slots,
+            epoch: 1,
+            flush_pending: false,
+        })
+    }
+
+    /// Frames in the table.
+    pub fn frame_count(&self) -> u64 {
+        self.frames.len() as u64
+    }
+
+    /// One frame's accounting, or `None` beyond the table.
+    pub fn frame(&self, pfn: Pfn) -> Option<&FrameInfo> {
+        usize::try_from(pfn).ok().and_then(|i| self.frames.get(i))
+    }
+
+    /// The entry rules in force.
+    pub fn rules(&self) -> &EntryRules {
+        &self.rules
+    }
+
+    /// The hypervisor's L4 slots, as copied into every validated L4.
+    pub fn hypervisor_slots(&self) -> &[u64; HYPERVISOR_SLOTS] {
+        &self.template
+    }
+
+    /// Direct access for tests that stage states operations cannot reach
+    /// cheaply (a count at its limit).
+    #[cfg(test)]
+    pub(super) fn frame_mut(&mut self, pfn: Pfn) -> &mut FrameInfo {
+        &mut self.frames[pfn as usize]
+    }
+
+    fn info(&self, pfn: Pfn) -> Result<FrameInfo, MmError> {
+        self.frame(pfn).copied().ok_or(MmError::NoSuchFrame(pfn))
+    }
+
+    fn info_mut(&mut self, pfn: Pfn) -> Result<&mut FrameInfo, MmError> {
+        usize::try_from(pfn)
+            .ok()
+            .and_then(|i| self.frames.get_mut(i))
+            .ok_or(MmError::NoSuchFrame(pfn))
+    }
+
+    // ----- ownership (hypervisor-side) -----
+
+    /// Gives an idle frame to `owner` (MMU-19): from the free pool to a
+    /// domain, back, or to the hypervisor. Refused while anything references
+    /// it. Resets its type; the hypervisor scrubs contents itself.
+    pub fn assign(&mut self, pfn: Pfn, owner: Owner) -> Result<(), MmError> {
+        let f = self.info(pfn)?;
+        if !f.idle() {
+            return Err(MmError::FrameInUse(pfn));
+        }
+        self.note_owner_change(pfn, f);
+        let f = self.info_mut(pfn)?;
+        f.owner = owner;
+        f.ty = PageType::None;
+        f.flags = 0;
+        Ok(())
+    }
+
+    /// Shares an idle frame with `dom` as a `Special` page (shared-info and
+    /// the like): the domain may map it, writable only if `guest_writable`,
+    /// never as a page table (MMU-18). Undo with [`Mm::assign`].
+    pub fn share_special(
+        &mut self,
+        pfn: Pfn,
+        dom: DomainId,
+        guest_writable: bool,
+    ) -> Result<(), MmError> {
+        let f = self.info(pfn)?;
+        if !f.idle() {
+            return Err(MmError::FrameInUse(pfn));
+        }
+        self.note_owner_change(pfn, f);
+        let f = self.info_mut(pfn)?;
+        f.owner = Owner::Domain(dom);
+        f.ty = PageType::Special;
+        f.flags = if guest_writable { SPECIAL_WRITABLE } else { 0 };
+        Ok(())
+    }
+
+    /// Whether `dom` may map `pfn` (writable or not) from one of its L1s
+    /// (MMU-7).
+    ///
+    /// Today: only frames it owns, and `Special` read-only frames only
+    /// read-only. The hook for grants: a grant check extends this, and the
+    /// reference accounting below is already owner-agnostic.
+    pub fn may_map(&self, dom: DomainId, pfn: Pfn, writable: bool) -> Result<(), MmError> {
+        let f = self.info(pfn)?;
+        if f.owner != Owner::Domain(dom) {
+            return Err(MmError::NotOwner(pfn));
+        }
+        if writable && f.ty == PageType::Special && !f.special_writable() {
+            return Err(MmError::ReadOnlyFrame(pfn));
+        }
+        Ok(())
+    }
+
+    // ----- TLB bookkeeping (XSA-286, XSA-401) -----
+
+    /// Whether the hypervisor must flush this CPU's whole TLB (all PCIDs,
+    /// including paging-structure caches) before the guest runs again *and
+    /// before it next touches guest memory through a guest virtual address*
+    /// (MMU-20). Clears the request; the caller must honour it.
+    ///
+    /// Why: when a reference to a frame is dropped, the TLB may still hold a
+    /// translation through it (a writable mapping, or the frame cached as a
+    /// page table). That is harmless while the frame keeps its use, and
+    /// fatal once it changes type or owner. So every type change and owner
+    /// change of a frame whose reference was dropped since the last flush
+    /// raises the request.
+    #[must_use]
+    pub fn take_flush_request(&mut self) -> bool {
+        let pending = self.flush_pending;
+        if pending {
+            self.note_tlb_flushed();
+        }
+        pending
+    }
+
+    /// The hypervisor flushed the whole TLB on its own (e.g. a CR3 load
+    /// without PCIDs); earlier dropped references are now harmless.
+    pub fn note_tlb_flushed(&mut self) {
+        self.flush_pending = false;
+        self.epoch = self.epoch.wrapping_add(1).max(1);
+    }
+
+    fn note_dropped(&mut self, pfn: Pfn) {
+        let epoch = self.epoch;
+        if let Ok(f) = self.info_mut(pfn) {
+            f.dropped_epoch = epoch;
+        }
+    }
+
+    fn note_owner_change(&mut self, _pfn: Pfn, f: FrameInfo) {
+        if f.dropped_epoch == self.epoch {
+            self.flush_pending = true;
+        }
+    }
+
+    /// `pfn` (with count 0) takes type `ty`.
+    fn retype(&mut self, pfn: Pfn, ty: PageType) -> Result<(), MmError> {
+        let epoch = self.epoch;
+        let f = self.info_mut(pfn)?;
+        let stale = f.dropped_epoch == epoch;
+        f.ty = ty;
+        f.type_count = 1;
+        if stale {
+            self.flush_pending = true;
+        }
+        Ok(())
+    }
+
+    // ----- reference accounting -----
+
+    /// One more reference of any kind.
+    fn get_total(&mut self, pfn: Pfn) -> Result<(), MmError> {
+        let f = self.info_mut(pfn)?;
+        f.total_count = f
+            .total_count
+            .checked_add(1)
+            .ok_or(MmError::CountOverflow(pfn))?;
+        Ok(())
+    }
+
+    /// A data reference from an L1 entry: total, plus a `Writable` type
+    /// reference if writable (MMU-2).
+    fn get_data(&mut self, dom: DomainId, t: Target) -> Result<(), MmError> {
+        self.may_map(dom, t.pfn, t.writable)?;
+        let f = self.info(t.pfn)?;
+        if f.total_count == u32::MAX {
+            return Err(MmError::CountOverflow(t.pfn));
+        }
+        if t.writable && f.ty != PageType::Special {
+            match f.ty {
+                PageType::Writable => {
+                    let count = f
+                        .type_count
+                        .checked_add(1)
+                        .ok_or(MmError::CountOverflow(t.pfn))?;
+                    self.info_mut(t.pfn)?.type_count = count;
+                }
+                PageType::None => self.retype(t.pfn, PageType::Writable)?,
+                has => {
+                    return Err(MmError::TypeConflict {
+                        pfn: t.pfn,
+                        has,
+                        wants: PageType::Writable,
+                    })
+                }
+            }
+        }
+        self.get_total(t.pfn)
+    }
+
+    fn put_data(&mut self, t: Target) {
+        self.note_dropped(t.pfn);
+        let Ok(f) = self.info_mut(t.pfn) else { return };
+        debug_assert!(f.total_count > 0);
+        f.total_count = f.total_count.saturating_sub(1);
+        if t.writable && f.ty != PageType::Special {
+            debug_assert!(f.ty == PageType::Writable && f.type_count > 0);
+            f.type_count = f.type_count.saturating_sub(1);
+            if f.type_count == 0 {
+                f.ty = PageType::None;
+            }
+        }
+    }
+
+    /// A type reference on `pfn` as a table of `level` (from an entry one
+    /// level up, or a pin). The first one validates the table (MMU-1).
+    fn get_table<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        dom: DomainId,
+        pfn: Pfn,
+        level: Level,
+    ) -> Result<(), MmError> {
+        let want = PageType::table(level);
+        let f = self.info(pfn)?;
+        if f.owner != Owner::Domain(dom) {
+            return Err(MmError::NotOwner(pfn));
+        }
+        if f.total_count == u32::MAX {
+            return Err(MmError::CountOverflow(pfn));
+        }
+        if f.ty == want {
+            let count = f
+                .type_count
+                .checked_add(1)
+                .ok_or(MmError::CountOverflow(pfn))?;
+            self.info_mut(pfn)?.type_count = count;
+            return self.get_total(pfn);
+        }
+        if f.ty != PageType::None {
+            return Err(MmError::TypeConflict {
+                pfn,
+                has: f.ty,
+                wants: want,
+            });
+        }
+        // Type first, then entries: a reference back to this frame from
+        // below now sees a table type and is refused, so validation cannot
+        // recurse into itself.
+        self.retype(pfn, want)?;
+        self.get_total(pfn)?;
+        if let Err(e) = self.validate_table(mem, dom, pfn, level) {
+            let f = self.info_mut(pfn)?;
+            f.ty = PageType::None;
+            f.type_count = 0;
+            f.total_count = f.total_count.saturating_sub(1);
+            return Err(e);
+        }
+        if level == Level::L4 {
+            for (i, v) in self.template.iter().enumerate() {
+                mem.write_entry(pfn, FIRST_HYPERVISOR_SLOT + i, *v);
+            }
+        }
+        Ok(())
+    }
+
+    fn put_table<M: PhysMem>(&mut self, mem: &mut M, pfn: Pfn, level: Level) {
+        self.note_dropped(pfn);
+        let Ok(f) = self.info_mut(pfn) else { return };
+        debug_assert!(f.ty == PageType::table(level) && f.type_count > 0);
+        f.total_count = f.total_count.saturating_sub(1);
+        f.type_count = f.type_count.saturating_sub(1);
+        if f.type_count == 0 {
+            self.release_entries(mem, pfn, level, level.guest_slots());
+            if level == Level::L4 {
+                // Do not leave hypervisor addresses in a frame the guest
+                // may read again.
+                for i in FIRST_HYPERVISOR_SLOT..ENTRIES {
+                    mem.write_entry(pfn, i, 0);
+                }
+            }
+            if let Ok(f) = self.info_mut(pfn) {
+                f.ty = PageType::None;
+            }
+        }
+    }
+
+    /// Validates every guest slot of `table` as `level`, taking references;
+    /// on the first refusal, drops the ones taken and reports it.
+    fn validate_table<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        dom: DomainId,
+        table: Pfn,
+        level: Level,
+    ) -> Result<(), MmError> {
+        for i in 0..level.guest_slots() {
+            let value = mem.read_entry(table, i);
+            if let Err(e) = self.get_entry(mem, dom, table, level, value) {
+                self.release_entries(mem, table, level, i);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn release_entries<M: PhysMem>(&mut self, mem: &mut M, table: Pfn, level: Level, end: usize) {
+        for i in 0..end {
+            let value = mem.read_entry(table, i);
+            self.put_entry(mem, table, level, value);
+        }
+    }
+
+    /// The references one entry `value` of `table` (at `level`) needs.
+    fn get_entry<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        dom: DomainId,
+        table: Pfn,
+        level: Level,
+        value: u64,
+    ) -> Result<(), MmError> {
+        let Some(t) = self.rules.check(level, value)? else {
+            return Ok(());
+        };
+        self.info(t.pfn)?;
+        match level.below() {
+            None => self.get_data(dom, t),
+            Some(_) if level == Level::L4 && t.pfn == table => {
+                // A linear (self) entry: read-only only, and it takes no
+                // reference, so it can never keep its own table alive.
+                if t.writable {
+                    Err(MmError::WritableSelfMap)
+                } else {
+                    Ok(())
+                }
+            }
+            Some(below) => self.get_table(mem, dom, t.pfn, below),
+        }
+    }
+
+    fn put_entry<M: PhysMem>(&mut self, mem: &mut M, table: Pfn, level: Level, value: u64) {
+        let Some(t) = self.rules.target_of(value) else {
+            return;
+        };
+        match level.below() {
+            None => self.put_data(t),
+            Some(_) if level == Level::L4 && t.pfn == table => {}
+            Some(below) => self.put_table(mem, t.pfn, below),
+        }
+    }
+
+    // ----- the operations guests request -----
+
+    /// Pins `pfn` as a table of `level` (MMU-11): validates it and the tree
+    /// below, and holds it valid until [`Mm::unpin`].
+    pub fn pin<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        dom: DomainId,
+        pfn: Pfn,
+        level: Level,
+    ) -> Result<(), MmError> {
+        let f = self.info(pfn)?;
+        if f.owner != Owner::Domain(dom) {
+            return Err(MmError::NotOwner(pfn));
+        }
+        if f.pinned() {
+            return Err(MmError::AlreadyPinned(pfn));
+        }
+        self.get_table(mem, dom, pfn, level)?;
+        self.info_mut(pfn)?.flags |= PINNED;
+        Ok(())
+    }
+
+    /// Drops the pin on `pfn` (MMU-12); when nothing else references it,
+    /// its tree is released. Refused for a loaded root.
+    pub fn unpin<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        dom: DomainId,
+        pfn: Pfn,
+    ) -> Result<(), MmError> {
+        let f = self.info(pfn)?;
+        if f.owner != Owner::Domain(dom) {
+            return Err(MmError::NotOwner(pfn));
+        }
+        let level = match f.ty.level() {
+            Some(level) if f.pinned() => level,
+            _ => return Err(MmError::NotPinned(pfn)),
+        };
+        if f.loaded > 0 {
+            return Err(MmError::RootLoaded(pfn));
+        }
+        self.info_mut(pfn)?.flags &= !PINNED;
+        self.put_table(mem, pfn, level);
+        Ok(())
+    }
+
+    /// Stores `value` in the entry at machine address `ptr` (MMU-13): the
+    /// entry must be a guest slot of a page table of `dom`'s in use.
+    /// References move from the old target to the new one. O(1) for L1
+    /// entries; an entry naming a table not yet in use validates it.
+    pub fn mmu_update_one<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        dom: DomainId,
+        ptr: u64,
+        value: u64,
+    ) -> Result<(), MmError> {
+        if ptr & 7 != 0 {
+            return Err(MmError::MisalignedPointer);
+        }
+        let index = ((ptr & 0xfff) >> 3) as usize;
+        self.update_entry(mem, dom, ptr >> 12, index, value)
+    }
+
+    /// A batch of [`Mm::mmu_update_one`] (MMU-15): stops at the first
+    /// refusal, which it reports with its index; earlier updates stay
+    /// applied, later ones are not attempted. Returns how many were applied.
+    pub fn mmu_update<M: PhysMem, I: IntoIterator<Item = (u64, u64)>>(
+        &mut self,
+        mem: &mut M,
+        dom: DomainId,
+        updates: I,
+    ) -> Result<usize, BatchError> {
+        let mut done = 0;
+        for (index, (ptr, value)) in updates.into_iter().enumerate() {
+            self.mmu_update_one(mem, dom, ptr, value)
+                .map_err(|error| BatchError { index, error })?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    fn update_entry<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        dom: DomainId,
+        table: Pfn,
+        index: usize,
+        new: u64,
+    ) -> Result<(), MmError> {
+        let f = self.info(table)?;
+        if f.owner != Owner::Domain(dom) {
+            return Err(MmError::NotOwner(table));
+        }
+        let level = f.table_level().ok_or(MmError::NotATable(table))?;
+        if index >= level.guest_slots() {
+            return Err(MmError::HypervisorSlot);
+        }
+        // No "only the flags changed" shortcut (XSA-182, XSA-148): the new
+        // value is validated in full, and references are taken before the
+        // old ones are dropped, so an unchanged target never drops to zero.
+        let old = mem.read_entry(table, index);
+        self.get_entry(mem, dom, table, level, new)?;
+        mem.write_entry(table, index, new);
+        self.put_entry(mem, table, level, old);
+        Ok(())
+    }
+
+    /// Makes `l4` the root of `space` (MMU-14). It must be a pinned L4 of
+    /// the space's domain. Returns the value for CR3 (the physical address;
+    /// PCID bits are the hypervisor's business).
+    pub fn switch_root(&mut self, space: &mut AddressSpace, l4: Pfn) -> Result<u64, MmError> {
+        let f = self.info(l4)?;
+        if f.owner != Owner::Domain(space.dom) {
+            return Err(MmError::NotOwner(l4));
+        }
+        if !f.pinned() {
+            return Err(MmError::NotPinned(l4));
+        }
+        if f.ty != PageType::L4 {
+            return Err(MmError::TypeConflict {
+                pfn: l4,
+                has: f.ty,
+                wants: PageType::L4,
+            });
+        }
+        if f.loaded == u16::MAX {
+            return Err(MmError::CountOverflow(l4));
+        }
+        self.detach(space);
+        self.info_mut(l4)?.loaded += 1;
+        space.root = Some(l4);
+        Ok(l4 << 12)
+    }
+
+    /// Unloads the root of `space` (a vCPU going away); its L4 may then be
+    /// unpinned.
+    pub fn detach(&mut self, space: &mut AddressSpace) {
+        let dom = space.dom;
+        if let Some(old) = space.root.take() {
+            if let Ok(f) = self.info_mut(old) {
+                // A space kept past its domain's teardown must not unload a
+                // frame that has changed hands since.
+                if f.owner == Owner::Domain(dom) {
+                    f.loaded = f.loaded.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// The fast path (MMU-17): sets the L1 entry that maps `va` in the tree
+    /// rooted at `root` (an L4 of `dom`'s in use) to `value`, with the same
+    /// checks as [`Mm::mmu_update_one`]. The walk must reach an L1 through
+    /// L3 and L2 tables; linear entries do not count.
+    pub fn update_va_mapping<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        dom: DomainId,
+        root: Pfn,
+        va: u64,
+        value: u64,
+    ) -> Result<(), MmError> {
+        if va >= GUEST_VA_END {
+            return Err(MmError::VaOutOfRange);
+        }
+        if va & 0xfff != 0 {
+            return Err(MmError::MisalignedVa);
+        }
+        let f = self.info(root)?;
+        if f.owner != Owner::Domain(dom) {
+            return Err(MmError::NotOwner(root));
+        }
+        if f.table_level() != Some(Level::L4) {
+            return Err(MmError::TypeConflict {
+                pfn: root,
+                has: f.ty,
+                wants: PageType::L4,
+            });
+        }
+        let l1 = self.walk_to_l1(mem, dom, root, va)?;
+        self.update_entry(mem, dom, l1, Level::L1.index_of(va), value)
+    }
+
+    /// Follows `va` from `root` down to the L1 that maps it, checking at
+    /// each step that the frame reached is a table of the expected level.
+    fn walk_to_l1<M: PhysMem>(
+        &self,
+        mem: &M,
+        dom: DomainId,
+        root: Pfn,
+        va: u64,
+    ) -> Result<Pfn, MmError> {
+        let mut table = root;
+        for level in [Level::L4, Level::L3, Level::L2] {
+            let entry = mem.read_entry(table, level.index_of(va));
+            let Some(t) = self.rules.target_of(entry) else {
+                return Err(MmError::NotMapped);
+            };
+            if level != Level::L4 && entry & PS_OR_PAT != 0 {
+                return Err(MmError::LargePage);
+            }
+            let below = PageType::table(level.below().unwrap_or(Level::L1));
+            let next = self.info(t.pfn)?;
+            if next.type_count == 0 || next.ty != below || next.owner != Owner::Domain(dom) {
+                return Err(MmError::TypeConflict {
+                    pfn: t.pfn,
+                    has: next.ty,
+                    wants: below,
+                });
+            }
+            table = t.pfn;
+        }
+        Ok(table)
+    }
+
+    /// Releases everything `dom`'s page tables hold (MMU-16): unloads its
+    /// roots, unpins every pinned table and so drops every reference its
+    /// tables took. Afterwards each of its frames has type `None` (or
+    /// `Special`) and counts 0, ready for [`Mm::assign`]. The domain's
+    /// [`AddressSpace`]s are stale afterwards. Returns the pins dropped.
+    ///
+    /// O(frames) for the scan, plus O(entries) of the released tables.
+    pub fn teardown<M: PhysMem>(&mut self, mem: &mut M, dom: DomainId) -> usize {
+        let mut unpinned = 0;
+        for i in 0..self.frames.len() {
+            let pfn = i as Pfn;
+            let Ok(f) = self.info_mut(pfn) else { continue };
+            if f.owner != Owner::Domain(dom) {
+                continue;
+            }
+            f.loaded = 0;
+            let Some(level) = f.ty.level().filter(|_| f.pinned()) else {
+                continue;
+            };
+            f.flags &= !PINNED;
+            self.put_table(mem, pfn, level);
+            unpinned += 1;
+        }
+        unpinned
+    }
+}
