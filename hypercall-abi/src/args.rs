@@ -52,6 +52,40 @@ impl ShutdownReason {
     }
 }
 
+/// One entry of an `mmu_update` batch (`MMU-22`): store `val` in the
+/// page-table entry at machine address `ptr` (8-byte aligned; the low 3 bits
+/// are reserved and must be 0).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    zerocopy::FromBytes,
+    zerocopy::IntoBytes,
+    zerocopy::KnownLayout,
+    zerocopy::Immutable,
+)]
+#[repr(C)]
+pub struct MmuUpdate {
+    /// Machine address of the entry: `frame << 12 | index * 8`.
+    pub ptr: u64,
+    /// The new entry.
+    pub val: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<MmuUpdate>() == 16);
+
+/// Most entries one `mmu_update` call takes (`MMU-22`).
+pub const MMU_BATCH_MAX: u64 = 512;
+
+/// Most frames one `memory_populate` or `memory_release` call takes (`MEM-5`).
+pub const MEMORY_BATCH_MAX: u64 = 512;
+
+/// `update_va_mapping` flag: invalidate the address's TLB entry afterwards.
+pub const UVM_INVLPG: u64 = 1;
+
 /// Virtual interrupts a port can be bound to (`EVT-3`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u64)]

@@ -73,6 +73,26 @@ hypercalls! {
     SetCallbacks = 0x30, "set_callbacks", "TRAP-1";
     /// Returns from an upcall or a reflected trap, restoring the saved frame.
     UpcallReturn = 0x31, "upcall_return", "TRAP-2";
+    /// Applies a batch of page-table entry updates.
+    MmuUpdate = 0x40, "mmu_update", "MMU-22";
+    /// Validates a page table and the tree below it, and pins it.
+    MmuPin = 0x41, "mmu_pin", "MMU-23";
+    /// Unpins a page table.
+    MmuUnpin = 0x42, "mmu_unpin", "MMU-24";
+    /// Loads a pinned L4 as the domain's address space.
+    MmuSwitchRoot = 0x43, "mmu_switch_root", "MMU-25";
+    /// Invalidates the TLB entry of one virtual address.
+    MmuInvlpg = 0x44, "mmu_invlpg", "MMU-26";
+    /// Flushes the domain's TLB entries.
+    MmuFlushTlb = 0x45, "mmu_flush_tlb", "MMU-27";
+    /// Replaces the leaf entry mapping one virtual address.
+    UpdateVaMapping = 0x46, "update_va_mapping", "MMU-28";
+    /// Takes more frames, within the domain's quota.
+    MemoryPopulate = 0x50, "memory_populate", "MEM-5";
+    /// Returns frames to the hypervisor.
+    MemoryRelease = 0x51, "memory_release", "MEM-6";
+    /// The domain's current and maximum reservation.
+    MemoryInfo = 0x52, "memory_info", "MEM-7";
 }
 
 #[cfg(test)]

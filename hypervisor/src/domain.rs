@@ -12,6 +12,7 @@ use hypercall_abi::layout::{
 };
 use tahoma_core::bootpack::{DomainFlags, DomainRecord, NAME_LEN};
 use tahoma_core::event::DomId;
+use tahoma_core::mm::{AddressSpace, Level, Mm, MmError, Owner};
 use xmas_elf::program::Type as SegType;
 use xmas_elf::ElfFile;
 use zerocopy::IntoBytes;
@@ -55,8 +56,13 @@ pub struct Domain {
     pub ctx: TrapFrame,
     /// Physical address of the root page table (loaded into CR3).
     pub root: u64,
-    /// Machine frame of each pseudo-physical page.
+    /// Every frame the domain owns: its window (pseudo-physical order),
+    /// then frames taken with `memory_populate`.
     pub frames: Vec<u64>,
+    /// Most frames the domain may own (MEM-5).
+    pub max_pages: u64,
+    /// The domain's vCPU address space (its loaded root).
+    pub space: AddressSpace,
     /// The shared-info page.
     pub shared: SharedPage,
     /// Registered upcall entries.
@@ -92,6 +98,8 @@ pub enum BuildError {
     BadEntry(u64),
     /// Not enough free frames.
     NoMemory,
+    /// The validator refused the initial page tables (a hypervisor bug).
+    Tables(MmError),
 }
 
 impl core::fmt::Display for BuildError {
@@ -102,6 +110,7 @@ impl core::fmt::Display for BuildError {
             BuildError::BadSegment(va) => write!(f, "segment at {va:#x} lies outside the window"),
             BuildError::BadEntry(va) => write!(f, "entry point {va:#x} is not in an executable segment"),
             BuildError::NoMemory => write!(f, "not enough free frames"),
+            BuildError::Tables(e) => write!(f, "initial page tables refused: {e:?}"),
         }
     }
 }
@@ -325,6 +334,7 @@ pub fn build(
     rec: &DomainRecord,
     image: &[u8],
     cmdline: &[u8],
+    mm: &mut Mm,
 ) -> Result<Domain, BuildError> {
     let built_at = crate::time::now_tsc();
     let nr_pages = u64::from(rec.mem_pages);
@@ -367,6 +377,22 @@ pub fn build(
         frames.iter().for_each(|&f| mem::free_frame(f));
         return Err(BuildError::NoMemory);
     };
+    let give_back = |mm: &mut Mm, frames: &[u64]| {
+        for &f in frames.iter().chain(core::iter::once(&shared_pfn)) {
+            let _ = mm.assign(f, Owner::Free);
+            mem::free_frame(f);
+        }
+    };
+    for &f in &frames {
+        if let Err(e) = mm.assign(f, Owner::Domain(id)) {
+            give_back(mm, &frames);
+            return Err(BuildError::Tables(e));
+        }
+    }
+    if let Err(e) = mm.share_special(shared_pfn, id, true) {
+        give_back(mm, &frames);
+        return Err(BuildError::Tables(e));
+    }
 
     // The image.
     let mut perms = alloc::vec![(false, false); image_pages as usize];
@@ -467,6 +493,18 @@ pub fn build(
     mem::copy_to_phys(frames[plan.start_info_page as usize] << 12, si.as_bytes());
     let _ = plan.frame_list_pages;
 
+    // The validator takes the tables over: pinning the root validates the
+    // whole tree (and finds any mistake above), loading it marks it in use.
+    let mut space = AddressSpace::new(id);
+    let pinned = mm
+        .pin(&mut mem::DirectMap, id, l4, Level::L4)
+        .and_then(|()| mm.switch_root(&mut space, l4));
+    if let Err(e) = pinned {
+        mm.teardown(&mut mem::DirectMap, id);
+        give_back(mm, &frames);
+        return Err(BuildError::Tables(e));
+    }
+
     let shared = SharedPage { pfn: shared_pfn };
     shared.write_time(&TimeInfo {
         version: 0,
@@ -500,6 +538,8 @@ pub fn build(
         ctx,
         root: l4 << 12,
         frames,
+        max_pages: u64::from(rec.max_pages).max(nr_pages),
+        space,
         shared,
         callbacks: Callbacks::default(),
         upcall_depth: 0,
@@ -514,13 +554,23 @@ pub fn build(
 }
 
 impl Domain {
-    /// Scrubs and returns every frame the domain owns (SCHED-3).
-    pub fn release_frames(&mut self) {
-        for &f in &self.frames {
+    /// Drops every page-table reference the domain holds, then scrubs and
+    /// returns every frame it owns (SCHED-3, MMU-16). The domain's root must
+    /// not be loaded in CR3.
+    pub fn release_frames(&mut self, mm: &mut Mm) {
+        mm.detach(&mut self.space);
+        mm.teardown(&mut mem::DirectMap, self.id);
+        for &f in self.frames.iter().chain(core::iter::once(&self.shared.pfn)) {
+            if let Err(e) = mm.assign(f, Owner::Free) {
+                log::error!(
+                    "frame {f:#x} of domain {} still in use at teardown: {e:?}",
+                    self.id
+                );
+                continue;
+            }
             mem::free_frame(f);
         }
         self.frames.clear();
-        mem::free_frame(self.shared.pfn);
     }
 
     /// Whether this domain ends the scenario when it ends.

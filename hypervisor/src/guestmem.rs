@@ -11,6 +11,8 @@
 use crate::mem::{self, pte};
 use hypercall_abi::layout::GUEST_VA_TOP;
 use hypercall_abi::Error;
+use tahoma_core::event::DomId;
+use tahoma_core::mm::Mm;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// A range of guest virtual memory whose shape has been checked.
@@ -33,14 +35,28 @@ impl GuestRange {
     }
 }
 
-/// Translates `va` through the page tables rooted at `root` (a PML4
-/// physical address) for a user access; returns the physical address.
-pub fn translate(root: u64, va: u64, write: bool) -> Result<u64, Error> {
+/// A domain's view of memory: its loaded root and the frame table that
+/// says which frames it may touch.
+#[derive(Clone, Copy)]
+pub struct Space<'a> {
+    /// Physical address of the loaded PML4.
+    pub root: u64,
+    /// The domain.
+    pub dom: DomId,
+    /// The frame table.
+    pub mm: &'a Mm,
+}
+
+/// Translates `va` through the page tables rooted at `space.root` for a
+/// user access; returns the physical address. The final frame must be one
+/// the domain may map with that access (`Mm::may_map`): defence in depth
+/// behind the validator.
+pub fn translate(space: &Space<'_>, va: u64, write: bool) -> Result<u64, Error> {
     if va >= GUEST_VA_TOP {
         return Err(Error::BadAddress);
     }
     let need = pte::PRESENT | pte::USER | if write { pte::WRITABLE } else { 0 };
-    let mut table = root & pte::ADDR;
+    let mut table = space.root & pte::ADDR;
     for level in (1..=4u32).rev() {
         let index = (va >> (12 + 9 * (level - 1))) & 0x1ff;
         let entry = mem::read_phys_u64(table + index * 8).ok_or(Error::BadAddress)?;
@@ -51,7 +67,12 @@ pub fn translate(root: u64, va: u64, write: bool) -> Result<u64, Error> {
         if level == 1 || leaf_huge {
             let page_bits = 12 + 9 * (level - 1);
             let base = entry & pte::ADDR & !((1u64 << page_bits) - 1);
-            return Ok(base + (va & ((1u64 << page_bits) - 1)));
+            let pa = base + (va & ((1u64 << page_bits) - 1));
+            space
+                .mm
+                .may_map(space.dom, pa >> 12, write)
+                .map_err(|_| Error::BadAddress)?;
+            return Ok(pa);
         }
         table = entry & pte::ADDR;
     }
@@ -60,7 +81,7 @@ pub fn translate(root: u64, va: u64, write: bool) -> Result<u64, Error> {
 
 /// Physical pieces (address, length) covering `range`, each within a page.
 fn pieces(
-    root: u64,
+    space: &Space<'_>,
     range: GuestRange,
     write: bool,
     mut f: impl FnMut(u64, usize, usize),
@@ -69,41 +90,46 @@ fn pieces(
     while done < range.len {
         let va = range.va + done;
         let chunk = (4096 - (va & 0xfff)).min(range.len - done);
-        let pa = translate(root, va, write)?;
+        let pa = translate(space, va, write)?;
         f(pa, done as usize, chunk as usize);
         done += chunk;
     }
     Ok(())
 }
 
+/// Checks that every byte of `range` is accessible (for writing if `write`).
+pub fn check(space: &Space<'_>, range: GuestRange, write: bool) -> Result<(), Error> {
+    pieces(space, range, write, |_, _, _| {})
+}
+
 /// Copies guest memory `range` into `buf` (`buf.len() == range.len()`).
-pub fn copy_from(root: u64, range: GuestRange, buf: &mut [u8]) -> Result<(), Error> {
+pub fn copy_from(space: &Space<'_>, range: GuestRange, buf: &mut [u8]) -> Result<(), Error> {
     debug_assert_eq!(buf.len() as u64, range.len);
-    pieces(root, range, false, |_, _, _| {})?;
-    pieces(root, range, false, |pa, off, len| {
+    check(space, range, false)?;
+    pieces(space, range, false, |pa, off, len| {
         mem::copy_from_phys(pa, &mut buf[off..off + len])
     })
 }
 
 /// Copies `data` into guest memory at `va`; nothing is written unless every
 /// page is writable.
-pub fn copy_to(root: u64, va: u64, data: &[u8]) -> Result<(), Error> {
+pub fn copy_to(space: &Space<'_>, va: u64, data: &[u8]) -> Result<(), Error> {
     let range = GuestRange::new(va, data.len() as u64, u64::MAX)?;
-    pieces(root, range, true, |_, _, _| {})?;
-    pieces(root, range, true, |pa, off, len| {
+    check(space, range, true)?;
+    pieces(space, range, true, |pa, off, len| {
         mem::copy_to_phys(pa, &data[off..off + len])
     })
 }
 
 /// Reads a `T` from guest address `va`.
-pub fn read<T: FromBytes + IntoBytes>(root: u64, va: u64) -> Result<T, Error> {
+pub fn read<T: FromBytes + IntoBytes>(space: &Space<'_>, va: u64) -> Result<T, Error> {
     let mut value = T::new_zeroed();
     let range = GuestRange::new(va, core::mem::size_of::<T>() as u64, u64::MAX)?;
-    copy_from(root, range, value.as_mut_bytes())?;
+    copy_from(space, range, value.as_mut_bytes())?;
     Ok(value)
 }
 
 /// Writes `value` to guest address `va`.
-pub fn write<T: IntoBytes + Immutable>(root: u64, va: u64, value: &T) -> Result<(), Error> {
-    copy_to(root, va, value.as_bytes())
+pub fn write<T: IntoBytes + Immutable>(space: &Space<'_>, va: u64, value: &T) -> Result<(), Error> {
+    copy_to(space, va, value.as_bytes())
 }

@@ -13,11 +13,14 @@ use crate::arch::{
 };
 use crate::console::Quoted;
 use crate::domain::{self, Domain, RunState};
-use crate::guestmem::{self, GuestRange};
+use crate::guestmem::{self, GuestRange, Space};
 use crate::{mem, report, time};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use hypercall_abi::args::{BlockResult, ShutdownReason, Virq, CONSOLE_WRITE_MAX, NO_DEADLINE};
+use hypercall_abi::args::{
+    BlockResult, MmuUpdate, ShutdownReason, Virq, CONSOLE_WRITE_MAX, MEMORY_BATCH_MAX,
+    MMU_BATCH_MAX, NO_DEADLINE, UVM_INVLPG,
+};
 use hypercall_abi::layout::{
     UpcallFrame, UpcallKind, CALLBACK_STACK_SIZE, GUEST_VA_TOP, NR_PORTS, RED_ZONE,
     RFLAGS_GUEST_MASK, RFLAGS_IF,
@@ -26,7 +29,9 @@ use hypercall_abi::{regs, Error, Hypercall};
 use spin::Mutex;
 use tahoma_core::bootpack::{self, Pack};
 use tahoma_core::event::{Channels, DomId, Target};
+use tahoma_core::mm::{BatchError, Level, Mm, MmConfig, Owner};
 use tahoma_core::sched::{Deadlines, RunQueue, TimerKind};
+use zerocopy::IntoBytes;
 
 /// Upcall frames a domain may have outstanding before a further trap
 /// destroys it (TRAP-0c).
@@ -58,6 +63,7 @@ enum Outcome {
 
 struct Hv {
     doms: Vec<Option<Box<Domain>>>,
+    mm: Mm,
     current: Option<DomId>,
     runq: RunQueue,
     deadlines: Deadlines,
@@ -75,8 +81,30 @@ struct Hv {
 /// Creates the boot pack's domains and runs them. Never returns: the run
 /// ends when the scenario's critical domains have ended (SCHED-3b).
 pub fn start(pack: &Pack<'_>) -> ! {
+    let mut mm = match Mm::new(&MmConfig {
+        frames: mem::frame_limit(),
+        max_phys_bits: mem::max_phys_bits(),
+        hypervisor_slots: mem::hypervisor_slots(),
+    }) {
+        Ok(mm) => mm,
+        Err(e) => panic!("frame table: {e:?}"),
+    };
+    // Every frame the allocator does not hold is the hypervisor's (its
+    // image, its tables, firmware areas); free frames are nobody's.
+    for pfn in 0..mm.frame_count() {
+        if !mem::is_free_frame(pfn) {
+            let _ = mm.assign(pfn, Owner::Hypervisor);
+        }
+    }
+    report!(
+        "frame-table",
+        "frames={} max_phys_bits={}",
+        mm.frame_count(),
+        mem::max_phys_bits()
+    );
     let mut hv = Hv {
         doms: alloc::vec![None],
+        mm,
         current: None,
         runq: RunQueue::new(),
         deadlines: Deadlines::new(),
@@ -100,7 +128,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
             pack.blob(rec.cmdline_blob).unwrap_or(&[])
         };
         hv.doms.push(None);
-        match domain::build(id, &rec, image, cmdline) {
+        match domain::build(id, &rec, image, cmdline, &mut hv.mm) {
             Ok(d) => {
                 report!(
                     "domain-start",
@@ -220,6 +248,29 @@ impl Hv {
         self.doms.get_mut(usize::from(id))?.as_deref_mut()
     }
 
+    /// Domain `id`'s view of memory, for checked copies.
+    fn space(&self, id: DomId) -> Result<Space<'_>, Error> {
+        let d = self
+            .doms
+            .get(usize::from(id))
+            .and_then(|d| d.as_deref())
+            .ok_or(Error::NotFound)?;
+        Ok(Space {
+            root: d.root,
+            dom: id,
+            mm: &self.mm,
+        })
+    }
+
+    /// Flushes the TLB if the validator asks (MMU-20).
+    fn flush_if_requested(&mut self) {
+        if self.mm.take_flush_request() {
+            // SAFETY: reloading the loaded root, which maps the hypervisor.
+            unsafe { arch::load_root(self.loaded_root) };
+            self.mm.note_tlb_flushed();
+        }
+    }
+
     fn hypercall(&mut self, frame: &mut TrapFrame) {
         let Some(cur) = self.current else { return };
         if let Some(d) = self.dom(cur) {
@@ -302,7 +353,209 @@ impl Hv {
                 Ok(()) => Outcome::Replaced,
                 Err(e) => Return(Err(e)),
             },
+            Hypercall::MmuUpdate => Return(self.mmu_update(cur, a[0], a[1], a[2])),
+            Hypercall::MmuPin => Return(self.mmu(cur, |mm, dom| {
+                mm.pin(&mut mem::DirectMap, dom, a[0], Level::from_number(a[1])?)
+            })),
+            Hypercall::MmuUnpin => {
+                Return(self.mmu(cur, |mm, dom| mm.unpin(&mut mem::DirectMap, dom, a[0])))
+            }
+            Hypercall::MmuSwitchRoot => Return(self.switch_root(cur, a[0])),
+            Hypercall::MmuInvlpg => Return(if a[0] >= GUEST_VA_TOP {
+                Err(Error::InvalidArgument)
+            } else {
+                arch::invlpg(a[0]);
+                Ok(0)
+            }),
+            Hypercall::MmuFlushTlb => {
+                // SAFETY: reloading the loaded root, which maps the hypervisor.
+                unsafe { arch::load_root(self.loaded_root) };
+                self.mm.note_tlb_flushed();
+                Return(Ok(0))
+            }
+            Hypercall::UpdateVaMapping => Return(self.update_va_mapping(cur, a[0], a[1], a[2])),
+            Hypercall::MemoryPopulate => Return(self.memory_populate(cur, a[0], a[1])),
+            Hypercall::MemoryRelease => Return(self.memory_release(cur, a[0], a[1])),
+            Hypercall::MemoryInfo => Return(self.memory_info(cur, a[0])),
         }
+    }
+
+    /// Runs one validator operation for `cur`, then flushes if asked.
+    fn mmu(
+        &mut self,
+        cur: DomId,
+        f: impl FnOnce(&mut Mm, DomId) -> Result<(), tahoma_core::mm::MmError>,
+    ) -> Result<u64, Error> {
+        let r = f(&mut self.mm, cur).map(|()| 0).map_err(Error::from);
+        self.flush_if_requested();
+        r
+    }
+
+    /// MMU-22: a batch of updates, read from the guest in chunks.
+    fn mmu_update(
+        &mut self,
+        cur: DomId,
+        reqs: u64,
+        count: u64,
+        done_ptr: u64,
+    ) -> Result<u64, Error> {
+        if count > MMU_BATCH_MAX {
+            return Err(Error::InvalidArgument);
+        }
+        let size = core::mem::size_of::<MmuUpdate>() as u64;
+        let all = GuestRange::new(reqs, count * size, MMU_BATCH_MAX * size)?;
+        guestmem::check(&self.space(cur)?, all, false)?;
+        if done_ptr != 0 {
+            guestmem::check(&self.space(cur)?, GuestRange::new(done_ptr, 8, 8)?, true)?;
+        }
+        let mut chunk = [MmuUpdate::default(); 32];
+        let mut done = 0u64;
+        let mut result = Ok(count);
+        while done < count {
+            let n = (count - done).min(chunk.len() as u64);
+            let range = GuestRange::new(reqs + done * size, n * size, MMU_BATCH_MAX * size)?;
+            let buf = &mut chunk[..n as usize];
+            // The batch may have unmapped its own later entries: that
+            // stops it like any refused entry.
+            if let Err(e) = guestmem::copy_from(&self.space(cur)?, range, buf.as_mut_bytes()) {
+                result = Err(e);
+                break;
+            }
+            match self
+                .mm
+                .mmu_update(&mut mem::DirectMap, cur, buf.iter().map(|u| (u.ptr, u.val)))
+            {
+                Ok(k) => done += k as u64,
+                Err(BatchError { index, error }) => {
+                    done += index as u64;
+                    result = Err(error.into());
+                    break;
+                }
+            }
+        }
+        self.flush_if_requested();
+        if done_ptr != 0 {
+            let _ = guestmem::write(&self.space(cur)?, done_ptr, &done);
+        }
+        result
+    }
+
+    /// MMU-25: load another pinned L4.
+    fn switch_root(&mut self, cur: DomId, l4: u64) -> Result<u64, Error> {
+        let Hv { doms, mm, .. } = self;
+        let d = doms
+            .get_mut(usize::from(cur))
+            .and_then(|d| d.as_deref_mut())
+            .ok_or(Error::NotFound)?;
+        let cr3 = mm.switch_root(&mut d.space, l4)?;
+        d.root = cr3;
+        // SAFETY: a validated L4 carries the hypervisor's slots (MMU-3).
+        unsafe { arch::load_root(cr3) };
+        self.loaded_root = cr3;
+        self.mm.note_tlb_flushed();
+        Ok(0)
+    }
+
+    /// MMU-28: the fast path for one leaf in the loaded address space.
+    fn update_va_mapping(
+        &mut self,
+        cur: DomId,
+        va: u64,
+        val: u64,
+        flags: u64,
+    ) -> Result<u64, Error> {
+        if flags & !UVM_INVLPG != 0 {
+            return Err(Error::InvalidArgument);
+        }
+        let root = self.space(cur)?.root >> 12;
+        let r = self
+            .mm
+            .update_va_mapping(&mut mem::DirectMap, cur, root, va, val);
+        if r.is_ok() && flags & UVM_INVLPG != 0 {
+            arch::invlpg(va);
+        }
+        self.flush_if_requested();
+        r.map(|()| 0).map_err(Error::from)
+    }
+
+    /// MEM-5: fresh, scrubbed frames within the quota, all or nothing.
+    fn memory_populate(&mut self, cur: DomId, list: u64, count: u64) -> Result<u64, Error> {
+        if count > MEMORY_BATCH_MAX {
+            return Err(Error::InvalidArgument);
+        }
+        let range = GuestRange::new(list, count * 8, MEMORY_BATCH_MAX * 8)?;
+        guestmem::check(&self.space(cur)?, range, true)?;
+        let d = self.dom(cur).ok_or(Error::NotFound)?;
+        if d.frames.len() as u64 + count > d.max_pages {
+            return Err(Error::NoResources);
+        }
+        let mut taken = [0u64; MEMORY_BATCH_MAX as usize];
+        for i in 0..count as usize {
+            match mem::alloc_zeroed_frame() {
+                Some(f) => taken[i] = f,
+                None => {
+                    taken[..i].iter().for_each(|&f| mem::free_frame(f));
+                    return Err(Error::NoResources);
+                }
+            }
+        }
+        let taken = &taken[..count as usize];
+        for &f in taken {
+            // A frame fresh from the allocator is idle and nobody's.
+            let _ = self.mm.assign(f, Owner::Domain(cur));
+        }
+        if let Err(e) = guestmem::copy_to(&self.space(cur)?, list, taken.as_bytes()) {
+            for &f in taken {
+                let _ = self.mm.assign(f, Owner::Free);
+                mem::free_frame(f);
+            }
+            return Err(e);
+        }
+        if let Some(d) = self.dom(cur) {
+            d.frames.extend_from_slice(taken);
+        }
+        Ok(count)
+    }
+
+    /// MEM-6: give frames back, all or nothing.
+    fn memory_release(&mut self, cur: DomId, list: u64, count: u64) -> Result<u64, Error> {
+        if count > MEMORY_BATCH_MAX {
+            return Err(Error::InvalidArgument);
+        }
+        let range = GuestRange::new(list, count * 8, MEMORY_BATCH_MAX * 8)?;
+        let mut buf = [0u64; MEMORY_BATCH_MAX as usize];
+        let frames = &mut buf[..count as usize];
+        guestmem::copy_from(&self.space(cur)?, range, frames.as_mut_bytes())?;
+        for (i, &f) in frames.iter().enumerate() {
+            let info = self.mm.frame(f).ok_or(Error::PermissionDenied)?;
+            if info.owner() != Owner::Domain(cur) {
+                return Err(Error::PermissionDenied);
+            }
+            if frames[..i].contains(&f) {
+                return Err(Error::InvalidArgument);
+            }
+            if !info.idle() {
+                return Err(Error::WrongState);
+            }
+        }
+        for &f in frames.iter() {
+            let _ = self.mm.assign(f, Owner::Free);
+            mem::free_frame(f);
+        }
+        if let Some(d) = self.dom(cur) {
+            d.frames.retain(|f| !frames.contains(f));
+        }
+        Ok(count)
+    }
+
+    /// MEM-7: frames owned now, and the quota.
+    fn memory_info(&mut self, cur: DomId, ptr: u64) -> Result<u64, Error> {
+        let d = self.dom(cur).ok_or(Error::NotFound)?;
+        let info = [d.frames.len() as u64, d.max_pages];
+        if ptr != 0 {
+            guestmem::write(&self.space(cur)?, ptr, &info)?;
+        }
+        Ok(info[0])
     }
 
     fn new_port(
@@ -319,10 +572,10 @@ impl Hv {
 
     fn console_write(&mut self, cur: DomId, ptr: u64, len: u64) -> Result<u64, Error> {
         let range = GuestRange::new(ptr, len, CONSOLE_WRITE_MAX)?;
-        let d = self.dom(cur).ok_or(Error::NotFound)?;
         let mut buf = [0u8; CONSOLE_WRITE_MAX as usize];
         let bytes = &mut buf[..len as usize];
-        guestmem::copy_from(d.root, range, bytes)?;
+        guestmem::copy_from(&self.space(cur)?, range, bytes)?;
+        let d = self.dom(cur).ok_or(Error::NotFound)?;
         for &b in bytes.iter() {
             if b == b'\n' {
                 flush_console(d);
@@ -378,11 +631,11 @@ impl Hv {
     }
 
     fn upcall_return(&mut self, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(), Error> {
-        let d = self.dom(cur).ok_or(Error::NotFound)?;
-        if d.upcall_depth == 0 {
+        if self.dom(cur).ok_or(Error::NotFound)?.upcall_depth == 0 {
             return Err(Error::WrongState);
         }
-        let uf: UpcallFrame = guestmem::read(d.root, ptr)?;
+        let uf: UpcallFrame = guestmem::read(&self.space(cur)?, ptr)?;
+        let d = self.dom(cur).ok_or(Error::NotFound)?;
         let kind = match uf.kind {
             0 => UpcallKind::Event,
             1 => UpcallKind::Trap,
@@ -472,7 +725,9 @@ impl Hv {
             rsp: frame.rsp,
             rflags: frame.rflags,
         };
-        guestmem::write(d.root, at, &uf).map_err(|_| "callback stack not writable")?;
+        let space = self.space(id).map_err(|_| "no domain")?;
+        guestmem::write(&space, at, &uf).map_err(|_| "callback stack not writable")?;
+        let d = self.dom(id).ok_or("no domain")?;
         frame.rip = entry;
         frame.rsp = at;
         frame.rdi = at;
@@ -561,6 +816,7 @@ impl Hv {
                     // code, stack and data stay mapped.
                     unsafe { arch::load_root(root) };
                     self.loaded_root = root;
+                    self.mm.note_tlb_flushed();
                 }
                 if let Some(d) = self.dom(id) {
                     d.first_run_at.get_or_insert(now);
@@ -658,7 +914,7 @@ impl Hv {
             unsafe { arch::load_root(mem::kernel_pml4() << 12) };
             self.loaded_root = mem::kernel_pml4() << 12;
         }
-        d.release_frames();
+        d.release_frames(&mut self.mm);
         self.live -= 1;
         let name = Quoted(&d.name);
         let ok = match exit {

@@ -28,6 +28,7 @@ pub mod pte {
     pub const USER: u64 = 1 << 2;
     pub const PWT: u64 = 1 << 3;
     pub const PCD: u64 = 1 << 4;
+    pub const ACCESSED: u64 = 1 << 5;
     pub const HUGE: u64 = 1 << 7;
     pub const GLOBAL: u64 = 1 << 8;
     pub const NX: u64 = 1 << 63;
@@ -37,7 +38,7 @@ pub mod pte {
 /// How far the direct map reaches (bytes of physical address space).
 static DIRECT_MAP_LIMIT: AtomicU64 = AtomicU64::new(1 << 30);
 
-const HEAP_SIZE: usize = 8 << 20;
+const HEAP_SIZE: usize = 16 << 20;
 #[repr(C, align(4096))]
 struct HeapArea([u8; HEAP_SIZE]);
 static mut HEAP_AREA: HeapArea = HeapArea([0; HEAP_SIZE]);
@@ -192,7 +193,7 @@ fn next_table(table: u64, index: usize) -> u64 {
     if t[index] & pte::PRESENT == 0 {
         let f = alloc_zeroed_frame().expect("a frame for a page table");
         // Intermediate entries allow everything; leaves decide.
-        table_mut(table)[index] = (f << 12) | pte::PRESENT | pte::WRITABLE;
+        table_mut(table)[index] = (f << 12) | pte::PRESENT | pte::WRITABLE | pte::ACCESSED;
         f
     } else {
         (t[index] & pte::ADDR) >> 12
@@ -299,4 +300,45 @@ pub fn free_frame(pfn: u64) {
 /// Frames free now.
 pub fn free_frames() -> u64 {
     FRAMES.lock().as_ref().map_or(0, |a| a.free_count())
+}
+
+/// Page-table access for the validator (`tahoma_core::mm`): single 64-bit
+/// reads and writes through the direct map, never through guest mappings.
+pub struct DirectMap;
+
+impl tahoma_core::mm::PhysMem for DirectMap {
+    fn read_entry(&self, pfn: u64, index: usize) -> u64 {
+        read_phys_u64((pfn << 12) + (index as u64) * 8).unwrap_or(0)
+    }
+
+    fn write_entry(&mut self, pfn: u64, index: usize, value: u64) {
+        let pa = (pfn << 12) + (index as u64) * 8;
+        assert!(index < 512 && pa + 8 <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed));
+        // SAFETY: inside the direct map (checked), 8-aligned; the validator
+        // writes only entries of frames it has typed as page tables.
+        unsafe { (phys_to_virt(pa) as *mut u64).write_volatile(value) }
+    }
+}
+
+/// The CPU's physical address width (CPUID 0x8000_0008), clamped to 32..=52.
+pub fn max_phys_bits() -> u8 {
+    let leaf = core::arch::x86_64::__cpuid(0x8000_0008);
+    ((leaf.eax & 0xff) as u8).clamp(32, 52)
+}
+
+/// The hypervisor's PML4 slots 256..=511, the template every guest L4 gets.
+pub fn hypervisor_slots() -> [u64; 256] {
+    let mut slots = [0u64; 256];
+    slots.copy_from_slice(&table_mut(kernel_pml4())[256..]);
+    slots
+}
+
+/// The highest RAM frame number + 1.
+pub fn frame_limit() -> u64 {
+    FRAMES.lock().as_ref().map_or(0, |a| a.frame_limit())
+}
+
+/// Whether the allocator holds `pfn` as free.
+pub fn is_free_frame(pfn: u64) -> bool {
+    FRAMES.lock().as_ref().is_some_and(|a| a.is_free(pfn))
 }

@@ -68,6 +68,11 @@ impl FrameAllocator {
         (w < self.free.len()).then_some((w, 1u64 << (i % 64)))
     }
 
+    /// One past the highest frame number the allocator covers.
+    pub fn frame_limit(&self) -> Pfn {
+        self.base + self.free.len() as u64 * 64
+    }
+
     /// Total frames managed.
     pub fn total(&self) -> u64 {
         self.frames

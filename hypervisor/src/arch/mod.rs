@@ -117,3 +117,9 @@ pub fn enter_guest(frame: &traps::TrapFrame) -> ! {
         core::arch::asm!("mov rsp, {0}", "jmp trap_return", in(reg) at, options(noreturn));
     }
 }
+
+/// Invalidates the TLB entry for `va` (a guest address).
+pub fn invlpg(va: u64) {
+    // SAFETY: invlpg only drops a cached translation; any address is allowed.
+    unsafe { core::arch::asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) };
+}
