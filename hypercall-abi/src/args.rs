@@ -83,6 +83,57 @@ pub const MMU_BATCH_MAX: u64 = 512;
 /// Most frames one `memory_populate` or `memory_release` call takes (`MEM-5`).
 pub const MEMORY_BATCH_MAX: u64 = 512;
 
+/// A frame's record in the frame table, as `mmu_frame_info` reports it
+/// (`MMU-29`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    zerocopy::FromBytes,
+    zerocopy::IntoBytes,
+    zerocopy::KnownLayout,
+    zerocopy::Immutable,
+)]
+#[repr(C)]
+pub struct FrameInfo {
+    /// [`FrameType`] as a number.
+    pub page_type: u32,
+    /// [`FRAME_PINNED`], [`FRAME_LOADED`].
+    pub flags: u32,
+    /// References that depend on the type.
+    pub type_count: u64,
+    /// All references.
+    pub total_count: u64,
+}
+
+/// `FrameInfo::flags`: the owner pinned the frame.
+pub const FRAME_PINNED: u32 = 1 << 0;
+/// `FrameInfo::flags`: the frame is a loaded root.
+pub const FRAME_LOADED: u32 = 1 << 1;
+
+/// A frame's type (`MMU-1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum FrameType {
+    /// No constraining use.
+    None = 0,
+    /// Level-1 table.
+    L1 = 1,
+    /// Level-2 table.
+    L2 = 2,
+    /// Level-3 table.
+    L3 = 3,
+    /// Level-4 table.
+    L4 = 4,
+    /// Mapped writable.
+    Writable = 5,
+    /// Shared by the hypervisor (e.g. shared info).
+    Special = 6,
+}
+
 /// `update_va_mapping` flag: invalidate the address's TLB entry afterwards.
 pub const UVM_INVLPG: u64 = 1;
 

@@ -87,6 +87,8 @@ hypercalls! {
     MmuFlushTlb = 0x45, "mmu_flush_tlb", "MMU-27";
     /// Replaces the leaf entry mapping one virtual address.
     UpdateVaMapping = 0x46, "update_va_mapping", "MMU-28";
+    /// Reads the frame table's record of one of the caller's frames.
+    MmuFrameInfo = 0x47, "mmu_frame_info", "MMU-29";
     /// Takes more frames, within the domain's quota.
     MemoryPopulate = 0x50, "memory_populate", "MEM-5";
     /// Returns frames to the hypervisor.

@@ -374,6 +374,7 @@ impl Hv {
                 Return(Ok(0))
             }
             Hypercall::UpdateVaMapping => Return(self.update_va_mapping(cur, a[0], a[1], a[2])),
+            Hypercall::MmuFrameInfo => Return(self.frame_info(cur, a[0], a[1])),
             Hypercall::MemoryPopulate => Return(self.memory_populate(cur, a[0], a[1])),
             Hypercall::MemoryRelease => Return(self.memory_release(cur, a[0], a[1])),
             Hypercall::MemoryInfo => Return(self.memory_info(cur, a[0])),
@@ -476,6 +477,34 @@ impl Hv {
         }
         self.flush_if_requested();
         r.map(|()| 0).map_err(Error::from)
+    }
+
+    /// MMU-29: the frame table's record of one of the caller's frames.
+    fn frame_info(&mut self, cur: DomId, mfn: u64, out: u64) -> Result<u64, Error> {
+        use hypercall_abi::args::{FrameInfo, FrameType, FRAME_LOADED, FRAME_PINNED};
+        use tahoma_core::mm::PageType;
+        let f = self.mm.frame(mfn).ok_or(Error::PermissionDenied)?;
+        if f.owner() != Owner::Domain(cur) {
+            return Err(Error::PermissionDenied);
+        }
+        let page_type = match f.page_type() {
+            PageType::None => FrameType::None,
+            PageType::L1 => FrameType::L1,
+            PageType::L2 => FrameType::L2,
+            PageType::L3 => FrameType::L3,
+            PageType::L4 => FrameType::L4,
+            PageType::Writable => FrameType::Writable,
+            PageType::Special => FrameType::Special,
+        };
+        let info = FrameInfo {
+            page_type: page_type as u32,
+            flags: if f.pinned() { FRAME_PINNED } else { 0 }
+                | if f.loaded() > 0 { FRAME_LOADED } else { 0 },
+            type_count: u64::from(f.type_count()),
+            total_count: u64::from(f.total_count()),
+        };
+        guestmem::write(&self.space(cur)?, out, &info)?;
+        Ok(0)
     }
 
     /// MEM-5: fresh, scrubbed frames within the quota, all or nothing.
