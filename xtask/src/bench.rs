@@ -152,12 +152,14 @@ pub fn collect(facts: &Facts, solo_domain: Option<&str>) -> Result<BootFigures, 
 /// Thousands separated with commas, as in the anchors table.
 pub fn group(n: u64) -> String {
     let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
+    let first = match s.len() % 3 {
+        0 => 3.min(s.len()),
+        r => r,
+    };
+    let mut out = s[..first].to_string();
+    for chunk in s.as_bytes()[first..].chunks(3) {
+        out.push(',');
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
     }
     out
 }
