@@ -58,6 +58,17 @@ impl Booter<'_> {
         req: &BootRequest,
         how: &Presentation,
     ) -> Result<(BootOutcome, Scenario, Ended), String> {
+        self.boot_with(req, how, &[])
+    }
+
+    /// [`Booter::boot`] with extra QEMU arguments after the usual ones
+    /// (`cargo xtask bench` adds `-icount ...` and `-rtc ...`).
+    pub fn boot_with(
+        &self,
+        req: &BootRequest,
+        how: &Presentation,
+        qemu_extra: &[String],
+    ) -> Result<(BootOutcome, Scenario, Ended), String> {
         let scenario = Scenario::load(&self.root, &req.scenario)?;
         let pack = scenario.pack(&self.images.dir)?;
         let packs = self.work_dir().join("packs");
@@ -92,7 +103,8 @@ impl Booter<'_> {
             .copied()
             .collect::<Vec<_>>()
             .join(" ");
-        let (extra, _) = endpoints(&scenario);
+        let (mut extra, _) = endpoints(&scenario);
+        extra.extend(qemu_extra.iter().cloned());
         let log = self
             .work_dir()
             .join("logs")

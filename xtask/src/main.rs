@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod images;
 mod machine;
 mod manifest;
@@ -46,6 +47,28 @@ enum Command {
     /// Run everything: host unit tests (cargo test), then the scenario tests
     /// in QEMU, then conformance. Ends with one line `N passed, N failed`.
     Test(TestArgs),
+    /// Run the benchmarks (never part of `test`): boot the bench*
+    /// scenarios under TCG with -icount (figures in guest instructions,
+    /// deterministic) and print a table beside the reference figures.
+    Bench(BenchArgs),
+    /// (internal) The child of the host pipe ping-pong baseline.
+    #[command(name = "bench-echo", hide = true)]
+    BenchEcho,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Also write the figures as a JSON array of {"name", "value", "unit"}.
+    #[arg(long, value_name = "PATH")]
+    json: Option<std::path::PathBuf>,
+    /// Also measure wall-clock time: host baselines (getpid, a pipe
+    /// ping-pong, spawning a process), then every scenario again without
+    /// -icount, reported only as ratios to those baselines.
+    #[arg(long)]
+    wall: bool,
+    /// Kill each boot after S seconds (default: each scenario's `timeout`).
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: Option<u64>,
 }
 
 #[derive(Args)]
@@ -99,6 +122,12 @@ fn main() -> ExitCode {
             accel: args.accel,
             timeout: args.timeout.map(Duration::from_secs),
         }),
+        Command::Bench(args) => bench::bench(&bench::Options {
+            json: args.json,
+            wall: args.wall,
+            timeout: args.timeout.map(Duration::from_secs),
+        }),
+        Command::BenchEcho => bench::echo(),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,378 @@
+//! Tahoma's benchmark guest: times hypervisor paths with `lfence; rdtsc`.
+//!
+//! One image, several roles chosen with `role=` on the command line:
+//!
+//! * `role=solo`: the empty `rdtsc` pair, a calibration loop of known
+//!   length, and the null hypercall (`abi_version`).
+//! * `role=ping` / `role=pong` with `mode=upcall|block|poll`: an event round
+//!   trip between two domains. `upcall` uses the SDK's handlers and
+//!   `event::wait_for`; `block` and `poll` switch upcalls off
+//!   (`set_callbacks(0, 0, 0)`) and look at the pending bit themselves,
+//!   sleeping in `block` or spinning on `yield` respectively.
+//! * `role=switch-a` / `role=switch-b`: both call `yield` in a loop; A times
+//!   each of its yields, which is two domain switches (A to B, B to A).
+//!
+//! Every measured role prints one fact per benchmark:
+//! `@ bench name=NAME value=MEDIAN min=MIN mean=MEAN iters=N unit=ticks`,
+//! in TSC ticks, with the cost of an empty `rdtsc` pair already taken out.
+//! Under QEMU `-icount shift=0` a tick is one guest instruction; the host
+//! side (`cargo xtask bench`) converts the unit. The partners (`pong`,
+//! `switch-b`) loop forever and are non-critical: the scenario ends when the
+//! measuring domain does.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use guest_sdk::abi::args::NO_DEADLINE;
+use guest_sdk::abi::layout::{SHARED_INFO_VA, SHARED_PENDING_OFFSET};
+use guest_sdk::abi::Hypercall;
+use guest_sdk::event::{self, DomId, Port};
+use guest_sdk::{println, sched, StartInfo};
+
+guest_sdk::entry!(main);
+
+/// Iterations of the calibration loop (two instructions each).
+const CALIBRATION_LOOPS: u64 = 100_000;
+
+fn arg(si: &StartInfo, key: &str, default: u64) -> u64 {
+    si.cmdline_value(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What one benchmark measured, in ticks per operation.
+struct Stats {
+    median: u64,
+    min: u64,
+    mean: u64,
+    iters: usize,
+}
+
+impl Stats {
+    /// Sorts `samples` and summarises them; `div` divides every figure
+    /// (e.g. 2 when one sample covers two operations).
+    fn of(mut samples: Vec<u64>, div: u64) -> Stats {
+        samples.sort_unstable();
+        let n = samples.len().max(1);
+        let sum: u64 = samples.iter().sum();
+        Stats {
+            median: samples.get(samples.len() / 2).copied().unwrap_or(0) / div,
+            min: samples.first().copied().unwrap_or(0) / div,
+            mean: sum / n as u64 / div,
+            iters: samples.len(),
+        }
+    }
+
+    fn report(&self, name: &str) {
+        println!(
+            "@ bench name={} value={} min={} mean={} iters={} unit=ticks",
+            name, self.median, self.min, self.mean, self.iters
+        );
+    }
+}
+
+/// Runs `op` `warmup` times unrecorded, then `iters` times, collecting the
+/// ticks each call returns.
+fn sample(warmup: u64, iters: u64, mut op: impl FnMut() -> u64) -> Vec<u64> {
+    for _ in 0..warmup {
+        op();
+    }
+    let mut v = Vec::with_capacity(iters as usize);
+    for _ in 0..iters {
+        v.push(op());
+    }
+    v
+}
+
+/// `lfence; rdtsc` with nothing between two of them: the ticks an empty
+/// pair reads (the same bracket as [`pair_syscall`], minus the `syscall`).
+#[inline(never)]
+fn pair_empty(nr: u64) -> u64 {
+    let delta: u64;
+    // SAFETY: lfence/rdtsc/shl/or/mov/sub touch only the named registers
+    // (rdtsc is allowed in ring 3, TIME-0); no memory, no stack.
+    unsafe {
+        core::arch::asm!(
+            "lfence", "rdtsc", "shl rdx, 32", "or rax, rdx", "mov {t0}, rax",
+            "mov rax, {nr}",
+            "lfence", "rdtsc", "shl rdx, 32", "or rax, rdx", "sub rax, {t0}",
+            nr = in(reg) nr,
+            t0 = out(reg) _,
+            out("rax") delta,
+            out("rdx") _,
+            options(nomem, nostack),
+        );
+    }
+    delta
+}
+
+/// Ticks across one `syscall` with `rax = nr` (the other argument
+/// registers hold whatever they hold: the calls timed ignore them),
+/// bracketed exactly like [`pair_empty`].
+#[inline(never)]
+fn pair_syscall(nr: u64) -> u64 {
+    let delta: u64;
+    // SAFETY: `nr` is abi_version or yield, which take no pointers and
+    // transfer no control to guest code (CALL-1: rcx and r11 clobbered,
+    // everything else preserved); the rest is as in `pair_empty`.
+    unsafe {
+        core::arch::asm!(
+            "lfence", "rdtsc", "shl rdx, 32", "or rax, rdx", "mov {t0}, rax",
+            "mov rax, {nr}",
+            "syscall",
+            "lfence", "rdtsc", "shl rdx, 32", "or rax, rdx", "sub rax, {t0}",
+            nr = in(reg) nr,
+            t0 = out(reg) _,
+            out("rax") delta,
+            out("rdx") _,
+            out("rcx") _,
+            out("r11") _,
+            options(nostack),
+        );
+    }
+    delta
+}
+
+/// Ticks across `n` iterations of `dec; jnz` (plus a fixed `test; jz`),
+/// bracketed like [`pair_empty`]. `calibrate(n) - calibrate(0)` is exactly
+/// `2 * n` instructions.
+#[inline(never)]
+fn calibrate(n: u64) -> u64 {
+    let delta: u64;
+    // SAFETY: register-only arithmetic and rdtsc, as in `pair_empty`.
+    unsafe {
+        core::arch::asm!(
+            "lfence", "rdtsc", "shl rdx, 32", "or rax, rdx", "mov {t0}, rax",
+            "test {n}, {n}",
+            "jz 3f",
+            "2:",
+            "dec {n}",
+            "jnz 2b",
+            "3:",
+            "lfence", "rdtsc", "shl rdx, 32", "or rax, rdx", "sub rax, {t0}",
+            n = inout(reg) n => _,
+            t0 = out(reg) _,
+            out("rax") delta,
+            out("rdx") _,
+            options(nomem, nostack),
+        );
+    }
+    delta
+}
+
+/// `lfence; rdtsc` for timing Rust code.
+#[inline(always)]
+fn rdtsc() -> u64 {
+    let lo: u32;
+    let hi: u32;
+    // SAFETY: touches only eax/edx; allowed in ring 3 (TIME-0).
+    unsafe {
+        core::arch::asm!(
+            "lfence",
+            "rdtsc",
+            out("eax") lo,
+            out("edx") hi,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+/// Times `op` from Rust, minus the median cost of an empty Rust pair.
+fn sample_rust(warmup: u64, iters: u64, mut op: impl FnMut()) -> Vec<u64> {
+    let empty = median(sample(10, 1000, || {
+        let t0 = rdtsc();
+        let t1 = rdtsc();
+        t1.wrapping_sub(t0)
+    }));
+    sample(warmup, iters, || {
+        let t0 = rdtsc();
+        op();
+        let t1 = rdtsc();
+        t1.wrapping_sub(t0).saturating_sub(empty)
+    })
+}
+
+fn solo(iters: u64, warmup: u64) -> i32 {
+    let nr = Hypercall::AbiVersion.number();
+    let empty = Stats::of(sample(warmup, iters, || pair_empty(nr)), 1);
+    empty.report("empty_pair");
+    // Calibration: median of (loop of n) - (loop of 0), per run.
+    let cal = Stats::of(
+        sample(3, 31, || {
+            calibrate(CALIBRATION_LOOPS).saturating_sub(calibrate(0))
+        }),
+        1,
+    );
+    println!(
+        "@ bench name=calibration value={} min={} mean={} iters={} unit=ticks expected={} expected_unit=instructions",
+        cal.median,
+        cal.min,
+        cal.mean,
+        cal.iters,
+        2 * CALIBRATION_LOOPS
+    );
+    let e = empty.median;
+    let null = sample(warmup, iters, || pair_syscall(nr).saturating_sub(e));
+    Stats::of(null, 1).report("null_hypercall");
+    0
+}
+
+/// The pending-bit word of `port` in the shared-info page (`EVT-0`).
+fn pending_word(port: Port) -> (&'static AtomicU64, u64) {
+    let p = port.number() as usize;
+    let addr = SHARED_INFO_VA as usize + SHARED_PENDING_OFFSET + (p / 64) * 8;
+    // SAFETY: MEM-4: the shared-info page is mapped read-write at
+    // SHARED_INFO_VA for the domain's life; the pending words are 8-byte
+    // aligned u64s that both sides access only atomically. With upcalls
+    // switched off nothing else in this domain touches them.
+    let word = unsafe { AtomicU64::from_ptr(addr as *mut u64) };
+    (word, 1u64 << (p % 64))
+}
+
+/// Clears `port`'s pending bit; whether it was set.
+fn take_pending(port: Port) -> bool {
+    let (word, bit) = pending_word(port);
+    word.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+}
+
+/// Switches event upcalls off: events then only set pending bits (and wake
+/// a blocked domain).
+fn no_upcalls() {
+    // SAFETY: TRAP-1 with no entries and no stack: nothing will run on
+    // this domain's behalf; traps destroy the domain, as without a handler.
+    unsafe { guest_sdk::upcall::set_callbacks(0, 0, 0) }.expect("switch upcalls off");
+}
+
+static RECEIVED: AtomicU64 = AtomicU64::new(0);
+
+fn on_event(_: Port) {
+    RECEIVED.fetch_add(1, Ordering::AcqRel);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Upcall,
+    Block,
+    Poll,
+}
+
+/// Waits for the peer's event in `mode`; `seen` counts events taken.
+fn await_event(mode: Mode, port: Port, seen: &mut u64) {
+    match mode {
+        Mode::Upcall => {
+            let want = *seen;
+            event::wait_for(|| RECEIVED.load(Ordering::Acquire) > want);
+        }
+        Mode::Block => {
+            while !take_pending(port) {
+                sched::block(NO_DEADLINE);
+            }
+        }
+        Mode::Poll => {
+            while !take_pending(port) {
+                sched::yield_now();
+            }
+        }
+    }
+    *seen += 1;
+}
+
+fn event_bench(si: &StartInfo, ping: bool, iters: u64, warmup: u64) -> i32 {
+    let mode = match si.cmdline_value("mode") {
+        Some("upcall") | None => Mode::Upcall,
+        Some("block") => Mode::Block,
+        Some("poll") => Mode::Poll,
+        Some(other) => {
+            println!("bench: unknown mode={other} (upcall, block or poll)");
+            return 2;
+        }
+    };
+    if mode != Mode::Upcall {
+        no_upcalls();
+    }
+    let peer = DomId(arg(si, "peer", 0) as u16);
+    let port = event::without_upcalls(|| {
+        let port = if ping {
+            event::alloc_unbound(peer).expect("offer a port to the peer")
+        } else {
+            let offered = Port(arg(si, "peer_port", 1) as u32);
+            loop {
+                match event::bind_interdomain(peer, offered) {
+                    Ok(p) => break p,
+                    Err(_) => sched::yield_now(),
+                }
+            }
+        };
+        if mode == Mode::Upcall {
+            event::set_handler(port, on_event);
+        }
+        port
+    });
+    let mut seen = 0;
+    if !ping {
+        loop {
+            await_event(mode, port, &mut seen);
+            event::send(port).expect("answer on a bound port");
+        }
+    }
+    // The first send waits until the peer has bound the port.
+    while event::send(port).is_err() {
+        sched::yield_now();
+    }
+    await_event(mode, port, &mut seen);
+    let samples = sample_rust(warmup, iters, || {
+        event::send(port).expect("send on a bound port");
+        await_event(mode, port, &mut seen);
+    });
+    let name = match mode {
+        Mode::Upcall => "event_round_trip",
+        Mode::Block => "event_round_trip_block",
+        Mode::Poll => "event_round_trip_poll",
+    };
+    Stats::of(samples, 1).report(name);
+    0
+}
+
+fn switch_bench(a: bool, iters: u64, warmup: u64) -> i32 {
+    let nr = Hypercall::Yield.number();
+    if !a {
+        loop {
+            sched::yield_now();
+        }
+    }
+    // Let B start and reach its loop.
+    for _ in 0..4 {
+        sched::yield_now();
+    }
+    let e = median(sample(10, 1000, || pair_empty(nr)));
+    let samples = sample(warmup, iters, || pair_syscall(nr).saturating_sub(e));
+    Stats::of(samples.clone(), 1).report("yield_round_trip");
+    Stats::of(samples, 2).report("domain_switch");
+    0
+}
+
+fn main(si: &StartInfo) -> i32 {
+    let iters = arg(si, "iters", 10_000);
+    let warmup = arg(si, "warmup", 100);
+    match si.cmdline_value("role") {
+        Some("solo") | None => solo(iters, warmup),
+        Some("ping") => event_bench(si, true, iters, warmup),
+        Some("pong") => event_bench(si, false, iters, warmup),
+        Some("switch-a") => switch_bench(true, iters, warmup),
+        Some("switch-b") => switch_bench(false, iters, warmup),
+        Some(other) => {
+            println!("bench: unknown role={other} (solo, ping, pong, switch-a, switch-b)");
+            2
+        }
+    }
+}

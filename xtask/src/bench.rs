@@ -1,0 +1,741 @@
+//! `cargo xtask bench`: boots the `bench*` scenarios under TCG with
+//! `-icount shift=0` (every guest `rdtsc` delta is then a count of guest
+//! instructions, the same run after run), collects the guests'
+//! `@ bench ...` facts and the hypervisor's `@ domain-first-hypercall`
+//! report, and prints one table with the reference each figure should be
+//! compared with (`/work/shared/design/anchors.md`, summarised in
+//! `docs/benchmarks.md`).
+//!
+//! With `--wall` it also measures host baselines (getpid, a pipe ping-pong
+//! between two processes, spawning a process) and boots the scenarios again
+//! without `-icount`; those guest figures are shown only as ratios to the
+//! host baselines of the same run, because wall time under TCG is noisy and
+//! says little about real hardware.
+//!
+//! Benchmarks are not tests: `cargo xtask test` never runs them.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tahoma_tests::{BootOutcome, BootRequest, Exit, Facts};
+use xshell::Shell;
+
+use crate::images;
+use crate::machine::{Booter, Presentation};
+use crate::manifest;
+use crate::qemu::{self, Accel};
+
+/// Options of `cargo xtask bench`.
+pub struct Options {
+    /// Write the records as JSON here.
+    pub json: Option<PathBuf>,
+    /// Also measure wall-clock ratios (host baselines + a run without icount).
+    pub wall: bool,
+    /// Per-boot timeout override.
+    pub timeout: Option<Duration>,
+}
+
+/// QEMU arguments that make guest `rdtsc` count instructions, deterministically.
+pub const ICOUNT_ARGS: [&str; 4] = [
+    "-icount",
+    "shift=0,sleep=off",
+    "-rtc",
+    "clock=vm,base=2024-01-01T00:00:00",
+];
+
+/// The scenario whose solo domain `bench` gives `guest_start`.
+const SOLO_SCENARIO: &str = "bench";
+/// The domain whose start-up is reported as `guest_start`.
+const SOLO_DOMAIN: &str = "bench";
+
+/// One measured figure: the stable JSON shape `{"name", "value", "unit"}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Record {
+    pub name: String,
+    pub value: Value,
+    pub unit: String,
+}
+
+/// A figure: a count, or a ratio / nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Value {
+    Count(u64),
+    Real(f64),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Value::Count(n) => f.write_str(&group(n)),
+            Value::Real(x) if x >= 100.0 => write!(f, "{x:.0}"),
+            Value::Real(x) => write!(f, "{x:.2}"),
+        }
+    }
+}
+
+/// A table row: the record, a detail (min, mean, iterations) and what to
+/// compare it with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub record: Record,
+    pub detail: String,
+    pub compare: String,
+}
+
+/// One `@ bench` fact of a guest, in TSC ticks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GuestFigure {
+    pub name: String,
+    pub median: u64,
+    pub min: u64,
+    pub mean: u64,
+    pub iters: u64,
+    /// `expected=` (the calibration loop's instruction count).
+    pub expected: Option<u64>,
+}
+
+/// What one boot of a bench scenario reported.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BootFigures {
+    pub figures: Vec<GuestFigure>,
+    /// `(build, run, total)` ticks of the solo domain's start.
+    pub start: Option<(u64, u64, u64)>,
+    pub tsc_hz: Option<u64>,
+}
+
+/// Extracts the bench figures from a transcript's facts.
+pub fn collect(facts: &Facts, solo_domain: Option<&str>) -> Result<BootFigures, String> {
+    let mut out = BootFigures::default();
+    for (guest, f) in facts.guest_of_kind("bench") {
+        let name = f
+            .get("name")
+            .ok_or(format!("guest `{guest}`: `@ bench` without name= ({f})"))?;
+        let num = |k: &str| {
+            f.number(k)
+                .map_err(|e| format!("guest `{guest}`: {e} ({f})"))
+        };
+        if f.get("unit") != Some("ticks") {
+            return Err(format!("guest `{guest}`: expected unit=ticks ({f})"));
+        }
+        out.figures.push(GuestFigure {
+            name: name.to_string(),
+            median: num("value")?,
+            min: num("min")?,
+            mean: num("mean")?,
+            iters: num("iters")?,
+            expected: f
+                .get("expected")
+                .and_then(tahoma_tests::facts::parse_number),
+        });
+    }
+    if let Some(dom) = solo_domain {
+        if let Some(f) = facts
+            .of_kind("domain-first-hypercall")
+            .find(|f| f.get("name") == Some(dom))
+        {
+            out.start = Some((
+                f.number("build_ticks")?,
+                f.number("run_ticks")?,
+                f.number("total_ticks")?,
+            ));
+        }
+    }
+    out.tsc_hz = facts.one("time").ok().and_then(|f| f.number("tsc_hz").ok());
+    Ok(out)
+}
+
+/// Thousands separated with commas, as in the anchors table.
+pub fn group(n: u64) -> String {
+    let s = n.to_string();
+    let first = match s.len() % 3 {
+        0 => 3.min(s.len()),
+        r => r,
+    };
+    let mut out = s[..first].to_string();
+    for chunk in s.as_bytes()[first..].chunks(3) {
+        out.push(',');
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+    }
+    out
+}
+
+/// What a guest figure should be compared with (the anchors measured on
+/// the same emulator; `docs/benchmarks.md`).
+pub fn reference(name: &str) -> &'static str {
+    match name {
+        "empty_pair" => "subtracted from every figure below",
+        "null_hypercall" => {
+            "floor 32 (syscall+swapgs+stack switch+call into Rust; bare syscall+sysretq 9); \
+             Linux getpid 322; Xen PV getpid 1,094"
+        }
+        "event_round_trip" | "event_round_trip_block" | "event_round_trip_poll" => {
+            "Linux pipe ping-pong 12,694 (futex 9,691); Xen PV 22,940 (futex 16,303)"
+        }
+        "yield_round_trip" => "Linux futex ping-pong 9,691; Xen PV 16,303 (2 switches each)",
+        "domain_switch" => "half a futex ping-pong: Linux 4,846; Xen PV 8,152",
+        _ => "",
+    }
+}
+
+const START_REFERENCE: &str = "no anchor on this emulator (wall clock elsewhere: \
+                               Unikraft tens-hundreds of us, LightVM 2.3 ms)";
+
+/// The rows of the instruction-count pass.
+pub fn icount_rows(boots: &[BootFigures]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for b in boots {
+        for g in &b.figures {
+            let compare = match (g.name.as_str(), g.expected) {
+                ("calibration", Some(exp)) => format!(
+                    "expected {} (2 x loop count): {}",
+                    group(exp),
+                    if g.median == exp && g.min == exp {
+                        "1 tick = 1 instruction"
+                    } else {
+                        "MISMATCH: ticks are not instructions"
+                    }
+                ),
+                (n, _) => reference(n).to_string(),
+            };
+            rows.push(Row {
+                record: Record {
+                    name: g.name.clone(),
+                    value: Value::Count(g.median),
+                    unit: "instructions".into(),
+                },
+                detail: format!("min {} mean {} n={}", group(g.min), group(g.mean), g.iters),
+                compare,
+            });
+        }
+        if let Some((build, run, total)) = b.start {
+            for (part, v, what) in [
+                ("build", build, "hypervisor builds the domain"),
+                ("run", run, "first instruction to first hypercall"),
+                ("total", total, "build start to first hypercall"),
+            ] {
+                rows.push(Row {
+                    record: Record {
+                        name: format!("guest_start.{part}"),
+                        value: Value::Count(v),
+                        unit: "instructions".into(),
+                    },
+                    detail: what.into(),
+                    compare: if part == "total" {
+                        START_REFERENCE.into()
+                    } else {
+                        String::new()
+                    },
+                });
+            }
+        }
+    }
+    rows
+}
+
+/// Host baselines, in nanoseconds of wall time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Host {
+    pub getpid_ns: f64,
+    pub pipe_round_trip_ns: f64,
+    pub spawn_ns: f64,
+}
+
+/// Which host baseline a guest figure is divided by.
+fn baseline_for(name: &str, host: &Host) -> Option<(&'static str, f64)> {
+    match name {
+        "null_hypercall" => Some(("getpid", host.getpid_ns)),
+        "event_round_trip"
+        | "event_round_trip_block"
+        | "event_round_trip_poll"
+        | "yield_round_trip" => Some(("pipe_round_trip", host.pipe_round_trip_ns)),
+        "domain_switch" => Some(("pipe_round_trip/2", host.pipe_round_trip_ns / 2.0)),
+        "guest_start.total" => Some(("spawn", host.spawn_ns)),
+        _ => None,
+    }
+}
+
+/// The rows of the wall-clock pass: host baselines in ns, guest figures only
+/// as ratios to them.
+pub fn wall_rows(host: &Host, boots: &[BootFigures]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (name, ns, what) in [
+        (
+            "host.getpid",
+            host.getpid_ns,
+            "std::process::id() (a getpid syscall)",
+        ),
+        (
+            "host.pipe_round_trip",
+            host.pipe_round_trip_ns,
+            "1 byte there and back between two processes over pipes",
+        ),
+        ("host.spawn", host.spawn_ns, "spawn and wait for `true`"),
+    ] {
+        rows.push(Row {
+            record: Record {
+                name: name.into(),
+                value: Value::Real(ns),
+                unit: "ns".into(),
+            },
+            detail: what.into(),
+            compare: "host, wall clock, this run".into(),
+        });
+    }
+    for b in boots {
+        let Some(hz) = b.tsc_hz.filter(|&h| h > 0) else {
+            continue;
+        };
+        let ns = |ticks: u64| ticks as f64 * 1e9 / hz as f64;
+        let mut figures: Vec<(String, f64)> = b
+            .figures
+            .iter()
+            .map(|g| (g.name.clone(), ns(g.median)))
+            .collect();
+        if let Some((_, _, total)) = b.start {
+            figures.push(("guest_start.total".into(), ns(total)));
+        }
+        for (name, guest_ns) in figures {
+            let Some((base, base_ns)) = baseline_for(&name, host) else {
+                continue;
+            };
+            rows.push(Row {
+                record: Record {
+                    name: format!("{name}.wall_vs_host_{}", base.replace("/2", "_half")),
+                    value: Value::Real(guest_ns / base_ns),
+                    unit: "ratio".into(),
+                },
+                detail: "TCG, no icount".into(),
+                compare: format!("x host {base} ({base_ns:.0} ns) in this run"),
+            });
+        }
+    }
+    rows
+}
+
+/// The table, one row per figure, aligned.
+pub fn table(rows: &[Row]) -> String {
+    let head = ["benchmark", "value", "unit", "detail", "compare with"];
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.record.name.clone(),
+                r.record.value.to_string(),
+                r.record.unit.clone(),
+                r.detail.clone(),
+                r.compare.clone(),
+            ]
+        })
+        .collect();
+    let mut w = head.map(str::len);
+    for c in &cells {
+        for (i, s) in c.iter().enumerate() {
+            w[i] = w[i].max(s.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |c: [&str; 5]| {
+        let _ = writeln!(
+            out,
+            "{:<w0$}  {:>w1$}  {:<w2$}  {:<w3$}  {}",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        );
+    };
+    line(head);
+    for c in &cells {
+        line([&c[0], &c[1], &c[2], &c[3], &c[4]]);
+    }
+    out.lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// The records as a JSON array of `{"name", "value", "unit"}`.
+pub fn json(rows: &[Row]) -> String {
+    let records: Vec<&Record> = rows.iter().map(|r| &r.record).collect();
+    serde_json::to_string_pretty(&records).expect("records serialise") + "\n"
+}
+
+/// The bench scenarios: `guests/scenarios/bench*.toml`, sorted.
+fn scenarios(root: &Path) -> Result<Vec<String>, String> {
+    let names: Vec<String> = manifest::list(root)?
+        .into_iter()
+        .filter(|n| n.starts_with("bench"))
+        .collect();
+    if names.is_empty() {
+        return Err("no guests/scenarios/bench*.toml: nothing to measure".into());
+    }
+    Ok(names)
+}
+
+/// Boots every bench scenario once with `extra` QEMU arguments.
+fn pass(
+    booter: &Booter<'_>,
+    names: &[String],
+    label: &str,
+    extra: &[String],
+    timeout: Option<Duration>,
+) -> Result<Vec<BootFigures>, String> {
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let started = Instant::now();
+        eprint!(
+            "xtask: bench [{}/{}] {name} ({label}) ... ",
+            i + 1,
+            names.len()
+        );
+        let _ = std::io::stderr().flush();
+        let req = BootRequest {
+            scenario: name.clone(),
+            timeout,
+            ..Default::default()
+        };
+        let how = Presentation {
+            echo: false,
+            gdb: false,
+            log_name: format!("bench/{name}.{label}"),
+        };
+        let (outcome, _, _) = booter.boot_with(&req, &how, extra)?;
+        eprintln!("{:.1} s", started.elapsed().as_secs_f64());
+        check(&outcome, name)?;
+        let solo = (name == SOLO_SCENARIO).then_some(SOLO_DOMAIN);
+        let figures = collect(&outcome.facts, solo)
+            .map_err(|e| format!("scenario `{name}`: {e}{}", log_hint(&outcome)))?;
+        if figures.figures.is_empty() {
+            return Err(format!(
+                "scenario `{name}` reported no `@ bench` figure{}",
+                log_hint(&outcome)
+            ));
+        }
+        out.push(figures);
+    }
+    Ok(out)
+}
+
+fn log_hint(o: &BootOutcome) -> String {
+    o.log
+        .as_ref()
+        .map(|l| format!(" (serial log: {})", l.display()))
+        .unwrap_or_default()
+}
+
+fn check(o: &BootOutcome, name: &str) -> Result<(), String> {
+    if o.exit != Exit::Success {
+        return Err(format!(
+            "scenario `{name}` ended: {}{}",
+            o.exit,
+            log_hint(o)
+        ));
+    }
+    if let Some(bad) = o.facts.bad.first().or(o.facts.guest_bad.first()) {
+        return Err(format!(
+            "scenario `{name}`: malformed report line {}: {}{}",
+            bad.line,
+            bad.error,
+            log_hint(o)
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the benchmarks and prints the table.
+pub fn bench(opts: &Options) -> Result<ExitCode, String> {
+    let sh = Shell::new().map_err(|e| format!("cannot set up a shell: {e}"))?;
+    let root = images::root();
+    let names = scenarios(&root)?;
+    for n in &names {
+        manifest::Scenario::load(&root, n)?.check_images(&images::guest_crates(&root)?)?;
+    }
+    let qemu = qemu::find_qemu(&sh)?;
+    let images = images::build(&sh, &root)?;
+    // -icount needs TCG, and the wall-clock ratios are TCG figures too.
+    let booter = Booter {
+        sh: &sh,
+        root: root.clone(),
+        images,
+        qemu,
+        accel: Accel::Tcg,
+    };
+    let icount: Vec<String> = ICOUNT_ARGS.iter().map(|s| s.to_string()).collect();
+    let boots = pass(&booter, &names, "icount", &icount, opts.timeout)?;
+    let mut rows = icount_rows(&boots);
+    if opts.wall {
+        eprintln!("xtask: bench: host baselines (wall clock) ...");
+        let host = host_baselines()?;
+        let wall = pass(&booter, &names, "wall", &[], opts.timeout)?;
+        rows.extend(wall_rows(&host, &wall));
+    }
+    print!("{}", table(&rows));
+    if let Some(path) = &opts.json {
+        std::fs::write(path, json(&rows))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!("xtask: bench: wrote {}", path.display());
+    }
+    let calibrated = rows.iter().all(|r| !r.compare.contains("MISMATCH"));
+    if !calibrated {
+        eprintln!(
+            "xtask: bench: the calibration loop did not count one tick per instruction; \
+             the instruction figures above are not instruction counts"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Median of `batches` timings of `per_batch` operations, in ns per op.
+fn median_ns(batches: usize, per_batch: u32, mut f: impl FnMut(u32)) -> f64 {
+    let mut v: Vec<f64> = (0..batches)
+        .map(|_| {
+            let t = Instant::now();
+            f(per_batch);
+            t.elapsed().as_nanos() as f64 / f64::from(per_batch)
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Measures the host baselines.
+pub fn host_baselines() -> Result<Host, String> {
+    let getpid_ns = median_ns(9, 200_000, |n| {
+        for _ in 0..n {
+            std::hint::black_box(std::process::id());
+        }
+    });
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find xtask itself: {e}"))?;
+    let mut child = Command::new(&exe)
+        .arg(ECHO_COMMAND)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the pipe echo process: {e}"))?;
+    let (Some(mut to), Some(mut from)) = (child.stdin.take(), child.stdout.take()) else {
+        let _ = child.kill();
+        return Err("the echo process's pipes were not set up".into());
+    };
+    let mut failed = None;
+    let mut round = |n: u32| {
+        let mut b = [0u8; 1];
+        for _ in 0..n {
+            if let Err(e) = to.write_all(b"x").and_then(|_| from.read_exact(&mut b)) {
+                failed.get_or_insert(e);
+                return;
+            }
+        }
+    };
+    round(2_000);
+    let pipe_round_trip_ns = median_ns(9, 5_000, &mut round);
+    drop(to);
+    let _ = child.wait();
+    if let Some(e) = failed {
+        return Err(format!("the pipe ping-pong failed: {e}"));
+    }
+    let mut spawn_failed = None;
+    let spawn_ns = median_ns(9, 5, |n| {
+        for _ in 0..n {
+            if let Err(e) = Command::new("true").status() {
+                spawn_failed.get_or_insert(e);
+            }
+        }
+    });
+    if let Some(e) = spawn_failed {
+        return Err(format!("cannot spawn `true`: {e}"));
+    }
+    Ok(Host {
+        getpid_ns,
+        pipe_round_trip_ns,
+        spawn_ns,
+    })
+}
+
+/// The hidden subcommand the pipe baseline runs in its child process.
+pub const ECHO_COMMAND: &str = "bench-echo";
+
+/// The child's side of the pipe ping-pong: copy each byte from stdin back
+/// to stdout at once (one read and one write system call per byte) until
+/// end of file.
+pub fn echo() -> Result<ExitCode, String> {
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let stdout = std::io::stdout();
+    let mut output = stdout.lock();
+    loop {
+        let n = match input.fill_buf() {
+            Ok([]) => return Ok(ExitCode::SUCCESS),
+            Ok(buf) => {
+                let n = buf.len();
+                output
+                    .write_all(buf)
+                    .and_then(|_| output.flush())
+                    .map_err(|e| format!("echo: {e}"))?;
+                n
+            }
+            Err(e) => return Err(format!("echo: {e}")),
+        };
+        input.consume(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOLO: &str = "\
+@ time tsc_hz=1000000000 apic_hz=1000000000 source=pit
+@ domain-first-hypercall id=1 name=\"bench\" build_ticks=360248 run_ticks=4820 total_ticks=365068
+[bench] @ bench name=empty_pair value=6 min=6 mean=6 iters=10000 unit=ticks
+[bench] @ bench name=calibration value=200000 min=200000 mean=200000 iters=31 unit=ticks expected=200000 expected_unit=instructions
+[bench] @ bench name=null_hypercall value=151 min=150 mean=152 iters=10000 unit=ticks
+@ exit status=success
+";
+
+    fn solo() -> BootFigures {
+        collect(&Facts::parse(SOLO), Some("bench")).unwrap()
+    }
+
+    #[test]
+    fn collects_guest_figures_and_start() {
+        let b = solo();
+        assert_eq!(b.figures.len(), 3);
+        assert_eq!(
+            b.figures[2],
+            GuestFigure {
+                name: "null_hypercall".into(),
+                median: 151,
+                min: 150,
+                mean: 152,
+                iters: 10000,
+                expected: None,
+            }
+        );
+        assert_eq!(b.figures[1].expected, Some(200_000));
+        assert_eq!(b.start, Some((360_248, 4_820, 365_068)));
+        assert_eq!(b.tsc_hz, Some(1_000_000_000));
+        // The start-up is only taken for the named domain.
+        assert_eq!(collect(&Facts::parse(SOLO), None).unwrap().start, None);
+    }
+
+    #[test]
+    fn rejects_figures_without_ticks() {
+        let t = "[g] @ bench name=x value=1 min=1 mean=1 iters=1 unit=ns\n";
+        assert!(collect(&Facts::parse(t), None).is_err());
+        let t = "[g] @ bench name=x value=1 iters=1 unit=ticks\n";
+        assert!(collect(&Facts::parse(t), None).is_err());
+    }
+
+    #[test]
+    fn rows_say_instructions_and_check_calibration() {
+        let rows = icount_rows(&[solo()]);
+        let names: Vec<_> = rows.iter().map(|r| r.record.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "empty_pair",
+                "calibration",
+                "null_hypercall",
+                "guest_start.build",
+                "guest_start.run",
+                "guest_start.total"
+            ]
+        );
+        assert!(rows.iter().all(|r| r.record.unit == "instructions"));
+        assert!(rows[1].compare.contains("1 tick = 1 instruction"));
+        assert!(rows[2].compare.contains("Linux getpid 322"));
+        assert_eq!(rows[2].record.value, Value::Count(151));
+
+        let mut off = solo();
+        off.figures[1].median = 200_001;
+        assert!(icount_rows(&[off])[1].compare.contains("MISMATCH"));
+    }
+
+    #[test]
+    fn wall_figures_are_ratios_only() {
+        let host = Host {
+            getpid_ns: 100.0,
+            pipe_round_trip_ns: 4000.0,
+            spawn_ns: 500_000.0,
+        };
+        let mut b = solo();
+        b.tsc_hz = Some(2_000_000_000); // 151 ticks = 75.5 ns
+        let rows = wall_rows(&host, &[b]);
+        let null = rows
+            .iter()
+            .find(|r| r.record.name == "null_hypercall.wall_vs_host_getpid")
+            .unwrap();
+        assert_eq!(null.record.value, Value::Real(0.755));
+        assert_eq!(null.record.unit, "ratio");
+        let start = rows
+            .iter()
+            .find(|r| r.record.name == "guest_start.total.wall_vs_host_spawn")
+            .unwrap();
+        assert_eq!(start.record.unit, "ratio");
+        // Guest figures never appear in ns; host baselines do.
+        for r in &rows {
+            assert!(
+                r.record.unit == "ratio" || r.record.name.starts_with("host."),
+                "{r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn table_and_json() {
+        let rows = icount_rows(&[solo()]);
+        let t = table(&rows);
+        let lines: Vec<_> = t.lines().collect();
+        assert!(lines[0].starts_with("benchmark"), "{t}");
+        assert!(lines[3].starts_with("null_hypercall"), "{t}");
+        assert!(
+            lines[3].contains("  151  instructions  min 150 mean 152 n=10000"),
+            "{t}"
+        );
+        assert!(lines[2].contains("200,000"), "{t}");
+
+        let v: serde_json::Value = serde_json::from_str(&json(&rows)).unwrap();
+        let arr = v.as_array().unwrap();
+        assert_eq!(arr.len(), rows.len());
+        for rec in arr {
+            let o = rec.as_object().unwrap();
+            let mut keys: Vec<_> = o.keys().map(String::as_str).collect();
+            keys.sort();
+            assert_eq!(keys, ["name", "unit", "value"]);
+        }
+        assert_eq!(arr[2]["name"], "null_hypercall");
+        assert_eq!(arr[2]["value"], 151);
+        assert_eq!(arr[2]["unit"], "instructions");
+        let ratio = json(&[Row {
+            record: Record {
+                name: "r".into(),
+                value: Value::Real(1.5),
+                unit: "ratio".into(),
+            },
+            detail: String::new(),
+            compare: String::new(),
+        }]);
+        assert!(ratio.contains("\"value\": 1.5"), "{ratio}");
+    }
+
+    #[test]
+    fn grouping() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(1000), "1,000");
+        assert_eq!(group(12_694), "12,694");
+        assert_eq!(group(1_234_567), "1,234,567");
+    }
+}
