@@ -103,19 +103,37 @@ pub fn check(space: &Space<'_>, range: GuestRange, write: bool) -> Result<(), Er
 }
 
 /// Copies guest memory `range` into `buf` (`buf.len() == range.len()`).
+/// Reading has no side effect, so one pass suffices: on an error `buf`
+/// holds a prefix the caller discards.
 pub fn copy_from(space: &Space<'_>, range: GuestRange, buf: &mut [u8]) -> Result<(), Error> {
     debug_assert_eq!(buf.len() as u64, range.len);
-    check(space, range, false)?;
     pieces(space, range, false, |pa, off, len| {
         mem::copy_from_phys(pa, &mut buf[off..off + len])
     })
 }
 
+/// Pages whose translations [`copy_to`] remembers between its checking
+/// pass and its writing pass (larger writes translate twice).
+const REMEMBERED_PAGES: usize = 4;
+
 /// Copies `data` into guest memory at `va`; nothing is written unless every
 /// page is writable.
 pub fn copy_to(space: &Space<'_>, va: u64, data: &[u8]) -> Result<(), Error> {
     let range = GuestRange::new(va, data.len() as u64, u64::MAX)?;
-    check(space, range, true)?;
+    let mut seen = [(0u64, 0usize, 0usize); REMEMBERED_PAGES];
+    let mut n = 0;
+    pieces(space, range, true, |pa, off, len| {
+        if n < REMEMBERED_PAGES {
+            seen[n] = (pa, off, len);
+        }
+        n += 1;
+    })?;
+    if n <= REMEMBERED_PAGES {
+        for &(pa, off, len) in &seen[..n] {
+            mem::copy_to_phys(pa, &data[off..off + len]);
+        }
+        return Ok(());
+    }
     pieces(space, range, true, |pa, off, len| {
         mem::copy_to_phys(pa, &data[off..off + len])
     })

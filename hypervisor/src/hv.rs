@@ -70,6 +70,9 @@ struct Hv {
     channels: Channels,
     slice_end: u64,
     armed: u64,
+    /// A deadline was added or fired, or the slice changed, since the timer
+    /// was last armed.
+    timer_dirty: bool,
     loaded_root: u64,
     live: u32,
     critical_left: u32,
@@ -111,6 +114,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
         channels: Channels::new(),
         slice_end: 0,
         armed: u64::MAX,
+        timer_dirty: true,
         loaded_root: mem::kernel_pml4() << 12,
         live: 0,
         critical_left: 0,
@@ -197,6 +201,7 @@ pub fn timer_interrupt(frame: &mut TrapFrame) {
     let mut guard = HV.lock();
     let Some(hv) = guard.as_mut() else { return };
     hv.armed = u64::MAX;
+    hv.timer_dirty = true;
     let now = time::now_tsc();
     hv.fire_deadlines(now);
     if now >= hv.slice_end {
@@ -319,6 +324,7 @@ impl Hv {
                 }
                 if let Some(at) = at {
                     self.deadlines.arm(at, cur, TimerKind::OneShot);
+                    self.timer_dirty = true;
                     self.fire_deadlines(time::now_tsc());
                 }
                 Return(Ok(0))
@@ -654,6 +660,7 @@ impl Hv {
         d.block_at = at;
         if let Some(at) = at {
             self.deadlines.arm(at, cur, TimerKind::Block);
+            self.timer_dirty = true;
         }
         self.switch_away(frame, false);
         Outcome::Replaced
@@ -787,14 +794,7 @@ impl Hv {
     fn fire_deadlines(&mut self, now: u64) {
         loop {
             let doms = &self.doms;
-            let armed = |id: DomId, kind: TimerKind, at: u64| {
-                doms.get(usize::from(id))
-                    .and_then(|d| d.as_deref())
-                    .is_some_and(|d| match kind {
-                        TimerKind::Block => d.block_at == Some(at),
-                        TimerKind::OneShot => d.timer_at == Some(at),
-                    })
-            };
+            let armed = |id, kind, at| deadline_armed(doms, id, kind, at);
             let Some((id, kind)) = self.deadlines.expire(now, armed) else {
                 break;
             };
@@ -852,22 +852,19 @@ impl Hv {
                 }
                 self.current = Some(id);
                 self.slice_end = now + slice;
+                self.timer_dirty = true;
                 return;
             }
             let doms = &self.doms;
-            let next = self.deadlines.next(|id, kind, at| {
-                doms.get(usize::from(id))
-                    .and_then(|d| d.as_deref())
-                    .is_some_and(|d| match kind {
-                        TimerKind::Block => d.block_at == Some(at),
-                        TimerKind::OneShot => d.timer_at == Some(at),
-                    })
-            });
+            let next = self
+                .deadlines
+                .next(|id, kind, at| deadline_armed(doms, id, kind, at));
             match next {
                 Some(at) => time::arm_at(at),
                 None => arch::lapic::arm(0),
             }
             self.armed = u64::MAX;
+            self.timer_dirty = true;
             if next.is_none() {
                 log::warn!("every domain is blocked with no deadline; waiting for an event that cannot come");
                 self.failed = true;
@@ -908,19 +905,19 @@ impl Hv {
                 }
             }
         }
-        let doms = &self.doms;
-        let deadline = self.deadlines.next(|id, kind, at| {
-            doms.get(usize::from(id))
-                .and_then(|d| d.as_deref())
-                .is_some_and(|d| match kind {
-                    TimerKind::Block => d.block_at == Some(at),
-                    TimerKind::OneShot => d.timer_at == Some(at),
-                })
-        });
-        let at = deadline.map_or(self.slice_end, |d| d.min(self.slice_end));
-        if at != self.armed {
-            time::arm_at(at);
-            self.armed = at;
+        // Re-arm only when a deadline or the slice changed since the last
+        // exit: the common hypercall changes neither.
+        if self.timer_dirty {
+            self.timer_dirty = false;
+            let doms = &self.doms;
+            let deadline = self
+                .deadlines
+                .next(|id, kind, at| deadline_armed(doms, id, kind, at));
+            let at = deadline.map_or(self.slice_end, |d| d.min(self.slice_end));
+            if at != self.armed {
+                time::arm_at(at);
+                self.armed = at;
+            }
         }
     }
 
@@ -1035,6 +1032,17 @@ impl Hv {
         report!("exit", "status=success");
         arch::exit_qemu(arch::EXIT_SUCCESS)
     }
+}
+
+/// Whether the deadline `(id, kind, at)` is still the one domain `id` has
+/// armed (cancelled and replaced deadlines stay in the queue until popped).
+fn deadline_armed(doms: &[Option<Box<Domain>>], id: DomId, kind: TimerKind, at: u64) -> bool {
+    doms.get(usize::from(id))
+        .and_then(|d| d.as_deref())
+        .is_some_and(|d| match kind {
+            TimerKind::Block => d.block_at == Some(at),
+            TimerKind::OneShot => d.timer_at == Some(at),
+        })
 }
 
 /// Reports how long the domain took from the start of its build to its
