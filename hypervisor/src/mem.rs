@@ -21,17 +21,13 @@ pub const PHYS_OFFSET: u64 = 0xFFFF_8000_0000_0000;
 /// Base the image is linked at (minus its physical load address).
 pub const KERNEL_VMA: u64 = 0xFFFF_FFFF_8000_0000;
 
-/// Page-table entry bits.
+/// Page-table entry bits: the validator's definitions, plus the two names
+/// the hypervisor's own tables use.
 pub mod pte {
-    pub const PRESENT: u64 = 1 << 0;
-    pub const WRITABLE: u64 = 1 << 1;
-    pub const USER: u64 = 1 << 2;
-    pub const PWT: u64 = 1 << 3;
-    pub const PCD: u64 = 1 << 4;
-    pub const ACCESSED: u64 = 1 << 5;
-    pub const HUGE: u64 = 1 << 7;
-    pub const GLOBAL: u64 = 1 << 8;
-    pub const NX: u64 = 1 << 63;
+    pub use tahoma_core::mm::pte::{ACCESSED, GLOBAL, NX, PCD, PRESENT, PWT, USER, WRITABLE};
+    /// PS: a 2 MiB leaf in an L2 entry.
+    pub const HUGE: u64 = tahoma_core::mm::pte::PS_OR_PAT;
+    /// The physical-address field of an entry.
     pub const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
 }
 
