@@ -1156,11 +1156,8 @@ fn events(peers: Option<Peers>) {
     // EVT-1b, EVT-2c, EVT-3c: fill the table.
     let mut held = Vec::new();
     let offered_self = alloc_unbound(DOMID_SELF).unwrap_or(0);
-    loop {
-        match alloc_unbound(DOMID_SELF) {
-            Ok(p) => held.push(p),
-            Err(_) => break,
-        }
+    while let Ok(p) = alloc_unbound(DOMID_SELF) {
+        held.push(p);
     }
     let in_use = held.len() + 1 + used_before_fill(peers);
     clause("EVT-1b", "all ports in use: no_resources", |ck| {
@@ -1414,11 +1411,12 @@ fn time_and_sched() {
             ck.t(Sh::is_pending(p), "past deadline did not fire at once");
             Sh::set_pending(p, false);
             let t0 = now();
-            let _ = timer_set(t0 + 10 * MS);
-            ck.eq("replace", timer_set(t0 + 60 * MS), Ok(0));
-            sleep_ms(30);
+            // Wide margins: TCG time follows the host, which may stall.
+            let _ = timer_set(t0 + 50 * MS);
+            ck.eq("replace", timer_set(t0 + 250 * MS), Ok(0));
+            time::sleep_until(t0 + 120 * MS);
             ck.t(!Sh::is_pending(p), "replaced deadline fired");
-            time::sleep_until(t0 + 90 * MS);
+            time::sleep_until(t0 + 300 * MS);
             ck.t(Sh::is_pending(p), "replacement deadline did not fire");
             Sh::set_pending(p, false);
             let _ = timer_set(now() + 10 * MS);
@@ -2334,15 +2332,10 @@ fn multi_domain(peers: Option<Peers>) {
     {
         // SCHED-0b: every other domain is blocked; over 50 ms of spinning,
         // no gap between clock reads is near a slice.
+        // A stall of the host can make one window look bad; a blocked
+        // domain that used CPU would spoil every window.
         let ck = &mut sched0b;
-        let start = now();
-        let mut last = start;
-        let mut gap = 0;
-        while last - start < 50 * MS {
-            let n = now();
-            gap = gap.max(n - last);
-            last = n;
-        }
+        let gap = best_gap();
         ck.t(
             gap < 5 * MS,
             &format!("largest gap {} us with peers blocked", gap / 1000),
@@ -2402,6 +2395,15 @@ fn multi_domain(peers: Option<Peers>) {
             longest > MS,
             &format!("the spinner never ran (yield {} us)", longest / 1000),
         );
+        // The measurement behind SCHED-0b sees a domain that takes CPU.
+        let gap = best_gap();
+        ck.t(
+            gap >= 5 * MS,
+            &format!(
+                "with the spinner running the best window gap is {} us",
+                gap / 1000
+            ),
+        );
         ok0a = ck.fails == 0;
     });
     emit(
@@ -2438,6 +2440,27 @@ fn multi_domain(peers: Option<Peers>) {
         },
     );
     sched3a();
+}
+
+/// The smallest, over up to 10 windows of 30 ms, of the largest gap
+/// between two clock reads in a window: the CPU time someone else took.
+fn best_gap() -> u64 {
+    let mut gap = u64::MAX;
+    for _ in 0..10 {
+        let start = now();
+        let mut last = start;
+        let mut worst = 0;
+        while last - start < 30 * MS {
+            let n = now();
+            worst = worst.max(n - last);
+            last = n;
+        }
+        gap = gap.min(worst);
+        if gap < 5 * MS {
+            break;
+        }
+    }
+    gap
 }
 
 fn sched3a() {
