@@ -320,7 +320,25 @@ pub fn host_checks(outcome: &BootOutcome) -> BTreeMap<&'static str, (bool, Strin
         }
         None => c.t(false, "no `@ domain-exit name=helper`"),
     }
+    match facts.of_kind("audit").next() {
+        Some(a) => c.t(
+            a.get("free_frames").is_some() && a.get("free_frames") == a.get("baseline"),
+            "frames not all returned (`@ audit` free_frames != baseline)",
+        ),
+        None => c.t(false, "no `@ audit` report"),
+    }
     out.insert("SCHED-3", c.result());
+
+    let mut c = HostCheck::new();
+    let reported = facts.of_kind("time").next().and_then(|f| f.get("tsc_hz"));
+    let seen = conf
+        .iter()
+        .find_map(|l| l.strip_prefix("TIME-0 start-info tsc_hz="));
+    c.t(
+        reported.is_some() && reported == seen,
+        format!("`@ time tsc_hz={reported:?}` but the start info says {seen:?}"),
+    );
+    out.insert("TIME-0", c.result());
 
     let mut c = HostCheck::new();
     c.t(
@@ -735,7 +753,7 @@ mod tests {
             "y".repeat(44)
         );
         let good = format!(
-            "[conf] TAHOMASI\n[conf] CALL-1b marker\n[conf] CON-1 marker: hello\n\
+            "@ time tsc_hz=123 apic_hz=1 source=pit\n[conf] TIME-0 start-info tsc_hz=123\n[conf] TAHOMASI\n[conf] CALL-1b marker\n[conf] CON-1 marker: hello\n\
              [conf] CON1D partial line joined\n[conf] CON1D ctl:?[1m???|\t|end\n\
              [conf] @ forged by=conf\n{long}\
              @ domain-fault id=4 name=\"crasher\" vector=14 rip=0x1 cr2=0xdead0000 reason=\"no trap handler registered\"\n\
@@ -743,7 +761,8 @@ mod tests {
              @ domain-fault id=7 name=\"nest\" vector=6 rip=0x1 cr2=0x0 reason=\"traps nested too deep\"\n\
              @ domain-exit id=2 name=\"helper\" reason=reboot code=-7\n\
              @ domain-exit id=1 name=\"conf\" reason=poweroff code=0\n\
-             @ domain-exit id=5 name=\"spin\" reason=scenario-end code=0\n@ exit status=success\n"
+             @ domain-exit id=5 name=\"spin\" reason=scenario-end code=0\n\
+             @ audit free_frames=7 baseline=7\n@ exit status=success\n"
         );
         let h = host_checks(&canned(&good, Exit::Success));
         for (k, (pass, d)) in &h {
@@ -756,9 +775,10 @@ mod tests {
             )
             .replace("[conf] @ forged by=conf\n", "@ forged by=conf\n")
             .replace("code=-7", "code=18446744073709551609")
+            .replace("tsc_hz=123\n", "tsc_hz=124\n")
             + "[conf] CON1A-LEAK\n";
         let h = host_checks(&canned(&bad, Exit::Failure));
-        for k in ["CON-1d", "SCHED-3", "SCHED-3b", "CON-1a"] {
+        for k in ["CON-1d", "SCHED-3", "SCHED-3b", "CON-1a", "TIME-0"] {
             assert!(!h[k].0, "{k} should fail");
         }
         assert!(h["CON-1b"].0);

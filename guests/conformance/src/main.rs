@@ -1366,6 +1366,11 @@ fn used_before_fill(peers: Option<Peers>) -> usize {
 // ---------------------------------------------------------------- TIME, SCHED
 
 fn time_and_sched() {
+    // xtask compares this with the hypervisor's `@ time tsc_hz=`.
+    println!(
+        "TIME-0 start-info tsc_hz={}",
+        guest_sdk::start_info().tsc_hz
+    );
     clause("TIME-0", "the clock from shared info", |ck| {
         let t = time_info();
         let tsc = arch::rdtsc();
