@@ -24,9 +24,14 @@ pub struct GuestRange {
 
 impl GuestRange {
     /// Checks `[va, va + len)`: no wrap, below [`GUEST_VA_TOP`], `len <= max`.
+    /// A zero-length range names no memory and is valid wherever it points
+    /// (CALL-4).
     pub fn new(va: u64, len: u64, max: u64) -> Result<GuestRange, Error> {
         if len > max {
             return Err(Error::InvalidArgument);
+        }
+        if len == 0 {
+            return Ok(GuestRange { va, len });
         }
         match va.checked_add(len) {
             Some(end) if end <= GUEST_VA_TOP => Ok(GuestRange { va, len }),

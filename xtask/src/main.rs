@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod conformance;
 mod images;
 mod machine;
 mod manifest;
@@ -54,6 +55,10 @@ enum Command {
     /// (internal) The child of the host pipe ping-pong baseline.
     #[command(name = "bench-echo", hide = true)]
     BenchEcho,
+    /// Build, then run the ABI conformance suite: one line per clause of
+    /// docs/abi (ID, pass/fail, name) and a summary; exits non-zero if any
+    /// clause fails or has no result. See docs/conformance.md.
+    Conformance(ConformanceArgs),
 }
 
 #[derive(Args)]
@@ -67,6 +72,20 @@ struct BenchArgs {
     #[arg(long)]
     wall: bool,
     /// Kill each boot after S seconds (default: each scenario's `timeout`).
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: Option<u64>,
+}
+
+#[derive(Args)]
+struct ConformanceArgs {
+    /// Also write the results as a JSON array of
+    /// {"clause", "name", "outcome"} records to PATH.
+    #[arg(long, value_name = "PATH")]
+    json: Option<std::path::PathBuf>,
+    /// Accelerator (default as for `run`).
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
+    /// Kill each boot after S seconds (default: the scenario's `timeout`).
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
     timeout: Option<u64>,
 }
@@ -128,6 +147,7 @@ fn main() -> ExitCode {
             timeout: args.timeout.map(Duration::from_secs),
         }),
         Command::BenchEcho => bench::echo(),
+        Command::Conformance(args) => conformance(args),
     };
     match result {
         Ok(code) => code,
@@ -235,6 +255,67 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         );
     }
     Ok(if outcome.exit == Exit::Success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn conformance(args: ConformanceArgs) -> Result<ExitCode, String> {
+    let sh = shell()?;
+    let root = images::root();
+    // Parse the spec first: a broken docs/abi should fail before a build.
+    conformance::doc_clauses(&root)?;
+    let qemu = qemu::find_qemu(&sh)?;
+    let images = images::build(&sh, &root)?;
+    let booter = Booter {
+        sh: &sh,
+        root: root.clone(),
+        images,
+        qemu,
+        accel: args.accel.unwrap_or_else(Accel::detect),
+    };
+    eprintln!("xtask: booting scenario `{}`", conformance::SCENARIO);
+    let report = conformance::run(&booter, args.timeout.map(Duration::from_secs))?;
+    let width = report
+        .records
+        .iter()
+        .map(|r| r.clause.len())
+        .max()
+        .unwrap_or(0);
+    for r in &report.records {
+        if r.passed() {
+            println!("{:<width$}  pass  {}", r.clause, r.name);
+        } else {
+            println!("{:<width$}  FAIL  {}  ({})", r.clause, r.name, r.detail);
+        }
+    }
+    for p in &report.problems {
+        println!("run: FAIL ({p})");
+    }
+    if let Some(log) = &report.log {
+        eprintln!(
+            "xtask: serial log: {}",
+            log.strip_prefix(&root).unwrap_or(log).display()
+        );
+    }
+    if let Some(path) = &args.json {
+        conformance::write_json(path, &report.records)?;
+        eprintln!("xtask: wrote {}", path.display());
+    }
+    let failed = report.records.iter().filter(|r| !r.passed()).count();
+    println!(
+        "{} clauses: {} passed, {} failed{}",
+        report.records.len(),
+        report.records.len() - failed,
+        failed,
+        if report.problems.is_empty() {
+            String::new()
+        } else {
+            format!(", {} run problem(s)", report.problems.len())
+        }
+    );
+    Ok(if failed == 0 && report.problems.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

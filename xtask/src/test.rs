@@ -9,11 +9,11 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
-use tahoma_tests::{scenario_tests, BootRequest, Exit};
+use tahoma_tests::scenario_tests;
 use xshell::{cmd, Shell};
 
 use crate::images;
-use crate::machine::{Booter, Presentation, TestMachine};
+use crate::machine::{Booter, TestMachine};
 use crate::qemu::{self, Accel};
 
 /// Options of `cargo xtask test`.
@@ -64,7 +64,7 @@ pub fn test(opts: &Options) -> Result<ExitCode, String> {
 
     scenarios(booter, opts, &mut tally);
     if opts.filter.is_none() {
-        conformance(booter, &root, &mut tally);
+        conformance(booter, &root, opts.timeout, &mut tally);
     }
 
     println!("{} passed, {} failed", tally.passed, tally.failed);
@@ -203,9 +203,15 @@ fn show_tail(log: &Path, root: &Path) {
     }
 }
 
-/// Boots `guests/scenarios/conformance.toml` (once it exists) and counts
-/// each `@ conformance clause=... outcome=pass|fail` line as one test.
-fn conformance(booter: Result<&Booter<'_>, &str>, root: &Path, tally: &mut Tally) {
+/// Runs the conformance suite (the same code as `cargo xtask conformance`)
+/// and counts each documented clause as one test; a run that could not
+/// boot or reported nothing is one more failure.
+fn conformance(
+    booter: Result<&Booter<'_>, &str>,
+    root: &Path,
+    timeout: Option<Duration>,
+    tally: &mut Tally,
+) {
     let manifest = root.join(format!("guests/scenarios/{CONFORMANCE}.toml"));
     if !manifest.exists() {
         eprintln!("conformance: none yet (guests/scenarios/{CONFORMANCE}.toml does not exist)");
@@ -219,43 +225,34 @@ fn conformance(booter: Result<&Booter<'_>, &str>, root: &Path, tally: &mut Tally
             return;
         }
     };
-    let how = Presentation {
-        echo: false,
-        gdb: false,
-        log_name: format!("tests/{CONFORMANCE}"),
-    };
-    let (outcome, _, _) = match booter.boot(&BootRequest::scenario(CONFORMANCE), &how) {
+    let report = match crate::conformance::run(booter, timeout) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("conformance ... FAILED (could not boot: {e})");
+            eprintln!("conformance ... FAILED ({e})");
             tally.failed += 1;
             return;
         }
     };
-    let mut clauses = 0;
-    for fact in outcome.facts.of_kind("conformance") {
-        clauses += 1;
-        let clause = fact.get("clause").unwrap_or("?");
-        let name = fact.get("name").unwrap_or("");
-        if fact.get("outcome") == Some("pass") {
-            eprintln!("conformance {clause} {name} ... ok");
+    for r in &report.records {
+        if r.passed() {
+            eprintln!("conformance {} {} ... ok", r.clause, r.name);
             tally.passed += 1;
         } else {
             eprintln!(
-                "conformance {clause} {name} ... FAILED ({})",
-                fact.get("detail").unwrap_or("no detail")
+                "conformance {} {} ... FAILED ({})",
+                r.clause, r.name, r.detail
             );
             tally.failed += 1;
         }
     }
-    let log = outcome.log.as_deref().unwrap_or(Path::new("?"));
-    if clauses == 0 || outcome.exit != Exit::Success {
-        eprintln!(
-            "conformance ... FAILED (ended with {}, {clauses} clause(s) reported)",
-            outcome.exit
-        );
+    for p in &report.problems {
+        eprintln!("conformance ... FAILED ({p})");
         tally.failed += 1;
-        show_tail(log, root);
+    }
+    if !report.problems.is_empty() {
+        if let Some(log) = &report.log {
+            show_tail(log, root);
+        }
     }
 }
 

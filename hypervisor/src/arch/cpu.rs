@@ -133,6 +133,11 @@ fn build_idt() -> InterruptDescriptorTable {
         simd_floating_point = 19; virtualization = 20; cp_protection_exception = 21;
         hv_injection_exception = 28; vmm_communication_exception = 29; security_exception = 30;
     }
+    // `int3` is how debuggers and guests' own breakpoints stop: ring 3 may
+    // use this one gate (TRAP-0b); every other vector's gate is ring 0, so
+    // `int n` from a guest raises #GP instead (TRAP-3).
+    // SAFETY: as above, the stub for vector 3.
+    unsafe { idt.breakpoint.set_handler_addr(stub(3)) }.set_privilege_level(PrivilegeLevel::Ring3);
     for v in 32..=255u8 {
         // SAFETY: as above; vectors >= 32 never carry an error code.
         unsafe { idt[v].set_handler_addr(stub(v)) };

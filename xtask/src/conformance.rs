@@ -1,0 +1,818 @@
+//! ABI conformance: boots `guests/scenarios/conformance.toml`, collects the
+//! conformance guest's `@ conformance clause=... outcome=...` lines, adds
+//! the clauses that can only be judged from the transcript (console
+//! prefixes, reports, how the run ended) and those that need a boot of
+//! their own (MEM-2b: refused images), and reconciles the result with the
+//! clause list parsed from `docs/abi/*.md`: a documented clause with no
+//! result is a failure, so a new clause cannot be forgotten.
+//!
+//! Used by `cargo xtask conformance` and by `cargo xtask test` (one test
+//! per clause). See `docs/conformance.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use tahoma_core::bootpack::{DomainFlags, DomainSpec, PackBuilder};
+use tahoma_tests::{BootOutcome, BootRequest, Exit};
+
+use crate::machine::{Booter, Presentation};
+use crate::qemu::Run;
+
+/// The scenario.
+pub const SCENARIO: &str = "conformance";
+/// The domain that reports clause results.
+pub const GUEST: &str = "conf";
+/// Clause families that are not tested yet (MMU: a later issue).
+pub const SKIPPED_FAMILIES: &[&str] = &["MMU"];
+
+/// The result of one clause.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Record {
+    /// The clause ID, e.g. `EVT-4a`.
+    pub clause: String,
+    /// A short description.
+    pub name: String,
+    /// `pass` or `fail`.
+    pub outcome: Outcome,
+    /// Why (not in the JSON).
+    #[serde(skip)]
+    pub detail: String,
+}
+
+/// Pass or fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The clause holds.
+    Pass,
+    /// It does not, or was not tested.
+    Fail,
+}
+
+impl Record {
+    fn new(clause: &str, name: &str, pass: bool, detail: impl Into<String>) -> Record {
+        Record {
+            clause: clause.to_string(),
+            name: name.to_string(),
+            outcome: if pass { Outcome::Pass } else { Outcome::Fail },
+            detail: detail.into(),
+        }
+    }
+
+    /// Whether it passed.
+    pub fn passed(&self) -> bool {
+        self.outcome == Outcome::Pass
+    }
+}
+
+/// Whether `s` looks like a clause ID: `FAMILY-N` with an optional
+/// lower-case letter suffix.
+pub fn is_clause_id(s: &str) -> bool {
+    let Some((family, rest)) = s.split_once('-') else {
+        return false;
+    };
+    let digits = rest.trim_end_matches(|c: char| c.is_ascii_lowercase());
+    !family.is_empty()
+        && family.chars().all(|c| c.is_ascii_uppercase())
+        && !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && rest.len() - digits.len() <= 1
+}
+
+/// The clause IDs defined in one page of the spec: headings `## ID ...`
+/// and bold rules `**ID**`, in order of appearance.
+pub fn clauses_in(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("## ") {
+            let id = rest.split_whitespace().next().unwrap_or("");
+            if is_clause_id(id) {
+                out.push(id.to_string());
+            }
+        }
+        let mut rest = line;
+        while let Some(start) = rest.find("**") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find("**") else { break };
+            let inner = &after[..end];
+            if is_clause_id(inner) {
+                out.push(inner.to_string());
+            }
+            rest = &after[end + 2..];
+        }
+    }
+    out
+}
+
+/// Every clause ID in `docs/abi/*.md` (files in name order, README first),
+/// without duplicates and without the skipped families.
+pub fn doc_clauses(root: &Path) -> Result<Vec<String>, String> {
+    let dir = root.join("docs/abi");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    files.sort_by_key(|p| (!p.ends_with("README.md"), p.clone()));
+    let mut ids = Vec::new();
+    for f in files {
+        let text =
+            std::fs::read_to_string(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        for id in clauses_in(&text) {
+            let family = id.split('-').next().unwrap_or("");
+            if !SKIPPED_FAMILIES.contains(&family) && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Err(format!("no clause IDs found in {}", dir.display()));
+    }
+    Ok(ids)
+}
+
+/// The conformance guest's results from a transcript.
+fn guest_records(outcome: &BootOutcome) -> Vec<Record> {
+    outcome
+        .facts
+        .guest_of_kind("conformance")
+        .filter(|(n, _)| *n == GUEST)
+        .map(|(_, f)| {
+            Record::new(
+                f.get("clause").unwrap_or("?"),
+                f.get("name").unwrap_or(""),
+                f.get("outcome") == Some("pass"),
+                f.get("detail").unwrap_or(""),
+            )
+        })
+        .collect()
+}
+
+/// A check made on the transcript.
+struct HostCheck {
+    fails: Vec<String>,
+}
+
+impl HostCheck {
+    fn new() -> Self {
+        HostCheck { fails: Vec::new() }
+    }
+    fn t(&mut self, ok: bool, what: impl Into<String>) {
+        if !ok {
+            self.fails.push(what.into());
+        }
+    }
+    fn result(self) -> (bool, String) {
+        if self.fails.is_empty() {
+            (true, "transcript checks passed".into())
+        } else {
+            (false, format!("transcript: {}", self.fails.join("; ")))
+        }
+    }
+}
+
+/// Console lines of domain `name`, without the prefix.
+fn lines_of<'a>(transcript: &'a str, name: &str) -> Vec<&'a str> {
+    let prefix = format!("[{name}] ");
+    transcript
+        .lines()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+/// Judges the clauses that are (also) checked from outside, from the
+/// conformance boot's transcript: clause -> (pass, detail).
+pub fn host_checks(outcome: &BootOutcome) -> BTreeMap<&'static str, (bool, String)> {
+    let t = &outcome.transcript;
+    let facts = &outcome.facts;
+    let conf = lines_of(t, GUEST);
+    let has = |line: &str| conf.contains(&line);
+    let mut out = BTreeMap::new();
+
+    let mut c = HostCheck::new();
+    c.t(
+        has("TAHOMASI"),
+        "console_write from the read-only start-info page printed nothing",
+    );
+    out.insert("CALL-4", c.result());
+
+    let mut c = HostCheck::new();
+    c.t(
+        has("CALL-1b marker"),
+        "the write with garbage arguments was not printed",
+    );
+    out.insert("CALL-1b", c.result());
+
+    let mut c = HostCheck::new();
+    c.t(
+        has("CON-1 marker: hello"),
+        "`[conf] CON-1 marker: hello` missing",
+    );
+    out.insert("CON-1", c.result());
+
+    for (clause, leak) in [
+        ("CON-1a", "CON1A-LEAK"),
+        ("CON-1b", "CON1B-LEAK"),
+        ("CON-1c", "CON1C-LEAK"),
+    ] {
+        let mut c = HostCheck::new();
+        c.t(!t.contains(leak), format!("a refused write printed {leak}"));
+        out.insert(clause, c.result());
+    }
+
+    let mut c = HostCheck::new();
+    c.t(
+        has("CON1D partial line joined"),
+        "a line written in two calls was not printed as one",
+    );
+    c.t(
+        has("CON1D ctl:?[1m???|\t|end"),
+        "control characters not shown as `?` (or tab altered)",
+    );
+    c.t(
+        has("@ forged by=conf"),
+        "the guest's `@` line lost its prefix",
+    );
+    c.t(
+        facts.of_kind("forged").next().is_none(),
+        "a guest forged a hypervisor report line",
+    );
+    match conf.iter().position(|l| l.starts_with("CON1D long ")) {
+        Some(i) => {
+            c.t(
+                conf[i].len() == 256,
+                format!("a long line was cut at {} bytes, not 256", conf[i].len()),
+            );
+            c.t(
+                conf.get(i + 1) == Some(&"y".repeat(44).as_str()),
+                "the rest of a long line did not follow on a line of its own",
+            );
+        }
+        None => c.t(false, "the 300-byte line is missing"),
+    }
+    c.t(
+        facts.guest_bad.is_empty(),
+        format!("{} malformed guest report line(s)", facts.guest_bad.len()),
+    );
+    out.insert("CON-1d", c.result());
+
+    let fault = |name: &str| {
+        facts
+            .of_kind("domain-fault")
+            .find(|f| f.get("name") == Some(name))
+    };
+    let exit = |name: &str| {
+        facts
+            .of_kind("domain-exit")
+            .find(|f| f.get("name") == Some(name))
+    };
+    let mut c = HostCheck::new();
+    match fault("crasher") {
+        Some(f) => {
+            c.t(f.get("vector") == Some("14"), "crasher: vector is not 14");
+            c.t(
+                f.number("cr2") == Ok(0xdead_0000),
+                "crasher: cr2 is not 0xdead0000",
+            );
+            c.t(f.get("rip").is_some(), "crasher: no rip");
+        }
+        None => c.t(false, "no `@ domain-fault name=crasher` (no trap entry)"),
+    }
+    match fault("rostack") {
+        Some(f) => c.t(
+            f.get("reason").is_some_and(|r| r.contains("writable")),
+            "rostack: reason does not say the frame could not be written",
+        ),
+        None => c.t(
+            false,
+            "no `@ domain-fault name=rostack` (read-only callback stack)",
+        ),
+    }
+    match fault("nest") {
+        Some(f) => c.t(
+            f.get("reason").is_some_and(|r| r.contains("nested")),
+            "nest: reason does not say traps nested too deep",
+        ),
+        None => c.t(false, "no `@ domain-fault name=nest` (traps nested > 8)"),
+    }
+    for n in ["crasher", "rostack", "nest"] {
+        c.t(
+            exit(n).is_none(),
+            format!("{n} has a domain-exit after its fault"),
+        );
+    }
+    out.insert("TRAP-0c", c.result());
+
+    let mut c = HostCheck::new();
+    match exit("helper") {
+        Some(f) => {
+            c.t(
+                f.get("reason") == Some("reboot"),
+                "helper: reason is not reboot",
+            );
+            c.t(
+                f.get("code") == Some("-7"),
+                "helper: code is not -7 (signed decimal)",
+            );
+        }
+        None => c.t(false, "no `@ domain-exit name=helper`"),
+    }
+    match facts.of_kind("audit").next() {
+        Some(a) => c.t(
+            a.get("free_frames").is_some() && a.get("free_frames") == a.get("baseline"),
+            "frames not all returned (`@ audit` free_frames != baseline)",
+        ),
+        None => c.t(false, "no `@ audit` report"),
+    }
+    out.insert("SCHED-3", c.result());
+
+    let mut c = HostCheck::new();
+    let reported = facts.of_kind("time").next().and_then(|f| f.get("tsc_hz"));
+    let seen = conf
+        .iter()
+        .find_map(|l| l.strip_prefix("TIME-0 start-info tsc_hz="));
+    c.t(
+        reported.is_some() && reported == seen,
+        format!("`@ time tsc_hz={reported:?}` but the start info says {seen:?}"),
+    );
+    out.insert("TIME-0", c.result());
+
+    let mut c = HostCheck::new();
+    c.t(
+        outcome.exit == Exit::Success,
+        format!("the run ended with {}", outcome.exit),
+    );
+    let order: Vec<(String, Option<String>)> = facts
+        .facts
+        .iter()
+        .filter(|f| f.kind == "domain-exit" || f.kind == "exit")
+        .map(|f| {
+            (
+                f.get("name").unwrap_or(&f.kind).to_string(),
+                f.get("reason").or(f.get("status")).map(str::to_string),
+            )
+        })
+        .collect();
+    let pos = |n: &str| order.iter().position(|(name, _)| name == n);
+    match exit(GUEST) {
+        Some(f) => c.t(
+            f.get("reason") == Some("poweroff") && f.get("code") == Some("0"),
+            "conf did not power off with code 0",
+        ),
+        None => c.t(false, "no `@ domain-exit name=conf`"),
+    }
+    c.t(
+        exit("spin").and_then(|f| f.get("reason")) == Some("scenario-end"),
+        "the endless loop (spin) was not ended by the scenario",
+    );
+    c.t(
+        pos(GUEST) < pos("spin") && pos("spin").is_some(),
+        "non-critical domains were not ended after the critical one",
+    );
+    c.t(
+        order.last().map(|(n, s)| (n.as_str(), s.as_deref())) == Some(("exit", Some("success"))),
+        "the last report is not `@ exit status=success`",
+    );
+    out.insert("SCHED-3b", c.result());
+    out
+}
+
+/// Names of the clauses judged only here.
+fn host_name(clause: &str) -> &'static str {
+    match clause {
+        "SCHED-3b" => "the last critical domain ends the run",
+        _ => "judged from the transcript",
+    }
+}
+
+/// Combines the guest's results with the host's: a clause judged in both
+/// places passes only if both pass.
+fn merge(mut guest: Vec<Record>, host: BTreeMap<&'static str, (bool, String)>) -> Vec<Record> {
+    for (clause, (pass, detail)) in host {
+        match guest.iter_mut().find(|r| r.clause == clause) {
+            Some(r) => {
+                if !pass {
+                    r.outcome = Outcome::Fail;
+                    r.detail = if r.detail.contains("judged by xtask") || r.detail.is_empty() {
+                        detail
+                    } else {
+                        format!("{}; {detail}", r.detail)
+                    };
+                } else if r.detail.contains("judged by xtask") {
+                    r.detail = detail;
+                }
+            }
+            None => guest.push(Record::new(clause, host_name(clause), pass, detail)),
+        }
+    }
+    guest
+}
+
+/// One result per documented clause, in documentation order: missing
+/// clauses fail, as do duplicates and IDs the documentation does not have.
+pub fn reconcile(doc: &[String], results: Vec<Record>) -> Vec<Record> {
+    let mut out = Vec::new();
+    for id in doc {
+        let mine: Vec<&Record> = results.iter().filter(|r| &r.clause == id).collect();
+        match mine.as_slice() {
+            [] => out.push(Record::new(
+                id,
+                "(no result)",
+                false,
+                "no test reported this clause: add one (docs/conformance.md)",
+            )),
+            [one] => out.push((*one).clone()),
+            many => {
+                let mut r = many[0].clone();
+                r.outcome = Outcome::Fail;
+                r.detail = format!("reported {} times; a clause is reported once", many.len());
+                out.push(r);
+            }
+        }
+    }
+    let mut extra: Vec<&Record> = results
+        .iter()
+        .filter(|r| !doc.contains(&r.clause))
+        .collect();
+    extra.dedup_by(|a, b| a.clause == b.clause);
+    for r in extra {
+        let mut r = r.clone();
+        r.outcome = Outcome::Fail;
+        r.detail = format!("`{}` is not a clause of docs/abi", r.clause);
+        out.push(r);
+    }
+    out
+}
+
+// ---------------------------------------------------------------- MEM-2b
+
+/// Patches an ELF image for a MEM-2b case.
+fn patch(elf: &[u8], how: &str) -> Vec<u8> {
+    let mut e = elf.to_vec();
+    let put16 =
+        |e: &mut Vec<u8>, at: usize, v: u16| e[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let put64 =
+        |e: &mut Vec<u8>, at: usize, v: u64| e[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    let get = |e: &[u8], at: usize, n: usize| {
+        let mut b = [0u8; 8];
+        b[..n].copy_from_slice(&e[at..at + n]);
+        u64::from_le_bytes(b)
+    };
+    match how {
+        "type" => put16(&mut e, 16, 3),     // ET_DYN
+        "machine" => put16(&mut e, 18, 40), // ARM
+        "class" => e[4] = 1,                // ELFCLASS32
+        "entry" => put64(&mut e, 24, 0x10), // outside every segment
+        "segment" => {
+            // Move the first PT_LOAD below the window.
+            let phoff = get(&e, 32, 8) as usize;
+            let phentsize = get(&e, 54, 2) as usize;
+            let phnum = get(&e, 56, 2) as usize;
+            for i in 0..phnum {
+                let ph = phoff + i * phentsize;
+                if get(&e, ph, 4) == 1 {
+                    put64(&mut e, ph + 16, 0x1000);
+                    put64(&mut e, ph + 24, 0x1000);
+                    break;
+                }
+            }
+        }
+        "garbage" => e = b"this is not an ELF image".to_vec(),
+        _ => {}
+    }
+    e
+}
+
+/// The MEM-2b cases: (domain name, patch).
+const MEM2B_CASES: [(&str, &str); 6] = [
+    ("bad-type", "type"),
+    ("bad-machine", "machine"),
+    ("bad-class", "class"),
+    ("bad-entry", "entry"),
+    ("bad-segment", "segment"),
+    ("bad-garbage", "garbage"),
+];
+
+/// Boots a pack of refused images around one good domain and judges MEM-2b.
+fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Record {
+    let name = "image refused at boot, others start";
+    let run = || -> Result<BootOutcome, String> {
+        let peer = booter.images.dir.join("conf-peer");
+        let hello = booter.images.dir.join("hello");
+        let read =
+            |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let (peer, hello) = (read(&peer)?, read(&hello)?);
+        let mut b = PackBuilder::new();
+        b.scenario("conformance-mem2b");
+        let spec = |name, blob, critical| DomainSpec {
+            name,
+            mem_pages: 256,
+            max_pages: 256,
+            flags: if critical {
+                DomainFlags::CRITICAL
+            } else {
+                DomainFlags::empty()
+            },
+            image_blob: blob,
+            cmdline: "",
+            weight: 0,
+        };
+        for (i, (dom, how)) in MEM2B_CASES.iter().enumerate() {
+            let blob = b.blob(&patch(&peer, how));
+            b.domain(&spec(dom, blob, false))?;
+            if i == 2 {
+                // A good domain in the middle: those after it start too.
+                let good = b.blob(&hello);
+                b.domain(&spec("good", good, true))?;
+            }
+        }
+        let packs = booter.work_dir().join("packs");
+        std::fs::create_dir_all(&packs)
+            .map_err(|e| format!("cannot create {}: {e}", packs.display()))?;
+        let pack = packs.join("conformance-mem2b.pack");
+        std::fs::write(&pack, b.finish())
+            .map_err(|e| format!("cannot write {}: {e}", pack.display()))?;
+        let log = booter.work_dir().join("logs/tests/conformance-mem2b.log");
+        let run = Run {
+            qemu: booter.qemu.clone(),
+            accel: booter.accel,
+            memory_mib: 128,
+            kernel: booter.images.hypervisor.clone(),
+            initrd: Some(pack),
+            append: String::new(),
+            gdb: false,
+            extra: Vec::new(),
+            timeout: Some(timeout.unwrap_or(Duration::from_secs(60))),
+            echo: false,
+            log: log.clone(),
+        };
+        let ended = run.run(booter.sh)?;
+        let mut o = BootOutcome::new(ended.exit, ended.raw_status, ended.transcript);
+        o.log = Some(log);
+        Ok(o)
+    };
+    match run() {
+        Ok(o) => {
+            let (pass, detail) = judge_mem2b(&o);
+            Record::new("MEM-2b", name, pass, detail)
+        }
+        Err(e) => Record::new("MEM-2b", name, false, format!("could not boot: {e}")),
+    }
+}
+
+/// MEM-2b from the transcript of the refused-images boot.
+pub fn judge_mem2b(o: &BootOutcome) -> (bool, String) {
+    let mut c = HostCheck::new();
+    let f = &o.facts;
+    for (dom, _) in MEM2B_CASES {
+        c.t(
+            f.of_kind("domain-error")
+                .any(|x| x.get("name") == Some(dom)),
+            format!("{dom}: no `@ domain-error`"),
+        );
+        c.t(
+            !f.of_kind("domain-start")
+                .any(|x| x.get("name") == Some(dom)),
+            format!("{dom} was started"),
+        );
+    }
+    c.t(
+        f.of_kind("domain-start")
+            .any(|x| x.get("name") == Some("good")),
+        "the good domain did not start",
+    );
+    c.t(
+        f.of_kind("domain-exit")
+            .any(|x| x.get("name") == Some("good") && x.get("code") == Some("0")),
+        "the good domain did not run to its end",
+    );
+    c.t(
+        f.of_kind("domains").any(|x| x.get("started") == Some("1")),
+        "`@ domains started=1` missing",
+    );
+    c.result()
+}
+
+// ---------------------------------------------------------------- running
+
+/// What a conformance run produced.
+pub struct Report {
+    /// One record per documented clause (plus unknown ones), in order.
+    pub records: Vec<Record>,
+    /// Problems with the run itself (boot failed, no results), each one
+    /// more failure.
+    pub problems: Vec<String>,
+    /// The serial log of the main boot.
+    pub log: Option<PathBuf>,
+}
+
+/// Boots the conformance scenario (and the MEM-2b pack) and reconciles the
+/// results with the documented clauses.
+pub fn run(booter: &Booter<'_>, timeout: Option<Duration>) -> Result<Report, String> {
+    let doc = doc_clauses(&booter.root)?;
+    let how = Presentation {
+        echo: false,
+        gdb: false,
+        log_name: format!("tests/{SCENARIO}"),
+    };
+    let mut req = BootRequest::scenario(SCENARIO);
+    req.timeout = timeout;
+    let mut problems = Vec::new();
+    let (results, log) = match booter.boot(&req, &how) {
+        Ok((outcome, _, _)) => {
+            let guest = guest_records(&outcome);
+            if guest.is_empty() {
+                problems.push(format!(
+                    "the conformance guest reported no clause (run ended with {})",
+                    outcome.exit
+                ));
+            } else if outcome.exit != Exit::Success {
+                problems.push(format!("the run ended with {}", outcome.exit));
+            }
+            (merge(guest, host_checks(&outcome)), outcome.log)
+        }
+        Err(e) => {
+            problems.push(format!("could not boot: {e}"));
+            (Vec::new(), None)
+        }
+    };
+    let mut results = results;
+    results.retain(|r| r.clause != "MEM-2b");
+    results.push(mem2b(booter, timeout));
+    Ok(Report {
+        records: reconcile(&doc, results),
+        problems,
+        log,
+    })
+}
+
+/// Writes the records as a JSON array of `{"clause", "name", "outcome"}`.
+pub fn write_json(path: &Path, records: &[Record]) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(records).map_err(|e| format!("cannot encode: {e}"))?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clause_ids() {
+        for ok in ["CALL-1", "EVT-4a", "SCHED-0b", "MEM-2"] {
+            assert!(is_clause_id(ok), "{ok}");
+        }
+        for bad in ["Clause", "EVT-", "-1", "EVT-4ab", "evt-1", "EVT-4A", "ABI"] {
+            assert!(!is_clause_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn clauses_from_headings_and_bold_rules() {
+        let text = "# Title\n## Clause IDs\n## EVT-1 event_alloc_unbound (0x20)\n\
+                    - **EVT-1a** No domain: `not_found`.\n- **EVT-1b** All ports.\n\
+                    Words: **MUST** and **not** are no clauses.\n## TRAP-0 Upcalls\n";
+        assert_eq!(clauses_in(text), ["EVT-1", "EVT-1a", "EVT-1b", "TRAP-0"]);
+    }
+
+    #[test]
+    fn the_real_spec_has_the_known_clauses() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let ids = doc_clauses(root).unwrap();
+        for id in [
+            "CALL-1a", "BASE-1", "CON-1d", "MEM-2b", "SCHED-3b", "TIME-1", "EVT-6a", "TRAP-4",
+        ] {
+            assert!(ids.contains(&id.to_string()), "{id} missing from {ids:?}");
+        }
+        assert!(ids.iter().all(|i| !i.starts_with("MMU-")));
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len(), "duplicates");
+    }
+
+    fn rec(c: &str, pass: bool) -> Record {
+        Record::new(c, c, pass, "")
+    }
+
+    #[test]
+    fn missing_duplicate_and_unknown_clauses_fail() {
+        let doc: Vec<String> = ["A-1", "A-2", "A-3"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let out = reconcile(
+            &doc,
+            vec![
+                rec("A-1", true),
+                rec("A-3", true),
+                rec("A-3", true),
+                rec("B-9", true),
+            ],
+        );
+        let v: Vec<(&str, bool)> = out
+            .iter()
+            .map(|r| (r.clause.as_str(), r.passed()))
+            .collect();
+        assert_eq!(
+            v,
+            [
+                ("A-1", true),
+                ("A-2", false),
+                ("A-3", false),
+                ("B-9", false)
+            ]
+        );
+    }
+
+    #[test]
+    fn host_failures_override_guest_passes() {
+        let mut host = BTreeMap::new();
+        host.insert("A-1", (false, "transcript: leak".to_string()));
+        host.insert("A-2", (true, "transcript checks passed".to_string()));
+        let mut judged = rec("A-2", true);
+        judged.detail = "judged by xtask".into();
+        let out = merge(vec![rec("A-1", true), judged], host);
+        assert!(!out[0].passed());
+        assert!(out[0].detail.contains("leak"));
+        assert!(out[1].passed());
+        assert_eq!(out[1].detail, "transcript checks passed");
+    }
+
+    fn canned(t: &str, exit: Exit) -> BootOutcome {
+        BootOutcome::new(exit, None, t.to_string())
+    }
+
+    #[test]
+    fn console_checks_read_the_transcript() {
+        let long = format!(
+            "[conf] CON1D long {}\n[conf] {}\n",
+            "y".repeat(245),
+            "y".repeat(44)
+        );
+        let good = format!(
+            "@ time tsc_hz=123 apic_hz=1 source=pit\n[conf] TIME-0 start-info tsc_hz=123\n[conf] TAHOMASI\n[conf] CALL-1b marker\n[conf] CON-1 marker: hello\n\
+             [conf] CON1D partial line joined\n[conf] CON1D ctl:?[1m???|\t|end\n\
+             [conf] @ forged by=conf\n{long}\
+             @ domain-fault id=4 name=\"crasher\" vector=14 rip=0x1 cr2=0xdead0000 reason=\"no trap handler registered\"\n\
+             @ domain-fault id=6 name=\"rostack\" vector=6 rip=0x1 cr2=0x0 reason=\"callback stack not writable\"\n\
+             @ domain-fault id=7 name=\"nest\" vector=6 rip=0x1 cr2=0x0 reason=\"traps nested too deep\"\n\
+             @ domain-exit id=2 name=\"helper\" reason=reboot code=-7\n\
+             @ domain-exit id=1 name=\"conf\" reason=poweroff code=0\n\
+             @ domain-exit id=5 name=\"spin\" reason=scenario-end code=0\n\
+             @ audit free_frames=7 baseline=7\n@ exit status=success\n"
+        );
+        let h = host_checks(&canned(&good, Exit::Success));
+        for (k, (pass, d)) in &h {
+            assert!(pass, "{k}: {d}");
+        }
+        let bad = good
+            .replace(
+                "[conf] CON1D partial line joined\n",
+                "[conf] CON1D partial \n[conf] line joined\n",
+            )
+            .replace("[conf] @ forged by=conf\n", "@ forged by=conf\n")
+            .replace("code=-7", "code=18446744073709551609")
+            .replace("tsc_hz=123\n", "tsc_hz=124\n")
+            + "[conf] CON1A-LEAK\n";
+        let h = host_checks(&canned(&bad, Exit::Failure));
+        for k in ["CON-1d", "SCHED-3", "SCHED-3b", "CON-1a", "TIME-0"] {
+            assert!(!h[k].0, "{k} should fail");
+        }
+        assert!(h["CON-1b"].0);
+    }
+
+    #[test]
+    fn mem2b_needs_every_refusal() {
+        let mut t = String::new();
+        for (d, _) in MEM2B_CASES {
+            t += &format!("@ domain-error id=1 name=\"{d}\" error=\"image refused\"\n");
+        }
+        t += "@ domain-start id=4 name=\"good\" pages=256 critical=1\n@ domains started=1 free_frames=1\n\
+              @ domain-exit id=4 name=\"good\" reason=poweroff code=0\n";
+        assert!(judge_mem2b(&canned(&t, Exit::Failure)).0);
+        let started = t.replace(
+            "domain-error id=1 name=\"bad-entry\"",
+            "domain-start id=1 name=\"bad-entry\"",
+        );
+        assert!(!judge_mem2b(&canned(&started, Exit::Failure)).0);
+    }
+
+    #[test]
+    fn elf_patches_change_the_named_field() {
+        let mut elf = vec![0u8; 256];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[32..40].copy_from_slice(&64u64.to_le_bytes());
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+        elf[56..58].copy_from_slice(&1u16.to_le_bytes());
+        elf[64..68].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(&patch(&elf, "type")[16..18], &[3, 0]);
+        assert_eq!(&patch(&elf, "entry")[24..32], &0x10u64.to_le_bytes());
+        assert_eq!(
+            &patch(&elf, "segment")[64 + 16..64 + 24],
+            &0x1000u64.to_le_bytes()
+        );
+    }
+}
