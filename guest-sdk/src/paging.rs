@@ -430,6 +430,16 @@ pub fn root_mfn() -> Option<u64> {
     Some(entry_mfn(read_at(entry_va(RECURSIVE_BASE, Level::L4))))
 }
 
+/// Slot `slot` (`0..512`) of the loaded root, the hypervisor's slots
+/// included (they are readable through the self entry, `MMU-3`).
+pub fn read_root_slot(slot: usize) -> Option<u64> {
+    if !ready() || slot >= 512 {
+        return None;
+    }
+    let page = entry_va(RECURSIVE_BASE, Level::L4) & !(PAGE - 1);
+    Some(read_at(page + slot as u64 * 8))
+}
+
 /// The machine frame of the table at `level` that holds `va`'s entry, if it
 /// exists.
 pub fn table_mfn(va: u64, level: Level) -> Option<u64> {
