@@ -25,6 +25,9 @@ use crate::lab::{self, peek, poke, upd, update1};
 
 type Outcome = Result<String, String>;
 
+/// A clause: ID, name, test.
+type Clause = (&'static str, &'static str, fn(&Lab) -> Outcome);
+
 /// Something whose state a refusal must not change.
 #[derive(Clone, Copy)]
 enum W {
@@ -265,7 +268,7 @@ pub fn run(si: &StartInfo) -> i32 {
         "mmutest: l4={:#x} l3={:#x} l2={:#x} lab_l2={:#x} lab_l1={:#x} window mfns {:#x}..={:#x}",
         lab.l4, lab.l3, lab.l2, lab.lab_l2, lab.lab_l1, lab.window.0, lab.window.1
     );
-    let clauses: &[(&str, &str, fn(&Lab) -> Outcome)] = &[
+    let clauses: &[Clause] = &[
         ("MMU-1", "type confusion between levels", mmu_1),
         ("MMU-2", "writable mapping of an own page table", mmu_2),
         ("MMU-3", "hypervisor slots of the root", mmu_3),
