@@ -1,5 +1,15 @@
 //! `role=bench`: what page-table updates cost, in `lfence; rdtsc` ticks
 //! (instructions under `-icount shift=0`; indicative only under plain TCG).
+//!
+//! Reports `@ bench name=NAME value=MEDIAN min=MIN mean=MEAN iters=N
+//! unit=ticks`, the contract of `cargo xtask bench`:
+//!
+//! * `mmu_update_batch_{1,32,512}`: ticks per entry of `mmu_update`, each
+//!   sample a sweep remapping 512 L1 entries (writable) from one frame to
+//!   another in batches of that size;
+//! * `mmu_pin_fresh_space`, `mmu_unpin_fresh_space`: one pin (unpin) of an
+//!   address space of `tables=11` tables (`entries=4096` leaves), and
+//!   `mmu_pin_per_table` the pin divided by the tables.
 
 use alloc::format;
 use alloc::string::String;
@@ -15,8 +25,8 @@ use crate::lab::{self, rdtsc, upd};
 const BASE: u64 = paging::MAP_BASE + (2 << 30);
 /// Leaf tables in the address space pinned by the pin benchmark.
 const PIN_L1S: usize = 8;
-/// Repetitions; the minimum is reported.
-const REPS: usize = 3;
+/// Samples per figure (after one warm-up).
+const SAMPLES: usize = 16;
 
 pub fn run() -> i32 {
     match bench() {
@@ -28,8 +38,16 @@ pub fn run() -> i32 {
     }
 }
 
-fn report(name: &str, value: u64, extra: &str) {
-    println!("@ bench name={name} value={value} unit=instructions{extra}");
+fn report(name: &str, mut samples: Vec<u64>, extra: &str) {
+    samples.sort_unstable();
+    let n = samples.len().max(1) as u64;
+    let median = samples.get(samples.len() / 2).copied().unwrap_or(0);
+    let min = samples.first().copied().unwrap_or(0);
+    let mean = samples.iter().sum::<u64>() / n;
+    println!(
+        "@ bench name={name} value={median} min={min} mean={mean} iters={} unit=ticks{extra}",
+        samples.len()
+    );
 }
 
 fn e<T>(what: &str, r: Result<T, guest_sdk::Error>) -> Result<T, String> {
@@ -37,15 +55,6 @@ fn e<T>(what: &str, r: Result<T, guest_sdk::Error>) -> Result<T, String> {
 }
 
 fn bench() -> Result<(), String> {
-    // A null hypercall, for scale.
-    let mut best = u64::MAX;
-    for _ in 0..16 {
-        let t0 = rdtsc();
-        let _ = guest_sdk::abi_version();
-        best = best.min(rdtsc() - t0);
-    }
-    report("hypercall_null", best, "");
-
     let mut fr = [0u64; 2];
     e("populate", paging::populate(&mut fr))?;
     let [a, b] = fr;
@@ -63,21 +72,21 @@ fn bench() -> Result<(), String> {
             .collect()
     };
     let (to_b, to_a) = (to(b), to(a));
-    const ROUNDS: usize = 4;
     for bs in [1usize, 32, 512] {
-        let mut best = u64::MAX;
-        for _ in 0..REPS {
+        let mut samples = Vec::new();
+        // An even number of sweeps: the entries end on `a` again.
+        for s in 0..=SAMPLES + 1 {
+            let q = if s % 2 == 0 { &to_b } else { &to_a };
             let t0 = rdtsc();
-            for r in 0..ROUNDS {
-                let q = if r % 2 == 0 { &to_b } else { &to_a };
-                for chunk in q.chunks(bs) {
-                    paging::mmu_update(chunk).map_err(|x| format!("batch {bs}: {x:?}"))?;
-                }
+            for chunk in q.chunks(bs) {
+                paging::mmu_update(chunk).map_err(|x| format!("batch {bs}: {x:?}"))?;
             }
-            best = best.min(rdtsc() - t0);
+            let dt = rdtsc() - t0;
+            if s > 0 && samples.len() < SAMPLES {
+                samples.push(dt / 512);
+            }
         }
-        let per = best / (ROUNDS as u64 * 512);
-        report(&format!("mmu_update_batch_{bs}"), per, "");
+        report(&format!("mmu_update_batch_{bs}"), samples, " per=entry");
     }
     e("flush tlb", paging::flush_tlb())?;
     {
@@ -107,20 +116,23 @@ fn bench() -> Result<(), String> {
         "write L4",
         lab::write_frame(t4, &[(0, table_entry(t3)), (255, self_entry(t4))]),
     )?;
-    let (mut pin_best, mut unpin_best) = (u64::MAX, u64::MAX);
-    for _ in 0..REPS {
+    let (mut pins, mut unpins) = (Vec::new(), Vec::new());
+    for s in 0..=SAMPLES {
         let t0 = rdtsc();
         e("pin", paging::pin(t4, Level::L4))?;
         let t1 = rdtsc();
         e("unpin", paging::unpin(t4))?;
         let t2 = rdtsc();
-        pin_best = pin_best.min(t1 - t0);
-        unpin_best = unpin_best.min(t2 - t1);
+        if s > 0 {
+            pins.push(t1 - t0);
+            unpins.push(t2 - t1);
+        }
     }
     let extra = format!(" tables={tables} entries={}", PIN_L1S * 512);
-    report("mmu_pin_fresh_space", pin_best, &extra);
-    report("mmu_pin_per_table", pin_best / tables as u64, "");
-    report("mmu_unpin_fresh_space", unpin_best, &extra);
+    let per_table = pins.iter().map(|&p| p / tables as u64).collect();
+    report("mmu_pin_fresh_space", pins, &extra);
+    report("mmu_pin_per_table", per_table, "");
+    report("mmu_unpin_fresh_space", unpins, &extra);
     e("release tables", paging::release(&t))?;
     e("release data", paging::release(&fr))?;
     println!("@ mmutest role=bench done");
