@@ -43,6 +43,7 @@ pub use hypercall_abi::Error;
 
 pub mod console;
 pub mod event;
+pub mod paging;
 pub mod raw;
 pub mod sched;
 mod shared;
@@ -57,7 +58,7 @@ mod arch;
 mod rt;
 
 #[cfg(target_os = "none")]
-pub use rt::heap_usage;
+pub use rt::{heap_grown, heap_usage};
 
 pub use event::{DomId, Port};
 pub use start::{start_info, StartInfo};

@@ -12,12 +12,11 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use hypercall_abi::layout::{self, SHARED_INFO_VA, START_INFO_MAGIC, WINDOW_BASE};
 use hypercall_abi::{abi_compatible, ABI_VERSION, PAGE_SIZE};
-use linked_list_allocator::LockedHeap;
 
 use crate::sched::{self, ShutdownReason};
 use crate::start::{self, StartInfo};
 use crate::upcall::CALLBACK_STACK_SIZE;
-use crate::{arch, console, event, println, trap};
+use crate::{arch, console, event, paging, println, trap};
 
 unsafe extern "Rust" {
     /// The guest's `main`, defined by `entry!` in the binary. A link error
@@ -73,6 +72,8 @@ pub(crate) extern "C" fn start(si: *const layout::StartInfo) -> ! {
     }
     let si = start::install(raw);
 
+    // The read-only self entry, for reading page tables and growing the heap.
+    let paging = paging::init();
     init_heap(si);
     let level = si
         .cmdline_value("log")
@@ -80,6 +81,9 @@ pub(crate) extern "C" fn start(si: *const layout::StartInfo) -> ! {
         .unwrap_or(log::LevelFilter::Info);
     console::init_log(level);
     init_callbacks();
+    if let Err(e) = paging {
+        log::warn!("paging: no self entry ({e}): page tables cannot be read, the heap cannot grow");
+    }
 
     let code = __tahoma_guest_main(si);
     sched::shutdown(ShutdownReason::Poweroff, code)
@@ -99,33 +103,156 @@ fn init_callbacks() {
     }
 }
 
-/// The heap: `linked_list_allocator` over the window's free pages, locked
-/// with upcalls masked so an event handler that allocates cannot find the
-/// lock held by the code it interrupted.
-struct Heap(LockedHeap);
+/// The heap: `linked_list_allocator` over the window's free pages and, when
+/// those are exhausted, over pages the SDK populates and maps from
+/// [`paging::HEAP_GROW_BASE`] up (within `max_pages`). Locked with upcalls
+/// masked so an event handler that allocates cannot find the lock held by
+/// the code it interrupted.
+struct Heap(spin::Mutex<HeapState>);
+
+struct HeapState {
+    /// The window's free pages (`MEM-2`).
+    window: linked_list_allocator::Heap,
+    /// The growth region, `[HEAP_GROW_BASE, grown_top)`.
+    grown: linked_list_allocator::Heap,
+    /// End of the mapped growth region.
+    grown_top: u64,
+    /// Used to map the growth region (a batch per growth).
+    mapper: paging::Mapper,
+}
 
 #[global_allocator]
-static HEAP: Heap = Heap(LockedHeap::empty());
+static HEAP: Heap = Heap(spin::Mutex::new(HeapState {
+    window: linked_list_allocator::Heap::empty(),
+    grown: linked_list_allocator::Heap::empty(),
+    grown_top: paging::HEAP_GROW_BASE,
+    mapper: paging::Mapper::new(),
+}));
+
+/// Smallest growth, in pages (fewer hypercalls for many small allocations).
+const GROW_MIN_PAGES: u64 = 16;
+
+impl HeapState {
+    fn allocate(&mut self, layout: Layout) -> *mut u8 {
+        if let Ok(p) = self.window.allocate_first_fit(layout) {
+            return p.as_ptr();
+        }
+        if self.grown.size() > 0 {
+            if let Ok(p) = self.grown.allocate_first_fit(layout) {
+                return p.as_ptr();
+            }
+        }
+        if self.grow(layout) {
+            if let Ok(p) = self.grown.allocate_first_fit(layout) {
+                return p.as_ptr();
+            }
+        }
+        core::ptr::null_mut()
+    }
+
+    /// Maps more pages at `grown_top` for an allocation of `layout`; false
+    /// when the reservation (or the region) is exhausted.
+    fn grow(&mut self, layout: Layout) -> bool {
+        if !paging::ready() {
+            return false;
+        }
+        let page = PAGE_SIZE as u64;
+        // Room for the block, its alignment and the allocator's hole record.
+        let need = (layout.size() as u64 + layout.align() as u64 + 64).div_ceil(page);
+        let Ok((owned, max)) = paging::memory_info() else {
+            return false;
+        };
+        let room = (paging::HEAP_GROW_TOP - self.grown_top) / page;
+        let mut pages = need.max(GROW_MIN_PAGES).min(room);
+        // Tables: an L1 per 2 MiB started, an L2 for the region's first GiB.
+        let tables = |n: u64| n.div_ceil(512) + 2;
+        let avail = max.saturating_sub(owned);
+        while pages > need && pages + tables(pages) > avail {
+            pages -= 1;
+        }
+        if pages < need || pages + tables(pages) > avail {
+            return false;
+        }
+        let mut mapped = 0u64;
+        let mut frames = [0u64; paging::MEMORY_BATCH_MAX as usize];
+        while mapped < pages {
+            let n = (pages - mapped).min(paging::MEMORY_BATCH_MAX) as usize;
+            let chunk = &mut frames[..n];
+            if paging::populate(chunk).is_err() {
+                break;
+            }
+            let base = self.grown_top + mapped * page;
+            let mut ok = true;
+            for (i, &mfn) in chunk.iter().enumerate() {
+                // SAFETY: the growth region above `grown_top` holds nothing;
+                // only this heap maps it, under the heap lock.
+                let r = unsafe {
+                    self.mapper
+                        .map_unchecked(base + i as u64 * page, mfn, paging::Flags::WRITABLE)
+                };
+                if r.is_err() {
+                    ok = false;
+                    break;
+                }
+            }
+            if ok && self.mapper.flush().is_err() {
+                ok = false;
+            }
+            if !ok {
+                let _ = self.mapper.flush();
+                for i in 0..n as u64 {
+                    // SAFETY: as above; these pages were never handed out.
+                    let _ = unsafe { self.mapper.unmap_unchecked(base + i * page) };
+                }
+                let _ = self.mapper.flush();
+                let _ = paging::release(chunk);
+                break;
+            }
+            mapped += n as u64;
+        }
+        if mapped == 0 {
+            return false;
+        }
+        let bytes = (mapped * page) as usize;
+        if self.grown.size() == 0 {
+            // SAFETY: `[HEAP_GROW_BASE, + bytes)` was just mapped read-write
+            // to fresh, zeroed frames of ours and is used by nothing else.
+            unsafe { self.grown.init(paging::HEAP_GROW_BASE as *mut u8, bytes) };
+        } else {
+            // SAFETY: the pages right above the growth heap's top were just
+            // mapped as above.
+            unsafe { self.grown.extend(bytes) };
+        }
+        self.grown_top += mapped * page;
+        mapped >= need
+    }
+}
 
 // SAFETY: allocation is delegated to `linked_list_allocator::Heap`, which
 // returns blocks that fit `layout` and are not in use; the lock serialises
 // it, and masking upcalls around the lock keeps an upcall from re-entering.
+// A block is given back to the heap whose range holds it.
 unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        event::without_upcalls(|| {
-            self.0
-                .lock()
-                .allocate_first_fit(layout)
-                .map_or(core::ptr::null_mut(), NonNull::as_ptr)
-        })
+        event::without_upcalls(|| self.0.lock().allocate(layout))
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if let Some(ptr) = NonNull::new(ptr) {
             event::without_upcalls(|| {
+                let mut h = self.0.lock();
+                let addr = ptr.as_ptr() as u64;
+                let grown = (paging::HEAP_GROW_BASE..h.grown_top).contains(&addr);
                 // SAFETY: GlobalAlloc's contract: `ptr` came from `alloc` on
-                // this heap with this `layout`.
-                unsafe { self.0.lock().deallocate(ptr, layout) }
+                // this heap with this `layout`, hence from the part whose
+                // range holds it.
+                unsafe {
+                    if grown {
+                        h.grown.deallocate(ptr, layout)
+                    } else {
+                        h.window.deallocate(ptr, layout)
+                    }
+                }
             });
         }
     }
@@ -150,15 +277,26 @@ fn init_heap(si: &StartInfo) {
     // SAFETY: MEM-2: the pages from first_free_page up to stack_first_page
     // are mapped read-write, hold nothing (scrubbed), and are left to the
     // guest; nothing else in the SDK or the guest uses them. Called once.
-    unsafe { HEAP.0.lock().init(bottom as *mut u8, size) };
+    unsafe { HEAP.0.lock().window.init(bottom as *mut u8, size) };
 }
 
-/// Heap usage: `(used, free)` bytes.
+/// Heap usage: `(used, free)` bytes, over the window and the growth region.
 pub fn heap_usage() -> (usize, usize) {
     event::without_upcalls(|| {
         let h = HEAP.0.lock();
-        (h.used(), h.free())
+        let (gu, gf) = if h.grown.size() > 0 {
+            (h.grown.used(), h.grown.free())
+        } else {
+            (0, 0)
+        };
+        (h.window.used() + gu, h.window.free() + gf)
     })
+}
+
+/// Bytes the heap has grown by beyond the window (mapped from
+/// [`paging::HEAP_GROW_BASE`]).
+pub fn heap_grown() -> usize {
+    event::without_upcalls(|| (HEAP.0.lock().grown_top - paging::HEAP_GROW_BASE) as usize)
 }
 
 static PANICKING: AtomicBool = AtomicBool::new(false);
