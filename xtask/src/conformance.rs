@@ -24,8 +24,12 @@ use crate::qemu::Run;
 pub const SCENARIO: &str = "conformance";
 /// The domain that reports clause results.
 pub const GUEST: &str = "conf";
-/// Clause families that are not tested yet (MMU: a later issue).
-pub const SKIPPED_FAMILIES: &[&str] = &["MMU"];
+/// The direct-paging attack suite's scenario (MMU-*, MEM-5..7).
+pub const MMU_SCENARIO: &str = "mmu";
+/// The domain in it that reports clause results.
+pub const MMU_GUEST: &str = "mmu";
+/// Clause families that are not tested yet.
+pub const SKIPPED_FAMILIES: &[&str] = &[];
 
 /// The result of one clause.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -96,9 +100,11 @@ pub fn clauses_in(text: &str) -> Vec<String> {
         while let Some(start) = rest.find("**") {
             let after = &rest[start + 2..];
             let Some(end) = after.find("**") else { break };
+            // `**EVT-1a**`, or a titled rule `**MMU-1 (types and counts).**`.
             let inner = &after[..end];
-            if is_clause_id(inner) {
-                out.push(inner.to_string());
+            let id = inner.split(' ').next().unwrap_or("");
+            if is_clause_id(id) && (id == inner || inner[id.len()..].starts_with(" (")) {
+                out.push(id.to_string());
             }
             rest = &after[end + 2..];
         }
@@ -133,12 +139,12 @@ pub fn doc_clauses(root: &Path) -> Result<Vec<String>, String> {
     Ok(ids)
 }
 
-/// The conformance guest's results from a transcript.
-fn guest_records(outcome: &BootOutcome) -> Vec<Record> {
+/// The results guest `guest` reported in a transcript.
+fn guest_records(outcome: &BootOutcome, guest: &str) -> Vec<Record> {
     outcome
         .facts
         .guest_of_kind("conformance")
-        .filter(|(n, _)| *n == GUEST)
+        .filter(|(n, _)| *n == guest)
         .map(|(_, f)| {
             Record::new(
                 f.get("clause").unwrap_or("?"),
@@ -623,7 +629,7 @@ pub fn run(booter: &Booter<'_>, timeout: Option<Duration>) -> Result<Report, Str
     let mut problems = Vec::new();
     let (results, log) = match booter.boot(&req, &how) {
         Ok((outcome, _, _)) => {
-            let guest = guest_records(&outcome);
+            let guest = guest_records(&outcome, GUEST);
             if guest.is_empty() {
                 problems.push(format!(
                     "the conformance guest reported no clause (run ended with {})",
@@ -642,11 +648,72 @@ pub fn run(booter: &Booter<'_>, timeout: Option<Duration>) -> Result<Report, Str
     let mut results = results;
     results.retain(|r| r.clause != "MEM-2b");
     results.push(mem2b(booter, timeout));
+    results.extend(mmu(booter, timeout, &mut problems));
     Ok(Report {
         records: reconcile(&doc, results),
         problems,
         log,
     })
+}
+
+/// Boots the direct-paging attack suite and takes its clause results, plus
+/// MMU-16 (teardown), which only the hypervisor's frame audit shows: the
+/// victim domain still holds a pinned tree and live mappings when the run
+/// ends, and every one of its frames must come back.
+fn mmu(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String>) -> Vec<Record> {
+    let how = Presentation {
+        echo: false,
+        gdb: false,
+        log_name: format!("tests/{MMU_SCENARIO}"),
+    };
+    let mut req = BootRequest::scenario(MMU_SCENARIO);
+    req.timeout = timeout;
+    let outcome = match booter.boot(&req, &how) {
+        Ok((outcome, _, _)) => outcome,
+        Err(e) => {
+            problems.push(format!("could not boot `{MMU_SCENARIO}`: {e}"));
+            return Vec::new();
+        }
+    };
+    let mut records = guest_records(&outcome, MMU_GUEST);
+    if records.is_empty() {
+        problems.push(format!(
+            "the `{MMU_SCENARIO}` guest reported no clause (run ended with {})",
+            outcome.exit
+        ));
+    } else if outcome.exit != Exit::Success {
+        problems.push(format!(
+            "the `{MMU_SCENARIO}` run ended with {}",
+            outcome.exit
+        ));
+    }
+    let mut c = HostCheck::new();
+    match outcome.facts.one("audit") {
+        Ok(a) => {
+            let (free, base) = (
+                a.number("free_frames").unwrap_or(0),
+                a.number("baseline").unwrap_or(1),
+            );
+            c.t(
+                free == base,
+                format!("`{a}`: {} frames not returned", base.abs_diff(free)),
+            );
+        }
+        Err(e) => c.t(false, e),
+    }
+    let victim_torn_down = outcome
+        .facts
+        .of_kind("domain-exit")
+        .any(|f| f.get("name") == Some("victim"));
+    c.t(victim_torn_down, "the victim domain was not torn down");
+    let (pass, detail) = c.result();
+    records.push(Record::new(
+        "MMU-16",
+        "teardown releases pinned tables and mappings",
+        pass,
+        detail,
+    ));
+    records
 }
 
 /// Writes the records as a JSON array of `{"clause", "name", "outcome"}`.
@@ -673,8 +740,12 @@ mod tests {
     fn clauses_from_headings_and_bold_rules() {
         let text = "# Title\n## Clause IDs\n## EVT-1 event_alloc_unbound (0x20)\n\
                     - **EVT-1a** No domain: `not_found`.\n- **EVT-1b** All ports.\n\
-                    Words: **MUST** and **not** are no clauses.\n## TRAP-0 Upcalls\n";
-        assert_eq!(clauses_in(text), ["EVT-1", "EVT-1a", "EVT-1b", "TRAP-0"]);
+                    Words: **MUST** and **not** are no clauses.\n## TRAP-0 Upcalls\n\
+                    **MMU-2 (writable mappings).** A rule. **EVT-9 is** no title.\n";
+        assert_eq!(
+            clauses_in(text),
+            ["EVT-1", "EVT-1a", "EVT-1b", "TRAP-0", "MMU-2"]
+        );
     }
 
     #[test]
@@ -686,7 +757,9 @@ mod tests {
         ] {
             assert!(ids.contains(&id.to_string()), "{id} missing from {ids:?}");
         }
-        assert!(ids.iter().all(|i| !i.starts_with("MMU-")));
+        for id in ["MMU-1", "MMU-16", "MMU-22b", "MEM-5b"] {
+            assert!(ids.contains(&id.to_string()), "{id} missing");
+        }
         let mut sorted = ids.clone();
         sorted.sort();
         sorted.dedup();

@@ -12,7 +12,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use guest_sdk::abi::args::{FrameType, FRAME_LOADED, FRAME_PINNED, MMU_BATCH_MAX};
+use guest_sdk::abi::args::{FrameInfo, FrameType, FRAME_LOADED, FRAME_PINNED, MMU_BATCH_MAX};
 use guest_sdk::abi::layout::{GUEST_VA_TOP, SHARED_INFO_VA, WINDOW_BASE};
 use guest_sdk::abi::Hypercall;
 use guest_sdk::paging::{
@@ -304,6 +304,7 @@ pub fn run(si: &StartInfo) -> i32 {
         ("MMU-18", "special frames never become tables", mmu_18),
         ("MMU-19", "frames in use cannot change hands", mmu_19),
         ("MMU-20", "stale TLB after retyping a frame", mmu_20),
+        ("MMU-22", "mmu_update applies a batch in one call", mmu_22),
         ("MMU-22a", "mmu_update count and pointers", mmu_22a),
         ("MMU-22b", "a batch failing midway", mmu_22b),
         ("MMU-23", "mmu_pin of a fresh frame", mmu_23),
@@ -317,6 +318,7 @@ pub fn run(si: &StartInfo) -> i32 {
         ("MEM-5", "memory_populate and heap growth", mem_5),
         ("MEM-5a", "memory_populate count and pointer", mem_5a),
         ("MEM-5b", "memory_populate beyond max_pages", mem_5b),
+        ("MEM-6", "memory_release gives frames back", mem_6),
         ("MEM-6a", "memory_release count and pointer", mem_6a),
         ("MEM-6b", "memory_release: not owned, in use, twice", mem_6b),
         ("MEM-7", "memory_info", mem_7),
@@ -1106,6 +1108,44 @@ fn mmu_22a(l: &Lab) -> Outcome {
     Ok("count 513: invalid_argument; array or done unmapped/hv/read-only/wrapping: bad_address; nothing applied".into())
 }
 
+fn mmu_22(l: &Lab) -> Outcome {
+    let (a, b, c) = (18, 19, 20);
+    let d2a = info(l.d2)?.3;
+    let batch = [
+        upd(l.slot_ptr(a), leaf_entry(l.d2, Flags::READ_ONLY)),
+        upd(l.slot_ptr(b), leaf_entry(l.d2, Flags::READ_ONLY)),
+        upd(l.slot_ptr(c), leaf_entry(l.d2, Flags::READ_ONLY)),
+    ];
+    let mut done = u64::MAX;
+    let r = raw::call(
+        Hypercall::MmuUpdate,
+        [batch.as_ptr() as u64, 3, &raw mut done as u64, 0, 0, 0],
+    );
+    let applied = [a, b, c]
+        .iter()
+        .all(|&s| entry_mfn(paging::read_entry(l.slot_va(s), Level::L1).unwrap_or(0)) == l.d2);
+    let d2b = info(l.d2)?.3;
+    // The mappings are live: all three read the same frame.
+    // SAFETY: the slots map l.d2 read-only (checked just above).
+    let same = unsafe {
+        let x = core::ptr::read_volatile(l.slot_va(a) as *const u64);
+        x == core::ptr::read_volatile(l.slot_va(c) as *const u64)
+    };
+    let clean = paging::mmu_update(&[
+        upd(l.slot_ptr(a), 0),
+        upd(l.slot_ptr(b), 0),
+        upd(l.slot_ptr(c), 0),
+    ]);
+    check(r == Ok(3), || format!("result {r:?}, want Ok(3)"))?;
+    check(done == 3, || format!("*done = {done}, want 3"))?;
+    check(applied && same, || "entries not applied".into())?;
+    check(d2b == d2a + 3, || {
+        format!("total count {d2a} -> {d2b}, want +3")
+    })?;
+    ok("clean", clean.map_err(|b| b.error))?;
+    Ok("3 entries in one call: returns 3, *done = 3, mappings live, 3 references taken".into())
+}
+
 fn mmu_22b(l: &Lab) -> Outcome {
     let (a, b, c, d) = (14, 15, 16, 17);
     let d2a = info(l.d2)?.3;
@@ -1475,6 +1515,25 @@ fn mem_5b(_l: &Lab) -> Outcome {
         "{} frames over max {max}: no_resources, nothing taken; exactly max: ok",
         left + 1
     ))
+}
+
+fn mem_6(_l: &Lab) -> Outcome {
+    let (before, _) = ok("memory_info", paging::memory_info())?;
+    let mut f = [0u64; 4];
+    ok("populate 4", paging::populate(&mut f))?;
+    let r = raw::call2(Hypercall::MemoryRelease, f.as_ptr() as u64, 4);
+    let (after, _) = ok("memory_info", paging::memory_info())?;
+    check(r == Ok(4), || format!("release returned {r:?}, want Ok(4)"))?;
+    check(after == before, || format!("owned {before} -> {after}"))?;
+    for &m in &f {
+        // Gone: the frame table no longer lists it as ours.
+        let mut out = FrameInfo::default();
+        let gone = raw::call2(Hypercall::MmuFrameInfo, m, &raw mut out as u64);
+        check(gone == Err(Error::PermissionDenied), || {
+            format!("{m:#x} after release: {gone:?}")
+        })?;
+    }
+    Ok("4 frames released: returns 4, ownership gone, count back".into())
 }
 
 fn mem_6a(_l: &Lab) -> Outcome {
