@@ -178,6 +178,10 @@ pub fn reference(name: &str) -> &'static str {
         }
         "yield_round_trip" => "Linux futex ping-pong 9,691; Xen PV 16,303 (2 switches each)",
         "domain_switch" => "half a futex ping-pong: Linux 4,846; Xen PV 8,152",
+        "domain_switch_64dom" => "domain_switch with 62 more (blocked) domains: must match it",
+        "yield_round_trip_64dom" => {
+            "yield_round_trip with 62 more (blocked) domains: must match it"
+        }
         "mmu_update_batch_1" | "mmu_update_batch_32" | "mmu_update_batch_512" => {
             "per entry; floor: the null hypercall split over the batch plus one \
              validated store. Linux mprotect of one page 2,923; Xen PV 6,672"

@@ -24,6 +24,8 @@
 
 extern crate alloc;
 
+use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -343,7 +345,16 @@ fn event_bench(si: &StartInfo, ping: bool, iters: u64, warmup: u64) -> i32 {
     0
 }
 
-fn switch_bench(a: bool, iters: u64, warmup: u64) -> i32 {
+/// Names a figure, with `suffix=` from the command line appended (to tell
+/// apart the same measurement in different scenarios).
+fn named(si: &StartInfo, base: &str) -> String {
+    match si.cmdline_value("suffix") {
+        Some(s) => format!("{base}_{s}"),
+        None => String::from(base),
+    }
+}
+
+fn switch_bench(si: &StartInfo, a: bool, iters: u64, warmup: u64) -> i32 {
     let nr = Hypercall::Yield.number();
     if !a {
         loop {
@@ -356,8 +367,8 @@ fn switch_bench(a: bool, iters: u64, warmup: u64) -> i32 {
     }
     let e = median(sample(10, 1000, || pair_empty(nr)));
     let samples = sample(warmup, iters, || pair_syscall(nr).saturating_sub(e));
-    Stats::of(samples.clone(), 1).report("yield_round_trip");
-    Stats::of(samples, 2).report("domain_switch");
+    Stats::of(samples.clone(), 1).report(&named(si, "yield_round_trip"));
+    Stats::of(samples, 2).report(&named(si, "domain_switch"));
     0
 }
 
@@ -368,10 +379,14 @@ fn main(si: &StartInfo) -> i32 {
         Some("solo") | None => solo(iters, warmup),
         Some("ping") => event_bench(si, true, iters, warmup),
         Some("pong") => event_bench(si, false, iters, warmup),
-        Some("switch-a") => switch_bench(true, iters, warmup),
-        Some("switch-b") => switch_bench(false, iters, warmup),
+        Some("switch-a") => switch_bench(si, true, iters, warmup),
+        Some("switch-b") => switch_bench(si, false, iters, warmup),
+        // Present but asleep: blocked domains must not make switches dearer.
+        Some("idle") => loop {
+            sched::block(guest_sdk::abi::args::NO_DEADLINE);
+        },
         Some(other) => {
-            println!("bench: unknown role={other} (solo, ping, pong, switch-a, switch-b)");
+            println!("bench: unknown role={other} (solo, ping, pong, switch-a, switch-b, idle)");
             2
         }
     }
