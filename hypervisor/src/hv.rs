@@ -411,7 +411,13 @@ impl Hv {
         }
         let size = core::mem::size_of::<MmuUpdate>() as u64;
         let all = GuestRange::new(reqs, count * size, MMU_BATCH_MAX * size)?;
-        guestmem::check(&self.space(cur)?, all, false)?;
+        // A bad array must apply nothing (MMU-22a). When it lies within one
+        // page the first chunk's copy is that check; otherwise check it all
+        // before applying any chunk.
+        let one_page = count == 0 || reqs >> 12 == (reqs + count * size - 1) >> 12;
+        if !one_page || count > 32 {
+            guestmem::check(&self.space(cur)?, all, false)?;
+        }
         if done_ptr != 0 {
             guestmem::check(&self.space(cur)?, GuestRange::new(done_ptr, 8, 8)?, true)?;
         }
