@@ -127,6 +127,7 @@ extern "C" fn trap_upcall(frame: *mut UpcallFrame) -> ! {
 }
 
 /// Reads the TSC, ordered after earlier loads (`lfence`), as pvclock does.
+#[inline(always)]
 pub(crate) fn rdtsc() -> u64 {
     let lo: u32;
     let hi: u32;

@@ -348,10 +348,9 @@ pub fn memory_info() -> Result<(u64, u64), Error> {
 #[cfg(target_os = "none")]
 pub fn frame_list() -> &'static [u64] {
     let si = crate::start_info();
-    // SAFETY: MEM-2/MEM-3: the frame list is `nr_pages` u64s at
-    // `frame_list_va`, mapped for the domain's life; the hypervisor writes it
-    // once before start and the SDK never writes it (a guest writing it
-    // through a raw pointer breaks this, as for any shared data).
+    // SAFETY: MEM-2/3: `nr_pages` u64s at `frame_list_va`, mapped for the
+    // domain's life, written once by the hypervisor before start and never
+    // by the SDK (a guest writing it through a raw pointer breaks this).
     unsafe { core::slice::from_raw_parts(si.frame_list_va as *const u64, si.nr_pages as usize) }
 }
 
@@ -391,10 +390,9 @@ pub fn ready() -> bool {
 }
 
 fn read_at(addr: u64) -> u64 {
-    // SAFETY: callers pass the self-entry address of an entry whose tables
-    // above are present (checked top-down in `walk`), so the page is mapped
-    // read-only through the self entry of the loaded root; the read is a
-    // single aligned u64, volatile because the hypervisor changes it.
+    // SAFETY: `walk` checked the tables above present, so the self entry maps
+    // this entry's page read-only; one aligned u64, volatile because the
+    // hypervisor changes it.
     unsafe { core::ptr::read_volatile(addr as *const u64) }
 }
 

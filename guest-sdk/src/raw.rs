@@ -28,13 +28,13 @@ use hypercall_abi::{regs, Error, Hypercall};
 #[inline(always)]
 pub unsafe fn syscall(nr: u64, args: [u64; 6]) -> u64 {
     let rax: u64;
-    // SAFETY: the register convention is CALL-1: rax = number, arguments in
-    // rdi, rsi, rdx, r10, r8, r9 (preserved), rcx and r11 clobbered by the
-    // instruction itself, everything else and the stack preserved (so
-    // `nostack`: nothing is pushed below rsp, the red zone survives). The
-    // call may read or write guest memory named by its arguments, so the
-    // block is not `nomem`/`readonly`, and flags are not declared preserved.
-    // Control-transfer calls are the caller's obligation (see `# Safety`).
+    // The register convention is CALL-1: rax = number, arguments in rdi,
+    // rsi, rdx, r10, r8, r9 (preserved), rcx and r11 clobbered, the stack and
+    // everything else preserved (`nostack`: the red zone survives). The call
+    // may read or write memory its arguments name (not `nomem`), and flags
+    // are not declared preserved.
+    // SAFETY: the convention above is declared exactly; control-transfer
+    // calls are the caller's obligation (see `# Safety`).
     unsafe {
         core::arch::asm!(
             "syscall",

@@ -43,10 +43,9 @@ pub(crate) extern "C" fn start(si: *const layout::StartInfo) -> ! {
     if si.is_null() || (si as usize) & (PAGE_SIZE - 1) != 0 {
         fail(format_args!("start info at {si:p} is not a page"));
     }
-    // SAFETY: MEM-3: `rdi` holds the address of the start-info page, which
-    // the hypervisor maps readable for the domain's life; it is page-aligned
-    // (checked) and a `StartInfo` fits in a page (asserted in the ABI). The
-    // record is plain data (every bit pattern valid), copied once here.
+    // MEM-3: `rdi` is the start-info page, mapped readable for the domain's
+    // life; page-aligned (checked), and a `StartInfo` fits in a page.
+    // SAFETY: as above; plain data (any bit pattern valid), copied once.
     let raw = unsafe { core::ptr::read_volatile(si) };
     if raw.magic != START_INFO_MAGIC {
         fail(format_args!("bad start-info magic {:02x?}", raw.magic));

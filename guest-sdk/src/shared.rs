@@ -23,10 +23,9 @@ impl Shared {
     /// The domain's shared-info page, at `SHARED_INFO_VA`.
     #[cfg(target_os = "none")]
     pub(crate) fn get() -> Shared {
-        // SAFETY: MEM-2/MEM-4: the hypervisor maps the shared-info page
-        // read-write at SHARED_INFO_VA for the domain's whole life (checked
-        // against the start-info page at start); the SDK touches it only
-        // through the atomics below.
+        // MEM-2/4: mapped read-write at SHARED_INFO_VA for the domain's life
+        // (checked against the start-info page at start).
+        // SAFETY: as above; the SDK touches it only through the atomics below.
         unsafe { Shared::from_ptr(hypercall_abi::layout::SHARED_INFO_VA as *mut SharedInfo) }
     }
 

@@ -25,13 +25,18 @@ pub fn now() -> Duration {
     Duration::from_nanos(now_ns())
 }
 
+/// Reads the TSC after the instructions before it (`lfence; rdtsc`; allowed
+/// in ring 3, TIME-0). Under QEMU's `-icount shift=0` one tick is one
+/// instruction, which is how the benchmarks count.
 #[cfg(target_os = "none")]
-fn rdtsc() -> u64 {
+#[inline(always)]
+pub fn rdtsc() -> u64 {
     crate::arch::rdtsc()
 }
 
+/// Host builds (unit tests) have no guest TSC.
 #[cfg(not(target_os = "none"))]
-fn rdtsc() -> u64 {
+pub fn rdtsc() -> u64 {
     panic!("rdtsc is read only on the x86_64-unknown-none target")
 }
 

@@ -129,10 +129,9 @@ impl SharedPage {
 
     fn word(&self, field: *mut u64) -> &AtomicU64 {
         let _ = self;
-        // SAFETY: `field` points into this page (a live, 8-aligned,
-        // direct-mapped frame owned by the domain for its lifetime); any bit
-        // pattern is a valid u64, and the guest only ever accesses it from
-        // the same CPU while the hypervisor is not running.
+        // `field` is in this page: a live, 8-aligned, direct-mapped frame
+        // the domain holds for its lifetime; any bit pattern is a valid u64.
+        // SAFETY: as above; the guest runs on this CPU only while we don't.
         unsafe { AtomicU64::from_ptr(field) }
     }
 

@@ -166,23 +166,7 @@ fn calibrate(n: u64) -> u64 {
     delta
 }
 
-/// `lfence; rdtsc` for timing Rust code.
-#[inline(always)]
-fn rdtsc() -> u64 {
-    let lo: u32;
-    let hi: u32;
-    // SAFETY: touches only eax/edx; allowed in ring 3 (TIME-0).
-    unsafe {
-        core::arch::asm!(
-            "lfence",
-            "rdtsc",
-            out("eax") lo,
-            out("edx") hi,
-            options(nomem, nostack, preserves_flags),
-        );
-    }
-    (u64::from(hi) << 32) | u64::from(lo)
-}
+use guest_sdk::time::rdtsc;
 
 fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
@@ -233,10 +217,9 @@ fn solo(iters: u64, warmup: u64) -> i32 {
 fn pending_word(port: Port) -> (&'static AtomicU64, u64) {
     let p = port.number() as usize;
     let addr = SHARED_INFO_VA as usize + SHARED_PENDING_OFFSET + (p / 64) * 8;
-    // SAFETY: MEM-4: the shared-info page is mapped read-write at
-    // SHARED_INFO_VA for the domain's life; the pending words are 8-byte
-    // aligned u64s that both sides access only atomically. With upcalls
-    // switched off nothing else in this domain touches them.
+    // MEM-4: the shared-info page is mapped read-write for the domain's life.
+    // SAFETY: as above; the pending words are aligned u64s both sides access
+    // only atomically, and with upcalls off nothing else here touches them.
     let word = unsafe { AtomicU64::from_ptr(addr as *mut u64) };
     (word, 1u64 << (p % 64))
 }

@@ -315,16 +315,7 @@ pub fn resume_rdi() -> u64 {
     conf_resume_rdi as *const () as u64
 }
 
-/// Reads the TSC.
-pub fn rdtsc() -> u64 {
-    let lo: u32;
-    let hi: u32;
-    // SAFETY: rdtsc is allowed in ring 3 (TIME-0) and writes edx:eax only.
-    unsafe {
-        core::arch::asm!("lfence", "rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack))
-    };
-    (u64::from(hi) << 32) | u64::from(lo)
-}
+pub use guest_sdk::time::rdtsc;
 
 /// The frame as 22 words.
 pub fn frame_words(f: &UpcallFrame) -> [u64; 22] {

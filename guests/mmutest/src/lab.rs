@@ -59,14 +59,4 @@ pub fn poke(va: u64, v: u64) {
     unsafe { core::ptr::write_volatile(va as *mut u64, v) }
 }
 
-/// `lfence; rdtsc`: under `-icount shift=0` one tick is one instruction.
-#[inline(always)]
-pub fn rdtsc() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: rdtsc is allowed in ring 3 (CR4.TSD clear); lfence orders it
-    // after the instructions before it.
-    unsafe {
-        core::arch::asm!("lfence", "rdtsc", out("eax") lo, out("edx") hi, options(nostack, nomem));
-    }
-    (u64::from(hi) << 32) | u64::from(lo)
-}
+pub use guest_sdk::time::rdtsc;
