@@ -44,33 +44,9 @@ use crate::raw;
 /// Page size.
 pub const PAGE: u64 = 4096;
 
-/// Page-table entry bits (x86-64), for guests that build entries by hand.
-pub mod pte {
-    /// Present.
-    pub const PRESENT: u64 = 1 << 0;
-    /// Writable.
-    pub const WRITABLE: u64 = 1 << 1;
-    /// User-accessible (required on every present entry, `MMU-6`).
-    pub const USER: u64 = 1 << 2;
-    /// Write-through (refused, `MMU-5`).
-    pub const PWT: u64 = 1 << 3;
-    /// Cache disable (refused, `MMU-5`).
-    pub const PCD: u64 = 1 << 4;
-    /// Accessed.
-    pub const ACCESSED: u64 = 1 << 5;
-    /// Dirty (L1 only; refused in L2..L4, `MMU-5`).
-    pub const DIRTY: u64 = 1 << 6;
-    /// Page size in L2..L4 (refused, `MMU-9`); PAT in L1 (refused, `MMU-5`).
-    pub const PS: u64 = 1 << 7;
-    /// PAT bit of an L1 entry (same bit as [`PS`]).
-    pub const PAT: u64 = 1 << 7;
-    /// Global (refused, `MMU-5`).
-    pub const GLOBAL: u64 = 1 << 8;
-    /// No-execute.
-    pub const NX: u64 = 1 << 63;
-    /// The frame address bits.
-    pub const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
-}
+/// Page-table entry bits (x86-64), for guests that build entries by hand:
+/// the ABI's definition (`docs/abi/mmu.md`).
+pub use hypercall_abi::pte;
 
 /// What a leaf mapping allows besides reading. User and present are always
 /// set by the SDK; no-execute unless [`Flags::EXECUTABLE`].

@@ -19,6 +19,7 @@ pub mod args;
 pub mod error;
 pub mod layout;
 pub mod numbers;
+pub mod pte;
 pub mod regs;
 
 pub use error::Error;

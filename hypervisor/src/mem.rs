@@ -21,14 +21,14 @@ pub const PHYS_OFFSET: u64 = 0xFFFF_8000_0000_0000;
 /// Base the image is linked at (minus its physical load address).
 pub const KERNEL_VMA: u64 = 0xFFFF_FFFF_8000_0000;
 
-/// Page-table entry bits: the validator's definitions, plus the two names
-/// the hypervisor's own tables use.
+/// Page-table entry bits: the ABI's definition, plus the two names the
+/// hypervisor's own tables use.
 pub mod pte {
-    pub use tahoma_core::mm::pte::{ACCESSED, GLOBAL, NX, PCD, PRESENT, PWT, USER, WRITABLE};
+    pub use hypercall_abi::pte::{ACCESSED, GLOBAL, NX, PCD, PRESENT, PWT, USER, WRITABLE};
     /// PS: a 2 MiB leaf in an L2 entry.
-    pub const HUGE: u64 = tahoma_core::mm::pte::PS_OR_PAT;
+    pub const HUGE: u64 = hypercall_abi::pte::PS;
     /// The physical-address field of an entry.
-    pub const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+    pub const ADDR: u64 = hypercall_abi::pte::ADDR_MASK;
 }
 
 /// How far the direct map reaches (bytes of physical address space).

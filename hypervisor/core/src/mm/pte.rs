@@ -10,35 +10,11 @@
 use super::error::MmError;
 use crate::frames::Pfn;
 
-/// Entries per page-table frame.
-pub const ENTRIES: usize = 512;
-/// The first L4 slot that belongs to the hypervisor (MMU-3).
-pub const FIRST_HYPERVISOR_SLOT: usize = 256;
-
-/// P: the entry maps something.
-pub const PRESENT: u64 = 1 << 0;
-/// R/W: writes allowed through this entry.
-pub const WRITABLE: u64 = 1 << 1;
-/// U/S: ring 3 may use this entry.
-pub const USER: u64 = 1 << 2;
-/// PWT: write-through caching.
-pub const PWT: u64 = 1 << 3;
-/// PCD: caching disabled.
-pub const PCD: u64 = 1 << 4;
-/// A: set by the CPU on use.
-pub const ACCESSED: u64 = 1 << 5;
-/// D: set by the CPU on write (leaf entries only).
-pub const DIRTY: u64 = 1 << 6;
-/// PS in L2/L3 (a 2 MiB / 1 GiB leaf); reserved in L4; PAT in L1.
-pub const PS_OR_PAT: u64 = 1 << 7;
-/// G: the translation survives CR3 loads (leaf entries only).
-pub const GLOBAL: u64 = 1 << 8;
-/// Bits 9..=11: ignored by the CPU, free for the guest.
-pub const AVAILABLE: u64 = 0b111 << 9;
-/// Bits 52..=62: ignored (52..=58) or protection keys (59..=62).
-pub const HIGH_BITS: u64 = 0x7ff << 52;
-/// XD: no instruction fetch through this entry.
-pub const NX: u64 = 1 << 63;
+// The entry format is part of the ABI: one definition, shared with guests.
+pub use hypercall_abi::pte::{
+    ACCESSED, AVAILABLE, DIRTY, ENTRIES, FIRST_HYPERVISOR_SLOT, GLOBAL, HIGH_BITS, NX, PCD,
+    PRESENT, PS_OR_PAT, PWT, USER, WRITABLE,
+};
 
 /// A page-table level. L4 is the root (CR3 points at it); L1 maps 4 KiB pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
