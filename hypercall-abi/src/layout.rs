@@ -14,6 +14,12 @@ pub const GUEST_VA_TOP: u64 = 0x0000_8000_0000_0000;
 /// are linked here.
 pub const WINDOW_BASE: u64 = 0x40_0000;
 
+/// Smallest window, in pages (128 KiB): room for the initial page tables,
+/// the frame list, the start-info page and a stack beside a small image
+/// (`MEM-2c`). xtask refuses smaller manifests before boot; the hypervisor
+/// refuses them at build.
+pub const WINDOW_MIN_PAGES: u64 = 32;
+
 /// Largest window, in pages (1 GiB minus the first 4 MiB).
 pub const WINDOW_MAX_PAGES: u64 = (0x4000_0000 - WINDOW_BASE) / 4096;
 

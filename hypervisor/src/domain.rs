@@ -17,8 +17,8 @@ use xmas_elf::program::Type as SegType;
 use xmas_elf::ElfFile;
 use zerocopy::IntoBytes;
 
-/// Smallest domain, in pages.
-pub const MIN_PAGES: u64 = 32;
+/// Smallest domain, in pages (MEM-2c).
+pub const MIN_PAGES: u64 = hypercall_abi::layout::WINDOW_MIN_PAGES;
 /// Default time slice in milliseconds (weight 0).
 pub const DEFAULT_SLICE_MS: u64 = 10;
 

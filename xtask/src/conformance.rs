@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hypercall_abi::layout::{WINDOW_MAX_PAGES, WINDOW_MIN_PAGES};
 use serde::Serialize;
 use tahoma_core::bootpack::{DomainFlags, DomainSpec, PackBuilder};
 use tahoma_tests::{BootOutcome, BootRequest, Exit};
@@ -502,8 +503,9 @@ const MEM2B_CASES: [(&str, &str); 6] = [
     ("bad-garbage", "garbage"),
 ];
 
-/// Boots a pack of refused images around one good domain and judges MEM-2b.
-fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Record {
+/// Boots a pack of refused images and windows around one good domain and
+/// judges MEM-2b and MEM-2c.
+fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Vec<Record> {
     let name = "image refused at boot, others start";
     let run = || -> Result<BootOutcome, String> {
         let peer = booter.images.dir.join("conf-peer");
@@ -535,6 +537,14 @@ fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Record {
                 b.domain(&spec("good", good, true))?;
             }
         }
+        // MEM-2c: windows one page outside the documented range.
+        let hello_blob = b.blob(&hello);
+        for (dom, pages) in MEM2C_CASES {
+            let mut d = spec(dom, hello_blob, false);
+            d.mem_pages = pages;
+            d.max_pages = pages;
+            b.domain(&d)?;
+        }
         let packs = booter.work_dir().join("packs");
         std::fs::create_dir_all(&packs)
             .map_err(|e| format!("cannot create {}: {e}", packs.display()))?;
@@ -560,13 +570,52 @@ fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Record {
         o.log = Some(log);
         Ok(o)
     };
+    let name_c = "window size outside the documented range: refused";
     match run() {
         Ok(o) => {
             let (pass, detail) = judge_mem2b(&o);
-            Record::new("MEM-2b", name, pass, detail)
+            let (pass_c, detail_c) = judge_mem2c(&o);
+            vec![
+                Record::new("MEM-2b", name, pass, detail),
+                Record::new("MEM-2c", name_c, pass_c, detail_c),
+            ]
         }
-        Err(e) => Record::new("MEM-2b", name, false, format!("could not boot: {e}")),
+        Err(e) => vec![
+            Record::new("MEM-2b", name, false, format!("could not boot: {e}")),
+            Record::new("MEM-2c", name_c, false, format!("could not boot: {e}")),
+        ],
     }
+}
+
+/// The MEM-2c cases: (domain name, window pages), each one page outside
+/// `WINDOW_MIN_PAGES..=WINDOW_MAX_PAGES`.
+const MEM2C_CASES: [(&str, u32); 2] = [
+    ("small-window", WINDOW_MIN_PAGES as u32 - 1),
+    ("huge-window", WINDOW_MAX_PAGES as u32 + 1),
+];
+
+/// MEM-2c from the same transcript: each out-of-range window refused with
+/// a report naming its size, never started.
+pub fn judge_mem2c(o: &BootOutcome) -> (bool, String) {
+    let mut c = HostCheck::new();
+    let f = &o.facts;
+    for (dom, pages) in MEM2C_CASES {
+        let err = f
+            .of_kind("domain-error")
+            .find(|x| x.get("name") == Some(dom))
+            .and_then(|x| x.get("error").map(str::to_string));
+        c.t(err.is_some(), format!("{dom}: no `@ domain-error`"));
+        c.t(
+            err.is_some_and(|e| e.contains(&pages.to_string())),
+            format!("{dom}: the error does not name its {pages} pages"),
+        );
+        c.t(
+            !f.of_kind("domain-start")
+                .any(|x| x.get("name") == Some(dom)),
+            format!("{dom} was started"),
+        );
+    }
+    c.result()
 }
 
 /// MEM-2b from the transcript of the refused-images boot.
@@ -646,8 +695,8 @@ pub fn run(booter: &Booter<'_>, timeout: Option<Duration>) -> Result<Report, Str
         }
     };
     let mut results = results;
-    results.retain(|r| r.clause != "MEM-2b");
-    results.push(mem2b(booter, timeout));
+    results.retain(|r| r.clause != "MEM-2b" && r.clause != "MEM-2c");
+    results.extend(mem2b(booter, timeout));
     results.extend(mmu(booter, timeout, &mut problems));
     Ok(Report {
         records: reconcile(&doc, results),

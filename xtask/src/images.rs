@@ -34,6 +34,66 @@ pub struct Images {
     pub guests: Vec<String>,
 }
 
+impl Images {
+    /// Bytes of RAM the hypervisor image occupies once loaded: the sum of
+    /// its `PT_LOAD` segments' memory sizes (code, data, and the heap,
+    /// which is a static array).
+    pub fn hypervisor_memory(&self) -> Result<u64, String> {
+        let elf = std::fs::read(&self.hypervisor)
+            .map_err(|e| format!("cannot read {}: {e}", self.hypervisor.display()))?;
+        load_bytes(&elf).ok_or_else(|| {
+            format!(
+                "{} is not an ELF64 image; rebuild with `cargo xtask build`",
+                self.hypervisor.display()
+            )
+        })
+    }
+}
+
+/// Sum of the `PT_LOAD` memory sizes of an ELF64 little-endian image.
+fn load_bytes(elf: &[u8]) -> Option<u64> {
+    let u = |at: usize, n: usize| -> Option<u64> {
+        let mut b = [0u8; 8];
+        b[..n].copy_from_slice(elf.get(at..at.checked_add(n)?)?);
+        Some(u64::from_le_bytes(b))
+    };
+    if elf.get(..5)? != b"\x7fELF\x02" {
+        return None;
+    }
+    let (phoff, entsize, num) = (u(32, 8)?, u(54, 2)?, u(56, 2)?);
+    let mut total = 0u64;
+    for i in 0..num {
+        let ph = usize::try_from(phoff.checked_add(i.checked_mul(entsize)?)?).ok()?;
+        if u(ph, 4)? == 1 {
+            total = total.checked_add(u(ph + 40, 8)?.next_multiple_of(4096))?;
+        }
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod load_tests {
+    use super::load_bytes;
+
+    #[test]
+    fn load_bytes_sums_pt_load_segments() {
+        let mut e = vec![0u8; 64 + 2 * 56];
+        e[..5].copy_from_slice(b"\x7fELF\x02");
+        e[32..40].copy_from_slice(&64u64.to_le_bytes());
+        e[54..56].copy_from_slice(&56u16.to_le_bytes());
+        e[56..58].copy_from_slice(&2u16.to_le_bytes());
+        for (i, (ty, memsz)) in [(1u32, 5000u64), (4, 99)].iter().enumerate() {
+            let ph = 64 + i * 56;
+            e[ph..ph + 4].copy_from_slice(&ty.to_le_bytes());
+            e[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
+        }
+        assert_eq!(load_bytes(&e), Some(8192));
+        assert_eq!(load_bytes(b"not an elf"), None);
+        e.truncate(70);
+        assert_eq!(load_bytes(&e), None);
+    }
+}
+
 #[derive(Deserialize)]
 struct GuestManifest {
     package: Option<GuestPackage>,

@@ -71,6 +71,14 @@ impl Booter<'_> {
     ) -> Result<(BootOutcome, Scenario, Ended), String> {
         let scenario = Scenario::load(&self.root, &req.scenario)?;
         let pack = scenario.pack(&self.images.dir)?;
+        scenario.check_fit(self.images.hypervisor_memory()?, pack.len() as u64)?;
+        if how.echo {
+            eprintln!(
+                "xtask: packed {} guest(s) into a {} KiB boot pack",
+                scenario.guests.len(),
+                pack.len().div_ceil(1024)
+            );
+        }
         let packs = self.work_dir().join("packs");
         std::fs::create_dir_all(&packs)
             .map_err(|e| format!("cannot create {}: {e}", packs.display()))?;

@@ -19,7 +19,7 @@ use toml::Spanned;
 /// Bytes per page.
 const PAGE: u64 = 4096;
 /// Smallest guest reservation.
-const MIN_GUEST_MEMORY: u64 = 64 * 1024;
+const MIN_GUEST_MEMORY: u64 = hypercall_abi::layout::WINDOW_MIN_PAGES * PAGE;
 /// Smallest QEMU RAM size we accept.
 const MIN_MACHINE_MEMORY: u64 = 16 << 20;
 /// Largest scheduling weight.
@@ -278,6 +278,37 @@ impl Scenario {
         Ok(())
     }
 
+    /// Checks before boot that the guests fit in the machine beside the
+    /// hypervisor: each guest takes its window plus its shared-info page;
+    /// the hypervisor takes its image (`hypervisor_bytes`, heap included),
+    /// the first MiB (firmware) and the boot pack, which QEMU loads into RAM.
+    /// Refusing here beats half the guests failing at boot.
+    pub fn check_fit(&self, hypervisor_bytes: u64, pack_bytes: u64) -> Result<(), String> {
+        let guests: u64 = self
+            .guests
+            .iter()
+            .map(|g| (u64::from(g.mem_pages) + 1) * PAGE)
+            .sum();
+        let hv = hypervisor_bytes + (1 << 20) + pack_bytes;
+        let machine = self.memory_mib << 20;
+        if guests + hv > machine {
+            let mib = |b: u64| b.div_ceil(1 << 20);
+            return Err(format!(
+                "{}: the {} guest(s) need {} MiB and the hypervisor about {} MiB (its image and heap, \
+                 the first MiB, the {} KiB boot pack), {} MiB in all, but the machine has {} MiB: \
+                 raise `memory` at the top of the manifest or give the guests less",
+                self.path.display(),
+                self.guests.len(),
+                mib(guests),
+                mib(hv),
+                pack_bytes.div_ceil(1024),
+                mib(guests + hv),
+                self.memory_mib
+            ));
+        }
+        Ok(())
+    }
+
     /// Packs the scenario with the guest ELFs from `images` (the release
     /// output directory): each distinct image is stored once.
     pub fn pack(&self, images: &Path) -> Result<Vec<u8>, String> {
@@ -360,7 +391,11 @@ fn expand_guest<'a>(
         if bytes < MIN_GUEST_MEMORY {
             return Err(cx.at(
                 v,
-                format!("{what} = \"{}\" is below the minimum of 64K", v.get_ref()),
+                format!(
+                    "{what} = \"{}\" is below the minimum of {}K (ABI clause MEM-2c)",
+                    v.get_ref(),
+                    MIN_GUEST_MEMORY / 1024
+                ),
             ));
         }
         u32::try_from(bytes / PAGE)
@@ -480,7 +515,7 @@ critical = false
 [[guest]]
 name = "worker"
 image = "hello"
-memory = "64K"
+memory = "128K"
 cmdline = "greeting=hi"
 count = 3
 weight = 256
@@ -507,7 +542,7 @@ weight = 256
         );
         assert_eq!(net.image_line, 9);
         let w = &s.guests[1];
-        assert_eq!((w.mem_pages, w.max_pages, w.weight), (16, 16, 256));
+        assert_eq!((w.mem_pages, w.max_pages, w.weight), (32, 32, 256));
         assert!(w.critical && !w.privileged);
         assert_eq!(w.cmdline, "greeting=hi");
     }
@@ -556,7 +591,7 @@ weight = 256
             ("\"\"", "not a size"),
             ("\"-1M\"", "not a size"),
             ("\"1000\"", "whole number of 4K pages"),
-            ("\"32K\"", "minimum of 64K"),
+            ("\"64K\"", "minimum of 128K"),
             ("\"99999G\"", "too large"),
             ("2", "string"),
         ] {
@@ -598,6 +633,19 @@ weight = 256
         ));
         assert!(e.message.contains("longer than 32"), "{e}");
         assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn guests_that_do_not_fit_are_refused_before_boot() {
+        let s = parse("memory = \"64M\"\n[[guest]]\nname = \"a\"\nimage = \"x\"\nmemory = \"20M\"\ncount = 2\n")
+            .unwrap();
+        // 40 MiB of guests + 18 MiB of hypervisor + 1 MiB + pack: fits.
+        assert_eq!(s.check_fit(18 << 20, 64 << 10), Ok(()));
+        // 40 + 24 + 1 does not.
+        let e = s.check_fit(24 << 20, 64 << 10).unwrap_err();
+        assert!(e.contains("2 guest(s) need 41 MiB"), "{e}");
+        assert!(e.contains("the machine has 64 MiB"), "{e}");
+        assert!(e.contains("raise `memory`"), "{e}");
     }
 
     #[test]
