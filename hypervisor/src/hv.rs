@@ -39,6 +39,23 @@ const MAX_UPCALL_DEPTH: u32 = 8;
 
 static HV: Mutex<Option<Hv>> = Mutex::new(None);
 
+/// The id of the domain whose context the CPU holds (0: none, idle or
+/// between domains), for debuggers: `cargo xtask run --gdb` conditions a
+/// breakpoint on it so that it stops in one named domain only (all guests
+/// are linked at the same address). A plain `u16`, so that a gdb condition
+/// reads it in any source language. Written on every switch through
+/// [`note_current`]; never read by the hypervisor.
+#[no_mangle]
+static mut TAHOMA_CURRENT_DOMAIN: u16 = 0;
+
+/// Records the running domain for debuggers (see `TAHOMA_CURRENT_DOMAIN`).
+fn note_current(id: DomId) {
+    // SAFETY: a plain store to a static that no Rust code reads (only a
+    // debugger does, while the CPU is stopped); the hypervisor runs on one
+    // CPU with interrupts disabled, so there is no concurrent access.
+    unsafe { core::ptr::write_volatile(&raw mut TAHOMA_CURRENT_DOMAIN, id) };
+}
+
 /// How a domain ended.
 #[derive(Clone, Copy, Debug)]
 enum Exit {
@@ -822,6 +839,7 @@ impl Hv {
     /// next one into `frame`.
     fn switch_away(&mut self, frame: &mut TrapFrame, requeue: bool) {
         if let Some(cur) = self.current.take() {
+            note_current(0);
             if let Some(d) = self.dom(cur) {
                 d.ctx = *frame;
             }
@@ -857,6 +875,7 @@ impl Hv {
                     d.first_run_at.get_or_insert(now);
                 }
                 self.current = Some(id);
+                note_current(id);
                 self.slice_end = now + slice;
                 self.timer_dirty = true;
                 return;
@@ -940,6 +959,7 @@ impl Hv {
         self.channels.remove_domain(id);
         if self.current == Some(id) {
             self.current = None;
+            note_current(0);
         }
         if self.loaded_root == d.root {
             // SAFETY: the hypervisor's own PML4 maps everything ring 0 needs.

@@ -418,7 +418,7 @@ fn pass(
         };
         let how = Presentation {
             echo: false,
-            gdb: false,
+            gdb: None,
             log_name: format!("bench/{name}.{label}"),
         };
         let (outcome, _, _) = booter.boot_with(&req, &how, extra)?;

@@ -559,7 +559,7 @@ fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Vec<Record> {
             kernel: booter.images.hypervisor.clone(),
             initrd: Some(pack),
             append: String::new(),
-            gdb: false,
+            gdb: None,
             extra: Vec::new(),
             timeout: Some(timeout.unwrap_or(Duration::from_secs(60))),
             echo: false,
@@ -670,7 +670,7 @@ pub fn run(booter: &Booter<'_>, timeout: Option<Duration>) -> Result<Report, Str
     let doc = doc_clauses(&booter.root)?;
     let how = Presentation {
         echo: false,
-        gdb: false,
+        gdb: None,
         log_name: format!("tests/{SCENARIO}"),
     };
     let mut req = BootRequest::scenario(SCENARIO);
@@ -712,7 +712,7 @@ pub fn run(booter: &Booter<'_>, timeout: Option<Duration>) -> Result<Report, Str
 fn mmu(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String>) -> Vec<Record> {
     let how = Presentation {
         echo: false,
-        gdb: false,
+        gdb: None,
         log_name: format!("tests/{MMU_SCENARIO}"),
     };
     let mut req = BootRequest::scenario(MMU_SCENARIO);

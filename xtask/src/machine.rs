@@ -30,8 +30,8 @@ pub struct Booter<'a> {
 pub struct Presentation {
     /// Stream serial output to stdout.
     pub echo: bool,
-    /// Wait for gdb; no timeout.
-    pub gdb: bool,
+    /// Wait for gdb on this port; no timeout.
+    pub gdb: Option<u16>,
     /// Log file name (without `.log`).
     pub log_name: String,
 }
@@ -126,7 +126,7 @@ impl Booter<'_> {
             append,
             gdb: how.gdb,
             extra,
-            timeout: if how.gdb {
+            timeout: if how.gdb.is_some() && req.timeout.is_none() {
                 None
             } else {
                 Some(req.timeout.unwrap_or(scenario.timeout))
@@ -197,7 +197,7 @@ impl Machine for TestMachine<'_, '_> {
         }
         let how = Presentation {
             echo: false,
-            gdb: false,
+            gdb: None,
             log_name: self.log_name(n),
         };
         self.booter.boot(&req, &how).map(|(outcome, _, _)| outcome)

@@ -11,6 +11,7 @@
 
 mod bench;
 mod conformance;
+mod gdb;
 mod images;
 mod machine;
 mod manifest;
@@ -106,10 +107,15 @@ struct RunArgs {
     /// otherwise tcg (a nested /dev/kvm cannot run a PV hypervisor).
     #[arg(long, value_enum)]
     accel: Option<Accel>,
-    /// Start paused with a gdb server on :1234 (QEMU -s -S); disables the
-    /// timeout.
+    /// Start paused with a gdb server on 127.0.0.1 (port: --gdb-port),
+    /// write a gdb script that loads the symbols and defines per-domain
+    /// commands (target/tahoma/gdb/SCENARIO.gdb), print how to use it;
+    /// disables the timeout.
     #[arg(long)]
     gdb: bool,
+    /// The gdb server's port (with --gdb).
+    #[arg(long, value_name = "N", default_value_t = 1234, requires = "gdb")]
+    gdb_port: u16,
     /// Kill QEMU after S seconds (default: the scenario's `timeout`).
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
     timeout: Option<u64>,
@@ -215,16 +221,11 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         }
     );
     if args.gdb {
-        eprintln!(
-            "xtask: QEMU waits for gdb on :1234. In another terminal:\n  \
-             gdb {} -ex 'target remote :1234'",
-            booter
-                .images
-                .hypervisor
-                .strip_prefix(&root)
-                .unwrap_or(&booter.images.hypervisor)
-                .display()
-        );
+        let script = gdb::write(&root, &scenario, &booter.images, args.gdb_port)?;
+        let shown = script.strip_prefix(&root).unwrap_or(&script);
+        for line in gdb::instructions(&scenario, shown, args.gdb_port).lines() {
+            eprintln!("xtask: {line}");
+        }
     }
     let (_, reach) = machine::endpoints(&scenario);
     for line in reach {
@@ -238,7 +239,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     };
     let how = Presentation {
         echo: true,
-        gdb: args.gdb,
+        gdb: args.gdb.then_some(args.gdb_port),
         log_name: format!("{}/serial", scenario.name),
     };
     let (outcome, _, ended) = booter.boot(&req, &how)?;

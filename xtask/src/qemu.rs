@@ -125,8 +125,8 @@ pub struct Run {
     pub initrd: Option<PathBuf>,
     /// The hypervisor command line (`-append`).
     pub append: String,
-    /// Wait for gdb on :1234 (`-s -S`).
-    pub gdb: bool,
+    /// Wait for gdb on this port of 127.0.0.1 (`-gdb tcp:... -S`).
+    pub gdb: Option<u16>,
     /// Extra QEMU arguments (network devices, port forwards).
     pub extra: Vec<String>,
     /// Kill QEMU after this long; `None`: never.
@@ -179,8 +179,8 @@ impl Run {
             a.extend(["-initrd".into(), initrd.display().to_string()]);
         }
         a.extend(["-append".into(), self.append.clone()]);
-        if self.gdb {
-            a.extend(["-s".into(), "-S".into()]);
+        if let Some(port) = self.gdb {
+            a.extend(["-gdb".into(), format!("tcp:127.0.0.1:{port}"), "-S".into()]);
         }
         a.extend(self.extra.iter().cloned());
         a
@@ -333,7 +333,7 @@ mod tests {
             kernel: "target/tahoma".into(),
             initrd: Some("boot.pack".into()),
             append: "selftest=panic x=1".into(),
-            gdb: false,
+            gdb: None,
             extra: vec![],
             timeout: Some(Duration::from_secs(1)),
             echo: false,
@@ -352,13 +352,16 @@ mod tests {
              -append 'selftest=panic x=1'"
         );
         r.initrd = None;
-        r.gdb = true;
+        r.gdb = Some(1234);
         r.accel = Accel::Kvm;
         r.append.clear();
         let line = r.command_line();
         assert!(line.contains("-cpu host"), "{line}");
         assert!(!line.contains("-initrd"), "{line}");
-        assert!(line.ends_with("-append '' -s -S"), "{line}");
+        assert!(
+            line.ends_with("-append '' -gdb tcp:127.0.0.1:1234 -S"),
+            "{line}"
+        );
     }
 
     #[test]

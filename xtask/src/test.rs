@@ -63,6 +63,13 @@ pub fn test(opts: &Options) -> Result<ExitCode, String> {
     let booter = booter.as_ref().map_err(|e| e.as_str());
 
     scenarios(booter, opts, &mut tally);
+    if opts
+        .filter
+        .as_ref()
+        .is_none_or(|f| GDB_TEST.contains(f.as_str()))
+    {
+        gdb_walkthrough(booter, opts.timeout, &mut tally);
+    }
     if opts.filter.is_none() {
         conformance(booter, &root, opts.timeout, &mut tally);
     }
@@ -143,7 +150,12 @@ fn scenarios(booter: Result<&Booter<'_>, &str>, opts: &Options, tally: &mut Tall
                 .is_none_or(|f| t.name.contains(f.as_str()))
         })
         .collect();
-    if selected.is_empty() {
+    if selected.is_empty()
+        && !opts
+            .filter
+            .as_ref()
+            .is_some_and(|f| GDB_TEST.contains(f.as_str()))
+    {
         let names: Vec<_> = all.iter().map(|t| t.name).collect();
         eprintln!(
             "scenario tests ... FAILED (no test matches {:?}; the tests are: {})",
@@ -200,6 +212,31 @@ fn show_tail(log: &Path, root: &Path) {
             }
         }
         Err(e) => eprintln!("    log: {} (unreadable: {e})", shown.display()),
+    }
+}
+
+/// The gdb walk-through's test name.
+const GDB_TEST: &str = "gdb-walkthrough";
+
+/// Drives the debugging walk-through of docs/xtask.md with gdb in batch mode
+/// (`crate::gdb::walkthrough`): one test.
+fn gdb_walkthrough(
+    booter: Result<&Booter<'_>, &str>,
+    timeout: Option<Duration>,
+    tally: &mut Tally,
+) {
+    let result = booter
+        .map_err(str::to_string)
+        .and_then(|b| crate::gdb::walkthrough(b, timeout.unwrap_or(Duration::from_secs(120))));
+    match result {
+        Ok(()) => {
+            eprintln!("scenario {GDB_TEST} ... ok");
+            tally.passed += 1;
+        }
+        Err(e) => {
+            eprintln!("scenario {GDB_TEST} ... FAILED ({e})");
+            tally.failed += 1;
+        }
     }
 }
 
