@@ -7,18 +7,15 @@ use crate::mem::{self, pte};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use hypercall_abi::layout::{
-    SharedInfo, StartFlags, StartInfo, TimeInfo, INITIAL_STACK_PAGES, PORT_WORDS, RFLAGS_IF,
-    SHARED_INFO_VA, START_INFO_MAGIC, WINDOW_BASE, WINDOW_MAX_PAGES,
+    SharedInfo, StartFlags, StartInfo, TimeInfo, PORT_WORDS, RFLAGS_IF, SHARED_INFO_VA,
+    START_INFO_MAGIC, WINDOW_BASE,
 };
 use tahoma_core::bootpack::{DomainFlags, DomainRecord, NAME_LEN};
 use tahoma_core::event::DomId;
+use tahoma_core::loader::{self, ImageError};
 use tahoma_core::mm::{AddressSpace, Level, Mm, MmError, Owner};
-use xmas_elf::program::Type as SegType;
-use xmas_elf::ElfFile;
 use zerocopy::IntoBytes;
 
-/// Smallest domain, in pages (MEM-2c).
-pub const MIN_PAGES: u64 = hypercall_abi::layout::WINDOW_MIN_PAGES;
 /// Default time slice in milliseconds (weight 0).
 pub const DEFAULT_SLICE_MS: u64 = 10;
 
@@ -88,14 +85,8 @@ pub struct Domain {
 /// Why a domain could not be built (MEM-2b).
 #[derive(Debug)]
 pub enum BuildError {
-    /// Memory size out of range.
-    BadSize(u64),
-    /// Not an ELF64 x86-64 executable.
-    BadElf(&'static str),
-    /// A segment lies outside the window or over reserved pages.
-    BadSegment(u64),
-    /// The entry point is not in an executable segment.
-    BadEntry(u64),
+    /// The image or the window size was refused (MEM-2b, MEM-2c).
+    Image(ImageError),
     /// Not enough free frames.
     NoMemory,
     /// The validator refused the initial page tables (a hypervisor bug).
@@ -105,10 +96,7 @@ pub enum BuildError {
 impl core::fmt::Display for BuildError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            BuildError::BadSize(p) => write!(f, "{p} pages is outside {MIN_PAGES}..={WINDOW_MAX_PAGES} or leaves no room for the image"),
-            BuildError::BadElf(why) => write!(f, "image refused: {why}"),
-            BuildError::BadSegment(va) => write!(f, "segment at {va:#x} lies outside the window"),
-            BuildError::BadEntry(va) => write!(f, "entry point {va:#x} is not in an executable segment"),
+            BuildError::Image(e) => write!(f, "{e}"),
             BuildError::NoMemory => write!(f, "not enough free frames"),
             BuildError::Tables(e) => write!(f, "initial page tables refused: {e:?}"),
         }
@@ -245,86 +233,6 @@ impl SharedPage {
     }
 }
 
-/// How the window's pages are used (MEM-2).
-struct Plan {
-    image_pages: u64,
-    pt_first: u64,
-    pt_pages: u64,
-    frame_list_first: u64,
-    frame_list_pages: u64,
-    start_info_page: u64,
-    first_free: u64,
-    stack_first: u64,
-}
-
-fn plan(nr_pages: u64, image_pages: u64) -> Result<Plan, BuildError> {
-    let window_l1s = nr_pages.div_ceil(512);
-    let pt_pages = 4 + window_l1s; // L4, L3, L2, the L1 holding shared info, window L1s
-    let frame_list_pages = (nr_pages * 8).div_ceil(4096);
-    let pt_first = image_pages;
-    let frame_list_first = pt_first + pt_pages;
-    let start_info_page = frame_list_first + frame_list_pages;
-    let first_free = start_info_page + 1;
-    let stack_first = nr_pages.saturating_sub(INITIAL_STACK_PAGES);
-    if first_free > stack_first {
-        return Err(BuildError::BadSize(nr_pages));
-    }
-    Ok(Plan {
-        image_pages,
-        pt_first,
-        pt_pages,
-        frame_list_first,
-        frame_list_pages,
-        start_info_page,
-        first_free,
-        stack_first,
-    })
-}
-
-struct Segment {
-    va: u64,
-    file: (usize, usize),
-    mem: u64,
-    write: bool,
-    exec: bool,
-}
-
-fn parse_elf(image: &[u8]) -> Result<(u64, Vec<Segment>), BuildError> {
-    let elf = ElfFile::new(image).map_err(BuildError::BadElf)?;
-    if elf.header.pt1.class() != xmas_elf::header::Class::SixtyFour {
-        return Err(BuildError::BadElf("not ELF64"));
-    }
-    if elf.header.pt2.machine().as_machine() != xmas_elf::header::Machine::X86_64 {
-        return Err(BuildError::BadElf("not x86-64"));
-    }
-    if elf.header.pt2.type_().as_type() != xmas_elf::header::Type::Executable {
-        return Err(BuildError::BadElf(
-            "not ET_EXEC (link with relocation-model=static)",
-        ));
-    }
-    let mut segs = Vec::new();
-    for ph in elf.program_iter() {
-        if ph.get_type() != Ok(SegType::Load) || ph.mem_size() == 0 {
-            continue;
-        }
-        let (off, filesz) = (ph.offset(), ph.file_size());
-        let end = off
-            .checked_add(filesz)
-            .ok_or(BuildError::BadElf("segment wraps"))?;
-        if end > image.len() as u64 || filesz > ph.mem_size() {
-            return Err(BuildError::BadElf("segment outside the file"));
-        }
-        segs.push(Segment {
-            va: ph.virtual_addr(),
-            file: (off as usize, filesz as usize),
-            mem: ph.mem_size(),
-            write: ph.flags().is_write(),
-            exec: ph.flags().is_execute(),
-        });
-    }
-    Ok((elf.header.pt2.entry_point(), segs))
-}
-
 /// Builds domain `id` from its boot-pack record and ELF image: allocates and
 /// scrubs its frames, loads the image, builds its page tables and
 /// start-info page, and sets up its entry state (MEM-2, MEM-3).
@@ -337,28 +245,9 @@ pub fn build(
 ) -> Result<Domain, BuildError> {
     let built_at = crate::time::now_tsc();
     let nr_pages = u64::from(rec.mem_pages);
-    if !(MIN_PAGES..=WINDOW_MAX_PAGES).contains(&nr_pages) {
-        return Err(BuildError::BadSize(nr_pages));
-    }
-    let (entry, segs) = parse_elf(image)?;
-    let mut image_end = WINDOW_BASE;
-    for s in &segs {
-        let end =
-            s.va.checked_add(s.mem)
-                .ok_or(BuildError::BadSegment(s.va))?;
-        if s.va < WINDOW_BASE || end > WINDOW_BASE + nr_pages * 4096 {
-            return Err(BuildError::BadSegment(s.va));
-        }
-        image_end = image_end.max(end);
-    }
-    if !segs
-        .iter()
-        .any(|s| s.exec && entry >= s.va && entry < s.va + s.mem)
-    {
-        return Err(BuildError::BadEntry(entry));
-    }
-    let image_pages = (image_end - WINDOW_BASE).div_ceil(4096);
-    let plan = plan(nr_pages, image_pages)?;
+    // The same checks xtask made before boot (MEM-2b, MEM-2c).
+    let (img, plan) = loader::check(image, nr_pages).map_err(BuildError::Image)?;
+    let (entry, segs) = (img.entry, img.segments);
 
     // Frames: the window, then the shared-info page. All scrubbed.
     let mut frames = Vec::with_capacity(nr_pages as usize);
@@ -394,9 +283,9 @@ pub fn build(
     }
 
     // The image.
-    let mut perms = alloc::vec![(false, false); image_pages as usize];
+    let mut perms = alloc::vec![(false, false); plan.image_pages as usize];
     for s in &segs {
-        let data = &image[s.file.0..s.file.0 + s.file.1];
+        let data = &image[s.file_offset..s.file_offset + s.file_len];
         let mut done = 0usize;
         while done < data.len() {
             let va = s.va + done as u64;

@@ -55,7 +55,7 @@ pub fn script(scenario: &Scenario, images: &Images, port: u16) -> String {
     for (i, g) in scenario.guests.iter().enumerate() {
         let id = i + 1;
         let cmd = command_name(&g.name);
-        let image = images.dir.join(&g.image);
+        let image = g.image_path(&images.dir);
         let _ = write!(
             s,
             "\n# Domain {id}: {name} (image {img})\n\

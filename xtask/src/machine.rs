@@ -70,6 +70,7 @@ impl Booter<'_> {
         qemu_extra: &[String],
     ) -> Result<(BootOutcome, Scenario, Ended), String> {
         let scenario = Scenario::load(&self.root, &req.scenario)?;
+        scenario.check_loadable(&self.images.dir)?;
         let pack = scenario.pack(&self.images.dir)?;
         scenario.check_fit(self.images.hypervisor_memory()?, pack.len() as u64)?;
         if how.echo {

@@ -101,8 +101,26 @@ struct ConformanceArgs {
 #[derive(Args)]
 struct RunArgs {
     /// The scenario: guests/scenarios/SCENARIO.toml (or a path to a .toml).
-    #[arg(default_value = "hello")]
-    scenario: String,
+    /// Default: hello.
+    #[arg(conflicts_with = "image")]
+    scenario: Option<String>,
+    /// Boot one guest from an ELF built elsewhere (a static x86_64 ELF
+    /// linked at 0x400000, e.g. built with the guest SDK in another
+    /// project), in a generated one-guest scenario.
+    #[arg(long, value_name = "FILE")]
+    image: Option<std::path::PathBuf>,
+    /// With --image: the guest's memory (K/M/G suffix).
+    #[arg(long, value_name = "SIZE", default_value = "4M", requires = "image")]
+    memory: String,
+    /// With --image: the guest's command line.
+    #[arg(
+        long,
+        value_name = "ARGS",
+        default_value = "",
+        requires = "image",
+        allow_hyphen_values = true
+    )]
+    cmdline: String,
     /// Accelerator. Default: kvm only if /proc/cpuinfo advertises vmx or svm,
     /// otherwise tcg (a nested /dev/kvm cannot run a PV hypervisor).
     #[arg(long, value_enum)]
@@ -189,8 +207,22 @@ fn build() -> Result<ExitCode, String> {
 fn run(args: RunArgs) -> Result<ExitCode, String> {
     let sh = shell()?;
     let root = images::root();
+    let scenario_arg = match &args.image {
+        Some(file) => {
+            let text = manifest::image_manifest(file, &args.memory, &args.cmdline)?;
+            let dir = root.join("target/tahoma/scenarios");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned());
+            let path = dir.join(format!("image-{}.toml", stem.unwrap_or_default()));
+            std::fs::write(&path, text)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            path.display().to_string()
+        }
+        None => args.scenario.clone().unwrap_or_else(|| "hello".into()),
+    };
     // A typo in the manifest should fail before a long build.
-    let scenario = Scenario::load(&root, &args.scenario)?;
+    let scenario = Scenario::load(&root, &scenario_arg)?;
     scenario.check_images(&images::guest_crates(&root)?)?;
     let qemu = qemu::find_qemu(&sh)?;
     let images = images::build(&sh, &root)?;
@@ -232,7 +264,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         eprintln!("xtask: {line}");
     }
     let req = BootRequest {
-        scenario: args.scenario.clone(),
+        scenario: scenario_arg.clone(),
         cmdline: args.append,
         timeout,
         ..Default::default()
@@ -302,7 +334,7 @@ fn explain(booter: &Booter<'_>, scenario: &Scenario, transcript: &str) {
             .guests
             .iter()
             .find(|g| g.name == name)
-            .map(|g| booter.images.dir.join(&g.image))
+            .map(|g| g.image_path(&booter.images.dir))
     };
     let symbolize = |name: &str, rip: u64| syms.locate(&image_of(name)?, rip);
     let expected: Vec<String> = scenario.guests.iter().map(|g| g.name.clone()).collect();

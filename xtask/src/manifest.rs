@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tahoma_core::bootpack::{DomainFlags, DomainSpec, PackBuilder, NAME_LEN};
+use tahoma_core::loader::{self, ImageError};
 use toml::Spanned;
 
 /// Bytes per page.
@@ -78,8 +79,12 @@ pub struct Scenario {
 pub struct Guest {
     /// Unique name, at most 32 bytes.
     pub name: String,
-    /// Guest crate / binary name.
+    /// Guest crate / binary name, or the path written in the manifest.
     pub image: String,
+    /// When `image` names a file (it has a `/` or ends in `.elf`): that
+    /// file, relative paths taken from the manifest's folder. An ELF built
+    /// elsewhere, as `solo5-hvt app.hvt` or `xl create` take one.
+    pub image_file: Option<PathBuf>,
     /// Line of `image = ...`, for errors found later (a missing image).
     pub image_line: usize,
     /// Initial reservation in pages.
@@ -260,6 +265,18 @@ impl Scenario {
     /// (so a typo fails before a build, naming the line).
     pub fn check_images(&self, known: &[String]) -> Result<(), String> {
         for g in &self.guests {
+            if let Some(file) = &g.image_file {
+                if !file.is_file() {
+                    return Err(format!(
+                        "{}:{}: image `{}`: there is no file {}",
+                        self.path.display(),
+                        g.image_line,
+                        g.image,
+                        file.display()
+                    ));
+                }
+                continue;
+            }
             if !known.contains(&g.image) {
                 return Err(format!(
                     "{}:{}: image `{}` is not a guest crate (there is no guests/{}/Cargo.toml); guest crates: {}",
@@ -309,6 +326,41 @@ impl Scenario {
         Ok(())
     }
 
+    /// Checks every guest's image with the hypervisor's own loader checks
+    /// (`tahoma_core::loader`: ELF64 x86-64 ET_EXEC, segments inside the
+    /// window, entry in code, room for tables and stack), so that a bad
+    /// image is refused here with its manifest line, not at boot.
+    pub fn check_loadable(&self, images: &Path) -> Result<(), String> {
+        let mut seen = BTreeSet::new();
+        for g in &self.guests {
+            if !seen.insert((g.image.clone(), g.mem_pages)) {
+                continue;
+            }
+            let path = g.image_path(images);
+            let elf = std::fs::read(&path).map_err(|e| {
+                format!(
+                    "{}:{}: cannot read image `{}` at {} ({e})",
+                    self.path.display(),
+                    g.image_line,
+                    g.image,
+                    path.display()
+                )
+            })?;
+            if let Err(e) = loader::check(&elf, u64::from(g.mem_pages)) {
+                return Err(format!(
+                    "{}:{}: guest `{}`: image {} cannot be loaded into its {} KiB window: {e}; {}",
+                    self.path.display(),
+                    g.image_line,
+                    g.name,
+                    path.display(),
+                    u64::from(g.mem_pages) * 4,
+                    image_advice(&e)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Packs the scenario with the guest ELFs from `images` (the release
     /// output directory): each distinct image is stored once.
     pub fn pack(&self, images: &Path) -> Result<Vec<u8>, String> {
@@ -319,10 +371,10 @@ impl Scenario {
             let blob = match blobs.get(g.image.as_str()) {
                 Some(&i) => i,
                 None => {
-                    let path = images.join(&g.image);
+                    let path = g.image_path(images);
                     let elf = std::fs::read(&path).map_err(|e| {
                         format!(
-                            "{}:{}: guest image `{}` not found at {} ({e}): is there a crate guests/{}/ ? then run `cargo xtask build`",
+                            "{}:{}: guest image `{}` not found at {} ({e}): is there a crate guests/{}/ (then run `cargo xtask build`), or is the path right?",
                             self.path.display(),
                             g.image_line,
                             g.image,
@@ -371,10 +423,14 @@ fn expand_guest<'a>(
         ));
     }
     let image = g.image.get_ref();
-    if !valid_name(image) {
+    let image_file = image_is_path(image).then(|| {
+        let dir = cx.file.parent().unwrap_or(Path::new(""));
+        dir.join(image)
+    });
+    if image_file.is_none() && !valid_name(image) {
         return Err(cx.at(
             &g.image,
-            format!("image `{image}` must name a guest crate under guests/"),
+            format!("image `{image}` must name a guest crate under guests/, or be a path to an ELF file (with a `/`, or ending in .elf)"),
         ));
     }
     let pages = |v: &Spanned<String>, what: &str| -> Result<u32, ManifestError> {
@@ -456,6 +512,7 @@ fn expand_guest<'a>(
             Guest {
                 name: copy,
                 image: image.clone(),
+                image_file: image_file.clone(),
                 image_line,
                 mem_pages,
                 max_pages,
@@ -468,6 +525,75 @@ fn expand_guest<'a>(
         ));
     }
     Ok(())
+}
+
+/// The manifest of a one-guest scenario around an ELF built elsewhere
+/// (`cargo xtask run --image FILE`): the guest is named after the file,
+/// critical, with `memory` and `cmdline` as given.
+pub fn image_manifest(file: &Path, memory: &str, cmdline: &str) -> Result<String, String> {
+    let abs =
+        std::path::absolute(file).map_err(|e| format!("cannot resolve {}: {e}", file.display()))?;
+    if !abs.is_file() {
+        return Err(format!("--image {}: there is no such file", file.display()));
+    }
+    let stem = abs
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(NAME_LEN)
+        .collect();
+    if name.is_empty() {
+        name = "guest".into();
+    }
+    let mut path = abs.display().to_string();
+    if !image_is_path(&path) {
+        path = format!("./{path}");
+    }
+    let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+    Ok(format!(
+        "# Generated by `cargo xtask run --image {}`.\n\
+         description = {}\n\n[[guest]]\nname = {}\nimage = {}\nmemory = {}\ncmdline = {}\n",
+        file.display(),
+        quote(&format!("one guest from {}", abs.display())),
+        quote(&name),
+        quote(&path),
+        quote(memory),
+        quote(cmdline),
+    ))
+}
+
+/// Whether a manifest's `image` names a file rather than a guest crate.
+fn image_is_path(image: &str) -> bool {
+    image.contains('/') || image.ends_with(".elf")
+}
+
+impl Guest {
+    /// The ELF to boot: `image_file`, or the crate's build output in
+    /// `images` (the release output directory).
+    pub fn image_path(&self, images: &Path) -> PathBuf {
+        self.image_file
+            .clone()
+            .unwrap_or_else(|| images.join(&self.image))
+    }
+}
+
+/// What to do about a refused image, after the refusal itself.
+fn image_advice(e: &ImageError) -> &'static str {
+    match e {
+        ImageError::BadElf(_) => "a guest is a static ELF64 x86-64 executable (ET_EXEC) linked at 0x400000; build it with the guest SDK (docs/guest-guide.md)",
+        ImageError::BadSegment(_) => "link the image at the window base 0x400000 (the SDK's linker settings do this) or give the guest more `memory`",
+        ImageError::BadEntry(_) => "the entry point must lie in an executable segment: check the link",
+        ImageError::BadSize(_) => "give the guest more `memory` (the window must hold the image, its page tables, the start-info page and a stack)",
+    }
 }
 
 /// The scenario names under `root/guests/scenarios`, sorted.
@@ -646,6 +772,57 @@ weight = 256
         assert!(e.contains("2 guest(s) need 41 MiB"), "{e}");
         assert!(e.contains("the machine has 64 MiB"), "{e}");
         assert!(e.contains("raise `memory`"), "{e}");
+    }
+
+    #[test]
+    fn image_paths_resolve_from_the_manifest_folder() {
+        let s = Scenario::parse(
+            Path::new("guests/scenarios/x.toml"),
+            "[[guest]]\nname = \"a\"\nimage = \"../../build/app.elf\"\nmemory = \"1M\"\n\
+             [[guest]]\nname = \"b\"\nimage = \"hello\"\nmemory = \"1M\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.guests[0].image_path(Path::new("/img")),
+            Path::new("guests/scenarios/../../build/app.elf")
+        );
+        assert_eq!(
+            s.guests[1].image_path(Path::new("/img")),
+            Path::new("/img/hello")
+        );
+        let e = s.check_images(&["hello".into()]).unwrap_err();
+        assert!(
+            e.contains("x.toml:3: image `../../build/app.elf`: there is no file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn images_are_checked_with_the_loader_before_boot() {
+        let dir = std::env::temp_dir().join(format!("tahoma-loadable-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("junk.elf"), b"not an ELF").unwrap();
+        let manifest = dir.join("s.toml");
+        let s = Scenario::parse(
+            &manifest,
+            "[[guest]]\nname = \"j\"\nimage = \"junk.elf\"\nmemory = \"1M\"\n",
+        )
+        .unwrap();
+        let e = s.check_loadable(Path::new("/nowhere")).unwrap_err();
+        assert!(e.contains("s.toml:3: guest `j`"), "{e}");
+        assert!(e.contains("image refused"), "{e}");
+        assert!(e.contains("static ELF64"), "{e}");
+        // --image's generated manifest parses and names the file.
+        let text = image_manifest(&dir.join("junk.elf"), "4M", "a=\"b\"").unwrap();
+        let g = Scenario::parse(&dir.join("gen.toml"), &text).unwrap();
+        assert_eq!(g.guests[0].name, "junk");
+        assert_eq!(g.guests[0].cmdline, "a=\"b\"");
+        assert_eq!(
+            g.guests[0].image_path(Path::new("/x")),
+            dir.join("junk.elf")
+        );
+        assert!(image_manifest(&dir.join("missing"), "4M", "").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -63,12 +63,14 @@ pub fn test(opts: &Options) -> Result<ExitCode, String> {
     let booter = booter.as_ref().map_err(|e| e.as_str());
 
     scenarios(booter, opts, &mut tally);
-    if opts
-        .filter
-        .as_ref()
-        .is_none_or(|f| GDB_TEST.contains(f.as_str()))
-    {
-        gdb_walkthrough(booter, opts.timeout, &mut tally);
+    for (name, run) in XTASK_TESTS {
+        if opts
+            .filter
+            .as_ref()
+            .is_none_or(|f| name.contains(f.as_str()))
+        {
+            xtask_test(name, *run, booter, opts.timeout, &mut tally);
+        }
     }
     if opts.filter.is_none() {
         conformance(booter, &root, opts.timeout, &mut tally);
@@ -150,12 +152,11 @@ fn scenarios(booter: Result<&Booter<'_>, &str>, opts: &Options, tally: &mut Tall
                 .is_none_or(|f| t.name.contains(f.as_str()))
         })
         .collect();
-    if selected.is_empty()
-        && !opts
-            .filter
-            .as_ref()
-            .is_some_and(|f| GDB_TEST.contains(f.as_str()))
-    {
+    let xtask_match = opts
+        .filter
+        .as_ref()
+        .is_some_and(|f| XTASK_TESTS.iter().any(|(n, _)| n.contains(f.as_str())));
+    if selected.is_empty() && !xtask_match {
         let names: Vec<_> = all.iter().map(|t| t.name).collect();
         eprintln!(
             "scenario tests ... FAILED (no test matches {:?}; the tests are: {})",
@@ -215,28 +216,86 @@ fn show_tail(log: &Path, root: &Path) {
     }
 }
 
-/// The gdb walk-through's test name.
-const GDB_TEST: &str = "gdb-walkthrough";
+/// A test that needs more of xtask than a [`tahoma_tests::Machine`] gives
+/// (gdb beside QEMU, a generated manifest): name and body.
+type XtaskTest = fn(&Booter<'_>, Duration) -> Result<(), String>;
 
-/// Drives the debugging walk-through of docs/xtask.md with gdb in batch mode
-/// (`crate::gdb::walkthrough`): one test.
-fn gdb_walkthrough(
+/// The xtask-level scenario tests, run after the others and counted alike.
+const XTASK_TESTS: &[(&str, XtaskTest)] = &[
+    ("gdb-walkthrough", crate::gdb::walkthrough),
+    ("image-run-any-elf", image_run),
+];
+
+fn xtask_test(
+    name: &str,
+    run: XtaskTest,
     booter: Result<&Booter<'_>, &str>,
     timeout: Option<Duration>,
     tally: &mut Tally,
 ) {
     let result = booter
         .map_err(str::to_string)
-        .and_then(|b| crate::gdb::walkthrough(b, timeout.unwrap_or(Duration::from_secs(120))));
+        .and_then(|b| run(b, timeout.unwrap_or(Duration::from_secs(120))));
     match result {
         Ok(()) => {
-            eprintln!("scenario {GDB_TEST} ... ok");
+            eprintln!("scenario {name} ... ok");
             tally.passed += 1;
         }
         Err(e) => {
-            eprintln!("scenario {GDB_TEST} ... FAILED ({e})");
+            eprintln!("scenario {name} ... FAILED ({e})");
             tally.failed += 1;
         }
+    }
+}
+
+/// `cargo xtask run --image FILE`'s path: an ELF copied outside the guest
+/// crates (as one built elsewhere would be), a generated one-guest manifest
+/// around it, booted; the guest must run with the given command line and
+/// power off. A file that is not an ELF must be refused before boot.
+fn image_run(booter: &Booter<'_>, timeout: Duration) -> Result<(), String> {
+    let dir = booter.work_dir().join("external");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let app = dir.join("app.elf");
+    std::fs::copy(booter.images.dir.join("hello"), &app)
+        .map_err(|e| format!("cannot copy the hello image: {e}"))?;
+    let text = crate::manifest::image_manifest(&app, "2M", "greeting=elsewhere")?;
+    let manifest = dir.join("image-app.toml");
+    std::fs::write(&manifest, text).map_err(|e| e.to_string())?;
+    let mut req = tahoma_tests::BootRequest::scenario(&manifest.display().to_string());
+    req.timeout = Some(timeout);
+    let how = crate::machine::Presentation {
+        echo: false,
+        gdb: None,
+        log_name: "tests/image-run-any-elf".into(),
+    };
+    let (o, _, _) = booter.boot(&req, &how)?;
+    if o.exit != tahoma_tests::Exit::Success {
+        return Err(format!("the run ended with {}", o.exit));
+    }
+    if !o
+        .transcript
+        .lines()
+        .any(|l| l.starts_with("[app] ") && l.contains("greeting=elsewhere"))
+    {
+        return Err("no console line from `app` quoting its command line".into());
+    }
+    let exit = o.facts.one("domain-exit")?;
+    if exit.get("name") != Some("app") || exit.get("reason") != Some("poweroff") {
+        return Err(format!("`app` did not power off: {exit}"));
+    }
+    // Not an ELF: refused before any boot, naming the generated manifest.
+    let junk = dir.join("junk.elf");
+    std::fs::write(&junk, b"definitely not an ELF").map_err(|e| e.to_string())?;
+    let text = crate::manifest::image_manifest(&junk, "2M", "")?;
+    let manifest = dir.join("image-junk.toml");
+    std::fs::write(&manifest, text).map_err(|e| e.to_string())?;
+    let req = tahoma_tests::BootRequest::scenario(&manifest.display().to_string());
+    match booter.boot(&req, &how) {
+        Ok(_) => Err("a non-ELF image was booted instead of refused".into()),
+        Err(e) if e.contains("image-junk.toml:") && e.contains("image refused") => Ok(()),
+        Err(e) => Err(format!(
+            "the non-ELF image was refused without its line or reason: {e}"
+        )),
     }
 }
 
