@@ -16,6 +16,7 @@ mod images;
 mod machine;
 mod manifest;
 mod qemu;
+mod status;
 mod summary;
 mod symbols;
 mod test;

@@ -228,7 +228,18 @@ impl Run {
             return Err("QEMU's output pipes were not set up".into());
         };
         let echo = self.echo;
-        let serial = std::thread::spawn(move || stream_serial(stdout, log, echo));
+        // A live status line (domains running, time) under the echoed
+        // console: redrawn in place on a terminal, a plain line now and then
+        // otherwise.
+        let live = echo.then(|| {
+            use std::io::IsTerminal;
+            std::sync::Arc::new(std::sync::Mutex::new(crate::status::Status::new(
+                std::io::stderr().is_terminal(),
+            )))
+        });
+        let serial_status = live.clone();
+        let serial =
+            std::thread::spawn(move || stream_serial(stdout, log, echo, serial_status.as_deref()));
         let qemu_err = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = BufReader::new(stderr).read_to_string(&mut s);
@@ -242,6 +253,11 @@ impl Run {
                 Ok(None) => {}
                 Err(e) => return Err(format!("waiting for QEMU failed: {e}")),
             }
+            if let Some(st) = &live {
+                if let Ok(mut st) = st.lock() {
+                    st.draw(&mut std::io::stderr(), false);
+                }
+            }
             if self.timeout.is_some_and(|t| started.elapsed() >= t) {
                 timed_out = true;
                 let _ = child.kill();
@@ -253,6 +269,11 @@ impl Run {
         let (transcript, mut log) = serial
             .join()
             .map_err(|_| "the serial reader thread panicked".to_string())?;
+        if let Some(st) = &live {
+            if let Ok(mut st) = st.lock() {
+                st.finish(&mut std::io::stderr());
+            }
+        }
         let qemu_stderr = qemu_err.join().unwrap_or_default();
         let raw_status = if timed_out {
             None
@@ -284,8 +305,14 @@ impl Run {
 }
 
 /// Reads serial output line by line: into the transcript, the log and
-/// (if `echo`) our stdout. Returns the transcript and the log.
-fn stream_serial(out: impl Read, mut log: File, echo: bool) -> (String, File) {
+/// (if `echo`) our stdout, keeping `status` (if any) below it. Returns the
+/// transcript and the log.
+fn stream_serial(
+    out: impl Read,
+    mut log: File,
+    echo: bool,
+    status: Option<&std::sync::Mutex<crate::status::Status>>,
+) -> (String, File) {
     let mut reader = BufReader::new(out);
     let mut transcript = String::new();
     let mut buf = Vec::new();
@@ -302,9 +329,17 @@ fn stream_serial(out: impl Read, mut log: File, echo: bool) -> (String, File) {
         transcript.push('\n');
         let _ = writeln!(log, "{line}");
         if echo {
+            let mut st = status.and_then(|s| s.lock().ok());
+            if let Some(st) = st.as_mut() {
+                st.observe(line);
+                st.before_output(&mut std::io::stderr());
+            }
             let mut o = stdout.lock();
             let _ = writeln!(o, "{line}");
             let _ = o.flush();
+            if let Some(st) = st.as_mut() {
+                st.draw(&mut std::io::stderr(), true);
+            }
         }
     }
     (transcript, log)
