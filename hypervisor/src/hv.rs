@@ -399,7 +399,8 @@ impl Hv {
         }
     }
 
-    /// Runs one validator operation for `cur`, then flushes if asked.
+    /// Runs one validator operation for `cur` (the flush it may request is
+    /// honoured on the way back to the guest, [`Hv::leave`]).
     fn mmu(
         &mut self,
         cur: DomId,
