@@ -1052,9 +1052,10 @@ impl Hv {
     /// table and page-table contents, with the hypervisor's holds (none
     /// are left once every domain is gone); (4) no internal inconsistency
     /// was reported during the run. Reports `@ audit ... status=ok|failed`
-    /// and one `@ audit-error` per problem (the first 8 frame errors);
-    /// returns whether all held.
+    /// (with the TSC ticks it took) and one `@ audit-error` per problem (the
+    /// first 8); returns whether all held.
     fn audit(&mut self) -> bool {
+        let started = time::now_tsc();
         let free = mem::free_frames();
         let mut errors = 0u64;
         let mut error = |pfn: u64, what: core::fmt::Arguments<'_>| {
@@ -1109,12 +1110,13 @@ impl Hv {
         }
         report!(
             "audit",
-            "free_frames={} baseline={} frames={} errors={} status={}",
+            "free_frames={} baseline={} frames={} errors={} status={} ticks={}",
             free,
             self.baseline_free,
             self.mm.frame_count(),
             errors,
-            if errors == 0 { "ok" } else { "failed" }
+            if errors == 0 { "ok" } else { "failed" },
+            time::now_tsc().saturating_sub(started)
         );
         if errors > 0 {
             log::error!(
