@@ -407,6 +407,32 @@ fn poisoned(outcome: &BootOutcome) -> HostCheck {
     c
 }
 
+/// MEM-8's canary: after every attack the `mmu` guest asks the victim to
+/// check the secret it keeps in a mapped page; the victim must report it
+/// intact, and the attacker must have had the answer.
+fn canary(outcome: &BootOutcome) -> HostCheck {
+    let mut c = HostCheck::new();
+    let says = |guest: &str, key: &str| -> Vec<String> {
+        outcome
+            .facts
+            .guest_of_kind("mmutest")
+            .filter(|(n, f)| *n == guest && f.get(key).is_some())
+            .filter_map(|(_, f)| f.get(key).map(str::to_string))
+            .collect()
+    };
+    let secret = says("victim", "secret");
+    c.t(
+        !secret.is_empty() && secret.iter().all(|s| s == "intact"),
+        format!("the victim's secret: {secret:?}, want `intact`"),
+    );
+    let canary = says(MMU_GUEST, "canary");
+    c.t(
+        canary == ["acked"],
+        format!("the attacker's canary check: {canary:?}, want `acked`"),
+    );
+    c
+}
+
 /// Names of the clauses judged only here.
 fn host_name(clause: &str) -> &'static str {
     match clause {
@@ -713,6 +739,7 @@ fn mmu(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String
     for clause in ["MEM-5", "MEM-9"] {
         host_map.insert(clause, host.clone());
     }
+    host_map.insert("MEM-8", canary(&outcome).result());
     let mut records = merge(records, host_map);
     let mut c = HostCheck::new();
     match outcome.facts.one("audit") {
@@ -902,6 +929,27 @@ mod tests {
             "@ testopt poison-free frames=9 pattern=0x1\n@ inconsistency pfn=0x5 what=\"free frame handed out unscrubbed\"\n",
         ] {
             assert!(!poisoned(&canned(bad, Exit::Success)).fails.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_canary_must_answer_intact() {
+        let good = "[victim] @ mmutest role=victim secret=intact bad_words=0\n\
+                    [mmu] @ mmutest role=conformance canary=acked\n";
+        assert!(canary(&canned(good, Exit::Success)).fails.is_empty());
+        for bad in [
+            good.replace("secret=intact bad_words=0", "secret=corrupted bad_words=3"),
+            good.replace("canary=acked", "canary=no-ack"),
+            good.replace(
+                "[victim] @ mmutest role=victim secret=intact bad_words=0\n",
+                "",
+            ),
+            good.replace("[victim]", "[mmu]"),
+        ] {
+            assert!(
+                !canary(&canned(&bad, Exit::Success)).fails.is_empty(),
+                "{bad}"
+            );
         }
     }
 

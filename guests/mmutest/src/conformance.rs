@@ -363,6 +363,10 @@ pub fn run(si: &StartInfo) -> i32 {
     );
     let _ = si;
     println!(
+        "@ mmutest role=conformance canary={}",
+        frames::poke_victim()
+    );
+    println!(
         "@ mmutest role=conformance passed={} failed={}",
         t.pass, t.fail
     );

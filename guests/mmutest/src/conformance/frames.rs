@@ -263,3 +263,36 @@ pub fn mmu_32(l: &Lab) -> Outcome {
     )?;
     Ok("33 and 512 entries with the tail unmapped: bad_address, nothing applied, *done untouched; the 32 mapped: applied".into())
 }
+
+static ACKED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+fn on_ack(_: event::Port) {
+    ACKED.store(true, Ordering::Release);
+}
+
+/// After every attack: asks the victim (the canary) to check its secret,
+/// through the port it offered us, and waits up to a second for its answer
+/// so that it reports before the run ends. Returns `acked`, `no-ack` or
+/// `no-port`; xtask reads the victim's `@ mmutest role=victim secret=...`.
+pub fn poke_victim() -> &'static str {
+    let victim = DomId(crate::VICTIM);
+    let bound = event::without_upcalls(|| {
+        (1..64u32).find_map(|p| {
+            let local = event::bind_interdomain(victim, event::Port(p)).ok()?;
+            event::set_handler(local, on_ack);
+            Some(local)
+        })
+    });
+    let Some(local) = bound else { return "no-port" };
+    if event::send(local).is_err() {
+        return "no-port";
+    }
+    let deadline = guest_sdk::time::now_ns() + 1_000_000_000;
+    let acked = event::wait_for_until(|| ACKED.load(Ordering::Acquire), deadline);
+    let _ = event::close(local);
+    if acked {
+        "acked"
+    } else {
+        "no-ack"
+    }
+}
