@@ -101,7 +101,7 @@ pub const MEMORY_BATCH_MAX: u64 = 512;
 pub struct FrameInfo {
     /// [`FrameType`] as a number.
     pub page_type: u32,
-    /// [`FRAME_PINNED`], [`FRAME_LOADED`].
+    /// [`FRAME_PINNED`], [`FRAME_LOADED`], [`FRAME_HELD`].
     pub flags: u32,
     /// References that depend on the type.
     pub type_count: u64,
@@ -113,6 +113,10 @@ pub struct FrameInfo {
 pub const FRAME_PINNED: u32 = 1 << 0;
 /// `FrameInfo::flags`: the frame is a loaded root.
 pub const FRAME_LOADED: u32 = 1 << 1;
+/// `FrameInfo::flags`: the hypervisor holds the frame (it reads or writes
+/// it on the domain's behalf, e.g. shared info): it cannot be released or
+/// become a page table (`MEM-8`).
+pub const FRAME_HELD: u32 = 1 << 2;
 
 /// A frame's type (`MMU-1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

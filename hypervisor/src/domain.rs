@@ -103,14 +103,25 @@ impl core::fmt::Display for BuildError {
     }
 }
 
-/// A domain's shared-info page: a hypervisor-owned frame mapped read-write
-/// into the guest. Every access is atomic or volatile, and no value read
-/// from it is trusted (MEM-4).
+/// A domain's shared-info page: a frame shared with the domain as
+/// `Special` and mapped read-write into the guest. Every access is atomic or
+/// volatile, and no value read from it is trusted (MEM-4).
+///
+/// The hypervisor writes it whenever it raises an event, so it holds a
+/// reference on the frame in the frame table (`Mm::share_special` takes it,
+/// MEM-8) from the build until [`Domain::release_frames`]: the guest can
+/// unmap the page, but never release it, retype it or see it handed to
+/// anyone while this accessor exists (issue 7, finding 1).
 pub struct SharedPage {
     pfn: u64,
 }
 
 impl SharedPage {
+    /// The frame.
+    pub fn pfn(&self) -> u64 {
+        self.pfn
+    }
+
     fn base(&self) -> *mut SharedInfo {
         mem::phys_to_virt(self.pfn << 12) as *mut SharedInfo
     }
@@ -118,7 +129,8 @@ impl SharedPage {
     fn word(&self, field: *mut u64) -> &AtomicU64 {
         let _ = self;
         // `field` is in this page: a live, 8-aligned, direct-mapped frame
-        // the domain holds for its lifetime; any bit pattern is a valid u64.
+        // the hypervisor holds in the frame table (MEM-8) for as long as
+        // this accessor exists; any bit pattern is a valid u64.
         // SAFETY: as above; the guest runs on this CPU only while we don't.
         unsafe { AtomicU64::from_ptr(field) }
     }
@@ -266,6 +278,8 @@ pub fn build(
         return Err(BuildError::NoMemory);
     };
     let give_back = |mm: &mut Mm, frames: &[u64]| {
+        // Not held yet if sharing it is what failed.
+        let _ = mm.release_hold(shared_pfn);
         for &f in frames.iter().chain(core::iter::once(&shared_pfn)) {
             let _ = mm.assign(f, Owner::Free);
             mem::free_frame(f);
@@ -448,11 +462,25 @@ impl Domain {
     pub fn release_frames(&mut self, mm: &mut Mm) {
         mm.detach(&mut self.space);
         mm.teardown(&mut mem::DirectMap, self.id);
+        // The hypervisor's hold on the shared page (MEM-8) ends with the
+        // domain: nothing raises events into it any more.
+        if let Err(e) = mm.release_hold(self.shared.pfn) {
+            mem::inconsistency(
+                self.shared.pfn,
+                format_args!(
+                    "shared page of domain {} not held at teardown: {e:?}",
+                    self.id
+                ),
+            );
+        }
         for &f in self.frames.iter().chain(core::iter::once(&self.shared.pfn)) {
             if let Err(e) = mm.assign(f, Owner::Free) {
-                log::error!(
-                    "frame {f:#x} of domain {} still in use at teardown: {e:?}",
-                    self.id
+                mem::inconsistency(
+                    f,
+                    format_args!(
+                        "frame of domain {} still in use at teardown: {e:?}",
+                        self.id
+                    ),
                 );
                 continue;
             }

@@ -183,6 +183,12 @@ pub fn start(pack: &Pack<'_>) -> ! {
             }
         }
     }
+    if crate::testopt::leak_frame() {
+        // Deliberately lost: taken from the pool, owned by nobody, never
+        // returned. The end-of-run audit must fail the run.
+        let leaked = mem::alloc_zeroed_frame().unwrap_or(0);
+        report!("testopt", "leak-frame pfn={:#x}", leaked);
+    }
     report!(
         "domains",
         "started={} free_frames={}",
@@ -284,7 +290,13 @@ impl Hv {
         })
     }
 
-    /// Flushes the TLB if the validator asks (MMU-20).
+    /// Flushes the TLB if the validator asks (MMU-20). Called in one place,
+    /// [`Hv::leave`], on every way back to a guest: whatever changed a
+    /// frame's owner or type on the way (a validator call, populate,
+    /// release, a teardown), the guest cannot run on a stale translation.
+    /// The hypervisor itself never touches guest memory through guest
+    /// virtual addresses (guestmem walks the tables and copies through the
+    /// direct map), so a flush before returning is enough.
     fn flush_if_requested(&mut self) {
         if self.mm.take_flush_request() {
             // SAFETY: reloading the loaded root, which maps the hypervisor.
@@ -404,15 +416,14 @@ impl Hv {
         }
     }
 
-    /// Runs one validator operation for `cur`, then flushes if asked.
+    /// Runs one validator operation for `cur` (the flush it may request is
+    /// honoured on the way back to the guest, [`Hv::leave`]).
     fn mmu(
         &mut self,
         cur: DomId,
         f: impl FnOnce(&mut Mm, DomId) -> Result<(), tahoma_core::mm::MmError>,
     ) -> Result<u64, Error> {
-        let r = f(&mut self.mm, cur).map(|()| 0).map_err(Error::from);
-        self.flush_if_requested();
-        r
+        f(&mut self.mm, cur).map(|()| 0).map_err(Error::from)
     }
 
     /// MMU-22: a batch of updates, read from the guest in chunks.
@@ -463,9 +474,10 @@ impl Hv {
                 }
             }
         }
-        self.flush_if_requested();
-        if done_ptr != 0 {
-            let _ = guestmem::write(&self.space(cur)?, done_ptr, &done);
+        // MMU-30: `*done` is written or the call fails. It was writable
+        // when checked above, but the batch may have taken that away.
+        if done_ptr != 0 && guestmem::write(&self.space(cur)?, done_ptr, &done).is_err() {
+            return Err(Error::BadAddress);
         }
         result
     }
@@ -504,13 +516,12 @@ impl Hv {
         if r.is_ok() && flags & UVM_INVLPG != 0 {
             arch::invlpg(va);
         }
-        self.flush_if_requested();
         r.map(|()| 0).map_err(Error::from)
     }
 
     /// MMU-29: the frame table's record of one of the caller's frames.
     fn frame_info(&mut self, cur: DomId, mfn: u64, out: u64) -> Result<u64, Error> {
-        use hypercall_abi::args::{FrameInfo, FrameType, FRAME_LOADED, FRAME_PINNED};
+        use hypercall_abi::args::{FrameInfo, FrameType, FRAME_HELD, FRAME_LOADED, FRAME_PINNED};
         use tahoma_core::mm::PageType;
         let f = self.mm.frame(mfn).ok_or(Error::PermissionDenied)?;
         if f.owner() != Owner::Domain(cur) {
@@ -528,7 +539,8 @@ impl Hv {
         let info = FrameInfo {
             page_type: page_type as u32,
             flags: if f.pinned() { FRAME_PINNED } else { 0 }
-                | if f.loaded() > 0 { FRAME_LOADED } else { 0 },
+                | if f.loaded() > 0 { FRAME_LOADED } else { 0 }
+                | if f.held() > 0 { FRAME_HELD } else { 0 },
             type_count: u64::from(f.type_count()),
             total_count: u64::from(f.total_count()),
         };
@@ -902,6 +914,7 @@ impl Hv {
     /// Before returning to the current domain: deliver a pending event
     /// upcall (TRAP-0a) and arm the timer for the next slice end or deadline.
     fn leave(&mut self, frame: &mut TrapFrame) {
+        self.flush_if_requested();
         loop {
             let Some(cur) = self.current else { return };
             let Some(d) = self.dom(cur) else { return };
@@ -1037,18 +1050,7 @@ impl Hv {
                 self.destroy(id as DomId, Exit::ScenarioEnd);
             }
         }
-        let free = mem::free_frames();
-        report!(
-            "audit",
-            "free_frames={} baseline={}",
-            free,
-            self.baseline_free
-        );
-        if free != self.baseline_free {
-            log::error!(
-                "frame audit: {} frames not returned",
-                self.baseline_free.abs_diff(free)
-            );
+        if !self.audit() {
             self.failed = true;
         }
         if self.failed {
@@ -1057,6 +1059,91 @@ impl Hv {
         }
         report!("exit", "status=success");
         arch::exit_qemu(arch::EXIT_SUCCESS)
+    }
+}
+
+impl Hv {
+    /// The end-of-run frame audit (issue 7, finding 9): with every domain
+    /// destroyed, every frame it took must be back in the pool. Checks
+    /// (1) the free count against the baseline taken before the first
+    /// domain was built; (2) the frame table against the allocator, frame
+    /// by frame: nobody's frames are free, the hypervisor's are not, no
+    /// domain owns anything; (3) `tahoma_core::mm::audit` over the frame
+    /// table and page-table contents, with the hypervisor's holds (none
+    /// are left once every domain is gone); (4) no internal inconsistency
+    /// was reported during the run. Reports `@ audit ... status=ok|failed`
+    /// (with the TSC ticks it took) and one `@ audit-error` per problem (the
+    /// first 8); returns whether all held.
+    fn audit(&mut self) -> bool {
+        let started = time::now_tsc();
+        let free = mem::free_frames();
+        let mut errors = 0u64;
+        let mut error = |pfn: u64, what: core::fmt::Arguments<'_>| {
+            errors += 1;
+            if errors <= 8 {
+                let mut msg = heapless::String::<160>::new();
+                let _ = core::fmt::write(&mut msg, what);
+                report!("audit-error", "pfn={:#x} what={}", pfn, Quoted(&msg));
+                log::error!("frame audit: frame {pfn:#x}: {msg}");
+            }
+        };
+        if free != self.baseline_free {
+            error(
+                0,
+                format_args!(
+                    "{} frames free at the end, {} before the first domain: {} not returned",
+                    free,
+                    self.baseline_free,
+                    self.baseline_free.abs_diff(free)
+                ),
+            );
+        }
+        for pfn in 0..self.mm.frame_count() {
+            let Some(f) = self.mm.frame(pfn) else { break };
+            let pooled = mem::is_free_frame(pfn);
+            match f.owner() {
+                Owner::Free if !pooled => error(
+                    pfn,
+                    format_args!("owned by nobody but not in the free pool: leaked"),
+                ),
+                Owner::Hypervisor if pooled => error(
+                    pfn,
+                    format_args!("the hypervisor's frame is in the free pool"),
+                ),
+                Owner::Domain(d) => error(
+                    pfn,
+                    format_args!("still owned by domain {d} after every domain ended"),
+                ),
+                _ => {}
+            }
+        }
+        let holds: Vec<u64> = self.doms.iter().flatten().map(|d| d.shared.pfn()).collect();
+        if let Err(e) = tahoma_core::mm::audit::audit_holds(&self.mm, &mem::DirectMap, &holds) {
+            error(e.pfn, format_args!("frame table: {}", e.what));
+        }
+        let inconsistencies = mem::inconsistencies();
+        if inconsistencies > 0 {
+            error(
+                0,
+                format_args!("{inconsistencies} internal inconsistencies reported during the run"),
+            );
+        }
+        report!(
+            "audit",
+            "free_frames={} baseline={} frames={} errors={} status={} ticks={}",
+            free,
+            self.baseline_free,
+            self.mm.frame_count(),
+            errors,
+            if errors == 0 { "ok" } else { "failed" },
+            time::now_tsc().saturating_sub(started)
+        );
+        if errors > 0 {
+            log::error!(
+                "frame audit failed with {errors} error(s) (see `@ audit-error`): a hypervisor bug; the run fails"
+            );
+        }
+        errors == 0
     }
 }
 

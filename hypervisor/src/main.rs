@@ -17,6 +17,7 @@ mod hv;
 mod mem;
 mod pvh;
 mod selftest;
+mod testopt;
 mod time;
 mod trap;
 
@@ -62,6 +63,18 @@ extern "C" fn kernel_start(start_info: u64) -> ! {
         mm.pml4
     );
     check_heap();
+    if let Some(list) = boot.arg("testopt") {
+        testopt::set(list);
+    }
+    if testopt::poison_free() {
+        let n = mem::poison_free_frames();
+        report!(
+            "testopt",
+            "poison-free frames={} pattern={:#x}",
+            n,
+            mem::POISON
+        );
+    }
     arch::enable_protections();
     arch::syscall::init();
     time::init();

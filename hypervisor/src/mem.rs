@@ -10,7 +10,7 @@
 //! | 256 | `0xFFFF_8000_0000_0000` | direct map of physical memory, 2 MiB pages, NX |
 //! | 511 | `0xFFFF_FFFF_8000_0000` | the hypervisor image, 4 KiB pages, W^X |
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use linked_list_allocator::LockedHeap;
 use spin::Mutex;
 use tahoma_core::frames::FrameAllocator;
@@ -91,10 +91,79 @@ pub fn table_mut(pfn: u64) -> &'static mut [u64; 512] {
 }
 
 /// Takes a zeroed frame from the allocator.
+///
+/// With `testopt=poison-free` (see [`poison_free_frames`]) it first checks
+/// that the frame is scrubbed: all zero (scrubbed when freed, MEM-2a) or
+/// all [`POISON`] (never handed out since boot); anything else is an
+/// internal inconsistency that fails the run.
 pub fn alloc_zeroed_frame() -> Option<u64> {
     let pfn = FRAMES.lock().as_mut()?.alloc()?;
-    table_mut(pfn).fill(0);
+    let t = table_mut(pfn);
+    if POISONED.load(Ordering::Relaxed)
+        && !(t.iter().all(|&w| w == 0) || t.iter().all(|&w| w == POISON))
+    {
+        let i = t.iter().position(|&w| w != 0 && w != POISON).unwrap_or(0);
+        inconsistency(
+            pfn,
+            format_args!(
+                "free frame handed out unscrubbed: word {i} is {:#x} (neither 0 nor the boot pattern)",
+                t[i]
+            ),
+        );
+    }
+    t.fill(0);
     Some(pfn)
+}
+
+/// The pattern `testopt=poison-free` fills free memory with at boot: a
+/// frame handed out without being zeroed shows it to its guest (MEM-2a,
+/// MEM-5 check for zeroes), and a frame freed without being scrubbed is
+/// caught when it is handed out again.
+pub const POISON: u64 = 0xA5C3_5A3C_DEAD_F00D;
+static POISONED: AtomicBool = AtomicBool::new(false);
+
+/// Test-only (`testopt=poison-free`): fills every free frame with
+/// [`POISON`] and makes [`alloc_zeroed_frame`] check what it hands out.
+/// QEMU's RAM starts zeroed, so without this a hypervisor that forgot to
+/// zero frames would pass every check. Returns the frames filled.
+pub fn poison_free_frames() -> u64 {
+    let limit = frame_limit();
+    let mut n = 0;
+    for pfn in 0..limit {
+        if is_free_frame(pfn) {
+            table_mut(pfn).fill(POISON);
+            n += 1;
+        }
+    }
+    POISONED.store(true, Ordering::Relaxed);
+    n
+}
+
+/// Internal inconsistencies found so far (issue 7, finding 9).
+static INCONSISTENCIES: AtomicU64 = AtomicU64::new(0);
+
+/// Reports an internal inconsistency loudly (`@ inconsistency` and
+/// `log::error!`) and marks the run failed: the end of the run exits with
+/// a failure status. For states that are hypervisor bugs, never for guest
+/// errors (those get an error code).
+pub fn inconsistency(pfn: u64, what: core::fmt::Arguments<'_>) {
+    INCONSISTENCIES.fetch_add(1, Ordering::Relaxed);
+    let mut msg = heapless::String::<160>::new();
+    let _ = core::fmt::write(&mut msg, what);
+    crate::report!(
+        "inconsistency",
+        "pfn={:#x} what={}",
+        pfn,
+        crate::console::Quoted(&msg)
+    );
+    log::error!(
+        "internal inconsistency at frame {pfn:#x}: {msg}; this is a hypervisor bug, the run will fail: keep this log for the bug report"
+    );
+}
+
+/// How many internal inconsistencies were reported.
+pub fn inconsistencies() -> u64 {
+    INCONSISTENCIES.load(Ordering::Relaxed)
 }
 
 extern "C" {
@@ -288,7 +357,7 @@ pub fn free_frame(pfn: u64) {
     scrub(pfn);
     if let Some(a) = FRAMES.lock().as_mut() {
         if let Err(e) = a.free(pfn) {
-            log::error!("freeing frame {pfn:#x}: {e:?}");
+            inconsistency(pfn, format_args!("freeing the frame: {e:?}"));
         }
     }
 }

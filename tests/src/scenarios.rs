@@ -25,6 +25,10 @@ pub fn scenario_tests() -> Vec<ScenarioTest> {
             name: "missing_boot_module_is_reported",
             run: missing_boot_module_is_reported,
         },
+        ScenarioTest {
+            name: "leaked_frame_fails_the_run_with_an_audit_report",
+            run: leaked_frame_fails_the_run_with_an_audit_report,
+        },
     ];
     tests.extend(crate::guests::tests());
     tests
@@ -191,6 +195,48 @@ fn hypervisor_panic_is_reported_and_fails(m: &dyn Machine) -> Result<(), String>
     ensure!(
         location.contains(':'),
         "`{panic}`: expected location=\"file:line\""
+    );
+    Ok(())
+}
+
+/// Issue 7, finding 9: the end-of-run frame audit has teeth. With
+/// `testopt=leak-frame` the hypervisor loses one frame on purpose; the
+/// guest itself ends well, and the run must still FAIL, with an audit
+/// report that names the leaked frame.
+fn leaked_frame_fails_the_run_with_an_audit_report(m: &dyn Machine) -> Result<(), String> {
+    let out = m.boot(&BootRequest::scenario("hello").cmdline("testopt=leak-frame"))?;
+    expect_exit(&out, &Exit::Failure)?;
+    let leak = out
+        .facts
+        .of_kind("testopt")
+        .find(|f| f.has_word("leak-frame"))
+        .ok_or("no `@ testopt leak-frame pfn=...`: the option was not applied")?;
+    let pfn = leak.number("pfn")?;
+    let hello = out.facts.one("domain-exit")?;
+    ensure!(
+        hello.get("reason") == Some("poweroff") && hello.get("code") == Some("0"),
+        "`{hello}`: the guest should end well; only the audit fails the run"
+    );
+    let audit = out.facts.one("audit")?;
+    ensure!(
+        audit.get("status") == Some("failed"),
+        "`{audit}`: expected status=failed"
+    );
+    ensure!(
+        audit.number("baseline")? == audit.number("free_frames")? + 1,
+        "`{audit}`: expected exactly one frame missing"
+    );
+    ensure!(
+        out.facts
+            .of_kind("audit-error")
+            .any(|e| e.number("pfn").ok() == Some(pfn)
+                && e.get("what").is_some_and(|w| w.contains("leaked"))),
+        "no `@ audit-error pfn={pfn:#x} what=\"...leaked\"` naming the lost frame"
+    );
+    let exit = out.facts.one("exit")?;
+    ensure!(
+        exit.get("status") == Some("failure"),
+        "`{exit}`: expected status=failure"
     );
     Ok(())
 }
@@ -393,6 +439,50 @@ Tahoma 0.1
         let other = good.replace("selftest=panic requested", "oops");
         assert!(run(name, &Canned::new(Exit::Failure, None, &other)).is_err());
         assert!(run(name, &Canned::new(Exit::Failure, None, "")).is_err());
+    }
+
+    const LEAK: &str = "\
+@ boot abi=1 cmdline=\"testopt=leak-frame\"
+@ testopt leak-frame pfn=0x128f
+@ domain-exit id=1 name=\"hello\" reason=poweroff code=0 hypercalls=5
+@ audit-error pfn=0x0 what=\"126188 frames free at the end, 126189 before the first domain: 1 not returned\"
+@ audit-error pfn=0x128f what=\"owned by nobody but not in the free pool: leaked\"
+@ audit free_frames=126188 baseline=126189 frames=130685 errors=2 status=failed
+@ exit status=failure
+";
+
+    #[test]
+    fn leak_test() {
+        let name = "leaked_frame_fails_the_run_with_an_audit_report";
+        let m = Canned::new(Exit::Failure, Some(144), LEAK);
+        assert_eq!(run(name, &m), Ok(()));
+        assert_eq!(m.seen.borrow()[0].cmdline, "testopt=leak-frame");
+        let cases: &[(&str, &str, &str)] = &[
+            ("status=failed", "status=ok", "expected status=failed"),
+            (
+                "free_frames=126188",
+                "free_frames=126189",
+                "exactly one frame",
+            ),
+            (
+                "pfn=0x128f what",
+                "pfn=0x1290 what",
+                "naming the lost frame",
+            ),
+            ("@ testopt", "# testopt", "not applied"),
+            ("code=0", "code=1", "only the audit fails"),
+        ];
+        for (from, to, why) in cases {
+            let m = Canned::new(Exit::Failure, Some(144), &LEAK.replace(from, to));
+            let err = run(name, &m).expect_err(from);
+            assert!(err.contains(why), "{from} -> {to}: {err}");
+        }
+        let passed = LEAK.replace("@ exit status=failure", "@ exit status=success");
+        let err = run(name, &Canned::new(Exit::Success, Some(144), &passed)).unwrap_err();
+        assert!(
+            err.contains("expected the run to end with failure"),
+            "{err}"
+        );
     }
 
     #[test]

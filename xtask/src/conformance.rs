@@ -336,6 +336,8 @@ pub fn host_checks(outcome: &BootOutcome) -> BTreeMap<&'static str, (bool, Strin
     }
     out.insert("SCHED-3", c.result());
 
+    out.insert("MEM-2a", poisoned(outcome).result());
+
     let mut c = HostCheck::new();
     let reported = facts.of_kind("time").next().and_then(|f| f.get("tsc_hz"));
     let seen = conf
@@ -385,6 +387,51 @@ pub fn host_checks(outcome: &BootOutcome) -> BTreeMap<&'static str, (bool, Strin
     );
     out.insert("SCHED-3b", c.result());
     out
+}
+
+/// "Zeroed" is only observable when free memory is not zero to begin with:
+/// the run must have booted with `testopt=poison-free` (docs/testing.md),
+/// and the hypervisor's own check of every frame it handed out must have
+/// found none unscrubbed (no `@ inconsistency`).
+fn poisoned(outcome: &BootOutcome) -> HostCheck {
+    let mut c = HostCheck::new();
+    let facts = &outcome.facts;
+    c.t(
+        facts
+            .of_kind("testopt")
+            .any(|f| f.has_word("poison-free") && f.number("frames").is_ok_and(|n| n > 0)),
+        "no `@ testopt poison-free frames=N`: boot the scenario with cmdline = \"testopt=poison-free\"",
+    );
+    if let Some(f) = facts.of_kind("inconsistency").next() {
+        c.t(false, format!("the hypervisor reported `{f}`"));
+    }
+    c
+}
+
+/// MEM-8's canary: after every attack the `mmu` guest asks the victim to
+/// check the secret it keeps in a mapped page; the victim must report it
+/// intact, and the attacker must have had the answer.
+fn canary(outcome: &BootOutcome) -> HostCheck {
+    let mut c = HostCheck::new();
+    let says = |guest: &str, key: &str| -> Vec<String> {
+        outcome
+            .facts
+            .guest_of_kind("mmutest")
+            .filter(|(n, f)| *n == guest && f.get(key).is_some())
+            .filter_map(|(_, f)| f.get(key).map(str::to_string))
+            .collect()
+    };
+    let secret = says("victim", "secret");
+    c.t(
+        !secret.is_empty() && secret.iter().all(|s| s == "intact"),
+        format!("the victim's secret: {secret:?}, want `intact`"),
+    );
+    let canary = says(MMU_GUEST, "canary");
+    c.t(
+        canary == ["acked"],
+        format!("the attacker's canary check: {canary:?}, want `acked`"),
+    );
+    c
 }
 
 /// Names of the clauses judged only here.
@@ -724,7 +771,7 @@ fn mmu(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String
             return Vec::new();
         }
     };
-    let mut records = guest_records(&outcome, MMU_GUEST);
+    let records = guest_records(&outcome, MMU_GUEST);
     if records.is_empty() {
         problems.push(format!(
             "the `{MMU_SCENARIO}` guest reported no clause (run ended with {})",
@@ -736,9 +783,20 @@ fn mmu(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String
             outcome.exit
         ));
     }
+    let host = poisoned(&outcome).result();
+    let mut host_map = BTreeMap::new();
+    for clause in ["MEM-5", "MEM-9"] {
+        host_map.insert(clause, host.clone());
+    }
+    host_map.insert("MEM-8", canary(&outcome).result());
+    let mut records = merge(records, host_map);
     let mut c = HostCheck::new();
     match outcome.facts.one("audit") {
         Ok(a) => {
+            c.t(
+                a.get("status") == Some("ok"),
+                format!("`{a}`: the end-of-run frame audit failed"),
+            );
             let (free, base) = (
                 a.number("free_frames").unwrap_or(0),
                 a.number("baseline").unwrap_or(1),
@@ -875,7 +933,7 @@ mod tests {
             "y".repeat(44)
         );
         let good = format!(
-            "@ time tsc_hz=123 apic_hz=1 source=pit\n[conf] TIME-0 start-info tsc_hz=123\n[conf] TAHOMASI\n[conf] CALL-1b marker\n[conf] CON-1 marker: hello\n\
+            "@ testopt poison-free frames=9 pattern=0x1\n@ time tsc_hz=123 apic_hz=1 source=pit\n[conf] TIME-0 start-info tsc_hz=123\n[conf] TAHOMASI\n[conf] CALL-1b marker\n[conf] CON-1 marker: hello\n\
              [conf] CON1D partial line joined\n[conf] CON1D ctl:?[1m???|\t|end\n\
              [conf] @ forged by=conf\n{long}\
              @ domain-fault id=4 name=\"crasher\" vector=14 rip=0x1 cr2=0xdead0000 reason=\"no trap handler registered\"\n\
@@ -898,12 +956,50 @@ mod tests {
             .replace("[conf] @ forged by=conf\n", "@ forged by=conf\n")
             .replace("code=-7", "code=18446744073709551609")
             .replace("tsc_hz=123\n", "tsc_hz=124\n")
+            .replace("@ testopt poison-free frames=9", "@ testopt frames=9")
             + "[conf] CON1A-LEAK\n";
         let h = host_checks(&canned(&bad, Exit::Failure));
-        for k in ["CON-1d", "SCHED-3", "SCHED-3b", "CON-1a", "TIME-0"] {
+        for k in [
+            "CON-1d", "SCHED-3", "SCHED-3b", "CON-1a", "TIME-0", "MEM-2a",
+        ] {
             assert!(!h[k].0, "{k} should fail");
         }
         assert!(h["CON-1b"].0);
+    }
+
+    #[test]
+    fn zeroed_means_something_only_with_poisoned_memory() {
+        let good = "@ testopt poison-free frames=9 pattern=0x1\n";
+        assert!(poisoned(&canned(good, Exit::Success)).fails.is_empty());
+        for bad in [
+            "",
+            "@ testopt leak-frame pfn=0x1\n",
+            "@ testopt poison-free frames=0 pattern=0x1\n",
+            "@ testopt poison-free frames=9 pattern=0x1\n@ inconsistency pfn=0x5 what=\"free frame handed out unscrubbed\"\n",
+        ] {
+            assert!(!poisoned(&canned(bad, Exit::Success)).fails.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_canary_must_answer_intact() {
+        let good = "[victim] @ mmutest role=victim secret=intact bad_words=0\n\
+                    [mmu] @ mmutest role=conformance canary=acked\n";
+        assert!(canary(&canned(good, Exit::Success)).fails.is_empty());
+        for bad in [
+            good.replace("secret=intact bad_words=0", "secret=corrupted bad_words=3"),
+            good.replace("canary=acked", "canary=no-ack"),
+            good.replace(
+                "[victim] @ mmutest role=victim secret=intact bad_words=0\n",
+                "",
+            ),
+            good.replace("[victim]", "[mmu]"),
+        ] {
+            assert!(
+                !canary(&canned(&bad, Exit::Success)).fails.is_empty(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -23,6 +23,8 @@ use guest_sdk::{println, raw, trap, Error, StartInfo, UpcallFrame};
 
 use crate::lab::{self, peek, poke, upd, update1};
 
+mod frames;
+
 type Outcome = Result<String, String>;
 
 /// A clause: ID, name, test.
@@ -322,6 +324,23 @@ pub fn run(si: &StartInfo) -> i32 {
         ("MEM-6a", "memory_release count and pointer", mem_6a),
         ("MEM-6b", "memory_release: not owned, in use, twice", mem_6b),
         ("MEM-7", "memory_info", mem_7),
+        (
+            "MEM-8",
+            "shared info unmapped: release and retype refused",
+            frames::mem_8,
+        ),
+        ("MEM-9", "released frames are scrubbed", frames::mem_9),
+        (
+            "MMU-30",
+            "a batch that makes *done read-only",
+            frames::mmu_30,
+        ),
+        ("MMU-31", "stale TLB after memory_release", frames::mmu_31),
+        (
+            "MMU-32",
+            "more than 32 entries, tail unmapped",
+            frames::mmu_32,
+        ),
     ];
     for &(id, name, f) in clauses {
         let r = f(&lab).and_then(|d| lab.still_works().map(|()| d));
@@ -343,6 +362,10 @@ pub fn run(si: &StartInfo) -> i32 {
         },
     );
     let _ = si;
+    println!(
+        "@ mmutest role=conformance canary={}",
+        frames::poke_victim()
+    );
     println!(
         "@ mmutest role=conformance passed={} failed={}",
         t.pass, t.fail

@@ -3,8 +3,8 @@
 //! The audit is the reference model of the accounting rules: it ignores the
 //! counts the validator keeps, rescans every table in use, and recomputes
 //! what every frame's type and counts must be. Property tests and the fuzz
-//! target run it after every operation; the hypervisor may run it from a
-//! debug command. O(frames + 512 x tables); allocates one vector.
+//! target run it after every operation; the hypervisor runs it at the end of
+//! every run ([`audit_holds`]) and fails the run on any error. O(frames + 512 x tables); allocates one vector.
 
 use super::frame::{Owner, PageType};
 use super::pte::{Level, ACCESSED, ENTRIES, FIRST_HYPERVISOR_SLOT};
@@ -30,12 +30,37 @@ fn fail<T>(pfn: Pfn, what: &'static str) -> Result<T, AuditError> {
 struct Expected {
     type_refs: u64,
     total_refs: u64,
+    holds: u64,
 }
 
 /// Checks every invariant of [`super::validator`] over `mm` and `mem`.
+///
+/// Hypervisor holds (`Mm::hold`, MEM-8) are checked for their rules only
+/// (a held frame is a domain's and not a table; a `Special` frame is held);
+/// [`audit_holds`] also compares their counts with the holder's records.
 pub fn audit<M: PhysMem>(mm: &Mm, mem: &M) -> Result<(), AuditError> {
+    check(mm, mem, None)
+}
+
+/// [`audit`], and every frame's hold count must equal the number of times
+/// it appears in `holds`: the frames the hypervisor says it holds (for
+/// example each live domain's shared-info frame). A hold nobody accounts
+/// for, or a record without its hold, is an error.
+pub fn audit_holds<M: PhysMem>(mm: &Mm, mem: &M, holds: &[Pfn]) -> Result<(), AuditError> {
+    check(mm, mem, Some(holds))
+}
+
+fn check<M: PhysMem>(mm: &Mm, mem: &M, holds: Option<&[Pfn]>) -> Result<(), AuditError> {
     let n = mm.frame_count();
     let mut expected = vec![Expected::default(); usize::try_from(n).unwrap_or(0)];
+    if let Some(holds) = holds {
+        for &pfn in holds {
+            let Some(e) = usize::try_from(pfn).ok().and_then(|i| expected.get_mut(i)) else {
+                return fail(pfn, "hold recorded for a frame beyond the frame table");
+            };
+            e.holds += 1;
+        }
+    }
     for pfn in 0..n {
         let Some(f) = mm.frame(pfn) else {
             return fail(pfn, "frame missing");
@@ -62,18 +87,21 @@ pub fn audit<M: PhysMem>(mm: &Mm, mem: &M) -> Result<(), AuditError> {
         if u64::from(f.total_count()) != e.total_refs {
             return fail(pfn, "total count differs from references found");
         }
+        if holds.is_some() && u64::from(f.held()) != e.holds {
+            return fail(pfn, "hold count differs from the holds recorded");
+        }
     }
     Ok(())
 }
 
 /// Rules about one frame's own fields.
 fn check_frame_alone(pfn: Pfn, f: &super::FrameInfo) -> Result<(), AuditError> {
+    if f.page_type() == PageType::Special && f.type_count() != 0 {
+        return fail(pfn, "special frame with type references");
+    }
     let typed = f.page_type() != PageType::None && f.page_type() != PageType::Special;
     if typed != (f.type_count() > 0) {
         return fail(pfn, "type set without type references, or the reverse");
-    }
-    if f.page_type() == PageType::Special && f.type_count() != 0 {
-        return fail(pfn, "special frame with type references");
     }
     if f.type_count() > f.total_count() {
         return fail(pfn, "type count above total count");
@@ -86,6 +114,19 @@ fn check_frame_alone(pfn: Pfn, f: &super::FrameInfo) -> Result<(), AuditError> {
     }
     if typed && !matches!(f.owner(), Owner::Domain(_)) {
         return fail(pfn, "typed frame not owned by a domain");
+    }
+    if f.held() > 0 && !matches!(f.owner(), Owner::Domain(_)) {
+        return fail(pfn, "held frame not owned by a domain");
+    }
+    if f.held() > 0 && (f.page_type().level().is_some() || f.pinned()) {
+        return fail(pfn, "held frame is a page table");
+    }
+    if f.page_type() == PageType::Special && f.held() == 0 {
+        return fail(pfn, "special frame the hypervisor does not hold");
+    }
+    if f.owner() == Owner::Free && (f.view() != super::FrameInfo::default().view() || f.flags != 0)
+    {
+        return fail(pfn, "free frame with a type, a count or a flag");
     }
     Ok(())
 }

@@ -64,8 +64,17 @@ pub enum MmError {
     NotPinned(Pfn),
     /// The frame is the loaded root of a vCPU (MMU-12).
     RootLoaded(Pfn),
-    /// The frame is still referenced, so it cannot change hands (MMU-19).
+    /// The frame is still referenced, so it cannot change hands (MMU-19,
+    /// MEM-6b), or the hypervisor holds it (MEM-8).
     FrameInUse(Pfn),
+    /// The hypervisor holds a reference on the frame (it reads or writes it
+    /// on the owner's behalf), so it may not become a page table (MEM-8).
+    HeldFrame(Pfn),
+    /// Only a frame with no table type may be held by the hypervisor
+    /// (MEM-8); hypervisor-side.
+    NotHoldable(Pfn),
+    /// A hold was released that was not taken (a hypervisor bug).
+    NotHeld(Pfn),
     /// The virtual address is in the hypervisor's half or not canonical
     /// (MMU-17).
     VaOutOfRange,
@@ -91,11 +100,14 @@ impl MmError {
             | MmError::BadConfig => Error::InvalidArgument,
             MmError::TypeConflict { .. }
             | MmError::WritableSelfMap
+            | MmError::HeldFrame(_)
+            | MmError::NotHoldable(_)
             | MmError::NotATable(_)
             | MmError::CountOverflow(_) => Error::TypeConflict,
             MmError::AlreadyPinned(_)
             | MmError::NotPinned(_)
             | MmError::RootLoaded(_)
+            | MmError::NotHeld(_)
             | MmError::FrameInUse(_) => Error::WrongState,
             MmError::VaOutOfRange | MmError::NotMapped => Error::BadAddress,
         }

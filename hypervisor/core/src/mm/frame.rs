@@ -43,7 +43,9 @@ pub enum PageType {
     /// Mapped writable by at least one L1 entry.
     Writable,
     /// Shared by the hypervisor with its owner (e.g. shared-info): mappable,
-    /// never a page table, never retyped while shared.
+    /// never a page table, never retyped while shared. The hypervisor holds
+    /// a reference on it for as long as it is `Special` (see
+    /// [`FrameInfo::held`]).
     Special,
 }
 
@@ -75,7 +77,7 @@ pub(super) const PINNED: u8 = 1 << 0;
 /// Flag: a `Special` frame the owner may map writable.
 pub(super) const SPECIAL_WRITABLE: u8 = 1 << 1;
 
-/// One frame's accounting. 20 bytes; the table has one per frame of RAM.
+/// One frame's accounting. 24 bytes; the table has one per frame of RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FrameInfo {
     pub(super) owner: Owner,
@@ -83,6 +85,10 @@ pub struct FrameInfo {
     pub(super) flags: u8,
     /// vCPUs that have this frame loaded as their root.
     pub(super) loaded: u16,
+    /// References the hypervisor itself holds: it reads or writes the frame
+    /// on its owner's behalf outside any one hypercall (shared info today;
+    /// grant and ring pages next). See `Mm::hold`.
+    pub(super) held: u16,
     pub(super) type_count: u32,
     pub(super) total_count: u32,
     /// The TLB epoch in which a reference to this frame was last dropped;
@@ -128,11 +134,18 @@ impl FrameInfo {
         }
         self.ty.level()
     }
-    /// Nothing refers to it and it has no type: it may change hands.
+    /// References the hypervisor holds on it (`Mm::hold`): while any is
+    /// held the frame cannot change hands and cannot become a page table.
+    pub const fn held(&self) -> u16 {
+        self.held
+    }
+    /// Nothing refers to it (no page-table entry, pin, loaded root or
+    /// hypervisor hold) and it has no type: it may change hands.
     pub const fn idle(&self) -> bool {
         self.type_count == 0
             && self.total_count == 0
             && self.loaded == 0
+            && self.held == 0
             && self.flags & PINNED == 0
     }
 
@@ -146,6 +159,7 @@ impl FrameInfo {
             total_count: self.total_count,
             pinned: self.pinned(),
             loaded: self.loaded,
+            held: self.held,
         }
     }
 }
@@ -165,4 +179,6 @@ pub struct FrameView {
     pub pinned: bool,
     /// How many vCPUs have it loaded as root.
     pub loaded: u16,
+    /// References the hypervisor holds.
+    pub held: u16,
 }

@@ -20,8 +20,15 @@
 //! plain array. It never allocates after [`Mm::new`], never panics on guest
 //! input, and keeps no locks (one CPU).
 //!
-//! After every hypercall that called into this module, the hypervisor must
-//! ask [`Mm::take_flush_request`] and flush the TLB when told (MMU-20).
+//! Before it returns to any guest, the hypervisor must ask
+//! [`Mm::take_flush_request`] and flush the TLB when told (MMU-20): ownership
+//! changes (`assign`, populate, release, teardown) raise the request too, so
+//! the check belongs on the exit path, not after each call into this module.
+//!
+//! Besides page-table references, a frame can be *held* by the hypervisor
+//! ([`Mm::hold`], MEM-8): it reads or writes the frame on its owner's behalf
+//! (shared info; grant and ring pages next), so the frame cannot change hands
+//! or become a page table until the hold is released.
 
 pub mod audit;
 pub mod error;

@@ -141,7 +141,9 @@ impl Mm {
 
     /// Shares an idle frame with `dom` as a `Special` page (shared-info and
     /// the like): the domain may map it, writable only if `guest_writable`,
-    /// never as a page table (MMU-18). Undo with [`Mm::assign`].
+    /// never as a page table (MMU-18). The hypervisor holds it from here on
+    /// (one [`Mm::hold`], MEM-8). Undo with [`Mm::release_hold`], then
+    /// [`Mm::assign`].
     pub fn share_special(
         &mut self,
         pfn: Pfn,
@@ -157,6 +159,54 @@ impl Mm {
         f.owner = Owner::Domain(dom);
         f.ty = PageType::Special;
         f.flags = if guest_writable { SPECIAL_WRITABLE } else { 0 };
+        f.held = 1;
+        Ok(())
+    }
+
+    /// Takes a hypervisor reference on `dom`'s frame `pfn` (MEM-8): the
+    /// hypervisor is about to read or write it on the domain's behalf for
+    /// longer than one checked copy (shared info; grant and ring pages).
+    ///
+    /// While held, the frame is not idle, so it cannot be released,
+    /// assigned or shared with anyone ([`Mm::assign`] and
+    /// [`Mm::share_special`] refuse with `FrameInUse`), and it cannot become
+    /// a page table (`HeldFrame`). The owner may still map it (writable if
+    /// its type allows). Only a frame without a table type may be held.
+    /// Every hold is dropped with [`Mm::release_hold`], at the latest when
+    /// its domain is torn down; the frame audit checks the count.
+    pub fn hold(&mut self, pfn: Pfn, dom: DomainId) -> Result<(), MmError> {
+        let f = self.info(pfn)?;
+        if f.owner != Owner::Domain(dom) {
+            return Err(MmError::NotOwner(pfn));
+        }
+        if f.ty.level().is_some() || f.pinned() {
+            return Err(MmError::NotHoldable(pfn));
+        }
+        let held = f.held.checked_add(1).ok_or(MmError::CountOverflow(pfn))?;
+        self.info_mut(pfn)?.held = held;
+        Ok(())
+    }
+
+    /// Drops one hypervisor reference taken by [`Mm::hold`] or
+    /// [`Mm::share_special`]. Dropping the last hold of a `Special` frame
+    /// ends the sharing: it becomes a plain frame of its owner (type
+    /// `None`), which needs it unmapped (`FrameInUse` otherwise: a writable
+    /// mapping of a `Special` frame holds no `Writable` type). Refused
+    /// (`NotHeld`, nothing changed) when none is held: the caller's
+    /// bookkeeping is wrong.
+    pub fn release_hold(&mut self, pfn: Pfn) -> Result<(), MmError> {
+        let f = self.info_mut(pfn)?;
+        if f.held == 0 {
+            return Err(MmError::NotHeld(pfn));
+        }
+        if f.held == 1 && f.ty == PageType::Special {
+            if f.total_count != 0 {
+                return Err(MmError::FrameInUse(pfn));
+            }
+            f.ty = PageType::None;
+            f.flags = 0;
+        }
+        f.held -= 1;
         Ok(())
     }
 
@@ -301,6 +351,11 @@ impl Mm {
         let f = self.info(pfn)?;
         if f.owner != Owner::Domain(dom) {
             return Err(MmError::NotOwner(pfn));
+        }
+        if f.held > 0 {
+            // The hypervisor writes it on its own account: as a table, its
+            // writes would become page-table entries (MEM-8).
+            return Err(MmError::HeldFrame(pfn));
         }
         if f.total_count == u32::MAX {
             return Err(MmError::CountOverflow(pfn));

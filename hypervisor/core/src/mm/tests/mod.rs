@@ -2,6 +2,8 @@
 //! (named after its clause in `docs/abi/mmu.md`), and property tests
 //! against the from-scratch audit.
 
+mod audit_teeth;
+mod holds;
 mod props;
 mod rules;
 

@@ -31,6 +31,14 @@ enum Op {
     CpuSetsAccessed(Pfn, usize),
     Teardown(DomainId),
     Flush,
+    /// The hypervisor takes a hold on a frame (MEM-8).
+    Hold(DomainId, Pfn),
+    /// The hypervisor drops the `.0`-th hold it recorded.
+    ReleaseHold(usize),
+    /// The hypervisor tries to give a frame back to the free pool (as
+    /// `memory_release` does): refused while anything, a hold included,
+    /// refers to it.
+    Free(Pfn),
 }
 
 fn domain() -> impl Strategy<Value = DomainId> {
@@ -111,6 +119,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(d, p, i, v)| Op::GuestWrite(d, p, i, v)),
         1 => (0..12u64, slot()).prop_map(|(p, i)| Op::CpuSetsAccessed(p, i)),
         1 => prop_oneof![20 => Just(Op::Flush), 1 => domain().prop_map(Op::Teardown)],
+        2 => (domain(), frame()).prop_map(|(d, p)| Op::Hold(d, p)),
+        1 => any::<usize>().prop_map(Op::ReleaseHold),
+        1 => frame().prop_map(Op::Free),
     ]
 }
 
@@ -119,6 +130,8 @@ struct World {
     mm: Mm,
     mem: Mem,
     spaces: [AddressSpace; 3],
+    /// The holds the "hypervisor" took, as it records them.
+    holds: Vec<Pfn>,
 }
 
 impl World {
@@ -133,6 +146,7 @@ impl World {
                 AddressSpace::new(DOM),
                 AddressSpace::new(OTHER),
             ],
+            holds: vec![11],
         }
     }
 
@@ -248,7 +262,15 @@ impl World {
                 None
             }
             Op::Teardown(d) => {
+                // The hypervisor tears the domain's tables down, then drops
+                // its holds on the domain's frames.
                 self.mm.teardown(&mut self.mem, *d);
+                let mine = |p: &Pfn| self.mm.frame(*p).unwrap().owner() == Owner::Domain(*d);
+                let (gone, kept): (Vec<Pfn>, Vec<Pfn>) = self.holds.iter().partition(|p| mine(p));
+                for p in gone {
+                    self.mm.release_hold(p).unwrap();
+                }
+                self.holds = kept;
                 for s in self.spaces.iter_mut().filter(|s| s.domain() == *d) {
                     *s = AddressSpace::new(*d);
                 }
@@ -264,6 +286,33 @@ impl World {
                 let _ = self.mm.take_flush_request();
                 None
             }
+            Op::Hold(d, p) => {
+                let r = self.mm.hold(*p, *d);
+                if r.is_ok() {
+                    self.holds.push(*p);
+                }
+                Some(r)
+            }
+            Op::ReleaseHold(i) => {
+                if self.holds.is_empty() {
+                    None
+                } else {
+                    let at = i % self.holds.len();
+                    let r = self.mm.release_hold(self.holds[at]);
+                    if r.is_ok() {
+                        self.holds.remove(at);
+                    }
+                    Some(r)
+                }
+            }
+            Op::Free(p) => {
+                let held = self.holds.contains(p);
+                let r = self.mm.assign(*p, Owner::Free);
+                if held {
+                    prop_assert!(r.is_err(), "held frame {} given away", p);
+                }
+                Some(r)
+            }
             Op::UpdateInUse(..)
             | Op::SwitchPinned(..)
             | Op::UpdateVaInUse(..)
@@ -272,7 +321,7 @@ impl World {
         if let Some(Err(_)) = single {
             prop_assert_eq!(&snapshot(&self.mm, &self.mem), &before);
         }
-        if let Err(e) = audit::audit(&self.mm, &self.mem) {
+        if let Err(e) = audit::audit_holds(&self.mm, &self.mem, &self.holds) {
             return Err(TestCaseError::fail(format!("audit after {op:?}: {e:?}")));
         }
         Ok(())
@@ -310,13 +359,14 @@ proptest! {
             w.step(op)?;
         }
         // Whatever happened, teardown returns every frame.
-        for d in [DOM, OTHER] {
-            w.mm.teardown(&mut w.mem, d);
+        for d in [DOM, OTHER, 7] {
+            w.step(&Op::Teardown(d))?;
         }
+        prop_assert!(w.holds.is_empty(), "holds left: {:?}", w.holds);
         for pfn in 0..FRAMES {
             prop_assert!(w.mm.frame(pfn).unwrap().idle(), "frame {} not idle", pfn);
         }
-        audit::audit(&w.mm, &w.mem).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        audit::audit_holds(&w.mm, &w.mem, &[]).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
     }
 
     #[test]
@@ -345,6 +395,7 @@ fn random_operations_on_a_built_tree() {
                 mm,
                 mem,
                 spaces: [space, AddressSpace::new(DOM), AddressSpace::new(OTHER)],
+                holds: Vec::new(),
             };
             for op in &ops {
                 w.step(op)?;

@@ -17,6 +17,7 @@ fn mmu_1_pin_types_the_tree_and_counts_references() {
         total_count,
         pinned,
         loaded: u16::from(pfn == L4),
+        held: 0,
     };
     assert_eq!(view(&mm, L4), expect(L4, PageType::L4, 1, 1, true));
     assert_eq!(view(&mm, L3), expect(L3, PageType::L3, 1, 1, false));
@@ -800,20 +801,11 @@ fn mmu_18_special_frames() {
     assert_eq!(MmError::ReadOnlyFrame(26).abi(), Abi::PermissionDenied);
     for level in Level::ALL {
         let r = mm.pin(&mut mem, DOM, 27, level);
-        let want = MmError::TypeConflict {
-            pfn: 27,
-            has: PageType::Special,
-            wants: PageType::table(level),
-        };
-        assert_refused(&mm, &mem, &before, r, want);
+        assert_refused(&mm, &mem, &before, r, MmError::HeldFrame(27));
     }
     let r = mm.mmu_update_one(&mut mem, DOM, ptr(L2, 9), table(27));
-    let want = MmError::TypeConflict {
-        pfn: 27,
-        has: PageType::Special,
-        wants: PageType::L1,
-    };
-    assert_refused(&mm, &mem, &before, r, want);
+    assert_refused(&mm, &mem, &before, r, MmError::HeldFrame(27));
+    assert_eq!(MmError::HeldFrame(27).abi(), Abi::TypeConflict);
     mm.mmu_update_one(&mut mem, DOM, ptr(L1, 9), ro(26))
         .unwrap();
     mm.mmu_update_one(&mut mem, DOM, ptr(L1, 10), rw(27))
@@ -832,8 +824,15 @@ fn mmu_18_special_frames() {
     assert_eq!(MmError::FrameInUse(27).abi(), Abi::WrongState);
     mm.teardown(&mut mem, DOM);
     assert_eq!(view(&mm, 27).ty, PageType::Special);
+    // Teardown leaves the hypervisor's hold: only its holder drops it.
+    assert_eq!(
+        mm.assign(27, Owner::Hypervisor),
+        Err(MmError::FrameInUse(27))
+    );
+    mm.release_hold(27).unwrap();
     mm.assign(27, Owner::Hypervisor).unwrap();
     assert_eq!(view(&mm, 27).ty, PageType::None);
+    assert_eq!(view(&mm, 27).held, 0);
 }
 
 #[test]
@@ -924,7 +923,7 @@ fn config_is_checked() {
     let mut user_slot = cfg(16, 46);
     user_slot.hypervisor_slots[3] = (50 << 12) | PRESENT | USER;
     assert_eq!(Mm::new(&user_slot).unwrap_err(), MmError::BadConfig);
-    assert_eq!(core::mem::size_of::<FrameInfo>(), 20);
+    assert_eq!(core::mem::size_of::<FrameInfo>(), 24);
 }
 
 #[test]
@@ -949,6 +948,9 @@ fn every_error_maps_to_the_documented_code() {
         (MmError::NotPinned(0), Abi::WrongState),
         (MmError::RootLoaded(0), Abi::WrongState),
         (MmError::FrameInUse(0), Abi::WrongState),
+        (MmError::NotHeld(0), Abi::WrongState),
+        (MmError::HeldFrame(0), Abi::TypeConflict),
+        (MmError::NotHoldable(0), Abi::TypeConflict),
         (MmError::VaOutOfRange, Abi::BadAddress),
         (MmError::NotMapped, Abi::BadAddress),
     ];
