@@ -62,7 +62,13 @@ extern "C" fn kernel_start(start_info: u64) -> ! {
         mm.pml4
     );
     check_heap();
-    arch::enable_protections();
+    if let Err(arch::Missing(what)) = arch::enable_protections() {
+        report!("cpu-refused", "missing={}", Quoted(&what));
+        fail(format_args!(
+            "this CPU lacks {what}, which the hypervisor requires to keep guests out of ring 0; \
+             boot on a CPU that has them (QEMU: -cpu qemu64,+smep,+smap or -cpu max)"
+        ));
+    }
     arch::syscall::init();
     time::init();
 

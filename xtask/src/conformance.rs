@@ -551,6 +551,7 @@ fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Record {
             append: String::new(),
             gdb: false,
             extra: Vec::new(),
+            cpu: None,
             timeout: Some(timeout.unwrap_or(Duration::from_secs(60))),
             echo: false,
             log: log.clone(),

@@ -118,6 +118,7 @@ impl Booter<'_> {
             append,
             gdb: how.gdb,
             extra,
+            cpu: req.cpu.clone(),
             timeout: if how.gdb {
                 None
             } else {

@@ -115,6 +115,10 @@ struct RunArgs {
         allow_hyphen_values = true
     )]
     append: String,
+    /// QEMU `-cpu` model under TCG (default `qemu64,+smep,+smap`; e.g.
+    /// `max,vendor=GenuineIntel` for XSAVE, AVX and UMIP).
+    #[arg(long, value_name = "MODEL")]
+    cpu: Option<String>,
 }
 
 #[derive(Args)]
@@ -226,6 +230,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         scenario: args.scenario.clone(),
         cmdline: args.append,
         timeout,
+        cpu: args.cpu,
         ..Default::default()
     };
     let how = Presentation {
