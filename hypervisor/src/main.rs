@@ -72,6 +72,11 @@ extern "C" fn kernel_start(start_info: u64) -> ! {
     arch::syscall::init();
     time::init();
 
+    if boot.arg("testonly") == Some("compat32") {
+        arch::cpu::add_compat32_segment();
+        log::warn!("test boot: a 32-bit ring-3 code segment exists (testonly=compat32)");
+        report!("testonly", "compat32=1");
+    }
     if let Some(test) = boot.arg("selftest") {
         selftest::run(test);
     }

@@ -400,6 +400,8 @@ pub fn host_checks(outcome: &BootOutcome) -> BTreeMap<&'static str, (bool, Strin
 fn host_name(clause: &str) -> &'static str {
     match clause {
         "SCHED-3b" => "the last critical domain ends the run",
+        "CPU-4" => "sysenter destroys the caller (or is #UD)",
+        "TRAP-7" => "an undeliverable upcall is reported as such",
         _ => "judged from the transcript",
     }
 }
@@ -769,7 +771,75 @@ fn cpu(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String
         }
         per_model.push((label, merge(guest, cpu_host_checks(&outcome, label))));
     }
-    combine_models(per_model)
+    let mut records = combine_models(per_model);
+    let how = Presentation {
+        echo: false,
+        gdb: false,
+        log_name: format!("tests/{CPU_COMPAT_SCENARIO}"),
+    };
+    let mut req = BootRequest::scenario(CPU_COMPAT_SCENARIO);
+    req.timeout = timeout;
+    let name = "syscall from compatibility mode destroys the caller";
+    records.push(match booter.boot(&req, &how) {
+        Ok((o, _, _)) => {
+            let (pass, detail) = judge_compat(&o);
+            Record::new("CPU-3b", name, pass, detail)
+        }
+        Err(e) => Record::new("CPU-3b", name, false, format!("could not boot: {e}")),
+    });
+    records
+}
+
+/// The test boot for CPU-3b (a GDT with a 32-bit ring-3 code segment).
+pub const CPU_COMPAT_SCENARIO: &str = "cpu-compat";
+
+/// CPU-3b from the `cpu-compat` boot: the domain that executed `syscall`
+/// in compatibility mode was destroyed with `kind=compat-syscall` (not an
+/// exception, not a hypervisor fault), the test segment was really there,
+/// and the canary `watch` kept its registers and secret and ended the run.
+pub fn judge_compat(o: &BootOutcome) -> (bool, String) {
+    let f = &o.facts;
+    let mut c = HostCheck::new();
+    c.t(
+        f.of_kind("testonly")
+            .any(|x| x.get("compat32") == Some("1")),
+        "no `@ testonly compat32=1`: the test segment was not installed",
+    );
+    match f
+        .of_kind("domain-fault")
+        .find(|x| x.get("name") == Some("compat"))
+    {
+        Some(x) => {
+            c.t(
+                x.get("kind") == Some("compat-syscall"),
+                format!("`{x}`: kind is not compat-syscall"),
+            );
+            c.t(
+                x.get("vector").is_none(),
+                format!("`{x}`: reported as an exception"),
+            );
+        }
+        None => c.t(false, "no `@ domain-fault name=compat`"),
+    }
+    c.t(
+        !f.of_kind("domain-exit")
+            .any(|x| x.get("name") == Some("compat")),
+        "compat survived",
+    );
+    c.t(
+        f.guest_of_kind("cpu-watch")
+            .any(|(n, x)| n == "watch" && x.get("ok") == Some("1")),
+        "the canary `watch` did not report its registers and secret intact",
+    );
+    c.t(
+        f.of_kind("exception").next().is_none(),
+        "the hypervisor reported an exception of its own",
+    );
+    c.t(
+        o.exit == Exit::Success,
+        format!("the run ended with {}", o.exit),
+    );
+    c.result()
 }
 
 /// One record per clause from per-model results: a pass only when every
@@ -1079,6 +1149,27 @@ mod tests {
         );
         let h = cpu_host_checks(&canned(&dead, Exit::Success), crate::qemu::TCG_CPU_MAX);
         assert!(!h["CPU-4"].0 && !h["TRAP-7"].0);
+    }
+
+    #[test]
+    fn compat_syscall_must_kill_as_such() {
+        let good = "@ testonly compat32=1\n\
+                    @ domain-fault id=2 name=\"compat\" kind=compat-syscall rip=0x1 reason=\"x\"\n\
+                    [watch] @ cpu-watch ok=1 rounds=100 bad=0 bad_sel=0 secret=1\n\
+                    @ domain-exit id=1 name=\"watch\" reason=poweroff code=0\n@ exit status=success\n";
+        assert!(judge_compat(&canned(good, Exit::Success)).0);
+        for (from, to) in [
+            ("@ testonly compat32=1\n", ""),
+            (
+                "kind=compat-syscall",
+                "kind=exception vector=13 exception=general-protection",
+            ),
+            ("ok=1", "ok=0"),
+        ] {
+            let bad = good.replace(from, to);
+            assert!(!judge_compat(&canned(&bad, Exit::Success)).0, "{from}");
+        }
+        assert!(!judge_compat(&canned(good, Exit::Failure)).0);
     }
 
     #[test]

@@ -14,6 +14,11 @@
 //! * `sysenter` (domain 3): `sysenter` with TF and AC set; must
 //!   be destroyed (`kind=sysenter`) or, on a CPU where the instruction is
 //!   invalid in 64-bit mode, see #UD (CPU-4; judged by xtask).
+//! * `compat` and `watch` (scenario `cpu-compat`, a test boot with a
+//!   32-bit ring-3 code segment): `compat` far-jumps into compatibility
+//!   mode and executes `syscall` there; it must be destroyed with
+//!   `kind=compat-syscall` while `watch`, holding its own SIMD pattern and
+//!   a secret, runs on unharmed (CPU-3b; judged by xtask).
 //! * `upcallfail` (domain 4): an event upcall whose callback stack is
 //!   read-only; must be destroyed with `kind=event-upcall` (TRAP-7; judged
 //!   by xtask).
@@ -52,6 +57,8 @@ fn main(si: &StartInfo) -> i32 {
         "peer" => peer_role(),
         "sysenter" => sysenter_role(),
         "upcallfail" => upcallfail_role(si),
+        "compat" => compat_role(),
+        "watch" => watch_role(),
         other => {
             println!("cputest: unknown role {other:?}");
             2
@@ -665,4 +672,66 @@ fn upcallfail_role(si: &StartInfo) -> i32 {
     let _ = raw::call1(Hypercall::EventSend, b);
     println!("upcallfail survived an undeliverable upcall");
     1
+}
+
+// ---------------------------------------------------------------- compat
+
+core::arch::global_asm!(
+    ".pushsection .text.compat32, \"ax\"",
+    ".code32",
+    ".global cputest_compat32",
+    "cputest_compat32:",
+    "syscall",
+    "ud2",
+    ".code64",
+    ".popsection",
+);
+
+extern "C" {
+    fn cputest_compat32();
+}
+
+/// The 32-bit ring-3 code selector of the `testonly=compat32` boot.
+const COMPAT32_CS: u16 = 0x3b;
+
+fn compat_role() -> i32 {
+    sched::yield_now();
+    let target = cputest_compat32 as *const () as u64;
+    if target > u64::from(u32::MAX) {
+        println!("compat: entry {target:#x} above 4 GiB");
+        return 2;
+    }
+    let p = &raw mut FAR;
+    // SAFETY: deliberately hostile: enters compatibility mode at a
+    // `syscall`; the hypervisor must destroy this domain (CPU-3b), so
+    // control never comes back. Without the test segment the far jump
+    // raises #GP and, with no trap handler, destroys the domain too (as an
+    // exception, which xtask tells apart).
+    unsafe {
+        (*p).offset = target as u32;
+        (*p).selector = COMPAT32_CS;
+        core::arch::asm!("jmp fword ptr [rax]", in("rax") p, options(noreturn));
+    }
+}
+
+fn watch_role() -> i32 {
+    let avx = regs::avx();
+    let mine = Simd::pattern(0x51, avx);
+    let theirs = Simd::pattern(0xa0, avx);
+    let r = interleave(&mine, &theirs, PEER_SEL, avx, 100, 100, || true);
+    let secret = SECRET_MEM.iter().all(|w| w.load(SeqCst) == SECRET);
+    let ok = r.bad == 0 && r.bad_sel == 0 && secret;
+    println!(
+        "@ cpu-watch ok={} rounds={} bad={} bad_sel={} secret={}",
+        u8::from(ok),
+        r.rounds,
+        r.bad,
+        r.bad_sel,
+        u8::from(secret)
+    );
+    if ok {
+        0
+    } else {
+        1
+    }
 }

@@ -36,6 +36,12 @@ static mut KERNEL_STACK: Stack = Stack([0; STACK_SIZE]);
 static TSS: spin::Once<TaskStateSegment> = spin::Once::new();
 static GDT: spin::Once<GlobalDescriptorTable> = spin::Once::new();
 static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
+/// The GDT with a 32-bit ring-3 code segment (test boots only).
+static GDT_COMPAT32: spin::Once<GlobalDescriptorTable> = spin::Once::new();
+static TSS_SELECTOR: spin::Once<SegmentSelector> = spin::Once::new();
+
+/// The 32-bit ring-3 code selector that [`add_compat32_segment`] creates.
+pub const TEST_COMPAT32_CS: u16 = 0x38 | 3;
 
 fn stack_top(stack: *const Stack) -> VirtAddr {
     VirtAddr::from_ptr(stack) + STACK_SIZE as u64
@@ -97,6 +103,7 @@ pub fn init() {
         });
         (gdt, tss_sel)
     };
+    TSS_SELECTOR.call_once(|| tss_sel);
     gdt.load();
     // SAFETY: the selectors name the descriptors appended above, in the GDT
     // just loaded; the TSS descriptor is loaded exactly once.
@@ -115,6 +122,30 @@ pub fn init() {
         core::arch::asm!("lldt {0:x}", in(reg) 0u16, options(nomem, nostack, preserves_flags))
     };
     IDT.call_once(build_idt).load();
+}
+
+/// Test boots only (`testonly=compat32` on the command line): loads a copy
+/// of the GDT with one more descriptor, a flat 32-bit code segment of DPL 3
+/// at [`TEST_COMPAT32_CS`], so that a guest can enter compatibility mode
+/// and the IA32_CSTAR entry can be tested (CPU-3b). The normal GDT has no
+/// such segment (CPU-3a). Called before any domain runs.
+pub fn add_compat32_segment() {
+    let tss = TSS.get().expect("cpu::init ran");
+    let gdt = GDT_COMPAT32.call_once(|| {
+        let mut gdt = GlobalDescriptorTable::new();
+        gdt.append(Descriptor::kernel_code_segment());
+        gdt.append(Descriptor::kernel_data_segment());
+        gdt.append(Descriptor::user_data_segment());
+        gdt.append(Descriptor::user_code_segment());
+        let t = gdt.append(Descriptor::tss_segment(tss));
+        // P=1 DPL=3 S=1 type=execute/read, D=1 (32-bit), G=1, base 0, 4 GiB.
+        let c = gdt.append(Descriptor::UserSegment(0x00cf_fa00_0000_ffff));
+        debug_assert_eq!((Some(&t), c.0), (TSS_SELECTOR.get(), TEST_COMPAT32_CS & !3));
+        gdt
+    });
+    // The same descriptors at the same places plus one: CS, SS and TR stay
+    // valid (TR's descriptor is cached; the copy's busy bit is not needed).
+    gdt.load();
 }
 
 /// A domain's data-segment selectors (spec CPU-2). Their bases are always
