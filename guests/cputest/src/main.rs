@@ -431,9 +431,78 @@ fn fs_gs_bases() {
     clause("CPU-2a", "FS/GS bases are 0 and fixed", ck, "");
 }
 
+/// Maps a fresh frame at virtual address 0 (where an LDT left at its
+/// reset value, base 0, would be read from) and writes a forged LDT there:
+/// a DPL-3 64-bit call gate to the kernel code segment at index 0
+/// (selector 0x07), a DPL-3 32-bit code segment at index 2 (0x17) and a
+/// DPL-3 data segment at index 3 (0x1F). Returns the frame.
+fn forge_ldt_at_zero() -> Result<u64, Error> {
+    use guest_sdk::paging::{self, Flags, Mapper};
+    let mfn = paging::populate_one()?;
+    let mut m = Mapper::new();
+    // SAFETY: nothing Rust uses lives at address 0.
+    unsafe { m.map_unchecked(0, mfn, Flags::WRITABLE) }?;
+    m.flush().map_err(Error::from)?;
+    let target = on_trap as *const () as u64;
+    let gate_lo = (target & 0xffff)
+        | (0x08 << 16)
+        | ((0x0c | (3 << 5) | (1 << 7)) << 40)
+        | (((target >> 16) & 0xffff) << 48);
+    let words = [
+        gate_lo,
+        target >> 32,
+        0x00cf_fa00_0000_ffff,
+        0x00cf_f200_0000_ffff,
+    ];
+    for (i, w) in words.iter().enumerate() {
+        // SAFETY: address 0..32 is the page just mapped writable; written
+        // with assembly because Rust has no valid pointer to address 0.
+        unsafe {
+            core::arch::asm!("mov qword ptr [{}], {}", in(reg) i as u64 * 8, in(reg) *w, options(nostack, preserves_flags))
+        };
+    }
+    Ok(mfn)
+}
+
 /// CPU-3: the LDT is null: no LDT selector loads or transfers control.
 fn ldt() {
     let mut ck = Ck::default();
+    // The attack of issue 7, finding 4: with an LDT at its reset value the
+    // CPU would read these descriptors from the guest's address 0.
+    match forge_ldt_at_zero() {
+        Ok(mfn) => {
+            let gp = |sel: u16| Some((13, u64::from(sel & 0xfffc)));
+            ck.eq(
+                "far call through the forged call gate 0x07",
+                far(0x07, true),
+                gp(0x07),
+            );
+            ck.eq(
+                "far jmp through the forged call gate 0x07",
+                far(0x07, false),
+                gp(0x07),
+            );
+            ck.eq(
+                "far jmp to the forged 32-bit segment 0x17",
+                far(0x17, false),
+                gp(0x17),
+            );
+            ck.eq(
+                "mov ds, the forged data segment 0x1f",
+                trapped(|| at!("mov ds, ax"; in("ax") 0x1fu16)),
+                gp(0x1f),
+            );
+            let mut m = guest_sdk::paging::Mapper::new();
+            // SAFETY: as in `forge_ldt_at_zero`.
+            let unmapped = unsafe { m.unmap_unchecked(0) }.is_ok() && m.flush().is_ok();
+            ck.t(unmapped, "unmap page 0");
+            ck.t(
+                guest_sdk::paging::release(&[mfn]).is_ok(),
+                "release the forged page",
+            );
+        }
+        Err(e) => ck.t(false, &format!("map a page at address 0: {e:?}")),
+    }
     regs::set_selectors([0x1b, 0x1b, 0x1b, 0x1b]);
     for sel in [0x04u16, 0x07, 0x0f, 0x2f, 0xfffc | 4 | 3] {
         let gp = Some((13, u64::from(sel & 0xfffc)));
@@ -476,7 +545,12 @@ fn ldt() {
         core::arch::asm!("lar {0:e}, {1:e}", "setz {2}", out(reg) _, in(reg) 7u32, out(reg_byte) zf, options(nomem, nostack))
     };
     ck.eq("lar of an LDT selector finds nothing (ZF)", zf, 0);
-    clause("CPU-3", "the LDT is null: LDT selectors raise #GP", ck, "");
+    clause(
+        "CPU-3",
+        "the LDT is null: LDT selectors raise #GP",
+        ck,
+        "; a forged LDT at address 0 is never read",
+    );
 }
 
 /// CPU-3a: no GDT selector leads out of 64-bit ring 3.
