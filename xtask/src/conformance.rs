@@ -1020,7 +1020,9 @@ mod tests {
         ] {
             assert!(ids.contains(&id.to_string()), "{id} missing from {ids:?}");
         }
-        for id in ["MMU-1", "MMU-16", "MMU-22b", "MEM-5b"] {
+        for id in [
+            "MMU-1", "MMU-16", "MMU-22b", "MEM-5b", "CPU-1", "CPU-1a", "CPU-3b", "CPU-6", "TRAP-7",
+        ] {
             assert!(ids.contains(&id.to_string()), "{id} missing");
         }
         let mut sorted = ids.clone();
