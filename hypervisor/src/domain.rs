@@ -1,7 +1,8 @@
 //! Domains: building one from an ELF image (spec MEM-2, MEM-3), its shared
 //! page, and tearing it down.
 
-use crate::arch::cpu::{USER_CS, USER_SS};
+use crate::arch::cpu::{Selectors, USER_CS, USER_SS};
+use crate::arch::fpu::FpuState;
 use crate::arch::traps::TrapFrame;
 use crate::mem::{self, pte};
 use alloc::vec::Vec;
@@ -51,6 +52,11 @@ pub struct Domain {
     pub state: RunState,
     /// Saved registers while not running.
     pub ctx: TrapFrame,
+    /// Saved x87/MMX/SSE/AVX state while not running (CPU-1); the initial
+    /// state until the domain first runs (CPU-1a).
+    pub fpu: FpuState,
+    /// Saved data-segment selectors while not running (CPU-2); null at start.
+    pub selectors: Selectors,
     /// Physical address of the root page table (loaded into CR3).
     pub root: u64,
     /// Every frame the domain owns: its window (pseudo-physical order),
@@ -438,6 +444,8 @@ pub fn build(
         flags: DomainFlags::from_bits_truncate(rec.flags),
         state: RunState::Runnable,
         ctx,
+        fpu: FpuState::initial(),
+        selectors: Selectors::default(),
         root: l4 << 12,
         frames,
         max_pages: u64::from(rec.max_pages).max(nr_pages),

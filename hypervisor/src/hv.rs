@@ -60,11 +60,20 @@ fn note_current(id: DomId) {
 #[derive(Clone, Copy, Debug)]
 enum Exit {
     Shutdown(ShutdownReason, u64),
+    /// The domain raised an exception it could not handle (TRAP-0c).
     Fault {
         vector: u64,
         error: u64,
         rip: u64,
         cr2: u64,
+        why: &'static str,
+    },
+    /// Something other than an exception ended it: an event upcall that
+    /// could not be delivered (TRAP-7), `sysenter` (CPU-4) or a
+    /// compatibility-mode `syscall` (CPU-5). `kind` names it in the report.
+    Killed {
+        kind: &'static str,
+        rip: u64,
         why: &'static str,
     },
     ScenarioEnd,
@@ -91,6 +100,8 @@ struct Hv {
     /// was last armed.
     timer_dirty: bool,
     loaded_root: u64,
+    /// The domain whose FPU state and selectors the CPU holds (CPU-1, CPU-2).
+    cpu_state_of: Option<DomId>,
     live: u32,
     critical_left: u32,
     critical_total: u32,
@@ -133,6 +144,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
         armed: u64::MAX,
         timer_dirty: true,
         loaded_root: mem::kernel_pml4() << 12,
+        cpu_state_of: None,
         live: 0,
         critical_left: 0,
         critical_total: 0,
@@ -153,11 +165,12 @@ pub fn start(pack: &Pack<'_>) -> ! {
             Ok(d) => {
                 report!(
                     "domain-start",
-                    "id={} name={} pages={} critical={}",
+                    "id={} name={} pages={} critical={} fpu_bytes={}",
                     id,
                     Quoted(name),
                     d.frames.len(),
-                    u8::from(d.critical())
+                    u8::from(d.critical()),
+                    d.fpu.bytes()
                 );
                 if d.critical() {
                     hv.critical_left += 1;
@@ -268,6 +281,31 @@ pub fn guest_exception(frame: &mut TrapFrame) {
         hv.destroy(cur, exit);
         hv.run_next(frame);
     }
+    hv.leave(frame);
+}
+
+/// Entry from `sysenter` and from `syscall` in compatibility mode: the
+/// caller is destroyed with a report (CPU-4, CPU-5); others run on.
+#[no_mangle]
+extern "C" fn foreign_entry(frame: &mut TrapFrame) {
+    use crate::arch::syscall::{COMPAT_SYSCALL_VECTOR, SYSENTER_VECTOR};
+    let mut guard = HV.lock();
+    let Some(hv) = guard.as_mut() else {
+        panic!("sysenter or compat syscall before any domain ran")
+    };
+    let (kind, why) = match frame.vector {
+        SYSENTER_VECTOR => ("sysenter", "sysenter is not a hypercall entry"),
+        COMPAT_SYSCALL_VECTOR => (
+            "compat-syscall",
+            "syscall from compatibility mode is not a hypercall entry",
+        ),
+        _ => ("unknown-entry", "entered through an unknown gate"),
+    };
+    if let Some(cur) = hv.current {
+        let rip = frame.rip;
+        hv.destroy(cur, Exit::Killed { kind, rip, why });
+    }
+    hv.run_next(frame);
     hv.leave(frame);
 }
 
@@ -854,6 +892,10 @@ impl Hv {
             note_current(0);
             if let Some(d) = self.dom(cur) {
                 d.ctx = *frame;
+                // The CPU keeps holding this state (cpu_state_of) until
+                // another domain's is loaded.
+                d.fpu.save();
+                d.selectors = arch::cpu::Selectors::read();
             }
             if requeue {
                 self.runq.push(cur);
@@ -872,8 +914,14 @@ impl Hv {
             let now = time::now_tsc();
             self.fire_deadlines(now);
             while let Some(id) = self.runq.pop() {
+                let reload = self.cpu_state_of != Some(id);
                 let Some(d) = self.dom(id) else { continue };
                 *frame = d.ctx;
+                if reload {
+                    // Never the previous domain's state (CPU-1, CPU-1a, CPU-2).
+                    d.fpu.restore();
+                    d.selectors.load();
+                }
                 let (root, slice) = (d.root, d.slice);
                 if root != self.loaded_root {
                     // SAFETY: `root` is a complete PML4 built for this domain
@@ -888,6 +936,7 @@ impl Hv {
                 }
                 self.current = Some(id);
                 note_current(id);
+                self.cpu_state_of = Some(id);
                 self.slice_end = now + slice;
                 self.timer_dirty = true;
                 return;
@@ -931,11 +980,10 @@ impl Hv {
                     break;
                 }
                 Err(why) => {
-                    let exit = Exit::Fault {
-                        vector: 0,
-                        error: 0,
+                    // Not an exception (TRAP-7): say what failed.
+                    let exit = Exit::Killed {
+                        kind: "event-upcall",
                         rip: frame.rip,
-                        cr2: 0,
                         why,
                     };
                     self.destroy(cur, exit);
@@ -1004,7 +1052,7 @@ impl Hv {
             } => {
                 report!(
                     "domain-fault",
-                    "id={} name={} vector={} exception={} error={:#x} rip={:#x} cr2={:#x} reason={}",
+                    "id={} name={} kind=exception vector={} exception={} error={:#x} rip={:#x} cr2={:#x} reason={}",
                     id,
                     name,
                     vector,
@@ -1019,6 +1067,26 @@ impl Hv {
                     d.name,
                     d.id,
                     vector_name(vector),
+                    rip,
+                    why
+                );
+                false
+            }
+            Exit::Killed { kind, rip, why } => {
+                report!(
+                    "domain-fault",
+                    "id={} name={} kind={} rip={:#x} reason={}",
+                    id,
+                    name,
+                    kind,
+                    rip,
+                    Quoted(why)
+                );
+                log::warn!(
+                    "domain {} ({}) destroyed: {} at rip {:#x} ({}); other domains continue",
+                    d.name,
+                    d.id,
+                    kind,
                     rip,
                     why
                 );

@@ -75,10 +75,21 @@ extern "C" fn kernel_start(start_info: u64) -> ! {
             mem::POISON
         );
     }
-    arch::enable_protections();
+    if let Err(arch::Missing(what)) = arch::enable_protections() {
+        report!("cpu-refused", "missing={}", Quoted(&what));
+        fail(format_args!(
+            "this CPU lacks {what}, which the hypervisor requires to keep guests out of ring 0; \
+             boot on a CPU that has them (QEMU: -cpu qemu64,+smep,+smap or -cpu max)"
+        ));
+    }
     arch::syscall::init();
     time::init();
 
+    if boot.arg("testonly") == Some("compat32") {
+        arch::cpu::add_compat32_segment();
+        log::warn!("test boot: a 32-bit ring-3 code segment exists (testonly=compat32)");
+        report!("testonly", "compat32=1");
+    }
     if let Some(test) = boot.arg("selftest") {
         selftest::run(test);
     }

@@ -16,6 +16,12 @@ pub fn handle(frame: &mut TrapFrame) {
         v if v == u64::from(lapic::SPURIOUS_VECTOR) => {}
         // NMI, double fault and machine check are never the guest's.
         2 | 8 | 18 => hypervisor_fault(frame),
+        // A guest's `sysenter` with TF set single-steps into the sysenter
+        // entry: the trap is the guest's doing; the entry destroys it
+        // (CPU-4). Continue there with TF clear.
+        1 if !from_guest && frame.rip == arch::syscall::sysenter_entry_address() => {
+            frame.rflags &= !(1 << 8);
+        }
         0..=31 if from_guest => crate::hv::guest_exception(frame),
         0..=31 => hypervisor_fault(frame),
         v => log::warn!("unexpected interrupt vector {v}; ignored"),

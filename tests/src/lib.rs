@@ -56,6 +56,9 @@ pub struct BootRequest {
     pub pack: PackMutation,
     /// Overrides the scenario's timeout.
     pub timeout: Option<Duration>,
+    /// The QEMU `-cpu` model under TCG instead of the default one
+    /// (`qemu64,+smep,+smap`), for behaviour that depends on CPU features.
+    pub cpu: Option<String>,
 }
 
 impl BootRequest {
@@ -73,6 +76,12 @@ impl BootRequest {
             self.cmdline.push(' ');
         }
         self.cmdline.push_str(extra);
+        self
+    }
+
+    /// Boots under TCG with `-cpu MODEL` instead of the default model.
+    pub fn cpu(mut self, model: &str) -> Self {
+        self.cpu = Some(model.to_string());
         self
     }
 

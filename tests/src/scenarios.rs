@@ -29,6 +29,10 @@ pub fn scenario_tests() -> Vec<ScenarioTest> {
             name: "leaked_frame_fails_the_run_with_an_audit_report",
             run: leaked_frame_fails_the_run_with_an_audit_report,
         },
+        ScenarioTest {
+            name: "cpu_without_smep_or_smap_is_refused",
+            run: cpu_without_smep_or_smap_is_refused,
+        },
     ];
     tests.extend(crate::guests::tests());
     tests
@@ -279,6 +283,42 @@ fn missing_boot_module_is_reported(m: &dyn Machine) -> Result<(), String> {
     Ok(())
 }
 
+/// CPU models without SMEP, SMAP or both, and what the hypervisor must
+/// name as missing (docs/abi/cpu.md, "Requirements of the CPU").
+pub const WEAK_CPUS: [(&str, &str); 3] = [
+    ("qemu64", "smep smap"),
+    ("qemu64,+smep", "smap"),
+    ("qemu64,+smap", "smep"),
+];
+
+/// On a CPU without SMEP or SMAP the hypervisor refuses to start: it names
+/// what is missing, says what to do, builds no domain and fails the run.
+fn cpu_without_smep_or_smap_is_refused(m: &dyn Machine) -> Result<(), String> {
+    for (model, missing) in WEAK_CPUS {
+        let out = m.boot(&BootRequest::scenario("hello").cpu(model))?;
+        expect_exit(&out, &Exit::Failure).map_err(|e| format!("-cpu {model}: {e}"))?;
+        let r = out.facts.one("cpu-refused")?;
+        ensure!(
+            r.get("missing") == Some(missing),
+            "-cpu {model}: `{r}`: expected missing=\"{missing}\""
+        );
+        ensure!(
+            out.facts.of_kind("cpu").next().is_none(),
+            "-cpu {model}: the hypervisor reported `@ cpu` (it went on)"
+        );
+        ensure!(
+            out.facts.of_kind("domain-start").next().is_none(),
+            "-cpu {model}: a domain was started on a refused CPU"
+        );
+        ensure!(
+            out.transcript.contains(&format!("lacks {missing}"))
+                && out.transcript.contains("-cpu qemu64,+smep,+smap"),
+            "-cpu {model}: no message naming what is missing and what to do"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     //! Each scenario test against canned transcripts: it passes on a
@@ -509,6 +549,70 @@ Tahoma 0.1
         assert!(run(name, &Canned::new(Exit::Failure, None, good)).is_err());
         let wrong = "@ bootpack error=\"bad magic\"\n";
         assert!(run(name, &Canned::new(Exit::Success, None, wrong)).is_err());
+    }
+
+    /// Answers each boot from its `-cpu` model.
+    struct ByCpu(fn(&str) -> (Exit, String));
+
+    impl Machine for ByCpu {
+        fn boot(&self, req: &BootRequest) -> Result<BootOutcome, String> {
+            let (exit, t) = (self.0)(req.cpu.as_deref().unwrap_or(""));
+            Ok(BootOutcome::new(exit, None, t))
+        }
+    }
+
+    fn refusal(model: &str) -> (Exit, String) {
+        let missing = WEAK_CPUS
+            .iter()
+            .find(|(m, _)| *m == model)
+            .map_or("", |(_, w)| w);
+        (
+            Exit::Failure,
+            format!(
+                "@ cpu-refused missing=\"{missing}\"\n[ERROR tahoma] this CPU lacks {missing}, ...; \
+                 boot on a CPU that has them (QEMU: -cpu qemu64,+smep,+smap or -cpu max)\n@ exit status=failure\n"
+            ),
+        )
+    }
+
+    #[test]
+    fn cpu_refusal_test() {
+        let name = "cpu_without_smep_or_smap_is_refused";
+        assert_eq!(run_on(name, &ByCpu(refusal)), Ok(()));
+        // Booting anyway, naming the wrong feature, or no advice: each fails.
+        let booted = |m: &str| {
+            let (_, t) = refusal(m);
+            (Exit::Success, t.replace("failure", "success"))
+        };
+        assert!(run_on(name, &ByCpu(booted)).is_err());
+        let wrong = |m: &str| {
+            let (e, t) = refusal(m);
+            (e, t.replace("missing=\"smap\"", "missing=\"smep\""))
+        };
+        assert!(run_on(name, &ByCpu(wrong)).is_err());
+        let mute = |m: &str| {
+            let (e, t) = refusal(m);
+            (e, t.replace("-cpu qemu64,+smep,+smap", ""))
+        };
+        assert!(run_on(name, &ByCpu(mute)).is_err());
+        let went_on = |m: &str| {
+            let (e, t) = refusal(m);
+            (
+                e,
+                t + "@ domain-start id=1 name=\"hello\" pages=256 critical=1\n",
+            )
+        };
+        assert!(run_on(name, &ByCpu(went_on))
+            .unwrap_err()
+            .contains("a domain was started"));
+    }
+
+    fn run_on(name: &str, m: &dyn Machine) -> Result<(), String> {
+        let t = scenario_tests()
+            .into_iter()
+            .find(|t| t.name == name)
+            .expect("test exists");
+        (t.run)(m)
     }
 
     #[test]

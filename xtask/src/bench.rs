@@ -179,6 +179,12 @@ pub fn reference(name: &str) -> &'static str {
         "yield_round_trip" => "Linux futex ping-pong 9,691; Xen PV 16,303 (2 switches each)",
         "domain_switch" => "half a futex ping-pong: Linux 4,846; Xen PV 8,152",
         "domain_switch_64dom" => "domain_switch with 62 more (blocked) domains: must match it",
+        "domain_switch_fpu" => {
+            "both domains write XMM0 after each yield: eager FPU switching costs the same"
+        }
+        "yield_round_trip_fpu" => {
+            "yield_round_trip with SIMD in use on both sides (+1 instruction)"
+        }
         "yield_round_trip_64dom" => {
             "yield_round_trip with 62 more (blocked) domains: must match it"
         }

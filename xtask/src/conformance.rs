@@ -29,6 +29,16 @@ pub const GUEST: &str = "conf";
 pub const MMU_SCENARIO: &str = "mmu";
 /// The domain in it that reports clause results.
 pub const MMU_GUEST: &str = "mmu";
+/// The CPU-state suite's scenario (CPU-*, TRAP-7), booted once per model
+/// in [`CPU_MODELS`].
+pub const CPU_SCENARIO: &str = "cpu";
+/// The domain in it that reports clause results.
+pub const CPU_GUEST: &str = "cpu";
+/// The `-cpu` models (under TCG) the CPU-state clauses must hold under:
+/// the default one (FXSAVE, no UMIP, AMD vendor: `sysenter` is #UD) and
+/// QEMU's `max` (XSAVE with AVX, UMIP, FSGSBASE, RDPID) with an Intel
+/// vendor, where `sysenter` reaches the hypervisor's entry.
+pub const CPU_MODELS: [&str; 2] = [crate::qemu::TCG_CPU, crate::qemu::TCG_CPU_MAX];
 /// Clause families that are not tested yet.
 pub const SKIPPED_FAMILIES: &[&str] = &[];
 
@@ -438,6 +448,8 @@ fn canary(outcome: &BootOutcome) -> HostCheck {
 fn host_name(clause: &str) -> &'static str {
     match clause {
         "SCHED-3b" => "the last critical domain ends the run",
+        "CPU-4" => "sysenter destroys the caller (or is #UD)",
+        "TRAP-7" => "an undeliverable upcall is reported as such",
         _ => "judged from the transcript",
     }
 }
@@ -608,6 +620,7 @@ fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Vec<Record> {
             append: String::new(),
             gdb: None,
             extra: Vec::new(),
+            cpu: None,
             timeout: Some(timeout.unwrap_or(Duration::from_secs(60))),
             echo: false,
             log: log.clone(),
@@ -745,6 +758,7 @@ pub fn run(booter: &Booter<'_>, timeout: Option<Duration>) -> Result<Report, Str
     results.retain(|r| r.clause != "MEM-2b" && r.clause != "MEM-2c");
     results.extend(mem2b(booter, timeout));
     results.extend(mmu(booter, timeout, &mut problems));
+    results.extend(cpu(booter, timeout, &mut problems));
     Ok(Report {
         records: reconcile(&doc, results),
         problems,
@@ -823,6 +837,255 @@ fn mmu(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String
     records
 }
 
+/// Boots the CPU-state suite under every model of [`CPU_MODELS`] and
+/// takes its clause results plus the ones judged from the transcript
+/// ([`cpu_host_checks`]); a clause passes only if it passes under every
+/// model. Under KVM (`-cpu host`) there is one boot.
+fn cpu(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String>) -> Vec<Record> {
+    let models: Vec<Option<&str>> = match booter.accel {
+        crate::qemu::Accel::Tcg => CPU_MODELS.iter().copied().map(Some).collect(),
+        crate::qemu::Accel::Kvm => vec![None],
+    };
+    let mut per_model = Vec::new();
+    for (i, model) in models.iter().enumerate() {
+        let how = Presentation {
+            echo: false,
+            gdb: None,
+            log_name: format!("tests/{CPU_SCENARIO}.{i}"),
+        };
+        let mut req = BootRequest::scenario(CPU_SCENARIO);
+        req.timeout = timeout;
+        req.cpu = model.map(str::to_string);
+        let label = model.unwrap_or("host");
+        let outcome = match booter.boot(&req, &how) {
+            Ok((outcome, _, _)) => outcome,
+            Err(e) => {
+                problems.push(format!("could not boot `{CPU_SCENARIO}` ({label}): {e}"));
+                continue;
+            }
+        };
+        let guest = guest_records(&outcome, CPU_GUEST);
+        if guest.is_empty() {
+            problems.push(format!(
+                "the `{CPU_SCENARIO}` guest reported no clause under {label} (run ended with {})",
+                outcome.exit
+            ));
+        } else if outcome.exit != Exit::Success {
+            problems.push(format!(
+                "the `{CPU_SCENARIO}` run under {label} ended with {}",
+                outcome.exit
+            ));
+        }
+        per_model.push((label, merge(guest, cpu_host_checks(&outcome, label))));
+    }
+    let mut records = combine_models(per_model);
+    let how = Presentation {
+        echo: false,
+        gdb: None,
+        log_name: format!("tests/{CPU_COMPAT_SCENARIO}"),
+    };
+    let mut req = BootRequest::scenario(CPU_COMPAT_SCENARIO);
+    req.timeout = timeout;
+    let name = "syscall from compatibility mode destroys the caller";
+    records.push(match booter.boot(&req, &how) {
+        Ok((o, _, _)) => {
+            let (pass, detail) = judge_compat(&o);
+            Record::new("CPU-3b", name, pass, detail)
+        }
+        Err(e) => Record::new("CPU-3b", name, false, format!("could not boot: {e}")),
+    });
+    records
+}
+
+/// The test boot for CPU-3b (a GDT with a 32-bit ring-3 code segment).
+pub const CPU_COMPAT_SCENARIO: &str = "cpu-compat";
+
+/// CPU-3b from the `cpu-compat` boot: the domain that executed `syscall`
+/// in compatibility mode was destroyed with `kind=compat-syscall` (not an
+/// exception, not a hypervisor fault), the test segment was really there,
+/// and the canary `watch` kept its registers and secret and ended the run.
+pub fn judge_compat(o: &BootOutcome) -> (bool, String) {
+    let f = &o.facts;
+    let mut c = HostCheck::new();
+    c.t(
+        f.of_kind("testonly")
+            .any(|x| x.get("compat32") == Some("1")),
+        "no `@ testonly compat32=1`: the test segment was not installed",
+    );
+    match f
+        .of_kind("domain-fault")
+        .find(|x| x.get("name") == Some("compat"))
+    {
+        Some(x) => {
+            c.t(
+                x.get("kind") == Some("compat-syscall"),
+                format!("`{x}`: kind is not compat-syscall"),
+            );
+            c.t(
+                x.get("vector").is_none(),
+                format!("`{x}`: reported as an exception"),
+            );
+        }
+        None => c.t(false, "no `@ domain-fault name=compat`"),
+    }
+    c.t(
+        !f.of_kind("domain-exit")
+            .any(|x| x.get("name") == Some("compat")),
+        "compat survived",
+    );
+    c.t(
+        f.guest_of_kind("cpu-watch")
+            .any(|(n, x)| n == "watch" && x.get("ok") == Some("1")),
+        "the canary `watch` did not report its registers and secret intact",
+    );
+    c.t(
+        f.of_kind("exception").next().is_none(),
+        "the hypervisor reported an exception of its own",
+    );
+    c.t(
+        o.exit == Exit::Success,
+        format!("the run ended with {}", o.exit),
+    );
+    c.result()
+}
+
+/// One record per clause from per-model results: a pass only when every
+/// model passed it; the detail names each model.
+fn combine_models(per_model: Vec<(&str, Vec<Record>)>) -> Vec<Record> {
+    let mut out: Vec<Record> = Vec::new();
+    let n = per_model.len();
+    for (label, records) in &per_model {
+        for r in records {
+            let short = label.split(',').next().unwrap_or(label);
+            match out.iter_mut().find(|o| o.clause == r.clause) {
+                Some(o) => {
+                    if !r.passed() {
+                        o.outcome = Outcome::Fail;
+                    }
+                    o.detail = format!("{}; {short}: {}", o.detail, r.detail);
+                    o.name.clone_from(&r.name);
+                }
+                None => {
+                    let mut r = r.clone();
+                    r.detail = format!("{short}: {}", r.detail);
+                    out.push(r);
+                }
+            }
+        }
+    }
+    // A clause missing under one model did not hold there.
+    for o in &mut out {
+        let seen = per_model
+            .iter()
+            .filter(|(_, rs)| rs.iter().any(|r| r.clause == o.clause))
+            .count();
+        if seen != n {
+            o.outcome = Outcome::Fail;
+            o.detail = format!("reported under {seen} of {n} CPU models; {}", o.detail);
+        }
+    }
+    out
+}
+
+/// The CPU-state clauses judged from one boot's transcript under `model`:
+/// CPU-4 (`sysenter` destroys its caller with a `kind=sysenter` report, or
+/// raises #UD where the CPU has no `sysenter` in 64-bit mode: AMD-vendor
+/// models) and TRAP-7 (an undeliverable event upcall destroys the domain
+/// with `kind=event-upcall`, not an exception). Both also need the canary
+/// (`peer`) to have finished cleanly and the hypervisor not to have faulted.
+pub fn cpu_host_checks(o: &BootOutcome, model: &str) -> BTreeMap<&'static str, (bool, String)> {
+    let f = &o.facts;
+    let fault = |name: &str| {
+        f.of_kind("domain-fault")
+            .find(|x| x.get("name") == Some(name))
+    };
+    let exit = |name: &str| {
+        f.of_kind("domain-exit")
+            .find(|x| x.get("name") == Some(name))
+    };
+    let canary = |c: &mut HostCheck| {
+        c.t(
+            exit("peer")
+                .is_some_and(|e| e.get("reason") == Some("poweroff") && e.get("code") == Some("0")),
+            "the canary `peer` did not power off with 0",
+        );
+        c.t(
+            f.of_kind("exception").next().is_none(),
+            "the hypervisor reported an exception of its own",
+        );
+        c.t(
+            o.exit == Exit::Success,
+            format!("the run ended with {}", o.exit),
+        );
+    };
+    let mut out = BTreeMap::new();
+
+    let mut c = HostCheck::new();
+    // Which outcome the model calls for: `None` under `-cpu host` (either).
+    let expect_kill = (model != "host").then(|| model.contains("GenuineIntel"));
+    let said_ud = lines_of(&o.transcript, "sysenter")
+        .iter()
+        .any(|l| l.starts_with("sysenter raised #UD"));
+    match fault("sysenter") {
+        Some(x) => {
+            c.t(
+                x.get("kind") == Some("sysenter"),
+                format!("`{x}`: kind is not sysenter"),
+            );
+            c.t(
+                x.get("vector").is_none(),
+                format!("`{x}`: reported as an exception"),
+            );
+            c.t(
+                expect_kill != Some(false),
+                format!("{model}: sysenter reached the hypervisor on an AMD-vendor model"),
+            );
+        }
+        None => {
+            c.t(
+                said_ud,
+                "sysenter neither destroyed its domain nor raised #UD",
+            );
+            c.t(
+                expect_kill != Some(true),
+                format!("{model}: sysenter did not reach the hypervisor's entry"),
+            );
+            c.t(
+                exit("sysenter").is_some_and(|e| e.get("code") == Some("0")),
+                "the sysenter domain did not exit after its #UD",
+            );
+        }
+    }
+    canary(&mut c);
+    out.insert("CPU-4", c.result());
+
+    let mut c = HostCheck::new();
+    match fault("upcallfail") {
+        Some(x) => {
+            c.t(
+                x.get("kind") == Some("event-upcall"),
+                format!("`{x}`: kind is not event-upcall"),
+            );
+            c.t(
+                x.get("vector").is_none() && x.get("exception").is_none(),
+                format!("`{x}`: reported as an exception"),
+            );
+            c.t(
+                x.get("reason").is_some_and(|r| r.contains("writable")),
+                format!("`{x}`: the reason does not say the frame could not be written"),
+            );
+        }
+        None => c.t(false, "no `@ domain-fault name=upcallfail`"),
+    }
+    c.t(
+        exit("upcallfail").is_none(),
+        "upcallfail has a domain-exit: it survived",
+    );
+    canary(&mut c);
+    out.insert("TRAP-7", c.result());
+    out
+}
+
 /// Writes the records as a JSON array of `{"clause", "name", "outcome"}`.
 pub fn write_json(path: &Path, records: &[Record]) -> Result<(), String> {
     let text = serde_json::to_string_pretty(records).map_err(|e| format!("cannot encode: {e}"))?;
@@ -864,7 +1127,9 @@ mod tests {
         ] {
             assert!(ids.contains(&id.to_string()), "{id} missing from {ids:?}");
         }
-        for id in ["MMU-1", "MMU-16", "MMU-22b", "MEM-5b"] {
+        for id in [
+            "MMU-1", "MMU-16", "MMU-22b", "MEM-5b", "CPU-1", "CPU-1a", "CPU-3b", "CPU-6", "TRAP-7",
+        ] {
             assert!(ids.contains(&id.to_string()), "{id} missing");
         }
         let mut sorted = ids.clone();
@@ -1000,6 +1265,70 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn cpu_checks_need_the_kill_reports() {
+        let intel = "@ domain-fault id=4 name=\"upcallfail\" kind=event-upcall rip=0x1 reason=\"callback stack not writable\"\n\
+                     @ domain-fault id=3 name=\"sysenter\" kind=sysenter rip=0x0 reason=\"sysenter is not a hypercall entry\"\n\
+                     @ domain-exit id=2 name=\"peer\" reason=poweroff code=0 hypercalls=3\n@ exit status=success\n";
+        let h = cpu_host_checks(&canned(intel, Exit::Success), crate::qemu::TCG_CPU_MAX);
+        for (k, (pass, d)) in &h {
+            assert!(pass, "{k}: {d}");
+        }
+        // The same kill on an AMD-vendor model is wrong: sysenter is #UD there.
+        assert!(!cpu_host_checks(&canned(intel, Exit::Success), crate::qemu::TCG_CPU)["CPU-4"].0);
+        let amd = intel.replace(
+            "@ domain-fault id=3 name=\"sysenter\" kind=sysenter rip=0x0 reason=\"sysenter is not a hypercall entry\"\n",
+            "[sysenter] sysenter raised #UD (vector 6)\n@ domain-exit id=3 name=\"sysenter\" reason=poweroff code=0\n",
+        );
+        let h = cpu_host_checks(&canned(&amd, Exit::Success), crate::qemu::TCG_CPU);
+        assert!(h["CPU-4"].0, "{:?}", h["CPU-4"]);
+        // Finding 8: an upcall failure reported as a divide error fails.
+        let old = intel.replace("kind=event-upcall", "vector=0 exception=divide-error");
+        assert!(
+            !cpu_host_checks(&canned(&old, Exit::Success), crate::qemu::TCG_CPU_MAX)["TRAP-7"].0
+        );
+        // A canary that did not finish fails both.
+        let dead = intel.replace(
+            "name=\"peer\" reason=poweroff code=0",
+            "name=\"peer\" reason=crash code=1",
+        );
+        let h = cpu_host_checks(&canned(&dead, Exit::Success), crate::qemu::TCG_CPU_MAX);
+        assert!(!h["CPU-4"].0 && !h["TRAP-7"].0);
+    }
+
+    #[test]
+    fn compat_syscall_must_kill_as_such() {
+        let good = "@ testonly compat32=1\n\
+                    @ domain-fault id=2 name=\"compat\" kind=compat-syscall rip=0x1 reason=\"x\"\n\
+                    [watch] @ cpu-watch ok=1 rounds=100 bad=0 bad_sel=0 secret=1\n\
+                    @ domain-exit id=1 name=\"watch\" reason=poweroff code=0\n@ exit status=success\n";
+        assert!(judge_compat(&canned(good, Exit::Success)).0);
+        for (from, to) in [
+            ("@ testonly compat32=1\n", ""),
+            (
+                "kind=compat-syscall",
+                "kind=exception vector=13 exception=general-protection",
+            ),
+            ("ok=1", "ok=0"),
+        ] {
+            let bad = good.replace(from, to);
+            assert!(!judge_compat(&canned(&bad, Exit::Success)).0, "{from}");
+        }
+        assert!(!judge_compat(&canned(good, Exit::Failure)).0);
+    }
+
+    #[test]
+    fn a_clause_must_pass_under_every_model() {
+        let both = combine_models(vec![
+            ("a", vec![rec("CPU-1", true), rec("CPU-2", true)]),
+            ("b", vec![rec("CPU-1", true), rec("CPU-2", false)]),
+        ]);
+        assert!(both[0].passed());
+        assert!(!both[1].passed());
+        let missing = combine_models(vec![("a", vec![rec("CPU-1", true)]), ("b", vec![])]);
+        assert!(!missing[0].passed());
     }
 
     #[test]

@@ -127,6 +127,7 @@ impl Booter<'_> {
             append,
             gdb: how.gdb,
             extra,
+            cpu: req.cpu.clone(),
             timeout: if how.gdb.is_some() && req.timeout.is_none() {
                 None
             } else {

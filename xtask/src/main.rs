@@ -147,6 +147,10 @@ struct RunArgs {
         allow_hyphen_values = true
     )]
     append: String,
+    /// QEMU `-cpu` model under TCG (default `qemu64,+smep,+smap`; e.g.
+    /// `max,vendor=GenuineIntel` for XSAVE, AVX and UMIP).
+    #[arg(long, value_name = "MODEL")]
+    cpu: Option<String>,
 }
 
 #[derive(Args)]
@@ -268,6 +272,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         scenario: scenario_arg.clone(),
         cmdline: args.append,
         timeout,
+        cpu: args.cpu,
         ..Default::default()
     };
     let how = Presentation {

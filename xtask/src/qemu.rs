@@ -22,8 +22,14 @@ const QEMU: &str = "qemu-system-x86_64";
 /// The machine type (see the module docs).
 const MACHINE: &str = "microvm";
 /// The CPU model under TCG: QEMU's baseline plus SMEP/SMAP, which TCG
-/// implements. Keep it fixed: benchmark figures depend on it.
-const TCG_CPU: &str = "qemu64,+smep,+smap";
+/// implements and the hypervisor requires (it refuses to start without
+/// them). No XSAVE, no UMIP. Keep it fixed: benchmark figures depend on it.
+pub const TCG_CPU: &str = "qemu64,+smep,+smap";
+/// The second model the CPU-state clauses run under (spec `docs/abi/cpu.md`):
+/// every feature TCG implements (XSAVE, AVX, UMIP, ...) with an Intel
+/// vendor string, so that `sysenter` is a valid instruction in 64-bit mode
+/// (QEMU, like AMD CPUs, raises #UD for it on AMD-vendor models).
+pub const TCG_CPU_MAX: &str = "max,vendor=GenuineIntel";
 /// How often the runner checks whether QEMU has exited.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -129,6 +135,8 @@ pub struct Run {
     pub gdb: Option<u16>,
     /// Extra QEMU arguments (network devices, port forwards).
     pub extra: Vec<String>,
+    /// The `-cpu` model under TCG (`None`: [`TCG_CPU`]); KVM always uses `host`.
+    pub cpu: Option<String>,
     /// Kill QEMU after this long; `None`: never.
     pub timeout: Option<Duration>,
     /// Copy serial output to our stdout as it arrives.
@@ -156,7 +164,7 @@ impl Run {
         let mut a: Vec<String> = vec!["-machine".into(), MACHINE.into()];
         a.extend(["-accel".into(), self.accel.name().into()]);
         let cpu = match self.accel {
-            Accel::Tcg => TCG_CPU,
+            Accel::Tcg => self.cpu.as_deref().unwrap_or(TCG_CPU),
             Accel::Kvm => "host",
         };
         a.extend(["-cpu".into(), cpu.into()]);
@@ -370,6 +378,7 @@ mod tests {
             append: "selftest=panic x=1".into(),
             gdb: None,
             extra: vec![],
+            cpu: None,
             timeout: Some(Duration::from_secs(1)),
             echo: false,
             log: "x.log".into(),

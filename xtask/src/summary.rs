@@ -59,7 +59,10 @@ impl Row {
             Ending::Shutdown { reason, code } => format!("{reason} ({code})"),
             Ending::Fault {
                 exception, vector, ..
-            } => format!("fault: {exception} (#{vector})"),
+            } if *vector > 0 || exception.ends_with("-error") => {
+                format!("fault: {exception} (#{vector})")
+            }
+            Ending::Fault { exception, .. } => format!("killed: {exception}"),
             Ending::ScenarioEnd => "ended with the scenario".into(),
             Ending::NotStarted { .. } => "not started".into(),
             Ending::Killed => "killed".into(),
@@ -156,7 +159,13 @@ pub fn summarize(transcript: &str, expected: &[String], symbolize: &Symbolize<'_
                     let cr2 = f.number("cr2").ok().filter(|&c| c != 0 || vector == 14);
                     let location = symbolize(&rows[i].name, rip);
                     rows[i].ending = Ending::Fault {
-                        exception: f.get("exception").unwrap_or("fault").to_string(),
+                        // `kind=exception` faults name their exception;
+                        // the others (event-upcall, sysenter, ...) their kind.
+                        exception: f
+                            .get("exception")
+                            .or(f.get("kind"))
+                            .unwrap_or("fault")
+                            .to_string(),
                         vector,
                         rip,
                         cr2,
@@ -306,6 +315,15 @@ mod tests {
             "refused at build: not enough free frames"
         );
         assert_eq!(rows[3].id, Some(4));
+    }
+
+    #[test]
+    fn kills_that_are_not_exceptions_say_their_kind() {
+        let t = "@ domain-start id=1 name=\"u\" pages=256 critical=0\n\
+                 @ domain-fault id=1 name=\"u\" kind=event-upcall rip=0x401000 reason=\"callback stack not writable\"\n";
+        let rows = summarize(t, &[], &|_, _| None);
+        assert_eq!(rows[0].ended(), "killed: event-upcall");
+        assert!(rows[0].verdict().contains("callback stack not writable"));
     }
 
     #[test]

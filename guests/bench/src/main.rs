@@ -139,6 +139,31 @@ fn pair_syscall(nr: u64) -> u64 {
     delta
 }
 
+/// [`pair_syscall`] with a write of XMM0 right after the `syscall`.
+#[inline(never)]
+fn pair_syscall_simd(nr: u64) -> u64 {
+    let delta: u64;
+    // SAFETY: as in `pair_syscall`; `movq xmm0, rax` writes only XMM0,
+    // which no compiled code uses (soft-float).
+    unsafe {
+        core::arch::asm!(
+            "lfence", "rdtsc", "shl rdx, 32", "or rax, rdx", "mov {t0}, rax",
+            "mov rax, {nr}",
+            "syscall",
+            "movq xmm0, rax",
+            "lfence", "rdtsc", "shl rdx, 32", "or rax, rdx", "sub rax, {t0}",
+            nr = in(reg) nr,
+            t0 = out(reg) _,
+            out("rax") delta,
+            out("rdx") _,
+            out("rcx") _,
+            out("r11") _,
+            options(nostack),
+        );
+    }
+    delta
+}
+
 /// Ticks across `n` iterations of `dec; jnz` (plus a fixed `test; jz`),
 /// bracketed like [`pair_empty`]. `calibrate(n) - calibrate(0)` is exactly
 /// `2 * n` instructions.
@@ -337,12 +362,41 @@ fn named(si: &StartInfo, base: &str) -> String {
     }
 }
 
+/// Writes XMM0 (and so makes the domain's SIMD state live): with `fpu=1`
+/// both switch roles do it after every yield, so that the switch costs
+/// what it costs for domains that use the FPU (with lazy switching, a #NM
+/// per switch; `docs/architecture.md`, "FPU state").
+#[inline(always)]
+fn touch_simd(v: u64) {
+    // SAFETY: writes only XMM0, which no compiled code uses (soft-float).
+    unsafe {
+        core::arch::asm!("movq xmm0, {}", in(reg) v, options(nomem, nostack, preserves_flags))
+    };
+}
+
 fn switch_bench(si: &StartInfo, a: bool, iters: u64, warmup: u64) -> i32 {
     let nr = Hypercall::Yield.number();
+    let fpu = arg(si, "fpu", 0) != 0;
     if !a {
         loop {
             sched::yield_now();
+            if fpu {
+                touch_simd(2);
+            }
         }
+    }
+    if fpu {
+        // One SIMD write inside the bracket right after the yield returns
+        // (one instruction more than the plain figure).
+        let e = median(sample(10, 1000, || pair_empty(nr)));
+        let samples = sample(warmup, iters, || {
+            let t = pair_syscall_simd(nr).saturating_sub(e);
+            touch_simd(1);
+            t
+        });
+        Stats::of(samples.clone(), 1).report(&named(si, "yield_round_trip"));
+        Stats::of(samples, 2).report(&named(si, "domain_switch"));
+        return 0;
     }
     // Let B start and reach its loop.
     for _ in 0..4 {

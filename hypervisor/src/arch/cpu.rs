@@ -36,6 +36,12 @@ static mut KERNEL_STACK: Stack = Stack([0; STACK_SIZE]);
 static TSS: spin::Once<TaskStateSegment> = spin::Once::new();
 static GDT: spin::Once<GlobalDescriptorTable> = spin::Once::new();
 static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
+/// The GDT with a 32-bit ring-3 code segment (test boots only).
+static GDT_COMPAT32: spin::Once<GlobalDescriptorTable> = spin::Once::new();
+static TSS_SELECTOR: spin::Once<SegmentSelector> = spin::Once::new();
+
+/// The 32-bit ring-3 code selector that [`add_compat32_segment`] creates.
+pub const TEST_COMPAT32_CS: u16 = 0x38 | 3;
 
 fn stack_top(stack: *const Stack) -> VirtAddr {
     VirtAddr::from_ptr(stack) + STACK_SIZE as u64
@@ -97,6 +103,7 @@ pub fn init() {
         });
         (gdt, tss_sel)
     };
+    TSS_SELECTOR.call_once(|| tss_sel);
     gdt.load();
     // SAFETY: the selectors name the descriptors appended above, in the GDT
     // just loaded; the TSS descriptor is loaded exactly once.
@@ -107,7 +114,93 @@ pub fn init() {
         ES::set_reg(SegmentSelector(0));
         load_tss(tss_sel);
     }
+    // A null LDTR (spec CPU-3): every LDT selector (TI = 1) then raises #GP
+    // instead of making the CPU read descriptors from linear address 0,
+    // where a guest could place a call gate or a 32-bit code segment.
+    // SAFETY: a null selector is always valid for lldt.
+    unsafe {
+        core::arch::asm!("lldt {0:x}", in(reg) 0u16, options(nomem, nostack, preserves_flags))
+    };
     IDT.call_once(build_idt).load();
+}
+
+/// Test boots only (`testonly=compat32` on the command line): loads a copy
+/// of the GDT with one more descriptor, a flat 32-bit code segment of DPL 3
+/// at [`TEST_COMPAT32_CS`], so that a guest can enter compatibility mode
+/// and the IA32_CSTAR entry can be tested (CPU-3b). The normal GDT has no
+/// such segment (CPU-3a). Called before any domain runs.
+pub fn add_compat32_segment() {
+    let tss = TSS.get().expect("cpu::init ran");
+    let gdt = GDT_COMPAT32.call_once(|| {
+        let mut gdt = GlobalDescriptorTable::new();
+        gdt.append(Descriptor::kernel_code_segment());
+        gdt.append(Descriptor::kernel_data_segment());
+        gdt.append(Descriptor::user_data_segment());
+        gdt.append(Descriptor::user_code_segment());
+        let t = gdt.append(Descriptor::tss_segment(tss));
+        // P=1 DPL=3 S=1 type=execute/read, D=1 (32-bit), G=1, base 0, 4 GiB.
+        let c = gdt.append(Descriptor::UserSegment(0x00cf_fa00_0000_ffff));
+        debug_assert_eq!((Some(&t), c.0), (TSS_SELECTOR.get(), TEST_COMPAT32_CS & !3));
+        gdt
+    });
+    // The same descriptors at the same places plus one: CS, SS and TR stay
+    // valid (TR's descriptor is cached; the copy's busy bit is not needed).
+    gdt.load();
+}
+
+/// A domain's data-segment selectors (spec CPU-2). Their bases are always
+/// 0: the GDT's descriptors all have base 0, the LDT is null, CR4.FSGSBASE
+/// stays clear (`wrfsbase` and friends raise #UD), `swapgs` and `wrmsr`
+/// raise #GP in ring 3, and the hypervisor zeroes the base MSRs at boot
+/// ([`zero_segment_bases`]) and never uses FS or GS itself. So the
+/// selectors are the whole per-domain segment state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Selectors {
+    pub ds: u16,
+    pub es: u16,
+    pub fs: u16,
+    pub gs: u16,
+}
+
+impl Selectors {
+    /// Reads the selectors the CPU holds now (the last domain's).
+    pub fn read() -> Selectors {
+        let (ds, es, fs, gs): (u16, u16, u16, u16);
+        // SAFETY: reading segment registers has no side effects.
+        unsafe {
+            core::arch::asm!(
+                "mov {0:x}, ds", "mov {1:x}, es", "mov {2:x}, fs", "mov {3:x}, gs",
+                out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs,
+                options(nomem, nostack, preserves_flags)
+            )
+        };
+        Selectors { ds, es, fs, gs }
+    }
+
+    /// Loads these selectors (saved by [`Selectors::read`] while a domain
+    /// ran, or the null selectors of a new domain).
+    pub fn load(&self) {
+        // SAFETY: each value is 0 or a selector the domain itself loaded at
+        // CPL 3, so it names a present data or readable code descriptor of
+        // the GDT with DPL 3 (the LDT is null), which CPL 0 may load too;
+        // in 64-bit mode DS and ES are not used for addressing and the
+        // hypervisor never uses FS or GS, and every base stays 0.
+        unsafe {
+            core::arch::asm!(
+                "mov ds, {0:x}", "mov es, {1:x}", "mov fs, {2:x}", "mov gs, {3:x}",
+                in(reg) self.ds, in(reg) self.es, in(reg) self.fs, in(reg) self.gs,
+                options(nostack, preserves_flags)
+            )
+        };
+    }
+}
+
+/// IA32_FS_BASE, IA32_GS_BASE and IA32_KERNEL_GS_BASE set to 0 (CPU-2).
+pub fn zero_segment_bases() {
+    for msr in [0xc000_0100u32, 0xc000_0101, 0xc000_0102] {
+        // SAFETY: these MSRs exist on every x86-64 CPU; 0 is a canonical base.
+        unsafe { x86_64::registers::model_specific::Msr::new(msr).write(0) };
+    }
 }
 
 fn build_idt() -> InterruptDescriptorTable {

@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod cpu;
+pub mod fpu;
 pub mod lapic;
 pub mod syscall;
 pub mod traps;
@@ -58,36 +59,70 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// CPU protections the hypervisor relies on: CR4.PGE (global kernel
-/// mappings survive address-space switches), SMEP (ring 0 never executes
-/// guest pages) and SMAP (ring 0 never touches guest pages by accident; the
-/// hypervisor reaches guest memory only through the direct map). Each is
-/// enabled when CPUID advertises it; the result is reported.
-pub fn enable_protections() {
+/// What the hypervisor requires of the CPU and found missing.
+pub struct Missing(pub heapless::String<64>);
+
+/// CPU protections the hypervisor relies on (spec CPU-6, CPU-7): CR4.PGE
+/// (global kernel mappings survive address-space switches), SMEP (ring 0
+/// never executes guest pages) and SMAP (ring 0 never touches guest pages
+/// by accident; the hypervisor reaches guest memory only through the direct
+/// map) are required: on a CPU without SMEP or SMAP the hypervisor refuses
+/// to start rather than run weaker. UMIP (`sgdt`, `sidt`, `sldt`, `smsw`,
+/// `str` raise #GP in ring 3) is enabled where CPUID has it. Then the FPU
+/// and SIMD units are set up ([`fpu::init`]), the data-segment bases zeroed
+/// and, where the CPU has `rdtscp`, IA32_TSC_AUX set to 0 (it is all a
+/// guest's `rdtscp` or `rdpid` reveals). The result is reported as
+/// `@ cpu ...`.
+pub fn enable_protections() -> Result<(), Missing> {
     let leaf7 = core::arch::x86_64::__cpuid_count(7, 0);
     let smep = leaf7.ebx & (1 << 7) != 0;
     let smap = leaf7.ebx & (1 << 20) != 0;
-    let mut cr4 = x86_64::registers::control::Cr4::read_raw();
-    cr4 |= 1 << 7;
-    if smep {
-        cr4 |= 1 << 20;
+    let umip = leaf7.ecx & (1 << 2) != 0;
+    let ext = core::arch::x86_64::__cpuid(0x8000_0001);
+    let rdtscp = ext.edx & (1 << 27) != 0;
+    let mut missing = heapless::String::<64>::new();
+    for (have, name) in [(smep, "smep"), (smap, "smap")] {
+        if !have {
+            let _ = missing.push_str(if missing.is_empty() { "" } else { " " });
+            let _ = missing.push_str(name);
+        }
     }
-    if smap {
-        cr4 |= 1 << 21;
+    let fpu = match fpu::init() {
+        Ok(c) => c,
+        Err(what) => {
+            let _ = missing.push_str(if missing.is_empty() { "" } else { " " });
+            let _ = missing.push_str(what);
+            return Err(Missing(missing));
+        }
+    };
+    if !missing.is_empty() {
+        return Err(Missing(missing));
+    }
+    let mut cr4 = x86_64::registers::control::Cr4::read_raw();
+    cr4 |= (1 << 7) | (1 << 20) | (1 << 21);
+    if umip {
+        cr4 |= 1 << 11;
     }
     // SAFETY: only bits for features CPUID advertises are set; the
     // hypervisor's own mappings are all supervisor pages, so SMEP/SMAP
-    // cannot fault its own code or data.
+    // cannot fault its own code or data; UMIP affects only CPL > 0.
     unsafe { x86_64::registers::control::Cr4::write_raw(cr4) };
-    if smap {
-        traps::note_smap_enabled();
+    traps::note_smap_enabled();
+    cpu::zero_segment_bases();
+    if rdtscp {
+        // SAFETY: IA32_TSC_AUX exists where CPUID has rdtscp (checked).
+        unsafe { x86_64::registers::model_specific::Msr::new(0xc000_0103).write(0) };
     }
     crate::report!(
         "cpu",
-        "smep={} smap={} pge=1",
-        u8::from(smep),
-        u8::from(smap)
+        "smep=1 smap=1 pge=1 umip={} fpu={} xcr0={:#x} fpu_area={} rdtscp={}",
+        u8::from(umip),
+        if fpu.xsave { "xsave" } else { "fxsave" },
+        fpu.xcr0,
+        fpu.size,
+        u8::from(rdtscp)
     );
+    Ok(())
 }
 
 /// Loads `root` (a PML4 physical address) into CR3.

@@ -15,6 +15,11 @@ use x86_64::{PrivilegeLevel, VirtAddr};
 
 /// The pseudo-vector recorded in frames built by the syscall entry.
 pub const SYSCALL_VECTOR: u64 = 0x100;
+/// The pseudo-vector of frames built by the compatibility-mode `syscall`
+/// entry (IA32_CSTAR, spec CPU-5).
+pub const COMPAT_SYSCALL_VECTOR: u64 = 0x101;
+/// The pseudo-vector of frames built by the `sysenter` entry (CPU-4).
+pub const SYSENTER_VECTOR: u64 = 0x102;
 
 /// Ring-0 stack top loaded by the entry (set by [`init`]).
 #[no_mangle]
@@ -57,15 +62,83 @@ syscall_entry:
     xorl %ebp, %ebp
     call hypercall_entry
     jmp trap_return
+
+    // `syscall` from compatibility mode (IA32_CSTAR). No 32-bit code
+    // segment exists, so no guest reaches it; should one ever get there, it
+    // arrives as the 64-bit entry does (rsp still the guest's, IF, TF, DF
+    // and AC cleared by SFMASK) and is destroyed (CPU-5).
+    .balign 16
+    .global compat_syscall_entry
+compat_syscall_entry:
+    movq %rsp, SYSCALL_USER_RSP(%rip)
+    movq SYSCALL_KERNEL_RSP(%rip), %rsp
+    pushq ${user_ss}
+    pushq SYSCALL_USER_RSP(%rip)
+    pushq %r11
+    pushq ${user_cs}
+    pushq %rcx
+    pushq $0
+    pushq ${compat}
+    jmp foreign_common
+
+    // `sysenter` (IA32_SYSENTER_EIP; CPU-4): the CPU has switched to CS =
+    // KERNEL_CS and rsp = IA32_SYSENTER_ESP, the top of the ring-0 stack,
+    // and cleared only IF: TF, DF and AC are still the guest's. A set TF
+    // raises #DB at this very address, before the first instruction runs;
+    // `trap::handle` clears it and returns here. The first instructions
+    // reset RFLAGS (AC off before any access that SMAP guards: the pushes
+    // go to a supervisor page, which AC does not affect).
+    .balign 16
+    .global sysenter_entry
+sysenter_entry:
+    pushq $2
+    popfq
+    pushq ${user_ss}
+    pushq $0
+    pushq $0x202
+    pushq ${user_cs}
+    pushq %rdx
+    pushq $0
+    pushq ${sysenter}
+
+foreign_common:
+    pushq %rax
+    pushq %rbx
+    pushq %rcx
+    pushq %rdx
+    pushq %rsi
+    pushq %rdi
+    pushq %rbp
+    pushq %r8
+    pushq %r9
+    pushq %r10
+    pushq %r11
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, %rdi
+    xorl %ebp, %ebp
+    call foreign_entry
+    jmp trap_return
     "#,
     user_ss = const USER_SS as u64,
     user_cs = const USER_CS as u64,
     vector = const SYSCALL_VECTOR,
+    compat = const COMPAT_SYSCALL_VECTOR,
+    sysenter = const SYSENTER_VECTOR,
     options(att_syntax)
 );
 
 extern "C" {
     fn syscall_entry();
+    fn compat_syscall_entry();
+    fn sysenter_entry();
+}
+
+/// The address of the `sysenter` entry (where a guest's TF raises #DB).
+pub fn sysenter_entry_address() -> u64 {
+    sysenter_entry as *const () as u64
 }
 
 /// Programs EFER.SCE, STAR, LSTAR and SFMASK.
@@ -82,6 +155,19 @@ pub fn init() {
     )
     .expect("GDT order matches sysret's expectations");
     LStar::write(VirtAddr::new(syscall_entry as *const () as u64));
+    // Compatibility-mode syscall and sysenter (CPU-4, CPU-5): entries that
+    // destroy the caller, on the ring-0 stack, never on the guest's.
+    // SAFETY: the entries are the code above; SYSENTER_CS names the kernel
+    // code segment (SS = CS + 8 is the kernel data segment, as sysenter
+    // expects) and SYSENTER_ESP the empty ring-0 stack, which is what any
+    // entry from ring 3 starts on.
+    unsafe {
+        use x86_64::registers::model_specific::Msr;
+        Msr::new(0xc000_0083).write(compat_syscall_entry as *const () as u64);
+        Msr::new(0x174).write(u64::from(KERNEL_CS));
+        Msr::new(0x175).write(super::cpu::kernel_stack_top());
+        Msr::new(0x176).write(sysenter_entry_address());
+    }
     // Entry runs with interrupts off, DF clear, AC clear (SMAP on), no trap flag.
     SFMask::write(
         RFlags::INTERRUPT_FLAG
