@@ -3,8 +3,8 @@
 //! instructions, the same run after run), collects the guests'
 //! `@ bench ...` facts and the hypervisor's `@ domain-first-hypercall`
 //! report, and prints one table with the reference each figure should be
-//! compared with (`/work/shared/design/anchors.md`, summarised in
-//! `docs/benchmarks.md`).
+//! compared with (the anchors table of `docs/benchmarks.md`: Linux and Xen
+//! PV measured on the same emulator).
 //!
 //! With `--wall` it also measures host baselines (getpid, a pipe ping-pong
 //! between two processes, spawning a process) and boots the scenarios again
