@@ -18,11 +18,14 @@
 //! recursion depth is at most four.
 
 use super::error::{BatchError, MmError};
-use super::frame::{DomainId, FrameInfo, Owner, PageType, PINNED, SPECIAL_WRITABLE};
+use super::frame::{DomainId, FrameInfo, Owner, PageType, SPECIAL_WRITABLE};
 use super::pte::{EntryRules, Level, Target, ENTRIES, FIRST_HYPERVISOR_SLOT, PS_OR_PAT, USER};
 use super::{AddressSpace, PhysMem};
 use crate::frames::Pfn;
 use alloc::vec::Vec;
+
+mod bounded;
+pub use bounded::{Budget, Pending, Progress, Teardown};
 
 /// Number of L4 slots the hypervisor owns (256..=511).
 pub const HYPERVISOR_SLOTS: usize = ENTRIES - FIRST_HYPERVISOR_SLOT;
@@ -59,6 +62,9 @@ impl Mm {
     /// A frame table of `config.frames` frames, all free.
     ///
     /// This is the only allocation the module makes: 20 bytes per frame.
+    ///
+    /// Plus 4 bytes per frame for the progress of bounded operations
+    /// (MMU-35): 24 bytes in all.
     pub fn new(config: &MmConfig) -> Result<Mm, MmError> {
         let rules = EntryRules::new(config.max_phys_bits)?;
         let addressable = 1u64 << (config.max_phys_bits - 12);
@@ -305,6 +311,9 @@ impl Mm {
         if f.total_count == u32::MAX {
             return Err(MmError::CountOverflow(pfn));
         }
+        if f.is_partial() {
+            return Err(MmError::Busy(pfn));
+        }
         if f.ty == want {
             let count = f
                 .type_count
@@ -429,7 +438,8 @@ impl Mm {
     // ----- the operations guests request -----
 
     /// Pins `pfn` as a table of `level` (MMU-11): validates it and the tree
-    /// below, and holds it valid until [`Mm::unpin`].
+    /// below, and holds it valid until [`Mm::unpin`]. All at once: the
+    /// hypervisor uses [`Mm::pin_bounded`].
     pub fn pin<M: PhysMem>(
         &mut self,
         mem: &mut M,
@@ -437,40 +447,25 @@ impl Mm {
         pfn: Pfn,
         level: Level,
     ) -> Result<(), MmError> {
-        let f = self.info(pfn)?;
-        if f.owner != Owner::Domain(dom) {
-            return Err(MmError::NotOwner(pfn));
-        }
-        if f.pinned() {
-            return Err(MmError::AlreadyPinned(pfn));
-        }
-        self.get_table(mem, dom, pfn, level)?;
-        self.info_mut(pfn)?.flags |= PINNED;
-        Ok(())
+        let mut pending = None;
+        let r = self.pin_bounded(mem, dom, pfn, level, &mut pending, &mut Budget::unlimited());
+        debug_assert!(pending.is_none() && r != Ok(Progress::Preempted));
+        r.map(|_| ())
     }
 
     /// Drops the pin on `pfn` (MMU-12); when nothing else references it,
-    /// its tree is released. Refused for a loaded root.
+    /// its tree is released. Refused for a loaded root. All at once: the
+    /// hypervisor uses [`Mm::unpin_bounded`].
     pub fn unpin<M: PhysMem>(
         &mut self,
         mem: &mut M,
         dom: DomainId,
         pfn: Pfn,
     ) -> Result<(), MmError> {
-        let f = self.info(pfn)?;
-        if f.owner != Owner::Domain(dom) {
-            return Err(MmError::NotOwner(pfn));
-        }
-        let level = match f.ty.level() {
-            Some(level) if f.pinned() => level,
-            _ => return Err(MmError::NotPinned(pfn)),
-        };
-        if f.loaded > 0 {
-            return Err(MmError::RootLoaded(pfn));
-        }
-        self.info_mut(pfn)?.flags &= !PINNED;
-        self.put_table(mem, pfn, level);
-        Ok(())
+        let mut pending = None;
+        let r = self.unpin_bounded(mem, dom, pfn, &mut pending, &mut Budget::unlimited());
+        debug_assert!(pending.is_none() && r != Ok(Progress::Preempted));
+        r.map(|_| ())
     }
 
     /// Stores `value` in the entry at machine address `ptr` (MMU-13): the
@@ -522,6 +517,9 @@ impl Mm {
             return Err(MmError::NotOwner(table));
         }
         let level = f.table_level().ok_or(MmError::NotATable(table))?;
+        if f.is_partial() {
+            return Err(MmError::Busy(table));
+        }
         if index >= level.guest_slots() {
             return Err(MmError::HypervisorSlot);
         }
@@ -630,6 +628,9 @@ impl Mm {
             }
             let below = PageType::table(level.below().unwrap_or(Level::L1));
             let next = self.info(t.pfn)?;
+            if next.is_partial() {
+                return Err(MmError::Busy(t.pfn));
+            }
             if next.type_count == 0 || next.ty != below || next.owner != Owner::Domain(dom) {
                 return Err(MmError::TypeConflict {
                     pfn: t.pfn,
@@ -643,28 +644,17 @@ impl Mm {
     }
 
     /// Releases everything `dom`'s page tables hold (MMU-16): unloads its
-    /// roots, unpins every pinned table and so drops every reference its
-    /// tables took. Afterwards each of its frames has type `None` (or
-    /// `Special`) and counts 0, ready for [`Mm::assign`]. The domain's
-    /// [`AddressSpace`]s are stale afterwards. Returns the pins dropped.
-    ///
-    /// O(frames) for the scan, plus O(entries) of the released tables.
+    /// roots, finishes (by undoing) a pin or unpin it left half done,
+    /// unpins every pinned table and so drops every reference its tables
+    /// took. Afterwards each of its frames has type `None` (or `Special`)
+    /// and counts 0, ready for [`Mm::assign`]. The domain's
+    /// [`AddressSpace`]s are stale afterwards. All at once: the hypervisor
+    /// uses [`Mm::teardown_bounded`].
+    /// Returns the pins dropped.
     pub fn teardown<M: PhysMem>(&mut self, mem: &mut M, dom: DomainId) -> usize {
-        let mut unpinned = 0;
-        for i in 0..self.frames.len() {
-            let pfn = i as Pfn;
-            let Ok(f) = self.info_mut(pfn) else { continue };
-            if f.owner != Owner::Domain(dom) {
-                continue;
-            }
-            f.loaded = 0;
-            let Some(level) = f.ty.level().filter(|_| f.pinned()) else {
-                continue;
-            };
-            f.flags &= !PINNED;
-            self.put_table(mem, pfn, level);
-            unpinned += 1;
-        }
-        unpinned
+        let mut t = Teardown::new(dom);
+        let done = self.teardown_bounded(mem, &mut t, &mut None, &mut Budget::unlimited());
+        debug_assert_eq!(done, Progress::Done);
+        t.unpinned()
     }
 }

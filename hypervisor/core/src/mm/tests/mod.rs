@@ -2,6 +2,7 @@
 //! (named after its clause in `docs/abi/mmu.md`), and property tests
 //! against the from-scratch audit.
 
+mod bounded;
 mod props;
 mod rules;
 

@@ -924,7 +924,7 @@ fn config_is_checked() {
     let mut user_slot = cfg(16, 46);
     user_slot.hypervisor_slots[3] = (50 << 12) | PRESENT | USER;
     assert_eq!(Mm::new(&user_slot).unwrap_err(), MmError::BadConfig);
-    assert_eq!(core::mem::size_of::<FrameInfo>(), 20);
+    assert_eq!(core::mem::size_of::<FrameInfo>(), 24);
 }
 
 #[test]
