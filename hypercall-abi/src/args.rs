@@ -6,6 +6,10 @@ pub const DOMID_SELF: u64 = 0x7FF0;
 /// Largest number of bytes one `console_write` accepts (`CON-1`).
 pub const CONSOLE_WRITE_MAX: u64 = 4096;
 
+/// Most bytes one `console_write` consumes (`CON-2`): a longer write is
+/// short, returns the count taken, and the caller writes the rest.
+pub const CONSOLE_WRITE_STEP: u64 = 256;
+
 /// `block`'s deadline meaning "no deadline" (`SCHED-2`).
 pub const NO_DEADLINE: u64 = u64::MAX;
 

@@ -229,6 +229,23 @@ pub fn host_checks(outcome: &BootOutcome) -> BTreeMap<&'static str, (bool, Strin
         out.insert(clause, c.result());
     }
 
+    // CON-2: 4096 bytes in 16 short writes, every line printed once, and a
+    // refused range whose first 256 bytes were readable printed nothing.
+    let mut c = HostCheck::new();
+    c.t(
+        !t.contains("CON2-LEAK"),
+        "a refused write printed CON2-LEAK",
+    );
+    for i in 0..64 {
+        let mut line = format!("CON2 line {i:02} ");
+        while line.len() < 63 {
+            line.push('-');
+        }
+        let n = conf.iter().filter(|l| **l == line).count();
+        c.t(n == 1, format!("`{line}` printed {n} times, not once"));
+    }
+    out.insert("CON-2", c.result());
+
     let mut c = HostCheck::new();
     c.t(
         has("CON1D partial line joined"),
