@@ -105,7 +105,7 @@ pub const MEMORY_BATCH_MAX: u64 = 512;
 pub struct FrameInfo {
     /// [`FrameType`] as a number.
     pub page_type: u32,
-    /// [`FRAME_PINNED`], [`FRAME_LOADED`].
+    /// [`FRAME_PINNED`], [`FRAME_LOADED`], [`FRAME_PARTIAL`].
     pub flags: u32,
     /// References that depend on the type.
     pub type_count: u64,
@@ -117,6 +117,9 @@ pub struct FrameInfo {
 pub const FRAME_PINNED: u32 = 1 << 0;
 /// `FrameInfo::flags`: the frame is a loaded root.
 pub const FRAME_LOADED: u32 = 1 << 1;
+/// `FrameInfo::flags`: the frame is a table half way through a pin or unpin
+/// that was preempted (`MMU-36`); only some of its entries hold references.
+pub const FRAME_PARTIAL: u32 = 1 << 2;
 
 /// A frame's type (`MMU-1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -538,7 +538,9 @@ impl Hv {
 
     /// MMU-29: the frame table's record of one of the caller's frames.
     fn frame_info(&mut self, cur: DomId, mfn: u64, out: u64) -> Result<u64, Error> {
-        use hypercall_abi::args::{FrameInfo, FrameType, FRAME_LOADED, FRAME_PINNED};
+        use hypercall_abi::args::{
+            FrameInfo, FrameType, FRAME_LOADED, FRAME_PARTIAL, FRAME_PINNED,
+        };
         use tahoma_core::mm::PageType;
         let f = self.mm.frame(mfn).ok_or(Error::PermissionDenied)?;
         if f.owner() != Owner::Domain(cur) {
@@ -556,7 +558,8 @@ impl Hv {
         let info = FrameInfo {
             page_type: page_type as u32,
             flags: if f.pinned() { FRAME_PINNED } else { 0 }
-                | if f.loaded() > 0 { FRAME_LOADED } else { 0 },
+                | if f.loaded() > 0 { FRAME_LOADED } else { 0 }
+                | if f.is_partial() { FRAME_PARTIAL } else { 0 },
             type_count: u64::from(f.type_count()),
             total_count: u64::from(f.total_count()),
         };
