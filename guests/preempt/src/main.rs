@@ -13,13 +13,18 @@
 //!   pinned and valid, reports `@ pinned tables=… ns=… ok=1`, and powers
 //!   off: its teardown releases the tree.
 //! * `role=writer writes=N`: `N` console writes of 4 KiB each.
+//! * `role=abandoner tables=N`: starts pinning a tree of `N` full L1s with
+//!   its timer armed; the timer's upcall, landing on the restarted
+//!   `mmu_pin`, checks that the tree is half pinned (`FRAME_PARTIAL`),
+//!   reports `@ abandoned partial=1` and powers off right there: the
+//!   hypervisor must undo the half-done pin in the teardown (MMU-36).
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
 use alloc::vec;
-use guest_sdk::abi::args::{FrameType, FRAME_PINNED};
+use guest_sdk::abi::args::{FrameType, ShutdownReason, Virq, FRAME_PARTIAL, FRAME_PINNED};
 use guest_sdk::abi::pte::{NX, PRESENT, USER, WRITABLE};
 use guest_sdk::event::{self, DomId, Port};
 use guest_sdk::paging::{self, Flags, Level};
@@ -42,6 +47,7 @@ fn main(si: &StartInfo) -> i32 {
         "latency" => latency(si),
         "pinner" => pinner(si),
         "writer" => writer(si),
+        "abandoner" => abandoner(si),
         other => {
             println!("unknown role {other}");
             return 2;
@@ -179,4 +185,54 @@ fn writer(si: &StartInfo) -> Result<(), Error> {
     }
     println!("@ written writes={writes} bytes={}", writes * 4096);
     Ok(())
+}
+
+/// The L2 the abandoner is pinning.
+static ABANDON_ROOT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// Set when its timer fired while the tree was not partial.
+static ABANDON_MISSED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+fn abandon_on_timer(_: Port) {
+    let root = ABANDON_ROOT.load(core::sync::atomic::Ordering::Acquire);
+    let partial = paging::frame_info(root).is_ok_and(|i| i.flags & FRAME_PARTIAL != 0);
+    if partial {
+        println!("@ abandoned partial=1 root={root:#x}");
+        sched::shutdown(ShutdownReason::Poweroff, 0);
+    }
+    ABANDON_MISSED.store(true, core::sync::atomic::Ordering::Release);
+}
+
+fn abandoner(si: &StartInfo) -> Result<(), Error> {
+    let tables = arg(si, "tables", 256) as usize;
+    let mut frames = vec![0u64; tables + 2];
+    paging::populate(&mut frames)?;
+    let (l1s, rest) = frames.split_at(tables);
+    let (l2, data) = (rest[0], rest[1]);
+    let leaf = (data << 12) | PRESENT | USER | NX;
+    for &f in l1s {
+        fill(f, |_| leaf)?;
+    }
+    fill(l2, |i| match l1s.get(i) {
+        Some(&l1) => (l1 << 12) | PRESENT | USER | WRITABLE,
+        None => 0,
+    })?;
+    ABANDON_ROOT.store(l2, core::sync::atomic::Ordering::Release);
+    let _port = event::bind_virq_with(Virq::Timer, abandon_on_timer)?;
+    let mut delay = 500_000u64;
+    for _ in 0..32 {
+        ABANDON_MISSED.store(false, core::sync::atomic::Ordering::Release);
+        time::timer_set(time::now_ns() + delay);
+        paging::pin(l2, Level::L2)?;
+        time::timer_cancel();
+        paging::unpin(l2)?;
+        // Not caught mid-pin: the timer fired too early (before the first
+        // restart) or not at all (the pin was shorter than the delay).
+        delay = if ABANDON_MISSED.load(core::sync::atomic::Ordering::Acquire) {
+            delay * 3 / 2 + 1
+        } else {
+            delay / 2 + 1
+        };
+    }
+    println!("@ abandoned partial=0");
+    Err(Error::WrongState)
 }

@@ -398,21 +398,41 @@ impl Mm {
                     chain.pop();
                 }
                 Mode::Validate => {
-                    let value = mem.read_entry(table, v);
-                    match self.validate_one(p.dom, table, level, value) {
-                        Ok(child) => {
-                            if let Some(f) = self.frame_ref(table) {
-                                f.partial = (v + 1) as u16;
+                    // The entries of one table in a tight loop; the
+                    // progress is written back whenever it is left.
+                    let slots = level.guest_slots();
+                    let mut v = v;
+                    let mut child = None;
+                    let mut preempted = false;
+                    loop {
+                        let value = mem.read_entry(table, v);
+                        match self.validate_one(p.dom, table, level, value) {
+                            Ok(c) => {
+                                v += 1;
+                                child = c;
                             }
-                            if let (Some(c), Some(below)) = (child, level.below()) {
-                                chain.push(c, below);
+                            Err(e) => {
+                                // Undo, back to front, then report `e`.
+                                p.error = Some(e);
+                                p.mode = Mode::Release;
                             }
                         }
-                        Err(e) => {
-                            // Undo, back to front, then report `e`.
-                            p.error = Some(e);
-                            p.mode = Mode::Release;
+                        if child.is_some() || p.error.is_some() || v >= slots {
+                            break;
                         }
+                        if !budget.take() {
+                            preempted = true;
+                            break;
+                        }
+                    }
+                    if let Some(f) = self.frame_ref(table) {
+                        f.partial = v as u16;
+                    }
+                    if preempted {
+                        return false;
+                    }
+                    if let (Some(c), Some(below)) = (child, level.below()) {
+                        chain.push(c, below);
                     }
                 }
                 Mode::Release if v == 0 => {
@@ -444,13 +464,30 @@ impl Mm {
                     }
                 }
                 Mode::Release => {
-                    let value = mem.read_entry(table, v - 1);
-                    if let Some(child) = self.release_one(table, level, value) {
-                        if let Some(below) = level.below() {
-                            chain.push(child, below);
+                    let mut v = v;
+                    let mut preempted = false;
+                    let child = loop {
+                        let value = mem.read_entry(table, v - 1);
+                        if let Some(c) = self.release_one(table, level, value) {
+                            break Some(c);
                         }
-                    } else if let Some(f) = self.frame_ref(table) {
-                        f.partial = (v - 1) as u16;
+                        v -= 1;
+                        if v == 0 {
+                            break None;
+                        }
+                        if !budget.take() {
+                            preempted = true;
+                            break None;
+                        }
+                    };
+                    if let Some(f) = self.frame_ref(table) {
+                        f.partial = v as u16;
+                    }
+                    if preempted {
+                        return false;
+                    }
+                    if let (Some(c), Some(below)) = (child, level.below()) {
+                        chain.push(c, below);
                     }
                 }
             }
