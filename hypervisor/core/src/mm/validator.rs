@@ -95,6 +95,7 @@ impl Mm {
     }
 
     /// One frame's accounting, or `None` beyond the table.
+    #[inline]
     pub fn frame(&self, pfn: Pfn) -> Option<&FrameInfo> {
         usize::try_from(pfn).ok().and_then(|i| self.frames.get(i))
     }
@@ -116,10 +117,12 @@ impl Mm {
         &mut self.frames[pfn as usize]
     }
 
+    #[inline]
     fn info(&self, pfn: Pfn) -> Result<FrameInfo, MmError> {
         self.frame(pfn).copied().ok_or(MmError::NoSuchFrame(pfn))
     }
 
+    #[inline]
     fn info_mut(&mut self, pfn: Pfn) -> Result<&mut FrameInfo, MmError> {
         usize::try_from(pfn)
             .ok()
@@ -172,6 +175,7 @@ impl Mm {
     /// Today: only frames it owns, and `Special` read-only frames only
     /// read-only. The hook for grants: a grant check extends this, and the
     /// reference accounting below is already owner-agnostic.
+    #[inline]
     pub fn may_map(&self, dom: DomainId, pfn: Pfn, writable: bool) -> Result<(), MmError> {
         let f = self.info(pfn)?;
         if f.owner != Owner::Domain(dom) {
@@ -212,6 +216,7 @@ impl Mm {
         self.epoch = self.epoch.wrapping_add(1).max(1);
     }
 
+    #[inline]
     fn note_dropped(&mut self, pfn: Pfn) {
         let epoch = self.epoch;
         if let Ok(f) = self.info_mut(pfn) {
@@ -226,6 +231,7 @@ impl Mm {
     }
 
     /// `pfn` (with count 0) takes type `ty`.
+    #[inline]
     fn retype(&mut self, pfn: Pfn, ty: PageType) -> Result<(), MmError> {
         let epoch = self.epoch;
         let f = self.info_mut(pfn)?;
@@ -241,6 +247,7 @@ impl Mm {
     // ----- reference accounting -----
 
     /// One more reference of any kind.
+    #[inline]
     fn get_total(&mut self, pfn: Pfn) -> Result<(), MmError> {
         let f = self.info_mut(pfn)?;
         f.total_count = f
@@ -252,6 +259,7 @@ impl Mm {
 
     /// A data reference from an L1 entry: total, plus a `Writable` type
     /// reference if writable (MMU-2).
+    #[inline]
     fn get_data(&mut self, dom: DomainId, t: Target) -> Result<(), MmError> {
         self.may_map(dom, t.pfn, t.writable)?;
         let f = self.info(t.pfn)?;
@@ -280,6 +288,7 @@ impl Mm {
         self.get_total(t.pfn)
     }
 
+    #[inline]
     fn put_data(&mut self, t: Target) {
         self.note_dropped(t.pfn);
         let Ok(f) = self.info_mut(t.pfn) else { return };

@@ -4,6 +4,8 @@
 
 use super::*;
 use crate::mm::pte::{ACCESSED, DIRTY, PS_OR_PAT};
+use crate::mm::validator::{Budget, Pending, Progress, Teardown};
+use alloc::collections::BTreeMap;
 use proptest::prelude::*;
 
 /// One step a guest (or the CPU, or the hypervisor) can take.
@@ -31,6 +33,11 @@ enum Op {
     CpuSetsAccessed(Pfn, usize),
     Teardown(DomainId),
     Flush,
+    /// A bounded pin of at most `.3` steps (MMU-35), continuing the
+    /// domain's pending one when frame and level match.
+    PinSteps(DomainId, Pfn, Level, u64),
+    /// A bounded unpin of at most `.2` steps of the `.0`-th pinned frame.
+    UnpinSteps(usize, u64),
 }
 
 fn domain() -> impl Strategy<Value = DomainId> {
@@ -111,6 +118,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(d, p, i, v)| Op::GuestWrite(d, p, i, v)),
         1 => (0..12u64, slot()).prop_map(|(p, i)| Op::CpuSetsAccessed(p, i)),
         1 => prop_oneof![20 => Just(Op::Flush), 1 => domain().prop_map(Op::Teardown)],
+        3 => (domain(), frame(), level(), 0..40u64).prop_map(|(d, p, l, s)| Op::PinSteps(d, p, l, s)),
+        1 => (any::<usize>(), 0..40u64).prop_map(|(t, s)| Op::UnpinSteps(t, s)),
     ]
 }
 
@@ -119,6 +128,8 @@ struct World {
     mm: Mm,
     mem: Mem,
     spaces: [AddressSpace; 3],
+    /// The bounded pin or unpin each domain has in progress, by domain id.
+    pending: BTreeMap<DomainId, Pending>,
 }
 
 impl World {
@@ -133,6 +144,7 @@ impl World {
                 AddressSpace::new(DOM),
                 AddressSpace::new(OTHER),
             ],
+            pending: BTreeMap::new(),
         }
     }
 
@@ -247,8 +259,60 @@ impl World {
                 }
                 None
             }
+            Op::PinSteps(d, p, l, steps) => {
+                let mut pending = self.pending.remove(d);
+                let fresh = pending.is_none();
+                let r = self.mm.pin_bounded(
+                    &mut self.mem,
+                    *d,
+                    *p,
+                    *l,
+                    &mut pending,
+                    &mut Budget::new(*steps),
+                );
+                // Pending exactly while preempted, or when another
+                // operation is what is pending.
+                let pending_expected =
+                    matches!(r, Ok(Progress::Preempted) | Err(MmError::OperationPending));
+                prop_assert_eq!(pending.is_some(), pending_expected);
+                if let Some(p) = pending {
+                    self.pending.insert(*d, p);
+                }
+                fresh.then_some(r.map(|_| ()))
+            }
+            Op::UnpinSteps(t, steps) => {
+                let Some(p) = self.pick(*t, |f| f.pinned()) else {
+                    return Ok(());
+                };
+                let mut pending = self.pending.remove(&DOM);
+                let fresh = pending.is_none();
+                let r = self.mm.unpin_bounded(
+                    &mut self.mem,
+                    DOM,
+                    p,
+                    &mut pending,
+                    &mut Budget::new(*steps),
+                );
+                if let Some(p) = pending {
+                    self.pending.insert(DOM, p);
+                }
+                fresh.then_some(r.map(|_| ()))
+            }
             Op::Teardown(d) => {
-                self.mm.teardown(&mut self.mem, *d);
+                let mut pending = self.pending.remove(d);
+                let mut t = Teardown::new(*d);
+                while self.mm.teardown_bounded(
+                    &mut self.mem,
+                    &mut t,
+                    &mut pending,
+                    &mut Budget::new(32),
+                ) == Progress::Preempted
+                {
+                    if let Err(e) = audit::audit(&self.mm, &self.mem) {
+                        return Err(TestCaseError::fail(format!("audit mid-teardown: {e:?}")));
+                    }
+                }
+                prop_assert!(pending.is_none());
                 for s in self.spaces.iter_mut().filter(|s| s.domain() == *d) {
                     *s = AddressSpace::new(*d);
                 }
@@ -309,9 +373,12 @@ proptest! {
         for op in &ops {
             w.step(op)?;
         }
-        // Whatever happened, teardown returns every frame.
-        for d in [DOM, OTHER] {
-            w.mm.teardown(&mut w.mem, d);
+        // Whatever happened (pins or unpins left half done too), teardown
+        // returns every frame.
+        for d in [DOM, OTHER, 7] {
+            let mut pending = w.pending.remove(&d);
+            let mut t = Teardown::new(d);
+            let _ = w.mm.teardown_bounded(&mut w.mem, &mut t, &mut pending, &mut Budget::unlimited());
         }
         for pfn in 0..FRAMES {
             prop_assert!(w.mm.frame(pfn).unwrap().idle(), "frame {} not idle", pfn);
@@ -345,6 +412,7 @@ fn random_operations_on_a_built_tree() {
                 mm,
                 mem,
                 spaces: [space, AddressSpace::new(DOM), AddressSpace::new(OTHER)],
+                pending: BTreeMap::new(),
             };
             for op in &ops {
                 w.step(op)?;
