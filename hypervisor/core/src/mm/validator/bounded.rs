@@ -398,35 +398,15 @@ impl Mm {
                     chain.pop();
                 }
                 Mode::Validate => {
-                    // The entries of one table in a tight loop; the
-                    // progress is written back whenever it is left.
-                    let slots = level.guest_slots();
-                    let mut v = v;
-                    let mut child = None;
-                    let mut preempted = false;
-                    loop {
-                        let value = mem.read_entry(table, v);
-                        match self.validate_one(p.dom, table, level, value) {
-                            Ok(c) => {
-                                v += 1;
-                                child = c;
-                            }
-                            Err(e) => {
-                                // Undo, back to front, then report `e`.
-                                p.error = Some(e);
-                                p.mode = Mode::Release;
-                            }
-                        }
-                        if child.is_some() || p.error.is_some() || v >= slots {
-                            break;
-                        }
-                        if !budget.take() {
-                            preempted = true;
-                            break;
-                        }
-                    }
+                    let (v, child, error, preempted) =
+                        self.validate_entries(mem, p.dom, table, level, v, budget);
                     if let Some(f) = self.frame_ref(table) {
                         f.partial = v as u16;
+                    }
+                    if let Some(e) = error {
+                        // Undo, back to front, then report `e`.
+                        p.error = Some(e);
+                        p.mode = Mode::Release;
                     }
                     if preempted {
                         return false;
@@ -464,22 +444,8 @@ impl Mm {
                     }
                 }
                 Mode::Release => {
-                    let mut v = v;
-                    let mut preempted = false;
-                    let child = loop {
-                        let value = mem.read_entry(table, v - 1);
-                        if let Some(c) = self.release_one(table, level, value) {
-                            break Some(c);
-                        }
-                        v -= 1;
-                        if v == 0 {
-                            break None;
-                        }
-                        if !budget.take() {
-                            preempted = true;
-                            break None;
-                        }
-                    };
+                    let (v, child, preempted) =
+                        self.release_entries_from(mem, table, level, v, budget);
                     if let Some(f) = self.frame_ref(table) {
                         f.partial = v as u16;
                     }
@@ -493,6 +459,61 @@ impl Mm {
             }
         }
         true
+    }
+
+    /// Validates entries `v..` of `table` in a tight loop, the first one
+    /// already paid for: until a table below must be validated first (it
+    /// is returned), an entry is refused (the error), the table is done, or
+    /// `budget` runs out (`true`). Returns the entries now validated.
+    fn validate_entries<M: PhysMem>(
+        &mut self,
+        mem: &M,
+        dom: DomainId,
+        table: Pfn,
+        level: Level,
+        mut v: usize,
+        budget: &mut Budget,
+    ) -> (usize, Option<Pfn>, Option<MmError>, bool) {
+        let slots = level.guest_slots();
+        loop {
+            match self.validate_one(dom, table, level, mem.read_entry(table, v)) {
+                Ok(None) => v += 1,
+                Ok(Some(c)) => return (v + 1, Some(c), None, false),
+                Err(e) => return (v, None, Some(e), false),
+            }
+            if v >= slots {
+                return (v, None, None, false);
+            }
+            if !budget.take() {
+                return (v, None, None, true);
+            }
+        }
+    }
+
+    /// Releases entries `..v` of `table`, back to front, the first one
+    /// already paid for: until a table below must be released first (it
+    /// is returned, its entry still counted), none is left, or `budget`
+    /// runs out (`true`). Returns the entries still holding references.
+    fn release_entries_from<M: PhysMem>(
+        &mut self,
+        mem: &M,
+        table: Pfn,
+        level: Level,
+        mut v: usize,
+        budget: &mut Budget,
+    ) -> (usize, Option<Pfn>, bool) {
+        loop {
+            if let Some(c) = self.release_one(table, level, mem.read_entry(table, v - 1)) {
+                return (v, Some(c), false);
+            }
+            v -= 1;
+            if v == 0 {
+                return (0, None, false);
+            }
+            if !budget.take() {
+                return (v, None, true);
+            }
+        }
     }
 
     /// Takes the references entry `value` of `table` needs, without
