@@ -576,7 +576,13 @@ impl Domain {
     pub fn release_step(&mut self, mm: &mut Mm, t: &mut Teardown) -> bool {
         mm.detach(&mut self.space);
         let mut budget = Budget::new(RELEASE_STEPS);
-        let tables = mm.teardown_bounded(&mut mem::DirectMap, t, &mut self.mm_pending, &mut budget);
+        let tables = mm.teardown_frames_bounded(
+            &mut mem::DirectMap,
+            t,
+            &self.frames,
+            &mut self.mm_pending,
+            &mut budget,
+        );
         if tables == Progress::Preempted {
             return false;
         }

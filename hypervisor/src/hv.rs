@@ -95,8 +95,8 @@ struct Hv {
     failed: bool,
     baseline_free: u64,
     /// Destroyed domains whose memory is still being released (SCHED-4),
-    /// with when they were destroyed (TSC).
-    dying: VecDeque<(Box<Domain>, Teardown, u64)>,
+    /// with when they were destroyed and the TSC ticks spent on them.
+    dying: VecDeque<(Box<Domain>, Teardown, u64, u64)>,
 }
 
 /// Creates the boot pack's domains and runs them. Never returns: the run
@@ -1070,28 +1070,33 @@ impl Hv {
         // Its memory is released in bounded turns at scheduling points
         // (SCHED-4), so a large domain's death stalls nobody.
         let teardown = Teardown::new(id);
-        self.dying.push_back((d, teardown, time::now_tsc()));
+        self.dying.push_back((d, teardown, time::now_tsc(), 0));
     }
 
     /// Releases dying domains' memory until TSC `until` or until none is
     /// left (SCHED-4); each step is bounded, so this overruns `until` by
     /// one step at most.
     fn reap(&mut self, until: u64) {
-        while let Some((mut d, mut t, since)) = self.dying.pop_front() {
+        while let Some((mut d, mut t, since, mut busy)) = self.dying.pop_front() {
+            let start = time::now_tsc();
             loop {
                 if d.release_step(&mut self.mm, &mut t) {
+                    let now = time::now_tsc();
                     report!(
                         "domain-released",
-                        "id={} name={} unpinned={} ticks={}",
+                        "id={} name={} unpinned={} ticks={} busy_ticks={}",
                         d.id,
                         Quoted(&d.name),
                         t.unpinned(),
-                        time::now_tsc().saturating_sub(since)
+                        now.saturating_sub(since),
+                        busy + now.saturating_sub(start)
                     );
                     break;
                 }
-                if time::now_tsc() >= until {
-                    self.dying.push_front((d, t, since));
+                let now = time::now_tsc();
+                if now >= until {
+                    busy += now.saturating_sub(start);
+                    self.dying.push_front((d, t, since, busy));
                     self.flush_if_requested();
                     return;
                 }

@@ -1,4 +1,4 @@
-//! Long page-table operations in bounded steps (MMU-35, MMU-36, MMU-37).
+//! Long page-table operations in bounded steps (MMU-35, MMU-36).
 //!
 //! Pinning a tree validates every entry below its root, unpinning the last
 //! reference releases them all, and tearing a domain down does both for
@@ -475,19 +475,25 @@ impl Mm {
         budget: &mut Budget,
     ) -> (usize, Option<Pfn>, Option<MmError>, bool) {
         let slots = level.guest_slots();
-        loop {
+        // The budget in a local: this loop runs once per entry.
+        let (allowed, mut taken) = (budget.left, 0);
+        let r = loop {
             match self.validate_one(dom, table, level, mem.read_entry(table, v)) {
                 Ok(None) => v += 1,
-                Ok(Some(c)) => return (v + 1, Some(c), None, false),
-                Err(e) => return (v, None, Some(e), false),
+                Ok(Some(c)) => break (v + 1, Some(c), None, false),
+                Err(e) => break (v, None, Some(e), false),
             }
             if v >= slots {
-                return (v, None, None, false);
+                break (v, None, None, false);
             }
-            if !budget.take() {
-                return (v, None, None, true);
+            if taken == allowed {
+                break (v, None, None, true);
             }
-        }
+            taken += 1;
+        };
+        budget.left -= taken;
+        budget.spent += taken;
+        r
     }
 
     /// Releases entries `..v` of `table`, back to front, the first one
@@ -502,23 +508,29 @@ impl Mm {
         mut v: usize,
         budget: &mut Budget,
     ) -> (usize, Option<Pfn>, bool) {
-        loop {
+        let (allowed, mut taken) = (budget.left, 0);
+        let r = loop {
             if let Some(c) = self.release_one(table, level, mem.read_entry(table, v - 1)) {
-                return (v, Some(c), false);
+                break (v, Some(c), false);
             }
             v -= 1;
             if v == 0 {
-                return (0, None, false);
+                break (0, None, false);
             }
-            if !budget.take() {
-                return (v, None, true);
+            if taken == allowed {
+                break (v, None, true);
             }
-        }
+            taken += 1;
+        };
+        budget.left -= taken;
+        budget.spent += taken;
+        r
     }
 
     /// Takes the references entry `value` of `table` needs, without
     /// descending: a table not yet in use below it is typed, made partial
     /// and returned, to be validated next.
+    #[inline]
     fn validate_one(
         &mut self,
         dom: DomainId,
@@ -581,6 +593,7 @@ impl Mm {
     /// descending: a table whose last reference it is becomes partial
     /// (all its entries still hold theirs) and is returned, to be released
     /// next; the entry keeps its reference until then.
+    #[inline]
     fn release_one(&mut self, table: Pfn, level: Level, value: u64) -> Option<Pfn> {
         let t = self.rules.target_of(value)?;
         let Some(below) = level.below() else {
@@ -602,19 +615,53 @@ impl Mm {
         Some(t.pfn)
     }
 
-    /// Tears `t`'s domain down in bounded steps (MMU-16, MMU-37): first
+    /// Tears `t`'s domain down in bounded steps (MMU-16, MMU-36): first
     /// undoes the pin or finishes the unpin it left half done (`*pending`,
     /// if it is that domain's), then unloads its roots and unpins every
     /// pinned table, releasing their trees. Invoke again with the same `t`
     /// until it returns [`Progress::Done`]; then every frame of the domain
     /// is idle (or `Special`) and may be given back with [`Mm::assign`].
     /// The domain must not run in between.
+    ///
+    /// Looks at every frame of the machine (one step per 16 it does not
+    /// own); [`Mm::teardown_frames_bounded`] looks only at a list.
     pub fn teardown_bounded<M: PhysMem>(
         &mut self,
         mem: &mut M,
         t: &mut Teardown,
         pending: &mut Option<Pending>,
         budget: &mut Budget,
+    ) -> Progress {
+        let count = self.frame_count();
+        self.teardown_scan(mem, t, pending, budget, |i| (i < count).then_some(i))
+    }
+
+    /// [`Mm::teardown_bounded`] looking only at `frames`, which must hold
+    /// every frame the domain owns (the hypervisor's list of them): work
+    /// proportional to the domain, not to the machine. Pass the same list
+    /// to every invocation.
+    pub fn teardown_frames_bounded<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        t: &mut Teardown,
+        frames: &[Pfn],
+        pending: &mut Option<Pending>,
+        budget: &mut Budget,
+    ) -> Progress {
+        self.teardown_scan(mem, t, pending, budget, |i| {
+            usize::try_from(i).ok().and_then(|i| frames.get(i)).copied()
+        })
+    }
+
+    /// The teardown, over the frames `frame_at(0)`, `frame_at(1)`, ...
+    /// until `None`.
+    fn teardown_scan<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        t: &mut Teardown,
+        pending: &mut Option<Pending>,
+        budget: &mut Budget,
+        frame_at: impl Fn(u64) -> Option<Pfn>,
     ) -> Progress {
         if let Some(p) = pending.as_mut().filter(|p| p.dom == t.dom) {
             // An abandoned pin is undone; an unpin is finished. Either way
@@ -632,14 +679,14 @@ impl Mm {
                 }
                 t.current = None;
             }
-            let Some(f) = self.frame(t.next).copied() else {
+            let Some(pfn) = frame_at(t.next) else {
                 return Progress::Done;
             };
+            let f = self.frame(pfn).copied().unwrap_or_default();
             let owned = f.owner == Owner::Domain(t.dom);
-            if (owned || t.next.is_multiple_of(64)) && !budget.take() {
+            if (owned || t.next.is_multiple_of(16)) && !budget.take() {
                 return Progress::Preempted;
             }
-            let pfn = t.next;
             t.next += 1;
             if !owned {
                 continue;
