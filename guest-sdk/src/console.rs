@@ -14,14 +14,19 @@ use crate::raw;
 /// Largest chunk passed to one `console_write`.
 const CHUNK: usize = CONSOLE_WRITE_MAX as usize;
 
-/// Writes `bytes` to the console, in chunks of at most `CONSOLE_WRITE_MAX`.
-pub fn write(bytes: &[u8]) -> Result<(), Error> {
-    for chunk in bytes.chunks(CHUNK) {
-        raw::call2(
-            Hypercall::ConsoleWrite,
-            chunk.as_ptr() as u64,
-            chunk.len() as u64,
-        )?;
+/// Writes `bytes` to the console, in chunks of at most `CONSOLE_WRITE_MAX`;
+/// the hypervisor takes at most `CONSOLE_WRITE_STEP` bytes a call (`CON-2`)
+/// and says how many, so this repeats until all are written.
+pub fn write(mut bytes: &[u8]) -> Result<(), Error> {
+    while !bytes.is_empty() {
+        let n = bytes.len().min(CHUNK);
+        let took = raw::call2(Hypercall::ConsoleWrite, bytes.as_ptr() as u64, n as u64)?;
+        // A count of 0 or beyond what was offered would be a hypervisor
+        // bug: stop rather than loop or overrun.
+        match usize::try_from(took) {
+            Ok(t) if t > 0 && t <= n => bytes = &bytes[t..],
+            _ => return Err(Error::InvalidArgument),
+        }
     }
     Ok(())
 }

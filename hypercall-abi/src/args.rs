@@ -6,6 +6,10 @@ pub const DOMID_SELF: u64 = 0x7FF0;
 /// Largest number of bytes one `console_write` accepts (`CON-1`).
 pub const CONSOLE_WRITE_MAX: u64 = 4096;
 
+/// Most bytes one `console_write` consumes (`CON-2`): a longer write is
+/// short, returns the count taken, and the caller writes the rest.
+pub const CONSOLE_WRITE_STEP: u64 = 256;
+
 /// `block`'s deadline meaning "no deadline" (`SCHED-2`).
 pub const NO_DEADLINE: u64 = u64::MAX;
 
@@ -101,7 +105,7 @@ pub const MEMORY_BATCH_MAX: u64 = 512;
 pub struct FrameInfo {
     /// [`FrameType`] as a number.
     pub page_type: u32,
-    /// [`FRAME_PINNED`], [`FRAME_LOADED`], [`FRAME_HELD`].
+    /// [`FRAME_PINNED`], [`FRAME_LOADED`], [`FRAME_HELD`], [`FRAME_PARTIAL`].
     pub flags: u32,
     /// References that depend on the type.
     pub type_count: u64,
@@ -117,6 +121,9 @@ pub const FRAME_LOADED: u32 = 1 << 1;
 /// it on the domain's behalf, e.g. shared info): it cannot be released or
 /// become a page table (`MEM-8`).
 pub const FRAME_HELD: u32 = 1 << 2;
+/// `FrameInfo::flags`: the frame is a table half way through a pin or unpin
+/// that was preempted (`MMU-36`); only some of its entries hold references.
+pub const FRAME_PARTIAL: u32 = 1 << 3;
 
 /// A frame's type (`MMU-1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,11 +14,18 @@ use hypercall_abi::layout::{
 use tahoma_core::bootpack::{DomainFlags, DomainRecord, NAME_LEN};
 use tahoma_core::event::DomId;
 use tahoma_core::loader::{self, ImageError};
-use tahoma_core::mm::{AddressSpace, Level, Mm, MmError, Owner};
+use tahoma_core::mm::{
+    AddressSpace, Budget, Level, Mm, MmError, Owner, Pending, Progress, Teardown,
+};
 use zerocopy::IntoBytes;
 
 /// Default time slice in milliseconds (weight 0).
 pub const DEFAULT_SLICE_MS: u64 = 10;
+/// Validator steps (entries) in one step of a teardown (SCHED-4).
+const RELEASE_STEPS: u64 = 4096;
+/// Frames scrubbed and freed in one step of a teardown (each is 4 KiB of
+/// stores, about as long as 512 validator steps).
+const FREE_FRAMES_PER_STEP: usize = 8;
 
 /// Where a domain is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +87,11 @@ pub struct Domain {
     pub slice: u64,
     /// Console bytes not yet ended by a newline.
     pub console: heapless::Vec<u8, 256>,
+    /// The pin or unpin this domain has in progress (MMU-35), restarted by
+    /// its next `mmu_pin`/`mmu_unpin`.
+    pub mm_pending: Option<Pending>,
+    /// Frames of `frames` already given back by a teardown in progress.
+    pub freed: usize,
     /// Hypercalls made.
     pub hypercalls: u64,
     /// TSC when the hypervisor began building the domain.
@@ -457,6 +469,8 @@ pub fn build(
         block_at: None,
         slice: crate::time::ms_to_ticks(weight),
         console: heapless::Vec::new(),
+        mm_pending: None,
+        freed: 0,
         hypercalls: 0,
         built_at,
         first_run_at: None,
@@ -464,12 +478,33 @@ pub fn build(
 }
 
 impl Domain {
-    /// Drops every page-table reference the domain holds, then scrubs and
-    /// returns every frame it owns (SCHED-3, MMU-16). The domain's root must
-    /// not be loaded in CR3.
-    pub fn release_frames(&mut self, mm: &mut Mm) {
+    /// One bounded step of dropping every page-table reference the domain
+    /// holds, then scrubbing and returning every frame it owns (SCHED-3,
+    /// MMU-16, SCHED-4): a few
+    /// thousand page-table entries released, or a few frames scrubbed and
+    /// freed. Returns whether the teardown `t` is complete. The domain must
+    /// not run again, nor its root be loaded in CR3.
+    pub fn release_step(&mut self, mm: &mut Mm, t: &mut Teardown) -> bool {
         mm.detach(&mut self.space);
-        mm.teardown(&mut mem::DirectMap, self.id);
+        let mut budget = Budget::new(RELEASE_STEPS);
+        let tables = mm.teardown_frames_bounded(
+            &mut mem::DirectMap,
+            t,
+            &self.frames,
+            &mut self.mm_pending,
+            &mut budget,
+        );
+        if tables == Progress::Preempted {
+            return false;
+        }
+        let end = (self.freed + FREE_FRAMES_PER_STEP).min(self.frames.len());
+        for &f in &self.frames[self.freed..end] {
+            free_owned(mm, self.id, f);
+        }
+        self.freed = end;
+        if self.freed < self.frames.len() {
+            return false;
+        }
         // The hypervisor's hold on the shared page (MEM-8) ends with the
         // domain: nothing raises events into it any more.
         if let Err(e) = mm.release_hold(self.shared.pfn) {
@@ -481,24 +516,25 @@ impl Domain {
                 ),
             );
         }
-        for &f in self.frames.iter().chain(core::iter::once(&self.shared.pfn)) {
-            if let Err(e) = mm.assign(f, Owner::Free) {
-                mem::inconsistency(
-                    f,
-                    format_args!(
-                        "frame of domain {} still in use at teardown: {e:?}",
-                        self.id
-                    ),
-                );
-                continue;
-            }
-            mem::free_frame(f);
-        }
+        free_owned(mm, self.id, self.shared.pfn);
         self.frames.clear();
+        true
     }
 
     /// Whether this domain ends the scenario when it ends.
     pub fn critical(&self) -> bool {
         self.flags.contains(DomainFlags::CRITICAL)
     }
+}
+
+/// Gives one of domain `id`'s frames back to the pool, scrubbed.
+fn free_owned(mm: &mut Mm, id: DomId, f: u64) {
+    if let Err(e) = mm.assign(f, Owner::Free) {
+        mem::inconsistency(
+            f,
+            format_args!("frame of domain {id} still in use at teardown: {e:?}"),
+        );
+        return;
+    }
+    mem::free_frame(f);
 }

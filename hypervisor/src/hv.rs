@@ -16,10 +16,11 @@ use crate::domain::{self, Domain, RunState};
 use crate::guestmem::{self, GuestRange, Space};
 use crate::{mem, report, time};
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use hypercall_abi::args::{
-    BlockResult, MmuUpdate, ShutdownReason, Virq, CONSOLE_WRITE_MAX, MEMORY_BATCH_MAX,
-    MMU_BATCH_MAX, NO_DEADLINE, UVM_INVLPG,
+    BlockResult, MmuUpdate, ShutdownReason, Virq, CONSOLE_WRITE_MAX, CONSOLE_WRITE_STEP,
+    MEMORY_BATCH_MAX, MMU_BATCH_MAX, NO_DEADLINE, UVM_INVLPG,
 };
 use hypercall_abi::layout::{
     UpcallFrame, UpcallKind, CALLBACK_STACK_SIZE, GUEST_VA_TOP, NR_PORTS, RED_ZONE,
@@ -29,13 +30,27 @@ use hypercall_abi::{regs, Error, Hypercall};
 use spin::Mutex;
 use tahoma_core::bootpack::{self, Pack};
 use tahoma_core::event::{Channels, DomId, Target};
-use tahoma_core::mm::{BatchError, Level, Mm, MmConfig, Owner};
+use tahoma_core::mm::{
+    BatchError, Budget, Level, Mm, MmConfig, MmError, Owner, Pending, Progress, Teardown,
+};
 use tahoma_core::sched::{Deadlines, RunQueue, TimerKind};
 use zerocopy::IntoBytes;
 
 /// Upcall frames a domain may have outstanding before a further trap
 /// destroys it (TRAP-0c).
 const MAX_UPCALL_DEPTH: u32 = 8;
+
+/// Validator steps (page-table entries) one `mmu_pin`/`mmu_unpin` does
+/// before it restarts itself (MMU-35): about 0.3 ms under TCG.
+const MMU_STEPS: u64 = 4096;
+
+/// Length of the `syscall` instruction: a restarted hypercall resumes
+/// this many bytes back, on the `syscall` itself (MMU-35).
+const SYSCALL_LEN: u64 = 2;
+
+/// Longest turn a dying domain's teardown takes at a scheduling point
+/// (SCHED-4), in milliseconds.
+const REAP_QUANTUM_MS: u64 = 2;
 
 static HV: Mutex<Option<Hv>> = Mutex::new(None);
 
@@ -107,6 +122,9 @@ struct Hv {
     critical_total: u32,
     failed: bool,
     baseline_free: u64,
+    /// Destroyed domains whose memory is still being released (SCHED-4),
+    /// with when they were destroyed and the TSC ticks spent on them.
+    dying: VecDeque<(Box<Domain>, Teardown, u64, u64)>,
 }
 
 /// Creates the boot pack's domains and runs them. Never returns: the run
@@ -150,6 +168,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
         critical_total: 0,
         failed: false,
         baseline_free: mem::free_frames(),
+        dying: VecDeque::new(),
     };
     for (i, rec) in pack.domains().enumerate() {
         let id = (i + 1) as DomId;
@@ -241,7 +260,7 @@ pub fn timer_interrupt(frame: &mut TrapFrame) {
     let now = time::now_tsc();
     hv.fire_deadlines(now);
     if now >= hv.slice_end {
-        if hv.runq.is_empty() {
+        if hv.runq.is_empty() && hv.dying.is_empty() {
             let slice = hv.current.and_then(|c| hv.dom(c)).map_or(0, |d| d.slice);
             hv.slice_end = now + slice;
         } else {
@@ -427,12 +446,13 @@ impl Hv {
                 Err(e) => Return(Err(e)),
             },
             Hypercall::MmuUpdate => Return(self.mmu_update(cur, a[0], a[1], a[2])),
-            Hypercall::MmuPin => Return(self.mmu(cur, |mm, dom| {
-                mm.pin(&mut mem::DirectMap, dom, a[0], Level::from_number(a[1])?)
-            })),
-            Hypercall::MmuUnpin => {
-                Return(self.mmu(cur, |mm, dom| mm.unpin(&mut mem::DirectMap, dom, a[0])))
-            }
+            Hypercall::MmuPin => self.mmu_bounded(cur, frame, |mm, dom, pending, budget| {
+                let level = Level::from_number(a[1])?;
+                mm.pin_bounded(&mut mem::DirectMap, dom, a[0], level, pending, budget)
+            }),
+            Hypercall::MmuUnpin => self.mmu_bounded(cur, frame, |mm, dom, pending, budget| {
+                mm.unpin_bounded(&mut mem::DirectMap, dom, a[0], pending, budget)
+            }),
             Hypercall::MmuSwitchRoot => Return(self.switch_root(cur, a[0])),
             Hypercall::MmuInvlpg => Return(if a[0] >= GUEST_VA_TOP {
                 Err(Error::InvalidArgument)
@@ -454,14 +474,41 @@ impl Hv {
         }
     }
 
-    /// Runs one validator operation for `cur` (the flush it may request is
-    /// honoured on the way back to the guest, [`Hv::leave`]).
-    fn mmu(
+    /// Runs a bounded validator operation for `cur` (MMU-35), the flush it
+    /// may request is honoured in [`Hv::leave`]. When its budget runs out, the caller's `rip` is moved back
+    /// onto its `syscall`, with every register as it was, so returning to
+    /// the guest restarts the call, which continues where this one stopped;
+    /// if the caller's slice is over, other domains run first.
+    fn mmu_bounded(
         &mut self,
         cur: DomId,
-        f: impl FnOnce(&mut Mm, DomId) -> Result<(), tahoma_core::mm::MmError>,
-    ) -> Result<u64, Error> {
-        f(&mut self.mm, cur).map(|()| 0).map_err(Error::from)
+        frame: &mut TrapFrame,
+        f: impl FnOnce(&mut Mm, DomId, &mut Option<Pending>, &mut Budget) -> Result<Progress, MmError>,
+    ) -> Outcome {
+        let Hv { doms, mm, .. } = self;
+        let Some(d) = doms
+            .get_mut(usize::from(cur))
+            .and_then(|d| d.as_deref_mut())
+        else {
+            return Outcome::Return(Err(Error::NotFound));
+        };
+        let mut budget = Budget::new(MMU_STEPS);
+        // The flush it may request is honoured on the way back to the
+        // guest (Hv::leave).
+        let r = f(mm, cur, &mut d.mm_pending, &mut budget);
+        match r {
+            Ok(Progress::Done) => Outcome::Return(Ok(0)),
+            Err(e) => Outcome::Return(Err(e.into())),
+            Ok(Progress::Preempted) => {
+                frame.rip = frame.rip.wrapping_sub(SYSCALL_LEN);
+                if time::now_tsc() >= self.slice_end
+                    && !(self.runq.is_empty() && self.dying.is_empty())
+                {
+                    self.switch_away(frame, true);
+                }
+                Outcome::Replaced
+            }
+        }
     }
 
     /// MMU-22: a batch of updates, read from the guest in chunks.
@@ -559,7 +606,9 @@ impl Hv {
 
     /// MMU-29: the frame table's record of one of the caller's frames.
     fn frame_info(&mut self, cur: DomId, mfn: u64, out: u64) -> Result<u64, Error> {
-        use hypercall_abi::args::{FrameInfo, FrameType, FRAME_HELD, FRAME_LOADED, FRAME_PINNED};
+        use hypercall_abi::args::{
+            FrameInfo, FrameType, FRAME_HELD, FRAME_LOADED, FRAME_PARTIAL, FRAME_PINNED,
+        };
         use tahoma_core::mm::PageType;
         let f = self.mm.frame(mfn).ok_or(Error::PermissionDenied)?;
         if f.owner() != Owner::Domain(cur) {
@@ -578,7 +627,8 @@ impl Hv {
             page_type: page_type as u32,
             flags: if f.pinned() { FRAME_PINNED } else { 0 }
                 | if f.loaded() > 0 { FRAME_LOADED } else { 0 }
-                | if f.held() > 0 { FRAME_HELD } else { 0 },
+                | if f.held() > 0 { FRAME_HELD } else { 0 }
+                | if f.is_partial() { FRAME_PARTIAL } else { 0 },
             type_count: u64::from(f.type_count()),
             total_count: u64::from(f.total_count()),
         };
@@ -678,9 +728,14 @@ impl Hv {
         Ok(u64::from(port))
     }
 
+    /// CON-1, CON-2: checks the whole range, takes at most
+    /// `CONSOLE_WRITE_STEP` bytes of it and returns how many it took.
     fn console_write(&mut self, cur: DomId, ptr: u64, len: u64) -> Result<u64, Error> {
         let range = GuestRange::new(ptr, len, CONSOLE_WRITE_MAX)?;
-        let mut buf = [0u8; CONSOLE_WRITE_MAX as usize];
+        guestmem::check(&self.space(cur)?, range, false)?;
+        let len = len.min(CONSOLE_WRITE_STEP);
+        let range = GuestRange::new(ptr, len, CONSOLE_WRITE_STEP)?;
+        let mut buf = [0u8; CONSOLE_WRITE_STEP as usize];
         let bytes = &mut buf[..len as usize];
         guestmem::copy_from(&self.space(cur)?, range, bytes)?;
         let d = self.dom(cur).ok_or(Error::NotFound)?;
@@ -911,6 +966,9 @@ impl Hv {
             if self.live == 0 || (self.critical_total > 0 && self.critical_left == 0) {
                 self.finish();
             }
+            if !self.dying.is_empty() {
+                self.reap(time::now_tsc() + time::ms_to_ticks(REAP_QUANTUM_MS));
+            }
             let now = time::now_tsc();
             self.fire_deadlines(now);
             while let Some(id) = self.runq.pop() {
@@ -940,6 +998,10 @@ impl Hv {
                 self.slice_end = now + slice;
                 self.timer_dirty = true;
                 return;
+            }
+            if !self.dying.is_empty() {
+                // Nothing runnable: the CPU is the teardown's.
+                continue;
             }
             let doms = &self.doms;
             let next = self
@@ -1027,7 +1089,6 @@ impl Hv {
             unsafe { arch::load_root(mem::kernel_pml4() << 12) };
             self.loaded_root = mem::kernel_pml4() << 12;
         }
-        d.release_frames(&mut self.mm);
         self.live -= 1;
         let name = Quoted(&d.name);
         let ok = match exit {
@@ -1109,6 +1170,42 @@ impl Hv {
                 self.failed = true;
             }
         }
+        // Its memory is released in bounded turns at scheduling points
+        // (SCHED-4), so a large domain's death stalls nobody.
+        let teardown = Teardown::new(id);
+        self.dying.push_back((d, teardown, time::now_tsc(), 0));
+    }
+
+    /// Releases dying domains' memory until TSC `until` or until none is
+    /// left (SCHED-4); each step is bounded, so this overruns `until` by
+    /// one step at most.
+    fn reap(&mut self, until: u64) {
+        while let Some((mut d, mut t, since, mut busy)) = self.dying.pop_front() {
+            let start = time::now_tsc();
+            loop {
+                if d.release_step(&mut self.mm, &mut t) {
+                    let now = time::now_tsc();
+                    report!(
+                        "domain-released",
+                        "id={} name={} unpinned={} ticks={} busy_ticks={}",
+                        d.id,
+                        Quoted(&d.name),
+                        t.unpinned(),
+                        now.saturating_sub(since),
+                        busy + now.saturating_sub(start)
+                    );
+                    break;
+                }
+                let now = time::now_tsc();
+                if now >= until {
+                    busy += now.saturating_sub(start);
+                    self.dying.push_front((d, t, since, busy));
+                    self.flush_if_requested();
+                    return;
+                }
+            }
+        }
+        self.flush_if_requested();
     }
 
     /// Ends the run: destroys what is left, audits the frames, exits.
@@ -1118,6 +1215,7 @@ impl Hv {
                 self.destroy(id as DomId, Exit::ScenarioEnd);
             }
         }
+        self.reap(u64::MAX);
         if !self.audit() {
             self.failed = true;
         }

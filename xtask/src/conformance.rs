@@ -240,6 +240,23 @@ pub fn host_checks(outcome: &BootOutcome) -> BTreeMap<&'static str, (bool, Strin
         out.insert(clause, c.result());
     }
 
+    // CON-2: 4096 bytes in 16 short writes, every line printed once, and a
+    // refused range whose first 256 bytes were readable printed nothing.
+    let mut c = HostCheck::new();
+    c.t(
+        !t.contains("CON2-LEAK"),
+        "a refused write printed CON2-LEAK",
+    );
+    for i in 0..64 {
+        let mut line = format!("CON2 line {i:02} ");
+        while line.len() < 63 {
+            line.push('-');
+        }
+        let n = conf.iter().filter(|l| **l == line).count();
+        c.t(n == 1, format!("`{line}` printed {n} times, not once"));
+    }
+    out.insert("CON-2", c.result());
+
     let mut c = HostCheck::new();
     c.t(
         has("CON1D partial line joined"),
@@ -396,6 +413,56 @@ pub fn host_checks(outcome: &BootOutcome) -> BTreeMap<&'static str, (bool, Strin
         "the last report is not `@ exit status=success`",
     );
     out.insert("SCHED-3b", c.result());
+
+    // SCHED-4: every destroyed domain (exit or fault) is released once,
+    // after it was destroyed, and the frame audit comes after every release.
+    let mut c = HostCheck::new();
+    let seq: Vec<(&str, Option<&str>)> = facts
+        .facts
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.kind.as_str(),
+                "domain-exit" | "domain-fault" | "domain-released" | "audit"
+            )
+        })
+        .map(|f| (f.kind.as_str(), f.get("id")))
+        .collect();
+    let ended: Vec<(usize, &str)> = seq
+        .iter()
+        .enumerate()
+        .filter(|(_, (k, _))| *k == "domain-exit" || *k == "domain-fault")
+        .filter_map(|(i, (_, id))| id.map(|id| (i, id)))
+        .collect();
+    let audit_at = seq.iter().position(|(k, _)| *k == "audit");
+    c.t(!ended.is_empty(), "no domain was destroyed");
+    c.t(audit_at.is_some(), "no `@ audit` report");
+    for (at, id) in &ended {
+        let released: Vec<usize> = seq
+            .iter()
+            .enumerate()
+            .filter(|(_, (k, i))| *k == "domain-released" && *i == Some(*id))
+            .map(|(i, _)| i)
+            .collect();
+        c.t(
+            released.len() == 1,
+            format!(
+                "domain {id}: {} `@ domain-released` reports, not 1",
+                released.len()
+            ),
+        );
+        if let Some(&r) = released.first() {
+            c.t(
+                r > *at,
+                format!("domain {id} released before it was destroyed"),
+            );
+            c.t(
+                audit_at.is_some_and(|a| a > r),
+                format!("the frame audit came before domain {id} was released"),
+            );
+        }
+    }
+    out.insert("SCHED-4", c.result());
     out
 }
 
@@ -450,6 +517,7 @@ fn host_name(clause: &str) -> &'static str {
         "SCHED-3b" => "the last critical domain ends the run",
         "CPU-4" => "sysenter destroys the caller (or is #UD)",
         "TRAP-7" => "an undeliverable upcall is reported as such",
+        "SCHED-4" => "destroyed domains are released in turns, then audited",
         _ => "judged from the transcript",
     }
 }
@@ -1197,16 +1265,31 @@ mod tests {
             "y".repeat(245),
             "y".repeat(44)
         );
+        let con2: String = (0..64)
+            .map(|i| {
+                let mut l = format!("[conf] CON2 line {i:02} ");
+                while l.len() < 63 + 7 {
+                    l.push('-');
+                }
+                l + "\n"
+            })
+            .collect();
         let good = format!(
             "@ testopt poison-free frames=9 pattern=0x1\n@ time tsc_hz=123 apic_hz=1 source=pit\n[conf] TIME-0 start-info tsc_hz=123\n[conf] TAHOMASI\n[conf] CALL-1b marker\n[conf] CON-1 marker: hello\n\
              [conf] CON1D partial line joined\n[conf] CON1D ctl:?[1m???|\t|end\n\
-             [conf] @ forged by=conf\n{long}\
+             [conf] @ forged by=conf\n{long}{con2}\
              @ domain-fault id=4 name=\"crasher\" vector=14 rip=0x1 cr2=0xdead0000 reason=\"no trap handler registered\"\n\
              @ domain-fault id=6 name=\"rostack\" vector=6 rip=0x1 cr2=0x0 reason=\"callback stack not writable\"\n\
              @ domain-fault id=7 name=\"nest\" vector=6 rip=0x1 cr2=0x0 reason=\"traps nested too deep\"\n\
              @ domain-exit id=2 name=\"helper\" reason=reboot code=-7\n\
              @ domain-exit id=1 name=\"conf\" reason=poweroff code=0\n\
              @ domain-exit id=5 name=\"spin\" reason=scenario-end code=0\n\
+             @ domain-released id=4 name=\"crasher\" unpinned=1 ticks=9\n\
+             @ domain-released id=6 name=\"rostack\" unpinned=1 ticks=9\n\
+             @ domain-released id=7 name=\"nest\" unpinned=1 ticks=9\n\
+             @ domain-released id=2 name=\"helper\" unpinned=1 ticks=9\n\
+             @ domain-released id=1 name=\"conf\" unpinned=1 ticks=9\n\
+             @ domain-released id=5 name=\"spin\" unpinned=1 ticks=9\n\
              @ audit free_frames=7 baseline=7\n@ exit status=success\n"
         );
         let h = host_checks(&canned(&good, Exit::Success));
@@ -1222,10 +1305,15 @@ mod tests {
             .replace("code=-7", "code=18446744073709551609")
             .replace("tsc_hz=123\n", "tsc_hz=124\n")
             .replace("@ testopt poison-free frames=9", "@ testopt frames=9")
+            .replace(
+                "@ domain-released id=6 name=\"rostack\" unpinned=1 ticks=9\n",
+                "",
+            )
+            .replace("[conf] CON2 line 07 ", "[conf] CON2 line 7 ")
             + "[conf] CON1A-LEAK\n";
         let h = host_checks(&canned(&bad, Exit::Failure));
         for k in [
-            "CON-1d", "SCHED-3", "SCHED-3b", "CON-1a", "TIME-0", "MEM-2a",
+            "CON-1d", "SCHED-3", "SCHED-3b", "CON-1a", "TIME-0", "MEM-2a", "SCHED-4", "CON-2",
         ] {
             assert!(!h[k].0, "{k} should fail");
         }

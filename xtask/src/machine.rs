@@ -113,6 +113,9 @@ impl Booter<'_> {
             .collect::<Vec<_>>()
             .join(" ");
         let (mut extra, _) = endpoints(&scenario);
+        if scenario.icount && self.accel == crate::qemu::Accel::Tcg {
+            extra.extend(crate::bench::ICOUNT_ARGS.iter().map(|s| s.to_string()));
+        }
         extra.extend(qemu_extra.iter().cloned());
         let log = self
             .work_dir()

@@ -37,6 +37,7 @@ struct RawManifest {
     timeout: Option<Spanned<i64>>,
     memory: Option<Spanned<String>>,
     cmdline: Option<String>,
+    icount: Option<bool>,
     #[serde(default)]
     guest: Vec<RawGuest>,
 }
@@ -70,6 +71,9 @@ pub struct Scenario {
     pub memory_mib: u64,
     /// The hypervisor command line from the manifest.
     pub cmdline: String,
+    /// Run under TCG with `-icount shift=0,sleep=off`: guest clocks count
+    /// instructions, so timing figures do not depend on host load.
+    pub icount: bool,
     /// Domains to create, in boot order, after `count` expansion.
     pub guests: Vec<Guest>,
 }
@@ -236,6 +240,7 @@ impl Scenario {
             timeout: Duration::from_secs(timeout),
             memory_mib: memory_bytes >> 20,
             cmdline: raw.cmdline.unwrap_or_default(),
+            icount: raw.icount.unwrap_or(false),
             guests: guests.into_iter().map(|(g, _)| g).collect(),
         })
     }

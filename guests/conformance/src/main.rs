@@ -26,7 +26,7 @@ use alloc::vec::Vec;
 use core::fmt::Debug;
 use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
-use guest_sdk::abi::args::{DOMID_SELF, NO_DEADLINE};
+use guest_sdk::abi::args::{CONSOLE_WRITE_STEP, DOMID_SELF, NO_DEADLINE};
 use guest_sdk::abi::layout::{
     StartInfo as RawStartInfo, TimeInfo, UpcallFrame, GUEST_VA_TOP, INITIAL_STACK_PAGES, NR_PORTS,
     RED_ZONE, SHARED_INFO_VA, START_INFO_MAGIC, WINDOW_BASE,
@@ -603,11 +603,65 @@ fn console() {
             write(m.as_ptr() as u64, m.len() as u64),
             Ok(m.len() as u64),
         );
-        let big = [b'x'; 4095];
-        let mut buf = alloc::vec::Vec::from(&big[..]);
-        buf.push(b'\n');
-        ck.eq("4096 bytes", write(buf.as_ptr() as u64, 4096), Ok(4096));
+        let mut buf = alloc::vec![b'x'; 256];
+        buf[255] = b'\n';
+        ck.eq("256 bytes", write(buf.as_ptr() as u64, 256), Ok(256));
     });
+    clause(
+        "CON-2",
+        "a write over 256 bytes is short: 256 taken, the rest by the next call",
+        |ck| {
+            // Lines of 64 bytes ("CON2 line NN" + dashes + newline), so
+            // xtask can check that every one of them was printed once.
+            let mut buf = alloc::vec::Vec::new();
+            for i in 0..64 {
+                let mut line = alloc::format!("CON2 line {i:02} ");
+                while line.len() < 63 {
+                    line.push('-');
+                }
+                line.push('\n');
+                buf.extend_from_slice(line.as_bytes());
+            }
+            let mut at = 0u64;
+            let mut calls = 0;
+            while at < 4096 {
+                let n = (4096 - at).min(4096);
+                let r = write(buf.as_ptr() as u64 + at, n);
+                let want = n.min(CONSOLE_WRITE_STEP);
+                ck.eq(
+                    &alloc::format!("call {calls} ({n} bytes offered)"),
+                    r,
+                    Ok(want),
+                );
+                if r != Ok(want) {
+                    break;
+                }
+                at += want;
+                calls += 1;
+            }
+            ck.eq("calls for 4096 bytes", calls, 16);
+            // The whole range is checked, not only the part taken: a range
+            // whose tail (past the first 256 bytes) is unmapped writes
+            // nothing (the marker must not appear).
+            // The marker sits in the window's top 16 bytes (dead, see
+            // CON-1b), inside the first 256 bytes of the range.
+            let si = guest_sdk::start_info();
+            let end = si.page_va(si.nr_pages);
+            let msg = b"CON2-LEAK";
+            let at = end - msg.len() as u64;
+            for (i, &b) in msg.iter().enumerate() {
+                // SAFETY: the window's top 16 bytes are dead (CON-1b).
+                unsafe { core::ptr::write_volatile((at + i as u64) as *mut u8, b) };
+            }
+            ck.err(
+                "256 bytes mapped, tail past the window",
+                write(end - 256, 400),
+                Error::BadAddress,
+            );
+            let nl = b"\n";
+            let _ = write(nl.as_ptr() as u64, 1);
+        },
+    );
     clause(
         "CON-1a",
         "length over 4096: invalid_argument, nothing written",
@@ -689,7 +743,14 @@ fn console() {
     let mut long = alloc::vec![b'y'; 300];
     long[..11].copy_from_slice(b"CON1D long ");
     long.push(b'\n');
-    let _ = write(long.as_ptr() as u64, long.len() as u64);
+    // Two calls: one takes 256 bytes (CON-2).
+    let mut at = 0;
+    while at < long.len() {
+        match write(long[at..].as_ptr() as u64, (long.len() - at) as u64) {
+            Ok(n) if n > 0 => at += n as usize,
+            _ => break,
+        }
+    }
     emit(
         "CON-1d",
         "prefix, buffering, sanitising",

@@ -12,7 +12,9 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use guest_sdk::abi::args::{FrameInfo, FrameType, FRAME_LOADED, FRAME_PINNED, MMU_BATCH_MAX};
+use guest_sdk::abi::args::{
+    FrameInfo, FrameType, FRAME_LOADED, FRAME_PARTIAL, FRAME_PINNED, MMU_BATCH_MAX,
+};
 use guest_sdk::abi::layout::{GUEST_VA_TOP, SHARED_INFO_VA, WINDOW_BASE};
 use guest_sdk::abi::Hypercall;
 use guest_sdk::paging::{
@@ -317,6 +319,16 @@ pub fn run(si: &StartInfo) -> i32 {
         ("MMU-28", "update_va_mapping sets the leaf", mmu_28),
         ("MMU-29", "mmu_frame_info of our frames", mmu_29),
         ("MMU-29a", "mmu_frame_info refusals", mmu_29a),
+        (
+            "MMU-35",
+            "a pin of 32,768 entries is restarted to its end",
+            mmu_35,
+        ),
+        (
+            "MMU-36",
+            "a half-pinned tree seen from an upcall: refusals",
+            mmu_36,
+        ),
         ("MEM-5", "memory_populate and heap growth", mem_5),
         ("MEM-5a", "memory_populate count and pointer", mem_5a),
         ("MEM-5b", "memory_populate beyond max_pages", mem_5b),
@@ -1639,5 +1651,155 @@ fn mem_7(_l: &Lab) -> Outcome {
     })?;
     Ok(format!(
         "owned {owned}, max {max}; bad out pointers: bad_address"
+    ))
+}
+
+/// Tables in the MMU-35/36 tree: 64 full L1s (32,768 entries, eight
+/// hypervisor steps of 4,096) under one L2.
+const BIG_L1S: usize = 64;
+
+/// Builds the MMU-35/36 tree in fresh frames `f` (`BIG_L1S` L1s, the L2,
+/// the data frame every leaf maps read-only); returns the L2.
+fn big_tree(f: &[u64]) -> Result<u64, String> {
+    let (l1s, rest) = f.split_at(BIG_L1S);
+    let (l2, d) = (rest[0], rest[1]);
+    let leaf = leaf_entry(d, Flags::READ_ONLY);
+    for &m in l1s {
+        ok("write L1", lab::write_table(m, &[leaf; 512]))?;
+    }
+    let l2e: Vec<u64> = l1s.iter().map(|&m| table_entry(m)).collect();
+    ok("write L2", lab::write_table(l2, &l2e))?;
+    Ok(l2)
+}
+
+fn mmu_35(_l: &Lab) -> Outcome {
+    let mut f = vec![0u64; BIG_L1S + 2];
+    ok("populate", paging::populate(&mut f))?;
+    let r: Result<(), String> = (|| {
+        let l2 = big_tree(&f)?;
+        let d = f[BIG_L1S + 1];
+        ok("pin", paging::pin(l2, Level::L2))?;
+        let i = info(l2)?;
+        check(i == (FrameType::L2, FRAME_PINNED, 1, 1), || {
+            format!("pinned L2: {i:?}")
+        })?;
+        for &m in &f[..BIG_L1S] {
+            let i = info(m)?;
+            check(i == (FrameType::L1, 0, 1, 1), || {
+                format!("L1 {m:#x}: {i:?}")
+            })?;
+        }
+        let leaves = info(d)?.3;
+        check(leaves == (BIG_L1S * 512) as u64, || {
+            format!("data frame has {leaves} references, not {}", BIG_L1S * 512)
+        })?;
+        ok("unpin", paging::unpin(l2))?;
+        for &m in &f {
+            let i = info(m)?;
+            check(i == (FrameType::None, 0, 0, 0), || {
+                format!("{m:#x} after unpin: {i:?}")
+            })?;
+        }
+        Ok(())
+    })();
+    ok("release", paging::release(&f))?;
+    r?;
+    Ok("64 full L1s (32,768 entries) pinned by one call and unpinned by one".into())
+}
+
+/// What the MMU-36 timer handler saw: 0 nothing yet, 1 a frame not
+/// partial, 2 a partial tree and every refusal as documented, 3 a
+/// partial tree and a wrong answer (`MMU36_WHY` says which).
+static MMU36_SEEN: AtomicU64 = AtomicU64::new(0);
+static MMU36_WHY: AtomicU64 = AtomicU64::new(0);
+/// The L2 being pinned, a fresh spare frame, the first L1.
+static MMU36_FRAMES: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Runs in upcall context, on top of an `mmu_pin` that the hypervisor
+/// moved back onto its `syscall` to restart it (MMU-35).
+fn mmu36_on_timer(_: guest_sdk::Port) {
+    let [root, spare, l1] = [0, 1, 2].map(|i| MMU36_FRAMES[i].load(Ordering::Acquire));
+    let partial = |m| paging::frame_info(m).is_ok_and(|i| i.flags & FRAME_PARTIAL != 0);
+    if !partial(root) {
+        MMU36_SEEN.store(1, Ordering::Release);
+        return;
+    }
+    let checks: [(u64, bool); 6] = [
+        (
+            1,
+            update1(entry_ptr(root, 500), 0) == Err(Error::WrongState),
+        ),
+        (2, update1(entry_ptr(root, 0), 0) == Err(Error::WrongState)),
+        (3, paging::pin(spare, Level::L1) == Err(Error::WrongState)),
+        (4, paging::unpin(root) == Err(Error::WrongState)),
+        (5, paging::release(&[l1]) == Err(Error::WrongState)),
+        (
+            6,
+            paging::frame_info(root)
+                .is_ok_and(|i| i.flags & FRAME_PINNED == 0 && i.page_type == FrameType::L2 as u32),
+        ),
+    ];
+    match checks.iter().find(|(_, good)| !good) {
+        Some((n, _)) => {
+            MMU36_WHY.store(*n, Ordering::Release);
+            MMU36_SEEN.store(3, Ordering::Release);
+        }
+        None => MMU36_SEEN.store(2, Ordering::Release),
+    }
+}
+
+fn mmu_36(_l: &Lab) -> Outcome {
+    let mut f = vec![0u64; BIG_L1S + 3];
+    ok("populate", paging::populate(&mut f))?;
+    let port = ok(
+        "bind timer",
+        guest_sdk::event::bind_virq_with(guest_sdk::abi::args::Virq::Timer, mmu36_on_timer),
+    )?;
+    let r = (|| {
+        let l2 = big_tree(&f[..BIG_L1S + 2])?;
+        for (i, m) in [l2, f[BIG_L1S + 2], f[0]].into_iter().enumerate() {
+            MMU36_FRAMES[i].store(m, Ordering::Release);
+        }
+        // The timer must fire while the pin is under way; its length is
+        // not known, so search for a delay that lands inside it.
+        let mut delay = 200_000u64;
+        for attempt in 0..24 {
+            MMU36_SEEN.store(0, Ordering::Release);
+            guest_sdk::time::timer_set(guest_sdk::time::now_ns() + delay);
+            let pinned = paging::pin(l2, Level::L2);
+            guest_sdk::time::timer_cancel();
+            ok("pin (restarted under the upcall)", pinned)?;
+            ok("unpin", paging::unpin(l2))?;
+            match MMU36_SEEN.load(Ordering::Acquire) {
+                2 => {
+                    return Ok(format!(
+                        "caught after {} attempt(s), delay {} us",
+                        attempt + 1,
+                        delay / 1000
+                    ))
+                }
+                3 => {
+                    return Err(format!(
+                        "check {} failed on a partial tree",
+                        MMU36_WHY.load(Ordering::Acquire)
+                    ))
+                }
+                0 => delay = delay / 2 + 1,
+                _ => delay = delay * 3 / 2 + 1,
+            }
+        }
+        Err("the timer never fired while the pin was partial".into())
+    })();
+    let _ = guest_sdk::event::close(port);
+    for &m in &f {
+        let i = info(m)?;
+        check(i == (FrameType::None, 0, 0, 0), || {
+            format!("{m:#x} after unpin: {i:?}")
+        })?;
+    }
+    ok("release", paging::release(&f))?;
+    let how = r?;
+    Ok(format!(
+        "update, pin, unpin, release of a half-pinned tree: wrong_state ({how})"
     ))
 }

@@ -7,7 +7,10 @@
 //!   owned by the table's domain; hypervisor L4 slots equal the template);
 //! * a refused single operation changed nothing;
 //! * a batch equals its updates applied one by one up to the first refusal;
-//! * teardown returns every frame of the domain to idle.
+//! * teardown returns every frame of the domain to idle;
+//! * bounded pins and unpins (MMU-35) stopped after a random number of
+//!   steps, with anything else in between, keep the audit passing at every
+//!   stop, and a domain torn down with one half done gets every frame back.
 //!
 //! Run: `cargo +nightly fuzz run validator` in `hypervisor/core` (see
 //! README.md). The same property runs on stable in `cargo test` (proptest).
@@ -17,8 +20,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use tahoma_core::mm::audit::audit;
 use tahoma_core::mm::{
-    AddressSpace, BatchError, DomainId, FrameView, Level, Mm, MmConfig, Owner, PageType, PhysMem,
-    HYPERVISOR_SLOTS,
+    AddressSpace, BatchError, Budget, DomainId, FrameView, Level, Mm, MmConfig, Owner, PageType,
+    Pending, PhysMem, Teardown, HYPERVISOR_SLOTS,
 };
 
 const FRAMES: u64 = 48;
@@ -89,12 +92,19 @@ enum Op {
     CpuSetsAccessed(F, u16),
     Teardown(u8),
     Flush,
+    /// A bounded pin of at most `.3` steps (continuing the domain's pending
+    /// one if the frame and level match).
+    PinSteps(u8, F, u8, u8),
+    /// A bounded unpin of at most `.2` steps.
+    UnpinSteps(u8, F, u8),
 }
 
 struct World {
     mm: Mm,
     mem: Mem,
     spaces: [AddressSpace; 3],
+    /// Each domain's pin or unpin in progress.
+    pending: [Option<Pending>; 2],
 }
 
 fn dom(d: u8) -> DomainId {
@@ -141,6 +151,7 @@ impl World {
                 AddressSpace::new(DOMS[0]),
                 AddressSpace::new(DOMS[1]),
             ],
+            pending: [None, None],
         }
     }
 
@@ -220,9 +231,49 @@ impl World {
                 }
                 None
             }
+            Op::PinSteps(d, f, l, steps) => {
+                let i = usize::from(*d) % DOMS.len();
+                let fresh = self.pending[i].is_none();
+                let r = Level::from_number(u64::from(*l % 5)).and_then(|l| {
+                    self.mm.pin_bounded(
+                        &mut self.mem,
+                        DOMS[i],
+                        f.pfn(),
+                        l,
+                        &mut self.pending[i],
+                        &mut Budget::new(u64::from(*steps)),
+                    )
+                });
+                fresh.then_some(r.map(|_| ()))
+            }
+            Op::UnpinSteps(d, f, steps) => {
+                let i = usize::from(*d) % DOMS.len();
+                let fresh = self.pending[i].is_none();
+                let r = self.mm.unpin_bounded(
+                    &mut self.mem,
+                    DOMS[i],
+                    f.pfn(),
+                    &mut self.pending[i],
+                    &mut Budget::new(u64::from(*steps)),
+                );
+                fresh.then_some(r.map(|_| ()))
+            }
             Op::Teardown(d) => {
-                let d = dom(*d);
-                self.mm.teardown(&mut self.mem, d);
+                let i = usize::from(*d) % DOMS.len();
+                let d = DOMS[i];
+                let mut t = Teardown::new(d);
+                while self.mm.teardown_bounded(
+                    &mut self.mem,
+                    &mut t,
+                    &mut self.pending[i],
+                    &mut Budget::new(64),
+                ) == tahoma_core::mm::Progress::Preempted
+                {
+                    if let Err(e) = audit(&self.mm, &self.mem) {
+                        panic!("audit failed during teardown: {e:?}");
+                    }
+                }
+                assert!(self.pending[i].is_none(), "teardown left the operation pending");
                 for s in self.spaces.iter_mut().filter(|s| s.domain() == d) {
                     *s = AddressSpace::new(d);
                 }
@@ -278,8 +329,11 @@ fuzz_target!(|ops: Vec<Op>| {
     for op in ops.iter().take(256) {
         w.step(op);
     }
-    for d in DOMS {
-        w.mm.teardown(&mut w.mem, d);
+    for (i, d) in DOMS.into_iter().enumerate() {
+        let mut t = Teardown::new(d);
+        let _ = w
+            .mm
+            .teardown_bounded(&mut w.mem, &mut t, &mut w.pending[i], &mut Budget::unlimited());
     }
     for pfn in 0..FRAMES {
         assert!(

@@ -66,7 +66,7 @@ fn check<M: PhysMem>(mm: &Mm, mem: &M, holds: Option<&[Pfn]>) -> Result<(), Audi
             return fail(pfn, "frame missing");
         };
         check_frame_alone(pfn, f)?;
-        if f.pinned() {
+        if f.pinned() || f.held_by_operation() {
             bump(&mut expected, pfn, true)?;
         }
         if let Some(level) = f.table_level() {
@@ -108,6 +108,21 @@ fn check_frame_alone(pfn: Pfn, f: &super::FrameInfo) -> Result<(), AuditError> {
     }
     if f.pinned() && f.table_level().is_none() {
         return fail(pfn, "pinned frame is not a table");
+    }
+    if f.pinned() && f.held_by_operation() {
+        return fail(pfn, "pinned frame also held by an unfinished operation");
+    }
+    if f.held_by_operation() && !f.is_partial() {
+        return fail(pfn, "operation root is not a partial table");
+    }
+    if f.is_partial() && (f.table_level().is_none() || f.partial_entries() > ENTRIES) {
+        return fail(pfn, "partial frame is not a table");
+    }
+    if !f.is_partial() && f.partial_entries() != 0 {
+        return fail(pfn, "progress recorded on a frame that is not partial");
+    }
+    if f.is_partial() && f.loaded() > 0 {
+        return fail(pfn, "partial table loaded as a root");
     }
     if f.loaded() > 0 && !(f.pinned() && f.page_type() == PageType::L4) {
         return fail(pfn, "loaded root is not a pinned L4");
@@ -152,7 +167,14 @@ fn scan_table<M: PhysMem>(
     expected: &mut [Expected],
 ) -> Result<(), AuditError> {
     let owner = mm.frame(table).map(|f| f.owner());
-    for i in 0..level.guest_slots() {
+    // A table half way through a bounded pin or unpin: only its first
+    // entries hold references (MMU-35).
+    let partial = mm.frame(table).is_some_and(|f| f.is_partial());
+    let scanned = match mm.frame(table) {
+        Some(f) if partial => f.partial_entries().min(level.guest_slots()),
+        _ => level.guest_slots(),
+    };
+    for i in 0..scanned {
         let value = mem.read_entry(table, i);
         let target = match mm.rules().check(level, value) {
             Ok(Some(t)) => t,
@@ -188,11 +210,16 @@ fn scan_table<M: PhysMem>(
                 if tf.table_level() != Some(below) {
                     return fail(target.pfn, "entry points at a frame of the wrong type");
                 }
+                // A partial table is referenced only by the last counted
+                // entry of its parent in the chain.
+                if tf.is_partial() && !(partial && i + 1 == scanned) {
+                    return fail(target.pfn, "partial table referenced outside its chain");
+                }
                 bump(expected, target.pfn, true)?;
             }
         }
     }
-    if level == Level::L4 {
+    if level == Level::L4 && !partial {
         for (i, v) in mm.hypervisor_slots().iter().enumerate() {
             if i + FIRST_HYPERVISOR_SLOT >= ENTRIES {
                 break;

@@ -80,6 +80,13 @@ pub enum MmError {
     VaOutOfRange,
     /// The walk for the virtual address met a not-present entry (MMU-17).
     NotMapped,
+    /// The frame is a table half way through a bounded pin or unpin
+    /// (MMU-36): it cannot be referenced, updated or walked until that
+    /// operation finishes.
+    Busy(Pfn),
+    /// The domain already has a different pin or unpin in progress
+    /// (MMU-36): it must finish that one first.
+    OperationPending,
 }
 
 impl MmError {
@@ -108,7 +115,9 @@ impl MmError {
             | MmError::NotPinned(_)
             | MmError::RootLoaded(_)
             | MmError::NotHeld(_)
-            | MmError::FrameInUse(_) => Error::WrongState,
+            | MmError::FrameInUse(_)
+            | MmError::Busy(_)
+            | MmError::OperationPending => Error::WrongState,
             MmError::VaOutOfRange | MmError::NotMapped => Error::BadAddress,
         }
     }

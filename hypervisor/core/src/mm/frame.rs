@@ -76,6 +76,12 @@ impl PageType {
 pub(super) const PINNED: u8 = 1 << 0;
 /// Flag: a `Special` frame the owner may map writable.
 pub(super) const SPECIAL_WRITABLE: u8 = 1 << 1;
+/// Flag: a table in the middle of a bounded pin or unpin (MMU-35): only its
+/// first [`FrameInfo::partial`] guest entries hold references.
+pub(super) const PARTIAL: u8 = 1 << 2;
+/// Flag: a bounded pin or unpin in progress holds a type and a total
+/// reference on the frame (the root of its chain of partial tables).
+pub(super) const OP_REF: u8 = 1 << 3;
 
 /// One frame's accounting. 24 bytes; the table has one per frame of RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -89,6 +95,10 @@ pub struct FrameInfo {
     /// on its owner's behalf outside any one hypercall (shared info today;
     /// grant and ring pages next). See `Mm::hold`.
     pub(super) held: u16,
+    /// For a [`PARTIAL`] table: how many of its first guest entries hold
+    /// references (validated so far by a pin, or not yet released by an
+    /// unpin). 0 otherwise.
+    pub(super) partial: u16,
     pub(super) type_count: u32,
     pub(super) total_count: u32,
     /// The TLB epoch in which a reference to this frame was last dropped;
@@ -127,6 +137,20 @@ impl FrameInfo {
     pub const fn special_writable(&self) -> bool {
         self.flags & SPECIAL_WRITABLE != 0
     }
+    /// Whether a bounded pin or unpin is half way through this table
+    /// (MMU-35): then only [`FrameInfo::partial_entries`] of its entries are
+    /// validated, and every other operation on it is refused.
+    pub const fn is_partial(&self) -> bool {
+        self.flags & PARTIAL != 0
+    }
+    /// For a partial table, its first entries that hold references.
+    pub const fn partial_entries(&self) -> usize {
+        self.partial as usize
+    }
+    /// Whether an unfinished pin or unpin holds a reference on it.
+    pub const fn held_by_operation(&self) -> bool {
+        self.flags & OP_REF != 0
+    }
     /// The page-table level, if it is a table in use.
     pub const fn table_level(&self) -> Option<Level> {
         if self.type_count == 0 {
@@ -146,7 +170,7 @@ impl FrameInfo {
             && self.total_count == 0
             && self.loaded == 0
             && self.held == 0
-            && self.flags & PINNED == 0
+            && self.flags & (PINNED | PARTIAL | OP_REF) == 0
     }
 
     /// The accounting fields that a refused operation must leave unchanged

@@ -42,7 +42,7 @@ mod tests;
 pub use error::{BatchError, MmError};
 pub use frame::{DomainId, FrameInfo, FrameView, Owner, PageType};
 pub use pte::{EntryRules, Level};
-pub use validator::{Mm, MmConfig, HYPERVISOR_SLOTS};
+pub use validator::{Budget, Mm, MmConfig, Pending, Progress, Teardown, HYPERVISOR_SLOTS};
 
 use crate::frames::Pfn;
 

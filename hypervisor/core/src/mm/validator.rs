@@ -18,11 +18,14 @@
 //! recursion depth is at most four.
 
 use super::error::{BatchError, MmError};
-use super::frame::{DomainId, FrameInfo, Owner, PageType, PINNED, SPECIAL_WRITABLE};
+use super::frame::{DomainId, FrameInfo, Owner, PageType, SPECIAL_WRITABLE};
 use super::pte::{EntryRules, Level, Target, ENTRIES, FIRST_HYPERVISOR_SLOT, PS_OR_PAT, USER};
 use super::{AddressSpace, PhysMem};
 use crate::frames::Pfn;
 use alloc::vec::Vec;
+
+mod bounded;
+pub use bounded::{Budget, Pending, Progress, Teardown};
 
 /// Number of L4 slots the hypervisor owns (256..=511).
 pub const HYPERVISOR_SLOTS: usize = ENTRIES - FIRST_HYPERVISOR_SLOT;
@@ -59,6 +62,9 @@ impl Mm {
     /// A frame table of `config.frames` frames, all free.
     ///
     /// This is the only allocation the module makes: 20 bytes per frame.
+    ///
+    /// Plus 4 bytes per frame for the progress of bounded operations
+    /// (MMU-35): 24 bytes in all.
     pub fn new(config: &MmConfig) -> Result<Mm, MmError> {
         let rules = EntryRules::new(config.max_phys_bits)?;
         let addressable = 1u64 << (config.max_phys_bits - 12);
@@ -89,6 +95,7 @@ impl Mm {
     }
 
     /// One frame's accounting, or `None` beyond the table.
+    #[inline]
     pub fn frame(&self, pfn: Pfn) -> Option<&FrameInfo> {
         usize::try_from(pfn).ok().and_then(|i| self.frames.get(i))
     }
@@ -110,10 +117,12 @@ impl Mm {
         &mut self.frames[pfn as usize]
     }
 
+    #[inline]
     fn info(&self, pfn: Pfn) -> Result<FrameInfo, MmError> {
         self.frame(pfn).copied().ok_or(MmError::NoSuchFrame(pfn))
     }
 
+    #[inline]
     fn info_mut(&mut self, pfn: Pfn) -> Result<&mut FrameInfo, MmError> {
         usize::try_from(pfn)
             .ok()
@@ -216,6 +225,7 @@ impl Mm {
     /// Today: only frames it owns, and `Special` read-only frames only
     /// read-only. The hook for grants: a grant check extends this, and the
     /// reference accounting below is already owner-agnostic.
+    #[inline]
     pub fn may_map(&self, dom: DomainId, pfn: Pfn, writable: bool) -> Result<(), MmError> {
         let f = self.info(pfn)?;
         if f.owner != Owner::Domain(dom) {
@@ -256,6 +266,7 @@ impl Mm {
         self.epoch = self.epoch.wrapping_add(1).max(1);
     }
 
+    #[inline]
     fn note_dropped(&mut self, pfn: Pfn) {
         let epoch = self.epoch;
         if let Ok(f) = self.info_mut(pfn) {
@@ -270,6 +281,7 @@ impl Mm {
     }
 
     /// `pfn` (with count 0) takes type `ty`.
+    #[inline]
     fn retype(&mut self, pfn: Pfn, ty: PageType) -> Result<(), MmError> {
         let epoch = self.epoch;
         let f = self.info_mut(pfn)?;
@@ -285,6 +297,7 @@ impl Mm {
     // ----- reference accounting -----
 
     /// One more reference of any kind.
+    #[inline]
     fn get_total(&mut self, pfn: Pfn) -> Result<(), MmError> {
         let f = self.info_mut(pfn)?;
         f.total_count = f
@@ -296,6 +309,7 @@ impl Mm {
 
     /// A data reference from an L1 entry: total, plus a `Writable` type
     /// reference if writable (MMU-2).
+    #[inline]
     fn get_data(&mut self, dom: DomainId, t: Target) -> Result<(), MmError> {
         self.may_map(dom, t.pfn, t.writable)?;
         let f = self.info(t.pfn)?;
@@ -324,6 +338,7 @@ impl Mm {
         self.get_total(t.pfn)
     }
 
+    #[inline]
     fn put_data(&mut self, t: Target) {
         self.note_dropped(t.pfn);
         let Ok(f) = self.info_mut(t.pfn) else { return };
@@ -359,6 +374,9 @@ impl Mm {
         }
         if f.total_count == u32::MAX {
             return Err(MmError::CountOverflow(pfn));
+        }
+        if f.is_partial() {
+            return Err(MmError::Busy(pfn));
         }
         if f.ty == want {
             let count = f
@@ -484,7 +502,8 @@ impl Mm {
     // ----- the operations guests request -----
 
     /// Pins `pfn` as a table of `level` (MMU-11): validates it and the tree
-    /// below, and holds it valid until [`Mm::unpin`].
+    /// below, and holds it valid until [`Mm::unpin`]. All at once: the
+    /// hypervisor uses [`Mm::pin_bounded`].
     pub fn pin<M: PhysMem>(
         &mut self,
         mem: &mut M,
@@ -492,40 +511,25 @@ impl Mm {
         pfn: Pfn,
         level: Level,
     ) -> Result<(), MmError> {
-        let f = self.info(pfn)?;
-        if f.owner != Owner::Domain(dom) {
-            return Err(MmError::NotOwner(pfn));
-        }
-        if f.pinned() {
-            return Err(MmError::AlreadyPinned(pfn));
-        }
-        self.get_table(mem, dom, pfn, level)?;
-        self.info_mut(pfn)?.flags |= PINNED;
-        Ok(())
+        let mut pending = None;
+        let r = self.pin_bounded(mem, dom, pfn, level, &mut pending, &mut Budget::unlimited());
+        debug_assert!(pending.is_none() && r != Ok(Progress::Preempted));
+        r.map(|_| ())
     }
 
     /// Drops the pin on `pfn` (MMU-12); when nothing else references it,
-    /// its tree is released. Refused for a loaded root.
+    /// its tree is released. Refused for a loaded root. All at once: the
+    /// hypervisor uses [`Mm::unpin_bounded`].
     pub fn unpin<M: PhysMem>(
         &mut self,
         mem: &mut M,
         dom: DomainId,
         pfn: Pfn,
     ) -> Result<(), MmError> {
-        let f = self.info(pfn)?;
-        if f.owner != Owner::Domain(dom) {
-            return Err(MmError::NotOwner(pfn));
-        }
-        let level = match f.ty.level() {
-            Some(level) if f.pinned() => level,
-            _ => return Err(MmError::NotPinned(pfn)),
-        };
-        if f.loaded > 0 {
-            return Err(MmError::RootLoaded(pfn));
-        }
-        self.info_mut(pfn)?.flags &= !PINNED;
-        self.put_table(mem, pfn, level);
-        Ok(())
+        let mut pending = None;
+        let r = self.unpin_bounded(mem, dom, pfn, &mut pending, &mut Budget::unlimited());
+        debug_assert!(pending.is_none() && r != Ok(Progress::Preempted));
+        r.map(|_| ())
     }
 
     /// Stores `value` in the entry at machine address `ptr` (MMU-13): the
@@ -577,6 +581,9 @@ impl Mm {
             return Err(MmError::NotOwner(table));
         }
         let level = f.table_level().ok_or(MmError::NotATable(table))?;
+        if f.is_partial() {
+            return Err(MmError::Busy(table));
+        }
         if index >= level.guest_slots() {
             return Err(MmError::HypervisorSlot);
         }
@@ -685,6 +692,9 @@ impl Mm {
             }
             let below = PageType::table(level.below().unwrap_or(Level::L1));
             let next = self.info(t.pfn)?;
+            if next.is_partial() {
+                return Err(MmError::Busy(t.pfn));
+            }
             if next.type_count == 0 || next.ty != below || next.owner != Owner::Domain(dom) {
                 return Err(MmError::TypeConflict {
                     pfn: t.pfn,
@@ -698,28 +708,17 @@ impl Mm {
     }
 
     /// Releases everything `dom`'s page tables hold (MMU-16): unloads its
-    /// roots, unpins every pinned table and so drops every reference its
-    /// tables took. Afterwards each of its frames has type `None` (or
-    /// `Special`) and counts 0, ready for [`Mm::assign`]. The domain's
-    /// [`AddressSpace`]s are stale afterwards. Returns the pins dropped.
-    ///
-    /// O(frames) for the scan, plus O(entries) of the released tables.
+    /// roots, finishes (by undoing) a pin or unpin it left half done,
+    /// unpins every pinned table and so drops every reference its tables
+    /// took. Afterwards each of its frames has type `None` (or `Special`)
+    /// and counts 0, ready for [`Mm::assign`]. The domain's
+    /// [`AddressSpace`]s are stale afterwards. All at once: the hypervisor
+    /// uses [`Mm::teardown_bounded`].
+    /// Returns the pins dropped.
     pub fn teardown<M: PhysMem>(&mut self, mem: &mut M, dom: DomainId) -> usize {
-        let mut unpinned = 0;
-        for i in 0..self.frames.len() {
-            let pfn = i as Pfn;
-            let Ok(f) = self.info_mut(pfn) else { continue };
-            if f.owner != Owner::Domain(dom) {
-                continue;
-            }
-            f.loaded = 0;
-            let Some(level) = f.ty.level().filter(|_| f.pinned()) else {
-                continue;
-            };
-            f.flags &= !PINNED;
-            self.put_table(mem, pfn, level);
-            unpinned += 1;
-        }
-        unpinned
+        let mut t = Teardown::new(dom);
+        let done = self.teardown_bounded(mem, &mut t, &mut None, &mut Budget::unlimited());
+        debug_assert_eq!(done, Progress::Done);
+        t.unpinned()
     }
 }

@@ -3,6 +3,7 @@
 //! against the from-scratch audit.
 
 mod audit_teeth;
+mod bounded;
 mod holds;
 mod props;
 mod rules;

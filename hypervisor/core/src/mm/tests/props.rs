@@ -4,6 +4,8 @@
 
 use super::*;
 use crate::mm::pte::{ACCESSED, DIRTY, PS_OR_PAT};
+use crate::mm::validator::{Budget, Pending, Progress, Teardown};
+use alloc::collections::BTreeMap;
 use proptest::prelude::*;
 
 /// One step a guest (or the CPU, or the hypervisor) can take.
@@ -39,6 +41,11 @@ enum Op {
     /// `memory_release` does): refused while anything, a hold included,
     /// refers to it.
     Free(Pfn),
+    /// A bounded pin of at most `.3` steps (MMU-35), continuing the
+    /// domain's pending one when frame and level match.
+    PinSteps(DomainId, Pfn, Level, u64),
+    /// A bounded unpin of at most `.2` steps of the `.0`-th pinned frame.
+    UnpinSteps(usize, u64),
 }
 
 fn domain() -> impl Strategy<Value = DomainId> {
@@ -122,6 +129,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (domain(), frame()).prop_map(|(d, p)| Op::Hold(d, p)),
         1 => any::<usize>().prop_map(Op::ReleaseHold),
         1 => frame().prop_map(Op::Free),
+        3 => (domain(), frame(), level(), 0..40u64).prop_map(|(d, p, l, s)| Op::PinSteps(d, p, l, s)),
+        1 => (any::<usize>(), 0..40u64).prop_map(|(t, s)| Op::UnpinSteps(t, s)),
     ]
 }
 
@@ -132,6 +141,8 @@ struct World {
     spaces: [AddressSpace; 3],
     /// The holds the "hypervisor" took, as it records them.
     holds: Vec<Pfn>,
+    /// The bounded pin or unpin each domain has in progress, by domain id.
+    pending: BTreeMap<DomainId, Pending>,
 }
 
 impl World {
@@ -147,6 +158,7 @@ impl World {
                 AddressSpace::new(OTHER),
             ],
             holds: vec![11],
+            pending: BTreeMap::new(),
         }
     }
 
@@ -261,10 +273,61 @@ impl World {
                 }
                 None
             }
+            Op::PinSteps(d, p, l, steps) => {
+                let mut pending = self.pending.remove(d);
+                let fresh = pending.is_none();
+                let r = self.mm.pin_bounded(
+                    &mut self.mem,
+                    *d,
+                    *p,
+                    *l,
+                    &mut pending,
+                    &mut Budget::new(*steps),
+                );
+                // Pending exactly while preempted, or when another
+                // operation is what is pending.
+                let pending_expected =
+                    matches!(r, Ok(Progress::Preempted) | Err(MmError::OperationPending));
+                prop_assert_eq!(pending.is_some(), pending_expected);
+                if let Some(p) = pending {
+                    self.pending.insert(*d, p);
+                }
+                fresh.then_some(r.map(|_| ()))
+            }
+            Op::UnpinSteps(t, steps) => {
+                let Some(p) = self.pick(*t, |f| f.pinned()) else {
+                    return Ok(());
+                };
+                let mut pending = self.pending.remove(&DOM);
+                let fresh = pending.is_none();
+                let r = self.mm.unpin_bounded(
+                    &mut self.mem,
+                    DOM,
+                    p,
+                    &mut pending,
+                    &mut Budget::new(*steps),
+                );
+                if let Some(p) = pending {
+                    self.pending.insert(DOM, p);
+                }
+                fresh.then_some(r.map(|_| ()))
+            }
             Op::Teardown(d) => {
-                // The hypervisor tears the domain's tables down, then drops
-                // its holds on the domain's frames.
-                self.mm.teardown(&mut self.mem, *d);
+                let mut pending = self.pending.remove(d);
+                let mut t = Teardown::new(*d);
+                while self.mm.teardown_bounded(
+                    &mut self.mem,
+                    &mut t,
+                    &mut pending,
+                    &mut Budget::new(32),
+                ) == Progress::Preempted
+                {
+                    if let Err(e) = audit::audit(&self.mm, &self.mem) {
+                        return Err(TestCaseError::fail(format!("audit mid-teardown: {e:?}")));
+                    }
+                }
+                prop_assert!(pending.is_none());
+                // Then the hypervisor drops its holds on the domain's frames.
                 let mine = |p: &Pfn| self.mm.frame(*p).unwrap().owner() == Owner::Domain(*d);
                 let (gone, kept): (Vec<Pfn>, Vec<Pfn>) = self.holds.iter().partition(|p| mine(p));
                 for p in gone {
@@ -358,7 +421,8 @@ proptest! {
         for op in &ops {
             w.step(op)?;
         }
-        // Whatever happened, teardown returns every frame.
+        // Whatever happened (pins or unpins left half done too), teardown
+        // returns every frame and drops every hold.
         for d in [DOM, OTHER, 7] {
             w.step(&Op::Teardown(d))?;
         }
@@ -396,6 +460,7 @@ fn random_operations_on_a_built_tree() {
                 mem,
                 spaces: [space, AddressSpace::new(DOM), AddressSpace::new(OTHER)],
                 holds: Vec::new(),
+                pending: BTreeMap::new(),
             };
             for op in &ops {
                 w.step(op)?;

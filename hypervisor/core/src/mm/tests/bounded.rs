@@ -1,0 +1,450 @@
+//! Bounded pin, unpin and teardown (MMU-35, MMU-36): preempted at every
+//! possible point, the accounting stays exact, other operations on the
+//! partial tables are refused, and the end state is the one the unbounded
+//! operation reaches.
+
+use super::*;
+use crate::mm::validator::{Budget, Pending, Progress, Teardown};
+use hypercall_abi::Error as Abi;
+use proptest::prelude::*;
+
+/// A second tree beside the standard one, not yet in use: L4 30 -> L3 31
+/// -> L2 32 -> L1s 33 and 34 (each mapping data read-only and writable),
+/// and L4 slot 1 sharing the standard tree's L3 (already valid).
+fn second_tree(mem: &mut Mem) {
+    mem.poke(30, 0, table(31));
+    mem.poke(30, 1, table(L3));
+    mem.poke(30, 5, ro(30)); // a linear entry
+    mem.poke(31, 0, table(32));
+    mem.poke(31, 3, table(32)); // the same L2 twice
+    mem.poke(32, 0, table(33));
+    mem.poke(32, 1, table(34));
+    for i in 0..6 {
+        mem.poke(33, i, ro(20 + i as u64));
+        mem.poke(34, i, rw(14 + i as u64));
+    }
+}
+
+/// Runs a bounded operation to its end with `steps` per invocation,
+/// auditing after every invocation. Returns its result and invocations.
+fn drive(
+    mm: &mut Mm,
+    mem: &mut Mem,
+    steps: u64,
+    mut call: impl FnMut(
+        &mut Mm,
+        &mut Mem,
+        &mut Option<Pending>,
+        &mut Budget,
+    ) -> Result<Progress, MmError>,
+) -> (Result<(), MmError>, u32) {
+    let mut pending = None;
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        let mut budget = Budget::new(steps);
+        let r = call(mm, mem, &mut pending, &mut budget);
+        assert!(budget.spent() <= steps, "a step budget was overrun");
+        audit::audit(mm, mem).unwrap_or_else(|e| panic!("audit after invocation {calls}: {e:?}"));
+        match r {
+            Ok(Progress::Preempted) => assert!(pending.is_some()),
+            Ok(Progress::Done) => return (Ok(()), calls),
+            Err(e) => {
+                assert!(pending.is_none());
+                return (Err(e), calls);
+            }
+        }
+    }
+}
+
+#[test]
+fn mmu_35_bounded_pin_equals_the_full_pin_at_every_budget() {
+    let (mut full, mut full_mem, _) = tree();
+    second_tree(&mut full_mem);
+    let (start, start_mem) = (full.clone(), full_mem.clone());
+    full.pin(&mut full_mem, DOM, 30, Level::L4).unwrap();
+    let want = snapshot(&full, &full_mem);
+    for steps in 1..40 {
+        let (mut mm, mut mem) = (start.clone(), start_mem.clone());
+        let (r, calls) = drive(&mut mm, &mut mem, steps, |mm, mem, p, b| {
+            mm.pin_bounded(mem, DOM, 30, Level::L4, p, b)
+        });
+        assert_eq!(r, Ok(()));
+        assert!(steps > 20 || calls > 1, "budget {steps} did not preempt");
+        assert_eq!(snapshot(&mm, &mem), want, "budget {steps}");
+        // And back: the bounded unpin releases exactly what the pin took.
+        let (r, _) = drive(&mut mm, &mut mem, steps, |mm, mem, p, b| {
+            mm.unpin_bounded(mem, DOM, 30, p, b)
+        });
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            snapshot(&mm, &mem),
+            snapshot(&start, &start_mem),
+            "budget {steps}"
+        );
+    }
+}
+
+#[test]
+fn mmu_35_refused_bounded_pin_undoes_everything_then_reports() {
+    let (mut mm, mut mem, _) = tree();
+    second_tree(&mut mem);
+    // Deep in the second L1: a writable mapping of a page table.
+    mem.poke(34, 7, rw(L2));
+    let before = snapshot(&mm, &mem);
+    for steps in [1, 2, 3, 7, 64] {
+        let (r, calls) = drive(&mut mm, &mut mem, steps, |mm, mem, p, b| {
+            mm.pin_bounded(mem, DOM, 30, Level::L4, p, b)
+        });
+        let want = MmError::TypeConflict {
+            pfn: L2,
+            has: PageType::L2,
+            wants: PageType::Writable,
+        };
+        assert_eq!(r, Err(want));
+        assert!(steps > 20 || calls > 2);
+        assert_eq!(snapshot(&mm, &mem), before, "budget {steps}");
+    }
+}
+
+#[test]
+fn mmu_36_attack_touching_a_half_validated_tree() {
+    let (mut mm, mut mem, mut space) = tree();
+    second_tree(&mut mem);
+    // Stop the pin inside the first L1 (33): 30, 31, 32 and 33 are partial.
+    let mut pending = None;
+    let r = mm.pin_bounded(
+        &mut mem,
+        DOM,
+        30,
+        Level::L4,
+        &mut pending,
+        &mut Budget::new(5),
+    );
+    assert_eq!(r, Ok(Progress::Preempted));
+    for pfn in [30, 31, 32, 33] {
+        assert!(mm.frame(pfn).unwrap().is_partial(), "frame {pfn}");
+    }
+    audit::audit(&mm, &mem).unwrap();
+    let before = snapshot(&mm, &mem);
+    // Updating an entry of a partial table, at any level.
+    for (pfn, i) in [(30, 2), (31, 1), (32, 5), (33, 100)] {
+        let r = mm.mmu_update_one(&mut mem, DOM, ptr(pfn, i), 0);
+        assert_refused(&mm, &mem, &before, r, MmError::Busy(pfn));
+    }
+    // Referencing a partial table from a valid one.
+    let r = mm.mmu_update_one(&mut mem, DOM, ptr(L2, 9), table(33));
+    assert_refused(&mm, &mem, &before, r, MmError::Busy(33));
+    let r = mm.mmu_update_one(&mut mem, DOM, ptr(L3, 9), table(32));
+    assert_refused(&mm, &mem, &before, r, MmError::Busy(32));
+    // Mapping it writable (it has a table type).
+    let r = mm.mmu_update_one(&mut mem, DOM, ptr(L1, 9), rw(33));
+    assert!(matches!(r, Err(MmError::TypeConflict { pfn: 33, .. })));
+    assert_eq!(snapshot(&mm, &mem), before);
+    // Pinning, unpinning or loading it.
+    let r = mm.pin(&mut mem, DOM, 31, Level::L3);
+    assert_refused(&mm, &mem, &before, r, MmError::Busy(31));
+    let r = mm.unpin(&mut mem, DOM, 30);
+    assert_refused(&mm, &mem, &before, r, MmError::NotPinned(30));
+    let r = mm.switch_root(&mut space, 30);
+    assert_refused(&mm, &mem, &before, r, MmError::NotPinned(30));
+    // Giving it away.
+    let r = mm.assign(33, Owner::Free);
+    assert_refused(&mm, &mem, &before, r, MmError::FrameInUse(33));
+    // Another pin or unpin while this one is pending.
+    let r = mm.pin_bounded(
+        &mut mem,
+        DOM,
+        35,
+        Level::L1,
+        &mut pending,
+        &mut Budget::new(5),
+    );
+    assert_refused(&mm, &mem, &before, r, MmError::OperationPending);
+    let r = mm.pin_bounded(
+        &mut mem,
+        DOM,
+        30,
+        Level::L3,
+        &mut pending,
+        &mut Budget::new(5),
+    );
+    assert_refused(&mm, &mem, &before, r, MmError::OperationPending);
+    let r = mm.unpin_bounded(&mut mem, DOM, L4, &mut pending, &mut Budget::new(5));
+    assert_refused(&mm, &mem, &before, r, MmError::OperationPending);
+    assert_eq!(MmError::Busy(0).abi(), Abi::WrongState);
+    assert_eq!(MmError::OperationPending.abi(), Abi::WrongState);
+    // Operations elsewhere still work, and the pin then completes.
+    mm.mmu_update_one(&mut mem, DOM, ptr(L1, 20), ro(DATA))
+        .unwrap();
+    loop {
+        let r = mm.pin_bounded(
+            &mut mem,
+            DOM,
+            30,
+            Level::L4,
+            &mut pending,
+            &mut Budget::new(3),
+        );
+        audit::audit(&mm, &mem).unwrap();
+        if r.unwrap() == Progress::Done {
+            break;
+        }
+    }
+    assert!(pending.is_none());
+    let v = view(&mm, 30);
+    assert_eq!((v.ty, v.type_count, v.pinned), (PageType::L4, 1, true));
+    assert_eq!(view(&mm, 32).type_count, 2);
+    mm.mmu_update_one(&mut mem, DOM, ptr(33, 100), ro(DATA))
+        .unwrap();
+    audit::audit(&mm, &mem).unwrap();
+}
+
+#[test]
+fn mmu_36_abandoned_pin_and_unpin_are_torn_down() {
+    for unpin in [false, true] {
+        for stop in 1..30 {
+            let (mut mm, mut mem, mut space) = tree();
+            second_tree(&mut mem);
+            let mut pending = None;
+            if unpin {
+                mm.pin(&mut mem, DOM, 30, Level::L4).unwrap();
+                let r = mm.unpin_bounded(&mut mem, DOM, 30, &mut pending, &mut Budget::new(stop));
+                assert!(r.is_ok());
+            } else {
+                let r = mm.pin_bounded(
+                    &mut mem,
+                    DOM,
+                    30,
+                    Level::L4,
+                    &mut pending,
+                    &mut Budget::new(stop),
+                );
+                assert!(r.is_ok());
+            }
+            mm.detach(&mut space);
+            let mut t = Teardown::new(DOM);
+            let mut calls = 0;
+            while mm.teardown_bounded(&mut mem, &mut t, &mut pending, &mut Budget::new(4))
+                == Progress::Preempted
+            {
+                calls += 1;
+                audit::audit(&mm, &mem).unwrap();
+            }
+            assert!(calls > 10, "teardown was not split");
+            assert!(pending.is_none());
+            for pfn in 0..FRAMES {
+                let f = mm.frame(pfn).unwrap();
+                if f.owner() == Owner::Domain(DOM) {
+                    assert!(
+                        f.idle(),
+                        "frame {pfn} not idle (stop {stop}, unpin {unpin})"
+                    );
+                }
+            }
+            audit::audit(&mm, &mem).unwrap();
+        }
+    }
+}
+
+#[test]
+fn mmu_36_teardown_without_the_record_still_releases_the_chain() {
+    let (mut mm, mut mem, mut space) = tree();
+    second_tree(&mut mem);
+    let mut pending = None;
+    let r = mm.pin_bounded(
+        &mut mem,
+        DOM,
+        30,
+        Level::L4,
+        &mut pending,
+        &mut Budget::new(9),
+    );
+    assert_eq!(r, Ok(Progress::Preempted));
+    mm.detach(&mut space);
+    assert_eq!(mm.teardown(&mut mem, DOM), 1);
+    for pfn in 0..40 {
+        assert!(mm.frame(pfn).unwrap().idle(), "frame {pfn}");
+    }
+    audit::audit(&mm, &mem).unwrap();
+}
+
+#[test]
+fn bounded_teardown_work_is_proportional_and_bounded() {
+    let (mut mm, mut mem, mut space) = tree();
+    second_tree(&mut mem);
+    mm.pin(&mut mem, DOM, 30, Level::L4).unwrap();
+    mm.detach(&mut space);
+    let mut t = Teardown::new(DOM);
+    let mut total = 0;
+    loop {
+        let mut b = Budget::new(10);
+        let r = mm.teardown_bounded(&mut mem, &mut t, &mut None, &mut b);
+        assert!(b.spent() <= 10);
+        total += b.spent();
+        if r == Progress::Done {
+            break;
+        }
+    }
+    assert_eq!(t.unpinned(), 2);
+    // Two trees of 9 tables: a few thousand entries at most, plus the scan.
+    assert!(total > 512 * 4 && total < 512 * 9 + 200, "{total} steps");
+}
+
+/// A random tree's worth of guest writes into the domain's frames.
+fn writes() -> impl Strategy<Value = Vec<(Pfn, usize, u64)>> {
+    let target = prop_oneof![8 => 0..40u64, 1 => 40..FRAMES];
+    let value = prop_oneof![
+        4 => target.clone().prop_map(table),
+        3 => target.clone().prop_map(rw),
+        3 => target.prop_map(ro),
+        1 => Just(0u64),
+        1 => any::<u64>(),
+    ];
+    prop::collection::vec(
+        (
+            0..40u64,
+            prop_oneof![6 => 0..3usize, 1 => 0..512usize],
+            value,
+        ),
+        0..80,
+    )
+}
+
+fn level() -> impl Strategy<Value = Level> {
+    prop_oneof![
+        Just(Level::L1),
+        Just(Level::L2),
+        Just(Level::L3),
+        Just(Level::L4)
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 384, ..ProptestConfig::default() })]
+
+    /// Whatever the tree, preempted at random points: the audit passes at
+    /// each one, and the outcome (result and every frame and entry) is
+    /// the full pin's; then the same for unpin, then teardown.
+    #[test]
+    fn bounded_operations_match_the_full_ones(
+        ws in writes(),
+        root in 0..40u64,
+        lvl in level(),
+        budgets in prop::collection::vec(1..24u64, 1..8),
+    ) {
+        let (mut mm, mut mem) = machine();
+        for (p, i, v) in ws {
+            mem.poke(p, i, v);
+        }
+        let (mut full, mut full_mem) = (mm.clone(), mem.clone());
+        let want = full.pin(&mut full_mem, DOM, root, lvl);
+        let mut pending = None;
+        let mut n = 0;
+        let got = loop {
+            let mut b = Budget::new(budgets[n % budgets.len()]);
+            n += 1;
+            let r = mm.pin_bounded(&mut mem, DOM, root, lvl, &mut pending, &mut b);
+            audit::audit(&mm, &mem).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            match r {
+                Ok(Progress::Preempted) => continue,
+                Ok(Progress::Done) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(snapshot(&mm, &mem), snapshot(&full, &full_mem));
+        if want.is_ok() {
+            let want = full.unpin(&mut full_mem, DOM, root);
+            let got = loop {
+                let mut b = Budget::new(budgets[n % budgets.len()]);
+                n += 1;
+                let r = mm.unpin_bounded(&mut mem, DOM, root, &mut pending, &mut b);
+                audit::audit(&mm, &mem).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                match r {
+                    Ok(Progress::Preempted) => continue,
+                    Ok(Progress::Done) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(snapshot(&mm, &mem), snapshot(&full, &full_mem));
+        }
+    }
+
+    /// A pin stopped at a random point, then the domain is torn down in
+    /// random chunks: every frame comes back idle, the audit balanced at
+    /// every step.
+    #[test]
+    fn abandoned_pin_then_bounded_teardown(
+        ws in writes(),
+        root in 0..40u64,
+        lvl in level(),
+        stop in 1..200u64,
+        chunk in 1..16u64,
+    ) {
+        let (mut mm, mut mem) = machine();
+        for (p, i, v) in ws {
+            mem.poke(p, i, v);
+        }
+        let mut pending = None;
+        let _ = mm.pin_bounded(&mut mem, DOM, root, lvl, &mut pending, &mut Budget::new(stop));
+        let mut t = Teardown::new(DOM);
+        while mm.teardown_bounded(&mut mem, &mut t, &mut pending, &mut Budget::new(chunk))
+            == Progress::Preempted
+        {
+            audit::audit(&mm, &mem).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        }
+        prop_assert!(pending.is_none());
+        for pfn in 0..FRAMES {
+            let f = mm.frame(pfn).unwrap();
+            if f.owner() == Owner::Domain(DOM) {
+                prop_assert!(f.idle(), "frame {} not idle", pfn);
+            }
+        }
+        audit::audit(&mm, &mem).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+    }
+}
+
+#[test]
+fn teardown_of_a_frame_list_is_proportional_to_it() {
+    // The domain's frames as the hypervisor lists them; a half-done pin
+    // and a pinned tree; a teardown over the list releases everything and
+    // looks at nothing else.
+    let (mut mm, mut mem, mut space) = tree();
+    second_tree(&mut mem);
+    let mut pending = None;
+    let r = mm.pin_bounded(
+        &mut mem,
+        DOM,
+        30,
+        Level::L4,
+        &mut pending,
+        &mut Budget::new(7),
+    );
+    assert_eq!(r, Ok(Progress::Preempted));
+    mm.detach(&mut space);
+    let frames: Vec<Pfn> = (0..40).collect();
+    let mut t = Teardown::new(DOM);
+    let mut steps = 0;
+    loop {
+        let mut b = Budget::new(5);
+        let r = mm.teardown_frames_bounded(&mut mem, &mut t, &frames, &mut pending, &mut b);
+        steps += b.spent();
+        audit::audit(&mm, &mem).unwrap();
+        if r == Progress::Done {
+            break;
+        }
+    }
+    assert!(pending.is_none());
+    assert_eq!(t.unpinned(), 1);
+    for pfn in 0..FRAMES {
+        let f = mm.frame(pfn).unwrap();
+        if f.owner() == Owner::Domain(DOM) {
+            assert!(f.idle(), "frame {pfn} not idle");
+        }
+    }
+    // The first tree's 4 tables plus what the pin had validated, plus one
+    // step per listed frame.
+    assert!(steps < 512 * 8 + 40, "{steps} steps");
+}

@@ -1,0 +1,733 @@
+//! Long page-table operations in bounded steps (MMU-35, MMU-36).
+//!
+//! Pinning a tree validates every entry below its root, unpinning the last
+//! reference releases them all, and tearing a domain down does both for
+//! every pinned table: work proportional to the tree, 16,000 L1 tables and
+//! more. Done in one go, that is half a second with interrupts off. Here
+//! each of them does at most a [`Budget`] of work per invocation, leaves
+//! its progress in the frame table and a small [`Pending`] record, and is
+//! resumed by the next invocation: Xen's `PGT_partial` plus
+//! `hypercall_create_continuation`.
+//!
+//! The progress lives in the frame table so that the accounting stays
+//! exact at every preemption point (the audit passes in the middle):
+//!
+//! * a table being validated or released is flagged *partial*, and only its
+//!   first [`FrameInfo::partial_entries`] guest entries hold references;
+//! * the partial tables of one operation form a *chain* from its root down:
+//!   the last referencing entry of each partial table names the next one,
+//!   so the chain (at most four tables) is found again from the root alone;
+//! * the root holds the operation's own reference (flag `OP_REF`): the pin
+//!   being taken, or the pin being dropped;
+//! * every other operation refuses to reference, update or walk a partial
+//!   table (`MmError::Busy`), so nothing but the operation itself sees one,
+//!   and nothing changes the entries it has yet to visit (a table-typed
+//!   frame is never guest-writable).
+//!
+//! A pin that meets a refused entry undoes what it did, in bounded steps
+//! too, and reports the refusal when it has: as with the unbounded pin, a
+//! refused pin leaves the frame table as it found it.
+
+use super::super::frame::{DomainId, FrameInfo, Owner, PageType, OP_REF, PARTIAL, PINNED};
+use super::super::pte::{Level, ENTRIES, FIRST_HYPERVISOR_SLOT};
+use super::super::{MmError, PhysMem};
+use super::Mm;
+use crate::frames::Pfn;
+
+/// How much work one invocation may still do, in steps: one page-table
+/// entry validated or released, one table finished, or (teardown's scan)
+/// one owned frame or 64 others looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    left: u64,
+    spent: u64,
+}
+
+impl Budget {
+    /// At most `steps` steps.
+    pub const fn new(steps: u64) -> Budget {
+        Budget {
+            left: steps,
+            spent: 0,
+        }
+    }
+
+    /// No bound: the operation runs to its end.
+    pub const fn unlimited() -> Budget {
+        Budget::new(u64::MAX)
+    }
+
+    /// Steps taken so far.
+    pub const fn spent(&self) -> u64 {
+        self.spent
+    }
+
+    /// Takes one step, if any is left.
+    fn take(&mut self) -> bool {
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        self.spent += 1;
+        true
+    }
+}
+
+/// Whether a bounded operation finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// It is done.
+    Done,
+    /// The budget ran out; invoke it again to continue.
+    Preempted,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Pin(Level),
+    Unpin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Validating entries, front to back.
+    Validate,
+    /// Releasing entries, back to front.
+    Release,
+}
+
+/// A pin or unpin that has started and not finished: what its caller keeps
+/// between invocations (the hypervisor keeps one per domain).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending {
+    dom: DomainId,
+    root: Pfn,
+    op: Op,
+    mode: Mode,
+    /// A pin met this refusal and is undoing its work, after which it
+    /// reports it.
+    error: Option<MmError>,
+}
+
+impl Pending {
+    /// The domain it acts for.
+    pub const fn domain(&self) -> DomainId {
+        self.dom
+    }
+    /// The frame being pinned or unpinned.
+    pub const fn root(&self) -> Pfn {
+        self.root
+    }
+    /// Whether it is a pin (else an unpin).
+    pub const fn is_pin(&self) -> bool {
+        matches!(self.op, Op::Pin(_))
+    }
+}
+
+/// A domain's teardown in progress (see [`Mm::teardown_bounded`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Teardown {
+    dom: DomainId,
+    /// The next frame to look at.
+    next: Pfn,
+    /// The unpin of one of its tables that the teardown started.
+    current: Option<Pending>,
+    unpinned: usize,
+}
+
+impl Teardown {
+    /// The teardown of `dom`, not started.
+    pub const fn new(dom: DomainId) -> Teardown {
+        Teardown {
+            dom,
+            next: 0,
+            current: None,
+            unpinned: 0,
+        }
+    }
+    /// The domain.
+    pub const fn domain(&self) -> DomainId {
+        self.dom
+    }
+    /// Pins dropped so far.
+    pub const fn unpinned(&self) -> usize {
+        self.unpinned
+    }
+}
+
+/// The partial tables of one operation, root first.
+struct Chain {
+    tables: [(Pfn, Level); 4],
+    len: usize,
+}
+
+impl Chain {
+    fn top(&self) -> Option<(Pfn, Level)> {
+        self.len.checked_sub(1).map(|i| self.tables[i])
+    }
+    fn push(&mut self, pfn: Pfn, level: Level) {
+        // Levels strictly decrease down a chain, so four always suffice.
+        if let Some(slot) = self.tables.get_mut(self.len) {
+            *slot = (pfn, level);
+            self.len += 1;
+        }
+    }
+    fn pop(&mut self) {
+        self.len = self.len.saturating_sub(1);
+    }
+}
+
+impl Mm {
+    fn frame_ref(&mut self, pfn: Pfn) -> Option<&mut FrameInfo> {
+        usize::try_from(pfn)
+            .ok()
+            .and_then(|i| self.frames.get_mut(i))
+    }
+
+    /// [`Mm::pin`] in bounded steps (MMU-35). The first invocation checks
+    /// and starts the pin and, if the tree is not done within `budget`,
+    /// leaves `*pending` set and returns [`Progress::Preempted`]; invoke it
+    /// again with the same frame, level and `pending` to continue. When it
+    /// ends, `*pending` is `None` again and the result is what
+    /// [`Mm::pin`] would have returned. While `*pending` is set, a call for
+    /// another frame or level is refused with `OperationPending`.
+    pub fn pin_bounded<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        dom: DomainId,
+        pfn: Pfn,
+        level: Level,
+        pending: &mut Option<Pending>,
+        budget: &mut Budget,
+    ) -> Result<Progress, MmError> {
+        if let Some(p) = pending {
+            if p.dom != dom || p.root != pfn || p.op != Op::Pin(level) {
+                return Err(MmError::OperationPending);
+            }
+            return self.resume(mem, pending, budget);
+        }
+        let f = self.info(pfn)?;
+        if f.owner != Owner::Domain(dom) {
+            return Err(MmError::NotOwner(pfn));
+        }
+        if f.held > 0 {
+            // The hypervisor writes it on its own account: as a table, its
+            // writes would become page-table entries (MEM-8).
+            return Err(MmError::HeldFrame(pfn));
+        }
+        if f.pinned() {
+            return Err(MmError::AlreadyPinned(pfn));
+        }
+        if f.total_count == u32::MAX {
+            return Err(MmError::CountOverflow(pfn));
+        }
+        if f.is_partial() {
+            return Err(MmError::Busy(pfn));
+        }
+        let want = PageType::table(level);
+        if f.ty == want {
+            // Already valid (an entry references it): the pin is one more
+            // reference.
+            let count = f
+                .type_count
+                .checked_add(1)
+                .ok_or(MmError::CountOverflow(pfn))?;
+            let f = self.info_mut(pfn)?;
+            f.type_count = count;
+            f.total_count += 1;
+            f.flags |= PINNED;
+            return Ok(Progress::Done);
+        }
+        if f.ty != PageType::None {
+            return Err(MmError::TypeConflict {
+                pfn,
+                has: f.ty,
+                wants: want,
+            });
+        }
+        // Type first, then entries (as `get_table`): a reference back to
+        // this frame from below sees a partial table and is refused.
+        self.retype(pfn, want)?;
+        self.get_total(pfn)?;
+        let f = self.info_mut(pfn)?;
+        f.flags |= PARTIAL | OP_REF;
+        f.partial = 0;
+        *pending = Some(Pending {
+            dom,
+            root: pfn,
+            op: Op::Pin(level),
+            mode: Mode::Validate,
+            error: None,
+        });
+        self.resume(mem, pending, budget)
+    }
+
+    /// [`Mm::unpin`] in bounded steps (MMU-35), resumed like
+    /// [`Mm::pin_bounded`]. The pin is gone from the first invocation on;
+    /// the rest releases the tree.
+    pub fn unpin_bounded<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        dom: DomainId,
+        pfn: Pfn,
+        pending: &mut Option<Pending>,
+        budget: &mut Budget,
+    ) -> Result<Progress, MmError> {
+        if let Some(p) = pending {
+            if p.dom != dom || p.root != pfn || p.op != Op::Unpin {
+                return Err(MmError::OperationPending);
+            }
+            return self.resume(mem, pending, budget);
+        }
+        let f = self.info(pfn)?;
+        if f.owner != Owner::Domain(dom) {
+            return Err(MmError::NotOwner(pfn));
+        }
+        let level = match f.ty.level() {
+            Some(level) if f.pinned() => level,
+            _ => return Err(MmError::NotPinned(pfn)),
+        };
+        if f.loaded > 0 {
+            return Err(MmError::RootLoaded(pfn));
+        }
+        if !self.start_release(pfn, level) {
+            return Ok(Progress::Done);
+        }
+        *pending = Some(Pending {
+            dom,
+            root: pfn,
+            op: Op::Unpin,
+            mode: Mode::Release,
+            error: None,
+        });
+        self.resume(mem, pending, budget)
+    }
+
+    /// Drops the pin on `pfn`. Returns whether that was its last reference,
+    /// in which case the pin became the operation's reference and the tree
+    /// is to be released.
+    fn start_release(&mut self, pfn: Pfn, level: Level) -> bool {
+        self.note_dropped(pfn);
+        let Some(f) = self.frame_ref(pfn) else {
+            return false;
+        };
+        f.flags &= !PINNED;
+        if f.type_count > 1 {
+            f.type_count -= 1;
+            f.total_count = f.total_count.saturating_sub(1);
+            return false;
+        }
+        f.flags |= PARTIAL | OP_REF;
+        f.partial = level.guest_slots() as u16;
+        true
+    }
+
+    /// Runs `*pending` on; reports its end when it ends.
+    fn resume<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        pending: &mut Option<Pending>,
+        budget: &mut Budget,
+    ) -> Result<Progress, MmError> {
+        let Some(p) = pending.as_mut() else {
+            return Ok(Progress::Done);
+        };
+        if !self.run(mem, p, budget) {
+            return Ok(Progress::Preempted);
+        }
+        let p = *p;
+        *pending = None;
+        if let Some(e) = p.error {
+            return Err(e);
+        }
+        if p.op != Op::Unpin {
+            // The operation's reference becomes the pin.
+            if let Some(f) = self.frame_ref(p.root) {
+                f.flags = (f.flags & !OP_REF) | PINNED;
+            }
+        }
+        Ok(Progress::Done)
+    }
+
+    /// The partial tables of the operation rooted at `root`.
+    fn chain<M: PhysMem>(&self, mem: &M, root: Pfn) -> Chain {
+        let mut chain = Chain {
+            tables: [(0, Level::L1); 4],
+            len: 0,
+        };
+        let Some(level) = self.frame(root).and_then(|f| f.ty.level()) else {
+            return chain;
+        };
+        chain.push(root, level);
+        while let Some((table, level)) = chain.top() {
+            let Some(f) = self.frame(table) else { break };
+            let (Some(below), Some(last)) = (level.below(), f.partial_entries().checked_sub(1))
+            else {
+                break;
+            };
+            let Some(t) = self.rules.target_of(mem.read_entry(table, last)) else {
+                break;
+            };
+            if t.pfn == table || !self.frame(t.pfn).is_some_and(|c| c.is_partial()) {
+                break;
+            }
+            chain.push(t.pfn, below);
+        }
+        chain
+    }
+
+    /// Works on the operation `p` until it ends (`true`) or `budget` runs
+    /// out (`false`). Every step leaves the accounting exact.
+    fn run<M: PhysMem>(&mut self, mem: &mut M, p: &mut Pending, budget: &mut Budget) -> bool {
+        let mut chain = self.chain(mem, p.root);
+        while let Some((table, level)) = chain.top() {
+            if !budget.take() {
+                return false;
+            }
+            let Ok(f) = self.info(table) else {
+                return true;
+            };
+            let v = f.partial_entries();
+            match p.mode {
+                Mode::Validate if v >= level.guest_slots() => {
+                    // The table is valid: it leaves the chain.
+                    if level == Level::L4 {
+                        for (i, e) in self.template.iter().enumerate() {
+                            mem.write_entry(table, FIRST_HYPERVISOR_SLOT + i, *e);
+                        }
+                    }
+                    if let Some(f) = self.frame_ref(table) {
+                        f.flags &= !PARTIAL;
+                        f.partial = 0;
+                    }
+                    chain.pop();
+                }
+                Mode::Validate => {
+                    let (v, child, error, preempted) =
+                        self.validate_entries(mem, p.dom, table, level, v, budget);
+                    if let Some(f) = self.frame_ref(table) {
+                        f.partial = v as u16;
+                    }
+                    if let Some(e) = error {
+                        // Undo, back to front, then report `e`.
+                        p.error = Some(e);
+                        p.mode = Mode::Release;
+                    }
+                    if preempted {
+                        return false;
+                    }
+                    if let (Some(c), Some(below)) = (child, level.below()) {
+                        chain.push(c, below);
+                    }
+                }
+                Mode::Release if v == 0 => {
+                    // Nothing left in the table: drop the reference that
+                    // kept it (its parent's entry, or the operation's).
+                    // An L4 is only ever a chain's root; it carries the
+                    // hypervisor's slots if it was valid (an unpin), and
+                    // they must not stay in a frame the guest may read.
+                    if level == Level::L4 && p.op == Op::Unpin {
+                        for i in FIRST_HYPERVISOR_SLOT..ENTRIES {
+                            mem.write_entry(table, i, 0);
+                        }
+                    }
+                    self.note_dropped(table);
+                    if let Some(f) = self.frame_ref(table) {
+                        f.flags &= !(PARTIAL | OP_REF);
+                        f.partial = 0;
+                        f.type_count = f.type_count.saturating_sub(1);
+                        f.total_count = f.total_count.saturating_sub(1);
+                        if f.type_count == 0 {
+                            f.ty = PageType::None;
+                        }
+                    }
+                    chain.pop();
+                    if let Some((parent, _)) = chain.top() {
+                        if let Some(f) = self.frame_ref(parent) {
+                            f.partial = f.partial.saturating_sub(1);
+                        }
+                    }
+                }
+                Mode::Release => {
+                    let (v, child, preempted) =
+                        self.release_entries_from(mem, table, level, v, budget);
+                    if let Some(f) = self.frame_ref(table) {
+                        f.partial = v as u16;
+                    }
+                    if preempted {
+                        return false;
+                    }
+                    if let (Some(c), Some(below)) = (child, level.below()) {
+                        chain.push(c, below);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Validates entries `v..` of `table` in a tight loop, the first one
+    /// already paid for: until a table below must be validated first (it
+    /// is returned), an entry is refused (the error), the table is done, or
+    /// `budget` runs out (`true`). Returns the entries now validated.
+    fn validate_entries<M: PhysMem>(
+        &mut self,
+        mem: &M,
+        dom: DomainId,
+        table: Pfn,
+        level: Level,
+        mut v: usize,
+        budget: &mut Budget,
+    ) -> (usize, Option<Pfn>, Option<MmError>, bool) {
+        let slots = level.guest_slots();
+        // The budget in a local: this loop runs once per entry.
+        let (allowed, mut taken) = (budget.left, 0);
+        let r = loop {
+            match self.validate_one(dom, table, level, mem.read_entry(table, v)) {
+                Ok(None) => v += 1,
+                Ok(Some(c)) => break (v + 1, Some(c), None, false),
+                Err(e) => break (v, None, Some(e), false),
+            }
+            if v >= slots {
+                break (v, None, None, false);
+            }
+            if taken == allowed {
+                break (v, None, None, true);
+            }
+            taken += 1;
+        };
+        budget.left -= taken;
+        budget.spent += taken;
+        r
+    }
+
+    /// Releases entries `..v` of `table`, back to front, the first one
+    /// already paid for: until a table below must be released first (it
+    /// is returned, its entry still counted), none is left, or `budget`
+    /// runs out (`true`). Returns the entries still holding references.
+    fn release_entries_from<M: PhysMem>(
+        &mut self,
+        mem: &M,
+        table: Pfn,
+        level: Level,
+        mut v: usize,
+        budget: &mut Budget,
+    ) -> (usize, Option<Pfn>, bool) {
+        let (allowed, mut taken) = (budget.left, 0);
+        let r = loop {
+            if let Some(c) = self.release_one(table, level, mem.read_entry(table, v - 1)) {
+                break (v, Some(c), false);
+            }
+            v -= 1;
+            if v == 0 {
+                break (0, None, false);
+            }
+            if taken == allowed {
+                break (v, None, true);
+            }
+            taken += 1;
+        };
+        budget.left -= taken;
+        budget.spent += taken;
+        r
+    }
+
+    /// Takes the references entry `value` of `table` needs, without
+    /// descending: a table not yet in use below it is typed, made partial
+    /// and returned, to be validated next.
+    #[inline]
+    fn validate_one(
+        &mut self,
+        dom: DomainId,
+        table: Pfn,
+        level: Level,
+        value: u64,
+    ) -> Result<Option<Pfn>, MmError> {
+        let Some(t) = self.rules.check(level, value)? else {
+            return Ok(None);
+        };
+        self.info(t.pfn)?;
+        let Some(below) = level.below() else {
+            self.get_data(dom, t)?;
+            return Ok(None);
+        };
+        if level == Level::L4 && t.pfn == table {
+            // A linear entry: read-only, no reference (MMU-10).
+            return if t.writable {
+                Err(MmError::WritableSelfMap)
+            } else {
+                Ok(None)
+            };
+        }
+        let want = PageType::table(below);
+        let f = self.info(t.pfn)?;
+        if f.owner != Owner::Domain(dom) {
+            return Err(MmError::NotOwner(t.pfn));
+        }
+        if f.held > 0 {
+            // As in the pin above (MEM-8).
+            return Err(MmError::HeldFrame(t.pfn));
+        }
+        if f.total_count == u32::MAX {
+            return Err(MmError::CountOverflow(t.pfn));
+        }
+        if f.is_partial() {
+            return Err(MmError::Busy(t.pfn));
+        }
+        if f.ty == want {
+            let count = f
+                .type_count
+                .checked_add(1)
+                .ok_or(MmError::CountOverflow(t.pfn))?;
+            self.info_mut(t.pfn)?.type_count = count;
+            self.get_total(t.pfn)?;
+            return Ok(None);
+        }
+        if f.ty != PageType::None {
+            return Err(MmError::TypeConflict {
+                pfn: t.pfn,
+                has: f.ty,
+                wants: want,
+            });
+        }
+        self.retype(t.pfn, want)?;
+        self.get_total(t.pfn)?;
+        let f = self.info_mut(t.pfn)?;
+        f.flags |= PARTIAL;
+        f.partial = 0;
+        Ok(Some(t.pfn))
+    }
+
+    /// Drops the references entry `value` of `table` holds, without
+    /// descending: a table whose last reference it is becomes partial
+    /// (all its entries still hold theirs) and is returned, to be released
+    /// next; the entry keeps its reference until then.
+    #[inline]
+    fn release_one(&mut self, table: Pfn, level: Level, value: u64) -> Option<Pfn> {
+        let t = self.rules.target_of(value)?;
+        let Some(below) = level.below() else {
+            self.put_data(t);
+            return None;
+        };
+        if level == Level::L4 && t.pfn == table {
+            return None;
+        }
+        let f = self.frame_ref(t.pfn)?;
+        if f.type_count > 1 {
+            f.type_count -= 1;
+            f.total_count = f.total_count.saturating_sub(1);
+            self.note_dropped(t.pfn);
+            return None;
+        }
+        f.flags |= PARTIAL;
+        f.partial = below.guest_slots() as u16;
+        Some(t.pfn)
+    }
+
+    /// Tears `t`'s domain down in bounded steps (MMU-16, MMU-36): first
+    /// undoes the pin or finishes the unpin it left half done (`*pending`,
+    /// if it is that domain's), then unloads its roots and unpins every
+    /// pinned table, releasing their trees. Invoke again with the same `t`
+    /// until it returns [`Progress::Done`]; then every frame of the domain
+    /// is idle (or `Special`) and may be given back with [`Mm::assign`].
+    /// The domain must not run in between.
+    ///
+    /// Looks at every frame of the machine (one step per 16 it does not
+    /// own); [`Mm::teardown_frames_bounded`] looks only at a list.
+    pub fn teardown_bounded<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        t: &mut Teardown,
+        pending: &mut Option<Pending>,
+        budget: &mut Budget,
+    ) -> Progress {
+        let count = self.frame_count();
+        self.teardown_scan(mem, t, pending, budget, |i| (i < count).then_some(i))
+    }
+
+    /// [`Mm::teardown_bounded`] looking only at `frames`, which must hold
+    /// every frame the domain owns (the hypervisor's list of them): work
+    /// proportional to the domain, not to the machine. Pass the same list
+    /// to every invocation.
+    pub fn teardown_frames_bounded<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        t: &mut Teardown,
+        frames: &[Pfn],
+        pending: &mut Option<Pending>,
+        budget: &mut Budget,
+    ) -> Progress {
+        self.teardown_scan(mem, t, pending, budget, |i| {
+            usize::try_from(i).ok().and_then(|i| frames.get(i)).copied()
+        })
+    }
+
+    /// The teardown, over the frames `frame_at(0)`, `frame_at(1)`, ...
+    /// until `None`.
+    fn teardown_scan<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        t: &mut Teardown,
+        pending: &mut Option<Pending>,
+        budget: &mut Budget,
+        frame_at: impl Fn(u64) -> Option<Pfn>,
+    ) -> Progress {
+        if let Some(p) = pending.as_mut().filter(|p| p.dom == t.dom) {
+            // An abandoned pin is undone; an unpin is finished. Either way
+            // what remains is releasing.
+            p.mode = Mode::Release;
+            if !self.run(mem, p, budget) {
+                return Progress::Preempted;
+            }
+            *pending = None;
+        }
+        loop {
+            if let Some(p) = t.current.as_mut() {
+                if !self.run(mem, p, budget) {
+                    return Progress::Preempted;
+                }
+                t.current = None;
+            }
+            let Some(pfn) = frame_at(t.next) else {
+                return Progress::Done;
+            };
+            let f = self.frame(pfn).copied().unwrap_or_default();
+            let owned = f.owner == Owner::Domain(t.dom);
+            if (owned || t.next.is_multiple_of(16)) && !budget.take() {
+                return Progress::Preempted;
+            }
+            t.next += 1;
+            if !owned {
+                continue;
+            }
+            if let Some(f) = self.frame_ref(pfn) {
+                f.loaded = 0;
+            }
+            if f.held_by_operation() {
+                // The root of an operation whose record was not handed in:
+                // its chain is found again from here, and released.
+                t.current = Some(Pending {
+                    dom: t.dom,
+                    root: pfn,
+                    op: Op::Unpin,
+                    mode: Mode::Release,
+                    error: None,
+                });
+                continue;
+            }
+            let Some(level) = f.ty.level().filter(|_| f.pinned()) else {
+                continue;
+            };
+            t.unpinned += 1;
+            if self.start_release(pfn, level) {
+                t.current = Some(Pending {
+                    dom: t.dom,
+                    root: pfn,
+                    op: Op::Unpin,
+                    mode: Mode::Release,
+                    error: None,
+                });
+            }
+        }
+    }
+}
