@@ -564,14 +564,49 @@ impl Fuzzer {
 
     // -- guards -------------------------------------------------------------
 
-    /// The leaf entry that maps `va` now (0 when none).
-    fn leaf(&self, va: u64) -> u64 {
-        if (RECURSIVE_BASE..RECURSIVE_BASE + (1 << 39)).contains(&va) {
-            // Tables, mapped read-only through the self entry.
-            return probe(paging::entry_va(va, Level::L1))
-                .map_or(0, |e| e & !guest_sdk::abi::pte::WRITABLE);
+    /// The entry for `va` at `level` in the loaded address space, read
+    /// through the self entry with probes: `Ok(None)` when a table above
+    /// it is not present (nothing maps `va`), `Err(())` when the walk
+    /// cannot be read from ring 3 (an entry above without the user bit, a
+    /// large page): then nobody knows here what the hypervisor would touch.
+    fn entry(&self, va: u64, level: Level) -> Result<Option<u64>, ()> {
+        use guest_sdk::abi::pte;
+        let va = va & !(PAGE - 1);
+        let in_self = (RECURSIVE_BASE..RECURSIVE_BASE + (1 << 39)).contains(&va);
+        for l in [Level::L4, Level::L3, Level::L2, Level::L1] {
+            let e = probe(paging::entry_va(va, l)).ok_or(())?;
+            if l == level {
+                return Ok(Some(e));
+            }
+            if !paging::is_present(e) {
+                return Ok(None);
+            }
+            if (l == Level::L3 || l == Level::L2) && e & pte::PS != 0 {
+                return Err(());
+            }
+            if l == Level::L4 && in_self {
+                // The self entry: below it the "leaves" are table entries,
+                // read by the same walk one level deeper.
+                continue;
+            }
         }
-        paging::read_entry(va & !(PAGE - 1), Level::L1).unwrap_or(0)
+        Err(())
+    }
+
+    /// The leaf entry that maps `va` now (`Some(0)` when none, `None` when
+    /// unknown). Tables seen through the self entry count as read-only.
+    fn leaf(&self, va: u64) -> Option<u64> {
+        let e = self.entry(va, Level::L1).ok()?.unwrap_or(0);
+        if (RECURSIVE_BASE..RECURSIVE_BASE + (1 << 39)).contains(&va) {
+            return Some(e & !guest_sdk::abi::pte::WRITABLE);
+        }
+        Some(e)
+    }
+
+    /// A page in the region below shared info that only the fuzzer's own
+    /// calls ever map: a safe place to send a call aimed at an unknown one.
+    fn sandbox_va(&mut self) -> u64 {
+        0x20_0000 + self.rng.below(511) * PAGE
     }
 
     /// Pages whose content the fuzzer controls or never relies on.
@@ -606,9 +641,13 @@ impl Fuzzer {
                     let s = self.scratch;
                     (s..s + 2 * PAGE).contains(&page)
                         || page == SHARED_INFO_VA
-                        || self.leaf(page) & guest_sdk::abi::pte::WRITABLE == 0
+                        || self
+                            .leaf(page)
+                            .is_some_and(|e| e & guest_sdk::abi::pte::WRITABLE == 0)
                 }
-                Access::Read => self.controlled(page) || !paging::is_present(self.leaf(page)),
+                Access::Read => {
+                    self.controlled(page) || self.leaf(page).is_some_and(|e| !paging::is_present(e))
+                }
             };
             if !ok {
                 self.stats.guarded += 1;
@@ -658,31 +697,42 @@ impl Fuzzer {
         }
     }
 
-    /// For `update_va_mapping(va, val)`: the value to write instead if the
-    /// leaf entry the hypervisor would change is protected.
-    fn protect_va(&mut self, va: u64, val: u64) -> u64 {
+    /// For `update_va_mapping(va, val)`: the address and value to use. If
+    /// the leaf entry the hypervisor would change is protected, its current
+    /// value; if the walk to it cannot be read, a sandbox address instead.
+    fn protect_va(&mut self, va: u64, val: u64) -> (u64, u64) {
         if va >= GUEST_VA_TOP {
-            return val;
+            return (va, val);
+        }
+        let l2e = match self.entry(va, Level::L2) {
+            Ok(Some(e)) if paging::is_present(e) => e,
+            Ok(_) => return (va, val),
+            Err(()) => {
+                self.stats.guarded += 1;
+                return (self.sandbox_va(), val);
+            }
+        };
+        let index = paging::index(va, Level::L1) as u64;
+        if let Some(current) = self.protected_entry(paging::entry_mfn(l2e), index) {
+            self.stats.identity += 1;
+            return (va, current);
         }
         if (RECURSIVE_BASE..RECURSIVE_BASE + (1 << 39)).contains(&va) {
-            // Its leaf is one of the tables' entries: keep it as it is.
-            self.stats.identity += 1;
-            return probe(paging::entry_va(va & !(PAGE - 1), Level::L1)).unwrap_or(0);
+            // Its leaf is an entry of one of the tables (possibly one built
+            // by the fuzzer itself): keep it as it is.
+            return match self.entry(va, Level::L1) {
+                Ok(Some(e)) => {
+                    self.stats.identity += 1;
+                    (va, e)
+                }
+                Ok(None) => (va, val),
+                Err(()) => {
+                    self.stats.guarded += 1;
+                    (self.sandbox_va(), val)
+                }
+            };
         }
-        let Some(l2e) = paging::read_entry(va & !(PAGE - 1), Level::L2) else {
-            return val;
-        };
-        if !paging::is_present(l2e) {
-            return val;
-        }
-        let index = paging::index(va, Level::L1) as u64;
-        match self.protected_entry(paging::entry_mfn(l2e), index) {
-            Some(current) => {
-                self.stats.identity += 1;
-                current
-            }
-            None => val,
-        }
+        (va, val)
     }
 
     // -- one call -----------------------------------------------------------
@@ -820,8 +870,7 @@ impl Fuzzer {
             Hypercall::UpdateVaMapping => {
                 let va = self.va();
                 let val = self.pte();
-                a[0] = va;
-                a[1] = self.protect_va(va, val);
+                (a[0], a[1]) = self.protect_va(va, val);
                 a[2] = self.rng.pick(&[0, 1, 1, 2, 3, u64::MAX]);
             }
             Hypercall::MmuFrameInfo => {
@@ -1015,7 +1064,10 @@ impl Fuzzer {
     /// Reads the page at `va` (if mapped) looking for the canary's secret.
     fn read_page(&mut self, va: u64) {
         let page = va & !(PAGE - 1);
-        if probe(page).is_none() {
+        // Its own window frames hold the secret legitimately (it was given
+        // the value to look for): only other frames count.
+        let mfn = self.leaf(page).map(paging::entry_mfn);
+        if mfn.is_some_and(|m| self.frames.contains(&m)) || probe(page).is_none() {
             return;
         }
         self.stats.mapped_pages_read += 1;
