@@ -27,6 +27,8 @@ pub struct Options {
     pub calls: u64,
     /// `holes=try`: also go where the known, not yet merged holes are.
     pub try_holes: bool,
+    /// Log every call from this index on (`trace=I`).
+    pub trace: Option<u64>,
     /// Kill QEMU after this long (default: from `calls`).
     pub timeout: Option<Duration>,
     /// Accelerator override.
@@ -34,11 +36,17 @@ pub struct Options {
 }
 
 /// Words of a command line that `fuzz` sets itself.
-const OWN_KEYS: [&str; 4] = ["seed", "calls", "holes", "progress"];
+const OWN_KEYS: [&str; 5] = ["seed", "calls", "holes", "progress", "trace"];
 
-/// The fuzzer's command line with `seed`, `calls`, `holes` and `progress`
-/// replaced.
-pub fn fuzzer_cmdline(base: &str, seed: u64, calls: u64, try_holes: bool) -> String {
+/// The fuzzer's command line with `seed`, `calls`, `holes`, `progress` and
+/// `trace` replaced.
+pub fn fuzzer_cmdline(
+    base: &str,
+    seed: u64,
+    calls: u64,
+    try_holes: bool,
+    trace: Option<u64>,
+) -> String {
     let mut words: Vec<String> = base
         .split_ascii_whitespace()
         .filter(|w| {
@@ -51,6 +59,9 @@ pub fn fuzzer_cmdline(base: &str, seed: u64, calls: u64, try_holes: bool) -> Str
     words.push(format!("calls={calls}"));
     words.push(format!("holes={}", if try_holes { "try" } else { "avoid" }));
     words.push(format!("progress={}", (calls / 10).max(10_000)));
+    if let Some(i) = trace {
+        words.push(format!("trace={i}"));
+    }
     words.join(" ")
 }
 
@@ -61,6 +72,7 @@ pub fn rewrite_manifest(
     seed: u64,
     calls: u64,
     try_holes: bool,
+    trace: Option<u64>,
 ) -> Result<String, String> {
     let mut table: toml::Table = manifest
         .parse()
@@ -83,7 +95,7 @@ pub fn rewrite_manifest(
         .to_string();
     fuzzer.insert(
         "cmdline".into(),
-        fuzzer_cmdline(&base, seed, calls, try_holes).into(),
+        fuzzer_cmdline(&base, seed, calls, try_holes, trace).into(),
     );
     toml::to_string(&table).map_err(|e| format!("cannot write the fuzz manifest: {e}"))
 }
@@ -106,7 +118,7 @@ pub fn fuzz(opts: &Options) -> Result<ExitCode, String> {
     let manifest_path = root.join(format!("guests/scenarios/{SCENARIO}.toml"));
     let text = std::fs::read_to_string(&manifest_path)
         .map_err(|e| format!("cannot read {}: {e}", manifest_path.display()))?;
-    let rewritten = rewrite_manifest(&text, seed, opts.calls, opts.try_holes)?;
+    let rewritten = rewrite_manifest(&text, seed, opts.calls, opts.try_holes, opts.trace)?;
     let dir = root.join("target/tahoma/fuzz");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path: PathBuf = dir.join(format!("fuzz-{seed:x}.toml"));
@@ -200,12 +212,14 @@ mod tests {
             0xab,
             200_000,
             false,
+            None,
         );
         assert_eq!(
             c,
             "canary=2 canary_secret=0x9 seed=0xab calls=200000 holes=avoid progress=20000"
         );
-        assert!(fuzzer_cmdline("", 1, 5, true).contains("holes=try"));
+        assert!(fuzzer_cmdline("", 1, 5, true, None).contains("holes=try"));
+        assert!(fuzzer_cmdline("trace=1", 1, 5, true, Some(9)).ends_with("progress=10000 trace=9"));
     }
 
     #[test]
@@ -214,7 +228,7 @@ mod tests {
             images::root().join(format!("guests/scenarios/{SCENARIO}.toml")),
         )
         .unwrap();
-        let out = rewrite_manifest(&text, 0x5eed, 1_000_000, false).unwrap();
+        let out = rewrite_manifest(&text, 0x5eed, 1_000_000, false, None).unwrap();
         let t: toml::Table = out.parse().unwrap();
         let guests = t["guest"].as_array().unwrap();
         let fuzzer = guests
@@ -232,7 +246,7 @@ mod tests {
             .find(|g| g["name"].as_str() != Some(FUZZER))
             .unwrap();
         assert!(!canary["cmdline"].as_str().unwrap().contains("seed=0x5eed"));
-        let e = rewrite_manifest("[[guest]]\nname = \"x\"\n", 1, 1, false).unwrap_err();
+        let e = rewrite_manifest("[[guest]]\nname = \"x\"\n", 1, 1, false, None).unwrap_err();
         assert!(e.contains("no guest named"), "{e}");
     }
 }

@@ -81,6 +81,10 @@ struct FuzzArgs {
     /// branches (far-future `timer_set`): only useful once they are merged.
     #[arg(long)]
     try_holes: bool,
+    /// Log every call from index I on (to the serial log), to find the
+    /// call that failed: the run is the same for the same seed.
+    #[arg(long, value_name = "I")]
+    trace: Option<u64>,
     /// Kill QEMU after S seconds (default: 300 + calls / 2000).
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
     timeout: Option<u64>,
@@ -189,6 +193,7 @@ fn main() -> ExitCode {
             seed: args.seed,
             calls: args.calls,
             try_holes: args.try_holes,
+            trace: args.trace,
             timeout: args.timeout.map(Duration::from_secs),
             accel: args.accel,
         }),

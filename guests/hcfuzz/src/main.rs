@@ -46,7 +46,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use guest_sdk::abi::args::{FrameInfo, FrameType, DOMID_SELF, MEMORY_BATCH_MAX, MMU_BATCH_MAX};
 use guest_sdk::abi::layout::{
-    TimeInfo, GUEST_VA_TOP, NR_PORTS, SHARED_INFO_VA, SHARED_TIME_OFFSET, WINDOW_BASE,
+    TimeInfo, GUEST_VA_TOP, NR_PORTS, SHARED_INFO_VA, SHARED_MASK_OFFSET, SHARED_TIME_OFFSET,
+    WINDOW_BASE,
 };
 use guest_sdk::abi::{Error, Hypercall};
 use guest_sdk::event::{self, DomId, Port};
@@ -74,6 +75,12 @@ const RESULT_NAMES: [&str; RESULTS] = [
 ];
 /// Call buckets: every defined call, then "undefined".
 const CALLS: usize = Hypercall::ALL.len() + 1;
+/// Page-table pages whose protected entries are watched (the window's
+/// tables of a domain of up to 4 MiB).
+const SNAP_TABLES: u64 = 6;
+const SNAP_ENTRIES: usize = SNAP_TABLES as usize * 512;
+/// Entry bits the CPU sets by itself (accessed, dirty).
+const CPU_BITS: u64 = guest_sdk::abi::pte::ACCESSED | guest_sdk::abi::pte::DIRTY;
 /// Words of the canary's secret memory (`guests/canary`).
 const CANARY_WORDS: u64 = 16 * 1024;
 
@@ -134,7 +141,15 @@ fn on_trap(f: &mut UpcallFrame) -> trap::TrapAction {
         f.rdx = 1;
         return trap::TrapAction::Resume;
     }
-    FATAL.store(true, Ordering::Release);
+    if FATAL.swap(true, Ordering::AcqRel) {
+        // A fault while reporting a fault: the formatting code itself may
+        // be what is gone. Report the first one with nothing but stores of
+        // bytes and two raw hypercalls.
+        emergency(f);
+    }
+    FIRST[0].store(f.vector, Ordering::Relaxed);
+    FIRST[1].store(f.rip, Ordering::Relaxed);
+    FIRST[2].store(f.cr2, Ordering::Relaxed);
     let l: [u64; 8] = core::array::from_fn(|i| LAST[i].load(Ordering::Relaxed));
     println!();
     println!(
@@ -155,6 +170,74 @@ fn on_trap(f: &mut UpcallFrame) -> trap::TrapAction {
         f.cr2
     );
     trap::TrapAction::Crash
+}
+
+/// The first unexpected fault: vector, rip, cr2.
+static FIRST: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+/// The emergency report's bytes (no stack array: nothing to zero-fill).
+static EMERGENCY: [core::sync::atomic::AtomicU8; 512] =
+    [const { core::sync::atomic::AtomicU8::new(0) }; 512];
+
+/// Writes `@ fuzz-fatal` for the first fault (and the nested one, and the
+/// loaded root as its self entry shows it) byte by byte, then shuts down.
+fn emergency(nested: &UpcallFrame) -> ! {
+    let mut n = 0usize;
+    let mut put = |b: u8| {
+        if n < EMERGENCY.len() {
+            EMERGENCY[n].store(b, Ordering::Relaxed);
+            n += 1;
+        }
+    };
+    let text = |t: &[u8], put: &mut dyn FnMut(u8)| {
+        for &b in t {
+            put(b);
+        }
+    };
+    let hex = |v: u64, put: &mut dyn FnMut(u8)| {
+        put(b'0');
+        put(b'x');
+        for i in (0..16).rev() {
+            let d = ((v >> (i * 4)) & 0xf) as u8;
+            put(if d < 10 { b'0' + d } else { b'a' + d - 10 });
+        }
+    };
+    let loaded = probe(paging::entry_va(RECURSIVE_BASE, Level::L4)).unwrap_or(u64::MAX);
+    let a0 = LAST[2].load(Ordering::Relaxed);
+    let fields: [(&[u8], u64); 12] = [
+        (
+            b"\n@ fuzz-fatal reason=nested index=",
+            LAST[0].load(Ordering::Relaxed),
+        ),
+        (b" nr=", LAST[1].load(Ordering::Relaxed)),
+        (b" vector=", FIRST[0].load(Ordering::Relaxed)),
+        (b" rip=", FIRST[1].load(Ordering::Relaxed)),
+        (b" cr2=", FIRST[2].load(Ordering::Relaxed)),
+        (b" nested_rip=", nested.rip),
+        (b" nested_cr2=", nested.cr2),
+        (b" self_entry=", loaded),
+        (b" a0=", a0),
+        (b" a1=", LAST[3].load(Ordering::Relaxed)),
+        (b" req0=", probe(a0).unwrap_or(u64::MAX)),
+        (b" req0val=", probe(a0.wrapping_add(8)).unwrap_or(u64::MAX)),
+    ];
+    for (name, v) in fields {
+        text(name, &mut put);
+        hex(v, &mut put);
+    }
+    put(b'\n');
+    let ptr = EMERGENCY.as_ptr() as u64;
+    // SAFETY: console_write reads `n` bytes of a static and shutdown ends
+    // the domain; neither transfers control to guest code (CALL-4).
+    unsafe {
+        raw::syscall(
+            Hypercall::ConsoleWrite.number(),
+            [ptr, n as u64, 0, 0, 0, 0],
+        );
+        raw::syscall(Hypercall::Shutdown.number(), [2, 3, 0, 0, 0, 0]);
+    }
+    loop {
+        core::hint::spin_loop();
+    }
 }
 
 fn call_name(nr: u64) -> &'static str {
@@ -634,6 +717,14 @@ impl Fuzzer {
         let Some(last) = ptr.checked_add(len - 1) else {
             return ptr;
         };
+        // The first pending and mask words of shared info hold the ports it
+        // relies on (timer, canary final): a fake event there would be taken
+        // for the canary's answer.
+        let hits = |off: u64| ptr <= SHARED_INFO_VA + off + 7 && last >= SHARED_INFO_VA + off;
+        if access == Access::Write && (hits(0) || hits(SHARED_MASK_OFFSET as u64)) {
+            self.stats.guarded += 1;
+            return self.scratch + self.rng.below(PAGE / 8) * 8;
+        }
         let mut page = ptr & !(PAGE - 1);
         while page <= last {
             let ok = match access {
@@ -1028,6 +1119,34 @@ impl Fuzzer {
         }
     }
 
+    /// The protected entries as they are now, into `snap`. The accessed and
+    /// dirty bits are left out: the CPU sets them.
+    fn snapshot(&self, snap: &mut [u64; SNAP_ENTRIES]) {
+        for i in 0..self.pt_pages.min(SNAP_TABLES) {
+            let mfn = self.frames[(self.pt_first + i) as usize];
+            for index in 0..512 {
+                let at = (i * 512 + index) as usize;
+                snap[at] = self.protected_entry(mfn, index).unwrap_or(0) & !CPU_BITS;
+            }
+        }
+    }
+
+    /// The first protected entry that differs from `snap`: (table, index,
+    /// then, now).
+    fn changed(&self, snap: &[u64; SNAP_ENTRIES]) -> Option<(u64, u64, u64, u64)> {
+        for i in 0..self.pt_pages.min(SNAP_TABLES) {
+            let mfn = self.frames[(self.pt_first + i) as usize];
+            for index in 0..512 {
+                let now = self.protected_entry(mfn, index).unwrap_or(0) & !CPU_BITS;
+                let then = snap[(i * 512 + index) as usize];
+                if now != then {
+                    return Some((i, index, then, now));
+                }
+            }
+        }
+        None
+    }
+
     /// After a call: learn fresh frames and ports, look through new
     /// mappings for the canary's secret.
     fn learn(&mut self, nr: u64, a: [u64; 6], rax: u64) {
@@ -1125,6 +1244,8 @@ fn main(_: &StartInfo) -> i32 {
     let holes_try = si.cmdline_value("holes") == Some("try");
     let trace_from = arg(si, "trace").unwrap_or(u64::MAX);
     let progress = arg(si, "progress").unwrap_or(0);
+    let trace_changes = si.cmdline_value("trace_changes").is_some();
+    let watch_all = si.cmdline_value("watch_all").is_some();
     println!(
         "@ fuzz-start seed={:#x} calls={} canary={} holes={}",
         seed,
@@ -1195,13 +1316,29 @@ fn main(_: &StartInfo) -> i32 {
         f.shared_mfn,
         scratch
     );
+    let ro = scratch + 2 * PAGE;
+    // The entries of pages 2 and 3 as they will be once protected below:
+    // requests stored in page 2 must keep them so.
+    let after: [(u64, u64); 2] = core::array::from_fn(|k| {
+        let va = ro + k as u64 * PAGE;
+        let ptr = paging::table_mfn(va, Level::L1).map_or(u64::MAX, |l1| {
+            paging::entry_ptr(l1, paging::index(va, Level::L1))
+        });
+        let val = match (k, paging::translate(va)) {
+            (0, Some((mfn, _))) => paging::leaf_entry(mfn, Flags::READ_ONLY),
+            _ => 0,
+        };
+        (ptr, val)
+    });
     let mut bytes = [0u8; PAGE as usize];
     for chunk in bytes.chunks_mut(16) {
-        let (p, v) = f.request();
+        let (p, mut v) = f.request();
+        if let Some(&(_, later)) = after.iter().find(|(ptr, _)| *ptr == p) {
+            v = later;
+        }
         chunk[..8].copy_from_slice(&p.to_le_bytes());
         chunk[8..].copy_from_slice(&v.to_le_bytes());
     }
-    let ro = scratch + 2 * PAGE;
     // SAFETY: page 2 of the scratch area, writable until protected below.
     unsafe {
         core::ptr::copy_nonoverlapping(bytes.as_ptr(), ro as *mut u8, PAGE as usize);
@@ -1260,6 +1397,8 @@ fn main(_: &StartInfo) -> i32 {
     };
     let ro_before = ro_sum(&f);
 
+    let mut snap = [0u64; SNAP_ENTRIES];
+    f.snapshot(&mut snap);
     let t0 = guest_sdk::time::rdtsc();
     for i in 0..calls {
         if f.rng.chance(1, 25) {
@@ -1288,7 +1427,7 @@ fn main(_: &StartInfo) -> i32 {
         let rax = f.issue(nr, a);
         f.stats.calls += 1;
         f.stats.hist[bucket_of_call(nr)][bucket_of_result(rax)] += 1;
-        if i >= trace_from {
+        if i >= trace_from || (trace_changes && (rax as i64) >= 0 && changes_tables(nr)) {
             println!(
                 "hcfuzz: #{i} {}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {}",
                 call_name(nr),
@@ -1302,6 +1441,31 @@ fn main(_: &StartInfo) -> i32 {
             );
         }
         f.learn(nr, a, rax);
+        if watch_all || ((rax as i64) >= 0 && changes_tables(nr)) {
+            if let Some((table, index, then, now)) = f.changed(&snap) {
+                // The fuzzer rewrites these entries only with their own
+                // value: whatever changed one is the finding.
+                println!();
+                println!(
+                    "@ fuzz-fatal seed={:#x} index={} call={} nr={:#x} args={:#x},{:#x},{:#x},{:#x},{:#x},{:#x} reason=protected-entry-changed table={} entry={} was={:#x} now={:#x}",
+                    seed,
+                    i,
+                    call_name(nr),
+                    nr,
+                    a[0],
+                    a[1],
+                    a[2],
+                    a[3],
+                    a[4],
+                    a[5],
+                    table,
+                    index,
+                    then,
+                    now
+                );
+                return 1;
+            }
+        }
         if progress != 0 && (i + 1) % progress == 0 {
             let ns = elapsed_ns(t0, f.tsc_hz);
             println!();
@@ -1318,6 +1482,7 @@ fn main(_: &StartInfo) -> i32 {
     // The canary's last check, after the last call.
     let mut acked = canary == 0;
     if let Some(fin) = final_port {
+        ACKED.store(false, Ordering::Release);
         let _ = event::unmask(fin);
         let _ = event::send(fin);
         let until = f.now_ns() + 5_000_000_000;
@@ -1368,6 +1533,22 @@ fn main(_: &StartInfo) -> i32 {
     );
     let ok = s.calls == calls && ro_intact && acked && s.secret_seen == 0;
     i32::from(!ok)
+}
+
+/// Calls after whose success the protected entries are compared.
+fn changes_tables(nr: u64) -> bool {
+    matches!(
+        Hypercall::from_number(nr),
+        Some(
+            Hypercall::MmuUpdate
+                | Hypercall::UpdateVaMapping
+                | Hypercall::MmuPin
+                | Hypercall::MmuUnpin
+                | Hypercall::MmuSwitchRoot
+                | Hypercall::MemoryPopulate
+                | Hypercall::MemoryRelease
+        )
+    )
 }
 
 fn elapsed_ns(t0: u64, tsc_hz: u64) -> u64 {
