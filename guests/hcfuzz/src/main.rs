@@ -925,6 +925,14 @@ impl Fuzzer {
                 let mut reqs = self.pointer(len);
                 reqs = self.guard(reqs, len, Access::Read);
                 self.fill_requests(reqs, count);
+                if self.requests_hurt(reqs, count) {
+                    // Requests it did not write (its tables' junk entries,
+                    // leftovers in scratch) that would change a protected
+                    // entry: send generated ones instead.
+                    self.stats.guarded += 1;
+                    reqs = self.scratch + self.rng.below(PAGE / 16) * 16;
+                    self.fill_requests(reqs, count);
+                }
                 a[0] = reqs;
                 a[1] = count;
                 a[2] = if self.rng.chance(1, 3) {
@@ -1025,6 +1033,30 @@ impl Fuzzer {
             }
             _ => mfn,
         }
+    }
+
+    /// Whether the `count` requests at `reqs`, as the hypervisor would
+    /// read them, include one that changes a protected entry (up to the
+    /// first unreadable one, where the hypervisor stops too).
+    fn requests_hurt(&self, reqs: u64, count: u64) -> bool {
+        if count > MMU_BATCH_MAX {
+            return false;
+        }
+        for i in 0..count {
+            let at = reqs.wrapping_add(i * 16);
+            let (Some(ptr), Some(val)) = (probe(at), probe(at.wrapping_add(8))) else {
+                return false;
+            };
+            if ptr & 7 != 0 {
+                continue;
+            }
+            if let Some(current) = self.protected_entry(ptr >> 12, (ptr & (PAGE - 1)) / 8) {
+                if (current ^ val) & !CPU_BITS != 0 {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// Writes `count` generated requests at `reqs` where it is scratch.
@@ -1427,20 +1459,6 @@ fn main(_: &StartInfo) -> i32 {
         let rax = f.issue(nr, a);
         f.stats.calls += 1;
         f.stats.hist[bucket_of_call(nr)][bucket_of_result(rax)] += 1;
-        if i >= trace_from || (trace_changes && (rax as i64) >= 0 && changes_tables(nr)) {
-            println!(
-                "hcfuzz: #{i} {}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {}",
-                call_name(nr),
-                a[0],
-                a[1],
-                a[2],
-                a[3],
-                a[4],
-                a[5],
-                RESULT_NAMES[bucket_of_result(rax)]
-            );
-        }
-        f.learn(nr, a, rax);
         if watch_all || ((rax as i64) >= 0 && changes_tables(nr)) {
             if let Some((table, index, then, now)) = f.changed(&snap) {
                 // The fuzzer rewrites these entries only with their own
@@ -1466,6 +1484,20 @@ fn main(_: &StartInfo) -> i32 {
                 return 1;
             }
         }
+        if i >= trace_from || (trace_changes && (rax as i64) >= 0 && changes_tables(nr)) {
+            println!(
+                "hcfuzz: #{i} {}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {}",
+                call_name(nr),
+                a[0],
+                a[1],
+                a[2],
+                a[3],
+                a[4],
+                a[5],
+                RESULT_NAMES[bucket_of_result(rax)]
+            );
+        }
+        f.learn(nr, a, rax);
         if progress != 0 && (i + 1) % progress == 0 {
             let ns = elapsed_ns(t0, f.tsc_hz);
             println!();
