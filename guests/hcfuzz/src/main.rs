@@ -7,7 +7,10 @@
 //! 0 = none), `canary_secret=X` (the canary's secret, to recognise it in
 //! anything this guest can read), `holes=avoid|try` (default `avoid`: keep
 //! away from the known hole listed below), `trace=I` (print every call from
-//! index I on), `progress=N` (an `@ fuzz-progress` line every N calls).
+//! index I on), `trace_changes` (print every successful table call),
+//! `watch_all` (compare the protected entries after every call, not only
+//! after successful table calls: slow, exact), `progress=N` (an
+//! `@ fuzz-progress` line every N calls).
 //!
 //! The run is deterministic for a seed: the same seed makes the same calls
 //! with the same arguments (up to the values of fresh frames and ports).
@@ -18,7 +21,9 @@
 //!
 //! * entries that map what it runs on (the window, shared info, the self
 //!   entry) are only rewritten with their current value (the hypervisor
-//!   re-validates it), wherever the pointer or virtual address comes from;
+//!   re-validates it), wherever the pointer or virtual address comes from,
+//!   and an `mmu_update` array it did not write (its tables' junk entries
+//!   read as requests) that would change one is replaced by generated ones;
 //! * a pointer the hypervisor would write through, or read requests from,
 //!   that maps memory other than the scratch pages, shared info or read-only
 //!   pages is redirected to the scratch pages;
