@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod facts;
+pub mod fuzz;
 mod guests;
 mod scenarios;
 
