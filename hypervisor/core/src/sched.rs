@@ -124,11 +124,9 @@ impl Deadlines {
     /// Makes room for domain `dom`'s two slots (and those of every lower
     /// id). The only call that allocates.
     pub fn add_domain(&mut self, dom: DomId) {
-        let slots = slot(dom, TimerKind::OneShot) + 1;
-        if self.pos.len() < slots {
-            self.pos.resize(slots, ABSENT);
-            self.heap.reserve_exact(slots - self.heap.len());
-        }
+        let slots = self.pos.len().max(slot(dom, TimerKind::OneShot) + 1);
+        self.pos.resize(slots, ABSENT);
+        self.heap.reserve_exact(slots - self.heap.len());
     }
 
     /// Most entries the queue can ever hold: two per domain added.
@@ -151,14 +149,11 @@ impl Deadlines {
             self.pos[s] = i as u32;
             self.up(i);
         } else {
+            // In place: it moves up or down, whichever way its key went.
             let i = p as usize;
-            let old = self.heap[i].0;
             self.heap[i].0 = at;
-            if at < old {
-                self.up(i);
-            } else {
-                self.down(i);
-            }
+            self.up(i);
+            self.down(i);
         }
         true
     }
@@ -243,14 +238,12 @@ impl Deadlines {
     fn down(&mut self, mut i: usize) {
         let n = self.heap.len();
         loop {
-            let (l, r) = (2 * i + 1, 2 * i + 2);
-            let mut least = i;
-            if l < n && self.heap[l] < self.heap[least] {
-                least = l;
-            }
-            if r < n && self.heap[r] < self.heap[least] {
-                least = r;
-            }
+            // Keys are unique (one per slot), so the least is well defined.
+            let least = [i, 2 * i + 1, 2 * i + 2]
+                .into_iter()
+                .filter(|&j| j < n)
+                .min_by_key(|&j| self.heap[j])
+                .unwrap_or(i);
             if least == i {
                 break;
             }
@@ -267,8 +260,10 @@ mod tests {
     #[test]
     fn round_robin_without_duplicates() {
         let mut q = RunQueue::new();
+        assert!(q.is_empty());
         assert!(q.push(3) && q.push(1) && !q.push(3));
         assert_eq!(q.len(), 2);
+        assert!(!q.is_empty());
         assert_eq!(q.pop(), Some(3));
         q.push(3);
         assert_eq!((q.pop(), q.pop(), q.pop()), (Some(1), Some(3), None));
@@ -277,6 +272,7 @@ mod tests {
         q.remove(5);
         assert!(!q.contains(5));
         assert_eq!(q.pop(), Some(6));
+        assert!(q.is_empty());
     }
 
     fn with_domains(n: DomId) -> Deadlines {
@@ -301,6 +297,7 @@ mod tests {
         // Domain 2 re-arms later: its old value is replaced in place.
         assert!(d.arm(40, 2, TimerKind::OneShot));
         assert_eq!(d.len(), 3);
+        assert!(!d.is_empty());
         assert_eq!(d.next(), Some(20));
         assert_eq!(d.get(2, TimerKind::OneShot), Some(40));
         assert_eq!(d.pop_expired(19), None);
@@ -350,6 +347,22 @@ mod tests {
         // Cancelling what was never armed, or for an unknown domain.
         assert_eq!(d.cancel(0, TimerKind::OneShot), None);
         assert_eq!(d.cancel(9, TimerKind::OneShot), None);
+    }
+
+    #[test]
+    fn room_is_reserved_once_per_slot() {
+        let mut d = with_domains(3);
+        assert_eq!((d.capacity(), d.heap.capacity()), (6, 6));
+        d.arm(1, 0, TimerKind::Block);
+        d.arm(2, 2, TimerKind::OneShot);
+        // Adding a domain with entries armed reserves up to its slots only.
+        d.add_domain(5);
+        assert_eq!((d.capacity(), d.heap.capacity()), (12, 12));
+        // A lower id adds nothing.
+        d.add_domain(1);
+        assert_eq!((d.capacity(), d.heap.capacity()), (12, 12));
+        assert_eq!(d.pop_expired(2), Some((0, TimerKind::Block)));
+        assert_eq!(d.pop_expired(2), Some((2, TimerKind::OneShot)));
     }
 
     #[test]
