@@ -79,10 +79,6 @@ pub struct Domain {
     pub callbacks: Callbacks,
     /// Upcall frames pushed and not yet returned.
     pub upcall_depth: u32,
-    /// Armed one-shot timer (TSC), if any.
-    pub timer_at: Option<u64>,
-    /// Deadline of the current `block` (TSC), if any.
-    pub block_at: Option<u64>,
     /// Time slice in TSC ticks.
     pub slice: u64,
     /// Console bytes not yet ended by a newline.
@@ -279,8 +275,14 @@ pub fn build(
     let (img, plan) = loader::check(image, nr_pages).map_err(BuildError::Image)?;
     let (entry, segs) = (img.entry, img.segments);
 
-    // Frames: the window, then the shared-info page. All scrubbed.
-    let mut frames = Vec::with_capacity(nr_pages as usize);
+    // Frames: the window, then the shared-info page. All scrubbed. The
+    // list has room for the whole reservation now, so `memory_populate`
+    // never allocates hypervisor memory (LIM-6).
+    let mut frames = Vec::new();
+    let max_pages = u64::from(rec.max_pages).max(nr_pages);
+    if frames.try_reserve_exact(max_pages as usize).is_err() {
+        return Err(BuildError::NoMemory);
+    }
     let take = || mem::alloc_zeroed_frame();
     for _ in 0..nr_pages {
         match take() {
@@ -465,8 +467,6 @@ pub fn build(
         shared,
         callbacks: Callbacks::default(),
         upcall_depth: 0,
-        timer_at: None,
-        block_at: None,
         slice: crate::time::ms_to_ticks(weight),
         console: heapless::Vec::new(),
         mm_pending: None,

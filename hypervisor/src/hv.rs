@@ -36,8 +36,8 @@ use tahoma_core::mm::{
 use tahoma_core::sched::{Deadlines, RunQueue, TimerKind};
 use zerocopy::IntoBytes;
 
-/// Upcall frames a domain may have outstanding before a further trap
-/// destroys it (TRAP-0c).
+/// Upcall frames a domain may have outstanding (LIM-2): a trap beyond them
+/// destroys it (TRAP-5), an event upcall waits (TRAP-6).
 const MAX_UPCALL_DEPTH: u32 = 8;
 
 /// Validator steps (page-table entries) one `mmu_pin`/`mmu_unpin` does
@@ -196,6 +196,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
                     hv.critical_total += 1;
                 }
                 hv.channels.add_domain(id);
+                hv.deadlines.add_domain(id);
                 hv.runq.push(id);
                 hv.live += 1;
                 hv.doms[usize::from(id)] = Some(Box::new(d));
@@ -404,15 +405,15 @@ impl Hv {
                 }
             },
             Hypercall::TimerSet => {
-                let at = (a[0] != 0).then(|| time::ns_to_tsc(a[0]));
-                if let Some(d) = self.dom(cur) {
-                    d.timer_at = at;
-                }
-                if let Some(at) = at {
-                    self.deadlines.arm(at, cur, TimerKind::OneShot);
-                    self.timer_dirty = true;
+                // TIME-2: the one slot is moved or emptied, never added to.
+                if a[0] == 0 {
+                    self.deadlines.cancel(cur, TimerKind::OneShot);
+                } else {
+                    self.deadlines
+                        .arm(time::ns_to_tsc(a[0]), cur, TimerKind::OneShot);
                     self.fire_deadlines(time::now_tsc());
                 }
+                self.timer_dirty = true;
                 Return(Ok(0))
             }
             Hypercall::EventAllocUnbound => {
@@ -785,7 +786,6 @@ impl Hv {
             return Outcome::Return(Ok(BlockResult::Deadline as u64));
         }
         d.state = RunState::Blocked;
-        d.block_at = at;
         if let Some(at) = at {
             self.deadlines.arm(at, cur, TimerKind::Block);
             self.timer_dirty = true;
@@ -914,24 +914,19 @@ impl Hv {
             return;
         }
         d.state = RunState::Runnable;
-        d.block_at = None;
         d.ctx.rax = why as u64;
+        if self.deadlines.cancel(id, TimerKind::Block).is_some() {
+            self.timer_dirty = true;
+        }
         self.runq.push(id);
     }
 
     fn fire_deadlines(&mut self, now: u64) {
-        loop {
-            let doms = &self.doms;
-            let armed = |id, kind, at| deadline_armed(doms, id, kind, at);
-            let Some((id, kind)) = self.deadlines.expire(now, armed) else {
-                break;
-            };
+        while let Some((id, kind)) = self.deadlines.pop_expired(now) {
+            self.timer_dirty = true;
             match kind {
                 TimerKind::Block => self.wake(id, BlockResult::Deadline),
                 TimerKind::OneShot => {
-                    if let Some(d) = self.dom(id) {
-                        d.timer_at = None;
-                    }
                     if let Some(t) = self.channels.virq_target(id, Virq::Timer) {
                         self.raise(t);
                     }
@@ -1003,10 +998,7 @@ impl Hv {
                 // Nothing runnable: the CPU is the teardown's.
                 continue;
             }
-            let doms = &self.doms;
-            let next = self
-                .deadlines
-                .next(|id, kind, at| deadline_armed(doms, id, kind, at));
+            let next = self.deadlines.next();
             match next {
                 Some(at) => time::arm_at(at),
                 None => arch::lapic::arm(0),
@@ -1029,8 +1021,11 @@ impl Hv {
         loop {
             let Some(cur) = self.current else { return };
             let Some(d) = self.dom(cur) else { return };
-            let wants_upcall =
-                d.callbacks.event != 0 && !d.shared.upcall_masked() && d.shared.upcall_pending();
+            // At the nesting limit the event waits for a return (TRAP-6).
+            let wants_upcall = d.callbacks.event != 0
+                && d.upcall_depth < MAX_UPCALL_DEPTH
+                && !d.shared.upcall_masked()
+                && d.shared.upcall_pending();
             if !wants_upcall {
                 break;
             }
@@ -1057,10 +1052,7 @@ impl Hv {
         // exit: the common hypercall changes neither.
         if self.timer_dirty {
             self.timer_dirty = false;
-            let doms = &self.doms;
-            let deadline = self
-                .deadlines
-                .next(|id, kind, at| deadline_armed(doms, id, kind, at));
+            let deadline = self.deadlines.next();
             let at = deadline.map_or(self.slice_end, |d| d.min(self.slice_end));
             if at != self.armed {
                 time::arm_at(at);
@@ -1079,6 +1071,7 @@ impl Hv {
             flush_console(&mut d);
         }
         self.runq.remove(id);
+        self.deadlines.remove_domain(id);
         self.channels.remove_domain(id);
         if self.current == Some(id) {
             self.current = None;
@@ -1311,17 +1304,6 @@ impl Hv {
         }
         errors == 0
     }
-}
-
-/// Whether the deadline `(id, kind, at)` is still the one domain `id` has
-/// armed (cancelled and replaced deadlines stay in the queue until popped).
-fn deadline_armed(doms: &[Option<Box<Domain>>], id: DomId, kind: TimerKind, at: u64) -> bool {
-    doms.get(usize::from(id))
-        .and_then(|d| d.as_deref())
-        .is_some_and(|d| match kind {
-            TimerKind::Block => d.block_at == Some(at),
-            TimerKind::OneShot => d.timer_at == Some(at),
-        })
 }
 
 /// Reports how long the domain took from the start of its build to its

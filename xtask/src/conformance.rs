@@ -340,6 +340,50 @@ pub fn host_checks(outcome: &BootOutcome) -> BTreeMap<&'static str, (bool, Strin
     }
     out.insert("TRAP-0c", c.result());
 
+    // TRAP-5 / LIM-2: the nest peer's handler is entered at depths 1..=8,
+    // never a 9th time, and the 9th trap destroys it.
+    let mut c = HostCheck::new();
+    let depths: Vec<u64> = lines_of(t, "nest")
+        .iter()
+        .filter_map(|l| l.strip_prefix("nest depth=")?.parse().ok())
+        .collect();
+    c.t(
+        depths == (1..=8).collect::<Vec<u64>>(),
+        format!("nest: handler entered at depths {depths:?}, not exactly 1..=8"),
+    );
+    c.t(
+        fault("nest").is_some_and(|f| f.get("reason").is_some_and(|r| r.contains("nested"))),
+        "nest: not destroyed for nesting too deep",
+    );
+    let (ok, detail) = c.result();
+    out.insert("TRAP-5", (ok, detail.clone()));
+    out.insert("LIM-2", (ok, detail));
+
+    // LIM-4: the refused 4097-byte write printed nothing.
+    let mut c = HostCheck::new();
+    c.t(
+        !t.contains("LIM4-LEAK"),
+        "a refused 4097-byte write printed",
+    );
+    out.insert("LIM-4", c.result());
+
+    // LIM-5: a 256-byte line stays whole; the 257th byte starts a new line.
+    let mut c = HostCheck::new();
+    let a_line = format!("LIM5 {}", "a".repeat(251));
+    let b_line = format!("LIM5 {}", "b".repeat(251));
+    c.t(
+        conf.contains(&a_line.as_str()),
+        "the 256-byte line was not printed whole",
+    );
+    match conf.iter().position(|l| *l == b_line) {
+        Some(i) => c.t(
+            conf.get(i + 1) == Some(&"Z"),
+            "the 257th byte did not start a line of its own",
+        ),
+        None => c.t(false, "the 257-byte line was not cut after 256 bytes"),
+    }
+    out.insert("LIM-5", c.result());
+
     let mut c = HostCheck::new();
     match exit("helper") {
         Some(f) => {
@@ -1197,6 +1241,7 @@ mod tests {
         }
         for id in [
             "MMU-1", "MMU-16", "MMU-22b", "MEM-5b", "CPU-1", "CPU-1a", "CPU-3b", "CPU-6", "TRAP-7",
+            "TIME-3", "TRAP-5", "LIM-6",
         ] {
             assert!(ids.contains(&id.to_string()), "{id} missing");
         }
@@ -1274,8 +1319,16 @@ mod tests {
                 l + "\n"
             })
             .collect();
+        let nest: String = (1..=8)
+            .map(|d| format!("[nest] nest depth={d}\n"))
+            .collect();
+        let lim5 = format!(
+            "[conf] LIM5 {}\n[conf] LIM5 {}\n[conf] Z\n",
+            "a".repeat(251),
+            "b".repeat(251)
+        );
         let good = format!(
-            "@ testopt poison-free frames=9 pattern=0x1\n@ time tsc_hz=123 apic_hz=1 source=pit\n[conf] TIME-0 start-info tsc_hz=123\n[conf] TAHOMASI\n[conf] CALL-1b marker\n[conf] CON-1 marker: hello\n\
+            "{nest}{lim5}@ testopt poison-free frames=9 pattern=0x1\n@ time tsc_hz=123 apic_hz=1 source=pit\n[conf] TIME-0 start-info tsc_hz=123\n[conf] TAHOMASI\n[conf] CALL-1b marker\n[conf] CON-1 marker: hello\n\
              [conf] CON1D partial line joined\n[conf] CON1D ctl:?[1m???|\t|end\n\
              [conf] @ forged by=conf\n{long}{con2}\
              @ domain-fault id=4 name=\"crasher\" vector=14 rip=0x1 cr2=0xdead0000 reason=\"no trap handler registered\"\n\
@@ -1318,6 +1371,22 @@ mod tests {
             assert!(!h[k].0, "{k} should fail");
         }
         assert!(h["CON-1b"].0);
+        // The nesting limit moved to 9 or to 7, a refused write printed, a
+        // line cut in the wrong place.
+        let nine = good.replace(
+            "[nest] nest depth=8\n",
+            "[nest] nest depth=8\n[nest] nest depth=9\n",
+        );
+        let seven = good.replace("[nest] nest depth=8\n", "");
+        for t in [nine, seven] {
+            let h = host_checks(&canned(&t, Exit::Success));
+            assert!(!h["TRAP-5"].0 && !h["LIM-2"].0);
+            assert!(h["LIM-5"].0);
+        }
+        let leak = good.clone() + "[conf] LIM4-LEAK====\n";
+        assert!(!host_checks(&canned(&leak, Exit::Success))["LIM-4"].0);
+        let uncut = good.replace("[conf] Z\n", "");
+        assert!(!host_checks(&canned(&uncut, Exit::Success))["LIM-5"].0);
     }
 
     #[test]

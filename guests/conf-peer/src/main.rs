@@ -12,7 +12,8 @@
 //!   entry, and must be destroyed (TRAP-0c).
 //! * `spin`: 1 = ctl. On ctl: loops forever without blocking (SCHED-0a).
 //! * `rostack`: registers a read-only callback stack, then traps (TRAP-0c).
-//! * `nest`: its trap handler traps again, forever (TRAP-0c, depth > 8).
+//! * `nest`: its trap handler prints its depth and traps again, forever
+//!   (TRAP-0c; TRAP-5: entered exactly 8 times, the 9th trap destroys it).
 #![no_std]
 #![no_main]
 
@@ -140,7 +141,13 @@ fn rostack(si: &StartInfo) -> i32 {
     1
 }
 
+/// Trap handler entries so far (none returns, so this is the depth).
+static NEST_DEPTH: AtomicU64 = AtomicU64::new(0);
+
 fn nest_again(_: &mut UpcallFrame) -> trap::TrapAction {
+    // TRAP-5: xtask checks that the last depth printed is exactly 8.
+    let depth = NEST_DEPTH.fetch_add(1, Ordering::AcqRel) + 1;
+    println!("nest depth={depth}");
     // SAFETY: a deliberate #UD inside the trap handler: traps nest.
     unsafe { core::arch::asm!("ud2", options(nostack)) };
     trap::TrapAction::Crash

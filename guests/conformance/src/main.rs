@@ -18,6 +18,7 @@
 extern crate alloc;
 
 mod arch;
+mod bounds;
 mod upcalls;
 
 use alloc::format;
@@ -376,6 +377,7 @@ fn main(si: &StartInfo) -> i32 {
     };
     events(peers);
     time_and_sched();
+    bounds::run();
     with_own_entries(|| {
         faults(si);
         traps();

@@ -4,8 +4,8 @@
 //! not grow with the number of domains (SCHED-0).
 
 use crate::event::DomId;
-use alloc::collections::{BinaryHeap, VecDeque};
-use core::cmp::Reverse;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
 
 /// Runnable domains in round-robin order. A domain is in the queue at most
 /// once.
@@ -80,77 +80,190 @@ pub enum TimerKind {
     OneShot,
 }
 
-/// Pending deadlines of all domains, earliest first. Cancelling is lazy:
-/// the owner records which deadline is armed and [`Deadlines::expire`]
-/// drops entries that no longer match.
+impl TimerKind {
+    /// Both kinds, in slot order.
+    pub const ALL: [TimerKind; 2] = [TimerKind::Block, TimerKind::OneShot];
+}
+
+/// No position: the slot holds no deadline.
+const ABSENT: u32 = u32::MAX;
+
+/// Pending deadlines of all domains, earliest first (LIM-1, TIME-2).
+///
+/// Bounded by construction: a domain has one slot per [`TimerKind`], so
+/// the queue never holds more than `2 × domains` entries whatever a guest
+/// does. Re-arming a slot moves its entry in place, cancelling removes it,
+/// and firing takes it out: nothing is left behind to be dropped later.
+/// An indexed binary min-heap ordered by `(deadline, domain, kind)`: `arm`,
+/// `cancel` and `pop_expired` are O(log n), `next` is O(1). Memory is
+/// allocated only by [`Deadlines::add_domain`] (at domain creation), never
+/// by a guest's request.
 #[derive(Debug, Default)]
 pub struct Deadlines {
-    heap: BinaryHeap<Reverse<(u64, DomId, TimerKind)>>,
+    /// `(deadline, slot)`, a min-heap; `slot = domain × 2 + kind`.
+    heap: Vec<(u64, u32)>,
+    /// Index in `heap` of each slot's entry, or [`ABSENT`].
+    pos: Vec<u32>,
+}
+
+fn slot(dom: DomId, kind: TimerKind) -> usize {
+    usize::from(dom) * 2 + kind as usize
+}
+
+fn unslot(slot: u32) -> (DomId, TimerKind) {
+    let kind = TimerKind::ALL[(slot % 2) as usize];
+    ((slot / 2) as DomId, kind)
 }
 
 impl Deadlines {
-    /// Empty.
+    /// Empty, with no domain.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds a deadline.
-    pub fn arm(&mut self, at: u64, dom: DomId, kind: TimerKind) {
-        self.heap.push(Reverse((at, dom, kind)));
+    /// Makes room for domain `dom`'s two slots (and those of every lower
+    /// id). The only call that allocates.
+    pub fn add_domain(&mut self, dom: DomId) {
+        let slots = self.pos.len().max(slot(dom, TimerKind::OneShot) + 1);
+        self.pos.resize(slots, ABSENT);
+        self.heap.reserve_exact(slots - self.heap.len());
     }
 
-    /// The earliest deadline still armed according to `is_armed`, dropping
-    /// stale entries on the way.
-    pub fn next(&mut self, mut is_armed: impl FnMut(DomId, TimerKind, u64) -> bool) -> Option<u64> {
-        while let Some(&Reverse((at, dom, kind))) = self.heap.peek() {
-            if is_armed(dom, kind, at) {
-                return Some(at);
-            }
-            self.heap.pop();
+    /// Most entries the queue can ever hold: two per domain added.
+    pub fn capacity(&self) -> usize {
+        self.pos.len()
+    }
+
+    /// Arms (or re-arms, replacing the old value) `dom`'s deadline of
+    /// `kind` at `at`. Returns `false`, changing nothing, for a domain that
+    /// was never added.
+    pub fn arm(&mut self, at: u64, dom: DomId, kind: TimerKind) -> bool {
+        let s = slot(dom, kind);
+        let Some(&p) = self.pos.get(s) else {
+            return false;
+        };
+        if p == ABSENT {
+            let i = self.heap.len();
+            // Never reallocates: `add_domain` reserved a place per slot.
+            self.heap.push((at, s as u32));
+            self.pos[s] = i as u32;
+            self.up(i);
+        } else {
+            // In place: it moves up or down, whichever way its key went.
+            let i = p as usize;
+            self.heap[i].0 = at;
+            self.up(i);
+            self.down(i);
         }
-        None
+        true
     }
 
-    /// Removes and returns one deadline at or before `now` that is still
-    /// armed; call until `None`.
-    pub fn expire(
-        &mut self,
-        now: u64,
-        mut is_armed: impl FnMut(DomId, TimerKind, u64) -> bool,
-    ) -> Option<(DomId, TimerKind)> {
-        while let Some(&Reverse((at, dom, kind))) = self.heap.peek() {
-            if at > now {
-                return None;
-            }
-            self.heap.pop();
-            if is_armed(dom, kind, at) {
-                return Some((dom, kind));
-            }
+    /// The deadline `dom` has armed for `kind`, if any.
+    pub fn get(&self, dom: DomId, kind: TimerKind) -> Option<u64> {
+        match self.pos.get(slot(dom, kind)) {
+            Some(&p) if p != ABSENT => Some(self.heap[p as usize].0),
+            _ => None,
         }
-        None
     }
 
-    /// Entries held (armed or stale).
+    /// Removes `dom`'s deadline of `kind`; returns it if one was armed.
+    pub fn cancel(&mut self, dom: DomId, kind: TimerKind) -> Option<u64> {
+        let p = *self.pos.get(slot(dom, kind))?;
+        if p == ABSENT {
+            return None;
+        }
+        Some(self.remove_at(p as usize).0)
+    }
+
+    /// Removes both of `dom`'s deadlines (it is being destroyed).
+    pub fn remove_domain(&mut self, dom: DomId) {
+        for kind in TimerKind::ALL {
+            self.cancel(dom, kind);
+        }
+    }
+
+    /// The earliest armed deadline.
+    pub fn next(&self) -> Option<u64> {
+        self.heap.first().map(|&(at, _)| at)
+    }
+
+    /// Removes and returns the earliest deadline if it is at or before
+    /// `now`; call until `None` to fire all that are due.
+    pub fn pop_expired(&mut self, now: u64) -> Option<(DomId, TimerKind)> {
+        match self.heap.first() {
+            Some(&(at, _)) if at <= now => Some(unslot(self.remove_at(0).1)),
+            _ => None,
+        }
+    }
+
+    /// Deadlines armed.
     pub fn len(&self) -> usize {
         self.heap.len()
     }
 
-    /// Whether no entry is held.
+    /// Whether none is armed.
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
+    }
+
+    fn remove_at(&mut self, i: usize) -> (u64, u32) {
+        let last = self.heap.len() - 1;
+        self.swap(i, last);
+        let gone = self.heap.pop().unwrap_or_default();
+        self.pos[gone.1 as usize] = ABSENT;
+        if i < self.heap.len() {
+            self.down(i);
+            self.up(i);
+        }
+        gone
+    }
+
+    fn swap(&mut self, a: usize, b: usize) {
+        self.heap.swap(a, b);
+        self.pos[self.heap[a].1 as usize] = a as u32;
+        self.pos[self.heap[b].1 as usize] = b as u32;
+    }
+
+    fn up(&mut self, mut i: usize) {
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if self.heap[i] >= self.heap[parent] {
+                break;
+            }
+            self.swap(i, parent);
+            i = parent;
+        }
+    }
+
+    fn down(&mut self, mut i: usize) {
+        let n = self.heap.len();
+        loop {
+            // Keys are unique (one per slot), so the least is well defined.
+            let least = [i, 2 * i + 1, 2 * i + 2]
+                .into_iter()
+                .filter(|&j| j < n)
+                .min_by_key(|&j| self.heap[j])
+                .unwrap_or(i);
+            if least == i {
+                break;
+            }
+            self.swap(i, least);
+            i = least;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     #[test]
     fn round_robin_without_duplicates() {
         let mut q = RunQueue::new();
+        assert!(q.is_empty());
         assert!(q.push(3) && q.push(1) && !q.push(3));
         assert_eq!(q.len(), 2);
+        assert!(!q.is_empty());
         assert_eq!(q.pop(), Some(3));
         q.push(3);
         assert_eq!((q.pop(), q.pop(), q.pop()), (Some(1), Some(3), None));
@@ -159,45 +272,217 @@ mod tests {
         q.remove(5);
         assert!(!q.contains(5));
         assert_eq!(q.pop(), Some(6));
+        assert!(q.is_empty());
+    }
+
+    fn with_domains(n: DomId) -> Deadlines {
+        let mut d = Deadlines::new();
+        for dom in 0..n {
+            d.add_domain(dom);
+        }
+        d
+    }
+
+    /// Pops every deadline due at `now`, in order.
+    fn drain(d: &mut Deadlines, now: u64) -> Vec<(DomId, TimerKind)> {
+        core::iter::from_fn(|| d.pop_expired(now)).collect()
     }
 
     #[test]
-    fn deadlines_fire_in_order_and_stale_ones_are_dropped() {
-        let mut d = Deadlines::new();
-        let mut armed: HashMap<(DomId, TimerKind), u64> = HashMap::new();
+    fn deadlines_fire_in_order_and_replaced_ones_are_gone() {
+        let mut d = with_domains(4);
         for (at, dom) in [(30, 1), (10, 2), (20, 3)] {
-            d.arm(at, dom, TimerKind::OneShot);
-            armed.insert((dom, TimerKind::OneShot), at);
+            assert!(d.arm(at, dom, TimerKind::OneShot));
         }
-        // Domain 2 re-arms later: its old entry is stale.
-        d.arm(40, 2, TimerKind::OneShot);
-        armed.insert((2, TimerKind::OneShot), 40);
+        // Domain 2 re-arms later: its old value is replaced in place.
+        assert!(d.arm(40, 2, TimerKind::OneShot));
+        assert_eq!(d.len(), 3);
+        assert!(!d.is_empty());
+        assert_eq!(d.next(), Some(20));
+        assert_eq!(d.get(2, TimerKind::OneShot), Some(40));
+        assert_eq!(d.pop_expired(19), None);
+        assert_eq!(d.pop_expired(25), Some((3, TimerKind::OneShot)));
+        assert_eq!(d.pop_expired(25), None);
+        assert_eq!(d.get(3, TimerKind::OneShot), None);
         assert_eq!(
-            d.next(|dom, kind, at| armed.get(&(dom, kind)) == Some(&at)),
-            Some(20)
-        );
-        assert_eq!(
-            d.expire(25, |dom, kind, at| armed.get(&(dom, kind)) == Some(&at)),
-            Some((3, TimerKind::OneShot))
-        );
-        armed.remove(&(3, TimerKind::OneShot));
-        assert_eq!(
-            d.expire(25, |dom, kind, at| armed.get(&(dom, kind)) == Some(&at)),
-            None
-        );
-        let mut fired = vec![];
-        while let Some(x) = d.expire(100, |dom, kind, at| armed.get(&(dom, kind)) == Some(&at)) {
-            fired.push(x);
-            armed.remove(&x);
-        }
-        assert_eq!(
-            fired,
+            drain(&mut d, 100),
             vec![(1, TimerKind::OneShot), (2, TimerKind::OneShot)]
         );
         assert!(d.is_empty());
+        assert_eq!(d.next(), None);
+    }
+
+    #[test]
+    fn ties_break_by_domain_then_kind() {
+        let mut d = with_domains(3);
+        d.arm(5, 2, TimerKind::Block);
+        d.arm(5, 1, TimerKind::OneShot);
+        d.arm(5, 1, TimerKind::Block);
+        d.arm(5, 2, TimerKind::OneShot);
+        assert_eq!(
+            drain(&mut d, 5),
+            vec![
+                (1, TimerKind::Block),
+                (1, TimerKind::OneShot),
+                (2, TimerKind::Block),
+                (2, TimerKind::OneShot)
+            ]
+        );
+    }
+
+    #[test]
+    fn cancel_and_remove_domain_take_entries_out() {
+        let mut d = with_domains(3);
+        d.arm(10, 1, TimerKind::Block);
+        d.arm(20, 1, TimerKind::OneShot);
+        d.arm(5, 2, TimerKind::OneShot);
+        assert_eq!(d.cancel(1, TimerKind::Block), Some(10));
+        assert_eq!(d.cancel(1, TimerKind::Block), None);
+        assert_eq!(d.len(), 2);
+        d.remove_domain(2);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d.next(), Some(20));
+        d.remove_domain(1);
+        assert!(d.is_empty());
+        // Cancelling what was never armed, or for an unknown domain.
+        assert_eq!(d.cancel(0, TimerKind::OneShot), None);
+        assert_eq!(d.cancel(9, TimerKind::OneShot), None);
+    }
+
+    #[test]
+    fn room_is_reserved_once_per_slot() {
+        let mut d = with_domains(3);
+        assert_eq!((d.capacity(), d.heap.capacity()), (6, 6));
+        d.arm(1, 0, TimerKind::Block);
+        d.arm(2, 2, TimerKind::OneShot);
+        // Adding a domain with entries armed reserves up to its slots only.
+        d.add_domain(5);
+        assert_eq!((d.capacity(), d.heap.capacity()), (12, 12));
+        // A lower id adds nothing.
+        d.add_domain(1);
+        assert_eq!((d.capacity(), d.heap.capacity()), (12, 12));
+        assert_eq!(d.pop_expired(2), Some((0, TimerKind::Block)));
+        assert_eq!(d.pop_expired(2), Some((2, TimerKind::OneShot)));
+    }
+
+    #[test]
+    fn unknown_domains_are_refused_without_growing() {
+        let mut d = with_domains(2);
+        assert!(!d.arm(1, 2, TimerKind::Block));
+        assert!(!d.arm(1, DomId::MAX, TimerKind::OneShot));
+        assert_eq!((d.len(), d.capacity()), (0, 4));
+        assert_eq!(d.get(DomId::MAX, TimerKind::OneShot), None);
+    }
+
+    /// Finding 2 of issue 7: ~262,000 `timer_set(u64::MAX)` calls (or
+    /// decreasing deadlines) grew the old lazy heap until allocation
+    /// failed. Now the entry is moved in place and nothing is allocated.
+    #[test]
+    fn hammering_one_timer_keeps_one_entry() {
+        let mut d = with_domains(3);
+        d.arm(1_000, 2, TimerKind::Block);
+        let cap = d.heap.capacity();
+        for i in 0..300_000u64 {
+            d.arm(u64::MAX, 1, TimerKind::OneShot);
+            d.arm(u64::MAX - 1 - i, 1, TimerKind::OneShot);
+            assert!(d.len() <= 2);
+        }
+        assert_eq!(d.heap.capacity(), cap);
+        assert_eq!(d.get(1, TimerKind::OneShot), Some(u64::MAX - 300_000));
+        assert_eq!(d.next(), Some(1_000));
+        assert_eq!(drain(&mut d, 1_000), vec![(2, TimerKind::Block)]);
+        assert_eq!(d.next(), Some(u64::MAX - 300_000));
+        assert_eq!(d.pop_expired(u64::MAX - 300_001), None);
+        assert_eq!(drain(&mut d, u64::MAX), vec![(1, TimerKind::OneShot)]);
+        assert!(d.is_empty());
+    }
+
+    /// One operation of the property test.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Arm(u64, DomId, bool),
+        Cancel(DomId, bool),
+        Remove(DomId),
+        Pop(u64),
+    }
+
+    fn kind(oneshot: bool) -> TimerKind {
+        if oneshot {
+            TimerKind::OneShot
+        } else {
+            TimerKind::Block
+        }
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        // Few distinct times so ties are common; domains past the table
+        // (8, 9) are refused.
+        prop_oneof![
+            4 => (0u64..40, 0u16..10, any::<bool>()).prop_map(|(a, d, k)| Op::Arm(a, d, k)),
+            1 => (0u16..10, any::<bool>()).prop_map(|(d, k)| Op::Cancel(d, k)),
+            1 => (0u16..10).prop_map(Op::Remove),
+            2 => (0u64..40).prop_map(Op::Pop),
+        ]
     }
 
     proptest::proptest! {
+        /// The indexed heap against a map from slot to deadline: the same
+        /// answers to every operation, every entry in its place, never more
+        /// than two entries per domain and never a reallocation.
+        #[test]
+        fn deadlines_match_a_map(ops in proptest::collection::vec(op(), 0..300)) {
+            use std::collections::BTreeMap;
+            let mut d = with_domains(8);
+            let cap = d.heap.capacity();
+            let mut model: BTreeMap<(DomId, TimerKind), u64> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Arm(at, dom, k) => {
+                        let ok = d.arm(at, dom, kind(k));
+                        proptest::prop_assert_eq!(ok, dom < 8);
+                        if ok {
+                            model.insert((dom, kind(k)), at);
+                        }
+                    }
+                    Op::Cancel(dom, k) => {
+                        proptest::prop_assert_eq!(d.cancel(dom, kind(k)), model.remove(&(dom, kind(k))));
+                    }
+                    Op::Remove(dom) => {
+                        d.remove_domain(dom);
+                        model.retain(|&(m, _), _| m != dom);
+                    }
+                    Op::Pop(now) => {
+                        let want = model
+                            .iter()
+                            .map(|(&(dom, k), &at)| (at, dom, k))
+                            .min()
+                            .filter(|&(at, _, _)| at <= now)
+                            .map(|(_, dom, k)| (dom, k));
+                        if let Some(key) = want {
+                            model.remove(&key);
+                        }
+                        proptest::prop_assert_eq!(d.pop_expired(now), want);
+                    }
+                }
+                proptest::prop_assert_eq!(d.len(), model.len());
+                proptest::prop_assert!(d.len() <= d.capacity());
+                proptest::prop_assert_eq!(d.heap.capacity(), cap);
+                proptest::prop_assert_eq!(d.next(), model.values().min().copied());
+                for dom in 0..10 {
+                    for k in TimerKind::ALL {
+                        proptest::prop_assert_eq!(d.get(dom, k), model.get(&(dom, k)).copied());
+                    }
+                }
+                for (i, &(at, s)) in d.heap.iter().enumerate() {
+                    proptest::prop_assert_eq!(d.pos[s as usize] as usize, i);
+                    if i > 0 {
+                        proptest::prop_assert!(d.heap[(i - 1) / 2].0 <= at);
+                    }
+                }
+            }
+        }
+
         #[test]
         fn every_pushed_domain_pops_exactly_once(doms in proptest::collection::vec(0u16..50, 0..200)) {
             let mut q = RunQueue::new();
