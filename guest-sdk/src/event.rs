@@ -63,6 +63,19 @@ impl DomId {
 
 const _: () = assert!(DOMID_SELF <= u16::MAX as u64);
 
+/// The channel named `name` in this domain's start info (`EVT-7`): declared
+/// in the scenario manifest (`[[channel]] name = "ping" ends = ["a", "b"]`)
+/// and connected by the hypervisor before either end ran, so its port is
+/// ready and the peer exists: send at once, set a handler, [`wait_for`] the
+/// peer's events. `None` if the manifest gave this domain no such channel.
+///
+/// No domain id or port number is written anywhere in the guest, and there
+/// is nothing to retry: an event sent before the peer waits for it is held
+/// pending until it does (`EVT-0a`).
+pub fn channel(name: &str) -> Option<crate::start::Channel<'static>> {
+    crate::start::start_info().channel(name)
+}
+
 /// Allocates a port that only `remote` may bind to (`EVT-1`).
 pub fn alloc_unbound(remote: DomId) -> Result<Port, Error> {
     raw::call1(Hypercall::EventAllocUnbound, remote.0.into()).map(Port::from_result)

@@ -61,7 +61,7 @@ mod rt;
 pub use rt::{heap_grown, heap_usage};
 
 pub use event::{DomId, Port};
-pub use start::{start_info, StartInfo};
+pub use start::{start_info, Channel, StartInfo};
 
 /// The hypervisor's ABI version (`BASE-1`): `major << 16 | minor`.
 ///

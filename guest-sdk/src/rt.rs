@@ -79,6 +79,13 @@ pub(crate) extern "C" fn start(si: *const layout::StartInfo) -> ! {
         .and_then(console::parse_level)
         .unwrap_or(log::LevelFilter::Info);
     console::init_log(level);
+    // Named channels (EVT-7) are connected before this domain ran, so a
+    // peer may already have sent: keep those events pending (EVT-0d) until
+    // the guest sets a handler with `Channel::listen`, instead of having
+    // the first upcall drop them for want of one.
+    for c in si.channels() {
+        crate::event::mask(c.port);
+    }
     init_callbacks();
     if let Err(e) = paging {
         log::warn!("paging: no self entry ({e}): page tables cannot be read, the heap cannot grow");

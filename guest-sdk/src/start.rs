@@ -2,7 +2,30 @@
 
 use core::ops::Deref;
 
-use hypercall_abi::layout::{self, StartFlags};
+use hypercall_abi::layout::{self, StartFlags, MAX_NAMED_CHANNELS, NR_PORTS};
+
+use crate::event::{DomId, Port};
+
+/// A channel the scenario manifest declared with this domain as one end
+/// (`[[channel]]`), connected by the hypervisor before any domain ran
+/// (`EVT-7`): `port` is ready for [`crate::event::send`], and the peer's end
+/// exists. Found by name with [`crate::event::channel`] or
+/// [`StartInfo::channel`].
+///
+/// The SDK masks the port at start, so events the peer sends before this
+/// domain is ready stay pending; [`Channel::listen`] sets the handler and
+/// unmasks it, which delivers them at once (`EVT-6`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Channel<'a> {
+    /// The channel's name.
+    pub name: &'a str,
+    /// This domain's port.
+    pub port: Port,
+    /// The peer domain.
+    pub peer: DomId,
+    /// The peer domain's name (from the manifest).
+    pub peer_name: &'a str,
+}
 
 /// What the hypervisor told this domain at start (`MEM-3`): a copy of the
 /// start-info page taken before `main` runs, with decoding helpers.
@@ -31,6 +54,21 @@ pub fn start_info() -> &'static StartInfo {
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 pub(crate) fn install(raw: layout::StartInfo) -> &'static StartInfo {
     START_INFO.call_once(|| StartInfo { raw })
+}
+
+impl Channel<'_> {
+    /// Calls `handler` for every event on this channel from now on,
+    /// including those that arrived before (held pending while the port
+    /// was masked): sets the handler, then unmasks the port (`EVT-6`).
+    pub fn listen(&self, handler: crate::event::Handler) -> Result<(), hypercall_abi::Error> {
+        crate::event::set_handler(self.port, handler);
+        crate::event::unmask(self.port)
+    }
+
+    /// Raises an event at the peer (`EVT-4`).
+    pub fn send(&self) -> Result<(), hypercall_abi::Error> {
+        crate::event::send(self.port)
+    }
 }
 
 impl StartInfo {
@@ -63,6 +101,32 @@ impl StartInfo {
     /// Whether this is the privileged driver domain.
     pub fn is_privileged(&self) -> bool {
         StartFlags::from_bits_truncate(self.raw.flags).contains(StartFlags::PRIVILEGED)
+    }
+
+    /// The named channels of this domain (`MEM-3a`), in manifest order.
+    /// Entries beyond `channel_count` (clamped to the table), with port 0 or
+    /// out of range, or with an empty name are skipped.
+    pub fn channels(&self) -> impl Iterator<Item = Channel<'_>> {
+        let n = usize::try_from(self.raw.channel_count)
+            .unwrap_or(usize::MAX)
+            .min(MAX_NAMED_CHANNELS);
+        self.raw.channels[..n].iter().filter_map(|c| {
+            let name = decode_name(&c.name);
+            let ok = !name.is_empty() && c.port != 0 && (c.port as usize) < NR_PORTS;
+            ok.then(|| Channel {
+                name,
+                port: Port(c.port),
+                peer: DomId(c.peer_domain),
+                peer_name: decode_name(&c.peer_name),
+            })
+        })
+    }
+
+    /// The channel named `name`, if the manifest declared one with this
+    /// domain as an end (`EVT-7`); `None` otherwise (no hypercall, nothing
+    /// to wait for: a declared channel is connected before the domain starts).
+    pub fn channel(&self, name: &str) -> Option<Channel<'_>> {
+        self.channels().find(|c| c.name == name)
     }
 
     /// Virtual address of pseudo-physical page `page` of the window (`MEM-2`).
@@ -142,6 +206,66 @@ mod tests {
         assert_eq!(decode_cmdline(&buf, 3), "log");
         assert_eq!(decode_cmdline(&buf, 0), "");
         assert_eq!(decode_cmdline(&buf, u32::MAX).len(), 1024);
+    }
+
+    fn entry(name: &str, port: u32, peer: u16, peer_name: &str) -> layout::NamedChannel {
+        let mut c = layout::NamedChannel::EMPTY;
+        c.name[..name.len()].copy_from_slice(name.as_bytes());
+        c.peer_name[..peer_name.len()].copy_from_slice(peer_name.as_bytes());
+        c.port = port;
+        c.peer_domain = peer;
+        c
+    }
+
+    fn with_channels(entries: &[layout::NamedChannel], count: u32) -> StartInfo {
+        use zerocopy::FromZeros;
+        let mut raw = layout::StartInfo::new_zeroed();
+        raw.channels[..entries.len()].copy_from_slice(entries);
+        raw.channel_count = count;
+        StartInfo::new(raw)
+    }
+
+    #[test]
+    fn channels_are_found_by_name() {
+        let si = with_channels(
+            &[
+                entry("pingpong", 3, 2, "pong"),
+                entry("log", 4, 7, "logger"),
+            ],
+            2,
+        );
+        let c = si.channel("pingpong").expect("declared");
+        assert_eq!(
+            (c.name, c.port, c.peer, c.peer_name),
+            ("pingpong", Port(3), DomId(2), "pong")
+        );
+        assert_eq!(si.channel("log").map(|c| c.port), Some(Port(4)));
+        assert_eq!(si.channel("nope"), None, "unknown names are absent");
+        assert_eq!(si.channel(""), None);
+        assert_eq!(si.channel("ping"), None, "no prefix matches");
+        assert_eq!(si.channels().count(), 2);
+    }
+
+    #[test]
+    fn the_table_is_read_within_its_bounds() {
+        let e = [entry("a", 1, 2, "x"), entry("b", 2, 2, "x")];
+        // Entries beyond the count are not channels.
+        assert_eq!(with_channels(&e, 1).channel("b"), None);
+        // A count beyond the table is clamped, never read past it.
+        let all: [layout::NamedChannel; MAX_NAMED_CHANNELS] =
+            core::array::from_fn(|i| entry("c", i as u32 + 1, 2, "x"));
+        assert_eq!(
+            with_channels(&all, u32::MAX).channels().count(),
+            MAX_NAMED_CHANNELS
+        );
+        // Port 0, out-of-range ports and empty names are skipped.
+        let bad = [
+            entry("z", 0, 2, "x"),
+            entry("r", NR_PORTS as u32, 2, "x"),
+            entry("", 5, 2, "x"),
+        ];
+        assert_eq!(with_channels(&bad, 3).channels().count(), 0);
+        assert_eq!(with_channels(&[], 0).channel("a"), None);
     }
 
     #[test]

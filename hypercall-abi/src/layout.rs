@@ -82,7 +82,59 @@ pub struct StartInfo {
     pub name: [u8; 32],
     /// The domain's command line (UTF-8, `cmdline_len` bytes).
     pub cmdline: [u8; 1024],
+    /// Entries used in `channels` (at most [`MAX_NAMED_CHANNELS`]); since
+    /// ABI 0.2 (`MEM-3a`).
+    pub channel_count: u32,
+    /// Reserved, zero.
+    pub reserved1: u32,
+    /// The channels the manifest declared with this domain as one end,
+    /// already connected when the domain starts (`EVT-7`, `MEM-3a`).
+    /// Entries at and after `channel_count` are zero.
+    pub channels: [NamedChannel; MAX_NAMED_CHANNELS],
 }
+
+/// Most named channels one domain may be an end of (`EVT-7`): the size of
+/// [`StartInfo::channels`]. xtask refuses a manifest that gives a guest
+/// more; the hypervisor refuses such a boot pack.
+pub const MAX_NAMED_CHANNELS: usize = 16;
+
+/// Bytes of a channel name (NUL-padded UTF-8), as of a domain name.
+pub const CHANNEL_NAME_LEN: usize = 32;
+
+/// One entry of the start-info channel table (`MEM-3a`): a channel declared
+/// in the scenario manifest, wired by the hypervisor before any domain ran
+/// (`EVT-7`). `port` is already interdomain, connected to the peer's end.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct NamedChannel {
+    /// The channel's name from the manifest, NUL-padded UTF-8; unique
+    /// within this domain's table.
+    pub name: [u8; CHANNEL_NAME_LEN],
+    /// The peer domain's name, NUL-padded UTF-8.
+    pub peer_name: [u8; 32],
+    /// This domain's port (`1 .. NR_PORTS`).
+    pub port: u32,
+    /// The peer domain's id.
+    pub peer_domain: u16,
+    /// Reserved, zero.
+    pub reserved: u16,
+}
+
+impl NamedChannel {
+    /// An unused entry (all zero).
+    pub const EMPTY: NamedChannel = NamedChannel {
+        name: [0; CHANNEL_NAME_LEN],
+        peer_name: [0; 32],
+        port: 0,
+        peer_domain: 0,
+        reserved: 0,
+    };
+}
+
+/// Byte offset of [`StartInfo::channel_count`] in the start-info page.
+pub const START_INFO_CHANNEL_COUNT_OFFSET: usize = core::mem::offset_of!(StartInfo, channel_count);
+/// Byte offset of [`StartInfo::channels`] in the start-info page.
+pub const START_INFO_CHANNELS_OFFSET: usize = core::mem::offset_of!(StartInfo, channels);
 
 bitflags::bitflags! {
     /// Flags in [`StartInfo::flags`].
@@ -234,7 +286,12 @@ pub const RFLAGS_GUEST_MASK: u64 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x400 | 0x80
 /// The frame for the initial entry: the hypervisor always forces IF.
 pub const RFLAGS_IF: u64 = 0x200;
 
-const _: () = assert!(core::mem::size_of::<StartInfo>() == 8 + 8 + 8 * 10 + 8 + 32 + 1024);
+const _: () = assert!(core::mem::size_of::<NamedChannel>() == 72);
+const _: () = assert!(
+    core::mem::size_of::<StartInfo>()
+        == 8 + 8 + 8 * 10 + 8 + 32 + 1024 + 8 + 72 * MAX_NAMED_CHANNELS
+);
+const _: () = assert!(START_INFO_CHANNELS_OFFSET == 1168);
 const _: () = assert!(core::mem::size_of::<StartInfo>() <= 4096);
 const _: () = assert!(core::mem::size_of::<TimeInfo>() == 32);
 const _: () = assert!(core::mem::size_of::<SharedInfo>() == 128 + 128 + 8 + 8 + 32);

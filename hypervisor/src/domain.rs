@@ -8,8 +8,8 @@ use crate::mem::{self, pte};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use hypercall_abi::layout::{
-    SharedInfo, StartFlags, StartInfo, TimeInfo, PORT_WORDS, RFLAGS_IF, SHARED_INFO_VA,
-    START_INFO_MAGIC, WINDOW_BASE,
+    NamedChannel, SharedInfo, StartFlags, StartInfo, TimeInfo, MAX_NAMED_CHANNELS, PORT_WORDS,
+    RFLAGS_IF, SHARED_INFO_VA, START_INFO_MAGIC, WINDOW_BASE,
 };
 use tahoma_core::bootpack::{DomainFlags, DomainRecord, NAME_LEN};
 use tahoma_core::event::DomId;
@@ -75,6 +75,8 @@ pub struct Domain {
     pub space: AddressSpace,
     /// The shared-info page.
     pub shared: SharedPage,
+    /// The frame of the start-info page (written before the domain runs).
+    pub start_info: u64,
     /// Registered upcall entries.
     pub callbacks: Callbacks,
     /// Upcall frames pushed and not yet returned.
@@ -408,11 +410,16 @@ pub fn build(
         reserved0: 0,
         name: rec.name,
         cmdline: [0; 1024],
+        // Filled in by `named::write_tables` once every domain is built.
+        channel_count: 0,
+        reserved1: 0,
+        channels: [NamedChannel::EMPTY; MAX_NAMED_CHANNELS],
     };
     let n = cmdline.len().min(si.cmdline.len());
     si.cmdline[..n].copy_from_slice(&cmdline[..n]);
     si.cmdline_len = n as u32;
-    mem::copy_to_phys(frames[plan.start_info_page as usize] << 12, si.as_bytes());
+    let start_info = frames[plan.start_info_page as usize];
+    mem::copy_to_phys(start_info << 12, si.as_bytes());
     let _ = plan.frame_list_pages;
 
     // The validator takes the tables over: pinning the root validates the
@@ -465,6 +472,7 @@ pub fn build(
         max_pages: u64::from(rec.max_pages).max(nr_pages),
         space,
         shared,
+        start_info,
         callbacks: Callbacks::default(),
         upcall_depth: 0,
         slice: crate::time::ms_to_ticks(weight),

@@ -216,6 +216,10 @@ pub fn start(pack: &Pack<'_>) -> ! {
             }
         }
     }
+    // Named channels (EVT-7): both ends exist before either runs.
+    if !crate::named::wire(pack, &mut hv.channels, &hv.doms) {
+        hv.failed = true;
+    }
     if crate::testopt::leak_frame() {
         // Deliberately lost: taken from the pool, owned by nobody, never
         // returned. The end-of-run audit must fail the run.

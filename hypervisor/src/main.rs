@@ -15,6 +15,7 @@ mod domain;
 mod guestmem;
 mod hv;
 mod mem;
+mod named;
 mod pvh;
 mod selftest;
 mod testopt;

@@ -112,6 +112,29 @@ fn two_guests_ping_pong_events(m: &dyn Machine) -> Result<(), String> {
             "`{name}`: `{f}`: every round must be answered"
         );
         powered_off_cleanly(&out, name)?;
+        // Found its end by name (EVT-7): the peer the guest saw is the other
+        // domain, and its port is the one the hypervisor wired for it.
+        let (peer, id) = if name == "ping" {
+            ("pong", 1)
+        } else {
+            ("ping", 2)
+        };
+        let seen = out.facts.guest_one(name, "pingpong-channel")?;
+        ensure!(
+            seen.get("peer_name") == Some(peer) && seen.number("peer")? == 3 - id,
+            "`{name}`: `{seen}`: the channel `pingpong` must lead to `{peer}` (domain {})",
+            3 - id
+        );
+        let wired = out
+            .facts
+            .of_kind("channel")
+            .find(|f| f.get("name") == Some("pingpong") && f.number("dom").ok() == Some(id))
+            .ok_or_else(|| format!("no `@ channel name=\"pingpong\" dom={id}` report"))?;
+        ensure!(
+            wired.number("port")? == seen.number("port")? && wired.number("peer")? == 3 - id,
+            "`{name}` uses port {} but the hypervisor reported `{wired}`",
+            seen.number("port")?
+        );
         // Each round costs at least a send and a block per side.
         let hc = exit_of(&out, name)?.number("hypercalls")?;
         ensure!(

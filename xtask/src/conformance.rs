@@ -708,6 +708,9 @@ fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Vec<Record> {
                 b.domain(&spec("good", good, true))?;
             }
         }
+        // EVT-7b: a channel from the good domain (index 3) to a refused
+        // one (index 0) cannot be wired.
+        b.channel(ORPHAN, 3, 0)?;
         // MEM-2c: windows one page outside the documented range.
         let hello_blob = b.blob(&hello);
         for (dom, pages) in MEM2C_CASES {
@@ -743,20 +746,54 @@ fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Vec<Record> {
         Ok(o)
     };
     let name_c = "window size outside the documented range: refused";
+    let name_7b = "a channel to a domain not built is not wired";
     match run() {
         Ok(o) => {
             let (pass, detail) = judge_mem2b(&o);
             let (pass_c, detail_c) = judge_mem2c(&o);
+            let (pass_7b, detail_7b) = judge_evt7b(&o);
             vec![
                 Record::new("MEM-2b", name, pass, detail),
                 Record::new("MEM-2c", name_c, pass_c, detail_c),
+                Record::new("EVT-7b", name_7b, pass_7b, detail_7b),
             ]
         }
         Err(e) => vec![
             Record::new("MEM-2b", name, false, format!("could not boot: {e}")),
             Record::new("MEM-2c", name_c, false, format!("could not boot: {e}")),
+            Record::new("EVT-7b", name_7b, false, format!("could not boot: {e}")),
         ],
     }
+}
+
+/// The channel of the MEM-2b pack whose far end is a refused image.
+const ORPHAN: &str = "orphan";
+
+/// EVT-7b from the refused-images transcript: the channel to the refused
+/// domain is reported unwired, nothing was wired for the good end, and the
+/// good domain still ran.
+pub fn judge_evt7b(o: &BootOutcome) -> (bool, String) {
+    let mut c = HostCheck::new();
+    let f = &o.facts;
+    let err = f
+        .of_kind("channel-error")
+        .find(|x| x.get("name") == Some(ORPHAN));
+    c.t(err.is_some(), "no `@ channel-error name=\"orphan\"`");
+    c.t(
+        err.and_then(|e| e.get("error"))
+            .is_some_and(|e| e.contains("domain 1 was not built")),
+        "the error does not name domain 1 as not built",
+    );
+    c.t(
+        !f.of_kind("channel").any(|x| x.get("name") == Some(ORPHAN)),
+        "a port was wired for the orphan channel",
+    );
+    c.t(
+        f.of_kind("domain-exit")
+            .any(|x| x.get("name") == Some("good") && x.get("code") == Some("0")),
+        "the good domain did not run to its end",
+    );
+    c.result()
 }
 
 /// The MEM-2c cases: (domain name, window pages), each one page outside
@@ -1502,6 +1539,17 @@ mod tests {
             "domain-start id=1 name=\"bad-entry\"",
         );
         assert!(!judge_mem2b(&canned(&started, Exit::Failure)).0);
+    }
+
+    #[test]
+    fn evt7b_needs_the_refusal_and_nothing_wired() {
+        let good = "@ channel-error name=\"orphan\" error=\"domain 1 was not built\"\n\
+                    @ domain-exit id=4 name=\"good\" reason=poweroff code=0\n";
+        assert!(judge_evt7b(&canned(good, Exit::Failure)).0);
+        let wired =
+            format!("{good}@ channel name=\"orphan\" dom=4 port=1 peer=1 peer_name=\"x\"\n");
+        assert!(!judge_evt7b(&canned(&wired, Exit::Failure)).0);
+        assert!(!judge_evt7b(&canned(&good.replace("channel-error", "x"), Exit::Failure)).0);
     }
 
     #[test]

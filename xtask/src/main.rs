@@ -438,6 +438,12 @@ fn list() -> Result<ExitCode, String> {
                 u64::from(pages) * 4
             );
         }
+        for c in &s.channels {
+            println!(
+                "{:<20}   channel {}: {} <-> {}",
+                "", c.name, s.guests[c.ends[0]].name, s.guests[c.ends[1]].name
+            );
+        }
         println!(
             "{:<20}   devices: none; machine memory {} MiB",
             "", s.memory_mib

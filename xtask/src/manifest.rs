@@ -12,6 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hypercall_abi::layout::{CHANNEL_NAME_LEN, MAX_NAMED_CHANNELS};
 use serde::Deserialize;
 use tahoma_core::bootpack::{DomainFlags, DomainSpec, PackBuilder, NAME_LEN};
 use tahoma_core::loader::{self, ImageError};
@@ -40,6 +41,15 @@ struct RawManifest {
     icount: Option<bool>,
     #[serde(default)]
     guest: Vec<RawGuest>,
+    #[serde(default)]
+    channel: Vec<RawChannel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    name: Spanned<String>,
+    ends: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +86,19 @@ pub struct Scenario {
     pub icount: bool,
     /// Domains to create, in boot order, after `count` expansion.
     pub guests: Vec<Guest>,
+    /// Channels the hypervisor connects at boot (`[[channel]]`, ABI `EVT-7`).
+    pub channels: Vec<Channel>,
+}
+
+/// A named channel between two guests, wired by the hypervisor before any
+/// guest runs; each end finds it by name in its start info
+/// (`guest_sdk::event::channel`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Channel {
+    /// The name both ends look it up by (at most 32 bytes).
+    pub name: String,
+    /// The two ends, as indices into [`Scenario::guests`].
+    pub ends: [usize; 2],
 }
 
 /// One domain, after `count` expansion.
@@ -233,6 +256,9 @@ impl Scenario {
             }
         }
 
+        let guests: Vec<Guest> = guests.into_iter().map(|(g, _)| g).collect();
+        let channels = channels(&cx, &raw.channel, &guests)?;
+
         Ok(Scenario {
             name,
             path: file.to_path_buf(),
@@ -241,7 +267,8 @@ impl Scenario {
             memory_mib: memory_bytes >> 20,
             cmdline: raw.cmdline.unwrap_or_default(),
             icount: raw.icount.unwrap_or(false),
-            guests: guests.into_iter().map(|(g, _)| g).collect(),
+            guests,
+            channels,
         })
     }
 
@@ -409,8 +436,94 @@ impl Scenario {
             })
             .map_err(|e| format!("guest `{}`: {e}", g.name))?;
         }
+        for c in &self.channels {
+            b.channel(&c.name, c.ends[0] as u32, c.ends[1] as u32)
+                .map_err(|e| format!("channel `{}`: {e}", c.name))?;
+        }
         Ok(b.finish())
     }
+}
+
+/// Validates the `[[channel]]` tables against the (expanded) guests: a
+/// valid name of at most 32 bytes, two different existing guests as ends,
+/// no guest with two channels of one name or more than
+/// `MAX_NAMED_CHANNELS` channels. The hypervisor checks the same again in
+/// the boot pack (`tahoma_core::bootpack`); here the error names the line.
+fn channels(
+    cx: &Ctx<'_>,
+    raw: &[RawChannel],
+    guests: &[Guest],
+) -> Result<Vec<Channel>, ManifestError> {
+    let mut out: Vec<Channel> = Vec::new();
+    let mut per_guest = vec![0usize; guests.len()];
+    for c in raw {
+        let name = c.name.get_ref();
+        if !valid_name(name) || name.len() > CHANNEL_NAME_LEN {
+            return Err(cx.at(
+                &c.name,
+                format!("channel name `{name}` must be 1 to {CHANNEL_NAME_LEN} bytes of letters, digits, `-`, `_` and `.`"),
+            ));
+        }
+        let ends = c.ends.get_ref();
+        if ends.len() != 2 {
+            return Err(cx.at(
+                &c.ends,
+                format!(
+                    "channel `{name}`: ends must name exactly two guests, like ends = [\"ping\", \"pong\"] (found {})",
+                    ends.len()
+                ),
+            ));
+        }
+        let mut idx = [0usize; 2];
+        for (slot, end) in idx.iter_mut().zip(ends) {
+            *slot = guests
+                .iter()
+                .position(|g| &g.name == end.get_ref())
+                .ok_or_else(|| {
+                    let known: Vec<&str> = guests.iter().map(|g| g.name.as_str()).collect();
+                    cx.at(
+                        end,
+                        format!(
+                            "channel `{name}`: there is no guest `{}` (guests: {}; a guest with count = N is named NAME-0..NAME-N-1)",
+                            end.get_ref(),
+                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        ),
+                    )
+                })?;
+        }
+        if idx[0] == idx[1] {
+            return Err(cx.at(
+                &c.ends,
+                format!("channel `{name}`: both ends are `{}`; a channel joins two different guests (for a loopback, use event::alloc_unbound(DomId::SELF))", guests[idx[0]].name),
+            ));
+        }
+        for &e in &idx {
+            if out.iter().any(|o| o.name == *name && o.ends.contains(&e)) {
+                return Err(cx.at(
+                    &c.name,
+                    format!(
+                        "channel `{name}`: guest `{}` already has a channel of that name; names are unique per guest",
+                        guests[e].name
+                    ),
+                ));
+            }
+            per_guest[e] += 1;
+            if per_guest[e] > MAX_NAMED_CHANNELS {
+                return Err(cx.at(
+                    &c.name,
+                    format!(
+                        "channel `{name}`: guest `{}` would have more than {MAX_NAMED_CHANNELS} named channels (the start-info table's size, ABI clause MEM-3a)",
+                        guests[e].name
+                    ),
+                ));
+            }
+        }
+        out.push(Channel {
+            name: name.clone(),
+            ends: idx,
+        });
+    }
+    Ok(out)
 }
 
 /// Validates one `[[guest]]` table and pushes its copies (with the span of
@@ -828,6 +941,86 @@ weight = 256
         );
         assert!(image_manifest(&dir.join("missing"), "4M", "").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const PAIR: &str = "[[guest]]\nname = \"ping\"\nimage = \"pingpong\"\nmemory = \"1M\"\n\
+                        [[guest]]\nname = \"pong\"\nimage = \"pingpong\"\nmemory = \"1M\"\n\
+                        [[guest]]\nname = \"w\"\nimage = \"hello\"\nmemory = \"1M\"\ncount = 2\n";
+
+    #[test]
+    fn channels_are_parsed_and_packed() {
+        let s = parse(&format!(
+            "{PAIR}[[channel]]\nname = \"pingpong\"\nends = [\"ping\", \"pong\"]\n\
+             [[channel]]\nname = \"pingpong\"\nends = [\"w-0\", \"w-1\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.channels,
+            [
+                Channel {
+                    name: "pingpong".into(),
+                    ends: [0, 1]
+                },
+                Channel {
+                    name: "pingpong".into(),
+                    ends: [2, 3]
+                }
+            ]
+        );
+        let dir = std::env::temp_dir().join(format!("tahoma-chan-pack-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in ["pingpong", "hello"] {
+            std::fs::write(dir.join(i), b"\x7fELF image").unwrap();
+        }
+        let bytes = s.pack(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let pack = Pack::parse(&bytes).unwrap();
+        let cs: Vec<_> = pack.channels().collect();
+        assert_eq!(cs.len(), 2);
+        assert_eq!(cs[1].ends, [2, 3]);
+        assert_eq!(
+            tahoma_core::bootpack::channel_name(&cs[0].name),
+            Some("pingpong")
+        );
+    }
+
+    #[test]
+    fn bad_channels_name_the_line() {
+        let chan = |body: &str| err(&format!("{PAIR}[[channel]]\n{body}"));
+        // PAIR has 13 lines: `[[channel]]` is line 14, `name` 15, `ends` 16.
+        let e = chan("name = \"x\"\nends = [\"ping\", \"nobody\"]\n");
+        assert_eq!(e.line, Some(16), "{e}");
+        assert!(e.message.contains("no guest `nobody`"), "{e}");
+        assert!(e.message.contains("ping, pong, w-0, w-1"), "{e}");
+        let e = chan("name = \"x\"\nends = [\"ping\"]\n");
+        assert!(e.message.contains("exactly two guests"), "{e}");
+        let e = chan("name = \"x\"\nends = [\"ping\", \"ping\"]\n");
+        assert!(e.message.contains("both ends are `ping`"), "{e}");
+        let e = chan("name = \"has space\"\nends = [\"ping\", \"pong\"]\n");
+        assert_eq!(e.line, Some(15), "{e}");
+        let e = chan(&format!(
+            "name = \"{}\"\nends = [\"ping\", \"pong\"]\n",
+            "n".repeat(33)
+        ));
+        assert!(e.message.contains("1 to 32 bytes"), "{e}");
+        let e = chan("name = \"x\"\nends = [\"ping\", \"pong\"]\npeer = 2\n");
+        assert!(e.message.contains("peer"), "unknown key: {e}");
+        let e = chan(
+            "name = \"x\"\nends = [\"ping\", \"pong\"]\n[[channel]]\nname = \"x\"\nends = [\"w-0\", \"pong\"]\n",
+        );
+        assert_eq!(e.line, Some(18), "{e}");
+        assert!(e.message.contains("`pong` already has a channel"), "{e}");
+        let mut many = String::new();
+        for i in 0..MAX_NAMED_CHANNELS {
+            many += &format!(
+                "[[channel]]\nname = \"c{i}\"\nends = [\"ping\", \"w-{}\"]\n",
+                i % 2
+            );
+        }
+        assert!(parse(&format!("{PAIR}{many}")).is_ok(), "16 channels fit");
+        many += "[[channel]]\nname = \"last\"\nends = [\"pong\", \"ping\"]\n";
+        let e = err(&format!("{PAIR}{many}"));
+        assert!(e.message.contains("`ping` would have more than 16"), "{e}");
     }
 
     #[test]

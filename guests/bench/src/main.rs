@@ -5,7 +5,8 @@
 //! * `role=solo`: the empty `rdtsc` pair, a calibration loop of known
 //!   length, and the null hypercall (`abi_version`).
 //! * `role=ping` / `role=pong` with `mode=upcall|block|poll`: an event round
-//!   trip between two domains. `upcall` uses the SDK's handlers and
+//!   trip between two domains over the manifest's channel `bench` (found
+//!   by name, wired at boot: EVT-7). `upcall` uses the SDK's handlers and
 //!   `event::wait_for`; `block` and `poll` switch upcalls off
 //!   (`set_callbacks(0, 0, 0)`) and look at the pending bit themselves,
 //!   sleeping in `block` or spinning on `yield` respectively.
@@ -32,7 +33,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use guest_sdk::abi::args::NO_DEADLINE;
 use guest_sdk::abi::layout::{SHARED_INFO_VA, SHARED_PENDING_OFFSET};
 use guest_sdk::abi::Hypercall;
-use guest_sdk::event::{self, DomId, Port};
+use guest_sdk::event::{self, Port};
 use guest_sdk::{println, sched, StartInfo};
 
 guest_sdk::entry!(main);
@@ -310,24 +311,20 @@ fn event_bench(si: &StartInfo, ping: bool, iters: u64, warmup: u64) -> i32 {
     if mode != Mode::Upcall {
         no_upcalls();
     }
-    let peer = DomId(arg(si, "peer", 0) as u16);
-    let port = event::without_upcalls(|| {
-        let port = if ping {
-            event::alloc_unbound(peer).expect("offer a port to the peer")
-        } else {
-            let offered = Port(arg(si, "peer_port", 1) as u32);
-            loop {
-                match event::bind_interdomain(peer, offered) {
-                    Ok(p) => break p,
-                    Err(_) => sched::yield_now(),
-                }
-            }
-        };
-        if mode == Mode::Upcall {
-            event::set_handler(port, on_event);
-        }
-        port
-    });
+    // The channel the manifest names `bench`, wired before either side ran
+    // (EVT-7): no domain id or port on the command line, nothing to retry.
+    let Some(ch) = event::channel("bench") else {
+        println!("bench: no channel named `bench`: declare it in the manifest ([[channel]])");
+        return 2;
+    };
+    let port = ch.port;
+    // The SDK masked the port at start; events sent before now are pending.
+    let ready = if mode == Mode::Upcall {
+        ch.listen(on_event)
+    } else {
+        event::unmask(port)
+    };
+    ready.expect("unmask a channel wired at boot");
     let mut seen = 0;
     if !ping {
         loop {
@@ -335,10 +332,9 @@ fn event_bench(si: &StartInfo, ping: bool, iters: u64, warmup: u64) -> i32 {
             event::send(port).expect("answer on a bound port");
         }
     }
-    // The first send waits until the peer has bound the port.
-    while event::send(port).is_err() {
-        sched::yield_now();
-    }
+    // The peer's end exists: an event it is not waiting for yet stays
+    // pending until it is (EVT-0a).
+    event::send(port).expect("send on a channel wired at boot");
     await_event(mode, port, &mut seen);
     let samples = sample_rust(warmup, iters, || {
         event::send(port).expect("send on a bound port");

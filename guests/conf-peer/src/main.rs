@@ -14,6 +14,10 @@
 //! * `rostack`: registers a read-only callback stack, then traps (TRAP-0c).
 //! * `nest`: its trap handler prints its depth and traps again, forever
 //!   (TRAP-0c; TRAP-5: entered exactly 8 times, the 9th trap destroys it).
+//! * `named`: no ports of its own; the manifest's named channels `link`
+//!   (to `conf`) and `side` (to `rostack`) are wired at boot (EVT-7). It
+//!   checks its start-info table, sends one event on `link` at once if the
+//!   table is right, then answers every event on `link` (EVT-7, EVT-7a).
 #![no_std]
 #![no_main]
 
@@ -80,6 +84,7 @@ fn main(si: &StartInfo) -> i32 {
             }
         }
         "rostack" => rostack(si),
+        "named" => named(si),
         "nest" => {
             trap::set_handler(nest_again).expect("register the trap handler");
             // SAFETY: a deliberate #UD; the handler traps again, forever.
@@ -110,6 +115,57 @@ fn helper() -> i32 {
     // guest sees its channels go unbound, xtask checks the report.
     step(3);
     sched::shutdown(ShutdownReason::Reboot, -7)
+}
+
+/// Events seen on `link`.
+static LINK: AtomicU64 = AtomicU64::new(0);
+
+fn on_link(_: Port) {
+    LINK.fetch_add(1, Ordering::AcqRel);
+}
+
+/// What is wrong with this domain's channel table, if anything.
+fn named_table_problem(si: &StartInfo) -> Option<&'static str> {
+    let link = si.channel("link")?;
+    let side = si.channel("side")?;
+    if link.peer != CONF || link.peer_name != "conf" {
+        return Some("link does not lead to conf (domain 1)");
+    }
+    if side.peer != DomId(6) || side.peer_name != "rostack" {
+        return Some("side does not lead to rostack (domain 6)");
+    }
+    if si.channels().count() != 2 || si.channel("nope").is_some() {
+        return Some("the table lists channels the manifest did not give this domain");
+    }
+    None
+}
+
+fn named(si: &StartInfo) -> i32 {
+    let Some(link) = si.channel("link") else {
+        println!("named: no channel `link` in the start info");
+        return 1;
+    };
+    if si.channel("side").is_none() {
+        println!("named: no channel `side` in the start info");
+        return 1;
+    }
+    if let Some(why) = named_table_problem(si) {
+        // No first event: the conformance guest reports EVT-7 failed.
+        println!("named: {why}");
+        return 1;
+    }
+    // First act: the channel must already be connected (EVT-7).
+    if let Err(e) = link.send() {
+        println!("named: the first send on link failed: {e}");
+        return 1;
+    }
+    link.listen(on_link).expect("listen on link");
+    let mut answered = 0;
+    loop {
+        event::wait_for(|| LINK.load(Ordering::Acquire) > answered);
+        answered += 1;
+        let _ = link.send();
+    }
 }
 
 fn third() -> i32 {

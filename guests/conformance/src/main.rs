@@ -368,6 +368,7 @@ fn main(si: &StartInfo) -> i32 {
     base_and_call(si);
     console();
     memory(si);
+    named_channels(si);
     let peers = match connect() {
         Ok(p) => Some(p),
         Err(e) => {
@@ -381,6 +382,7 @@ fn main(si: &StartInfo) -> i32 {
     with_own_entries(|| {
         faults(si);
         traps();
+        mem3a(si);
     });
     multi_domain(peers);
 
@@ -1427,12 +1429,148 @@ fn events(peers: Option<Peers>) {
 /// Ports in use before the fill (the peer channels).
 fn used_before_fill(peers: Option<Peers>) -> usize {
     // Count by probing: every port that refuses alloc is held; simpler, the
-    // peers' count: 9 bound ports when connected.
+    // peers' count: 9 bound ports when connected, plus the named channels
+    // wired at boot (EVT-7).
+    let named = guest_sdk::start_info().channels().count();
     if peers.is_some() {
-        9
+        9 + named
     } else {
-        0
+        named
     }
+}
+
+// ---------------------------------------------------------------- named channels
+
+/// The domain at the other end of `link` (manifest order, conformance.toml).
+const NAMED: u16 = 8;
+
+/// Events seen on the `link` channel.
+static LINK: AtomicU64 = AtomicU64::new(0);
+fn on_link(_: Port) {
+    LINK.fetch_add(1, SeqCst);
+}
+
+/// Sends on `link` and waits (5 s at most) for the helper's answer.
+fn link_round_trip(ck: &mut Ck, port: Port) {
+    let n = LINK.load(SeqCst);
+    ck.eq("send on link", send(port.0.into()), Ok(0));
+    event::wait_for_until(|| LINK.load(SeqCst) > n, now() + 5_000 * MS);
+    ck.eq("answer on link", LINK.load(SeqCst), n + 1);
+}
+
+/// EVT-7, EVT-7a: the manifest's `link` channel to the `named` helper
+/// (guests/conf-peer role=named), wired before either domain ran.
+fn named_channels(si: &StartInfo) {
+    let link = si.channel("link");
+    clause(
+        "EVT-7",
+        "named channels are wired before the guests run",
+        |ck| {
+            let Some(ch) = link else {
+                ck.t(false, "no channel `link` in the start info");
+                return;
+            };
+            ck.eq("peer domain", ch.peer.0, NAMED);
+            ck.eq("peer name", ch.peer_name, "named");
+            ck.t(
+                ch.port.0 != 0 && (ch.port.0 as usize) < NR_PORTS,
+                "port out of range",
+            );
+            // The helper sent one event as its first act, before we could
+            // have done anything: the SDK kept it pending (masked) until now.
+            ck.t(event::is_masked(ch.port), "the SDK did not mask the port");
+            ck.eq("listen", ch.listen(on_link), Ok(()));
+            event::wait_for_until(|| LINK.load(SeqCst) >= 1, now() + 5_000 * MS);
+            ck.eq(
+                "the helper's first event (sent as soon as it ran; it checked its own table first)",
+                LINK.load(SeqCst),
+                1,
+            );
+            link_round_trip(ck, ch.port);
+        },
+    );
+    clause(
+        "EVT-7a",
+        "a wired channel is ordinary; nobody else can bind it",
+        |ck| {
+            let Some(ch) = link else {
+                ck.t(false, "no channel `link` in the start info");
+                return;
+            };
+            // The helper's ports: 1 = link (to us), 2 = side (to rostack),
+            // 3 = free. None was offered to us.
+            let next = next_port();
+            for p in 1..=3u64 {
+                ck.err(
+                    &format!("bind named's port {p}"),
+                    bind(NAMED.into(), p),
+                    Error::WrongState,
+                );
+            }
+            ck.eq("nothing allocated", next_port(), next);
+            ck.eq("only our own channels are listed", si.channels().count(), 1);
+            ck.t(
+                si.channel("side").is_none(),
+                "named<->rostack is listed here",
+            );
+            ck.err(
+                "the wired port is interdomain, not unbound",
+                bind(DOMID_SELF, ch.port.0.into()),
+                Error::WrongState,
+            );
+            // Still connected, both ways.
+            link_round_trip(ck, ch.port);
+        },
+    );
+}
+
+/// MEM-3a (with the conformance entries registered): the table's contents
+/// and that it is read-only.
+fn mem3a(si: &StartInfo) {
+    use guest_sdk::abi::layout::{NamedChannel, START_INFO_CHANNELS_OFFSET};
+    clause("MEM-3a", "the start-info channel table", |ck| {
+        let si_va = start_info_va();
+        // SAFETY: MEM-3: the start-info page stays mapped read-only.
+        let before: RawStartInfo = unsafe { core::ptr::read_volatile(si_va as *const _) };
+        ck.eq("channel_count", before.channel_count, 1);
+        let e = &before.channels[0];
+        let mut name = [0u8; 32];
+        name[..4].copy_from_slice(b"link");
+        ck.eq("name, NUL-padded", e.name, name);
+        let mut peer = [0u8; 32];
+        peer[..5].copy_from_slice(b"named");
+        ck.eq("peer_name, NUL-padded", e.peer_name, peer);
+        ck.eq("peer_domain", e.peer_domain, NAMED);
+        ck.eq("reserved", e.reserved, 0);
+        ck.eq(
+            "port agrees with the SDK",
+            Some(e.port),
+            si.channel("link").map(|c| c.port.0),
+        );
+        let rest_zero = before.channels[1..].iter().all(|c| {
+            c.name == [0; 32] && c.peer_name == [0; 32] && c.port == 0 && c.peer_domain == 0
+        });
+        ck.t(rest_zero, "entries after channel_count are not zero");
+        ck.t(si.channel("nope").is_none(), "an unknown name is listed");
+        // Read-only: writes fault (TRAP-0), and nothing changes.
+        let port_va = si_va
+            + START_INFO_CHANNELS_OFFSET as u64
+            + core::mem::offset_of!(NamedChannel, port) as u64;
+        let count_va = si_va + core::mem::offset_of!(RawStartInfo, channel_count) as u64;
+        for (what, va) in [("port", port_va), ("channel_count", count_va)] {
+            let f = trapped(|| {
+                at!("mov dword ptr [rcx], 99"; in("rcx") va);
+            });
+            ck.eq(
+                &format!("write to {what}: #PF, cr2, user write to a present page"),
+                f.map(|f| (f.vector, f.cr2, f.error_code & 7)),
+                Some((14, va, 7)),
+            );
+        }
+        // SAFETY: as above.
+        let after: RawStartInfo = unsafe { core::ptr::read_volatile(si_va as *const _) };
+        ck.t(bytes(&before) == bytes(&after), "the table changed");
+    });
 }
 
 // ---------------------------------------------------------------- TIME, SCHED

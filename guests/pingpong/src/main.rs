@@ -1,14 +1,17 @@
-//! Two domains bounce an event back and forth `rounds` times.
+//! Two domains bounce an event back and forth `rounds` times over the
+//! channel the manifest names `pingpong` (`[[channel]]`, ABI `EVT-7`).
 //!
-//! `role=ping peer=D rounds=N`: offers port 1 to domain D, then sends and
-//! waits for the answer N times. `role=pong peer=D rounds=N`: binds D's port
-//! 1 and answers each event. Both report what they counted.
+//! `role=ping rounds=N`: sends and waits for the answer N times.
+//! `role=pong rounds=N`: answers each event. Neither knows the other's
+//! domain id or a port number: the hypervisor connected the channel before
+//! either ran, and each finds its end by name in its start info. Both
+//! report what they counted, and whom they found at the other end.
 #![no_std]
 #![no_main]
 
 use core::sync::atomic::{AtomicU64, Ordering};
-use guest_sdk::event::{self, DomId, Port};
-use guest_sdk::{println, sched, StartInfo};
+use guest_sdk::event::{self, Port};
+use guest_sdk::{println, StartInfo};
 
 guest_sdk::entry!(main);
 
@@ -25,34 +28,34 @@ fn arg(si: &StartInfo, key: &str, default: u64) -> u64 {
 }
 
 fn main(si: &StartInfo) -> i32 {
-    let peer = DomId(arg(si, "peer", 0) as u16);
     let rounds = arg(si, "rounds", 1000);
     let ping = si.cmdline_value("role") == Some("ping");
-    let port = event::without_upcalls(|| {
-        let port = if ping {
-            event::alloc_unbound(peer).expect("offer a port to the peer")
-        } else {
-            loop {
-                match event::bind_interdomain(peer, Port(1)) {
-                    Ok(p) => break p,
-                    Err(_) => sched::yield_now(),
-                }
-            }
-        };
-        event::set_handler(port, on_event);
-        port
-    });
+    let Some(ch) = event::channel("pingpong") else {
+        println!(
+            "no channel named `pingpong`: declare it in the manifest, \
+             [[channel]] name = \"pingpong\" ends = [\"ping\", \"pong\"]"
+        );
+        return 2;
+    };
+    // Events the peer sent before now were held pending; listen delivers them.
+    ch.listen(on_event)
+        .expect("listen on a channel wired at boot");
+    println!(
+        "@ pingpong-channel port={} peer={} peer_name={}",
+        ch.port.number(),
+        ch.peer.0,
+        ch.peer_name
+    );
     let start = guest_sdk::time::now_ns();
     for i in 0..rounds {
         if ping {
-            // The first send waits until the peer has bound the port.
-            while event::send(port).is_err() {
-                sched::yield_now();
-            }
+            // The peer's end exists already: an event it is not waiting
+            // for yet stays pending until it does (EVT-0a).
+            ch.send().expect("send on a channel wired at boot");
             event::wait_for(|| RECEIVED.load(Ordering::Acquire) > i);
         } else {
             event::wait_for(|| RECEIVED.load(Ordering::Acquire) > i);
-            event::send(port).expect("answer on a bound port");
+            ch.send().expect("answer on a channel wired at boot");
         }
     }
     let elapsed = guest_sdk::time::now_ns() - start;

@@ -8,19 +8,27 @@
 //! offset 0                 PackHeader (64 bytes)
 //! header.domains_offset    DomainRecord × domain_count (128 bytes each)
 //! header.blobs_offset      BlobRecord × blob_count (16 bytes each)
+//! header.channels_offset   ChannelRecord × channel_count (64 bytes each; version 2)
 //! blob.offset              blob bytes (guest ELF images, command lines), 16-byte aligned
 //! ```
 //!
 //! `checksum` is FNV-1a/64 over the whole pack with the checksum field read
 //! as zero. Several domains may share one image blob (64 copies of a guest
 //! cost one image).
+//!
+//! A channel record names two domains by their index in the domain table
+//! (domain ids follow that order from 1) and gives the channel a name; the
+//! hypervisor connects them before any domain runs and lists the channel in
+//! both ends' start-info pages (ABI clauses `EVT-7`, `MEM-3a`). Every record
+//! is checked here, like every other table: a malformed one refuses the pack.
 
+use hypercall_abi::layout::{CHANNEL_NAME_LEN, MAX_NAMED_CHANNELS};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// `b"TAHOMAPK"`.
 pub const MAGIC: [u8; 8] = *b"TAHOMAPK";
-/// Format version understood by this code.
-pub const VERSION: u32 = 1;
+/// Format version understood by this code (2: channel records).
+pub const VERSION: u32 = 2;
 /// Sentinel for "no blob".
 pub const NO_BLOB: u32 = u32::MAX;
 /// Longest domain name, in bytes.
@@ -50,8 +58,27 @@ pub struct PackHeader {
     pub blob_count: u32,
     /// Byte offset of the scenario name blob (UTF-8), or 0.
     pub scenario_blob: u32,
+    /// Byte offset of the channel table (version 2).
+    pub channels_offset: u32,
+    /// Number of [`ChannelRecord`]s.
+    pub channel_count: u32,
     /// Reserved, zero.
-    pub reserved: [u32; 3],
+    pub reserved: u32,
+}
+
+/// Most channel records one pack may hold: every domain at its limit.
+pub const MAX_CHANNELS: u32 = 4096;
+
+/// A channel between two domains, wired at boot (`EVT-7`).
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, PartialEq, Eq)]
+#[repr(C)]
+pub struct ChannelRecord {
+    /// NUL-padded UTF-8 name, non-empty; unique among each end's channels.
+    pub name: [u8; CHANNEL_NAME_LEN],
+    /// The two ends: indices into the domain table, different.
+    pub ends: [u32; 2],
+    /// Reserved, zero.
+    pub reserved: [u32; 6],
 }
 
 /// One domain to create at boot.
@@ -101,6 +128,7 @@ pub struct BlobRecord {
 const _: () = assert!(core::mem::size_of::<PackHeader>() == 64);
 const _: () = assert!(core::mem::size_of::<DomainRecord>() == 128);
 const _: () = assert!(core::mem::size_of::<BlobRecord>() == 16);
+const _: () = assert!(core::mem::size_of::<ChannelRecord>() == 64);
 
 /// Why a pack was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +152,43 @@ pub enum PackError {
     OutOfBounds,
     /// A domain names a blob that does not exist.
     BadBlobIndex,
+    /// Channel record `index` is malformed (`why` says how).
+    BadChannel {
+        /// Its index in the channel table.
+        index: u32,
+        /// What is wrong with it.
+        why: ChannelFault,
+    },
+}
+
+/// What is wrong with a channel record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelFault {
+    /// The name is empty, not NUL-padded UTF-8, or has a NUL inside.
+    BadName,
+    /// An end is not an index into the domain table.
+    NoSuchDomain,
+    /// Both ends are the same domain.
+    SameDomain,
+    /// An end already has a channel of this name.
+    DuplicateName,
+    /// An end would have more than `MAX_NAMED_CHANNELS` channels.
+    TooMany,
+    /// A reserved field is not zero.
+    Reserved,
+}
+
+impl core::fmt::Display for ChannelFault {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            ChannelFault::BadName => "its name is empty or not NUL-padded UTF-8",
+            ChannelFault::NoSuchDomain => "an end is not a domain of the pack",
+            ChannelFault::SameDomain => "both ends are the same domain",
+            ChannelFault::DuplicateName => "an end already has a channel of that name",
+            ChannelFault::TooMany => "an end has more than 16 named channels",
+            ChannelFault::Reserved => "a reserved field is not zero",
+        })
+    }
 }
 
 impl core::fmt::Display for PackError {
@@ -139,6 +204,9 @@ impl core::fmt::Display for PackError {
             PackError::BadChecksum => write!(f, "boot pack checksum mismatch: the module is corrupt"),
             PackError::OutOfBounds => write!(f, "boot pack table or blob lies outside the module"),
             PackError::BadBlobIndex => write!(f, "boot pack domain refers to a missing blob"),
+            PackError::BadChannel { index, why } => {
+                write!(f, "boot pack channel record {index} is malformed: {why}")
+            }
         }
     }
 }
@@ -203,7 +271,28 @@ impl<'a> Pack<'a> {
                 return Err(PackError::BadBlobIndex);
             }
         }
+        if header.channel_count > MAX_CHANNELS || header.reserved != 0 {
+            return Err(PackError::OutOfBounds);
+        }
+        table_bounds(
+            bytes.len(),
+            header.channels_offset,
+            header.channel_count,
+            64,
+        )?;
+        check_channels(&pack)?;
         Ok(pack)
+    }
+
+    /// The channel records, in pack order (checked by [`Pack::parse`]).
+    pub fn channels(&self) -> impl Iterator<Item = ChannelRecord> + 'a {
+        let bytes = self.bytes;
+        let off = self.header.channels_offset as usize;
+        (0..self.header.channel_count as usize).filter_map(move |i| {
+            ChannelRecord::read_from_prefix(bytes.get(off + i * 64..)?)
+                .ok()
+                .map(|(c, _)| c)
+        })
     }
 
     /// The header.
@@ -258,6 +347,63 @@ impl<'a> Pack<'a> {
     }
 }
 
+/// Checks every channel record (`EVT-7`): a valid name, two different
+/// existing ends, names unique per end, at most [`MAX_NAMED_CHANNELS`] per
+/// end, reserved fields zero.
+fn check_channels(pack: &Pack<'_>) -> Result<(), PackError> {
+    let domains = pack.header.domain_count;
+    let mut per_domain = alloc::vec![0usize; domains as usize];
+    let records: alloc::vec::Vec<ChannelRecord> = pack.channels().collect();
+    if records.len() != pack.header.channel_count as usize {
+        return Err(PackError::OutOfBounds);
+    }
+    for (i, c) in records.iter().enumerate() {
+        let bad = |why| PackError::BadChannel {
+            index: i as u32,
+            why,
+        };
+        if c.reserved != [0; 6] {
+            return Err(bad(ChannelFault::Reserved));
+        }
+        if channel_name(&c.name).is_none() {
+            return Err(bad(ChannelFault::BadName));
+        }
+        let [a, b] = c.ends;
+        if a >= domains || b >= domains {
+            return Err(bad(ChannelFault::NoSuchDomain));
+        }
+        if a == b {
+            return Err(bad(ChannelFault::SameDomain));
+        }
+        let clash = records[..i]
+            .iter()
+            .any(|o| o.name == c.name && o.ends.iter().any(|e| c.ends.contains(e)));
+        if clash {
+            return Err(bad(ChannelFault::DuplicateName));
+        }
+        for e in [a, b] {
+            per_domain[e as usize] += 1;
+            if per_domain[e as usize] > MAX_NAMED_CHANNELS {
+                return Err(bad(ChannelFault::TooMany));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The name in a channel record's field, if it is valid: non-empty UTF-8,
+/// then only NUL padding.
+pub fn channel_name(name: &[u8; CHANNEL_NAME_LEN]) -> Option<&str> {
+    let end = name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(CHANNEL_NAME_LEN);
+    if end == 0 || name[end..].iter().any(|&b| b != 0) {
+        return None;
+    }
+    core::str::from_utf8(&name[..end]).ok()
+}
+
 fn table_bounds(len: usize, offset: u32, count: u32, size: u64) -> Result<(), PackError> {
     let end = u64::from(count)
         .checked_mul(size)
@@ -278,6 +424,7 @@ pub fn name_str(name: &[u8; NAME_LEN]) -> &str {
 #[derive(Default, Debug)]
 pub struct PackBuilder {
     domains: alloc::vec::Vec<DomainRecord>,
+    channels: alloc::vec::Vec<ChannelRecord>,
     blobs: alloc::vec::Vec<alloc::vec::Vec<u8>>,
     scenario: Option<u32>,
 }
@@ -345,12 +492,31 @@ impl PackBuilder {
         Ok(())
     }
 
+    /// Adds a channel named `name` between the domains added `a`th and
+    /// `b`th (0-based). Only the name's length is checked here; the rest is
+    /// checked where a pack is read ([`Pack::parse`]), so tests can build
+    /// bad packs.
+    pub fn channel(&mut self, name: &str, a: u32, b: u32) -> Result<(), &'static str> {
+        if name.len() > CHANNEL_NAME_LEN {
+            return Err("channel name longer than 32 bytes");
+        }
+        let mut n = [0u8; CHANNEL_NAME_LEN];
+        n[..name.len()].copy_from_slice(name.as_bytes());
+        self.channels.push(ChannelRecord {
+            name: n,
+            ends: [a, b],
+            reserved: [0; 6],
+        });
+        Ok(())
+    }
+
     /// Lays the pack out and returns its bytes.
     pub fn finish(&self) -> alloc::vec::Vec<u8> {
         let align = |x: usize| (x + 15) & !15;
         let domains_offset = 64;
         let blobs_offset = domains_offset + self.domains.len() * 128;
-        let mut data_offset = align(blobs_offset + self.blobs.len() * 16);
+        let channels_offset = blobs_offset + self.blobs.len() * 16;
+        let mut data_offset = align(channels_offset + self.channels.len() * 64);
         let mut records = alloc::vec::Vec::new();
         for b in &self.blobs {
             records.push(BlobRecord {
@@ -371,12 +537,17 @@ impl PackBuilder {
             blobs_offset: blobs_offset as u32,
             blob_count: self.blobs.len() as u32,
             scenario_blob: self.scenario.map_or(0, |i| i + 1),
-            reserved: [0; 3],
+            channels_offset: channels_offset as u32,
+            channel_count: self.channels.len() as u32,
+            reserved: 0,
         };
         let mut out = alloc::vec![0u8; total];
         out[..64].copy_from_slice(header.as_bytes());
         for (i, d) in self.domains.iter().enumerate() {
             out[domains_offset + i * 128..][..128].copy_from_slice(d.as_bytes());
+        }
+        for (i, c) in self.channels.iter().enumerate() {
+            out[channels_offset + i * 64..][..64].copy_from_slice(c.as_bytes());
         }
         for (i, (r, b)) in records.iter().zip(&self.blobs).enumerate() {
             out[blobs_offset + i * 16..][..16].copy_from_slice(r.as_bytes());
@@ -439,6 +610,116 @@ mod tests {
             b[i] ^= 0x40;
             assert!(Pack::parse(&b).is_err(), "flip at {i} accepted");
         }
+    }
+
+    fn with_channels(chans: &[(&str, u32, u32)]) -> alloc::vec::Vec<u8> {
+        let mut b = PackBuilder::new();
+        let img = b.blob(b"\x7fELF");
+        for name in ["a", "b", "c", "d"] {
+            b.domain(&DomainSpec {
+                name,
+                mem_pages: 64,
+                max_pages: 64,
+                flags: DomainFlags::CRITICAL,
+                image_blob: img,
+                cmdline: "",
+                weight: 0,
+            })
+            .unwrap();
+        }
+        for (n, x, y) in chans {
+            b.channel(n, *x, *y).unwrap();
+        }
+        b.finish()
+    }
+
+    fn channel_fault(chans: &[(&str, u32, u32)]) -> Option<(u32, ChannelFault)> {
+        match Pack::parse(&with_channels(chans)) {
+            Ok(_) => None,
+            Err(PackError::BadChannel { index, why }) => Some((index, why)),
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+
+    #[test]
+    fn channels_round_trip() {
+        let bytes = with_channels(&[("ping", 0, 1), ("log", 2, 0)]);
+        let p = Pack::parse(&bytes).unwrap();
+        let cs: alloc::vec::Vec<_> = p.channels().collect();
+        assert_eq!(cs.len(), 2);
+        assert_eq!(channel_name(&cs[0].name), Some("ping"));
+        assert_eq!(cs[1].ends, [2, 0]);
+        assert_eq!(p.domains().count(), 4);
+        assert_eq!(
+            Pack::parse(&with_channels(&[])).unwrap().channels().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn malformed_channel_records_refuse_the_pack() {
+        use ChannelFault::*;
+        assert_eq!(channel_fault(&[("x", 0, 1), ("y", 1, 2)]), None);
+        assert_eq!(channel_fault(&[("x", 0, 4)]), Some((0, NoSuchDomain)));
+        assert_eq!(
+            channel_fault(&[("x", u32::MAX, 0)]),
+            Some((0, NoSuchDomain))
+        );
+        assert_eq!(channel_fault(&[("x", 1, 1)]), Some((0, SameDomain)));
+        assert_eq!(channel_fault(&[("", 0, 1)]), Some((0, BadName)));
+        assert_eq!(
+            channel_fault(&[("x", 0, 1), ("x", 2, 1)]),
+            Some((1, DuplicateName))
+        );
+        assert_eq!(
+            channel_fault(&[("x", 0, 1), ("x", 2, 0)]),
+            Some((1, DuplicateName))
+        );
+        // The same name between other domains is fine (two pairs).
+        assert_eq!(channel_fault(&[("x", 0, 1), ("x", 2, 3)]), None);
+        let many: alloc::vec::Vec<alloc::string::String> = (0..=MAX_NAMED_CHANNELS)
+            .map(|i| alloc::format!("c{i}"))
+            .collect();
+        let recs: alloc::vec::Vec<(&str, u32, u32)> =
+            many.iter().map(|n| (n.as_str(), 0, 1)).collect();
+        assert_eq!(
+            channel_fault(&recs),
+            Some((MAX_NAMED_CHANNELS as u32, TooMany))
+        );
+        assert_eq!(channel_fault(&recs[..MAX_NAMED_CHANNELS]), None);
+    }
+
+    /// Patches record 0 of a one-channel pack and fixes the checksum, as a
+    /// hostile or buggy packer would.
+    fn patched(f: impl FnOnce(&mut ChannelRecord)) -> Result<(), PackError> {
+        let mut bytes = with_channels(&[("x", 0, 1)]);
+        let h = PackHeader::read_from_prefix(&bytes).unwrap().0;
+        let off = h.channels_offset as usize;
+        let mut r = ChannelRecord::read_from_prefix(&bytes[off..]).unwrap().0;
+        f(&mut r);
+        bytes[off..off + 64].copy_from_slice(r.as_bytes());
+        let sum = checksum(&bytes, Some(CHECKSUM_OFFSET));
+        bytes[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_le_bytes());
+        Pack::parse(&bytes).map(drop)
+    }
+
+    #[test]
+    fn hostile_channel_fields_are_refused() {
+        let bad = |why| Err(PackError::BadChannel { index: 0, why });
+        assert_eq!(patched(|_| {}), Ok(()));
+        assert_eq!(patched(|r| r.reserved[5] = 1), bad(ChannelFault::Reserved));
+        assert_eq!(
+            patched(|r| r.name[1..3].copy_from_slice(b"\0y")),
+            bad(ChannelFault::BadName)
+        );
+        assert_eq!(patched(|r| r.name[0] = 0xff), bad(ChannelFault::BadName));
+        assert_eq!(patched(|r| r.name = [b'n'; 32]), Ok(()), "32 bytes, no NUL");
+        // A table that claims more records than the pack holds.
+        let mut bytes = with_channels(&[("x", 0, 1)]);
+        bytes[core::mem::offset_of!(PackHeader, channel_count)] = 200;
+        let sum = checksum(&bytes, Some(CHECKSUM_OFFSET));
+        bytes[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_le_bytes());
+        assert_eq!(Pack::parse(&bytes).unwrap_err(), PackError::OutOfBounds);
     }
 
     #[test]

@@ -16,4 +16,5 @@ pub mod frames;
 pub mod loader;
 pub mod memmap;
 pub mod mm;
+pub mod named;
 pub mod sched;
