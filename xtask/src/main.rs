@@ -11,6 +11,7 @@
 
 mod bench;
 mod conformance;
+mod explain;
 mod fuzz;
 mod gdb;
 mod images;
@@ -330,7 +331,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         log_name: format!("{}/serial", scenario.name),
     };
     let (outcome, _, ended) = booter.boot(&req, &how)?;
-    explain(&booter, &scenario, &outcome.transcript);
+    explain::explain(&booter, &scenario, &outcome.transcript);
     for line in ended.qemu_stderr.lines() {
         eprintln!("qemu: {line}");
     }
@@ -358,97 +359,8 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     })
 }
 
-/// After a run: the per-guest console logs, the hypervisor's fault (if
-/// any) symbolized, and one row per domain.
-fn explain(booter: &Booter<'_>, scenario: &Scenario, transcript: &str) {
-    let dir = booter.work_dir().join("logs").join(&scenario.name);
-    for (name, text) in summary::console_logs(transcript) {
-        let path = dir.join(format!("{name}.log"));
-        if let Err(e) = std::fs::write(&path, text) {
-            eprintln!("xtask: warning: cannot write {}: {e}", path.display());
-        }
-    }
-    let syms = symbols::Symbols::new(&booter.root);
-    let facts = tahoma_tests::Facts::parse(transcript);
-    for f in facts.of_kind("backtrace") {
-        eprintln!("xtask: hypervisor backtrace:");
-        for (i, field) in f.fields.iter().enumerate() {
-            let Some(addr) = tahoma_tests::facts::parse_number(&field.key) else {
-                continue;
-            };
-            // Return addresses point after the call: look up the call.
-            let probe = if i == 0 { addr } else { addr.saturating_sub(1) };
-            let at = syms
-                .locate(&booter.images.hypervisor, probe)
-                .unwrap_or_else(|| "?".into());
-            eprintln!("xtask:   {addr:#018x}  {at}");
-        }
-    }
-    let image_of = |name: &str| {
-        scenario
-            .guests
-            .iter()
-            .find(|g| g.name == name)
-            .map(|g| g.image_path(&booter.images.dir))
-    };
-    let symbolize = |name: &str, rip: u64| syms.locate(&image_of(name)?, rip);
-    let expected: Vec<String> = scenario.guests.iter().map(|g| g.name.clone()).collect();
-    let rows = summary::summarize(transcript, &expected, &symbolize);
-    if !rows.is_empty() {
-        eprintln!();
-        for line in summary::render(&rows).lines() {
-            eprintln!("  {line}");
-        }
-        eprintln!();
-    }
-}
-
 fn list() -> Result<ExitCode, String> {
-    let root = images::root();
-    for name in manifest::list(&root)? {
-        let s = Scenario::load(&root, &name)?;
-        println!(
-            "{name:<20} {}",
-            s.description.as_deref().unwrap_or("(no description)")
-        );
-        let mut groups: Vec<(String, &str, u32, usize)> = Vec::new();
-        for g in &s.guests {
-            let base = g
-                .name
-                .rsplit_once('-')
-                .filter(|(_, n)| n.parse::<u32>().is_ok())
-                .map_or(g.name.as_str(), |(b, _)| b);
-            match groups
-                .iter_mut()
-                .find(|(b, i, m, _)| b == base && *i == g.image && *m == g.mem_pages)
-            {
-                Some(grp) => grp.3 += 1,
-                None => groups.push((base.to_string(), &g.image, g.mem_pages, 1)),
-            }
-        }
-        for (name, image, pages, count) in groups {
-            let copies = if count > 1 {
-                format!(" x{count}")
-            } else {
-                String::new()
-            };
-            println!(
-                "{:<20}   guest {name}{copies}: image {image}, {} KiB",
-                "",
-                u64::from(pages) * 4
-            );
-        }
-        for c in &s.channels {
-            println!(
-                "{:<20}   channel {}: {} <-> {}",
-                "", c.name, s.guests[c.ends[0]].name, s.guests[c.ends[1]].name
-            );
-        }
-        println!(
-            "{:<20}   devices: none; machine memory {} MiB",
-            "", s.memory_mib
-        );
-    }
+    print!("{}", explain::list_text(&images::root())?);
     Ok(ExitCode::SUCCESS)
 }
 

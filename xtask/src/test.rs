@@ -224,6 +224,7 @@ type XtaskTest = fn(&Booter<'_>, Duration) -> Result<(), String>;
 const XTASK_TESTS: &[(&str, XtaskTest)] = &[
     ("gdb-walkthrough", crate::gdb::walkthrough),
     ("image-run-any-elf", image_run),
+    ("run-summary-symbolized", run_summary),
 ];
 
 fn xtask_test(
@@ -246,6 +247,56 @@ fn xtask_test(
             tally.failed += 1;
         }
     }
+}
+
+/// `cargo xtask run`'s closing table on `misbehave`: one row per domain,
+/// each ended as it should, and every fault located by function, file and
+/// line in the guest's own source (symbolized from its image's DWARF).
+fn run_summary(booter: &Booter<'_>, timeout: Duration) -> Result<(), String> {
+    let scenario = crate::manifest::Scenario::load(&booter.root, "misbehave")?;
+    let mut req = tahoma_tests::BootRequest::scenario("misbehave");
+    req.timeout = Some(timeout);
+    let how = crate::machine::Presentation {
+        echo: false,
+        gdb: None,
+        log_name: "tests/run-summary-symbolized".into(),
+    };
+    let (o, _, _) = booter.boot(&req, &how)?;
+    let syms = crate::symbols::Symbols::new(&booter.root);
+    let rows = crate::explain::rows(booter, &scenario, &o.transcript, &syms);
+    let table = crate::summary::render(&rows);
+    if rows.len() != scenario.guests.len() {
+        return Err(format!(
+            "{} rows for {} guests:\n{table}",
+            rows.len(),
+            scenario.guests.len()
+        ));
+    }
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .ok_or(format!("no row for {name}"))
+    };
+    if row("worker")?.verdict() != "finished normally" {
+        return Err(format!("worker: {}", row("worker")?.verdict()));
+    }
+    if row("spin")?.ended() != "ended with the scenario" {
+        return Err(format!("spin: {}", row("spin")?.ended()));
+    }
+    for r in rows.iter().filter(|r| r.name.starts_with("bad-")) {
+        match &r.ending {
+            crate::summary::Ending::Fault {
+                location: Some(at), ..
+            } if at.contains("guests/misbehave/src/main.rs:") && at.contains("misbehave::") => {}
+            other => {
+                return Err(format!(
+                    "{}: not a symbolized fault: {other:?}\n{table}",
+                    r.name
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `cargo xtask run --image FILE`'s path: an ELF copied outside the guest
