@@ -25,6 +25,7 @@
 #![no_std]
 #![no_main]
 #![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 
