@@ -3,6 +3,59 @@
 #[allow(unused_imports)]
 use crate::*;
 
+// ---------------------------------------------------------------- helpers of the EVT clauses
+
+/// Calls of [`on_hit`], the ports it saw in order, and a port it raises
+/// again from inside the handler (0: none).
+pub static HITS: AtomicU64 = AtomicU64::new(0);
+pub static ORDER: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+pub static RERAISE: AtomicU64 = AtomicU64::new(0);
+pub fn on_hit(p: Port) {
+    let n = HITS.fetch_add(1, SeqCst);
+    if (n as usize) < ORDER.len() {
+        ORDER[n as usize].store(u64::from(p.0), SeqCst);
+    }
+    let r = RERAISE.swap(0, SeqCst);
+    if r != 0 {
+        let _ = send(r);
+    }
+}
+/// Forgets the hits seen so far.
+pub fn reset_hits() {
+    HITS.store(0, SeqCst);
+    for o in &ORDER {
+        o.store(0, SeqCst);
+    }
+}
+
+/// Port numbers that never name a port (and `extra`).
+pub fn bad_ports(extra: &[u64]) -> Vec<u64> {
+    let mut v = alloc::vec![
+        0u64,
+        NR_PORTS as u64,
+        NR_PORTS as u64 + 1,
+        u32::MAX as u64,
+        1 << 32,
+        u64::MAX
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// Events seen on the `link` channel.
+pub static LINK: AtomicU64 = AtomicU64::new(0);
+pub fn on_link(_: Port) {
+    LINK.fetch_add(1, SeqCst);
+}
+
+/// Sends on `link` and waits (5 s at most) for the helper's answer.
+pub fn link_round_trip(ck: &mut Ck, port: Port) {
+    let n = LINK.load(SeqCst);
+    ck.eq("send on link", send(port.0.into()), Ok(0));
+    event::wait_for_until(|| LINK.load(SeqCst) > n, now() + 5_000 * MS);
+    ck.eq("answer on link", LINK.load(SeqCst), n + 1);
+}
+
 /// EVT-0 (run in the `events` phase).
 pub fn evt_0() {
     clause(

@@ -1,9 +1,19 @@
 //! The ABI conformance suite: checks every clause of `docs/abi/` (except
-//! `MMU-*`) against the running hypervisor and prints one line per clause:
+//! `MMU-*`, `MEM-5..9`: `guests/mmutest`; `CPU-*`, `TRAP-7`:
+//! `guests/cputest`) against the running hypervisor and prints one line per
+//! clause through the shared harness (`guests/harness`):
 //!
 //! ```text
 //! @ conformance clause=EVT-4a name="..." outcome=pass|fail detail="..."
 //! ```
+//!
+//! One module per page of `docs/abi` (`call` for the README's CALL clauses,
+//! `base`, `console`, `memory`, `sched`, `time`, `events`, `traps`,
+//! `limits`), one function per clause named after its ID
+//! (`events::evt_4a`). This file holds the helpers the pages share and the
+//! phases, which call the clause functions in a fixed order (some clauses
+//! need the helper domains, the suite's own upcall entries, or the state an
+//! earlier phase left).
 //!
 //! Negative cases check the exact documented error *and* that nothing
 //! changed. Clauses that can only be seen from outside (console prefixes,
@@ -42,9 +52,6 @@ use upcalls as up;
 guest_sdk::entry!(main);
 
 // ---------------------------------------------------------------- framework
-
-/// Checks accumulated across phases for one clause.
-static MEM2: spin::Mutex<Ck> = spin::Mutex::new(Ck::new());
 
 // ---------------------------------------------------------------- helpers
 
@@ -312,17 +319,11 @@ fn main(si: &StartInfo) -> i32 {
 
 fn base_and_call(si: &StartInfo) {
     base::base_1(si);
-
     call::call_1();
-
     call::call_1a();
-
     call::call_1b();
-
     call::call_2();
-
     call::call_3();
-
     call::call_4(si);
 }
 
@@ -359,60 +360,17 @@ fn time_info() -> TimeInfo {
 
 // ---------------------------------------------------------------- EVT
 
-static HITS: AtomicU64 = AtomicU64::new(0);
-static ORDER: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
-static RERAISE: AtomicU64 = AtomicU64::new(0);
-fn on_hit(p: Port) {
-    let n = HITS.fetch_add(1, SeqCst);
-    if (n as usize) < ORDER.len() {
-        ORDER[n as usize].store(u64::from(p.0), SeqCst);
-    }
-    let r = RERAISE.swap(0, SeqCst);
-    if r != 0 {
-        let _ = send(r);
-    }
-}
-fn reset_hits() {
-    HITS.store(0, SeqCst);
-    for o in &ORDER {
-        o.store(0, SeqCst);
-    }
-}
-
-fn bad_ports(extra: &[u64]) -> Vec<u64> {
-    let mut v = alloc::vec![
-        0u64,
-        NR_PORTS as u64,
-        NR_PORTS as u64 + 1,
-        u32::MAX as u64,
-        1 << 32,
-        u64::MAX
-    ];
-    v.extend_from_slice(extra);
-    v
-}
-
 fn events(peers: Option<Peers>) {
     events::evt_0();
-
     events::evt_0b();
-
     events::evt_0c();
-
     events::evt_0d();
-
     events::evt_0e();
-
     events::evt_1();
-
     events::evt_1a();
-
     events::evt_2(peers);
-
     events::evt_2a();
-
     events::evt_2b(peers);
-
     events::evt_3();
     events::evt_3a();
     events::evt_3b();
@@ -436,10 +394,8 @@ fn events(peers: Option<Peers>) {
     events::evt_4a();
     events::evt_4b();
     events::evt_4c(peers);
-
     events::evt_5(peers);
     events::evt_5a();
-
     events::evt_6();
     events::evt_6a();
 }
@@ -461,20 +417,6 @@ fn used_before_fill(peers: Option<Peers>) -> usize {
 
 /// The domain at the other end of `link` (manifest order, conformance.toml).
 const NAMED: u16 = 8;
-
-/// Events seen on the `link` channel.
-static LINK: AtomicU64 = AtomicU64::new(0);
-fn on_link(_: Port) {
-    LINK.fetch_add(1, SeqCst);
-}
-
-/// Sends on `link` and waits (5 s at most) for the helper's answer.
-fn link_round_trip(ck: &mut Ck, port: Port) {
-    let n = LINK.load(SeqCst);
-    ck.eq("send on link", send(port.0.into()), Ok(0));
-    event::wait_for_until(|| LINK.load(SeqCst) > n, now() + 5_000 * MS);
-    ck.eq("answer on link", LINK.load(SeqCst), n + 1);
-}
 
 /// EVT-7, EVT-7a: the manifest's `link` channel to the `named` helper
 /// (guests/conf-peer role=named), wired before either domain ran.
@@ -519,27 +461,16 @@ fn traps() {
     let fsize = core::mem::size_of::<UpcallFrame>() as u64;
 
     traps::trap_1(top);
-
     traps::trap_1a(top, fsize);
-
     traps::trap_0(top, fsize);
-
     traps::trap_0a();
-
     sched::sched_2c();
-
     traps::trap_0b();
-
     traps::trap_1b(top);
-
     traps::trap_2();
-
     traps::trap_2a();
-
     traps::trap_2b();
-
     traps::trap_2c();
-
     traps::trap_3();
 }
 
@@ -563,15 +494,12 @@ fn multi_domain(peers: Option<Peers>) {
     };
 
     events::evt_0a(p);
-
     traps::trap_0c(p);
 
     let ok0b = sched::sched_0b();
     let ok0a = sched::sched_0a(p);
     sched::sched_0(ok0a, ok0b);
-
     traps::trap_4();
-
     sched::sched_3(p);
     sched::sched_3a();
 }

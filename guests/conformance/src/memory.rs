@@ -3,6 +3,9 @@
 #[allow(unused_imports)]
 use crate::*;
 
+/// Checks accumulated across phases for one clause.
+static MEM2: spin::Mutex<Ck> = spin::Mutex::new(Ck::new());
+
 /// MEM-2a (run in the `memory` phase).
 pub fn mem_2a(si: &StartInfo) {
     clause("MEM-2a", "frames are scrubbed", |ck| {
