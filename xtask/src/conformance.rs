@@ -123,18 +123,58 @@ pub fn clauses_in(text: &str) -> Vec<String> {
     out
 }
 
-/// Every clause ID in `docs/abi/*.md` (files in name order, README first),
-/// without duplicates and without the skipped families.
+/// The spec's pages in the order of the family table in
+/// `docs/abi/README.md` (one page per family; `CALL` is "this page", the
+/// README): `(family, file name)`.
+pub fn spec_pages(readme: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in readme.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let Some(family) = cells
+            .get(1)
+            .and_then(|c| c.strip_prefix('`'))
+            .and_then(|c| c.strip_suffix('`'))
+        else {
+            continue;
+        };
+        if family.is_empty() || !family.chars().all(|c| c.is_ascii_uppercase()) {
+            continue;
+        }
+        let page = match cells.get(2) {
+            Some(&"this page") => "README.md",
+            Some(cell) => match cell.split_once("](").and_then(|(_, p)| p.strip_suffix(')')) {
+                Some(p) => p,
+                None => continue,
+            },
+            None => continue,
+        };
+        out.push((family.to_string(), page.to_string()));
+    }
+    out
+}
+
+/// Every clause ID in `docs/abi/*.md`, page by page in the order of the
+/// README's family table, without duplicates and without the skipped
+/// families. A page the table does not name is an error (it would hold
+/// clauses no family owns).
 pub fn doc_clauses(root: &Path) -> Result<Vec<String>, String> {
     let dir = root.join("docs/abi");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let readme = std::fs::read_to_string(dir.join("README.md"))
+        .map_err(|e| format!("cannot read {}/README.md: {e}", dir.display()))?;
+    let pages = spec_pages(&readme);
+    let files: Vec<String> = std::fs::read_dir(&dir)
         .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".md"))
         .collect();
-    files.sort_by_key(|p| (!p.ends_with("README.md"), p.clone()));
+    if let Some(stray) = files.iter().find(|f| !pages.iter().any(|(_, p)| p == *f)) {
+        return Err(format!(
+            "docs/abi/{stray} is not in the family table of docs/abi/README.md: add its family's row"
+        ));
+    }
     let mut ids = Vec::new();
-    for f in files {
+    for (_, page) in &pages {
+        let f = dir.join(page);
         let text =
             std::fs::read_to_string(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
         for id in clauses_in(&text) {
@@ -1286,6 +1326,29 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), ids.len(), "duplicates");
+        // Documentation order is the family table's: CALL first, then each
+        // family's page in turn.
+        let first = |f: &str| ids.iter().position(|i| i.starts_with(&format!("{f}-")));
+        let order: Vec<Option<usize>> = ["CALL", "BASE", "CON", "MEM", "SCHED", "TIME", "EVT"]
+            .iter()
+            .map(|f| first(f))
+            .collect();
+        assert!(order.iter().all(Option::is_some), "{order:?}");
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    }
+
+    #[test]
+    fn spec_pages_follow_the_family_table() {
+        let readme = "| family | page | scope |\n|---|---|---|\n| `CALL` | this page | x |\n\
+                      | `CON` | [console.md](console.md) | console |\n\
+                      | `rax` | [`Hypercall`](../numbers.rs) | no |\n";
+        assert_eq!(
+            spec_pages(readme),
+            [
+                ("CALL".to_string(), "README.md".to_string()),
+                ("CON".to_string(), "console.md".to_string())
+            ]
+        );
     }
 
     fn rec(c: &str, pass: bool) -> Record {

@@ -97,6 +97,10 @@ mod load_tests {
 #[derive(Deserialize)]
 struct GuestManifest {
     package: Option<GuestPackage>,
+    /// `[lib]`: a library shared by guests (e.g. `guests/harness`).
+    lib: Option<toml::Value>,
+    /// `[[bin]]` targets.
+    bin: Option<Vec<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -106,7 +110,9 @@ struct GuestPackage {
 
 /// The guest crates: directories under `guests/` that hold a `Cargo.toml`.
 /// Each one's package name must equal its directory name (the image name
-/// scenarios refer to).
+/// scenarios refer to). A library-only crate (a `[lib]` section and no
+/// `[[bin]]`, such as the conformance harness `guests/harness`) is shared
+/// by guests and is not an image.
 pub fn guest_crates(root: &Path) -> Result<Vec<String>, String> {
     let dir = root.join("guests");
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -123,6 +129,9 @@ pub fn guest_crates(root: &Path) -> Result<Vec<String>, String> {
             .map_err(|e| format!("cannot read {}: {e}", manifest.display()))?;
         let parsed: GuestManifest = toml::from_str(&text)
             .map_err(|e| format!("{}: {}", manifest.display(), e.message()))?;
+        if parsed.lib.is_some() && parsed.bin.is_none() {
+            continue;
+        }
         let name = parsed.package.map(|p| p.name).unwrap_or_default();
         if name != dir_name {
             return Err(format!(
@@ -212,6 +221,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(guest_crates(&root).unwrap(), ["hello"]);
+        std::fs::create_dir_all(guests.join("shared")).unwrap();
+        std::fs::write(
+            guests.join("shared/Cargo.toml"),
+            "[package]\nname = \"shared\"\n[lib]\npath = \"src/lib.rs\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            guest_crates(&root).unwrap(),
+            ["hello"],
+            "a library is no image"
+        );
         std::fs::create_dir_all(guests.join("other")).unwrap();
         std::fs::write(
             guests.join("other/Cargo.toml"),

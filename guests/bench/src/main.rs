@@ -22,6 +22,7 @@
 //! measuring domain does.
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 
@@ -243,8 +244,8 @@ fn solo(iters: u64, warmup: u64) -> i32 {
 fn pending_word(port: Port) -> (&'static AtomicU64, u64) {
     let p = port.number() as usize;
     let addr = SHARED_INFO_VA as usize + SHARED_PENDING_OFFSET + (p / 64) * 8;
-    // MEM-4: the shared-info page is mapped read-write for the domain's life.
-    // SAFETY: as above; the pending words are aligned u64s both sides access
+    // SAFETY: MEM-4: the shared-info page is mapped read-write for the
+    // domain's life and `addr` is inside it, 8-aligned; the pending words are aligned u64s both sides access
     // only atomically, and with upcalls off nothing else here touches them.
     let word = unsafe { AtomicU64::from_ptr(addr as *mut u64) };
     (word, 1u64 << (p % 64))

@@ -22,6 +22,7 @@
 //! `@ canary checks=N reg_checks=N pokes=N breaches=N secret=intact|broken`.
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use guest_sdk::abi::Hypercall;

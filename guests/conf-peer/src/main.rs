@@ -20,6 +20,7 @@
 //!   table is right, then answers every event on `link` (EVT-7, EVT-7a).
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_sdk::abi::args::ShutdownReason;

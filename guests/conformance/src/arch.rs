@@ -325,7 +325,8 @@ pub fn frame_words(f: &UpcallFrame) -> [u64; 22] {
 
 /// The frame from 22 words.
 pub fn words_frame(w: [u64; 22]) -> UpcallFrame {
-    // SAFETY: as above; every bit pattern is a valid UpcallFrame.
+    // SAFETY: UpcallFrame is repr(C), 22 u64 fields, no padding, so
+    // every bit pattern of 22 words is a valid UpcallFrame.
     unsafe { core::mem::transmute::<[u64; 22], UpcallFrame>(w) }
 }
 
@@ -342,7 +343,8 @@ impl Sh {
         unsafe { AtomicU64::from_ptr(Self::at(off)) }
     }
     fn w8(off: usize) -> &'static AtomicU8 {
-        // SAFETY: as above, a byte field.
+        // SAFETY: the shared-info page is mapped read-write at SHARED_INFO_VA
+        // for the domain's life (MEM-2); `off` is a byte field's offset.
         unsafe { AtomicU8::from_ptr(Self::at(off)) }
     }
     pub fn pending(w: usize) -> &'static AtomicU64 {

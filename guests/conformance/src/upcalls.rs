@@ -126,13 +126,15 @@ pub extern "C" fn event_rust(frame: *mut UpcallFrame) -> ! {
                 (*scratch).rip = GUEST_VA_TOP;
             }
             tries[6] = upcall_return_raw(scratch as u64);
-            // SAFETY: as above.
+            // SAFETY: SCRATCH is only touched here, in one upcall at a time,
+            // so this write cannot race another.
             unsafe {
                 *scratch = *f;
                 (*scratch).rsp = 0xffff_8000_0000_1000;
             }
             tries[7] = upcall_return_raw(scratch as u64);
-            // SAFETY: as above.
+            // SAFETY: SCRATCH is only touched here, in one upcall at a time,
+            // so this write cannot race another.
             unsafe {
                 *scratch = *f;
                 (*scratch).kind = 2;

@@ -25,6 +25,7 @@
 #![no_std]
 #![no_main]
 #![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 
@@ -68,46 +69,15 @@ fn main(si: &StartInfo) -> i32 {
 
 // ---------------------------------------------------------------- checks
 
-/// The checks of one clause (as in the conformance guest).
-#[derive(Default)]
-struct Ck {
-    checks: u32,
-    fails: u32,
-    first: String,
-}
+/// The checks of one clause: the harness shared with the conformance and
+/// MMU suites (`guests/harness`).
+use harness::Ck;
 
-impl Ck {
-    fn t(&mut self, ok: bool, what: &str) {
-        self.checks += 1;
-        if !ok {
-            self.fails += 1;
-            println!("  check failed: {what}");
-            if self.first.is_empty() {
-                self.first = String::from(what);
-            }
-        }
-    }
-    fn eq<T: PartialEq + core::fmt::Debug>(&mut self, what: &str, got: T, want: T) {
-        let ok = got == want;
-        self.t(ok, &format!("{what}: got {got:?}, want {want:?}"));
-    }
-}
-
-fn clause(id: &str, name: &str, ck: Ck, note: &str) {
-    let detail = if ck.fails == 0 {
-        format!("{} checks{note}", ck.checks)
-    } else {
-        format!("{}/{} failed; first: {}", ck.fails, ck.checks, ck.first)
-    };
-    let d: String = detail
-        .chars()
-        .take(150)
-        .map(|c| if c == '"' || c == '\\' { '\'' } else { c })
-        .collect();
-    println!(
-        "@ conformance clause={id} name=\"{name}\" outcome={} detail=\"{d}\"",
-        if ck.fails == 0 { "pass" } else { "fail" }
-    );
+/// Reports a clause whose checks `ck` made; `note` is added to a pass's
+/// detail.
+fn clause(id: &str, name: &str, mut ck: Ck, note: &str) {
+    ck.note = String::from(note);
+    harness::finish(id, name, &mut ck, |_| {});
 }
 
 /// The initial state every domain must start with (CPU-1a, CPU-2): what
@@ -180,7 +150,11 @@ fn interleave(
         check(&mut r);
         // Spin ~1 ms (every 25th round 25 ms, longer than a time slice, so
         // the timer preempts us), counting gaps that mean someone else ran.
-        let spin = if r.rounds % 25 == 0 { 25 * MS } else { MS };
+        let spin = if r.rounds.is_multiple_of(25) {
+            25 * MS
+        } else {
+            MS
+        };
         let t0 = time::now_ns();
         let mut last = t0;
         while time::now_ns() - t0 < spin {

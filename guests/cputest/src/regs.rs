@@ -149,7 +149,9 @@ pub fn load(s: &Simd, avx: bool) {
     macro_rules! ldm {
         ($n:literal) => {
             let p = mm.wrapping_add($n * 8);
-            // SAFETY: as above, 8 bytes into an MMX register.
+            // SAFETY: `p` points at 8 readable bytes of `mm` (the caller's
+            // pattern buffer); the load only fills MMX register $n, which
+            // the probe owns, and touches neither stack nor flags.
             unsafe { asm!(concat!("movq mm", stringify!($n), ", [{}]"), in(reg) p, options(nostack, readonly, preserves_flags)) };
         };
     }

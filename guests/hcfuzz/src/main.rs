@@ -44,6 +44,7 @@
 //! as `@ fuzz-fatal` with the last call and ends the domain.
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod rng;
 

@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use guest_sdk::{println, StartInfo};
 

@@ -4,6 +4,7 @@
 //! handler first, observes the reflected exception and carries on.
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +25,10 @@ fn observe(frame: &mut UpcallFrame) -> trap::TrapAction {
 
 /// Runs one privileged or faulting instruction; returns its length in bytes.
 fn act(what: &str) -> Option<u64> {
-    // SAFETY (all blocks): deliberately executing instructions a ring-3
-    // guest may not; the hypervisor must turn each into a fault of ours.
+    // SAFETY: each arm deliberately executes an instruction a ring-3 guest
+    // may not (or touches memory it does not own); none can harm this
+    // guest's own memory, and the hypervisor must turn each into a fault of
+    // this domain (reflected or fatal), which is what the scenario checks.
     unsafe {
         match what {
             "hlt" => asm!("hlt"),
@@ -66,7 +69,9 @@ fn main(si: &StartInfo) -> i32 {
         SKIP.store(len, Ordering::Release);
         trap::set_handler(observe).expect("register the trap handler");
         if inner == "wild" {
-            // SAFETY: a deliberate write to an unmapped page, caught above.
+            // SAFETY: a deliberate write to the unmapped page 0xdead_0000;
+            // the #PF is reflected to `observe`, which skips the 3-byte
+            // instruction, so execution resumes right after it.
             unsafe { asm!("mov qword ptr [rcx], rax", in("rcx") 0xdead_0000u64, in("rax") 1u64) };
         } else if act(inner).is_none() {
             println!("unknown action {inner:?}");

@@ -27,7 +27,7 @@ use crate::lab::{self, peek, poke, upd, update1};
 
 mod frames;
 
-type Outcome = Result<String, String>;
+use harness::Outcome;
 
 /// A clause: ID, name, test.
 type Clause = (&'static str, &'static str, fn(&Lab) -> Outcome);
@@ -142,47 +142,20 @@ fn info(mfn: u64) -> Result<(FrameType, u32, u64, u64), String> {
     Ok((t, f.flags, f.type_count, f.total_count))
 }
 
-fn sanitize(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| {
-            if c == '"' || c == '\\' || c.is_control() {
-                '\''
-            } else {
-                c
-            }
-        })
-        .collect();
-    if out.len() > 150 {
-        let mut cut = 150;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-    }
-    out
-}
-
 struct Tally {
     pass: u32,
     fail: u32,
 }
 
 impl Tally {
+    /// Reports the clause (one `@ conformance` line, `harness::report`)
+    /// and counts it.
     fn clause(&mut self, id: &str, name: &str, r: Outcome) {
-        let (outcome, detail) = match &r {
-            Ok(d) => ("pass", d.as_str()),
-            Err(d) => ("fail", d.as_str()),
-        };
-        if r.is_ok() {
+        if harness::report(id, name, &r) {
             self.pass += 1;
         } else {
             self.fail += 1;
         }
-        println!(
-            "@ conformance clause={id} name=\"{name}\" outcome={outcome} detail=\"{}\"",
-            sanitize(detail)
-        );
     }
 }
 

@@ -12,6 +12,7 @@
 //!   cost of pinning a fresh address space (`@ bench ...`).
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 

@@ -8,6 +8,8 @@
 //! report what they counted, and whom they found at the other end.
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_code)]
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_sdk::event::{self, Port};

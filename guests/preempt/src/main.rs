@@ -20,6 +20,7 @@
 //!   hypervisor must undo the half-done pin in the teardown (MMU-36).
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 

@@ -2,6 +2,8 @@
 //! reports how long each took against what it asked for (TIME-0, TIME-1).
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_code)]
 
 use core::time::Duration;
 use guest_sdk::time::{self, Timer};

@@ -3,6 +3,8 @@
 //! domains, which must not stop it from finishing.
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_code)]
 
 use guest_sdk::{println, sched, time, StartInfo};
 

@@ -1,10 +1,9 @@
-//! Bounds and timer clauses (issue 7): the timer hammered (TIME-2) and on
-//! time while the guest spins (TIME-3), the upcall nesting limit at its
-//! exact boundary (TRAP-5, TRAP-6), and each limit of `docs/abi/limits.md`
-//! driven to its value and one past it (LIM-1..6).
+//! Clauses of `docs/abi/limits.md`: each limit driven to its value and one
+//! past it (LIM-1..6), one function per clause, and the upcall nesting
+//! machinery that LIM-2 and TRAP-5/TRAP-6 (`traps.rs`) share.
 //!
-//! Runs with the SDK's upcall entries registered (between `time_and_sched`
-//! and the phases with the suite's own entries).
+//! Runs in the `bounds` phase, with the SDK's upcall entries registered
+//! (between `time_and_sched` and the phases with the suite's own entries).
 
 use alloc::format;
 use alloc::vec::Vec;
@@ -17,154 +16,14 @@ use guest_sdk::abi::layout::{UpcallFrame, NR_PORTS};
 use guest_sdk::abi::{Error, Hypercall};
 use guest_sdk::event::{self, Port};
 use guest_sdk::paging::{self, Level};
+use guest_sdk::println;
 use guest_sdk::trap::{self, TrapAction};
-use guest_sdk::{println, time};
 
 use crate::arch::Sh;
 use crate::{
     alloc_unbound, bind, bind_virq, block, c1, c2, call, clause, close, loopback, now, send,
     timer_set, write, Ck, MS,
 };
-
-/// TIME-3's bound on the delay from a deadline to its upcall.
-const TIMER_LATENCY_MAX: u64 = 2 * MS;
-/// TIME-3's trials: the host can stall QEMU in any one of them.
-const TIME3_TRIALS: usize = 20;
-
-/// Runs every clause of this module.
-pub fn run() {
-    time2();
-    time3();
-    nesting();
-    lim1();
-    lim3();
-    lim4();
-    lim5();
-    lim6();
-}
-
-// ---------------------------------------------------------------- TIME-2
-
-fn time2() {
-    clause("TIME-2", "timer_set hammered: bounded, still right", |ck| {
-        let p = bind_virq(Virq::Timer as u64).unwrap_or(0) as u32;
-        Sh::set_mask(p, true);
-        // Finding 2 of issue 7: ~262,000 of these exhausted the heap; the
-        // old lazy heap would need 16 MiB for these 600,000.
-        let far = now() + 3_600_000 * MS;
-        let t0 = now();
-        let mut failed = 0u64;
-        for i in 0..300_000u64 {
-            failed += u64::from(timer_set(u64::MAX) != Ok(0));
-            failed += u64::from(timer_set(far - i) != Ok(0));
-        }
-        let took = now() - t0;
-        ck.eq("failed timer_set calls of 600000", failed, 0);
-        ck.t(!Sh::is_pending(p), "a far-future deadline fired");
-        // The last value armed still fires once, at its time.
-        let t1 = now();
-        ck.eq("arm +20ms", timer_set(t1 + 20 * MS), Ok(0));
-        time::sleep_until(t1 + 10 * MS);
-        let early = Sh::is_pending(p) && now() < t1 + 20 * MS;
-        ck.t(!early, "fired before its deadline");
-        time::sleep_until(t1 + 60 * MS);
-        ck.t(Sh::is_pending(p), "the last deadline did not fire");
-        Sh::set_pending(p, false);
-        crate::sleep_ms(30);
-        ck.t(!Sh::is_pending(p), "fired twice (a replaced value fired)");
-        // Decreasing deadlines ending in a past one: it fires at once.
-        for i in 0..50_000u64 {
-            let _ = timer_set(far - i * MS);
-        }
-        ck.t(!Sh::is_pending(p), "a decreasing far deadline fired");
-        ck.eq("past deadline", timer_set(1), Ok(0));
-        ck.t(
-            Sh::is_pending(p),
-            "a past deadline after the hammer did not fire",
-        );
-        Sh::set_pending(p, false);
-        crate::sleep_ms(20);
-        ck.t(
-            !Sh::is_pending(p),
-            "an earlier value fired after the past one",
-        );
-        let _ = timer_set(0);
-        Sh::set_mask(p, false);
-        let _ = close(u64::from(p));
-        ck.note = format!(", 650000 calls, the first 600000 in {} ms", took / MS);
-    });
-}
-
-// ---------------------------------------------------------------- TIME-3
-
-/// When the timer handler first ran in this trial (0: not yet).
-static FIRED_AT: AtomicU64 = AtomicU64::new(0);
-
-fn on_timer(_: Port) {
-    let _ = FIRED_AT.compare_exchange(0, now(), SeqCst, SeqCst);
-}
-
-fn time3() {
-    clause(
-        "TIME-3",
-        "timer fires on time while the guest spins",
-        |ck| {
-            let port = match event::bind_virq_with(Virq::Timer, on_timer) {
-                Ok(p) => p,
-                Err(e) => {
-                    ck.t(false, &format!("bind the timer: {e}"));
-                    return;
-                }
-            };
-            let mut delays = Vec::new();
-            let (mut missed, mut early) = (0u32, 0u32);
-            for _ in 0..TIME3_TRIALS {
-                // Sleep briefly: the domain comes back with a fresh slice, so a
-                // timer armed only at slice ends would be ~8 ms late.
-                let _ = block(now() + MS);
-                FIRED_AT.store(0, SeqCst);
-                let deadline = now() + 2 * MS;
-                ck.eq("timer_set", timer_set(deadline), Ok(0));
-                let give_up = deadline + 50 * MS;
-                // Spin reading the clock: no hypercall, no block.
-                while FIRED_AT.load(SeqCst) == 0 && now() < give_up {
-                    core::hint::spin_loop();
-                }
-                match FIRED_AT.load(SeqCst) {
-                    0 => missed += 1,
-                    at => {
-                        // A few µs of slack for the two sides' ns rounding.
-                        early += u32::from(at + 10_000 < deadline);
-                        delays.push(at.saturating_sub(deadline));
-                    }
-                }
-            }
-            let _ = timer_set(0);
-            event::clear_handler(port);
-            let _ = close(u64::from(port.0));
-            delays.sort_unstable();
-            let best = delays.first().copied().unwrap_or(u64::MAX);
-            let median = delays.get(delays.len() / 2).copied().unwrap_or(u64::MAX);
-            let worst = delays.last().copied().unwrap_or(u64::MAX);
-            ck.eq("trials with no upcall within 50 ms", missed, 0);
-            ck.eq("upcalls before the deadline", early, 0);
-            ck.t(
-                best <= TIMER_LATENCY_MAX,
-                &format!(
-                    "best delay {} us > {} us",
-                    best / 1000,
-                    TIMER_LATENCY_MAX / 1000
-                ),
-            );
-            ck.note = format!(
-                ", delay best {} us median {} us worst {} us ({TIME3_TRIALS} trials)",
-                best / 1000,
-                median / 1000,
-                worst / 1000
-            );
-        },
-    );
-}
 
 // ---------------------------------------------------------------- TRAP-5, TRAP-6, LIM-2
 
@@ -182,9 +41,9 @@ static SEND_AT_TARGET: AtomicU64 = AtomicU64::new(0);
 /// trap handler saw right after enabling upcalls and making a hypercall:
 /// event calls so far, and `upcall_pending`.
 static EV_CALLS: AtomicU64 = AtomicU64::new(0);
-static EV_DEPTH: AtomicU64 = AtomicU64::new(0);
+pub static EV_DEPTH: AtomicU64 = AtomicU64::new(0);
 static SEEN_CALLS: AtomicU64 = AtomicU64::new(0);
-static SEEN_PENDING: AtomicU64 = AtomicU64::new(0);
+pub static SEEN_PENDING: AtomicU64 = AtomicU64::new(0);
 
 fn on_nest_event(_: Port) {
     EV_CALLS.fetch_add(1, SeqCst);
@@ -225,7 +84,7 @@ fn nest_handler(f: &mut UpcallFrame) -> TrapAction {
 /// unwinds; with `send` the innermost one raises an event on a loopback
 /// channel with upcalls enabled. Returns the event handler calls seen
 /// there, and in all.
-fn nest(ck: &mut Ck, target: u64, send: bool) -> (u64, u64) {
+pub fn nest(ck: &mut Ck, target: u64, send: bool) -> (u64, u64) {
     for f in &FRAMES {
         f.store(0, SeqCst);
     }
@@ -279,50 +138,8 @@ fn nest(ck: &mut Ck, target: u64, send: bool) -> (u64, u64) {
     (SEEN_CALLS.load(SeqCst), EV_CALLS.load(SeqCst))
 }
 
-fn nesting() {
-    let mut all = Ck::default();
-    clause(
-        "TRAP-5",
-        "8 nested upcalls allowed, the 9th trap kills",
-        |ck| {
-            // The 8th frame is delivered and the domain goes on (this guest
-            // would be destroyed with a limit of 7); xtask checks that the
-            // `nest` peer's handler was entered exactly 8 times before it was
-            // destroyed (a limit of 9 lets it in a 9th time).
-            nest(ck, 8, false);
-            ck.note = ", 8 nested traps survived".into();
-            all.checks += ck.checks;
-            all.fails += ck.fails;
-        },
-    );
-    clause("TRAP-6", "event upcalls wait at the nesting limit", |ck| {
-        // Control: with 7 traps outstanding the event is delivered at the
-        // hypercall's return, inside the innermost handler.
-        let (seen, total) = nest(ck, 7, true);
-        ck.eq("7 outstanding: event calls at the hypercall", seen, 1);
-        ck.eq("7 outstanding: event calls in all", total, 1);
-        ck.eq(
-            "7 outstanding: our depth at the event",
-            EV_DEPTH.load(SeqCst),
-            7,
-        );
-        // At the limit: held, still pending, delivered after one returns.
-        let (seen, total) = nest(ck, 8, true);
-        ck.eq("8 outstanding: event calls at the hypercall", seen, 0);
-        ck.eq(
-            "8 outstanding: upcall_pending kept",
-            SEEN_PENDING.load(SeqCst),
-            1,
-        );
-        ck.eq("8 outstanding: event calls in all", total, 1);
-        ck.eq(
-            "8 outstanding: our depth at the event (after one returned)",
-            EV_DEPTH.load(SeqCst),
-            7,
-        );
-        all.checks += ck.checks;
-        all.fails += ck.fails;
-    });
+/// LIM-2: the sum of TRAP-5 and TRAP-6 (`all`: their checks).
+pub fn lim_2(all: &Ck) {
     clause("LIM-2", "upcall nesting: 8 frames", |ck| {
         ck.checks += all.checks;
         ck.t(all.fails == 0, "TRAP-5 or TRAP-6 failed");
@@ -332,7 +149,8 @@ fn nesting() {
 
 // ---------------------------------------------------------------- LIM-1
 
-fn lim1() {
+/// LIM-1 (run in the `bounds` phase).
+pub fn lim_1() {
     clause(
         "LIM-1",
         "deadlines: a timer and a block each, re-arm replaces",
@@ -383,7 +201,8 @@ fn lim1() {
 
 // ---------------------------------------------------------------- LIM-3
 
-fn lim3() {
+/// LIM-3 (run in the `bounds` phase).
+pub fn lim_3() {
     clause("LIM-3", "event ports: 1023 per domain", |ck| {
         let mut got = Vec::new();
         let last = loop {
@@ -445,7 +264,8 @@ fn mmu_update(reqs: u64, count: u64, done: u64) -> Result<u64, Error> {
     call(Hypercall::MmuUpdate, [reqs, count, done, 0, 0, 0])
 }
 
-fn lim4() {
+/// LIM-4 (run in the `bounds` phase).
+pub fn lim_4() {
     clause(
         "LIM-4",
         "batch lengths: 512 updates, 512 frames, 4096 bytes",
@@ -561,7 +381,8 @@ fn write_all(ptr: u64, len: u64) -> Result<u64, Error> {
     Ok(done)
 }
 
-fn lim5() {
+/// LIM-5 (run in the `bounds` phase).
+pub fn lim_5() {
     // xtask: "LIM5 a…" is one line of exactly 256 bytes, "LIM5 b…" is cut
     // after 256 bytes and its 257th byte starts the next line.
     let mut line = [b'a'; 257];
@@ -582,7 +403,8 @@ fn lim5() {
 
 // ---------------------------------------------------------------- LIM-6
 
-fn lim6() {
+/// LIM-6 (run in the `bounds` phase).
+pub fn lim_6() {
     clause("LIM-6", "reservation: max_pages frames", |ck| {
         let list = &raw mut LIST;
         // SAFETY: only this function and LIM-4 touch LIST, one at a time.
