@@ -514,7 +514,7 @@ impl Mm {
         // old ones are dropped, so an unchanged target never drops to zero.
         // Linking or unlinking a subtree is bounded by `budget` (MMU-37,
         // MMU-38).
-        self.update_entry_bounded(mem, dom, table, level, index, new, budget)
+        self.update_entry_bounded(mem, dom, table, index, new, budget)
     }
 
     /// Makes `l4` the root of `space` (MMU-14). It must be a pinned L4 of

@@ -27,6 +27,13 @@
 //! A pin that meets a refused entry undoes what it did, in bounded steps
 //! too, and reports the refusal when it has: as with the unbounded pin, a
 //! refused pin leaves the frame table as it found it.
+//!
+//! An `mmu_update` entry that links a table not yet in use, or drops a
+//! table's last reference, runs the same machinery within what is left of
+//! its call's budget, but never leaves anything pending: if the budget runs
+//! out it undoes its work and refuses the entry (MMU-37 .. MMU-39), so a
+//! large subtree is pinned first (preemptible) and then linked or unlinked
+//! in O(1).
 
 use super::super::frame::{DomainId, FrameInfo, Owner, PageType, OP_REF, PARTIAL, PINNED};
 use super::super::pte::{Level, ENTRIES, FIRST_HYPERVISOR_SLOT};
@@ -273,8 +280,8 @@ impl Mm {
         self.resume(mem, pending, budget)
     }
 
-    /// Sets entry `index` of `table` (a `level` table of `dom`'s in use,
-    /// not partial, `index` a guest slot) to `new` within `budget`
+    /// Sets entry `index` of `table` (a table of `dom`'s in use, not
+    /// partial, `index` a guest slot: [`Mm::update_entry`] checked that) to `new` within `budget`
     /// (MMU-37, MMU-38). References move from the old target to the new
     /// one, as in [`Mm::mmu_update_one`], but a table the new value links
     /// that still needs validating is validated, and a table whose last
@@ -287,11 +294,14 @@ impl Mm {
         mem: &mut M,
         dom: DomainId,
         table: Pfn,
-        level: Level,
         index: usize,
         new: u64,
         budget: &mut Budget,
     ) -> Result<(), MmError> {
+        let level = self
+            .info(table)?
+            .table_level()
+            .ok_or(MmError::NotATable(table))?;
         let old = mem.read_entry(table, index);
         // New references first (no "only the flags changed" shortcut), so
         // an unchanged target never drops to zero.
