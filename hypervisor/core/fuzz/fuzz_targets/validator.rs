@@ -273,10 +273,7 @@ impl World {
                         panic!("audit failed during teardown: {e:?}");
                     }
                 }
-                assert!(
-                    self.pending[i].is_none(),
-                    "teardown left the operation pending"
-                );
+                assert!(self.pending[i].is_none(), "teardown left the operation pending");
                 for s in self.spaces.iter_mut().filter(|s| s.domain() == d) {
                     *s = AddressSpace::new(d);
                 }
@@ -336,12 +333,9 @@ fuzz_target!(|ops: Vec<Op>| {
     }
     for (i, d) in DOMS.into_iter().enumerate() {
         let mut t = Teardown::new(d);
-        let _ = w.mm.teardown_bounded(
-            &mut w.mem,
-            &mut t,
-            &mut w.pending[i],
-            &mut Budget::unlimited(),
-        );
+        let _ = w
+            .mm
+            .teardown_bounded(&mut w.mem, &mut t, &mut w.pending[i], &mut Budget::unlimited());
     }
     for pfn in 0..FRAMES {
         assert!(
