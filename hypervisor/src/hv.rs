@@ -41,8 +41,9 @@ use zerocopy::IntoBytes;
 const MAX_UPCALL_DEPTH: u32 = 8;
 
 /// Validator steps (page-table entries) one `mmu_pin`/`mmu_unpin` does
-/// before it restarts itself (MMU-35): about 0.3 ms under TCG.
-const MMU_STEPS: u64 = 4096;
+/// before it restarts itself (MMU-35), and one `mmu_update` call may spend
+/// linking and unlinking subtrees (MMU-37): about 0.3 ms under TCG.
+const MMU_STEPS: u64 = tahoma_core::mm::OP_STEPS;
 
 /// Length of the `syscall` instruction: a restarted hypercall resumes
 /// this many bytes back, on the `syscall` itself (MMU-35).
@@ -540,6 +541,8 @@ impl Hv {
             guestmem::check(&self.space(cur)?, GuestRange::new(done_ptr, 8, 8)?, true)?;
         }
         let mut chunk = [MmuUpdate::default(); 32];
+        // One step budget for the whole call (MMU-37, MMU-38).
+        let mut budget = Budget::new(MMU_STEPS);
         let mut done = 0u64;
         let mut result = Ok(count);
         while done < count {
@@ -552,9 +555,10 @@ impl Hv {
                 result = Err(e);
                 break;
             }
+            let updates = buf.iter().map(|u| (u.ptr, u.val));
             match self
                 .mm
-                .mmu_update(&mut mem::DirectMap, cur, buf.iter().map(|u| (u.ptr, u.val)))
+                .mmu_update_within(&mut mem::DirectMap, cur, updates, &mut budget)
             {
                 Ok(k) => done += k as u64,
                 Err(BatchError { index, error }) => {

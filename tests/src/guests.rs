@@ -249,7 +249,9 @@ fn sixty_four_guests_at_once(m: &dyn Machine) -> Result<(), String> {
 const LATENCY_BOUND_NS: u64 = 20_000_000;
 
 /// Issue 7, finding 5 (MMU-35, SCHED-4, CON-2): a guest pins a tree of
-/// 16,000 L1 tables in one `mmu_pin` and then powers off (its 64 MiB
+/// 16,000 L1 tables in one `mmu_pin` (having tried 64 times to link it
+/// fresh from one `mmu_update` entry, and after it 64 times to drop its
+/// last reference: MMU-37, MMU-38) and then powers off (its 64 MiB
 /// torn down), another makes 4 KiB console writes, a third powers off in
 /// the middle of pinning a tree (its teardown must undo the half-done pin:
 /// the frame audit), and a fourth, waking
@@ -281,6 +283,15 @@ fn latency_bound_holds_beside_long_operations(m: &dyn Machine) -> Result<(), Str
     ensure!(
         pin.number("tables")? == 16_000 && pin.number("ok")? == 1,
         "`{pin}`: the tree was not pinned and valid afterwards"
+    );
+    // MMU-37, MMU-38: 64 links of the fresh tree and 64 drops of its last
+    // reference, each refused with `no_resources` and nothing changed,
+    // while the latency guest measured.
+    let linked = out.facts.guest_one("pinner", "linked")?;
+    ensure!(
+        linked.number("attempts")? == 64 && linked.number("ok")? == 1,
+        "`{linked}`: a link or unlink of the 16,000-table tree was not refused \
+         with no_resources, or it changed the tree"
     );
     let lat = out.facts.guest_one("latency", "latency")?;
     let worst = lat.number("worst_ns")?;

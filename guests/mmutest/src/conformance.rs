@@ -302,6 +302,17 @@ pub fn run(si: &StartInfo) -> i32 {
             "a half-pinned tree seen from an upcall: refusals",
             mmu_36,
         ),
+        (
+            "MMU-37",
+            "linking a fresh 32,768-entry subtree: no_resources, pin first",
+            mmu_37,
+        ),
+        (
+            "MMU-38",
+            "unlinking the last reference to it: no_resources, pin first",
+            mmu_38,
+        ),
+        ("MMU-39", "one budget per mmu_update call", mmu_39),
         ("MEM-5", "memory_populate and heap growth", mem_5),
         ("MEM-5a", "memory_populate count and pointer", mem_5a),
         ("MEM-5b", "memory_populate beyond max_pages", mem_5b),
@@ -1678,6 +1689,157 @@ fn mmu_35(_l: &Lab) -> Outcome {
     ok("release", paging::release(&f))?;
     r?;
     Ok("64 full L1s (32,768 entries) pinned by one call and unpinned by one".into())
+}
+
+/// Every frame of `f` idle (type None, no flags, counts 0).
+fn all_idle(f: &[u64], when: &str) -> Result<(), String> {
+    for &m in f {
+        let i = info(m)?;
+        check(i == (FrameType::None, 0, 0, 0), || {
+            format!("{m:#x} {when}: {i:?}")
+        })?;
+    }
+    Ok(())
+}
+
+/// The big tree (`BIG_L1S` L1s under an L2) in `f`, plus a pinned empty
+/// L3 `f[BIG_L1S + 2]` to link it from; runs `body(l2, l3)`, then unpins
+/// the L3 and releases every frame.
+fn with_big_tree_and_l3(
+    body: impl FnOnce(u64, u64, &[u64]) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut f = vec![0u64; BIG_L1S + 3];
+    ok("populate", paging::populate(&mut f))?;
+    let l3 = f[BIG_L1S + 2];
+    let r = (|| {
+        let l2 = big_tree(&f[..BIG_L1S + 2])?;
+        ok("pin L3", paging::pin(l3, Level::L3))?;
+        let r = body(l2, l3, &f[..BIG_L1S + 2]);
+        ok("unpin L3", paging::unpin(l3))?;
+        r
+    })();
+    ok("release", paging::release(&f))?;
+    r
+}
+
+fn mmu_37(_l: &Lab) -> Outcome {
+    with_big_tree_and_l3(|l2, l3, tree| {
+        // Linking 64 fresh full L1s (32,768 entries) from one entry: more
+        // than one call validates, refused with nothing changed.
+        let r = update1(entry_ptr(l3, 0), table_entry(l2));
+        check(r == Err(Error::NoResources), || {
+            format!("linking the fresh subtree: {r:?}")
+        })?;
+        all_idle(tree, "after the refused link")?;
+        let i = info(l3)?;
+        check(i == (FrameType::L3, FRAME_PINNED, 1, 1), || {
+            format!("the L3 after the refused link: {i:?}")
+        })?;
+        // Pinned first (preemptible), the same link is O(1).
+        ok("pin L2", paging::pin(l2, Level::L2))?;
+        ok(
+            "link the pinned L2",
+            update1(entry_ptr(l3, 0), table_entry(l2)),
+        )?;
+        let i = info(l2)?;
+        check(i == (FrameType::L2, FRAME_PINNED, 2, 2), || {
+            format!("the linked pinned L2: {i:?}")
+        })?;
+        ok("unlink", update1(entry_ptr(l3, 0), 0))?;
+        ok("unpin L2", paging::unpin(l2))?;
+        all_idle(tree, "after unpin")?;
+        Ok(())
+    })?;
+    Ok("a 64-L1 subtree: link refused (no_resources, all idle), pinned first it links".into())
+}
+
+fn mmu_38(_l: &Lab) -> Outcome {
+    with_big_tree_and_l3(|l2, l3, tree| {
+        ok("pin L2", paging::pin(l2, Level::L2))?;
+        ok(
+            "link the pinned L2",
+            update1(entry_ptr(l3, 0), table_entry(l2)),
+        )?;
+        // Now the entry holds the only reference to the 64-L1 subtree.
+        ok("unpin L2", paging::unpin(l2))?;
+        let i = info(l2)?;
+        check(i == (FrameType::L2, 0, 1, 1), || {
+            format!("the L2 linked only by the entry: {i:?}")
+        })?;
+        let r = update1(entry_ptr(l3, 0), 0);
+        check(r == Err(Error::NoResources), || {
+            format!("dropping the last reference: {r:?}")
+        })?;
+        let i = info(l2)?;
+        check(i == (FrameType::L2, 0, 1, 1), || {
+            format!("the L2 after the refused unlink: {i:?}")
+        })?;
+        for &m in &tree[..BIG_L1S] {
+            let i = info(m)?;
+            check(i == (FrameType::L1, 0, 1, 1), || {
+                format!("L1 {m:#x} after the refused unlink: {i:?}")
+            })?;
+        }
+        // Pin first: the unlink is O(1), the unpin releases (preemptible).
+        ok("pin L2 again", paging::pin(l2, Level::L2))?;
+        ok("unlink the pinned L2", update1(entry_ptr(l3, 0), 0))?;
+        ok("unpin L2", paging::unpin(l2))?;
+        all_idle(tree, "after unpin")
+    })?;
+    Ok("the last reference to a 64-L1 subtree: unlink refused, nothing released; pinned first it goes".into())
+}
+
+fn mmu_39(_l: &Lab) -> Outcome {
+    // Two fresh subtrees of an L2 over 4 full L1s (about 2,600 steps each):
+    // one fits a call's budget of 4,096, both do not.
+    const N: usize = 4;
+    let mut f = vec![0u64; 2 * (N + 1) + 2];
+    ok("populate", paging::populate(&mut f))?;
+    let (d, l3) = (f[2 * (N + 1)], f[2 * (N + 1) + 1]);
+    let r = (|| {
+        let leaf = leaf_entry(d, Flags::READ_ONLY);
+        let mut l2s = [0u64; 2];
+        for (k, sub) in f[..2 * (N + 1)].chunks(N + 1).enumerate() {
+            for &m in &sub[..N] {
+                ok("write L1", lab::write_table(m, &[leaf; 512]))?;
+            }
+            let l2e: Vec<u64> = sub[..N].iter().map(|&m| table_entry(m)).collect();
+            ok("write L2", lab::write_table(sub[N], &l2e))?;
+            l2s[k] = sub[N];
+        }
+        ok("pin L3", paging::pin(l3, Level::L3))?;
+        let batch = [
+            upd(entry_ptr(l3, 0), table_entry(l2s[0])),
+            upd(entry_ptr(l3, 1), table_entry(l2s[1])),
+        ];
+        let r = paging::mmu_update(&batch);
+        let (done, error) = match r {
+            Err(b) => (b.done, b.error),
+            Ok(()) => return Err("both subtrees linked in one call".into()),
+        };
+        check(done == 1 && error == Error::NoResources, || {
+            format!("batch of two links: done {done}, {error:?}")
+        })?;
+        let i = info(l2s[0])?;
+        check(i == (FrameType::L2, 0, 1, 1), || format!("first L2: {i:?}"))?;
+        all_idle(&f[N + 1..2 * (N + 1)], "second subtree after the refusal")?;
+        // Resubmitted from `done`, in a call of its own, it fits.
+        ok(
+            "second link alone",
+            update1(entry_ptr(l3, 1), table_entry(l2s[1])),
+        )?;
+        let i = info(l2s[1])?;
+        check(i == (FrameType::L2, 0, 1, 1), || {
+            format!("second L2: {i:?}")
+        })?;
+        ok("unlink first", update1(entry_ptr(l3, 0), 0))?;
+        ok("unlink second", update1(entry_ptr(l3, 1), 0))?;
+        ok("unpin L3", paging::unpin(l3))?;
+        all_idle(&f, "at the end")
+    })();
+    ok("release", paging::release(&f))?;
+    r?;
+    Ok("a batch of two 4-L1 links: done 1, no_resources; the second alone links".into())
 }
 
 /// What the MMU-36 timer handler saw: 0 nothing yet, 1 a frame not

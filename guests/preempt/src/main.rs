@@ -11,7 +11,11 @@
 //!   the L3 (one `mmu_pin` of the whole tree, restarted by the hypervisor as
 //!   often as it needs), checks through `mmu_frame_info` that the tree is
 //!   pinned and valid, reports `@ pinned tables=… ns=… ok=1`, and powers
-//!   off: its teardown releases the tree.
+//!   off: its teardown releases the tree. Before the pin it tries to link
+//!   the fresh tree from an entry of a pinned L4 (`no_resources`, MMU-37),
+//!   after it links it, unpins it and tries to drop that last reference
+//!   (`no_resources`, MMU-38), each 64 times, and reports
+//!   `@ linked attempts=64 ok=1`.
 //! * `role=writer writes=N`: `N` console writes of 4 KiB each.
 //! * `role=abandoner tables=N`: starts pinning a tree of `N` full L1s with
 //!   its timer armed; the timer's upcall, landing on the restarted
@@ -123,11 +127,11 @@ fn pinner(si: &StartInfo) -> Result<(), Error> {
         }
     };
     let l2s = tables.div_ceil(512);
-    let mut frames = vec![0u64; tables + l2s + 2];
+    let mut frames = vec![0u64; tables + l2s + 3];
     paging::populate(&mut frames)?;
     let (l1s, rest) = frames.split_at(tables);
     let (l2s_f, rest) = rest.split_at(l2s);
-    let (l3, data) = (rest[0], rest[1]);
+    let (l3, data, hook) = (rest[0], rest[1], rest[2]);
     let leaf = (data << 12) | PRESENT | USER | NX;
     for &f in l1s {
         fill(f, |_| leaf)?;
@@ -142,9 +146,41 @@ fn pinner(si: &StartInfo) -> Result<(), Error> {
         Some(&l2) => (l2 << 12) | PRESENT | USER | WRITABLE,
         None => 0,
     })?;
+    // MMU-37: linking the whole fresh tree from an entry of an (empty,
+    // pinned) L4 is refused after a bounded amount of work, nothing changed.
+    paging::pin(hook, Level::L4)?;
+    let link = || paging::mmu_update(&[upd(paging::entry_ptr(hook, 0), paging::table_entry(l3))]);
+    let unlink = || paging::mmu_update(&[upd(paging::entry_ptr(hook, 0), 0)]);
+    let refused = |r: Result<(), paging::BatchError>| matches!(r, Err(b) if b.done == 0 && b.error == Error::NoResources);
+    let mut link_ok = true;
+    let t0 = time::now_ns();
+    for _ in 0..ATTEMPTS {
+        link_ok &= refused(link());
+    }
+    let link_ns = (time::now_ns() - t0) / ATTEMPTS as u64;
+    link_ok &= paging::frame_info(l3)?.page_type == FrameType::None as u32;
+    link_ok &= paging::frame_info(l1s[0])?.page_type == FrameType::None as u32;
     let t0 = time::now_ns();
     paging::pin(l3, Level::L3)?;
     let ns = time::now_ns() - t0;
+    // MMU-38: linked while pinned (O(1)), then the entry holds the only
+    // reference: dropping it is refused, nothing released.
+    link_ok &= link().is_ok();
+    paging::unpin(l3)?;
+    let t0 = time::now_ns();
+    for _ in 0..ATTEMPTS {
+        link_ok &= refused(unlink());
+    }
+    let unlink_ns = (time::now_ns() - t0) / ATTEMPTS as u64;
+    let i = paging::frame_info(l3)?;
+    link_ok &= i.page_type == FrameType::L3 as u32 && i.type_count == 1;
+    // Pin it again so the checks below see it pinned; the entry stays, the
+    // teardown releases both.
+    paging::pin(l3, Level::L3)?;
+    println!(
+        "@ linked attempts={ATTEMPTS} link_ns={link_ns} unlink_ns={unlink_ns} ok={}",
+        u8::from(link_ok)
+    );
     let root = paging::frame_info(l3)?;
     let mut ok = root.flags & FRAME_PINNED != 0 && root.page_type == FrameType::L3 as u32;
     for &f in l1s.iter().step_by(97).chain(l1s.last()) {
@@ -154,11 +190,19 @@ fn pinner(si: &StartInfo) -> Result<(), Error> {
     let d = paging::frame_info(data)?;
     ok &= d.total_count == (tables * 512) as u64;
     println!("@ pinned tables={tables} ns={ns} ok={}", u8::from(ok));
-    if ok {
+    if ok && link_ok {
         Ok(())
     } else {
         Err(Error::WrongState)
     }
+}
+
+/// Refused links and unlinks of the whole tree tried beside the latency
+/// guest (MMU-37, MMU-38): each costs the hypervisor up to two budgets.
+const ATTEMPTS: usize = 64;
+
+fn upd(ptr: u64, val: u64) -> guest_sdk::abi::args::MmuUpdate {
+    guest_sdk::abi::args::MmuUpdate { ptr, val }
 }
 
 /// Writes entry `i` of fresh frame `mfn` as `value(i)` through a temporary

@@ -21,7 +21,7 @@ use libfuzzer_sys::fuzz_target;
 use tahoma_core::mm::audit::audit;
 use tahoma_core::mm::{
     AddressSpace, BatchError, Budget, DomainId, FrameView, Level, Mm, MmConfig, Owner, PageType,
-    Pending, PhysMem, Teardown, HYPERVISOR_SLOTS,
+    Pending, PhysMem, Teardown, HYPERVISOR_SLOTS, OP_STEPS,
 };
 
 const FRAMES: u64 = 48;
@@ -306,8 +306,10 @@ impl World {
         let mut mm = self.mm.clone();
         let mut mem = self.mem.clone();
         let mut expect = Ok(updates.len());
+        // One budget for the whole batch, as `mmu_update` has (MMU-39).
+        let mut budget = Budget::new(OP_STEPS);
         for (index, (p, v)) in updates.iter().enumerate() {
-            if let Err(error) = mm.mmu_update_one(&mut mem, d, *p, *v) {
+            if let Err(error) = mm.mmu_update_one_within(&mut mem, d, *p, *v, &mut budget) {
                 expect = Err(BatchError { index, error });
                 break;
             }

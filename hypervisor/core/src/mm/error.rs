@@ -87,6 +87,11 @@ pub enum MmError {
     /// The domain already has a different pin or unpin in progress
     /// (MMU-36): it must finish that one first.
     OperationPending,
+    /// An `mmu_update` entry would validate (link) or release (unlink) more
+    /// of a subtree than one call's step budget allows (MMU-37, MMU-38):
+    /// pin the subtree first (pin and unpin are preemptible), then link or
+    /// unlink it, which is O(1).
+    SubtreeTooLarge,
 }
 
 impl MmError {
@@ -119,6 +124,7 @@ impl MmError {
             | MmError::Busy(_)
             | MmError::OperationPending => Error::WrongState,
             MmError::VaOutOfRange | MmError::NotMapped => Error::BadAddress,
+            MmError::SubtreeTooLarge => Error::NoResources,
         }
     }
 }

@@ -42,7 +42,9 @@ mod tests;
 pub use error::{BatchError, MmError};
 pub use frame::{DomainId, FrameInfo, FrameView, Owner, PageType};
 pub use pte::{EntryRules, Level};
-pub use validator::{Budget, Mm, MmConfig, Pending, Progress, Teardown, HYPERVISOR_SLOTS};
+pub use validator::{
+    Budget, Mm, MmConfig, Pending, Progress, Teardown, HYPERVISOR_SLOTS, OP_STEPS,
+};
 
 use crate::frames::Pfn;
 

@@ -25,7 +25,7 @@ use crate::frames::Pfn;
 use alloc::vec::Vec;
 
 mod bounded;
-pub use bounded::{Budget, Pending, Progress, Teardown};
+pub use bounded::{Budget, Pending, Progress, Teardown, OP_STEPS};
 
 /// Number of L4 slots the hypervisor owns (256..=511).
 pub const HYPERVISOR_SLOTS: usize = ENTRIES - FIRST_HYPERVISOR_SLOT;
@@ -353,66 +353,6 @@ impl Mm {
         }
     }
 
-    /// A type reference on `pfn` as a table of `level` (from an entry one
-    /// level up, or a pin). The first one validates the table (MMU-1).
-    fn get_table<M: PhysMem>(
-        &mut self,
-        mem: &mut M,
-        dom: DomainId,
-        pfn: Pfn,
-        level: Level,
-    ) -> Result<(), MmError> {
-        let want = PageType::table(level);
-        let f = self.info(pfn)?;
-        if f.owner != Owner::Domain(dom) {
-            return Err(MmError::NotOwner(pfn));
-        }
-        if f.held > 0 {
-            // The hypervisor writes it on its own account: as a table, its
-            // writes would become page-table entries (MEM-8).
-            return Err(MmError::HeldFrame(pfn));
-        }
-        if f.total_count == u32::MAX {
-            return Err(MmError::CountOverflow(pfn));
-        }
-        if f.is_partial() {
-            return Err(MmError::Busy(pfn));
-        }
-        if f.ty == want {
-            let count = f
-                .type_count
-                .checked_add(1)
-                .ok_or(MmError::CountOverflow(pfn))?;
-            self.info_mut(pfn)?.type_count = count;
-            return self.get_total(pfn);
-        }
-        if f.ty != PageType::None {
-            return Err(MmError::TypeConflict {
-                pfn,
-                has: f.ty,
-                wants: want,
-            });
-        }
-        // Type first, then entries: a reference back to this frame from
-        // below now sees a table type and is refused, so validation cannot
-        // recurse into itself.
-        self.retype(pfn, want)?;
-        self.get_total(pfn)?;
-        if let Err(e) = self.validate_table(mem, dom, pfn, level) {
-            let f = self.info_mut(pfn)?;
-            f.ty = PageType::None;
-            f.type_count = 0;
-            f.total_count = f.total_count.saturating_sub(1);
-            return Err(e);
-        }
-        if level == Level::L4 {
-            for (i, v) in self.template.iter().enumerate() {
-                mem.write_entry(pfn, FIRST_HYPERVISOR_SLOT + i, *v);
-            }
-        }
-        Ok(())
-    }
-
     fn put_table<M: PhysMem>(&mut self, mem: &mut M, pfn: Pfn, level: Level) {
         self.note_dropped(pfn);
         let Ok(f) = self.info_mut(pfn) else { return };
@@ -434,57 +374,10 @@ impl Mm {
         }
     }
 
-    /// Validates every guest slot of `table` as `level`, taking references;
-    /// on the first refusal, drops the ones taken and reports it.
-    fn validate_table<M: PhysMem>(
-        &mut self,
-        mem: &mut M,
-        dom: DomainId,
-        table: Pfn,
-        level: Level,
-    ) -> Result<(), MmError> {
-        for i in 0..level.guest_slots() {
-            let value = mem.read_entry(table, i);
-            if let Err(e) = self.get_entry(mem, dom, table, level, value) {
-                self.release_entries(mem, table, level, i);
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
     fn release_entries<M: PhysMem>(&mut self, mem: &mut M, table: Pfn, level: Level, end: usize) {
         for i in 0..end {
             let value = mem.read_entry(table, i);
             self.put_entry(mem, table, level, value);
-        }
-    }
-
-    /// The references one entry `value` of `table` (at `level`) needs.
-    fn get_entry<M: PhysMem>(
-        &mut self,
-        mem: &mut M,
-        dom: DomainId,
-        table: Pfn,
-        level: Level,
-        value: u64,
-    ) -> Result<(), MmError> {
-        let Some(t) = self.rules.check(level, value)? else {
-            return Ok(());
-        };
-        self.info(t.pfn)?;
-        match level.below() {
-            None => self.get_data(dom, t),
-            Some(_) if level == Level::L4 && t.pfn == table => {
-                // A linear (self) entry: read-only only, and it takes no
-                // reference, so it can never keep its own table alive.
-                if t.writable {
-                    Err(MmError::WritableSelfMap)
-                } else {
-                    Ok(())
-                }
-            }
-            Some(below) => self.get_table(mem, dom, t.pfn, below),
         }
     }
 
@@ -535,7 +428,9 @@ impl Mm {
     /// Stores `value` in the entry at machine address `ptr` (MMU-13): the
     /// entry must be a guest slot of a page table of `dom`'s in use.
     /// References move from the old target to the new one. O(1) for L1
-    /// entries; an entry naming a table not yet in use validates it.
+    /// entries; an entry naming a table not yet in use validates it, and
+    /// one dropping a table's last reference releases it, each within
+    /// [`OP_STEPS`] (MMU-37, MMU-38).
     pub fn mmu_update_one<M: PhysMem>(
         &mut self,
         mem: &mut M,
@@ -543,25 +438,51 @@ impl Mm {
         ptr: u64,
         value: u64,
     ) -> Result<(), MmError> {
+        self.mmu_update_one_within(mem, dom, ptr, value, &mut Budget::new(OP_STEPS))
+    }
+
+    /// [`Mm::mmu_update_one`] within `budget`, which it spends on linking
+    /// and unlinking subtrees.
+    pub fn mmu_update_one_within<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        dom: DomainId,
+        ptr: u64,
+        value: u64,
+        budget: &mut Budget,
+    ) -> Result<(), MmError> {
         if ptr & 7 != 0 {
             return Err(MmError::MisalignedPointer);
         }
         let index = ((ptr & 0xfff) >> 3) as usize;
-        self.update_entry(mem, dom, ptr >> 12, index, value)
+        self.update_entry(mem, dom, ptr >> 12, index, value, budget)
     }
 
     /// A batch of [`Mm::mmu_update_one`] (MMU-15): stops at the first
     /// refusal, which it reports with its index; earlier updates stay
     /// applied, later ones are not attempted. Returns how many were applied.
+    /// All its entries share one [`OP_STEPS`] budget (MMU-37, MMU-38).
     pub fn mmu_update<M: PhysMem, I: IntoIterator<Item = (u64, u64)>>(
         &mut self,
         mem: &mut M,
         dom: DomainId,
         updates: I,
     ) -> Result<usize, BatchError> {
+        self.mmu_update_within(mem, dom, updates, &mut Budget::new(OP_STEPS))
+    }
+
+    /// [`Mm::mmu_update`] within `budget`: the hypervisor passes one
+    /// budget to every chunk of one call, so the whole call is bounded.
+    pub fn mmu_update_within<M: PhysMem, I: IntoIterator<Item = (u64, u64)>>(
+        &mut self,
+        mem: &mut M,
+        dom: DomainId,
+        updates: I,
+        budget: &mut Budget,
+    ) -> Result<usize, BatchError> {
         let mut done = 0;
         for (index, (ptr, value)) in updates.into_iter().enumerate() {
-            self.mmu_update_one(mem, dom, ptr, value)
+            self.mmu_update_one_within(mem, dom, ptr, value, budget)
                 .map_err(|error| BatchError { index, error })?;
             done += 1;
         }
@@ -575,6 +496,7 @@ impl Mm {
         table: Pfn,
         index: usize,
         new: u64,
+        budget: &mut Budget,
     ) -> Result<(), MmError> {
         let f = self.info(table)?;
         if f.owner != Owner::Domain(dom) {
@@ -590,11 +512,9 @@ impl Mm {
         // No "only the flags changed" shortcut (XSA-182, XSA-148): the new
         // value is validated in full, and references are taken before the
         // old ones are dropped, so an unchanged target never drops to zero.
-        let old = mem.read_entry(table, index);
-        self.get_entry(mem, dom, table, level, new)?;
-        mem.write_entry(table, index, new);
-        self.put_entry(mem, table, level, old);
-        Ok(())
+        // Linking or unlinking a subtree is bounded by `budget` (MMU-37,
+        // MMU-38).
+        self.update_entry_bounded(mem, dom, table, index, new, budget)
     }
 
     /// Makes `l4` the root of `space` (MMU-14). It must be a pinned L4 of
@@ -669,7 +589,9 @@ impl Mm {
             });
         }
         let l1 = self.walk_to_l1(mem, dom, root, va)?;
-        self.update_entry(mem, dom, l1, Level::L1.index_of(va), value)
+        // An L1 entry links no table and its old value releases none: O(1).
+        let mut budget = Budget::new(OP_STEPS);
+        self.update_entry(mem, dom, l1, Level::L1.index_of(va), value, &mut budget)
     }
 
     /// Follows `va` from `root` down to the L1 that maps it, checking at

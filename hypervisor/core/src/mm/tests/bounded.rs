@@ -448,3 +448,122 @@ fn teardown_of_a_frame_list_is_proportional_to_it() {
     // step per listed frame.
     assert!(steps < 512 * 8 + 40, "{steps} steps");
 }
+
+/// Linking a fresh subtree from an `mmu_update` entry: within the call's
+/// budget it is validated as the unbounded link would, beyond it the entry
+/// is refused with `SubtreeTooLarge` and nothing changed; the budget is
+/// never overrun and the audit passes either way.
+#[test]
+fn mmu_update_link_is_bounded_or_refused_with_nothing_changed() {
+    let (start, start_mem, _) = tree();
+    let mut start_mem = start_mem;
+    second_tree(&mut start_mem);
+    // The unbounded result: L4 slot 7 links the fresh L3 31.
+    let (mut full, mut full_mem) = (start.clone(), start_mem.clone());
+    let mut unlimited = Budget::unlimited();
+    full.mmu_update_one_within(&mut full_mem, DOM, ptr(L4, 7), table(31), &mut unlimited)
+        .unwrap();
+    // The steps the link takes: any smaller budget refuses it.
+    let need = unlimited.spent();
+    assert!(need > 1024, "{need}");
+    audit::audit(&full, &full_mem).unwrap();
+    let want = snapshot(&full, &full_mem);
+    let before = snapshot(&start, &start_mem);
+    for steps in budgets(need) {
+        let (mut mm, mut mem) = (start.clone(), start_mem.clone());
+        let mut budget = Budget::new(steps);
+        let r = mm.mmu_update_one_within(&mut mem, DOM, ptr(L4, 7), table(31), &mut budget);
+        assert!(budget.spent() <= steps, "budget {steps} overrun");
+        audit::audit(&mm, &mem).unwrap_or_else(|e| panic!("budget {steps}: {e:?}"));
+        match r {
+            Ok(()) => assert_eq!(snapshot(&mm, &mem), want, "budget {steps}"),
+            Err(e) => {
+                assert_eq!(e, MmError::SubtreeTooLarge, "budget {steps}");
+                assert_eq!(snapshot(&mm, &mem), before, "budget {steps}");
+            }
+        }
+        assert_eq!(r.is_ok(), steps >= need, "budget {steps} of {need}");
+    }
+    assert_eq!(MmError::SubtreeTooLarge.abi(), Abi::NoResources);
+}
+
+/// Dropping the last reference to a subtree from an `mmu_update` entry:
+/// within the budget it is released as the unbounded unlink would; beyond
+/// it the release is undone and the entry refused with nothing changed.
+/// Pinning the subtree first makes the unlink O(1) and the (preemptible)
+/// unpin then releases it.
+#[test]
+fn mmu_update_unlink_is_bounded_or_refused_and_pin_first_works() {
+    let (mut linked, mut linked_mem, _) = tree();
+    second_tree(&mut linked_mem);
+    let (start, start_mem) = (linked.clone(), linked_mem.clone());
+    linked
+        .mmu_update_one_within(
+            &mut linked_mem,
+            DOM,
+            ptr(L4, 7),
+            table(31),
+            &mut Budget::unlimited(),
+        )
+        .unwrap();
+    let mut unlimited = Budget::unlimited();
+    linked
+        .clone()
+        .mmu_update_one_within(&mut linked_mem.clone(), DOM, ptr(L4, 7), 0, &mut unlimited)
+        .unwrap();
+    let need = unlimited.spent();
+    assert!(need > 1024, "{need}");
+    let before = snapshot(&linked, &linked_mem);
+    // The unlinked state differs from `start` only in the flush epoch and
+    // dropped marks, which the snapshot does not hold.
+    let want = snapshot(&start, &start_mem);
+    for steps in budgets(need) {
+        let (mut mm, mut mem) = (linked.clone(), linked_mem.clone());
+        let mut budget = Budget::new(steps);
+        let r = mm.mmu_update_one_within(&mut mem, DOM, ptr(L4, 7), 0, &mut budget);
+        assert!(budget.spent() <= steps, "budget {steps} overrun");
+        audit::audit(&mm, &mem).unwrap_or_else(|e| panic!("budget {steps}: {e:?}"));
+        match r {
+            Ok(()) => assert_eq!(snapshot(&mm, &mem), want, "budget {steps}"),
+            Err(e) => {
+                assert_eq!(e, MmError::SubtreeTooLarge, "budget {steps}");
+                assert_eq!(snapshot(&mm, &mem), before, "budget {steps}");
+            }
+        }
+        assert_eq!(r.is_ok(), steps >= need, "budget {steps} of {need}");
+    }
+    // Replacing the link by another fresh subtree, too large together:
+    // the new one is released again and the old one stays.
+    let (mut mm, mut mem) = (linked.clone(), linked_mem.clone());
+    mem.poke(35, 0, table(36));
+    for i in 0..4 {
+        mem.poke(36, i, ro(20 + i as u64));
+    }
+    let before = snapshot(&mm, &mem);
+    let mut budget = Budget::new(need);
+    let r = mm.mmu_update_one_within(&mut mem, DOM, ptr(L4, 7), table(35), &mut budget);
+    assert_refused(&mm, &mem, &before, r, MmError::SubtreeTooLarge);
+    audit::audit(&mm, &mem).unwrap();
+    // Pin first: the unlink is then O(1), and the unpin releases the tree
+    // in bounded steps.
+    let (mut mm, mut mem) = (linked.clone(), linked_mem.clone());
+    mm.pin(&mut mem, DOM, 31, Level::L3).unwrap();
+    let mut budget = Budget::new(1);
+    mm.mmu_update_one_within(&mut mem, DOM, ptr(L4, 7), 0, &mut budget)
+        .unwrap();
+    audit::audit(&mm, &mem).unwrap();
+    let (r, calls) = drive(&mut mm, &mut mem, 2, |mm, mem, p, b| {
+        mm.unpin_bounded(mem, DOM, 31, p, b)
+    });
+    assert_eq!(r, Ok(()));
+    assert!(calls > 3);
+    assert_eq!(snapshot(&mm, &mem), want);
+}
+
+/// Budgets around `need`: every small one, a spread, and its neighbours.
+fn budgets(need: u64) -> Vec<u64> {
+    let mut v: Vec<u64> = (0..24).collect();
+    v.extend((1..40).map(|k| need * k / 40));
+    v.extend([need - 2, need - 1, need, need + 1, 2 * need]);
+    v
+}

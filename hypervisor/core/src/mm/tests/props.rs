@@ -396,8 +396,10 @@ impl World {
         let mut mm = self.mm.clone();
         let mut mem = self.mem.clone();
         let mut first_err = None;
+        // One budget for the whole batch, as `mmu_update` has (MMU-39).
+        let mut budget = Budget::new(crate::mm::OP_STEPS);
         for (i, (p, v)) in b.iter().enumerate() {
-            if let Err(e) = mm.mmu_update_one(&mut mem, d, *p, *v) {
+            if let Err(e) = mm.mmu_update_one_within(&mut mem, d, *p, *v, &mut budget) {
                 first_err = Some(BatchError { index: i, error: e });
                 break;
             }
@@ -431,6 +433,40 @@ proptest! {
             prop_assert!(w.mm.frame(pfn).unwrap().idle(), "frame {} not idle", pfn);
         }
         audit::audit_holds(&w.mm, &w.mem, &[]).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+    }
+
+    /// MMU-37, MMU-38: after random operations, one random update within a
+    /// random budget either gives exactly what the unbounded update gives,
+    /// or is refused with `SubtreeTooLarge` and nothing changed; the budget
+    /// is never overrun and the audit passes.
+    #[test]
+    fn bounded_update_is_the_full_one_or_refused_unchanged(
+        ops in prop::collection::vec(op(), 1..40),
+        d in domain(),
+        p in ptr_strategy(),
+        v in value(),
+        steps in 0u64..1200,
+    ) {
+        let mut w = World::new();
+        for op in &ops {
+            w.step(op)?;
+        }
+        let before = snapshot(&w.mm, &w.mem);
+        let (mut full, mut full_mem) = (w.mm.clone(), w.mem.clone());
+        let want = full.mmu_update_one_within(&mut full_mem, d, p, v, &mut Budget::unlimited());
+        let mut budget = Budget::new(steps);
+        let r = w.mm.mmu_update_one_within(&mut w.mem, d, p, v, &mut budget);
+        prop_assert!(budget.spent() <= steps);
+        audit::audit(&w.mm, &w.mem).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        match r {
+            Err(MmError::SubtreeTooLarge) => {
+                prop_assert_eq!(snapshot(&w.mm, &w.mem), before);
+            }
+            r => {
+                prop_assert_eq!(r, want);
+                prop_assert_eq!(snapshot(&w.mm, &w.mem), snapshot(&full, &full_mem));
+            }
+        }
     }
 
     #[test]

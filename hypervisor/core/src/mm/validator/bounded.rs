@@ -27,12 +27,24 @@
 //! A pin that meets a refused entry undoes what it did, in bounded steps
 //! too, and reports the refusal when it has: as with the unbounded pin, a
 //! refused pin leaves the frame table as it found it.
+//!
+//! An `mmu_update` entry that links a table not yet in use, or drops a
+//! table's last reference, runs the same machinery within what is left of
+//! its call's budget, but never leaves anything pending: if the budget runs
+//! out it undoes its work and refuses the entry (MMU-37 .. MMU-39), so a
+//! large subtree is pinned first (preemptible) and then linked or unlinked
+//! in O(1).
 
 use super::super::frame::{DomainId, FrameInfo, Owner, PageType, OP_REF, PARTIAL, PINNED};
 use super::super::pte::{Level, ENTRIES, FIRST_HYPERVISOR_SLOT};
 use super::super::{MmError, PhysMem};
 use super::Mm;
 use crate::frames::Pfn;
+
+/// The step budget of one invocation: the hypervisor gives each pin, unpin
+/// and `mmu_update` call this many (about 0.3 ms of work under TCG), and an
+/// `mmu_update` entry links or unlinks at most what remains of it (MMU-37).
+pub const OP_STEPS: u64 = 4096;
 
 /// How much work one invocation may still do, in steps: one page-table
 /// entry validated or released, one table finished, or (teardown's scan)
@@ -86,6 +98,12 @@ pub enum Progress {
 enum Op {
     Pin(Level),
     Unpin,
+    /// An `mmu_update` entry linking a table not yet in use (MMU-37); it
+    /// runs within one call, never left pending.
+    Link,
+    /// An `mmu_update` entry dropping a table's last reference (MMU-38);
+    /// also within one call.
+    Unlink,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,6 +278,113 @@ impl Mm {
             error: None,
         });
         self.resume(mem, pending, budget)
+    }
+
+    /// Sets entry `index` of `table` (a table of `dom`'s in use, not
+    /// partial, `index` a guest slot: [`Mm::update_entry`] checked that) to `new` within `budget`
+    /// (MMU-37, MMU-38). References move from the old target to the new
+    /// one, as in [`Mm::mmu_update_one`], but a table the new value links
+    /// that still needs validating is validated, and a table whose last
+    /// reference the old value held is released, only as far as `budget`
+    /// goes: if it runs out, whatever was done is undone (which costs no
+    /// more than it did), the entry is left as it was, and the entry is
+    /// refused with [`MmError::SubtreeTooLarge`]. Nothing is left pending.
+    pub(super) fn update_entry_bounded<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        dom: DomainId,
+        table: Pfn,
+        index: usize,
+        new: u64,
+        budget: &mut Budget,
+    ) -> Result<(), MmError> {
+        let level = self
+            .info(table)?
+            .table_level()
+            .ok_or(MmError::NotATable(table))?;
+        let old = mem.read_entry(table, index);
+        // New references first (no "only the flags changed" shortcut), so
+        // an unchanged target never drops to zero.
+        if let Some(c) = self.validate_one(dom, table, level, new)? {
+            self.link(mem, dom, c, budget)?;
+        }
+        mem.write_entry(table, index, new);
+        let Some(c) = self.release_one(table, level, old) else {
+            return Ok(());
+        };
+        // `old` held `c`'s last reference: it becomes the operation's.
+        if let Some(f) = self.frame_ref(c) {
+            f.flags |= OP_REF;
+        }
+        let mut p = Pending {
+            dom,
+            root: c,
+            op: Op::Unlink,
+            mode: Mode::Release,
+            error: None,
+        };
+        if self.run(mem, &mut p, budget) {
+            return Ok(());
+        }
+        // Out of budget: validate again what was released. The entries of
+        // `c`'s tree are the ones that were valid at the start of this call
+        // (table frames are never guest-writable, and nothing else ran),
+        // beside references that were valid with them, so this succeeds.
+        p.mode = Mode::Validate;
+        let done = self.run(mem, &mut p, &mut Budget::unlimited());
+        debug_assert!(done);
+        if p.error.is_some() {
+            // Cannot happen (see above); were it to, `run` has finished
+            // the release instead, and the entry stands as written: the
+            // accounting is exact either way.
+            return Ok(());
+        }
+        if let Some(f) = self.frame_ref(c) {
+            // The operation's reference is the entry's again.
+            f.flags &= !OP_REF;
+        }
+        mem.write_entry(table, index, old);
+        // Drop what `new` took: a table it linked was validated within
+        // this call's budget, so releasing it is bounded too.
+        self.put_entry(mem, table, level, new);
+        Err(MmError::SubtreeTooLarge)
+    }
+
+    /// Validates `c`, just typed and made partial by [`Mm::validate_one`],
+    /// and the tree below it, within `budget`. On a refusal or when the
+    /// budget runs out, undoes it (`c` untyped, its reference dropped).
+    fn link<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        dom: DomainId,
+        c: Pfn,
+        budget: &mut Budget,
+    ) -> Result<(), MmError> {
+        if let Some(f) = self.frame_ref(c) {
+            f.flags |= OP_REF;
+        }
+        let mut p = Pending {
+            dom,
+            root: c,
+            op: Op::Link,
+            mode: Mode::Validate,
+            error: None,
+        };
+        if !self.run(mem, &mut p, budget) {
+            // Undo, at no more cost than the work done.
+            p.mode = Mode::Release;
+            p.error = p.error.or(Some(MmError::SubtreeTooLarge));
+            let done = self.run(mem, &mut p, &mut Budget::unlimited());
+            debug_assert!(done);
+        }
+        if let Some(e) = p.error {
+            return Err(e);
+        }
+        if let Some(f) = self.frame_ref(c) {
+            // The operation's reference becomes the entry's.
+            f.flags &= !OP_REF;
+        }
+        Ok(())
     }
 
     /// [`Mm::unpin`] in bounded steps (MMU-35), resumed like
