@@ -318,6 +318,26 @@ mod tests {
         assert_eq!(c.send(2, p2.into()), Err(Error::NotFound));
     }
 
+    /// LIM-3: `in_use` counts every kind of port, up and down (killed the
+    /// cargo-mutants misses in `PortTable::set`).
+    #[test]
+    fn in_use_follows_allocation_and_close() {
+        let mut c = two();
+        let in_use = |c: &Channels, d| c.table(d).unwrap().in_use();
+        let a = c.alloc_unbound(1, 2).unwrap();
+        let v = c.bind_virq(1, 0).unwrap();
+        assert_eq!(in_use(&c, 1), 2);
+        let b = c.bind_interdomain(2, 1, a.into()).unwrap();
+        assert_eq!((in_use(&c, 1), in_use(&c, 2)), (2, 1));
+        c.close(1, v.into()).unwrap();
+        assert_eq!(in_use(&c, 1), 1);
+        // Closing one end leaves the other allocated (offered back).
+        c.close(2, b.into()).unwrap();
+        assert_eq!((in_use(&c, 1), in_use(&c, 2)), (1, 0));
+        c.close(1, a.into()).unwrap();
+        assert_eq!(in_use(&c, 1), 0);
+    }
+
     #[test]
     fn only_the_offered_domain_may_bind() {
         let mut c = two();
