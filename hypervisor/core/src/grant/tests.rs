@@ -521,6 +521,20 @@ fn the_audit_catches_a_lost_hold() {
     assert!(gt.audit(&mm).is_err());
     let holds: Vec<Pfn> = gt.holds().collect();
     assert!(audit_holds(&mm, &mem, &holds).is_err());
+
+    // Two grants of one frame, each mapped once: two holds; one lost is
+    // caught by the grant audit alone too.
+    let (mut mm, _mem, mut gt) = machine();
+    let r1 = gt.grant_access(&mm, A, B, 3, true).unwrap();
+    let r2 = gt.grant_access(&mm, A, C, 3, true).unwrap();
+    gt.map(&mut mm, B, A, r1, false).unwrap();
+    gt.map(&mut mm, C, A, r2, false).unwrap();
+    gt.audit(&mm).unwrap();
+    mm.release_hold(3).unwrap();
+    assert_eq!(
+        gt.audit(&mm).unwrap_err().what,
+        "a granted frame has fewer holds than mappings"
+    );
 }
 
 // ----- against a model -----
