@@ -45,6 +45,7 @@ pub mod console;
 pub mod event;
 pub mod paging;
 pub mod raw;
+pub mod ring;
 pub mod sched;
 mod shared;
 mod start;

@@ -21,6 +21,7 @@ pub mod layout;
 pub mod numbers;
 pub mod pte;
 pub mod regs;
+pub mod ring;
 
 pub use error::Error;
 pub use numbers::Hypercall;

@@ -41,8 +41,21 @@ pub struct Presentation {
 /// The hook for scenarios that forward ports: return the QEMU arguments
 /// (e.g. `-netdev user,id=n0,hostfwd=tcp::8080-:80 -device ...`) and one line
 /// per endpoint for `run` to print. No scenario forwards anything yet.
-pub fn endpoints(_scenario: &Scenario) -> (Vec<String>, Vec<String>) {
-    (Vec::new(), Vec::new())
+/// A scenario's disk (`[disk]`) is listed here; its QEMU arguments come from
+/// [`Booter::boot_with`], which also creates the image.
+pub fn endpoints(scenario: &Scenario) -> (Vec<String>, Vec<String>) {
+    let mut reach = Vec::new();
+    if let Some(disk) = &scenario.disk {
+        if let Some((base, irq)) = crate::devices::mmio_slot(0) {
+            reach.push(format!(
+                "disk {} ({} MiB): virtio-blk at {base:#x}, IOAPIC input {irq}, driven by `{}`",
+                disk.file.display(),
+                disk.size >> 20,
+                scenario.guests[disk.driver].name
+            ));
+        }
+    }
+    (Vec::new(), reach)
 }
 
 impl Booter<'_> {
@@ -115,6 +128,10 @@ impl Booter<'_> {
         let (mut extra, _) = endpoints(&scenario);
         if scenario.icount && self.accel == crate::qemu::Accel::Tcg {
             extra.extend(crate::bench::ICOUNT_ARGS.iter().map(|s| s.to_string()));
+        }
+        if let Some(disk) = &scenario.disk {
+            let image = disk.ensure_image(&self.root)?;
+            extra.extend(disk.qemu_args(&image));
         }
         extra.extend(qemu_extra.iter().cloned());
         let log = self

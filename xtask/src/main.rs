@@ -11,6 +11,7 @@
 
 mod bench;
 mod conformance;
+mod devices;
 mod explain;
 mod fuzz;
 mod gdb;

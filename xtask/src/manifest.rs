@@ -16,6 +16,8 @@ use hypercall_abi::layout::{CHANNEL_NAME_LEN, MAX_NAMED_CHANNELS};
 use serde::Deserialize;
 use tahoma_core::bootpack::{DomainFlags, DomainSpec, PackBuilder, NAME_LEN};
 use tahoma_core::loader::{self, ImageError};
+
+use crate::devices::{self, Disk, Vblk};
 use toml::Spanned;
 
 /// Bytes per page.
@@ -43,6 +45,23 @@ struct RawManifest {
     guest: Vec<RawGuest>,
     #[serde(default)]
     channel: Vec<RawChannel>,
+    disk: Option<RawDisk>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    file: Option<Spanned<String>>,
+    size: Spanned<String>,
+    driver: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVblk {
+    offset: Spanned<String>,
+    size: Spanned<String>,
+    readonly: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +83,8 @@ struct RawGuest {
     critical: Option<bool>,
     count: Option<Spanned<i64>>,
     weight: Option<Spanned<i64>>,
+    #[serde(default)]
+    vblk: Vec<RawVblk>,
 }
 
 /// A validated scenario.
@@ -88,6 +109,8 @@ pub struct Scenario {
     pub guests: Vec<Guest>,
     /// Channels the hypervisor connects at boot (`[[channel]]`, ABI `EVT-7`).
     pub channels: Vec<Channel>,
+    /// The disk image and its driver domain (`[disk]`), if any.
+    pub disk: Option<Disk>,
 }
 
 /// A named channel between two guests, wired by the hypervisor before any
@@ -126,6 +149,8 @@ pub struct Guest {
     pub critical: bool,
     /// Scheduling weight, 0 = default.
     pub weight: u32,
+    /// Virtual disks (`[[guest.vblk]]`): extents of the scenario's disk.
+    pub vblk: Vec<Vblk>,
 }
 
 /// A manifest error, pointing at the file and line.
@@ -258,6 +283,7 @@ impl Scenario {
 
         let guests: Vec<Guest> = guests.into_iter().map(|(g, _)| g).collect();
         let channels = channels(&cx, &raw.channel, &guests)?;
+        let disk = disk(&cx, &name, raw.disk.as_ref(), &raw.guest, &guests)?;
 
         Ok(Scenario {
             name,
@@ -269,6 +295,7 @@ impl Scenario {
             icount: raw.icount.unwrap_or(false),
             guests,
             channels,
+            disk,
         })
     }
 
@@ -440,6 +467,10 @@ impl Scenario {
             b.channel(&c.name, c.ends[0] as u32, c.ends[1] as u32)
                 .map_err(|e| format!("channel `{}`: {e}", c.name))?;
         }
+        if let Some(disk) = &self.disk {
+            let vblks: Vec<&[Vblk]> = self.guests.iter().map(|g| g.vblk.as_slice()).collect();
+            disk.pack(&mut b, &vblks)?;
+        }
         Ok(b.finish())
     }
 }
@@ -551,6 +582,7 @@ fn expand_guest<'a>(
             format!("image `{image}` must name a guest crate under guests/, or be a path to an ELF file (with a `/`, or ending in .elf)"),
         ));
     }
+    let vblk = vblks(cx, g)?;
     let pages = |v: &Spanned<String>, what: &str| -> Result<u32, ManifestError> {
         let bytes = parse_size(v.get_ref()).map_err(|e| cx.at(v, format!("{what}: {e}")))?;
         if bytes % PAGE != 0 {
@@ -638,11 +670,148 @@ fn expand_guest<'a>(
                 privileged: g.privileged.unwrap_or(false),
                 critical: g.critical.unwrap_or(true),
                 weight,
+                vblk: vblk.clone(),
             },
             &g.name,
         ));
     }
     Ok(())
+}
+
+/// A guest's `[[guest.vblk]]` extents, each checked alone: sizes parse,
+/// 512-byte aligned, not empty, at most `MAX_VBLK_PER_GUEST`, and only on a
+/// guest without `count` (copies would share one extent). Fit in the image,
+/// overlap and the `[disk]` itself are checked by [`disk`].
+fn vblks(cx: &Ctx<'_>, g: &RawGuest) -> Result<Vec<Vblk>, ManifestError> {
+    if g.vblk.len() > devices::MAX_VBLK_PER_GUEST {
+        return Err(cx.at(
+            &g.vblk[devices::MAX_VBLK_PER_GUEST].offset,
+            format!(
+                "guest `{}` has more than {} [[guest.vblk]] disks",
+                g.name.get_ref(),
+                devices::MAX_VBLK_PER_GUEST
+            ),
+        ));
+    }
+    let mut out = Vec::new();
+    for v in &g.vblk {
+        if let Some(c) = &g.count {
+            return Err(cx.at(
+                c,
+                "a guest with [[guest.vblk]] cannot have `count`: every copy would get the same extent; write one [[guest]] per copy",
+            ));
+        }
+        let bytes = |s: &Spanned<String>, what: &str| -> Result<u64, ManifestError> {
+            let n = parse_size(s.get_ref()).map_err(|e| cx.at(s, format!("vblk {what}: {e}")))?;
+            if n % devices::SECTOR != 0 {
+                return Err(cx.at(
+                    s,
+                    format!(
+                        "vblk {what} = \"{}\" is not a multiple of 512 bytes (one sector)",
+                        s.get_ref()
+                    ),
+                ));
+            }
+            Ok(n)
+        };
+        let offset = bytes(&v.offset, "offset")?;
+        let size = bytes(&v.size, "size")?;
+        if size == 0 {
+            return Err(cx.at(&v.size, "vblk size must be at least one sector (512 bytes)"));
+        }
+        out.push(Vblk {
+            offset,
+            size,
+            readonly: v.readonly.unwrap_or(false),
+        });
+    }
+    Ok(out)
+}
+
+/// Validates `[disk]` against the guests: a size that is whole sectors, an
+/// image path under `target/`, a driver that is one privileged guest; every
+/// `[[guest.vblk]]` needs the disk, lies inside the image, overlaps no other
+/// guest's extent, and is not on the driver itself.
+fn disk(
+    cx: &Ctx<'_>,
+    scenario: &str,
+    raw: Option<&RawDisk>,
+    raw_guests: &[RawGuest],
+    guests: &[Guest],
+) -> Result<Option<Disk>, ManifestError> {
+    let Some(raw) = raw else {
+        if let Some(v) = raw_guests.iter().flat_map(|g| &g.vblk).next() {
+            return Err(cx.at(
+                &v.offset,
+                "[[guest.vblk]] needs a top-level [disk] (file, size, driver = a privileged guest that serves it)",
+            ));
+        }
+        return Ok(None);
+    };
+    let size =
+        parse_size(raw.size.get_ref()).map_err(|e| cx.at(&raw.size, format!("disk size: {e}")))?;
+    if size == 0 || size % devices::SECTOR != 0 || size > devices::MAX_DISK_BYTES {
+        return Err(cx.at(
+            &raw.size,
+            "disk size must be a non-zero multiple of 512 bytes, at most 64G",
+        ));
+    }
+    let file = match &raw.file {
+        None => format!("target/tahoma/disks/{scenario}.img"),
+        Some(f) if devices::valid_image_path(f.get_ref()) => f.get_ref().clone(),
+        Some(f) => {
+            return Err(cx.at(
+                f,
+                format!("disk file `{}` must be a relative path under target/ (like \"target/tahoma/disks/{scenario}.img\")", f.get_ref()),
+            ))
+        }
+    };
+    let driver_name = raw.driver.get_ref();
+    let Some(driver) = guests.iter().position(|g| &g.name == driver_name) else {
+        return Err(cx.at(
+            &raw.driver,
+            format!("disk driver `{driver_name}` is not a guest of this scenario"),
+        ));
+    };
+    if !guests[driver].privileged {
+        return Err(cx.at(
+            &raw.driver,
+            format!("disk driver `{driver_name}` must be a privileged guest (add `privileged = true` to it)"),
+        ));
+    }
+    let mut taken: Vec<(u64, u64, &str)> = Vec::new();
+    for g in raw_guests {
+        for v in &g.vblk {
+            let name = g.name.get_ref();
+            if name == driver_name {
+                return Err(cx.at(
+                    &v.offset,
+                    format!(
+                        "`{name}` drives the disk: it reads it directly, not through a vblk extent"
+                    ),
+                ));
+            }
+            let offset = parse_size(v.offset.get_ref()).unwrap_or(0);
+            let end = parse_size(v.size.get_ref())
+                .ok()
+                .and_then(|s| s.checked_add(offset));
+            let Some(end) = end.filter(|&e| e <= size) else {
+                return Err(cx.at(&v.size, format!("this vblk extent ends beyond the {size}-byte disk image: shrink it or grow [disk] size")));
+            };
+            if let Some((_, _, other)) = taken.iter().find(|&&(a, b, _)| a < end && offset < b) {
+                return Err(cx.at(
+                    &v.offset,
+                    format!("this vblk extent of `{name}` overlaps one of `{other}`: extents of different disks must not share bytes"),
+                ));
+            }
+            taken.push((offset, end, name));
+        }
+    }
+    Ok(Some(Disk {
+        file: PathBuf::from(file),
+        size,
+        driver,
+    }))
 }
 
 /// The manifest of a one-guest scenario around an ELF built elsewhere
@@ -1021,6 +1190,203 @@ weight = 256
         many += "[[channel]]\nname = \"last\"\nends = [\"pong\", \"ping\"]\n";
         let e = err(&format!("{PAIR}{many}"));
         assert!(e.message.contains("`ping` would have more than 16"), "{e}");
+    }
+
+    const DISK: &str = r#"
+[disk]
+size = "64M"
+driver = "drv"
+
+[[guest]]
+name = "drv"
+image = "hello"
+memory = "1M"
+privileged = true
+
+[[guest]]
+name = "a"
+image = "hello"
+memory = "1M"
+
+[[guest.vblk]]
+offset = "0"
+size = "16M"
+
+[[guest.vblk]]
+offset = "48M"
+size = "512"
+readonly = true
+
+[[guest]]
+name = "b"
+image = "hello"
+memory = "1M"
+
+[[guest.vblk]]
+offset = "16M"
+size = "16M"
+"#;
+
+    #[test]
+    fn disks_are_parsed() {
+        let s = parse(DISK).unwrap();
+        let d = s.disk.as_ref().unwrap();
+        assert_eq!(d.file, PathBuf::from("target/tahoma/disks/t.img"));
+        assert_eq!((d.size, d.driver), (64 << 20, 0));
+        assert!(s.guests[0].vblk.is_empty());
+        assert_eq!(
+            s.guests[1].vblk,
+            [
+                Vblk {
+                    offset: 0,
+                    size: 16 << 20,
+                    readonly: false
+                },
+                Vblk {
+                    offset: 48 << 20,
+                    size: 512,
+                    readonly: true
+                }
+            ]
+        );
+        assert_eq!(
+            s.guests[2].vblk,
+            [Vblk {
+                offset: 16 << 20,
+                size: 16 << 20,
+                readonly: false
+            }]
+        );
+        let with_file = DISK.replace(
+            "size = \"64M\"\n",
+            "size = \"64M\"\nfile = \"target/x/y.img\"\n",
+        );
+        assert_eq!(
+            parse(&with_file).unwrap().disk.unwrap().file,
+            PathBuf::from("target/x/y.img")
+        );
+    }
+
+    #[test]
+    fn disks_are_packed_as_device_records() {
+        let dir = std::env::temp_dir().join(format!("tahoma-disk-pack-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hello"), b"\x7fELF-fake").unwrap();
+        let s = parse(DISK).unwrap();
+        let bytes = s.pack(&dir).unwrap();
+        let pack = Pack::parse(&bytes).unwrap();
+        let devs: Vec<_> = pack.devices().collect();
+        assert_eq!(devs.len(), 4);
+        assert_eq!(
+            (
+                devs[0].kind,
+                devs[0].domain,
+                devs[0].id,
+                devs[0].base,
+                devs[0].irq
+            ),
+            (1, 0, 2, 0xfeb0_0e00, 12)
+        );
+        let extents: Vec<_> = devs[1..]
+            .iter()
+            .map(|d| (d.kind, d.domain, d.id, d.base, d.size, d.flags))
+            .collect();
+        assert_eq!(
+            extents,
+            [
+                (2, 1, 0, 0, 16 << 20, 0),
+                (2, 1, 0, 48 << 20, 512, 1),
+                (2, 2, 0, 16 << 20, 16 << 20, 0)
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_disks_name_the_line() {
+        let cases: &[(&str, &str, usize, &str)] = &[
+            (
+                "offset = \"16M\"",
+                "offset = \"8M\"",
+                32,
+                "overlaps one of `a`",
+            ),
+            (
+                "offset = \"48M\"",
+                "offset = \"64M\"",
+                23,
+                "ends beyond the 67108864-byte disk image",
+            ),
+            (
+                "offset = \"48M\"",
+                "offset = \"100\"",
+                22,
+                "not a multiple of 512",
+            ),
+            ("size = \"512\"", "size = \"0\"", 23, "at least one sector"),
+            (
+                "driver = \"drv\"",
+                "driver = \"a\"",
+                4,
+                "must be a privileged guest",
+            ),
+            (
+                "driver = \"drv\"",
+                "driver = \"nobody\"",
+                4,
+                "not a guest of this scenario",
+            ),
+            (
+                "size = \"64M\"\ndriver",
+                "size = \"1000\"\ndriver",
+                3,
+                "multiple of 512",
+            ),
+            (
+                "size = \"64M\"\ndriver",
+                "size = \"64M\"\nfile = \"/tmp/x.img\"\ndriver",
+                4,
+                "under target/",
+            ),
+            (
+                "size = \"64M\"\ndriver",
+                "size = \"64M\"\nfile = \"target/../x.img\"\ndriver",
+                4,
+                "under target/",
+            ),
+            (
+                "name = \"b\"",
+                "name = \"b\"\ncount = 2",
+                28,
+                "cannot have `count`",
+            ),
+            (
+                "offset = \"16M\"",
+                "offset = \"16M\"\nsector = 1",
+                33,
+                "unknown field `sector`",
+            ),
+        ];
+        for &(from, to, line, want) in cases {
+            assert!(DISK.contains(from), "{from}");
+            let e = err(&DISK.replacen(from, to, 1));
+            assert!(e.message.contains(want), "{to}: {}", e.message);
+            assert_eq!(e.line, Some(line), "{to}: {}", e.message);
+        }
+        // The driver cannot have a vblk of its own; a vblk needs a [disk].
+        let e = err(&DISK.replacen(
+            "privileged = true\n",
+            "privileged = true\n\n[[guest.vblk]]\noffset = \"40M\"\nsize = \"1M\"\n",
+            1,
+        ));
+        assert!(e.message.contains("drives the disk"), "{}", e.message);
+        let e = err(&DISK.replacen("[disk]\nsize = \"64M\"\ndriver = \"drv\"\n", "", 1));
+        assert!(
+            e.message.contains("needs a top-level [disk]"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.line, Some(15));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! header.domains_offset    DomainRecord × domain_count (128 bytes each)
 //! header.blobs_offset      BlobRecord × blob_count (16 bytes each)
 //! header.channels_offset   ChannelRecord × channel_count (64 bytes each; version 2)
+//! channels end              DeviceRecord × device_count (64 bytes each; version 3)
 //! blob.offset              blob bytes (guest ELF images, command lines), 16-byte aligned
 //! ```
 //!
@@ -21,14 +22,22 @@
 //! hypervisor connects them before any domain runs and lists the channel in
 //! both ends' start-info pages (ABI clauses `EVT-7`, `MEM-3a`). Every record
 //! is checked here, like every other table: a malformed one refuses the pack.
+//!
+//! Version 3 adds device records, right after the channel table (split I/O,
+//! `docs/io.md`): a [`DeviceKind::Mmio`] record delegates one virtio-mmio
+//! device (its MMIO window and IOAPIC input) to the privileged driver
+//! domain; a [`DeviceKind::VblkExtent`] record gives a guest a virtual disk
+//! that is an extent of such a device's disk. The hypervisor of this
+//! version checks them and does not act on them yet.
 
 use hypercall_abi::layout::{CHANNEL_NAME_LEN, MAX_NAMED_CHANNELS};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// `b"TAHOMAPK"`.
 pub const MAGIC: [u8; 8] = *b"TAHOMAPK";
-/// Format version understood by this code (2: channel records).
-pub const VERSION: u32 = 2;
+/// Format version understood by this code (2: channel records; 3: device
+/// records).
+pub const VERSION: u32 = 3;
 /// Sentinel for "no blob".
 pub const NO_BLOB: u32 = u32::MAX;
 /// Longest domain name, in bytes.
@@ -62,8 +71,9 @@ pub struct PackHeader {
     pub channels_offset: u32,
     /// Number of [`ChannelRecord`]s.
     pub channel_count: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// Number of [`DeviceRecord`]s, which follow the channel table
+    /// (version 3).
+    pub device_count: u32,
 }
 
 /// Most channel records one pack may hold: every domain at its limit.
@@ -79,6 +89,121 @@ pub struct ChannelRecord {
     pub ends: [u32; 2],
     /// Reserved, zero.
     pub reserved: [u32; 6],
+}
+
+/// Most device records one pack may hold.
+pub const MAX_DEVICES: u32 = 256;
+
+/// Base of the virtio-mmio slots on QEMU's `microvm` (`docs/io.md`).
+pub const VIRTIO_MMIO_BASE: u64 = 0xfeb0_0000;
+/// Bytes per virtio-mmio slot.
+pub const VIRTIO_MMIO_SLOT_SIZE: u64 = 0x200;
+/// Slots on `microvm` (24 with ACPI; 8 with `acpi=off`, which xtask uses).
+pub const VIRTIO_MMIO_SLOTS: u64 = 24;
+/// IOAPIC inputs a device may be routed to (one IOAPIC of 24 pins).
+pub const IOAPIC_PINS: u32 = 24;
+/// Sector size of virtual disks: extents are aligned to it.
+pub const SECTOR_SIZE: u64 = 512;
+/// virtio device id of a block device.
+pub const VIRTIO_ID_BLOCK: u32 = 2;
+
+/// What a [`DeviceRecord`] describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum DeviceKind {
+    /// A virtio-mmio device delegated to the driver domain `domain`:
+    /// `id` = virtio device id, `base`/`size` = its MMIO window, `irq` =
+    /// its IOAPIC input.
+    Mmio = 1,
+    /// A virtual block device of guest `domain`: an extent of the disk of
+    /// MMIO record `id` (a block device), `base` = first byte on that disk,
+    /// `size` = bytes, `flags` = [`ExtentFlags`].
+    VblkExtent = 2,
+}
+
+bitflags::bitflags! {
+    /// Flags of a [`DeviceKind::VblkExtent`] record.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct ExtentFlags: u32 {
+        /// The guest may only read it.
+        const READONLY = 1 << 0;
+    }
+}
+
+/// A device delegated at boot, or a guest's virtual disk (version 3).
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, PartialEq, Eq)]
+#[repr(C)]
+pub struct DeviceRecord {
+    /// [`DeviceKind`] as a number.
+    pub kind: u32,
+    /// Index into the domain table: the driver domain (MMIO) or the guest
+    /// (extent).
+    pub domain: u32,
+    /// MMIO: the virtio device id (non-zero). Extent: index of the MMIO
+    /// record of its disk.
+    pub id: u32,
+    /// MMIO: the IOAPIC input. Extent: zero.
+    pub irq: u32,
+    /// MMIO: physical address of the window. Extent: first byte on the disk.
+    pub base: u64,
+    /// MMIO: window bytes. Extent: bytes.
+    pub size: u64,
+    /// Extent: [`ExtentFlags`]. MMIO: zero.
+    pub flags: u32,
+    /// Reserved, zero.
+    pub reserved: [u32; 7],
+}
+
+/// What is wrong with a device record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceFault {
+    /// An unknown kind.
+    BadKind,
+    /// Its domain is not in the domain table.
+    NoSuchDomain,
+    /// An MMIO device for a domain without the privileged flag.
+    NotPrivileged,
+    /// An MMIO window that is not one virtio-mmio slot, or a zero device id.
+    BadWindow,
+    /// An IOAPIC input beyond the IOAPIC.
+    BadIrq,
+    /// Two MMIO records share a slot or an IOAPIC input, or a 4 KiB frame
+    /// of slots would be delegated to two domains.
+    Conflict,
+    /// An extent's disk is not an MMIO record of a block device.
+    NoSuchDisk,
+    /// An extent that is empty, not sector-aligned, overflows, or belongs
+    /// to the disk's own driver domain.
+    BadExtent,
+    /// Two extents of one disk overlap.
+    Overlap,
+    /// A reserved field or unknown flag is not zero.
+    Reserved,
+}
+
+impl core::fmt::Display for DeviceFault {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            DeviceFault::BadKind => "its kind is unknown",
+            DeviceFault::NoSuchDomain => "its domain is not a domain of the pack",
+            DeviceFault::NotPrivileged => {
+                "an MMIO device is given to a domain that is not privileged"
+            }
+            DeviceFault::BadWindow => {
+                "its MMIO window is not one virtio-mmio slot (or its device id is 0)"
+            }
+            DeviceFault::BadIrq => "its IOAPIC input is beyond the IOAPIC",
+            DeviceFault::Conflict => {
+                "it shares a slot, IOAPIC input or MMIO frame with another domain's device"
+            }
+            DeviceFault::NoSuchDisk => "its disk is not a block device record of the pack",
+            DeviceFault::BadExtent => {
+                "the extent is empty, not 512-byte aligned, overflows, or is the driver domain's"
+            }
+            DeviceFault::Overlap => "the extent overlaps another extent of the same disk",
+            DeviceFault::Reserved => "a reserved field or unknown flag is not zero",
+        })
+    }
 }
 
 /// One domain to create at boot.
@@ -129,6 +254,7 @@ const _: () = assert!(core::mem::size_of::<PackHeader>() == 64);
 const _: () = assert!(core::mem::size_of::<DomainRecord>() == 128);
 const _: () = assert!(core::mem::size_of::<BlobRecord>() == 16);
 const _: () = assert!(core::mem::size_of::<ChannelRecord>() == 64);
+const _: () = assert!(core::mem::size_of::<DeviceRecord>() == 64);
 
 /// Why a pack was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +284,13 @@ pub enum PackError {
         index: u32,
         /// What is wrong with it.
         why: ChannelFault,
+    },
+    /// Device record `index` is malformed (`why` says how).
+    BadDevice {
+        /// Its index in the device table.
+        index: u32,
+        /// What is wrong with it.
+        why: DeviceFault,
     },
 }
 
@@ -206,6 +339,9 @@ impl core::fmt::Display for PackError {
             PackError::BadBlobIndex => write!(f, "boot pack domain refers to a missing blob"),
             PackError::BadChannel { index, why } => {
                 write!(f, "boot pack channel record {index} is malformed: {why}")
+            }
+            PackError::BadDevice { index, why } => {
+                write!(f, "boot pack device record {index} is malformed: {why}")
             }
         }
     }
@@ -271,7 +407,7 @@ impl<'a> Pack<'a> {
                 return Err(PackError::BadBlobIndex);
             }
         }
-        if header.channel_count > MAX_CHANNELS || header.reserved != 0 {
+        if header.channel_count > MAX_CHANNELS || header.device_count > MAX_DEVICES {
             return Err(PackError::OutOfBounds);
         }
         table_bounds(
@@ -280,7 +416,9 @@ impl<'a> Pack<'a> {
             header.channel_count,
             64,
         )?;
+        table_bounds(bytes.len(), pack.devices_offset(), header.device_count, 64)?;
         check_channels(&pack)?;
+        check_devices(&pack)?;
         Ok(pack)
     }
 
@@ -290,6 +428,26 @@ impl<'a> Pack<'a> {
         let off = self.header.channels_offset as usize;
         (0..self.header.channel_count as usize).filter_map(move |i| {
             ChannelRecord::read_from_prefix(bytes.get(off + i * 64..)?)
+                .ok()
+                .map(|(c, _)| c)
+        })
+    }
+
+    /// Where the device table starts: right after the channel table
+    /// (saturating: an impossible offset fails the bounds check).
+    fn devices_offset(&self) -> u32 {
+        self.header
+            .channel_count
+            .saturating_mul(64)
+            .saturating_add(self.header.channels_offset)
+    }
+
+    /// The device records, in pack order (checked by [`Pack::parse`]).
+    pub fn devices(&self) -> impl Iterator<Item = DeviceRecord> + 'a {
+        let bytes = self.bytes;
+        let off = self.devices_offset() as usize;
+        (0..self.header.device_count as usize).filter_map(move |i| {
+            DeviceRecord::read_from_prefix(bytes.get(off + i * 64..)?)
                 .ok()
                 .map(|(c, _)| c)
         })
@@ -345,6 +503,94 @@ impl<'a> Pack<'a> {
         }
         core::str::from_utf8(self.blob(self.header.scenario_blob - 1)?).ok()
     }
+}
+
+/// Checks every device record (version 3): a known kind naming a domain of
+/// the pack; an MMIO device only for a privileged domain, exactly one
+/// virtio-mmio slot, an IOAPIC input, no slot, input or 4 KiB MMIO frame
+/// shared with another domain's device; an extent on a block device's
+/// record, non-empty, sector-aligned, not the driver domain's own, not
+/// overlapping another extent of that disk; reserved fields zero. (That an
+/// extent lies inside the disk image is checked by xtask, which knows the
+/// image's size; the driver domain checks it against the device.)
+fn check_devices(pack: &Pack<'_>) -> Result<(), PackError> {
+    let domains: alloc::vec::Vec<DomainRecord> = pack.domains().collect();
+    let records: alloc::vec::Vec<DeviceRecord> = pack.devices().collect();
+    let mmio = DeviceKind::Mmio as u32;
+    let extent = DeviceKind::VblkExtent as u32;
+    for (i, r) in records.iter().enumerate() {
+        let bad = |why| PackError::BadDevice {
+            index: i as u32,
+            why,
+        };
+        if r.reserved != [0; 7] {
+            return Err(bad(DeviceFault::Reserved));
+        }
+        let Some(dom) = domains.get(r.domain as usize) else {
+            return Err(bad(DeviceFault::NoSuchDomain));
+        };
+        if r.kind == mmio {
+            if dom.flags & DomainFlags::PRIVILEGED.bits() == 0 {
+                return Err(bad(DeviceFault::NotPrivileged));
+            }
+            if r.flags != 0 {
+                return Err(bad(DeviceFault::Reserved));
+            }
+            let slot = r.base.wrapping_sub(VIRTIO_MMIO_BASE);
+            if r.base < VIRTIO_MMIO_BASE
+                || slot % VIRTIO_MMIO_SLOT_SIZE != 0
+                || slot / VIRTIO_MMIO_SLOT_SIZE >= VIRTIO_MMIO_SLOTS
+                || r.size != VIRTIO_MMIO_SLOT_SIZE
+                || r.id == 0
+            {
+                return Err(bad(DeviceFault::BadWindow));
+            }
+            if r.irq >= IOAPIC_PINS {
+                return Err(bad(DeviceFault::BadIrq));
+            }
+            let clash = records[..i].iter().any(|o| {
+                o.kind == mmio
+                    && (o.base == r.base
+                        || o.irq == r.irq
+                        || (o.base >> 12 == r.base >> 12 && o.domain != r.domain))
+            });
+            if clash {
+                return Err(bad(DeviceFault::Conflict));
+            }
+        } else if r.kind == extent {
+            if r.flags & !ExtentFlags::all().bits() != 0 || r.irq != 0 {
+                return Err(bad(DeviceFault::Reserved));
+            }
+            let Some(disk) = records
+                .get(r.id as usize)
+                .filter(|d| d.kind == mmio && d.id == VIRTIO_ID_BLOCK)
+            else {
+                return Err(bad(DeviceFault::NoSuchDisk));
+            };
+            let end = r.base.checked_add(r.size);
+            if r.size == 0
+                || r.base % SECTOR_SIZE != 0
+                || r.size % SECTOR_SIZE != 0
+                || end.is_none()
+                || r.domain == disk.domain
+            {
+                return Err(bad(DeviceFault::BadExtent));
+            }
+            let end = end.unwrap_or(u64::MAX);
+            let overlap = records[..i].iter().any(|o| {
+                o.kind == extent
+                    && o.id == r.id
+                    && o.base < end
+                    && r.base < o.base.saturating_add(o.size)
+            });
+            if overlap {
+                return Err(bad(DeviceFault::Overlap));
+            }
+        } else {
+            return Err(bad(DeviceFault::BadKind));
+        }
+    }
+    Ok(())
 }
 
 /// Checks every channel record (`EVT-7`): a valid name, two different
@@ -425,6 +671,7 @@ pub fn name_str(name: &[u8; NAME_LEN]) -> &str {
 pub struct PackBuilder {
     domains: alloc::vec::Vec<DomainRecord>,
     channels: alloc::vec::Vec<ChannelRecord>,
+    devices: alloc::vec::Vec<DeviceRecord>,
     blobs: alloc::vec::Vec<alloc::vec::Vec<u8>>,
     scenario: Option<u32>,
 }
@@ -510,13 +757,54 @@ impl PackBuilder {
         Ok(())
     }
 
+    /// Delegates a virtio-mmio device (slot at `base`, IOAPIC input `irq`,
+    /// virtio device `id`) to the domain added `domain`th; its record index.
+    /// Checked where the pack is read ([`Pack::parse`]).
+    pub fn mmio_device(&mut self, domain: u32, id: u32, base: u64, irq: u32) -> u32 {
+        self.devices.push(DeviceRecord {
+            kind: DeviceKind::Mmio as u32,
+            domain,
+            id,
+            irq,
+            base,
+            size: VIRTIO_MMIO_SLOT_SIZE,
+            flags: 0,
+            reserved: [0; 7],
+        });
+        (self.devices.len() - 1) as u32
+    }
+
+    /// Gives the domain added `domain`th a virtual disk: `size` bytes at
+    /// byte `offset` of the disk of device record `disk`. Checked where the
+    /// pack is read.
+    pub fn vblk_extent(
+        &mut self,
+        domain: u32,
+        disk: u32,
+        offset: u64,
+        size: u64,
+        flags: ExtentFlags,
+    ) {
+        self.devices.push(DeviceRecord {
+            kind: DeviceKind::VblkExtent as u32,
+            domain,
+            id: disk,
+            irq: 0,
+            base: offset,
+            size,
+            flags: flags.bits(),
+            reserved: [0; 7],
+        });
+    }
+
     /// Lays the pack out and returns its bytes.
     pub fn finish(&self) -> alloc::vec::Vec<u8> {
         let align = |x: usize| (x + 15) & !15;
         let domains_offset = 64;
         let blobs_offset = domains_offset + self.domains.len() * 128;
         let channels_offset = blobs_offset + self.blobs.len() * 16;
-        let mut data_offset = align(channels_offset + self.channels.len() * 64);
+        let devices_offset = channels_offset + self.channels.len() * 64;
+        let mut data_offset = align(devices_offset + self.devices.len() * 64);
         let mut records = alloc::vec::Vec::new();
         for b in &self.blobs {
             records.push(BlobRecord {
@@ -539,7 +827,7 @@ impl PackBuilder {
             scenario_blob: self.scenario.map_or(0, |i| i + 1),
             channels_offset: channels_offset as u32,
             channel_count: self.channels.len() as u32,
-            reserved: 0,
+            device_count: self.devices.len() as u32,
         };
         let mut out = alloc::vec![0u8; total];
         out[..64].copy_from_slice(header.as_bytes());
@@ -548,6 +836,9 @@ impl PackBuilder {
         }
         for (i, c) in self.channels.iter().enumerate() {
             out[channels_offset + i * 64..][..64].copy_from_slice(c.as_bytes());
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            out[devices_offset + i * 64..][..64].copy_from_slice(d.as_bytes());
         }
         for (i, (r, b)) in records.iter().zip(&self.blobs).enumerate() {
             out[blobs_offset + i * 16..][..16].copy_from_slice(r.as_bytes());
@@ -720,6 +1011,238 @@ mod tests {
         let sum = checksum(&bytes, Some(CHECKSUM_OFFSET));
         bytes[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_le_bytes());
         assert_eq!(Pack::parse(&bytes).unwrap_err(), PackError::OutOfBounds);
+    }
+
+    /// A pack with a privileged driver domain (0), two guests (1, 2) and
+    /// the devices `f` adds.
+    fn with_devices(f: impl FnOnce(&mut PackBuilder)) -> Result<alloc::vec::Vec<u8>, PackError> {
+        let mut b = PackBuilder::new();
+        let img = b.blob(b"\x7fELF-image");
+        for (i, name) in ["drv", "a", "b"].iter().enumerate() {
+            let flags = if i == 0 {
+                DomainFlags::PRIVILEGED
+            } else {
+                DomainFlags::empty()
+            };
+            b.domain(&DomainSpec {
+                name,
+                mem_pages: 64,
+                max_pages: 64,
+                flags,
+                image_blob: img,
+                cmdline: "",
+                weight: 0,
+            })
+            .unwrap();
+        }
+        f(&mut b);
+        let bytes = b.finish();
+        Pack::parse(&bytes).map(|_| bytes.clone())
+    }
+
+    fn device_fault(f: impl FnOnce(&mut PackBuilder)) -> Option<(u32, DeviceFault)> {
+        match with_devices(f) {
+            Err(PackError::BadDevice { index, why }) => Some((index, why)),
+            Ok(_) => None,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+
+    const BLK: u64 = VIRTIO_MMIO_BASE + 7 * VIRTIO_MMIO_SLOT_SIZE;
+
+    #[test]
+    fn devices_round_trip() {
+        let bytes = with_devices(|b| {
+            let d = b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, 12);
+            b.vblk_extent(1, d, 0, 16 << 20, ExtentFlags::empty());
+            b.vblk_extent(2, d, 16 << 20, 16 << 20, ExtentFlags::READONLY);
+            b.channel("c", 1, 2).unwrap();
+        })
+        .unwrap();
+        let pack = Pack::parse(&bytes).unwrap();
+        assert_eq!(pack.header().version, 3);
+        assert_eq!(pack.channels().count(), 1);
+        let devs: alloc::vec::Vec<_> = pack.devices().collect();
+        assert_eq!(devs.len(), 3);
+        assert_eq!(
+            (
+                devs[0].kind,
+                devs[0].domain,
+                devs[0].base,
+                devs[0].irq,
+                devs[0].size
+            ),
+            (1, 0, BLK, 12, 0x200)
+        );
+        assert_eq!(
+            (
+                devs[2].kind,
+                devs[2].domain,
+                devs[2].id,
+                devs[2].base,
+                devs[2].size
+            ),
+            (2, 2, 0, 16 << 20, 16 << 20)
+        );
+        assert_eq!(devs[2].flags, ExtentFlags::READONLY.bits());
+        // No devices: still a valid version-3 pack.
+        assert_eq!(Pack::parse(&sample()).unwrap().devices().count(), 0);
+    }
+
+    #[test]
+    fn malformed_device_records_refuse_the_pack() {
+        use DeviceFault::*;
+        let blk = |b: &mut PackBuilder| b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, 12);
+        assert_eq!(
+            device_fault(|b| {
+                b.mmio_device(1, 2, BLK, 12);
+            }),
+            Some((0, NotPrivileged))
+        );
+        assert_eq!(
+            device_fault(|b| {
+                b.mmio_device(3, 2, BLK, 12);
+            }),
+            Some((0, NoSuchDomain))
+        );
+        assert_eq!(
+            device_fault(|b| {
+                b.mmio_device(0, 2, BLK + 8, 12);
+            }),
+            Some((0, BadWindow))
+        );
+        assert_eq!(
+            device_fault(|b| {
+                b.mmio_device(0, 2, 0xfec0_0000, 12);
+            }),
+            Some((0, BadWindow))
+        );
+        assert_eq!(
+            device_fault(|b| {
+                b.mmio_device(0, 2, VIRTIO_MMIO_BASE - 0x200, 12);
+            }),
+            Some((0, BadWindow))
+        );
+        assert_eq!(
+            device_fault(|b| {
+                b.mmio_device(0, 0, BLK, 12);
+            }),
+            Some((0, BadWindow))
+        );
+        assert_eq!(
+            device_fault(|b| {
+                b.mmio_device(0, 2, BLK, 24);
+            }),
+            Some((0, BadIrq))
+        );
+        assert_eq!(
+            device_fault(|b| {
+                blk(b);
+                b.mmio_device(0, 1, BLK, 11);
+            }),
+            Some((1, Conflict))
+        );
+        assert_eq!(
+            device_fault(|b| {
+                blk(b);
+                b.mmio_device(0, 1, BLK - 0x200, 12);
+            }),
+            Some((1, Conflict))
+        );
+        // Extents.
+        assert_eq!(
+            device_fault(|b| {
+                b.vblk_extent(1, 0, 0, 512, ExtentFlags::empty());
+            }),
+            Some((0, NoSuchDisk))
+        );
+        assert_eq!(
+            device_fault(|b| {
+                b.mmio_device(0, 1, BLK, 12);
+                b.vblk_extent(1, 0, 0, 512, ExtentFlags::empty());
+            }),
+            Some((1, NoSuchDisk))
+        );
+        for (off, size) in [(0, 0), (1, 512), (0, 511), (u64::MAX - 511, 1024)] {
+            assert_eq!(
+                device_fault(|b| {
+                    let d = blk(b);
+                    b.vblk_extent(1, d, off, size, ExtentFlags::empty());
+                }),
+                Some((1, BadExtent)),
+                "{off} {size}"
+            );
+        }
+        assert_eq!(
+            device_fault(|b| {
+                let d = blk(b);
+                b.vblk_extent(0, d, 0, 512, ExtentFlags::empty());
+            }),
+            Some((1, BadExtent))
+        );
+        assert_eq!(
+            device_fault(|b| {
+                let d = blk(b);
+                b.vblk_extent(1, d, 0, 4096, ExtentFlags::empty());
+                b.vblk_extent(2, d, 3584, 512, ExtentFlags::empty());
+            }),
+            Some((2, Overlap))
+        );
+        assert_eq!(
+            device_fault(|b| {
+                let d = blk(b);
+                b.vblk_extent(1, d, 0, 4096, ExtentFlags::empty());
+                b.vblk_extent(2, d, 4096, 512, ExtentFlags::empty());
+            }),
+            None,
+            "adjacent extents are fine"
+        );
+        assert_eq!(
+            device_fault(|b| {
+                let d = blk(b);
+                b.vblk_extent(1, d, 0, 512, ExtentFlags::from_bits_retain(2));
+            }),
+            Some((1, Reserved))
+        );
+    }
+
+    #[test]
+    fn hostile_device_fields_are_refused() {
+        let patch = |f: &dyn Fn(&mut DeviceRecord)| {
+            let mut bytes = with_devices(|b| {
+                b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, 12);
+            })
+            .unwrap();
+            let h = PackHeader::read_from_prefix(&bytes).unwrap().0;
+            let off = (h.channels_offset + h.channel_count * 64) as usize;
+            let mut r = DeviceRecord::read_from_prefix(&bytes[off..]).unwrap().0;
+            f(&mut r);
+            bytes[off..off + 64].copy_from_slice(r.as_bytes());
+            let sum = checksum(&bytes, Some(CHECKSUM_OFFSET));
+            bytes[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_le_bytes());
+            Pack::parse(&bytes).map(|_| ())
+        };
+        let bad = |why| Err(PackError::BadDevice { index: 0, why });
+        assert_eq!(patch(&|r| r.reserved[6] = 1), bad(DeviceFault::Reserved));
+        assert_eq!(patch(&|r| r.flags = 1), bad(DeviceFault::Reserved));
+        assert_eq!(patch(&|r| r.kind = 0), bad(DeviceFault::BadKind));
+        assert_eq!(patch(&|r| r.kind = 3), bad(DeviceFault::BadKind));
+        assert_eq!(patch(&|r| r.size = 0x1000), bad(DeviceFault::BadWindow));
+        assert_eq!(
+            patch(&|r| r.domain = u32::MAX),
+            bad(DeviceFault::NoSuchDomain)
+        );
+        assert_eq!(patch(&|_| ()), Ok(()));
+        // A device count pointing past the end is out of bounds, not a panic.
+        let mut bytes = with_devices(|_| ()).unwrap();
+        let mut h = PackHeader::read_from_prefix(&bytes).unwrap().0;
+        for count in [1, MAX_DEVICES + 1, u32::MAX] {
+            h.device_count = count;
+            bytes[..64].copy_from_slice(h.as_bytes());
+            let sum = checksum(&bytes, Some(CHECKSUM_OFFSET));
+            bytes[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_le_bytes());
+            assert_eq!(Pack::parse(&bytes).map(|_| ()), Err(PackError::OutOfBounds));
+        }
     }
 
     #[test]

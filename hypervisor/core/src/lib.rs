@@ -13,6 +13,7 @@ extern crate alloc;
 pub mod bootpack;
 pub mod event;
 pub mod frames;
+pub mod grant;
 pub mod loader;
 pub mod memmap;
 pub mod mm;

@@ -1,0 +1,992 @@
+//! Front and back ends of a shared one-page ring (layout and memory-ordering
+//! contract: [`hypercall_abi::ring`]; design: `docs/io.md`).
+//!
+//! The shared page belongs to two domains that do not trust each other, so
+//! everything in it is an *allegation*:
+//!
+//! * it is reached only through [`SharedPage`]: atomic loads and stores of
+//!   the indices and volatile byte copies of slots; never a Rust reference
+//!   to the peer's data;
+//! * a consumer copies each slot **once** into private memory and works on
+//!   the copy ([`BackEnd::take_request`] returns it by value); it never reads
+//!   that slot again, so a peer changing a request after publishing it
+//!   changes nothing (Xen's XSA-155);
+//! * a consumer bounds the peer's producer index: more requests than free
+//!   slots, or more responses than requests outstanding, is
+//!   [`RingError::Overrun`]; the ring is then disconnected
+//!   ([`RingError::Disconnected`] for every later call, and the shared page
+//!   is not touched again). Never a panic;
+//! * producers batch: [`FrontEnd::push_request`] fills slots privately and
+//!   [`FrontEnd::publish`] makes them visible and says whether to notify
+//!   (one event per batch, only if the peer asked);
+//! * consumers check once more before sleeping ([`BackEnd::final_check`],
+//!   [`FrontEnd::final_check`]) so no wake-up is lost.
+//!
+//! The code is pure apart from [`RingPage`], the real shared page, and is
+//! host-tested with a page model, property tests of random interleavings and
+//! a hostile peer.
+#![allow(unsafe_code)] // RingPage only: raw access to the shared page, each block with its SAFETY note.
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use core::sync::atomic::{fence, AtomicU32, Ordering};
+
+use hypercall_abi::ring::{
+    need_notify, slot_offset, RingProtocol, REQ_EVENT_OFFSET, REQ_PROD_OFFSET, RING_PAGE_SIZE,
+    RSP_EVENT_OFFSET, RSP_PROD_OFFSET,
+};
+use zerocopy::{FromBytes, IntoBytes};
+
+/// How a ring reaches its shared page. Offsets are in bytes within the
+/// page; callers (this module) keep them inside it.
+pub trait SharedPage {
+    /// Loads the index at `off` (4-byte aligned), with acquire ordering.
+    fn load(&self, off: usize) -> u32;
+    /// Stores `value` at `off` (4-byte aligned), with release ordering.
+    fn store(&self, off: usize, value: u32);
+    /// A full memory barrier (stores before it are visible before loads
+    /// after it).
+    fn full_barrier(&self);
+    /// Copies `dst.len()` bytes at `off` out of the page (volatile: each
+    /// byte read exactly once).
+    fn read(&self, off: usize, dst: &mut [u8]);
+    /// Copies `src` into the page at `off` (volatile).
+    fn write(&self, off: usize, src: &[u8]);
+}
+
+impl<M: SharedPage + ?Sized> SharedPage for &M {
+    fn load(&self, off: usize) -> u32 {
+        (**self).load(off)
+    }
+    fn store(&self, off: usize, value: u32) {
+        (**self).store(off, value)
+    }
+    fn full_barrier(&self) {
+        (**self).full_barrier()
+    }
+    fn read(&self, off: usize, dst: &mut [u8]) {
+        (**self).read(off, dst)
+    }
+    fn write(&self, off: usize, src: &[u8]) {
+        (**self).write(off, src)
+    }
+}
+
+/// A ring page mapped in this domain's address space, shared with a peer.
+#[derive(Debug)]
+pub struct RingPage {
+    base: NonNull<u8>,
+}
+
+impl RingPage {
+    /// The ring page at `base`.
+    ///
+    /// Returns `None` if `base` is null or not page-aligned.
+    ///
+    /// # Safety
+    ///
+    /// `base` must point to a 4 KiB page that stays mapped (readable and
+    /// writable) for as long as the `RingPage` lives, and that no Rust
+    /// reference (`&`/`&mut`) in this domain aliases: it is accessed only
+    /// through this type's atomic and volatile operations. The peer may
+    /// write it at any time; that is allowed.
+    pub unsafe fn new(base: *mut u8) -> Option<RingPage> {
+        if !(base as usize).is_multiple_of(RING_PAGE_SIZE) {
+            return None;
+        }
+        NonNull::new(base).map(|base| RingPage { base })
+    }
+
+    fn index(&self, off: usize) -> &AtomicU32 {
+        assert!(off.is_multiple_of(4) && off + 4 <= RING_PAGE_SIZE);
+        // SAFETY: `off` is 4-aligned and inside the page (asserted above),
+        // so the pointer is aligned and valid for 4 bytes for the life of
+        // `self` (RingPage::new's contract); the page is only ever accessed
+        // atomically at index offsets, so no non-atomic access races it from
+        // this domain, and the peer's accesses are outside Rust's model.
+        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(off).cast::<u32>()) }
+    }
+
+    fn check_range(off: usize, len: usize) {
+        assert!(off
+            .checked_add(len)
+            .is_some_and(|end| end <= RING_PAGE_SIZE));
+    }
+}
+
+impl SharedPage for RingPage {
+    fn load(&self, off: usize) -> u32 {
+        self.index(off).load(Ordering::Acquire)
+    }
+    fn store(&self, off: usize, value: u32) {
+        self.index(off).store(value, Ordering::Release)
+    }
+    fn full_barrier(&self) {
+        fence(Ordering::SeqCst)
+    }
+    fn read(&self, off: usize, dst: &mut [u8]) {
+        Self::check_range(off, dst.len());
+        for (i, b) in dst.iter_mut().enumerate() {
+            // SAFETY: `off + i < off + dst.len() <= 4096` (checked above), so
+            // the byte is inside the page, valid for reads (RingPage::new's
+            // contract); a volatile read of a `u8` has no alignment or
+            // validity requirement and is read exactly once.
+            *b = unsafe { self.base.as_ptr().add(off + i).read_volatile() };
+        }
+    }
+    fn write(&self, off: usize, src: &[u8]) {
+        Self::check_range(off, src.len());
+        for (i, &b) in src.iter().enumerate() {
+            // SAFETY: `off + i` is inside the page (checked above), valid for
+            // writes and aliased by no Rust reference (RingPage::new's
+            // contract).
+            unsafe { self.base.as_ptr().add(off + i).write_volatile(b) };
+        }
+    }
+}
+
+/// What went wrong on a ring. After any error but [`RingError::Full`] and
+/// [`RingError::NoRequest`] the ring is disconnected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingError {
+    /// The peer published a producer index beyond what it may produce
+    /// (`prod`, seen while our consumer index was `cons`): it is hostile or
+    /// broken; disconnect it.
+    Overrun {
+        /// The peer's alleged producer index.
+        prod: u32,
+        /// Our consumer index.
+        cons: u32,
+    },
+    /// The ring was disconnected by an earlier error; it no longer touches
+    /// the shared page.
+    Disconnected,
+    /// No free slot: wait for responses (frontend) before pushing more.
+    Full,
+    /// A response was pushed with no request outstanding (a bug in the
+    /// caller, not the peer).
+    NoRequest,
+}
+
+fn read_slot<T: FromBytes + IntoBytes, M: SharedPage>(mem: &M, off: usize) -> T {
+    let mut value = T::new_zeroed();
+    mem.read(off, value.as_mut_bytes());
+    value
+}
+
+/// The frontend: produces requests, consumes responses. It initialises the
+/// ring page (it grants it).
+#[derive(Debug)]
+pub struct FrontEnd<P: RingProtocol, M: SharedPage> {
+    mem: M,
+    /// Requests written (published or not).
+    req_prod_pvt: u32,
+    /// Requests published (`req_prod` as we last stored it).
+    req_published: u32,
+    /// Responses consumed.
+    rsp_cons: u32,
+    disconnected: bool,
+    _p: PhantomData<P>,
+}
+
+impl<P: RingProtocol, M: SharedPage> FrontEnd<P, M> {
+    /// Takes the page and initialises an empty ring in it (indices 0, event
+    /// indices 1: wake the peer on the first item).
+    pub fn init(mem: M) -> Self {
+        const { assert!(P::SLOTS > 0, "slot too large for a ring page") };
+        mem.store(REQ_PROD_OFFSET, 0);
+        mem.store(RSP_PROD_OFFSET, 0);
+        mem.store(REQ_EVENT_OFFSET, 1);
+        mem.store(RSP_EVENT_OFFSET, 1);
+        mem.write(16, &[0; 48]);
+        mem.full_barrier();
+        FrontEnd {
+            mem,
+            req_prod_pvt: 0,
+            req_published: 0,
+            rsp_cons: 0,
+            disconnected: false,
+            _p: PhantomData,
+        }
+    }
+
+    /// Slots in the ring.
+    pub const fn slots(&self) -> u32 {
+        P::SLOTS
+    }
+
+    /// Free slots: pushes possible before a response is consumed.
+    pub fn free_slots(&self) -> u32 {
+        P::SLOTS - self.req_prod_pvt.wrapping_sub(self.rsp_cons)
+    }
+
+    /// Whether an error disconnected the ring.
+    pub fn is_disconnected(&self) -> bool {
+        self.disconnected
+    }
+
+    /// Requests published and not yet answered (as far as consumed).
+    pub fn outstanding(&self) -> u32 {
+        self.req_published.wrapping_sub(self.rsp_cons)
+    }
+
+    /// Writes `req` in the next slot, unpublished (see [`Self::publish`]).
+    pub fn push_request(&mut self, req: &P::Req) -> Result<(), RingError> {
+        if self.disconnected {
+            return Err(RingError::Disconnected);
+        }
+        if self.free_slots() == 0 {
+            return Err(RingError::Full);
+        }
+        let off = slot_offset(self.req_prod_pvt, P::SLOTS, P::SLOT_SIZE);
+        self.mem.write(off, req.as_bytes());
+        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Publishes every pushed request; `Ok(true)` if the backend must be
+    /// notified (it asked for an event inside this batch).
+    pub fn publish(&mut self) -> Result<bool, RingError> {
+        if self.disconnected {
+            return Err(RingError::Disconnected);
+        }
+        let (old, new) = (self.req_published, self.req_prod_pvt);
+        fence(Ordering::Release);
+        self.mem.store(REQ_PROD_OFFSET, new);
+        self.req_published = new;
+        self.mem.full_barrier();
+        let event = self.mem.load(REQ_EVENT_OFFSET);
+        Ok(need_notify(old, new, event))
+    }
+
+    fn responses_available(&mut self) -> Result<u32, RingError> {
+        if self.disconnected {
+            return Err(RingError::Disconnected);
+        }
+        let prod = self.mem.load(RSP_PROD_OFFSET);
+        fence(Ordering::Acquire);
+        let avail = prod.wrapping_sub(self.rsp_cons);
+        if avail > self.outstanding() {
+            self.disconnected = true;
+            return Err(RingError::Overrun {
+                prod,
+                cons: self.rsp_cons,
+            });
+        }
+        Ok(avail)
+    }
+
+    /// The next response, copied once out of the ring, or `None` if none
+    /// is published.
+    pub fn take_response(&mut self) -> Result<Option<P::Rsp>, RingError> {
+        if self.responses_available()? == 0 {
+            return Ok(None);
+        }
+        let off = slot_offset(self.rsp_cons, P::SLOTS, P::SLOT_SIZE);
+        let rsp = read_slot::<P::Rsp, _>(&self.mem, off);
+        self.rsp_cons = self.rsp_cons.wrapping_add(1);
+        Ok(Some(rsp))
+    }
+
+    /// Before sleeping: `Ok(true)` if responses are waiting (consume them
+    /// instead); otherwise asks for an event at the next response, with a
+    /// full barrier and a second look, so none is missed.
+    pub fn final_check(&mut self) -> Result<bool, RingError> {
+        if self.responses_available()? > 0 {
+            return Ok(true);
+        }
+        self.mem
+            .store(RSP_EVENT_OFFSET, self.rsp_cons.wrapping_add(1));
+        self.mem.full_barrier();
+        Ok(self.responses_available()? > 0)
+    }
+}
+
+/// The backend: consumes requests, produces responses. It attaches to a
+/// ring the frontend initialised.
+#[derive(Debug)]
+pub struct BackEnd<P: RingProtocol, M: SharedPage> {
+    mem: M,
+    /// Requests consumed (copied out).
+    req_cons: u32,
+    /// Responses written (published or not).
+    rsp_prod_pvt: u32,
+    /// Responses published.
+    rsp_published: u32,
+    disconnected: bool,
+    _p: PhantomData<P>,
+}
+
+impl<P: RingProtocol, M: SharedPage> BackEnd<P, M> {
+    /// Attaches to the ring in `mem`, starting at index 0. Reads nothing:
+    /// whatever the frontend left there is checked when it is consumed.
+    pub fn attach(mem: M) -> Self {
+        const { assert!(P::SLOTS > 0, "slot too large for a ring page") };
+        BackEnd {
+            mem,
+            req_cons: 0,
+            rsp_prod_pvt: 0,
+            rsp_published: 0,
+            disconnected: false,
+            _p: PhantomData,
+        }
+    }
+
+    /// Whether an error disconnected the ring.
+    pub fn is_disconnected(&self) -> bool {
+        self.disconnected
+    }
+
+    /// Requests consumed and not yet answered.
+    pub fn in_flight(&self) -> u32 {
+        self.req_cons.wrapping_sub(self.rsp_prod_pvt)
+    }
+
+    fn requests_available(&mut self) -> Result<u32, RingError> {
+        if self.disconnected {
+            return Err(RingError::Disconnected);
+        }
+        let prod = self.mem.load(REQ_PROD_OFFSET);
+        fence(Ordering::Acquire);
+        // The frontend may have at most SLOTS requests without a response
+        // written: beyond, it would overwrite slots we have not answered.
+        if prod.wrapping_sub(self.rsp_prod_pvt) > P::SLOTS
+            || prod.wrapping_sub(self.req_cons) > P::SLOTS
+        {
+            self.disconnected = true;
+            return Err(RingError::Overrun {
+                prod,
+                cons: self.req_cons,
+            });
+        }
+        Ok(prod.wrapping_sub(self.req_cons))
+    }
+
+    /// The next request, copied once into private memory, or `None` if
+    /// none is published. The slot is never read again: validate the
+    /// returned copy, not the ring.
+    pub fn take_request(&mut self) -> Result<Option<P::Req>, RingError> {
+        if self.requests_available()? == 0 {
+            return Ok(None);
+        }
+        let off = slot_offset(self.req_cons, P::SLOTS, P::SLOT_SIZE);
+        let req = read_slot::<P::Req, _>(&self.mem, off);
+        self.req_cons = self.req_cons.wrapping_add(1);
+        Ok(Some(req))
+    }
+
+    /// Writes the response to the oldest unanswered request in its slot,
+    /// unpublished (see [`Self::publish`]).
+    pub fn push_response(&mut self, rsp: &P::Rsp) -> Result<(), RingError> {
+        if self.disconnected {
+            return Err(RingError::Disconnected);
+        }
+        if self.in_flight() == 0 {
+            return Err(RingError::NoRequest);
+        }
+        let off = slot_offset(self.rsp_prod_pvt, P::SLOTS, P::SLOT_SIZE);
+        self.mem.write(off, rsp.as_bytes());
+        self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Publishes every pushed response; `Ok(true)` if the frontend must be
+    /// notified.
+    pub fn publish(&mut self) -> Result<bool, RingError> {
+        if self.disconnected {
+            return Err(RingError::Disconnected);
+        }
+        let (old, new) = (self.rsp_published, self.rsp_prod_pvt);
+        fence(Ordering::Release);
+        self.mem.store(RSP_PROD_OFFSET, new);
+        self.rsp_published = new;
+        self.mem.full_barrier();
+        let event = self.mem.load(RSP_EVENT_OFFSET);
+        Ok(need_notify(old, new, event))
+    }
+
+    /// Before sleeping: `Ok(true)` if requests are waiting; otherwise asks
+    /// for an event at the next request, full barrier, and looks again.
+    pub fn final_check(&mut self) -> Result<bool, RingError> {
+        if self.requests_available()? > 0 {
+            return Ok(true);
+        }
+        self.mem
+            .store(REQ_EVENT_OFFSET, self.req_cons.wrapping_add(1));
+        self.mem.full_barrier();
+        Ok(self.requests_available()? > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::cell::RefCell;
+    use hypercall_abi::ring::RING_HEADER_SIZE;
+    use proptest::prelude::*;
+    use zerocopy::{Immutable, KnownLayout};
+
+    /// A block-like protocol: 32-byte requests, 16-byte responses.
+    struct Blk;
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+    #[repr(C)]
+    struct Req {
+        id: u64,
+        sector: u64,
+        len: u32,
+        op: u32,
+        pad: u64,
+    }
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+    #[repr(C)]
+    struct Rsp {
+        id: u64,
+        status: i32,
+        pad: u32,
+    }
+    impl RingProtocol for Blk {
+        type Req = Req;
+        type Rsp = Rsp;
+    }
+    const N: u32 = Blk::SLOTS;
+
+    fn req(id: u64) -> Req {
+        Req {
+            id,
+            sector: id * 8,
+            len: 512,
+            op: 1,
+            pad: 0,
+        }
+    }
+
+    /// A page model that records every slot read, so tests can prove that a
+    /// consumer reads each slot once, and lets a hostile peer poke it.
+    struct TestPage {
+        bytes: RefCell<Vec<u8>>,
+        slot_reads: RefCell<Vec<usize>>,
+    }
+
+    impl TestPage {
+        fn new() -> Self {
+            TestPage {
+                bytes: RefCell::new(vec![0xAA; RING_PAGE_SIZE]),
+                slot_reads: RefCell::new(vec![]),
+            }
+        }
+        fn poke(&self, off: usize, v: u32) {
+            self.bytes.borrow_mut()[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        fn peek(&self, off: usize) -> u32 {
+            u32::from_le_bytes(self.bytes.borrow()[off..off + 4].try_into().unwrap())
+        }
+        fn reads_of(&self, off: usize) -> usize {
+            self.slot_reads
+                .borrow()
+                .iter()
+                .filter(|&&o| o == off)
+                .count()
+        }
+    }
+
+    impl SharedPage for TestPage {
+        fn load(&self, off: usize) -> u32 {
+            self.peek(off)
+        }
+        fn store(&self, off: usize, value: u32) {
+            self.poke(off, value)
+        }
+        fn full_barrier(&self) {}
+        fn read(&self, off: usize, dst: &mut [u8]) {
+            assert!(off >= RING_HEADER_SIZE, "slot read in the header");
+            self.slot_reads.borrow_mut().push(off);
+            dst.copy_from_slice(&self.bytes.borrow()[off..off + dst.len()]);
+        }
+        fn write(&self, off: usize, src: &[u8]) {
+            self.bytes.borrow_mut()[off..off + src.len()].copy_from_slice(src);
+        }
+    }
+
+    #[test]
+    fn one_batch_costs_one_event_each_way() {
+        let page = TestPage::new();
+        let mut front = FrontEnd::<Blk, _>::init(&page);
+        let mut back = BackEnd::<Blk, _>::attach(&page);
+        assert!(
+            !back.final_check().unwrap(),
+            "empty ring: the backend sleeps"
+        );
+        for i in 0..N {
+            front.push_request(&req(i.into())).unwrap();
+        }
+        assert_eq!(front.push_request(&req(99)), Err(RingError::Full));
+        assert!(
+            front.publish().unwrap(),
+            "the sleeping backend is notified once"
+        );
+        assert!(!front.publish().unwrap(), "nothing new: no second event");
+        let mut seen = vec![];
+        while let Some(r) = back.take_request().unwrap() {
+            seen.push(r.id);
+            back.push_response(&Rsp {
+                id: r.id,
+                status: 0,
+                pad: 0,
+            })
+            .unwrap();
+        }
+        assert_eq!(seen, (0..u64::from(N)).collect::<Vec<_>>());
+        assert!(!front.final_check().unwrap(), "no responses published yet");
+        assert!(
+            back.publish().unwrap(),
+            "the sleeping frontend is notified once"
+        );
+        let mut got = 0;
+        while let Some(r) = front.take_response().unwrap() {
+            assert_eq!(r.id, got);
+            got += 1;
+        }
+        assert_eq!(got, u64::from(N));
+        assert_eq!(front.free_slots(), N);
+    }
+
+    #[test]
+    fn no_event_while_the_backend_is_busy() {
+        let page = TestPage::new();
+        let mut front = FrontEnd::<Blk, _>::init(&page);
+        let mut back = BackEnd::<Blk, _>::attach(&page);
+        front.push_request(&req(1)).unwrap();
+        assert!(
+            front.publish().unwrap(),
+            "initial req_event = 1 asks for the first"
+        );
+        assert!(back.take_request().unwrap().is_some());
+        // The backend has not re-armed (it is still working): no event.
+        front.push_request(&req(2)).unwrap();
+        assert!(!front.publish().unwrap());
+        // It finds the request on its final check instead of sleeping.
+        assert!(back.final_check().unwrap());
+    }
+
+    #[test]
+    fn final_check_catches_a_request_published_during_rearm() {
+        let page = TestPage::new();
+        let mut front = FrontEnd::<Blk, _>::init(&page);
+        let mut back = BackEnd::<Blk, _>::attach(&page);
+        front.push_request(&req(1)).unwrap();
+        front.publish().unwrap();
+        back.take_request().unwrap().unwrap();
+        // The frontend publishes before the backend sets req_event: no
+        // event is sent, so the backend's second look must find it.
+        front.push_request(&req(2)).unwrap();
+        assert!(!front.publish().unwrap());
+        assert!(back.final_check().unwrap());
+        assert_eq!(back.take_request().unwrap().unwrap().id, 2);
+    }
+
+    #[test]
+    fn indices_wrap_around_u32() {
+        let page = TestPage::new();
+        let mut front = FrontEnd::<Blk, _>::init(&page);
+        let mut back = BackEnd::<Blk, _>::attach(&page);
+        let start = u32::MAX - 3;
+        front.req_prod_pvt = start;
+        front.req_published = start;
+        front.rsp_cons = start;
+        back.req_cons = start;
+        back.rsp_prod_pvt = start;
+        back.rsp_published = start;
+        page.poke(REQ_PROD_OFFSET, start);
+        page.poke(RSP_PROD_OFFSET, start);
+        for i in 0..10 {
+            front.push_request(&req(i)).unwrap();
+        }
+        front.publish().unwrap();
+        for i in 0..10 {
+            let r = back.take_request().unwrap().unwrap();
+            assert_eq!(r.id, i);
+            back.push_response(&Rsp {
+                id: r.id,
+                status: 0,
+                pad: 0,
+            })
+            .unwrap();
+        }
+        back.publish().unwrap();
+        for i in 0..10 {
+            assert_eq!(front.take_response().unwrap().unwrap().id, i);
+        }
+        assert_eq!(page.peek(REQ_PROD_OFFSET), start.wrapping_add(10));
+    }
+
+    // ----- a hostile peer -----
+
+    #[test]
+    fn hostile_frontend_insane_producer_index_disconnects() {
+        for insane in [N + 1, N + 2, u32::MAX, u32::MAX / 2, 0x8000_0000] {
+            let page = TestPage::new();
+            let _front = FrontEnd::<Blk, _>::init(&page);
+            let mut back = BackEnd::<Blk, _>::attach(&page);
+            page.poke(REQ_PROD_OFFSET, insane);
+            assert_eq!(
+                back.take_request(),
+                Err(RingError::Overrun {
+                    prod: insane,
+                    cons: 0
+                })
+            );
+            assert!(back.is_disconnected());
+            assert!(
+                page.slot_reads.borrow().is_empty(),
+                "no slot read for an overrun"
+            );
+            // Disconnected for good, even if the index becomes sane again.
+            page.poke(REQ_PROD_OFFSET, 1);
+            assert_eq!(back.take_request(), Err(RingError::Disconnected));
+            assert_eq!(back.final_check(), Err(RingError::Disconnected));
+            assert_eq!(back.publish(), Err(RingError::Disconnected));
+            assert!(page.slot_reads.borrow().is_empty());
+        }
+    }
+
+    #[test]
+    fn hostile_frontend_overwriting_unanswered_slots_disconnects() {
+        let page = TestPage::new();
+        let mut front = FrontEnd::<Blk, _>::init(&page);
+        let mut back = BackEnd::<Blk, _>::attach(&page);
+        for i in 0..N {
+            front.push_request(&req(i.into())).unwrap();
+        }
+        front.publish().unwrap();
+        // The backend consumes all N but answers none; the frontend now
+        // claims one more request, which would reuse an unanswered slot.
+        for _ in 0..N {
+            back.take_request().unwrap().unwrap();
+        }
+        page.poke(REQ_PROD_OFFSET, N + 1);
+        assert_eq!(
+            back.take_request(),
+            Err(RingError::Overrun {
+                prod: N + 1,
+                cons: N
+            })
+        );
+    }
+
+    #[test]
+    fn hostile_frontend_moving_its_index_backwards_disconnects() {
+        let page = TestPage::new();
+        let mut front = FrontEnd::<Blk, _>::init(&page);
+        let mut back = BackEnd::<Blk, _>::attach(&page);
+        for i in 0..4 {
+            front.push_request(&req(i)).unwrap();
+        }
+        front.publish().unwrap();
+        for _ in 0..4 {
+            back.take_request().unwrap().unwrap();
+        }
+        page.poke(REQ_PROD_OFFSET, 2);
+        assert!(matches!(
+            back.take_request(),
+            Err(RingError::Overrun { prod: 2, cons: 4 })
+        ));
+    }
+
+    #[test]
+    fn a_request_changed_after_publication_changes_nothing() {
+        let page = TestPage::new();
+        let mut front = FrontEnd::<Blk, _>::init(&page);
+        let mut back = BackEnd::<Blk, _>::attach(&page);
+        let original = req(7);
+        front.push_request(&original).unwrap();
+        front.publish().unwrap();
+        let copy = back.take_request().unwrap().unwrap();
+        // The frontend rewrites the slot after the backend's copy (the
+        // double-fetch attack): a huge length and another sector.
+        let slot = slot_offset(0, N, Blk::SLOT_SIZE);
+        let evil = Req {
+            id: 7,
+            sector: u64::MAX,
+            len: u32::MAX,
+            op: 1,
+            pad: 0,
+        };
+        page.write(slot, evil.as_bytes());
+        // The backend validates and serves its private copy only...
+        assert_eq!(copy, original);
+        assert!(copy.len == 512 && copy.sector == 56);
+        back.push_response(&Rsp {
+            id: copy.id,
+            status: 0,
+            pad: 0,
+        })
+        .unwrap();
+        back.publish().unwrap();
+        while back.take_request().unwrap().is_some() {}
+        // ...and read the slot exactly once.
+        assert_eq!(page.reads_of(slot), 1);
+    }
+
+    #[test]
+    fn event_storm_costs_nothing_and_changes_nothing() {
+        let page = TestPage::new();
+        let mut front = FrontEnd::<Blk, _>::init(&page);
+        let mut back = BackEnd::<Blk, _>::attach(&page);
+        front.push_request(&req(1)).unwrap();
+        front.publish().unwrap();
+        let mut served = 0;
+        // 10,000 spurious wake-ups: each finds at most the one request.
+        for _ in 0..10_000 {
+            while let Some(r) = back.take_request().unwrap() {
+                back.push_response(&Rsp {
+                    id: r.id,
+                    status: 0,
+                    pad: 0,
+                })
+                .unwrap();
+                served += 1;
+            }
+            back.final_check().unwrap();
+        }
+        assert_eq!(served, 1);
+        assert_eq!(page.slot_reads.borrow().len(), 1);
+        assert!(!back.is_disconnected());
+    }
+
+    #[test]
+    fn hostile_backend_answering_more_than_asked_disconnects() {
+        let page = TestPage::new();
+        let mut front = FrontEnd::<Blk, _>::init(&page);
+        front.push_request(&req(1)).unwrap();
+        front.publish().unwrap();
+        for insane in [2, N, u32::MAX] {
+            page.poke(RSP_PROD_OFFSET, insane);
+            let mut f2 = FrontEnd::<Blk, _> {
+                mem: &page,
+                req_prod_pvt: 1,
+                req_published: 1,
+                rsp_cons: 0,
+                disconnected: false,
+                _p: PhantomData,
+            };
+            assert_eq!(
+                f2.take_response(),
+                Err(RingError::Overrun {
+                    prod: insane,
+                    cons: 0
+                })
+            );
+            assert_eq!(f2.final_check(), Err(RingError::Disconnected));
+        }
+        page.poke(RSP_PROD_OFFSET, 5);
+        assert!(front.take_response().is_err());
+        assert!(front.is_disconnected());
+        assert_eq!(front.push_request(&req(2)), Err(RingError::Disconnected));
+    }
+
+    #[test]
+    fn a_response_without_a_request_is_refused() {
+        let page = TestPage::new();
+        let _front = FrontEnd::<Blk, _>::init(&page);
+        let mut back = BackEnd::<Blk, _>::attach(&page);
+        assert_eq!(
+            back.push_response(&Rsp {
+                id: 0,
+                status: 0,
+                pad: 0
+            }),
+            Err(RingError::NoRequest)
+        );
+        assert!(!back.is_disconnected());
+    }
+
+    #[test]
+    fn the_real_page_type_works_on_a_host_page() {
+        #[repr(C, align(4096))]
+        struct Page([u8; 4096]);
+        let mut page = Box::new(Page([0xFF; 4096]));
+        let base = page.0.as_mut_ptr();
+        // SAFETY: `base` is a page-aligned, live 4 KiB allocation that
+        // outlives both `RingPage`s and is not otherwise accessed while they
+        // live.
+        let (a, b) = unsafe { (RingPage::new(base).unwrap(), RingPage::new(base).unwrap()) };
+        // SAFETY: a misaligned pointer is refused before any access.
+        assert!(unsafe { RingPage::new(base.wrapping_add(8)) }.is_none());
+        let mut front = FrontEnd::<Blk, _>::init(a);
+        let mut back = BackEnd::<Blk, _>::attach(b);
+        front.push_request(&req(3)).unwrap();
+        assert!(front.publish().unwrap());
+        assert_eq!(back.take_request().unwrap(), Some(req(3)));
+        back.push_response(&Rsp {
+            id: 3,
+            status: -5,
+            pad: 0,
+        })
+        .unwrap();
+        assert!(back.publish().unwrap());
+        assert_eq!(
+            front.take_response().unwrap(),
+            Some(Rsp {
+                id: 3,
+                status: -5,
+                pad: 0
+            })
+        );
+        let _ = (front, back);
+        assert_eq!(&page.0[0..4], &1u32.to_le_bytes());
+    }
+
+    // ----- random interleavings against a model -----
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// The frontend pushes this many requests and publishes.
+        Push(u8),
+        /// The backend consumes up to this many requests.
+        Take(u8),
+        /// The backend answers up to this many and publishes.
+        Answer(u8),
+        /// The frontend consumes up to this many responses.
+        Reap(u8),
+        /// The backend goes to sleep if its final check says so.
+        BackSleep,
+        /// The frontend goes to sleep if its final check says so.
+        FrontSleep,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1u8..40).prop_map(Op::Push),
+            (1u8..40).prop_map(Op::Take),
+            (1u8..40).prop_map(Op::Answer),
+            (1u8..40).prop_map(Op::Reap),
+            Just(Op::BackSleep),
+            Just(Op::FrontSleep),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the interleaving: requests arrive in order, each once;
+        /// responses match; a sleeping side is always woken when work
+        /// arrives for it (no lost wake-up); and events are only sent to a
+        /// side that asked.
+        #[test]
+        fn interleavings_match_the_model(start in any::<u32>(), ops in prop::collection::vec(op(), 1..200)) {
+            let page = TestPage::new();
+            let mut front = FrontEnd::<Blk, _>::init(&page);
+            let mut back = BackEnd::<Blk, _>::attach(&page);
+            // Start anywhere in the index space, to cross the wrap.
+            front.req_prod_pvt = start; front.req_published = start; front.rsp_cons = start;
+            back.req_cons = start; back.rsp_prod_pvt = start; back.rsp_published = start;
+            page.poke(REQ_PROD_OFFSET, start); page.poke(RSP_PROD_OFFSET, start);
+            page.poke(REQ_EVENT_OFFSET, start.wrapping_add(1));
+            page.poke(RSP_EVENT_OFFSET, start.wrapping_add(1));
+
+            let mut next_id = 0u64;
+            let mut sent = std::collections::VecDeque::new(); // published, not taken
+            let mut taken = std::collections::VecDeque::new(); // taken, not answered
+            let mut answered = std::collections::VecDeque::new(); // published responses
+            let (mut back_asleep, mut front_asleep) = (false, false);
+
+            for op in ops {
+                match op {
+                    Op::Push(n) => {
+                        let mut pushed = 0;
+                        for _ in 0..n {
+                            match front.push_request(&req(next_id)) {
+                                Ok(()) => { sent.push_back(next_id); next_id += 1; pushed += 1; }
+                                Err(RingError::Full) => break,
+                                Err(e) => prop_assert!(false, "push: {e:?}"),
+                            }
+                        }
+                        let notify = front.publish().unwrap();
+                        if back_asleep && pushed > 0 {
+                            prop_assert!(notify, "lost wake-up: the backend sleeps on a non-empty ring");
+                        }
+                        if notify { back_asleep = false; }
+                    }
+                    Op::Take(n) => {
+                        prop_assert!(!back_asleep || sent.is_empty());
+                        for _ in 0..n {
+                            match back.take_request().unwrap() {
+                                Some(r) => {
+                                    prop_assert_eq!(Some(r.id), sent.pop_front());
+                                    prop_assert_eq!(r, req(r.id));
+                                    taken.push_back(r.id);
+                                }
+                                None => { prop_assert!(sent.is_empty()); break; }
+                            }
+                        }
+                    }
+                    Op::Answer(n) => {
+                        let mut pushed = 0;
+                        for _ in 0..n {
+                            let Some(id) = taken.pop_front() else { break };
+                            back.push_response(&Rsp { id, status: 0, pad: 0 }).unwrap();
+                            answered.push_back(id);
+                            pushed += 1;
+                        }
+                        let notify = back.publish().unwrap();
+                        if front_asleep && pushed > 0 {
+                            prop_assert!(notify, "lost wake-up: the frontend sleeps on responses");
+                        }
+                        if notify { front_asleep = false; }
+                    }
+                    Op::Reap(n) => {
+                        for _ in 0..n {
+                            match front.take_response().unwrap() {
+                                Some(r) => prop_assert_eq!(Some(r.id), answered.pop_front()),
+                                None => { prop_assert!(answered.is_empty()); break; }
+                            }
+                        }
+                    }
+                    Op::BackSleep => {
+                        let busy = back.final_check().unwrap();
+                        prop_assert_eq!(busy, !sent.is_empty());
+                        back_asleep = !busy;
+                    }
+                    Op::FrontSleep => {
+                        let busy = front.final_check().unwrap();
+                        prop_assert_eq!(busy, !answered.is_empty());
+                        front_asleep = !busy;
+                    }
+                }
+                prop_assert!(!front.is_disconnected() && !back.is_disconnected());
+                prop_assert_eq!(
+                    front.free_slots() as usize,
+                    N as usize - sent.len() - taken.len() - answered.len()
+                );
+            }
+        }
+
+        /// A hostile frontend writing any producer index: the backend never
+        /// panics, never reads a slot beyond what it may, and either serves
+        /// sane requests or disconnects.
+        #[test]
+        fn any_producer_index_is_served_or_refused(prods in prop::collection::vec(any::<u32>(), 1..50)) {
+            let page = TestPage::new();
+            let _front = FrontEnd::<Blk, _>::init(&page);
+            let mut back = BackEnd::<Blk, _>::attach(&page);
+            let mut taken = 0u32;
+            for p in prods {
+                let p = if p % 2 == 0 { taken.wrapping_add(p % (N + 2)) } else { p };
+                page.poke(REQ_PROD_OFFSET, p);
+                loop {
+                    match back.take_request() {
+                        Ok(Some(_)) => {
+                            taken += 1;
+                            back.push_response(&Rsp { id: 0, status: 0, pad: 0 }).unwrap();
+                        }
+                        Ok(None) => break,
+                        Err(RingError::Overrun { .. }) | Err(RingError::Disconnected) => {
+                            prop_assert!(back.is_disconnected());
+                            break;
+                        }
+                        Err(e) => prop_assert!(false, "{e:?}"),
+                    }
+                }
+            }
+            prop_assert_eq!(page.slot_reads.borrow().len() as u32, taken);
+        }
+    }
+}

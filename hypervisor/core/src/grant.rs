@@ -1,0 +1,702 @@
+//! Grant tables: a domain offers one of its frames to one named domain, and
+//! that domain maps it or has the hypervisor copy to or from it. Design:
+//! `docs/io.md` ("Grants"); the clauses will be `GNT-*`.
+//!
+//! Unlike Xen's v1 tables, the table lives here, in hypervisor memory, not in
+//! a guest-writable page: there are no in-use flags a guest can race.
+//!
+//! # How it ties into the frame table ([`crate::mm`])
+//!
+//! * Granting checks the frame with [`Mm`]: the granter must own it; a
+//!   `Special` frame (shared info) is never grantable; a frame in use as a
+//!   page table is never granted writable ([`GrantError::TableFrame`]).
+//! * Every mapping takes one hypervisor hold on the frame ([`Mm::hold`],
+//!   MEM-8) for as long as it exists. A held frame cannot change hands, be
+//!   freed or become a page table, so *a frame granted and mapped can never
+//!   become a page table*, and a dying granter's frame returns to the free
+//!   pool only when its last mapping is gone ([`Mm::assign`] refuses while
+//!   held). A frame that became a page table after being granted cannot be
+//!   mapped (`hold` refuses tables: [`GrantError::TableFrame`]).
+//! * The grantee's page-table entry for a writable mapping takes the
+//!   `Writable` type through the validator's ordinary data-page path (the
+//!   hypervisor extends `Mm::may_map` with [`GrantTables::mapping_allows`]),
+//!   so the frame accounting of the mapping itself is the validator's.
+//! * [`GrantTables::holds`] lists one frame per mapping: the hypervisor adds
+//!   them to the holds it passes to `mm::audit::audit_holds`;
+//!   [`GrantTables::audit`] checks the table's own counts against its
+//!   mappings and the frame table.
+//!
+//! # Copies
+//!
+//! [`GrantTables::copy_batch`] checks each element of a batch on its own
+//! (per-element status, like `GNTTABOP_copy`): length not 0, `offset + len`
+//! inside one page on both sides, the source readable by the caller (its own
+//! frame or a grant to it), the destination writable by the caller (its own
+//! frame or a writable grant to it) and never a page table or a read-only
+//! shared frame. Copies happen inside one hypercall on one CPU, so the
+//! checked state cannot change before the copy is done.
+//!
+//! Pure logic, bounded ([`MAX_GRANTS_PER_DOMAIN`], [`MAX_MAPPINGS_PER_DOMAIN`],
+//! [`MAX_COPY_BATCH`]), never panics on guest input.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::frames::Pfn;
+use crate::mm::{DomainId, Mm, MmError, Owner, PageType};
+use hypercall_abi::Error;
+
+/// Grants one domain may have at once (its table's size).
+pub const MAX_GRANTS_PER_DOMAIN: usize = 512;
+/// Grant mappings one domain may hold at once.
+pub const MAX_MAPPINGS_PER_DOMAIN: usize = 1024;
+/// Elements in one `grant_copy` batch.
+pub const MAX_COPY_BATCH: usize = 64;
+/// Bytes in a frame: the bound of every copy element.
+pub const FRAME_SIZE: usize = 4096;
+
+/// A reference to a grant: an index into its granter's table.
+pub type GrantRef = u32;
+
+/// A mapping of a grant, as the grantee names it to unmap it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MapHandle(pub u32);
+
+/// Why a grant operation was refused. Nothing changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantError {
+    /// The domain has no grant table (not registered, or already gone).
+    UnknownDomain(DomainId),
+    /// No live grant with this reference in the granter's table (never
+    /// made, or revoked: a stale reference).
+    BadRef(GrantRef),
+    /// The grant names another domain as grantee.
+    WrongDomain,
+    /// Writable access to a read-only grant.
+    ReadOnly,
+    /// The frame is (or is becoming) a page table: never granted writable,
+    /// never mapped through a grant, never a copy destination.
+    TableFrame(Pfn),
+    /// The frame is not the caller's (or not grantable: a shared `Special`
+    /// frame, the hypervisor's, or free).
+    NotOwner(Pfn),
+    /// Revoke refused: the grant is mapped this many times. Unmap first.
+    StillMapped(u32),
+    /// The granter's table is full ([`MAX_GRANTS_PER_DOMAIN`]).
+    TableFull,
+    /// The grantee holds [`MAX_MAPPINGS_PER_DOMAIN`] mappings already.
+    TooManyMappings,
+    /// No mapping with this handle.
+    BadHandle(MapHandle),
+    /// A copy element with length 0.
+    ZeroLength,
+    /// A copy element whose `offset + len` leaves the frame.
+    OutOfPage,
+    /// A copy batch longer than [`MAX_COPY_BATCH`].
+    BatchTooLong,
+    /// The domain (granter or grantee) is being destroyed.
+    Dying(DomainId),
+    /// The frame table refused (e.g. a count at its limit).
+    Frame(MmError),
+}
+
+impl GrantError {
+    /// The hypercall error code the guest receives.
+    pub fn abi(self) -> Error {
+        match self {
+            GrantError::UnknownDomain(_) | GrantError::BadRef(_) | GrantError::BadHandle(_) => {
+                Error::NotFound
+            }
+            GrantError::WrongDomain | GrantError::ReadOnly | GrantError::NotOwner(_) => {
+                Error::PermissionDenied
+            }
+            GrantError::TableFrame(_) => Error::TypeConflict,
+            GrantError::StillMapped(_) | GrantError::Dying(_) => Error::WrongState,
+            GrantError::TableFull | GrantError::TooManyMappings => Error::NoResources,
+            GrantError::ZeroLength | GrantError::OutOfPage | GrantError::BatchTooLong => {
+                Error::InvalidArgument
+            }
+            GrantError::Frame(e) => e.abi(),
+        }
+    }
+}
+
+/// One grant, as the granter made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The only domain that may use it.
+    pub grantee: DomainId,
+    /// The granter's frame.
+    pub pfn: Pfn,
+    /// No writable mapping and no copy into it.
+    pub readonly: bool,
+    /// Mappings of it that exist now.
+    pub maps: u32,
+}
+
+/// One mapping a grantee holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// Whose grant.
+    pub granter: DomainId,
+    /// Which grant.
+    pub gref: GrantRef,
+    /// The frame (the grant's).
+    pub pfn: Pfn,
+    /// Mapped writable.
+    pub writable: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Domain {
+    grants: Vec<Option<Grant>>,
+    mappings: Vec<Option<Mapping>>,
+    live_mappings: usize,
+    dying: bool,
+}
+
+/// One side of a copy element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyPtr {
+    /// A frame of the caller's own.
+    Local {
+        /// The frame.
+        pfn: Pfn,
+        /// Byte offset in it.
+        offset: u16,
+    },
+    /// A grant made to the caller.
+    Granted {
+        /// The granter.
+        granter: DomainId,
+        /// The grant.
+        gref: GrantRef,
+        /// Byte offset in the granted frame.
+        offset: u16,
+    },
+}
+
+/// One element of a `grant_copy` batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyOp {
+    /// Copied from.
+    pub src: CopyPtr,
+    /// Copied to.
+    pub dst: CopyPtr,
+    /// Bytes, 1..=4096, inside one frame on each side.
+    pub len: u16,
+}
+
+/// A checked copy element: what the hypervisor copies, frame to frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyPlan {
+    /// Source frame and offset.
+    pub src: (Pfn, usize),
+    /// Destination frame and offset.
+    pub dst: (Pfn, usize),
+    /// Bytes.
+    pub len: usize,
+}
+
+/// What [`GrantTables::unmap`] released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unmapped {
+    /// The frame that was mapped.
+    pub pfn: Pfn,
+    /// The frame's granter is dying and this was its last reference: the
+    /// hypervisor now scrubs it and returns it to the free pool.
+    pub free_now: bool,
+}
+
+/// What [`GrantTables::destroy`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Teardown {
+    /// Mappings the dying domain held, now gone (the hypervisor has already
+    /// cleared the page-table entries with the domain's tables).
+    pub unmapped: usize,
+    /// Its grants revoked.
+    pub revoked: usize,
+    /// Its frames still mapped by others: not freeable until unmapped
+    /// (each later [`Unmapped::free_now`] says when).
+    pub still_mapped: Vec<Pfn>,
+    /// Other dying domains' frames whose last mapping this teardown
+    /// removed: free them now.
+    pub free_now: Vec<Pfn>,
+}
+
+/// An inconsistency found by [`GrantTables::audit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantAuditError {
+    /// The domain whose table it is in.
+    pub dom: DomainId,
+    /// What is wrong.
+    pub what: &'static str,
+}
+
+/// Every domain's grant table and grant mappings.
+#[derive(Clone, Debug, Default)]
+pub struct GrantTables {
+    doms: BTreeMap<DomainId, Domain>,
+}
+
+fn check_range(offset: u16, len: u16) -> Result<(), GrantError> {
+    if len == 0 {
+        return Err(GrantError::ZeroLength);
+    }
+    if usize::from(offset) + usize::from(len) > FRAME_SIZE {
+        return Err(GrantError::OutOfPage);
+    }
+    Ok(())
+}
+
+/// Whether the frame is, or is on its way to being, a page table.
+fn is_table(mm: &Mm, pfn: Pfn) -> Result<bool, GrantError> {
+    let f = mm
+        .frame(pfn)
+        .ok_or(GrantError::Frame(MmError::NoSuchFrame(pfn)))?;
+    Ok(f.page_type().level().is_some() || f.pinned() || f.is_partial() || f.held_by_operation())
+}
+
+impl GrantTables {
+    /// No domains.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Gives `dom` an empty table (at domain build).
+    pub fn add_domain(&mut self, dom: DomainId) {
+        self.doms.entry(dom).or_default();
+    }
+
+    fn live(&self, dom: DomainId) -> Result<&Domain, GrantError> {
+        let d = self.doms.get(&dom).ok_or(GrantError::UnknownDomain(dom))?;
+        if d.dying {
+            return Err(GrantError::Dying(dom));
+        }
+        Ok(d)
+    }
+
+    /// The grant `gref` of `granter`, if live.
+    pub fn grant(&self, granter: DomainId, gref: GrantRef) -> Option<Grant> {
+        self.doms
+            .get(&granter)?
+            .grants
+            .get(usize::try_from(gref).ok()?)
+            .copied()
+            .flatten()
+    }
+
+    /// `grantee`'s mapping `handle`, if it exists.
+    pub fn mapping(&self, grantee: DomainId, handle: MapHandle) -> Option<Mapping> {
+        self.doms
+            .get(&grantee)?
+            .mappings
+            .get(usize::try_from(handle.0).ok()?)
+            .copied()
+            .flatten()
+    }
+
+    /// Live grants in `dom`'s table.
+    pub fn grant_count(&self, dom: DomainId) -> usize {
+        self.doms
+            .get(&dom)
+            .map_or(0, |d| d.grants.iter().flatten().count())
+    }
+
+    /// `granter` offers its frame `pfn` to `grantee`.
+    pub fn grant_access(
+        &mut self,
+        mm: &Mm,
+        granter: DomainId,
+        grantee: DomainId,
+        pfn: Pfn,
+        readonly: bool,
+    ) -> Result<GrantRef, GrantError> {
+        let d = self.live(granter)?;
+        self.live(grantee)?;
+        let f = mm
+            .frame(pfn)
+            .ok_or(GrantError::Frame(MmError::NoSuchFrame(pfn)))?;
+        if f.owner() != Owner::Domain(granter) || f.page_type() == PageType::Special {
+            return Err(GrantError::NotOwner(pfn));
+        }
+        if !readonly && is_table(mm, pfn)? {
+            return Err(GrantError::TableFrame(pfn));
+        }
+        let slot = match d.grants.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if d.grants.len() < MAX_GRANTS_PER_DOMAIN => d.grants.len(),
+            None => return Err(GrantError::TableFull),
+        };
+        let grant = Grant {
+            grantee,
+            pfn,
+            readonly,
+            maps: 0,
+        };
+        let d = self
+            .doms
+            .get_mut(&granter)
+            .ok_or(GrantError::UnknownDomain(granter))?;
+        if slot == d.grants.len() {
+            d.grants.push(Some(grant));
+        } else {
+            d.grants[slot] = Some(grant);
+        }
+        // slot < MAX_GRANTS_PER_DOMAIN, which fits a u32.
+        Ok(slot as GrantRef)
+    }
+
+    /// `granter` takes grant `gref` back. Refused while mapped.
+    pub fn revoke(&mut self, granter: DomainId, gref: GrantRef) -> Result<Grant, GrantError> {
+        let g = self.grant(granter, gref).ok_or(GrantError::BadRef(gref))?;
+        if g.maps != 0 {
+            return Err(GrantError::StillMapped(g.maps));
+        }
+        let d = self
+            .doms
+            .get_mut(&granter)
+            .ok_or(GrantError::UnknownDomain(granter))?;
+        d.grants[gref as usize] = None;
+        Ok(g)
+    }
+
+    /// Checks that `grantee` may use `granter`'s grant `gref`, writable or
+    /// not; the grant.
+    fn usable(
+        &self,
+        mm: &Mm,
+        grantee: DomainId,
+        granter: DomainId,
+        gref: GrantRef,
+        writable: bool,
+    ) -> Result<Grant, GrantError> {
+        self.live(grantee)?;
+        let g = match self.live(granter) {
+            Ok(_) => self.grant(granter, gref).ok_or(GrantError::BadRef(gref))?,
+            Err(GrantError::Dying(d)) if self.grant(granter, gref).is_some() => {
+                return Err(GrantError::Dying(d))
+            }
+            Err(GrantError::Dying(_)) => return Err(GrantError::BadRef(gref)),
+            Err(e) => return Err(e),
+        };
+        if g.grantee != grantee {
+            return Err(GrantError::WrongDomain);
+        }
+        if writable && g.readonly {
+            return Err(GrantError::ReadOnly);
+        }
+        if is_table(mm, g.pfn)? {
+            return Err(GrantError::TableFrame(g.pfn));
+        }
+        Ok(g)
+    }
+
+    /// The validator's hook: may `dom` point a page-table entry (writable
+    /// or not) at `pfn` through its mapping `handle`? The hypervisor calls
+    /// it where `Mm::may_map` refuses a foreign frame.
+    pub fn mapping_allows(
+        &self,
+        dom: DomainId,
+        handle: MapHandle,
+        pfn: Pfn,
+        writable: bool,
+    ) -> bool {
+        self.mapping(dom, handle)
+            .is_some_and(|m| m.pfn == pfn && (m.writable || !writable))
+    }
+
+    /// `grantee` maps `granter`'s grant `gref`: takes a hold on the frame
+    /// and records the mapping; its handle.
+    pub fn map(
+        &mut self,
+        mm: &mut Mm,
+        grantee: DomainId,
+        granter: DomainId,
+        gref: GrantRef,
+        writable: bool,
+    ) -> Result<MapHandle, GrantError> {
+        let g = self.usable(mm, grantee, granter, gref, writable)?;
+        let me = self.live(grantee)?;
+        let slot = match me.mappings.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if me.mappings.len() < MAX_MAPPINGS_PER_DOMAIN => me.mappings.len(),
+            None => return Err(GrantError::TooManyMappings),
+        };
+        let maps = g
+            .maps
+            .checked_add(1)
+            .ok_or(GrantError::Frame(MmError::CountOverflow(g.pfn)))?;
+        // Last fallible step; nothing is changed before it.
+        mm.hold(g.pfn, granter).map_err(|e| match e {
+            MmError::NotHoldable(p) => GrantError::TableFrame(p),
+            e => GrantError::Frame(e),
+        })?;
+        if let Some(Some(grant)) = self
+            .doms
+            .get_mut(&granter)
+            .and_then(|d| d.grants.get_mut(gref as usize))
+        {
+            grant.maps = maps;
+        }
+        let m = Mapping {
+            granter,
+            gref,
+            pfn: g.pfn,
+            writable,
+        };
+        if let Some(me) = self.doms.get_mut(&grantee) {
+            if slot == me.mappings.len() {
+                me.mappings.push(Some(m));
+            } else {
+                me.mappings[slot] = Some(m);
+            }
+            me.live_mappings += 1;
+        }
+        Ok(MapHandle(slot as u32))
+    }
+
+    /// `grantee` drops its mapping `handle` (the hypervisor has removed the
+    /// page-table entry and flushed). Releases the hold.
+    pub fn unmap(
+        &mut self,
+        mm: &mut Mm,
+        grantee: DomainId,
+        handle: MapHandle,
+    ) -> Result<Unmapped, GrantError> {
+        let m = self
+            .mapping(grantee, handle)
+            .ok_or(GrantError::BadHandle(handle))?;
+        mm.release_hold(m.pfn).map_err(GrantError::Frame)?;
+        if let Some(me) = self.doms.get_mut(&grantee) {
+            me.mappings[handle.0 as usize] = None;
+            me.live_mappings -= 1;
+        }
+        let mut free_now = false;
+        if let Some(g) = self.doms.get_mut(&m.granter) {
+            if let Some(Some(grant)) = g.grants.get_mut(m.gref as usize) {
+                grant.maps -= 1;
+                if g.dying && grant.maps == 0 {
+                    g.grants[m.gref as usize] = None;
+                    free_now = mm.frame(m.pfn).is_some_and(|f| f.idle());
+                }
+            }
+        }
+        self.forget_if_gone(m.granter);
+        self.forget_if_gone(grantee);
+        Ok(Unmapped {
+            pfn: m.pfn,
+            free_now,
+        })
+    }
+
+    /// A dying domain with nothing left is forgotten.
+    fn forget_if_gone(&mut self, dom: DomainId) {
+        if self.doms.get(&dom).is_some_and(|d| {
+            d.dying && d.live_mappings == 0 && d.grants.iter().all(Option::is_none)
+        }) {
+            self.doms.remove(&dom);
+        }
+    }
+
+    /// Destroys `dom`'s side of every grant: its mappings of others' grants
+    /// go (holds released), its grants not mapped are revoked, its grants
+    /// still mapped stay until their grantees unmap them (their frames stay
+    /// held: not freeable). From here on nobody may map its grants and it
+    /// may grant and map nothing.
+    pub fn destroy(&mut self, mm: &mut Mm, dom: DomainId) -> Teardown {
+        let mut t = Teardown::default();
+        let Some(d) = self.doms.get_mut(&dom) else {
+            return t;
+        };
+        d.dying = true;
+        let handles: Vec<MapHandle> = d
+            .mappings
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.is_some())
+            .map(|(i, _)| MapHandle(i as u32))
+            .collect();
+        for h in handles {
+            // Cannot fail: the mapping exists and its hold was taken.
+            if let Ok(u) = self.unmap(mm, dom, h) {
+                t.unmapped += 1;
+                if u.free_now {
+                    t.free_now.push(u.pfn);
+                }
+            }
+        }
+        if let Some(d) = self.doms.get_mut(&dom) {
+            for slot in d.grants.iter_mut() {
+                match slot {
+                    Some(g) if g.maps == 0 => {
+                        *slot = None;
+                        t.revoked += 1;
+                    }
+                    Some(g) => t.still_mapped.push(g.pfn),
+                    None => {}
+                }
+            }
+        }
+        self.forget_if_gone(dom);
+        t
+    }
+
+    fn resolve(
+        &self,
+        mm: &Mm,
+        caller: DomainId,
+        p: CopyPtr,
+        len: u16,
+        dst: bool,
+    ) -> Result<(Pfn, usize), GrantError> {
+        match p {
+            CopyPtr::Local { pfn, offset } => {
+                check_range(offset, len)?;
+                let f = mm
+                    .frame(pfn)
+                    .ok_or(GrantError::Frame(MmError::NoSuchFrame(pfn)))?;
+                if f.owner() != Owner::Domain(caller) {
+                    return Err(GrantError::NotOwner(pfn));
+                }
+                if dst {
+                    if is_table(mm, pfn)? {
+                        return Err(GrantError::TableFrame(pfn));
+                    }
+                    if f.page_type() == PageType::Special && !f.special_writable() {
+                        return Err(GrantError::ReadOnly);
+                    }
+                }
+                Ok((pfn, usize::from(offset)))
+            }
+            CopyPtr::Granted {
+                granter,
+                gref,
+                offset,
+            } => {
+                check_range(offset, len)?;
+                let g = self.usable(mm, caller, granter, gref, dst)?;
+                Ok((g.pfn, usize::from(offset)))
+            }
+        }
+    }
+
+    /// Checks one copy element for `caller`; what to copy.
+    pub fn check_copy(
+        &self,
+        mm: &Mm,
+        caller: DomainId,
+        op: &CopyOp,
+    ) -> Result<CopyPlan, GrantError> {
+        self.live(caller)?;
+        let src = self.resolve(mm, caller, op.src, op.len, false)?;
+        let dst = self.resolve(mm, caller, op.dst, op.len, true)?;
+        Ok(CopyPlan {
+            src,
+            dst,
+            len: usize::from(op.len),
+        })
+    }
+
+    /// A `grant_copy` batch: each element checked on its own and, if
+    /// allowed, copied by `copy`; `status[i]` says what happened to element
+    /// `i` (a refused element changes nothing and does not stop the rest).
+    /// Refused as a whole, before anything, if longer than
+    /// [`MAX_COPY_BATCH`] or if `status` is shorter than `ops`.
+    pub fn copy_batch(
+        &self,
+        mm: &Mm,
+        caller: DomainId,
+        ops: &[CopyOp],
+        status: &mut [Result<(), GrantError>],
+        mut copy: impl FnMut(CopyPlan),
+    ) -> Result<(), GrantError> {
+        if ops.len() > MAX_COPY_BATCH || status.len() < ops.len() {
+            return Err(GrantError::BatchTooLong);
+        }
+        for (op, st) in ops.iter().zip(status.iter_mut()) {
+            *st = self.check_copy(mm, caller, op).map(&mut copy);
+        }
+        Ok(())
+    }
+
+    /// One frame per grant mapping: the hypervisor's holds on behalf of
+    /// grants, for `mm::audit::audit_holds`.
+    pub fn holds(&self) -> impl Iterator<Item = Pfn> + '_ {
+        self.doms
+            .values()
+            .flat_map(|d| d.mappings.iter().flatten().map(|m| m.pfn))
+    }
+
+    /// Grant mappings in all.
+    pub fn mapping_count(&self) -> usize {
+        self.doms.values().map(|d| d.live_mappings).sum()
+    }
+
+    /// Checks the tables against their mappings and the frame table: every
+    /// grant's map count equals the mappings of it; every mapping names a
+    /// live grant to its holder, of the same frame, writable only if the
+    /// grant is; a mapped frame is its granter's, held, and not a table;
+    /// the bounds hold.
+    pub fn audit(&self, mm: &Mm) -> Result<(), GrantAuditError> {
+        let fail = |dom, what| Err(GrantAuditError { dom, what });
+        let mut counted: BTreeMap<(DomainId, GrantRef), u32> = BTreeMap::new();
+        for (&dom, d) in &self.doms {
+            if d.grants.len() > MAX_GRANTS_PER_DOMAIN || d.mappings.len() > MAX_MAPPINGS_PER_DOMAIN
+            {
+                return fail(dom, "table beyond its bound");
+            }
+            if d.live_mappings != d.mappings.iter().flatten().count() {
+                return fail(dom, "live mapping count differs from the mappings");
+            }
+            for m in d.mappings.iter().flatten() {
+                let Some(g) = self.grant(m.granter, m.gref) else {
+                    return fail(dom, "mapping of a grant that does not exist");
+                };
+                if g.grantee != dom || g.pfn != m.pfn {
+                    return fail(dom, "mapping differs from its grant");
+                }
+                if m.writable && g.readonly {
+                    return fail(dom, "writable mapping of a read-only grant");
+                }
+                let Some(f) = mm.frame(m.pfn) else {
+                    return fail(dom, "mapped frame beyond the frame table");
+                };
+                if f.owner() != Owner::Domain(m.granter) {
+                    return fail(dom, "mapped frame not owned by its granter");
+                }
+                if f.page_type().level().is_some() {
+                    return fail(dom, "mapped grant frame is a page table");
+                }
+                *counted.entry((m.granter, m.gref)).or_default() += 1;
+            }
+        }
+        let mut per_frame: BTreeMap<Pfn, (DomainId, u32)> = BTreeMap::new();
+        for (&dom, d) in &self.doms {
+            for (i, g) in d.grants.iter().enumerate() {
+                let Some(g) = g else { continue };
+                let n = counted.get(&(dom, i as GrantRef)).copied().unwrap_or(0);
+                if n != g.maps {
+                    return fail(dom, "grant map count differs from its mappings");
+                }
+                if d.dying && g.maps == 0 {
+                    return fail(dom, "dying domain kept an unmapped grant");
+                }
+                let e = per_frame.entry(g.pfn).or_insert((dom, 0));
+                e.1 += g.maps;
+            }
+        }
+        // Every grant mapping of a frame holds it once (other holds, such as
+        // a ring page the hypervisor keeps, may come on top).
+        for (pfn, (dom, maps)) in per_frame {
+            let held = mm.frame(pfn).map_or(0, |f| u32::from(f.held()));
+            if held < maps {
+                return fail(dom, "a granted frame has fewer holds than mappings");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
