@@ -18,15 +18,16 @@ use crate::{mem, report, time};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use hypercall_abi::args::{
-    BlockResult, MmuUpdate, ShutdownReason, Virq, CONSOLE_WRITE_MAX, CONSOLE_WRITE_STEP,
-    MEMORY_BATCH_MAX, MMU_BATCH_MAX, NO_DEADLINE, UVM_INVLPG,
-};
+use hypercall_abi::console::{CONSOLE_WRITE_MAX, CONSOLE_WRITE_STEP};
+use hypercall_abi::event::Virq;
 use hypercall_abi::layout::{
-    UpcallFrame, UpcallKind, CALLBACK_STACK_SIZE, GUEST_VA_TOP, NR_PORTS, RED_ZONE,
-    RFLAGS_GUEST_MASK, RFLAGS_IF,
+    UpcallFrame, UpcallKind, CALLBACK_STACK_SIZE, GUEST_VA_TOP, RED_ZONE, RFLAGS_GUEST_MASK,
+    RFLAGS_IF,
 };
-use hypercall_abi::{regs, Error, Hypercall};
+use hypercall_abi::memory::MEMORY_BATCH_MAX;
+use hypercall_abi::mmu::{MmuUpdate, MMU_BATCH_MAX};
+use hypercall_abi::sched::{BlockResult, ShutdownReason, NO_DEADLINE};
+use hypercall_abi::{regs, Args, Error, Hypercall, Words};
 use spin::Mutex;
 use tahoma_core::bootpack::{self, Pack};
 use tahoma_core::event::{Channels, DomId, Target};
@@ -387,95 +388,154 @@ impl Hv {
         }
     }
 
-    fn call(&mut self, cur: DomId, h: Hypercall, a: [u64; 6], frame: &mut TrapFrame) -> Outcome {
+    /// Decodes `h`'s arguments from `w` with the family module's type
+    /// (`hypercall_abi::<family>`), which refuses out-of-range words with
+    /// the documented error before any state is looked at, and runs it.
+    fn call(&mut self, cur: DomId, h: Hypercall, w: Words, frame: &mut TrapFrame) -> Outcome {
+        use hypercall_abi::{base, console, event, memory, mmu, sched, time as abi_time, trap};
         use Outcome::Return;
+        /// The typed arguments, or the call's documented refusal.
+        macro_rules! args {
+            ($t:ty) => {
+                match <$t as Args>::decode(w) {
+                    Ok(a) => a,
+                    Err(e) => return Return(Err(e)),
+                }
+            };
+        }
         match h {
-            Hypercall::AbiVersion => Return(Ok(u64::from(hypercall_abi::ABI_VERSION))),
-            Hypercall::ConsoleWrite => Return(self.console_write(cur, a[0], a[1])),
+            Hypercall::AbiVersion => {
+                let base::AbiVersion {} = args!(base::AbiVersion);
+                Return(Ok(u64::from(hypercall_abi::ABI_VERSION)))
+            }
+            Hypercall::ConsoleWrite => {
+                let a = args!(console::Write);
+                Return(self.console_write(cur, a.ptr, a.len))
+            }
             Hypercall::Yield => {
+                let sched::Yield {} = args!(sched::Yield);
                 frame.rax = 0;
                 if !self.runq.is_empty() {
                     self.switch_away(frame, true);
                 }
                 Outcome::Replaced
             }
-            Hypercall::Block => self.block(cur, a[0], frame),
-            Hypercall::Shutdown => match ShutdownReason::from_arg(a[0]) {
-                None => Return(Err(Error::InvalidArgument)),
-                Some(reason) => {
-                    self.destroy(cur, Exit::Shutdown(reason, a[1]));
-                    self.run_next(frame);
-                    Outcome::Replaced
-                }
-            },
+            Hypercall::Block => self.block(cur, args!(sched::Block).deadline_ns, frame),
+            Hypercall::Shutdown => {
+                let a = args!(sched::Shutdown);
+                self.destroy(cur, Exit::Shutdown(a.reason, a.code));
+                self.run_next(frame);
+                Outcome::Replaced
+            }
             Hypercall::TimerSet => {
+                let a = args!(abi_time::TimerSet);
                 // TIME-2: the one slot is moved or emptied, never added to.
-                if a[0] == 0 {
+                if a.deadline_ns == 0 {
                     self.deadlines.cancel(cur, TimerKind::OneShot);
                 } else {
                     self.deadlines
-                        .arm(time::ns_to_tsc(a[0]), cur, TimerKind::OneShot);
+                        .arm(time::ns_to_tsc(a.deadline_ns), cur, TimerKind::OneShot);
                     self.fire_deadlines(time::now_tsc());
                 }
                 self.timer_dirty = true;
                 Return(Ok(0))
             }
             Hypercall::EventAllocUnbound => {
-                Return(self.new_port(cur, |c| c.alloc_unbound(cur, a[0])))
+                let a = args!(event::AllocUnbound);
+                Return(self.new_port(cur, |c| c.alloc_unbound(cur, a.remote)))
             }
             Hypercall::EventBindInterdomain => {
-                Return(self.new_port(cur, |c| c.bind_interdomain(cur, a[0], a[1])))
+                let a = args!(event::BindInterdomain);
+                Return(self.new_port(cur, |c| c.bind_interdomain(cur, a.remote, a.remote_port)))
             }
-            Hypercall::EventBindVirq => Return(self.new_port(cur, |c| c.bind_virq(cur, a[0]))),
-            Hypercall::EventSend => Return(self.channels.send(cur, a[0]).map(|t| {
-                self.raise(t);
-                0
-            })),
-            Hypercall::EventClose => Return(self.channels.close(cur, a[0]).map(|_| {
+            Hypercall::EventBindVirq => {
+                let a = args!(event::BindVirq);
+                Return(self.new_port(cur, |c| c.bind_virq(cur, a.virq as u64)))
+            }
+            Hypercall::EventSend => {
+                let a = args!(event::Send);
+                Return(self.channels.send(cur, u64::from(a.port)).map(|t| {
+                    self.raise(t);
+                    0
+                }))
+            }
+            Hypercall::EventClose => {
+                let a = args!(event::Close);
+                Return(self.channels.close(cur, u64::from(a.port)).map(|_| {
+                    if let Some(d) = self.dom(cur) {
+                        d.shared.clear(a.port);
+                    }
+                    0
+                }))
+            }
+            Hypercall::EventUnmask => {
+                let a = args!(event::Unmask);
                 if let Some(d) = self.dom(cur) {
-                    d.shared.clear(a[0] as u32);
+                    d.shared.unmask(a.port);
                 }
-                0
-            })),
-            Hypercall::EventUnmask => Return(if a[0] == 0 || a[0] >= NR_PORTS as u64 {
-                Err(Error::NotFound)
-            } else {
-                if let Some(d) = self.dom(cur) {
-                    d.shared.unmask(a[0] as u32);
+                Return(Ok(0))
+            }
+            Hypercall::SetCallbacks => Return(self.set_callbacks(cur, args!(trap::SetCallbacks))),
+            Hypercall::UpcallReturn => {
+                let a = args!(trap::UpcallReturn);
+                match self.upcall_return(cur, a.frame, frame) {
+                    Ok(()) => Outcome::Replaced,
+                    Err(e) => Return(Err(e)),
                 }
-                Ok(0)
-            }),
-            Hypercall::SetCallbacks => Return(self.set_callbacks(cur, a[0], a[1], a[2])),
-            Hypercall::UpcallReturn => match self.upcall_return(cur, a[0], frame) {
-                Ok(()) => Outcome::Replaced,
-                Err(e) => Return(Err(e)),
-            },
-            Hypercall::MmuUpdate => Return(self.mmu_update(cur, a[0], a[1], a[2])),
-            Hypercall::MmuPin => self.mmu_bounded(cur, frame, |mm, dom, pending, budget| {
-                let level = Level::from_number(a[1])?;
-                mm.pin_bounded(&mut mem::DirectMap, dom, a[0], level, pending, budget)
-            }),
-            Hypercall::MmuUnpin => self.mmu_bounded(cur, frame, |mm, dom, pending, budget| {
-                mm.unpin_bounded(&mut mem::DirectMap, dom, a[0], pending, budget)
-            }),
-            Hypercall::MmuSwitchRoot => Return(self.switch_root(cur, a[0])),
-            Hypercall::MmuInvlpg => Return(if a[0] >= GUEST_VA_TOP {
-                Err(Error::InvalidArgument)
-            } else {
-                arch::invlpg(a[0]);
-                Ok(0)
-            }),
+            }
+            Hypercall::MmuUpdate => {
+                let a = args!(mmu::Update);
+                Return(self.mmu_update(cur, a.reqs, a.count, a.done))
+            }
+            Hypercall::MmuPin => {
+                let a = args!(mmu::Pin);
+                self.mmu_bounded(cur, frame, |mm, dom, pending, budget| {
+                    let level = Level::from_number(a.level)?;
+                    mm.pin_bounded(&mut mem::DirectMap, dom, a.mfn, level, pending, budget)
+                })
+            }
+            Hypercall::MmuUnpin => {
+                let a = args!(mmu::Unpin);
+                self.mmu_bounded(cur, frame, |mm, dom, pending, budget| {
+                    mm.unpin_bounded(&mut mem::DirectMap, dom, a.mfn, pending, budget)
+                })
+            }
+            Hypercall::MmuSwitchRoot => {
+                let a = args!(mmu::SwitchRoot);
+                Return(self.switch_root(cur, a.mfn))
+            }
+            Hypercall::MmuInvlpg => {
+                let a = args!(mmu::Invlpg);
+                arch::invlpg(a.va);
+                Return(Ok(0))
+            }
             Hypercall::MmuFlushTlb => {
+                let mmu::FlushTlb {} = args!(mmu::FlushTlb);
                 // SAFETY: reloading the loaded root, which maps the hypervisor.
                 unsafe { arch::load_root(self.loaded_root) };
                 self.mm.note_tlb_flushed();
                 Return(Ok(0))
             }
-            Hypercall::UpdateVaMapping => Return(self.update_va_mapping(cur, a[0], a[1], a[2])),
-            Hypercall::MmuFrameInfo => Return(self.frame_info(cur, a[0], a[1])),
-            Hypercall::MemoryPopulate => Return(self.memory_populate(cur, a[0], a[1])),
-            Hypercall::MemoryRelease => Return(self.memory_release(cur, a[0], a[1])),
-            Hypercall::MemoryInfo => Return(self.memory_info(cur, a[0])),
+            Hypercall::UpdateVaMapping => {
+                let a = args!(mmu::UpdateVaMapping);
+                Return(self.update_va_mapping(cur, a))
+            }
+            Hypercall::MmuFrameInfo => {
+                let a = args!(mmu::FrameInfo);
+                Return(self.frame_info(cur, a.mfn, a.out))
+            }
+            Hypercall::MemoryPopulate => {
+                let a = args!(memory::Populate);
+                Return(self.memory_populate(cur, a.list, a.count))
+            }
+            Hypercall::MemoryRelease => {
+                let a = args!(memory::Release);
+                Return(self.memory_release(cur, a.list, a.count))
+            }
+            Hypercall::MemoryInfo => {
+                let a = args!(memory::Info);
+                Return(self.memory_info(cur, a.out))
+            }
         }
     }
 
@@ -592,18 +652,14 @@ impl Hv {
     fn update_va_mapping(
         &mut self,
         cur: DomId,
-        va: u64,
-        val: u64,
-        flags: u64,
+        a: hypercall_abi::mmu::UpdateVaMapping,
     ) -> Result<u64, Error> {
-        if flags & !UVM_INVLPG != 0 {
-            return Err(Error::InvalidArgument);
-        }
+        let hypercall_abi::mmu::UpdateVaMapping { va, val, invlpg } = a;
         let root = self.space(cur)?.root >> 12;
         let r = self
             .mm
             .update_va_mapping(&mut mem::DirectMap, cur, root, va, val);
-        if r.is_ok() && flags & UVM_INVLPG != 0 {
+        if r.is_ok() && invlpg {
             arch::invlpg(va);
         }
         r.map(|()| 0).map_err(Error::from)
@@ -611,8 +667,8 @@ impl Hv {
 
     /// MMU-29: the frame table's record of one of the caller's frames.
     fn frame_info(&mut self, cur: DomId, mfn: u64, out: u64) -> Result<u64, Error> {
-        use hypercall_abi::args::{
-            FrameInfo, FrameType, FRAME_HELD, FRAME_LOADED, FRAME_PARTIAL, FRAME_PINNED,
+        use hypercall_abi::mmu::{
+            FrameRecord, FrameType, FRAME_HELD, FRAME_LOADED, FRAME_PARTIAL, FRAME_PINNED,
         };
         use tahoma_core::mm::PageType;
         let f = self.mm.frame(mfn).ok_or(Error::PermissionDenied)?;
@@ -628,7 +684,7 @@ impl Hv {
             PageType::Writable => FrameType::Writable,
             PageType::Special => FrameType::Special,
         };
-        let info = FrameInfo {
+        let info = FrameRecord {
             page_type: page_type as u32,
             flags: if f.pinned() { FRAME_PINNED } else { 0 }
                 | if f.loaded() > 0 { FRAME_LOADED } else { 0 }
@@ -755,19 +811,13 @@ impl Hv {
         Ok(len)
     }
 
+    /// TRAP-1: the addresses were checked by the decode.
     fn set_callbacks(
         &mut self,
         cur: DomId,
-        event: u64,
-        trap: u64,
-        stack: u64,
+        a: hypercall_abi::trap::SetCallbacks,
     ) -> Result<u64, Error> {
-        if event >= GUEST_VA_TOP || trap >= GUEST_VA_TOP || stack >= GUEST_VA_TOP {
-            return Err(Error::BadAddress);
-        }
-        if stack % 16 != 0 || (stack == 0 && (event != 0 || trap != 0)) {
-            return Err(Error::InvalidArgument);
-        }
+        let hypercall_abi::trap::SetCallbacks { event, trap, stack } = a;
         let d = self.dom(cur).ok_or(Error::NotFound)?;
         d.callbacks = domain::Callbacks { event, trap, stack };
         Ok(0)

@@ -318,7 +318,7 @@ impl Mm {
             return false;
         }
         f.flags |= PARTIAL | OP_REF;
-        f.partial = level.guest_slots() as u16;
+        f.partial = slot16(level.guest_slots());
         true
     }
 
@@ -406,7 +406,7 @@ impl Mm {
                     let (v, child, error, preempted) =
                         self.validate_entries(mem, p.dom, table, level, v, budget);
                     if let Some(f) = self.frame_ref(table) {
-                        f.partial = v as u16;
+                        f.partial = slot16(v);
                     }
                     if let Some(e) = error {
                         // Undo, back to front, then report `e`.
@@ -452,7 +452,7 @@ impl Mm {
                     let (v, child, preempted) =
                         self.release_entries_from(mem, table, level, v, budget);
                     if let Some(f) = self.frame_ref(table) {
-                        f.partial = v as u16;
+                        f.partial = slot16(v);
                     }
                     if preempted {
                         return false;
@@ -620,7 +620,7 @@ impl Mm {
             return None;
         }
         f.flags |= PARTIAL;
-        f.partial = below.guest_slots() as u16;
+        f.partial = slot16(below.guest_slots());
         Some(t.pfn)
     }
 
@@ -730,4 +730,9 @@ impl Mm {
             }
         }
     }
+}
+
+/// An entry index of a table (at most 512) as the frame's `partial` field.
+fn slot16(v: usize) -> u16 {
+    u16::try_from(v).unwrap_or(u16::MAX)
 }
