@@ -84,7 +84,7 @@ pub struct Domain {
     /// Time slice in TSC ticks.
     pub slice: u64,
     /// Console bytes not yet ended by a newline.
-    pub console: heapless::Vec<u8, 256>,
+    pub console: tahoma_core::console::LineBuffer,
     /// The pin or unpin this domain has in progress (MMU-35), restarted by
     /// its next `mmu_pin`/`mmu_unpin`.
     pub mm_pending: Option<Pending>,
@@ -476,7 +476,7 @@ pub fn build(
         callbacks: Callbacks::default(),
         upcall_depth: 0,
         slice: crate::time::ms_to_ticks(weight),
-        console: heapless::Vec::new(),
+        console: tahoma_core::console::LineBuffer::new(),
         mm_pending: None,
         freed: 0,
         hypercalls: 0,

@@ -801,12 +801,7 @@ impl Hv {
         guestmem::copy_from(&self.space(cur)?, range, bytes)?;
         let d = self.dom(cur).ok_or(Error::NotFound)?;
         for &b in bytes.iter() {
-            if b == b'\n' {
-                flush_console(d);
-            } else if d.console.push(b).is_err() {
-                flush_console(d);
-                let _ = d.console.push(b);
-            }
+            d.console.push(b, |line| print_console_line(&d.name, line));
         }
         Ok(len)
     }
@@ -1121,9 +1116,7 @@ impl Hv {
         let Some(mut d) = self.doms.get_mut(usize::from(id)).and_then(Option::take) else {
             return;
         };
-        if !d.console.is_empty() {
-            flush_console(&mut d);
-        }
+        d.console.flush(|line| print_console_line(&d.name, line));
         self.runq.remove(id);
         self.deadlines.remove_domain(id);
         self.channels.remove_domain(id);
@@ -1377,20 +1370,8 @@ fn first_hypercall(d: &Domain) {
     );
 }
 
-/// Prints a domain's buffered console line, sanitised (CON-1d).
-fn flush_console(d: &mut Domain) {
-    let mut line = heapless::String::<512>::new();
-    for ch in core::str::from_utf8(&d.console)
-        .unwrap_or("<invalid utf-8>")
-        .chars()
-    {
-        let c = if ch.is_control() && ch != '\t' {
-            '?'
-        } else {
-            ch
-        };
-        let _ = line.push(c);
-    }
-    crate::println!("[{}] {}", d.name, line);
-    d.console.clear();
+/// Prints one of a domain's console lines, prefixed with its name and
+/// rendered as CON-1d says ([`tahoma_core::console::Rendered`]).
+fn print_console_line(name: &str, line: &[u8]) {
+    crate::println!("[{}] {}", name, tahoma_core::console::Rendered(line));
 }

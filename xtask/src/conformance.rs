@@ -288,6 +288,30 @@ pub fn host_checks(outcome: &BootOutcome) -> BTreeMap<&'static str, (bool, Strin
         None => c.t(false, "the 300-byte line is missing"),
     }
     c.t(
+        has("CON1D utf8: héllo ✓ 🦀"),
+        "valid UTF-8 was not passed through unchanged",
+    );
+    c.t(
+        has("CON1D bad:\u{fffd}|\u{fffd}|end"),
+        "invalid UTF-8 was not replaced by one U+FFFD per sequence, keeping the rest",
+    );
+    match conf.iter().position(|l| l.starts_with("CON1D straddle ")) {
+        Some(i) => {
+            c.t(
+                conf[i].len() == 254 && conf[i].ends_with('x'),
+                format!(
+                    "a line cut inside a character was not cut before it ({} bytes)",
+                    conf[i].len()
+                ),
+            );
+            c.t(
+                conf.get(i + 1) == Some(&"🦀tail"),
+                "the character at the 256-byte cut did not move whole to the next line",
+            );
+        }
+        None => c.t(false, "the straddling line is missing"),
+    }
+    c.t(
         facts.guest_bad.is_empty(),
         format!("{} malformed guest report line(s)", facts.guest_bad.len()),
     );
