@@ -14,6 +14,7 @@ mod console;
 mod domain;
 mod guestmem;
 mod hv;
+mod hypercall;
 mod mem;
 mod named;
 mod pvh;
