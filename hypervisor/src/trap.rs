@@ -8,7 +8,12 @@ use crate::arch::lapic;
 use crate::arch::traps::{vector_name, TrapFrame};
 use crate::arch::{self, cpu};
 
-/// Entry from `trap_dispatch`.
+/// The trap entry registered with `arch` ([`arch::entries`]).
+pub extern "C" fn entry(frame: &mut TrapFrame) {
+    handle(frame);
+}
+
+/// An exception or interrupt, by vector.
 pub fn handle(frame: &mut TrapFrame) {
     let from_guest = frame.cs & 3 == 3;
     match frame.vector {

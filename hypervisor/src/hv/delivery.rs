@@ -1,5 +1,6 @@
 //! Event and trap delivery: raising a port's event, waking its domain,
 //! and pushing an upcall frame onto a domain's callback stack.
+#![forbid(unsafe_code)]
 
 use super::*;
 

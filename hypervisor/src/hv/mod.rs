@@ -106,9 +106,9 @@ pub(crate) struct Hv {
     pub(crate) dying: VecDeque<(Box<Domain>, Teardown, u64, u64)>,
 }
 
-/// Entry from `syscall` (CALL-1).
-#[no_mangle]
-extern "C" fn hypercall_entry(frame: &mut TrapFrame) {
+/// Entry from `syscall` (CALL-1), registered with `arch` ([`arch::entries`]).
+#[no_mangle] // a stable name for debuggers (`break hypercall_entry`)
+pub extern "C" fn hypercall_entry(frame: &mut TrapFrame) {
     let mut guard = HV.lock();
     let Some(hv) = guard.as_mut() else {
         frame.rax = regs::encode(Err(Error::NoSuchCall));
@@ -177,8 +177,8 @@ pub fn guest_exception(frame: &mut TrapFrame) {
 
 /// Entry from `sysenter` and from `syscall` in compatibility mode: the
 /// caller is destroyed with a report (CPU-4, CPU-5); others run on.
-#[no_mangle]
-extern "C" fn foreign_entry(frame: &mut TrapFrame) {
+#[no_mangle] // a stable name for debuggers
+pub extern "C" fn foreign_entry(frame: &mut TrapFrame) {
     use crate::arch::syscall::{COMPAT_SYSCALL_VECTOR, SYSENTER_VECTOR};
     let mut guard = HV.lock();
     let Some(hv) = guard.as_mut() else {

@@ -1,4 +1,5 @@
 //! The base family (`BASE-*`).
+#![forbid(unsafe_code)]
 
 use crate::hv::Hv;
 use hypercall_abi::{self as abi, Error};

@@ -1,11 +1,17 @@
 //! The console family (`CON-*`): `console_write` and the printing of a
 //! domain's lines.
+#![forbid(unsafe_code)]
 
 use crate::guestmem::{self, GuestRange};
 use crate::hv::Hv;
 use hypercall_abi::console::{CONSOLE_WRITE_MAX, CONSOLE_WRITE_STEP};
 use hypercall_abi::{self as abi, Error};
 use tahoma_core::event::DomId;
+
+/// [`CONSOLE_WRITE_STEP`] as an array length (a constant that fits).
+#[allow(clippy::cast_possible_truncation)]
+const STEP: usize = CONSOLE_WRITE_STEP as usize;
+const _: () = assert!(STEP as u64 == CONSOLE_WRITE_STEP);
 
 /// CON-1, CON-2: checks the whole range, takes at most
 /// `CONSOLE_WRITE_STEP` bytes of it and returns how many it took.
@@ -15,8 +21,8 @@ pub(crate) fn write(hv: &mut Hv, cur: DomId, a: abi::console::Write) -> Result<u
     guestmem::check(&hv.space(cur)?, range, false)?;
     let len = len.min(CONSOLE_WRITE_STEP);
     let range = GuestRange::new(ptr, len, CONSOLE_WRITE_STEP)?;
-    let mut buf = [0u8; CONSOLE_WRITE_STEP as usize];
-    let bytes = &mut buf[..len as usize];
+    let mut buf = [0u8; STEP];
+    let bytes = &mut buf[..usize::try_from(len).map_err(|_| Error::InvalidArgument)?];
     guestmem::copy_from(&hv.space(cur)?, range, bytes)?;
     let d = hv.dom(cur).ok_or(Error::NotFound)?;
     for &b in bytes.iter() {

@@ -1,4 +1,5 @@
 //! The memory-reservation family (`MEM-*`).
+#![forbid(unsafe_code)]
 
 use crate::guestmem::{self, GuestRange};
 use crate::hv::Hv;
@@ -8,6 +9,11 @@ use hypercall_abi::{self as abi, Error};
 use tahoma_core::event::DomId;
 use tahoma_core::mm::Owner;
 use zerocopy::IntoBytes;
+
+/// [`MEMORY_BATCH_MAX`] as an array length (a constant that fits).
+#[allow(clippy::cast_possible_truncation)]
+const BATCH: usize = MEMORY_BATCH_MAX as usize;
+const _: () = assert!(BATCH as u64 == MEMORY_BATCH_MAX);
 
 /// MEM-5: fresh, scrubbed frames within the quota, all or nothing.
 pub(crate) fn populate(hv: &mut Hv, cur: DomId, a: abi::memory::Populate) -> Result<u64, Error> {
@@ -21,8 +27,10 @@ pub(crate) fn populate(hv: &mut Hv, cur: DomId, a: abi::memory::Populate) -> Res
     if d.frames.len() as u64 + count > d.max_pages {
         return Err(Error::NoResources);
     }
-    let mut taken = [0u64; MEMORY_BATCH_MAX as usize];
-    for i in 0..count as usize {
+    // At most MEMORY_BATCH_MAX (the decode checked).
+    let n = usize::try_from(count).map_err(|_| Error::InvalidArgument)?;
+    let mut taken = [0u64; BATCH];
+    for i in 0..n {
         match mem::alloc_zeroed_frame() {
             Some(f) => taken[i] = f,
             None => {
@@ -31,7 +39,7 @@ pub(crate) fn populate(hv: &mut Hv, cur: DomId, a: abi::memory::Populate) -> Res
             }
         }
     }
-    let taken = &taken[..count as usize];
+    let taken = &taken[..n];
     for &f in taken {
         // A frame fresh from the allocator is idle and nobody's.
         let _ = hv.mm.assign(f, Owner::Domain(cur));
@@ -56,8 +64,8 @@ pub(crate) fn release(hv: &mut Hv, cur: DomId, a: abi::memory::Release) -> Resul
         return Err(Error::InvalidArgument);
     }
     let range = GuestRange::new(list, count * 8, MEMORY_BATCH_MAX * 8)?;
-    let mut buf = [0u64; MEMORY_BATCH_MAX as usize];
-    let frames = &mut buf[..count as usize];
+    let mut buf = [0u64; BATCH];
+    let frames = &mut buf[..usize::try_from(count).map_err(|_| Error::InvalidArgument)?];
     guestmem::copy_from(&hv.space(cur)?, range, frames.as_mut_bytes())?;
     for (i, &f) in frames.iter().enumerate() {
         let info = hv.mm.frame(f).ok_or(Error::PermissionDenied)?;

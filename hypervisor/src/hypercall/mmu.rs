@@ -19,6 +19,9 @@ const MMU_STEPS: u64 = 4096;
 /// this many bytes back, on the `syscall` itself (MMU-35).
 const SYSCALL_LEN: u64 = 2;
 
+/// Entries of an `mmu_update` batch copied in one go.
+const CHUNK: usize = 32;
+
 /// Runs a bounded validator operation for `cur` (MMU-35), the flush it
 /// may request is honoured in [`Hv::leave`]. When its budget runs out, the caller's `rip` is moved back
 /// onto its `syscall`, with every register as it was, so returning to
@@ -76,13 +79,14 @@ pub(crate) fn update(hv: &mut Hv, cur: DomId, a: abi::mmu::Update) -> Result<u64
     if done_ptr != 0 {
         guestmem::check(&hv.space(cur)?, GuestRange::new(done_ptr, 8, 8)?, true)?;
     }
-    let mut chunk = [MmuUpdate::default(); 32];
+    let mut chunk = [MmuUpdate::default(); CHUNK];
     let mut done = 0u64;
     let mut result = Ok(count);
     while done < count {
         let n = (count - done).min(chunk.len() as u64);
         let range = GuestRange::new(reqs + done * size, n * size, MMU_BATCH_MAX * size)?;
-        let buf = &mut chunk[..n as usize];
+        // `n` is at most the chunk's length.
+        let buf = &mut chunk[..usize::try_from(n).unwrap_or(CHUNK)];
         // The batch may have unmapped its own later entries: that
         // stops it like any refused entry.
         if let Err(e) = guestmem::copy_from(&hv.space(cur)?, range, buf.as_mut_bytes()) {

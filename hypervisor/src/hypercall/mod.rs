@@ -4,6 +4,8 @@
 //!
 //! Names go straight through: `Hypercall::EventSend` is decoded as
 //! `hypercall_abi::event::Send` and handled in [`event`].
+// Guest-controlled words are narrowed only by checked conversions.
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 pub(crate) mod base;
 pub(crate) mod console;

@@ -1,4 +1,5 @@
 //! The scheduling family (`SCHED-*`).
+#![forbid(unsafe_code)]
 
 use crate::arch::traps::TrapFrame;
 use crate::domain::RunState;

@@ -1,4 +1,5 @@
 //! The time family (`TIME-*`).
+#![forbid(unsafe_code)]
 
 use crate::hv::Hv;
 use crate::time;

@@ -1,4 +1,5 @@
 //! The trap and upcall family (`TRAP-*`).
+#![forbid(unsafe_code)]
 
 use crate::arch::cpu::{USER_CS, USER_SS};
 use crate::arch::traps::TrapFrame;
