@@ -80,6 +80,9 @@ mod tests {
             assert_eq!(Error::from_code(e.code()), Some(*e));
         }
         assert_eq!(Error::from_code(0), None);
-        assert_eq!(Error::from_code(Error::ALL.len() as u16 + 1), None);
+        assert_eq!(
+            Error::from_code(u16::try_from(Error::ALL.len()).unwrap() + 1),
+            None
+        );
     }
 }

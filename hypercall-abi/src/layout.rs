@@ -171,12 +171,14 @@ impl TimeInfo {
     pub fn ns_at(&self, tsc: u64) -> u64 {
         let delta = tsc.saturating_sub(self.tsc_timestamp) as u128;
         let ns = (delta * self.tsc_mul as u128) >> 32;
-        self.system_time_ns.saturating_add(ns as u64)
+        self.system_time_ns
+            .saturating_add(u64::try_from(ns).unwrap_or(u64::MAX))
     }
 
     /// The 32.32 multiplier for a TSC of `tsc_hz`.
     pub fn mul_for_hz(tsc_hz: u64) -> u64 {
-        (((1_000_000_000u128) << 32) / tsc_hz.max(1) as u128) as u64
+        // At most 10^9 << 32 (for 1 Hz), which fits.
+        u64::try_from(((1_000_000_000u128) << 32) / u128::from(tsc_hz.max(1))).unwrap_or(u64::MAX)
     }
 }
 

@@ -7,6 +7,10 @@
 //! * the hypercall numbers ([`Hypercall`]), each documented by a clause of the
 //!   specification in `docs/abi/` (clause IDs such as `EVT-3`);
 //! * the register convention and its encoding *and* decoding ([`regs`]);
+//! * one module per hypercall family ([`base`], [`console`], [`sched`],
+//!   [`time`], [`event`], [`trap`], [`mmu`], [`memory`]) holding each call's
+//!   typed arguments ([`Args`]: `encode` for guests, `decode` for the
+//!   hypervisor), so an argument's register position is written once;
 //! * the error codes ([`Error`]).
 //!
 //! Principles: every hypercall has exactly one success shape and one failure
@@ -14,8 +18,23 @@
 //! padding and asserted sizes.
 #![no_std]
 #![forbid(unsafe_code)]
+// Guest-controlled words become narrower types only through checked
+// conversions (`try_from`), never a silent `as` cast.
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
+// One module per hypercall family, named as in `docs/abi` and in the
+// `Hypercall` table; grant, ring and io come next, each a module of its own.
+pub mod base;
+pub mod console;
+pub mod event;
+pub mod memory;
+pub mod mmu;
+pub mod sched;
+pub mod time;
+pub mod trap;
 
 pub mod args;
+pub mod call;
 pub mod error;
 pub mod layout;
 pub mod numbers;
@@ -23,6 +42,7 @@ pub mod pte;
 pub mod regs;
 pub mod ring;
 
+pub use call::{Args, Call, Words};
 pub use error::Error;
 pub use numbers::Hypercall;
 
@@ -44,7 +64,8 @@ pub const fn abi_major(version: u32) -> u16 {
 
 /// The minor half of an ABI version word.
 pub const fn abi_minor(version: u32) -> u16 {
-    version as u16
+    let b = version.to_le_bytes();
+    u16::from_le_bytes([b[0], b[1]])
 }
 
 /// Whether a guest built for `guest` may run on a hypervisor speaking `hv`.

@@ -31,7 +31,8 @@ pub const fn encode(result: Result<u64, Error>) -> u64 {
                 v
             }
         }
-        Err(e) => (-(e.code() as i64)) as u64,
+        // Two's complement of the code: `-code` as a 64-bit word.
+        Err(e) => 0u64.wrapping_sub(e.code() as u64),
     }
 }
 

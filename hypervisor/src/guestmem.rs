@@ -7,6 +7,7 @@
 //! before touching it through the direct map. Guest memory never becomes a
 //! Rust reference, and a bad pointer is an error code, never a fault in
 //! ring 0.
+#![forbid(unsafe_code)]
 
 use crate::mem::{self, pte};
 use hypercall_abi::layout::GUEST_VA_TOP;

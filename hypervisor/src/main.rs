@@ -6,6 +6,8 @@
 //! tables, CPU protections, then the boot pack and its domains.
 #![no_std]
 #![no_main]
+// Every `unsafe` block names its own obligation in a `// SAFETY:` comment.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 
@@ -14,6 +16,7 @@ mod console;
 mod domain;
 mod guestmem;
 mod hv;
+mod hypercall;
 mod mem;
 mod named;
 mod pvh;
@@ -29,6 +32,12 @@ use tahoma_core::bootpack::Pack;
 /// address of `hvm_start_info`.
 #[no_mangle]
 extern "C" fn kernel_start(start_info: u64) -> ! {
+    // First: every entry stub calls through this table (arch is a leaf).
+    arch::entries::register(arch::entries::Entries {
+        hypercall: hv::hypercall_entry,
+        foreign: hv::foreign_entry,
+        trap: trap::handle,
+    });
     console::init();
     arch::cpu::init();
     mem::init_heap();
@@ -76,12 +85,23 @@ extern "C" fn kernel_start(start_info: u64) -> ! {
             mem::POISON
         );
     }
-    if let Err(arch::Missing(what)) = arch::enable_protections() {
-        report!("cpu-refused", "missing={}", Quoted(&what));
-        fail(format_args!(
-            "this CPU lacks {what}, which the hypervisor requires to keep guests out of ring 0; \
-             boot on a CPU that has them (QEMU: -cpu qemu64,+smep,+smap or -cpu max)"
-        ));
+    match arch::enable_protections() {
+        Ok(p) => report!(
+            "cpu",
+            "smep=1 smap=1 pge=1 umip={} fpu={} xcr0={:#x} fpu_area={} rdtscp={}",
+            u8::from(p.umip),
+            if p.fpu.xsave { "xsave" } else { "fxsave" },
+            p.fpu.xcr0,
+            p.fpu.size,
+            u8::from(p.rdtscp)
+        ),
+        Err(arch::Missing(what)) => {
+            report!("cpu-refused", "missing={}", Quoted(&what));
+            fail(format_args!(
+                "this CPU lacks {what}, which the hypervisor requires to keep guests out of ring 0; \
+                 boot on a CPU that has them (QEMU: -cpu qemu64,+smep,+smap or -cpu max)"
+            ));
+        }
     }
     arch::syscall::init();
     time::init();

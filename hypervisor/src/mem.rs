@@ -236,9 +236,7 @@ pub fn init(map: &[(Range, Kind)], exclude: &[Range]) -> MemoryReport {
     // SAFETY: the new tables map the running image at the same virtual
     // addresses with compatible permissions, and the direct map over all RAM,
     // so execution and the stack continue unchanged.
-    unsafe {
-        core::arch::asm!("mov cr3, {}", in(reg) pml4 << 12, options(nostack, preserves_flags));
-    }
+    unsafe { crate::arch::load_root(pml4 << 12) };
     DIRECT_MAP_LIMIT.store(limit, Ordering::Relaxed);
     KERNEL_PML4.store(pml4, Ordering::Relaxed);
     MemoryReport {

@@ -3,6 +3,7 @@
 //! end's table into its start-info page. Called once, after every domain
 //! was built and before any runs; the start-info page is still written only
 //! before its domain starts (MEM-3).
+#![forbid(unsafe_code)]
 
 use crate::console::Quoted;
 use crate::domain::Domain;

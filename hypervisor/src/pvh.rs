@@ -2,6 +2,7 @@
 //!
 //! Layout from Xen's public `arch-x86/hvm/start_info.h` (version 1). The
 //! structures are read once, at boot, through the direct map and copied.
+#![forbid(unsafe_code)]
 
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -9,6 +9,7 @@
 //!   a frame freed unscrubbed is caught when handed out again.
 //! * `leak-frame`: take one frame from the allocator after the audit's
 //!   baseline and never return it: the end-of-run audit must fail the run.
+#![forbid(unsafe_code)]
 
 use core::sync::atomic::{AtomicBool, Ordering};
 

@@ -1,5 +1,6 @@
 //! Time: the calibrated TSC, monotonic nanoseconds, and the one-shot
 //! hypervisor timer that drives preemption and guest deadlines.
+#![forbid(unsafe_code)]
 
 use crate::arch::{self, lapic};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +11,7 @@ static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 
 /// Calibrates and records the clocks; reports `@ time`.
 pub fn init() {
-    lapic::init();
+    lapic::init(crate::mem::phys_to_virt);
     let c = lapic::calibrate();
     TSC_HZ.store(c.tsc_hz.max(1), Ordering::Relaxed);
     APIC_HZ.store(c.apic_hz.max(1), Ordering::Relaxed);

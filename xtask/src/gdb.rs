@@ -248,10 +248,10 @@ pub fn walkthrough(
 
 /// Checks gdb's transcript of the walk-through.
 fn judge(out: &str) -> Result<(), String> {
-    // `hypercall_entry` resolves into hv.rs (the stop itself may show an
+    // `hypercall_entry` resolves into hv/mod.rs (the stop itself may show an
     // inlined callee's frame).
     if !out.contains("Breakpoint 1 at ")
-        || !out.contains("file hypervisor/src/hv.rs")
+        || !out.contains("file hypervisor/src/hv/mod.rs")
         || !out.contains("Breakpoint 1, ")
     {
         return Err("gdb did not stop at hypercall_entry".into());
@@ -293,7 +293,7 @@ mod judge_tests {
 
     #[test]
     fn judge_needs_both_stops_in_the_right_domains() {
-        let good = "Breakpoint 1 at 0xffffffff801093e0: file hypervisor/src/hv.rs, line 202.\n\
+        let good = "Breakpoint 1 at 0xffffffff801093e0: file hypervisor/src/hv/mod.rs, line 202.\n\
                     Breakpoint 1, f () at x.rs:1\n$1 = 1\n\
                     Breakpoint 2, pingpong::on_event (..) at guests/pingpong/src/main.rs:18\n$2 = 2\n\
                     Breakpoint 2, pingpong::on_event (..)\n$3 = 2\n\

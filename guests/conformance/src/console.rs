@@ -174,12 +174,24 @@ pub fn con_1d() {
     let mut long = alloc::vec![b'y'; 300];
     long[..11].copy_from_slice(b"CON1D long ");
     long.push(b'\n');
-    // Two calls: one takes 256 bytes (CON-2).
-    let mut at = 0;
-    while at < long.len() {
-        match write(long[at..].as_ptr() as u64, (long.len() - at) as u64) {
-            Ok(n) if n > 0 => at += n as usize,
-            _ => break,
+    // UTF-8 (CON-1d): valid text unchanged, each invalid sequence one
+    // U+FFFD with the rest kept, a character at the 256-byte cut moved whole.
+    let mut straddle = alloc::vec![b'x'; 254];
+    straddle[..15].copy_from_slice(b"CON1D straddle ");
+    straddle.extend_from_slice("\u{1f980}tail\n".as_bytes());
+    for bytes in [
+        &long[..],
+        "CON1D utf8: h\u{e9}llo \u{2713} \u{1f980}\n".as_bytes(),
+        &b"CON1D bad:\xff|\xe2\x82|end\n"[..],
+        &straddle[..],
+    ] {
+        // Longer than one call takes (CON-2): write the rest.
+        let mut at = 0;
+        while at < bytes.len() {
+            match write(bytes[at..].as_ptr() as u64, (bytes.len() - at) as u64) {
+                Ok(n) if n > 0 => at += n as usize,
+                _ => break,
+            }
         }
     }
     emit(

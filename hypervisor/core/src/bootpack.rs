@@ -492,8 +492,9 @@ impl<'a> Pack<'a> {
     /// The bytes of blob `index`.
     pub fn blob(&self, index: u32) -> Option<&'a [u8]> {
         let b = self.blob_record(index)?;
-        self.bytes
-            .get(b.offset as usize..(b.offset + b.size) as usize)
+        let start = usize::try_from(b.offset).ok()?;
+        let end = usize::try_from(b.offset.checked_add(b.size)?).ok()?;
+        self.bytes.get(start..end)
     }
 
     /// The scenario's name, if the pack carries one.
@@ -520,7 +521,7 @@ fn check_devices(pack: &Pack<'_>) -> Result<(), PackError> {
     let extent = DeviceKind::VblkExtent as u32;
     for (i, r) in records.iter().enumerate() {
         let bad = |why| PackError::BadDevice {
-            index: i as u32,
+            index: fits_u32(i),
             why,
         };
         if r.reserved != [0; 7] {
@@ -605,7 +606,7 @@ fn check_channels(pack: &Pack<'_>) -> Result<(), PackError> {
     }
     for (i, c) in records.iter().enumerate() {
         let bad = |why| PackError::BadChannel {
-            index: i as u32,
+            index: u32::try_from(i).unwrap_or(u32::MAX),
             why,
         };
         if c.reserved != [0; 6] {
@@ -704,7 +705,7 @@ impl PackBuilder {
     /// Adds a blob and returns its index.
     pub fn blob(&mut self, bytes: &[u8]) -> u32 {
         self.blobs.push(bytes.to_vec());
-        (self.blobs.len() - 1) as u32
+        fits_u32(self.blobs.len() - 1)
     }
 
     /// Records the scenario name.
@@ -771,7 +772,7 @@ impl PackBuilder {
             flags: 0,
             reserved: [0; 7],
         });
-        (self.devices.len() - 1) as u32
+        fits_u32(self.devices.len() - 1)
     }
 
     /// Gives the domain added `domain`th a virtual disk: `size` bytes at
@@ -820,14 +821,14 @@ impl PackBuilder {
             header_size: 64,
             total_size: total as u64,
             checksum: 0,
-            domains_offset: domains_offset as u32,
-            domain_count: self.domains.len() as u32,
-            blobs_offset: blobs_offset as u32,
-            blob_count: self.blobs.len() as u32,
+            domains_offset: fits_u32(domains_offset),
+            domain_count: fits_u32(self.domains.len()),
+            blobs_offset: fits_u32(blobs_offset),
+            blob_count: fits_u32(self.blobs.len()),
             scenario_blob: self.scenario.map_or(0, |i| i + 1),
-            channels_offset: channels_offset as u32,
-            channel_count: self.channels.len() as u32,
-            device_count: self.devices.len() as u32,
+            channels_offset: fits_u32(channels_offset),
+            channel_count: fits_u32(self.channels.len()),
+            device_count: fits_u32(self.devices.len()),
         };
         let mut out = alloc::vec![0u8; total];
         out[..64].copy_from_slice(header.as_bytes());
@@ -842,12 +843,20 @@ impl PackBuilder {
         }
         for (i, (r, b)) in records.iter().zip(&self.blobs).enumerate() {
             out[blobs_offset + i * 16..][..16].copy_from_slice(r.as_bytes());
-            out[r.offset as usize..][..b.len()].copy_from_slice(b);
+            let at = usize::try_from(r.offset).expect("a blob offset the builder chose fits");
+            out[at..][..b.len()].copy_from_slice(b);
         }
         let sum = checksum(&out, Some(CHECKSUM_OFFSET));
         out[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_le_bytes());
         out
     }
+}
+
+/// A size or count of the pack being built (by xtask, on the host) as the
+/// format's 32-bit field: a pack is far smaller than 4 GiB, and one that is
+/// not is a bug of the builder's caller, reported loudly.
+fn fits_u32(n: usize) -> u32 {
+    u32::try_from(n).expect("boot pack fields are 32-bit: the pack is too large")
 }
 
 #[cfg(test)]

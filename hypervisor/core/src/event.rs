@@ -7,7 +7,7 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
-use hypercall_abi::args::Virq;
+use hypercall_abi::event::Virq;
 use hypercall_abi::layout::NR_PORTS;
 use hypercall_abi::Error;
 
@@ -82,9 +82,10 @@ impl PortTable {
             .position(|s| *s == PortState::Free)
             .ok_or(Error::NoResources)?
             + 1;
+        let port = Port::try_from(p).map_err(|_| Error::NoResources)?;
         self.ports[p] = state;
         self.in_use += 1;
-        Ok(p as Port)
+        Ok(port)
     }
 
     fn set(&mut self, port: Port, state: PortState) {
@@ -146,7 +147,7 @@ impl Channels {
     }
 
     fn resolve(caller: DomId, dom: u64) -> Option<DomId> {
-        if dom == hypercall_abi::args::DOMID_SELF {
+        if dom == hypercall_abi::event::DOMID_SELF {
             Some(caller)
         } else {
             DomId::try_from(dom).ok()
@@ -286,7 +287,7 @@ impl Channels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hypercall_abi::args::DOMID_SELF;
+    use hypercall_abi::event::DOMID_SELF;
 
     fn two() -> Channels {
         let mut c = Channels::new();

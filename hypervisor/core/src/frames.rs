@@ -39,7 +39,7 @@ impl FrameAllocator {
     pub fn new(ranges: &[Range]) -> FrameAllocator {
         let base = ranges.first().map_or(0, |r| r.start / PAGE);
         let top = ranges.last().map_or(0, |r| r.end / PAGE);
-        let words = (top.saturating_sub(base)).div_ceil(64) as usize;
+        let words = usize::try_from(top.saturating_sub(base).div_ceil(64)).unwrap_or(0);
         let mut a = FrameAllocator {
             base,
             free: vec![0; words],

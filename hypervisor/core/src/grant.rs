@@ -43,7 +43,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::frames::Pfn;
-use crate::mm::{DomainId, Mm, MmError, Owner, PageType};
+use crate::mm::{DomId, Mm, MmError, Owner, PageType};
 use hypercall_abi::Error;
 
 /// Grants one domain may have at once (its table's size).
@@ -66,7 +66,7 @@ pub struct MapHandle(pub u32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GrantError {
     /// The domain has no grant table (not registered, or already gone).
-    UnknownDomain(DomainId),
+    UnknownDomain(DomId),
     /// No live grant with this reference in the granter's table (never
     /// made, or revoked: a stale reference).
     BadRef(GrantRef),
@@ -95,7 +95,7 @@ pub enum GrantError {
     /// A copy batch longer than [`MAX_COPY_BATCH`].
     BatchTooLong,
     /// The domain (granter or grantee) is being destroyed.
-    Dying(DomainId),
+    Dying(DomId),
     /// The frame table refused (e.g. a count at its limit).
     Frame(MmError),
 }
@@ -125,7 +125,7 @@ impl GrantError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {
     /// The only domain that may use it.
-    pub grantee: DomainId,
+    pub grantee: DomId,
     /// The granter's frame.
     pub pfn: Pfn,
     /// No writable mapping and no copy into it.
@@ -138,7 +138,7 @@ pub struct Grant {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mapping {
     /// Whose grant.
-    pub granter: DomainId,
+    pub granter: DomId,
     /// Which grant.
     pub gref: GrantRef,
     /// The frame (the grant's).
@@ -168,7 +168,7 @@ pub enum CopyPtr {
     /// A grant made to the caller.
     Granted {
         /// The granter.
-        granter: DomainId,
+        granter: DomId,
         /// The grant.
         gref: GrantRef,
         /// Byte offset in the granted frame.
@@ -228,7 +228,7 @@ pub struct Teardown {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GrantAuditError {
     /// The domain whose table it is in.
-    pub dom: DomainId,
+    pub dom: DomId,
     /// What is wrong.
     pub what: &'static str,
 }
@@ -236,7 +236,7 @@ pub struct GrantAuditError {
 /// Every domain's grant table and grant mappings.
 #[derive(Clone, Debug, Default)]
 pub struct GrantTables {
-    doms: BTreeMap<DomainId, Domain>,
+    doms: BTreeMap<DomId, Domain>,
 }
 
 fn check_range(offset: u16, len: u16) -> Result<(), GrantError> {
@@ -264,11 +264,11 @@ impl GrantTables {
     }
 
     /// Gives `dom` an empty table (at domain build).
-    pub fn add_domain(&mut self, dom: DomainId) {
+    pub fn add_domain(&mut self, dom: DomId) {
         self.doms.entry(dom).or_default();
     }
 
-    fn live(&self, dom: DomainId) -> Result<&Domain, GrantError> {
+    fn live(&self, dom: DomId) -> Result<&Domain, GrantError> {
         let d = self.doms.get(&dom).ok_or(GrantError::UnknownDomain(dom))?;
         if d.dying {
             return Err(GrantError::Dying(dom));
@@ -277,7 +277,7 @@ impl GrantTables {
     }
 
     /// The grant `gref` of `granter`, if live.
-    pub fn grant(&self, granter: DomainId, gref: GrantRef) -> Option<Grant> {
+    pub fn grant(&self, granter: DomId, gref: GrantRef) -> Option<Grant> {
         self.doms
             .get(&granter)?
             .grants
@@ -287,7 +287,7 @@ impl GrantTables {
     }
 
     /// `grantee`'s mapping `handle`, if it exists.
-    pub fn mapping(&self, grantee: DomainId, handle: MapHandle) -> Option<Mapping> {
+    pub fn mapping(&self, grantee: DomId, handle: MapHandle) -> Option<Mapping> {
         self.doms
             .get(&grantee)?
             .mappings
@@ -297,7 +297,7 @@ impl GrantTables {
     }
 
     /// Live grants in `dom`'s table.
-    pub fn grant_count(&self, dom: DomainId) -> usize {
+    pub fn grant_count(&self, dom: DomId) -> usize {
         self.doms
             .get(&dom)
             .map_or(0, |d| d.grants.iter().flatten().count())
@@ -307,8 +307,8 @@ impl GrantTables {
     pub fn grant_access(
         &mut self,
         mm: &Mm,
-        granter: DomainId,
-        grantee: DomainId,
+        granter: DomId,
+        grantee: DomId,
         pfn: Pfn,
         readonly: bool,
     ) -> Result<GrantRef, GrantError> {
@@ -344,11 +344,11 @@ impl GrantTables {
             d.grants[slot] = Some(grant);
         }
         // slot < MAX_GRANTS_PER_DOMAIN, which fits a u32.
-        Ok(slot as GrantRef)
+        Ok(index(slot))
     }
 
     /// `granter` takes grant `gref` back. Refused while mapped.
-    pub fn revoke(&mut self, granter: DomainId, gref: GrantRef) -> Result<Grant, GrantError> {
+    pub fn revoke(&mut self, granter: DomId, gref: GrantRef) -> Result<Grant, GrantError> {
         let g = self.grant(granter, gref).ok_or(GrantError::BadRef(gref))?;
         if g.maps != 0 {
             return Err(GrantError::StillMapped(g.maps));
@@ -366,8 +366,8 @@ impl GrantTables {
     fn usable(
         &self,
         mm: &Mm,
-        grantee: DomainId,
-        granter: DomainId,
+        grantee: DomId,
+        granter: DomId,
         gref: GrantRef,
         writable: bool,
     ) -> Result<Grant, GrantError> {
@@ -395,13 +395,7 @@ impl GrantTables {
     /// The validator's hook: may `dom` point a page-table entry (writable
     /// or not) at `pfn` through its mapping `handle`? The hypervisor calls
     /// it where `Mm::may_map` refuses a foreign frame.
-    pub fn mapping_allows(
-        &self,
-        dom: DomainId,
-        handle: MapHandle,
-        pfn: Pfn,
-        writable: bool,
-    ) -> bool {
+    pub fn mapping_allows(&self, dom: DomId, handle: MapHandle, pfn: Pfn, writable: bool) -> bool {
         self.mapping(dom, handle)
             .is_some_and(|m| m.pfn == pfn && (m.writable || !writable))
     }
@@ -411,8 +405,8 @@ impl GrantTables {
     pub fn map(
         &mut self,
         mm: &mut Mm,
-        grantee: DomainId,
-        granter: DomainId,
+        grantee: DomId,
+        granter: DomId,
         gref: GrantRef,
         writable: bool,
     ) -> Result<MapHandle, GrantError> {
@@ -453,7 +447,7 @@ impl GrantTables {
             }
             me.live_mappings += 1;
         }
-        Ok(MapHandle(slot as u32))
+        Ok(MapHandle(index(slot)))
     }
 
     /// `grantee` drops its mapping `handle` (the hypervisor has removed the
@@ -461,7 +455,7 @@ impl GrantTables {
     pub fn unmap(
         &mut self,
         mm: &mut Mm,
-        grantee: DomainId,
+        grantee: DomId,
         handle: MapHandle,
     ) -> Result<Unmapped, GrantError> {
         let m = self
@@ -491,7 +485,7 @@ impl GrantTables {
     }
 
     /// A dying domain with nothing left is forgotten.
-    fn forget_if_gone(&mut self, dom: DomainId) {
+    fn forget_if_gone(&mut self, dom: DomId) {
         if self.doms.get(&dom).is_some_and(|d| {
             d.dying && d.live_mappings == 0 && d.grants.iter().all(Option::is_none)
         }) {
@@ -504,7 +498,7 @@ impl GrantTables {
     /// still mapped stay until their grantees unmap them (their frames stay
     /// held: not freeable). From here on nobody may map its grants and it
     /// may grant and map nothing.
-    pub fn destroy(&mut self, mm: &mut Mm, dom: DomainId) -> Teardown {
+    pub fn destroy(&mut self, mm: &mut Mm, dom: DomId) -> Teardown {
         let mut t = Teardown::default();
         let Some(d) = self.doms.get_mut(&dom) else {
             return t;
@@ -515,7 +509,7 @@ impl GrantTables {
             .iter()
             .enumerate()
             .filter(|(_, m)| m.is_some())
-            .map(|(i, _)| MapHandle(i as u32))
+            .map(|(i, _)| MapHandle(index(i)))
             .collect();
         for h in handles {
             // Cannot fail: the mapping exists and its hold was taken.
@@ -545,7 +539,7 @@ impl GrantTables {
     fn resolve(
         &self,
         mm: &Mm,
-        caller: DomainId,
+        caller: DomId,
         p: CopyPtr,
         len: u16,
         dst: bool,
@@ -582,12 +576,7 @@ impl GrantTables {
     }
 
     /// Checks one copy element for `caller`; what to copy.
-    pub fn check_copy(
-        &self,
-        mm: &Mm,
-        caller: DomainId,
-        op: &CopyOp,
-    ) -> Result<CopyPlan, GrantError> {
+    pub fn check_copy(&self, mm: &Mm, caller: DomId, op: &CopyOp) -> Result<CopyPlan, GrantError> {
         self.live(caller)?;
         let src = self.resolve(mm, caller, op.src, op.len, false)?;
         let dst = self.resolve(mm, caller, op.dst, op.len, true)?;
@@ -606,7 +595,7 @@ impl GrantTables {
     pub fn copy_batch(
         &self,
         mm: &Mm,
-        caller: DomainId,
+        caller: DomId,
         ops: &[CopyOp],
         status: &mut [Result<(), GrantError>],
         mut copy: impl FnMut(CopyPlan),
@@ -640,7 +629,7 @@ impl GrantTables {
     /// the bounds hold.
     pub fn audit(&self, mm: &Mm) -> Result<(), GrantAuditError> {
         let fail = |dom, what| Err(GrantAuditError { dom, what });
-        let mut counted: BTreeMap<(DomainId, GrantRef), u32> = BTreeMap::new();
+        let mut counted: BTreeMap<(DomId, GrantRef), u32> = BTreeMap::new();
         for (&dom, d) in &self.doms {
             if d.grants.len() > MAX_GRANTS_PER_DOMAIN || d.mappings.len() > MAX_MAPPINGS_PER_DOMAIN
             {
@@ -671,11 +660,11 @@ impl GrantTables {
                 *counted.entry((m.granter, m.gref)).or_default() += 1;
             }
         }
-        let mut per_frame: BTreeMap<Pfn, (DomainId, u32)> = BTreeMap::new();
+        let mut per_frame: BTreeMap<Pfn, (DomId, u32)> = BTreeMap::new();
         for (&dom, d) in &self.doms {
             for (i, g) in d.grants.iter().enumerate() {
                 let Some(g) = g else { continue };
-                let n = counted.get(&(dom, i as GrantRef)).copied().unwrap_or(0);
+                let n = counted.get(&(dom, index(i))).copied().unwrap_or(0);
                 if n != g.maps {
                     return fail(dom, "grant map count differs from its mappings");
                 }
@@ -696,6 +685,14 @@ impl GrantTables {
         }
         Ok(())
     }
+}
+
+/// A table slot as the 32-bit reference or handle the ABI carries. The
+/// tables are bounded far below `u32::MAX` (`MAX_GRANTS_PER_DOMAIN`,
+/// `MAX_MAPPINGS_PER_DOMAIN`); a slot beyond would map to `u32::MAX`, which
+/// names nothing.
+fn index(slot: usize) -> u32 {
+    u32::try_from(slot).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

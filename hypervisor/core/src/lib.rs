@@ -7,10 +7,17 @@
 //! property-tested and fuzzed as the very code that runs in ring 0.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+// Narrowing a value (often a guest's) goes through a checked `try_from`.
+// (Test code builds its models freely.)
+#![cfg_attr(
+    not(test),
+    deny(clippy::cast_possible_truncation, clippy::cast_sign_loss)
+)]
 
 extern crate alloc;
 
 pub mod bootpack;
+pub mod console;
 pub mod event;
 pub mod frames;
 pub mod grant;

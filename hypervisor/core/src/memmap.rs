@@ -105,7 +105,7 @@ fn subtract(r: Range, hole: Range) -> impl Iterator<Item = Range> {
 /// Rounds up to a page boundary (saturating).
 pub fn align_up(x: u64) -> u64 {
     x.checked_add(PAGE - 1)
-        .map_or(u64::MAX & !(PAGE - 1), |y| y & !(PAGE - 1))
+        .map_or(!(PAGE - 1), |y| y & !(PAGE - 1))
 }
 
 /// Rounds down to a page boundary.

@@ -68,7 +68,8 @@ pub fn wire(
 ) -> Wiring {
     let mut out = Wiring::default();
     for (i, rec) in records.into_iter().enumerate() {
-        let i = i as u32;
+        // Records come from a table with a u32 count, so the index fits.
+        let i = u32::try_from(i).unwrap_or(u32::MAX);
         let (Some(a), Some(b)) = (domain_id(rec.ends[0]), domain_id(rec.ends[1])) else {
             out.failed.push((i, WireError::EndMissing { dom: 0 }));
             continue;

@@ -112,7 +112,17 @@ fn slot(dom: DomId, kind: TimerKind) -> usize {
 
 fn unslot(slot: u32) -> (DomId, TimerKind) {
     let kind = TimerKind::ALL[(slot % 2) as usize];
-    ((slot / 2) as DomId, kind)
+    // Slots are made from a `DomId` by `slot`, so the half fits one.
+    (DomId::try_from(slot / 2).unwrap_or(DomId::MAX), kind)
+}
+
+/// A heap index or slot as stored: there are two slots per `DomId` (a
+/// `u16`), so every index fits 32 bits.
+#[inline(always)]
+#[allow(clippy::cast_possible_truncation)]
+fn index32(i: usize) -> u32 {
+    debug_assert!(u32::try_from(i).is_ok());
+    i as u32
 }
 
 impl Deadlines {
@@ -145,8 +155,8 @@ impl Deadlines {
         if p == ABSENT {
             let i = self.heap.len();
             // Never reallocates: `add_domain` reserved a place per slot.
-            self.heap.push((at, s as u32));
-            self.pos[s] = i as u32;
+            self.heap.push((at, index32(s)));
+            self.pos[s] = index32(i);
             self.up(i);
         } else {
             // In place: it moves up or down, whichever way its key went.
@@ -220,8 +230,8 @@ impl Deadlines {
 
     fn swap(&mut self, a: usize, b: usize) {
         self.heap.swap(a, b);
-        self.pos[self.heap[a].1 as usize] = a as u32;
-        self.pos[self.heap[b].1 as usize] = b as u32;
+        self.pos[self.heap[a].1 as usize] = index32(a);
+        self.pos[self.heap[b].1 as usize] = index32(b);
     }
 
     fn up(&mut self, mut i: usize) {

@@ -121,6 +121,11 @@ pub fn init() {
     unsafe {
         core::arch::asm!("lldt {0:x}", in(reg) 0u16, options(nomem, nostack, preserves_flags))
     };
+    // The stubs call through the entry table: it must be filled first.
+    assert!(
+        super::entries::registered(),
+        "arch::entries::register must run before the IDT is loaded"
+    );
     IDT.call_once(build_idt).load();
 }
 
@@ -229,10 +234,12 @@ fn build_idt() -> InterruptDescriptorTable {
     // `int3` is how debuggers and guests' own breakpoints stop: ring 3 may
     // use this one gate (TRAP-0b); every other vector's gate is ring 0, so
     // `int n` from a guest raises #GP instead (TRAP-3).
-    // SAFETY: as above, the stub for vector 3.
+    // SAFETY: the stub for vector 3 pushes the frame `trap_common` expects
+    // (a zero error code, as the CPU pushes none for #BP).
     unsafe { idt.breakpoint.set_handler_addr(stub(3)) }.set_privilege_level(PrivilegeLevel::Ring3);
     for v in 32..=255u8 {
-        // SAFETY: as above; vectors >= 32 never carry an error code.
+        // SAFETY: the stub for vector `v` pushes the frame `trap_common`
+        // expects with a zero error code; vectors >= 32 never carry one.
         unsafe { idt[v].set_handler_addr(stub(v)) };
     }
     idt

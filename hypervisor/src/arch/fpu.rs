@@ -167,9 +167,11 @@ impl FpuState {
     pub fn restore(&mut self) {
         let c = config();
         let p = self.ptr();
-        // SAFETY: as in `save`; the area holds either the initial image
-        // (valid MXCSR, XSTATE_BV 0, a zero XSAVE header) or what `save`
-        // wrote, which the CPU accepts back. The guest cannot write it.
+        // SAFETY: `p` is 64-byte aligned (Chunk) and the area holds
+        // `config().size` bytes, so the restore reads only within it; the
+        // area holds either the initial image (valid MXCSR, XSTATE_BV 0, a
+        // zero XSAVE header) or what `save` wrote, which the CPU accepts
+        // back (no #GP). The guest cannot write it.
         unsafe {
             if c.xsave {
                 core::arch::asm!("xrstor64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack, preserves_flags, readonly));

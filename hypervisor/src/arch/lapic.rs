@@ -15,11 +15,12 @@ const REG_INITIAL: u64 = 0x380;
 const REG_CURRENT: u64 = 0x390;
 const REG_DIVIDE: u64 = 0x3e0;
 
+/// The virtual address of the local APIC's registers.
 static BASE: spin::Once<u64> = spin::Once::new();
 
 fn reg(offset: u64) -> *mut u32 {
     let base = *BASE.get().expect("lapic::init ran");
-    crate::mem::phys_to_virt(base + offset) as *mut u32
+    (base + offset) as *mut u32
 }
 
 fn write(offset: u64, value: u32) {
@@ -29,13 +30,17 @@ fn write(offset: u64, value: u32) {
 }
 
 fn read(offset: u64) -> u32 {
-    // SAFETY: as in `write`.
+    // SAFETY: the local APIC page is direct-mapped uncached (mem::init);
+    // `offset` is one of the register constants above, so the read is of
+    // an aligned 32-bit register with no side effect beyond the APIC's own.
     unsafe { reg(offset).read_volatile() }
 }
 
 /// Masks the 8259 PICs, enables the local APIC, and points its timer at
-/// [`TIMER_VECTOR`] in one-shot mode with divide-by-1.
-pub fn init() {
+/// [`TIMER_VECTOR`] in one-shot mode with divide-by-1. `phys_to_virt`
+/// gives the (uncached) virtual address at which the kernel maps a
+/// physical one: `arch` does not own the direct map.
+pub fn init(phys_to_virt: fn(u64) -> u64) {
     // SAFETY: ports 0x21/0xa1 are the 8259 data ports; writing 0xff masks
     // every legacy IRQ (absent PICs ignore the write).
     unsafe {
@@ -51,7 +56,7 @@ pub fn init() {
         m.write(v | (1 << 11));
         v & 0x000f_ffff_ffff_f000
     };
-    BASE.call_once(|| base);
+    BASE.call_once(|| phys_to_virt(base));
     write(REG_SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
     write(REG_DIVIDE, 0b1011);
     write(REG_LVT_TIMER, u32::from(TIMER_VECTOR));

@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod cpu;
+pub mod entries;
 pub mod fpu;
 pub mod lapic;
 pub mod syscall;
@@ -71,9 +72,9 @@ pub struct Missing(pub heapless::String<64>);
 /// `str` raise #GP in ring 3) is enabled where CPUID has it. Then the FPU
 /// and SIMD units are set up ([`fpu::init`]), the data-segment bases zeroed
 /// and, where the CPU has `rdtscp`, IA32_TSC_AUX set to 0 (it is all a
-/// guest's `rdtscp` or `rdpid` reveals). The result is reported as
-/// `@ cpu ...`.
-pub fn enable_protections() -> Result<(), Missing> {
+/// guest's `rdtscp` or `rdpid` reveals). The kernel reports the result
+/// (`@ cpu ...`).
+pub fn enable_protections() -> Result<Protections, Missing> {
     let leaf7 = core::arch::x86_64::__cpuid_count(7, 0);
     let smep = leaf7.ebx & (1 << 7) != 0;
     let smap = leaf7.ebx & (1 << 20) != 0;
@@ -113,16 +114,18 @@ pub fn enable_protections() -> Result<(), Missing> {
         // SAFETY: IA32_TSC_AUX exists where CPUID has rdtscp (checked).
         unsafe { x86_64::registers::model_specific::Msr::new(0xc000_0103).write(0) };
     }
-    crate::report!(
-        "cpu",
-        "smep=1 smap=1 pge=1 umip={} fpu={} xcr0={:#x} fpu_area={} rdtscp={}",
-        u8::from(umip),
-        if fpu.xsave { "xsave" } else { "fxsave" },
-        fpu.xcr0,
-        fpu.size,
-        u8::from(rdtscp)
-    );
-    Ok(())
+    Ok(Protections { umip, fpu, rdtscp })
+}
+
+/// What [`enable_protections`] enabled beyond the required SMEP, SMAP and
+/// PGE, for the kernel to report.
+pub struct Protections {
+    /// UMIP is on.
+    pub umip: bool,
+    /// How the FPU and SIMD state is saved.
+    pub fpu: fpu::Config,
+    /// The CPU has `rdtscp` (IA32_TSC_AUX was zeroed).
+    pub rdtscp: bool,
 }
 
 /// Loads `root` (a PML4 physical address) into CR3.

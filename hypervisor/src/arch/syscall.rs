@@ -60,7 +60,7 @@ syscall_entry:
     pushq %r15
     movq %rsp, %rdi
     xorl %ebp, %ebp
-    call hypercall_entry
+    call *TAHOMA_HYPERCALL_ENTRY(%rip)
     jmp trap_return
 
     // `syscall` from compatibility mode (IA32_CSTAR). No 32-bit code
@@ -119,7 +119,7 @@ foreign_common:
     pushq %r15
     movq %rsp, %rdi
     xorl %ebp, %ebp
-    call foreign_entry
+    call *TAHOMA_FOREIGN_ENTRY(%rip)
     jmp trap_return
     "#,
     user_ss = const USER_SS as u64,

@@ -3,7 +3,7 @@
 //!
 //! Each stub pushes a zero error code where the CPU pushes none, then the
 //! vector, and jumps to `trap_common`, which saves the general registers,
-//! clears `AC` (when SMAP is on) and calls [`trap_dispatch`]. The handler may
+//! clears `AC` (when SMAP is on) and calls the kernel's trap entry ([`super::entries`]). The handler may
 //! rewrite the frame, e.g. to switch to another guest; `trap_return` restores
 //! whatever the frame then says and `iretq`s.
 
@@ -89,7 +89,7 @@ trap_common:
     je 1f
     clac
 1:  movq %rsp, %rdi
-    call trap_dispatch
+    call *TAHOMA_TRAP_ENTRY(%rip)
 
     .global trap_return
 trap_return:
@@ -122,12 +122,6 @@ extern "C" {
 pub fn stub_address(vector: u8) -> u64 {
     let base = &raw const trap_stubs as u64;
     base + u64::from(vector) * 16
-}
-
-/// Called by `trap_common` with the frame it built on the stack.
-#[no_mangle]
-extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
-    crate::trap::handle(frame);
 }
 
 /// Human name of an exception vector.

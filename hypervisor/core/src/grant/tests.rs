@@ -8,9 +8,9 @@ use crate::mm::pte::Level;
 use crate::mm::{MmConfig, PhysMem, HYPERVISOR_SLOTS};
 use proptest::prelude::*;
 
-const A: DomainId = 1; // granter
-const B: DomainId = 2; // grantee
-const C: DomainId = 3; // a third domain
+const A: DomId = 1; // granter
+const B: DomId = 2; // grantee
+const C: DomId = 3; // a third domain
 const FRAMES: u64 = 64;
 
 /// Frames 0..16 are A's, 16..32 B's, 32..48 C's, 48..56 the hypervisor's,
@@ -605,9 +605,9 @@ proptest! {
         let (mut mm, mut mem, mut gt) = machine();
         let doms = [A, B, C];
         // Model: live grants (granter, gref) -> (grantee, pfn, readonly, maps).
-        let mut grants: BTreeMap<(DomainId, GrantRef), (DomainId, Pfn, bool, u32)> = BTreeMap::new();
-        let mut maps: BTreeMap<(DomainId, u32), (DomainId, GrantRef)> = BTreeMap::new();
-        let mut dead: Vec<DomainId> = vec![];
+        let mut grants: BTreeMap<(DomId, GrantRef), (DomId, Pfn, bool, u32)> = BTreeMap::new();
+        let mut maps: BTreeMap<(DomId, u32), (DomId, GrantRef)> = BTreeMap::new();
+        let mut dead: Vec<DomId> = vec![];
         for op in ops {
             match op {
                 Op::Grant { granter, grantee, pfn, readonly } => {

@@ -35,7 +35,7 @@
 //! large subtree is pinned first (preemptible) and then linked or unlinked
 //! in O(1).
 
-use super::super::frame::{DomainId, FrameInfo, Owner, PageType, OP_REF, PARTIAL, PINNED};
+use super::super::frame::{DomId, FrameInfo, Owner, PageType, OP_REF, PARTIAL, PINNED};
 use super::super::pte::{Level, ENTRIES, FIRST_HYPERVISOR_SLOT};
 use super::super::{MmError, PhysMem};
 use super::Mm;
@@ -118,7 +118,7 @@ enum Mode {
 /// between invocations (the hypervisor keeps one per domain).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pending {
-    dom: DomainId,
+    dom: DomId,
     root: Pfn,
     op: Op,
     mode: Mode,
@@ -129,7 +129,7 @@ pub struct Pending {
 
 impl Pending {
     /// The domain it acts for.
-    pub const fn domain(&self) -> DomainId {
+    pub const fn domain(&self) -> DomId {
         self.dom
     }
     /// The frame being pinned or unpinned.
@@ -145,7 +145,7 @@ impl Pending {
 /// A domain's teardown in progress (see [`Mm::teardown_bounded`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Teardown {
-    dom: DomainId,
+    dom: DomId,
     /// The next frame to look at.
     next: Pfn,
     /// The unpin of one of its tables that the teardown started.
@@ -155,7 +155,7 @@ pub struct Teardown {
 
 impl Teardown {
     /// The teardown of `dom`, not started.
-    pub const fn new(dom: DomainId) -> Teardown {
+    pub const fn new(dom: DomId) -> Teardown {
         Teardown {
             dom,
             next: 0,
@@ -164,7 +164,7 @@ impl Teardown {
         }
     }
     /// The domain.
-    pub const fn domain(&self) -> DomainId {
+    pub const fn domain(&self) -> DomId {
         self.dom
     }
     /// Pins dropped so far.
@@ -212,7 +212,7 @@ impl Mm {
     pub fn pin_bounded<M: PhysMem>(
         &mut self,
         mem: &mut M,
-        dom: DomainId,
+        dom: DomId,
         pfn: Pfn,
         level: Level,
         pending: &mut Option<Pending>,
@@ -292,7 +292,7 @@ impl Mm {
     pub(super) fn update_entry_bounded<M: PhysMem>(
         &mut self,
         mem: &mut M,
-        dom: DomainId,
+        dom: DomId,
         table: Pfn,
         index: usize,
         new: u64,
@@ -356,7 +356,7 @@ impl Mm {
     fn link<M: PhysMem>(
         &mut self,
         mem: &mut M,
-        dom: DomainId,
+        dom: DomId,
         c: Pfn,
         budget: &mut Budget,
     ) -> Result<(), MmError> {
@@ -393,7 +393,7 @@ impl Mm {
     pub fn unpin_bounded<M: PhysMem>(
         &mut self,
         mem: &mut M,
-        dom: DomainId,
+        dom: DomId,
         pfn: Pfn,
         pending: &mut Option<Pending>,
         budget: &mut Budget,
@@ -443,7 +443,7 @@ impl Mm {
             return false;
         }
         f.flags |= PARTIAL | OP_REF;
-        f.partial = level.guest_slots() as u16;
+        f.partial = slot16(level.guest_slots());
         true
     }
 
@@ -531,7 +531,7 @@ impl Mm {
                     let (v, child, error, preempted) =
                         self.validate_entries(mem, p.dom, table, level, v, budget);
                     if let Some(f) = self.frame_ref(table) {
-                        f.partial = v as u16;
+                        f.partial = slot16(v);
                     }
                     if let Some(e) = error {
                         // Undo, back to front, then report `e`.
@@ -577,7 +577,7 @@ impl Mm {
                     let (v, child, preempted) =
                         self.release_entries_from(mem, table, level, v, budget);
                     if let Some(f) = self.frame_ref(table) {
-                        f.partial = v as u16;
+                        f.partial = slot16(v);
                     }
                     if preempted {
                         return false;
@@ -598,7 +598,7 @@ impl Mm {
     fn validate_entries<M: PhysMem>(
         &mut self,
         mem: &M,
-        dom: DomainId,
+        dom: DomId,
         table: Pfn,
         level: Level,
         mut v: usize,
@@ -663,7 +663,7 @@ impl Mm {
     #[inline]
     fn validate_one(
         &mut self,
-        dom: DomainId,
+        dom: DomId,
         table: Pfn,
         level: Level,
         value: u64,
@@ -745,7 +745,7 @@ impl Mm {
             return None;
         }
         f.flags |= PARTIAL;
-        f.partial = below.guest_slots() as u16;
+        f.partial = slot16(below.guest_slots());
         Some(t.pfn)
     }
 
@@ -855,4 +855,14 @@ impl Mm {
             }
         }
     }
+}
+
+/// An entry index of a table (at most 512, `Level::guest_slots`) as the
+/// frame's `partial` field. Not guest-controlled, and on the validator's
+/// hot path: a plain conversion, its bound asserted in debug builds.
+#[inline(always)]
+#[allow(clippy::cast_possible_truncation)]
+fn slot16(v: usize) -> u16 {
+    debug_assert!(v <= 512);
+    v as u16
 }

@@ -1,0 +1,130 @@
+//! The event-channel family (`EVT-*`).
+
+use crate::call::{plain, Args, Words};
+use crate::layout::NR_PORTS;
+use crate::Error;
+
+/// Pass as a domain id to mean "the calling domain" (`EVT-1`).
+pub const DOMID_SELF: u64 = 0x7FF0;
+
+/// Virtual interrupts a port can be bound to (`EVT-3`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Virq {
+    /// The one-shot timer armed by `timer_set` fired.
+    Timer = 0,
+}
+
+impl Virq {
+    /// Number of defined virtual interrupts.
+    pub const COUNT: usize = 1;
+
+    /// From the argument register.
+    pub fn from_arg(v: u64) -> Option<Virq> {
+        match v {
+            0 => Some(Virq::Timer),
+            _ => None,
+        }
+    }
+}
+
+/// A port number as the caller passed it: a port that cannot exist (does
+/// not fit 32 bits) is `NotFound`, like any port that is not allocated.
+fn port(w: u64) -> Result<u32, Error> {
+    u32::try_from(w).map_err(|_| Error::NotFound)
+}
+
+plain! {
+    /// `event_alloc_unbound` (`EVT-1`): a port that domain `remote` may
+    /// bind to. The domain is resolved (and refused) against the caller's
+    /// view, so it stays a word here.
+    AllocUnbound {
+        /// The domain allowed to bind, or [`DOMID_SELF`].
+        remote,
+    }
+}
+
+plain! {
+    /// `event_bind_interdomain` (`EVT-2`): binds a fresh local port to
+    /// `remote`'s unbound port `remote_port`.
+    BindInterdomain {
+        /// The peer domain, or [`DOMID_SELF`].
+        remote,
+        /// The peer's unbound port.
+        remote_port,
+    }
+}
+
+/// `event_bind_virq` (`EVT-3`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BindVirq {
+    /// The virtual interrupt.
+    pub virq: Virq,
+}
+
+impl Args for BindVirq {
+    fn encode(&self) -> Words {
+        [self.virq as u64, 0, 0, 0, 0, 0]
+    }
+
+    /// `EVT-3`: an undefined virq is `InvalidArgument`.
+    fn decode(w: Words) -> Result<Self, Error> {
+        let virq = Virq::from_arg(w[0]).ok_or(Error::InvalidArgument)?;
+        Ok(BindVirq { virq })
+    }
+}
+
+/// Defines a call whose only argument is a port of the caller's.
+macro_rules! port_call {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub struct $name {
+            /// One of the caller's ports.
+            pub port: u32,
+        }
+
+        impl Args for $name {
+            fn encode(&self) -> Words {
+                [u64::from(self.port), 0, 0, 0, 0, 0]
+            }
+
+            /// A port number that does not fit 32 bits is `NotFound`.
+            fn decode(w: Words) -> Result<Self, Error> {
+                Ok($name { port: port(w[0])? })
+            }
+        }
+    };
+}
+
+port_call! {
+    /// `event_send` (`EVT-4`): raises the event on the peer of `port`.
+    Send
+}
+
+port_call! {
+    /// `event_close` (`EVT-5`): closes `port`.
+    Close
+}
+
+/// `event_unmask` (`EVT-6`): clears `port`'s mask bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unmask {
+    /// A port number, `1..NR_PORTS`.
+    pub port: u32,
+}
+
+impl Args for Unmask {
+    fn encode(&self) -> Words {
+        [u64::from(self.port), 0, 0, 0, 0, 0]
+    }
+
+    /// `EVT-6`: port 0 or one past the table is `NotFound`.
+    fn decode(w: Words) -> Result<Self, Error> {
+        let p = port(w[0])?;
+        if p == 0 || usize::try_from(p).map_or(true, |p| p >= NR_PORTS) {
+            return Err(Error::NotFound);
+        }
+        Ok(Unmask { port: p })
+    }
+}

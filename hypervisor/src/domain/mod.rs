@@ -1,0 +1,189 @@
+//! Domains: the per-domain state, and tearing a domain down. Building one
+//! is in [`build`]; its shared-info page, the one accessor the hypervisor
+//! has for it, in [`shared`].
+
+mod build;
+mod shared;
+
+pub use build::build;
+pub use shared::SharedPage;
+
+use crate::arch::cpu::{Selectors, USER_CS, USER_SS};
+use crate::arch::fpu::FpuState;
+use crate::arch::traps::TrapFrame;
+use crate::mem::{self, pte};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use hypercall_abi::layout::{
+    NamedChannel, SharedInfo, StartFlags, StartInfo, TimeInfo, MAX_NAMED_CHANNELS, PORT_WORDS,
+    RFLAGS_IF, SHARED_INFO_VA, START_INFO_MAGIC, WINDOW_BASE,
+};
+use tahoma_core::bootpack::{DomainFlags, DomainRecord, NAME_LEN};
+use tahoma_core::event::DomId;
+use tahoma_core::loader::{self, ImageError};
+use tahoma_core::mm::{
+    AddressSpace, Budget, Level, Mm, MmError, Owner, Pending, Progress, Teardown,
+};
+use zerocopy::IntoBytes;
+
+/// Default time slice in milliseconds (weight 0).
+pub const DEFAULT_SLICE_MS: u64 = 10;
+/// Validator steps (entries) in one step of a teardown (SCHED-4).
+const RELEASE_STEPS: u64 = 4096;
+/// Frames scrubbed and freed in one step of a teardown (each is 4 KiB of
+/// stores, about as long as 512 validator steps).
+const FREE_FRAMES_PER_STEP: usize = 8;
+
+/// Where a domain is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// In the run queue, or running.
+    Runnable,
+    /// Sleeping in `block`.
+    Blocked,
+}
+
+/// Entries registered with `set_callbacks`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Callbacks {
+    /// Event upcall entry (0 = none).
+    pub event: u64,
+    /// Trap entry (0 = none).
+    pub trap: u64,
+    /// Callback stack top.
+    pub stack: u64,
+}
+
+/// A guest domain.
+pub struct Domain {
+    /// Its id (1-based; never reused).
+    pub id: DomId,
+    /// Its name from the manifest.
+    pub name: heapless::String<NAME_LEN>,
+    /// Manifest flags.
+    pub flags: DomainFlags,
+    /// Scheduling state.
+    pub state: RunState,
+    /// Saved registers while not running.
+    pub ctx: TrapFrame,
+    /// Saved x87/MMX/SSE/AVX state while not running (CPU-1); the initial
+    /// state until the domain first runs (CPU-1a).
+    pub fpu: FpuState,
+    /// Saved data-segment selectors while not running (CPU-2); null at start.
+    pub selectors: Selectors,
+    /// Physical address of the root page table (loaded into CR3).
+    pub root: u64,
+    /// Every frame the domain owns: its window (pseudo-physical order),
+    /// then frames taken with `memory_populate`.
+    pub frames: Vec<u64>,
+    /// Most frames the domain may own (MEM-5).
+    pub max_pages: u64,
+    /// The domain's vCPU address space (its loaded root).
+    pub space: AddressSpace,
+    /// The shared-info page.
+    pub shared: SharedPage,
+    /// The frame of the start-info page (written before the domain runs).
+    pub start_info: u64,
+    /// Registered upcall entries.
+    pub callbacks: Callbacks,
+    /// Upcall frames pushed and not yet returned.
+    pub upcall_depth: u32,
+    /// Time slice in TSC ticks.
+    pub slice: u64,
+    /// Console bytes not yet ended by a newline.
+    pub console: tahoma_core::console::LineBuffer,
+    /// The pin or unpin this domain has in progress (MMU-35), restarted by
+    /// its next `mmu_pin`/`mmu_unpin`.
+    pub mm_pending: Option<Pending>,
+    /// Frames of `frames` already given back by a teardown in progress.
+    pub freed: usize,
+    /// Hypercalls made.
+    pub hypercalls: u64,
+    /// TSC when the hypervisor began building the domain.
+    pub built_at: u64,
+    /// TSC when the domain first ran, if it has.
+    pub first_run_at: Option<u64>,
+}
+
+/// Why a domain could not be built (MEM-2b).
+#[derive(Debug)]
+pub enum BuildError {
+    /// The image or the window size was refused (MEM-2b, MEM-2c).
+    Image(ImageError),
+    /// Not enough free frames.
+    NoMemory,
+    /// The validator refused the initial page tables (a hypervisor bug).
+    Tables(MmError),
+}
+
+impl core::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BuildError::Image(e) => write!(f, "{e}"),
+            BuildError::NoMemory => write!(f, "not enough free frames"),
+            BuildError::Tables(e) => write!(f, "initial page tables refused: {e:?}"),
+        }
+    }
+}
+
+impl Domain {
+    /// One bounded step of dropping every page-table reference the domain
+    /// holds, then scrubbing and returning every frame it owns (SCHED-3,
+    /// MMU-16, SCHED-4): a few
+    /// thousand page-table entries released, or a few frames scrubbed and
+    /// freed. Returns whether the teardown `t` is complete. The domain must
+    /// not run again, nor its root be loaded in CR3.
+    pub fn release_step(&mut self, mm: &mut Mm, t: &mut Teardown) -> bool {
+        mm.detach(&mut self.space);
+        let mut budget = Budget::new(RELEASE_STEPS);
+        let tables = mm.teardown_frames_bounded(
+            &mut mem::DirectMap,
+            t,
+            &self.frames,
+            &mut self.mm_pending,
+            &mut budget,
+        );
+        if tables == Progress::Preempted {
+            return false;
+        }
+        let end = (self.freed + FREE_FRAMES_PER_STEP).min(self.frames.len());
+        for &f in &self.frames[self.freed..end] {
+            free_owned(mm, self.id, f);
+        }
+        self.freed = end;
+        if self.freed < self.frames.len() {
+            return false;
+        }
+        // The hypervisor's hold on the shared page (MEM-8) ends with the
+        // domain: nothing raises events into it any more.
+        if let Err(e) = mm.release_hold(self.shared.pfn) {
+            mem::inconsistency(
+                self.shared.pfn,
+                format_args!(
+                    "shared page of domain {} not held at teardown: {e:?}",
+                    self.id
+                ),
+            );
+        }
+        free_owned(mm, self.id, self.shared.pfn);
+        self.frames.clear();
+        true
+    }
+
+    /// Whether this domain ends the scenario when it ends.
+    pub fn critical(&self) -> bool {
+        self.flags.contains(DomainFlags::CRITICAL)
+    }
+}
+
+/// Gives one of domain `id`'s frames back to the pool, scrubbed.
+fn free_owned(mm: &mut Mm, id: DomId, f: u64) {
+    if let Err(e) = mm.assign(f, Owner::Free) {
+        mem::inconsistency(
+            f,
+            format_args!("frame of domain {id} still in use at teardown: {e:?}"),
+        );
+        return;
+    }
+    mem::free_frame(f);
+}

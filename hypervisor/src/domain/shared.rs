@@ -1,0 +1,161 @@
+//! A domain's shared-info page (MEM-4): the hypervisor's one accessor for
+//! it. Event bits, the upcall mask and the time record are read and written
+//! here only.
+
+use super::*;
+
+/// A domain's shared-info page: a frame shared with the domain as
+/// `Special` and mapped read-write into the guest. Every access is atomic or
+/// volatile, and no value read from it is trusted (MEM-4).
+///
+/// The hypervisor writes it whenever it raises an event, so it holds a
+/// reference on the frame in the frame table (`Mm::share_special` takes it,
+/// MEM-8) from the build until [`Domain::release_frames`]: the guest can
+/// unmap the page, but never release it, retype it or see it handed to
+/// anyone while this accessor exists (issue 7, finding 1).
+pub struct SharedPage {
+    pub(super) pfn: u64,
+}
+
+impl SharedPage {
+    /// The frame.
+    pub fn pfn(&self) -> u64 {
+        self.pfn
+    }
+
+    fn base(&self) -> *mut SharedInfo {
+        mem::phys_to_virt(self.pfn << 12) as *mut SharedInfo
+    }
+
+    fn word(&self, field: *mut u64) -> &AtomicU64 {
+        let _ = self;
+        // SAFETY: `field` is a `u64` field of this page (callers project it
+        // from `base()`): a live, 8-aligned, direct-mapped frame the
+        // hypervisor holds in the frame table (MEM-8) for as long as this
+        // accessor exists, so the reference cannot dangle; any bit pattern
+        // is a valid u64, and the guest runs on this CPU only while we
+        // don't, so every access through the atomic is race-free.
+        unsafe { AtomicU64::from_ptr(field) }
+    }
+
+    fn byte(&self, field: *mut u8) -> &AtomicU8 {
+        let _ = self;
+        // SAFETY: `field` is a `u8` field of this page (callers project it
+        // from `base()`): a live, direct-mapped frame the hypervisor holds
+        // (MEM-8) while this accessor exists, so the reference cannot
+        // dangle; a byte needs no alignment and any value is a valid u8.
+        unsafe { AtomicU8::from_ptr(field) }
+    }
+
+    fn pending(&self, w: usize) -> &AtomicU64 {
+        // SAFETY: `base()` is the direct-map address of the held frame, so
+        // projecting `pending[w]` stays inside it (`w < PORT_WORDS`, and the
+        // index is bounds-checked); only a raw address is formed.
+        self.word(unsafe { &raw mut (*self.base()).pending[w] })
+    }
+
+    fn mask(&self, w: usize) -> &AtomicU64 {
+        // SAFETY: `base()` is the direct-map address of the held frame, so
+        // projecting `mask[w]` stays inside it (`w < PORT_WORDS`, and the
+        // index is bounds-checked); only a raw address is formed.
+        self.word(unsafe { &raw mut (*self.base()).mask[w] })
+    }
+
+    /// Sets `port`'s pending bit. Returns true when the guest must be
+    /// notified: the bit was clear and the port is not masked (EVT-0).
+    pub fn raise(&self, port: u32) -> bool {
+        let (w, bit) = ((port / 64) as usize, 1u64 << (port % 64));
+        if w >= PORT_WORDS {
+            return false;
+        }
+        let was = self.pending(w).fetch_or(bit, Ordering::SeqCst);
+        if was & bit != 0 || self.mask(w).load(Ordering::SeqCst) & bit != 0 {
+            return false;
+        }
+        self.note_pending_word(w);
+        true
+    }
+
+    fn note_pending_word(&self, w: usize) {
+        // SAFETY: `base()` is the direct-map address of the held frame;
+        // `pending_sel` and `upcall_pending` are fields of it, so both raw
+        // addresses lie inside the page; no reference is formed here.
+        let (sel, up) = unsafe {
+            (
+                &raw mut (*self.base()).pending_sel,
+                &raw mut (*self.base()).upcall_pending,
+            )
+        };
+        self.word(sel).fetch_or(1 << w, Ordering::SeqCst);
+        self.byte(up).store(1, Ordering::SeqCst);
+    }
+
+    /// Clears `port`'s mask bit; returns true when it is pending (EVT-6).
+    pub fn unmask(&self, port: u32) -> bool {
+        let (w, bit) = ((port / 64) as usize, 1u64 << (port % 64));
+        if w >= PORT_WORDS {
+            return false;
+        }
+        self.mask(w).fetch_and(!bit, Ordering::SeqCst);
+        if self.pending(w).load(Ordering::SeqCst) & bit != 0 {
+            self.note_pending_word(w);
+            return true;
+        }
+        false
+    }
+
+    /// Clears `port`'s pending bit (on close).
+    pub fn clear(&self, port: u32) {
+        let (w, bit) = ((port / 64) as usize, 1u64 << (port % 64));
+        if w < PORT_WORDS {
+            self.pending(w).fetch_and(!bit, Ordering::SeqCst);
+        }
+    }
+
+    /// Clears `port`'s pending and mask bits (a freshly allocated port, EVT-1).
+    pub fn reset_port(&self, port: u32) {
+        self.clear(port);
+        let (w, bit) = ((port / 64) as usize, 1u64 << (port % 64));
+        if w < PORT_WORDS {
+            self.mask(w).fetch_and(!bit, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether any port is pending and not masked.
+    pub fn any_unmasked_pending(&self) -> bool {
+        (0..PORT_WORDS).any(|w| {
+            self.pending(w).load(Ordering::SeqCst) & !self.mask(w).load(Ordering::SeqCst) != 0
+        })
+    }
+
+    /// `upcall_mask` (the guest's virtual interrupt flag; set = disabled).
+    pub fn upcall_masked(&self) -> bool {
+        // SAFETY: `base()` is the direct-map address of the held frame;
+        // `upcall_mask` is a field of it, so the raw address lies inside.
+        self.byte(unsafe { &raw mut (*self.base()).upcall_mask })
+            .load(Ordering::SeqCst)
+            != 0
+    }
+
+    /// Sets or clears `upcall_mask`.
+    pub fn set_upcall_mask(&self, masked: bool) {
+        // SAFETY: `base()` is the direct-map address of the held frame;
+        // `upcall_mask` is a field of it, so the raw address lies inside.
+        self.byte(unsafe { &raw mut (*self.base()).upcall_mask })
+            .store(u8::from(masked), Ordering::SeqCst);
+    }
+
+    /// `upcall_pending`.
+    pub fn upcall_pending(&self) -> bool {
+        // SAFETY: `base()` is the direct-map address of the held frame;
+        // `upcall_pending` is a field of it, so the raw address lies inside.
+        self.byte(unsafe { &raw mut (*self.base()).upcall_pending })
+            .load(Ordering::SeqCst)
+            != 0
+    }
+
+    pub(super) fn write_time(&self, t: &TimeInfo) {
+        let off = core::mem::offset_of!(SharedInfo, time) as u64;
+        mem::copy_to_phys((self.pfn << 12) + off, t.as_bytes());
+    }
+}

@@ -1,0 +1,381 @@
+//! Domain lifecycle: building the boot pack's domains and starting the run,
+//! destroying a domain, reaping its memory, the end of the run and its audit.
+
+use super::*;
+
+/// Creates the boot pack's domains and runs them. Never returns: the run
+/// ends when the scenario's critical domains have ended (SCHED-3b).
+pub fn start(pack: &Pack<'_>) -> ! {
+    let mut mm = match Mm::new(&MmConfig {
+        frames: mem::frame_limit(),
+        max_phys_bits: mem::max_phys_bits(),
+        hypervisor_slots: mem::hypervisor_slots(),
+    }) {
+        Ok(mm) => mm,
+        Err(e) => panic!("frame table: {e:?}"),
+    };
+    // Every frame the allocator does not hold is the hypervisor's (its
+    // image, its tables, firmware areas); free frames are nobody's.
+    for pfn in 0..mm.frame_count() {
+        if !mem::is_free_frame(pfn) {
+            let _ = mm.assign(pfn, Owner::Hypervisor);
+        }
+    }
+    report!(
+        "frame-table",
+        "frames={} max_phys_bits={}",
+        mm.frame_count(),
+        mem::max_phys_bits()
+    );
+    let mut hv = Hv {
+        domains: Domains {
+            slots: alloc::vec![None],
+            dying: VecDeque::new(),
+            live: 0,
+            critical_left: 0,
+            critical_total: 0,
+        },
+        memory: Memory {
+            mm,
+            loaded_root: mem::kernel_pml4() << 12,
+            baseline_free: mem::free_frames(),
+        },
+        sched: Scheduler {
+            current: None,
+            runq: RunQueue::new(),
+            deadlines: Deadlines::new(),
+            slice_end: 0,
+            armed: u64::MAX,
+            timer_dirty: true,
+            cpu_state_of: None,
+        },
+        channels: Channels::new(),
+        failed: false,
+    };
+    for (i, rec) in pack.domains().enumerate() {
+        let id = (i + 1) as DomId;
+        let name = bootpack::name_str(&rec.name);
+        let image = pack.blob(rec.image_blob).unwrap_or(&[]);
+        let cmdline = if rec.cmdline_blob == bootpack::NO_BLOB {
+            &[][..]
+        } else {
+            pack.blob(rec.cmdline_blob).unwrap_or(&[])
+        };
+        hv.domains.slots.push(None);
+        match domain::build(id, &rec, image, cmdline, &mut hv.memory.mm) {
+            Ok(d) => {
+                report!(
+                    "domain-start",
+                    "id={} name={} pages={} critical={} fpu_bytes={}",
+                    id,
+                    Quoted(name),
+                    d.frames.len(),
+                    u8::from(d.critical()),
+                    d.fpu.bytes()
+                );
+                if d.critical() {
+                    hv.domains.critical_left += 1;
+                    hv.domains.critical_total += 1;
+                }
+                hv.channels.add_domain(id);
+                hv.sched.deadlines.add_domain(id);
+                hv.sched.runq.push(id);
+                hv.domains.live += 1;
+                hv.domains.slots[usize::from(id)] = Some(Box::new(d));
+            }
+            Err(e) => {
+                let mut msg = heapless::String::<96>::new();
+                let _ = core::fmt::write(&mut msg, format_args!("{e}"));
+                report!(
+                    "domain-error",
+                    "id={} name={} error={}",
+                    id,
+                    Quoted(name),
+                    Quoted(&msg)
+                );
+                log::error!("domain {name:?} not started: {e}; fix its manifest entry or image");
+                hv.failed = true;
+            }
+        }
+    }
+    // Named channels (EVT-7): both ends exist before either runs.
+    if !crate::named::wire(pack, &mut hv.channels, &hv.domains.slots) {
+        hv.failed = true;
+    }
+    if crate::testopt::leak_frame() {
+        // Deliberately lost: taken from the pool, owned by nobody, never
+        // returned. The end-of-run audit must fail the run.
+        let leaked = mem::alloc_zeroed_frame().unwrap_or(0);
+        report!("testopt", "leak-frame pfn={:#x}", leaked);
+    }
+    report!(
+        "domains",
+        "started={} free_frames={}",
+        hv.domains.live,
+        mem::free_frames()
+    );
+    let mut frame = TrapFrame::default();
+    hv.run_next(&mut frame);
+    hv.leave(&mut frame);
+    *HV.lock() = Some(hv);
+    arch::enter_guest(&frame)
+}
+
+impl Hv {
+    /// Destroys domain `id`: closes its ports, scrubs and frees its frames,
+    /// reports how it ended.
+    pub(crate) fn destroy(&mut self, id: DomId, exit: Exit) {
+        let Some(mut d) = self
+            .domains
+            .slots
+            .get_mut(usize::from(id))
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        d.console
+            .flush(|line| crate::hypercall::console::print_line(&d.name, line));
+        self.sched.runq.remove(id);
+        self.sched.deadlines.remove_domain(id);
+        self.channels.remove_domain(id);
+        if self.sched.current == Some(id) {
+            self.sched.current = None;
+            note_current(0);
+        }
+        if self.memory.loaded_root == d.root {
+            // SAFETY: the hypervisor's own PML4 maps everything ring 0 needs.
+            unsafe { arch::load_root(mem::kernel_pml4() << 12) };
+            self.memory.loaded_root = mem::kernel_pml4() << 12;
+        }
+        self.domains.live -= 1;
+        let name = Quoted(&d.name);
+        let ok = match exit {
+            Exit::Shutdown(reason, code) => {
+                report!(
+                    "domain-exit",
+                    "id={} name={} reason={} code={} hypercalls={}",
+                    id,
+                    name,
+                    reason.name(),
+                    code as i64,
+                    d.hypercalls
+                );
+                reason == ShutdownReason::Poweroff && code == 0
+            }
+            Exit::Fault {
+                vector,
+                error,
+                rip,
+                cr2,
+                why,
+            } => {
+                report!(
+                    "domain-fault",
+                    "id={} name={} kind=exception vector={} exception={} error={:#x} rip={:#x} cr2={:#x} reason={}",
+                    id,
+                    name,
+                    vector,
+                    vector_name(vector),
+                    error,
+                    rip,
+                    cr2,
+                    Quoted(why)
+                );
+                log::warn!(
+                    "domain {} ({}) destroyed: {} at rip {:#x} ({}); other domains continue",
+                    d.name,
+                    d.id,
+                    vector_name(vector),
+                    rip,
+                    why
+                );
+                false
+            }
+            Exit::Killed { kind, rip, why } => {
+                report!(
+                    "domain-fault",
+                    "id={} name={} kind={} rip={:#x} reason={}",
+                    id,
+                    name,
+                    kind,
+                    rip,
+                    Quoted(why)
+                );
+                log::warn!(
+                    "domain {} ({}) destroyed: {} at rip {:#x} ({}); other domains continue",
+                    d.name,
+                    d.id,
+                    kind,
+                    rip,
+                    why
+                );
+                false
+            }
+            Exit::ScenarioEnd => {
+                report!(
+                    "domain-exit",
+                    "id={} name={} reason=scenario-end code=0 hypercalls={}",
+                    id,
+                    name,
+                    d.hypercalls
+                );
+                true
+            }
+        };
+        if d.critical() {
+            self.domains.critical_left = self.domains.critical_left.saturating_sub(1);
+            if !ok {
+                self.failed = true;
+            }
+        }
+        // Its memory is released in bounded turns at scheduling points
+        // (SCHED-4), so a large domain's death stalls nobody.
+        let teardown = Teardown::new(id);
+        self.domains
+            .dying
+            .push_back((d, teardown, time::now_tsc(), 0));
+    }
+
+    /// Releases dying domains' memory until TSC `until` or until none is
+    /// left (SCHED-4); each step is bounded, so this overruns `until` by
+    /// one step at most.
+    pub(crate) fn reap(&mut self, until: u64) {
+        while let Some((mut d, mut t, since, mut busy)) = self.domains.dying.pop_front() {
+            let start = time::now_tsc();
+            loop {
+                if d.release_step(&mut self.memory.mm, &mut t) {
+                    let now = time::now_tsc();
+                    report!(
+                        "domain-released",
+                        "id={} name={} unpinned={} ticks={} busy_ticks={}",
+                        d.id,
+                        Quoted(&d.name),
+                        t.unpinned(),
+                        now.saturating_sub(since),
+                        busy + now.saturating_sub(start)
+                    );
+                    break;
+                }
+                let now = time::now_tsc();
+                if now >= until {
+                    busy += now.saturating_sub(start);
+                    self.domains.dying.push_front((d, t, since, busy));
+                    self.flush_if_requested();
+                    return;
+                }
+            }
+        }
+        self.flush_if_requested();
+    }
+
+    /// Ends the run: destroys what is left, audits the frames, exits.
+    pub(crate) fn finish(&mut self) -> ! {
+        for id in 0..self.domains.slots.len() {
+            if self.domains.slots[id].is_some() {
+                self.destroy(id as DomId, Exit::ScenarioEnd);
+            }
+        }
+        self.reap(u64::MAX);
+        if !self.audit() {
+            self.failed = true;
+        }
+        if self.failed {
+            report!("exit", "status=failure");
+            arch::exit_qemu(arch::EXIT_FAILURE)
+        }
+        report!("exit", "status=success");
+        arch::exit_qemu(arch::EXIT_SUCCESS)
+    }
+    /// The end-of-run frame audit (issue 7, finding 9): with every domain
+    /// destroyed, every frame it took must be back in the pool. Checks
+    /// (1) the free count against the baseline taken before the first
+    /// domain was built; (2) the frame table against the allocator, frame
+    /// by frame: nobody's frames are free, the hypervisor's are not, no
+    /// domain owns anything; (3) `tahoma_core::mm::audit` over the frame
+    /// table and page-table contents, with the hypervisor's holds (none
+    /// are left once every domain is gone); (4) no internal inconsistency
+    /// was reported during the run. Reports `@ audit ... status=ok|failed`
+    /// (with the TSC ticks it took) and one `@ audit-error` per problem (the
+    /// first 8); returns whether all held.
+    pub(crate) fn audit(&mut self) -> bool {
+        let started = time::now_tsc();
+        let free = mem::free_frames();
+        let mut errors = 0u64;
+        let mut error = |pfn: u64, what: core::fmt::Arguments<'_>| {
+            errors += 1;
+            if errors <= 8 {
+                let mut msg = heapless::String::<160>::new();
+                let _ = core::fmt::write(&mut msg, what);
+                report!("audit-error", "pfn={:#x} what={}", pfn, Quoted(&msg));
+                log::error!("frame audit: frame {pfn:#x}: {msg}");
+            }
+        };
+        if free != self.memory.baseline_free {
+            error(
+                0,
+                format_args!(
+                    "{} frames free at the end, {} before the first domain: {} not returned",
+                    free,
+                    self.memory.baseline_free,
+                    self.memory.baseline_free.abs_diff(free)
+                ),
+            );
+        }
+        for pfn in 0..self.memory.mm.frame_count() {
+            let Some(f) = self.memory.mm.frame(pfn) else {
+                break;
+            };
+            let pooled = mem::is_free_frame(pfn);
+            match f.owner() {
+                Owner::Free if !pooled => error(
+                    pfn,
+                    format_args!("owned by nobody but not in the free pool: leaked"),
+                ),
+                Owner::Hypervisor if pooled => error(
+                    pfn,
+                    format_args!("the hypervisor's frame is in the free pool"),
+                ),
+                Owner::Domain(d) => error(
+                    pfn,
+                    format_args!("still owned by domain {d} after every domain ended"),
+                ),
+                _ => {}
+            }
+        }
+        let holds: Vec<u64> = self
+            .domains
+            .slots
+            .iter()
+            .flatten()
+            .map(|d| d.shared.pfn())
+            .collect();
+        if let Err(e) =
+            tahoma_core::mm::audit::audit_holds(&self.memory.mm, &mem::DirectMap, &holds)
+        {
+            error(e.pfn, format_args!("frame table: {}", e.what));
+        }
+        let inconsistencies = mem::inconsistencies();
+        if inconsistencies > 0 {
+            error(
+                0,
+                format_args!("{inconsistencies} internal inconsistencies reported during the run"),
+            );
+        }
+        report!(
+            "audit",
+            "free_frames={} baseline={} frames={} errors={} status={} ticks={}",
+            free,
+            self.memory.baseline_free,
+            self.memory.mm.frame_count(),
+            errors,
+            if errors == 0 { "ok" } else { "failed" },
+            time::now_tsc().saturating_sub(started)
+        );
+        if errors > 0 {
+            log::error!(
+                "frame audit failed with {errors} error(s) (see `@ audit-error`): a hypervisor bug; the run fails"
+            );
+        }
+        errors == 0
+    }
+}

@@ -1,0 +1,150 @@
+//! Scheduling points: firing deadlines, switching away from and to a
+//! domain, and the one way back to a guest ([`Hv::leave`]).
+
+use super::*;
+
+impl Hv {
+    pub(crate) fn fire_deadlines(&mut self, now: u64) {
+        while let Some((id, kind)) = self.sched.deadlines.pop_expired(now) {
+            self.sched.timer_dirty = true;
+            match kind {
+                TimerKind::Block => self.wake(id, BlockResult::Deadline),
+                TimerKind::OneShot => {
+                    if let Some(t) = self.channels.virq_target(id, Virq::Timer) {
+                        self.raise(t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Saves the running domain (re-queueing it if `requeue`) and loads the
+    /// next one into `frame`.
+    pub(crate) fn switch_away(&mut self, frame: &mut TrapFrame, requeue: bool) {
+        if let Some(cur) = self.sched.current.take() {
+            note_current(0);
+            if let Some(d) = self.dom(cur) {
+                d.ctx = *frame;
+                // The CPU keeps holding this state (cpu_state_of) until
+                // another domain's is loaded.
+                d.fpu.save();
+                d.selectors = arch::cpu::Selectors::read();
+            }
+            if requeue {
+                self.sched.runq.push(cur);
+            }
+        }
+        self.run_next(frame);
+    }
+
+    /// Loads the next runnable domain into `frame`, idling (halting the CPU)
+    /// while none is runnable. Ends the run when no domain is left.
+    pub(crate) fn run_next(&mut self, frame: &mut TrapFrame) {
+        loop {
+            if self.domains.live == 0
+                || (self.domains.critical_total > 0 && self.domains.critical_left == 0)
+            {
+                self.finish();
+            }
+            if !self.domains.dying.is_empty() {
+                self.reap(time::now_tsc() + time::ms_to_ticks(REAP_QUANTUM_MS));
+            }
+            let now = time::now_tsc();
+            self.fire_deadlines(now);
+            while let Some(id) = self.sched.runq.pop() {
+                let reload = self.sched.cpu_state_of != Some(id);
+                let Some(d) = self.dom(id) else { continue };
+                *frame = d.ctx;
+                if reload {
+                    // Never the previous domain's state (CPU-1, CPU-1a, CPU-2).
+                    d.fpu.restore();
+                    d.selectors.load();
+                }
+                let (root, slice) = (d.root, d.slice);
+                if root != self.memory.loaded_root {
+                    // SAFETY: `root` is a complete PML4 built for this domain
+                    // whose upper half is the hypervisor's, so the running
+                    // code, stack and data stay mapped.
+                    unsafe { arch::load_root(root) };
+                    self.memory.loaded_root = root;
+                    self.memory.mm.note_tlb_flushed();
+                }
+                if let Some(d) = self.dom(id) {
+                    d.first_run_at.get_or_insert(now);
+                }
+                self.sched.current = Some(id);
+                note_current(id);
+                self.sched.cpu_state_of = Some(id);
+                self.sched.slice_end = now + slice;
+                self.sched.timer_dirty = true;
+                return;
+            }
+            if !self.domains.dying.is_empty() {
+                // Nothing runnable: the CPU is the teardown's.
+                continue;
+            }
+            let next = self.sched.deadlines.next();
+            match next {
+                Some(at) => time::arm_at(at),
+                None => arch::lapic::arm(0),
+            }
+            self.sched.armed = u64::MAX;
+            self.sched.timer_dirty = true;
+            if next.is_none() {
+                log::warn!("every domain is blocked with no deadline; waiting for an event that cannot come");
+                self.failed = true;
+                self.finish();
+            }
+            arch::idle();
+        }
+    }
+
+    /// Before returning to the current domain: deliver a pending event
+    /// upcall (TRAP-0a) and arm the timer for the next slice end or deadline.
+    pub(crate) fn leave(&mut self, frame: &mut TrapFrame) {
+        self.flush_if_requested();
+        loop {
+            let Some(cur) = self.sched.current else {
+                return;
+            };
+            let Some(d) = self.dom(cur) else { return };
+            // At the nesting limit the event waits for a return (TRAP-6).
+            let wants_upcall = d.callbacks.event != 0
+                && d.upcall_depth < MAX_UPCALL_DEPTH
+                && !d.shared.upcall_masked()
+                && d.shared.upcall_pending();
+            if !wants_upcall {
+                break;
+            }
+            match self.push_upcall(cur, frame, UpcallKind::Event, 0, 0, 0) {
+                Ok(()) => {
+                    if let Some(d) = self.dom(cur) {
+                        d.shared.set_upcall_mask(true);
+                    }
+                    break;
+                }
+                Err(why) => {
+                    // Not an exception (TRAP-7): say what failed.
+                    let exit = Exit::Killed {
+                        kind: "event-upcall",
+                        rip: frame.rip,
+                        why,
+                    };
+                    self.destroy(cur, exit);
+                    self.run_next(frame);
+                }
+            }
+        }
+        // Re-arm only when a deadline or the slice changed since the last
+        // exit: the common hypercall changes neither.
+        if self.sched.timer_dirty {
+            self.sched.timer_dirty = false;
+            let deadline = self.sched.deadlines.next();
+            let at = deadline.map_or(self.sched.slice_end, |d| d.min(self.sched.slice_end));
+            if at != self.sched.armed {
+                time::arm_at(at);
+                self.sched.armed = at;
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The trap and upcall family (`TRAP-*`).
+#![forbid(unsafe_code)]
+
+use crate::arch::cpu::{USER_CS, USER_SS};
+use crate::arch::traps::TrapFrame;
+use crate::domain;
+use crate::guestmem;
+use crate::hv::Hv;
+use crate::hypercall::Outcome;
+use hypercall_abi::layout::{UpcallFrame, UpcallKind, GUEST_VA_TOP, RFLAGS_GUEST_MASK, RFLAGS_IF};
+use hypercall_abi::{self as abi, Error};
+use tahoma_core::event::DomId;
+
+/// TRAP-1: the addresses were checked by the decode.
+pub(crate) fn set_callbacks(
+    hv: &mut Hv,
+    cur: DomId,
+    a: abi::trap::SetCallbacks,
+) -> Result<u64, Error> {
+    let abi::trap::SetCallbacks { event, trap, stack } = a;
+    let d = hv.dom(cur).ok_or(Error::NotFound)?;
+    d.callbacks = domain::Callbacks { event, trap, stack };
+    Ok(0)
+}
+
+pub(crate) fn upcall_return(
+    hv: &mut Hv,
+    cur: DomId,
+    a: abi::trap::UpcallReturn,
+    frame: &mut TrapFrame,
+) -> Outcome {
+    match restore(hv, cur, a.frame, frame) {
+        Ok(()) => Outcome::Replaced,
+        Err(e) => Outcome::Return(Err(e)),
+    }
+}
+
+/// Replaces `frame` with the saved frame at `ptr`, checked (TRAP-2).
+fn restore(hv: &mut Hv, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(), Error> {
+    if hv.dom(cur).ok_or(Error::NotFound)?.upcall_depth == 0 {
+        return Err(Error::WrongState);
+    }
+    let uf: UpcallFrame = guestmem::read(&hv.space(cur)?, ptr)?;
+    let d = hv.dom(cur).ok_or(Error::NotFound)?;
+    let kind = match uf.kind {
+        0 => UpcallKind::Event,
+        1 => UpcallKind::Trap,
+        _ => return Err(Error::InvalidArgument),
+    };
+    if uf.rip >= GUEST_VA_TOP || uf.rsp >= GUEST_VA_TOP {
+        return Err(Error::InvalidArgument);
+    }
+    *frame = TrapFrame {
+        r15: uf.r15,
+        r14: uf.r14,
+        r13: uf.r13,
+        r12: uf.r12,
+        r11: uf.r11,
+        r10: uf.r10,
+        r9: uf.r9,
+        r8: uf.r8,
+        rbp: uf.rbp,
+        rdi: uf.rdi,
+        rsi: uf.rsi,
+        rdx: uf.rdx,
+        rcx: uf.rcx,
+        rbx: uf.rbx,
+        rax: uf.rax,
+        vector: 0,
+        error_code: 0,
+        rip: uf.rip,
+        cs: u64::from(USER_CS),
+        rflags: (uf.rflags & RFLAGS_GUEST_MASK) | RFLAGS_IF | 0x2,
+        rsp: uf.rsp,
+        ss: u64::from(USER_SS),
+    };
+    d.upcall_depth -= 1;
+    if kind == UpcallKind::Event {
+        d.shared.set_upcall_mask(false);
+    }
+    Ok(())
+}
