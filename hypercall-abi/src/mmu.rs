@@ -72,11 +72,13 @@ pub const FRAME_HELD: u32 = 1 << 2;
 /// that was preempted (`MMU-36`); only some of its entries hold references.
 pub const FRAME_PARTIAL: u32 = 1 << 3;
 
-/// A frame's type (`MMU-1`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A frame's type (`MMU-1`): the one frame-type enum of the ABI, the
+/// frame table and the hypervisor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[repr(u32)]
 pub enum FrameType {
     /// No constraining use.
+    #[default]
     None = 0,
     /// Level-1 table.
     L1 = 1,

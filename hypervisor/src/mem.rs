@@ -78,16 +78,16 @@ pub fn phys_slice(pa: u64, len: u64) -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(phys_to_virt(pa) as *const u8, len as usize) }
 }
 
-/// The 512 entries of the page-table frame `pfn`, through the direct map.
-pub fn table_mut(pfn: u64) -> &'static mut [u64; 512] {
+/// The 512 entries of the page-table frame `mfn`, through the direct map.
+pub fn table_mut(mfn: u64) -> &'static mut [u64; 512] {
     assert!(
-        (pfn + 1) << 12 <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed),
-        "frame {pfn:#x} not direct-mapped"
+        (mfn + 1) << 12 <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed),
+        "frame {mfn:#x} not direct-mapped"
     );
     // SAFETY: the frame is direct-mapped (checked), 4 KiB aligned, and owned by
     // the caller as a page table; the hypervisor runs on one CPU with no
     // concurrent writer of the same table.
-    unsafe { &mut *(phys_to_virt(pfn << 12) as *mut [u64; 512]) }
+    unsafe { &mut *(phys_to_virt(mfn << 12) as *mut [u64; 512]) }
 }
 
 /// Takes a zeroed frame from the allocator.
@@ -97,14 +97,14 @@ pub fn table_mut(pfn: u64) -> &'static mut [u64; 512] {
 /// all [`POISON`] (never handed out since boot); anything else is an
 /// internal inconsistency that fails the run.
 pub fn alloc_zeroed_frame() -> Option<u64> {
-    let pfn = FRAMES.lock().as_mut()?.alloc()?;
-    let t = table_mut(pfn);
+    let mfn = FRAMES.lock().as_mut()?.alloc()?;
+    let t = table_mut(mfn);
     if POISONED.load(Ordering::Relaxed)
         && !(t.iter().all(|&w| w == 0) || t.iter().all(|&w| w == POISON))
     {
         let i = t.iter().position(|&w| w != 0 && w != POISON).unwrap_or(0);
         inconsistency(
-            pfn,
+            mfn,
             format_args!(
                 "free frame handed out unscrubbed: word {i} is {:#x} (neither 0 nor the boot pattern)",
                 t[i]
@@ -112,7 +112,7 @@ pub fn alloc_zeroed_frame() -> Option<u64> {
         );
     }
     t.fill(0);
-    Some(pfn)
+    Some(mfn)
 }
 
 /// The pattern `testopt=poison-free` fills free memory with at boot: a
@@ -129,9 +129,9 @@ static POISONED: AtomicBool = AtomicBool::new(false);
 pub fn poison_free_frames() -> u64 {
     let limit = frame_limit();
     let mut n = 0;
-    for pfn in 0..limit {
-        if is_free_frame(pfn) {
-            table_mut(pfn).fill(POISON);
+    for mfn in 0..limit {
+        if is_free_frame(mfn) {
+            table_mut(mfn).fill(POISON);
             n += 1;
         }
     }
@@ -146,18 +146,18 @@ static INCONSISTENCIES: AtomicU64 = AtomicU64::new(0);
 /// `log::error!`) and marks the run failed: the end of the run exits with
 /// a failure status. For states that are hypervisor bugs, never for guest
 /// errors (those get an error code).
-pub fn inconsistency(pfn: u64, what: core::fmt::Arguments<'_>) {
+pub fn inconsistency(mfn: u64, what: core::fmt::Arguments<'_>) {
     INCONSISTENCIES.fetch_add(1, Ordering::Relaxed);
     let mut msg = heapless::String::<160>::new();
     let _ = core::fmt::write(&mut msg, what);
     crate::report!(
         "inconsistency",
-        "pfn={:#x} what={}",
-        pfn,
+        "mfn={:#x} what={}",
+        mfn,
         crate::console::Quoted(&msg)
     );
     log::error!(
-        "internal inconsistency at frame {pfn:#x}: {msg}; this is a hypervisor bug, the run will fail: keep this log for the bug report"
+        "internal inconsistency at frame {mfn:#x}: {msg}; this is a hypervisor bug, the run will fail: keep this log for the bug report"
     );
 }
 
@@ -345,17 +345,17 @@ pub fn copy_to_phys(pa: u64, data: &[u8]) {
     }
 }
 
-/// Zeroes frame `pfn` (scrubbing before reuse).
-pub fn scrub(pfn: u64) {
-    table_mut(pfn).fill(0);
+/// Zeroes frame `mfn` (scrubbing before reuse).
+pub fn scrub(mfn: u64) {
+    table_mut(mfn).fill(0);
 }
 
-/// Returns frame `pfn` to the allocator after scrubbing it.
-pub fn free_frame(pfn: u64) {
-    scrub(pfn);
+/// Returns frame `mfn` to the allocator after scrubbing it.
+pub fn free_frame(mfn: u64) {
+    scrub(mfn);
     if let Some(a) = FRAMES.lock().as_mut() {
-        if let Err(e) = a.free(pfn) {
-            inconsistency(pfn, format_args!("freeing the frame: {e:?}"));
+        if let Err(e) = a.free(mfn) {
+            inconsistency(mfn, format_args!("freeing the frame: {e:?}"));
         }
     }
 }
@@ -370,12 +370,12 @@ pub fn free_frames() -> u64 {
 pub struct DirectMap;
 
 impl tahoma_core::mm::PhysMem for DirectMap {
-    fn read_entry(&self, pfn: u64, index: usize) -> u64 {
-        read_phys_u64((pfn << 12) + (index as u64) * 8).unwrap_or(0)
+    fn read_entry(&self, mfn: u64, index: usize) -> u64 {
+        read_phys_u64((mfn << 12) + (index as u64) * 8).unwrap_or(0)
     }
 
-    fn write_entry(&mut self, pfn: u64, index: usize, value: u64) {
-        let pa = (pfn << 12) + (index as u64) * 8;
+    fn write_entry(&mut self, mfn: u64, index: usize, value: u64) {
+        let pa = (mfn << 12) + (index as u64) * 8;
         assert!(index < 512 && pa + 8 <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed));
         // SAFETY: inside the direct map (checked), 8-aligned; the validator
         // writes only entries of frames it has typed as page tables.
@@ -401,7 +401,7 @@ pub fn frame_limit() -> u64 {
     FRAMES.lock().as_ref().map_or(0, |a| a.frame_limit())
 }
 
-/// Whether the allocator holds `pfn` as free.
-pub fn is_free_frame(pfn: u64) -> bool {
-    FRAMES.lock().as_ref().is_some_and(|a| a.is_free(pfn))
+/// Whether the allocator holds `mfn` as free.
+pub fn is_free_frame(mfn: u64) -> bool {
+    FRAMES.lock().as_ref().is_some_and(|a| a.is_free(mfn))
 }

@@ -215,8 +215,8 @@ fn leaked_frame_fails_the_run_with_an_audit_report(m: &dyn Machine) -> Result<()
         .facts
         .of_kind("testopt")
         .find(|f| f.has_word("leak-frame"))
-        .ok_or("no `@ testopt leak-frame pfn=...`: the option was not applied")?;
-    let pfn = leak.number("pfn")?;
+        .ok_or("no `@ testopt leak-frame mfn=...`: the option was not applied")?;
+    let mfn = leak.number("mfn")?;
     let hello = out.facts.one("domain-exit")?;
     ensure!(
         hello.get("reason") == Some("poweroff") && hello.get("code") == Some("0"),
@@ -234,9 +234,9 @@ fn leaked_frame_fails_the_run_with_an_audit_report(m: &dyn Machine) -> Result<()
     ensure!(
         out.facts
             .of_kind("audit-error")
-            .any(|e| e.number("pfn").ok() == Some(pfn)
+            .any(|e| e.number("mfn").ok() == Some(mfn)
                 && e.get("what").is_some_and(|w| w.contains("leaked"))),
-        "no `@ audit-error pfn={pfn:#x} what=\"...leaked\"` naming the lost frame"
+        "no `@ audit-error mfn={mfn:#x} what=\"...leaked\"` naming the lost frame"
     );
     let exit = out.facts.one("exit")?;
     ensure!(
@@ -484,10 +484,10 @@ Tahoma 0.1
 
     const LEAK: &str = "\
 @ boot abi=1 cmdline=\"testopt=leak-frame\"
-@ testopt leak-frame pfn=0x128f
+@ testopt leak-frame mfn=0x128f
 @ domain-exit id=1 name=\"hello\" reason=poweroff code=0 hypercalls=5
-@ audit-error pfn=0x0 what=\"126188 frames free at the end, 126189 before the first domain: 1 not returned\"
-@ audit-error pfn=0x128f what=\"owned by nobody but not in the free pool: leaked\"
+@ audit-error mfn=0x0 what=\"126188 frames free at the end, 126189 before the first domain: 1 not returned\"
+@ audit-error mfn=0x128f what=\"owned by nobody but not in the free pool: leaked\"
 @ audit free_frames=126188 baseline=126189 frames=130685 errors=2 status=failed
 @ exit status=failure
 ";
@@ -506,8 +506,8 @@ Tahoma 0.1
                 "exactly one frame",
             ),
             (
-                "pfn=0x128f what",
-                "pfn=0x1290 what",
+                "mfn=0x128f what",
+                "mfn=0x1290 what",
                 "naming the lost frame",
             ),
             ("@ testopt", "# testopt", "not applied"),

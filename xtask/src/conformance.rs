@@ -1558,9 +1558,9 @@ mod tests {
         assert!(poisoned(&canned(good, Exit::Success)).fails.is_empty());
         for bad in [
             "",
-            "@ testopt leak-frame pfn=0x1\n",
+            "@ testopt leak-frame mfn=0x1\n",
             "@ testopt poison-free frames=0 pattern=0x1\n",
-            "@ testopt poison-free frames=9 pattern=0x1\n@ inconsistency pfn=0x5 what=\"free frame handed out unscrubbed\"\n",
+            "@ testopt poison-free frames=9 pattern=0x1\n@ inconsistency mfn=0x5 what=\"free frame handed out unscrubbed\"\n",
         ] {
             assert!(!poisoned(&canned(bad, Exit::Success)).fails.is_empty(), "{bad}");
         }

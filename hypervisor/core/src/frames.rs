@@ -10,7 +10,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 /// A physical frame number.
-pub type Pfn = u64;
+pub type Mfn = u64;
 
 /// Why a free was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub enum FreeError {
 /// A bitmap allocator over a set of page-aligned ranges.
 #[derive(Debug)]
 pub struct FrameAllocator {
-    base: Pfn,
+    base: Mfn,
     /// Bit set = frame free.
     free: Vec<u64>,
     /// Bit set = frame belongs to usable RAM.
@@ -49,8 +49,8 @@ impl FrameAllocator {
             hint: 0,
         };
         for r in ranges {
-            for pfn in r.start / PAGE..r.end / PAGE {
-                let (w, b) = a.slot(pfn).expect("range inside bounds");
+            for mfn in r.start / PAGE..r.end / PAGE {
+                let (w, b) = a.slot(mfn).expect("range inside bounds");
                 if a.managed[w] & b == 0 {
                     a.managed[w] |= b;
                     a.free[w] |= b;
@@ -62,14 +62,14 @@ impl FrameAllocator {
         a
     }
 
-    fn slot(&self, pfn: Pfn) -> Option<(usize, u64)> {
-        let i = pfn.checked_sub(self.base)?;
+    fn slot(&self, mfn: Mfn) -> Option<(usize, u64)> {
+        let i = mfn.checked_sub(self.base)?;
         let w = usize::try_from(i / 64).ok()?;
         (w < self.free.len()).then_some((w, 1u64 << (i % 64)))
     }
 
     /// One past the highest frame number the allocator covers.
-    pub fn frame_limit(&self) -> Pfn {
+    pub fn frame_limit(&self) -> Mfn {
         self.base + self.free.len() as u64 * 64
     }
 
@@ -84,7 +84,7 @@ impl FrameAllocator {
     }
 
     /// Takes one free frame, lowest-numbered after the last allocation.
-    pub fn alloc(&mut self) -> Option<Pfn> {
+    pub fn alloc(&mut self) -> Option<Mfn> {
         let n = self.free.len();
         for k in 0..n {
             let w = (self.hint + k) % n;
@@ -102,7 +102,7 @@ impl FrameAllocator {
 
     /// Takes `count` physically contiguous free frames, aligned to `align`
     /// frames (a power of two); returns the first.
-    pub fn alloc_contiguous(&mut self, count: u64, align: u64) -> Option<Pfn> {
+    pub fn alloc_contiguous(&mut self, count: u64, align: u64) -> Option<Mfn> {
         if count == 0 || !align.is_power_of_two() {
             return None;
         }
@@ -124,20 +124,20 @@ impl FrameAllocator {
         None
     }
 
-    /// Whether `pfn` is managed and free.
-    pub fn is_free(&self, pfn: Pfn) -> bool {
-        self.slot(pfn).is_some_and(|(w, b)| self.free[w] & b != 0)
+    /// Whether `mfn` is managed and free.
+    pub fn is_free(&self, mfn: Mfn) -> bool {
+        self.slot(mfn).is_some_and(|(w, b)| self.free[w] & b != 0)
     }
 
-    /// Whether `pfn` belongs to the managed RAM.
-    pub fn is_managed(&self, pfn: Pfn) -> bool {
-        self.slot(pfn)
+    /// Whether `mfn` belongs to the managed RAM.
+    pub fn is_managed(&self, mfn: Mfn) -> bool {
+        self.slot(mfn)
             .is_some_and(|(w, b)| self.managed[w] & b != 0)
     }
 
     /// Returns a frame.
-    pub fn free(&mut self, pfn: Pfn) -> Result<(), FreeError> {
-        let (w, b) = self.slot(pfn).ok_or(FreeError::NotManaged)?;
+    pub fn free(&mut self, mfn: Mfn) -> Result<(), FreeError> {
+        let (w, b) = self.slot(mfn).ok_or(FreeError::NotManaged)?;
         if self.managed[w] & b == 0 {
             return Err(FreeError::NotManaged);
         }

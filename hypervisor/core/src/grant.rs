@@ -39,11 +39,12 @@
 //! Pure logic, bounded ([`MAX_GRANTS_PER_DOMAIN`], [`MAX_MAPPINGS_PER_DOMAIN`],
 //! [`MAX_COPY_BATCH`]), never panics on guest input.
 
+use crate::mm::TableType;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use crate::frames::Pfn;
-use crate::mm::{DomId, Mm, MmError, Owner, PageType};
+use crate::frames::Mfn;
+use crate::mm::{DomId, FrameType, Mm, MmError, Owner};
 use hypercall_abi::Error;
 
 /// Grants one domain may have at once (its table's size).
@@ -76,10 +77,10 @@ pub enum GrantError {
     ReadOnly,
     /// The frame is (or is becoming) a page table: never granted writable,
     /// never mapped through a grant, never a copy destination.
-    TableFrame(Pfn),
+    TableFrame(Mfn),
     /// The frame is not the caller's (or not grantable: a shared `Special`
     /// frame, the hypervisor's, or free).
-    NotOwner(Pfn),
+    NotOwner(Mfn),
     /// Revoke refused: the grant is mapped this many times. Unmap first.
     StillMapped(u32),
     /// The granter's table is full ([`MAX_GRANTS_PER_DOMAIN`]).
@@ -127,7 +128,7 @@ pub struct Grant {
     /// The only domain that may use it.
     pub grantee: DomId,
     /// The granter's frame.
-    pub pfn: Pfn,
+    pub mfn: Mfn,
     /// No writable mapping and no copy into it.
     pub readonly: bool,
     /// Mappings of it that exist now.
@@ -142,7 +143,7 @@ pub struct Mapping {
     /// Which grant.
     pub gref: GrantRef,
     /// The frame (the grant's).
-    pub pfn: Pfn,
+    pub mfn: Mfn,
     /// Mapped writable.
     pub writable: bool,
 }
@@ -161,7 +162,7 @@ pub enum CopyPtr {
     /// A frame of the caller's own.
     Local {
         /// The frame.
-        pfn: Pfn,
+        mfn: Mfn,
         /// Byte offset in it.
         offset: u16,
     },
@@ -191,9 +192,9 @@ pub struct CopyOp {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CopyPlan {
     /// Source frame and offset.
-    pub src: (Pfn, usize),
+    pub src: (Mfn, usize),
     /// Destination frame and offset.
-    pub dst: (Pfn, usize),
+    pub dst: (Mfn, usize),
     /// Bytes.
     pub len: usize,
 }
@@ -202,7 +203,7 @@ pub struct CopyPlan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unmapped {
     /// The frame that was mapped.
-    pub pfn: Pfn,
+    pub mfn: Mfn,
     /// The frame's granter is dying and this was its last reference: the
     /// hypervisor now scrubs it and returns it to the free pool.
     pub free_now: bool,
@@ -218,10 +219,10 @@ pub struct Teardown {
     pub revoked: usize,
     /// Its frames still mapped by others: not freeable until unmapped
     /// (each later [`Unmapped::free_now`] says when).
-    pub still_mapped: Vec<Pfn>,
+    pub still_mapped: Vec<Mfn>,
     /// Other dying domains' frames whose last mapping this teardown
     /// removed: free them now.
-    pub free_now: Vec<Pfn>,
+    pub free_now: Vec<Mfn>,
 }
 
 /// An inconsistency found by [`GrantTables::audit`].
@@ -250,11 +251,11 @@ fn check_range(offset: u16, len: u16) -> Result<(), GrantError> {
 }
 
 /// Whether the frame is, or is on its way to being, a page table.
-fn is_table(mm: &Mm, pfn: Pfn) -> Result<bool, GrantError> {
+fn is_table(mm: &Mm, mfn: Mfn) -> Result<bool, GrantError> {
     let f = mm
-        .frame(pfn)
-        .ok_or(GrantError::Frame(MmError::NoSuchFrame(pfn)))?;
-    Ok(f.page_type().level().is_some() || f.pinned() || f.is_partial() || f.held_by_operation())
+        .frame(mfn)
+        .ok_or(GrantError::Frame(MmError::NoSuchFrame(mfn)))?;
+    Ok(f.frame_type().level().is_some() || f.pinned() || f.is_partial() || f.held_by_operation())
 }
 
 impl GrantTables {
@@ -303,25 +304,25 @@ impl GrantTables {
             .map_or(0, |d| d.grants.iter().flatten().count())
     }
 
-    /// `granter` offers its frame `pfn` to `grantee`.
+    /// `granter` offers its frame `mfn` to `grantee`.
     pub fn grant_access(
         &mut self,
         mm: &Mm,
         granter: DomId,
         grantee: DomId,
-        pfn: Pfn,
+        mfn: Mfn,
         readonly: bool,
     ) -> Result<GrantRef, GrantError> {
         let d = self.live(granter)?;
         self.live(grantee)?;
         let f = mm
-            .frame(pfn)
-            .ok_or(GrantError::Frame(MmError::NoSuchFrame(pfn)))?;
-        if f.owner() != Owner::Domain(granter) || f.page_type() == PageType::Special {
-            return Err(GrantError::NotOwner(pfn));
+            .frame(mfn)
+            .ok_or(GrantError::Frame(MmError::NoSuchFrame(mfn)))?;
+        if f.owner() != Owner::Domain(granter) || f.frame_type() == FrameType::Special {
+            return Err(GrantError::NotOwner(mfn));
         }
-        if !readonly && is_table(mm, pfn)? {
-            return Err(GrantError::TableFrame(pfn));
+        if !readonly && is_table(mm, mfn)? {
+            return Err(GrantError::TableFrame(mfn));
         }
         let slot = match d.grants.iter().position(Option::is_none) {
             Some(i) => i,
@@ -330,7 +331,7 @@ impl GrantTables {
         };
         let grant = Grant {
             grantee,
-            pfn,
+            mfn,
             readonly,
             maps: 0,
         };
@@ -386,18 +387,18 @@ impl GrantTables {
         if writable && g.readonly {
             return Err(GrantError::ReadOnly);
         }
-        if is_table(mm, g.pfn)? {
-            return Err(GrantError::TableFrame(g.pfn));
+        if is_table(mm, g.mfn)? {
+            return Err(GrantError::TableFrame(g.mfn));
         }
         Ok(g)
     }
 
     /// The validator's hook: may `dom` point a page-table entry (writable
-    /// or not) at `pfn` through its mapping `handle`? The hypervisor calls
+    /// or not) at `mfn` through its mapping `handle`? The hypervisor calls
     /// it where `Mm::may_map` refuses a foreign frame.
-    pub fn mapping_allows(&self, dom: DomId, handle: MapHandle, pfn: Pfn, writable: bool) -> bool {
+    pub fn mapping_allows(&self, dom: DomId, handle: MapHandle, mfn: Mfn, writable: bool) -> bool {
         self.mapping(dom, handle)
-            .is_some_and(|m| m.pfn == pfn && (m.writable || !writable))
+            .is_some_and(|m| m.mfn == mfn && (m.writable || !writable))
     }
 
     /// `grantee` maps `granter`'s grant `gref`: takes a hold on the frame
@@ -420,9 +421,9 @@ impl GrantTables {
         let maps = g
             .maps
             .checked_add(1)
-            .ok_or(GrantError::Frame(MmError::CountOverflow(g.pfn)))?;
+            .ok_or(GrantError::Frame(MmError::CountOverflow(g.mfn)))?;
         // Last fallible step; nothing is changed before it.
-        mm.hold(g.pfn, granter).map_err(|e| match e {
+        mm.hold(g.mfn, granter).map_err(|e| match e {
             MmError::NotHoldable(p) => GrantError::TableFrame(p),
             e => GrantError::Frame(e),
         })?;
@@ -436,7 +437,7 @@ impl GrantTables {
         let m = Mapping {
             granter,
             gref,
-            pfn: g.pfn,
+            mfn: g.mfn,
             writable,
         };
         if let Some(me) = self.doms.get_mut(&grantee) {
@@ -461,7 +462,7 @@ impl GrantTables {
         let m = self
             .mapping(grantee, handle)
             .ok_or(GrantError::BadHandle(handle))?;
-        mm.release_hold(m.pfn).map_err(GrantError::Frame)?;
+        mm.release_hold(m.mfn).map_err(GrantError::Frame)?;
         if let Some(me) = self.doms.get_mut(&grantee) {
             me.mappings[handle.0 as usize] = None;
             me.live_mappings -= 1;
@@ -472,14 +473,14 @@ impl GrantTables {
                 grant.maps -= 1;
                 if g.dying && grant.maps == 0 {
                     g.grants[m.gref as usize] = None;
-                    free_now = mm.frame(m.pfn).is_some_and(|f| f.idle());
+                    free_now = mm.frame(m.mfn).is_some_and(|f| f.idle());
                 }
             }
         }
         self.forget_if_gone(m.granter);
         self.forget_if_gone(grantee);
         Ok(Unmapped {
-            pfn: m.pfn,
+            mfn: m.mfn,
             free_now,
         })
     }
@@ -516,7 +517,7 @@ impl GrantTables {
             if let Ok(u) = self.unmap(mm, dom, h) {
                 t.unmapped += 1;
                 if u.free_now {
-                    t.free_now.push(u.pfn);
+                    t.free_now.push(u.mfn);
                 }
             }
         }
@@ -527,7 +528,7 @@ impl GrantTables {
                         *slot = None;
                         t.revoked += 1;
                     }
-                    Some(g) => t.still_mapped.push(g.pfn),
+                    Some(g) => t.still_mapped.push(g.mfn),
                     None => {}
                 }
             }
@@ -543,25 +544,25 @@ impl GrantTables {
         p: CopyPtr,
         len: u16,
         dst: bool,
-    ) -> Result<(Pfn, usize), GrantError> {
+    ) -> Result<(Mfn, usize), GrantError> {
         match p {
-            CopyPtr::Local { pfn, offset } => {
+            CopyPtr::Local { mfn, offset } => {
                 check_range(offset, len)?;
                 let f = mm
-                    .frame(pfn)
-                    .ok_or(GrantError::Frame(MmError::NoSuchFrame(pfn)))?;
+                    .frame(mfn)
+                    .ok_or(GrantError::Frame(MmError::NoSuchFrame(mfn)))?;
                 if f.owner() != Owner::Domain(caller) {
-                    return Err(GrantError::NotOwner(pfn));
+                    return Err(GrantError::NotOwner(mfn));
                 }
                 if dst {
-                    if is_table(mm, pfn)? {
-                        return Err(GrantError::TableFrame(pfn));
+                    if is_table(mm, mfn)? {
+                        return Err(GrantError::TableFrame(mfn));
                     }
-                    if f.page_type() == PageType::Special && !f.special_writable() {
+                    if f.frame_type() == FrameType::Special && !f.special_writable() {
                         return Err(GrantError::ReadOnly);
                     }
                 }
-                Ok((pfn, usize::from(offset)))
+                Ok((mfn, usize::from(offset)))
             }
             CopyPtr::Granted {
                 granter,
@@ -570,7 +571,7 @@ impl GrantTables {
             } => {
                 check_range(offset, len)?;
                 let g = self.usable(mm, caller, granter, gref, dst)?;
-                Ok((g.pfn, usize::from(offset)))
+                Ok((g.mfn, usize::from(offset)))
             }
         }
     }
@@ -611,10 +612,10 @@ impl GrantTables {
 
     /// One frame per grant mapping: the hypervisor's holds on behalf of
     /// grants, for `mm::audit::audit_holds`.
-    pub fn holds(&self) -> impl Iterator<Item = Pfn> + '_ {
+    pub fn holds(&self) -> impl Iterator<Item = Mfn> + '_ {
         self.doms
             .values()
-            .flat_map(|d| d.mappings.iter().flatten().map(|m| m.pfn))
+            .flat_map(|d| d.mappings.iter().flatten().map(|m| m.mfn))
     }
 
     /// Grant mappings in all.
@@ -642,25 +643,25 @@ impl GrantTables {
                 let Some(g) = self.grant(m.granter, m.gref) else {
                     return fail(dom, "mapping of a grant that does not exist");
                 };
-                if g.grantee != dom || g.pfn != m.pfn {
+                if g.grantee != dom || g.mfn != m.mfn {
                     return fail(dom, "mapping differs from its grant");
                 }
                 if m.writable && g.readonly {
                     return fail(dom, "writable mapping of a read-only grant");
                 }
-                let Some(f) = mm.frame(m.pfn) else {
+                let Some(f) = mm.frame(m.mfn) else {
                     return fail(dom, "mapped frame beyond the frame table");
                 };
                 if f.owner() != Owner::Domain(m.granter) {
                     return fail(dom, "mapped frame not owned by its granter");
                 }
-                if f.page_type().level().is_some() {
+                if f.frame_type().level().is_some() {
                     return fail(dom, "mapped grant frame is a page table");
                 }
                 *counted.entry((m.granter, m.gref)).or_default() += 1;
             }
         }
-        let mut per_frame: BTreeMap<Pfn, (DomId, u32)> = BTreeMap::new();
+        let mut per_frame: BTreeMap<Mfn, (DomId, u32)> = BTreeMap::new();
         for (&dom, d) in &self.doms {
             for (i, g) in d.grants.iter().enumerate() {
                 let Some(g) = g else { continue };
@@ -671,14 +672,14 @@ impl GrantTables {
                 if d.dying && g.maps == 0 {
                     return fail(dom, "dying domain kept an unmapped grant");
                 }
-                let e = per_frame.entry(g.pfn).or_insert((dom, 0));
+                let e = per_frame.entry(g.mfn).or_insert((dom, 0));
                 e.1 += g.maps;
             }
         }
         // Every grant mapping of a frame holds it once (other holds, such as
         // a ring page the hypervisor keeps, may come on top).
-        for (pfn, (dom, maps)) in per_frame {
-            let held = mm.frame(pfn).map_or(0, |f| u32::from(f.held()));
+        for (mfn, (dom, maps)) in per_frame {
+            let held = mm.frame(mfn).map_or(0, |f| u32::from(f.held()));
             if held < maps {
                 return fail(dom, "a granted frame has fewer holds than mappings");
             }

@@ -37,14 +37,14 @@ pub fn build(
             }
         }
     }
-    let Some(shared_pfn) = take() else {
+    let Some(shared_mfn) = take() else {
         frames.iter().for_each(|&f| mem::free_frame(f));
         return Err(BuildError::NoMemory);
     };
     let give_back = |mm: &mut Mm, frames: &[u64]| {
         // Not held yet if sharing it is what failed.
-        let _ = mm.release_hold(shared_pfn);
-        for &f in frames.iter().chain(core::iter::once(&shared_pfn)) {
+        let _ = mm.release_hold(shared_mfn);
+        for &f in frames.iter().chain(core::iter::once(&shared_mfn)) {
             let _ = mm.assign(f, Owner::Free);
             mem::free_frame(f);
         }
@@ -55,7 +55,7 @@ pub fn build(
             return Err(BuildError::Tables(e));
         }
     }
-    if let Err(e) = mm.share_special(shared_pfn, id, true) {
+    if let Err(e) = mm.share_special(shared_mfn, id, true) {
         give_back(mm, &frames);
         return Err(BuildError::Tables(e));
     }
@@ -85,7 +85,7 @@ pub fn build(
     // Page tables.
     let pt = |i: u64| frames[(plan.pt_first + i) as usize];
     let (l4, l3, l2, l1_low) = (pt(0), pt(1), pt(2), pt(3));
-    let table = |pfn: u64| (pfn << 12) | pte::PRESENT | pte::WRITABLE | pte::USER;
+    let table = |mfn: u64| (mfn << 12) | pte::PRESENT | pte::WRITABLE | pte::USER;
     let kernel = mem::table_mut(mem::kernel_pml4());
     let root = mem::table_mut(l4);
     root[256..].copy_from_slice(&kernel[256..]);
@@ -93,7 +93,7 @@ pub fn build(
     mem::table_mut(l3)[0] = table(l2);
     mem::table_mut(l2)[(SHARED_INFO_VA >> 21) as usize & 0x1ff] = table(l1_low);
     mem::table_mut(l1_low)[(SHARED_INFO_VA >> 12) as usize & 0x1ff] =
-        (shared_pfn << 12) | pte::PRESENT | pte::WRITABLE | pte::USER | pte::NX;
+        (shared_mfn << 12) | pte::PRESENT | pte::WRITABLE | pte::USER | pte::NX;
     for page in 0..nr_pages {
         let l1 = pt(4 + page / 512);
         if page % 512 == 0 {
@@ -176,7 +176,7 @@ pub fn build(
         return Err(BuildError::Tables(e));
     }
 
-    let shared = SharedPage { pfn: shared_pfn };
+    let shared = SharedPage { mfn: shared_mfn };
     shared.write_time(&TimeInfo {
         version: 0,
         reserved: 0,

@@ -156,16 +156,16 @@ impl Domain {
         }
         // The hypervisor's hold on the shared page (MEM-8) ends with the
         // domain: nothing raises events into it any more.
-        if let Err(e) = mm.release_hold(self.shared.pfn) {
+        if let Err(e) = mm.release_hold(self.shared.mfn) {
             mem::inconsistency(
-                self.shared.pfn,
+                self.shared.mfn,
                 format_args!(
                     "shared page of domain {} not held at teardown: {e:?}",
                     self.id
                 ),
             );
         }
-        free_owned(mm, self.id, self.shared.pfn);
+        free_owned(mm, self.id, self.shared.mfn);
         self.frames.clear();
         true
     }

@@ -14,17 +14,17 @@ use super::*;
 /// unmap the page, but never release it, retype it or see it handed to
 /// anyone while this accessor exists (issue 7, finding 1).
 pub struct SharedPage {
-    pub(super) pfn: u64,
+    pub(super) mfn: u64,
 }
 
 impl SharedPage {
     /// The frame.
-    pub fn pfn(&self) -> u64 {
-        self.pfn
+    pub fn mfn(&self) -> u64 {
+        self.mfn
     }
 
     fn base(&self) -> *mut SharedInfo {
-        mem::phys_to_virt(self.pfn << 12) as *mut SharedInfo
+        mem::phys_to_virt(self.mfn << 12) as *mut SharedInfo
     }
 
     fn word(&self, field: *mut u64) -> &AtomicU64 {
@@ -156,6 +156,6 @@ impl SharedPage {
 
     pub(super) fn write_time(&self, t: &TimeInfo) {
         let off = core::mem::offset_of!(SharedInfo, time) as u64;
-        mem::copy_to_phys((self.pfn << 12) + off, t.as_bytes());
+        mem::copy_to_phys((self.mfn << 12) + off, t.as_bytes());
     }
 }

@@ -16,9 +16,9 @@ pub fn start(pack: &Pack<'_>) -> ! {
     };
     // Every frame the allocator does not hold is the hypervisor's (its
     // image, its tables, firmware areas); free frames are nobody's.
-    for pfn in 0..mm.frame_count() {
-        if !mem::is_free_frame(pfn) {
-            let _ = mm.assign(pfn, Owner::Hypervisor);
+    for mfn in 0..mm.frame_count() {
+        if !mem::is_free_frame(mfn) {
+            let _ = mm.assign(mfn, Owner::Hypervisor);
         }
     }
     report!(
@@ -106,7 +106,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
         // Deliberately lost: taken from the pool, owned by nobody, never
         // returned. The end-of-run audit must fail the run.
         let leaked = mem::alloc_zeroed_frame().unwrap_or(0);
-        report!("testopt", "leak-frame pfn={:#x}", leaked);
+        report!("testopt", "leak-frame mfn={:#x}", leaked);
     }
     report!(
         "domains",
@@ -301,13 +301,13 @@ impl Hv {
         let started = time::now_tsc();
         let free = mem::free_frames();
         let mut errors = 0u64;
-        let mut error = |pfn: u64, what: core::fmt::Arguments<'_>| {
+        let mut error = |mfn: u64, what: core::fmt::Arguments<'_>| {
             errors += 1;
             if errors <= 8 {
                 let mut msg = heapless::String::<160>::new();
                 let _ = core::fmt::write(&mut msg, what);
-                report!("audit-error", "pfn={:#x} what={}", pfn, Quoted(&msg));
-                log::error!("frame audit: frame {pfn:#x}: {msg}");
+                report!("audit-error", "mfn={:#x} what={}", mfn, Quoted(&msg));
+                log::error!("frame audit: frame {mfn:#x}: {msg}");
             }
         };
         if free != self.memory.baseline_free {
@@ -321,22 +321,22 @@ impl Hv {
                 ),
             );
         }
-        for pfn in 0..self.memory.mm.frame_count() {
-            let Some(f) = self.memory.mm.frame(pfn) else {
+        for mfn in 0..self.memory.mm.frame_count() {
+            let Some(f) = self.memory.mm.frame(mfn) else {
                 break;
             };
-            let pooled = mem::is_free_frame(pfn);
+            let pooled = mem::is_free_frame(mfn);
             match f.owner() {
                 Owner::Free if !pooled => error(
-                    pfn,
+                    mfn,
                     format_args!("owned by nobody but not in the free pool: leaked"),
                 ),
                 Owner::Hypervisor if pooled => error(
-                    pfn,
+                    mfn,
                     format_args!("the hypervisor's frame is in the free pool"),
                 ),
                 Owner::Domain(d) => error(
-                    pfn,
+                    mfn,
                     format_args!("still owned by domain {d} after every domain ended"),
                 ),
                 _ => {}
@@ -347,12 +347,12 @@ impl Hv {
             .slots
             .iter()
             .flatten()
-            .map(|d| d.shared.pfn())
+            .map(|d| d.shared.mfn())
             .collect();
         if let Err(e) =
             tahoma_core::mm::audit::audit_holds(&self.memory.mm, &mem::DirectMap, &holds)
         {
-            error(e.pfn, format_args!("frame table: {}", e.what));
+            error(e.mfn, format_args!("frame table: {}", e.what));
         }
         let inconsistencies = mem::inconsistencies();
         if inconsistencies > 0 {

@@ -164,25 +164,14 @@ pub(crate) fn update_va_mapping(
 /// MMU-29: the frame table's record of one of the caller's frames.
 pub(crate) fn frame_info(hv: &mut Hv, cur: DomId, a: abi::mmu::FrameInfo) -> Result<u64, Error> {
     let abi::mmu::FrameInfo { mfn, out } = a;
-    use hypercall_abi::mmu::{
-        FrameRecord, FrameType, FRAME_HELD, FRAME_LOADED, FRAME_PARTIAL, FRAME_PINNED,
-    };
-    use tahoma_core::mm::PageType;
+    use hypercall_abi::mmu::{FrameRecord, FRAME_HELD, FRAME_LOADED, FRAME_PARTIAL, FRAME_PINNED};
     let f = hv.memory.mm.frame(mfn).ok_or(Error::PermissionDenied)?;
     if f.owner() != Owner::Domain(cur) {
         return Err(Error::PermissionDenied);
     }
-    let page_type = match f.page_type() {
-        PageType::None => FrameType::None,
-        PageType::L1 => FrameType::L1,
-        PageType::L2 => FrameType::L2,
-        PageType::L3 => FrameType::L3,
-        PageType::L4 => FrameType::L4,
-        PageType::Writable => FrameType::Writable,
-        PageType::Special => FrameType::Special,
-    };
     let info = FrameRecord {
-        page_type: page_type as u32,
+        // The frame table's type is the ABI's enum (MMU-1).
+        page_type: f.frame_type() as u32,
         flags: if f.pinned() { FRAME_PINNED } else { 0 }
             | if f.loaded() > 0 { FRAME_LOADED } else { 0 }
             | if f.held() > 0 { FRAME_HELD } else { 0 }

@@ -20,23 +20,23 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use tahoma_core::mm::audit::audit;
 use tahoma_core::mm::{
-    AddressSpace, BatchError, Budget, DomainId, FrameView, Level, Mm, MmConfig, Owner, PageType,
+    AddressSpace, BatchError, Budget, DomId, FrameView, Level, Mm, MmConfig, Owner, FrameType,
     Pending, PhysMem, Teardown, HYPERVISOR_SLOTS, OP_STEPS,
 };
 
 const FRAMES: u64 = 48;
-const DOMS: [DomainId; 2] = [1, 2];
+const DOMS: [DomId; 2] = [1, 2];
 const ENTRIES: usize = 512;
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 struct Mem(Vec<[u64; ENTRIES]>);
 
 impl PhysMem for Mem {
-    fn read_entry(&self, pfn: u64, index: usize) -> u64 {
-        self.0[pfn as usize][index]
+    fn read_entry(&self, mfn: u64, index: usize) -> u64 {
+        self.0[mfn as usize][index]
     }
-    fn write_entry(&mut self, pfn: u64, index: usize, value: u64) {
-        self.0[pfn as usize][index] = value;
+    fn write_entry(&mut self, mfn: u64, index: usize, value: u64) {
+        self.0[mfn as usize][index] = value;
     }
 }
 
@@ -48,7 +48,7 @@ enum F {
 }
 
 impl F {
-    fn pfn(self) -> u64 {
+    fn mfn(self) -> u64 {
         match self {
             F::Small(n) => u64::from(n) % (FRAMES + 2),
             F::Any(n) => n,
@@ -71,7 +71,7 @@ impl V {
             V::Entry(f, bits) => {
                 let low = u64::from(bits) & 0xff;
                 let low = if bits & 0x80 == 0 { low | 0b101 } else { low };
-                f.pfn().wrapping_shl(12) | (low & 0x7f) | (u64::from(bits >> 7) << 63)
+                f.mfn().wrapping_shl(12) | (low & 0x7f) | (u64::from(bits >> 7) << 63)
             }
             V::Raw(v) => v,
         }
@@ -107,12 +107,12 @@ struct World {
     pending: [Option<Pending>; 2],
 }
 
-fn dom(d: u8) -> DomainId {
+fn dom(d: u8) -> DomId {
     DOMS[usize::from(d) % DOMS.len()]
 }
 
-fn ptr(pfn: u64, slot: u16) -> u64 {
-    pfn.wrapping_shl(12) | (u64::from(slot % 512) * 8)
+fn ptr(mfn: u64, slot: u16) -> u64 {
+    mfn.wrapping_shl(12) | (u64::from(slot % 512) * 8)
 }
 
 fn snapshot(w: &World) -> (Vec<FrameView>, Mem) {
@@ -130,14 +130,14 @@ impl World {
             hypervisor_slots: slots,
         })
         .unwrap();
-        for pfn in 0..FRAMES {
-            let owner = match pfn {
+        for mfn in 0..FRAMES {
+            let owner = match mfn {
                 0..=23 => Owner::Domain(DOMS[0]),
                 24..=35 => Owner::Domain(DOMS[1]),
                 36..=43 => Owner::Hypervisor,
                 _ => Owner::Free,
             };
-            mm.assign(pfn, owner).unwrap();
+            mm.assign(mfn, owner).unwrap();
         }
         mm.assign(22, Owner::Free).unwrap();
         mm.share_special(22, DOMS[0], true).unwrap();
@@ -160,13 +160,13 @@ impl World {
         let single = match op {
             Op::Pin(d, f, l) => {
                 let level = Level::from_number(u64::from(*l % 5));
-                Some(level.and_then(|l| self.mm.pin(&mut self.mem, dom(*d), f.pfn(), l)))
+                Some(level.and_then(|l| self.mm.pin(&mut self.mem, dom(*d), f.mfn(), l)))
             }
-            Op::Unpin(d, f) => Some(self.mm.unpin(&mut self.mem, dom(*d), f.pfn())),
+            Op::Unpin(d, f) => Some(self.mm.unpin(&mut self.mem, dom(*d), f.mfn())),
             Op::Update(d, f, s, v) => {
                 Some(
                     self.mm
-                        .mmu_update_one(&mut self.mem, dom(*d), ptr(f.pfn(), *s), v.value()),
+                        .mmu_update_one(&mut self.mem, dom(*d), ptr(f.mfn(), *s), v.value()),
                 )
             }
             Op::UpdateInUse(n, s, v) => {
@@ -194,23 +194,23 @@ impl World {
             Op::UpdateVa(d, f, va, v) => {
                 Some(
                     self.mm
-                        .update_va_mapping(&mut self.mem, dom(*d), f.pfn(), *va, v.value()),
+                        .update_va_mapping(&mut self.mem, dom(*d), f.mfn(), *va, v.value()),
                 )
             }
             Op::Switch(s, f) => {
                 let space = &mut self.spaces[usize::from(*s) % 3];
                 let old = *space;
-                let r = self.mm.switch_root(space, f.pfn()).map(|_| ());
+                let r = self.mm.switch_root(space, f.mfn()).map(|_| ());
                 if r.is_err() {
                     assert_eq!(*space, old);
                 }
                 Some(r)
             }
             Op::GuestWrite(d, f, s, v) => {
-                let p = f.pfn();
+                let p = f.mfn();
                 if let Some(fr) = self.mm.frame(p) {
-                    let writable = matches!(fr.page_type(), PageType::None | PageType::Writable)
-                        || (fr.page_type() == PageType::Special && fr.special_writable());
+                    let writable = matches!(fr.frame_type(), FrameType::None | FrameType::Writable)
+                        || (fr.frame_type() == FrameType::Special && fr.special_writable());
                     if fr.owner() == Owner::Domain(dom(*d)) && writable {
                         self.mem.0[p as usize][usize::from(*s % 512)] = v.value();
                     }
@@ -218,11 +218,11 @@ impl World {
                 None
             }
             Op::CpuSetsAccessed(f, s) => {
-                let p = f.pfn();
+                let p = f.mfn();
                 if let Some(fr) = self.mm.frame(p) {
                     let e = &mut self.mem.0[p as usize][usize::from(*s % 512)];
                     if fr.table_level().is_some() && *e & 1 != 0 {
-                        *e |= if fr.page_type() == PageType::L1 {
+                        *e |= if fr.frame_type() == FrameType::L1 {
                             0x60
                         } else {
                             0x20
@@ -238,7 +238,7 @@ impl World {
                     self.mm.pin_bounded(
                         &mut self.mem,
                         DOMS[i],
-                        f.pfn(),
+                        f.mfn(),
                         l,
                         &mut self.pending[i],
                         &mut Budget::new(u64::from(*steps)),
@@ -252,7 +252,7 @@ impl World {
                 let r = self.mm.unpin_bounded(
                     &mut self.mem,
                     DOMS[i],
-                    f.pfn(),
+                    f.mfn(),
                     &mut self.pending[i],
                     &mut Budget::new(u64::from(*steps)),
                 );
@@ -277,10 +277,10 @@ impl World {
                 for s in self.spaces.iter_mut().filter(|s| s.domain() == d) {
                     *s = AddressSpace::new(d);
                 }
-                for pfn in 0..FRAMES {
-                    let f = self.mm.frame(pfn).unwrap();
+                for mfn in 0..FRAMES {
+                    let f = self.mm.frame(mfn).unwrap();
                     if f.owner() == Owner::Domain(d) {
-                        assert!(f.idle(), "frame {pfn} not idle after teardown");
+                        assert!(f.idle(), "frame {mfn} not idle after teardown");
                     }
                 }
                 None
@@ -298,10 +298,10 @@ impl World {
         }
     }
 
-    fn batch(&mut self, d: DomainId, b: &[(F, u16, V)]) {
+    fn batch(&mut self, d: DomId, b: &[(F, u16, V)]) {
         let updates: Vec<(u64, u64)> = b
             .iter()
-            .map(|(f, s, v)| (ptr(f.pfn(), *s), v.value()))
+            .map(|(f, s, v)| (ptr(f.mfn(), *s), v.value()))
             .collect();
         let mut mm = self.mm.clone();
         let mut mem = self.mem.clone();
@@ -337,10 +337,10 @@ fuzz_target!(|ops: Vec<Op>| {
             .mm
             .teardown_bounded(&mut w.mem, &mut t, &mut w.pending[i], &mut Budget::unlimited());
     }
-    for pfn in 0..FRAMES {
+    for mfn in 0..FRAMES {
         assert!(
-            w.mm.frame(pfn).unwrap().idle(),
-            "frame {pfn} not idle at the end"
+            w.mm.frame(mfn).unwrap().idle(),
+            "frame {mfn} not idle at the end"
         );
     }
     audit(&w.mm, &w.mem).unwrap();

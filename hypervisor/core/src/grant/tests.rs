@@ -15,8 +15,8 @@ const FRAMES: u64 = 64;
 
 /// Frames 0..16 are A's, 16..32 B's, 32..48 C's, 48..56 the hypervisor's,
 /// the rest free.
-fn owner_of(pfn: Pfn) -> Owner {
-    match pfn {
+fn owner_of(mfn: Mfn) -> Owner {
+    match mfn {
         0..16 => Owner::Domain(A),
         16..32 => Owner::Domain(B),
         32..48 => Owner::Domain(C),
@@ -27,11 +27,11 @@ fn owner_of(pfn: Pfn) -> Owner {
 
 struct Mem(Vec<[u64; 512]>);
 impl PhysMem for Mem {
-    fn read_entry(&self, pfn: Pfn, index: usize) -> u64 {
-        self.0[pfn as usize][index]
+    fn read_entry(&self, mfn: Mfn, index: usize) -> u64 {
+        self.0[mfn as usize][index]
     }
-    fn write_entry(&mut self, pfn: Pfn, index: usize, value: u64) {
-        self.0[pfn as usize][index] = value;
+    fn write_entry(&mut self, mfn: Mfn, index: usize, value: u64) {
+        self.0[mfn as usize][index] = value;
     }
 }
 
@@ -42,8 +42,8 @@ fn machine() -> (Mm, Mem, GrantTables) {
         hypervisor_slots: [0; HYPERVISOR_SLOTS],
     })
     .unwrap();
-    for pfn in 0..FRAMES {
-        mm.assign(pfn, owner_of(pfn)).unwrap();
+    for mfn in 0..FRAMES {
+        mm.assign(mfn, owner_of(mfn)).unwrap();
     }
     let mut gt = GrantTables::new();
     for d in [A, B, C] {
@@ -54,7 +54,7 @@ fn machine() -> (Mm, Mem, GrantTables) {
 
 /// Both audits: the frame table with the grant holds, and the grant table.
 fn audit(mm: &Mm, mem: &Mem, gt: &GrantTables) {
-    let holds: Vec<Pfn> = gt.holds().collect();
+    let holds: Vec<Mfn> = gt.holds().collect();
     audit_holds(mm, mem, &holds).unwrap();
     gt.audit(mm).unwrap();
 }
@@ -87,7 +87,7 @@ fn grant_map_unmap_revoke_round_trip() {
         gt.grant(A, r),
         Some(Grant {
             grantee: B,
-            pfn: 3,
+            mfn: 3,
             readonly: false,
             maps: 0
         })
@@ -105,14 +105,14 @@ fn grant_map_unmap_revoke_round_trip() {
     assert_eq!(
         gt.unmap(&mut mm, B, h).unwrap(),
         Unmapped {
-            pfn: 3,
+            mfn: 3,
             free_now: false
         }
     );
     assert_eq!(
         gt.unmap(&mut mm, B, h2).unwrap(),
         Unmapped {
-            pfn: 3,
+            mfn: 3,
             free_now: false
         }
     );
@@ -152,14 +152,14 @@ fn refusals_change_nothing() {
         refused(&mm, &gt, &before, r, GrantError::ReadOnly);
     }
     // A frame that is not the granter's: B's, the hypervisor's, a free one, beyond.
-    for (pfn, want) in [
+    for (mfn, want) in [
         (20, GrantError::NotOwner(20)),
         (50, GrantError::NotOwner(50)),
         (60, GrantError::NotOwner(60)),
         (FRAMES, GrantError::Frame(MmError::NoSuchFrame(FRAMES))),
     ] {
         {
-            let r = gt.grant_access(&mm, A, B, pfn, true);
+            let r = gt.grant_access(&mm, A, B, mfn, true);
             refused(&mm, &gt, &before, r, want);
         }
     }
@@ -216,7 +216,7 @@ fn a_stale_reference_after_revoke_is_refused() {
             gref: r,
             offset: 0,
         },
-        dst: CopyPtr::Local { pfn: 20, offset: 0 },
+        dst: CopyPtr::Local { mfn: 20, offset: 0 },
         len: 8,
     };
     assert_eq!(gt.check_copy(&mm, B, &op), Err(GrantError::BadRef(r)));
@@ -257,7 +257,7 @@ fn a_granted_frame_cannot_become_a_table_while_mapped_nor_be_mapped_once_a_table
         refused(&mm, &gt, &before, r, GrantError::TableFrame(3));
     }
     let op = CopyOp {
-        src: CopyPtr::Local { pfn: 20, offset: 0 },
+        src: CopyPtr::Local { mfn: 20, offset: 0 },
         dst: CopyPtr::Granted {
             granter: A,
             gref: r,
@@ -280,7 +280,7 @@ fn copy_checks() {
         gref,
         offset,
     };
-    let l = |pfn, offset| CopyPtr::Local { pfn, offset };
+    let l = |mfn, offset| CopyPtr::Local { mfn, offset };
     let ok = |src, dst, len| CopyOp { src, dst, len };
     // Allowed: into a writable grant, out of a read-only one, a whole page.
     assert_eq!(
@@ -319,7 +319,7 @@ fn a_batch_failing_midway_reports_each_element_and_copies_the_rest() {
     let rw = gt.grant_access(&mm, A, B, 3, false).unwrap();
     let ops = [
         CopyOp {
-            src: CopyPtr::Local { pfn: 20, offset: 0 },
+            src: CopyPtr::Local { mfn: 20, offset: 0 },
             dst: CopyPtr::Granted {
                 granter: A,
                 gref: rw,
@@ -328,7 +328,7 @@ fn a_batch_failing_midway_reports_each_element_and_copies_the_rest() {
             len: 512,
         },
         CopyOp {
-            src: CopyPtr::Local { pfn: 20, offset: 0 },
+            src: CopyPtr::Local { mfn: 20, offset: 0 },
             dst: CopyPtr::Granted {
                 granter: A,
                 gref: rw,
@@ -337,7 +337,7 @@ fn a_batch_failing_midway_reports_each_element_and_copies_the_rest() {
             len: 512,
         },
         CopyOp {
-            src: CopyPtr::Local { pfn: 22, offset: 8 },
+            src: CopyPtr::Local { mfn: 22, offset: 8 },
             dst: CopyPtr::Granted {
                 granter: A,
                 gref: rw,
@@ -412,7 +412,7 @@ fn a_dying_granter_keeps_mapped_frames_until_the_last_unmap() {
             gref: mapped,
             offset: 0,
         },
-        dst: CopyPtr::Local { pfn: 20, offset: 0 },
+        dst: CopyPtr::Local { mfn: 20, offset: 0 },
         len: 8,
     };
     assert_eq!(gt.check_copy(&mm, B, &op), Err(GrantError::Dying(A)));
@@ -423,7 +423,7 @@ fn a_dying_granter_keeps_mapped_frames_until_the_last_unmap() {
     assert_eq!(
         gt.unmap(&mut mm, B, h).unwrap(),
         Unmapped {
-            pfn: 3,
+            mfn: 3,
             free_now: true
         }
     );
@@ -519,7 +519,7 @@ fn the_audit_catches_a_lost_hold() {
     // Someone releases the hold behind the grant table's back.
     mm.release_hold(3).unwrap();
     assert!(gt.audit(&mm).is_err());
-    let holds: Vec<Pfn> = gt.holds().collect();
+    let holds: Vec<Mfn> = gt.holds().collect();
     assert!(audit_holds(&mm, &mem, &holds).is_err());
 
     // Two grants of one frame, each mapped once: two holds; one lost is
@@ -544,7 +544,7 @@ enum Op {
     Grant {
         granter: u8,
         grantee: u8,
-        pfn: u8,
+        mfn: u8,
         readonly: bool,
     },
     Revoke {
@@ -562,7 +562,7 @@ enum Op {
         handle: u8,
     },
     Pin {
-        pfn: u8,
+        mfn: u8,
     },
     Destroy {
         dom: u8,
@@ -571,11 +571,11 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0u8..3, 0u8..3, 0u8..48, any::<bool>()).prop_map(|(granter, grantee, pfn, readonly)| {
+        (0u8..3, 0u8..3, 0u8..48, any::<bool>()).prop_map(|(granter, grantee, mfn, readonly)| {
             Op::Grant {
                 granter,
                 grantee,
-                pfn,
+                mfn,
                 readonly,
             }
         }),
@@ -589,7 +589,7 @@ fn op() -> impl Strategy<Value = Op> {
             }
         }),
         (0u8..3, 0u8..6).prop_map(|(grantee, handle)| Op::Unmap { grantee, handle }),
-        (0u8..48).prop_map(|pfn| Op::Pin { pfn }),
+        (0u8..48).prop_map(|mfn| Op::Pin { mfn }),
         (0u8..3).prop_map(|dom| Op::Destroy { dom }),
     ]
 }
@@ -604,20 +604,20 @@ proptest! {
     fn grant_tables_match_the_model(ops in prop::collection::vec(op(), 1..80)) {
         let (mut mm, mut mem, mut gt) = machine();
         let doms = [A, B, C];
-        // Model: live grants (granter, gref) -> (grantee, pfn, readonly, maps).
-        let mut grants: BTreeMap<(DomId, GrantRef), (DomId, Pfn, bool, u32)> = BTreeMap::new();
+        // Model: live grants (granter, gref) -> (grantee, mfn, readonly, maps).
+        let mut grants: BTreeMap<(DomId, GrantRef), (DomId, Mfn, bool, u32)> = BTreeMap::new();
         let mut maps: BTreeMap<(DomId, u32), (DomId, GrantRef)> = BTreeMap::new();
         let mut dead: Vec<DomId> = vec![];
         for op in ops {
             match op {
-                Op::Grant { granter, grantee, pfn, readonly } => {
-                    let (g, e, pfn) = (doms[granter as usize], doms[grantee as usize], Pfn::from(pfn));
-                    let r = gt.grant_access(&mm, g, e, pfn, readonly);
-                    let table = mm.frame(pfn).unwrap().page_type().level().is_some();
+                Op::Grant { granter, grantee, mfn, readonly } => {
+                    let (g, e, mfn) = (doms[granter as usize], doms[grantee as usize], Mfn::from(mfn));
+                    let r = gt.grant_access(&mm, g, e, mfn, readonly);
+                    let table = mm.frame(mfn).unwrap().frame_type().level().is_some();
                     let allowed = !dead.contains(&g) && !dead.contains(&e)
-                        && owner_of(pfn) == Owner::Domain(g) && (readonly || !table);
+                        && owner_of(mfn) == Owner::Domain(g) && (readonly || !table);
                     prop_assert_eq!(r.is_ok(), allowed, "{:?}", r);
-                    if let Ok(r) = r { grants.insert((g, r), (e, pfn, readonly, 0)); }
+                    if let Ok(r) = r { grants.insert((g, r), (e, mfn, readonly, 0)); }
                 }
                 Op::Revoke { granter, gref } => {
                     let g = doms[granter as usize];
@@ -635,8 +635,8 @@ proptest! {
                     let (e, g) = (doms[grantee as usize], doms[granter as usize]);
                     let r = gt.map(&mut mm, e, g, gref.into(), writable);
                     let allowed = match grants.get(&(g, gref.into())) {
-                        Some(&(to, pfn, ro, _)) => !dead.contains(&g) && !dead.contains(&e) && to == e
-                            && (!writable || !ro) && mm.frame(pfn).unwrap().page_type().level().is_none(),
+                        Some(&(to, mfn, ro, _)) => !dead.contains(&g) && !dead.contains(&e) && to == e
+                            && (!writable || !ro) && mm.frame(mfn).unwrap().frame_type().level().is_none(),
                         None => false,
                     };
                     prop_assert_eq!(r.is_ok(), allowed, "{:?}", r);
@@ -653,10 +653,10 @@ proptest! {
                             let u = r.unwrap();
                             let g = grants.get_mut(&key).unwrap();
                             g.3 -= 1;
-                            prop_assert_eq!(u.pfn, g.1);
+                            prop_assert_eq!(u.mfn, g.1);
                             if dead.contains(&key.0) && g.3 == 0 {
                                 grants.remove(&key);
-                                let still = grants.values().any(|v| v.1 == u.pfn && v.3 > 0);
+                                let still = grants.values().any(|v| v.1 == u.mfn && v.3 > 0);
                                 prop_assert_eq!(u.free_now, !still);
                             } else {
                                 prop_assert!(!u.free_now);
@@ -665,13 +665,13 @@ proptest! {
                         None => prop_assert!(r.is_err()),
                     }
                 }
-                Op::Pin { pfn } => {
-                    let pfn = Pfn::from(pfn);
-                    let Owner::Domain(d) = owner_of(pfn) else { continue };
-                    let mapped = grants.values().any(|v| v.1 == pfn && v.3 > 0);
-                    let r = mm.pin(&mut mem, d, pfn, Level::L1);
+                Op::Pin { mfn } => {
+                    let mfn = Mfn::from(mfn);
+                    let Owner::Domain(d) = owner_of(mfn) else { continue };
+                    let mapped = grants.values().any(|v| v.1 == mfn && v.3 > 0);
+                    let r = mm.pin(&mut mem, d, mfn, Level::L1);
                     if mapped {
-                        prop_assert_eq!(r, Err(MmError::HeldFrame(pfn)));
+                        prop_assert_eq!(r, Err(MmError::HeldFrame(mfn)));
                     }
                 }
                 Op::Destroy { dom } => {
@@ -693,10 +693,10 @@ proptest! {
                 }
             }
             prop_assert_eq!(gt.mapping_count(), maps.len());
-            for (&(g, r), &(e, pfn, ro, n)) in &grants {
-                prop_assert_eq!(gt.grant(g, r), Some(Grant { grantee: e, pfn, readonly: ro, maps: n }));
+            for (&(g, r), &(e, mfn, ro, n)) in &grants {
+                prop_assert_eq!(gt.grant(g, r), Some(Grant { grantee: e, mfn, readonly: ro, maps: n }));
             }
-            let holds: Vec<Pfn> = gt.holds().collect();
+            let holds: Vec<Mfn> = gt.holds().collect();
             prop_assert_eq!(audit_holds(&mm, &mem, &holds), Ok(()));
             prop_assert_eq!(gt.audit(&mm), Ok(()));
         }

@@ -6,23 +6,24 @@
 //! target run it after every operation; the hypervisor runs it at the end of
 //! every run ([`audit_holds`]) and fails the run on any error. O(frames + 512 x tables); allocates one vector.
 
-use super::frame::{Owner, PageType};
+use super::frame::{FrameType, Owner};
 use super::pte::{Level, ACCESSED, ENTRIES, FIRST_HYPERVISOR_SLOT};
 use super::{Mm, PhysMem};
-use crate::frames::Pfn;
+use crate::frames::Mfn;
+use crate::mm::TableType;
 use alloc::vec;
 
 /// The first inconsistency found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AuditError {
     /// The frame where it was found.
-    pub pfn: Pfn,
+    pub mfn: Mfn,
     /// What is wrong.
     pub what: &'static str,
 }
 
-fn fail<T>(pfn: Pfn, what: &'static str) -> Result<T, AuditError> {
-    Err(AuditError { pfn, what })
+fn fail<T>(mfn: Mfn, what: &'static str) -> Result<T, AuditError> {
+    Err(AuditError { mfn, what })
 }
 
 /// References found by the scan, per frame.
@@ -46,109 +47,109 @@ pub fn audit<M: PhysMem>(mm: &Mm, mem: &M) -> Result<(), AuditError> {
 /// it appears in `holds`: the frames the hypervisor says it holds (for
 /// example each live domain's shared-info frame). A hold nobody accounts
 /// for, or a record without its hold, is an error.
-pub fn audit_holds<M: PhysMem>(mm: &Mm, mem: &M, holds: &[Pfn]) -> Result<(), AuditError> {
+pub fn audit_holds<M: PhysMem>(mm: &Mm, mem: &M, holds: &[Mfn]) -> Result<(), AuditError> {
     check(mm, mem, Some(holds))
 }
 
-fn check<M: PhysMem>(mm: &Mm, mem: &M, holds: Option<&[Pfn]>) -> Result<(), AuditError> {
+fn check<M: PhysMem>(mm: &Mm, mem: &M, holds: Option<&[Mfn]>) -> Result<(), AuditError> {
     let n = mm.frame_count();
     let mut expected = vec![Expected::default(); usize::try_from(n).unwrap_or(0)];
     if let Some(holds) = holds {
-        for &pfn in holds {
-            let Some(e) = usize::try_from(pfn).ok().and_then(|i| expected.get_mut(i)) else {
-                return fail(pfn, "hold recorded for a frame beyond the frame table");
+        for &mfn in holds {
+            let Some(e) = usize::try_from(mfn).ok().and_then(|i| expected.get_mut(i)) else {
+                return fail(mfn, "hold recorded for a frame beyond the frame table");
             };
             e.holds += 1;
         }
     }
-    for pfn in 0..n {
-        let Some(f) = mm.frame(pfn) else {
-            return fail(pfn, "frame missing");
+    for mfn in 0..n {
+        let Some(f) = mm.frame(mfn) else {
+            return fail(mfn, "frame missing");
         };
-        check_frame_alone(pfn, f)?;
+        check_frame_alone(mfn, f)?;
         if f.pinned() || f.held_by_operation() {
-            bump(&mut expected, pfn, true)?;
+            bump(&mut expected, mfn, true)?;
         }
         if let Some(level) = f.table_level() {
-            scan_table(mm, mem, pfn, level, &mut expected)?;
+            scan_table(mm, mem, mfn, level, &mut expected)?;
         }
     }
-    for pfn in 0..n {
-        let f = mm.frame(pfn).ok_or(AuditError {
-            pfn,
+    for mfn in 0..n {
+        let f = mm.frame(mfn).ok_or(AuditError {
+            mfn,
             what: "frame missing",
         })?;
-        let Some(e) = usize::try_from(pfn).ok().and_then(|i| expected.get(i)) else {
-            return fail(pfn, "frame beyond the expected table");
+        let Some(e) = usize::try_from(mfn).ok().and_then(|i| expected.get(i)) else {
+            return fail(mfn, "frame beyond the expected table");
         };
         if u64::from(f.type_count()) != e.type_refs {
-            return fail(pfn, "type count differs from references found");
+            return fail(mfn, "type count differs from references found");
         }
         if u64::from(f.total_count()) != e.total_refs {
-            return fail(pfn, "total count differs from references found");
+            return fail(mfn, "total count differs from references found");
         }
         if holds.is_some() && u64::from(f.held()) != e.holds {
-            return fail(pfn, "hold count differs from the holds recorded");
+            return fail(mfn, "hold count differs from the holds recorded");
         }
     }
     Ok(())
 }
 
 /// Rules about one frame's own fields.
-fn check_frame_alone(pfn: Pfn, f: &super::FrameInfo) -> Result<(), AuditError> {
-    if f.page_type() == PageType::Special && f.type_count() != 0 {
-        return fail(pfn, "special frame with type references");
+fn check_frame_alone(mfn: Mfn, f: &super::FrameInfo) -> Result<(), AuditError> {
+    if f.frame_type() == FrameType::Special && f.type_count() != 0 {
+        return fail(mfn, "special frame with type references");
     }
-    let typed = f.page_type() != PageType::None && f.page_type() != PageType::Special;
+    let typed = f.frame_type() != FrameType::None && f.frame_type() != FrameType::Special;
     if typed != (f.type_count() > 0) {
-        return fail(pfn, "type set without type references, or the reverse");
+        return fail(mfn, "type set without type references, or the reverse");
     }
     if f.type_count() > f.total_count() {
-        return fail(pfn, "type count above total count");
+        return fail(mfn, "type count above total count");
     }
     if f.pinned() && f.table_level().is_none() {
-        return fail(pfn, "pinned frame is not a table");
+        return fail(mfn, "pinned frame is not a table");
     }
     if f.pinned() && f.held_by_operation() {
-        return fail(pfn, "pinned frame also held by an unfinished operation");
+        return fail(mfn, "pinned frame also held by an unfinished operation");
     }
     if f.held_by_operation() && !f.is_partial() {
-        return fail(pfn, "operation root is not a partial table");
+        return fail(mfn, "operation root is not a partial table");
     }
     if f.is_partial() && (f.table_level().is_none() || f.partial_entries() > ENTRIES) {
-        return fail(pfn, "partial frame is not a table");
+        return fail(mfn, "partial frame is not a table");
     }
     if !f.is_partial() && f.partial_entries() != 0 {
-        return fail(pfn, "progress recorded on a frame that is not partial");
+        return fail(mfn, "progress recorded on a frame that is not partial");
     }
     if f.is_partial() && f.loaded() > 0 {
-        return fail(pfn, "partial table loaded as a root");
+        return fail(mfn, "partial table loaded as a root");
     }
-    if f.loaded() > 0 && !(f.pinned() && f.page_type() == PageType::L4) {
-        return fail(pfn, "loaded root is not a pinned L4");
+    if f.loaded() > 0 && !(f.pinned() && f.frame_type() == FrameType::L4) {
+        return fail(mfn, "loaded root is not a pinned L4");
     }
     if typed && !matches!(f.owner(), Owner::Domain(_)) {
-        return fail(pfn, "typed frame not owned by a domain");
+        return fail(mfn, "typed frame not owned by a domain");
     }
     if f.held() > 0 && !matches!(f.owner(), Owner::Domain(_)) {
-        return fail(pfn, "held frame not owned by a domain");
+        return fail(mfn, "held frame not owned by a domain");
     }
-    if f.held() > 0 && (f.page_type().level().is_some() || f.pinned()) {
-        return fail(pfn, "held frame is a page table");
+    if f.held() > 0 && (f.frame_type().level().is_some() || f.pinned()) {
+        return fail(mfn, "held frame is a page table");
     }
-    if f.page_type() == PageType::Special && f.held() == 0 {
-        return fail(pfn, "special frame the hypervisor does not hold");
+    if f.frame_type() == FrameType::Special && f.held() == 0 {
+        return fail(mfn, "special frame the hypervisor does not hold");
     }
     if f.owner() == Owner::Free && (f.view() != super::FrameInfo::default().view() || f.flags != 0)
     {
-        return fail(pfn, "free frame with a type, a count or a flag");
+        return fail(mfn, "free frame with a type, a count or a flag");
     }
     Ok(())
 }
 
-fn bump(expected: &mut [Expected], pfn: Pfn, typed: bool) -> Result<(), AuditError> {
-    let Some(e) = usize::try_from(pfn).ok().and_then(|i| expected.get_mut(i)) else {
-        return fail(pfn, "reference beyond the frame table");
+fn bump(expected: &mut [Expected], mfn: Mfn, typed: bool) -> Result<(), AuditError> {
+    let Some(e) = usize::try_from(mfn).ok().and_then(|i| expected.get_mut(i)) else {
+        return fail(mfn, "reference beyond the frame table");
     };
     e.total_refs += 1;
     if typed {
@@ -162,7 +163,7 @@ fn bump(expected: &mut [Expected], pfn: Pfn, typed: bool) -> Result<(), AuditErr
 fn scan_table<M: PhysMem>(
     mm: &Mm,
     mem: &M,
-    table: Pfn,
+    table: Mfn,
     level: Level,
     expected: &mut [Expected],
 ) -> Result<(), AuditError> {
@@ -181,41 +182,41 @@ fn scan_table<M: PhysMem>(
             Ok(None) => continue,
             Err(_) => return fail(table, "table holds an entry that fails validation"),
         };
-        let Some(tf) = mm.frame(target.pfn) else {
+        let Some(tf) = mm.frame(target.mfn) else {
             return fail(table, "entry points beyond the frame table");
         };
         if Some(tf.owner()) != owner {
-            return fail(target.pfn, "mapped frame not owned by the table's owner");
+            return fail(target.mfn, "mapped frame not owned by the table's owner");
         }
         match level.below() {
-            None if target.writable && tf.page_type() == PageType::Special => {
+            None if target.writable && tf.frame_type() == FrameType::Special => {
                 if !tf.special_writable() {
-                    return fail(target.pfn, "read-only special frame mapped writable");
+                    return fail(target.mfn, "read-only special frame mapped writable");
                 }
-                bump(expected, target.pfn, false)?;
+                bump(expected, target.mfn, false)?;
             }
             None if target.writable => {
-                if tf.page_type() != PageType::Writable {
-                    return fail(target.pfn, "writable mapping of a non-writable-typed frame");
+                if tf.frame_type() != FrameType::Writable {
+                    return fail(target.mfn, "writable mapping of a non-writable-typed frame");
                 }
-                bump(expected, target.pfn, true)?;
+                bump(expected, target.mfn, true)?;
             }
-            None => bump(expected, target.pfn, false)?,
-            Some(_) if level == Level::L4 && target.pfn == table => {
+            None => bump(expected, target.mfn, false)?,
+            Some(_) if level == Level::L4 && target.mfn == table => {
                 if target.writable {
                     return fail(table, "writable linear entry");
                 }
             }
             Some(below) => {
                 if tf.table_level() != Some(below) {
-                    return fail(target.pfn, "entry points at a frame of the wrong type");
+                    return fail(target.mfn, "entry points at a frame of the wrong type");
                 }
                 // A partial table is referenced only by the last counted
                 // entry of its parent in the chain.
                 if tf.is_partial() && !(partial && i + 1 == scanned) {
-                    return fail(target.pfn, "partial table referenced outside its chain");
+                    return fail(target.mfn, "partial table referenced outside its chain");
                 }
-                bump(expected, target.pfn, true)?;
+                bump(expected, target.mfn, true)?;
             }
         }
     }

@@ -5,21 +5,21 @@
 //! hypercall error code. Every refusal is recoverable: the guest gets the
 //! code and nothing changed.
 
-use super::frame::PageType;
-use crate::frames::Pfn;
+use super::frame::FrameType;
+use crate::frames::Mfn;
 use hypercall_abi::Error;
 
 /// A refused memory-management operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MmError {
     /// The frame number is beyond the end of the frame table (MMU-8).
-    NoSuchFrame(Pfn),
+    NoSuchFrame(Mfn),
     /// The frame belongs to another domain, to the hypervisor, or to nobody
     /// (MMU-7).
-    NotOwner(Pfn),
+    NotOwner(Mfn),
     /// The frame is shared read-only with the domain and was asked for
     /// writable (MMU-7).
-    ReadOnlyFrame(Pfn),
+    ReadOnlyFrame(Mfn),
     /// An L4 slot in 256..=511: those belong to the hypervisor (MMU-3).
     HypervisorSlot,
     /// Reserved bits set in an entry (address bits above MAXPHYADDR, or bits
@@ -45,36 +45,36 @@ pub enum MmError {
     /// a writable-mapped frame (MMU-1, MMU-2, MMU-10).
     TypeConflict {
         /// The frame in question.
-        pfn: Pfn,
+        mfn: Mfn,
         /// Its current type.
-        has: PageType,
+        has: FrameType,
         /// The type the request needs.
-        wants: PageType,
+        wants: FrameType,
     },
     /// A linear (self) L4 entry with R/W set (MMU-10).
     WritableSelfMap,
     /// The frame is not a page table in use, so it has no entries to update
     /// (MMU-13).
-    NotATable(Pfn),
+    NotATable(Mfn),
     /// A reference count would overflow (MMU-1).
-    CountOverflow(Pfn),
+    CountOverflow(Mfn),
     /// The frame is already pinned (MMU-11).
-    AlreadyPinned(Pfn),
+    AlreadyPinned(Mfn),
     /// The frame is not pinned (MMU-12, MMU-14).
-    NotPinned(Pfn),
+    NotPinned(Mfn),
     /// The frame is the loaded root of a vCPU (MMU-12).
-    RootLoaded(Pfn),
+    RootLoaded(Mfn),
     /// The frame is still referenced, so it cannot change hands (MMU-19,
     /// MEM-6b), or the hypervisor holds it (MEM-8).
-    FrameInUse(Pfn),
+    FrameInUse(Mfn),
     /// The hypervisor holds a reference on the frame (it reads or writes it
     /// on the owner's behalf), so it may not become a page table (MEM-8).
-    HeldFrame(Pfn),
+    HeldFrame(Mfn),
     /// Only a frame with no table type may be held by the hypervisor
     /// (MEM-8); hypervisor-side.
-    NotHoldable(Pfn),
+    NotHoldable(Mfn),
     /// A hold was released that was not taken (a hypervisor bug).
-    NotHeld(Pfn),
+    NotHeld(Mfn),
     /// The virtual address is in the hypervisor's half or not canonical
     /// (MMU-17).
     VaOutOfRange,
@@ -83,7 +83,7 @@ pub enum MmError {
     /// The frame is a table half way through a bounded pin or unpin
     /// (MMU-36): it cannot be referenced, updated or walked until that
     /// operation finishes.
-    Busy(Pfn),
+    Busy(Mfn),
     /// The domain already has a different pin or unpin in progress
     /// (MMU-36): it must finish that one first.
     OperationPending,

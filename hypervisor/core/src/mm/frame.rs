@@ -25,48 +25,39 @@ pub enum Owner {
     Domain(DomId),
 }
 
-/// What a frame is used as. Exactly one at a time (MMU-1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum PageType {
-    /// No use that constrains it: may be mapped read-only, or acquire any
-    /// type.
-    #[default]
-    None,
-    /// A level-1 page table.
-    L1,
-    /// A level-2 page table.
-    L2,
-    /// A level-3 page table.
-    L3,
-    /// A level-4 page table (a root).
-    L4,
-    /// Mapped writable by at least one L1 entry.
-    Writable,
-    /// Shared by the hypervisor with its owner (e.g. shared-info): mappable,
-    /// never a page table, never retyped while shared. The hypervisor holds
-    /// a reference on it for as long as it is `Special` (see
-    /// [`FrameInfo::held`]).
-    Special,
+/// What a frame is used as: exactly one at a time (MMU-1). The ABI's enum
+/// ([`hypercall_abi::mmu::FrameType`]), so the frame table, the hypervisor
+/// and `mmu_frame_info` speak of one type; [`TableType`] adds what the
+/// validator needs. `Special`: shared by the hypervisor with its owner
+/// (e.g. shared info): mappable, never a page table, never retyped while
+/// shared; the hypervisor holds a reference on it for as long as it is
+/// `Special` (see [`FrameInfo::held`]).
+pub use hypercall_abi::mmu::FrameType;
+
+/// The page-table levels of [`FrameType`].
+pub trait TableType: Sized {
+    /// The page-table type of `level`.
+    fn table(level: Level) -> Self;
+    /// The level, if this is a page-table type.
+    fn level(self) -> Option<Level>;
 }
 
-impl PageType {
-    /// The page-table type of `level`.
-    pub const fn table(level: Level) -> PageType {
+impl TableType for FrameType {
+    fn table(level: Level) -> FrameType {
         match level {
-            Level::L1 => PageType::L1,
-            Level::L2 => PageType::L2,
-            Level::L3 => PageType::L3,
-            Level::L4 => PageType::L4,
+            Level::L1 => FrameType::L1,
+            Level::L2 => FrameType::L2,
+            Level::L3 => FrameType::L3,
+            Level::L4 => FrameType::L4,
         }
     }
 
-    /// The level, if this is a page-table type.
-    pub const fn level(self) -> Option<Level> {
+    fn level(self) -> Option<Level> {
         match self {
-            PageType::L1 => Some(Level::L1),
-            PageType::L2 => Some(Level::L2),
-            PageType::L3 => Some(Level::L3),
-            PageType::L4 => Some(Level::L4),
+            FrameType::L1 => Some(Level::L1),
+            FrameType::L2 => Some(Level::L2),
+            FrameType::L3 => Some(Level::L3),
+            FrameType::L4 => Some(Level::L4),
             _ => None,
         }
     }
@@ -87,7 +78,7 @@ pub(super) const OP_REF: u8 = 1 << 3;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FrameInfo {
     pub(super) owner: Owner,
-    pub(super) ty: PageType,
+    pub(super) ty: FrameType,
     pub(super) flags: u8,
     /// vCPUs that have this frame loaded as their root.
     pub(super) loaded: u16,
@@ -112,7 +103,7 @@ impl FrameInfo {
         self.owner
     }
     /// Its current type.
-    pub const fn page_type(&self) -> PageType {
+    pub const fn frame_type(&self) -> FrameType {
         self.ty
     }
     /// References that depend on the type (entries one level up, writable
@@ -152,7 +143,7 @@ impl FrameInfo {
         self.flags & OP_REF != 0
     }
     /// The page-table level, if it is a table in use.
-    pub const fn table_level(&self) -> Option<Level> {
+    pub fn table_level(&self) -> Option<Level> {
         if self.type_count == 0 {
             return None;
         }
@@ -194,7 +185,7 @@ pub struct FrameView {
     /// Who owns it.
     pub owner: Owner,
     /// Its type.
-    pub ty: PageType,
+    pub ty: FrameType,
     /// Its type count.
     pub type_count: u32,
     /// Its total count.

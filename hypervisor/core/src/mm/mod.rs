@@ -40,26 +40,26 @@ pub mod validator;
 mod tests;
 
 pub use error::{BatchError, MmError};
-pub use frame::{DomId, FrameInfo, FrameView, Owner, PageType};
+pub use frame::{DomId, FrameInfo, FrameType, FrameView, Owner, TableType};
 pub use pte::{EntryRules, Level};
 pub use validator::{
     Budget, Mm, MmConfig, Pending, Progress, Teardown, HYPERVISOR_SLOTS, OP_STEPS,
 };
 
-use crate::frames::Pfn;
+use crate::frames::Mfn;
 
 /// Physical memory as the validator sees it: page-table entries, by frame
 /// and index.
 ///
-/// The validator only calls these with `pfn < frame_count` and
+/// The validator only calls these with `mfn < frame_count` and
 /// `index < 512`. The hypervisor implements them with single 64-bit
 /// accesses through its direct map (the CPU may set A/D bits concurrently on
 /// other CPUs one day; the validator never relies on them).
 pub trait PhysMem {
-    /// The 64-bit entry `index` of frame `pfn`.
-    fn read_entry(&self, pfn: Pfn, index: usize) -> u64;
-    /// Stores `value` in entry `index` of frame `pfn`.
-    fn write_entry(&mut self, pfn: Pfn, index: usize, value: u64);
+    /// The 64-bit entry `index` of frame `mfn`.
+    fn read_entry(&self, mfn: Mfn, index: usize) -> u64;
+    /// Stores `value` in entry `index` of frame `mfn`.
+    fn write_entry(&mut self, mfn: Mfn, index: usize, value: u64);
 }
 
 /// One vCPU's view of its domain's address space: which L4 it runs on.
@@ -70,7 +70,7 @@ pub trait PhysMem {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AddressSpace {
     dom: DomId,
-    root: Option<Pfn>,
+    root: Option<Mfn>,
 }
 
 impl AddressSpace {
@@ -85,7 +85,7 @@ impl AddressSpace {
     }
 
     /// The loaded root L4, if any.
-    pub const fn root(&self) -> Option<Pfn> {
+    pub const fn root(&self) -> Option<Mfn> {
         self.root
     }
 }

@@ -8,7 +8,7 @@
 //! MMU-4 to MMU-10.
 
 use super::error::MmError;
-use crate::frames::Pfn;
+use crate::frames::Mfn;
 
 // The entry format is part of the ABI: one definition, shared with guests.
 pub use hypercall_abi::pte::{
@@ -75,7 +75,7 @@ impl Level {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
     /// The frame the entry points at.
-    pub pfn: Pfn,
+    pub mfn: Mfn,
     /// Whether the entry grants write access (R/W set).
     pub writable: bool,
 }
@@ -143,7 +143,7 @@ impl EntryRules {
             return Err(MmError::NotUser);
         }
         Ok(Some(Target {
-            pfn: (value & self.addr_mask) >> 12,
+            mfn: (value & self.addr_mask) >> 12,
             writable: value & WRITABLE != 0,
         }))
     }
@@ -157,7 +157,7 @@ impl EntryRules {
             return None;
         }
         Some(Target {
-            pfn: (value & self.addr_mask) >> 12,
+            mfn: (value & self.addr_mask) >> 12,
             writable: value & WRITABLE != 0,
         })
     }

@@ -18,10 +18,11 @@
 //! recursion depth is at most four.
 
 use super::error::{BatchError, MmError};
-use super::frame::{DomId, FrameInfo, Owner, PageType, SPECIAL_WRITABLE};
+use super::frame::{DomId, FrameInfo, FrameType, Owner, SPECIAL_WRITABLE};
 use super::pte::{EntryRules, Level, Target, ENTRIES, FIRST_HYPERVISOR_SLOT, PS_OR_PAT, USER};
 use super::{AddressSpace, PhysMem};
-use crate::frames::Pfn;
+use crate::frames::Mfn;
+use crate::mm::TableType;
 use alloc::vec::Vec;
 
 mod bounded;
@@ -96,8 +97,8 @@ impl Mm {
 
     /// One frame's accounting, or `None` beyond the table.
     #[inline]
-    pub fn frame(&self, pfn: Pfn) -> Option<&FrameInfo> {
-        usize::try_from(pfn).ok().and_then(|i| self.frames.get(i))
+    pub fn frame(&self, mfn: Mfn) -> Option<&FrameInfo> {
+        usize::try_from(mfn).ok().and_then(|i| self.frames.get(i))
     }
 
     /// The entry rules in force.
@@ -113,21 +114,21 @@ impl Mm {
     /// Direct access for tests that stage states operations cannot reach
     /// cheaply (a count at its limit).
     #[cfg(test)]
-    pub(super) fn frame_mut(&mut self, pfn: Pfn) -> &mut FrameInfo {
-        &mut self.frames[pfn as usize]
+    pub(super) fn frame_mut(&mut self, mfn: Mfn) -> &mut FrameInfo {
+        &mut self.frames[mfn as usize]
     }
 
     #[inline]
-    fn info(&self, pfn: Pfn) -> Result<FrameInfo, MmError> {
-        self.frame(pfn).copied().ok_or(MmError::NoSuchFrame(pfn))
+    fn info(&self, mfn: Mfn) -> Result<FrameInfo, MmError> {
+        self.frame(mfn).copied().ok_or(MmError::NoSuchFrame(mfn))
     }
 
     #[inline]
-    fn info_mut(&mut self, pfn: Pfn) -> Result<&mut FrameInfo, MmError> {
-        usize::try_from(pfn)
+    fn info_mut(&mut self, mfn: Mfn) -> Result<&mut FrameInfo, MmError> {
+        usize::try_from(mfn)
             .ok()
             .and_then(|i| self.frames.get_mut(i))
-            .ok_or(MmError::NoSuchFrame(pfn))
+            .ok_or(MmError::NoSuchFrame(mfn))
     }
 
     // ----- ownership (hypervisor-side) -----
@@ -135,15 +136,15 @@ impl Mm {
     /// Gives an idle frame to `owner` (MMU-19): from the free pool to a
     /// domain, back, or to the hypervisor. Refused while anything references
     /// it. Resets its type; the hypervisor scrubs contents itself.
-    pub fn assign(&mut self, pfn: Pfn, owner: Owner) -> Result<(), MmError> {
-        let f = self.info(pfn)?;
+    pub fn assign(&mut self, mfn: Mfn, owner: Owner) -> Result<(), MmError> {
+        let f = self.info(mfn)?;
         if !f.idle() {
-            return Err(MmError::FrameInUse(pfn));
+            return Err(MmError::FrameInUse(mfn));
         }
-        self.note_owner_change(pfn, f);
-        let f = self.info_mut(pfn)?;
+        self.note_owner_change(mfn, f);
+        let f = self.info_mut(mfn)?;
         f.owner = owner;
-        f.ty = PageType::None;
+        f.ty = FrameType::None;
         f.flags = 0;
         Ok(())
     }
@@ -155,24 +156,24 @@ impl Mm {
     /// [`Mm::assign`].
     pub fn share_special(
         &mut self,
-        pfn: Pfn,
+        mfn: Mfn,
         dom: DomId,
         guest_writable: bool,
     ) -> Result<(), MmError> {
-        let f = self.info(pfn)?;
+        let f = self.info(mfn)?;
         if !f.idle() {
-            return Err(MmError::FrameInUse(pfn));
+            return Err(MmError::FrameInUse(mfn));
         }
-        self.note_owner_change(pfn, f);
-        let f = self.info_mut(pfn)?;
+        self.note_owner_change(mfn, f);
+        let f = self.info_mut(mfn)?;
         f.owner = Owner::Domain(dom);
-        f.ty = PageType::Special;
+        f.ty = FrameType::Special;
         f.flags = if guest_writable { SPECIAL_WRITABLE } else { 0 };
         f.held = 1;
         Ok(())
     }
 
-    /// Takes a hypervisor reference on `dom`'s frame `pfn` (MEM-8): the
+    /// Takes a hypervisor reference on `dom`'s frame `mfn` (MEM-8): the
     /// hypervisor is about to read or write it on the domain's behalf for
     /// longer than one checked copy (shared info; grant and ring pages).
     ///
@@ -183,16 +184,16 @@ impl Mm {
     /// its type allows). Only a frame without a table type may be held.
     /// Every hold is dropped with [`Mm::release_hold`], at the latest when
     /// its domain is torn down; the frame audit checks the count.
-    pub fn hold(&mut self, pfn: Pfn, dom: DomId) -> Result<(), MmError> {
-        let f = self.info(pfn)?;
+    pub fn hold(&mut self, mfn: Mfn, dom: DomId) -> Result<(), MmError> {
+        let f = self.info(mfn)?;
         if f.owner != Owner::Domain(dom) {
-            return Err(MmError::NotOwner(pfn));
+            return Err(MmError::NotOwner(mfn));
         }
         if f.ty.level().is_some() || f.pinned() {
-            return Err(MmError::NotHoldable(pfn));
+            return Err(MmError::NotHoldable(mfn));
         }
-        let held = f.held.checked_add(1).ok_or(MmError::CountOverflow(pfn))?;
-        self.info_mut(pfn)?.held = held;
+        let held = f.held.checked_add(1).ok_or(MmError::CountOverflow(mfn))?;
+        self.info_mut(mfn)?.held = held;
         Ok(())
     }
 
@@ -203,36 +204,36 @@ impl Mm {
     /// mapping of a `Special` frame holds no `Writable` type). Refused
     /// (`NotHeld`, nothing changed) when none is held: the caller's
     /// bookkeeping is wrong.
-    pub fn release_hold(&mut self, pfn: Pfn) -> Result<(), MmError> {
-        let f = self.info_mut(pfn)?;
+    pub fn release_hold(&mut self, mfn: Mfn) -> Result<(), MmError> {
+        let f = self.info_mut(mfn)?;
         if f.held == 0 {
-            return Err(MmError::NotHeld(pfn));
+            return Err(MmError::NotHeld(mfn));
         }
-        if f.held == 1 && f.ty == PageType::Special {
+        if f.held == 1 && f.ty == FrameType::Special {
             if f.total_count != 0 {
-                return Err(MmError::FrameInUse(pfn));
+                return Err(MmError::FrameInUse(mfn));
             }
-            f.ty = PageType::None;
+            f.ty = FrameType::None;
             f.flags = 0;
         }
         f.held -= 1;
         Ok(())
     }
 
-    /// Whether `dom` may map `pfn` (writable or not) from one of its L1s
+    /// Whether `dom` may map `mfn` (writable or not) from one of its L1s
     /// (MMU-7).
     ///
     /// Today: only frames it owns, and `Special` read-only frames only
     /// read-only. The hook for grants: a grant check extends this, and the
     /// reference accounting below is already owner-agnostic.
     #[inline]
-    pub fn may_map(&self, dom: DomId, pfn: Pfn, writable: bool) -> Result<(), MmError> {
-        let f = self.info(pfn)?;
+    pub fn may_map(&self, dom: DomId, mfn: Mfn, writable: bool) -> Result<(), MmError> {
+        let f = self.info(mfn)?;
         if f.owner != Owner::Domain(dom) {
-            return Err(MmError::NotOwner(pfn));
+            return Err(MmError::NotOwner(mfn));
         }
-        if writable && f.ty == PageType::Special && !f.special_writable() {
-            return Err(MmError::ReadOnlyFrame(pfn));
+        if writable && f.ty == FrameType::Special && !f.special_writable() {
+            return Err(MmError::ReadOnlyFrame(mfn));
         }
         Ok(())
     }
@@ -267,24 +268,24 @@ impl Mm {
     }
 
     #[inline]
-    fn note_dropped(&mut self, pfn: Pfn) {
+    fn note_dropped(&mut self, mfn: Mfn) {
         let epoch = self.epoch;
-        if let Ok(f) = self.info_mut(pfn) {
+        if let Ok(f) = self.info_mut(mfn) {
             f.dropped_epoch = epoch;
         }
     }
 
-    fn note_owner_change(&mut self, _pfn: Pfn, f: FrameInfo) {
+    fn note_owner_change(&mut self, _mfn: Mfn, f: FrameInfo) {
         if f.dropped_epoch == self.epoch {
             self.flush_pending = true;
         }
     }
 
-    /// `pfn` (with count 0) takes type `ty`.
+    /// `mfn` (with count 0) takes type `ty`.
     #[inline]
-    fn retype(&mut self, pfn: Pfn, ty: PageType) -> Result<(), MmError> {
+    fn retype(&mut self, mfn: Mfn, ty: FrameType) -> Result<(), MmError> {
         let epoch = self.epoch;
-        let f = self.info_mut(pfn)?;
+        let f = self.info_mut(mfn)?;
         let stale = f.dropped_epoch == epoch;
         f.ty = ty;
         f.type_count = 1;
@@ -298,12 +299,12 @@ impl Mm {
 
     /// One more reference of any kind.
     #[inline]
-    fn get_total(&mut self, pfn: Pfn) -> Result<(), MmError> {
-        let f = self.info_mut(pfn)?;
+    fn get_total(&mut self, mfn: Mfn) -> Result<(), MmError> {
+        let f = self.info_mut(mfn)?;
         f.total_count = f
             .total_count
             .checked_add(1)
-            .ok_or(MmError::CountOverflow(pfn))?;
+            .ok_or(MmError::CountOverflow(mfn))?;
         Ok(())
     }
 
@@ -311,111 +312,111 @@ impl Mm {
     /// reference if writable (MMU-2).
     #[inline]
     fn get_data(&mut self, dom: DomId, t: Target) -> Result<(), MmError> {
-        self.may_map(dom, t.pfn, t.writable)?;
-        let f = self.info(t.pfn)?;
+        self.may_map(dom, t.mfn, t.writable)?;
+        let f = self.info(t.mfn)?;
         if f.total_count == u32::MAX {
-            return Err(MmError::CountOverflow(t.pfn));
+            return Err(MmError::CountOverflow(t.mfn));
         }
-        if t.writable && f.ty != PageType::Special {
+        if t.writable && f.ty != FrameType::Special {
             match f.ty {
-                PageType::Writable => {
+                FrameType::Writable => {
                     let count = f
                         .type_count
                         .checked_add(1)
-                        .ok_or(MmError::CountOverflow(t.pfn))?;
-                    self.info_mut(t.pfn)?.type_count = count;
+                        .ok_or(MmError::CountOverflow(t.mfn))?;
+                    self.info_mut(t.mfn)?.type_count = count;
                 }
-                PageType::None => self.retype(t.pfn, PageType::Writable)?,
+                FrameType::None => self.retype(t.mfn, FrameType::Writable)?,
                 has => {
                     return Err(MmError::TypeConflict {
-                        pfn: t.pfn,
+                        mfn: t.mfn,
                         has,
-                        wants: PageType::Writable,
+                        wants: FrameType::Writable,
                     })
                 }
             }
         }
-        self.get_total(t.pfn)
+        self.get_total(t.mfn)
     }
 
     #[inline]
     fn put_data(&mut self, t: Target) {
-        self.note_dropped(t.pfn);
-        let Ok(f) = self.info_mut(t.pfn) else { return };
+        self.note_dropped(t.mfn);
+        let Ok(f) = self.info_mut(t.mfn) else { return };
         debug_assert!(f.total_count > 0);
         f.total_count = f.total_count.saturating_sub(1);
-        if t.writable && f.ty != PageType::Special {
-            debug_assert!(f.ty == PageType::Writable && f.type_count > 0);
+        if t.writable && f.ty != FrameType::Special {
+            debug_assert!(f.ty == FrameType::Writable && f.type_count > 0);
             f.type_count = f.type_count.saturating_sub(1);
             if f.type_count == 0 {
-                f.ty = PageType::None;
+                f.ty = FrameType::None;
             }
         }
     }
 
-    fn put_table<M: PhysMem>(&mut self, mem: &mut M, pfn: Pfn, level: Level) {
-        self.note_dropped(pfn);
-        let Ok(f) = self.info_mut(pfn) else { return };
-        debug_assert!(f.ty == PageType::table(level) && f.type_count > 0);
+    fn put_table<M: PhysMem>(&mut self, mem: &mut M, mfn: Mfn, level: Level) {
+        self.note_dropped(mfn);
+        let Ok(f) = self.info_mut(mfn) else { return };
+        debug_assert!(f.ty == FrameType::table(level) && f.type_count > 0);
         f.total_count = f.total_count.saturating_sub(1);
         f.type_count = f.type_count.saturating_sub(1);
         if f.type_count == 0 {
-            self.release_entries(mem, pfn, level, level.guest_slots());
+            self.release_entries(mem, mfn, level, level.guest_slots());
             if level == Level::L4 {
                 // Do not leave hypervisor addresses in a frame the guest
                 // may read again.
                 for i in FIRST_HYPERVISOR_SLOT..ENTRIES {
-                    mem.write_entry(pfn, i, 0);
+                    mem.write_entry(mfn, i, 0);
                 }
             }
-            if let Ok(f) = self.info_mut(pfn) {
-                f.ty = PageType::None;
+            if let Ok(f) = self.info_mut(mfn) {
+                f.ty = FrameType::None;
             }
         }
     }
 
-    fn release_entries<M: PhysMem>(&mut self, mem: &mut M, table: Pfn, level: Level, end: usize) {
+    fn release_entries<M: PhysMem>(&mut self, mem: &mut M, table: Mfn, level: Level, end: usize) {
         for i in 0..end {
             let value = mem.read_entry(table, i);
             self.put_entry(mem, table, level, value);
         }
     }
 
-    fn put_entry<M: PhysMem>(&mut self, mem: &mut M, table: Pfn, level: Level, value: u64) {
+    fn put_entry<M: PhysMem>(&mut self, mem: &mut M, table: Mfn, level: Level, value: u64) {
         let Some(t) = self.rules.target_of(value) else {
             return;
         };
         match level.below() {
             None => self.put_data(t),
-            Some(_) if level == Level::L4 && t.pfn == table => {}
-            Some(below) => self.put_table(mem, t.pfn, below),
+            Some(_) if level == Level::L4 && t.mfn == table => {}
+            Some(below) => self.put_table(mem, t.mfn, below),
         }
     }
 
     // ----- the operations guests request -----
 
-    /// Pins `pfn` as a table of `level` (MMU-11): validates it and the tree
+    /// Pins `mfn` as a table of `level` (MMU-11): validates it and the tree
     /// below, and holds it valid until [`Mm::unpin`]. All at once: the
     /// hypervisor uses [`Mm::pin_bounded`].
     pub fn pin<M: PhysMem>(
         &mut self,
         mem: &mut M,
         dom: DomId,
-        pfn: Pfn,
+        mfn: Mfn,
         level: Level,
     ) -> Result<(), MmError> {
         let mut pending = None;
-        let r = self.pin_bounded(mem, dom, pfn, level, &mut pending, &mut Budget::unlimited());
+        let r = self.pin_bounded(mem, dom, mfn, level, &mut pending, &mut Budget::unlimited());
         debug_assert!(pending.is_none() && r != Ok(Progress::Preempted));
         r.map(|_| ())
     }
 
-    /// Drops the pin on `pfn` (MMU-12); when nothing else references it,
+    /// Drops the pin on `mfn` (MMU-12); when nothing else references it,
     /// its tree is released. Refused for a loaded root. All at once: the
     /// hypervisor uses [`Mm::unpin_bounded`].
-    pub fn unpin<M: PhysMem>(&mut self, mem: &mut M, dom: DomId, pfn: Pfn) -> Result<(), MmError> {
+    pub fn unpin<M: PhysMem>(&mut self, mem: &mut M, dom: DomId, mfn: Mfn) -> Result<(), MmError> {
         let mut pending = None;
-        let r = self.unpin_bounded(mem, dom, pfn, &mut pending, &mut Budget::unlimited());
+        let r = self.unpin_bounded(mem, dom, mfn, &mut pending, &mut Budget::unlimited());
         debug_assert!(pending.is_none() && r != Ok(Progress::Preempted));
         r.map(|_| ())
     }
@@ -488,7 +489,7 @@ impl Mm {
         &mut self,
         mem: &mut M,
         dom: DomId,
-        table: Pfn,
+        table: Mfn,
         index: usize,
         new: u64,
         budget: &mut Budget,
@@ -515,7 +516,7 @@ impl Mm {
     /// Makes `l4` the root of `space` (MMU-14). It must be a pinned L4 of
     /// the space's domain. Returns the value for CR3 (the physical address;
     /// PCID bits are the hypervisor's business).
-    pub fn switch_root(&mut self, space: &mut AddressSpace, l4: Pfn) -> Result<u64, MmError> {
+    pub fn switch_root(&mut self, space: &mut AddressSpace, l4: Mfn) -> Result<u64, MmError> {
         let f = self.info(l4)?;
         if f.owner != Owner::Domain(space.dom) {
             return Err(MmError::NotOwner(l4));
@@ -523,11 +524,11 @@ impl Mm {
         if !f.pinned() {
             return Err(MmError::NotPinned(l4));
         }
-        if f.ty != PageType::L4 {
+        if f.ty != FrameType::L4 {
             return Err(MmError::TypeConflict {
-                pfn: l4,
+                mfn: l4,
                 has: f.ty,
-                wants: PageType::L4,
+                wants: FrameType::L4,
             });
         }
         if f.loaded == u16::MAX {
@@ -562,7 +563,7 @@ impl Mm {
         &mut self,
         mem: &mut M,
         dom: DomId,
-        root: Pfn,
+        root: Mfn,
         va: u64,
         value: u64,
     ) -> Result<(), MmError> {
@@ -578,9 +579,9 @@ impl Mm {
         }
         if f.table_level() != Some(Level::L4) {
             return Err(MmError::TypeConflict {
-                pfn: root,
+                mfn: root,
                 has: f.ty,
-                wants: PageType::L4,
+                wants: FrameType::L4,
             });
         }
         let l1 = self.walk_to_l1(mem, dom, root, va)?;
@@ -595,9 +596,9 @@ impl Mm {
         &self,
         mem: &M,
         dom: DomId,
-        root: Pfn,
+        root: Mfn,
         va: u64,
-    ) -> Result<Pfn, MmError> {
+    ) -> Result<Mfn, MmError> {
         let mut table = root;
         for level in [Level::L4, Level::L3, Level::L2] {
             let entry = mem.read_entry(table, level.index_of(va));
@@ -607,19 +608,19 @@ impl Mm {
             if level != Level::L4 && entry & PS_OR_PAT != 0 {
                 return Err(MmError::LargePage);
             }
-            let below = PageType::table(level.below().unwrap_or(Level::L1));
-            let next = self.info(t.pfn)?;
+            let below = FrameType::table(level.below().unwrap_or(Level::L1));
+            let next = self.info(t.mfn)?;
             if next.is_partial() {
-                return Err(MmError::Busy(t.pfn));
+                return Err(MmError::Busy(t.mfn));
             }
             if next.type_count == 0 || next.ty != below || next.owner != Owner::Domain(dom) {
                 return Err(MmError::TypeConflict {
-                    pfn: t.pfn,
+                    mfn: t.mfn,
                     has: next.ty,
                     wants: below,
                 });
             }
-            table = t.pfn;
+            table = t.mfn;
         }
         Ok(table)
     }

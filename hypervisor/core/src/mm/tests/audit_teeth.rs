@@ -7,7 +7,7 @@ use super::*;
 
 /// The standard tree plus a read-only special frame mapped, a writable one
 /// held, and a hold on a data frame: every kind of reference in use.
-fn rich() -> (Mm, Mem, Vec<Pfn>) {
+fn rich() -> (Mm, Mem, Vec<Mfn>) {
     let (mut mm, mut mem, _) = tree();
     mm.share_special(26, DOM, false).unwrap();
     mm.share_special(27, DOM, true).unwrap();
@@ -22,10 +22,10 @@ fn rich() -> (Mm, Mem, Vec<Pfn>) {
 }
 
 #[track_caller]
-fn caught(mm: &Mm, mem: &Mem, holds: &[Pfn], pfn: Pfn, what: &'static str) {
+fn caught(mm: &Mm, mem: &Mem, holds: &[Mfn], mfn: Mfn, what: &'static str) {
     assert_eq!(
         audit::audit_holds(mm, mem, holds),
-        Err(audit::AuditError { pfn, what }),
+        Err(audit::AuditError { mfn, what }),
     );
 }
 
@@ -46,15 +46,15 @@ fn audit_compares_type_counts() {
 
 #[test]
 fn audit_compares_total_counts() {
-    for (pfn, delta) in [(DATA, 1i64), (26, 1), (26, -1), (L3, 1)] {
+    for (mfn, delta) in [(DATA, 1i64), (26, 1), (26, -1), (L3, 1)] {
         let (mut mm, mem, holds) = rich();
-        let f = mm.frame_mut(pfn);
+        let f = mm.frame_mut(mfn);
         f.total_count = (i64::from(f.total_count) + delta) as u32;
         caught(
             &mm,
             &mem,
             &holds,
-            pfn,
+            mfn,
             "total count differs from references found",
         );
     }
@@ -100,12 +100,12 @@ fn audit_compares_hold_counts() {
 #[test]
 fn audit_checks_each_frames_own_rules() {
     type Corrupt = fn(&mut Mm, &mut Mem);
-    let cases: [(Pfn, &'static str, Corrupt); 11] = [
+    let cases: [(Mfn, &'static str, Corrupt); 11] = [
         (
             20,
             "type set without type references, or the reverse",
             |mm, _| {
-                mm.frame_mut(20).ty = PageType::L1;
+                mm.frame_mut(20).ty = FrameType::L1;
             },
         ),
         (27, "special frame with type references", |mm, _| {
@@ -151,24 +151,24 @@ fn audit_checks_each_frames_own_rules() {
             },
         ),
     ];
-    for (pfn, what, corrupt) in cases {
+    for (mfn, what, corrupt) in cases {
         let (mut mm, mut mem, holds) = rich();
         corrupt(&mut mm, &mut mem);
         let mut holds = holds;
         if what.starts_with("held frame") {
-            holds.push(pfn);
+            holds.push(mfn);
         }
         if what == "special frame the hypervisor does not hold" {
-            holds.retain(|&p| p != pfn);
+            holds.retain(|&p| p != mfn);
         }
-        caught(&mm, &mem, &holds, pfn, what);
+        caught(&mm, &mem, &holds, mfn, what);
     }
 }
 
 #[test]
 fn audit_rescans_table_contents() {
     type Corrupt = fn(&mut Mm, &mut Mem);
-    let cases: [(Pfn, &'static str, Corrupt); 7] = [
+    let cases: [(Mfn, &'static str, Corrupt); 7] = [
         (
             L1,
             "table holds an entry that fails validation",
@@ -205,9 +205,9 @@ fn audit_rescans_table_contents() {
             mem.poke(L4, 300, table(HYP_FRAMES.start + 3) & !USER);
         }),
     ];
-    for (pfn, what, corrupt) in cases {
+    for (mfn, what, corrupt) in cases {
         let (mut mm, mut mem, holds) = rich();
         corrupt(&mut mm, &mut mem);
-        caught(&mm, &mem, &holds, pfn, what);
+        caught(&mm, &mem, &holds, mfn, what);
     }
 }

@@ -97,9 +97,9 @@ fn mmu_35_refused_bounded_pin_undoes_everything_then_reports() {
             mm.pin_bounded(mem, DOM, 30, Level::L4, p, b)
         });
         let want = MmError::TypeConflict {
-            pfn: L2,
-            has: PageType::L2,
-            wants: PageType::Writable,
+            mfn: L2,
+            has: FrameType::L2,
+            wants: FrameType::Writable,
         };
         assert_eq!(r, Err(want));
         assert!(steps > 20 || calls > 2);
@@ -122,15 +122,15 @@ fn mmu_36_attack_touching_a_half_validated_tree() {
         &mut Budget::new(5),
     );
     assert_eq!(r, Ok(Progress::Preempted));
-    for pfn in [30, 31, 32, 33] {
-        assert!(mm.frame(pfn).unwrap().is_partial(), "frame {pfn}");
+    for mfn in [30, 31, 32, 33] {
+        assert!(mm.frame(mfn).unwrap().is_partial(), "frame {mfn}");
     }
     audit::audit(&mm, &mem).unwrap();
     let before = snapshot(&mm, &mem);
     // Updating an entry of a partial table, at any level.
-    for (pfn, i) in [(30, 2), (31, 1), (32, 5), (33, 100)] {
-        let r = mm.mmu_update_one(&mut mem, DOM, ptr(pfn, i), 0);
-        assert_refused(&mm, &mem, &before, r, MmError::Busy(pfn));
+    for (mfn, i) in [(30, 2), (31, 1), (32, 5), (33, 100)] {
+        let r = mm.mmu_update_one(&mut mem, DOM, ptr(mfn, i), 0);
+        assert_refused(&mm, &mem, &before, r, MmError::Busy(mfn));
     }
     // Referencing a partial table from a valid one.
     let r = mm.mmu_update_one(&mut mem, DOM, ptr(L2, 9), table(33));
@@ -139,7 +139,7 @@ fn mmu_36_attack_touching_a_half_validated_tree() {
     assert_refused(&mm, &mem, &before, r, MmError::Busy(32));
     // Mapping it writable (it has a table type).
     let r = mm.mmu_update_one(&mut mem, DOM, ptr(L1, 9), rw(33));
-    assert!(matches!(r, Err(MmError::TypeConflict { pfn: 33, .. })));
+    assert!(matches!(r, Err(MmError::TypeConflict { mfn: 33, .. })));
     assert_eq!(snapshot(&mm, &mem), before);
     // Pinning, unpinning or loading it.
     let r = mm.pin(&mut mem, DOM, 31, Level::L3);
@@ -193,7 +193,7 @@ fn mmu_36_attack_touching_a_half_validated_tree() {
     }
     assert!(pending.is_none());
     let v = view(&mm, 30);
-    assert_eq!((v.ty, v.type_count, v.pinned), (PageType::L4, 1, true));
+    assert_eq!((v.ty, v.type_count, v.pinned), (FrameType::L4, 1, true));
     assert_eq!(view(&mm, 32).type_count, 2);
     mm.mmu_update_one(&mut mem, DOM, ptr(33, 100), ro(DATA))
         .unwrap();
@@ -233,12 +233,12 @@ fn mmu_36_abandoned_pin_and_unpin_are_torn_down() {
             }
             assert!(calls > 10, "teardown was not split");
             assert!(pending.is_none());
-            for pfn in 0..FRAMES {
-                let f = mm.frame(pfn).unwrap();
+            for mfn in 0..FRAMES {
+                let f = mm.frame(mfn).unwrap();
                 if f.owner() == Owner::Domain(DOM) {
                     assert!(
                         f.idle(),
-                        "frame {pfn} not idle (stop {stop}, unpin {unpin})"
+                        "frame {mfn} not idle (stop {stop}, unpin {unpin})"
                     );
                 }
             }
@@ -263,8 +263,8 @@ fn mmu_36_teardown_without_the_record_still_releases_the_chain() {
     assert_eq!(r, Ok(Progress::Preempted));
     mm.detach(&mut space);
     assert_eq!(mm.teardown(&mut mem, DOM), 1);
-    for pfn in 0..40 {
-        assert!(mm.frame(pfn).unwrap().idle(), "frame {pfn}");
+    for mfn in 0..40 {
+        assert!(mm.frame(mfn).unwrap().idle(), "frame {mfn}");
     }
     audit::audit(&mm, &mem).unwrap();
 }
@@ -292,7 +292,7 @@ fn bounded_teardown_work_is_proportional_and_bounded() {
 }
 
 /// A random tree's worth of guest writes into the domain's frames.
-fn writes() -> impl Strategy<Value = Vec<(Pfn, usize, u64)>> {
+fn writes() -> impl Strategy<Value = Vec<(Mfn, usize, u64)>> {
     let target = prop_oneof![8 => 0..40u64, 1 => 40..FRAMES];
     let value = prop_oneof![
         4 => target.clone().prop_map(table),
@@ -396,10 +396,10 @@ proptest! {
             audit::audit(&mm, &mem).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         }
         prop_assert!(pending.is_none());
-        for pfn in 0..FRAMES {
-            let f = mm.frame(pfn).unwrap();
+        for mfn in 0..FRAMES {
+            let f = mm.frame(mfn).unwrap();
             if f.owner() == Owner::Domain(DOM) {
-                prop_assert!(f.idle(), "frame {} not idle", pfn);
+                prop_assert!(f.idle(), "frame {} not idle", mfn);
             }
         }
         audit::audit(&mm, &mem).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
@@ -424,7 +424,7 @@ fn teardown_of_a_frame_list_is_proportional_to_it() {
     );
     assert_eq!(r, Ok(Progress::Preempted));
     mm.detach(&mut space);
-    let frames: Vec<Pfn> = (0..40).collect();
+    let frames: Vec<Mfn> = (0..40).collect();
     let mut t = Teardown::new(DOM);
     let mut steps = 0;
     loop {
@@ -438,10 +438,10 @@ fn teardown_of_a_frame_list_is_proportional_to_it() {
     }
     assert!(pending.is_none());
     assert_eq!(t.unpinned(), 1);
-    for pfn in 0..FRAMES {
-        let f = mm.frame(pfn).unwrap();
+    for mfn in 0..FRAMES {
+        let f = mm.frame(mfn).unwrap();
         if f.owner() == Owner::Domain(DOM) {
-            assert!(f.idle(), "frame {pfn} not idle");
+            assert!(f.idle(), "frame {mfn} not idle");
         }
     }
     // The first tree's 4 tables plus what the pin had validated, plus one

@@ -28,7 +28,7 @@ fn mem_8_a_held_frame_cannot_change_hands_or_become_a_table() {
     audit::audit_holds(&mm, &mem, &[f]).unwrap();
     // Its owner may still map it, writable too (a ring page).
     mm.mmu_update_one(&mut mem, DOM, ptr(L1, 9), rw(f)).unwrap();
-    assert_eq!(view(&mm, f).ty, PageType::Writable);
+    assert_eq!(view(&mm, f).ty, FrameType::Writable);
     mm.mmu_update_one(&mut mem, DOM, ptr(L1, 9), 0).unwrap();
     audit::audit_holds(&mm, &mem, &[f]).unwrap();
     // Released: idle again, and free to go.
@@ -42,7 +42,7 @@ fn mem_8_a_held_frame_cannot_change_hands_or_become_a_table() {
 fn mem_8_holds_count_and_only_fit_plain_frames_of_the_owner() {
     let (mut mm, mut mem, _) = tree();
     let before = snapshot(&mm, &mem);
-    for (pfn, dom, want) in [
+    for (mfn, dom, want) in [
         (L1, DOM, MmError::NotHoldable(L1)),
         (L4, DOM, MmError::NotHoldable(L4)),
         (
@@ -55,7 +55,7 @@ fn mem_8_holds_count_and_only_fit_plain_frames_of_the_owner() {
         (FRAMES, DOM, MmError::NoSuchFrame(FRAMES)),
         (20, OTHER, MmError::NotOwner(20)),
     ] {
-        let r = mm.hold(pfn, dom);
+        let r = mm.hold(mfn, dom);
         assert_refused(&mm, &mem, &before, r, want);
     }
     let r = mm.release_hold(20);
@@ -89,7 +89,7 @@ fn mem_8_shared_info_unmapped_is_still_held() {
     mm.mmu_update_one(&mut mem, DOM, ptr(L1, 10), rw(21))
         .unwrap();
     let v = view(&mm, 27);
-    assert_eq!((v.ty, v.total_count, v.held), (PageType::Special, 0, 1));
+    assert_eq!((v.ty, v.total_count, v.held), (FrameType::Special, 0, 1));
     let before = snapshot(&mm, &mem);
     let r = mm.assign(27, Owner::Free);
     assert_refused(&mm, &mem, &before, r, MmError::FrameInUse(27));

@@ -22,7 +22,7 @@ pub(super) const OTHER: DomId = 2;
 pub(super) const OTHER_FRAMES: core::ops::Range<u64> = 40..48;
 /// The hypervisor owns 48..56; 56..64 are free.
 pub(super) const HYP_FRAMES: core::ops::Range<u64> = 48..56;
-pub(super) const FREE_FRAME: Pfn = 60;
+pub(super) const FREE_FRAME: Mfn = 60;
 
 /// Dense physical memory: every frame is 512 entries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,20 +38,20 @@ impl Mem {
     }
     /// A write that bypasses the validator: the guest writing a frame it
     /// may write, or the CPU setting A/D bits.
-    pub(super) fn poke(&mut self, pfn: Pfn, index: usize, value: u64) {
-        self.frames[pfn as usize][index] = value;
+    pub(super) fn poke(&mut self, mfn: Mfn, index: usize, value: u64) {
+        self.frames[mfn as usize][index] = value;
     }
-    pub(super) fn peek(&self, pfn: Pfn, index: usize) -> u64 {
-        self.frames[pfn as usize][index]
+    pub(super) fn peek(&self, mfn: Mfn, index: usize) -> u64 {
+        self.frames[mfn as usize][index]
     }
 }
 
 impl PhysMem for Mem {
-    fn read_entry(&self, pfn: Pfn, index: usize) -> u64 {
-        self.frames[pfn as usize][index]
+    fn read_entry(&self, mfn: Mfn, index: usize) -> u64 {
+        self.frames[mfn as usize][index]
     }
-    fn write_entry(&mut self, pfn: Pfn, index: usize, value: u64) {
-        self.frames[pfn as usize][index] = value;
+    fn write_entry(&mut self, mfn: Mfn, index: usize, value: u64) {
+        self.frames[mfn as usize][index] = value;
     }
 }
 
@@ -71,45 +71,45 @@ pub(super) fn machine() -> (Mm, Mem) {
         hypervisor_slots: template(),
     })
     .unwrap();
-    for pfn in 0..FRAMES {
-        let owner = if pfn < OTHER_FRAMES.start {
+    for mfn in 0..FRAMES {
+        let owner = if mfn < OTHER_FRAMES.start {
             Owner::Domain(DOM)
-        } else if OTHER_FRAMES.contains(&pfn) {
+        } else if OTHER_FRAMES.contains(&mfn) {
             Owner::Domain(OTHER)
-        } else if HYP_FRAMES.contains(&pfn) {
+        } else if HYP_FRAMES.contains(&mfn) {
             Owner::Hypervisor
         } else {
             Owner::Free
         };
-        mm.assign(pfn, owner).unwrap();
+        mm.assign(mfn, owner).unwrap();
     }
     (mm, Mem::new(FRAMES))
 }
 
-/// A non-leaf entry pointing at `pfn`.
-pub(super) fn table(pfn: Pfn) -> u64 {
-    (pfn << 12) | PRESENT | WRITABLE | USER
+/// A non-leaf entry pointing at `mfn`.
+pub(super) fn table(mfn: Mfn) -> u64 {
+    (mfn << 12) | PRESENT | WRITABLE | USER
 }
 /// A writable leaf entry.
-pub(super) fn rw(pfn: Pfn) -> u64 {
-    (pfn << 12) | PRESENT | WRITABLE | USER | NX
+pub(super) fn rw(mfn: Mfn) -> u64 {
+    (mfn << 12) | PRESENT | WRITABLE | USER | NX
 }
 /// A read-only leaf entry (or read-only non-leaf entry).
-pub(super) fn ro(pfn: Pfn) -> u64 {
-    (pfn << 12) | PRESENT | USER
+pub(super) fn ro(mfn: Mfn) -> u64 {
+    (mfn << 12) | PRESENT | USER
 }
-/// The machine address of entry `index` of `pfn`.
-pub(super) fn ptr(pfn: Pfn, index: usize) -> u64 {
-    (pfn << 12) | (index as u64 * 8)
+/// The machine address of entry `index` of `mfn`.
+pub(super) fn ptr(mfn: Mfn, index: usize) -> u64 {
+    (mfn << 12) | (index as u64 * 8)
 }
 
 /// Frames of the standard tree.
-pub(super) const L4: Pfn = 1;
-pub(super) const L3: Pfn = 2;
-pub(super) const L2: Pfn = 3;
-pub(super) const L1: Pfn = 4;
+pub(super) const L4: Mfn = 1;
+pub(super) const L3: Mfn = 2;
+pub(super) const L2: Mfn = 3;
+pub(super) const L1: Mfn = 4;
 /// Data frames mapped writable at L1[0..4] (va 0x0, 0x1000, ...).
-pub(super) const DATA: Pfn = 10;
+pub(super) const DATA: Mfn = 10;
 
 /// The standard tree, built the way a guest does it: fill the frames while
 /// they are plain memory, pin the L4 (which validates downwards), load it.
@@ -162,6 +162,6 @@ pub(super) fn assert_refused<T: core::fmt::Debug>(
     audit::audit(mm, mem).unwrap();
 }
 
-pub(super) fn view(mm: &Mm, pfn: Pfn) -> FrameView {
-    mm.frame(pfn).unwrap().view()
+pub(super) fn view(mm: &Mm, mfn: Mfn) -> FrameView {
+    mm.frame(mfn).unwrap().view()
 }

@@ -11,12 +11,12 @@ use proptest::prelude::*;
 /// One step a guest (or the CPU, or the hypervisor) can take.
 #[derive(Clone, Debug)]
 enum Op {
-    Pin(DomId, Pfn, Level),
-    Unpin(DomId, Pfn),
+    Pin(DomId, Mfn, Level),
+    Unpin(DomId, Mfn),
     Update(DomId, u64, u64),
     Batch(DomId, Vec<(u64, u64)>),
-    UpdateVa(DomId, Pfn, u64, u64),
-    Switch(usize, Pfn),
+    UpdateVa(DomId, Mfn, u64, u64),
+    Switch(usize, Mfn),
     /// Resolved against the current state, so that deep states are reached:
     /// an update of slot `.1` of the `.0`-th table in use.
     UpdateInUse(usize, usize, u64),
@@ -28,22 +28,22 @@ enum Op {
     UnpinPinned(usize),
     /// The guest writes a frame it can write (type `None` or `Writable`):
     /// builds tables before pinning them.
-    GuestWrite(DomId, Pfn, usize, u64),
+    GuestWrite(DomId, Mfn, usize, u64),
     /// The CPU sets A (and D) in an entry of a table in use.
-    CpuSetsAccessed(Pfn, usize),
+    CpuSetsAccessed(Mfn, usize),
     Teardown(DomId),
     Flush,
     /// The hypervisor takes a hold on a frame (MEM-8).
-    Hold(DomId, Pfn),
+    Hold(DomId, Mfn),
     /// The hypervisor drops the `.0`-th hold it recorded.
     ReleaseHold(usize),
     /// The hypervisor tries to give a frame back to the free pool (as
     /// `memory_release` does): refused while anything, a hold included,
     /// refers to it.
-    Free(Pfn),
+    Free(Mfn),
     /// A bounded pin of at most `.3` steps (MMU-35), continuing the
     /// domain's pending one when frame and level match.
-    PinSteps(DomId, Pfn, Level, u64),
+    PinSteps(DomId, Mfn, Level, u64),
     /// A bounded unpin of at most `.2` steps of the `.0`-th pinned frame.
     UnpinSteps(usize, u64),
 }
@@ -53,7 +53,7 @@ fn domain() -> impl Strategy<Value = DomId> {
 }
 
 /// Mostly the guest's own frames, sometimes others', sometimes past the end.
-fn frame() -> impl Strategy<Value = Pfn> {
+fn frame() -> impl Strategy<Value = Mfn> {
     prop_oneof![
         12 => 0..12u64,
         2 => 0..FRAMES,
@@ -140,7 +140,7 @@ struct World {
     mem: Mem,
     spaces: [AddressSpace; 3],
     /// The holds the "hypervisor" took, as it records them.
-    holds: Vec<Pfn>,
+    holds: Vec<Mfn>,
     /// The bounded pin or unpin each domain has in progress, by domain id.
     pending: BTreeMap<DomId, Pending>,
 }
@@ -163,8 +163,8 @@ impl World {
     }
 
     /// The `sel`-th frame (cyclically) that satisfies `pred`, if any.
-    fn pick(&self, sel: usize, pred: impl Fn(&FrameInfo) -> bool) -> Option<Pfn> {
-        let found: Vec<Pfn> = (0..FRAMES)
+    fn pick(&self, sel: usize, pred: impl Fn(&FrameInfo) -> bool) -> Option<Mfn> {
+        let found: Vec<Mfn> = (0..FRAMES)
             .filter(|p| pred(self.mm.frame(*p).unwrap()))
             .collect();
         (!found.is_empty()).then(|| found[sel % found.len()])
@@ -172,7 +172,7 @@ impl World {
 
     /// A virtual address whose walk from `root` reaches an L1, steered by
     /// the bits of `seed`, if there is one.
-    fn mapped_va(&self, root: Pfn, seed: u64) -> Option<u64> {
+    fn mapped_va(&self, root: Mfn, seed: u64) -> Option<u64> {
         let mut table = root;
         let mut va = seed & 0x1f_f000;
         for (n, level) in [Level::L4, Level::L3, Level::L2].into_iter().enumerate() {
@@ -182,7 +182,7 @@ impl World {
                     self.mm
                         .rules()
                         .target_of(self.mem.peek(table, *i))
-                        .and_then(|t| self.mm.frame(t.pfn))
+                        .and_then(|t| self.mm.frame(t.mfn))
                         .is_some_and(|f| f.table_level() == Some(below))
                 })
                 .collect();
@@ -191,7 +191,7 @@ impl World {
             }
             let i = slots[(seed >> (21 + 9 * n)) as usize % slots.len()];
             va |= (i as u64) << (39 - 9 * n);
-            table = self.mm.rules().target_of(self.mem.peek(table, i))?.pfn;
+            table = self.mm.rules().target_of(self.mem.peek(table, i))?.mfn;
         }
         Some(va)
     }
@@ -253,8 +253,8 @@ impl World {
             }
             Op::GuestWrite(d, p, i, v) => {
                 let f = self.mm.frame(*p).unwrap();
-                let writable = matches!(f.page_type(), PageType::None | PageType::Writable)
-                    || (f.page_type() == PageType::Special && f.special_writable());
+                let writable = matches!(f.frame_type(), FrameType::None | FrameType::Writable)
+                    || (f.frame_type() == FrameType::Special && f.special_writable());
                 if f.owner() == Owner::Domain(*d) && writable {
                     self.mem.poke(*p, *i, *v);
                 }
@@ -264,7 +264,7 @@ impl World {
                 let f = self.mm.frame(*p).unwrap();
                 let e = self.mem.peek(*p, *i);
                 if f.table_level().is_some() && e & PRESENT != 0 {
-                    let bits = if f.page_type() == PageType::L1 {
+                    let bits = if f.frame_type() == FrameType::L1 {
                         ACCESSED | DIRTY
                     } else {
                         ACCESSED
@@ -328,8 +328,8 @@ impl World {
                 }
                 prop_assert!(pending.is_none());
                 // Then the hypervisor drops its holds on the domain's frames.
-                let mine = |p: &Pfn| self.mm.frame(*p).unwrap().owner() == Owner::Domain(*d);
-                let (gone, kept): (Vec<Pfn>, Vec<Pfn>) = self.holds.iter().partition(|p| mine(p));
+                let mine = |p: &Mfn| self.mm.frame(*p).unwrap().owner() == Owner::Domain(*d);
+                let (gone, kept): (Vec<Mfn>, Vec<Mfn>) = self.holds.iter().partition(|p| mine(p));
                 for p in gone {
                     self.mm.release_hold(p).unwrap();
                 }
@@ -337,10 +337,10 @@ impl World {
                 for s in self.spaces.iter_mut().filter(|s| s.domain() == *d) {
                     *s = AddressSpace::new(*d);
                 }
-                for pfn in 0..FRAMES {
-                    let f = self.mm.frame(pfn).unwrap();
+                for mfn in 0..FRAMES {
+                    let f = self.mm.frame(mfn).unwrap();
                     if f.owner() == Owner::Domain(*d) {
-                        prop_assert!(f.idle(), "frame {} not idle after teardown", pfn);
+                        prop_assert!(f.idle(), "frame {} not idle after teardown", mfn);
                     }
                 }
                 None
@@ -429,8 +429,8 @@ proptest! {
             w.step(&Op::Teardown(d))?;
         }
         prop_assert!(w.holds.is_empty(), "holds left: {:?}", w.holds);
-        for pfn in 0..FRAMES {
-            prop_assert!(w.mm.frame(pfn).unwrap().idle(), "frame {} not idle", pfn);
+        for mfn in 0..FRAMES {
+            prop_assert!(w.mm.frame(mfn).unwrap().idle(), "frame {} not idle", mfn);
         }
         audit::audit_holds(&w.mm, &w.mem, &[]).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
     }
@@ -473,7 +473,7 @@ proptest! {
     fn entry_check_never_panics_and_is_consistent(v in any::<u64>(), l in level()) {
         let rules = EntryRules::new(46).unwrap();
         if let Ok(Some(t)) = rules.check(l, v) {
-            prop_assert!(t.pfn < 1 << 34);
+            prop_assert!(t.mfn < 1 << 34);
             prop_assert_eq!(Some(t), rules.target_of(v));
             prop_assert!(v & USER != 0);
         }

@@ -10,24 +10,24 @@ use hypercall_abi::Error as Abi;
 #[test]
 fn mmu_1_pin_types_the_tree_and_counts_references() {
     let (mm, _, _) = tree();
-    let expect = |pfn, ty, type_count, total_count, pinned| FrameView {
+    let expect = |mfn, ty, type_count, total_count, pinned| FrameView {
         owner: Owner::Domain(DOM),
         ty,
         type_count,
         total_count,
         pinned,
-        loaded: u16::from(pfn == L4),
+        loaded: u16::from(mfn == L4),
         held: 0,
     };
-    assert_eq!(view(&mm, L4), expect(L4, PageType::L4, 1, 1, true));
-    assert_eq!(view(&mm, L3), expect(L3, PageType::L3, 1, 1, false));
-    assert_eq!(view(&mm, L2), expect(L2, PageType::L2, 1, 1, false));
-    assert_eq!(view(&mm, L1), expect(L1, PageType::L1, 1, 1, false));
+    assert_eq!(view(&mm, L4), expect(L4, FrameType::L4, 1, 1, true));
+    assert_eq!(view(&mm, L3), expect(L3, FrameType::L3, 1, 1, false));
+    assert_eq!(view(&mm, L2), expect(L2, FrameType::L2, 1, 1, false));
+    assert_eq!(view(&mm, L1), expect(L1, FrameType::L1, 1, 1, false));
     assert_eq!(
         view(&mm, DATA),
-        expect(DATA, PageType::Writable, 1, 1, false)
+        expect(DATA, FrameType::Writable, 1, 1, false)
     );
-    assert_eq!(view(&mm, 20), expect(20, PageType::None, 0, 0, false));
+    assert_eq!(view(&mm, 20), expect(20, FrameType::None, 0, 0, false));
 }
 
 #[test]
@@ -36,11 +36,11 @@ fn mmu_2_read_only_mapping_takes_only_a_total_reference() {
     mm.mmu_update_one(&mut mem, DOM, ptr(L1, 5), ro(L3))
         .unwrap();
     let v = view(&mm, L3);
-    assert_eq!((v.ty, v.type_count, v.total_count), (PageType::L3, 1, 2));
+    assert_eq!((v.ty, v.type_count, v.total_count), (FrameType::L3, 1, 2));
     mm.mmu_update_one(&mut mem, DOM, ptr(L1, 6), ro(20))
         .unwrap();
     let v = view(&mm, 20);
-    assert_eq!((v.ty, v.type_count, v.total_count), (PageType::None, 0, 1));
+    assert_eq!((v.ty, v.type_count, v.total_count), (FrameType::None, 0, 1));
     audit::audit(&mm, &mem).unwrap();
 }
 
@@ -54,11 +54,11 @@ fn mmu_2_writable_mapping_takes_a_writable_type_reference() {
     let v = view(&mm, 20);
     assert_eq!(
         (v.ty, v.type_count, v.total_count),
-        (PageType::Writable, 2, 2)
+        (FrameType::Writable, 2, 2)
     );
     mm.mmu_update_one(&mut mem, DOM, ptr(L1, 5), 0).unwrap();
     mm.mmu_update_one(&mut mem, DOM, ptr(L1, 6), 0).unwrap();
-    assert_eq!(view(&mm, 20).ty, PageType::None);
+    assert_eq!(view(&mm, 20).ty, FrameType::None);
     audit::audit(&mm, &mem).unwrap();
 }
 
@@ -68,17 +68,17 @@ fn mmu_2_writable_mapping_takes_a_writable_type_reference() {
 fn mmu_2_attack_writable_mapping_of_own_page_table() {
     let (mut mm, mut mem, _) = tree();
     for (pt, has) in [
-        (L4, PageType::L4),
-        (L3, PageType::L3),
-        (L2, PageType::L2),
-        (L1, PageType::L1),
+        (L4, FrameType::L4),
+        (L3, FrameType::L3),
+        (L2, FrameType::L2),
+        (L1, FrameType::L1),
     ] {
         let before = snapshot(&mm, &mem);
         let r = mm.mmu_update_one(&mut mem, DOM, ptr(L1, 7), rw(pt));
         let want = MmError::TypeConflict {
-            pfn: pt,
+            mfn: pt,
             has,
-            wants: PageType::Writable,
+            wants: FrameType::Writable,
         };
         assert_refused(&mm, &mem, &before, r, want);
         assert_eq!(want.abi(), Abi::TypeConflict);
@@ -94,9 +94,9 @@ fn mmu_2_attack_read_only_then_flag_flip_to_writable() {
     let before = snapshot(&mm, &mem);
     let r = mm.mmu_update_one(&mut mem, DOM, ptr(L1, 7), rw(L2));
     let want = MmError::TypeConflict {
-        pfn: L2,
-        has: PageType::L2,
-        wants: PageType::Writable,
+        mfn: L2,
+        has: FrameType::L2,
+        wants: FrameType::Writable,
     };
     assert_refused(&mm, &mem, &before, r, want);
 }
@@ -122,11 +122,11 @@ fn mmu_7_attack_mapping_another_guests_frame() {
 #[test]
 fn mmu_7_attack_mapping_a_hypervisor_or_free_frame() {
     let (mut mm, mut mem, _) = tree();
-    for pfn in [HYP_FRAMES.start, HYP_FRAMES.end - 1, FREE_FRAME] {
-        for value in [rw(pfn), ro(pfn)] {
+    for mfn in [HYP_FRAMES.start, HYP_FRAMES.end - 1, FREE_FRAME] {
+        for value in [rw(mfn), ro(mfn)] {
             let before = snapshot(&mm, &mem);
             let r = mm.mmu_update_one(&mut mem, DOM, ptr(L1, 7), value);
-            assert_refused(&mm, &mem, &before, r, MmError::NotOwner(pfn));
+            assert_refused(&mm, &mem, &before, r, MmError::NotOwner(mfn));
         }
     }
 }
@@ -156,18 +156,18 @@ fn mmu_1_attack_type_confusion_between_levels() {
     // An L4 used as an L1 (from an L2 entry), an L1 used as an L2, an L2 as
     // an L3, an L3 as... an L3 (an L3 entry naming an L3).
     let cases = [
-        (ptr(L2, 1), L4, PageType::L4, PageType::L1),
-        (ptr(L3, 1), L1, PageType::L1, PageType::L2),
-        (ptr(L4, 1), L2, PageType::L2, PageType::L3),
-        (ptr(L3, 1), L3, PageType::L3, PageType::L2),
-        (ptr(L2, 1), L2, PageType::L2, PageType::L1),
-        (ptr(L2, 1), DATA, PageType::Writable, PageType::L1),
+        (ptr(L2, 1), L4, FrameType::L4, FrameType::L1),
+        (ptr(L3, 1), L1, FrameType::L1, FrameType::L2),
+        (ptr(L4, 1), L2, FrameType::L2, FrameType::L3),
+        (ptr(L3, 1), L3, FrameType::L3, FrameType::L2),
+        (ptr(L2, 1), L2, FrameType::L2, FrameType::L1),
+        (ptr(L2, 1), DATA, FrameType::Writable, FrameType::L1),
     ];
     for (p, target, has, wants) in cases {
         let before = snapshot(&mm, &mem);
         let r = mm.mmu_update_one(&mut mem, DOM, p, table(target));
         let want = MmError::TypeConflict {
-            pfn: target,
+            mfn: target,
             has,
             wants,
         };
@@ -177,16 +177,16 @@ fn mmu_1_attack_type_confusion_between_levels() {
     let before = snapshot(&mm, &mem);
     let r = mm.pin(&mut mem, DOM, L1, Level::L2);
     let want = MmError::TypeConflict {
-        pfn: L1,
-        has: PageType::L1,
-        wants: PageType::L2,
+        mfn: L1,
+        has: FrameType::L1,
+        wants: FrameType::L2,
     };
     assert_refused(&mm, &mem, &before, r, want);
     let r = mm.pin(&mut mem, DOM, L2, Level::L4);
     let want = MmError::TypeConflict {
-        pfn: L2,
-        has: PageType::L2,
-        wants: PageType::L4,
+        mfn: L2,
+        has: FrameType::L2,
+        wants: FrameType::L4,
     };
     assert_refused(&mm, &mem, &before, r, want);
 }
@@ -199,7 +199,7 @@ fn mmu_1_a_table_may_be_shared_at_its_own_level() {
     let v = view(&mm, L1);
     assert_eq!((v.type_count, v.total_count), (2, 2));
     mm.mmu_update_one(&mut mem, DOM, ptr(L2, 0), 0).unwrap();
-    assert_eq!(view(&mm, L1).ty, PageType::L1);
+    assert_eq!(view(&mm, L1).ty, FrameType::L1);
     audit::audit(&mm, &mem).unwrap();
 }
 
@@ -213,9 +213,9 @@ fn mmu_1_attack_frame_maps_itself_writable_while_being_validated() {
     let before = snapshot(&mm, &mem);
     let r = mm.mmu_update_one(&mut mem, DOM, ptr(L2, 1), table(20));
     let want = MmError::TypeConflict {
-        pfn: 20,
-        has: PageType::L1,
-        wants: PageType::Writable,
+        mfn: 20,
+        has: FrameType::L1,
+        wants: FrameType::Writable,
     };
     assert_refused(&mm, &mem, &before, r, want);
     // Read-only is fine.
@@ -281,17 +281,17 @@ fn mmu_10_attack_linear_loop_between_two_roots() {
         let before = snapshot(&mm, &mem);
         let r = mm.mmu_update_one(&mut mem, DOM, ptr(L4, 6), value);
         let want = MmError::TypeConflict {
-            pfn: 30,
-            has: PageType::L4,
-            wants: PageType::L3,
+            mfn: 30,
+            has: FrameType::L4,
+            wants: FrameType::L3,
         };
         assert_refused(&mm, &mem, &before, r, want);
     }
     // And after teardown nothing is left behind.
     mm.teardown(&mut mem, DOM);
     audit::audit(&mm, &mem).unwrap();
-    for pfn in 0..OTHER_FRAMES.start {
-        assert!(mm.frame(pfn).unwrap().idle(), "frame {pfn} not idle");
+    for mfn in 0..OTHER_FRAMES.start {
+        assert!(mm.frame(mfn).unwrap().idle(), "frame {mfn} not idle");
     }
 }
 
@@ -301,16 +301,16 @@ fn mmu_10_attack_same_level_linear_below_l4() {
     let before = snapshot(&mm, &mem);
     let r = mm.mmu_update_one(&mut mem, DOM, ptr(L3, 3), ro(L3));
     let want = MmError::TypeConflict {
-        pfn: L3,
-        has: PageType::L3,
-        wants: PageType::L2,
+        mfn: L3,
+        has: FrameType::L3,
+        wants: FrameType::L2,
     };
     assert_refused(&mm, &mem, &before, r, want);
     let r = mm.mmu_update_one(&mut mem, DOM, ptr(L2, 3), ro(L2));
     let want = MmError::TypeConflict {
-        pfn: L2,
-        has: PageType::L2,
-        wants: PageType::L1,
+        mfn: L2,
+        has: FrameType::L2,
+        wants: FrameType::L1,
     };
     assert_refused(&mm, &mem, &before, r, want);
 }
@@ -324,9 +324,9 @@ fn mmu_11_attack_pinning_a_frame_mapped_writable() {
         let before = snapshot(&mm, &mem);
         let r = mm.pin(&mut mem, DOM, DATA, level);
         let want = MmError::TypeConflict {
-            pfn: DATA,
-            has: PageType::Writable,
-            wants: PageType::table(level),
+            mfn: DATA,
+            has: FrameType::Writable,
+            wants: FrameType::table(level),
         };
         assert_refused(&mm, &mem, &before, r, want);
     }
@@ -370,9 +370,9 @@ fn mmu_11_failed_pin_rolls_back_everything() {
     let before = snapshot(&mm, &mem);
     let r = mm.pin(&mut mem, DOM, 30, Level::L4);
     let want = MmError::TypeConflict {
-        pfn: L2,
-        has: PageType::L2,
-        wants: PageType::Writable,
+        mfn: L2,
+        has: FrameType::L2,
+        wants: FrameType::Writable,
     };
     assert_refused(&mm, &mem, &before, r, want);
 }
@@ -388,8 +388,8 @@ fn mmu_12_attack_unpinning_the_active_root() {
     mm.pin(&mut mem, DOM, 30, Level::L4).unwrap();
     mm.switch_root(&mut space, 30).unwrap();
     mm.unpin(&mut mem, DOM, L4).unwrap();
-    for pfn in [L4, L3, L2, L1, DATA] {
-        assert!(mm.frame(pfn).unwrap().idle(), "frame {pfn}");
+    for mfn in [L4, L3, L2, L1, DATA] {
+        assert!(mm.frame(mfn).unwrap().idle(), "frame {mfn}");
     }
     audit::audit(&mm, &mem).unwrap();
 }
@@ -409,7 +409,7 @@ fn mmu_12_unpin_keeps_tables_still_referenced() {
     let (mut mm, mut mem, _) = tree();
     mm.pin(&mut mem, DOM, L1, Level::L1).unwrap();
     mm.mmu_update_one(&mut mem, DOM, ptr(L2, 0), 0).unwrap();
-    assert_eq!(view(&mm, L1).ty, PageType::L1);
+    assert_eq!(view(&mm, L1).ty, FrameType::L1);
     mm.unpin(&mut mem, DOM, L1).unwrap();
     assert!(mm.frame(L1).unwrap().idle());
     assert!(mm.frame(DATA).unwrap().idle());
@@ -552,16 +552,16 @@ fn mmu_9_attack_large_pages() {
 #[test]
 fn mmu_8_attack_entry_past_the_end_of_memory() {
     let (mut mm, mut mem, _) = tree();
-    for pfn in [FRAMES, FRAMES + 1, (1 << 34) - 1] {
+    for mfn in [FRAMES, FRAMES + 1, (1 << 34) - 1] {
         for (p, value) in [
-            (ptr(L1, 9), rw(pfn)),
-            (ptr(L1, 9), ro(pfn)),
-            (ptr(L2, 9), table(pfn)),
-            (ptr(L4, 9), table(pfn)),
+            (ptr(L1, 9), rw(mfn)),
+            (ptr(L1, 9), ro(mfn)),
+            (ptr(L2, 9), table(mfn)),
+            (ptr(L4, 9), table(mfn)),
         ] {
             let before = snapshot(&mm, &mem);
             let r = mm.mmu_update_one(&mut mem, DOM, p, value);
-            assert_refused(&mm, &mem, &before, r, MmError::NoSuchFrame(pfn));
+            assert_refused(&mm, &mem, &before, r, MmError::NoSuchFrame(mfn));
         }
     }
     assert_eq!(MmError::NoSuchFrame(0).abi(), Abi::NotFound);
@@ -603,9 +603,9 @@ fn mmu_15_batch_failing_midway_reports_index_prefix_applied_suffix_not() {
         Err(BatchError {
             index: 3,
             error: MmError::TypeConflict {
-                pfn: L2,
-                has: PageType::L2,
-                wants: PageType::Writable
+                mfn: L2,
+                has: FrameType::L2,
+                wants: FrameType::Writable
             }
         })
     );
@@ -614,7 +614,7 @@ fn mmu_15_batch_failing_midway_reports_index_prefix_applied_suffix_not() {
     assert_eq!(mem.peek(L1, 0), 0);
     assert_eq!(mem.peek(L1, 12), 0);
     assert_eq!(mem.peek(L1, 13), 0);
-    assert_eq!(view(&mm, 20).ty, PageType::Writable);
+    assert_eq!(view(&mm, 20).ty, FrameType::Writable);
     assert_eq!(view(&mm, 21).total_count, 1);
     assert!(mm.frame(DATA).unwrap().idle());
     assert!(mm.frame(22).unwrap().idle());
@@ -629,11 +629,11 @@ fn mmu_13_a_new_table_entry_validates_the_subtree_and_old_one_is_released() {
     mem.poke(21, 0, rw(22));
     mm.mmu_update_one(&mut mem, DOM, ptr(L3, 0), table(20))
         .unwrap();
-    assert_eq!(view(&mm, 20).ty, PageType::L2);
-    assert_eq!(view(&mm, 21).ty, PageType::L1);
-    assert_eq!(view(&mm, 22).ty, PageType::Writable);
-    for pfn in [L2, L1, DATA] {
-        assert!(mm.frame(pfn).unwrap().idle(), "frame {pfn}");
+    assert_eq!(view(&mm, 20).ty, FrameType::L2);
+    assert_eq!(view(&mm, 21).ty, FrameType::L1);
+    assert_eq!(view(&mm, 22).ty, FrameType::Writable);
+    for mfn in [L2, L1, DATA] {
+        assert!(mm.frame(mfn).unwrap().idle(), "frame {mfn}");
     }
     audit::audit(&mm, &mem).unwrap();
 }
@@ -683,9 +683,9 @@ fn mmu_14_switch_root_needs_a_pinned_l4_of_the_domain() {
     let before = snapshot(&mm, &mem);
     let r = mm.switch_root(&mut space, 20);
     let want = MmError::TypeConflict {
-        pfn: 20,
-        has: PageType::L1,
-        wants: PageType::L4,
+        mfn: 20,
+        has: FrameType::L1,
+        wants: FrameType::L4,
     };
     assert_refused(&mm, &mem, &before, r, want);
     let r = mm.switch_root(&mut space, FRAMES);
@@ -731,17 +731,17 @@ fn mmu_17_update_va_mapping_refusals() {
     // The leaf rules are the same as mmu_update's.
     let r = mm.update_va_mapping(&mut mem, DOM, L4, 0x5000, rw(L1));
     let want = MmError::TypeConflict {
-        pfn: L1,
-        has: PageType::L1,
-        wants: PageType::Writable,
+        mfn: L1,
+        has: FrameType::L1,
+        wants: FrameType::Writable,
     };
     assert_refused(&mm, &mem, &before, r, want);
     // The root must be an L4 in use.
     let r = mm.update_va_mapping(&mut mem, DOM, L3, 0x5000, rw(20));
     let want = MmError::TypeConflict {
-        pfn: L3,
-        has: PageType::L3,
-        wants: PageType::L4,
+        mfn: L3,
+        has: FrameType::L3,
+        wants: FrameType::L4,
     };
     assert_refused(&mm, &mem, &before, r, want);
 }
@@ -758,9 +758,9 @@ fn mmu_17_attack_fast_path_through_the_linear_slot() {
         let before = snapshot(&mm, &mem);
         let r = mm.update_va_mapping(&mut mem, DOM, L4, va, table(20));
         let want = MmError::TypeConflict {
-            pfn: L4,
-            has: PageType::L4,
-            wants: PageType::L3,
+            mfn: L4,
+            has: FrameType::L4,
+            wants: FrameType::L3,
         };
         assert_refused(&mm, &mem, &before, r, want);
     }
@@ -778,15 +778,15 @@ fn mmu_16_teardown_releases_everything() {
     mm.mmu_update_one(&mut mem, DOM, ptr(L4, 5), ro(L4))
         .unwrap();
     assert_eq!(mm.teardown(&mut mem, DOM), 3);
-    for pfn in 0..OTHER_FRAMES.start {
-        let f = mm.frame(pfn).unwrap();
-        assert!(f.idle(), "frame {pfn}");
-        assert_eq!(f.page_type(), PageType::None);
+    for mfn in 0..OTHER_FRAMES.start {
+        let f = mm.frame(mfn).unwrap();
+        assert!(f.idle(), "frame {mfn}");
+        assert_eq!(f.frame_type(), FrameType::None);
         assert_eq!(f.owner(), Owner::Domain(DOM));
     }
     audit::audit(&mm, &mem).unwrap();
-    for pfn in 0..OTHER_FRAMES.start {
-        mm.assign(pfn, Owner::Free).unwrap();
+    for mfn in 0..OTHER_FRAMES.start {
+        mm.assign(mfn, Owner::Free).unwrap();
     }
 }
 
@@ -813,7 +813,7 @@ fn mmu_18_special_frames() {
     let v = view(&mm, 27);
     assert_eq!(
         (v.ty, v.type_count, v.total_count),
-        (PageType::Special, 0, 1)
+        (FrameType::Special, 0, 1)
     );
     audit::audit(&mm, &mem).unwrap();
     // Not revocable while mapped; revocable after teardown.
@@ -823,7 +823,7 @@ fn mmu_18_special_frames() {
     );
     assert_eq!(MmError::FrameInUse(27).abi(), Abi::WrongState);
     mm.teardown(&mut mem, DOM);
-    assert_eq!(view(&mm, 27).ty, PageType::Special);
+    assert_eq!(view(&mm, 27).ty, FrameType::Special);
     // Teardown leaves the hypervisor's hold: only its holder drops it.
     assert_eq!(
         mm.assign(27, Owner::Hypervisor),
@@ -831,18 +831,18 @@ fn mmu_18_special_frames() {
     );
     mm.release_hold(27).unwrap();
     mm.assign(27, Owner::Hypervisor).unwrap();
-    assert_eq!(view(&mm, 27).ty, PageType::None);
+    assert_eq!(view(&mm, 27).ty, FrameType::None);
     assert_eq!(view(&mm, 27).held, 0);
 }
 
 #[test]
 fn mmu_19_frames_in_use_cannot_change_hands() {
     let (mut mm, mut mem, _) = tree();
-    for pfn in [L4, L3, L1, DATA] {
-        assert_eq!(mm.assign(pfn, Owner::Free), Err(MmError::FrameInUse(pfn)));
+    for mfn in [L4, L3, L1, DATA] {
+        assert_eq!(mm.assign(mfn, Owner::Free), Err(MmError::FrameInUse(mfn)));
         assert_eq!(
-            mm.share_special(pfn, DOM, true),
-            Err(MmError::FrameInUse(pfn))
+            mm.share_special(mfn, DOM, true),
+            Err(MmError::FrameInUse(mfn))
         );
     }
     mm.mmu_update_one(&mut mem, DOM, ptr(L1, 9), ro(20))

@@ -35,11 +35,12 @@
 //! large subtree is pinned first (preemptible) and then linked or unlinked
 //! in O(1).
 
-use super::super::frame::{DomId, FrameInfo, Owner, PageType, OP_REF, PARTIAL, PINNED};
+use super::super::frame::{DomId, FrameInfo, FrameType, Owner, OP_REF, PARTIAL, PINNED};
 use super::super::pte::{Level, ENTRIES, FIRST_HYPERVISOR_SLOT};
 use super::super::{MmError, PhysMem};
 use super::Mm;
-use crate::frames::Pfn;
+use crate::frames::Mfn;
+use crate::mm::TableType;
 
 /// The step budget of one invocation: the hypervisor gives each pin, unpin
 /// and `mmu_update` call this many (about 0.3 ms of work under TCG), and an
@@ -119,7 +120,7 @@ enum Mode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pending {
     dom: DomId,
-    root: Pfn,
+    root: Mfn,
     op: Op,
     mode: Mode,
     /// A pin met this refusal and is undoing its work, after which it
@@ -133,7 +134,7 @@ impl Pending {
         self.dom
     }
     /// The frame being pinned or unpinned.
-    pub const fn root(&self) -> Pfn {
+    pub const fn root(&self) -> Mfn {
         self.root
     }
     /// Whether it is a pin (else an unpin).
@@ -147,7 +148,7 @@ impl Pending {
 pub struct Teardown {
     dom: DomId,
     /// The next frame to look at.
-    next: Pfn,
+    next: Mfn,
     /// The unpin of one of its tables that the teardown started.
     current: Option<Pending>,
     unpinned: usize,
@@ -175,18 +176,18 @@ impl Teardown {
 
 /// The partial tables of one operation, root first.
 struct Chain {
-    tables: [(Pfn, Level); 4],
+    tables: [(Mfn, Level); 4],
     len: usize,
 }
 
 impl Chain {
-    fn top(&self) -> Option<(Pfn, Level)> {
+    fn top(&self) -> Option<(Mfn, Level)> {
         self.len.checked_sub(1).map(|i| self.tables[i])
     }
-    fn push(&mut self, pfn: Pfn, level: Level) {
+    fn push(&mut self, mfn: Mfn, level: Level) {
         // Levels strictly decrease down a chain, so four always suffice.
         if let Some(slot) = self.tables.get_mut(self.len) {
-            *slot = (pfn, level);
+            *slot = (mfn, level);
             self.len += 1;
         }
     }
@@ -196,8 +197,8 @@ impl Chain {
 }
 
 impl Mm {
-    fn frame_ref(&mut self, pfn: Pfn) -> Option<&mut FrameInfo> {
-        usize::try_from(pfn)
+    fn frame_ref(&mut self, mfn: Mfn) -> Option<&mut FrameInfo> {
+        usize::try_from(mfn)
             .ok()
             .and_then(|i| self.frames.get_mut(i))
     }
@@ -213,66 +214,66 @@ impl Mm {
         &mut self,
         mem: &mut M,
         dom: DomId,
-        pfn: Pfn,
+        mfn: Mfn,
         level: Level,
         pending: &mut Option<Pending>,
         budget: &mut Budget,
     ) -> Result<Progress, MmError> {
         if let Some(p) = pending {
-            if p.dom != dom || p.root != pfn || p.op != Op::Pin(level) {
+            if p.dom != dom || p.root != mfn || p.op != Op::Pin(level) {
                 return Err(MmError::OperationPending);
             }
             return self.resume(mem, pending, budget);
         }
-        let f = self.info(pfn)?;
+        let f = self.info(mfn)?;
         if f.owner != Owner::Domain(dom) {
-            return Err(MmError::NotOwner(pfn));
+            return Err(MmError::NotOwner(mfn));
         }
         if f.held > 0 {
             // The hypervisor writes it on its own account: as a table, its
             // writes would become page-table entries (MEM-8).
-            return Err(MmError::HeldFrame(pfn));
+            return Err(MmError::HeldFrame(mfn));
         }
         if f.pinned() {
-            return Err(MmError::AlreadyPinned(pfn));
+            return Err(MmError::AlreadyPinned(mfn));
         }
         if f.total_count == u32::MAX {
-            return Err(MmError::CountOverflow(pfn));
+            return Err(MmError::CountOverflow(mfn));
         }
         if f.is_partial() {
-            return Err(MmError::Busy(pfn));
+            return Err(MmError::Busy(mfn));
         }
-        let want = PageType::table(level);
+        let want = FrameType::table(level);
         if f.ty == want {
             // Already valid (an entry references it): the pin is one more
             // reference.
             let count = f
                 .type_count
                 .checked_add(1)
-                .ok_or(MmError::CountOverflow(pfn))?;
-            let f = self.info_mut(pfn)?;
+                .ok_or(MmError::CountOverflow(mfn))?;
+            let f = self.info_mut(mfn)?;
             f.type_count = count;
             f.total_count += 1;
             f.flags |= PINNED;
             return Ok(Progress::Done);
         }
-        if f.ty != PageType::None {
+        if f.ty != FrameType::None {
             return Err(MmError::TypeConflict {
-                pfn,
+                mfn,
                 has: f.ty,
                 wants: want,
             });
         }
         // Type first, then entries (as `get_table`): a reference back to
         // this frame from below sees a partial table and is refused.
-        self.retype(pfn, want)?;
-        self.get_total(pfn)?;
-        let f = self.info_mut(pfn)?;
+        self.retype(mfn, want)?;
+        self.get_total(mfn)?;
+        let f = self.info_mut(mfn)?;
         f.flags |= PARTIAL | OP_REF;
         f.partial = 0;
         *pending = Some(Pending {
             dom,
-            root: pfn,
+            root: mfn,
             op: Op::Pin(level),
             mode: Mode::Validate,
             error: None,
@@ -293,7 +294,7 @@ impl Mm {
         &mut self,
         mem: &mut M,
         dom: DomId,
-        table: Pfn,
+        table: Mfn,
         index: usize,
         new: u64,
         budget: &mut Budget,
@@ -357,7 +358,7 @@ impl Mm {
         &mut self,
         mem: &mut M,
         dom: DomId,
-        c: Pfn,
+        c: Mfn,
         budget: &mut Budget,
     ) -> Result<(), MmError> {
         if let Some(f) = self.frame_ref(c) {
@@ -394,33 +395,33 @@ impl Mm {
         &mut self,
         mem: &mut M,
         dom: DomId,
-        pfn: Pfn,
+        mfn: Mfn,
         pending: &mut Option<Pending>,
         budget: &mut Budget,
     ) -> Result<Progress, MmError> {
         if let Some(p) = pending {
-            if p.dom != dom || p.root != pfn || p.op != Op::Unpin {
+            if p.dom != dom || p.root != mfn || p.op != Op::Unpin {
                 return Err(MmError::OperationPending);
             }
             return self.resume(mem, pending, budget);
         }
-        let f = self.info(pfn)?;
+        let f = self.info(mfn)?;
         if f.owner != Owner::Domain(dom) {
-            return Err(MmError::NotOwner(pfn));
+            return Err(MmError::NotOwner(mfn));
         }
         let level = match f.ty.level() {
             Some(level) if f.pinned() => level,
-            _ => return Err(MmError::NotPinned(pfn)),
+            _ => return Err(MmError::NotPinned(mfn)),
         };
         if f.loaded > 0 {
-            return Err(MmError::RootLoaded(pfn));
+            return Err(MmError::RootLoaded(mfn));
         }
-        if !self.start_release(pfn, level) {
+        if !self.start_release(mfn, level) {
             return Ok(Progress::Done);
         }
         *pending = Some(Pending {
             dom,
-            root: pfn,
+            root: mfn,
             op: Op::Unpin,
             mode: Mode::Release,
             error: None,
@@ -428,12 +429,12 @@ impl Mm {
         self.resume(mem, pending, budget)
     }
 
-    /// Drops the pin on `pfn`. Returns whether that was its last reference,
+    /// Drops the pin on `mfn`. Returns whether that was its last reference,
     /// in which case the pin became the operation's reference and the tree
     /// is to be released.
-    fn start_release(&mut self, pfn: Pfn, level: Level) -> bool {
-        self.note_dropped(pfn);
-        let Some(f) = self.frame_ref(pfn) else {
+    fn start_release(&mut self, mfn: Mfn, level: Level) -> bool {
+        self.note_dropped(mfn);
+        let Some(f) = self.frame_ref(mfn) else {
             return false;
         };
         f.flags &= !PINNED;
@@ -475,7 +476,7 @@ impl Mm {
     }
 
     /// The partial tables of the operation rooted at `root`.
-    fn chain<M: PhysMem>(&self, mem: &M, root: Pfn) -> Chain {
+    fn chain<M: PhysMem>(&self, mem: &M, root: Mfn) -> Chain {
         let mut chain = Chain {
             tables: [(0, Level::L1); 4],
             len: 0,
@@ -493,10 +494,10 @@ impl Mm {
             let Some(t) = self.rules.target_of(mem.read_entry(table, last)) else {
                 break;
             };
-            if t.pfn == table || !self.frame(t.pfn).is_some_and(|c| c.is_partial()) {
+            if t.mfn == table || !self.frame(t.mfn).is_some_and(|c| c.is_partial()) {
                 break;
             }
-            chain.push(t.pfn, below);
+            chain.push(t.mfn, below);
         }
         chain
     }
@@ -563,7 +564,7 @@ impl Mm {
                         f.type_count = f.type_count.saturating_sub(1);
                         f.total_count = f.total_count.saturating_sub(1);
                         if f.type_count == 0 {
-                            f.ty = PageType::None;
+                            f.ty = FrameType::None;
                         }
                     }
                     chain.pop();
@@ -599,11 +600,11 @@ impl Mm {
         &mut self,
         mem: &M,
         dom: DomId,
-        table: Pfn,
+        table: Mfn,
         level: Level,
         mut v: usize,
         budget: &mut Budget,
-    ) -> (usize, Option<Pfn>, Option<MmError>, bool) {
+    ) -> (usize, Option<Mfn>, Option<MmError>, bool) {
         let slots = level.guest_slots();
         // The budget in a local: this loop runs once per entry.
         let (allowed, mut taken) = (budget.left, 0);
@@ -633,11 +634,11 @@ impl Mm {
     fn release_entries_from<M: PhysMem>(
         &mut self,
         mem: &M,
-        table: Pfn,
+        table: Mfn,
         level: Level,
         mut v: usize,
         budget: &mut Budget,
-    ) -> (usize, Option<Pfn>, bool) {
+    ) -> (usize, Option<Mfn>, bool) {
         let (allowed, mut taken) = (budget.left, 0);
         let r = loop {
             if let Some(c) = self.release_one(table, level, mem.read_entry(table, v - 1)) {
@@ -664,19 +665,19 @@ impl Mm {
     fn validate_one(
         &mut self,
         dom: DomId,
-        table: Pfn,
+        table: Mfn,
         level: Level,
         value: u64,
-    ) -> Result<Option<Pfn>, MmError> {
+    ) -> Result<Option<Mfn>, MmError> {
         let Some(t) = self.rules.check(level, value)? else {
             return Ok(None);
         };
-        self.info(t.pfn)?;
+        self.info(t.mfn)?;
         let Some(below) = level.below() else {
             self.get_data(dom, t)?;
             return Ok(None);
         };
-        if level == Level::L4 && t.pfn == table {
+        if level == Level::L4 && t.mfn == table {
             // A linear entry: read-only, no reference (MMU-10).
             return if t.writable {
                 Err(MmError::WritableSelfMap)
@@ -684,43 +685,43 @@ impl Mm {
                 Ok(None)
             };
         }
-        let want = PageType::table(below);
-        let f = self.info(t.pfn)?;
+        let want = FrameType::table(below);
+        let f = self.info(t.mfn)?;
         if f.owner != Owner::Domain(dom) {
-            return Err(MmError::NotOwner(t.pfn));
+            return Err(MmError::NotOwner(t.mfn));
         }
         if f.held > 0 {
             // As in the pin above (MEM-8).
-            return Err(MmError::HeldFrame(t.pfn));
+            return Err(MmError::HeldFrame(t.mfn));
         }
         if f.total_count == u32::MAX {
-            return Err(MmError::CountOverflow(t.pfn));
+            return Err(MmError::CountOverflow(t.mfn));
         }
         if f.is_partial() {
-            return Err(MmError::Busy(t.pfn));
+            return Err(MmError::Busy(t.mfn));
         }
         if f.ty == want {
             let count = f
                 .type_count
                 .checked_add(1)
-                .ok_or(MmError::CountOverflow(t.pfn))?;
-            self.info_mut(t.pfn)?.type_count = count;
-            self.get_total(t.pfn)?;
+                .ok_or(MmError::CountOverflow(t.mfn))?;
+            self.info_mut(t.mfn)?.type_count = count;
+            self.get_total(t.mfn)?;
             return Ok(None);
         }
-        if f.ty != PageType::None {
+        if f.ty != FrameType::None {
             return Err(MmError::TypeConflict {
-                pfn: t.pfn,
+                mfn: t.mfn,
                 has: f.ty,
                 wants: want,
             });
         }
-        self.retype(t.pfn, want)?;
-        self.get_total(t.pfn)?;
-        let f = self.info_mut(t.pfn)?;
+        self.retype(t.mfn, want)?;
+        self.get_total(t.mfn)?;
+        let f = self.info_mut(t.mfn)?;
         f.flags |= PARTIAL;
         f.partial = 0;
-        Ok(Some(t.pfn))
+        Ok(Some(t.mfn))
     }
 
     /// Drops the references entry `value` of `table` holds, without
@@ -728,25 +729,25 @@ impl Mm {
     /// (all its entries still hold theirs) and is returned, to be released
     /// next; the entry keeps its reference until then.
     #[inline]
-    fn release_one(&mut self, table: Pfn, level: Level, value: u64) -> Option<Pfn> {
+    fn release_one(&mut self, table: Mfn, level: Level, value: u64) -> Option<Mfn> {
         let t = self.rules.target_of(value)?;
         let Some(below) = level.below() else {
             self.put_data(t);
             return None;
         };
-        if level == Level::L4 && t.pfn == table {
+        if level == Level::L4 && t.mfn == table {
             return None;
         }
-        let f = self.frame_ref(t.pfn)?;
+        let f = self.frame_ref(t.mfn)?;
         if f.type_count > 1 {
             f.type_count -= 1;
             f.total_count = f.total_count.saturating_sub(1);
-            self.note_dropped(t.pfn);
+            self.note_dropped(t.mfn);
             return None;
         }
         f.flags |= PARTIAL;
         f.partial = slot16(below.guest_slots());
-        Some(t.pfn)
+        Some(t.mfn)
     }
 
     /// Tears `t`'s domain down in bounded steps (MMU-16, MMU-36): first
@@ -778,7 +779,7 @@ impl Mm {
         &mut self,
         mem: &mut M,
         t: &mut Teardown,
-        frames: &[Pfn],
+        frames: &[Mfn],
         pending: &mut Option<Pending>,
         budget: &mut Budget,
     ) -> Progress {
@@ -795,7 +796,7 @@ impl Mm {
         t: &mut Teardown,
         pending: &mut Option<Pending>,
         budget: &mut Budget,
-        frame_at: impl Fn(u64) -> Option<Pfn>,
+        frame_at: impl Fn(u64) -> Option<Mfn>,
     ) -> Progress {
         if let Some(p) = pending.as_mut().filter(|p| p.dom == t.dom) {
             // An abandoned pin is undone; an unpin is finished. Either way
@@ -813,10 +814,10 @@ impl Mm {
                 }
                 t.current = None;
             }
-            let Some(pfn) = frame_at(t.next) else {
+            let Some(mfn) = frame_at(t.next) else {
                 return Progress::Done;
             };
-            let f = self.frame(pfn).copied().unwrap_or_default();
+            let f = self.frame(mfn).copied().unwrap_or_default();
             let owned = f.owner == Owner::Domain(t.dom);
             if (owned || t.next.is_multiple_of(16)) && !budget.take() {
                 return Progress::Preempted;
@@ -825,7 +826,7 @@ impl Mm {
             if !owned {
                 continue;
             }
-            if let Some(f) = self.frame_ref(pfn) {
+            if let Some(f) = self.frame_ref(mfn) {
                 f.loaded = 0;
             }
             if f.held_by_operation() {
@@ -833,7 +834,7 @@ impl Mm {
                 // its chain is found again from here, and released.
                 t.current = Some(Pending {
                     dom: t.dom,
-                    root: pfn,
+                    root: mfn,
                     op: Op::Unpin,
                     mode: Mode::Release,
                     error: None,
@@ -844,10 +845,10 @@ impl Mm {
                 continue;
             };
             t.unpinned += 1;
-            if self.start_release(pfn, level) {
+            if self.start_release(mfn, level) {
                 t.current = Some(Pending {
                     dom: t.dom,
-                    root: pfn,
+                    root: mfn,
                     op: Op::Unpin,
                     mode: Mode::Release,
                     error: None,
