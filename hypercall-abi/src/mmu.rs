@@ -73,9 +73,11 @@ pub const FRAME_HELD: u32 = 1 << 2;
 pub const FRAME_PARTIAL: u32 = 1 << 3;
 
 /// A frame's type (`MMU-1`): the one frame-type enum of the ABI, the
-/// frame table and the hypervisor.
+/// frame table and the hypervisor. One byte in memory (the frame table has
+/// one record per frame of RAM); on the wire it travels as the `u32`
+/// `FrameRecord::page_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-#[repr(u32)]
+#[repr(u8)]
 pub enum FrameType {
     /// No constraining use.
     #[default]
