@@ -36,7 +36,7 @@ extern "C" fn kernel_start(start_info: u64) -> ! {
     arch::entries::register(arch::entries::Entries {
         hypercall: hv::hypercall_entry,
         foreign: hv::foreign_entry,
-        trap: trap::entry,
+        trap: trap::handle,
     });
     console::init();
     arch::cpu::init();

@@ -8,13 +8,9 @@ use crate::arch::lapic;
 use crate::arch::traps::{vector_name, TrapFrame};
 use crate::arch::{self, cpu};
 
-/// The trap entry registered with `arch` ([`arch::entries`]).
-pub extern "C" fn entry(frame: &mut TrapFrame) {
-    handle(frame);
-}
-
-/// An exception or interrupt, by vector.
-pub fn handle(frame: &mut TrapFrame) {
+/// An exception or interrupt, by vector: the trap entry registered with
+/// `arch` ([`arch::entries`]).
+pub extern "C" fn handle(frame: &mut TrapFrame) {
     let from_guest = frame.cs & 3 == 3;
     match frame.vector {
         v if v == u64::from(lapic::TIMER_VECTOR) => crate::hv::timer_interrupt(frame),

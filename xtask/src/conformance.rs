@@ -1364,12 +1364,51 @@ mod tests {
         BootOutcome::new(exit, None, t.to_string())
     }
 
+    /// What the hypervisor prints for the conformance guest's UTF-8 lines
+    /// (CON-1d): valid text as is, one U+FFFD per invalid sequence, a
+    /// character at the 256-byte cut moved whole to the next line.
+    fn utf8_lines() -> String {
+        format!(
+            "[conf] CON1D utf8: héllo ✓ 🦀\n[conf] CON1D bad:\u{fffd}|\u{fffd}|end\n\
+             [conf] CON1D straddle {}\n[conf] 🦀tail\n",
+            "x".repeat(254 - 15)
+        )
+    }
+
+    #[test]
+    fn con_1d_utf8_checks_have_teeth() {
+        let ok = |t: &str| host_checks(&canned(t, Exit::Success))["CON-1d"].0;
+        let base = format!(
+            "[conf] CON1D partial line joined\n[conf] CON1D ctl:?[1m???|\t|end\n\
+             [conf] @ forged by=conf\n[conf] CON1D long {}\n[conf] {}\n",
+            "y".repeat(245),
+            "y".repeat(44)
+        );
+        assert!(ok(&(base.clone() + &utf8_lines())));
+        // The old behaviour: a line with an invalid byte replaced whole.
+        let whole = utf8_lines().replace("CON1D bad:\u{fffd}|\u{fffd}|end", "<invalid utf-8>");
+        assert!(!ok(&(base.clone() + &whole)));
+        // Invalid bytes each replaced, but the rest of the line dropped.
+        let cut = utf8_lines().replace("|\u{fffd}|end", "");
+        assert!(!ok(&(base.clone() + &cut)));
+        // A character split at the cut (both halves lost).
+        let split = utf8_lines().replace(
+            &format!("{}\n[conf] 🦀tail", "x".repeat(254 - 15)),
+            &format!("{}\u{fffd}\n[conf] \u{fffd}tail", "x".repeat(254 - 15)),
+        );
+        assert!(!ok(&(base.clone() + &split)));
+        // Valid UTF-8 altered.
+        let ascii = utf8_lines().replace("héllo ✓ 🦀", "h?llo ? ?");
+        assert!(!ok(&(base + &ascii)));
+    }
+
     #[test]
     fn console_checks_read_the_transcript() {
         let long = format!(
-            "[conf] CON1D long {}\n[conf] {}\n",
+            "[conf] CON1D long {}\n[conf] {}\n{}",
             "y".repeat(245),
-            "y".repeat(44)
+            "y".repeat(44),
+            utf8_lines()
         );
         let con2: String = (0..64)
             .map(|i| {

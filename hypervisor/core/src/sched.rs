@@ -118,8 +118,11 @@ fn unslot(slot: u32) -> (DomId, TimerKind) {
 
 /// A heap index or slot as stored: there are two slots per `DomId` (a
 /// `u16`), so every index fits 32 bits.
+#[inline(always)]
+#[allow(clippy::cast_possible_truncation)]
 fn index32(i: usize) -> u32 {
-    u32::try_from(i).unwrap_or(ABSENT)
+    debug_assert!(u32::try_from(i).is_ok());
+    i as u32
 }
 
 impl Deadlines {

@@ -81,9 +81,9 @@ impl Hv {
         }
         d.state = RunState::Runnable;
         d.ctx.rax = why as u64;
-        if self.deadlines.cancel(id, TimerKind::Block).is_some() {
-            self.timer_dirty = true;
+        if self.sched.deadlines.cancel(id, TimerKind::Block).is_some() {
+            self.sched.timer_dirty = true;
         }
-        self.runq.push(id);
+        self.sched.runq.push(id);
     }
 }

@@ -28,23 +28,29 @@ pub fn start(pack: &Pack<'_>) -> ! {
         mem::max_phys_bits()
     );
     let mut hv = Hv {
-        doms: alloc::vec![None],
-        mm,
-        current: None,
-        runq: RunQueue::new(),
-        deadlines: Deadlines::new(),
+        domains: Domains {
+            slots: alloc::vec![None],
+            dying: VecDeque::new(),
+            live: 0,
+            critical_left: 0,
+            critical_total: 0,
+        },
+        memory: Memory {
+            mm,
+            loaded_root: mem::kernel_pml4() << 12,
+            baseline_free: mem::free_frames(),
+        },
+        sched: Scheduler {
+            current: None,
+            runq: RunQueue::new(),
+            deadlines: Deadlines::new(),
+            slice_end: 0,
+            armed: u64::MAX,
+            timer_dirty: true,
+            cpu_state_of: None,
+        },
         channels: Channels::new(),
-        slice_end: 0,
-        armed: u64::MAX,
-        timer_dirty: true,
-        loaded_root: mem::kernel_pml4() << 12,
-        cpu_state_of: None,
-        live: 0,
-        critical_left: 0,
-        critical_total: 0,
         failed: false,
-        baseline_free: mem::free_frames(),
-        dying: VecDeque::new(),
     };
     for (i, rec) in pack.domains().enumerate() {
         let id = (i + 1) as DomId;
@@ -55,8 +61,8 @@ pub fn start(pack: &Pack<'_>) -> ! {
         } else {
             pack.blob(rec.cmdline_blob).unwrap_or(&[])
         };
-        hv.doms.push(None);
-        match domain::build(id, &rec, image, cmdline, &mut hv.mm) {
+        hv.domains.slots.push(None);
+        match domain::build(id, &rec, image, cmdline, &mut hv.memory.mm) {
             Ok(d) => {
                 report!(
                     "domain-start",
@@ -68,14 +74,14 @@ pub fn start(pack: &Pack<'_>) -> ! {
                     d.fpu.bytes()
                 );
                 if d.critical() {
-                    hv.critical_left += 1;
-                    hv.critical_total += 1;
+                    hv.domains.critical_left += 1;
+                    hv.domains.critical_total += 1;
                 }
                 hv.channels.add_domain(id);
-                hv.deadlines.add_domain(id);
-                hv.runq.push(id);
-                hv.live += 1;
-                hv.doms[usize::from(id)] = Some(Box::new(d));
+                hv.sched.deadlines.add_domain(id);
+                hv.sched.runq.push(id);
+                hv.domains.live += 1;
+                hv.domains.slots[usize::from(id)] = Some(Box::new(d));
             }
             Err(e) => {
                 let mut msg = heapless::String::<96>::new();
@@ -93,7 +99,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
         }
     }
     // Named channels (EVT-7): both ends exist before either runs.
-    if !crate::named::wire(pack, &mut hv.channels, &hv.doms) {
+    if !crate::named::wire(pack, &mut hv.channels, &hv.domains.slots) {
         hv.failed = true;
     }
     if crate::testopt::leak_frame() {
@@ -105,7 +111,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
     report!(
         "domains",
         "started={} free_frames={}",
-        hv.live,
+        hv.domains.live,
         mem::free_frames()
     );
     let mut frame = TrapFrame::default();
@@ -119,24 +125,29 @@ impl Hv {
     /// Destroys domain `id`: closes its ports, scrubs and frees its frames,
     /// reports how it ended.
     pub(crate) fn destroy(&mut self, id: DomId, exit: Exit) {
-        let Some(mut d) = self.doms.get_mut(usize::from(id)).and_then(Option::take) else {
+        let Some(mut d) = self
+            .domains
+            .slots
+            .get_mut(usize::from(id))
+            .and_then(Option::take)
+        else {
             return;
         };
         d.console
             .flush(|line| crate::hypercall::console::print_line(&d.name, line));
-        self.runq.remove(id);
-        self.deadlines.remove_domain(id);
+        self.sched.runq.remove(id);
+        self.sched.deadlines.remove_domain(id);
         self.channels.remove_domain(id);
-        if self.current == Some(id) {
-            self.current = None;
+        if self.sched.current == Some(id) {
+            self.sched.current = None;
             note_current(0);
         }
-        if self.loaded_root == d.root {
+        if self.memory.loaded_root == d.root {
             // SAFETY: the hypervisor's own PML4 maps everything ring 0 needs.
             unsafe { arch::load_root(mem::kernel_pml4() << 12) };
-            self.loaded_root = mem::kernel_pml4() << 12;
+            self.memory.loaded_root = mem::kernel_pml4() << 12;
         }
-        self.live -= 1;
+        self.domains.live -= 1;
         let name = Quoted(&d.name);
         let ok = match exit {
             Exit::Shutdown(reason, code) => {
@@ -212,7 +223,7 @@ impl Hv {
             }
         };
         if d.critical() {
-            self.critical_left = self.critical_left.saturating_sub(1);
+            self.domains.critical_left = self.domains.critical_left.saturating_sub(1);
             if !ok {
                 self.failed = true;
             }
@@ -220,17 +231,19 @@ impl Hv {
         // Its memory is released in bounded turns at scheduling points
         // (SCHED-4), so a large domain's death stalls nobody.
         let teardown = Teardown::new(id);
-        self.dying.push_back((d, teardown, time::now_tsc(), 0));
+        self.domains
+            .dying
+            .push_back((d, teardown, time::now_tsc(), 0));
     }
 
     /// Releases dying domains' memory until TSC `until` or until none is
     /// left (SCHED-4); each step is bounded, so this overruns `until` by
     /// one step at most.
     pub(crate) fn reap(&mut self, until: u64) {
-        while let Some((mut d, mut t, since, mut busy)) = self.dying.pop_front() {
+        while let Some((mut d, mut t, since, mut busy)) = self.domains.dying.pop_front() {
             let start = time::now_tsc();
             loop {
-                if d.release_step(&mut self.mm, &mut t) {
+                if d.release_step(&mut self.memory.mm, &mut t) {
                     let now = time::now_tsc();
                     report!(
                         "domain-released",
@@ -246,7 +259,7 @@ impl Hv {
                 let now = time::now_tsc();
                 if now >= until {
                     busy += now.saturating_sub(start);
-                    self.dying.push_front((d, t, since, busy));
+                    self.domains.dying.push_front((d, t, since, busy));
                     self.flush_if_requested();
                     return;
                 }
@@ -257,8 +270,8 @@ impl Hv {
 
     /// Ends the run: destroys what is left, audits the frames, exits.
     pub(crate) fn finish(&mut self) -> ! {
-        for id in 0..self.doms.len() {
-            if self.doms[id].is_some() {
+        for id in 0..self.domains.slots.len() {
+            if self.domains.slots[id].is_some() {
                 self.destroy(id as DomId, Exit::ScenarioEnd);
             }
         }
@@ -297,19 +310,21 @@ impl Hv {
                 log::error!("frame audit: frame {pfn:#x}: {msg}");
             }
         };
-        if free != self.baseline_free {
+        if free != self.memory.baseline_free {
             error(
                 0,
                 format_args!(
                     "{} frames free at the end, {} before the first domain: {} not returned",
                     free,
-                    self.baseline_free,
-                    self.baseline_free.abs_diff(free)
+                    self.memory.baseline_free,
+                    self.memory.baseline_free.abs_diff(free)
                 ),
             );
         }
-        for pfn in 0..self.mm.frame_count() {
-            let Some(f) = self.mm.frame(pfn) else { break };
+        for pfn in 0..self.memory.mm.frame_count() {
+            let Some(f) = self.memory.mm.frame(pfn) else {
+                break;
+            };
             let pooled = mem::is_free_frame(pfn);
             match f.owner() {
                 Owner::Free if !pooled => error(
@@ -327,8 +342,16 @@ impl Hv {
                 _ => {}
             }
         }
-        let holds: Vec<u64> = self.doms.iter().flatten().map(|d| d.shared.pfn()).collect();
-        if let Err(e) = tahoma_core::mm::audit::audit_holds(&self.mm, &mem::DirectMap, &holds) {
+        let holds: Vec<u64> = self
+            .domains
+            .slots
+            .iter()
+            .flatten()
+            .map(|d| d.shared.pfn())
+            .collect();
+        if let Err(e) =
+            tahoma_core::mm::audit::audit_holds(&self.memory.mm, &mem::DirectMap, &holds)
+        {
             error(e.pfn, format_args!("frame table: {}", e.what));
         }
         let inconsistencies = mem::inconsistencies();
@@ -342,8 +365,8 @@ impl Hv {
             "audit",
             "free_frames={} baseline={} frames={} errors={} status={} ticks={}",
             free,
-            self.baseline_free,
-            self.mm.frame_count(),
+            self.memory.baseline_free,
+            self.memory.mm.frame_count(),
             errors,
             if errors == 0 { "ok" } else { "failed" },
             time::now_tsc().saturating_sub(started)

@@ -82,28 +82,50 @@ pub(crate) enum Exit {
 }
 
 pub(crate) struct Hv {
-    pub(crate) doms: Vec<Option<Box<Domain>>>,
+    /// Who runs, and when the next deadline is.
+    pub(crate) sched: Scheduler,
+    /// Every domain, live and dying.
+    pub(crate) domains: Domains,
+    /// The frame table and the loaded address space.
+    pub(crate) memory: Memory,
+    /// The event port tables of every domain.
+    pub(crate) channels: Channels,
+    /// A critical domain failed, or the audit did: the run ends in failure.
+    pub(crate) failed: bool,
+}
+
+/// The domains: slots by id (0 unused), and the ones being torn down.
+pub(crate) struct Domains {
+    pub(crate) slots: Vec<Option<Box<Domain>>>,
+    /// Destroyed domains whose memory is still being released (SCHED-4),
+    /// with when they were destroyed and the TSC ticks spent on them.
+    pub(crate) dying: VecDeque<(Box<Domain>, Teardown, u64, u64)>,
+    pub(crate) live: u32,
+    pub(crate) critical_left: u32,
+    pub(crate) critical_total: u32,
+}
+
+/// Memory: the frame table (through the validator) and the loaded root.
+pub(crate) struct Memory {
     pub(crate) mm: Mm,
+    /// The CR3 value the CPU runs on.
+    pub(crate) loaded_root: u64,
+    /// Free frames before the first domain was built (the audit's baseline).
+    pub(crate) baseline_free: u64,
+}
+
+/// Scheduling: the running domain, the run queue, deadlines and the timer.
+pub(crate) struct Scheduler {
     pub(crate) current: Option<DomId>,
     pub(crate) runq: RunQueue,
     pub(crate) deadlines: Deadlines,
-    pub(crate) channels: Channels,
     pub(crate) slice_end: u64,
     pub(crate) armed: u64,
     /// A deadline was added or fired, or the slice changed, since the timer
     /// was last armed.
     pub(crate) timer_dirty: bool,
-    pub(crate) loaded_root: u64,
     /// The domain whose FPU state and selectors the CPU holds (CPU-1, CPU-2).
     pub(crate) cpu_state_of: Option<DomId>,
-    pub(crate) live: u32,
-    pub(crate) critical_left: u32,
-    pub(crate) critical_total: u32,
-    pub(crate) failed: bool,
-    pub(crate) baseline_free: u64,
-    /// Destroyed domains whose memory is still being released (SCHED-4),
-    /// with when they were destroyed and the TSC ticks spent on them.
-    pub(crate) dying: VecDeque<(Box<Domain>, Teardown, u64, u64)>,
 }
 
 /// Entry from `syscall` (CALL-1), registered with `arch` ([`arch::entries`]).
@@ -127,14 +149,18 @@ pub fn timer_interrupt(frame: &mut TrapFrame) {
     }
     let mut guard = HV.lock();
     let Some(hv) = guard.as_mut() else { return };
-    hv.armed = u64::MAX;
-    hv.timer_dirty = true;
+    hv.sched.armed = u64::MAX;
+    hv.sched.timer_dirty = true;
     let now = time::now_tsc();
     hv.fire_deadlines(now);
-    if now >= hv.slice_end {
-        if hv.runq.is_empty() && hv.dying.is_empty() {
-            let slice = hv.current.and_then(|c| hv.dom(c)).map_or(0, |d| d.slice);
-            hv.slice_end = now + slice;
+    if now >= hv.sched.slice_end {
+        if hv.sched.runq.is_empty() && hv.domains.dying.is_empty() {
+            let slice = hv
+                .sched
+                .current
+                .and_then(|c| hv.dom(c))
+                .map_or(0, |d| d.slice);
+            hv.sched.slice_end = now + slice;
         } else {
             hv.switch_away(frame, true);
         }
@@ -146,7 +172,7 @@ pub fn timer_interrupt(frame: &mut TrapFrame) {
 pub fn guest_exception(frame: &mut TrapFrame) {
     let mut guard = HV.lock();
     let Some(hv) = guard.as_mut() else { return };
-    let Some(cur) = hv.current else { return };
+    let Some(cur) = hv.sched.current else { return };
     let (vector, error) = (frame.vector, frame.error_code);
     let cr2 = if vector == 14 { arch::cr2() } else { 0 };
     let reflectable = matches!(vector, 0 | 1 | 3..=7 | 11..=14 | 16 | 17 | 19);
@@ -192,7 +218,7 @@ pub extern "C" fn foreign_entry(frame: &mut TrapFrame) {
         ),
         _ => ("unknown-entry", "entered through an unknown gate"),
     };
-    if let Some(cur) = hv.current {
+    if let Some(cur) = hv.sched.current {
         let rip = frame.rip;
         hv.destroy(cur, Exit::Killed { kind, rip, why });
     }
@@ -202,20 +228,21 @@ pub extern "C" fn foreign_entry(frame: &mut TrapFrame) {
 
 impl Hv {
     pub(crate) fn dom(&mut self, id: DomId) -> Option<&mut Domain> {
-        self.doms.get_mut(usize::from(id))?.as_deref_mut()
+        self.domains.slots.get_mut(usize::from(id))?.as_deref_mut()
     }
 
     /// Domain `id`'s view of memory, for checked copies.
     pub(crate) fn space(&self, id: DomId) -> Result<Space<'_>, Error> {
         let d = self
-            .doms
+            .domains
+            .slots
             .get(usize::from(id))
             .and_then(|d| d.as_deref())
             .ok_or(Error::NotFound)?;
         Ok(Space {
             root: d.root,
             dom: id,
-            mm: &self.mm,
+            mm: &self.memory.mm,
         })
     }
 
@@ -227,10 +254,10 @@ impl Hv {
     /// virtual addresses (guestmem walks the tables and copies through the
     /// direct map), so a flush before returning is enough.
     pub(crate) fn flush_if_requested(&mut self) {
-        if self.mm.take_flush_request() {
+        if self.memory.mm.take_flush_request() {
             // SAFETY: reloading the loaded root, which maps the hypervisor.
-            unsafe { arch::load_root(self.loaded_root) };
-            self.mm.note_tlb_flushed();
+            unsafe { arch::load_root(self.memory.loaded_root) };
+            self.memory.mm.note_tlb_flushed();
         }
     }
 }

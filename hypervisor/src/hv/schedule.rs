@@ -5,8 +5,8 @@ use super::*;
 
 impl Hv {
     pub(crate) fn fire_deadlines(&mut self, now: u64) {
-        while let Some((id, kind)) = self.deadlines.pop_expired(now) {
-            self.timer_dirty = true;
+        while let Some((id, kind)) = self.sched.deadlines.pop_expired(now) {
+            self.sched.timer_dirty = true;
             match kind {
                 TimerKind::Block => self.wake(id, BlockResult::Deadline),
                 TimerKind::OneShot => {
@@ -21,7 +21,7 @@ impl Hv {
     /// Saves the running domain (re-queueing it if `requeue`) and loads the
     /// next one into `frame`.
     pub(crate) fn switch_away(&mut self, frame: &mut TrapFrame, requeue: bool) {
-        if let Some(cur) = self.current.take() {
+        if let Some(cur) = self.sched.current.take() {
             note_current(0);
             if let Some(d) = self.dom(cur) {
                 d.ctx = *frame;
@@ -31,7 +31,7 @@ impl Hv {
                 d.selectors = arch::cpu::Selectors::read();
             }
             if requeue {
-                self.runq.push(cur);
+                self.sched.runq.push(cur);
             }
         }
         self.run_next(frame);
@@ -41,16 +41,18 @@ impl Hv {
     /// while none is runnable. Ends the run when no domain is left.
     pub(crate) fn run_next(&mut self, frame: &mut TrapFrame) {
         loop {
-            if self.live == 0 || (self.critical_total > 0 && self.critical_left == 0) {
+            if self.domains.live == 0
+                || (self.domains.critical_total > 0 && self.domains.critical_left == 0)
+            {
                 self.finish();
             }
-            if !self.dying.is_empty() {
+            if !self.domains.dying.is_empty() {
                 self.reap(time::now_tsc() + time::ms_to_ticks(REAP_QUANTUM_MS));
             }
             let now = time::now_tsc();
             self.fire_deadlines(now);
-            while let Some(id) = self.runq.pop() {
-                let reload = self.cpu_state_of != Some(id);
+            while let Some(id) = self.sched.runq.pop() {
+                let reload = self.sched.cpu_state_of != Some(id);
                 let Some(d) = self.dom(id) else { continue };
                 *frame = d.ctx;
                 if reload {
@@ -59,35 +61,35 @@ impl Hv {
                     d.selectors.load();
                 }
                 let (root, slice) = (d.root, d.slice);
-                if root != self.loaded_root {
+                if root != self.memory.loaded_root {
                     // SAFETY: `root` is a complete PML4 built for this domain
                     // whose upper half is the hypervisor's, so the running
                     // code, stack and data stay mapped.
                     unsafe { arch::load_root(root) };
-                    self.loaded_root = root;
-                    self.mm.note_tlb_flushed();
+                    self.memory.loaded_root = root;
+                    self.memory.mm.note_tlb_flushed();
                 }
                 if let Some(d) = self.dom(id) {
                     d.first_run_at.get_or_insert(now);
                 }
-                self.current = Some(id);
+                self.sched.current = Some(id);
                 note_current(id);
-                self.cpu_state_of = Some(id);
-                self.slice_end = now + slice;
-                self.timer_dirty = true;
+                self.sched.cpu_state_of = Some(id);
+                self.sched.slice_end = now + slice;
+                self.sched.timer_dirty = true;
                 return;
             }
-            if !self.dying.is_empty() {
+            if !self.domains.dying.is_empty() {
                 // Nothing runnable: the CPU is the teardown's.
                 continue;
             }
-            let next = self.deadlines.next();
+            let next = self.sched.deadlines.next();
             match next {
                 Some(at) => time::arm_at(at),
                 None => arch::lapic::arm(0),
             }
-            self.armed = u64::MAX;
-            self.timer_dirty = true;
+            self.sched.armed = u64::MAX;
+            self.sched.timer_dirty = true;
             if next.is_none() {
                 log::warn!("every domain is blocked with no deadline; waiting for an event that cannot come");
                 self.failed = true;
@@ -102,7 +104,9 @@ impl Hv {
     pub(crate) fn leave(&mut self, frame: &mut TrapFrame) {
         self.flush_if_requested();
         loop {
-            let Some(cur) = self.current else { return };
+            let Some(cur) = self.sched.current else {
+                return;
+            };
             let Some(d) = self.dom(cur) else { return };
             // At the nesting limit the event waits for a return (TRAP-6).
             let wants_upcall = d.callbacks.event != 0
@@ -133,13 +137,13 @@ impl Hv {
         }
         // Re-arm only when a deadline or the slice changed since the last
         // exit: the common hypercall changes neither.
-        if self.timer_dirty {
-            self.timer_dirty = false;
-            let deadline = self.deadlines.next();
-            let at = deadline.map_or(self.slice_end, |d| d.min(self.slice_end));
-            if at != self.armed {
+        if self.sched.timer_dirty {
+            self.sched.timer_dirty = false;
+            let deadline = self.sched.deadlines.next();
+            let at = deadline.map_or(self.sched.slice_end, |d| d.min(self.sched.slice_end));
+            if at != self.sched.armed {
                 time::arm_at(at);
-                self.armed = at;
+                self.sched.armed = at;
             }
         }
     }

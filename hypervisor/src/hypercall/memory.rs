@@ -42,11 +42,11 @@ pub(crate) fn populate(hv: &mut Hv, cur: DomId, a: abi::memory::Populate) -> Res
     let taken = &taken[..n];
     for &f in taken {
         // A frame fresh from the allocator is idle and nobody's.
-        let _ = hv.mm.assign(f, Owner::Domain(cur));
+        let _ = hv.memory.mm.assign(f, Owner::Domain(cur));
     }
     if let Err(e) = guestmem::copy_to(&hv.space(cur)?, list, taken.as_bytes()) {
         for &f in taken {
-            let _ = hv.mm.assign(f, Owner::Free);
+            let _ = hv.memory.mm.assign(f, Owner::Free);
             mem::free_frame(f);
         }
         return Err(e);
@@ -68,7 +68,7 @@ pub(crate) fn release(hv: &mut Hv, cur: DomId, a: abi::memory::Release) -> Resul
     let frames = &mut buf[..usize::try_from(count).map_err(|_| Error::InvalidArgument)?];
     guestmem::copy_from(&hv.space(cur)?, range, frames.as_mut_bytes())?;
     for (i, &f) in frames.iter().enumerate() {
-        let info = hv.mm.frame(f).ok_or(Error::PermissionDenied)?;
+        let info = hv.memory.mm.frame(f).ok_or(Error::PermissionDenied)?;
         if info.owner() != Owner::Domain(cur) {
             return Err(Error::PermissionDenied);
         }
@@ -80,7 +80,7 @@ pub(crate) fn release(hv: &mut Hv, cur: DomId, a: abi::memory::Release) -> Resul
         }
     }
     for &f in frames.iter() {
-        let _ = hv.mm.assign(f, Owner::Free);
+        let _ = hv.memory.mm.assign(f, Owner::Free);
         mem::free_frame(f);
     }
     if let Some(d) = hv.dom(cur) {

@@ -33,7 +33,10 @@ pub(crate) fn bounded(
     frame: &mut TrapFrame,
     f: impl FnOnce(&mut Mm, DomId, &mut Option<Pending>, &mut Budget) -> Result<Progress, MmError>,
 ) -> Outcome {
-    let Hv { doms, mm, .. } = hv;
+    let Hv {
+        domains, memory, ..
+    } = hv;
+    let (doms, mm) = (&mut domains.slots, &mut memory.mm);
     let Some(d) = doms
         .get_mut(usize::from(cur))
         .and_then(|d| d.as_deref_mut())
@@ -49,7 +52,9 @@ pub(crate) fn bounded(
         Err(e) => Outcome::Return(Err(e.into())),
         Ok(Progress::Preempted) => {
             frame.rip = frame.rip.wrapping_sub(SYSCALL_LEN);
-            if time::now_tsc() >= hv.slice_end && !(hv.runq.is_empty() && hv.dying.is_empty()) {
+            if time::now_tsc() >= hv.sched.slice_end
+                && !(hv.sched.runq.is_empty() && hv.domains.dying.is_empty())
+            {
                 hv.switch_away(frame, true);
             }
             Outcome::Replaced
@@ -94,6 +99,7 @@ pub(crate) fn update(hv: &mut Hv, cur: DomId, a: abi::mmu::Update) -> Result<u64
             break;
         }
         match hv
+            .memory
             .mm
             .mmu_update(&mut mem::DirectMap, cur, buf.iter().map(|u| (u.ptr, u.val)))
         {
@@ -116,7 +122,10 @@ pub(crate) fn update(hv: &mut Hv, cur: DomId, a: abi::mmu::Update) -> Result<u64
 /// MMU-25: load another pinned L4.
 pub(crate) fn switch_root(hv: &mut Hv, cur: DomId, a: abi::mmu::SwitchRoot) -> Result<u64, Error> {
     let l4 = a.mfn;
-    let Hv { doms, mm, .. } = hv;
+    let Hv {
+        domains, memory, ..
+    } = hv;
+    let (doms, mm) = (&mut domains.slots, &mut memory.mm);
     let d = doms
         .get_mut(usize::from(cur))
         .and_then(|d| d.as_deref_mut())
@@ -125,8 +134,8 @@ pub(crate) fn switch_root(hv: &mut Hv, cur: DomId, a: abi::mmu::SwitchRoot) -> R
     d.root = cr3;
     // SAFETY: a validated L4 carries the hypervisor's slots (MMU-3).
     unsafe { arch::load_root(cr3) };
-    hv.loaded_root = cr3;
-    hv.mm.note_tlb_flushed();
+    hv.memory.loaded_root = cr3;
+    hv.memory.mm.note_tlb_flushed();
     Ok(0)
 }
 
@@ -139,6 +148,7 @@ pub(crate) fn update_va_mapping(
     let abi::mmu::UpdateVaMapping { va, val, invlpg } = a;
     let root = hv.space(cur)?.root >> 12;
     let r = hv
+        .memory
         .mm
         .update_va_mapping(&mut mem::DirectMap, cur, root, va, val);
     if r.is_ok() && invlpg {
@@ -154,7 +164,7 @@ pub(crate) fn frame_info(hv: &mut Hv, cur: DomId, a: abi::mmu::FrameInfo) -> Res
         FrameRecord, FrameType, FRAME_HELD, FRAME_LOADED, FRAME_PARTIAL, FRAME_PINNED,
     };
     use tahoma_core::mm::PageType;
-    let f = hv.mm.frame(mfn).ok_or(Error::PermissionDenied)?;
+    let f = hv.memory.mm.frame(mfn).ok_or(Error::PermissionDenied)?;
     if f.owner() != Owner::Domain(cur) {
         return Err(Error::PermissionDenied);
     }
@@ -207,7 +217,7 @@ pub(crate) fn flush_tlb(hv: &mut Hv, _cur: DomId, a: abi::mmu::FlushTlb) -> Resu
     // SAFETY: `loaded_root` is the root the CPU runs on, a validated L4
     // that carries the hypervisor's slots (MMU-3), so reloading it keeps
     // this code mapped.
-    unsafe { arch::load_root(hv.loaded_root) };
-    hv.mm.note_tlb_flushed();
+    unsafe { arch::load_root(hv.memory.loaded_root) };
+    hv.memory.mm.note_tlb_flushed();
     Ok(0)
 }

@@ -33,7 +33,7 @@ pub(crate) enum Outcome {
 }
 
 pub(crate) fn entry(hv: &mut Hv, frame: &mut TrapFrame) {
-    let Some(cur) = hv.current else { return };
+    let Some(cur) = hv.sched.current else { return };
     if let Some(d) = hv.dom(cur) {
         if d.hypercalls == 0 {
             first_hypercall(d);

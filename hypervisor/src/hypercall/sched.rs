@@ -21,7 +21,7 @@ pub(crate) fn yield_now(
 ) -> Outcome {
     let abi::sched::Yield {} = a;
     frame.rax = 0;
-    if !hv.runq.is_empty() {
+    if !hv.sched.runq.is_empty() {
         hv.switch_away(frame, true);
     }
     Outcome::Replaced
@@ -64,8 +64,8 @@ pub(crate) fn block(
     }
     d.state = RunState::Blocked;
     if let Some(at) = at {
-        hv.deadlines.arm(at, cur, TimerKind::Block);
-        hv.timer_dirty = true;
+        hv.sched.deadlines.arm(at, cur, TimerKind::Block);
+        hv.sched.timer_dirty = true;
     }
     hv.switch_away(frame, false);
     Outcome::Replaced

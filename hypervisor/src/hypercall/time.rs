@@ -11,12 +11,13 @@ use tahoma_core::sched::TimerKind;
 /// moved or emptied, never added to.
 pub(crate) fn timer_set(hv: &mut Hv, cur: DomId, a: abi::time::TimerSet) -> Result<u64, Error> {
     if a.deadline_ns == 0 {
-        hv.deadlines.cancel(cur, TimerKind::OneShot);
+        hv.sched.deadlines.cancel(cur, TimerKind::OneShot);
     } else {
-        hv.deadlines
+        hv.sched
+            .deadlines
             .arm(time::ns_to_tsc(a.deadline_ns), cur, TimerKind::OneShot);
         hv.fire_deadlines(time::now_tsc());
     }
-    hv.timer_dirty = true;
+    hv.sched.timer_dirty = true;
     Ok(0)
 }

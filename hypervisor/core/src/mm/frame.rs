@@ -11,7 +11,7 @@
 use super::pte::Level;
 
 /// A domain's identifier.
-pub type DomainId = u16;
+pub use crate::event::DomId;
 
 /// Who a frame belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -22,7 +22,7 @@ pub enum Owner {
     /// The hypervisor (its code, data, page tables, the frame table...).
     Hypervisor,
     /// A guest domain.
-    Domain(DomainId),
+    Domain(DomId),
 }
 
 /// What a frame is used as. Exactly one at a time (MMU-1).

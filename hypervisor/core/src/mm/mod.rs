@@ -40,7 +40,7 @@ pub mod validator;
 mod tests;
 
 pub use error::{BatchError, MmError};
-pub use frame::{DomainId, FrameInfo, FrameView, Owner, PageType};
+pub use frame::{DomId, FrameInfo, FrameView, Owner, PageType};
 pub use pte::{EntryRules, Level};
 pub use validator::{Budget, Mm, MmConfig, Pending, Progress, Teardown, HYPERVISOR_SLOTS};
 
@@ -67,18 +67,18 @@ pub trait PhysMem {
 /// unpinned (MMU-12).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AddressSpace {
-    dom: DomainId,
+    dom: DomId,
     root: Option<Pfn>,
 }
 
 impl AddressSpace {
     /// A vCPU of `dom` with no root loaded yet.
-    pub const fn new(dom: DomainId) -> AddressSpace {
+    pub const fn new(dom: DomId) -> AddressSpace {
         AddressSpace { dom, root: None }
     }
 
     /// The domain.
-    pub const fn domain(&self) -> DomainId {
+    pub const fn domain(&self) -> DomId {
         self.dom
     }
 

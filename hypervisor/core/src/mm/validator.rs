@@ -18,7 +18,7 @@
 //! recursion depth is at most four.
 
 use super::error::{BatchError, MmError};
-use super::frame::{DomainId, FrameInfo, Owner, PageType, SPECIAL_WRITABLE};
+use super::frame::{DomId, FrameInfo, Owner, PageType, SPECIAL_WRITABLE};
 use super::pte::{EntryRules, Level, Target, ENTRIES, FIRST_HYPERVISOR_SLOT, PS_OR_PAT, USER};
 use super::{AddressSpace, PhysMem};
 use crate::frames::Pfn;
@@ -156,7 +156,7 @@ impl Mm {
     pub fn share_special(
         &mut self,
         pfn: Pfn,
-        dom: DomainId,
+        dom: DomId,
         guest_writable: bool,
     ) -> Result<(), MmError> {
         let f = self.info(pfn)?;
@@ -183,7 +183,7 @@ impl Mm {
     /// its type allows). Only a frame without a table type may be held.
     /// Every hold is dropped with [`Mm::release_hold`], at the latest when
     /// its domain is torn down; the frame audit checks the count.
-    pub fn hold(&mut self, pfn: Pfn, dom: DomainId) -> Result<(), MmError> {
+    pub fn hold(&mut self, pfn: Pfn, dom: DomId) -> Result<(), MmError> {
         let f = self.info(pfn)?;
         if f.owner != Owner::Domain(dom) {
             return Err(MmError::NotOwner(pfn));
@@ -226,7 +226,7 @@ impl Mm {
     /// read-only. The hook for grants: a grant check extends this, and the
     /// reference accounting below is already owner-agnostic.
     #[inline]
-    pub fn may_map(&self, dom: DomainId, pfn: Pfn, writable: bool) -> Result<(), MmError> {
+    pub fn may_map(&self, dom: DomId, pfn: Pfn, writable: bool) -> Result<(), MmError> {
         let f = self.info(pfn)?;
         if f.owner != Owner::Domain(dom) {
             return Err(MmError::NotOwner(pfn));
@@ -310,7 +310,7 @@ impl Mm {
     /// A data reference from an L1 entry: total, plus a `Writable` type
     /// reference if writable (MMU-2).
     #[inline]
-    fn get_data(&mut self, dom: DomainId, t: Target) -> Result<(), MmError> {
+    fn get_data(&mut self, dom: DomId, t: Target) -> Result<(), MmError> {
         self.may_map(dom, t.pfn, t.writable)?;
         let f = self.info(t.pfn)?;
         if f.total_count == u32::MAX {
@@ -358,7 +358,7 @@ impl Mm {
     fn get_table<M: PhysMem>(
         &mut self,
         mem: &mut M,
-        dom: DomainId,
+        dom: DomId,
         pfn: Pfn,
         level: Level,
     ) -> Result<(), MmError> {
@@ -439,7 +439,7 @@ impl Mm {
     fn validate_table<M: PhysMem>(
         &mut self,
         mem: &mut M,
-        dom: DomainId,
+        dom: DomId,
         table: Pfn,
         level: Level,
     ) -> Result<(), MmError> {
@@ -464,7 +464,7 @@ impl Mm {
     fn get_entry<M: PhysMem>(
         &mut self,
         mem: &mut M,
-        dom: DomainId,
+        dom: DomId,
         table: Pfn,
         level: Level,
         value: u64,
@@ -507,7 +507,7 @@ impl Mm {
     pub fn pin<M: PhysMem>(
         &mut self,
         mem: &mut M,
-        dom: DomainId,
+        dom: DomId,
         pfn: Pfn,
         level: Level,
     ) -> Result<(), MmError> {
@@ -520,12 +520,7 @@ impl Mm {
     /// Drops the pin on `pfn` (MMU-12); when nothing else references it,
     /// its tree is released. Refused for a loaded root. All at once: the
     /// hypervisor uses [`Mm::unpin_bounded`].
-    pub fn unpin<M: PhysMem>(
-        &mut self,
-        mem: &mut M,
-        dom: DomainId,
-        pfn: Pfn,
-    ) -> Result<(), MmError> {
+    pub fn unpin<M: PhysMem>(&mut self, mem: &mut M, dom: DomId, pfn: Pfn) -> Result<(), MmError> {
         let mut pending = None;
         let r = self.unpin_bounded(mem, dom, pfn, &mut pending, &mut Budget::unlimited());
         debug_assert!(pending.is_none() && r != Ok(Progress::Preempted));
@@ -539,7 +534,7 @@ impl Mm {
     pub fn mmu_update_one<M: PhysMem>(
         &mut self,
         mem: &mut M,
-        dom: DomainId,
+        dom: DomId,
         ptr: u64,
         value: u64,
     ) -> Result<(), MmError> {
@@ -556,7 +551,7 @@ impl Mm {
     pub fn mmu_update<M: PhysMem, I: IntoIterator<Item = (u64, u64)>>(
         &mut self,
         mem: &mut M,
-        dom: DomainId,
+        dom: DomId,
         updates: I,
     ) -> Result<usize, BatchError> {
         let mut done = 0;
@@ -571,7 +566,7 @@ impl Mm {
     fn update_entry<M: PhysMem>(
         &mut self,
         mem: &mut M,
-        dom: DomainId,
+        dom: DomId,
         table: Pfn,
         index: usize,
         new: u64,
@@ -646,7 +641,7 @@ impl Mm {
     pub fn update_va_mapping<M: PhysMem>(
         &mut self,
         mem: &mut M,
-        dom: DomainId,
+        dom: DomId,
         root: Pfn,
         va: u64,
         value: u64,
@@ -677,7 +672,7 @@ impl Mm {
     fn walk_to_l1<M: PhysMem>(
         &self,
         mem: &M,
-        dom: DomainId,
+        dom: DomId,
         root: Pfn,
         va: u64,
     ) -> Result<Pfn, MmError> {
@@ -715,7 +710,7 @@ impl Mm {
     /// [`AddressSpace`]s are stale afterwards. All at once: the hypervisor
     /// uses [`Mm::teardown_bounded`].
     /// Returns the pins dropped.
-    pub fn teardown<M: PhysMem>(&mut self, mem: &mut M, dom: DomainId) -> usize {
+    pub fn teardown<M: PhysMem>(&mut self, mem: &mut M, dom: DomId) -> usize {
         let mut t = Teardown::new(dom);
         let done = self.teardown_bounded(mem, &mut t, &mut None, &mut Budget::unlimited());
         debug_assert_eq!(done, Progress::Done);

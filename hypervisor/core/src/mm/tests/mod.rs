@@ -16,9 +16,9 @@ use alloc::vec::Vec;
 /// Frames in the test machine.
 pub(super) const FRAMES: u64 = 64;
 /// The guest under test owns frames 0..40.
-pub(super) const DOM: DomainId = 1;
+pub(super) const DOM: DomId = 1;
 /// Another guest owns 40..48.
-pub(super) const OTHER: DomainId = 2;
+pub(super) const OTHER: DomId = 2;
 pub(super) const OTHER_FRAMES: core::ops::Range<u64> = 40..48;
 /// The hypervisor owns 48..56; 56..64 are free.
 pub(super) const HYP_FRAMES: core::ops::Range<u64> = 48..56;

@@ -11,11 +11,11 @@ use proptest::prelude::*;
 /// One step a guest (or the CPU, or the hypervisor) can take.
 #[derive(Clone, Debug)]
 enum Op {
-    Pin(DomainId, Pfn, Level),
-    Unpin(DomainId, Pfn),
-    Update(DomainId, u64, u64),
-    Batch(DomainId, Vec<(u64, u64)>),
-    UpdateVa(DomainId, Pfn, u64, u64),
+    Pin(DomId, Pfn, Level),
+    Unpin(DomId, Pfn),
+    Update(DomId, u64, u64),
+    Batch(DomId, Vec<(u64, u64)>),
+    UpdateVa(DomId, Pfn, u64, u64),
     Switch(usize, Pfn),
     /// Resolved against the current state, so that deep states are reached:
     /// an update of slot `.1` of the `.0`-th table in use.
@@ -28,13 +28,13 @@ enum Op {
     UnpinPinned(usize),
     /// The guest writes a frame it can write (type `None` or `Writable`):
     /// builds tables before pinning them.
-    GuestWrite(DomainId, Pfn, usize, u64),
+    GuestWrite(DomId, Pfn, usize, u64),
     /// The CPU sets A (and D) in an entry of a table in use.
     CpuSetsAccessed(Pfn, usize),
-    Teardown(DomainId),
+    Teardown(DomId),
     Flush,
     /// The hypervisor takes a hold on a frame (MEM-8).
-    Hold(DomainId, Pfn),
+    Hold(DomId, Pfn),
     /// The hypervisor drops the `.0`-th hold it recorded.
     ReleaseHold(usize),
     /// The hypervisor tries to give a frame back to the free pool (as
@@ -43,12 +43,12 @@ enum Op {
     Free(Pfn),
     /// A bounded pin of at most `.3` steps (MMU-35), continuing the
     /// domain's pending one when frame and level match.
-    PinSteps(DomainId, Pfn, Level, u64),
+    PinSteps(DomId, Pfn, Level, u64),
     /// A bounded unpin of at most `.2` steps of the `.0`-th pinned frame.
     UnpinSteps(usize, u64),
 }
 
-fn domain() -> impl Strategy<Value = DomainId> {
+fn domain() -> impl Strategy<Value = DomId> {
     prop_oneof![8 => Just(DOM), 1 => Just(OTHER), 1 => Just(7u16)]
 }
 
@@ -142,7 +142,7 @@ struct World {
     /// The holds the "hypervisor" took, as it records them.
     holds: Vec<Pfn>,
     /// The bounded pin or unpin each domain has in progress, by domain id.
-    pending: BTreeMap<DomainId, Pending>,
+    pending: BTreeMap<DomId, Pending>,
 }
 
 impl World {
@@ -392,7 +392,7 @@ impl World {
 
     /// A batch must equal its updates applied one by one, up to the first
     /// refusal.
-    fn batch(&mut self, d: DomainId, b: &[(u64, u64)]) -> Result<(), TestCaseError> {
+    fn batch(&mut self, d: DomId, b: &[(u64, u64)]) -> Result<(), TestCaseError> {
         let mut mm = self.mm.clone();
         let mut mem = self.mem.clone();
         let mut first_err = None;

@@ -28,7 +28,7 @@
 //! too, and reports the refusal when it has: as with the unbounded pin, a
 //! refused pin leaves the frame table as it found it.
 
-use super::super::frame::{DomainId, FrameInfo, Owner, PageType, OP_REF, PARTIAL, PINNED};
+use super::super::frame::{DomId, FrameInfo, Owner, PageType, OP_REF, PARTIAL, PINNED};
 use super::super::pte::{Level, ENTRIES, FIRST_HYPERVISOR_SLOT};
 use super::super::{MmError, PhysMem};
 use super::Mm;
@@ -100,7 +100,7 @@ enum Mode {
 /// between invocations (the hypervisor keeps one per domain).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pending {
-    dom: DomainId,
+    dom: DomId,
     root: Pfn,
     op: Op,
     mode: Mode,
@@ -111,7 +111,7 @@ pub struct Pending {
 
 impl Pending {
     /// The domain it acts for.
-    pub const fn domain(&self) -> DomainId {
+    pub const fn domain(&self) -> DomId {
         self.dom
     }
     /// The frame being pinned or unpinned.
@@ -127,7 +127,7 @@ impl Pending {
 /// A domain's teardown in progress (see [`Mm::teardown_bounded`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Teardown {
-    dom: DomainId,
+    dom: DomId,
     /// The next frame to look at.
     next: Pfn,
     /// The unpin of one of its tables that the teardown started.
@@ -137,7 +137,7 @@ pub struct Teardown {
 
 impl Teardown {
     /// The teardown of `dom`, not started.
-    pub const fn new(dom: DomainId) -> Teardown {
+    pub const fn new(dom: DomId) -> Teardown {
         Teardown {
             dom,
             next: 0,
@@ -146,7 +146,7 @@ impl Teardown {
         }
     }
     /// The domain.
-    pub const fn domain(&self) -> DomainId {
+    pub const fn domain(&self) -> DomId {
         self.dom
     }
     /// Pins dropped so far.
@@ -194,7 +194,7 @@ impl Mm {
     pub fn pin_bounded<M: PhysMem>(
         &mut self,
         mem: &mut M,
-        dom: DomainId,
+        dom: DomId,
         pfn: Pfn,
         level: Level,
         pending: &mut Option<Pending>,
@@ -268,7 +268,7 @@ impl Mm {
     pub fn unpin_bounded<M: PhysMem>(
         &mut self,
         mem: &mut M,
-        dom: DomainId,
+        dom: DomId,
         pfn: Pfn,
         pending: &mut Option<Pending>,
         budget: &mut Budget,
@@ -473,7 +473,7 @@ impl Mm {
     fn validate_entries<M: PhysMem>(
         &mut self,
         mem: &M,
-        dom: DomainId,
+        dom: DomId,
         table: Pfn,
         level: Level,
         mut v: usize,
@@ -538,7 +538,7 @@ impl Mm {
     #[inline]
     fn validate_one(
         &mut self,
-        dom: DomainId,
+        dom: DomId,
         table: Pfn,
         level: Level,
         value: u64,
@@ -732,7 +732,12 @@ impl Mm {
     }
 }
 
-/// An entry index of a table (at most 512) as the frame's `partial` field.
+/// An entry index of a table (at most 512, `Level::guest_slots`) as the
+/// frame's `partial` field. Not guest-controlled, and on the validator's
+/// hot path: a plain conversion, its bound asserted in debug builds.
+#[inline(always)]
+#[allow(clippy::cast_possible_truncation)]
 fn slot16(v: usize) -> u16 {
-    u16::try_from(v).unwrap_or(u16::MAX)
+    debug_assert!(v <= 512);
+    v as u16
 }
