@@ -3,16 +3,17 @@
 //!
 //! The hypervisor prefixes every line with `[name] ` and buffers partial
 //! lines, so a guest simply writes bytes.
+#![forbid(unsafe_code)]
 
 use core::fmt;
 
 use hypercall_abi::args::CONSOLE_WRITE_MAX;
-use hypercall_abi::{Error, Hypercall};
+use hypercall_abi::{console, Error};
 
 use crate::raw;
 
 /// Largest chunk passed to one `console_write`.
-const CHUNK: usize = CONSOLE_WRITE_MAX as usize;
+const CHUNK: usize = crate::usize_const(CONSOLE_WRITE_MAX);
 
 /// Writes `bytes` to the console, in chunks of at most `CONSOLE_WRITE_MAX`;
 /// the hypervisor takes at most `CONSOLE_WRITE_STEP` bytes a call (`CON-2`)
@@ -20,7 +21,10 @@ const CHUNK: usize = CONSOLE_WRITE_MAX as usize;
 pub fn write(mut bytes: &[u8]) -> Result<(), Error> {
     while !bytes.is_empty() {
         let n = bytes.len().min(CHUNK);
-        let took = raw::call2(Hypercall::ConsoleWrite, bytes.as_ptr() as u64, n as u64)?;
+        let took = raw::invoke(&console::Write {
+            ptr: bytes.as_ptr() as u64,
+            len: n as u64,
+        })?;
         // A count of 0 or beyond what was offered would be a hypervisor
         // bug: stop rather than loop or overrun.
         match usize::try_from(took) {

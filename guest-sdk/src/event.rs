@@ -11,12 +11,13 @@
 //! whatever `main` was doing: keep them short, communicate through atomics,
 //! and do not block in them. [`wait`] and [`wait_for`] put `main` to sleep
 //! until a handler has run.
+#![forbid(unsafe_code)]
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use hypercall_abi::args::{BlockResult, Virq, DOMID_SELF, NO_DEADLINE};
 use hypercall_abi::layout::{NR_PORTS, PORT_WORDS};
-use hypercall_abi::{Error, Hypercall};
+use hypercall_abi::{event, Error};
 
 use crate::raw;
 use crate::sched;
@@ -58,10 +59,16 @@ pub struct DomId(pub u16);
 
 impl DomId {
     /// The calling domain (`DOMID_SELF`).
-    pub const SELF: DomId = DomId(DOMID_SELF as u16);
+    pub const SELF: DomId = DomId(DOMID_SELF_U16);
 }
 
-const _: () = assert!(DOMID_SELF <= u16::MAX as u64);
+/// [`DOMID_SELF`] as a domain id, checked at compile time.
+const DOMID_SELF_U16: u16 = {
+    assert!(DOMID_SELF <= u16::MAX as u64);
+    #[allow(clippy::cast_possible_truncation)] // checked just above
+    let d = DOMID_SELF as u16;
+    d
+};
 
 /// The channel named `name` in this domain's start info (`EVT-7`): declared
 /// in the scenario manifest (`[[channel]] name = "ping" ends = ["a", "b"]`)
@@ -78,33 +85,35 @@ pub fn channel(name: &str) -> Option<crate::start::Channel<'static>> {
 
 /// Allocates a port that only `remote` may bind to (`EVT-1`).
 pub fn alloc_unbound(remote: DomId) -> Result<Port, Error> {
-    raw::call1(Hypercall::EventAllocUnbound, remote.0.into()).map(Port::from_result)
+    raw::invoke(&event::AllocUnbound {
+        remote: remote.0.into(),
+    })
+    .map(Port::from_result)
 }
 
 /// Binds a new local port to `remote_port` of `remote`, which must have
 /// been offered to this domain (`EVT-2`).
 pub fn bind_interdomain(remote: DomId, remote_port: Port) -> Result<Port, Error> {
-    raw::call2(
-        Hypercall::EventBindInterdomain,
-        remote.0.into(),
-        remote_port.0.into(),
-    )
+    raw::invoke(&event::BindInterdomain {
+        remote: remote.0.into(),
+        remote_port: remote_port.0.into(),
+    })
     .map(Port::from_result)
 }
 
 /// Binds a new local port to a virtual interrupt (`EVT-3`).
 pub fn bind_virq(virq: Virq) -> Result<Port, Error> {
-    raw::call1(Hypercall::EventBindVirq, virq as u64).map(Port::from_result)
+    raw::invoke(&event::BindVirq { virq }).map(Port::from_result)
 }
 
 /// Raises the event on the peer of `port` (`EVT-4`).
 pub fn send(port: Port) -> Result<(), Error> {
-    raw::call1(Hypercall::EventSend, port.0.into()).map(drop)
+    raw::invoke(&event::Send { port: port.0 }).map(drop)
 }
 
 /// Closes `port` (`EVT-5`); its handler is removed too.
 pub fn close(port: Port) -> Result<(), Error> {
-    raw::call1(Hypercall::EventClose, port.0.into())?;
+    raw::invoke(&event::Close { port: port.0 })?;
     clear_handler(port);
     Ok(())
 }
@@ -121,7 +130,7 @@ pub fn unmask(port: Port) -> Result<(), Error> {
             sh.pending_sel().fetch_or(1 << word, Ordering::AcqRel);
         }
     }
-    raw::call1(Hypercall::EventUnmask, port.0.into()).map(drop)
+    raw::invoke(&event::Unmask { port: port.0 }).map(drop)
 }
 
 /// Sets `port`'s mask bit: its events stay pending and neither wake the
@@ -154,6 +163,13 @@ static HANDLERS: spin::Mutex<[Option<Handler>; NR_PORTS]> = spin::Mutex::new([No
 
 /// Set at every event upcall; consumed by [`wait`] (a park token).
 static WOKEN: AtomicBool = AtomicBool::new(false);
+
+/// Host tests that use the one wake-up token take this first.
+#[cfg(test)]
+pub(crate) fn tests_token_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Calls `handler` for every event on `port` from now on (replacing any
 /// previous handler). Out-of-range ports are ignored.
@@ -210,7 +226,7 @@ pub(crate) fn restore_upcalls(sh: &Shared, was_masked: bool) {
         // An event arrived while masked: clearing the byte does not enter
         // the hypervisor, so make a harmless hypercall; the upcall is
         // delivered on its return to ring 3 (TRAP-0).
-        let _ = raw::call0(Hypercall::AbiVersion);
+        let _ = raw::invoke(&hypercall_abi::base::AbiVersion {});
     }
 }
 
@@ -308,7 +324,10 @@ pub(crate) fn scan(sh: &Shared, mut handle: impl FnMut(Port)) -> usize {
                 // (a nested upcall) already took it.
                 if sh.pending(word).fetch_and(!b, Ordering::AcqRel) & b != 0 {
                     handled += 1;
-                    handle(Port((word * 64 + bit) as u32));
+                    // word < PORT_WORDS and bit < 64: below NR_PORTS.
+                    if let Ok(p) = u32::try_from(word * 64 + bit) {
+                        handle(Port(p));
+                    }
                 }
             }
         }

@@ -33,6 +33,10 @@
 //!   through atomics only.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+// Values read from the hypervisor (result words, start-info and shared-info
+// fields) become narrower types only through checked conversions.
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 #![warn(missing_docs)]
 
 extern crate alloc;
@@ -41,8 +45,13 @@ pub use hypercall_abi as abi;
 pub use hypercall_abi::layout::UpcallFrame;
 pub use hypercall_abi::Error;
 
+pub mod base;
 pub mod console;
 pub mod event;
+#[cfg(test)]
+mod fake;
+pub mod memory;
+pub mod mmu;
 pub mod paging;
 pub mod raw;
 pub mod ring;
@@ -64,13 +73,15 @@ pub use rt::{heap_grown, heap_usage};
 pub use event::{DomId, Port};
 pub use start::{start_info, Channel, StartInfo};
 
-/// The hypervisor's ABI version (`BASE-1`): `major << 16 | minor`.
-///
-/// The SDK already checked at start that it is compatible with the version
-/// this guest was built for ([`abi::ABI_VERSION`]).
-pub fn abi_version() -> u32 {
-    let v = raw::call0(abi::Hypercall::AbiVersion).unwrap_or(0);
-    u32::try_from(v).unwrap_or(0)
+pub use base::abi_version;
+
+/// An ABI constant (a `u64`) as a `usize`: checked where the constant is
+/// evaluated, at compile time, so no value is ever cut short.
+pub(crate) const fn usize_const(v: u64) -> usize {
+    assert!(v <= usize::MAX as u64, "an ABI constant does not fit usize");
+    #[allow(clippy::cast_possible_truncation)] // checked just above
+    let r = v as usize;
+    r
 }
 
 /// Names the guest's `main`: `guest_sdk::entry!(main);` with

@@ -33,13 +33,11 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use hypercall_abi::args::{FrameInfo, MmuUpdate, UVM_INVLPG};
 use hypercall_abi::layout::GUEST_VA_TOP;
-use hypercall_abi::{Error, Hypercall};
+use hypercall_abi::mmu::MmuUpdate;
+use hypercall_abi::Error;
 
 pub use hypercall_abi::args::{FrameType, MEMORY_BATCH_MAX, MMU_BATCH_MAX};
-
-use crate::raw;
 
 /// Page size.
 pub const PAGE: u64 = 4096;
@@ -185,149 +183,28 @@ pub const fn in_map_region(va: u64) -> bool {
     va >= MAP_BASE && va < MAP_TOP
 }
 
-/// A refused `mmu_update` batch: `done` entries were applied, the entry at
-/// index `done` failed with `error` (`MMU-22b`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BatchError {
-    /// Entries applied.
-    pub done: usize,
-    /// Why the next one was refused.
-    pub error: Error,
-}
-
-impl From<BatchError> for Error {
-    fn from(b: BatchError) -> Error {
-        b.error
-    }
-}
-
 // ---------------------------------------------------------------------------
-// Hypercall wrappers.
+// Hypercall wrappers: they live in their families, `crate::mmu` and
+// `crate::memory`; the names this module always had stay valid here.
 
-/// `mmu_update` (`MMU-22`): applies `updates` in order, at most
-/// [`MMU_BATCH_MAX`] (more is refused by the hypervisor with nothing done).
-pub fn mmu_update(updates: &[MmuUpdate]) -> Result<(), BatchError> {
-    let mut done = 0u64;
-    let r = raw::call(
-        Hypercall::MmuUpdate,
-        [
-            updates.as_ptr() as u64,
-            updates.len() as u64,
-            &raw mut done as u64,
-            0,
-            0,
-            0,
-        ],
-    );
-    match r {
-        Ok(_) => Ok(()),
-        Err(error) => Err(BatchError {
-            done: done as usize,
-            error,
-        }),
-    }
-}
-
-/// `mmu_pin` (`MMU-23`).
-pub fn pin(mfn: u64, level: Level) -> Result<(), Error> {
-    raw::call2(Hypercall::MmuPin, mfn, level as u64).map(drop)
-}
-
-/// `mmu_unpin` (`MMU-24`).
-pub fn unpin(mfn: u64) -> Result<(), Error> {
-    raw::call1(Hypercall::MmuUnpin, mfn).map(drop)
-}
-
-/// `mmu_switch_root` (`MMU-25`): continue in the address space of the pinned
-/// L4 `mfn`. For the rest of this module to work there, it must carry
-/// [`self_entry`] at [`RECURSIVE_SLOT`], and it must map the code, stack and
-/// data the guest uses.
-pub fn switch_root(mfn: u64) -> Result<(), Error> {
-    raw::call1(Hypercall::MmuSwitchRoot, mfn).map(drop)
-}
-
-/// `mmu_invlpg` (`MMU-26`).
-pub fn invlpg(va: u64) -> Result<(), Error> {
-    raw::call1(Hypercall::MmuInvlpg, va).map(drop)
-}
-
-/// `mmu_flush_tlb` (`MMU-27`).
-pub fn flush_tlb() -> Result<(), Error> {
-    raw::call0(Hypercall::MmuFlushTlb).map(drop)
-}
-
-/// `update_va_mapping` (`MMU-28`): sets the leaf entry of `va` in the loaded
-/// address space to `val`, invalidating `va` afterwards when `invalidate`.
-pub fn update_va_mapping(va: u64, val: u64, invalidate: bool) -> Result<(), Error> {
-    let flags = if invalidate { UVM_INVLPG } else { 0 };
-    raw::call(Hypercall::UpdateVaMapping, [va, val, flags, 0, 0, 0]).map(drop)
-}
-
-/// `mmu_frame_info` (`MMU-29`): the frame table's record of one of our frames.
-pub fn frame_info(mfn: u64) -> Result<FrameInfo, Error> {
-    let mut info = FrameInfo::default();
-    raw::call2(Hypercall::MmuFrameInfo, mfn, &raw mut info as u64)?;
-    Ok(info)
-}
-
-/// `memory_populate` (`MEM-5`): fills `frames` with fresh frames (zeroed,
-/// unmapped). Any length: taken in batches of [`MEMORY_BATCH_MAX`]; if one
-/// batch is refused, the frames already taken are given back.
-pub fn populate(frames: &mut [u64]) -> Result<(), Error> {
-    let mut taken = 0;
-    while taken < frames.len() {
-        let chunk = &mut frames[taken..];
-        let n = chunk.len().min(MEMORY_BATCH_MAX as usize);
-        let r = raw::call2(
-            Hypercall::MemoryPopulate,
-            chunk.as_mut_ptr() as u64,
-            n as u64,
-        );
-        if let Err(e) = r {
-            let _ = release(&frames[..taken]);
-            return Err(e);
-        }
-        taken += n;
-    }
-    Ok(())
-}
-
-/// One fresh frame (`MEM-5`).
-pub fn populate_one() -> Result<u64, Error> {
-    let mut f = [0u64];
-    populate(&mut f)?;
-    Ok(f[0])
-}
-
-/// `memory_release` (`MEM-6`): gives `frames` back, in batches of
-/// [`MEMORY_BATCH_MAX`] (each batch all or nothing).
-pub fn release(frames: &[u64]) -> Result<(), Error> {
-    for chunk in frames.chunks(MEMORY_BATCH_MAX as usize) {
-        raw::call2(
-            Hypercall::MemoryRelease,
-            chunk.as_ptr() as u64,
-            chunk.len() as u64,
-        )?;
-    }
-    Ok(())
-}
-
-/// `memory_info` (`MEM-7`): `(frames owned now, max_pages)`.
-pub fn memory_info() -> Result<(u64, u64), Error> {
-    let mut v = [0u64; 2];
-    raw::call1(Hypercall::MemoryInfo, v.as_mut_ptr() as u64)?;
-    Ok((v[0], v[1]))
-}
+pub use crate::memory::{info as memory_info, populate, populate_one, release};
+pub use crate::mmu::{
+    flush_tlb, frame_info, invlpg, pin, switch_root, unpin, update as mmu_update,
+    update_va_mapping, BatchError,
+};
 
 /// The frame list (`MEM-2`): machine frame of each pseudo-physical page of
 /// the window, as the hypervisor wrote it at start.
 #[cfg(target_os = "none")]
 pub fn frame_list() -> &'static [u64] {
     let si = crate::start_info();
-    // SAFETY: MEM-2/3: `nr_pages` u64s at `frame_list_va`, mapped for the
-    // domain's life, written once by the hypervisor before start and never
-    // by the SDK (a guest writing it through a raw pointer breaks this).
-    unsafe { core::slice::from_raw_parts(si.frame_list_va as *const u64, si.nr_pages as usize) }
+    let len = usize::try_from(si.nr_pages).unwrap_or(0);
+    // SAFETY: `from_raw_parts` needs `len` readable, aligned u64s that
+    // nothing writes while the slice lives: MEM-2/3 put `nr_pages` u64s at
+    // `frame_list_va`, mapped for the domain's life, written once by the
+    // hypervisor before start and never by the SDK (a guest writing it
+    // through a raw pointer breaks this).
+    unsafe { core::slice::from_raw_parts(si.frame_list_va as *const u64, len) }
 }
 
 /// Host build: there is no frame list.
@@ -353,7 +230,7 @@ pub(crate) fn init() -> Result<(), Error> {
     let si = crate::start_info();
     let l4 = page_mfn(si.pt_first_page).ok_or(Error::NotFound)?;
     mmu_update(&[MmuUpdate {
-        ptr: entry_ptr(l4, RECURSIVE_SLOT as usize),
+        ptr: entry_ptr(l4, crate::usize_const(RECURSIVE_SLOT)),
         val: self_entry(l4),
     }])?;
     READY.store(true, Ordering::Release);
@@ -385,7 +262,9 @@ pub fn read_entry(va: u64, level: Level) -> Option<u64> {
         if l == level {
             return Some(e);
         }
-        if !is_present(e) || (l == Level::L4 && index(va, Level::L4) == RECURSIVE_SLOT as usize) {
+        if !is_present(e)
+            || (l == Level::L4 && index(va, Level::L4) == crate::usize_const(RECURSIVE_SLOT))
+        {
             return None;
         }
         l = match l {
@@ -453,7 +332,7 @@ const INVLPG_MAX: usize = 16;
 /// wins). Missing L3/L2/L1 tables are created at once (the queue is flushed
 /// first, so order is kept).
 pub struct Mapper {
-    queue: [MmuUpdate; MMU_BATCH_MAX as usize],
+    queue: [MmuUpdate; crate::usize_const(MMU_BATCH_MAX)],
     len: usize,
     invl: [u64; INVLPG_MAX],
     ninvl: usize,
@@ -472,7 +351,7 @@ impl Mapper {
     /// An empty mapper.
     pub const fn new() -> Mapper {
         Mapper {
-            queue: [MmuUpdate { ptr: 0, val: 0 }; MMU_BATCH_MAX as usize],
+            queue: [MmuUpdate { ptr: 0, val: 0 }; crate::usize_const(MMU_BATCH_MAX)],
             len: 0,
             invl: [0; INVLPG_MAX],
             ninvl: 0,
@@ -501,7 +380,9 @@ impl Mapper {
     /// Unmaps `va` (in the mapping region); not mapped is not an error.
     pub fn unmap(&mut self, va: u64) -> Result<(), Error> {
         check_region(va)?;
-        // SAFETY: as in `map`.
+        // SAFETY: `unmap_unchecked` requires that nothing Rust reaches
+        // through a reference lives at `va`: `va` is in the mapping region
+        // (checked), which holds no Rust objects (module docs).
         unsafe { self.unmap_unchecked(va) }
     }
 
@@ -509,7 +390,9 @@ impl Mapper {
     /// `NotFound` if it is not mapped.
     pub fn protect(&mut self, va: u64, flags: Flags) -> Result<(), Error> {
         check_region(va)?;
-        // SAFETY: as in `map`.
+        // SAFETY: `protect_unchecked` requires that nothing Rust reaches
+        // through a reference lives at `va`: `va` is in the mapping region
+        // (checked), which holds no Rust objects (module docs).
         unsafe { self.protect_unchecked(va, flags) }
     }
 
@@ -701,7 +584,7 @@ mod tests {
         assert_eq!(index(va, Level::L3), 5);
         assert_eq!(index(va, Level::L2), 7);
         assert_eq!(index(va, Level::L1), 9);
-        assert_eq!(entry_ptr(0x1234, 9), 0x1234_000 | 72);
+        assert_eq!(entry_ptr(0x1234, 9), 0x0123_4000 | 72);
     }
 
     #[test]
@@ -790,5 +673,103 @@ mod tests {
         assert_eq!(check_va(MAP_BASE + 1), Err(Error::InvalidArgument));
         assert_eq!(check_region(0x40_0000), Err(Error::BadAddress));
         assert_eq!(check_va(RECURSIVE_BASE), Err(Error::BadAddress));
+    }
+
+    /// The batching `Mapper` against the fake hypervisor.
+    mod mapper {
+        use super::super::*;
+        use crate::fake::{err, ok, Fake};
+        use hypercall_abi::Hypercall;
+
+        #[test]
+        fn a_full_queue_goes_as_one_mmu_update_and_the_rest_on_flush() {
+            let fake = Fake::install(|call, _, _| {
+                assert_eq!(call, Some(Hypercall::MmuUpdate));
+                ok(0)
+            });
+            let mut m = Mapper::new();
+            for i in 0..(MMU_BATCH_MAX + 1) {
+                m.push_raw(0x1000 + 8 * i, i).unwrap();
+            }
+            // The 513th push sent the first 512, in one call.
+            let calls = fake.calls();
+            assert_eq!(calls.len(), 1);
+            assert_eq!(calls[0].1[1], MMU_BATCH_MAX);
+            assert_eq!((m.pending(), m.batches()), (1, 1));
+            m.flush().unwrap();
+            let calls = fake.calls();
+            assert_eq!(calls.len(), 2);
+            assert_eq!(calls[1].1[1], 1);
+            assert_eq!((m.pending(), m.batches()), (0, 2));
+            // An empty flush makes no call; neither does dropping it empty.
+            m.flush().unwrap();
+            drop(m);
+            assert_eq!(fake.log().len(), 2);
+        }
+
+        #[test]
+        fn dropping_a_mapper_sends_what_is_queued() {
+            let fake = Fake::script(&[ok(0)]);
+            {
+                let mut m = Mapper::new();
+                m.push_raw(0x2000, 7).unwrap();
+            }
+            assert_eq!(fake.calls().len(), 1);
+        }
+
+        #[test]
+        fn replaced_present_entries_are_invalidated_one_by_one_or_all_at_once() {
+            let fake = Fake::install(|_, _, _| ok(0));
+            let mut m = Mapper::new();
+            let present = pte::PRESENT;
+            m.push(0x1000, 0, 0x40_0000, present).unwrap();
+            m.push(0x1008, 0, 0x40_1000, 0).unwrap(); // was not mapped
+            m.push(0x1010, 0, 0x40_2000, present).unwrap();
+            m.flush().unwrap();
+            let names: std::vec::Vec<_> = fake.calls().iter().map(|c| (c.0, c.1[0])).collect();
+            assert_eq!(
+                names[1..],
+                [
+                    (Hypercall::MmuInvlpg, 0x40_0000),
+                    (Hypercall::MmuInvlpg, 0x40_2000)
+                ]
+            );
+            drop(fake);
+            let fake = Fake::install(|_, _, _| ok(0));
+            for i in 0..=(INVLPG_MAX as u64) {
+                m.push(0x1000 + 8 * i, 0, 0x40_0000 + (i << 12), present)
+                    .unwrap();
+            }
+            m.flush().unwrap();
+            let names: std::vec::Vec<_> = fake.calls().iter().map(|c| c.0).collect();
+            assert_eq!(names, [Hypercall::MmuUpdate, Hypercall::MmuFlushTlb]);
+        }
+
+        #[test]
+        fn a_refused_batch_is_reported_and_the_queue_is_emptied() {
+            let fake = Fake::script(&[err(Error::PermissionDenied)]);
+            let mut m = Mapper::new();
+            m.push_raw(0x3000, 1).unwrap();
+            let e = m.flush().unwrap_err();
+            assert_eq!(e.error, Error::PermissionDenied);
+            assert_eq!((m.pending(), fake.log().len()), (0, 1));
+        }
+
+        #[test]
+        fn addresses_outside_the_map_region_are_refused_before_any_call() {
+            let fake = Fake::script(&[]);
+            let mut m = Mapper::new();
+            assert_eq!(
+                m.map(MAP_BASE + 1, 5, Flags::default()),
+                Err(Error::InvalidArgument)
+            );
+            assert_eq!(
+                m.map(MAP_BASE - PAGE, 5, Flags::default()),
+                Err(Error::BadAddress)
+            );
+            assert_eq!(m.unmap(RECURSIVE_BASE), Err(Error::BadAddress));
+            drop(m);
+            assert!(fake.log().is_empty());
+        }
     }
 }

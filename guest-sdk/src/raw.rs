@@ -11,9 +11,55 @@
 //! (`set_callbacks` installs entry points, `upcall_return` resumes an
 //! arbitrary context); [`call`] refuses them and they are reachable only
 //! through the `unsafe` functions [`call_unchecked`] and [`syscall`].
+//!
+//! The instruction sits behind the [`Hypervisor`] trait (as libtock-rs's
+//! `RawSyscalls`): [`Syscall`] is the real stub, a zero-sized type whose
+//! method is the inlined `syscall` instruction, so a guest pays nothing for
+//! the trait. Host unit tests (`cargo test -p guest-sdk`) compile the SDK
+//! against a recording fake instead (`crate::fake`), which logs every call
+//! made and answers with scripted results; [`Active`] names the one in use.
 #![allow(unsafe_code)]
 
-use hypercall_abi::{regs, Error, Hypercall};
+use hypercall_abi::{regs, Call, Error, Hypercall, Words};
+
+/// What executes a hypercall: the register words in, the `rax` word out.
+///
+/// Implemented by [`Syscall`] (the `syscall` instruction) and, in host
+/// tests, by a fake that records the calls and returns scripted words.
+pub trait Hypervisor {
+    /// Makes hypercall `nr` with the six argument words (`CALL-1`) and
+    /// returns `rax` undecoded (`CALL-2`).
+    ///
+    /// # Safety
+    ///
+    /// As [`syscall`]: for a call that transfers control (`set_callbacks`,
+    /// `upcall_return`, or a number a later ABI defines) the caller must
+    /// make sure the code and context its arguments name are valid to run.
+    unsafe fn syscall(&self, nr: u64, args: Words) -> u64;
+}
+
+/// The real hypercall: the `syscall` instruction. Zero-sized; its method is
+/// [`syscall`], inlined.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Syscall;
+
+impl Hypervisor for Syscall {
+    #[inline(always)]
+    unsafe fn syscall(&self, nr: u64, args: Words) -> u64 {
+        // SAFETY: the caller upholds `Hypervisor::syscall`'s contract, which
+        // is `syscall`'s own.
+        unsafe { syscall(nr, args) }
+    }
+}
+
+/// The hypervisor the SDK's wrappers call: [`Syscall`] in every real build,
+/// the recording fake in the SDK's own host tests.
+#[cfg(not(test))]
+pub type Active = Syscall;
+/// The hypervisor the SDK's wrappers call: [`Syscall`] in every real build,
+/// the recording fake in the SDK's own host tests.
+#[cfg(test)]
+pub type Active = crate::fake::Installed;
 
 /// Executes `syscall` with `rax` = `nr` and the six argument registers
 /// (`rdi`, `rsi`, `rdx`, `r10`, `r8`, `r9`), and returns `rax` undecoded.
@@ -71,8 +117,9 @@ pub unsafe fn syscall(nr: u64, _args: [u64; 6]) -> u64 {
 /// make sure the entries, stack or frame are valid to run.
 #[inline(always)]
 pub unsafe fn call_unchecked(nr: Hypercall, args: [u64; 6]) -> Result<u64, Error> {
-    // SAFETY: forwarded to the caller.
-    regs::decode(unsafe { syscall(nr.number(), args) })
+    // SAFETY: the control-transfer obligation of `Hypervisor::syscall` is
+    // this function's own `# Safety` contract, so the caller holds it.
+    regs::decode(unsafe { Active::default().syscall(nr.number(), args) })
 }
 
 /// Whether `nr` transfers control to guest code named by its arguments.
@@ -97,6 +144,18 @@ pub fn call(nr: Hypercall, args: [u64; 6]) -> Result<u64, Error> {
     // other call only acts on hypervisor state and on guest memory that the
     // hypervisor checks and accesses like a DMA device (CALL-4).
     unsafe { call_unchecked(nr, args) }
+}
+
+/// Makes the call `A` names with `args`, encoded by the ABI's `encode`
+/// (argument positions are written once, in `hypercall-abi`), and decodes
+/// the result.
+///
+/// # Panics
+///
+/// For the control-transfer calls, as [`call`].
+#[inline]
+pub fn invoke<A: Call>(args: &A) -> Result<u64, Error> {
+    call(A::CALL, args.encode())
 }
 
 /// [`call`] with no arguments.

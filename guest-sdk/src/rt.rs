@@ -45,7 +45,9 @@ pub(crate) extern "C" fn start(si: *const layout::StartInfo) -> ! {
     }
     // MEM-3: `rdi` is the start-info page, mapped readable for the domain's
     // life; page-aligned (checked), and a `StartInfo` fits in a page.
-    // SAFETY: as above; plain data (any bit pattern valid), copied once.
+    // SAFETY: `si` is readable for a whole `StartInfo` (MEM-3, page-aligned
+    // as checked); `StartInfo` is plain data (any bit pattern valid) and is
+    // copied out once with a volatile read.
     let raw = unsafe { core::ptr::read_volatile(si) };
     if raw.magic != START_INFO_MAGIC {
         fail(format_args!("bad start-info magic {:02x?}", raw.magic));
@@ -180,9 +182,10 @@ impl HeapState {
             return false;
         }
         let mut mapped = 0u64;
-        let mut frames = [0u64; paging::MEMORY_BATCH_MAX as usize];
+        let mut frames = [0u64; crate::usize_const(paging::MEMORY_BATCH_MAX)];
         while mapped < pages {
-            let n = (pages - mapped).min(paging::MEMORY_BATCH_MAX) as usize;
+            let n = usize::try_from((pages - mapped).min(paging::MEMORY_BATCH_MAX))
+                .unwrap_or(frames.len());
             let chunk = &mut frames[..n];
             if paging::populate(chunk).is_err() {
                 break;
@@ -207,7 +210,9 @@ impl HeapState {
             if !ok {
                 let _ = self.mapper.flush();
                 for i in 0..n as u64 {
-                    // SAFETY: as above; these pages were never handed out.
+                    // SAFETY: `unmap_unchecked` requires nothing Rust
+                    // reaches at `base + i * page`: these growth-region
+                    // pages were mapped just now and never handed out.
                     let _ = unsafe { self.mapper.unmap_unchecked(base + i * page) };
                 }
                 let _ = self.mapper.flush();
@@ -219,7 +224,9 @@ impl HeapState {
         if mapped == 0 {
             return false;
         }
-        let bytes = (mapped * page) as usize;
+        let Ok(bytes) = usize::try_from(mapped * page) else {
+            return false;
+        };
         if self.grown.size() == 0 {
             // SAFETY: `[HEAP_GROW_BASE, + bytes)` was just mapped read-write
             // to fresh, zeroed frames of ours and is used by nothing else.
@@ -302,7 +309,9 @@ pub fn heap_usage() -> (usize, usize) {
 /// Bytes the heap has grown by beyond the window (mapped from
 /// [`paging::HEAP_GROW_BASE`]).
 pub fn heap_grown() -> usize {
-    event::without_upcalls(|| (HEAP.0.lock().grown_top - paging::HEAP_GROW_BASE) as usize)
+    event::without_upcalls(|| {
+        usize::try_from(HEAP.0.lock().grown_top - paging::HEAP_GROW_BASE).unwrap_or(usize::MAX)
+    })
 }
 
 static PANICKING: AtomicBool = AtomicBool::new(false);

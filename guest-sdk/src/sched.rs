@@ -1,14 +1,15 @@
 //! Scheduling (`SCHED-1`..`SCHED-3`): yield, block, shutdown.
+#![forbid(unsafe_code)]
 
 pub use hypercall_abi::args::{BlockResult, ShutdownReason, NO_DEADLINE};
-use hypercall_abi::Hypercall;
+use hypercall_abi::sched;
 
 use crate::raw;
 
 /// Gives up the rest of the time slice (`SCHED-1`).
 pub fn yield_now() {
     // SCHED-1: never fails.
-    let _ = raw::call0(Hypercall::Yield);
+    let _ = raw::invoke(&sched::Yield {});
 }
 
 /// Sleeps until an unmasked event is pending or `deadline_ns` (monotonic,
@@ -19,7 +20,7 @@ pub fn yield_now() {
 /// (`SCHED-2c`). Most guests want [`crate::event::wait`] or
 /// [`crate::time::sleep_ns`] instead.
 pub fn block(deadline_ns: u64) -> BlockResult {
-    match raw::call1(Hypercall::Block, deadline_ns) {
+    match raw::invoke(&sched::Block { deadline_ns }) {
         Ok(1) => BlockResult::Deadline,
         // SCHED-2d: never fails. Anything but "deadline" is treated as an
         // event, since a spurious wake-up is always safe for callers that
@@ -31,12 +32,15 @@ pub fn block(deadline_ns: u64) -> BlockResult {
 /// Ends the domain (`SCHED-3`): `code` 0 is success (meaningful with
 /// [`ShutdownReason::Poweroff`]). Negative codes are sign-extended.
 pub fn shutdown(reason: ShutdownReason, code: i32) -> ! {
-    let code = i64::from(code) as u64;
-    let _ = raw::call2(Hypercall::Shutdown, reason as u64, code);
+    let code = i64::from(code).cast_unsigned();
+    let _ = raw::invoke(&sched::Shutdown { reason, code });
     // Only an undefined reason returns (SCHED-3a), and `reason` is typed;
     // if the hypervisor returns anyway, insist, then idle.
     loop {
-        let _ = raw::call2(Hypercall::Shutdown, ShutdownReason::Crash as u64, code);
+        let _ = raw::invoke(&sched::Shutdown {
+            reason: ShutdownReason::Crash,
+            code,
+        });
         block(NO_DEADLINE);
     }
 }

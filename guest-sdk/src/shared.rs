@@ -25,12 +25,22 @@ impl Shared {
     pub(crate) fn get() -> Shared {
         // MEM-2/4: mapped read-write at SHARED_INFO_VA for the domain's life
         // (checked against the start-info page at start).
-        // SAFETY: as above; the SDK touches it only through the atomics below.
+        // SAFETY: `from_ptr` needs an 8-aligned page valid for reads and
+        // writes for the program's life, reached only through `Shared`: the
+        // page is at the page-aligned SHARED_INFO_VA for the domain's life
+        // (MEM-2/4, checked at start), and the SDK touches it only through
+        // the atomics below.
         unsafe { Shared::from_ptr(hypercall_abi::layout::SHARED_INFO_VA as *mut SharedInfo) }
     }
 
+    /// The SDK's host tests: the fake hypervisor's page for this thread.
+    #[cfg(test)]
+    pub(crate) fn get() -> Shared {
+        crate::fake::shared()
+    }
+
     /// Host build: there is no shared-info page.
-    #[cfg(not(target_os = "none"))]
+    #[cfg(not(any(test, target_os = "none")))]
     pub(crate) fn get() -> Shared {
         panic!("the shared-info page exists only on the x86_64-unknown-none target")
     }
@@ -59,7 +69,10 @@ impl Shared {
     fn u8_at(&self, offset: usize) -> &AtomicU8 {
         debug_assert!(offset < core::mem::size_of::<SharedInfo>());
         let p = self.base.wrapping_add(offset);
-        // SAFETY: as `u64_at`; a u8 field needs no alignment.
+        // SAFETY: `AtomicU8::from_ptr` needs a valid pointer accessed only
+        // atomically: the page is valid and only accessed atomically
+        // (`from_ptr`'s contract), `offset` is inside the struct (asserted
+        // in debug, ABI offsets otherwise), and a u8 needs no alignment.
         unsafe { AtomicU8::from_ptr(p) }
     }
 
@@ -93,8 +106,10 @@ impl Shared {
     /// `time.version`.
     pub(crate) fn time_version(&self) -> &AtomicU32 {
         let p = self.base.wrapping_add(SHARED_TIME_OFFSET).cast::<u32>();
-        // SAFETY: as `u64_at`; `time` is 8-aligned and `version` is its
-        // first (u32) field.
+        // SAFETY: `AtomicU32::from_ptr` needs a 4-aligned pointer valid for
+        // the program's life and accessed only atomically: the page is valid
+        // and only accessed atomically (`from_ptr`'s contract); `time` is at
+        // an 8-aligned ABI offset and `version` is its first (u32) field.
         unsafe { AtomicU32::from_ptr(p) }
     }
 

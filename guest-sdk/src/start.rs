@@ -1,4 +1,5 @@
 //! The start-info page (`MEM-3`), as a snapshot the guest can keep.
+#![forbid(unsafe_code)]
 
 use core::ops::Deref;
 
@@ -253,7 +254,7 @@ mod tests {
         assert_eq!(with_channels(&e, 1).channel("b"), None);
         // A count beyond the table is clamped, never read past it.
         let all: [layout::NamedChannel; MAX_NAMED_CHANNELS] =
-            core::array::from_fn(|i| entry("c", i as u32 + 1, 2, "x"));
+            core::array::from_fn(|i| entry("c", u32::try_from(i + 1).unwrap(), 2, "x"));
         assert_eq!(
             with_channels(&all, u32::MAX).channels().count(),
             MAX_NAMED_CHANNELS
@@ -261,7 +262,7 @@ mod tests {
         // Port 0, out-of-range ports and empty names are skipped.
         let bad = [
             entry("z", 0, 2, "x"),
-            entry("r", NR_PORTS as u32, 2, "x"),
+            entry("r", u32::try_from(NR_PORTS).unwrap(), 2, "x"),
             entry("", 5, 2, "x"),
         ];
         assert_eq!(with_channels(&bad, 3).channels().count(), 0);

@@ -1,12 +1,13 @@
 //! Time (`TIME-0`, `TIME-1`): the monotonic clock without a hypercall,
 //! sleeping, and the one-shot timer.
+#![forbid(unsafe_code)]
 
 use core::sync::atomic::{fence, AtomicBool, Ordering};
 use core::time::Duration;
 
 use hypercall_abi::args::{BlockResult, Virq};
 use hypercall_abi::layout::TimeInfo;
-use hypercall_abi::{Error, Hypercall};
+use hypercall_abi::Error;
 
 use crate::event::{self, Port};
 use crate::raw;
@@ -94,7 +95,7 @@ pub fn duration_ns(d: Duration) -> u64 {
 /// [`Virq::Timer`]; see [`Timer`].
 pub fn timer_set(deadline_ns: u64) {
     // TIME-1: never fails.
-    let _ = raw::call1(Hypercall::TimerSet, deadline_ns);
+    let _ = raw::invoke(&hypercall_abi::time::TimerSet { deadline_ns });
 }
 
 /// Cancels the one-shot timer.

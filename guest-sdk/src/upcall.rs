@@ -13,7 +13,8 @@ use crate::raw;
 
 /// Size of the callback stack the hypervisor assumes below the registered
 /// top (`TRAP-0`), from the ABI.
-pub const CALLBACK_STACK_SIZE: usize = hypercall_abi::layout::CALLBACK_STACK_SIZE as usize;
+pub const CALLBACK_STACK_SIZE: usize =
+    crate::usize_const(hypercall_abi::layout::CALLBACK_STACK_SIZE);
 
 /// Registers the event entry, the trap entry (0 disables either) and the
 /// callback stack top (`TRAP-1`).
@@ -30,7 +31,9 @@ pub unsafe fn set_callbacks(
     trap_entry: u64,
     stack_top: u64,
 ) -> Result<(), Error> {
-    // SAFETY: forwarded to the caller.
+    // SAFETY: `call_unchecked` needs the entries and stack of a
+    // `set_callbacks` to be valid to run: this function's `# Safety` puts
+    // exactly that on its caller.
     unsafe {
         raw::call_unchecked(
             Hypercall::SetCallbacks,
@@ -49,7 +52,9 @@ pub unsafe fn set_callbacks(
 /// `rip`/registers edited to a state the interrupted code can continue from.
 /// Everything on the callback stack at or below the frame is dead afterwards.
 pub unsafe fn upcall_return(frame: *const UpcallFrame) -> Error {
-    // SAFETY: forwarded to the caller.
+    // SAFETY: `call_unchecked` needs the frame of an `upcall_return` to be
+    // valid to resume: this function's `# Safety` puts exactly that on its
+    // caller.
     match unsafe { raw::call_unchecked(Hypercall::UpcallReturn, [frame as u64, 0, 0, 0, 0, 0]) } {
         Err(e) => e,
         // TRAP-2: success does not return; a return with a success value
