@@ -42,6 +42,14 @@ fn audit_compares_type_counts() {
         L1,
         "type count differs from references found",
     );
+    // The audit without a hold list makes the same comparison.
+    assert_eq!(
+        audit::audit(&mm, &mem),
+        Err(audit::AuditError {
+            pfn: L1,
+            what: "type count differs from references found"
+        })
+    );
 }
 
 #[test]
