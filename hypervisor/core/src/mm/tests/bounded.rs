@@ -567,3 +567,67 @@ fn budgets(need: u64) -> Vec<u64> {
     v.extend([need - 2, need - 1, need, need + 1, 2 * need]);
     v
 }
+
+/// The undo path of a refused unlink: the new entry's subtree was linked
+/// within the budget, then releasing the old one ran out of it. The new
+/// subtree must be released again, all the way down (and its L3's upper
+/// half left alone: only an L4's hypervisor slots are cleared), so that
+/// nothing changed. The replacement above is refused while linking; this
+/// one fits, so the refusal comes from the unlink.
+#[test]
+fn mmu_update_refused_unlink_releases_the_new_subtree_again() {
+    let (mut linked, mut linked_mem, _) = tree();
+    second_tree(&mut linked_mem);
+    linked
+        .mmu_update_one_within(
+            &mut linked_mem,
+            DOM,
+            ptr(L4, 7),
+            table(31),
+            &mut Budget::unlimited(),
+        )
+        .unwrap();
+    // The new subtree: L3 35, its entry in the upper half, then L2 36,
+    // L1 37 and four read-only data frames.
+    linked_mem.poke(35, 300, table(36));
+    linked_mem.poke(36, 0, table(37));
+    for i in 0..4 {
+        linked_mem.poke(37, i, ro(20 + i as u64));
+    }
+    // What the unlink alone costs, and what linking 35 alone costs.
+    let mut unlink = Budget::unlimited();
+    linked
+        .clone()
+        .mmu_update_one_within(&mut linked_mem.clone(), DOM, ptr(L4, 7), 0, &mut unlink)
+        .unwrap();
+    let mut link = Budget::unlimited();
+    linked
+        .clone()
+        .mmu_update_one_within(
+            &mut linked_mem.clone(),
+            DOM,
+            ptr(L4, 8),
+            table(35),
+            &mut link,
+        )
+        .unwrap();
+    let (unlink, link) = (unlink.spent(), link.spent());
+    assert!(link < unlink, "link {link}, unlink {unlink}");
+    let before = snapshot(&linked, &linked_mem);
+    let (mut mm, mut mem) = (linked.clone(), linked_mem.clone());
+    let mut budget = Budget::new(link + unlink - 1);
+    let r = mm.mmu_update_one_within(&mut mem, DOM, ptr(L4, 7), table(35), &mut budget);
+    assert_refused(&mm, &mem, &before, r, MmError::SubtreeTooLarge);
+    for f in [35, 36, 37] {
+        assert_eq!(view(&mm, f).ty, PageType::None, "frame {f}");
+    }
+    assert_eq!(mem.peek(35, 300), table(36), "an L3's upper half is kept");
+    // With the budget for both, the replacement goes through.
+    let mut budget = Budget::new(link + unlink);
+    linked
+        .mmu_update_one_within(&mut linked_mem, DOM, ptr(L4, 7), table(35), &mut budget)
+        .unwrap();
+    assert_eq!(view(&linked, 35).ty, PageType::L3);
+    assert_eq!(view(&linked, 31).ty, PageType::None);
+    audit::audit(&linked, &linked_mem).unwrap();
+}
