@@ -622,6 +622,12 @@ fn mmu_update_refused_unlink_releases_the_new_subtree_again() {
         assert_eq!(view(&mm, f).ty, PageType::None, "frame {f}");
     }
     assert_eq!(mem.peek(35, 300), table(36), "an L3's upper half is kept");
+    // The same with a linear (self) entry as the new value: it took no
+    // reference, so undoing it must drop none.
+    let (mut mm, mut mem) = (linked.clone(), linked_mem.clone());
+    let mut budget = Budget::new(unlink - 1);
+    let r = mm.mmu_update_one_within(&mut mem, DOM, ptr(L4, 7), ro(L4), &mut budget);
+    assert_refused(&mm, &mem, &before, r, MmError::SubtreeTooLarge);
     // With the budget for both, the replacement goes through.
     let mut budget = Budget::new(link + unlink);
     linked
