@@ -108,7 +108,7 @@ fn audit_compares_hold_counts() {
 #[test]
 fn audit_checks_each_frames_own_rules() {
     type Corrupt = fn(&mut Mm, &mut Mem);
-    let cases: [(Pfn, &'static str, Corrupt); 11] = [
+    let cases: [(Pfn, &'static str, Corrupt); 17] = [
         (
             20,
             "type set without type references, or the reverse",
@@ -124,6 +124,34 @@ fn audit_checks_each_frames_own_rules() {
         }),
         (DATA + 1, "pinned frame is not a table", |mm, _| {
             mm.frame_mut(DATA + 1).flags |= crate::mm::frame::PINNED;
+        }),
+        (
+            L4,
+            "pinned frame also held by an unfinished operation",
+            |mm, _| {
+                mm.frame_mut(L4).flags |= crate::mm::frame::OP_REF;
+            },
+        ),
+        (L3, "operation root is not a partial table", |mm, _| {
+            mm.frame_mut(L3).flags |= crate::mm::frame::OP_REF;
+        }),
+        (DATA + 1, "partial frame is not a table", |mm, _| {
+            mm.frame_mut(DATA + 1).flags |= crate::mm::frame::PARTIAL;
+        }),
+        (L4, "partial frame is not a table", |mm, _| {
+            let f = mm.frame_mut(L4);
+            f.flags |= crate::mm::frame::PARTIAL;
+            f.partial = ENTRIES as u16 + 1;
+        }),
+        (
+            L2,
+            "progress recorded on a frame that is not partial",
+            |mm, _| {
+                mm.frame_mut(L2).partial = 1;
+            },
+        ),
+        (L4, "partial table loaded as a root", |mm, _| {
+            mm.frame_mut(L4).flags |= crate::mm::frame::PARTIAL;
         }),
         (L3, "loaded root is not a pinned L4", |mm, _| {
             mm.frame_mut(L3).loaded = 1;
