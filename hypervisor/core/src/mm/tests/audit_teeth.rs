@@ -108,7 +108,7 @@ fn audit_compares_hold_counts() {
 #[test]
 fn audit_checks_each_frames_own_rules() {
     type Corrupt = fn(&mut Mm, &mut Mem);
-    let cases: [(Pfn, &'static str, Corrupt); 17] = [
+    let cases: [(Pfn, &'static str, Corrupt); 18] = [
         (
             20,
             "type set without type references, or the reverse",
@@ -152,6 +152,9 @@ fn audit_checks_each_frames_own_rules() {
         ),
         (L4, "partial table loaded as a root", |mm, _| {
             mm.frame_mut(L4).flags |= crate::mm::frame::PARTIAL;
+        }),
+        (L4, "loaded root is not a pinned L4", |mm, _| {
+            mm.frame_mut(L4).flags &= !crate::mm::frame::PINNED;
         }),
         (L3, "loaded root is not a pinned L4", |mm, _| {
             mm.frame_mut(L3).loaded = 1;
