@@ -250,3 +250,21 @@ fn audit_rescans_table_contents() {
         caught(&mm, &mem, &holds, pfn, what);
     }
 }
+
+/// A partial table may hang only from the last counted entry of a partial
+/// parent: hanging from the last slot of a complete table is caught too.
+#[test]
+fn audit_catches_a_partial_table_under_a_complete_parent() {
+    let (mut mm, mut mem, holds) = rich();
+    mm.mmu_update_one(&mut mem, DOM, ptr(L2, ENTRIES - 1), table(5))
+        .unwrap();
+    audit::audit_holds(&mm, &mem, &holds).unwrap();
+    mm.frame_mut(5).flags |= crate::mm::frame::PARTIAL;
+    caught(
+        &mm,
+        &mem,
+        &holds,
+        5,
+        "partial table referenced outside its chain",
+    );
+}

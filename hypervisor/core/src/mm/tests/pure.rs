@@ -29,3 +29,44 @@ fn address_mask_is_bits_12_to_maxphyaddr() {
     assert_eq!(EntryRules::new(31), Err(MmError::BadConfig));
     assert_eq!(EntryRules::new(53), Err(MmError::BadConfig));
 }
+
+/// `idle` decides whether a frame may change hands: each pin or
+/// operation flag alone keeps it busy, even with every count at 0 (the
+/// validator never leaves such a frame, so only a direct check shows it).
+#[test]
+fn any_pin_or_operation_flag_makes_a_frame_busy() {
+    use super::super::frame::{FrameInfo, OP_REF, PARTIAL, PINNED};
+    assert!(FrameInfo::default().idle());
+    for flag in [PINNED, PARTIAL, OP_REF] {
+        let f = FrameInfo {
+            flags: flag,
+            ..FrameInfo::default()
+        };
+        assert!(!f.idle(), "flag {flag:#x}");
+    }
+    let f = FrameInfo {
+        flags: super::super::frame::SPECIAL_WRITABLE,
+        ..FrameInfo::default()
+    };
+    assert!(f.idle(), "the special-writable flag alone is no reference");
+    for f in [
+        FrameInfo {
+            type_count: 1,
+            ..FrameInfo::default()
+        },
+        FrameInfo {
+            total_count: 1,
+            ..FrameInfo::default()
+        },
+        FrameInfo {
+            loaded: 1,
+            ..FrameInfo::default()
+        },
+        FrameInfo {
+            held: 1,
+            ..FrameInfo::default()
+        },
+    ] {
+        assert!(!f.idle(), "{f:?}");
+    }
+}
