@@ -47,7 +47,11 @@ fn drive(
         assert!(budget.spent() <= steps, "a step budget was overrun");
         audit::audit(mm, mem).unwrap_or_else(|e| panic!("audit after invocation {calls}: {e:?}"));
         match r {
-            Ok(Progress::Preempted) => assert!(pending.is_some()),
+            Ok(Progress::Preempted) => {
+                assert!(pending.is_some());
+                // Preempted only when the budget is spent, to the step.
+                assert_eq!(budget.spent(), steps, "preempted with steps left");
+            }
             Ok(Progress::Done) => return (Ok(()), calls),
             Err(e) => {
                 assert!(pending.is_none());
@@ -636,4 +640,30 @@ fn mmu_update_refused_unlink_releases_the_new_subtree_again() {
     assert_eq!(view(&linked, 35).ty, PageType::L3);
     assert_eq!(view(&linked, 31).ty, PageType::None);
     audit::audit(&linked, &linked_mem).unwrap();
+}
+
+/// An invocation with no budget left does no work at all: the pin is
+/// started (its root partial, nothing validated) and stays where it is
+/// however often it is invoked; one step then validates one entry.
+#[test]
+fn mmu_35_an_empty_budget_makes_no_progress() {
+    let (mut mm, mut mem, _) = tree();
+    second_tree(&mut mem);
+    let mut pending = None;
+    for _ in 0..3 {
+        let mut budget = Budget::new(0);
+        let r = mm.pin_bounded(&mut mem, DOM, 30, Level::L4, &mut pending, &mut budget);
+        assert_eq!(r, Ok(Progress::Preempted));
+        assert_eq!(budget.spent(), 0);
+        let f = mm.frame(30).unwrap();
+        assert!(f.is_partial());
+        assert_eq!(f.partial_entries(), 0, "no entry validated");
+        assert!(mm.frame(31).unwrap().idle(), "nothing below touched");
+        audit::audit(&mm, &mem).unwrap();
+    }
+    let mut budget = Budget::new(1);
+    let r = mm.pin_bounded(&mut mem, DOM, 30, Level::L4, &mut pending, &mut budget);
+    assert_eq!(r, Ok(Progress::Preempted));
+    assert_eq!(budget.spent(), 1);
+    audit::audit(&mm, &mem).unwrap();
 }
