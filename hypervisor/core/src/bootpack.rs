@@ -563,6 +563,47 @@ impl PackBuilder {
 mod tests {
     use super::*;
 
+    #[test]
+    fn errors_say_what_is_wrong() {
+        use alloc::string::ToString;
+        let e = PackError::BadChannel {
+            index: 3,
+            why: ChannelFault::TooMany,
+        };
+        assert_eq!(
+            e.to_string(),
+            alloc::format!(
+                "boot pack channel record 3 is malformed: an end has more than \
+                 {} named channels",
+                hypercall_abi::layout::MAX_NAMED_CHANNELS
+            )
+        );
+        assert_eq!(
+            PackError::BadVersion(9).to_string(),
+            alloc::format!("boot pack version 9 is not supported (want {VERSION})")
+        );
+        assert_eq!(
+            PackError::SizeMismatch {
+                declared: 10,
+                actual: 8
+            }
+            .to_string(),
+            "boot pack declares 10 bytes but the module holds 8: truncated or padded"
+        );
+        let faults = [
+            ChannelFault::BadName,
+            ChannelFault::NoSuchDomain,
+            ChannelFault::SameDomain,
+            ChannelFault::DuplicateName,
+            ChannelFault::TooMany,
+            ChannelFault::Reserved,
+        ];
+        let texts: alloc::collections::BTreeSet<_> =
+            faults.iter().map(ToString::to_string).collect();
+        assert_eq!(texts.len(), faults.len(), "one distinct text per fault");
+        assert!(texts.iter().all(|t| !t.is_empty()));
+    }
+
     fn sample() -> alloc::vec::Vec<u8> {
         let mut b = PackBuilder::new();
         b.scenario("demo");
