@@ -564,6 +564,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn checksum_is_fnv1a_with_exactly_eight_bytes_skipped() {
+        assert_eq!(checksum(b"", None), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(checksum(b"a", None), 0xaf63_dc4c_8601_ec8c);
+        let bytes: alloc::vec::Vec<u8> = (1..=24).collect();
+        let base = checksum(&bytes, Some(8));
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0xff;
+            let skipped = (8..16).contains(&i);
+            assert_eq!(checksum(&b, Some(8)) == base, skipped, "byte {i}");
+        }
+        let mut zeroed = bytes.clone();
+        zeroed[8..16].fill(0);
+        assert_eq!(checksum(&zeroed, None), base);
+    }
+
+    #[test]
     fn errors_say_what_is_wrong() {
         use alloc::string::ToString;
         let e = PackError::BadChannel {

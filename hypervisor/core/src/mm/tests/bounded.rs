@@ -666,4 +666,21 @@ fn mmu_35_an_empty_budget_makes_no_progress() {
     assert_eq!(r, Ok(Progress::Preempted));
     assert_eq!(budget.spent(), 1);
     audit::audit(&mm, &mem).unwrap();
+    // The record says what is pending, for whom (the hypervisor routes the
+    // continuation with it).
+    let p = pending.expect("a pin is pending");
+    assert_eq!((p.is_pin(), p.domain(), p.root()), (true, DOM, 30));
+    let r = mm.pin_bounded(
+        &mut mem,
+        DOM,
+        30,
+        Level::L4,
+        &mut pending,
+        &mut Budget::unlimited(),
+    );
+    assert_eq!((r, pending), (Ok(Progress::Done), None));
+    let r = mm.unpin_bounded(&mut mem, DOM, 30, &mut pending, &mut Budget::new(0));
+    assert_eq!(r, Ok(Progress::Preempted));
+    let p = pending.expect("an unpin is pending");
+    assert_eq!((p.is_pin(), p.domain(), p.root()), (false, DOM, 30));
 }
