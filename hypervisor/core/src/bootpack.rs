@@ -780,6 +780,28 @@ mod tests {
         assert_eq!(Pack::parse(&bytes).unwrap_err(), PackError::OutOfBounds);
     }
 
+    /// A blob record reaching past the module is refused however far
+    /// past it reaches; one ending exactly at the module's end is fine.
+    #[test]
+    fn blobs_must_lie_inside_the_module() {
+        let resealed = |size_delta: i64| {
+            let mut bytes = sample();
+            let h = PackHeader::read_from_prefix(&bytes).unwrap().0;
+            // Blob 0 (the image) grows, or ends exactly at the module's end.
+            let off = h.blobs_offset as usize;
+            let mut r = BlobRecord::read_from_prefix(&bytes[off..]).unwrap().0;
+            r.size = (bytes.len() as u64 - r.offset).wrapping_add_signed(size_delta);
+            bytes[off..off + 16].copy_from_slice(r.as_bytes());
+            let sum = checksum(&bytes, Some(CHECKSUM_OFFSET));
+            bytes[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_le_bytes());
+            Pack::parse(&bytes).map(drop)
+        };
+        assert_eq!(resealed(0), Ok(()));
+        assert_eq!(resealed(1), Err(PackError::OutOfBounds));
+        assert_eq!(resealed(4096), Err(PackError::OutOfBounds));
+        assert_eq!(resealed(i64::MAX), Err(PackError::OutOfBounds));
+    }
+
     #[test]
     fn garbage_is_refused() {
         assert_eq!(Pack::parse(&[]).unwrap_err(), PackError::TooShort);
