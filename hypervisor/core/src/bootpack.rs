@@ -802,6 +802,29 @@ mod tests {
         assert_eq!(resealed(i64::MAX), Err(PackError::OutOfBounds));
     }
 
+    /// Either blob index of a domain out of range refuses the pack.
+    #[test]
+    fn domain_blob_indices_are_checked_each() {
+        let patched = |f: &dyn Fn(&mut DomainRecord)| {
+            let mut bytes = sample();
+            let h = PackHeader::read_from_prefix(&bytes).unwrap().0;
+            let off = h.domains_offset as usize;
+            let mut d = DomainRecord::read_from_prefix(&bytes[off..]).unwrap().0;
+            f(&mut d);
+            bytes[off..off + 128].copy_from_slice(d.as_bytes());
+            let sum = checksum(&bytes, Some(CHECKSUM_OFFSET));
+            bytes[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_le_bytes());
+            Pack::parse(&bytes).map(drop)
+        };
+        assert_eq!(patched(&|_| {}), Ok(()));
+        assert_eq!(patched(&|d| d.cmdline_blob = NO_BLOB), Ok(()));
+        assert_eq!(patched(&|d| d.image_blob = 7), Err(PackError::BadBlobIndex));
+        assert_eq!(
+            patched(&|d| d.cmdline_blob = 7),
+            Err(PackError::BadBlobIndex)
+        );
+    }
+
     #[test]
     fn garbage_is_refused() {
         assert_eq!(Pack::parse(&[]).unwrap_err(), PackError::TooShort);
