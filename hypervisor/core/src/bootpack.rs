@@ -1266,4 +1266,107 @@ mod tests {
             let _ = Pack::parse(&bytes);
         }
     }
+
+    #[test]
+    fn checksum_is_fnv1a_with_exactly_eight_bytes_skipped() {
+        assert_eq!(checksum(b"", None), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(checksum(b"a", None), 0xaf63_dc4c_8601_ec8c);
+        let bytes: alloc::vec::Vec<u8> = (1..=24).collect();
+        let base = checksum(&bytes, Some(8));
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0xff;
+            let skipped = (8..16).contains(&i);
+            assert_eq!(checksum(&b, Some(8)) == base, skipped, "byte {i}");
+        }
+        let mut zeroed = bytes.clone();
+        zeroed[8..16].fill(0);
+        assert_eq!(checksum(&zeroed, None), base);
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        use alloc::string::ToString;
+        let e = PackError::BadChannel {
+            index: 3,
+            why: ChannelFault::TooMany,
+        };
+        assert_eq!(
+            e.to_string(),
+            alloc::format!(
+                "boot pack channel record 3 is malformed: an end has more than \
+                 {} named channels",
+                hypercall_abi::layout::MAX_NAMED_CHANNELS
+            )
+        );
+        assert_eq!(
+            PackError::BadVersion(9).to_string(),
+            alloc::format!("boot pack version 9 is not supported (want {VERSION})")
+        );
+        assert_eq!(
+            PackError::SizeMismatch {
+                declared: 10,
+                actual: 8
+            }
+            .to_string(),
+            "boot pack declares 10 bytes but the module holds 8: truncated or padded"
+        );
+        let faults = [
+            ChannelFault::BadName,
+            ChannelFault::NoSuchDomain,
+            ChannelFault::SameDomain,
+            ChannelFault::DuplicateName,
+            ChannelFault::TooMany,
+            ChannelFault::Reserved,
+        ];
+        let texts: alloc::collections::BTreeSet<_> =
+            faults.iter().map(ToString::to_string).collect();
+        assert_eq!(texts.len(), faults.len(), "one distinct text per fault");
+        assert!(texts.iter().all(|t| !t.is_empty()));
+    }
+
+    /// A blob record reaching past the module is refused however far
+    /// past it reaches; one ending exactly at the module's end is fine.
+    #[test]
+    fn blobs_must_lie_inside_the_module() {
+        let resealed = |size_delta: i64| {
+            let mut bytes = sample();
+            let h = PackHeader::read_from_prefix(&bytes).unwrap().0;
+            // Blob 0 (the image) grows, or ends exactly at the module's end.
+            let off = h.blobs_offset as usize;
+            let mut r = BlobRecord::read_from_prefix(&bytes[off..]).unwrap().0;
+            r.size = (bytes.len() as u64 - r.offset).wrapping_add_signed(size_delta);
+            bytes[off..off + 16].copy_from_slice(r.as_bytes());
+            let sum = checksum(&bytes, Some(CHECKSUM_OFFSET));
+            bytes[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_le_bytes());
+            Pack::parse(&bytes).map(drop)
+        };
+        assert_eq!(resealed(0), Ok(()));
+        assert_eq!(resealed(1), Err(PackError::OutOfBounds));
+        assert_eq!(resealed(4096), Err(PackError::OutOfBounds));
+        assert_eq!(resealed(i64::MAX), Err(PackError::OutOfBounds));
+    }
+
+    /// Either blob index of a domain out of range refuses the pack.
+    #[test]
+    fn domain_blob_indices_are_checked_each() {
+        let patched = |f: &dyn Fn(&mut DomainRecord)| {
+            let mut bytes = sample();
+            let h = PackHeader::read_from_prefix(&bytes).unwrap().0;
+            let off = h.domains_offset as usize;
+            let mut d = DomainRecord::read_from_prefix(&bytes[off..]).unwrap().0;
+            f(&mut d);
+            bytes[off..off + 128].copy_from_slice(d.as_bytes());
+            let sum = checksum(&bytes, Some(CHECKSUM_OFFSET));
+            bytes[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_le_bytes());
+            Pack::parse(&bytes).map(drop)
+        };
+        assert_eq!(patched(&|_| {}), Ok(()));
+        assert_eq!(patched(&|d| d.cmdline_blob = NO_BLOB), Ok(()));
+        assert_eq!(patched(&|d| d.image_blob = 7), Err(PackError::BadBlobIndex));
+        assert_eq!(
+            patched(&|d| d.cmdline_blob = 7),
+            Err(PackError::BadBlobIndex)
+        );
+    }
 }

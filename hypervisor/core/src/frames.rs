@@ -205,6 +205,75 @@ mod tests {
         assert_eq!(a.free_count(), 18 - 7);
     }
 
+    #[test]
+    fn bounds_and_lookups_are_exact() {
+        let a = FrameAllocator::new(&ranges());
+        // 0x300..0x402 rounded up to whole 64-frame words.
+        assert_eq!(a.frame_limit(), 0x300 + 5 * 64);
+        for (mfn, managed) in [
+            (0x2ff, false),
+            (0x300, true),
+            (0x30f, true),
+            (0x310, false),
+            (0x401, true),
+            (0x402, false),
+            (a.frame_limit() - 1, false),
+            (a.frame_limit(), false),
+        ] {
+            assert_eq!(a.is_managed(mfn), managed, "{mfn:#x}");
+            assert_eq!(a.is_free(mfn), managed, "{mfn:#x}");
+        }
+        let mut a = a;
+        assert_eq!(a.free(a.frame_limit()), Err(FreeError::NotManaged));
+        assert_eq!(a.free(0x310), Err(FreeError::NotManaged));
+        assert_eq!(FrameAllocator::new(&[]).alloc(), None);
+        assert_eq!(FrameAllocator::new(&[]).frame_limit(), 0);
+    }
+
+    #[test]
+    fn allocation_is_lowest_first_and_wraps_around_from_the_hint() {
+        let mut a = FrameAllocator::new(&ranges());
+        assert_eq!(a.alloc(), Some(0x300));
+        assert_eq!(a.alloc(), Some(0x301));
+        assert!(!a.is_free(0x300) && !a.is_free(0x301));
+        while a.alloc().is_some() {}
+        // The last frame came from the top word; freed frames below and in
+        // it are found from there, the lower one after wrapping around.
+        a.free(0x301).unwrap();
+        a.free(0x401).unwrap();
+        assert!(a.is_free(0x301));
+        assert_eq!(a.alloc(), Some(0x401));
+        assert_eq!(a.alloc(), Some(0x301));
+        assert_eq!(a.alloc(), None);
+        assert_eq!(a.free_count(), 0);
+    }
+
+    #[test]
+    fn contiguous_runs_are_exact() {
+        let mut a = FrameAllocator::new(&ranges());
+        assert_eq!(a.alloc_contiguous(0, 1), None);
+        assert_eq!(a.alloc_contiguous(1, 3), None, "alignment not a power of 2");
+        assert_eq!(a.free_count(), 18);
+        assert_eq!(a.alloc(), Some(0x300));
+        // 0x300 is busy: the first aligned run of 4 starts at 0x304.
+        assert_eq!(a.alloc_contiguous(4, 4), Some(0x304));
+        for p in 0x304..0x308 {
+            assert!(!a.is_free(p), "{p:#x}");
+        }
+        assert!(a.is_free(0x301) && a.is_free(0x308));
+        assert_eq!(a.free_count(), 18 - 5);
+        // Three in a row fit only at 0x301.
+        assert_eq!(a.alloc_contiguous(3, 1), Some(0x301));
+        // The whole second range, exactly.
+        assert_eq!(a.alloc_contiguous(2, 2), Some(0x308));
+        assert_eq!(a.alloc_contiguous(8, 1), None);
+        assert_eq!(a.alloc_contiguous(6, 1), Some(0x30a));
+        assert_eq!(a.alloc_contiguous(2, 1), Some(0x400));
+        assert_eq!(a.alloc_contiguous(1, 1), None);
+        assert_eq!(a.free_count(), 0);
+        assert_eq!(a.alloc(), None);
+    }
+
     proptest! {
         #[test]
         fn free_count_is_exact(ops in proptest::collection::vec(any::<bool>(), 0..200)) {

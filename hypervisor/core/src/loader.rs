@@ -238,6 +238,99 @@ mod tests {
     }
 
     #[test]
+    fn the_plan_is_exact_and_may_fill_the_window() {
+        let p = plan(256, 3).unwrap();
+        assert_eq!(
+            p,
+            Plan {
+                image_pages: 3,
+                pt_first: 3,
+                pt_pages: 5,
+                frame_list_first: 8,
+                frame_list_pages: 1,
+                start_info_page: 9,
+                first_free: 10,
+                stack_first: 256 - INITIAL_STACK_PAGES,
+            }
+        );
+        // 1024 pages: two window L1s, two pages of frame list.
+        let p = plan(1024, 0).unwrap();
+        assert_eq!((p.pt_pages, p.frame_list_pages), (6, 2));
+        assert_eq!((p.start_info_page, p.first_free), (8, 9));
+        // The image may grow until the first free page is the stack's.
+        let n = 64;
+        let fits = n - INITIAL_STACK_PAGES - 7;
+        assert_eq!(plan(n, fits).unwrap().first_free, n - INITIAL_STACK_PAGES);
+        assert_eq!(plan(n, fits + 1), Err(ImageError::BadSize(n)));
+    }
+
+    #[test]
+    fn segments_and_entry_are_checked_at_their_edges() {
+        // A segment ending exactly at the window's end is inside it.
+        let va = WINDOW_BASE + 31 * 4096;
+        let img = parse(&elf(va, 0x1000, va), 32).unwrap();
+        assert_eq!(img.pages, 32);
+        let s = img.segments[0];
+        assert_eq!(
+            (s.va, s.file_offset, s.file_len, s.mem),
+            (va, 0, 0x1000, 0x1000)
+        );
+        assert!(s.exec && !s.write);
+        // Partial pages round up.
+        assert_eq!(
+            parse(&elf(WINDOW_BASE, 0x1800, WINDOW_BASE), 32)
+                .unwrap()
+                .pages,
+            2
+        );
+        // The entry must lie inside the segment: its last byte, not its end.
+        let last = WINDOW_BASE + 0xfff;
+        assert!(parse(&elf(WINDOW_BASE, 0x1000, last), 32).is_ok());
+        assert_eq!(
+            parse(&elf(WINDOW_BASE, 0x1000, last + 1), 32),
+            Err(ImageError::BadEntry(last + 1))
+        );
+        // ... and in an executable one.
+        let mut e = elf(WINDOW_BASE, 0x1000, WINDOW_BASE);
+        e[64 + 4] = 6; // R+W
+        assert_eq!(parse(&e, 32), Err(ImageError::BadEntry(WINDOW_BASE)));
+        // File bytes beyond the file, or more of them than memory.
+        let mut e = elf(WINDOW_BASE, 0x1000, WINDOW_BASE);
+        e[64 + 8] = 1; // offset 1: the last byte is past the file
+        assert_eq!(
+            parse(&e, 32),
+            Err(ImageError::BadElf("segment outside the file"))
+        );
+        let mut e = elf(WINDOW_BASE, 0x1000, WINDOW_BASE);
+        e[64 + 40] = 0xff; // memsz 0xff < filesz 0x1000
+        e[64 + 41] = 0;
+        assert_eq!(
+            parse(&e, 32),
+            Err(ImageError::BadElf("segment outside the file"))
+        );
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        use alloc::string::ToString;
+        assert_eq!(
+            ImageError::BadSegment(0x1000).to_string(),
+            "segment at 0x1000 lies outside the window"
+        );
+        assert_eq!(
+            ImageError::BadEntry(0x10).to_string(),
+            "entry point 0x10 is not in an executable segment"
+        );
+        assert_eq!(
+            ImageError::BadElf("not x86-64").to_string(),
+            "image refused: not x86-64"
+        );
+        assert!(ImageError::BadSize(3)
+            .to_string()
+            .starts_with("3 pages is outside "));
+    }
+
+    #[test]
     fn window_sizes_outside_the_range_are_refused() {
         let e = elf(WINDOW_BASE, 0x1000, WINDOW_BASE);
         assert_eq!(

@@ -147,6 +147,98 @@ mod tests {
         );
     }
 
+    #[test]
+    fn ranges_saturate_and_kinds_follow_e820() {
+        let r = Range::new(u64::MAX - 5, 10);
+        assert_eq!((r.end, r.len()), (u64::MAX, 5));
+        assert!(Range::new(7, 0).is_empty());
+        assert!(!Range::new(7, 1).is_empty());
+        let backwards = Range { start: 9, end: 3 };
+        assert!(backwards.is_empty());
+        assert_eq!(backwards.len(), 0);
+        assert_eq!(Kind::from_e820(1), Kind::Ram);
+        assert_eq!(Kind::from_e820(2), Kind::Reserved(2));
+        assert_eq!(Kind::from_e820(0), Kind::Reserved(0));
+    }
+
+    #[test]
+    fn alignment_rounds_to_whole_pages() {
+        assert_eq!(align_up(0), 0);
+        assert_eq!(align_up(1), PAGE);
+        assert_eq!(align_up(PAGE), PAGE);
+        assert_eq!(align_up(PAGE + 1), 2 * PAGE);
+        assert_eq!(align_up(u64::MAX), u64::MAX & !(PAGE - 1));
+        assert_eq!(align_down(PAGE - 1), 0);
+        assert_eq!(align_down(2 * PAGE + 5), 2 * PAGE);
+    }
+
+    #[test]
+    fn touching_and_overlapping_ram_merges_and_holes_round_outwards() {
+        let ram = |s, e| (Range { start: s, end: e }, Kind::Ram);
+        // Adjacent entries become one range; a contained one is absorbed.
+        let u = usable(&[ram(0x2000, 0x3000), ram(0x1000, 0x2000)], &[]);
+        assert_eq!(
+            u,
+            [Range {
+                start: 0x1000,
+                end: 0x3000
+            }]
+        );
+        let u = usable(&[ram(0, 0x5000), ram(0x1000, 0x2000)], &[]);
+        assert_eq!(
+            u,
+            [Range {
+                start: 0,
+                end: 0x5000
+            }]
+        );
+        // RAM shrinks inwards, a reserved hole grows outwards.
+        let u = usable(
+            &[
+                ram(0x0800, 0x8800),
+                (
+                    Range {
+                        start: 0x3800,
+                        end: 0x4800,
+                    },
+                    Kind::Reserved(2),
+                ),
+            ],
+            &[],
+        );
+        assert_eq!(
+            u,
+            [
+                Range {
+                    start: 0x1000,
+                    end: 0x3000
+                },
+                Range {
+                    start: 0x5000,
+                    end: 0x8000
+                }
+            ]
+        );
+        // An exclusion at the very start or end leaves one side only.
+        let u = usable(&[ram(0, 0x4000)], &[Range::new(0, 0x1000)]);
+        assert_eq!(
+            u,
+            [Range {
+                start: 0x1000,
+                end: 0x4000
+            }]
+        );
+        let u = usable(&[ram(0, 0x4000)], &[Range::new(0x3000, 0x1000)]);
+        assert_eq!(
+            u,
+            [Range {
+                start: 0,
+                end: 0x3000
+            }]
+        );
+        assert!(usable(&[ram(0x10, 0x800)], &[]).is_empty(), "no whole page");
+    }
+
     proptest! {
         #[test]
         fn result_is_aligned_sorted_disjoint_and_avoids_exclusions(

@@ -203,4 +203,45 @@ mod tests {
         );
         assert_eq!(c.table(1).unwrap().in_use(), MAX_NAMED_CHANNELS);
     }
+
+    #[test]
+    fn one_full_end_is_enough_to_refuse() {
+        // Domain 1's table is filled by channels to 2; a further channel
+        // between 1 and 3 (whose table is empty) is refused too, and
+        // allocates nothing at either end.
+        let mut c = Channels::new();
+        for d in 1..=3 {
+            c.add_domain(d);
+        }
+        let mut recs: Vec<_> = (0..MAX_NAMED_CHANNELS)
+            .map(|i| rec(&alloc::format!("c{i}"), 0, 1))
+            .collect();
+        recs.push(rec("late", 0, 2));
+        let w = wire(&mut c, recs, names);
+        assert_eq!(
+            w.failed,
+            [(MAX_NAMED_CHANNELS as u32, WireError::TableFull)]
+        );
+        assert_eq!(w.tables[&1].len(), MAX_NAMED_CHANNELS);
+        assert!(!w.tables.contains_key(&3), "the free end got no entry");
+        assert_eq!(c.table(1).unwrap().in_use(), MAX_NAMED_CHANNELS);
+        assert_eq!(c.table(3).unwrap().in_use(), 0, "no port left behind");
+    }
+
+    #[test]
+    fn wire_errors_say_what_failed() {
+        use alloc::string::ToString;
+        assert_eq!(
+            WireError::EndMissing { dom: 4 }.to_string(),
+            "domain 4 was not built"
+        );
+        assert_eq!(
+            WireError::Ports(Error::NoResources).to_string(),
+            "port table refused: NoResources"
+        );
+        assert_eq!(
+            WireError::TableFull.to_string(),
+            "an end's channel table is full"
+        );
+    }
 }

@@ -42,6 +42,14 @@ fn audit_compares_type_counts() {
         L1,
         "type count differs from references found",
     );
+    // The audit without a hold list makes the same comparison.
+    assert_eq!(
+        audit::audit(&mm, &mem),
+        Err(audit::AuditError {
+            mfn: L1,
+            what: "type count differs from references found"
+        })
+    );
 }
 
 #[test]
@@ -100,7 +108,7 @@ fn audit_compares_hold_counts() {
 #[test]
 fn audit_checks_each_frames_own_rules() {
     type Corrupt = fn(&mut Mm, &mut Mem);
-    let cases: [(Mfn, &'static str, Corrupt); 11] = [
+    let cases: [(Mfn, &'static str, Corrupt); 18] = [
         (
             20,
             "type set without type references, or the reverse",
@@ -116,6 +124,37 @@ fn audit_checks_each_frames_own_rules() {
         }),
         (DATA + 1, "pinned frame is not a table", |mm, _| {
             mm.frame_mut(DATA + 1).flags |= crate::mm::frame::PINNED;
+        }),
+        (
+            L4,
+            "pinned frame also held by an unfinished operation",
+            |mm, _| {
+                mm.frame_mut(L4).flags |= crate::mm::frame::OP_REF;
+            },
+        ),
+        (L3, "operation root is not a partial table", |mm, _| {
+            mm.frame_mut(L3).flags |= crate::mm::frame::OP_REF;
+        }),
+        (DATA + 1, "partial frame is not a table", |mm, _| {
+            mm.frame_mut(DATA + 1).flags |= crate::mm::frame::PARTIAL;
+        }),
+        (L4, "partial frame is not a table", |mm, _| {
+            let f = mm.frame_mut(L4);
+            f.flags |= crate::mm::frame::PARTIAL;
+            f.partial = ENTRIES as u16 + 1;
+        }),
+        (
+            L2,
+            "progress recorded on a frame that is not partial",
+            |mm, _| {
+                mm.frame_mut(L2).partial = 1;
+            },
+        ),
+        (L4, "partial table loaded as a root", |mm, _| {
+            mm.frame_mut(L4).flags |= crate::mm::frame::PARTIAL;
+        }),
+        (L4, "loaded root is not a pinned L4", |mm, _| {
+            mm.frame_mut(L4).flags &= !crate::mm::frame::PINNED;
         }),
         (L3, "loaded root is not a pinned L4", |mm, _| {
             mm.frame_mut(L3).loaded = 1;
@@ -210,4 +249,22 @@ fn audit_rescans_table_contents() {
         corrupt(&mut mm, &mut mem);
         caught(&mm, &mem, &holds, mfn, what);
     }
+}
+
+/// A partial table may hang only from the last counted entry of a partial
+/// parent: hanging from the last slot of a complete table is caught too.
+#[test]
+fn audit_catches_a_partial_table_under_a_complete_parent() {
+    let (mut mm, mut mem, holds) = rich();
+    mm.mmu_update_one(&mut mem, DOM, ptr(L2, ENTRIES - 1), table(5))
+        .unwrap();
+    audit::audit_holds(&mm, &mem, &holds).unwrap();
+    mm.frame_mut(5).flags |= crate::mm::frame::PARTIAL;
+    caught(
+        &mm,
+        &mem,
+        &holds,
+        5,
+        "partial table referenced outside its chain",
+    );
 }

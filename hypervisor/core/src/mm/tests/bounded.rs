@@ -47,7 +47,11 @@ fn drive(
         assert!(budget.spent() <= steps, "a step budget was overrun");
         audit::audit(mm, mem).unwrap_or_else(|e| panic!("audit after invocation {calls}: {e:?}"));
         match r {
-            Ok(Progress::Preempted) => assert!(pending.is_some()),
+            Ok(Progress::Preempted) => {
+                assert!(pending.is_some());
+                // Preempted only when the budget is spent, to the step.
+                assert_eq!(budget.spent(), steps, "preempted with steps left");
+            }
             Ok(Progress::Done) => return (Ok(()), calls),
             Err(e) => {
                 assert!(pending.is_none());
@@ -566,4 +570,117 @@ fn budgets(need: u64) -> Vec<u64> {
     v.extend((1..40).map(|k| need * k / 40));
     v.extend([need - 2, need - 1, need, need + 1, 2 * need]);
     v
+}
+
+/// The undo path of a refused unlink: the new entry's subtree was linked
+/// within the budget, then releasing the old one ran out of it. The new
+/// subtree must be released again, all the way down (and its L3's upper
+/// half left alone: only an L4's hypervisor slots are cleared), so that
+/// nothing changed. The replacement above is refused while linking; this
+/// one fits, so the refusal comes from the unlink.
+#[test]
+fn mmu_update_refused_unlink_releases_the_new_subtree_again() {
+    let (mut linked, mut linked_mem, _) = tree();
+    second_tree(&mut linked_mem);
+    linked
+        .mmu_update_one_within(
+            &mut linked_mem,
+            DOM,
+            ptr(L4, 7),
+            table(31),
+            &mut Budget::unlimited(),
+        )
+        .unwrap();
+    // The new subtree: L3 35, its entry in the upper half, then L2 36,
+    // L1 37 and four read-only data frames.
+    linked_mem.poke(35, 300, table(36));
+    linked_mem.poke(36, 0, table(37));
+    for i in 0..4 {
+        linked_mem.poke(37, i, ro(20 + i as u64));
+    }
+    // What the unlink alone costs, and what linking 35 alone costs.
+    let mut unlink = Budget::unlimited();
+    linked
+        .clone()
+        .mmu_update_one_within(&mut linked_mem.clone(), DOM, ptr(L4, 7), 0, &mut unlink)
+        .unwrap();
+    let mut link = Budget::unlimited();
+    linked
+        .clone()
+        .mmu_update_one_within(
+            &mut linked_mem.clone(),
+            DOM,
+            ptr(L4, 8),
+            table(35),
+            &mut link,
+        )
+        .unwrap();
+    let (unlink, link) = (unlink.spent(), link.spent());
+    assert!(link < unlink, "link {link}, unlink {unlink}");
+    let before = snapshot(&linked, &linked_mem);
+    let (mut mm, mut mem) = (linked.clone(), linked_mem.clone());
+    let mut budget = Budget::new(link + unlink - 1);
+    let r = mm.mmu_update_one_within(&mut mem, DOM, ptr(L4, 7), table(35), &mut budget);
+    assert_refused(&mm, &mem, &before, r, MmError::SubtreeTooLarge);
+    for f in [35, 36, 37] {
+        assert_eq!(view(&mm, f).ty, FrameType::None, "frame {f}");
+    }
+    assert_eq!(mem.peek(35, 300), table(36), "an L3's upper half is kept");
+    // The same with a linear (self) entry as the new value: it took no
+    // reference, so undoing it must drop none.
+    let (mut mm, mut mem) = (linked.clone(), linked_mem.clone());
+    let mut budget = Budget::new(unlink - 1);
+    let r = mm.mmu_update_one_within(&mut mem, DOM, ptr(L4, 7), ro(L4), &mut budget);
+    assert_refused(&mm, &mem, &before, r, MmError::SubtreeTooLarge);
+    // With the budget for both, the replacement goes through.
+    let mut budget = Budget::new(link + unlink);
+    linked
+        .mmu_update_one_within(&mut linked_mem, DOM, ptr(L4, 7), table(35), &mut budget)
+        .unwrap();
+    assert_eq!(view(&linked, 35).ty, FrameType::L3);
+    assert_eq!(view(&linked, 31).ty, FrameType::None);
+    audit::audit(&linked, &linked_mem).unwrap();
+}
+
+/// An invocation with no budget left does no work at all: the pin is
+/// started (its root partial, nothing validated) and stays where it is
+/// however often it is invoked; one step then validates one entry.
+#[test]
+fn mmu_35_an_empty_budget_makes_no_progress() {
+    let (mut mm, mut mem, _) = tree();
+    second_tree(&mut mem);
+    let mut pending = None;
+    for _ in 0..3 {
+        let mut budget = Budget::new(0);
+        let r = mm.pin_bounded(&mut mem, DOM, 30, Level::L4, &mut pending, &mut budget);
+        assert_eq!(r, Ok(Progress::Preempted));
+        assert_eq!(budget.spent(), 0);
+        let f = mm.frame(30).unwrap();
+        assert!(f.is_partial());
+        assert_eq!(f.partial_entries(), 0, "no entry validated");
+        assert!(mm.frame(31).unwrap().idle(), "nothing below touched");
+        audit::audit(&mm, &mem).unwrap();
+    }
+    let mut budget = Budget::new(1);
+    let r = mm.pin_bounded(&mut mem, DOM, 30, Level::L4, &mut pending, &mut budget);
+    assert_eq!(r, Ok(Progress::Preempted));
+    assert_eq!(budget.spent(), 1);
+    audit::audit(&mm, &mem).unwrap();
+    // The record says what is pending, for whom (the hypervisor routes the
+    // continuation with it).
+    let p = pending.expect("a pin is pending");
+    assert_eq!((p.is_pin(), p.domain(), p.root()), (true, DOM, 30));
+    let r = mm.pin_bounded(
+        &mut mem,
+        DOM,
+        30,
+        Level::L4,
+        &mut pending,
+        &mut Budget::unlimited(),
+    );
+    assert_eq!((r, pending), (Ok(Progress::Done), None));
+    let r = mm.unpin_bounded(&mut mem, DOM, 30, &mut pending, &mut Budget::new(0));
+    assert_eq!(r, Ok(Progress::Preempted));
+    let p = pending.expect("an unpin is pending");
+    assert_eq!((p.is_pin(), p.domain(), p.root()), (false, DOM, 30));
 }

@@ -104,3 +104,28 @@ fn mem_8_shared_info_unmapped_is_still_held() {
     let r = mm.release_hold(27);
     assert_refused(&mm, &mem, &before, r, MmError::FrameInUse(27));
 }
+
+/// Dropping a hold ends the sharing only for the last hold of a `Special`
+/// frame: a mapped data frame (a ring page) lets its hold go and stays
+/// mapped, and a `Special` frame held twice stays `Special` after one.
+#[test]
+fn mem_8_release_ends_sharing_only_on_the_last_special_hold() {
+    let (mut mm, mut mem, _) = tree();
+    let mapped = view(&mm, DATA);
+    assert_ne!(mapped.total_count, 0, "DATA is mapped in the tree");
+    mm.hold(DATA, DOM).unwrap();
+    mm.release_hold(DATA).unwrap();
+    assert_eq!(view(&mm, DATA), mapped, "the mapping is untouched");
+    mm.share_special(27, DOM, true).unwrap();
+    mm.hold(27, DOM).unwrap();
+    mm.release_hold(27).unwrap();
+    let v = view(&mm, 27);
+    assert_eq!((v.ty, v.held), (FrameType::Special, 1));
+    assert!(mm.frame(27).unwrap().special_writable());
+    mm.release_hold(27).unwrap();
+    let v = view(&mm, 27);
+    assert_eq!((v.ty, v.held), (FrameType::None, 0));
+    assert!(!mm.frame(27).unwrap().special_writable());
+    audit::audit_holds(&mm, &mem, &[]).unwrap();
+    let _ = &mut mem;
+}

@@ -6,6 +6,7 @@ mod audit_teeth;
 mod bounded;
 mod holds;
 mod props;
+mod pure;
 mod rules;
 
 use super::pte::{ENTRIES, NX, PRESENT, USER, WRITABLE};

@@ -712,6 +712,19 @@ fn mmu_17_update_va_mapping_sets_the_leaf() {
     audit::audit(&mm, &mem).unwrap();
 }
 
+/// The walk re-checks what validation already refused (MMU-9): a large
+/// page met on the way down, here forced into a validated L2 behind the
+/// validator's back, stops it before anything is written.
+#[test]
+fn mmu_17_walk_refuses_a_large_page_on_the_way() {
+    let (mut mm, mut mem, _) = tree();
+    mem.poke(L2, 0, table(L1) | PS_OR_PAT);
+    let r = mm.update_va_mapping(&mut mem, DOM, L4, 0x5000, rw(20));
+    assert_eq!(r, Err(MmError::LargePage));
+    assert_eq!(mem.peek(L1, 5), 0, "nothing written");
+    assert_eq!(view(&mm, 20).total_count, 0, "no reference taken");
+}
+
 #[test]
 fn mmu_17_update_va_mapping_refusals() {
     let (mut mm, mut mem, _) = tree();
