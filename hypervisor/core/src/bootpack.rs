@@ -825,6 +825,35 @@ mod tests {
         );
     }
 
+    /// The header's channel count is capped at `MAX_CHANNELS` before the
+    /// records are read, and its reserved field must be zero.
+    #[test]
+    fn header_channel_count_and_reserved_are_checked() {
+        // A table of `count` all-zero records appended to the module.
+        let with_table = |count: u32, reserved: u32| {
+            let mut bytes = with_channels(&[]);
+            let mut h = PackHeader::read_from_prefix(&bytes).unwrap().0;
+            h.channels_offset = bytes.len() as u32;
+            h.channel_count = count;
+            h.reserved = reserved;
+            bytes.resize(bytes.len() + count as usize * 64, 0);
+            h.total_size = bytes.len() as u64;
+            bytes[..64].copy_from_slice(h.as_bytes());
+            let sum = checksum(&bytes, Some(CHECKSUM_OFFSET));
+            bytes[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_le_bytes());
+            Pack::parse(&bytes).map(drop)
+        };
+        let zero_record = Err(PackError::BadChannel {
+            index: 0,
+            why: ChannelFault::BadName,
+        });
+        assert_eq!(with_table(0, 0), Ok(()));
+        assert_eq!(with_table(1, 0), zero_record);
+        assert_eq!(with_table(MAX_CHANNELS, 0), zero_record);
+        assert_eq!(with_table(MAX_CHANNELS + 1, 0), Err(PackError::OutOfBounds));
+        assert_eq!(with_table(0, 1), Err(PackError::OutOfBounds));
+    }
+
     #[test]
     fn garbage_is_refused() {
         assert_eq!(Pack::parse(&[]).unwrap_err(), PackError::TooShort);
