@@ -645,6 +645,9 @@ mod tests {
         let bytes = sample();
         let p = Pack::parse(&bytes).unwrap();
         assert_eq!(p.scenario(), Some("demo"));
+        assert_eq!((p.len(), p.is_empty()), (bytes.len(), false));
+        assert_eq!(p.header().total_size, bytes.len() as u64);
+        assert_eq!(p.header().domain_count, 2);
         let ds: alloc::vec::Vec<_> = p.domains().collect();
         assert_eq!(ds.len(), 2);
         assert_eq!(name_str(&ds[1].name), "beta");
