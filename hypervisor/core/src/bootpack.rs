@@ -887,6 +887,9 @@ mod tests {
         let bytes = sample();
         let p = Pack::parse(&bytes).unwrap();
         assert_eq!(p.scenario(), Some("demo"));
+        assert_eq!((p.len(), p.is_empty()), (bytes.len(), false));
+        assert_eq!(p.header().total_size, bytes.len() as u64);
+        assert_eq!(p.header().domain_count, 2);
         let ds: alloc::vec::Vec<_> = p.domains().collect();
         assert_eq!(ds.len(), 2);
         assert_eq!(name_str(&ds[1].name), "beta");
@@ -1368,5 +1371,34 @@ mod tests {
             patched(&|d| d.cmdline_blob = 7),
             Err(PackError::BadBlobIndex)
         );
+    }
+
+    /// The header's channel count is capped at `MAX_CHANNELS` before the
+    /// records are read, and its reserved field must be zero.
+    #[test]
+    fn header_channel_count_is_capped() {
+        // A table of `count` all-zero records appended to the module (the
+        // header's former reserved word is now `device_count`, checked by
+        // the device tests).
+        let with_table = |count: u32| {
+            let mut bytes = with_channels(&[]);
+            let mut h = PackHeader::read_from_prefix(&bytes).unwrap().0;
+            h.channels_offset = bytes.len() as u32;
+            h.channel_count = count;
+            bytes.resize(bytes.len() + count as usize * 64, 0);
+            h.total_size = bytes.len() as u64;
+            bytes[..64].copy_from_slice(h.as_bytes());
+            let sum = checksum(&bytes, Some(CHECKSUM_OFFSET));
+            bytes[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_le_bytes());
+            Pack::parse(&bytes).map(drop)
+        };
+        let zero_record = Err(PackError::BadChannel {
+            index: 0,
+            why: ChannelFault::BadName,
+        });
+        assert_eq!(with_table(0), Ok(()));
+        assert_eq!(with_table(1), zero_record);
+        assert_eq!(with_table(MAX_CHANNELS), zero_record);
+        assert_eq!(with_table(MAX_CHANNELS + 1), Err(PackError::OutOfBounds));
     }
 }

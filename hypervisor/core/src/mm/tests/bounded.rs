@@ -661,6 +661,19 @@ fn mmu_35_an_empty_budget_makes_no_progress() {
         assert!(mm.frame(31).unwrap().idle(), "nothing below touched");
         audit::audit(&mm, &mem).unwrap();
     }
+    // While it is pending, a call differing in any one of domain, frame or
+    // level is refused and changes nothing.
+    let before = snapshot(&mm, &mem);
+    for (dom, mfn, level) in [
+        (OTHER, 30, Level::L4),
+        (DOM, 31, Level::L4),
+        (DOM, 30, Level::L3),
+    ] {
+        let kept = pending;
+        let r = mm.pin_bounded(&mut mem, dom, mfn, level, &mut pending, &mut Budget::new(9));
+        assert_refused(&mm, &mem, &before, r, MmError::OperationPending);
+        assert_eq!(pending, kept);
+    }
     let mut budget = Budget::new(1);
     let r = mm.pin_bounded(&mut mem, DOM, 30, Level::L4, &mut pending, &mut budget);
     assert_eq!(r, Ok(Progress::Preempted));
