@@ -348,6 +348,28 @@ mod tests {
     }
 
     #[test]
+    fn only_loadable_segments_with_memory_count() {
+        // A second program header: a PT_NOTE (4) "at" 0x1000 with memory,
+        // and then a PT_LOAD of size 0 there too. Neither is loaded, so
+        // neither is checked against the window.
+        let mut e = elf(WINDOW_BASE, 0x1000, WINDOW_BASE);
+        e[56..58].copy_from_slice(&2u16.to_le_bytes());
+        let ph = 64 + 56;
+        let second = |e: &mut Vec<u8>, ty: u32, mem: u64| {
+            e[ph..ph + 4].copy_from_slice(&ty.to_le_bytes());
+            e[ph + 16..ph + 24].copy_from_slice(&0x1000u64.to_le_bytes());
+            e[ph + 32..ph + 40].copy_from_slice(&0u64.to_le_bytes());
+            e[ph + 40..ph + 48].copy_from_slice(&mem.to_le_bytes());
+        };
+        second(&mut e, 4, 0x100);
+        assert_eq!(parse(&e, 256).map(|i| i.segments.len()), Ok(1));
+        second(&mut e, 1, 0);
+        assert_eq!(parse(&e, 256).map(|i| i.segments.len()), Ok(1));
+        second(&mut e, 1, 0x100);
+        assert_eq!(parse(&e, 256), Err(ImageError::BadSegment(0x1000)));
+    }
+
+    #[test]
     fn bad_images_are_refused_with_their_reason() {
         let good = elf(WINDOW_BASE, 0x1000, WINDOW_BASE);
         let mut e = good.clone();
