@@ -249,6 +249,24 @@ mod tests {
     }
 
     #[test]
+    fn contiguous_runs_from_frame_zero_up_to_the_top() {
+        // Memory from frame 0: the search starts at the base and may end
+        // exactly at the top (kills `base + len` -> `base * len` and
+        // `start + count <= top` -> `start - count <= top`).
+        let mut a = FrameAllocator::new(&[Range {
+            start: 0,
+            end: 16 * 4096,
+        }]);
+        assert_eq!(a.alloc_contiguous(2, 1), Some(0));
+        assert_eq!(a.alloc_contiguous(2, 2), Some(2));
+        assert_eq!(a.alloc_contiguous(1, 1), Some(4));
+        // The last eleven frames, ending exactly at the top.
+        assert_eq!(a.alloc_contiguous(11, 1), Some(5));
+        assert_eq!(a.alloc_contiguous(1, 1), None);
+        assert_eq!(a.free_count(), 0);
+    }
+
+    #[test]
     fn contiguous_runs_are_exact() {
         let mut a = FrameAllocator::new(&ranges());
         assert_eq!(a.alloc_contiguous(0, 1), None);
