@@ -1401,4 +1401,104 @@ mod tests {
         assert_eq!(with_table(MAX_CHANNELS), zero_record);
         assert_eq!(with_table(MAX_CHANNELS + 1), Err(PackError::OutOfBounds));
     }
+
+    /// A pack whose domains 0 and 1 are privileged (2 is not), with the
+    /// devices `f` adds.
+    fn two_drivers(f: impl FnOnce(&mut PackBuilder)) -> Option<(u32, DeviceFault)> {
+        let mut b = PackBuilder::new();
+        let img = b.blob(b"\x7fELF-image");
+        for (i, name) in ["drv0", "drv1", "guest"].iter().enumerate() {
+            let flags = if i < 2 {
+                DomainFlags::PRIVILEGED
+            } else {
+                DomainFlags::empty()
+            };
+            b.domain(&DomainSpec {
+                name,
+                mem_pages: 64,
+                max_pages: 64,
+                flags,
+                image_blob: img,
+                cmdline: "",
+                weight: 0,
+            })
+            .unwrap();
+        }
+        f(&mut b);
+        match Pack::parse(&b.finish()) {
+            Ok(_) => None,
+            Err(PackError::BadDevice { index, why }) => Some((index, why)),
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+
+    const SLOT6: u64 = VIRTIO_MMIO_BASE + 6 * VIRTIO_MMIO_SLOT_SIZE;
+
+    #[test]
+    fn mmio_devices_share_a_frame_only_within_one_domain() {
+        // Two slots of the one virtio-mmio frame: fine for one driver...
+        assert_eq!(
+            two_drivers(|b| {
+                b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, 12);
+                b.mmio_device(0, 1, SLOT6, 11);
+            }),
+            None
+        );
+        // ...a conflict between two (each could reach the other's device).
+        assert_eq!(
+            two_drivers(|b| {
+                b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, 12);
+                b.mmio_device(1, 1, SLOT6, 11);
+            }),
+            Some((1, DeviceFault::Conflict))
+        );
+        // An extent before an MMIO device never clashes with it, whatever
+        // its numbers (its irq is 0, as the device's here).
+        assert_eq!(
+            two_drivers(|b| {
+                let d = b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, 12);
+                b.vblk_extent(2, d, 0, 1 << 20, ExtentFlags::empty());
+                b.mmio_device(0, 1, SLOT6, 0);
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn irq_lines_stop_at_the_ioapic() {
+        let with_irq = |irq| two_drivers(|b| drop(b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, irq)));
+        assert_eq!(with_irq(IOAPIC_PINS - 1), None);
+        assert_eq!(with_irq(IOAPIC_PINS), Some((0, DeviceFault::BadIrq)));
+        assert_eq!(with_irq(IOAPIC_PINS + 1), Some((0, DeviceFault::BadIrq)));
+    }
+
+    #[test]
+    fn header_device_count_is_capped() {
+        let with_table = |count: u32| {
+            let mut bytes = with_channels(&[]);
+            let mut h = PackHeader::read_from_prefix(&bytes).unwrap().0;
+            h.device_count = count;
+            bytes.resize(bytes.len() + count as usize * 64, 0);
+            h.total_size = bytes.len() as u64;
+            bytes[..64].copy_from_slice(h.as_bytes());
+            let sum = checksum(&bytes, Some(CHECKSUM_OFFSET));
+            bytes[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_le_bytes());
+            Pack::parse(&bytes).map(drop)
+        };
+        assert!(matches!(
+            with_table(MAX_DEVICES),
+            Err(PackError::BadDevice { .. })
+        ));
+        assert_eq!(with_table(MAX_DEVICES + 1), Err(PackError::OutOfBounds));
+    }
+
+    #[test]
+    fn device_faults_say_what_is_wrong() {
+        use alloc::string::ToString;
+        let text = DeviceFault::Conflict.to_string();
+        assert!(text.contains("IOAPIC input"), "{text}");
+        assert!(DeviceFault::BadIrq
+            .to_string()
+            .contains("beyond the IOAPIC"));
+    }
 }
