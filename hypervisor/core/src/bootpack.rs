@@ -1465,6 +1465,23 @@ mod tests {
     }
 
     #[test]
+    fn the_first_virtio_slot_is_a_slot() {
+        assert_eq!(
+            two_drivers(|b| drop(b.mmio_device(0, VIRTIO_ID_BLOCK, VIRTIO_MMIO_BASE, 5))),
+            None
+        );
+        assert_eq!(
+            two_drivers(|b| drop(b.mmio_device(
+                0,
+                VIRTIO_ID_BLOCK,
+                VIRTIO_MMIO_BASE - VIRTIO_MMIO_SLOT_SIZE,
+                5
+            ))),
+            Some((0, DeviceFault::BadWindow))
+        );
+    }
+
+    #[test]
     fn irq_lines_stop_at_the_ioapic() {
         let with_irq = |irq| two_drivers(|b| drop(b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, irq)));
         assert_eq!(with_irq(IOAPIC_PINS - 1), None);
