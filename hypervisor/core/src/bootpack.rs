@@ -1028,10 +1028,20 @@ mod tests {
     /// A pack with a privileged driver domain (0), two guests (1, 2) and
     /// the devices `f` adds.
     fn with_devices(f: impl FnOnce(&mut PackBuilder)) -> Result<alloc::vec::Vec<u8>, PackError> {
+        pack_of(&["drv", "a", "b"], 1, f)
+    }
+
+    /// A pack of `names` (the first `privileged` of them privileged), with
+    /// the devices `f` adds, parsed.
+    fn pack_of(
+        names: &[&str],
+        privileged: usize,
+        f: impl FnOnce(&mut PackBuilder),
+    ) -> Result<alloc::vec::Vec<u8>, PackError> {
         let mut b = PackBuilder::new();
         let img = b.blob(b"\x7fELF-image");
-        for (i, name) in ["drv", "a", "b"].iter().enumerate() {
-            let flags = if i == 0 {
+        for (i, name) in names.iter().enumerate() {
+            let flags = if i < privileged {
                 DomainFlags::PRIVILEGED
             } else {
                 DomainFlags::empty()
@@ -1405,27 +1415,7 @@ mod tests {
     /// A pack whose domains 0 and 1 are privileged (2 is not), with the
     /// devices `f` adds.
     fn two_drivers(f: impl FnOnce(&mut PackBuilder)) -> Option<(u32, DeviceFault)> {
-        let mut b = PackBuilder::new();
-        let img = b.blob(b"\x7fELF-image");
-        for (i, name) in ["drv0", "drv1", "guest"].iter().enumerate() {
-            let flags = if i < 2 {
-                DomainFlags::PRIVILEGED
-            } else {
-                DomainFlags::empty()
-            };
-            b.domain(&DomainSpec {
-                name,
-                mem_pages: 64,
-                max_pages: 64,
-                flags,
-                image_blob: img,
-                cmdline: "",
-                weight: 0,
-            })
-            .unwrap();
-        }
-        f(&mut b);
-        match Pack::parse(&b.finish()) {
+        match pack_of(&["drv0", "drv1", "guest"], 2, f) {
             Ok(_) => None,
             Err(PackError::BadDevice { index, why }) => Some((index, why)),
             Err(e) => panic!("unexpected {e:?}"),
