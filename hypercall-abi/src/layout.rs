@@ -91,6 +91,102 @@ pub struct StartInfo {
     /// already connected when the domain starts (`EVT-7`, `MEM-3a`).
     /// Entries at and after `channel_count` are zero.
     pub channels: [NamedChannel; MAX_NAMED_CHANNELS],
+    /// Pseudo-physical index of the first page of the domain's DMA region:
+    /// `dma_pages` pages whose machine frames are contiguous, starting at
+    /// machine address `dma_machine_base` (driver domains only, `IO-*`;
+    /// zero elsewhere). Since ABI 0.3 (`MEM-3b`).
+    pub dma_first_page: u64,
+    /// Pages in the DMA region (0: none).
+    pub dma_pages: u64,
+    /// Machine address of the DMA region's first page.
+    pub dma_machine_base: u64,
+    /// Entries used in `devices` (at most [`MAX_START_DEVICES`]).
+    pub device_count: u32,
+    /// Entries used in `vblks` (at most [`MAX_START_VBLKS`]).
+    pub vblk_count: u32,
+    /// The devices delegated to this (driver) domain (`IO-*`). Entries at
+    /// and after `device_count` are zero.
+    pub devices: [DeviceInfo; MAX_START_DEVICES],
+    /// Virtual disks this domain uses (frontend) or serves (backend)
+    /// (`BLK-*`). Entries at and after `vblk_count` are zero.
+    pub vblks: [VblkInfo; MAX_START_VBLKS],
+}
+
+/// Most delegated devices one start-info page describes.
+pub const MAX_START_DEVICES: usize = 4;
+
+/// Most virtual-disk entries one start-info page describes: the disks a
+/// frontend uses, or the extents a backend serves.
+pub const MAX_START_VBLKS: usize = 16;
+
+/// Virtual address at which the hypervisor maps the frames of a driver
+/// domain's delegated MMIO windows, in [`StartInfo::devices`] order, one
+/// 4 KiB frame after the other (just above the largest window).
+pub const DEVICE_VA_BASE: u64 = 0x4000_0000;
+
+/// [`DeviceInfo::kind`]: a virtio-mmio device.
+pub const DEVICE_KIND_VIRTIO_MMIO: u32 = 1;
+
+/// One device delegated to a driver domain (`IO-*`).
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct DeviceInfo {
+    /// [`DEVICE_KIND_VIRTIO_MMIO`].
+    pub kind: u32,
+    /// The virtio device id (2: block, 1: network).
+    pub virtio_id: u32,
+    /// Machine (physical) address of the device's MMIO window.
+    pub mmio_machine: u64,
+    /// Virtual address where the window is mapped, uncached, in this
+    /// domain's initial address space.
+    pub mmio_va: u64,
+    /// Bytes of the window.
+    pub mmio_size: u64,
+    /// The event port the device's interrupt is delivered on.
+    pub irq_port: u32,
+    /// The IOAPIC input of the device.
+    pub irq: u32,
+}
+
+/// [`VblkInfo::role`]: a disk this domain uses.
+pub const VBLK_ROLE_FRONTEND: u32 = 1;
+/// [`VblkInfo::role`]: an extent this domain serves to `peer_domain`.
+pub const VBLK_ROLE_BACKEND: u32 = 2;
+/// [`VblkInfo::flags`]: the frontend may only read the disk.
+pub const VBLK_READONLY: u16 = 1 << 0;
+
+/// One virtual disk, as its frontend or its backend sees it (`BLK-*`).
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct VblkInfo {
+    /// [`VBLK_ROLE_FRONTEND`] or [`VBLK_ROLE_BACKEND`].
+    pub role: u32,
+    /// The disk's index among its frontend's disks (`0..`): also the grant
+    /// reference at which the frontend grants the ring page.
+    pub index: u32,
+    /// The other end: the backend (for a frontend) or the frontend.
+    pub peer_domain: u16,
+    /// [`VBLK_READONLY`].
+    pub flags: u16,
+    /// This domain's event port for the disk, already connected to the
+    /// peer's.
+    pub port: u32,
+    /// Bytes per sector (512).
+    pub sector_size: u32,
+    /// Reserved, zero.
+    pub reserved0: u32,
+    /// Size of the disk in sectors.
+    pub capacity_sectors: u64,
+    /// Backend only: the extent's first byte on the device (0 for a
+    /// frontend).
+    pub extent_offset: u64,
+    /// Backend only: index in [`StartInfo::devices`] of the device holding
+    /// the extent (0 for a frontend).
+    pub device: u32,
+    /// Reserved, zero.
+    pub reserved1: u32,
+    /// The peer domain's name, NUL-padded UTF-8.
+    pub peer_name: [u8; 32],
 }
 
 /// Most named channels one domain may be an end of (`EVT-7`): the size of
@@ -290,10 +386,16 @@ pub const RFLAGS_IF: u64 = 0x200;
 
 const _: () = assert!(core::mem::size_of::<NamedChannel>() == 72);
 const _: () = assert!(
-    core::mem::size_of::<StartInfo>()
+    core::mem::offset_of!(StartInfo, dma_first_page)
         == 8 + 8 + 8 * 10 + 8 + 32 + 1024 + 8 + 72 * MAX_NAMED_CHANNELS
 );
 const _: () = assert!(START_INFO_CHANNELS_OFFSET == 1168);
+const _: () = assert!(core::mem::size_of::<DeviceInfo>() == 40);
+const _: () = assert!(core::mem::size_of::<VblkInfo>() == 80);
+const _: () = assert!(
+    core::mem::size_of::<StartInfo>()
+        == 2320 + 8 * 3 + 8 + 40 * MAX_START_DEVICES + 80 * MAX_START_VBLKS
+);
 const _: () = assert!(core::mem::size_of::<StartInfo>() <= 4096);
 const _: () = assert!(core::mem::size_of::<TimeInfo>() == 32);
 const _: () = assert!(core::mem::size_of::<SharedInfo>() == 128 + 128 + 8 + 8 + 32);

@@ -156,6 +156,14 @@ pub fn build(
         channel_count: 0,
         reserved1: 0,
         channels: [NamedChannel::EMPTY; MAX_NAMED_CHANNELS],
+        // Device, DMA and virtual-disk tables (IO-*, BLK-*): none yet.
+        dma_first_page: 0,
+        dma_pages: 0,
+        dma_machine_base: 0,
+        device_count: 0,
+        vblk_count: 0,
+        devices: zerocopy::FromZeros::new_zeroed(),
+        vblks: zerocopy::FromZeros::new_zeroed(),
     };
     let n = cmdline.len().min(si.cmdline.len());
     si.cmdline[..n].copy_from_slice(&cmdline[..n]);
