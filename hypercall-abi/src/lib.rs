@@ -25,6 +25,7 @@
 // One module per hypercall family, named as in `docs/abi` and in the
 // `Hypercall` table.
 pub mod base;
+pub mod blk;
 pub mod console;
 pub mod event;
 pub mod grant;
