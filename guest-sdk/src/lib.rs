@@ -46,6 +46,7 @@ pub use hypercall_abi::layout::UpcallFrame;
 pub use hypercall_abi::Error;
 
 pub mod base;
+pub mod blkback;
 pub mod console;
 pub mod event;
 #[cfg(test)]

@@ -16,6 +16,8 @@ use crate::ring::RingProtocol;
 /// Bytes per sector (`BLK-1`): every disk has 512-byte sectors.
 pub const SECTOR_SIZE: u64 = 512;
 
+const _: () = assert!(SECTOR_SIZE == 512);
+
 /// Sectors in one page: a segment's `first_sect..=last_sect` lie in
 /// `0..SECTORS_PER_PAGE`.
 pub const SECTORS_PER_PAGE: u8 = 8;
@@ -62,7 +64,8 @@ impl Segment {
 
     /// Byte offset of the segment's first sector in its page.
     pub const fn page_offset(&self) -> u32 {
-        self.first_sect as u32 * SECTOR_SIZE as u32
+        // 255 * 512 at most: no overflow.
+        self.first_sect as u32 * 512
     }
 }
 
