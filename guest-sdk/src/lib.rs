@@ -62,6 +62,7 @@ mod start;
 pub mod time;
 pub mod trap;
 pub mod upcall;
+pub mod vblk;
 
 #[cfg(target_os = "none")]
 mod arch;

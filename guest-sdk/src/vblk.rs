@@ -1,0 +1,790 @@
+//! Virtual block devices, the frontend (`BLK-*`, `docs/abi/blk.md`;
+//! guide: `docs/guest-guide.md`, "Virtual disks").
+//!
+//! A guest's disks are listed in its start info (from the manifest's
+//! `[[guest.vblk]]`); each is served by a driver domain over a one-page
+//! ring the guest grants it. This module has two layers:
+//!
+//! * [`Core`]: the protocol, pure and host-tested: request ids, grants of
+//!   the data frames (writable for a read, read-only for a write), the ring
+//!   (up to [`RING_DEPTH`] requests in flight, batched: one event per
+//!   [`Core::kick`] at most, and only if the backend asked), and the
+//!   checks on every response. The backend is not trusted: a response with
+//!   an id not outstanding or a different op is [`VblkError::BadResponse`]
+//!   and disconnects the disk (its requests then fail, none hangs), a status the spec does not define is
+//!   [`VblkError::BadStatus`], an insane ring index disconnects
+//!   ([`VblkError::Disconnected`]) and fails every outstanding request.
+//!   Never a panic.
+//! * `Vblk` (the guest-facing handle, in the target build) owns the ring
+//!   page and the data [`Buffer`]s while requests are in flight, so a guest
+//!   can only hand the backend frames it owns and cannot touch them while
+//!   the backend may write them.
+#![forbid(unsafe_code)]
+
+use hypercall_abi::blk::{
+    BlkRing, Request, Response, Segment, Status, MAX_SEGMENTS, OP_FLUSH, OP_READ, OP_WRITE,
+    RING_DEPTH, SECTORS_PER_PAGE,
+};
+use hypercall_abi::Error;
+
+use crate::ring::{FrontEnd, RingError, SharedPage};
+
+/// What the frontend needs from the hypervisor, behind a trait so that the
+/// protocol is host-tested: grants of data frames and the disk's event.
+pub trait Host {
+    /// Grants frame `mfn` (the guest's own) to the backend, read-only or
+    /// writable (`GNT-1`); the reference.
+    fn grant(&mut self, mfn: u64, readonly: bool) -> Result<u32, Error>;
+    /// Ends grant `gref` (`GNT-2`).
+    fn revoke(&mut self, gref: u32) -> Result<(), Error>;
+    /// Sends the disk's event to the backend (`EVT-4`).
+    fn notify(&mut self) -> Result<(), Error>;
+}
+
+/// Sectors `first_sect..=last_sect` of the guest's frame `mfn`: one
+/// segment of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRef {
+    /// The frame (the guest's own; the hypervisor refuses to grant others).
+    pub mfn: u64,
+    /// First sector used (`0..=7`).
+    pub first_sect: u8,
+    /// Last sector used (`first_sect..=7`).
+    pub last_sect: u8,
+}
+
+impl PageRef {
+    /// The whole frame.
+    pub const fn whole(mfn: u64) -> PageRef {
+        PageRef {
+            mfn,
+            first_sect: 0,
+            last_sect: SECTORS_PER_PAGE - 1,
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VblkError {
+    /// The backend answered with a documented error status (`BLK-4`).
+    Refused(Status),
+    /// The backend answered with a status the spec does not define.
+    BadStatus(i16),
+    /// A response named no outstanding request (unknown id, or a different
+    /// op than the request's): the backend is broken and the disk is
+    /// disconnected ([`Core::fail_all`] ends the outstanding requests).
+    BadResponse {
+        /// The id the backend wrote.
+        id: u64,
+    },
+    /// The ring is broken or the backend gone: every outstanding request
+    /// failed with this, and new ones are refused.
+    Disconnected,
+    /// Every slot is in use: complete a request first.
+    Busy,
+    /// The request is malformed on this side (no pages or too many, bad
+    /// sectors, past the disk, or a write to a read-only disk); nothing was
+    /// sent.
+    Invalid,
+    /// The hypervisor refused to grant a page; nothing was sent.
+    Grant(Error),
+}
+
+impl core::fmt::Display for VblkError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            VblkError::Refused(s) => write!(f, "refused by the backend: {s}"),
+            VblkError::BadStatus(c) => write!(f, "backend answered undefined status {c}"),
+            VblkError::BadResponse { id } => write!(f, "backend answered unknown id {id:#x}"),
+            VblkError::Disconnected => f.write_str("disk disconnected (backend gone or broken)"),
+            VblkError::Busy => f.write_str("ring full: complete a request first"),
+            VblkError::Invalid => f.write_str("malformed request (sectors, pages or read-only)"),
+            VblkError::Grant(e) => write!(f, "grant refused: {e}"),
+        }
+    }
+}
+
+/// A request in flight, as [`Core::submit`] returned it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tag(pub u64);
+
+impl Tag {
+    /// The ring slot the request's bookkeeping uses (`0..RING_DEPTH`).
+    pub fn slot(self) -> usize {
+        usize::try_from(self.0 & 0xff).unwrap_or(usize::MAX)
+    }
+}
+
+/// A finished request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Done {
+    /// Which.
+    pub tag: Tag,
+    /// How it ended.
+    pub result: Result<(), VblkError>,
+    /// A data grant could not be revoked (the backend holds it mapped,
+    /// which `BLK-2` forbids): the frames must never be reused.
+    pub leaked: bool,
+}
+
+/// What a disk offers (from the start info).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Sectors.
+    pub capacity: u64,
+    /// Writes are refused.
+    pub readonly: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    busy: bool,
+    gen: u32,
+    op: u8,
+    grefs: [u32; MAX_SEGMENTS],
+    nr: usize,
+}
+
+/// The frontend protocol over a ring page `M` and a hypervisor `H`.
+#[derive(Debug)]
+pub struct Core<M: SharedPage, H: Host> {
+    ring: FrontEnd<BlkRing, M>,
+    host: H,
+    geo: Geometry,
+    slots: [Slot; RING_DEPTH as usize],
+    in_flight: u32,
+    dead: bool,
+}
+
+impl<M: SharedPage, H: Host> Core<M, H> {
+    /// Initialises the ring in `mem` (the page the caller then grants to
+    /// the backend at the disk's well-known reference, `BLK-2`).
+    pub fn new(mem: M, host: H, geo: Geometry) -> Self {
+        Core {
+            ring: FrontEnd::init(mem),
+            host,
+            geo,
+            slots: [Slot::default(); RING_DEPTH as usize],
+            in_flight: 0,
+            dead: false,
+        }
+    }
+
+    /// The disk.
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// The host (for the caller's own hypercalls).
+    pub fn host(&mut self) -> &mut H {
+        &mut self.host
+    }
+
+    /// Requests submitted and not completed.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// Whether the disk was disconnected.
+    pub fn is_disconnected(&self) -> bool {
+        self.dead
+    }
+
+    /// Whether `tag` is outstanding.
+    pub fn is_outstanding(&self, tag: Tag) -> bool {
+        self.slots
+            .get(tag.slot())
+            .is_some_and(|s| s.busy && u64::from(s.gen) == tag.0 >> 8)
+    }
+
+    /// Queues a read of `pages` from `sector` (unpublished until
+    /// [`Core::kick`]).
+    pub fn read(&mut self, sector: u64, pages: &[PageRef]) -> Result<Tag, VblkError> {
+        self.check(OP_READ, sector, pages)?;
+        self.submit_unchecked(OP_READ, sector, pages)
+    }
+
+    /// Queues a write of `pages` at `sector`.
+    pub fn write(&mut self, sector: u64, pages: &[PageRef]) -> Result<Tag, VblkError> {
+        self.check(OP_WRITE, sector, pages)?;
+        self.submit_unchecked(OP_WRITE, sector, pages)
+    }
+
+    /// Queues a flush: it completes once every write completed before it
+    /// was submitted is durable (`BLK-6`).
+    pub fn flush(&mut self) -> Result<Tag, VblkError> {
+        self.submit_unchecked(OP_FLUSH, 0, &[])
+    }
+
+    fn check(&self, op: u8, sector: u64, pages: &[PageRef]) -> Result<(), VblkError> {
+        if pages.is_empty() || pages.len() > MAX_SEGMENTS {
+            return Err(VblkError::Invalid);
+        }
+        let mut sectors = 0u64;
+        for p in pages {
+            if p.first_sect > p.last_sect || p.last_sect >= SECTORS_PER_PAGE {
+                return Err(VblkError::Invalid);
+            }
+            sectors += u64::from(p.last_sect - p.first_sect) + 1;
+        }
+        let past = sector
+            .checked_add(sectors)
+            .is_none_or(|end| end > self.geo.capacity);
+        if past || (op == OP_WRITE && self.geo.readonly) {
+            return Err(VblkError::Invalid);
+        }
+        Ok(())
+    }
+
+    /// Queues request `op` as given, without this side's checks of the
+    /// sectors, page count and read-only flag, so that the backend's own
+    /// checks can be tested (`BLK-5*`). More than [`MAX_SEGMENTS`] pages is
+    /// still refused (the request has no room for them). Frames are still
+    /// granted by the hypervisor, which refuses frames the guest does not
+    /// own.
+    pub fn submit_unchecked(
+        &mut self,
+        op: u8,
+        sector: u64,
+        pages: &[PageRef],
+    ) -> Result<Tag, VblkError> {
+        if self.dead {
+            return Err(VblkError::Disconnected);
+        }
+        if pages.len() > MAX_SEGMENTS {
+            return Err(VblkError::Invalid);
+        }
+        if self.ring.free_slots() == 0 {
+            return Err(VblkError::Busy);
+        }
+        let index = self
+            .slots
+            .iter()
+            .position(|s| !s.busy)
+            .ok_or(VblkError::Busy)?;
+        let readonly = op != OP_READ;
+        let mut slot = Slot {
+            busy: true,
+            gen: self.slots[index].gen.wrapping_add(1),
+            op,
+            grefs: [0; MAX_SEGMENTS],
+            nr: 0,
+        };
+        let tag = Tag(u64::from(slot.gen) << 8 | index as u64);
+        let mut req = Request::new(op, tag.0, sector);
+        for (i, p) in pages.iter().enumerate() {
+            match self.host.grant(p.mfn, readonly) {
+                Ok(gref) => {
+                    slot.grefs[i] = gref;
+                    slot.nr = i + 1;
+                    req.seg[i] = Segment {
+                        gref,
+                        first_sect: p.first_sect,
+                        last_sect: p.last_sect,
+                        reserved: 0,
+                    };
+                }
+                Err(e) => {
+                    self.revoke_all(&slot);
+                    return Err(VblkError::Grant(e));
+                }
+            }
+        }
+        req.nr_segments = u8::try_from(slot.nr).unwrap_or(0);
+        if let Err(e) = self.ring.push_request(&req) {
+            self.revoke_all(&slot);
+            return Err(match e {
+                RingError::Full => VblkError::Busy,
+                _ => VblkError::Disconnected,
+            });
+        }
+        self.slots[index] = slot;
+        self.in_flight += 1;
+        Ok(tag)
+    }
+
+    /// Revokes a slot's grants; `true` if one could not be revoked.
+    fn revoke_all(&mut self, slot: &Slot) -> bool {
+        let mut leaked = false;
+        for &g in &slot.grefs[..slot.nr] {
+            if self.host.revoke(g).is_err() {
+                leaked = true;
+            }
+        }
+        leaked
+    }
+
+    /// Publishes the queued requests, with one event if the backend asked
+    /// for one (`RING-2`).
+    pub fn kick(&mut self) -> Result<(), VblkError> {
+        if self.dead {
+            return Err(VblkError::Disconnected);
+        }
+        match self.ring.publish() {
+            Ok(true) => self.host.notify().map_err(|_| VblkError::Disconnected),
+            Ok(false) => Ok(()),
+            Err(_) => Err(VblkError::Disconnected),
+        }
+    }
+
+    /// The next finished request, if a response is waiting. `Err` once the
+    /// backend broke the protocol ([`VblkError::BadResponse`], insane
+    /// indices) and after: then [`Core::fail_all`] ends the outstanding
+    /// requests.
+    pub fn poll(&mut self) -> Result<Option<Done>, VblkError> {
+        if self.dead {
+            return Err(VblkError::Disconnected);
+        }
+        let rsp = match self.ring.take_response() {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            Err(_) => {
+                self.dead = true;
+                return Err(VblkError::Disconnected);
+            }
+        };
+        self.complete(&rsp).map(Some)
+    }
+
+    fn complete(&mut self, rsp: &Response) -> Result<Done, VblkError> {
+        let tag = Tag(rsp.id);
+        let bad = VblkError::BadResponse { id: rsp.id };
+        // A response that answers nothing outstanding took a slot of the
+        // ring's budget: the backend is broken, and a real answer may never
+        // come, so disconnect rather than hang (Xen XSA-396).
+        if !self.is_outstanding(tag) || self.slots[tag.slot()].op != rsp.op {
+            self.dead = true;
+            return Err(bad);
+        }
+        let slot = self.slots[tag.slot()];
+        let leaked = self.revoke_all(&slot);
+        self.slots[tag.slot()].busy = false;
+        self.in_flight -= 1;
+        let result = match Status::from_code(rsp.status) {
+            Some(Status::Ok) => Ok(()),
+            Some(s) => Err(VblkError::Refused(s)),
+            None => Err(VblkError::BadStatus(rsp.status)),
+        };
+        Ok(Done {
+            tag,
+            result,
+            leaked,
+        })
+    }
+
+    /// Before sleeping: `true` if a response is waiting; otherwise asks the
+    /// backend for an event at the next response (`RING-3`). A broken ring
+    /// disconnects (`Err`).
+    pub fn final_check(&mut self) -> Result<bool, VblkError> {
+        if self.dead {
+            return Err(VblkError::Disconnected);
+        }
+        self.ring.final_check().map_err(|_| {
+            self.dead = true;
+            VblkError::Disconnected
+        })
+    }
+
+    /// Disconnects (the backend is gone or broken) and finishes every
+    /// outstanding request with [`VblkError::Disconnected`], calling `done`
+    /// for each.
+    pub fn fail_all(&mut self, mut done: impl FnMut(Done)) {
+        self.dead = true;
+        for i in 0..self.slots.len() {
+            let slot = self.slots[i];
+            if !slot.busy {
+                continue;
+            }
+            let leaked = self.revoke_all(&slot);
+            self.slots[i].busy = false;
+            self.in_flight -= 1;
+            done(Done {
+                tag: Tag(u64::from(slot.gen) << 8 | i as u64),
+                result: Err(VblkError::Disconnected),
+                leaked,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blkback::{Conn, Extent, Next};
+    use core::cell::RefCell;
+    use hypercall_abi::ring::{RING_HEADER_SIZE, RSP_PROD_OFFSET};
+    use std::rc::Rc;
+    use std::vec::Vec;
+
+    /// A ring page in host memory.
+    struct Page(RefCell<Vec<u8>>);
+    impl Page {
+        fn new() -> Self {
+            Page(RefCell::new(vec![0; 4096]))
+        }
+    }
+    impl SharedPage for Page {
+        fn load(&self, off: usize) -> u32 {
+            u32::from_le_bytes(self.0.borrow()[off..off + 4].try_into().unwrap())
+        }
+        fn store(&self, off: usize, v: u32) {
+            self.0.borrow_mut()[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        fn full_barrier(&self) {}
+        fn read(&self, off: usize, dst: &mut [u8]) {
+            dst.copy_from_slice(&self.0.borrow()[off..off + dst.len()]);
+        }
+        fn write(&self, off: usize, src: &[u8]) {
+            self.0.borrow_mut()[off..off + src.len()].copy_from_slice(src);
+        }
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    enum Call {
+        Grant(u64, bool, u32),
+        Revoke(u32),
+        Notify,
+    }
+
+    /// A recording hypervisor: hands out references from 16 up, records
+    /// every call, and can be told to refuse.
+    #[derive(Default)]
+    struct Rec {
+        log: Vec<Call>,
+        next: u32,
+        granted: Vec<u32>,
+        refuse_grant_of: Option<u64>,
+        refuse_revoke: bool,
+    }
+    #[derive(Clone, Default)]
+    struct Hv(Rc<RefCell<Rec>>);
+    impl Host for Hv {
+        fn grant(&mut self, mfn: u64, readonly: bool) -> Result<u32, Error> {
+            let mut r = self.0.borrow_mut();
+            if r.refuse_grant_of == Some(mfn) {
+                return Err(Error::PermissionDenied);
+            }
+            let g = 16 + r.next;
+            r.next += 1;
+            r.granted.push(g);
+            r.log.push(Call::Grant(mfn, readonly, g));
+            Ok(g)
+        }
+        fn revoke(&mut self, gref: u32) -> Result<(), Error> {
+            let mut r = self.0.borrow_mut();
+            r.log.push(Call::Revoke(gref));
+            if r.refuse_revoke {
+                return Err(Error::WrongState);
+            }
+            let i = r
+                .granted
+                .iter()
+                .position(|&g| g == gref)
+                .ok_or(Error::NotFound)?;
+            r.granted.remove(i);
+            Ok(())
+        }
+        fn notify(&mut self) -> Result<(), Error> {
+            self.0.borrow_mut().log.push(Call::Notify);
+            Ok(())
+        }
+    }
+    impl Hv {
+        fn notifies(&self) -> usize {
+            self.0
+                .borrow()
+                .log
+                .iter()
+                .filter(|c| **c == Call::Notify)
+                .count()
+        }
+        fn live_grants(&self) -> usize {
+            self.0.borrow().granted.len()
+        }
+    }
+
+    const GEO: Geometry = Geometry {
+        capacity: 1024,
+        readonly: false,
+    };
+    const EXT: Extent = Extent {
+        first_sector: 0,
+        capacity: 1024,
+        readonly: false,
+    };
+
+    fn setup() -> (Rc<Page>, Hv, Core<Rc<Page>, Hv>) {
+        let page = Rc::new(Page::new());
+        let hv = Hv::default();
+        let core = Core::new(page.clone(), hv.clone(), GEO);
+        (page, hv, core)
+    }
+
+    impl SharedPage for Rc<Page> {
+        fn load(&self, off: usize) -> u32 {
+            (**self).load(off)
+        }
+        fn store(&self, off: usize, v: u32) {
+            (**self).store(off, v)
+        }
+        fn full_barrier(&self) {}
+        fn read(&self, off: usize, dst: &mut [u8]) {
+            (**self).read(off, dst)
+        }
+        fn write(&self, off: usize, src: &[u8]) {
+            (**self).write(off, src)
+        }
+    }
+
+    /// Serves every request on the ring with `status` (no data moved).
+    fn serve_all(conn: &mut Conn<Rc<Page>>, status: Status) -> usize {
+        let mut n = 0;
+        while let Ok(next) = conn.take() {
+            match next {
+                Next::Serve(v) => conn.respond(&v, status).unwrap(),
+                Next::Refused(_) => {}
+                Next::Idle => break,
+            }
+            n += 1;
+        }
+        conn.publish().unwrap();
+        n
+    }
+
+    #[test]
+    fn a_batch_of_32_costs_one_event_and_grants_are_given_back() {
+        let (page, hv, mut core) = setup();
+        let mut conn = Conn::attach(page.clone(), EXT);
+        assert!(!conn.final_check().unwrap(), "the backend sleeps");
+        let mut tags = Vec::new();
+        for i in 0..RING_DEPTH {
+            let t = core
+                .read(u64::from(i) * 8, &[PageRef::whole(100 + u64::from(i))])
+                .unwrap();
+            tags.push(t);
+        }
+        assert_eq!(
+            core.read(0, &[PageRef::whole(1)]),
+            Err(VblkError::Busy),
+            "depth 32 is the ring"
+        );
+        core.kick().unwrap();
+        assert_eq!(hv.notifies(), 1, "one event for the batch");
+        core.kick().unwrap();
+        assert_eq!(hv.notifies(), 1, "nothing new, no event");
+        assert_eq!(hv.live_grants(), 32);
+        // Reads grant writable.
+        assert!(matches!(hv.0.borrow().log[0], Call::Grant(100, false, _)));
+        assert_eq!(serve_all(&mut conn, Status::Ok), 32);
+        let mut done = Vec::new();
+        while let Some(d) = core.poll().unwrap() {
+            assert_eq!(d.result, Ok(()));
+            assert!(!d.leaked);
+            done.push(d.tag);
+        }
+        assert_eq!(done, tags);
+        assert_eq!(hv.live_grants(), 0);
+        assert_eq!(core.in_flight(), 0);
+    }
+
+    #[test]
+    fn writes_grant_read_only_and_statuses_come_back_exactly() {
+        let (page, hv, mut core) = setup();
+        let mut conn = Conn::attach(page.clone(), EXT);
+        let w = core.write(8, &[PageRef::whole(7)]).unwrap();
+        core.kick().unwrap();
+        assert!(matches!(hv.0.borrow().log[0], Call::Grant(7, true, _)));
+        serve_all(&mut conn, Status::IoError);
+        let d = core.poll().unwrap().unwrap();
+        assert_eq!(
+            (d.tag, d.result),
+            (w, Err(VblkError::Refused(Status::IoError)))
+        );
+        // A flush has no pages and no grants.
+        let f = core.flush().unwrap();
+        core.kick().unwrap();
+        serve_all(&mut conn, Status::Ok);
+        assert_eq!(core.poll().unwrap().unwrap().tag, f);
+        assert_eq!(
+            hv.0.borrow()
+                .log
+                .iter()
+                .filter(|c| matches!(c, Call::Grant(..)))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn this_side_refuses_what_the_backend_would() {
+        let (_page, hv, mut core) = setup();
+        let bad = |f, l| PageRef {
+            mfn: 1,
+            first_sect: f,
+            last_sect: l,
+        };
+        assert_eq!(core.read(0, &[]), Err(VblkError::Invalid));
+        assert_eq!(core.read(0, &[bad(3, 2)]), Err(VblkError::Invalid));
+        assert_eq!(core.read(0, &[bad(0, 8)]), Err(VblkError::Invalid));
+        assert_eq!(
+            core.read(1017, &[PageRef::whole(1)]),
+            Err(VblkError::Invalid)
+        );
+        assert_eq!(core.read(u64::MAX, &[bad(0, 0)]), Err(VblkError::Invalid));
+        assert_eq!(
+            core.read(0, &[PageRef::whole(1); 12]),
+            Err(VblkError::Invalid)
+        );
+        let mut ro = Core::new(
+            Rc::new(Page::new()),
+            hv.clone(),
+            Geometry {
+                readonly: true,
+                ..GEO
+            },
+        );
+        assert_eq!(ro.write(0, &[PageRef::whole(1)]), Err(VblkError::Invalid));
+        assert!(
+            hv.0.borrow().log.is_empty(),
+            "nothing granted, nothing sent"
+        );
+        // The unchecked path sends it, for the backend to refuse.
+        assert!(ro
+            .submit_unchecked(OP_WRITE, 0, &[PageRef::whole(1)])
+            .is_ok());
+    }
+
+    #[test]
+    fn a_refused_grant_sends_nothing_and_gives_back_the_others() {
+        let (page, hv, mut core) = setup();
+        hv.0.borrow_mut().refuse_grant_of = Some(3);
+        let pages = [PageRef::whole(1), PageRef::whole(2), PageRef::whole(3)];
+        assert_eq!(
+            core.read(0, &pages),
+            Err(VblkError::Grant(Error::PermissionDenied))
+        );
+        assert_eq!(hv.live_grants(), 0);
+        core.kick().unwrap();
+        let mut conn = Conn::attach(page, EXT);
+        assert_eq!(conn.take(), Ok(Next::Idle), "no request was published");
+    }
+
+    /// A hostile backend writing its own responses in the ring.
+    fn put(page: &Page, i: u32, rsp: Response) {
+        let off = RING_HEADER_SIZE + (i as usize % 32) * 112;
+        page.write(off, zerocopy::IntoBytes::as_bytes(&rsp));
+        page.store(RSP_PROD_OFFSET, i + 1);
+    }
+
+    fn rsp(id: u64, op: u8, status: i16) -> Response {
+        Response {
+            id,
+            op,
+            status,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_undefined_status_is_an_error_not_success() {
+        let (page, _hv, mut core) = setup();
+        let t = core.read(0, &[PageRef::whole(1)]).unwrap();
+        core.kick().unwrap();
+        put(&page, 0, rsp(t.0, OP_READ, 77));
+        let d = core.poll().unwrap().unwrap();
+        assert_eq!((d.tag, d.result), (t, Err(VblkError::BadStatus(77))));
+        assert!(!core.is_disconnected(), "the protocol itself held");
+    }
+
+    #[test]
+    fn an_unknown_id_or_op_disconnects_and_fails_everything_no_hang() {
+        for bogus in [
+            |t: Tag| rsp(t.0 ^ 0x100, OP_READ, 0), // right slot, stale generation
+            |t: Tag| rsp(t.0 + 5, OP_READ, 0),     // a slot not in use
+            |_: Tag| rsp(u64::MAX, OP_READ, 0),
+            |t: Tag| rsp(t.0, OP_WRITE, 0), // the right id, another op
+        ] {
+            let (page, hv, mut core) = setup();
+            let t = core.read(0, &[PageRef::whole(1)]).unwrap();
+            let t2 = core.write(8, &[PageRef::whole(2)]).unwrap();
+            core.kick().unwrap();
+            let r = bogus(t);
+            put(&page, 0, r);
+            assert_eq!(core.poll(), Err(VblkError::BadResponse { id: r.id }));
+            assert_eq!(core.poll(), Err(VblkError::Disconnected));
+            let mut failed = Vec::new();
+            core.fail_all(|d| failed.push((d.tag, d.result)));
+            assert_eq!(
+                failed,
+                [
+                    (t, Err(VblkError::Disconnected)),
+                    (t2, Err(VblkError::Disconnected))
+                ]
+            );
+            assert_eq!(core.in_flight(), 0);
+            assert_eq!(hv.live_grants(), 0, "grants given back");
+            assert_eq!(
+                core.read(0, &[PageRef::whole(1)]),
+                Err(VblkError::Disconnected)
+            );
+        }
+    }
+
+    #[test]
+    fn more_responses_than_requests_disconnects() {
+        let (page, _hv, mut core) = setup();
+        let t = core.read(0, &[PageRef::whole(1)]).unwrap();
+        core.kick().unwrap();
+        page.store(RSP_PROD_OFFSET, 40);
+        assert_eq!(core.poll(), Err(VblkError::Disconnected));
+        let mut failed = Vec::new();
+        core.fail_all(|d| failed.push(d.tag));
+        assert_eq!(failed, [t]);
+    }
+
+    #[test]
+    fn an_unrevocable_grant_is_reported_as_leaked() {
+        let (page, hv, mut core) = setup();
+        let mut conn = Conn::attach(page.clone(), EXT);
+        core.read(0, &[PageRef::whole(1)]).unwrap();
+        core.kick().unwrap();
+        serve_all(&mut conn, Status::Ok);
+        hv.0.borrow_mut().refuse_revoke = true;
+        let d = core.poll().unwrap().unwrap();
+        assert!(d.leaked);
+        assert_eq!(d.result, Ok(()));
+    }
+
+    #[test]
+    fn sleeping_asks_for_an_event_and_misses_none() {
+        let (page, _hv, mut core) = setup();
+        let mut conn = Conn::attach(page.clone(), EXT);
+        core.read(0, &[PageRef::whole(1)]).unwrap();
+        core.kick().unwrap();
+        assert!(!core.final_check().unwrap(), "nothing yet: sleep");
+        let Ok(Next::Serve(v)) = conn.take() else {
+            panic!()
+        };
+        conn.respond(&v, Status::Ok).unwrap();
+        assert!(
+            conn.publish().unwrap(),
+            "the frontend asked: the backend notifies"
+        );
+        assert!(core.final_check().unwrap());
+    }
+
+    #[test]
+    fn ids_are_reused_with_a_new_generation() {
+        let (page, _hv, mut core) = setup();
+        let mut conn = Conn::attach(page.clone(), EXT);
+        let a = core.read(0, &[PageRef::whole(1)]).unwrap();
+        core.kick().unwrap();
+        serve_all(&mut conn, Status::Ok);
+        core.poll().unwrap().unwrap();
+        let b = core.read(0, &[PageRef::whole(1)]).unwrap();
+        assert_eq!(a.slot(), b.slot());
+        assert_ne!(a, b);
+        assert!(!core.is_outstanding(a) && core.is_outstanding(b));
+    }
+}
