@@ -48,6 +48,7 @@ pub use hypercall_abi::Error;
 pub mod base;
 pub mod blkback;
 pub mod console;
+pub mod dma;
 pub mod event;
 #[cfg(test)]
 mod fake;
