@@ -60,6 +60,10 @@ pub struct BootRequest {
     /// The QEMU `-cpu` model under TCG instead of the default one
     /// (`qemu64,+smep,+smap`), for behaviour that depends on CPU features.
     pub cpu: Option<String>,
+    /// Kill QEMU (SIGKILL, no shutdown) as soon as a console line contains
+    /// this text: a power cut at a chosen moment (the run ends
+    /// [`Exit::Killed`]).
+    pub kill_on: Option<String>,
 }
 
 impl BootRequest {
@@ -83,6 +87,12 @@ impl BootRequest {
     /// Boots under TCG with `-cpu MODEL` instead of the default model.
     pub fn cpu(mut self, model: &str) -> Self {
         self.cpu = Some(model.to_string());
+        self
+    }
+
+    /// Kills QEMU as soon as a console line contains `text`.
+    pub fn kill_on(mut self, text: &str) -> Self {
+        self.kill_on = Some(text.to_string());
         self
     }
 

@@ -803,6 +803,7 @@ fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Vec<Record> {
             timeout: Some(timeout.unwrap_or(Duration::from_secs(60))),
             echo: false,
             log: log.clone(),
+            kill_on: None,
         };
         let ended = run.run(booter.sh)?;
         let mut o = BootOutcome::new(ended.exit, ended.raw_status, ended.transcript);

@@ -155,6 +155,7 @@ impl Booter<'_> {
             },
             echo: how.echo,
             log: log.clone(),
+            kill_on: req.kill_on.clone(),
         };
         let ended = run.run(self.sh)?;
         let mut outcome = BootOutcome::new(

@@ -143,6 +143,9 @@ pub struct Run {
     pub echo: bool,
     /// Where to keep the transcript.
     pub log: PathBuf,
+    /// Kill QEMU as soon as a console line contains this (a power cut at a
+    /// chosen moment; the run ends [`Exit::Killed`]).
+    pub kill_on: Option<String>,
 }
 
 /// What a run produced.
@@ -246,8 +249,11 @@ impl Run {
             )))
         });
         let serial_status = live.clone();
-        let serial =
-            std::thread::spawn(move || stream_serial(stdout, log, echo, serial_status.as_deref()));
+        let kill = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trigger = self.kill_on.clone().map(|t| (t, kill.clone()));
+        let serial = std::thread::spawn(move || {
+            stream_serial(stdout, log, echo, serial_status.as_deref(), trigger)
+        });
         let qemu_err = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = BufReader::new(stderr).read_to_string(&mut s);
@@ -265,6 +271,10 @@ impl Run {
                 if let Ok(mut st) = st.lock() {
                     st.draw(&mut std::io::stderr(), false);
                 }
+            }
+            if kill.load(std::sync::atomic::Ordering::Acquire) {
+                let _ = child.kill();
+                break child.wait().ok();
             }
             if self.timeout.is_some_and(|t| started.elapsed() >= t) {
                 timed_out = true;
@@ -320,6 +330,7 @@ fn stream_serial(
     mut log: File,
     echo: bool,
     status: Option<&std::sync::Mutex<crate::status::Status>>,
+    kill_on: Option<(String, std::sync::Arc<std::sync::atomic::AtomicBool>)>,
 ) -> (String, File) {
     let mut reader = BufReader::new(out);
     let mut transcript = String::new();
@@ -333,6 +344,11 @@ fn stream_serial(
         }
         let text = String::from_utf8_lossy(&buf);
         let line = text.trim_end_matches(['\n', '\r']);
+        if let Some((t, flag)) = &kill_on {
+            if line.contains(t.as_str()) {
+                flag.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
         transcript.push_str(line);
         transcript.push('\n');
         let _ = writeln!(log, "{line}");
@@ -382,6 +398,7 @@ mod tests {
             timeout: Some(Duration::from_secs(1)),
             echo: false,
             log: "x.log".into(),
+            kill_on: None,
         }
     }
 
@@ -480,6 +497,28 @@ mod tests {
         assert_eq!(ended.raw_status, None);
         assert_eq!(ended.transcript, "@ boot abi=1\n");
         assert!(log.contains("timed out after 1 s"), "{log}");
+    }
+
+    #[test]
+    fn a_console_line_can_cut_the_power() {
+        let (mut run, script) = fake_qemu(
+            "cut",
+            "echo '@ vblk wrote seq=1'; echo '@ vblk acked seq=1'; exec sleep 30",
+        );
+        run.timeout = Some(Duration::from_secs(20));
+        run.kill_on = Some("acked seq=".into());
+        let sh = Shell::new().unwrap();
+        let mut args = vec![script.display().to_string()];
+        args.extend(run.args());
+        let started = Instant::now();
+        let ended = run.run_with_args(&sh, &args).unwrap();
+        std::fs::remove_dir_all(script.parent().unwrap()).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "killed at once"
+        );
+        assert_eq!(ended.exit, Exit::Killed);
+        assert_eq!(ended.transcript, "@ vblk wrote seq=1\n@ vblk acked seq=1\n");
     }
 
     #[test]
