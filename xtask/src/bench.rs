@@ -195,6 +195,15 @@ pub fn reference(name: &str) -> &'static str {
         "mmu_pin_fresh_space" | "mmu_pin_per_table" | "mmu_unpin_fresh_space" => {
             "validates every entry of the tree once (512 per table)"
         }
+        "blk_direct_read_d1"
+        | "blk_direct_read_d32"
+        | "blk_direct_write_d1"
+        | "blk_direct_write_d32" => {
+            "per 4 KiB request: the driver domain on the device itself (the baseline)"
+        }
+        "blk_vblk_read_d1" | "blk_vblk_read_d32" | "blk_vblk_write_d1" | "blk_vblk_write_d32" => {
+            "per 4 KiB request through the ring: compare blk_direct_* of the same run"
+        }
         _ => "",
     }
 }
@@ -229,6 +238,7 @@ pub fn icount_rows(boots: &[BootFigures]) -> Vec<Row> {
                 compare,
             });
         }
+        rows.extend(blk_ratio_rows(b, "instructions per request"));
         if let Some((build, run, total)) = b.start {
             for (part, v, what) in [
                 ("build", build, "hypervisor builds the domain"),
@@ -250,6 +260,37 @@ pub fn icount_rows(boots: &[BootFigures]) -> Vec<Row> {
                 });
             }
         }
+    }
+    rows
+}
+
+/// Requests per second through the ring as a fraction of the driver
+/// domain's own, from the same boot: `blk_direct_X / blk_vblk_X` (ticks per
+/// request), for each op and depth both reported. Goal (issue 9): at
+/// least 0.8 at depth 32.
+pub fn blk_ratio_rows(b: &BootFigures, basis: &str) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for g in b.figures.iter().filter(|g| g.name.starts_with("blk_vblk_")) {
+        let direct = g.name.replacen("blk_vblk_", "blk_direct_", 1);
+        let Some(d) = b.figures.iter().find(|f| f.name == direct) else {
+            continue;
+        };
+        if g.median == 0 {
+            continue;
+        }
+        rows.push(Row {
+            record: Record {
+                name: format!("{}.vs_direct", g.name),
+                value: Value::Real(d.median as f64 / g.median as f64),
+                unit: "ratio".into(),
+            },
+            detail: format!("requests/s through the ring / direct, same run ({basis})"),
+            compare: if g.name.ends_with("_d32") {
+                "goal >= 0.8 at depth 32".into()
+            } else {
+                String::new()
+            },
+        });
     }
     rows
 }
@@ -316,6 +357,7 @@ pub fn wall_rows(host: &Host, boots: &[BootFigures]) -> Vec<Row> {
         if let Some((_, _, total)) = b.start {
             figures.push(("guest_start.total".into(), ns(total)));
         }
+        rows.extend(blk_ratio_rows(b, "wall clock, TCG"));
         for (name, guest_ns) in figures {
             let Some((base, base_ns)) = baseline_for(&name, host) else {
                 continue;
@@ -745,6 +787,31 @@ mod tests {
             compare: String::new(),
         }]);
         assert!(ratio.contains("\"value\": 1.5"), "{ratio}");
+    }
+
+    #[test]
+    fn blk_ratios_pair_each_ring_figure_with_the_direct_one() {
+        let fig = |name: &str, v: u64| GuestFigure {
+            name: name.into(),
+            median: v,
+            min: v,
+            mean: v,
+            iters: 400,
+            expected: None,
+        };
+        let b = BootFigures {
+            figures: vec![
+                fig("blk_direct_read_d32", 80),
+                fig("blk_vblk_read_d32", 100),
+                fig("blk_vblk_write_d1", 50), // no direct figure: no ratio
+            ],
+            ..Default::default()
+        };
+        let rows = blk_ratio_rows(&b, "x");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].record.name, "blk_vblk_read_d32.vs_direct");
+        assert_eq!(rows[0].record.value, Value::Real(0.8));
+        assert!(rows[0].compare.contains("0.8"));
     }
 
     #[test]
