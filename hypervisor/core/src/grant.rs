@@ -53,6 +53,10 @@ pub const MAX_GRANTS_PER_DOMAIN: usize = 512;
 pub const MAX_MAPPINGS_PER_DOMAIN: usize = 1024;
 /// Elements in one `grant_copy` batch.
 pub const MAX_COPY_BATCH: usize = 64;
+/// References below this are used only when asked for by number
+/// ([`GrantTables::grant_access_at`]); automatic allocation starts here
+/// (`hypercall_abi::grant::WELL_KNOWN_REFS`).
+pub const WELL_KNOWN_REFS: usize = hypercall_abi::grant::WELL_KNOWN_REFS as usize;
 /// Bytes in a frame: the bound of every copy element.
 pub const FRAME_SIZE: usize = 4096;
 
@@ -97,6 +101,10 @@ pub enum GrantError {
     BatchTooLong,
     /// The domain (granter or grantee) is being destroyed.
     Dying(DomId),
+    /// A domain granting a frame to itself.
+    SelfGrant,
+    /// The reference asked for ([`GrantTables::grant_access_at`]) is in use.
+    RefInUse(GrantRef),
     /// The frame table refused (e.g. a count at its limit).
     Frame(MmError),
 }
@@ -112,11 +120,14 @@ impl GrantError {
                 Error::PermissionDenied
             }
             GrantError::TableFrame(_) => Error::TypeConflict,
-            GrantError::StillMapped(_) | GrantError::Dying(_) => Error::WrongState,
-            GrantError::TableFull | GrantError::TooManyMappings => Error::NoResources,
-            GrantError::ZeroLength | GrantError::OutOfPage | GrantError::BatchTooLong => {
-                Error::InvalidArgument
+            GrantError::StillMapped(_) | GrantError::Dying(_) | GrantError::RefInUse(_) => {
+                Error::WrongState
             }
+            GrantError::TableFull | GrantError::TooManyMappings => Error::NoResources,
+            GrantError::ZeroLength
+            | GrantError::OutOfPage
+            | GrantError::BatchTooLong
+            | GrantError::SelfGrant => Error::InvalidArgument,
             GrantError::Frame(e) => e.abi(),
         }
     }
@@ -146,6 +157,9 @@ pub struct Mapping {
     pub mfn: Mfn,
     /// Mapped writable.
     pub writable: bool,
+    /// The grantee's page-table entry the hypervisor installed for it (L1
+    /// frame, index), once installed ([`GrantTables::set_entry`]).
+    pub entry: Option<(Mfn, usize)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -304,7 +318,8 @@ impl GrantTables {
             .map_or(0, |d| d.grants.iter().flatten().count())
     }
 
-    /// `granter` offers its frame `mfn` to `grantee`.
+    /// `granter` offers its frame `mfn` to `grantee`, at the lowest free
+    /// reference from [`WELL_KNOWN_REFS`] up.
     pub fn grant_access(
         &mut self,
         mm: &Mm,
@@ -313,7 +328,26 @@ impl GrantTables {
         mfn: Mfn,
         readonly: bool,
     ) -> Result<GrantRef, GrantError> {
+        self.grant_access_at(mm, granter, grantee, mfn, readonly, None)
+    }
+
+    /// [`GrantTables::grant_access`], at reference `at` if given (it must
+    /// be free: [`GrantError::RefInUse`]; in the table:
+    /// [`GrantError::BadRef`]). References below [`WELL_KNOWN_REFS`] are
+    /// only ever used this way.
+    pub fn grant_access_at(
+        &mut self,
+        mm: &Mm,
+        granter: DomId,
+        grantee: DomId,
+        mfn: Mfn,
+        readonly: bool,
+        at: Option<GrantRef>,
+    ) -> Result<GrantRef, GrantError> {
         let d = self.live(granter)?;
+        if grantee == granter {
+            return Err(GrantError::SelfGrant);
+        }
         self.live(grantee)?;
         let f = mm
             .frame(mfn)
@@ -324,10 +358,21 @@ impl GrantTables {
         if !readonly && is_table(mm, mfn)? {
             return Err(GrantError::TableFrame(mfn));
         }
-        let slot = match d.grants.iter().position(Option::is_none) {
-            Some(i) => i,
-            None if d.grants.len() < MAX_GRANTS_PER_DOMAIN => d.grants.len(),
-            None => return Err(GrantError::TableFull),
+        let free = |i: usize| d.grants.get(i).is_none_or(Option::is_none);
+        let slot = match at {
+            Some(r) => {
+                let i = usize::try_from(r)
+                    .ok()
+                    .filter(|&i| i < MAX_GRANTS_PER_DOMAIN)
+                    .ok_or(GrantError::BadRef(r))?;
+                if !free(i) {
+                    return Err(GrantError::RefInUse(r));
+                }
+                i
+            }
+            None => (WELL_KNOWN_REFS..MAX_GRANTS_PER_DOMAIN)
+                .find(|&i| free(i))
+                .ok_or(GrantError::TableFull)?,
         };
         let grant = Grant {
             grantee,
@@ -339,11 +384,10 @@ impl GrantTables {
             .doms
             .get_mut(&granter)
             .ok_or(GrantError::UnknownDomain(granter))?;
-        if slot == d.grants.len() {
-            d.grants.push(Some(grant));
-        } else {
-            d.grants[slot] = Some(grant);
+        if d.grants.len() <= slot {
+            d.grants.resize(slot + 1, None);
         }
+        d.grants[slot] = Some(grant);
         // slot < MAX_GRANTS_PER_DOMAIN, which fits a u32.
         Ok(index(slot))
     }
@@ -386,6 +430,11 @@ impl GrantTables {
         }
         if writable && g.readonly {
             return Err(GrantError::ReadOnly);
+        }
+        // The granter may have given the frame back since (memory_release):
+        // a grant never reaches a frame its granter does not own.
+        if mm.frame(g.mfn).map(|f| f.owner()) != Some(Owner::Domain(granter)) {
+            return Err(GrantError::NotOwner(g.mfn));
         }
         if is_table(mm, g.mfn)? {
             return Err(GrantError::TableFrame(g.mfn));
@@ -439,6 +488,7 @@ impl GrantTables {
             gref,
             mfn: g.mfn,
             writable,
+            entry: None,
         };
         if let Some(me) = self.doms.get_mut(&grantee) {
             if slot == me.mappings.len() {
@@ -483,6 +533,58 @@ impl GrantTables {
             mfn: m.mfn,
             free_now,
         })
+    }
+
+    /// Records the page-table entry (L1 frame, index) the hypervisor
+    /// installed for `grantee`'s mapping `handle`.
+    pub fn set_entry(
+        &mut self,
+        grantee: DomId,
+        handle: MapHandle,
+        l1: Mfn,
+        index: usize,
+    ) -> Result<(), GrantError> {
+        let m = self
+            .doms
+            .get_mut(&grantee)
+            .and_then(|d| d.mappings.get_mut(usize::try_from(handle.0).ok()?))
+            .and_then(Option::as_mut)
+            .ok_or(GrantError::BadHandle(handle))?;
+        m.entry = Some((l1, index));
+        Ok(())
+    }
+
+    /// Marks `dom` dying (it was destroyed and no longer runs): nobody may
+    /// map or copy its grants from here on, and it may grant and map
+    /// nothing. [`GrantTables::destroy`] follows once its page tables are
+    /// gone.
+    pub fn begin_destroy(&mut self, dom: DomId) {
+        if let Some(d) = self.doms.get_mut(&dom) {
+            d.dying = true;
+        }
+        self.forget_if_gone(dom);
+    }
+
+    /// Every installed grant-mapping entry: (L1 frame, index, mapped
+    /// frame, writable), for the frame audit (`mm::audit::audit_full`).
+    pub fn entries(&self) -> impl Iterator<Item = crate::mm::audit::ForeignEntry> + '_ {
+        self.doms.values().flat_map(|d| {
+            d.mappings.iter().flatten().filter_map(|m| {
+                m.entry.map(|(l1, index)| crate::mm::audit::ForeignEntry {
+                    table: l1,
+                    index,
+                    mfn: m.mfn,
+                    writable: m.writable,
+                })
+            })
+        })
+    }
+
+    /// Whether `dom` has any live grant of frame `mfn`.
+    pub fn is_granted(&self, dom: DomId, mfn: Mfn) -> bool {
+        self.doms
+            .get(&dom)
+            .is_some_and(|d| d.grants.iter().flatten().any(|g| g.mfn == mfn))
     }
 
     /// A dying domain with nothing left is forgotten.
