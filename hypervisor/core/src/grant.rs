@@ -349,9 +349,7 @@ impl GrantTables {
             return Err(GrantError::SelfGrant);
         }
         self.live(grantee)?;
-        let f = mm
-            .frame(mfn)
-            .ok_or(GrantError::Frame(MmError::NoSuchFrame(mfn)))?;
+        let f = mm.frame(mfn).ok_or(GrantError::NotOwner(mfn))?;
         if f.owner() != Owner::Domain(granter) || f.frame_type() == FrameType::Special {
             return Err(GrantError::NotOwner(mfn));
         }
@@ -650,9 +648,7 @@ impl GrantTables {
         match p {
             CopyPtr::Local { mfn, offset } => {
                 check_range(offset, len)?;
-                let f = mm
-                    .frame(mfn)
-                    .ok_or(GrantError::Frame(MmError::NoSuchFrame(mfn)))?;
+                let f = mm.frame(mfn).ok_or(GrantError::NotOwner(mfn))?;
                 if f.owner() != Owner::Domain(caller) {
                     return Err(GrantError::NotOwner(mfn));
                 }
