@@ -1,6 +1,6 @@
 //! Grant tables: a domain offers one of its frames to one named domain, and
 //! that domain maps it or has the hypervisor copy to or from it. Design:
-//! `docs/io.md` ("Grants"); the clauses will be `GNT-*`.
+//! `docs/io.md` ("Grants"); the clauses are `GNT-*` (`docs/abi/grant.md`).
 //!
 //! Unlike Xen's v1 tables, the table lives here, in hypervisor memory, not in
 //! a guest-writable page: there are no in-use flags a guest can race.
@@ -17,10 +17,13 @@
 //!   pool only when its last mapping is gone ([`Mm::assign`] refuses while
 //!   held). A frame that became a page table after being granted cannot be
 //!   mapped (`hold` refuses tables: [`GrantError::TableFrame`]).
-//! * The grantee's page-table entry for a writable mapping takes the
-//!   `Writable` type through the validator's ordinary data-page path (the
-//!   hypervisor extends `Mm::may_map` with [`GrantTables::mapping_allows`]),
-//!   so the frame accounting of the mapping itself is the validator's.
+//! * The grantee's page-table entry is installed by the hypervisor
+//!   (`Mm::map_foreign`, GNT-3), accounted like any data mapping (a writable
+//!   one takes the `Writable` type); `mmu_update` and pins keep refusing
+//!   foreign frames, so the entry cannot be copied. Its place is recorded
+//!   in the mapping ([`GrantTables::set_entry`]), for `grant_unmap`
+//!   (`Mm::unmap_foreign`) and the frame audit ([`GrantTables::entries`],
+//!   `mm::audit::audit_full`).
 //! * [`GrantTables::holds`] lists one frame per mapping: the hypervisor adds
 //!   them to the holds it passes to `mm::audit::audit_holds`;
 //!   [`GrantTables::audit`] checks the table's own counts against its
@@ -440,9 +443,9 @@ impl GrantTables {
         Ok(g)
     }
 
-    /// The validator's hook: may `dom` point a page-table entry (writable
-    /// or not) at `mfn` through its mapping `handle`? The hypervisor calls
-    /// it where `Mm::may_map` refuses a foreign frame.
+    /// Whether `dom`'s mapping `handle` covers an entry (writable or not)
+    /// at `mfn`. (The hypervisor installs grant entries itself,
+    /// `Mm::map_foreign`; the validator never consults this.)
     pub fn mapping_allows(&self, dom: DomId, handle: MapHandle, mfn: Mfn, writable: bool) -> bool {
         self.mapping(dom, handle)
             .is_some_and(|m| m.mfn == mfn && (m.writable || !writable))
