@@ -351,7 +351,11 @@ impl GrantTables {
         if grantee == granter {
             return Err(GrantError::SelfGrant);
         }
-        self.live(grantee)?;
+        // A dying grantee is no grantee (GNT-1b): not found, as once gone.
+        self.live(grantee).map_err(|e| match e {
+            GrantError::Dying(d) => GrantError::UnknownDomain(d),
+            e => e,
+        })?;
         let f = mm.frame(mfn).ok_or(GrantError::NotOwner(mfn))?;
         if f.owner() != Owner::Domain(granter) || f.frame_type() == FrameType::Special {
             return Err(GrantError::NotOwner(mfn));

@@ -903,8 +903,9 @@ fn a_dying_grantee_with_an_installed_entry_releases_everything() {
     gt.begin_destroy(B);
     assert_eq!(
         gt.grant_access(&mm, A, B, 4, false),
-        Err(GrantError::Dying(B))
+        Err(GrantError::UnknownDomain(B))
     );
+    assert_eq!(GrantError::UnknownDomain(B).abi(), Error::NotFound);
     mm.teardown(&mut mem, B);
     full_audit(&mm, &mem, &gt);
     assert_eq!(mm.frame(3).unwrap().held(), 1);
