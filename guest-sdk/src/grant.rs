@@ -197,7 +197,7 @@ pub fn copy_from_granted(
         ops[n] = CopyOp {
             src: CopyPtr::granted(u64::from(granter.0), u64::from(gref.0), offset + at as u64),
             dst: CopyPtr::own(mfn, off),
-            len: len as u32,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
             status: 0,
         };
         n += 1;
@@ -224,7 +224,7 @@ pub fn copy_to_granted(
         ops[n] = CopyOp {
             src: CopyPtr::own(mfn, off),
             dst: CopyPtr::granted(u64::from(granter.0), u64::from(gref.0), offset + at as u64),
-            len: len as u32,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
             status: 0,
         };
         n += 1;

@@ -327,7 +327,8 @@ mod grant {
             println!("grant: step 3: secret intact {intact}, map {again:?}");
         }
         answer(intact && again.is_ok());
-        core::mem::forget(again);
+        // Kept mapped: the hypervisor tears it down with this domain (GNT-0c).
+        let _kept = again;
         sched::shutdown(ShutdownReason::Poweroff, 0)
     }
 }

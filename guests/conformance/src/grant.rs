@@ -505,7 +505,7 @@ pub fn gnt_3d(_env: Env) {
         ck.eq("the entry unchanged", paging::translate(heap), before);
         ck.eq(
             "the reference still works",
-            map(PEER, P_RO, slot(0), MAP_READONLY).map(|h| unmap(h)),
+            map(PEER, P_RO, slot(0), MAP_READONLY).map(unmap),
             Ok(Ok(0)),
         );
     });
@@ -562,7 +562,7 @@ pub fn gnt_3f(_env: Env) {
         ck.eq("unmap", unmap(h), Ok(0));
         ck.eq(
             "map again",
-            map(PEER, P_RW, slot(0), 0).map(|h| unmap(h)),
+            map(PEER, P_RW, slot(0), 0).map(unmap),
             Ok(Ok(0)),
         );
     });
@@ -600,7 +600,7 @@ pub fn gnt_4b(_env: Env) {
         ck.eq("the entry", paging::read_entry(slot(5), Level::L1), Some(0));
         ck.eq(
             "the slot is free again",
-            map(PEER, P_RO, slot(5), MAP_READONLY).map(|h| unmap(h)),
+            map(PEER, P_RO, slot(5), MAP_READONLY).map(unmap),
             Ok(Ok(0)),
         );
     });

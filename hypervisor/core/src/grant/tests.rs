@@ -837,7 +837,7 @@ fn an_installed_entry_is_accounted_and_audited() {
     );
     let value = mem.0[B_L1 as usize][5];
     assert_eq!(
-        mm.mmu_update_one(&mut mem, B, (B_L1 << 12) | 6 * 8, value),
+        mm.mmu_update_one(&mut mem, B, (B_L1 << 12) | (6 * 8), value),
         Err(MmError::NotOwner(3))
     );
     assert_eq!(snap, (mm.frame(3).unwrap().view(), mem.0[B_L1 as usize]));
@@ -879,7 +879,7 @@ fn a_grantee_replacing_the_entry_keeps_the_accounts_exact() {
     b_tree(&mut mm, &mut mem);
     let (r, h) = mapped(&mut mm, &mut mem, &mut gt, true);
     // The grantee overwrites the entry with one of its own frames.
-    mm.mmu_update_one(&mut mem, B, (B_L1 << 12) | 5 * 8, (20 << 12) | 0x7)
+    mm.mmu_update_one(&mut mem, B, (B_L1 << 12) | (5 * 8), (20 << 12) | 0x7)
         .unwrap();
     assert_eq!(mm.frame(3).unwrap().total_count(), 0);
     full_audit(&mm, &mem, &gt);
