@@ -50,6 +50,7 @@ pub mod console;
 pub mod event;
 #[cfg(test)]
 mod fake;
+pub mod grant;
 pub mod memory;
 pub mod mmu;
 pub mod paging;

@@ -195,6 +195,13 @@ pub fn reference(name: &str) -> &'static str {
         "mmu_pin_fresh_space" | "mmu_pin_per_table" | "mmu_unpin_fresh_space" => {
             "validates every entry of the tree once (512 per table)"
         }
+        "grant_copy_4k" => {
+            "one element: checks, then 4 KiB through a bounce buffer (two 4 KiB copies); \
+             Xen GNTTABOP_copy does one"
+        }
+        "grant_map_unmap" => {
+            "map installs one entry; unmap clears it and flushes the whole TLB (no PCIDs)"
+        }
         _ => "",
     }
 }
