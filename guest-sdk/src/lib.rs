@@ -52,6 +52,7 @@ pub mod dma;
 pub mod event;
 #[cfg(test)]
 mod fake;
+pub mod grant;
 pub mod memory;
 pub mod mmu;
 pub mod paging;

@@ -104,6 +104,16 @@ hypercalls! {
     MemoryRelease = 0x51, "memory_release", "MEM-6", crate::memory::Release;
     /// The domain's current and maximum reservation.
     MemoryInfo = 0x52, "memory_info", "MEM-7", crate::memory::Info;
+    /// Offers one of the caller's frames to one named domain.
+    GrantAccess = 0x60, "grant_access", "GNT-1", crate::grant::Access;
+    /// Ends one of the caller's grants (refused while mapped).
+    GrantRevoke = 0x61, "grant_revoke", "GNT-2", crate::grant::Revoke;
+    /// Maps a grant made to the caller at one of its virtual addresses.
+    GrantMap = 0x62, "grant_map", "GNT-3", crate::grant::Map;
+    /// Removes a grant mapping.
+    GrantUnmap = 0x63, "grant_unmap", "GNT-4", crate::grant::Unmap;
+    /// Copies bytes between the caller's frames and grants made to it.
+    GrantCopy = 0x64, "grant_copy", "GNT-5", crate::grant::Copy;
 }
 
 #[cfg(test)]

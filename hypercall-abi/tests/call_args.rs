@@ -7,7 +7,8 @@ use hypercall_abi::event::Virq;
 use hypercall_abi::layout::{GUEST_VA_TOP, NR_PORTS};
 use hypercall_abi::sched::ShutdownReason;
 use hypercall_abi::{
-    base, console, event, memory, mmu, sched, time, trap, Args, Call, Error, Hypercall, Words,
+    base, console, event, grant, memory, mmu, sched, time, trap, Args, Call, Error, Hypercall,
+    Words,
 };
 
 /// Round-trips `v`, checks its words against `words` (the spec's positions),
@@ -87,6 +88,27 @@ fn every_call_round_trips_in_its_documented_positions() {
         check(memory::Populate { list: a, count: 5 }, [a, 5, 0, 0, 0, 0]),
         check(memory::Release { list: a, count: 6 }, [a, 6, 0, 0, 0, 0]),
         check(memory::Info { out: a }, [a, 0, 0, 0, 0, 0]),
+        check(
+            grant::Access {
+                mfn: a,
+                grantee: 2,
+                flags: grant::ACCESS_READONLY | grant::ACCESS_AT_REF,
+                gref: 3,
+            },
+            [a, 2, 3, 3, 0, 0],
+        ),
+        check(grant::Revoke { gref: 17 }, [17, 0, 0, 0, 0, 0]),
+        check(
+            grant::Map {
+                granter: 2,
+                gref: 17,
+                va: c,
+                flags: grant::MAP_READONLY,
+            },
+            [2, 17, c, 1, 0, 0],
+        ),
+        check(grant::Unmap { handle: 4 }, [4, 0, 0, 0, 0, 0]),
+        check(grant::Copy { ops: a, count: 64 }, [a, 64, 0, 0, 0, 0]),
     ];
     assert_eq!(seen.len(), Hypercall::ALL.len(), "one sample per call");
     for h in Hypercall::ALL {
@@ -191,5 +213,42 @@ fn decode_refuses_out_of_range_words_with_the_documented_error() {
     assert_eq!(
         memory::Release::decode(w([0, max, 0])).map(|r| r.count),
         Ok(max)
+    );
+    // GNT-1: unknown flags; a reference by number outside the table.
+    let at = grant::ACCESS_AT_REF;
+    assert_eq!(
+        grant::Access::decode([0, 2, 4, 0, 0, 0]),
+        Err(Error::InvalidArgument)
+    );
+    assert_eq!(
+        grant::Access::decode([0, 2, at, u64::from(grant::MAX_GRANTS), 0, 0]),
+        Err(Error::InvalidArgument)
+    );
+    assert_eq!(
+        grant::Access::decode([0, 2, at, u64::from(grant::MAX_GRANTS) - 1, 0, 0]).map(|a| a.gref),
+        Ok(u64::from(grant::MAX_GRANTS) - 1)
+    );
+    // GNT-2: a reference that cannot be in a table is not found.
+    assert_eq!(
+        grant::Revoke::decode(w([u64::from(grant::MAX_GRANTS), 0, 0])),
+        Err(Error::NotFound)
+    );
+    // GNT-3: unknown flags, an unaligned address.
+    assert_eq!(
+        grant::Map::decode([2, 16, 0x1000, 2, 0, 0]),
+        Err(Error::InvalidArgument)
+    );
+    assert_eq!(
+        grant::Map::decode([2, 16, 0x1008, 0, 0, 0]),
+        Err(Error::InvalidArgument)
+    );
+    // GNT-5: more than 64 elements.
+    assert_eq!(
+        grant::Copy::decode(w([0, grant::COPY_BATCH_MAX + 1, 0])),
+        Err(Error::InvalidArgument)
+    );
+    assert_eq!(
+        grant::Copy::decode(w([0, grant::COPY_BATCH_MAX, 0])).map(|c| c.count),
+        Ok(grant::COPY_BATCH_MAX)
     );
 }

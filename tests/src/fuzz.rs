@@ -229,10 +229,17 @@ mod tests {
 
     use super::*;
 
+    /// Calls in the canned run: one per defined hypercall and 5 undefined
+    /// (so the fixture follows the number table as it grows).
+    fn total() -> u64 {
+        Hypercall::ALL.len() as u64 + 5
+    }
+
     fn good() -> String {
-        let mut t = String::from(
+        let mut t = format!(
             "@ boot abi=0x1 cmdline=\"\"\n\
-             [hcfuzz] @ fuzz-start seed=0x7 calls=30 canary=2 holes=avoid\n",
+             [hcfuzz] @ fuzz-start seed=0x7 calls={} canary=2 holes=avoid\n",
+            total()
         );
         let per = 1;
         for h in Hypercall::ALL {
@@ -241,30 +248,31 @@ mod tests {
                 h.spec_name()
             ));
         }
-        let undefined = 30 - Hypercall::ALL.len() as u64;
+        let undefined = total() - Hypercall::ALL.len() as u64;
         t.push_str(&format!(
             "[hcfuzz] @ fuzz-call call=undefined n={undefined} ok=0 no_such_call={undefined} invalid_argument=0 bad_address=0 permission_denied=0 not_found=0 wrong_state=0 no_resources=0 type_conflict=0 undefined_code=0\n"
         ));
-        t.push_str(
+        t.push_str(&format!(
             "[canary] @ canary checks=5 reg_checks=5 pokes=1 breaches=0 secret=intact\n\
              @ domain-exit id=2 name=\"canary\" reason=poweroff code=0 hypercalls=9\n\
-             [hcfuzz] @ fuzz-summary seed=0x7 calls=30 target=30 elapsed_ms=1 calls_per_sec=30000 aux_calls=3 holes=avoid\n\
+             [hcfuzz] @ fuzz-summary seed=0x7 calls={n} target={n} elapsed_ms=1 calls_per_sec=30000 aux_calls=3 holes=avoid\n\
              [hcfuzz] @ fuzz-checks ro_intact=1 canary_acked=1 secret_seen=0 probes=1 probe_faults=1 pages_read=0 guarded=0 identity=0 blocks=1 populated=0 released=0\n\
              @ domain-exit id=1 name=\"hcfuzz\" reason=poweroff code=0 hypercalls=40\n\
              @ audit free_frames=100 baseline=100\n\
              @ exit status=success\n",
-        );
+            n = total()
+        ));
         t
     }
 
     fn verdict(t: &str, exit: Exit) -> Result<FuzzReport, String> {
-        check_fuzz_run(&BootOutcome::new(exit, Some(33), t.to_string()), 30)
+        check_fuzz_run(&BootOutcome::new(exit, Some(33), t.to_string()), total())
     }
 
     #[test]
     fn a_good_run_passes() {
         let r = verdict(&good(), Exit::Success).unwrap();
-        assert_eq!((r.seed, r.calls, r.calls_per_sec), (7, 30, 30000));
+        assert_eq!((r.seed, r.calls, r.calls_per_sec), (7, total(), 30000));
         assert_eq!(r.canary_checks, 5);
         assert_eq!(r.per_call.len(), Hypercall::ALL.len() + 1);
     }
@@ -272,11 +280,15 @@ mod tests {
     #[test]
     fn each_defect_fails_the_run() {
         let g = good();
+        let (n, less) = (total(), total() - 1);
+        let calls = format!("calls={n} target={n}");
+        let fewer = format!("calls={less} target={n}");
+        let made = format!("made {less} of its {n}");
         let cases: &[(&str, &str, &str)] = &[
             ("@ exit status=success\n", "@ exception vector=14 rip=0x1\n@ exit status=success\n", "hypervisor faulted"),
             ("@ exit status=success\n", "@ panic message=\"x\" location=\"y\"\n", "hypervisor faulted"),
             ("baseline=100", "baseline=101", "not returned"),
-            ("calls=30 target=30", "calls=29 target=30", "made 29 of its 30"),
+            (&calls, &fewer, &made),
             ("ro_intact=1", "ro_intact=0", "read-only"),
             ("secret_seen=0", "secret_seen=1", "canary's secret"),
             ("canary_acked=1", "canary_acked=0", "final check"),
@@ -310,10 +322,10 @@ mod tests {
         assert!(err.contains("`mmu_pin` was never called"), "{err}");
         let err = verdict(&g, Exit::Failure).unwrap_err();
         assert!(err.contains("not success"), "{err}");
-        let err =
-            check_fuzz_run(&BootOutcome::new(Exit::Success, Some(33), g.clone()), 31).unwrap_err();
-        assert!(err.contains("fewer than the 31"), "{err}");
-        let dup = g.replace("[canary] @ canary checks", "[hcfuzz] @ fuzz-summary seed=0x8 calls=30 target=30 elapsed_ms=1 calls_per_sec=1 aux_calls=0 holes=avoid\n[canary] @ canary checks");
+        let err = check_fuzz_run(&BootOutcome::new(Exit::Success, Some(33), g.clone()), n + 1)
+            .unwrap_err();
+        assert!(err.contains(&format!("fewer than the {}", n + 1)), "{err}");
+        let dup = g.replace("[canary] @ canary checks", "[hcfuzz] @ fuzz-summary seed=0x8 calls=35 target=35 elapsed_ms=1 calls_per_sec=1 aux_calls=0 holes=avoid\n[canary] @ canary checks");
         assert!(verdict(&dup, Exit::Success)
             .unwrap_err()
             .contains("several"));

@@ -204,6 +204,13 @@ pub fn reference(name: &str) -> &'static str {
         "blk_vblk_read_d1" | "blk_vblk_read_d32" | "blk_vblk_write_d1" | "blk_vblk_write_d32" => {
             "per 4 KiB request through the ring: compare blk_direct_* of the same run"
         }
+        "grant_copy_4k" => {
+            "one element: checks, then 4 KiB through a bounce buffer (two 4 KiB copies); \
+             Xen GNTTABOP_copy does one"
+        }
+        "grant_map_unmap" => {
+            "map installs one entry; unmap clears it and flushes the whole TLB (no PCIDs)"
+        }
         _ => "",
     }
 }

@@ -12,6 +12,11 @@
 //!   sleeping in `block` or spinning on `yield` respectively.
 //! * `role=switch-a` / `role=switch-b`: both call `yield` in a loop; A times
 //!   each of its yields, which is two domain switches (A to B, B to A).
+//! * `role=grant-a` / `role=grant-b` (GNT-3..GNT-5): B (domain 2) grants A
+//!   (domain 1) a page writable at reference 0 and sleeps; A times
+//!   `grant_copy` of the whole page into a frame of its own
+//!   (`grant_copy_4k`) and `grant_map` plus `grant_unmap` of it
+//!   (`grant_map_unmap`).
 //!
 //! Every measured role prints one fact per benchmark:
 //! `@ bench name=NAME value=MEDIAN min=MIN mean=MEAN iters=N unit=ticks`,
@@ -406,6 +411,82 @@ fn switch_bench(si: &StartInfo, a: bool, iters: u64, warmup: u64) -> i32 {
     0
 }
 
+/// The `grant-b` role: grants a fresh page to domain 1, then sleeps.
+fn grant_peer() -> i32 {
+    use guest_sdk::grant::{grant_access_at, GrantRef};
+    let granted = guest_sdk::memory::populate_one()
+        .and_then(|f| grant_access_at(f, guest_sdk::event::DomId(1), false, GrantRef(0)));
+    if let Err(e) = granted {
+        println!("bench: grant-b: cannot grant a page: {e}");
+        return 1;
+    }
+    loop {
+        sched::block(NO_DEADLINE);
+    }
+}
+
+/// The `grant-a` role: `grant_copy_4k` and `grant_map_unmap`.
+fn grant_bench(iters: u64, warmup: u64) -> i32 {
+    use guest_sdk::abi::grant::{CopyOp, CopyPtr};
+    use guest_sdk::grant as gr;
+    use guest_sdk::paging::{self, Flags, MAP_BASE};
+    let Ok(own) = guest_sdk::memory::populate_one() else {
+        println!("bench: grant-a: no frame to copy into");
+        return 1;
+    };
+    // An L1 for the mapping slot: map a page at the end of its 2 MiB.
+    let slot = MAP_BASE;
+    if paging::map(slot + 511 * 4096, own, Flags::READ_ONLY)
+        .and_then(|()| paging::unmap(slot + 511 * 4096))
+        .is_err()
+    {
+        println!("bench: grant-a: cannot make the slot's table");
+        return 1;
+    }
+    let mut op = [CopyOp {
+        src: CopyPtr::granted(2, 0, 0),
+        dst: CopyPtr::own(own, 0),
+        len: 4096,
+        status: 0,
+    }];
+    // Wait for domain 2's grant.
+    let deadline = guest_sdk::time::now_ns() + 5_000_000_000;
+    loop {
+        // SAFETY: the destination is `own`, a fresh frame nothing lives in.
+        let r = unsafe { gr::copy_unchecked(&mut op) };
+        if r.is_ok() && op[0].status == 0 {
+            break;
+        }
+        if guest_sdk::time::now_ns() > deadline {
+            println!("bench: grant-a: domain 2 never granted its page");
+            return 1;
+        }
+        sched::yield_now();
+    }
+    let copy = sample_rust(warmup, iters, || {
+        // SAFETY: as above.
+        let _ = unsafe { gr::copy_unchecked(&mut op) };
+    });
+    if op[0].status != 0 {
+        println!("bench: grant-a: copy failed: {:?}", op[0].result());
+        return 1;
+    }
+    Stats::of(copy, 1).report("grant_copy_4k");
+    let mut failed = false;
+    let map = sample_rust(warmup, iters, || {
+        match gr::map(guest_sdk::event::DomId(2), gr::GrantRef(0), slot, false) {
+            Ok(h) => failed |= gr::unmap(h).is_err(),
+            Err(_) => failed = true,
+        }
+    });
+    if failed {
+        println!("bench: grant-a: map or unmap failed");
+        return 1;
+    }
+    Stats::of(map, 1).report("grant_map_unmap");
+    0
+}
+
 fn main(si: &StartInfo) -> i32 {
     let iters = arg(si, "iters", 10_000);
     let warmup = arg(si, "warmup", 100);
@@ -415,6 +496,8 @@ fn main(si: &StartInfo) -> i32 {
         Some("pong") => event_bench(si, false, iters, warmup),
         Some("switch-a") => switch_bench(si, true, iters, warmup),
         Some("switch-b") => switch_bench(si, false, iters, warmup),
+        Some("grant-a") => grant_bench(iters, warmup),
+        Some("grant-b") => grant_peer(),
         // Present but asleep: blocked domains must not make switches dearer.
         Some("idle") => loop {
             sched::block(guest_sdk::abi::args::NO_DEADLINE);

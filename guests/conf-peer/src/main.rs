@@ -18,6 +18,16 @@
 //!   (to `conf`) and `side` (to `rostack`) are wired at boot (EVT-7). It
 //!   checks its start-info table, sends one event on `link` at once if the
 //!   table is right, then answers every event on `link` (EVT-7, EVT-7a).
+//! * `grant` (domain 9, GNT-*): grants the conformance guest frames at
+//!   fixed references (0: read-only 'R' page; 1: writable page holding a
+//!   magic word and the mfn of a secret page it never grants; 2: a page
+//!   granted to domain 8 instead; 3: a pinned page table, read-only; 4:
+//!   revoked again, a stale reference), then offers 1 = ctl, 2 = yes,
+//!   3 = no. Steps: (1) maps the guest's reference 0 writable and writes
+//!   `PEERWROTE`, checks its reference 1 maps read-only only, keeps both;
+//!   (2) unmaps both; (3) checks its secret and 'R' pages are intact, maps
+//!   the guest's reference 0 again and shuts down with it mapped (a dying
+//!   grantee and a dying granter at once).
 #![no_std]
 #![no_main]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -86,6 +96,7 @@ fn main(si: &StartInfo) -> i32 {
         }
         "rostack" => rostack(si),
         "named" => named(si),
+        "grant" => grant::run(),
         "nest" => {
             trap::set_handler(nest_again).expect("register the trap handler");
             // SAFETY: a deliberate #UD; the handler traps again, forever.
@@ -208,4 +219,116 @@ fn nest_again(_: &mut UpcallFrame) -> trap::TrapAction {
     // SAFETY: a deliberate #UD inside the trap handler: traps nest.
     unsafe { core::arch::asm!("ud2", options(nostack)) };
     trap::TrapAction::Crash
+}
+
+/// The `grant` role (GNT-*): see the module header.
+mod grant {
+    use super::{answer, offer, step, CONF};
+    use guest_sdk::abi::args::ShutdownReason;
+    use guest_sdk::abi::Error;
+    use guest_sdk::event::DomId;
+    use guest_sdk::grant::{self as gr, GrantRef};
+    use guest_sdk::paging::{self, Flags, Level, MAP_BASE};
+    use guest_sdk::{memory, mmu, println, sched};
+
+    /// The pages it owns, mapped writable from here.
+    const OWN: u64 = MAP_BASE + 0x40_0000;
+    /// Where it maps the guest's grants (its L1 made in advance).
+    pub const SLOTS: u64 = MAP_BASE + 0x80_0000;
+    /// The magic word at the start of the writable grant (reference 1).
+    pub const MAGIC: u64 = 0x4753_4e54_4752_414e;
+    /// The secret page's words.
+    const SECRET: u64 = 0x5ec2_e75e_c2e7_5ec2;
+
+    fn page(i: u64) -> *mut u64 {
+        (OWN + i * 4096) as *mut u64
+    }
+
+    fn fill(i: u64, word: u64) {
+        for k in 0..512 {
+            // SAFETY: page `i` of OWN is mapped writable by `setup` for the
+            // domain's life; volatile, the guest may read it concurrently
+            // through a grant.
+            unsafe { page(i).add(k).write_volatile(word) };
+        }
+    }
+
+    fn all(i: u64, word: u64) -> bool {
+        // SAFETY: as in `fill`.
+        (0..512).all(|k| unsafe { page(i).add(k).read_volatile() } == word)
+    }
+
+    /// Frames: 0 'R' page, 1 writable grant, 2 secret, 3 granted to 8.
+    fn setup() -> Result<(), Error> {
+        let mut frames = [0u64; 5];
+        memory::populate(&mut frames)?;
+        for (i, &f) in frames[..4].iter().enumerate() {
+            paging::map(OWN + i as u64 * 4096, f, Flags::WRITABLE)?;
+        }
+        fill(0, u64::from_le_bytes(*b"RRRRRRRR"));
+        fill(1, 0);
+        fill(2, SECRET);
+        // SAFETY: page 1 is mapped writable (above).
+        unsafe {
+            page(1).write_volatile(MAGIC);
+            page(1).add(1).write_volatile(frames[2]);
+        }
+        let table = frames[4];
+        mmu::pin(table, Level::L1)?;
+        gr::grant_access_at(frames[0], CONF, true, GrantRef(0))?;
+        gr::grant_access_at(frames[1], CONF, false, GrantRef(1))?;
+        gr::grant_access_at(frames[3], DomId(8), false, GrantRef(2))?;
+        gr::grant_access_at(table, CONF, true, GrantRef(3))?;
+        gr::grant_access_at(frames[0], CONF, true, GrantRef(4))?;
+        gr::revoke(GrantRef(4))?;
+        // An L1 for the grant slots: map a page at the end, unmap it.
+        paging::map(SLOTS + 511 * 4096, frames[0], Flags::READ_ONLY)?;
+        paging::unmap(SLOTS + 511 * 4096)?;
+        Ok(())
+    }
+
+    fn read(va: u64) -> u64 {
+        // SAFETY: only called on a slot this role just mapped.
+        unsafe { (va as *const u64).read_volatile() }
+    }
+
+    pub fn run() -> i32 {
+        if let Err(e) = setup() {
+            println!("grant: setup failed: {e}");
+            return 1;
+        }
+        offer(CONF, 3);
+        // Step 1: map the guest's reference 0 writable, write through it;
+        // reference 1 is read-only: writable refused, read-only works.
+        step(1);
+        let rw = gr::map(CONF, GrantRef(0), SLOTS, false);
+        if rw.is_ok() {
+            // SAFETY: just mapped writable at SLOTS.
+            unsafe { (SLOTS as *mut [u8; 9]).write_volatile(*b"PEERWROTE") };
+        }
+        let refused = gr::map(CONF, GrantRef(1), SLOTS + 4096, false);
+        let ro = gr::map(CONF, GrantRef(1), SLOTS + 4096, true);
+        let saw_c = ro.is_ok() && read(SLOTS + 4096) == u64::from_le_bytes(*b"CCCCCCCC");
+        let ok1 = rw.is_ok() && refused == Err(Error::PermissionDenied) && saw_c;
+        if !ok1 {
+            println!("grant: step 1: rw {rw:?} refused {refused:?} ro {ro:?} saw_c {saw_c}");
+        }
+        answer(ok1);
+        // Step 2: unmap both.
+        step(2);
+        let u1 = rw.map(|h| gr::unmap(h).map_err(|(_, e)| e));
+        let u2 = ro.map(|h| gr::unmap(h).map_err(|(_, e)| e));
+        answer(matches!(u1, Ok(Ok(()))) && matches!(u2, Ok(Ok(()))));
+        // Step 3: canary, then die with the guest's page mapped.
+        step(3);
+        let intact = all(2, SECRET) && all(0, u64::from_le_bytes(*b"RRRRRRRR"));
+        let again = gr::map(CONF, GrantRef(0), SLOTS, false);
+        if !intact || again.is_err() {
+            println!("grant: step 3: secret intact {intact}, map {again:?}");
+        }
+        answer(intact && again.is_ok());
+        // Kept mapped: the hypervisor tears it down with this domain (GNT-0c).
+        let _kept = again;
+        sched::shutdown(ShutdownReason::Poweroff, 0)
+    }
 }

@@ -305,6 +305,7 @@ fn main(si: &StartInfo) -> i32 {
         mem3a(si);
     });
     multi_domain(peers);
+    grants();
 
     // MEM-3 "written once": the page is unchanged at the end.
     // SAFETY: MEM-3: the start-info page is still mapped read-only at
@@ -521,12 +522,26 @@ fn bounds() {
     limits::lim_6();
 }
 
+// ---------------------------------------------------------------- GNT
+
+/// The grant clauses (GNT-*), with the `granter` helper (domain 9).
+fn grants() {
+    match grant::setup() {
+        Ok(env) => grant::run(env),
+        Err(e) => {
+            println!("conformance: cannot set up the grant helper: {e}");
+            grant::unreachable(&e);
+        }
+    }
+}
+
 // One module per page of docs/abi (the page in each module's header), one
 // function per clause; declared last so that `at!` (above) is in scope.
 mod base;
 mod call;
 mod console;
 mod events;
+mod grant;
 mod limits;
 mod memory;
 mod sched;

@@ -1007,6 +1007,36 @@ impl Fuzzer {
                 };
                 a[0] = self.guard(p, 16, Access::Write);
             }
+            // Grants (GNT-*): nobody grants this domain anything, so maps
+            // and copies from grants are refused; its own grants are
+            // harmless. Copies write only into pool frames (never its code,
+            // data or tables).
+            Hypercall::GrantAccess => {
+                a[0] = self.mfn();
+                a[1] = self.domid();
+                a[2] = self.rng.pick(&[0, 1, 2, 3, 4, u64::MAX]);
+                a[3] = self.rng.below(600);
+            }
+            Hypercall::GrantRevoke | Hypercall::GrantUnmap => {
+                a[0] = if self.rng.chance(1, 4) {
+                    self.generic()
+                } else {
+                    self.rng.below(1100)
+                };
+            }
+            Hypercall::GrantMap => {
+                a[0] = self.domid();
+                a[1] = self.rng.below(600);
+                a[2] = self.va();
+                a[3] = self.rng.pick(&[0, 1, 2]);
+            }
+            Hypercall::GrantCopy => {
+                let count = self.count(64);
+                let ops = self.scratch + self.rng.below(8) * 8;
+                self.fill_copy_ops(ops, count);
+                a[0] = ops;
+                a[1] = count;
+            }
         }
         (nr, a)
     }
@@ -1111,6 +1141,35 @@ impl Fuzzer {
             };
             prev = f;
             scratch_write_u64(list - s + i * 8, f);
+        }
+    }
+
+    /// Fills `count` grant-copy elements at `ops` (in scratch): sources
+    /// anywhere, destinations only pool frames, foreign frames or grants.
+    fn fill_copy_ops(&mut self, ops: u64, count: u64) {
+        let s = self.scratch;
+        let room = (s + 2 * PAGE - ops) / 56;
+        for i in 0..count.min(room) {
+            let src_own = self.rng.chance(1, 2);
+            let (sd, sf) = if src_own {
+                (DOMID_SELF, self.mfn())
+            } else {
+                (self.domid(), self.rng.below(600))
+            };
+            let (dd, df) = match self.rng.below(3) {
+                0 if self.pool_len > 0 => (DOMID_SELF, self.pool_frame()),
+                1 => (self.domid(), self.rng.below(600)),
+                _ => (DOMID_SELF, u64::MAX - self.rng.below(4)),
+            };
+            let len = self
+                .rng
+                .pick(&[0, 1, 8, 4095, 4096, 4097, u64::from(u32::MAX)]);
+            let off = |r: &mut Rng| r.pick(&[0, 1, 8, 4095, 4096, 1 << 20]);
+            let (so, dof) = (off(&mut self.rng), off(&mut self.rng));
+            let base = ops - s + i * 56;
+            for (k, w) in [sd, sf, so, dd, df, dof, len].iter().enumerate() {
+                scratch_write_u64(base + k as u64 * 8, *w);
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! Grant tables: a domain offers one of its frames to one named domain, and
 //! that domain maps it or has the hypervisor copy to or from it. Design:
-//! `docs/io.md` ("Grants"); the clauses will be `GNT-*`.
+//! `docs/io.md` ("Grants"); the clauses are `GNT-*` (`docs/abi/grant.md`).
 //!
 //! Unlike Xen's v1 tables, the table lives here, in hypervisor memory, not in
 //! a guest-writable page: there are no in-use flags a guest can race.
@@ -17,10 +17,13 @@
 //!   pool only when its last mapping is gone ([`Mm::assign`] refuses while
 //!   held). A frame that became a page table after being granted cannot be
 //!   mapped (`hold` refuses tables: [`GrantError::TableFrame`]).
-//! * The grantee's page-table entry for a writable mapping takes the
-//!   `Writable` type through the validator's ordinary data-page path (the
-//!   hypervisor extends `Mm::may_map` with [`GrantTables::mapping_allows`]),
-//!   so the frame accounting of the mapping itself is the validator's.
+//! * The grantee's page-table entry is installed by the hypervisor
+//!   (`Mm::map_foreign`, GNT-3), accounted like any data mapping (a writable
+//!   one takes the `Writable` type); `mmu_update` and pins keep refusing
+//!   foreign frames, so the entry cannot be copied. Its place is recorded
+//!   in the mapping ([`GrantTables::set_entry`]), for `grant_unmap`
+//!   (`Mm::unmap_foreign`) and the frame audit ([`GrantTables::entries`],
+//!   `mm::audit::audit_full`).
 //! * [`GrantTables::holds`] lists one frame per mapping: the hypervisor adds
 //!   them to the holds it passes to `mm::audit::audit_holds`;
 //!   [`GrantTables::audit`] checks the table's own counts against its
@@ -53,6 +56,10 @@ pub const MAX_GRANTS_PER_DOMAIN: usize = 512;
 pub const MAX_MAPPINGS_PER_DOMAIN: usize = 1024;
 /// Elements in one `grant_copy` batch.
 pub const MAX_COPY_BATCH: usize = 64;
+/// References below this are used only when asked for by number
+/// ([`GrantTables::grant_access_at`]); automatic allocation starts here
+/// (`hypercall_abi::grant::WELL_KNOWN_REFS`).
+pub const WELL_KNOWN_REFS: usize = hypercall_abi::grant::WELL_KNOWN_REFS as usize;
 /// Bytes in a frame: the bound of every copy element.
 pub const FRAME_SIZE: usize = 4096;
 
@@ -97,6 +104,10 @@ pub enum GrantError {
     BatchTooLong,
     /// The domain (granter or grantee) is being destroyed.
     Dying(DomId),
+    /// A domain granting a frame to itself.
+    SelfGrant,
+    /// The reference asked for ([`GrantTables::grant_access_at`]) is in use.
+    RefInUse(GrantRef),
     /// The frame table refused (e.g. a count at its limit).
     Frame(MmError),
 }
@@ -112,11 +123,14 @@ impl GrantError {
                 Error::PermissionDenied
             }
             GrantError::TableFrame(_) => Error::TypeConflict,
-            GrantError::StillMapped(_) | GrantError::Dying(_) => Error::WrongState,
-            GrantError::TableFull | GrantError::TooManyMappings => Error::NoResources,
-            GrantError::ZeroLength | GrantError::OutOfPage | GrantError::BatchTooLong => {
-                Error::InvalidArgument
+            GrantError::StillMapped(_) | GrantError::Dying(_) | GrantError::RefInUse(_) => {
+                Error::WrongState
             }
+            GrantError::TableFull | GrantError::TooManyMappings => Error::NoResources,
+            GrantError::ZeroLength
+            | GrantError::OutOfPage
+            | GrantError::BatchTooLong
+            | GrantError::SelfGrant => Error::InvalidArgument,
             GrantError::Frame(e) => e.abi(),
         }
     }
@@ -146,6 +160,9 @@ pub struct Mapping {
     pub mfn: Mfn,
     /// Mapped writable.
     pub writable: bool,
+    /// The grantee's page-table entry the hypervisor installed for it (L1
+    /// frame, index), once installed ([`GrantTables::set_entry`]).
+    pub entry: Option<(Mfn, usize)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -304,7 +321,8 @@ impl GrantTables {
             .map_or(0, |d| d.grants.iter().flatten().count())
     }
 
-    /// `granter` offers its frame `mfn` to `grantee`.
+    /// `granter` offers its frame `mfn` to `grantee`, at the lowest free
+    /// reference from [`WELL_KNOWN_REFS`] up.
     pub fn grant_access(
         &mut self,
         mm: &Mm,
@@ -313,21 +331,53 @@ impl GrantTables {
         mfn: Mfn,
         readonly: bool,
     ) -> Result<GrantRef, GrantError> {
+        self.grant_access_at(mm, granter, grantee, mfn, readonly, None)
+    }
+
+    /// [`GrantTables::grant_access`], at reference `at` if given (it must
+    /// be free: [`GrantError::RefInUse`]; in the table:
+    /// [`GrantError::BadRef`]). References below [`WELL_KNOWN_REFS`] are
+    /// only ever used this way.
+    pub fn grant_access_at(
+        &mut self,
+        mm: &Mm,
+        granter: DomId,
+        grantee: DomId,
+        mfn: Mfn,
+        readonly: bool,
+        at: Option<GrantRef>,
+    ) -> Result<GrantRef, GrantError> {
         let d = self.live(granter)?;
-        self.live(grantee)?;
-        let f = mm
-            .frame(mfn)
-            .ok_or(GrantError::Frame(MmError::NoSuchFrame(mfn)))?;
+        if grantee == granter {
+            return Err(GrantError::SelfGrant);
+        }
+        // A dying grantee is no grantee (GNT-1b): not found, as once gone.
+        self.live(grantee).map_err(|e| match e {
+            GrantError::Dying(d) => GrantError::UnknownDomain(d),
+            e => e,
+        })?;
+        let f = mm.frame(mfn).ok_or(GrantError::NotOwner(mfn))?;
         if f.owner() != Owner::Domain(granter) || f.frame_type() == FrameType::Special {
             return Err(GrantError::NotOwner(mfn));
         }
         if !readonly && is_table(mm, mfn)? {
             return Err(GrantError::TableFrame(mfn));
         }
-        let slot = match d.grants.iter().position(Option::is_none) {
-            Some(i) => i,
-            None if d.grants.len() < MAX_GRANTS_PER_DOMAIN => d.grants.len(),
-            None => return Err(GrantError::TableFull),
+        let free = |i: usize| d.grants.get(i).is_none_or(Option::is_none);
+        let slot = match at {
+            Some(r) => {
+                let i = usize::try_from(r)
+                    .ok()
+                    .filter(|&i| i < MAX_GRANTS_PER_DOMAIN)
+                    .ok_or(GrantError::BadRef(r))?;
+                if !free(i) {
+                    return Err(GrantError::RefInUse(r));
+                }
+                i
+            }
+            None => (WELL_KNOWN_REFS..MAX_GRANTS_PER_DOMAIN)
+                .find(|&i| free(i))
+                .ok_or(GrantError::TableFull)?,
         };
         let grant = Grant {
             grantee,
@@ -339,11 +389,10 @@ impl GrantTables {
             .doms
             .get_mut(&granter)
             .ok_or(GrantError::UnknownDomain(granter))?;
-        if slot == d.grants.len() {
-            d.grants.push(Some(grant));
-        } else {
-            d.grants[slot] = Some(grant);
+        if d.grants.len() <= slot {
+            d.grants.resize(slot + 1, None);
         }
+        d.grants[slot] = Some(grant);
         // slot < MAX_GRANTS_PER_DOMAIN, which fits a u32.
         Ok(index(slot))
     }
@@ -387,15 +436,20 @@ impl GrantTables {
         if writable && g.readonly {
             return Err(GrantError::ReadOnly);
         }
+        // The granter may have given the frame back since (memory_release):
+        // a grant never reaches a frame its granter does not own.
+        if mm.frame(g.mfn).map(|f| f.owner()) != Some(Owner::Domain(granter)) {
+            return Err(GrantError::NotOwner(g.mfn));
+        }
         if is_table(mm, g.mfn)? {
             return Err(GrantError::TableFrame(g.mfn));
         }
         Ok(g)
     }
 
-    /// The validator's hook: may `dom` point a page-table entry (writable
-    /// or not) at `mfn` through its mapping `handle`? The hypervisor calls
-    /// it where `Mm::may_map` refuses a foreign frame.
+    /// Whether `dom`'s mapping `handle` covers an entry (writable or not)
+    /// at `mfn`. (The hypervisor installs grant entries itself,
+    /// `Mm::map_foreign`; the validator never consults this.)
     pub fn mapping_allows(&self, dom: DomId, handle: MapHandle, mfn: Mfn, writable: bool) -> bool {
         self.mapping(dom, handle)
             .is_some_and(|m| m.mfn == mfn && (m.writable || !writable))
@@ -439,6 +493,7 @@ impl GrantTables {
             gref,
             mfn: g.mfn,
             writable,
+            entry: None,
         };
         if let Some(me) = self.doms.get_mut(&grantee) {
             if slot == me.mappings.len() {
@@ -483,6 +538,58 @@ impl GrantTables {
             mfn: m.mfn,
             free_now,
         })
+    }
+
+    /// Records the page-table entry (L1 frame, index) the hypervisor
+    /// installed for `grantee`'s mapping `handle`.
+    pub fn set_entry(
+        &mut self,
+        grantee: DomId,
+        handle: MapHandle,
+        l1: Mfn,
+        index: usize,
+    ) -> Result<(), GrantError> {
+        let m = self
+            .doms
+            .get_mut(&grantee)
+            .and_then(|d| d.mappings.get_mut(usize::try_from(handle.0).ok()?))
+            .and_then(Option::as_mut)
+            .ok_or(GrantError::BadHandle(handle))?;
+        m.entry = Some((l1, index));
+        Ok(())
+    }
+
+    /// Marks `dom` dying (it was destroyed and no longer runs): nobody may
+    /// map or copy its grants from here on, and it may grant and map
+    /// nothing. [`GrantTables::destroy`] follows once its page tables are
+    /// gone.
+    pub fn begin_destroy(&mut self, dom: DomId) {
+        if let Some(d) = self.doms.get_mut(&dom) {
+            d.dying = true;
+        }
+        self.forget_if_gone(dom);
+    }
+
+    /// Every installed grant-mapping entry: (L1 frame, index, mapped
+    /// frame, writable), for the frame audit (`mm::audit::audit_full`).
+    pub fn entries(&self) -> impl Iterator<Item = crate::mm::audit::ForeignEntry> + '_ {
+        self.doms.values().flat_map(|d| {
+            d.mappings.iter().flatten().filter_map(|m| {
+                m.entry.map(|(l1, index)| crate::mm::audit::ForeignEntry {
+                    table: l1,
+                    index,
+                    mfn: m.mfn,
+                    writable: m.writable,
+                })
+            })
+        })
+    }
+
+    /// Whether `dom` has any live grant of frame `mfn`.
+    pub fn is_granted(&self, dom: DomId, mfn: Mfn) -> bool {
+        self.doms
+            .get(&dom)
+            .is_some_and(|d| d.grants.iter().flatten().any(|g| g.mfn == mfn))
     }
 
     /// A dying domain with nothing left is forgotten.
@@ -548,9 +655,7 @@ impl GrantTables {
         match p {
             CopyPtr::Local { mfn, offset } => {
                 check_range(offset, len)?;
-                let f = mm
-                    .frame(mfn)
-                    .ok_or(GrantError::Frame(MmError::NoSuchFrame(mfn)))?;
+                let f = mm.frame(mfn).ok_or(GrantError::NotOwner(mfn))?;
                 if f.owner() != Owner::Domain(caller) {
                     return Err(GrantError::NotOwner(mfn));
                 }

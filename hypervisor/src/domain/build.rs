@@ -229,6 +229,7 @@ pub fn build(
         console: tahoma_core::console::LineBuffer::new(),
         mm_pending: None,
         freed: 0,
+        grants_released: false,
         hypercalls: 0,
         built_at,
         first_run_at: None,

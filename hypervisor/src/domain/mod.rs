@@ -20,6 +20,7 @@ use hypercall_abi::layout::{
 };
 use tahoma_core::bootpack::{DomainFlags, DomainRecord, NAME_LEN};
 use tahoma_core::event::DomId;
+use tahoma_core::grant::GrantTables;
 use tahoma_core::loader::{self, ImageError};
 use tahoma_core::mm::{
     AddressSpace, Budget, Level, Mm, MmError, Owner, Pending, Progress, Teardown,
@@ -97,6 +98,9 @@ pub struct Domain {
     pub mm_pending: Option<Pending>,
     /// Frames of `frames` already given back by a teardown in progress.
     pub freed: usize,
+    /// A teardown in progress has dropped the domain's side of the grant
+    /// tables (after its page tables, before its frames).
+    pub grants_released: bool,
     /// Hypercalls made.
     pub hypercalls: u64,
     /// TSC when the hypervisor began building the domain.
@@ -133,7 +137,20 @@ impl Domain {
     /// thousand page-table entries released, or a few frames scrubbed and
     /// freed. Returns whether the teardown `t` is complete. The domain must
     /// not run again, nor its root be loaded in CR3.
-    pub fn release_step(&mut self, mm: &mut Mm, t: &mut Teardown) -> bool {
+    ///
+    /// Grants (GNT-0c, GNT-0d): once its page tables are gone (so no entry
+    /// of its references a granted frame any more) its grant mappings are
+    /// released and its unmapped grants revoked (`GrantTables::destroy`);
+    /// a frame of its own still held by another domain's grant mapping is
+    /// not freed here but pushed on `orphans`, and freed by whoever drops
+    /// its last hold (`Hv::sweep_orphans`).
+    pub fn release_step(
+        &mut self,
+        mm: &mut Mm,
+        t: &mut Teardown,
+        grants: &mut GrantTables,
+        orphans: &mut Vec<u64>,
+    ) -> bool {
         mm.detach(&mut self.space);
         let mut budget = Budget::new(RELEASE_STEPS);
         let tables = mm.teardown_frames_bounded(
@@ -146,8 +163,18 @@ impl Domain {
         if tables == Progress::Preempted {
             return false;
         }
+        if !self.grants_released {
+            grants.destroy(mm, self.id);
+            self.grants_released = true;
+        }
         let end = (self.freed + FREE_FRAMES_PER_STEP).min(self.frames.len());
         for &f in &self.frames[self.freed..end] {
+            if mm.frame(f).is_some_and(|i| i.held() > 0) {
+                // Mapped by a grantee through a grant: freed with its
+                // last mapping.
+                orphans.push(f);
+                continue;
+            }
             free_owned(mm, self.id, f);
         }
         self.freed = end;
@@ -177,7 +204,7 @@ impl Domain {
 }
 
 /// Gives one of domain `id`'s frames back to the pool, scrubbed.
-fn free_owned(mm: &mut Mm, id: DomId, f: u64) {
+pub(crate) fn free_owned(mm: &mut Mm, id: DomId, f: u64) {
     if let Err(e) = mm.assign(f, Owner::Free) {
         mem::inconsistency(
             f,

@@ -50,6 +50,8 @@ pub fn start(pack: &Pack<'_>) -> ! {
             cpu_state_of: None,
         },
         channels: Channels::new(),
+        grants: GrantTables::new(),
+        orphans: Vec::new(),
         failed: false,
     };
     for (i, rec) in pack.domains().enumerate() {
@@ -78,6 +80,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
                     hv.domains.critical_total += 1;
                 }
                 hv.channels.add_domain(id);
+                hv.grants.add_domain(id);
                 hv.sched.deadlines.add_domain(id);
                 hv.sched.runq.push(id);
                 hv.domains.live += 1;
@@ -138,6 +141,9 @@ impl Hv {
         self.sched.runq.remove(id);
         self.sched.deadlines.remove_domain(id);
         self.channels.remove_domain(id);
+        // No new grant, map or copy by or of it from here; its mappings and
+        // grants go once its page tables are gone (Domain::release_step).
+        self.grants.begin_destroy(id);
         if self.sched.current == Some(id) {
             self.sched.current = None;
             note_current(0);
@@ -243,7 +249,15 @@ impl Hv {
         while let Some((mut d, mut t, since, mut busy)) = self.domains.dying.pop_front() {
             let start = time::now_tsc();
             loop {
-                if d.release_step(&mut self.memory.mm, &mut t) {
+                if d.release_step(
+                    &mut self.memory.mm,
+                    &mut t,
+                    &mut self.grants,
+                    &mut self.orphans,
+                ) {
+                    // Its grant mappings are gone: frames of dead granters
+                    // they held may be free now.
+                    self.sweep_orphans();
                     let now = time::now_tsc();
                     report!(
                         "domain-released",
@@ -342,17 +356,38 @@ impl Hv {
                 _ => {}
             }
         }
-        let holds: Vec<u64> = self
+        // Holds: each live domain's shared page, and one per grant mapping
+        // (GNT-0d); grant-mapping entries are the only foreign references
+        // a table may hold.
+        let mut holds: Vec<u64> = self
             .domains
             .slots
             .iter()
             .flatten()
             .map(|d| d.shared.mfn())
             .collect();
+        holds.extend(self.grants.holds());
+        let foreign: Vec<_> = self.grants.entries().collect();
         if let Err(e) =
-            tahoma_core::mm::audit::audit_holds(&self.memory.mm, &mem::DirectMap, &holds)
+            tahoma_core::mm::audit::audit_full(&self.memory.mm, &mem::DirectMap, &holds, &foreign)
         {
             error(e.mfn, format_args!("frame table: {}", e.what));
+        }
+        if let Err(e) = self.grants.audit(&self.memory.mm) {
+            error(
+                0,
+                format_args!("grant table of domain {}: {}", e.dom, e.what),
+            );
+        }
+        let mappings = self.grants.mapping_count();
+        if mappings > 0 || !self.orphans.is_empty() {
+            error(
+                0,
+                format_args!(
+                    "{mappings} grant mappings and {} frames of dead granters left after every domain ended",
+                    self.orphans.len()
+                ),
+            );
         }
         let inconsistencies = mem::inconsistencies();
         if inconsistencies > 0 {

@@ -28,6 +28,7 @@ use hypercall_abi::{regs, Error};
 use spin::Mutex;
 use tahoma_core::bootpack::{self, Pack};
 use tahoma_core::event::{Channels, DomId, Target};
+use tahoma_core::grant::GrantTables;
 use tahoma_core::mm::{Mm, MmConfig, Owner, Teardown};
 use tahoma_core::sched::{Deadlines, RunQueue, TimerKind};
 
@@ -90,6 +91,11 @@ pub(crate) struct Hv {
     pub(crate) memory: Memory,
     /// The event port tables of every domain.
     pub(crate) channels: Channels,
+    /// Every domain's grant table and grant mappings (GNT-*).
+    pub(crate) grants: GrantTables,
+    /// Frames of destroyed domains still held by a grant mapping: freed
+    /// when the last one goes ([`Hv::sweep_orphans`]).
+    pub(crate) orphans: Vec<u64>,
     /// A critical domain failed, or the audit did: the run ends in failure.
     pub(crate) failed: bool,
 }
@@ -253,6 +259,30 @@ impl Hv {
     /// The hypervisor itself never touches guest memory through guest
     /// virtual addresses (guestmem walks the tables and copies through the
     /// direct map), so a flush before returning is enough.
+    /// Flushes this CPU's TLB now (a CR3 reload of the loaded root).
+    pub(crate) fn flush_tlb(&mut self) {
+        // SAFETY: reloading the loaded root, which maps the hypervisor.
+        unsafe { arch::load_root(self.memory.loaded_root) };
+        self.memory.mm.note_tlb_flushed();
+    }
+
+    /// Frees the frames of destroyed domains whose last grant mapping has
+    /// gone (GNT-0d): scrubbed, back to the pool.
+    pub(crate) fn sweep_orphans(&mut self) {
+        let mm = &mut self.memory.mm;
+        self.orphans.retain(|&f| {
+            if !mm.frame(f).is_some_and(|i| i.idle()) {
+                return true;
+            }
+            let owner = match mm.frame(f).map(|i| i.owner()) {
+                Some(Owner::Domain(d)) => d,
+                _ => 0,
+            };
+            domain::free_owned(mm, owner, f);
+            false
+        });
+    }
+
     pub(crate) fn flush_if_requested(&mut self) {
         if self.memory.mm.take_flush_request() {
             // SAFETY: reloading the loaded root, which maps the hypervisor.

@@ -10,6 +10,7 @@
 pub(crate) mod base;
 pub(crate) mod console;
 pub(crate) mod event;
+pub(crate) mod grant;
 pub(crate) mod memory;
 pub(crate) mod mmu;
 pub(crate) mod sched;
@@ -90,6 +91,11 @@ pub(crate) fn dispatch(
         H::MemoryPopulate => returning(hv, cur, w, memory::populate),
         H::MemoryRelease => returning(hv, cur, w, memory::release),
         H::MemoryInfo => returning(hv, cur, w, memory::info),
+        H::GrantAccess => returning(hv, cur, w, grant::access),
+        H::GrantRevoke => returning(hv, cur, w, grant::revoke),
+        H::GrantMap => returning(hv, cur, w, grant::map),
+        H::GrantUnmap => returning(hv, cur, w, grant::unmap),
+        H::GrantCopy => returning(hv, cur, w, grant::copy),
     }
 }
 

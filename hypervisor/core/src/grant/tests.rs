@@ -156,7 +156,7 @@ fn refusals_change_nothing() {
         (20, GrantError::NotOwner(20)),
         (50, GrantError::NotOwner(50)),
         (60, GrantError::NotOwner(60)),
-        (FRAMES, GrantError::Frame(MmError::NoSuchFrame(FRAMES))),
+        (FRAMES, GrantError::NotOwner(FRAMES)),
     ] {
         {
             let r = gt.grant_access(&mm, A, B, mfn, true);
@@ -489,8 +489,22 @@ fn both_sides_dying_frees_every_frame() {
 #[test]
 fn tables_are_bounded() {
     let (mut mm, mem, mut gt) = machine();
-    for i in 0..MAX_GRANTS_PER_DOMAIN {
+    // Automatic references start after the well-known ones...
+    for i in WELL_KNOWN_REFS..MAX_GRANTS_PER_DOMAIN {
         assert_eq!(gt.grant_access(&mm, A, B, 3, true).unwrap(), i as GrantRef);
+    }
+    let before = snapshot(&mm, &gt);
+    {
+        let r = gt.grant_access(&mm, A, B, 3, true);
+        refused(&mm, &gt, &before, r, GrantError::TableFull);
+    }
+    // ...which are handed out only by number.
+    for i in 0..WELL_KNOWN_REFS {
+        let at = Some(i as GrantRef);
+        assert_eq!(
+            gt.grant_access_at(&mm, A, B, 3, true, at),
+            Ok(i as GrantRef)
+        );
     }
     let before = snapshot(&mm, &gt);
     {
@@ -579,8 +593,8 @@ fn op() -> impl Strategy<Value = Op> {
                 readonly,
             }
         }),
-        (0u8..3, 0u8..6).prop_map(|(granter, gref)| Op::Revoke { granter, gref }),
-        (0u8..3, 0u8..3, 0u8..6, any::<bool>()).prop_map(|(grantee, granter, gref, writable)| {
+        (0u8..3, 16u8..22).prop_map(|(granter, gref)| Op::Revoke { granter, gref }),
+        (0u8..3, 0u8..3, 16u8..22, any::<bool>()).prop_map(|(grantee, granter, gref, writable)| {
             Op::Map {
                 grantee,
                 granter,
@@ -614,7 +628,7 @@ proptest! {
                     let (g, e, mfn) = (doms[granter as usize], doms[grantee as usize], Mfn::from(mfn));
                     let r = gt.grant_access(&mm, g, e, mfn, readonly);
                     let table = mm.frame(mfn).unwrap().frame_type().level().is_some();
-                    let allowed = !dead.contains(&g) && !dead.contains(&e)
+                    let allowed = !dead.contains(&g) && !dead.contains(&e) && g != e
                         && owner_of(mfn) == Owner::Domain(g) && (readonly || !table);
                     prop_assert_eq!(r.is_ok(), allowed, "{:?}", r);
                     if let Ok(r) = r { grants.insert((g, r), (e, mfn, readonly, 0)); }
@@ -701,4 +715,221 @@ proptest! {
             prop_assert_eq!(gt.audit(&mm), Ok(()));
         }
     }
+}
+
+// ----- references by number, self grants, frames given back -----
+
+#[test]
+fn well_known_references_only_by_number() {
+    let (mm, mem, mut gt) = machine();
+    assert_eq!(gt.grant_access(&mm, A, B, 3, false), Ok(16));
+    assert_eq!(gt.grant_access_at(&mm, A, B, 4, false, Some(2)), Ok(2));
+    let before = snapshot(&mm, &gt);
+    for (r, want) in [
+        (
+            gt.grant_access_at(&mm, A, B, 5, false, Some(2)),
+            GrantError::RefInUse(2),
+        ),
+        (
+            gt.grant_access_at(&mm, A, B, 5, false, Some(16)),
+            GrantError::RefInUse(16),
+        ),
+        (
+            gt.grant_access_at(&mm, A, B, 5, false, Some(512)),
+            GrantError::BadRef(512),
+        ),
+        (gt.grant_access(&mm, A, A, 5, false), GrantError::SelfGrant),
+    ] {
+        refused(&mm, &gt, &before, r, want);
+    }
+    assert_eq!(GrantError::RefInUse(2).abi(), Error::WrongState);
+    assert_eq!(GrantError::SelfGrant.abi(), Error::InvalidArgument);
+    // The next automatic one skips the well-known range.
+    assert_eq!(gt.grant_access(&mm, A, B, 5, false), Ok(17));
+    audit(&mm, &mem, &gt);
+}
+
+#[test]
+fn a_grant_never_reaches_a_frame_its_granter_gave_back() {
+    let (mut mm, mem, mut gt) = machine();
+    let r = gt.grant_access(&mm, A, B, 3, false).unwrap();
+    // The granter releases the frame (memory_release) and it goes to C.
+    mm.assign(3, Owner::Free).unwrap();
+    mm.assign(3, Owner::Domain(C)).unwrap();
+    let before = snapshot(&mm, &gt);
+    {
+        let r = gt.map(&mut mm, B, A, r, false);
+        refused(&mm, &gt, &before, r, GrantError::NotOwner(3));
+    }
+    let op = CopyOp {
+        src: CopyPtr::Granted {
+            granter: A,
+            gref: r,
+            offset: 0,
+        },
+        dst: CopyPtr::Local { mfn: 20, offset: 0 },
+        len: 8,
+    };
+    assert_eq!(gt.check_copy(&mm, B, &op), Err(GrantError::NotOwner(3)));
+    audit(&mm, &mem, &gt);
+}
+
+// ----- the installed entry (Mm::map_foreign, GNT-3) -----
+
+const B_L4: Mfn = 16;
+const B_L1: Mfn = 19;
+const VA: u64 = 0x5000;
+
+fn table_entry(mfn: Mfn) -> u64 {
+    use crate::mm::pte::{PRESENT, USER, WRITABLE};
+    (mfn << 12) | PRESENT | WRITABLE | USER
+}
+
+/// B's tree: L4 16 -> L3 17 -> L2 18 -> L1 19, pinned, mapping nothing.
+fn b_tree(mm: &mut Mm, mem: &mut Mem) {
+    mem.0[16][0] = table_entry(17);
+    mem.0[17][0] = table_entry(18);
+    mem.0[18][0] = table_entry(19);
+    mm.pin(mem, B, B_L4, Level::L4).unwrap();
+}
+
+fn full_audit(mm: &Mm, mem: &Mem, gt: &GrantTables) {
+    let holds: Vec<Mfn> = gt.holds().collect();
+    let foreign: Vec<_> = gt.entries().collect();
+    crate::mm::audit::audit_full(mm, mem, &holds, &foreign).unwrap();
+    gt.audit(mm).unwrap();
+}
+
+/// Grants A's frame 3 to B, maps it and installs the entry at VA.
+fn mapped(
+    mm: &mut Mm,
+    mem: &mut Mem,
+    gt: &mut GrantTables,
+    writable: bool,
+) -> (GrantRef, MapHandle) {
+    let r = gt.grant_access(mm, A, B, 3, !writable).unwrap();
+    let h = gt.map(mm, B, A, r, writable).unwrap();
+    let (l1, i) = mm.map_foreign(mem, B, B_L4, VA, 3, writable).unwrap();
+    assert_eq!((l1, i), (B_L1, 5));
+    gt.set_entry(B, h, l1, i).unwrap();
+    (r, h)
+}
+
+#[test]
+fn an_installed_entry_is_accounted_and_audited() {
+    let (mut mm, mut mem, mut gt) = machine();
+    b_tree(&mut mm, &mut mem);
+    let (r, h) = mapped(&mut mm, &mut mem, &mut gt, true);
+    let f = mm.frame(3).unwrap();
+    assert_eq!(
+        (f.frame_type(), f.type_count(), f.total_count(), f.held()),
+        (FrameType::Writable, 1, 1, 1)
+    );
+    full_audit(&mm, &mem, &gt);
+    // Without the grant's record the same entry is an error.
+    let holds: Vec<Mfn> = gt.holds().collect();
+    assert!(audit_holds(&mm, &mem, &holds).is_err());
+    // The entry is taken; the grantee cannot copy it elsewhere itself.
+    let snap = (mm.frame(3).unwrap().view(), mem.0[B_L1 as usize]);
+    assert_eq!(
+        mm.map_foreign(&mut mem, B, B_L4, VA, 3, false),
+        Err(MmError::EntryInUse)
+    );
+    let value = mem.0[B_L1 as usize][5];
+    assert_eq!(
+        mm.mmu_update_one(&mut mem, B, (B_L1 << 12) | (6 * 8), value),
+        Err(MmError::NotOwner(3))
+    );
+    assert_eq!(snap, (mm.frame(3).unwrap().view(), mem.0[B_L1 as usize]));
+    // Its own frames are not mapped this way.
+    assert_eq!(
+        mm.map_foreign(&mut mem, B, B_L4, 0x6000, 20, false),
+        Err(MmError::NotOwner(20))
+    );
+    // Unmap: the entry goes, then the hold.
+    assert_eq!(mm.unmap_foreign(&mut mem, B, B_L1, 5, 3), Ok(true));
+    assert_eq!(mem.0[B_L1 as usize][5], 0);
+    gt.unmap(&mut mm, B, h).unwrap();
+    assert!(mm.frame(3).unwrap().idle());
+    gt.revoke(A, r).unwrap();
+    full_audit(&mm, &mem, &gt);
+}
+
+#[test]
+fn a_read_only_grant_maps_read_only_and_a_table_never_writable() {
+    let (mut mm, mut mem, mut gt) = machine();
+    b_tree(&mut mm, &mut mem);
+    let (_, _) = mapped(&mut mm, &mut mem, &mut gt, false);
+    let f = mm.frame(3).unwrap();
+    assert_eq!((f.frame_type(), f.total_count()), (FrameType::None, 1));
+    assert_eq!(mem.0[B_L1 as usize][5] & crate::mm::pte::WRITABLE, 0);
+    full_audit(&mm, &mem, &gt);
+    // A's table frame 8 (pinned L1): no entry may map it writable.
+    mm.pin(&mut mem, A, 8, Level::L1).unwrap();
+    assert!(matches!(
+        mm.map_foreign(&mut mem, B, B_L4, 0x7000, 8, true),
+        Err(MmError::TypeConflict { mfn: 8, .. })
+    ));
+    full_audit(&mm, &mem, &gt);
+}
+
+#[test]
+fn a_grantee_replacing_the_entry_keeps_the_accounts_exact() {
+    let (mut mm, mut mem, mut gt) = machine();
+    b_tree(&mut mm, &mut mem);
+    let (r, h) = mapped(&mut mm, &mut mem, &mut gt, true);
+    // The grantee overwrites the entry with one of its own frames.
+    mm.mmu_update_one(&mut mem, B, (B_L1 << 12) | (5 * 8), (20 << 12) | 0x7)
+        .unwrap();
+    assert_eq!(mm.frame(3).unwrap().total_count(), 0);
+    full_audit(&mm, &mem, &gt);
+    // The frame is still held: it cannot change hands or become a table.
+    assert_eq!(mm.assign(3, Owner::Free), Err(MmError::FrameInUse(3)));
+    // Unmap leaves the grantee's own entry alone.
+    assert_eq!(mm.unmap_foreign(&mut mem, B, B_L1, 5, 3), Ok(false));
+    assert_eq!(mem.0[B_L1 as usize][5], (20 << 12) | 0x7);
+    gt.unmap(&mut mm, B, h).unwrap();
+    gt.revoke(A, r).unwrap();
+    assert!(mm.frame(3).unwrap().idle());
+    full_audit(&mm, &mem, &gt);
+}
+
+#[test]
+fn a_dying_grantee_with_an_installed_entry_releases_everything() {
+    let (mut mm, mut mem, mut gt) = machine();
+    b_tree(&mut mm, &mut mem);
+    let (r, _) = mapped(&mut mm, &mut mem, &mut gt, true);
+    // The hypervisor's order: no new use, then the tables, then the table.
+    gt.begin_destroy(B);
+    assert_eq!(
+        gt.grant_access(&mm, A, B, 4, false),
+        Err(GrantError::UnknownDomain(B))
+    );
+    assert_eq!(GrantError::UnknownDomain(B).abi(), Error::NotFound);
+    mm.teardown(&mut mem, B);
+    full_audit(&mm, &mem, &gt);
+    assert_eq!(mm.frame(3).unwrap().held(), 1);
+    let t = gt.destroy(&mut mm, B);
+    assert_eq!(t.unmapped, 1);
+    assert!(mm.frame(3).unwrap().idle());
+    gt.revoke(A, r).unwrap();
+    full_audit(&mm, &mem, &gt);
+}
+
+#[test]
+fn an_entry_in_a_table_no_longer_in_use_is_left_alone() {
+    let (mut mm, mut mem, mut gt) = machine();
+    b_tree(&mut mm, &mut mem);
+    mapped(&mut mm, &mut mem, &mut gt, true);
+    // The L1 is not a table any more (its L2 entry dropped): the entry
+    // released its references with it, and unmap leaves the frame alone.
+    mm.mmu_update_one(&mut mem, B, 18 << 12, 0).unwrap();
+    assert_eq!(mm.frame(3).unwrap().total_count(), 0);
+    assert_eq!(mm.unmap_foreign(&mut mem, B, B_L1, 5, 3), Ok(false));
+    // Pinning it again with the foreign entry is refused (MMU-7).
+    assert_eq!(
+        mm.pin(&mut mem, B, B_L1, Level::L1),
+        Err(MmError::NotOwner(3))
+    );
+    full_audit(&mm, &mem, &gt);
 }

@@ -26,6 +26,21 @@ fn fail<T>(mfn: Mfn, what: &'static str) -> Result<T, AuditError> {
     Err(AuditError { mfn, what })
 }
 
+/// A page-table entry the hypervisor installed for a grant mapping
+/// (`Mm::map_foreign`, GNT-3): the one place a table may reference a frame
+/// its owner does not own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForeignEntry {
+    /// The grantee's L1 table.
+    pub table: Mfn,
+    /// The entry's index in it.
+    pub index: usize,
+    /// The granted frame it may map.
+    pub mfn: Mfn,
+    /// Whether it may map it writable.
+    pub writable: bool,
+}
+
 /// References found by the scan, per frame.
 #[derive(Clone, Copy, Default)]
 struct Expected {
@@ -40,7 +55,7 @@ struct Expected {
 /// (a held frame is a domain's and not a table; a `Special` frame is held);
 /// [`audit_holds`] also compares their counts with the holder's records.
 pub fn audit<M: PhysMem>(mm: &Mm, mem: &M) -> Result<(), AuditError> {
-    check(mm, mem, None)
+    check(mm, mem, None, &[])
 }
 
 /// [`audit`], and every frame's hold count must equal the number of times
@@ -48,10 +63,28 @@ pub fn audit<M: PhysMem>(mm: &Mm, mem: &M) -> Result<(), AuditError> {
 /// example each live domain's shared-info frame). A hold nobody accounts
 /// for, or a record without its hold, is an error.
 pub fn audit_holds<M: PhysMem>(mm: &Mm, mem: &M, holds: &[Mfn]) -> Result<(), AuditError> {
-    check(mm, mem, Some(holds))
+    check(mm, mem, Some(holds), &[])
 }
 
-fn check<M: PhysMem>(mm: &Mm, mem: &M, holds: Option<&[Mfn]>) -> Result<(), AuditError> {
+/// [`audit_holds`], where the L1 entries listed in `foreign` (grant
+/// mappings the hypervisor installed) may reference another domain's frame,
+/// writable only if listed so. Any other entry naming a frame its table's
+/// owner does not own is an error, as in [`audit`].
+pub fn audit_full<M: PhysMem>(
+    mm: &Mm,
+    mem: &M,
+    holds: &[Mfn],
+    foreign: &[ForeignEntry],
+) -> Result<(), AuditError> {
+    check(mm, mem, Some(holds), foreign)
+}
+
+fn check<M: PhysMem>(
+    mm: &Mm,
+    mem: &M,
+    holds: Option<&[Mfn]>,
+    foreign: &[ForeignEntry],
+) -> Result<(), AuditError> {
     let n = mm.frame_count();
     let mut expected = vec![Expected::default(); usize::try_from(n).unwrap_or(0)];
     if let Some(holds) = holds {
@@ -71,7 +104,7 @@ fn check<M: PhysMem>(mm: &Mm, mem: &M, holds: Option<&[Mfn]>) -> Result<(), Audi
             bump(&mut expected, mfn, true)?;
         }
         if let Some(level) = f.table_level() {
-            scan_table(mm, mem, mfn, level, &mut expected)?;
+            scan_table(mm, mem, mfn, level, &mut expected, foreign)?;
         }
     }
     for mfn in 0..n {
@@ -166,6 +199,7 @@ fn scan_table<M: PhysMem>(
     table: Mfn,
     level: Level,
     expected: &mut [Expected],
+    foreign: &[ForeignEntry],
 ) -> Result<(), AuditError> {
     let owner = mm.frame(table).map(|f| f.owner());
     // A table half way through a bounded pin or unpin: only its first
@@ -186,7 +220,17 @@ fn scan_table<M: PhysMem>(
             return fail(table, "entry points beyond the frame table");
         };
         if Some(tf.owner()) != owner {
-            return fail(target.mfn, "mapped frame not owned by the table's owner");
+            let granted = level == Level::L1
+                && matches!(tf.owner(), Owner::Domain(_))
+                && foreign.iter().any(|e| {
+                    e.table == table
+                        && e.index == i
+                        && e.mfn == target.mfn
+                        && (e.writable || !target.writable)
+                });
+            if !granted {
+                return fail(target.mfn, "mapped frame not owned by the table's owner");
+            }
         }
         match level.below() {
             None if target.writable && tf.frame_type() == FrameType::Special => {

@@ -92,6 +92,9 @@ pub enum MmError {
     /// pin the subtree first (pin and unpin are preemptible), then link or
     /// unlink it, which is O(1).
     SubtreeTooLarge,
+    /// The page-table entry a grant mapping was to be installed in is
+    /// present (GNT-3): unmap what is there first.
+    EntryInUse,
 }
 
 impl MmError {
@@ -122,7 +125,8 @@ impl MmError {
             | MmError::NotHeld(_)
             | MmError::FrameInUse(_)
             | MmError::Busy(_)
-            | MmError::OperationPending => Error::WrongState,
+            | MmError::OperationPending
+            | MmError::EntryInUse => Error::WrongState,
             MmError::VaOutOfRange | MmError::NotMapped => Error::BadAddress,
             MmError::SubtreeTooLarge => Error::NoResources,
         }

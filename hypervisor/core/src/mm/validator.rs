@@ -26,6 +26,7 @@ use crate::mm::TableType;
 use alloc::vec::Vec;
 
 mod bounded;
+mod foreign;
 pub use bounded::{Budget, Pending, Progress, Teardown, OP_STEPS};
 
 /// Number of L4 slots the hypervisor owns (256..=511).

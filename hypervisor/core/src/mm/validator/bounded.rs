@@ -306,7 +306,7 @@ impl Mm {
         let old = mem.read_entry(table, index);
         // New references first (no "only the flags changed" shortcut), so
         // an unchanged target never drops to zero.
-        if let Some(c) = self.validate_one(dom, table, level, new)? {
+        if let Some(c) = self.validate_one_outlined(dom, table, level, new)? {
             self.link(mem, dom, c, budget)?;
         }
         mem.write_entry(table, index, new);
@@ -596,6 +596,12 @@ impl Mm {
     /// already paid for: until a table below must be validated first (it
     /// is returned), an entry is refused (the error), the table is done, or
     /// `budget` runs out (`true`). Returns the entries now validated.
+    ///
+    /// Never inlined, like [`Mm::release_entries_from`]: each per-entry
+    /// loop gets the registers of a function of its own (inlined into
+    /// [`Mm::run`] together, one loop's values were spilled around the
+    /// other's).
+    #[inline(never)]
     fn validate_entries<M: PhysMem>(
         &mut self,
         mem: &M,
@@ -631,6 +637,8 @@ impl Mm {
     /// already paid for: until a table below must be released first (it
     /// is returned, its entry still counted), none is left, or `budget`
     /// runs out (`true`). Returns the entries still holding references.
+    /// Never inlined (see [`Mm::validate_entries`]).
+    #[inline(never)]
     fn release_entries_from<M: PhysMem>(
         &mut self,
         mem: &M,
@@ -658,10 +666,29 @@ impl Mm {
         r
     }
 
+    /// [`Mm::validate_one`] as a call of its own, for the one entry of an
+    /// `mmu_update`: inlined there, it made each entry 6 instructions
+    /// dearer (`mmu_update_batch_*`, see docs/benchmarks.md).
+    #[inline(never)]
+    fn validate_one_outlined(
+        &mut self,
+        dom: DomId,
+        table: Mfn,
+        level: Level,
+        value: u64,
+    ) -> Result<Option<Mfn>, MmError> {
+        self.validate_one(dom, table, level, value)
+    }
+
     /// Takes the references entry `value` of `table` needs, without
     /// descending: a table not yet in use below it is typed, made partial
     /// and returned, to be validated next.
-    #[inline]
+    ///
+    /// Always inlined: it runs once per entry of every table a pin
+    /// validates, and as a call it cost ~20 instructions of the ~70 an entry
+    /// takes (six saved registers, the argument moves, the result passed
+    /// through memory); see docs/benchmarks.md, issue 8's regressions.
+    #[inline(always)]
     fn validate_one(
         &mut self,
         dom: DomId,
