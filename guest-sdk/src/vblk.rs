@@ -19,15 +19,23 @@
 //!   page and the data [`Buffer`]s while requests are in flight, so a guest
 //!   can only hand the backend frames it owns and cannot touch them while
 //!   the backend may write them.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one exception: `ring_page`, with its SAFETY note.
 
+use alloc::vec::Vec;
+
+use hypercall_abi::args::BlockResult;
 use hypercall_abi::blk::{
     BlkRing, Request, Response, Segment, Status, MAX_SEGMENTS, OP_FLUSH, OP_READ, OP_WRITE,
     RING_DEPTH, SECTORS_PER_PAGE,
 };
 use hypercall_abi::Error;
 
-use crate::ring::{FrontEnd, RingError, SharedPage};
+use hypercall_abi::layout::{VBLK_READONLY, VBLK_ROLE_FRONTEND};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::event::{self, DomId, Port};
+use crate::grant::GrantRef;
+use crate::ring::{FrontEnd, RingError, RingPage, SharedPage};
 
 /// What the frontend needs from the hypervisor, behind a trait so that the
 /// protocol is host-tested: grants of data frames and the disk's event.
@@ -181,6 +189,11 @@ impl<M: SharedPage, H: Host> Core<M, H> {
         &mut self.host
     }
 
+    /// The host, to read.
+    pub fn host_ref(&self) -> &H {
+        &self.host
+    }
+
     /// Requests submitted and not completed.
     pub fn in_flight(&self) -> u32 {
         self.in_flight
@@ -287,6 +300,12 @@ impl<M: SharedPage, H: Host> Core<M, H> {
                 }
                 Err(e) => {
                     self.revoke_all(&slot);
+                    if e == Error::NotFound {
+                        // The grantee does not exist (GNT-1): the backend
+                        // is gone.
+                        self.dead = true;
+                        return Err(VblkError::Disconnected);
+                    }
                     return Err(VblkError::Grant(e));
                 }
             }
@@ -408,6 +427,458 @@ impl<M: SharedPage, H: Host> Core<M, H> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// The guest-facing handle.
+
+/// One page of a [`Buffer`]: page-aligned, so each is exactly one frame.
+#[derive(Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C, align(4096))]
+struct PageBytes([u8; PAGE]);
+
+const PAGE: usize = hypercall_abi::PAGE_SIZE;
+
+/// Whole pages of this guest's memory to read into or write from: the
+/// only memory [`Vblk`] hands to the backend, so a guest cannot name a
+/// frame it does not own. While a request is in flight the `Vblk` holds
+/// the buffer, and gives it back with the [`Completion`].
+pub struct Buffer {
+    pages: Vec<PageBytes>,
+    mfns: Vec<u64>,
+}
+
+impl core::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Buffer({} pages)", self.pages.len())
+    }
+}
+
+impl Buffer {
+    /// `pages` zeroed pages (1..=11 for one request); `NotFound` if a page's
+    /// frame cannot be found (the SDK's paging is not ready).
+    pub fn new(pages: usize) -> Result<Buffer, Error> {
+        let pages: Vec<PageBytes> = (0..pages).map(|_| PageBytes([0; PAGE])).collect();
+        let mfns = pages
+            .iter()
+            .map(|p| {
+                crate::paging::translate(p as *const PageBytes as u64)
+                    .map(|(mfn, _)| mfn)
+                    .ok_or(Error::NotFound)
+            })
+            .collect::<Result<Vec<u64>, Error>>()?;
+        Ok(Buffer { pages, mfns })
+    }
+
+    /// Pages.
+    pub fn pages(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Sectors (8 per page).
+    pub fn sectors(&self) -> u64 {
+        self.pages.len() as u64 * u64::from(SECTORS_PER_PAGE)
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.pages.as_slice().as_bytes()
+    }
+
+    /// The bytes, to fill before a write or read after a read.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        self.pages.as_mut_slice().as_mut_bytes()
+    }
+
+    /// The frame of page `i`.
+    pub fn mfn(&self, i: usize) -> Option<u64> {
+        self.mfns.get(i).copied()
+    }
+
+    fn refs(&self) -> Vec<PageRef> {
+        self.mfns.iter().map(|&m| PageRef::whole(m)).collect()
+    }
+}
+
+/// A finished request and, for a read or write, its buffer back.
+#[derive(Debug)]
+pub struct Completion {
+    /// Which request.
+    pub tag: Tag,
+    /// How it ended.
+    pub result: Result<(), VblkError>,
+    /// The buffer it used (`None` for a flush, or if a grant of it could
+    /// not be revoked: then its frames are kept away from reuse for good).
+    pub buffer: Option<Buffer>,
+}
+
+/// The real hypervisor for one disk: grants to its backend, events on its
+/// port.
+#[derive(Debug)]
+pub struct Hyper {
+    backend: u16,
+    port: Port,
+    events: u64,
+}
+
+impl Host for Hyper {
+    fn grant(&mut self, mfn: u64, readonly: bool) -> Result<u32, Error> {
+        crate::grant::grant_access(mfn, DomId(self.backend), readonly).map(|g| g.0)
+    }
+    fn revoke(&mut self, gref: u32) -> Result<(), Error> {
+        crate::grant::revoke(GrantRef(gref))
+    }
+    fn notify(&mut self) -> Result<(), Error> {
+        self.events += 1;
+        event::send(self.port)
+    }
+}
+
+/// How long [`Vblk::wait`] sleeps, by default, before checking that the
+/// backend is still there (its port still connected).
+pub const PROBE_NS: u64 = 100_000_000;
+
+fn on_disk_event(_: Port) {}
+
+/// A virtual disk of this guest, connected to its backend (`BLK-2`).
+pub struct Vblk {
+    core: Core<RingPage, Hyper>,
+    port: Port,
+    index: u32,
+    ring_gref: u32,
+    probe_ns: u64,
+    probes: u64,
+    bufs: Vec<Option<Buffer>>,
+    ready: alloc::collections::VecDeque<Completion>,
+}
+
+impl core::fmt::Debug for Vblk {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Vblk(disk {}, {:?})", self.index, self.core.geometry())
+    }
+}
+
+impl Vblk {
+    /// Opens this guest's disk `index` (its `index`-th `[[guest.vblk]]`):
+    /// initialises a ring, grants it to the backend at reference `index`,
+    /// and tells the backend (`BLK-2`). Requests can be queued at once;
+    /// the backend answers once it has mapped the ring. `NotFound` if the
+    /// start info has no such disk.
+    pub fn open(index: u32) -> Result<Vblk, Error> {
+        let si = crate::start_info();
+        let n = usize::try_from(si.vblk_count)
+            .unwrap_or(0)
+            .min(si.vblks.len());
+        let info = si.vblks[..n]
+            .iter()
+            .find(|v| v.role == VBLK_ROLE_FRONTEND && v.index == index)
+            .ok_or(Error::NotFound)?;
+        let geo = Geometry {
+            capacity: info.capacity_sectors,
+            readonly: info.flags & VBLK_READONLY != 0,
+        };
+        let port = Port(info.port);
+        // The ring page is never freed (4 KiB per disk opened): the backend
+        // may hold it mapped after this side is done with it.
+        let ring: *mut PageBytes =
+            alloc::boxed::Box::into_raw(alloc::boxed::Box::new(PageBytes([0; PAGE])));
+        let va = ring as u64;
+        let mfn = crate::paging::translate(va).ok_or(Error::NotFound)?.0;
+        let page = ring_page(va).ok_or(Error::InvalidArgument)?;
+        let host = Hyper {
+            backend: info.peer_domain,
+            port,
+            events: 0,
+        };
+        let mut core = Core::new(page, host, geo);
+        let ring_gref =
+            crate::grant::grant_access_at(mfn, DomId(info.peer_domain), false, GrantRef(index))?.0;
+        event::set_handler(port, on_disk_event);
+        let _ = event::unmask(port);
+        core.host().notify()?;
+        Ok(Vblk {
+            core,
+            port,
+            index,
+            ring_gref,
+            probe_ns: PROBE_NS,
+            probes: 0,
+            bufs: (0..RING_DEPTH).map(|_| None).collect(),
+            ready: alloc::collections::VecDeque::new(),
+        })
+    }
+
+    /// The disk's size and read-only flag.
+    pub fn geometry(&self) -> Geometry {
+        self.core.geometry()
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> u32 {
+        self.core.in_flight()
+    }
+
+    /// `(events sent to the backend, waits that timed out and probed the
+    /// backend)` so far: a batch costs one event (`RING-2`); a live
+    /// backend's answers always come with an event (`RING-3`).
+    pub fn stats(&self) -> (u64, u64) {
+        (self.core.host_ref().events, self.probes)
+    }
+
+    /// How long [`Vblk::wait`] sleeps before it checks that the backend is
+    /// still there ([`PROBE_NS`] by default): a dead backend is noticed
+    /// within about this long.
+    pub fn set_probe_ns(&mut self, ns: u64) {
+        self.probe_ns = ns.max(1_000_000);
+    }
+
+    /// Whether the disk was disconnected (the backend gone or broken).
+    pub fn is_disconnected(&self) -> bool {
+        self.core.is_disconnected()
+    }
+
+    /// Queues a read of `buf.sectors()` sectors from `sector` into `buf`
+    /// (published by [`Vblk::kick`]); on refusal the buffer comes back.
+    pub fn submit_read(&mut self, sector: u64, buf: Buffer) -> Result<Tag, (VblkError, Buffer)> {
+        let refs = buf.refs();
+        let r = self.core.read(sector, &refs);
+        self.hold(r, buf)
+    }
+
+    /// Queues a write of `buf` at `sector`.
+    pub fn submit_write(&mut self, sector: u64, buf: Buffer) -> Result<Tag, (VblkError, Buffer)> {
+        let refs = buf.refs();
+        let r = self.core.write(sector, &refs);
+        self.hold(r, buf)
+    }
+
+    /// Queues request `op` with sectors `first..=last` of each page of
+    /// `buf`, skipping this side's checks, so the backend's are what
+    /// answers (`BLK-5*` tests). The pages are still only `buf`'s.
+    pub fn submit_unchecked(
+        &mut self,
+        op: u8,
+        sector: u64,
+        buf: Buffer,
+        first: u8,
+        last: u8,
+    ) -> Result<Tag, (VblkError, Buffer)> {
+        let refs: Vec<PageRef> = buf
+            .mfns
+            .iter()
+            .map(|&mfn| PageRef {
+                mfn,
+                first_sect: first,
+                last_sect: last,
+            })
+            .collect();
+        let r = self.core.submit_unchecked(op, sector, &refs);
+        self.hold(r, buf)
+    }
+
+    fn hold(&mut self, r: Result<Tag, VblkError>, buf: Buffer) -> Result<Tag, (VblkError, Buffer)> {
+        match r {
+            Ok(tag) => {
+                self.bufs[tag.slot()] = Some(buf);
+                Ok(tag)
+            }
+            Err(e) => {
+                if e == VblkError::Disconnected {
+                    self.disconnect();
+                }
+                Err((e, buf))
+            }
+        }
+    }
+
+    /// Queues a flush (`BLK-6`).
+    pub fn submit_flush(&mut self) -> Result<Tag, VblkError> {
+        self.core.flush()
+    }
+
+    /// Publishes what was queued, with at most one event.
+    pub fn kick(&mut self) -> Result<(), VblkError> {
+        let r = self.core.kick();
+        if r.is_err() {
+            self.disconnect();
+        }
+        r
+    }
+
+    fn finish(&mut self, d: Done) -> Completion {
+        let buf = self.bufs.get_mut(d.tag.slot()).and_then(Option::take);
+        let buffer = if d.leaked {
+            // The backend kept a grant mapped: the frames are never given
+            // back to the allocator.
+            core::mem::forget(buf);
+            None
+        } else {
+            buf
+        };
+        Completion {
+            tag: d.tag,
+            result: d.result,
+            buffer,
+        }
+    }
+
+    fn disconnect(&mut self) {
+        let mut done = Vec::new();
+        self.core.fail_all(|d| done.push(d));
+        for d in done {
+            let c = self.finish(d);
+            self.ready.push_back(c);
+        }
+    }
+
+    /// A finished request, if one is ready; never blocks. A broken backend
+    /// disconnects the disk: every outstanding request then comes back with
+    /// [`VblkError::Disconnected`].
+    pub fn poll(&mut self) -> Option<Completion> {
+        if let Some(c) = self.ready.pop_front() {
+            return Some(c);
+        }
+        match self.core.poll() {
+            Ok(Some(d)) => Some(self.finish(d)),
+            Ok(None) => None,
+            Err(e) => {
+                log::warn!("vblk {}: {e}; disconnecting", self.index);
+                self.disconnect();
+                self.ready.pop_front()
+            }
+        }
+    }
+
+    /// The next finished request, sleeping on the disk's event until one
+    /// is (`RING-3`); `None` if nothing is in flight. Every
+    /// [`PROBE_NS`] (see [`Vblk::set_probe_ns`]) without an answer, checks
+    /// that the backend's port is still connected; if not, the disk is disconnected and the requests
+    /// fail, so a dead backend never leaves the guest hanging.
+    pub fn wait(&mut self) -> Option<Completion> {
+        loop {
+            if let Some(c) = self.poll() {
+                return Some(c);
+            }
+            if self.core.in_flight() == 0 {
+                return None;
+            }
+            match self.core.final_check() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(_) => {
+                    self.disconnect();
+                    continue;
+                }
+            }
+            let deadline = crate::time::now_ns().saturating_add(self.probe_ns);
+            if event::wait_until(deadline) == BlockResult::Deadline {
+                self.probes += 1;
+                if event::send(self.port).is_err() {
+                    log::warn!(
+                        "vblk {}: backend gone (port unbound); disconnecting",
+                        self.index
+                    );
+                    self.disconnect();
+                }
+            }
+        }
+    }
+
+    /// Waits for request `tag`, keeping other completions for
+    /// [`Vblk::poll`].
+    pub fn wait_for(&mut self, tag: Tag) -> Completion {
+        let mut others = alloc::collections::VecDeque::new();
+        let c = loop {
+            match self.wait() {
+                Some(c) if c.tag == tag => break c,
+                Some(c) => others.push_back(c),
+                None => {
+                    break Completion {
+                        tag,
+                        result: Err(VblkError::Disconnected),
+                        buffer: None,
+                    }
+                }
+            }
+        };
+        others.append(&mut self.ready);
+        self.ready = others;
+        c
+    }
+
+    /// Reads `buf.sectors()` sectors at `sector` into `buf`, waiting.
+    pub fn read(&mut self, sector: u64, buf: &mut Buffer) -> Result<(), VblkError> {
+        self.sync(buf, |v, b| v.submit_read(sector, b))
+    }
+
+    /// Writes `buf` at `sector`, waiting for the answer (durable only
+    /// after a [`Vblk::flush`], `BLK-6`).
+    pub fn write(&mut self, sector: u64, buf: &mut Buffer) -> Result<(), VblkError> {
+        self.sync(buf, |v, b| v.submit_write(sector, b))
+    }
+
+    fn sync(
+        &mut self,
+        buf: &mut Buffer,
+        submit: impl FnOnce(&mut Vblk, Buffer) -> Result<Tag, (VblkError, Buffer)>,
+    ) -> Result<(), VblkError> {
+        let owned = core::mem::replace(
+            buf,
+            Buffer {
+                pages: Vec::new(),
+                mfns: Vec::new(),
+            },
+        );
+        let tag = match submit(self, owned) {
+            Ok(t) => t,
+            Err((e, b)) => {
+                *buf = b;
+                return Err(e);
+            }
+        };
+        self.kick()?;
+        let c = self.wait_for(tag);
+        if let Some(b) = c.buffer {
+            *buf = b;
+        }
+        c.result
+    }
+
+    /// Flushes: every write answered before is durable when this returns
+    /// `Ok` (`BLK-6`).
+    pub fn flush(&mut self) -> Result<(), VblkError> {
+        let tag = self.submit_flush()?;
+        self.kick()?;
+        self.wait_for(tag).result
+    }
+}
+
+impl Drop for Vblk {
+    fn drop(&mut self) {
+        if self.core.in_flight() > 0 {
+            // Requests in flight: the backend may still write their
+            // buffers and the ring; keep them forever rather than free
+            // memory someone else may write.
+            for b in self.bufs.iter_mut() {
+                core::mem::forget(b.take());
+            }
+            return;
+        }
+        // Refused while the backend still maps the ring (it unmaps when it
+        // sees the frontend gone); the page is never freed either way.
+        let _ = self.core.host().revoke(self.ring_gref);
+    }
+}
+
+/// The ring page at `va` (a leaked, page-aligned [`PageBytes`] box this
+/// module never references).
+#[allow(unsafe_code)]
+fn ring_page(va: u64) -> Option<RingPage> {
+    // SAFETY: `va` is a leaked `Box<PageBytes>` (page-aligned, writable,
+    // never freed, so mapped for the domain's life) that no Rust reference
+    // reaches: only its raw pointer was kept, and `RingPage`'s atomic and
+    // volatile accesses are the only ones made to it.
+    unsafe { RingPage::new(va as *mut u8) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,6 +926,7 @@ mod tests {
         next: u32,
         granted: Vec<u32>,
         refuse_grant_of: Option<u64>,
+        refuse_with: Option<Error>,
         refuse_revoke: bool,
     }
     #[derive(Clone, Default)]
@@ -463,7 +935,7 @@ mod tests {
         fn grant(&mut self, mfn: u64, readonly: bool) -> Result<u32, Error> {
             let mut r = self.0.borrow_mut();
             if r.refuse_grant_of == Some(mfn) {
-                return Err(Error::PermissionDenied);
+                return Err(r.refuse_with.unwrap_or(Error::PermissionDenied));
             }
             let g = 16 + r.next;
             r.next += 1;
@@ -744,6 +1216,24 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_that_no_longer_exists_disconnects() {
+        let (_page, hv, mut core) = setup();
+        let t = core.read(0, &[PageRef::whole(1)]).unwrap();
+        core.kick().unwrap();
+        // The backend died: granting to it is `not_found` (GNT-1).
+        hv.0.borrow_mut().refuse_grant_of = Some(2);
+        hv.0.borrow_mut().refuse_with = Some(Error::NotFound);
+        assert_eq!(
+            core.read(8, &[PageRef::whole(2)]),
+            Err(VblkError::Disconnected)
+        );
+        assert!(core.is_disconnected());
+        let mut failed = Vec::new();
+        core.fail_all(|d| failed.push((d.tag, d.result)));
+        assert_eq!(failed, [(t, Err(VblkError::Disconnected))]);
+    }
+
+    #[test]
     fn an_unrevocable_grant_is_reported_as_leaked() {
         let (page, hv, mut core) = setup();
         let mut conn = Conn::attach(page.clone(), EXT);
@@ -772,6 +1262,56 @@ mod tests {
             "the frontend asked: the backend notifies"
         );
         assert!(core.final_check().unwrap());
+    }
+
+    /// The real `Host` against the SDK's recording fake: the grants and
+    /// events the frontend makes, word for word.
+    #[test]
+    fn the_hypervisor_sees_grants_of_the_right_kind_and_one_event() {
+        use crate::fake::{ok, Fake};
+        use hypercall_abi::grant::ACCESS_READONLY;
+        use hypercall_abi::Hypercall;
+        let mut next = 16;
+        let fake = Fake::install(move |call, _a, _| match call {
+            Some(Hypercall::GrantAccess) => {
+                next += 1;
+                ok(next - 1)
+            }
+            Some(Hypercall::GrantRevoke) | Some(Hypercall::EventSend) => ok(0),
+            c => panic!("unexpected {c:?}"),
+        });
+        let page = Rc::new(Page::new());
+        let host = Hyper {
+            backend: 1,
+            port: Port(5),
+            events: 0,
+        };
+        let mut core = Core::new(page.clone(), host, GEO);
+        let mut conn = Conn::attach(page.clone(), EXT);
+        assert!(!conn.final_check().unwrap());
+        core.read(0, &[PageRef::whole(0x100)]).unwrap();
+        core.write(8, &[PageRef::whole(0x101), PageRef::whole(0x102)])
+            .unwrap();
+        core.kick().unwrap();
+        assert_eq!(
+            fake.calls(),
+            [
+                (Hypercall::GrantAccess, [0x100, 1, 0, 0, 0, 0]),
+                (Hypercall::GrantAccess, [0x101, 1, ACCESS_READONLY, 0, 0, 0]),
+                (Hypercall::GrantAccess, [0x102, 1, ACCESS_READONLY, 0, 0, 0]),
+                (Hypercall::EventSend, [5, 0, 0, 0, 0, 0]),
+            ]
+        );
+        assert_eq!(core.host_ref().events, 1);
+        serve_all(&mut conn, Status::Ok);
+        while core.poll().unwrap().is_some() {}
+        let revoked: Vec<u64> = fake
+            .calls()
+            .iter()
+            .filter(|(c, _)| *c == Hypercall::GrantRevoke)
+            .map(|(_, a)| a[0])
+            .collect();
+        assert_eq!(revoked, [16, 17, 18], "every grant given back");
     }
 
     #[test]
