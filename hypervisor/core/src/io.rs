@@ -153,7 +153,7 @@ pub fn vblk_entries(
         peer_domain: link.backend,
         flags: if link.readonly { VBLK_READONLY } else { 0 },
         port: front_port,
-        sector_size: SECTOR_SIZE as u32,
+        sector_size: u32::try_from(SECTOR_SIZE).unwrap_or(512),
         reserved0: 0,
         capacity_sectors: capacity,
         extent_offset: 0,

@@ -5,6 +5,7 @@ pub mod boot;
 pub mod cpu;
 pub mod entries;
 pub mod fpu;
+pub mod ioapic;
 pub mod lapic;
 pub mod syscall;
 pub mod traps;

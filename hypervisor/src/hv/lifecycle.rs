@@ -62,7 +62,8 @@ pub fn start(pack: &Pack<'_>) -> ! {
             pack.blob(rec.cmdline_blob).unwrap_or(&[])
         };
         hv.domains.slots.push(None);
-        match domain::build(id, &rec, image, cmdline, &mut hv.memory.mm) {
+        let io = crate::io::plan_for(pack, id);
+        match domain::build(id, &rec, image, cmdline, &mut hv.memory.mm, &io) {
             Ok(d) => {
                 report!(
                     "domain-start",
@@ -102,6 +103,10 @@ pub fn start(pack: &Pack<'_>) -> ! {
     if !crate::named::wire(pack, &mut hv.channels, &hv.domains.slots) {
         hv.failed = true;
     }
+    // Device interrupts and virtual disks (IO-2, IO-6), likewise.
+    if !crate::io::setup(pack, &mut hv.channels, &hv.domains.slots) {
+        hv.failed = true;
+    }
     if crate::testopt::leak_frame() {
         // Deliberately lost: taken from the pool, owned by nobody, never
         // returned. The end-of-run audit must fail the run.
@@ -135,6 +140,9 @@ impl Hv {
         };
         d.console
             .flush(|line| crate::hypercall::console::print_line(&d.name, line));
+        // Its devices stop before any of its frames is scrubbed or reused
+        // (IO-5): no DMA into memory handed to someone else.
+        crate::io::release(id);
         self.sched.runq.remove(id);
         self.sched.deadlines.remove_domain(id);
         self.channels.remove_domain(id);
@@ -244,6 +252,8 @@ impl Hv {
             let start = time::now_tsc();
             loop {
                 if d.release_step(&mut self.memory.mm, &mut t) {
+                    // No table of its names its device frames any more.
+                    self.memory.mm.revoke_io(d.id);
                     let now = time::now_tsc();
                     report!(
                         "domain-released",
