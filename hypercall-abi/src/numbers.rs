@@ -104,6 +104,8 @@ hypercalls! {
     MemoryRelease = 0x51, "memory_release", "MEM-6", crate::memory::Release;
     /// The domain's current and maximum reservation.
     MemoryInfo = 0x52, "memory_info", "MEM-7", crate::memory::Info;
+    /// Unmasks the interrupt line of one of the caller's delegated devices.
+    IoIrqAck = 0x70, "io_irq_ack", "IO-1", crate::io::IrqAck;
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use hypercall_abi::event::Virq;
 use hypercall_abi::layout::{GUEST_VA_TOP, NR_PORTS};
 use hypercall_abi::sched::ShutdownReason;
 use hypercall_abi::{
-    base, console, event, memory, mmu, sched, time, trap, Args, Call, Error, Hypercall, Words,
+    base, console, event, io, memory, mmu, sched, time, trap, Args, Call, Error, Hypercall, Words,
 };
 
 /// Round-trips `v`, checks its words against `words` (the spec's positions),
@@ -87,6 +87,7 @@ fn every_call_round_trips_in_its_documented_positions() {
         check(memory::Populate { list: a, count: 5 }, [a, 5, 0, 0, 0, 0]),
         check(memory::Release { list: a, count: 6 }, [a, 6, 0, 0, 0, 0]),
         check(memory::Info { out: a }, [a, 0, 0, 0, 0, 0]),
+        check(io::IrqAck { device: 3 }, [3, 0, 0, 0, 0, 0]),
     ];
     assert_eq!(seen.len(), Hypercall::ALL.len(), "one sample per call");
     for h in Hypercall::ALL {
@@ -192,4 +193,8 @@ fn decode_refuses_out_of_range_words_with_the_documented_error() {
         memory::Release::decode(w([0, max, 0])).map(|r| r.count),
         Ok(max)
     );
+    // IO-1: a device index past the start-info table.
+    assert_eq!(io::IrqAck::decode(w([4, 0, 0])), Err(Error::NotFound));
+    assert_eq!(io::IrqAck::decode(w([1 << 32, 0, 0])), Err(Error::NotFound));
+    assert_eq!(io::IrqAck::decode(w([3, 0, 0])).map(|a| a.device), Ok(3));
 }

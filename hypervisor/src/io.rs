@@ -266,13 +266,14 @@ pub fn release(dom: DomId) {
         ioapic::mask(l.irq);
         // An interrupt taken since is not delivered any more.
         PENDING.fetch_and(!(1 << l.irq), Ordering::SeqCst);
-        reset_virtio(l.mmio);
+        let status = reset_virtio(l.mmio);
         report!(
             "device-reset",
-            "dom={} index={} mmio={:#x} irq={} masked={}",
+            "dom={} index={} mmio={:#x} status={} irq={} masked={}",
             dom,
             l.index,
             l.mmio,
+            status,
             l.irq,
             u8::from(ioapic::masked(l.irq))
         );
@@ -281,13 +282,16 @@ pub fn release(dom: DomId) {
 }
 
 /// Writes 0 to the virtio-mmio `Status` register of the device whose
-/// window is at machine address `mmio`.
-fn reset_virtio(mmio: u64) {
-    let va = mem::phys_to_virt(mmio + VIRTIO_MMIO_STATUS);
+/// window is at machine address `mmio`, and reads it back (0 once the
+/// device has reset).
+fn reset_virtio(mmio: u64) -> u32 {
+    let reg = (mem::phys_to_virt(mmio + VIRTIO_MMIO_STATUS)) as *mut u32;
     // SAFETY: `mmio` is the window of a device the boot pack delegated (a
     // checked virtio-mmio slot in 0xfeb0_0000..; tahoma_core::bootpack), so
-    // `va` is inside the direct map's uncached range below 4 GiB; `Status`
+    // `reg` is inside the direct map's uncached range below 4 GiB; `Status`
     // is an aligned 32-bit register, and writing 0 to it resets the device
     // (virtio 1.x, 4.2.2), which has no other effect on the hypervisor.
-    unsafe { (va as *mut u32).write_volatile(0) };
+    unsafe { reg.write_volatile(0) };
+    // SAFETY: the same register; reading it has no side effect.
+    unsafe { reg.read_volatile() }
 }

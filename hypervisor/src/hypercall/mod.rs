@@ -10,6 +10,7 @@
 pub(crate) mod base;
 pub(crate) mod console;
 pub(crate) mod event;
+pub(crate) mod io;
 pub(crate) mod memory;
 pub(crate) mod mmu;
 pub(crate) mod sched;
@@ -90,6 +91,7 @@ pub(crate) fn dispatch(
         H::MemoryPopulate => returning(hv, cur, w, memory::populate),
         H::MemoryRelease => returning(hv, cur, w, memory::release),
         H::MemoryInfo => returning(hv, cur, w, memory::info),
+        H::IoIrqAck => returning(hv, cur, w, io::irq_ack),
     }
 }
 
