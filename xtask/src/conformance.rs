@@ -767,6 +767,7 @@ fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Vec<Record> {
             image_blob: blob,
             cmdline: "",
             weight: 0,
+            dma_pages: 0,
         };
         for (i, (dom, how)) in MEM2B_CASES.iter().enumerate() {
             let blob = b.blob(&patch(&peer, how));

@@ -136,6 +136,8 @@ fn dma_r<T: Copy>(va: u64) -> T {
 }
 
 const STATUS: u64 = 0x070;
+/// The io scenario's `dma = "1M"` (the default is 2M).
+const DMA_PAGES: u64 = 256;
 const QUEUE_SIZE: u16 = 4;
 
 /// One read of sector 0 on queue 0 (three descriptors: header, 512 data
@@ -282,16 +284,6 @@ fn driver(si: &StartInfo) -> i32 {
         },
     );
 
-    clause("IO-0a", "no guest-made mapping of I/O memory", |ck| {
-        // Its own device L1, page after the device frame; then a heap page's.
-        try_map_devices(ck, DEVICE_VA_BASE + 0x1000);
-        try_map_devices(ck, DEVICE_VA_BASE + 0x3000);
-        ck.t(
-            paging::read_entry(DEVICE_VA_BASE, Level::L1).unwrap_or(0) & pte::PRESENT != 0,
-            "the hypervisor's entry is still there",
-        );
-    });
-
     let mut dma_seen = false;
     clause(
         "IO-2",
@@ -371,11 +363,11 @@ fn driver(si: &StartInfo) -> i32 {
                 ck.t(false, "no DMA region");
                 return;
             };
-            ck.eq("dma_pages", d.pages, 512);
+            ck.eq("dma_pages", d.pages, DMA_PAGES);
             ck.t(d.machine_base % 4096 == 0, "page-aligned machine base");
             let list = paging::frame_list();
             let first = d.first_page as usize;
-            let ok = (0..512usize)
+            let ok = (0..DMA_PAGES as usize)
                 .all(|k| list.get(first + k).copied() == Some(d.machine_base / 4096 + k as u64));
             ck.t(
                 ok,
@@ -384,14 +376,14 @@ fn driver(si: &StartInfo) -> i32 {
             ck.eq(
                 "first_free_page after it",
                 si.first_free_page,
-                d.first_page + 512 + 2,
+                d.first_page + DMA_PAGES + 2,
             );
-            let last = d.va + 511 * 4096;
+            let last = d.va + (DMA_PAGES - 1) * 4096;
             dma_w::<u64>(last, 0x1234_5678_9abc_def0);
             ck.eq("writable", dma_r::<u64>(last), 0x1234_5678_9abc_def0);
             ck.t(dma_seen, "the device DMAed into it (IO-2's status byte)");
             // mmu_frame_info answers for the caller's own frames only (MMU-29).
-            for k in [0, 511] {
+            for k in [0, DMA_PAGES - 1] {
                 let r = mmu::frame_info(d.machine_base / 4096 + k).map(drop);
                 ck.eq("a DMA frame is this domain's own", r, Ok(()));
             }
@@ -413,7 +405,7 @@ fn driver(si: &StartInfo) -> i32 {
             "vblk entries past the count are zero",
         );
         ck.t(
-            r.dma_pages == 512 && r.dma_machine_base != 0,
+            r.dma_pages == DMA_PAGES && r.dma_machine_base != 0,
             "DMA fields set",
         );
         ck.t(
@@ -447,6 +439,40 @@ fn driver(si: &StartInfo) -> i32 {
             );
         },
     );
+
+    clause("IO-0a", "no guest-made mapping of I/O memory", |ck| {
+        // Its own device L1, page after the device frame; then a heap page's.
+        try_map_devices(ck, DEVICE_VA_BASE + 0x1000);
+        try_map_devices(ck, DEVICE_VA_BASE + 0x3000);
+        ck.t(
+            paging::read_entry(DEVICE_VA_BASE, Level::L1).unwrap_or(0) & pte::PRESENT != 0,
+            "the hypervisor's entry is still there",
+        );
+        // It may drop the hypervisor's entry, and then never get it back.
+        let Some(l1) = paging::table_mfn(DEVICE_VA_BASE, Level::L1) else {
+            ck.t(false, "no device L1");
+            return;
+        };
+        let ptr = paging::entry_ptr(l1, 0);
+        ck.eq(
+            "overwrite the device entry",
+            mmu::update(&[MmuUpdate { ptr, val: 0 }]).map_err(|e| e.error),
+            Ok(()),
+        );
+        ck.t(
+            paging::translate(DEVICE_VA_BASE).is_none(),
+            "device unmapped",
+        );
+        ck.eq(
+            "map it back",
+            mmu::update(&[MmuUpdate {
+                ptr,
+                val: rw(0xfeb00),
+            }])
+            .map_err(|e| e.error),
+            Err(Error::NotFound),
+        );
+    });
 
     println!("@ iotest role=driver dying=1");
     // Killed mid-run: the hypervisor must reset the device and mask its

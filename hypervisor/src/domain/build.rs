@@ -23,10 +23,10 @@ pub fn build(
     let (entry, segs) = (img.entry, img.segments);
     // A driver domain's window: the DMA region (machine-contiguous), then
     // its device L2 and L1, at the start of the free pages (MEM-3b).
-    let dma_pages = if io.is_driver() {
-        tahoma_core::io::DEFAULT_DMA_PAGES
-    } else {
-        0
+    let dma_pages = match (io.is_driver(), rec.dma_pages) {
+        (false, _) => 0,
+        (true, 0) => tahoma_core::io::DEFAULT_DMA_PAGES,
+        (true, n) => u64::from(n),
     };
     let dma_first = plan.first_free;
     let dev_tables = if io.is_driver() { 2 } else { 0 };
