@@ -93,8 +93,8 @@ impl StartInfo {
             .enumerate()
             .filter_map(|(i, d)| {
                 let ok = d.kind == DEVICE_KIND_VIRTIO_MMIO && (d.irq_port as usize) < NR_PORTS;
-                ok.then(|| Device {
-                    index: i as u32,
+                ok.then_some(Device {
+                    index: u32::try_from(i).unwrap_or(u32::MAX),
                     virtio_id: d.virtio_id,
                     mmio_machine: d.mmio_machine,
                     mmio_va: d.mmio_va,
@@ -179,7 +179,7 @@ mod tests {
         // A hostile count is clamped, a bad entry skipped.
         let s = si(|r| {
             r.device_count = u32::MAX;
-            r.devices[0] = dev(NR_PORTS as u32);
+            r.devices[0] = dev(u32::try_from(NR_PORTS).unwrap());
             r.devices[1] = DeviceInfo { kind: 9, ..dev(1) };
             r.devices[3] = dev(2);
         });

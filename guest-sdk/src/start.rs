@@ -303,7 +303,7 @@ mod tests {
             ..vblk(VBLK_ROLE_BACKEND, 0, 9)
         };
         raw.vblks[1] = vblk(VBLK_ROLE_FRONTEND, 0, 0);
-        raw.vblks[2] = vblk(VBLK_ROLE_FRONTEND, 0, NR_PORTS as u32);
+        raw.vblks[2] = vblk(VBLK_ROLE_FRONTEND, 0, u32::try_from(NR_PORTS).unwrap());
         let si = StartInfo::new(raw);
         let all: Vec<Vblk<'_>> = si.vblks().collect();
         assert_eq!(all.len(), 1);

@@ -223,6 +223,7 @@ mod tests {
     struct B(Vec<DeviceRecord>);
 
     impl B {
+        #[allow(clippy::too_many_arguments)]
         fn push(
             &mut self,
             kind: DeviceKind,
