@@ -79,6 +79,70 @@ fn try_map_devices(ck: &mut Ck, va: u64) {
         paging::translate(va).is_none(),
         "probe page still empty after",
     );
+    try_pin_devices(ck);
+}
+
+/// Pins a table holding a device entry (a page of its heap, unmapped for
+/// the attempt): refused, nothing pinned.
+fn try_pin_devices(ck: &mut Ck) {
+    let layout = core::alloc::Layout::from_size_align(4096, 4096).expect("a page layout");
+    // SAFETY: a non-zero-sized layout; the page is freed below.
+    let page = unsafe { alloc::alloc::alloc_zeroed(layout) };
+    if page.is_null() {
+        ck.t(false, "no heap page for the pin attempt");
+        return;
+    }
+    let va = page as u64;
+    let Some((mfn, _)) = paging::translate(va) else {
+        ck.t(false, "heap page not mapped");
+        return;
+    };
+    let saved = paging::read_entry(va, Level::L1).unwrap_or(0);
+    for dev in DEVICE_FRAMES {
+        dma_w::<u64>(va, rw(dev));
+        ck.eq(
+            "unmap the page",
+            mmu::update_va_mapping(va, 0, true),
+            Ok(()),
+        );
+        ck.eq(
+            "pin it as an L1",
+            mmu::pin(mfn, Level::L1),
+            Err(Error::NotFound),
+        );
+        ck.eq(
+            "map it back",
+            mmu::update_va_mapping(va, saved, true),
+            Ok(()),
+        );
+    }
+    dma_w::<u64>(va, 0);
+    // SAFETY: allocated above with this layout, mapped again, not used since.
+    unsafe { alloc::alloc::dealloc(page, layout) };
+}
+
+/// Hypercall buffers in the device window are refused like any frame the
+/// caller does not own (CALL-4): nothing read from or written to the device.
+fn try_buffers_in(ck: &mut Ck, mmio_va: u64, status_before: u32, status_now: impl Fn() -> u32) {
+    use guest_sdk::abi::{console, memory};
+    let r = guest_sdk::raw::invoke(&console::Write {
+        ptr: mmio_va,
+        len: 16,
+    });
+    ck.eq(
+        "console_write from the device window",
+        r,
+        Err(Error::BadAddress),
+    );
+    let r = guest_sdk::raw::invoke(&memory::Info {
+        out: mmio_va + 0x70,
+    });
+    ck.eq(
+        "memory_info into the device's Status",
+        r,
+        Err(Error::BadAddress),
+    );
+    ck.eq("Status untouched", status_now(), status_before);
 }
 
 /// Waits up to `ms` for `cond`.
@@ -448,6 +512,10 @@ fn driver(si: &StartInfo) -> i32 {
             paging::read_entry(DEVICE_VA_BASE, Level::L1).unwrap_or(0) & pte::PRESENT != 0,
             "the hypervisor's entry is still there",
         );
+        if let Some(d) = dev {
+            let m = Mmio(d.mmio_va);
+            try_buffers_in(ck, d.mmio_va, m.r(STATUS), || m.r(STATUS));
+        }
         // It may drop the hypervisor's entry, and then never get it back.
         let Some(l1) = paging::table_mfn(DEVICE_VA_BASE, Level::L1) else {
             ck.t(false, "no device L1");
