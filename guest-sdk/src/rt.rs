@@ -88,7 +88,7 @@ pub(crate) extern "C" fn start(si: *const layout::StartInfo) -> ! {
     for c in si.channels() {
         crate::event::mask(c.port);
     }
-    // Virtual-disk channels likewise (IO-6); device ports the hypervisor
+    // Virtual-disk channels likewise (IO-5); device ports the hypervisor
     // masked itself (IO-2).
     for v in si.vblks() {
         crate::event::mask(v.port);

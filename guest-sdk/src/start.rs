@@ -31,7 +31,7 @@ pub struct Channel<'a> {
     pub peer_name: &'a str,
 }
 
-/// Which end of a virtual disk this domain is (`IO-6`).
+/// Which end of a virtual disk this domain is (`IO-5`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VblkRole {
     /// The domain uses the disk.
@@ -40,7 +40,7 @@ pub enum VblkRole {
     Backend,
 }
 
-/// A virtual disk this domain uses or serves, connected at boot (`IO-6`):
+/// A virtual disk this domain uses or serves, connected at boot (`IO-5`):
 /// `port` is an interdomain channel to the other end, masked at start (the
 /// SDK masks it, as it does named channels) until the guest unmasks it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,7 +170,7 @@ impl StartInfo {
         self.channels().find(|c| c.name == name)
     }
 
-    /// This domain's virtual disks (`MEM-3b`, `IO-6`), in table order.
+    /// This domain's virtual disks (`MEM-3b`, `IO-5`), in table order.
     /// Entries past `vblk_count` (clamped to the table), with an unknown
     /// role, port 0 or out of range, or a zero sector size are skipped.
     pub fn vblks(&self) -> impl Iterator<Item = Vblk<'_>> {

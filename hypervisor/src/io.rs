@@ -110,7 +110,7 @@ impl Hv {
 
 /// Routes every driver domain's devices (ports bound, masked in shared
 /// info, IOAPIC inputs routed and unmasked), fills the start-info device
-/// tables, and wires the virtual disks (IO-6). Called once, after every
+/// tables, and wires the virtual disks (IO-5). Called once, after every
 /// domain was built and before any runs. Returns false if something the
 /// pack asked for could not be set up.
 pub fn setup(pack: &Pack<'_>, channels: &mut Channels, doms: &[Option<Box<Domain>>]) -> bool {

@@ -307,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn io_6_links_number_each_frontends_disks_and_name_the_backend_device() {
+    fn io_5_links_number_each_frontends_disks_and_name_the_backend_device() {
         let recs = records(|b| {
             b.mmio_device(0, 1, SLOT6, 11);
             let disk = b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, 12);
@@ -337,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn io_6_wiring_connects_both_ends_and_fills_both_entries() {
+    fn io_5_wiring_connects_both_ends_and_fills_both_entries() {
         let recs = records(|b| {
             let disk = b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, 12);
             b.vblk_extent(1, disk, 1 << 20, 2 << 20, ExtentFlags::READONLY);

@@ -208,7 +208,7 @@ pub fn build(
         reserved1: 0,
         channels: [NamedChannel::EMPTY; MAX_NAMED_CHANNELS],
         // The DMA region and the device table (IO-3, IO-0; the ports are
-        // filled by `io::setup`); virtual disks by `io::setup` too (IO-6).
+        // filled by `io::setup`); virtual disks by `io::setup` too (IO-5).
         dma_first_page: if dma_pages > 0 { dma_first } else { 0 },
         dma_pages,
         dma_machine_base: dma_base.map_or(0, |b| b << 12),

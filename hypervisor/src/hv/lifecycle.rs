@@ -103,7 +103,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
     if !crate::named::wire(pack, &mut hv.channels, &hv.domains.slots) {
         hv.failed = true;
     }
-    // Device interrupts and virtual disks (IO-2, IO-6), likewise.
+    // Device interrupts and virtual disks (IO-2, IO-5), likewise.
     if !crate::io::setup(pack, &mut hv.channels, &hv.domains.slots) {
         hv.failed = true;
     }
