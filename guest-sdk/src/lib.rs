@@ -53,6 +53,7 @@ pub mod event;
 #[cfg(test)]
 mod fake;
 pub mod grant;
+pub mod io;
 pub mod memory;
 pub mod mmu;
 pub mod paging;
@@ -75,7 +76,7 @@ mod rt;
 pub use rt::{heap_grown, heap_usage};
 
 pub use event::{DomId, Port};
-pub use start::{start_info, Channel, StartInfo};
+pub use start::{start_info, Channel, StartInfo, Vblk, VblkRole};
 
 pub use base::abi_version;
 

@@ -107,8 +107,11 @@ pub enum Level {
 pub const RECURSIVE_SLOT: u64 = 255;
 /// Start of the virtual range the self entry exposes (up to [`GUEST_VA_TOP`]).
 pub const RECURSIVE_BASE: u64 = RECURSIVE_SLOT << 39;
-/// Where the SDK grows its heap (from 1 GiB, above the window).
-pub const HEAP_GROW_BASE: u64 = 0x4000_0000;
+/// Where the SDK grows its heap: from 1 GiB + 2 MiB, above the window and
+/// above the 2 MiB a driver domain's devices are mapped in from
+/// `DEVICE_VA_BASE` (1 GiB, IO-0), so growing the heap never overwrites a
+/// device mapping.
+pub const HEAP_GROW_BASE: u64 = hypercall_abi::layout::DEVICE_VA_BASE + 0x20_0000;
 /// End of the heap-growth region.
 pub const HEAP_GROW_TOP: u64 = 0x10_0000_0000;
 /// Start of the region the safe functions map in.

@@ -92,6 +92,11 @@ pub(crate) extern "C" fn start(si: *const layout::StartInfo) -> ! {
     for c in si.channels() {
         crate::event::mask(c.port);
     }
+    // Virtual-disk channels likewise (IO-5); device ports the hypervisor
+    // masked itself (IO-2).
+    for v in si.vblks() {
+        crate::event::mask(v.port);
+    }
     init_callbacks();
     if let Err(e) = paging {
         log::warn!("paging: no self entry ({e}): page tables cannot be read, the heap cannot grow");

@@ -3,7 +3,10 @@
 
 use core::ops::Deref;
 
-use hypercall_abi::layout::{self, StartFlags, MAX_NAMED_CHANNELS, NR_PORTS};
+use hypercall_abi::layout::{
+    self, StartFlags, MAX_NAMED_CHANNELS, MAX_START_VBLKS, NR_PORTS, VBLK_READONLY,
+    VBLK_ROLE_BACKEND, VBLK_ROLE_FRONTEND,
+};
 
 use crate::event::{DomId, Port};
 
@@ -26,6 +29,43 @@ pub struct Channel<'a> {
     pub peer: DomId,
     /// The peer domain's name (from the manifest).
     pub peer_name: &'a str,
+}
+
+/// Which end of a virtual disk this domain is (`IO-5`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VblkRole {
+    /// The domain uses the disk.
+    Frontend,
+    /// The domain (a driver domain) serves it to [`Vblk::peer`].
+    Backend,
+}
+
+/// A virtual disk this domain uses or serves, connected at boot (`IO-5`):
+/// `port` is an interdomain channel to the other end, masked at start (the
+/// SDK masks it, as it does named channels) until the guest unmasks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vblk<'a> {
+    /// Frontend or backend.
+    pub role: VblkRole,
+    /// The disk's index among its frontend's disks (the grant reference
+    /// of its ring page).
+    pub index: u32,
+    /// The other end.
+    pub peer: DomId,
+    /// The other end's name.
+    pub peer_name: &'a str,
+    /// The frontend may only read.
+    pub readonly: bool,
+    /// This domain's port, connected to the peer's.
+    pub port: Port,
+    /// Bytes per sector (512).
+    pub sector_size: u32,
+    /// Size in sectors.
+    pub capacity_sectors: u64,
+    /// Backend: the extent's first byte on the device (0 for a frontend).
+    pub extent_offset: u64,
+    /// Backend: the device's index in [`StartInfo::devices`].
+    pub device: u32,
 }
 
 /// What the hypervisor told this domain at start (`MEM-3`): a copy of the
@@ -130,6 +170,41 @@ impl StartInfo {
         self.channels().find(|c| c.name == name)
     }
 
+    /// This domain's virtual disks (`MEM-3b`, `IO-5`), in table order.
+    /// Entries past `vblk_count` (clamped to the table), with an unknown
+    /// role, port 0 or out of range, or a zero sector size are skipped.
+    pub fn vblks(&self) -> impl Iterator<Item = Vblk<'_>> {
+        let n = usize::try_from(self.raw.vblk_count)
+            .unwrap_or(usize::MAX)
+            .min(MAX_START_VBLKS);
+        self.raw.vblks[..n].iter().filter_map(|v| {
+            let role = match v.role {
+                VBLK_ROLE_FRONTEND => VblkRole::Frontend,
+                VBLK_ROLE_BACKEND => VblkRole::Backend,
+                _ => return None,
+            };
+            let ok = v.port != 0 && (v.port as usize) < NR_PORTS && v.sector_size != 0;
+            ok.then(|| Vblk {
+                role,
+                index: v.index,
+                peer: DomId(v.peer_domain),
+                peer_name: decode_name(&v.peer_name),
+                readonly: v.flags & VBLK_READONLY != 0,
+                port: Port(v.port),
+                sector_size: v.sector_size,
+                capacity_sectors: v.capacity_sectors,
+                extent_offset: v.extent_offset,
+                device: v.device,
+            })
+        })
+    }
+
+    /// This domain's `index`-th disk as a frontend.
+    pub fn vblk(&self, index: u32) -> Option<Vblk<'_>> {
+        self.vblks()
+            .find(|v| v.role == VblkRole::Frontend && v.index == index)
+    }
+
     /// Virtual address of pseudo-physical page `page` of the window (`MEM-2`).
     pub fn page_va(&self, page: u64) -> u64 {
         self.raw
@@ -182,6 +257,60 @@ pub(crate) fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vblk(role: u32, index: u32, port: u32) -> layout::VblkInfo {
+        let mut v: layout::VblkInfo = zerocopy::FromZeros::new_zeroed();
+        v.role = role;
+        v.index = index;
+        v.port = port;
+        v.peer_domain = 1;
+        v.peer_name[..3].copy_from_slice(b"drv");
+        v.sector_size = 512;
+        v.capacity_sectors = 2048;
+        v
+    }
+
+    #[test]
+    fn vblks_come_from_the_table_up_to_the_count() {
+        let mut raw: layout::StartInfo = zerocopy::FromZeros::new_zeroed();
+        raw.vblk_count = 3;
+        raw.vblks[0] = vblk(VBLK_ROLE_FRONTEND, 0, 4);
+        raw.vblks[1] = layout::VblkInfo {
+            flags: VBLK_READONLY,
+            ..vblk(VBLK_ROLE_FRONTEND, 1, 5)
+        };
+        raw.vblks[2] = vblk(7, 2, 6);
+        raw.vblks[3] = vblk(VBLK_ROLE_FRONTEND, 3, 7);
+        let si = StartInfo::new(raw);
+        let all: Vec<Vblk<'_>> = si.vblks().collect();
+        assert_eq!(
+            all.len(),
+            2,
+            "unknown role skipped, entries past the count ignored"
+        );
+        assert_eq!(all[0].port, Port(4));
+        assert_eq!((all[0].peer, all[0].peer_name), (DomId(1), "drv"));
+        assert_eq!((all[0].capacity_sectors, all[0].sector_size), (2048, 512));
+        assert!(!all[0].readonly && all[1].readonly);
+        assert_eq!(si.vblk(1).map(|v| v.port), Some(Port(5)));
+        assert_eq!(si.vblk(3), None);
+        // A backend entry is not a disk of this domain.
+        let mut raw: layout::StartInfo = zerocopy::FromZeros::new_zeroed();
+        raw.vblk_count = u32::MAX;
+        raw.vblks[0] = layout::VblkInfo {
+            extent_offset: 1 << 20,
+            device: 1,
+            ..vblk(VBLK_ROLE_BACKEND, 0, 9)
+        };
+        raw.vblks[1] = vblk(VBLK_ROLE_FRONTEND, 0, 0);
+        raw.vblks[2] = vblk(VBLK_ROLE_FRONTEND, 0, u32::try_from(NR_PORTS).unwrap());
+        let si = StartInfo::new(raw);
+        let all: Vec<Vblk<'_>> = si.vblks().collect();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].role, VblkRole::Backend);
+        assert_eq!((all[0].extent_offset, all[0].device), (1 << 20, 1));
+        assert_eq!(si.vblk(0), None);
+    }
 
     #[test]
     fn names_are_nul_padded() {

@@ -114,6 +114,8 @@ hypercalls! {
     GrantUnmap = 0x63, "grant_unmap", "GNT-4", crate::grant::Unmap;
     /// Copies bytes between the caller's frames and grants made to it.
     GrantCopy = 0x64, "grant_copy", "GNT-5", crate::grant::Copy;
+    /// Unmasks the interrupt line of one of the caller's delegated devices.
+    IoIrqAck = 0x70, "io_irq_ack", "IO-1", crate::io::IrqAck;
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use hypercall_abi::event::Virq;
 use hypercall_abi::layout::{GUEST_VA_TOP, NR_PORTS};
 use hypercall_abi::sched::ShutdownReason;
 use hypercall_abi::{
-    base, console, event, grant, memory, mmu, sched, time, trap, Args, Call, Error, Hypercall,
+    base, console, event, grant, io, memory, mmu, sched, time, trap, Args, Call, Error, Hypercall,
     Words,
 };
 
@@ -109,6 +109,7 @@ fn every_call_round_trips_in_its_documented_positions() {
         ),
         check(grant::Unmap { handle: 4 }, [4, 0, 0, 0, 0, 0]),
         check(grant::Copy { ops: a, count: 64 }, [a, 64, 0, 0, 0, 0]),
+        check(io::IrqAck { device: 3 }, [3, 0, 0, 0, 0, 0]),
     ];
     assert_eq!(seen.len(), Hypercall::ALL.len(), "one sample per call");
     for h in Hypercall::ALL {
@@ -251,4 +252,8 @@ fn decode_refuses_out_of_range_words_with_the_documented_error() {
         grant::Copy::decode(w([0, grant::COPY_BATCH_MAX, 0])).map(|c| c.count),
         Ok(grant::COPY_BATCH_MAX)
     );
+    // IO-1: a device index past the start-info table.
+    assert_eq!(io::IrqAck::decode(w([4, 0, 0])), Err(Error::NotFound));
+    assert_eq!(io::IrqAck::decode(w([1 << 32, 0, 0])), Err(Error::NotFound));
+    assert_eq!(io::IrqAck::decode(w([3, 0, 0])).map(|a| a.device), Ok(3));
 }

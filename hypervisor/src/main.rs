@@ -17,6 +17,7 @@ mod domain;
 mod guestmem;
 mod hv;
 mod hypercall;
+mod io;
 mod mem;
 mod named;
 mod pvh;

@@ -115,6 +115,16 @@ pub fn alloc_zeroed_frame() -> Option<u64> {
     Some(mfn)
 }
 
+/// Takes `count` machine-contiguous frames, zeroed; returns the first
+/// (a driver domain's DMA region, IO-3). Each is freed on its own later.
+pub fn alloc_contiguous_zeroed(count: u64) -> Option<u64> {
+    let first = FRAMES.lock().as_mut()?.alloc_contiguous(count, 1)?;
+    for mfn in first..first + count {
+        table_mut(mfn).fill(0);
+    }
+    Some(first)
+}
+
 /// The pattern `testopt=poison-free` fills free memory with at boot: a
 /// frame handed out without being zeroed shows it to its guest (MEM-2a,
 /// MEM-5 check for zeroes), and a frame freed without being scrubbed is

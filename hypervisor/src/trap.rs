@@ -15,6 +15,9 @@ pub extern "C" fn handle(frame: &mut TrapFrame) {
     match frame.vector {
         v if v == u64::from(lapic::TIMER_VECTOR) => crate::hv::timer_interrupt(frame),
         v if v == u64::from(lapic::SPURIOUS_VECTOR) => {}
+        v if arch::ioapic::pin_of(v).is_some() => {
+            crate::io::interrupt(frame, arch::ioapic::pin_of(v).unwrap_or(0))
+        }
         // NMI, double fault and machine check are never the guest's.
         2 | 8 | 18 => hypervisor_fault(frame),
         // A guest's `sysenter` with TF set single-steps into the sysenter

@@ -7,8 +7,8 @@ use crate::{BootOutcome, BootRequest, Exit, Machine, ScenarioTest};
 pub fn tests() -> Vec<ScenarioTest> {
     vec![
         ScenarioTest {
-            name: "disk_scenario_boots_with_the_device_attached",
-            run: disk_scenario_boots_with_the_device_attached,
+            name: "disk_scenario_delegates_the_device_and_wires_the_disks",
+            run: disk_scenario_delegates_the_device_and_wires_the_disks,
         },
         ScenarioTest {
             name: "hello_guest_greets_and_powers_off",
@@ -105,17 +105,58 @@ fn hello_guest_greets_and_powers_off(m: &dyn Machine) -> Result<(), String> {
     Ok(())
 }
 
-/// Split I/O groundwork (`docs/io.md`): a scenario with a disk image, a
-/// privileged driver domain and two guests with vblk extents boots with
-/// QEMU's virtio-blk device attached at the slot the boot pack names, and
-/// ends green and audited (the hypervisor checks the device records but does
-/// not serve the device yet).
-fn disk_scenario_boots_with_the_device_attached(m: &dyn Machine) -> Result<(), String> {
+/// Split I/O (`docs/io.md`, `docs/abi/io.md`): a scenario with a disk
+/// image, a privileged driver domain and two guests with vblk extents boots
+/// with QEMU's virtio-blk device attached at the slot the boot pack names;
+/// the hypervisor delegates it to the driver (mapped at `DEVICE_VA_BASE`,
+/// IOAPIC input 12 on its own vector and port), wires each extent's channel
+/// with the right capacity, offset and read-only flag on both ends, resets
+/// the device when the driver ends, and the run ends green and audited.
+fn disk_scenario_delegates_the_device_and_wires_the_disks(m: &dyn Machine) -> Result<(), String> {
     let out = m.boot(&BootRequest::scenario("disk"))?;
     succeeded_and_audited(&out)?;
     for name in ["drv", "a", "b"] {
         powered_off_cleanly(&out, name)?;
     }
+    let dev = out.facts.one("device")?;
+    ensure!(
+        dev.get("dom") == Some("1")
+            && dev.get("mmio") == Some("0xfeb00e00")
+            && dev.get("va") == Some("0x40000e00")
+            && dev.get("irq") == Some("12")
+            && dev.get("vector") == Some("0x3c"),
+        "`{dev}`: want the disk delegated to domain 1 at 0x40000e00, input 12 on vector 0x3c"
+    );
+    let vblks: Vec<_> = out.facts.of_kind("vblk").collect();
+    ensure!(
+        vblks.len() == 4,
+        "want 4 `@ vblk` lines (two disks, two ends each), got {}",
+        vblks.len()
+    );
+    for (dom, role, peer, readonly, offset) in [
+        ("1", "backend", "2", "0", "0x0"),
+        ("1", "backend", "3", "1", "0x1000000"),
+        ("2", "frontend", "1", "0", "0x0"),
+        ("3", "frontend", "1", "1", "0x0"),
+    ] {
+        let found = vblks.iter().any(|f| {
+            f.get("dom") == Some(dom)
+                && f.get("role") == Some(role)
+                && f.get("peer") == Some(peer)
+                && f.get("readonly") == Some(readonly)
+                && f.get("offset") == Some(offset)
+                && f.get("sectors") == Some("32768")
+                && f.get("index") == Some("0")
+        });
+        ensure!(found, "no `@ vblk dom={dom} role={role} peer={peer} readonly={readonly} offset={offset} sectors=32768`");
+    }
+    let reset = out.facts.one("device-reset")?;
+    ensure!(
+        reset.get("dom") == Some("1")
+            && reset.get("status") == Some("0")
+            && reset.get("masked") == Some("1"),
+        "`{reset}`: the driver's device must be reset (status 0) and masked when it ends"
+    );
     let log = out
         .log
         .as_ref()

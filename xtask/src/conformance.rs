@@ -34,6 +34,11 @@ pub const MMU_GUEST: &str = "mmu";
 pub const CPU_SCENARIO: &str = "cpu";
 /// The domain in it that reports clause results.
 pub const CPU_GUEST: &str = "cpu";
+/// The device-delegation scenario (IO-*, MEM-3b): a driver domain and an
+/// ordinary guest, both reporting clauses.
+pub const IO_SCENARIO: &str = "io";
+/// The domains in it that report clause results.
+pub const IO_GUESTS: [&str; 2] = ["drv", "plain"];
 /// The `-cpu` models (under TCG) the CPU-state clauses must hold under:
 /// the default one (FXSAVE, no UMIP, AMD vendor: `sysenter` is #UD) and
 /// QEMU's `max` (XSAVE with AVX, UMIP, FSGSBASE, RDPID) with an Intel
@@ -762,6 +767,7 @@ fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Vec<Record> {
             image_blob: blob,
             cmdline: "",
             weight: 0,
+            dma_pages: 0,
         };
         for (i, (dom, how)) in MEM2B_CASES.iter().enumerate() {
             let blob = b.blob(&patch(&peer, how));
@@ -973,6 +979,7 @@ pub fn run(booter: &Booter<'_>, timeout: Option<Duration>) -> Result<Report, Str
     results.extend(mem2b(booter, timeout));
     results.extend(mmu(booter, timeout, &mut problems));
     results.extend(cpu(booter, timeout, &mut problems));
+    results.extend(io(booter, timeout, &mut problems));
     Ok(Report {
         records: reconcile(&doc, results),
         problems,
@@ -1049,6 +1056,94 @@ fn mmu(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String
         detail,
     ));
     records
+}
+
+/// Boots the device-delegation scenario and takes both guests' clause
+/// results, plus IO-4, which only the transcript shows ([`io_reset`]).
+fn io(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String>) -> Vec<Record> {
+    let how = Presentation {
+        echo: false,
+        gdb: None,
+        log_name: format!("tests/{IO_SCENARIO}"),
+    };
+    let mut req = BootRequest::scenario(IO_SCENARIO);
+    req.timeout = timeout;
+    let outcome = match booter.boot(&req, &how) {
+        Ok((outcome, _, _)) => outcome,
+        Err(e) => {
+            problems.push(format!("could not boot `{IO_SCENARIO}`: {e}"));
+            return Vec::new();
+        }
+    };
+    let mut records = Vec::new();
+    for guest in IO_GUESTS {
+        let r = guest_records(&outcome, guest);
+        if r.is_empty() {
+            problems.push(format!(
+                "the `{IO_SCENARIO}` guest `{guest}` reported no clause (run ended with {})",
+                outcome.exit
+            ));
+        }
+        records.extend(r);
+    }
+    if outcome.exit != Exit::Success {
+        problems.push(format!(
+            "the `{IO_SCENARIO}` run ended with {}",
+            outcome.exit
+        ));
+    }
+    let (pass, detail) = io_reset(&outcome).result();
+    records.push(Record::new(
+        "IO-4",
+        "a dead driver's devices are reset and masked before its frames go",
+        pass,
+        detail,
+    ));
+    records
+}
+
+/// IO-4 from the `io` transcript: the driver `drv` (domain 1) died on a
+/// fault; its device was reset (`status=0`) and its line masked, reported
+/// before its memory was released; the other guest ran on after it and saw
+/// the disk channel close; the frame audit is clean.
+fn io_reset(outcome: &BootOutcome) -> HostCheck {
+    let mut c = HostCheck::new();
+    let t = &outcome.transcript;
+    let at = |needle: &str| t.lines().position(|l| l.starts_with(needle));
+    let fault = at("@ domain-fault id=1 name=\"drv\"");
+    let reset = at("@ device-reset dom=1 ");
+    let released = at("@ domain-released id=1 ");
+    let gone = at("[plain] @ iotest role=plain driver_gone=1");
+    c.t(
+        fault.is_some(),
+        "the driver domain was not destroyed by a fault",
+    );
+    match reset {
+        None => c.t(false, "no `@ device-reset` for the driver's device"),
+        Some(i) => {
+            let line = t.lines().nth(i).unwrap_or_default();
+            c.t(
+                line.contains(" status=0 ") && line.ends_with(" masked=1"),
+                format!("`{line}`: want status=0 and masked=1"),
+            );
+            c.t(
+                released.is_some_and(|r| i < r),
+                "the device was not reset before the driver's frames were released",
+            );
+        }
+    }
+    c.t(
+        gone.is_some_and(|g| released.is_some_and(|r| g > r) || fault.is_some_and(|f| g > f)),
+        "`plain` did not run on and see the disk channel close",
+    );
+    match outcome.facts.one("audit") {
+        Ok(a) => c.t(
+            a.get("status") == Some("ok"),
+            format!("`{a}`: the frame audit failed"),
+        ),
+        Err(e) => c.t(false, e),
+    }
+    c
 }
 
 /// Boots the CPU-state suite under every model of [`CPU_MODELS`] and
@@ -1564,6 +1659,41 @@ mod tests {
             "@ testopt poison-free frames=9 pattern=0x1\n@ inconsistency mfn=0x5 what=\"free frame handed out unscrubbed\"\n",
         ] {
             assert!(!poisoned(&canned(bad, Exit::Success)).fails.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn io_4_needs_the_reset_before_the_release() {
+        let good = "[drv] @ iotest role=driver dying=1\n\
+                    @ device-reset dom=1 index=0 mmio=0xfeb00e00 status=0 irq=12 masked=1\n\
+                    @ domain-fault id=1 name=\"drv\" kind=exception vector=6 exception=invalid-opcode error=0x0 rip=0x1 cr2=0x0 reason=\"no trap handler registered\"\n\
+                    @ domain-released id=1 name=\"drv\" unpinned=1 ticks=1 busy_ticks=1\n\
+                    [plain] @ iotest role=plain driver_gone=1\n\
+                    @ audit free_frames=1 baseline=1 frames=2 errors=0 status=ok ticks=1\n";
+        let h = io_reset(&canned(good, Exit::Success));
+        assert!(h.fails.is_empty(), "{:?}", h.fails);
+        let late = good
+            .replace(
+                "@ device-reset dom=1 index=0 mmio=0xfeb00e00 status=0 irq=12 masked=1\n",
+                "",
+            )
+            .replace(
+                "[plain]",
+                "@ device-reset dom=1 index=0 mmio=0xfeb00e00 status=0 irq=12 masked=1\n[plain]",
+            );
+        for bad in [
+            good.replace("status=0 irq", "status=15 irq"),
+            good.replace("masked=1", "masked=0"),
+            good.replace("@ device-reset dom=1", "@ device-reset dom=2"),
+            good.replace("driver_gone=1", "driver_gone=0"),
+            good.replace("status=ok", "status=failed"),
+            good.replace("@ domain-fault id=1", "@ domain-exit id=1"),
+            late,
+        ] {
+            assert!(
+                !io_reset(&canned(&bad, Exit::Success)).fails.is_empty(),
+                "{bad}"
+            );
         }
     }
 

@@ -28,6 +28,13 @@ const MIN_GUEST_MEMORY: u64 = hypercall_abi::layout::WINDOW_MIN_PAGES * PAGE;
 const MIN_MACHINE_MEMORY: u64 = 16 << 20;
 /// Largest scheduling weight.
 const MAX_WEIGHT: i64 = 256;
+/// Largest `dma` (a driver domain's DMA region).
+const MAX_DMA: u64 = 64 << 20;
+/// A driver domain's DMA region when the manifest has no `dma`: 2 MiB.
+const DEFAULT_DMA_PAGES: u64 = tahoma_core::io::DEFAULT_DMA_PAGES;
+/// Pages a driver's window needs beyond its DMA region and device tables
+/// (image, tables, start info, stack; the boot refuses less precisely).
+const DRIVER_MIN_PAGES: u64 = hypercall_abi::layout::WINDOW_MIN_PAGES;
 /// Default scenario timeout.
 pub const DEFAULT_TIMEOUT: u64 = 60;
 /// Default QEMU RAM.
@@ -83,6 +90,7 @@ struct RawGuest {
     critical: Option<bool>,
     count: Option<Spanned<i64>>,
     weight: Option<Spanned<i64>>,
+    dma: Option<Spanned<String>>,
     #[serde(default)]
     vblk: Vec<RawVblk>,
 }
@@ -149,6 +157,9 @@ pub struct Guest {
     pub critical: bool,
     /// Scheduling weight, 0 = default.
     pub weight: u32,
+    /// DMA region pages if it drives a device (`dma`), 0 = the default
+    /// ([`DEFAULT_DMA_PAGES`]).
+    pub dma_pages: u32,
     /// Virtual disks (`[[guest.vblk]]`): extents of the scenario's disk.
     pub vblk: Vec<Vblk>,
 }
@@ -460,6 +471,7 @@ impl Scenario {
                 image_blob: blob,
                 cmdline: &g.cmdline,
                 weight: g.weight,
+                dma_pages: g.dma_pages,
             })
             .map_err(|e| format!("guest `{}`: {e}", g.name))?;
         }
@@ -638,6 +650,29 @@ fn expand_guest<'a>(
             ))
         }
     };
+    let dma_pages = match &g.dma {
+        None => 0,
+        Some(d) => {
+            if !g.privileged.unwrap_or(false) {
+                return Err(cx.at(
+                    d,
+                    "dma is the DMA region of a driver domain: only a privileged guest has one",
+                ));
+            }
+            let bytes = parse_size(d.get_ref()).map_err(|e| cx.at(d, format!("dma: {e}")))?;
+            if bytes == 0 || bytes % PAGE != 0 || bytes > MAX_DMA {
+                return Err(cx.at(
+                    d,
+                    format!(
+                        "dma = \"{}\" must be a whole number of 4K pages, at least 4K and at most {}M",
+                        d.get_ref(),
+                        MAX_DMA >> 20
+                    ),
+                ));
+            }
+            (bytes / PAGE) as u32
+        }
+    };
     let count = match &g.count {
         None => 1,
         Some(c) if (1..=1024).contains(c.get_ref()) => c.get_ref().unsigned_abs(),
@@ -670,6 +705,7 @@ fn expand_guest<'a>(
                 privileged: g.privileged.unwrap_or(false),
                 critical: g.critical.unwrap_or(true),
                 weight,
+                dma_pages,
                 vblk: vblk.clone(),
             },
             &g.name,
@@ -777,6 +813,25 @@ fn disk(
         return Err(cx.at(
             &raw.driver,
             format!("disk driver `{driver_name}` must be a privileged guest (add `privileged = true` to it)"),
+        ));
+    }
+    // Its window holds the DMA region and two device tables beside the
+    // image (IO-3): a rough floor here, the exact check at boot.
+    let d = &guests[driver];
+    let dma = if d.dma_pages == 0 {
+        DEFAULT_DMA_PAGES
+    } else {
+        u64::from(d.dma_pages)
+    };
+    if u64::from(d.mem_pages) < dma + 2 + DRIVER_MIN_PAGES {
+        return Err(cx.at(
+            &raw.driver,
+            format!(
+                "disk driver `{driver_name}` has memory for {} pages, its DMA region ({}K; `dma`, default 2M) and device tables need {} more than a plain guest: give it more `memory` or a smaller `dma`",
+                d.mem_pages,
+                dma * 4,
+                dma + 2
+            ),
         ));
     }
     let mut taken: Vec<(u64, u64, &str)> = Vec::new();
@@ -1200,7 +1255,7 @@ driver = "drv"
 [[guest]]
 name = "drv"
 image = "hello"
-memory = "1M"
+memory = "4M"
 privileged = true
 
 [[guest]]
@@ -1230,6 +1285,17 @@ size = "16M"
     #[test]
     fn disks_are_parsed() {
         let s = parse(DISK).unwrap();
+        assert_eq!(
+            s.guests[0].dma_pages, 0,
+            "no `dma`: the hypervisor's default"
+        );
+        let small = parse(&DISK.replacen(
+            "privileged = true\n",
+            "privileged = true\ndma = \"1M\"\n",
+            1,
+        ))
+        .unwrap();
+        assert_eq!(small.guests[0].dma_pages, 256);
         let d = s.disk.as_ref().unwrap();
         assert_eq!(d.file, PathBuf::from("target/tahoma/disks/t.img"));
         assert_eq!((d.size, d.driver), (64 << 20, 0));
@@ -1365,6 +1431,37 @@ size = "16M"
                 "offset = \"16M\"\nsector = 1",
                 33,
                 "unknown field `sector`",
+            ),
+            // The driver's DMA region (`dma`, IO-3).
+            (
+                "memory = \"4M\"",
+                "memory = \"1M\"",
+                4,
+                "give it more `memory` or a smaller `dma`",
+            ),
+            (
+                "privileged = true",
+                "privileged = true\ndma = \"4M\"",
+                4,
+                "give it more `memory` or a smaller `dma`",
+            ),
+            (
+                "privileged = true",
+                "privileged = true\ndma = \"1000\"",
+                11,
+                "whole number of 4K pages",
+            ),
+            (
+                "privileged = true",
+                "privileged = true\ndma = \"128M\"",
+                11,
+                "at most 64M",
+            ),
+            (
+                "name = \"b\"",
+                "name = \"b\"\ndma = \"1M\"",
+                28,
+                "only a privileged guest",
             ),
         ];
         for &(from, to, line, want) in cases {

@@ -1037,6 +1037,15 @@ impl Fuzzer {
                 a[0] = ops;
                 a[1] = count;
             }
+            Hypercall::IoIrqAck => {
+                // The fuzzer is no driver domain: permission_denied or,
+                // past the table, not_found (IO-1). Small indices mostly.
+                a[0] = if self.rng.chance(3, 4) {
+                    self.rng.below(8)
+                } else {
+                    self.generic()
+                };
+            }
         }
         (nr, a)
     }

@@ -224,8 +224,12 @@ pub struct DomainRecord {
     pub cmdline_blob: u32,
     /// Relative scheduling weight (1..=256); 0 means the default.
     pub weight: u32,
+    /// Pages of the DMA region of a domain that owns devices (IO-3); 0
+    /// means the default (`tahoma_core::io::DEFAULT_DMA_PAGES`). Ignored
+    /// for a domain without devices.
+    pub dma_pages: u32,
     /// Reserved, zero.
-    pub reserved: [u32; 18],
+    pub reserved: [u32; 17],
 }
 
 bitflags::bitflags! {
@@ -694,6 +698,8 @@ pub struct DomainSpec<'a> {
     pub cmdline: &'a str,
     /// Scheduling weight.
     pub weight: u32,
+    /// DMA region pages (0: the default); see [`DomainRecord::dma_pages`].
+    pub dma_pages: u32,
 }
 
 impl PackBuilder {
@@ -735,7 +741,8 @@ impl PackBuilder {
             image_blob: spec.image_blob,
             cmdline_blob,
             weight: spec.weight,
-            reserved: [0; 18],
+            dma_pages: spec.dma_pages,
+            reserved: [0; 17],
         });
         Ok(())
     }
@@ -876,6 +883,7 @@ mod tests {
                 image_blob: img,
                 cmdline: "x=1",
                 weight: 0,
+                dma_pages: 0,
             })
             .unwrap();
         }
@@ -927,6 +935,7 @@ mod tests {
                 image_blob: img,
                 cmdline: "",
                 weight: 0,
+                dma_pages: 0,
             })
             .unwrap();
         }
@@ -1054,6 +1063,7 @@ mod tests {
                 image_blob: img,
                 cmdline: "",
                 weight: 0,
+                dma_pages: 0,
             })
             .unwrap();
         }

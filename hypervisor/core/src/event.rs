@@ -35,6 +35,10 @@ pub enum PortState {
     },
     /// Bound to a virtual interrupt.
     Virq(Virq),
+    /// Bound by the hypervisor, at build, to the interrupt of a delegated
+    /// device (its IOAPIC input; IO-2). Sending on it is `wrong_state`;
+    /// closing it stops the device's events (the line stays masked).
+    Pirq(u32),
 }
 
 /// One domain's ports.
@@ -211,6 +215,21 @@ impl Channels {
         Ok(p)
     }
 
+    /// IO-2: a new port of `dom` bound to IOAPIC input `irq` (the
+    /// hypervisor's, at build: guests have no hypercall for it).
+    pub fn bind_pirq(&mut self, dom: DomId, irq: u32) -> Result<Port, Error> {
+        self.table_mut(dom)
+            .ok_or(Error::NotFound)?
+            .alloc(PortState::Pirq(irq))
+    }
+
+    /// Where an interrupt of IOAPIC input `irq` goes: `port` of `dom`, if
+    /// that port is still bound to it (the domain may have closed it, and
+    /// the number been reused).
+    pub fn pirq_target(&self, dom: DomId, port: Port, irq: u32) -> Option<Target> {
+        (self.table(dom)?.get(port)? == PortState::Pirq(irq)).then_some(Target { dom, port })
+    }
+
     /// EVT-4: whom `caller` notifies by sending on `port`.
     pub fn send(&self, caller: DomId, port: u64) -> Result<Target, Error> {
         let port = Port::try_from(port).map_err(|_| Error::NotFound)?;
@@ -294,6 +313,24 @@ mod tests {
         c.add_domain(1);
         c.add_domain(2);
         c
+    }
+
+    #[test]
+    fn pirq_ports_only_take_interrupts_while_bound() {
+        let mut c = two();
+        let p = c.bind_pirq(1, 12).unwrap();
+        assert_eq!(c.table(1).unwrap().get(p), Some(PortState::Pirq(12)));
+        assert_eq!(c.pirq_target(1, p, 12), Some(Target { dom: 1, port: p }));
+        assert_eq!(c.pirq_target(1, p, 11), None);
+        assert_eq!(c.pirq_target(2, p, 12), None);
+        assert_eq!(c.send(1, u64::from(p)), Err(Error::WrongState));
+        assert_eq!(c.close(1, u64::from(p)), Ok(None));
+        assert_eq!(c.pirq_target(1, p, 12), None);
+        // The number reused for something else never receives the interrupt.
+        let q = c.alloc_unbound(1, 2).unwrap();
+        assert_eq!(q, p);
+        assert_eq!(c.pirq_target(1, p, 12), None);
+        assert_eq!(c.bind_pirq(9, 12), Err(Error::NotFound));
     }
 
     #[test]

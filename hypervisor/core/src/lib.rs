@@ -21,6 +21,7 @@ pub mod console;
 pub mod event;
 pub mod frames;
 pub mod grant;
+pub mod io;
 pub mod loader;
 pub mod memmap;
 pub mod mm;

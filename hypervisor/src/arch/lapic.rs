@@ -8,6 +8,7 @@ pub const TIMER_VECTOR: u8 = 0x20;
 /// Vector of spurious local APIC interrupts.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
+const REG_ID: u64 = 0x20;
 const REG_EOI: u64 = 0xb0;
 const REG_SVR: u64 = 0xf0;
 const REG_LVT_TIMER: u64 = 0x320;
@@ -60,6 +61,11 @@ pub fn init(phys_to_virt: fn(u64) -> u64) {
     write(REG_SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
     write(REG_DIVIDE, 0b1011);
     write(REG_LVT_TIMER, u32::from(TIMER_VECTOR));
+}
+
+/// This CPU's local APIC id (the I/O APIC's destination).
+pub fn id() -> u8 {
+    (read(REG_ID) >> 24) as u8
 }
 
 /// Signals end of interrupt.

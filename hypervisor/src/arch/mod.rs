@@ -5,6 +5,7 @@ pub mod boot;
 pub mod cpu;
 pub mod entries;
 pub mod fpu;
+pub mod ioapic;
 pub mod lapic;
 pub mod syscall;
 pub mod traps;
@@ -140,8 +141,10 @@ pub unsafe fn load_root(root: u64) {
 /// Waits for an interrupt with interrupts enabled only for the wait
 /// (`sti; hlt` executes atomically with respect to interrupts).
 pub fn idle() {
-    // SAFETY: the only handlers that can run are the timer's EOI path and
-    // fatal reports, neither of which touches the state the caller holds.
+    // SAFETY: the only handlers that can run are the timer's EOI path, a
+    // device interrupt's mask/EOI/pending bit (`io::interrupt`, which takes
+    // no lock when it interrupted ring 0) and fatal reports, none of which
+    // touches the state the caller holds.
     unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
 }
 

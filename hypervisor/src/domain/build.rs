@@ -5,19 +5,47 @@ use super::*;
 
 /// Builds domain `id` from its boot-pack record and ELF image: allocates and
 /// scrubs its frames, loads the image, builds its page tables and
-/// start-info page, and sets up its entry state (MEM-2, MEM-3).
+/// start-info page, and sets up its entry state (MEM-2, MEM-3). A driver
+/// domain (`io` names devices) also gets its DMA region and its device
+/// mappings (IO-0, IO-3; MEM-3b).
 pub fn build(
     id: DomId,
     rec: &DomainRecord,
     image: &[u8],
     cmdline: &[u8],
     mm: &mut Mm,
+    io: &DriverPlan,
 ) -> Result<Domain, BuildError> {
     let built_at = crate::time::now_tsc();
     let nr_pages = u64::from(rec.mem_pages);
     // The same checks xtask made before boot (MEM-2b, MEM-2c).
     let (img, plan) = loader::check(image, nr_pages).map_err(BuildError::Image)?;
     let (entry, segs) = (img.entry, img.segments);
+    // A driver domain's window: the DMA region (machine-contiguous), then
+    // its device L2 and L1, at the start of the free pages (MEM-3b).
+    let dma_pages = match (io.is_driver(), rec.dma_pages) {
+        (false, _) => 0,
+        (true, 0) => tahoma_core::io::DEFAULT_DMA_PAGES,
+        (true, n) => u64::from(n),
+    };
+    let dma_first = plan.first_free;
+    let dev_tables = if io.is_driver() { 2 } else { 0 };
+    let first_free = dma_first + dma_pages + dev_tables;
+    if first_free >= plan.stack_first {
+        return Err(BuildError::NoRoomForDevices {
+            needed: dma_pages + dev_tables,
+            free: plan.stack_first - plan.first_free,
+        });
+    }
+    let (dev_l2_page, dev_l1_page) = (dma_first + dma_pages, dma_first + dma_pages + 1);
+    let dma_base = if dma_pages > 0 {
+        match mem::alloc_contiguous_zeroed(dma_pages) {
+            Some(b) => Some(b),
+            None => return Err(BuildError::NoMemory),
+        }
+    } else {
+        None
+    };
 
     // Frames: the window, then the shared-info page. All scrubbed. The
     // list has room for the whole reservation now, so `memory_populate`
@@ -28,17 +56,32 @@ pub fn build(
         return Err(BuildError::NoMemory);
     }
     let take = || mem::alloc_zeroed_frame();
-    for _ in 0..nr_pages {
-        match take() {
+    // On failure: every frame taken so far, the DMA run included.
+    let undo = |frames: &[u64]| {
+        frames.iter().for_each(|&f| mem::free_frame(f));
+        if let Some(b) = dma_base {
+            (b..b + dma_pages)
+                .filter(|f| !frames.contains(f))
+                .for_each(mem::free_frame);
+        }
+    };
+    for page in 0..nr_pages {
+        let f = match dma_base {
+            Some(b) if (dma_first..dma_first + dma_pages).contains(&page) => {
+                Some(b + page - dma_first)
+            }
+            _ => take(),
+        };
+        match f {
             Some(f) => frames.push(f),
             None => {
-                frames.iter().for_each(|&f| mem::free_frame(f));
+                undo(&frames);
                 return Err(BuildError::NoMemory);
             }
         }
     }
     let Some(shared_mfn) = take() else {
-        frames.iter().for_each(|&f| mem::free_frame(f));
+        undo(&frames);
         return Err(BuildError::NoMemory);
     };
     let give_back = |mm: &mut Mm, frames: &[u64]| {
@@ -103,6 +146,7 @@ pub fn build(
             perms[page as usize]
         } else if (plan.pt_first..plan.pt_first + plan.pt_pages).contains(&page)
             || page == plan.start_info_page
+            || (dev_tables > 0 && (page == dev_l2_page || page == dev_l1_page))
         {
             (false, false)
         } else {
@@ -116,6 +160,13 @@ pub fn build(
             e |= pte::NX;
         }
         mem::table_mut(l1)[(page % 512) as usize] = e;
+    }
+    // The device region (IO-0): L3[1] -> device L2 -> device L1, whose
+    // entries the hypervisor installs after the pin below.
+    if dev_tables > 0 {
+        let (dl2, dl1) = (frames[dev_l2_page as usize], frames[dev_l1_page as usize]);
+        mem::table_mut(l3)[((DEVICE_VA_BASE >> 30) & 0x1ff) as usize] = table(dl2);
+        mem::table_mut(dl2)[((DEVICE_VA_BASE >> 21) & 0x1ff) as usize] = table(dl1);
     }
 
     // The frame list.
@@ -142,7 +193,7 @@ pub fn build(
         max_pages: u64::from(rec.max_pages).max(nr_pages),
         window_base: WINDOW_BASE,
         shared_info_va: SHARED_INFO_VA,
-        first_free_page: plan.first_free,
+        first_free_page: first_free,
         stack_first_page: plan.stack_first,
         pt_first_page: plan.pt_first,
         pt_pages: plan.pt_pages,
@@ -156,15 +207,19 @@ pub fn build(
         channel_count: 0,
         reserved1: 0,
         channels: [NamedChannel::EMPTY; MAX_NAMED_CHANNELS],
-        // Device, DMA and virtual-disk tables (IO-*, BLK-*): none yet.
-        dma_first_page: 0,
-        dma_pages: 0,
-        dma_machine_base: 0,
-        device_count: 0,
+        // The DMA region and the device table (IO-3, IO-0; the ports are
+        // filled by `io::setup`); virtual disks by `io::setup` too (IO-5).
+        dma_first_page: if dma_pages > 0 { dma_first } else { 0 },
+        dma_pages,
+        dma_machine_base: dma_base.map_or(0, |b| b << 12),
+        device_count: io.devices.len() as u32,
         vblk_count: 0,
         devices: zerocopy::FromZeros::new_zeroed(),
         vblks: zerocopy::FromZeros::new_zeroed(),
     };
+    for (slot, dev) in si.devices.iter_mut().zip(&io.devices) {
+        *slot = *dev;
+    }
     let n = cmdline.len().min(si.cmdline.len());
     si.cmdline[..n].copy_from_slice(&cmdline[..n]);
     si.cmdline_len = n as u32;
@@ -178,8 +233,23 @@ pub fn build(
     let pinned = mm
         .pin(&mut mem::DirectMap, id, l4, Level::L4)
         .and_then(|()| mm.switch_root(&mut space, l4));
-    if let Err(e) = pinned {
+    // Device frames (IO-0): delegated to this domain and installed in its
+    // device L1, uncached; nothing else of I/O memory is mapped.
+    let devices = pinned.and_then(|_| {
+        if !io.is_driver() {
+            return Ok(());
+        }
+        let dl1 = frames[dev_l1_page as usize];
+        for (i, &mfn) in io.frames.iter().enumerate() {
+            mm.delegate_io(mfn, id)?;
+            mm.install_io(&mut mem::DirectMap, id, dl1, i, mfn)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = devices {
+        mm.detach(&mut space);
         mm.teardown(&mut mem::DirectMap, id);
+        mm.revoke_io(id);
         give_back(mm, &frames);
         return Err(BuildError::Tables(e));
     }

@@ -15,12 +15,13 @@ use crate::mem::{self, pte};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use hypercall_abi::layout::{
-    NamedChannel, SharedInfo, StartFlags, StartInfo, TimeInfo, MAX_NAMED_CHANNELS, PORT_WORDS,
-    RFLAGS_IF, SHARED_INFO_VA, START_INFO_MAGIC, WINDOW_BASE,
+    NamedChannel, SharedInfo, StartFlags, StartInfo, TimeInfo, DEVICE_VA_BASE, MAX_NAMED_CHANNELS,
+    PORT_WORDS, RFLAGS_IF, SHARED_INFO_VA, START_INFO_MAGIC, WINDOW_BASE,
 };
 use tahoma_core::bootpack::{DomainFlags, DomainRecord, NAME_LEN};
 use tahoma_core::event::DomId;
 use tahoma_core::grant::GrantTables;
+use tahoma_core::io::DriverPlan;
 use tahoma_core::loader::{self, ImageError};
 use tahoma_core::mm::{
     AddressSpace, Budget, Level, Mm, MmError, Owner, Pending, Progress, Teardown,
@@ -118,6 +119,14 @@ pub enum BuildError {
     NoMemory,
     /// The validator refused the initial page tables (a hypervisor bug).
     Tables(MmError),
+    /// A driver domain's window has no room for its DMA region and device
+    /// tables after the image (IO-3).
+    NoRoomForDevices {
+        /// Pages the DMA region and the device tables take.
+        needed: u64,
+        /// Pages free in the window.
+        free: u64,
+    },
 }
 
 impl core::fmt::Display for BuildError {
@@ -126,6 +135,10 @@ impl core::fmt::Display for BuildError {
             BuildError::Image(e) => write!(f, "{e}"),
             BuildError::NoMemory => write!(f, "not enough free frames"),
             BuildError::Tables(e) => write!(f, "initial page tables refused: {e:?}"),
+            BuildError::NoRoomForDevices { needed, free } => write!(
+                f,
+                "a driver domain needs {needed} pages for its DMA region and device tables, its window has {free} free: give it more memory"
+            ),
         }
     }
 }

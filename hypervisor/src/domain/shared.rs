@@ -104,6 +104,15 @@ impl SharedPage {
         false
     }
 
+    /// Sets `port`'s mask bit (a device port, masked until the guest
+    /// unmasks it: IO-2).
+    pub fn set_mask(&self, port: u32) {
+        let (w, bit) = ((port / 64) as usize, 1u64 << (port % 64));
+        if w < PORT_WORDS {
+            self.mask(w).fetch_or(bit, Ordering::SeqCst);
+        }
+    }
+
     /// Clears `port`'s pending bit (on close).
     pub fn clear(&self, port: u32) {
         let (w, bit) = ((port / 64) as usize, 1u64 << (port % 64));

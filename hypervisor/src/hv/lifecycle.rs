@@ -64,7 +64,8 @@ pub fn start(pack: &Pack<'_>) -> ! {
             pack.blob(rec.cmdline_blob).unwrap_or(&[])
         };
         hv.domains.slots.push(None);
-        match domain::build(id, &rec, image, cmdline, &mut hv.memory.mm) {
+        let io = crate::io::plan_for(pack, id);
+        match domain::build(id, &rec, image, cmdline, &mut hv.memory.mm, &io) {
             Ok(d) => {
                 report!(
                     "domain-start",
@@ -105,6 +106,10 @@ pub fn start(pack: &Pack<'_>) -> ! {
     if !crate::named::wire(pack, &mut hv.channels, &hv.domains.slots) {
         hv.failed = true;
     }
+    // Device interrupts and virtual disks (IO-2, IO-5), likewise.
+    if !crate::io::setup(pack, &mut hv.channels, &hv.domains.slots) {
+        hv.failed = true;
+    }
     if crate::testopt::leak_frame() {
         // Deliberately lost: taken from the pool, owned by nobody, never
         // returned. The end-of-run audit must fail the run.
@@ -138,6 +143,9 @@ impl Hv {
         };
         d.console
             .flush(|line| crate::hypercall::console::print_line(&d.name, line));
+        // Its devices stop before any of its frames is scrubbed or reused
+        // (IO-5): no DMA into memory handed to someone else.
+        crate::io::release(id);
         self.sched.runq.remove(id);
         self.sched.deadlines.remove_domain(id);
         self.channels.remove_domain(id);
@@ -258,6 +266,8 @@ impl Hv {
                     // Its grant mappings are gone: frames of dead granters
                     // they held may be free now.
                     self.sweep_orphans();
+                    // No table of its names its device frames any more.
+                    self.memory.mm.revoke_io(d.id);
                     let now = time::now_tsc();
                     report!(
                         "domain-released",

@@ -11,6 +11,7 @@ pub(crate) mod base;
 pub(crate) mod console;
 pub(crate) mod event;
 pub(crate) mod grant;
+pub(crate) mod io;
 pub(crate) mod memory;
 pub(crate) mod mmu;
 pub(crate) mod sched;
@@ -96,6 +97,7 @@ pub(crate) fn dispatch(
         H::GrantMap => returning(hv, cur, w, grant::map),
         H::GrantUnmap => returning(hv, cur, w, grant::unmap),
         H::GrantCopy => returning(hv, cur, w, grant::copy),
+        H::IoIrqAck => returning(hv, cur, w, io::irq_ack),
     }
 }
 

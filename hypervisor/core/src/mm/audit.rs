@@ -211,6 +211,14 @@ fn scan_table<M: PhysMem>(
     };
     for i in 0..scanned {
         let value = mem.read_entry(table, i);
+        // A device entry the hypervisor installed (IO-0): uncached, no
+        // reference, and only in an L1 of the device's driver domain.
+        if let Some(t) = mm.rules().target_of(value).filter(|t| mm.is_io(t.mfn)) {
+            if level == Level::L1 && owner == Some(Owner::Domain(mm.io_owner(t.mfn).unwrap_or(0))) {
+                continue;
+            }
+            return fail(table, "device frame mapped outside its driver domain's L1");
+        }
         let target = match mm.rules().check(level, value) {
             Ok(Some(t)) => t,
             Ok(None) => continue,

@@ -27,6 +27,7 @@ use alloc::vec::Vec;
 
 mod bounded;
 mod foreign;
+mod io;
 pub use bounded::{Budget, Pending, Progress, Teardown, OP_STEPS};
 
 /// Number of L4 slots the hypervisor owns (256..=511).
@@ -58,6 +59,10 @@ pub struct Mm {
     /// Counts full TLB flushes; see [`Mm::take_flush_request`].
     epoch: u32,
     flush_pending: bool,
+    /// Device (non-RAM) frames delegated to a driver domain, with the
+    /// domain (IO-0): only the hypervisor maps them ([`Mm::install_io`]);
+    /// dropping such an entry takes no reference.
+    io: Vec<(Mfn, DomId)>,
 }
 
 impl Mm {
@@ -88,6 +93,7 @@ impl Mm {
             template: config.hypervisor_slots,
             epoch: 1,
             flush_pending: false,
+            io: Vec::new(),
         })
     }
 
@@ -342,6 +348,11 @@ impl Mm {
 
     #[inline]
     fn put_data(&mut self, t: Target) {
+        // A hypervisor-installed device entry the domain overwrote or whose
+        // table it released: it never held a reference (IO-0).
+        if self.is_io(t.mfn) {
+            return;
+        }
         self.note_dropped(t.mfn);
         let Ok(f) = self.info_mut(t.mfn) else { return };
         debug_assert!(f.total_count > 0);

@@ -5,6 +5,7 @@
 mod audit_teeth;
 mod bounded;
 mod holds;
+mod io;
 mod props;
 mod pure;
 mod rules;
