@@ -9,9 +9,13 @@
 //! is not served: writes could not be acknowledged as durable).
 //!
 //! Command line: `direct=N` first measures the device directly (N random
-//! 4 KiB reads and N writes at depth 1 and at full depth) in the sectors
-//! `scratch=FIRST:COUNT` (a part of the image no guest's extent covers),
-//! printing `@ blk-direct ...` facts.
+//! 4 KiB writes, then reads, at depth 1 and at full depth: all 16 slots, the
+//! virtqueue's size) in the sectors `scratch=FIRST:COUNT` (a part of the
+//! image no guest's extent covers), checking what it reads back and
+//! printing `@ bench name=blk_direct_{write,read}_d{1,32} ...` (ticks per
+//! request) for `cargo xtask bench`; the frontend's figures of the same run
+//! are `blk_vblk_*` (`guests/vblktest`). `die_after=N` makes it shut down
+//! after answering N requests (a test's way to kill the driver mid-run).
 #![no_std]
 #![no_main]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -20,6 +24,8 @@ extern crate alloc;
 
 mod dev;
 mod hal;
+mod hv;
+mod serve;
 
 use alloc::vec::Vec;
 
@@ -27,6 +33,16 @@ use guest_sdk::dma::Region;
 use guest_sdk::{println, StartInfo};
 
 use dev::{Disk, Kind};
+use serve::Server;
+
+/// What a device request belongs to.
+#[derive(Clone, Copy, Debug)]
+pub enum Job {
+    /// The direct measurement: the sector, to check a read.
+    Direct(u64),
+    /// A frontend's request: the disk's index in the server, the request.
+    Serve(usize, guest_sdk::blkback::Valid),
+}
 
 guest_sdk::entry!(main);
 
@@ -39,12 +55,12 @@ fn main(si: &StartInfo) -> i32 {
     let n = usize::try_from(si.device_count)
         .unwrap_or(0)
         .min(si.devices.len());
-    let mut disks: Vec<Disk<u64>> = Vec::new();
+    let mut disks: Vec<Disk<Job>> = Vec::new();
     for (i, info) in si.devices[..n].iter().enumerate() {
         match Disk::open(i, info, 16) {
             Ok(d) => {
                 println!(
-                    "@ blkback device={i} capacity={} slots={} readonly={} flush=yes irq_port={}",
+                    "@ blk-device index={i} capacity={} slots={} readonly={} flush=yes irq_port={}",
                     d.capacity(),
                     d.slots(),
                     d.readonly(),
@@ -52,7 +68,7 @@ fn main(si: &StartInfo) -> i32 {
                 );
                 disks.push(d);
             }
-            Err(e) => println!("@ blkback device={i} error=\"{e:?}\" (not served)"),
+            Err(e) => println!("@ blk-device index={i} error=\"{e:?}\" served=0"),
         }
     }
     let (free, total) = hal::usage();
@@ -67,7 +83,14 @@ fn main(si: &StartInfo) -> i32 {
             return 1;
         }
     }
-    0
+    let mut server = Server::new(si, disks);
+    println!("@ blk-serving disks={}", server.vdisks());
+    server.listen();
+    // `die_after=N`: a test's way to kill the driver domain mid-run.
+    let die_after: Option<u64> = si.cmdline_value("die_after").and_then(|v| v.parse().ok());
+    server.run(|s| die_after.is_some_and(|n| s.served >= n));
+    println!("@ blk-dying served={}", server.served);
+    guest_sdk::sched::shutdown(guest_sdk::sched::ShutdownReason::Crash, 9)
 }
 
 fn parse_range(s: &str) -> Option<(u64, u64)> {
@@ -86,16 +109,23 @@ fn next_rand(x: &mut u64) -> u64 {
 /// The device measured directly: random 4 KiB reads and writes in the
 /// scratch sectors at depth 1 and at full depth; checks that what was
 /// written reads back.
-fn direct(d: &mut Disk<u64>, n: u64, first: u64, count: u64) -> bool {
+fn direct(d: &mut Disk<Job>, n: u64, first: u64, count: u64) -> bool {
     let pages = count / 8;
     if pages == 0 || first.checked_add(count).is_none_or(|e| e > d.capacity()) {
         println!("blkback: scratch {first}:{count} is not inside the device");
         return false;
     }
+    // Completions arrive as interrupts (events), as when serving: the
+    // figures compare the ring with the same driver, not with a spin loop.
+    let irq = guest_sdk::event::Port(d.irq_port);
+    guest_sdk::event::set_handler(irq, serve::on_event);
+    let _ = guest_sdk::event::unmask(irq);
+    // Pages written in this run, so reads check only what they can know.
+    let mut written = alloc::vec![false; usize::try_from(pages).unwrap_or(0)];
     for (kind, name) in [(Kind::Write, "write"), (Kind::Read, "read")] {
         for depth in [1, d.slots()] {
             let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-            let t0 = guest_sdk::time::now_ns();
+            let t0 = guest_sdk::time::rdtsc();
             let (mut sent, mut done, mut failed) = (0u64, 0u64, 0u64);
             while done < n {
                 while sent < n && d.in_flight() < depth {
@@ -105,28 +135,49 @@ fn direct(d: &mut Disk<u64>, n: u64, first: u64, count: u64) -> bool {
                         let (va, _) = d.buffer(slot);
                         fill(va, sector);
                     }
-                    if d.submit(slot, kind, sector, 4096, sector).is_err() {
+                    if d.submit(slot, kind, sector, 4096, Job::Direct(sector))
+                        .is_err()
+                    {
                         break;
                     }
                     sent += 1;
                 }
-                // Interrupts stay masked at the IOAPIC until `io_irq_ack`;
-                // polling needs none, but keep the device's ISR clear.
-                d.ack_interrupt();
-                while let Some((slot, sector, ok)) = d.poll() {
+                let mut progressed = false;
+                while let Some((slot, job, ok)) = d.poll() {
+                    progressed = true;
                     done += 1;
-                    if !ok || (kind == Kind::Read && !check(d.buffer(slot).0, sector)) {
+                    let Job::Direct(sector) = job else { continue };
+                    let page = usize::try_from((sector - first) / 8).unwrap_or(0);
+                    if kind == Kind::Write && ok {
+                        written[page] = true;
+                    }
+                    let known = written[page];
+                    if !ok || (kind == Kind::Read && known && !check(d.buffer(slot).0, sector)) {
                         failed += 1;
                     }
                 }
-                core::hint::spin_loop();
+                if !progressed && done < n {
+                    // Sleep until the device interrupts (an upcall since the
+                    // last wait returns at once: nothing is lost).
+                    guest_sdk::event::wait();
+                }
+                if serve::fired(d.irq_port) {
+                    d.ack_interrupt();
+                    if let Err(e) = hv::irq_ack(d.index) {
+                        println!("blkback: io_irq_ack refused: {e}");
+                        return false;
+                    }
+                }
             }
-            let ns = guest_sdk::time::now_ns().saturating_sub(t0).max(1);
+            let per = guest_sdk::time::rdtsc().saturating_sub(t0) / n.max(1);
+            // One figure per phase: ticks per request (instructions under
+            // `-icount`), in the `cargo xtask bench` format.
             println!(
-                "@ blk-direct op={name} depth={depth} requests={n} ns={ns} per_sec={} failed={failed}",
-                n * 1_000_000_000 / ns
+                "@ bench name=blk_direct_{name}_d{} value={per} min={per} mean={per} iters={n} unit=ticks",
+                if depth == 1 { 1 } else { 32 }
             );
             if failed != 0 {
+                println!("blkback: direct {name} at depth {depth}: {failed} of {n} failed or read back wrong");
                 return false;
             }
         }
@@ -134,8 +185,9 @@ fn direct(d: &mut Disk<u64>, n: u64, first: u64, count: u64) -> bool {
             let t0 = guest_sdk::time::now_ns();
             let ok = d.flush();
             let ns = guest_sdk::time::now_ns().saturating_sub(t0);
-            println!("@ blk-direct op=flush ok={ok} ns={ns}");
+            println!("@ blk-direct op=flush ok={} ns={ns}", u8::from(ok));
             if !ok {
+                println!("blkback: direct flush failed");
                 return false;
             }
         }
