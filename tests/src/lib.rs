@@ -17,6 +17,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod blk;
 pub mod facts;
 pub mod fuzz;
 mod guests;
