@@ -44,6 +44,11 @@ pub const IO_GUESTS: [&str; 2] = ["drv", "plain"];
 /// QEMU's `max` (XSAVE with AVX, UMIP, FSGSBASE, RDPID) with an Intel
 /// vendor, where `sysenter` reaches the hypervisor's entry.
 pub const CPU_MODELS: [&str; 2] = [crate::qemu::TCG_CPU, crate::qemu::TCG_CPU_MAX];
+/// The block protocol's scenario (BLK-*, RING-*): a driver domain, the
+/// reporting frontend and a peer frontend doing its own I/O.
+pub const BLK_SCENARIO: &str = "blk-conf";
+/// The domain in it that reports clause results.
+pub const BLK_GUEST: &str = "vconf";
 /// Clause families that are not tested yet.
 pub const SKIPPED_FAMILIES: &[&str] = &[];
 
@@ -980,6 +985,7 @@ pub fn run(booter: &Booter<'_>, timeout: Option<Duration>) -> Result<Report, Str
     results.extend(mmu(booter, timeout, &mut problems));
     results.extend(cpu(booter, timeout, &mut problems));
     results.extend(io(booter, timeout, &mut problems));
+    results.extend(blk(booter, timeout, &mut problems));
     Ok(Report {
         records: reconcile(&doc, results),
         problems,
@@ -1144,6 +1150,125 @@ fn io_reset(outcome: &BootOutcome) -> HostCheck {
         Err(e) => c.t(false, e),
     }
     c
+}
+
+/// Boots the block protocol's suite: the frontend `vconf` reports the
+/// clauses; what only the driver domain and the peer frontend show is
+/// judged here ([`blk_host_checks`]).
+fn blk(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String>) -> Vec<Record> {
+    let how = Presentation {
+        echo: false,
+        gdb: None,
+        log_name: format!("tests/{BLK_SCENARIO}"),
+    };
+    let mut req = BootRequest::scenario(BLK_SCENARIO);
+    req.timeout = timeout;
+    let outcome = match booter.boot(&req, &how) {
+        Ok((outcome, _, _)) => outcome,
+        Err(e) => {
+            problems.push(format!("could not boot `{BLK_SCENARIO}`: {e}"));
+            return Vec::new();
+        }
+    };
+    let records = guest_records(&outcome, BLK_GUEST);
+    if records.is_empty() {
+        problems.push(format!(
+            "the `{BLK_SCENARIO}` guest reported no clause (run ended with {})",
+            outcome.exit
+        ));
+    } else if outcome.exit != Exit::Success {
+        problems.push(format!(
+            "the `{BLK_SCENARIO}` run ended with {}",
+            outcome.exit
+        ));
+    }
+    merge(records, blk_host_checks(&outcome))
+}
+
+/// What the `blk-conf` transcript must show beside the frontend's checks:
+/// the refused ring grant (BLK-2a), a device that offered FLUSH (BLK-6),
+/// the hostile ring disconnected (RING-5), the peer's I/O done without an
+/// error and the frames all back (BLK-7).
+pub fn blk_host_checks(o: &BootOutcome) -> BTreeMap<&'static str, (bool, String)> {
+    let drv = |kind: &'static str| -> Vec<&tahoma_tests::Fact> {
+        o.facts
+            .guest_of_kind(kind)
+            .filter(|(n, _)| *n == "drv")
+            .map(|(_, f)| f)
+            .collect()
+    };
+    let mut m = BTreeMap::new();
+    let mut c = HostCheck::new();
+    let refused = drv("blk-refused");
+    c.t(
+        refused.iter().any(|f| {
+            f.get("frontend") == Some(BLK_GUEST)
+                && f.get("disk") == Some("1")
+                && f.get("error") == Some("permission_denied")
+        }),
+        "no `@ blk-refused frontend=vconf disk=1 error=permission_denied` from the driver",
+    );
+    c.t(
+        drv("blk-connected")
+            .iter()
+            .any(|f| f.get("frontend") == Some(BLK_GUEST) && f.get("disk") == Some("1")),
+        "disk 1 was not connected after the right grant",
+    );
+    m.insert("BLK-2a", c.result());
+    let mut c = HostCheck::new();
+    let devices = drv("blk-device");
+    c.t(
+        !devices.is_empty() && devices.iter().all(|f| f.get("flush") == Some("yes")),
+        "the driver served a device without `flush=yes`",
+    );
+    m.insert("BLK-6", c.result());
+    let mut c = HostCheck::new();
+    c.t(
+        drv("blk-disconnected").iter().any(|f| {
+            f.get("frontend") == Some(BLK_GUEST)
+                && f.get("disk") == Some("2")
+                && f.get("why").is_some_and(|w| w.contains("RING-5"))
+        }),
+        "the driver did not disconnect vconf's disk 2 for its insane index",
+    );
+    c.t(
+        drv("blk-disconnected")
+            .iter()
+            .all(|f| f.get("frontend") == Some(BLK_GUEST) && f.get("disk") != Some("0")),
+        "a ring other than vconf's disks 1 and 2 was disconnected",
+    );
+    m.insert("RING-5", c.result());
+    let mut c = HostCheck::new();
+    c.t(
+        drv("blk-disconnected").iter().any(|f| {
+            f.get("frontend") == Some(BLK_GUEST)
+                && f.get("disk") == Some("1")
+                && f.get("why").is_some_and(|w| w.contains("frontend gone"))
+        }),
+        "the driver did not drop vconf's disk 1 after its port was closed mid-request",
+    );
+    let load: Vec<_> = o
+        .facts
+        .guest_of_kind("vblk")
+        .filter(|(n, f)| *n == "peer" && f.get("ops").is_some())
+        .map(|(_, f)| f)
+        .collect();
+    c.t(
+        load.len() == 1
+            && load[0].get("errors") == Some("0")
+            && load[0].get("disconnected") == Some("0")
+            && load[0].number("ops").unwrap_or(0) > 0,
+        format!("the peer's I/O: {load:?}, want one `@ vblk load` with errors=0 disconnected=0"),
+    );
+    match o.facts.one("audit") {
+        Ok(a) => c.t(
+            a.get("status") == Some("ok"),
+            format!("`{a}`: the frame audit failed"),
+        ),
+        Err(e) => c.t(false, e),
+    }
+    m.insert("BLK-7", c.result());
+    m
 }
 
 /// Boots the CPU-state suite under every model of [`CPU_MODELS`] and
@@ -1807,6 +1932,50 @@ mod tests {
             format!("{good}@ channel name=\"orphan\" dom=4 port=1 peer=1 peer_name=\"x\"\n");
         assert!(!judge_evt7b(&canned(&wired, Exit::Failure)).0);
         assert!(!judge_evt7b(&canned(&good.replace("channel-error", "x"), Exit::Failure)).0);
+    }
+
+    #[test]
+    fn blk_checks_need_the_driver_and_the_peer() {
+        let good = "[drv] @ blk-device index=0 capacity=16384 slots=16 readonly=false flush=yes irq_port=1\n\
+                    [drv] @ blk-refused frontend=vconf disk=1 error=permission_denied\n\
+                    [drv] @ blk-connected frontend=vconf disk=1 sectors=1024 readonly=true\n\
+                    [peer] @ vblk load ops=300 errors=0 disconnected=0\n\
+                    [drv] @ blk-disconnected frontend=vconf disk=2 why=\"ring indices insane (RING-5)\"\n\
+                    [drv] @ blk-disconnected frontend=vconf disk=1 why=\"frontend gone (port unbound)\"\n\
+                    @ audit free_frames=1 baseline=1 frames=2 errors=0 status=ok ticks=1\n";
+        let all_pass = |t: &str| {
+            blk_host_checks(&canned(t, Exit::Success))
+                .into_iter()
+                .filter(|(_, (p, _))| !p)
+                .map(|(c, _)| c)
+                .collect::<Vec<_>>()
+        };
+        assert!(all_pass(good).is_empty(), "{:?}", all_pass(good));
+        assert_eq!(all_pass(&good.replace("flush=yes", "flush=no")), ["BLK-6"]);
+        assert_eq!(
+            all_pass(&good.replace("error=permission_denied", "error=not_found")),
+            ["BLK-2a"]
+        );
+        assert_eq!(
+            all_pass(&good.replace("disk=2 why", "disk=0 why")),
+            ["RING-5"]
+        );
+        assert_eq!(
+            all_pass(&good.replace("disk=1 why", "disk=3 why")),
+            ["BLK-7"]
+        );
+        assert_eq!(
+            all_pass(&good.replace("errors=0 disc", "errors=3 disc")),
+            ["BLK-7"]
+        );
+        assert_eq!(
+            all_pass(&good.replace("status=ok", "status=failed")),
+            ["BLK-7"]
+        );
+        // Another frontend's disconnect is one too many.
+        let two =
+            format!("{good}[drv] @ blk-disconnected frontend=peer disk=0 why=\"ring broken\"\n");
+        assert_eq!(all_pass(&two), ["RING-5"]);
     }
 
     #[test]
