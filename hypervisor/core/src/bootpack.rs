@@ -1533,6 +1533,38 @@ mod tests {
         );
     }
 
+    /// The builder lays the tables out back to back in the documented
+    /// order, then the blobs, 16-byte aligned: a pack is no larger than
+    /// its contents. A pack of no domains (only a scenario name) is still
+    /// well-formed.
+    #[test]
+    fn builder_lays_the_tables_out_back_to_back() {
+        let bytes = with_devices(|b| {
+            let d = b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, 12);
+            b.vblk_extent(1, d, 0, 512, ExtentFlags::empty());
+            b.channel("c", 1, 2).unwrap();
+        })
+        .unwrap();
+        let h = *Pack::parse(&bytes).unwrap().header();
+        // Three domains, one image blob, one channel, two devices.
+        assert_eq!(h.domains_offset, 64);
+        assert_eq!(h.blobs_offset, 64 + 3 * 128);
+        assert_eq!(h.channels_offset, h.blobs_offset + 16);
+        let devices_end = h.channels_offset + 64 + 2 * 64;
+        let image = b"\x7fELF-image".len() as u32;
+        assert_eq!(
+            h.total_size,
+            u64::from((devices_end + image).next_multiple_of(16))
+        );
+        let mut b = PackBuilder::new();
+        b.scenario("empty");
+        let bytes = b.finish();
+        let p = Pack::parse(&bytes).unwrap();
+        assert_eq!((p.domains().count(), p.scenario()), (0, Some("empty")));
+        assert_eq!(p.header().blobs_offset, 64);
+        assert_eq!(bytes.len(), 64 + 16 + 16);
+    }
+
     /// The builder's one own check: a domain or channel name fits its
     /// 32-byte field exactly, one byte more is an error (not a panic, not a
     /// truncated name), and a full-length name reads back whole.
