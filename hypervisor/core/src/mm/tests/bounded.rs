@@ -697,3 +697,63 @@ fn mmu_35_an_empty_budget_makes_no_progress() {
     let p = pending.expect("an unpin is pending");
     assert_eq!((p.is_pin(), p.domain(), p.root()), (false, DOM, 30));
 }
+
+/// While an unpin is pending, an unpin differing from it in the domain or
+/// the frame alone (or a pin of its frame) is refused and changes nothing;
+/// the same call continues it.
+#[test]
+fn mmu_36_a_pending_unpin_refuses_any_other_call() {
+    let (mut mm, mut mem, _) = tree();
+    second_tree(&mut mem);
+    mm.pin(&mut mem, DOM, 30, Level::L4).unwrap();
+    mm.pin(&mut mem, DOM, 35, Level::L1).unwrap();
+    let mut pending = None;
+    let r = mm.unpin_bounded(&mut mem, DOM, 30, &mut pending, &mut Budget::new(3));
+    assert_eq!(r, Ok(Progress::Preempted));
+    let before = snapshot(&mm, &mem);
+    let kept = pending;
+    for (dom, mfn) in [(OTHER, 30), (DOM, 35)] {
+        let r = mm.unpin_bounded(&mut mem, dom, mfn, &mut pending, &mut Budget::new(9));
+        assert_refused(&mm, &mem, &before, r, MmError::OperationPending);
+        assert_eq!(pending, kept, "unpin of {mfn} by {dom}");
+    }
+    let r = mm.pin_bounded(
+        &mut mem,
+        DOM,
+        30,
+        Level::L4,
+        &mut pending,
+        &mut Budget::new(9),
+    );
+    assert_refused(&mm, &mem, &before, r, MmError::OperationPending);
+    assert_eq!(pending, kept);
+    while mm.unpin_bounded(&mut mem, DOM, 30, &mut pending, &mut Budget::new(5))
+        == Ok(Progress::Preempted)
+    {
+        audit::audit(&mm, &mem).unwrap();
+    }
+    assert!(pending.is_none());
+    audit::audit(&mm, &mem).unwrap();
+    assert!(mm.frame(30).unwrap().idle());
+    assert!(mm.frame(35).unwrap().pinned(), "the other pin is untouched");
+}
+
+/// A fresh subtree that names its own root from below (an L2 naming the
+/// L3 above it as an L1) is refused the same way whether it is pinned or
+/// linked by an `mmu_update` entry: the root is partial while its tree is
+/// validated, so the reference back is `Busy` (MMU-36, `WrongState`), and
+/// nothing changed.
+#[test]
+fn a_fresh_subtree_naming_its_root_is_refused_alike_by_pin_and_link() {
+    let (mut mm, mut mem, _) = tree();
+    mem.poke(35, 0, table(36));
+    mem.poke(36, 0, table(37));
+    mem.poke(36, 1, table(35));
+    let before = snapshot(&mm, &mem);
+    let r = mm.mmu_update_one(&mut mem, DOM, ptr(L4, 7), table(35));
+    assert_refused(&mm, &mem, &before, r, MmError::Busy(35));
+    let r = mm.pin(&mut mem, DOM, 35, Level::L3);
+    assert_refused(&mm, &mem, &before, r, MmError::Busy(35));
+    assert_eq!(MmError::Busy(35).abi(), Abi::WrongState);
+    audit::audit(&mm, &mem).unwrap();
+}
