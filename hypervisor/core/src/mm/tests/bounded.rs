@@ -757,3 +757,29 @@ fn a_fresh_subtree_naming_its_root_is_refused_alike_by_pin_and_link() {
     assert_eq!(MmError::Busy(35).abi(), Abi::WrongState);
     audit::audit(&mm, &mem).unwrap();
 }
+
+/// Unpinning releases references and nothing else: the entries of every
+/// L3, L2 and L1 of the tree are left as the guest wrote them, upper half
+/// included; only the L4's hypervisor slots are cleared (they must not stay
+/// in a frame the guest may read). Unpinned at any budget, the memory is
+/// exactly what it was before the pin.
+#[test]
+fn unpin_leaves_every_guest_entry_as_written() {
+    let (start, mut start_mem, _) = tree();
+    start_mem.poke(30, 0, table(31));
+    start_mem.poke(31, 300, table(32));
+    start_mem.poke(32, 400, table(33));
+    start_mem.poke(33, 500, ro(DATA));
+    start_mem.poke(33, 3, rw(20));
+    for steps in [1, 2, 5, 4096] {
+        let (mut mm, mut mem) = (start.clone(), start_mem.clone());
+        mm.pin(&mut mem, DOM, 30, Level::L4).unwrap();
+        assert_ne!(mem.peek(30, 511), 0, "the pin wrote the hypervisor slots");
+        let (r, _) = drive(&mut mm, &mut mem, steps, |mm, mem, p, b| {
+            mm.unpin_bounded(mem, DOM, 30, p, b)
+        });
+        assert_eq!(r, Ok(()));
+        assert_eq!(mem, start_mem, "budget {steps}");
+        assert_eq!(snapshot(&mm, &mem), snapshot(&start, &start_mem));
+    }
+}
