@@ -783,3 +783,34 @@ fn unpin_leaves_every_guest_entry_as_written() {
         assert_eq!(snapshot(&mm, &mem), snapshot(&start, &start_mem));
     }
 }
+
+/// What a teardown's scan costs, exactly as documented: one step per frame
+/// the domain owns, one per 16 frames of the machine otherwise (a step at
+/// frames 0, 16, 32 and 48, of which only 48 is not the domain's), and
+/// nothing for frames the machine does not have. So a budget of exactly
+/// that finishes in one invocation, and one step less does not.
+#[test]
+fn teardown_scan_costs_one_step_per_owned_frame_and_per_16_others() {
+    let owned = 40; // frames 0..40 are DOM's, nothing pinned
+    let cost = owned + 1;
+    for (budget, want) in [(cost, Progress::Done), (cost - 1, Progress::Preempted)] {
+        let (mut mm, mut mem) = machine();
+        let mut t = Teardown::new(DOM);
+        let mut b = Budget::new(budget);
+        let r = mm.teardown_bounded(&mut mem, &mut t, &mut None, &mut b);
+        assert_eq!((r, b.spent()), (want, budget), "budget {budget}");
+        assert_eq!(t.unpinned(), 0);
+    }
+    // The same over the domain's list: one step per listed frame.
+    let (mut mm, mut mem) = machine();
+    let frames: Vec<Mfn> = (0..owned).collect();
+    let mut b = Budget::unlimited();
+    let r = mm.teardown_frames_bounded(
+        &mut mem,
+        &mut Teardown::new(DOM),
+        &frames,
+        &mut None,
+        &mut b,
+    );
+    assert_eq!((r, b.spent()), (Progress::Done, owned));
+}
