@@ -1588,6 +1588,7 @@ mod tests {
             image_blob: 0,
             cmdline: "",
             weight: 0,
+            dma_pages: 0,
         };
         let full = "d".repeat(NAME_LEN);
         let long = "d".repeat(NAME_LEN + 1);
