@@ -1518,4 +1518,102 @@ mod tests {
             .to_string()
             .contains("beyond the IOAPIC"));
     }
+
+    /// Extents touching end to start do not overlap, in either order: one
+    /// that ends exactly where an earlier one begins is as fine as one that
+    /// begins where an earlier one ends; a sector more is an overlap.
+    #[test]
+    fn an_extent_may_end_where_an_earlier_one_begins() {
+        let two = |first: (u64, u64), second: (u64, u64)| {
+            device_fault(|b| {
+                let d = b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, 12);
+                b.vblk_extent(1, d, first.0, first.1, ExtentFlags::empty());
+                b.vblk_extent(2, d, second.0, second.1, ExtentFlags::empty());
+            })
+        };
+        assert_eq!(two((4096, 4096), (3584, 512)), None);
+        assert_eq!(two((4096, 4096), (0, 4096)), None);
+        assert_eq!(
+            two((4096, 4096), (3584, 1024)),
+            Some((2, DeviceFault::Overlap))
+        );
+        assert_eq!(
+            two((4096, 4096), (8192 - 512, 1024)),
+            Some((2, DeviceFault::Overlap))
+        );
+    }
+
+    /// The builder lays the tables out back to back in the documented
+    /// order, then the blobs, 16-byte aligned: a pack is no larger than
+    /// its contents. A pack of no domains (only a scenario name) is still
+    /// well-formed.
+    #[test]
+    fn builder_lays_the_tables_out_back_to_back() {
+        let bytes = with_devices(|b| {
+            let d = b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, 12);
+            b.vblk_extent(1, d, 0, 512, ExtentFlags::empty());
+            b.channel("c", 1, 2).unwrap();
+        })
+        .unwrap();
+        let h = *Pack::parse(&bytes).unwrap().header();
+        // Three domains, one image blob, one channel, two devices.
+        assert_eq!(h.domains_offset, 64);
+        assert_eq!(h.blobs_offset, 64 + 3 * 128);
+        assert_eq!(h.channels_offset, h.blobs_offset + 16);
+        let devices_end = h.channels_offset + 64 + 2 * 64;
+        let image = b"\x7fELF-image".len() as u32;
+        assert_eq!(
+            h.total_size,
+            u64::from((devices_end + image).next_multiple_of(16))
+        );
+        let mut b = PackBuilder::new();
+        b.scenario("empty");
+        let bytes = b.finish();
+        let p = Pack::parse(&bytes).unwrap();
+        assert_eq!((p.domains().count(), p.scenario()), (0, Some("empty")));
+        assert_eq!(p.header().blobs_offset, 64);
+        assert_eq!(bytes.len(), 64 + 16 + 16);
+    }
+
+    /// The builder's one own check: a domain or channel name fits its
+    /// 32-byte field exactly, one byte more is an error (not a panic, not a
+    /// truncated name), and a full-length name reads back whole.
+    #[test]
+    fn builder_names_fill_their_field_and_no_more() {
+        let spec = |name| DomainSpec {
+            name,
+            mem_pages: 64,
+            max_pages: 64,
+            flags: DomainFlags::empty(),
+            image_blob: 0,
+            cmdline: "",
+            weight: 0,
+            dma_pages: 0,
+        };
+        let full = "d".repeat(NAME_LEN);
+        let long = "d".repeat(NAME_LEN + 1);
+        let mut b = PackBuilder::new();
+        b.blob(b"\x7fELF");
+        assert_eq!(
+            b.domain(&spec(&long)),
+            Err("domain name longer than 32 bytes")
+        );
+        assert_eq!(b.domain(&spec(&full)), Ok(()));
+        assert_eq!(b.domain(&spec("other")), Ok(()));
+        let cfull = "c".repeat(CHANNEL_NAME_LEN);
+        let clong = "c".repeat(CHANNEL_NAME_LEN + 1);
+        assert_eq!(
+            b.channel(&clong, 0, 1),
+            Err("channel name longer than 32 bytes")
+        );
+        assert_eq!(b.channel(&cfull, 0, 1), Ok(()));
+        let bytes = b.finish();
+        let p = Pack::parse(&bytes).unwrap();
+        let ds: alloc::vec::Vec<_> = p.domains().collect();
+        assert_eq!(ds.len(), 2, "the refused domain was not added");
+        assert_eq!(name_str(&ds[0].name), full);
+        let cs: alloc::vec::Vec<_> = p.channels().collect();
+        assert_eq!(cs.len(), 1, "the refused channel was not added");
+        assert_eq!(channel_name(&cs[0].name), Some(cfull.as_str()));
+    }
 }

@@ -215,4 +215,34 @@ mod tests {
         assert_eq!(incomplete_tail(b"ab\xff"), 0);
         assert_eq!(incomplete_tail(b""), 0);
     }
+
+    /// `is_empty` and `pending` follow the buffer: empty when new, after a
+    /// newline and after a flush (which then emits nothing), not empty
+    /// with a byte buffered or with the carried start of a character
+    /// after a cut.
+    #[test]
+    fn the_buffer_says_what_it_holds() {
+        let mut buf = LineBuffer::default();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        assert!(buf.is_empty());
+        buf.push(b'a', |l| out.push(l.to_vec()));
+        assert!(!buf.is_empty());
+        assert_eq!(buf.pending(), b"a");
+        buf.push(b'\n', |l| out.push(l.to_vec()));
+        assert!(buf.is_empty());
+        buf.flush(|l| out.push(l.to_vec()));
+        assert_eq!(out, [b"a".to_vec()], "an empty flush emits nothing");
+        for _ in 0..LINE_MAX - 1 {
+            buf.push(b'x', |l| out.push(l.to_vec()));
+        }
+        for &b in "é".as_bytes() {
+            buf.push(b, |l| out.push(l.to_vec()));
+        }
+        assert_eq!(out.len(), 2, "the full line was emitted");
+        assert!(!buf.is_empty());
+        assert_eq!(buf.pending(), "é".as_bytes());
+        buf.flush(|l| out.push(l.to_vec()));
+        assert!(buf.is_empty());
+        assert_eq!(out[2], "é".as_bytes());
+    }
 }

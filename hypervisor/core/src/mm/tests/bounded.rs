@@ -697,3 +697,120 @@ fn mmu_35_an_empty_budget_makes_no_progress() {
     let p = pending.expect("an unpin is pending");
     assert_eq!((p.is_pin(), p.domain(), p.root()), (false, DOM, 30));
 }
+
+/// While an unpin is pending, an unpin differing from it in the domain or
+/// the frame alone (or a pin of its frame) is refused and changes nothing;
+/// the same call continues it.
+#[test]
+fn mmu_36_a_pending_unpin_refuses_any_other_call() {
+    let (mut mm, mut mem, _) = tree();
+    second_tree(&mut mem);
+    mm.pin(&mut mem, DOM, 30, Level::L4).unwrap();
+    mm.pin(&mut mem, DOM, 35, Level::L1).unwrap();
+    let mut pending = None;
+    let r = mm.unpin_bounded(&mut mem, DOM, 30, &mut pending, &mut Budget::new(3));
+    assert_eq!(r, Ok(Progress::Preempted));
+    let before = snapshot(&mm, &mem);
+    let kept = pending;
+    for (dom, mfn) in [(OTHER, 30), (DOM, 35)] {
+        let r = mm.unpin_bounded(&mut mem, dom, mfn, &mut pending, &mut Budget::new(9));
+        assert_refused(&mm, &mem, &before, r, MmError::OperationPending);
+        assert_eq!(pending, kept, "unpin of {mfn} by {dom}");
+    }
+    let r = mm.pin_bounded(
+        &mut mem,
+        DOM,
+        30,
+        Level::L4,
+        &mut pending,
+        &mut Budget::new(9),
+    );
+    assert_refused(&mm, &mem, &before, r, MmError::OperationPending);
+    assert_eq!(pending, kept);
+    while mm.unpin_bounded(&mut mem, DOM, 30, &mut pending, &mut Budget::new(5))
+        == Ok(Progress::Preempted)
+    {
+        audit::audit(&mm, &mem).unwrap();
+    }
+    assert!(pending.is_none());
+    audit::audit(&mm, &mem).unwrap();
+    assert!(mm.frame(30).unwrap().idle());
+    assert!(mm.frame(35).unwrap().pinned(), "the other pin is untouched");
+}
+
+/// A fresh subtree that names its own root from below (an L2 naming the
+/// L3 above it as an L1) is refused the same way whether it is pinned or
+/// linked by an `mmu_update` entry: the root is partial while its tree is
+/// validated, so the reference back is `Busy` (MMU-36, `WrongState`), and
+/// nothing changed.
+#[test]
+fn a_fresh_subtree_naming_its_root_is_refused_alike_by_pin_and_link() {
+    let (mut mm, mut mem, _) = tree();
+    mem.poke(35, 0, table(36));
+    mem.poke(36, 0, table(37));
+    mem.poke(36, 1, table(35));
+    let before = snapshot(&mm, &mem);
+    let r = mm.mmu_update_one(&mut mem, DOM, ptr(L4, 7), table(35));
+    assert_refused(&mm, &mem, &before, r, MmError::Busy(35));
+    let r = mm.pin(&mut mem, DOM, 35, Level::L3);
+    assert_refused(&mm, &mem, &before, r, MmError::Busy(35));
+    assert_eq!(MmError::Busy(35).abi(), Abi::WrongState);
+    audit::audit(&mm, &mem).unwrap();
+}
+
+/// Unpinning releases references and nothing else: the entries of every
+/// L3, L2 and L1 of the tree are left as the guest wrote them, upper half
+/// included; only the L4's hypervisor slots are cleared (they must not stay
+/// in a frame the guest may read). Unpinned at any budget, the memory is
+/// exactly what it was before the pin.
+#[test]
+fn unpin_leaves_every_guest_entry_as_written() {
+    let (start, mut start_mem, _) = tree();
+    start_mem.poke(30, 0, table(31));
+    start_mem.poke(31, 300, table(32));
+    start_mem.poke(32, 400, table(33));
+    start_mem.poke(33, 500, ro(DATA));
+    start_mem.poke(33, 3, rw(20));
+    for steps in [1, 2, 5, 4096] {
+        let (mut mm, mut mem) = (start.clone(), start_mem.clone());
+        mm.pin(&mut mem, DOM, 30, Level::L4).unwrap();
+        assert_ne!(mem.peek(30, 511), 0, "the pin wrote the hypervisor slots");
+        let (r, _) = drive(&mut mm, &mut mem, steps, |mm, mem, p, b| {
+            mm.unpin_bounded(mem, DOM, 30, p, b)
+        });
+        assert_eq!(r, Ok(()));
+        assert_eq!(mem, start_mem, "budget {steps}");
+        assert_eq!(snapshot(&mm, &mem), snapshot(&start, &start_mem));
+    }
+}
+
+/// What a teardown's scan costs, exactly as documented: one step per frame
+/// the domain owns, one per 16 frames of the machine otherwise (a step at
+/// frames 0, 16, 32 and 48, of which only 48 is not the domain's), and
+/// nothing for frames the machine does not have. So a budget of exactly
+/// that finishes in one invocation, and one step less does not.
+#[test]
+fn teardown_scan_costs_one_step_per_owned_frame_and_per_16_others() {
+    let owned = 40; // frames 0..40 are DOM's, nothing pinned
+    let cost = owned + 1;
+    for (budget, want) in [(cost, Progress::Done), (cost - 1, Progress::Preempted)] {
+        let (mut mm, mut mem) = machine();
+        let mut t = Teardown::new(DOM);
+        let mut b = Budget::new(budget);
+        let r = mm.teardown_bounded(&mut mem, &mut t, &mut None, &mut b);
+        assert_eq!((r, b.spent()), (want, budget), "budget {budget}");
+        assert_eq!(t.unpinned(), 0);
+    }
+    // The same over the domain's list: one step per listed frame.
+    let (mut mm, mut mem) = machine();
+    let frames: Vec<Mfn> = (0..owned).collect();
+    let mut b = Budget::unlimited();
+    let r = mm.teardown_frames_bounded(
+        &mut mem,
+        &mut Teardown::new(DOM),
+        &frames,
+        &mut None,
+        &mut b,
+    );
+    assert_eq!((r, b.spent()), (Progress::Done, owned));
+}

@@ -49,7 +49,7 @@ pub const OP_STEPS: u64 = 4096;
 
 /// How much work one invocation may still do, in steps: one page-table
 /// entry validated or released, one table finished, or (teardown's scan)
-/// one owned frame or 64 others looked at.
+/// one owned frame or 16 others looked at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {
     left: u64,
