@@ -1,11 +1,19 @@
 //! Hypercall entry through `syscall` (spec CALL-1).
 //!
-//! The entry builds the same [`TrapFrame`](super::traps::TrapFrame) an
-//! interrupt would (vector [`SYSCALL_VECTOR`]) on the ring-0 stack, so that
-//! any entry can leave through `trap_return` into any guest: a hypercall
-//! that blocks simply returns into another domain's saved frame. There is
-//! one CPU and the hypervisor never runs with interrupts enabled outside
-//! its idle loop, so the user stack pointer can be parked in a static.
+//! The entry lays out the same [`TrapFrame`](super::traps::TrapFrame) an
+//! interrupt would (vector [`SYSCALL_VECTOR`]) at the top of the ring-0
+//! stack, which is empty whenever a guest runs, so the frame's address is
+//! fixed and the caller's `rsp` is written straight into it. First it fills
+//! only what the fast entry (`hv::hypercall_entry`) needs: the number, the
+//! argument registers, `rip`, `rflags`, `rsp`. When the fast entry finished
+//! the call and nothing else is due, the stub restores the argument
+//! registers and returns with `sysretq` (the conditions are in
+//! `hv::hypercall_entry`). Otherwise it completes the frame (the
+//! callee-saved registers still hold the caller's values), calls the slow
+//! entry and leaves through `trap_return`, so that any hypercall can return
+//! into any guest: one that blocks simply returns into another domain's
+//! saved frame. The compatibility-mode and `sysenter` entries, which
+//! destroy their caller, build the whole frame at once.
 
 use super::cpu::{KERNEL_CS, USER_CS, USER_SS};
 use super::traps::TrapFrame;
