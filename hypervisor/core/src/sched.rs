@@ -49,13 +49,11 @@ impl RunQueue {
     /// Appends `dom` unless it is already queued. Returns whether it was
     /// added. The two largest ids are the links' markers and are never
     /// queued (no domain has them).
+    #[inline]
     pub fn push(&mut self, dom: DomId) -> bool {
-        if dom >= LAST {
-            return false;
-        }
         let i = usize::from(dom);
-        if self.next.len() <= i {
-            self.next.resize(i + 1, OFF);
+        if i >= self.next.len() {
+            return self.push_new(dom);
         }
         if self.next[i] != OFF {
             return false;
@@ -63,15 +61,28 @@ impl RunQueue {
         self.next[i] = LAST;
         if self.head == LAST {
             self.head = dom;
-        } else {
-            self.next[usize::from(self.tail)] = dom;
+        } else if let Some(t) = self.next.get_mut(usize::from(self.tail)) {
+            *t = dom;
         }
         self.tail = dom;
         self.len += 1;
         true
     }
 
+    /// [`RunQueue::push`] of an id beyond the links: grows them first (once
+    /// per new domain; out of line, so that `push` stays a leaf).
+    #[cold]
+    #[inline(never)]
+    fn push_new(&mut self, dom: DomId) -> bool {
+        if dom >= LAST {
+            return false;
+        }
+        self.next.resize(usize::from(dom) + 1, OFF);
+        self.push(dom)
+    }
+
     /// Takes the domain at the front.
+    #[inline]
     pub fn pop(&mut self) -> Option<DomId> {
         let d = self.head;
         let link = self.next.get_mut(usize::from(d))?;
