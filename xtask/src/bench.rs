@@ -208,6 +208,10 @@ pub fn reference(name: &str) -> &'static str {
             "one element: checks, then 4 KiB through a bounce buffer (two 4 KiB copies); \
              Xen GNTTABOP_copy does one"
         }
+        "page_fault" => {
+            "guest handler maps the page with update_va_mapping; \
+             Linux anonymous page fault 3,314; Xen PV 6,367"
+        }
         "grant_map_unmap" => {
             "map installs one entry; unmap clears it and flushes the whole TLB (no PCIDs)"
         }

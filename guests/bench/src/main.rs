@@ -17,6 +17,11 @@
 //!   `grant_copy` of the whole page into a frame of its own
 //!   (`grant_copy_4k`) and `grant_map` plus `grant_unmap` of it
 //!   (`grant_map_unmap`).
+//! * `role=fault`: a reflected page fault (TRAP-0b): the domain writes to
+//!   an unmapped page of its mapping region; its trap handler maps a frame
+//!   there with `update_va_mapping` (MMU-28) and returns (`upcall_return`,
+//!   TRAP-2), and the write is re-executed (`page_fault`). The page is
+//!   unmapped again outside the timed part.
 //!
 //! Every measured role prints one fact per benchmark:
 //! `@ bench name=NAME value=MEDIAN min=MIN mean=MEAN iters=N unit=ticks`,
@@ -487,6 +492,85 @@ fn grant_bench(iters: u64, warmup: u64) -> i32 {
     0
 }
 
+/// The frame the page-fault handler maps, and the page it maps it at
+/// ([`fault_bench`]); 0 until set.
+static FAULT_MFN: AtomicU64 = AtomicU64::new(0);
+static FAULT_VA: AtomicU64 = AtomicU64::new(0);
+
+/// The `fault` role's trap handler: a page fault at [`FAULT_VA`] maps
+/// [`FAULT_MFN`] there, writable, and resumes the faulting write; anything
+/// else crashes the domain (the figure would be wrong).
+fn on_fault(f: &mut guest_sdk::abi::layout::UpcallFrame) -> guest_sdk::trap::TrapAction {
+    use guest_sdk::paging::{leaf_entry, Flags};
+    use guest_sdk::trap::TrapAction;
+    let va = FAULT_VA.load(Ordering::Relaxed);
+    if f.vector != 14 || f.cr2 & !0xfff != va {
+        return TrapAction::Crash;
+    }
+    let entry = leaf_entry(FAULT_MFN.load(Ordering::Relaxed), Flags::WRITABLE);
+    match guest_sdk::mmu::update_va_mapping(va, entry, false) {
+        Ok(()) => TrapAction::Resume,
+        Err(_) => TrapAction::Crash,
+    }
+}
+
+/// The `fault` role: `page_fault`, from the faulting write to its
+/// completion after the handler mapped the page (a #PF reflected to the
+/// SDK's trap entry, the handler's `update_va_mapping`, `upcall_return`,
+/// the write again). Compare with Linux's anonymous page fault on the same
+/// emulator (the kernel's entry, a zeroed page allocated and mapped).
+fn fault_bench(iters: u64, warmup: u64) -> i32 {
+    use guest_sdk::paging::{self, Flags, MAP_BASE};
+    let Ok(own) = guest_sdk::memory::populate_one() else {
+        println!("bench: fault: no frame to map");
+        return 1;
+    };
+    // An L1 for the page: map and unmap a page at the end of its 2 MiB.
+    let va = MAP_BASE;
+    if paging::map(va + 511 * 4096, own, Flags::READ_ONLY)
+        .and_then(|()| paging::unmap(va + 511 * 4096))
+        .is_err()
+    {
+        println!("bench: fault: cannot make the page's table");
+        return 1;
+    }
+    FAULT_MFN.store(own, Ordering::Relaxed);
+    FAULT_VA.store(va, Ordering::Relaxed);
+    if guest_sdk::trap::set_handler(on_fault).is_err() {
+        println!("bench: fault: cannot register the trap handler");
+        return 1;
+    }
+    let mut failed = false;
+    let mut n = 0u64;
+    let samples = sample(warmup, iters, || {
+        n += 1;
+        let t0 = rdtsc();
+        // SAFETY: `va` is unmapped: the write faults, the handler maps
+        // `own` (a frame of ours nothing else uses) there writable, and
+        // the write is re-executed into it.
+        unsafe { core::ptr::write_volatile(va as *mut u64, n) };
+        let t1 = rdtsc();
+        // Unmap it again (not timed), invalidating the translation.
+        failed |= guest_sdk::mmu::update_va_mapping(va, 0, true).is_err();
+        t1.wrapping_sub(t0)
+    });
+    let empty = median(sample(10, 1000, || {
+        let t0 = rdtsc();
+        let t1 = rdtsc();
+        t1.wrapping_sub(t0)
+    }));
+    if failed {
+        println!("bench: fault: unmapping the page failed");
+        return 1;
+    }
+    let samples = samples
+        .into_iter()
+        .map(|t| t.saturating_sub(empty))
+        .collect();
+    Stats::of(samples, 1).report("page_fault");
+    0
+}
+
 fn main(si: &StartInfo) -> i32 {
     let iters = arg(si, "iters", 10_000);
     let warmup = arg(si, "warmup", 100);
@@ -498,12 +582,15 @@ fn main(si: &StartInfo) -> i32 {
         Some("switch-b") => switch_bench(si, false, iters, warmup),
         Some("grant-a") => grant_bench(iters, warmup),
         Some("grant-b") => grant_peer(),
+        Some("fault") => fault_bench(iters, warmup),
         // Present but asleep: blocked domains must not make switches dearer.
         Some("idle") => loop {
             sched::block(guest_sdk::abi::args::NO_DEADLINE);
         },
         Some(other) => {
-            println!("bench: unknown role={other} (solo, ping, pong, switch-a, switch-b, idle)");
+            println!(
+                "bench: unknown role={other} (solo, ping, pong, switch-a, switch-b, grant-a, grant-b, fault, idle)"
+            );
             2
         }
     }

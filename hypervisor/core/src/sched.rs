@@ -4,15 +4,40 @@
 //! not grow with the number of domains (SCHED-0).
 
 use crate::event::DomId;
-use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 /// Runnable domains in round-robin order. A domain is in the queue at most
 /// once.
-#[derive(Debug, Default)]
+///
+/// Intrusive: one link per domain id (the next queued domain), so `push`,
+/// `pop` and `contains` are a few loads and stores each, with no ring
+/// buffer to wrap and no separate membership flags. Memory grows only to
+/// the largest id pushed (a domain is pushed when it is created).
+#[derive(Debug)]
 pub struct RunQueue {
-    queue: VecDeque<DomId>,
-    queued: alloc::vec::Vec<bool>,
+    /// Per domain id: [`OFF`], [`LAST`], or the next queued domain.
+    next: Vec<DomId>,
+    /// The front, or [`LAST`] when empty.
+    head: DomId,
+    /// The back (meaningless when empty).
+    tail: DomId,
+    len: usize,
+}
+
+/// Link value: not queued.
+const OFF: DomId = DomId::MAX;
+/// Link value: queued, at the back (and the empty queue's head).
+const LAST: DomId = DomId::MAX - 1;
+
+impl Default for RunQueue {
+    fn default() -> Self {
+        Self {
+            next: Vec::new(),
+            head: LAST,
+            tail: LAST,
+            len: 0,
+        }
+    }
 }
 
 impl RunQueue {
@@ -21,53 +46,87 @@ impl RunQueue {
         Self::default()
     }
 
-    fn flag(&mut self, dom: DomId) -> &mut bool {
-        let i = usize::from(dom);
-        if self.queued.len() <= i {
-            self.queued.resize(i + 1, false);
-        }
-        &mut self.queued[i]
-    }
-
-    /// Appends `dom` unless it is already queued. Returns whether it was added.
+    /// Appends `dom` unless it is already queued. Returns whether it was
+    /// added. The two largest ids are the links' markers and are never
+    /// queued (no domain has them).
+    #[inline]
     pub fn push(&mut self, dom: DomId) -> bool {
-        let f = self.flag(dom);
-        if *f {
+        let i = usize::from(dom);
+        if i >= self.next.len() {
+            return self.push_new(dom);
+        }
+        if self.next[i] != OFF {
             return false;
         }
-        *f = true;
-        self.queue.push_back(dom);
+        self.next[i] = LAST;
+        if self.head == LAST {
+            self.head = dom;
+        } else if let Some(t) = self.next.get_mut(usize::from(self.tail)) {
+            *t = dom;
+        }
+        self.tail = dom;
+        self.len += 1;
         true
     }
 
+    /// [`RunQueue::push`] of an id beyond the links: grows them first (once
+    /// per new domain; out of line, so that `push` stays a leaf).
+    #[cold]
+    #[inline(never)]
+    fn push_new(&mut self, dom: DomId) -> bool {
+        if dom >= LAST {
+            return false;
+        }
+        self.next.resize(usize::from(dom) + 1, OFF);
+        self.push(dom)
+    }
+
     /// Takes the domain at the front.
+    #[inline]
     pub fn pop(&mut self) -> Option<DomId> {
-        let d = self.queue.pop_front()?;
-        *self.flag(d) = false;
+        let d = self.head;
+        let link = self.next.get_mut(usize::from(d))?;
+        self.head = *link;
+        *link = OFF;
+        self.len -= 1;
         Some(d)
     }
 
     /// Whether `dom` is queued.
     pub fn contains(&self, dom: DomId) -> bool {
-        self.queued.get(usize::from(dom)).copied().unwrap_or(false)
+        self.next.get(usize::from(dom)).is_some_and(|&n| n != OFF)
     }
 
     /// Removes `dom` wherever it is (O(n); only on destruction).
     pub fn remove(&mut self, dom: DomId) {
-        if self.contains(dom) {
-            self.queue.retain(|&d| d != dom);
-            *self.flag(dom) = false;
+        if !self.contains(dom) {
+            return;
         }
+        let after = self.next[usize::from(dom)];
+        if self.head == dom {
+            self.head = after;
+        } else {
+            let mut p = self.head;
+            while self.next[usize::from(p)] != dom {
+                p = self.next[usize::from(p)];
+            }
+            self.next[usize::from(p)] = after;
+            if after == LAST {
+                self.tail = p;
+            }
+        }
+        self.next[usize::from(dom)] = OFF;
+        self.len -= 1;
     }
 
     /// Queued domains.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.len
     }
 
     /// Whether nothing is runnable.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.len == 0
     }
 }
 
@@ -283,6 +342,15 @@ mod tests {
         assert!(!q.contains(5));
         assert_eq!(q.pop(), Some(6));
         assert!(q.is_empty());
+        // Removing the back, then pushing: the new one follows the front.
+        for d in [7, 8, 9] {
+            q.push(d);
+        }
+        q.remove(9);
+        q.push(10);
+        q.remove(8);
+        assert_eq!((q.pop(), q.pop(), q.pop()), (Some(7), Some(10), None));
+        assert!(!q.push(DomId::MAX) && !q.push(DomId::MAX - 1));
     }
 
     fn with_domains(n: DomId) -> Deadlines {
@@ -491,6 +559,29 @@ mod tests {
                     }
                 }
             }
+        }
+
+        /// Against a model (a `VecDeque` without duplicates): any mix of
+        /// push, pop and remove gives the same order and membership.
+        #[test]
+        fn run_queue_matches_a_model(ops in proptest::collection::vec((0u8..3, 0u16..20), 0..300)) {
+            let mut q = RunQueue::new();
+            let mut m: std::collections::VecDeque<DomId> = Default::default();
+            for (op, d) in ops {
+                match op {
+                    0 => {
+                        let added = !m.contains(&d);
+                        if added { m.push_back(d); }
+                        proptest::prop_assert_eq!(q.push(d), added);
+                    }
+                    1 => proptest::prop_assert_eq!(q.pop(), m.pop_front()),
+                    _ => { q.remove(d); m.retain(|&x| x != d); }
+                }
+                proptest::prop_assert_eq!(q.len(), m.len());
+                proptest::prop_assert_eq!(q.contains(d), m.contains(&d));
+            }
+            let rest: Vec<_> = core::iter::from_fn(|| q.pop()).collect();
+            proptest::prop_assert_eq!(rest, m.into_iter().collect::<Vec<_>>());
         }
 
         #[test]

@@ -24,14 +24,14 @@ pub const IST_NMI: u16 = 2;
 /// IST slot for machine checks.
 pub const IST_MACHINE_CHECK: u16 = 3;
 
-const STACK_SIZE: usize = 64 * 1024;
+pub(super) const STACK_SIZE: usize = 64 * 1024;
 
 #[repr(C, align(16))]
-struct Stack([u8; STACK_SIZE]);
+pub(super) struct Stack([u8; STACK_SIZE]);
 
 static mut IST_STACKS: [Stack; 3] = [const { Stack([0; STACK_SIZE]) }; 3];
 /// The stack every trap from ring 3 lands on (TSS.RSP0).
-static mut KERNEL_STACK: Stack = Stack([0; STACK_SIZE]);
+pub(super) static mut KERNEL_STACK: Stack = Stack([0; STACK_SIZE]);
 
 static TSS: spin::Once<TaskStateSegment> = spin::Once::new();
 static GDT: spin::Once<GlobalDescriptorTable> = spin::Once::new();

@@ -13,11 +13,40 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 /// stub returns to whatever context the frame then holds).
 pub type Entry = extern "C" fn(&mut TrapFrame);
 
+/// The hypercall fast entry: takes the partial frame the `syscall` stub
+/// built (see [`super::syscall`]: the iret words `rip`, `rflags`, `rsp`,
+/// and `rax` plus the six argument registers; nothing else is written) and
+/// says how to leave.
+pub type FastEntry = extern "C" fn(&mut TrapFrame) -> FastExit;
+
+/// The hypercall slow entry: takes the frame the stub completed and the
+/// [`FastExit::slow`] stage the fast entry stopped at.
+pub type SlowEntry = extern "C" fn(&mut TrapFrame, u64);
+
+/// What the fast entry tells the `syscall` stub (returned in `rax:rdx`).
+#[repr(C)]
+pub struct FastExit {
+    /// The result word for the caller's `rax` when `slow` is 0.
+    pub rax: u64,
+    /// 0: return to the caller with `sysretq` (the call is done, nothing
+    /// else to do); otherwise the stage for the slow entry (the stub
+    /// completes the frame, calls the slow entry, leaves with `iretq`).
+    pub slow: u64,
+}
+
+/// [`FastExit::slow`]: nothing done yet; count, dispatch and leave.
+pub const SLOW_FROM_START: u64 = 1;
+/// [`FastExit::slow`]: the call is done and its result is in the frame's
+/// `rax`; only the way back (`Hv::leave`) remains.
+pub const SLOW_LEAVE: u64 = 3;
+
 /// The kernel's entries.
 #[derive(Clone, Copy)]
 pub struct Entries {
-    /// `syscall` from 64-bit mode: a hypercall.
-    pub hypercall: Entry,
+    /// `syscall` from 64-bit mode: a hypercall, first try.
+    pub hypercall: FastEntry,
+    /// `syscall` from 64-bit mode, when the fast entry asks for the rest.
+    pub hypercall_slow: SlowEntry,
     /// `sysenter`, or `syscall` from compatibility mode.
     pub foreign: Entry,
     /// An exception or interrupt.
@@ -29,6 +58,8 @@ pub struct Entries {
 #[no_mangle]
 pub(super) static TAHOMA_HYPERCALL_ENTRY: AtomicUsize = AtomicUsize::new(0);
 #[no_mangle]
+pub(super) static TAHOMA_HYPERCALL_SLOW_ENTRY: AtomicUsize = AtomicUsize::new(0);
+#[no_mangle]
 pub(super) static TAHOMA_FOREIGN_ENTRY: AtomicUsize = AtomicUsize::new(0);
 #[no_mangle]
 pub(super) static TAHOMA_TRAP_ENTRY: AtomicUsize = AtomicUsize::new(0);
@@ -37,6 +68,7 @@ pub(super) static TAHOMA_TRAP_ENTRY: AtomicUsize = AtomicUsize::new(0);
 /// `syscall` MSRs are loaded (an entry taken before would call address 0).
 pub fn register(e: Entries) {
     TAHOMA_HYPERCALL_ENTRY.store(e.hypercall as usize, Ordering::Release);
+    TAHOMA_HYPERCALL_SLOW_ENTRY.store(e.hypercall_slow as usize, Ordering::Release);
     TAHOMA_FOREIGN_ENTRY.store(e.foreign as usize, Ordering::Release);
     TAHOMA_TRAP_ENTRY.store(e.trap as usize, Ordering::Release);
 }
@@ -44,6 +76,7 @@ pub fn register(e: Entries) {
 /// Whether [`register`] has run.
 pub fn registered() -> bool {
     TAHOMA_HYPERCALL_ENTRY.load(Ordering::Acquire) != 0
+        && TAHOMA_HYPERCALL_SLOW_ENTRY.load(Ordering::Acquire) != 0
         && TAHOMA_FOREIGN_ENTRY.load(Ordering::Acquire) != 0
         && TAHOMA_TRAP_ENTRY.load(Ordering::Acquire) != 0
 }

@@ -1,13 +1,22 @@
 //! Hypercall entry through `syscall` (spec CALL-1).
 //!
-//! The entry builds the same [`TrapFrame`](super::traps::TrapFrame) an
-//! interrupt would (vector [`SYSCALL_VECTOR`]) on the ring-0 stack, so that
-//! any entry can leave through `trap_return` into any guest: a hypercall
-//! that blocks simply returns into another domain's saved frame. There is
-//! one CPU and the hypervisor never runs with interrupts enabled outside
-//! its idle loop, so the user stack pointer can be parked in a static.
+//! The entry lays out the same [`TrapFrame`](super::traps::TrapFrame) an
+//! interrupt would (vector [`SYSCALL_VECTOR`]) at the top of the ring-0
+//! stack, which is empty whenever a guest runs, so the frame's address is
+//! fixed and the caller's `rsp` is written straight into it. First it fills
+//! only what the fast entry (`hv::hypercall_entry`) needs: the number, the
+//! argument registers, `rip`, `rflags`, `rsp`. When the fast entry finished
+//! the call and nothing else is due, the stub restores the argument
+//! registers and returns with `sysretq` (the conditions are in
+//! `hv::hypercall_entry`). Otherwise it completes the frame (the
+//! callee-saved registers still hold the caller's values), calls the slow
+//! entry and leaves through `trap_return`, so that any hypercall can return
+//! into any guest: one that blocks simply returns into another domain's
+//! saved frame. The compatibility-mode and `sysenter` entries, which
+//! destroy their caller, build the whole frame at once.
 
 use super::cpu::{KERNEL_CS, USER_CS, USER_SS};
+use super::traps::TrapFrame;
 use x86_64::registers::model_specific::{Efer, EferFlags, LStar, SFMask, Star};
 use x86_64::registers::rflags::RFlags;
 use x86_64::structures::gdt::SegmentSelector;
@@ -20,6 +29,12 @@ pub const SYSCALL_VECTOR: u64 = 0x100;
 pub const COMPAT_SYSCALL_VECTOR: u64 = 0x101;
 /// The pseudo-vector of frames built by the `sysenter` entry (CPU-4).
 pub const SYSENTER_VECTOR: u64 = 0x102;
+
+/// Where every entry from ring 3 builds its frame, as an offset into
+/// `cpu::KERNEL_STACK`: its top `TrapFrame` (TSS.RSP0, `SYSCALL_KERNEL_RSP`
+/// and `enter_guest` all start from the same top). The `syscall` entry
+/// addresses it directly.
+const ENTRY_FRAME_OFFSET: usize = super::cpu::STACK_SIZE - core::mem::size_of::<TrapFrame>();
 
 /// Ring-0 stack top loaded by the entry (set by [`init`]).
 #[no_mangle]
@@ -34,33 +49,66 @@ core::arch::global_asm!(
     .balign 16
     .global syscall_entry
 syscall_entry:
-    movq %rsp, SYSCALL_USER_RSP(%rip)
-    movq SYSCALL_KERNEL_RSP(%rip), %rsp
-    pushq ${user_ss}
-    pushq SYSCALL_USER_RSP(%rip)
-    pushq %r11
-    pushq ${user_cs}
-    pushq %rcx
-    pushq $0
-    pushq ${vector}
-    pushq %rax
-    pushq %rbx
-    pushq %rcx
-    pushq %rdx
-    pushq %rsi
-    pushq %rdi
-    pushq %rbp
-    pushq %r8
-    pushq %r9
-    pushq %r10
-    pushq %r11
-    pushq %r12
-    pushq %r13
-    pushq %r14
-    pushq %r15
+    // The ring-0 stack is empty whenever a guest runs, so the frame of any
+    // entry from ring 3 sits at a fixed address: the top of the kernel
+    // stack minus one TrapFrame. Write the caller's rsp straight into its
+    // slot and point rsp at the frame.
+    movq %rsp, {kstack}+{frame_off}+{o_rsp}(%rip)
+    leaq {kstack}+{frame_off}(%rip), %rsp
+    // Lean save: what the fast entry reads (number, arguments) and what
+    // the way back needs (rip, rflags; the six argument registers, which
+    // CALL-1 preserves and Rust may clobber). rbx, rbp and r12-r15 are
+    // preserved by the Rust entry itself (callee-saved).
+    movq %rcx, {o_rip}(%rsp)
+    movq %r11, {o_rflags}(%rsp)
+    movq %rax, {o_rax}(%rsp)
+    movq %rdi, {o_rdi}(%rsp)
+    movq %rsi, {o_rsi}(%rsp)
+    movq %rdx, {o_rdx}(%rsp)
+    movq %r10, {o_r10}(%rsp)
+    movq %r8, {o_r8}(%rsp)
+    movq %r9, {o_r9}(%rsp)
+    movq %rsp, %rdi
+    call *TAHOMA_HYPERCALL_ENTRY(%rip)
+    testq %rdx, %rdx
+    jnz 1f
+    // Fast exit (rax holds the result). The fast entry allows it only for
+    // the caller's own unchanged context with a canonical user rip (the
+    // SYSRET hazard: a non-canonical rcx makes Intel's sysretq raise #GP
+    // in ring 0 on the guest's stack) and TF/RF clear; see
+    // `hv::hypercall_entry`.
+    movq {o_rdi}(%rsp), %rdi
+    movq {o_rsi}(%rsp), %rsi
+    movq {o_rdx}(%rsp), %rdx
+    movq {o_r10}(%rsp), %r10
+    movq {o_r8}(%rsp), %r8
+    movq {o_r9}(%rsp), %r9
+    movq {o_rip}(%rsp), %rcx
+    movq {o_rflags}(%rsp), %r11
+    movq {o_rsp}(%rsp), %rsp
+    sysretq
+
+    // Slow path: complete the frame (the callee-saved registers still hold
+    // the caller's values), then the slow entry with the stage in rsi, and
+    // leave through trap_return (iretq).
+1:  movq ${user_ss}, {o_ss}(%rsp)
+    movq ${user_cs}, {o_cs}(%rsp)
+    movq $0, {o_err}(%rsp)
+    movq ${vector}, {o_vector}(%rsp)
+    movq %rbx, {o_rbx}(%rsp)
+    movq %rbp, {o_rbp}(%rsp)
+    movq %r12, {o_r12}(%rsp)
+    movq %r13, {o_r13}(%rsp)
+    movq %r14, {o_r14}(%rsp)
+    movq %r15, {o_r15}(%rsp)
+    movq {o_rip}(%rsp), %rax
+    movq %rax, {o_rcx}(%rsp)
+    movq {o_rflags}(%rsp), %rax
+    movq %rax, {o_r11}(%rsp)
+    movq %rdx, %rsi
     movq %rsp, %rdi
     xorl %ebp, %ebp
-    call *TAHOMA_HYPERCALL_ENTRY(%rip)
+    call *TAHOMA_HYPERCALL_SLOW_ENTRY(%rip)
     jmp trap_return
 
     // `syscall` from compatibility mode (IA32_CSTAR). No 32-bit code
@@ -125,6 +173,30 @@ foreign_common:
     user_ss = const USER_SS as u64,
     user_cs = const USER_CS as u64,
     vector = const SYSCALL_VECTOR,
+    kstack = sym super::cpu::KERNEL_STACK,
+    frame_off = const ENTRY_FRAME_OFFSET,
+    o_rsp = const core::mem::offset_of!(TrapFrame, rsp),
+    o_ss = const core::mem::offset_of!(TrapFrame, ss),
+    o_cs = const core::mem::offset_of!(TrapFrame, cs),
+    o_rip = const core::mem::offset_of!(TrapFrame, rip),
+    o_rflags = const core::mem::offset_of!(TrapFrame, rflags),
+    o_err = const core::mem::offset_of!(TrapFrame, error_code),
+    o_vector = const core::mem::offset_of!(TrapFrame, vector),
+    o_rax = const core::mem::offset_of!(TrapFrame, rax),
+    o_rbx = const core::mem::offset_of!(TrapFrame, rbx),
+    o_rcx = const core::mem::offset_of!(TrapFrame, rcx),
+    o_rdx = const core::mem::offset_of!(TrapFrame, rdx),
+    o_rsi = const core::mem::offset_of!(TrapFrame, rsi),
+    o_rdi = const core::mem::offset_of!(TrapFrame, rdi),
+    o_rbp = const core::mem::offset_of!(TrapFrame, rbp),
+    o_r8 = const core::mem::offset_of!(TrapFrame, r8),
+    o_r9 = const core::mem::offset_of!(TrapFrame, r9),
+    o_r10 = const core::mem::offset_of!(TrapFrame, r10),
+    o_r11 = const core::mem::offset_of!(TrapFrame, r11),
+    o_r12 = const core::mem::offset_of!(TrapFrame, r12),
+    o_r13 = const core::mem::offset_of!(TrapFrame, r13),
+    o_r14 = const core::mem::offset_of!(TrapFrame, r14),
+    o_r15 = const core::mem::offset_of!(TrapFrame, r15),
     compat = const COMPAT_SYSCALL_VECTOR,
     sysenter = const SYSENTER_VECTOR,
     options(att_syntax)

@@ -130,11 +130,26 @@ impl SharedPage {
         }
     }
 
-    /// Whether any port is pending and not masked.
+    /// Whether any port is pending and not masked. Every word is read (the
+    /// guest may set pending or clear mask bits itself, EVT-0e, so
+    /// `pending_sel` cannot narrow the search for a "no"), but without a
+    /// branch per word: the pending words are or-ed first, and the masks
+    /// are read only when one of them is nonzero. The usual `block` finds
+    /// nothing pending (the guest cleared what it handled).
     pub fn any_unmasked_pending(&self) -> bool {
-        (0..PORT_WORDS).any(|w| {
-            self.pending(w).load(Ordering::SeqCst) & !self.mask(w).load(Ordering::SeqCst) != 0
-        })
+        let mut any = 0;
+        for w in 0..PORT_WORDS {
+            any |= self.pending(w).load(Ordering::SeqCst);
+        }
+        if any == 0 {
+            return false;
+        }
+        let mut unmasked = 0;
+        for w in 0..PORT_WORDS {
+            unmasked |=
+                self.pending(w).load(Ordering::SeqCst) & !self.mask(w).load(Ordering::SeqCst);
+        }
+        unmasked != 0
     }
 
     /// `upcall_mask` (the guest's virtual interrupt flag; set = disabled).

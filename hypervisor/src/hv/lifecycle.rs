@@ -125,7 +125,9 @@ pub fn start(pack: &Pack<'_>) -> ! {
     let mut frame = TrapFrame::default();
     hv.run_next(&mut frame);
     hv.leave(&mut frame);
-    *HV.lock() = Some(hv);
+    // SAFETY: boot, interrupts disabled, no guest has run: nothing else
+    // can hold a reference into the cell.
+    unsafe { HV.install(hv) };
     arch::enter_guest(&frame)
 }
 

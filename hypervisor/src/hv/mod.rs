@@ -21,11 +21,11 @@ use crate::{mem, report, time};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
+use core::cell::UnsafeCell;
 use hypercall_abi::event::Virq;
 use hypercall_abi::layout::{UpcallFrame, UpcallKind, CALLBACK_STACK_SIZE, RED_ZONE, RFLAGS_IF};
 use hypercall_abi::sched::{BlockResult, ShutdownReason};
 use hypercall_abi::{regs, Error};
-use spin::Mutex;
 use tahoma_core::bootpack::{self, Pack};
 use tahoma_core::event::{Channels, DomId, Target};
 use tahoma_core::grant::GrantTables;
@@ -40,7 +40,56 @@ const MAX_UPCALL_DEPTH: u32 = 8;
 /// (SCHED-4), in milliseconds.
 const REAP_QUANTUM_MS: u64 = 2;
 
-pub(crate) static HV: Mutex<Option<Hv>> = Mutex::new(None);
+/// The hypervisor's state. Not behind a lock: see [`HvCell`].
+pub(crate) static HV: HvCell = HvCell(UnsafeCell::new(None));
+
+/// The one cell holding [`Hv`], reached without a lock.
+///
+/// The invariant that makes this sound (and that a lock only re-checked at
+/// 9 instructions per hypercall): there is one CPU, and the hypervisor runs
+/// every entry from ring 3 (hypercall, exception, interrupt, `sysenter`) to
+/// completion with interrupts disabled, on the one ring-0 stack. The only
+/// place interrupts are enabled is the idle loop (`arch::idle`, inside
+/// `Hv::run_next`), and an interrupt taken there (from ring 0) never reaches
+/// this cell: the timer and device handlers return before it when they
+/// interrupted ring 0, and any other trap in ring 0 is a hypervisor fault
+/// that ends the run without touching it. So at most one `&mut Hv` exists at
+/// any time: the one the current entry took. With SMP this will become one
+/// cell per CPU for the per-CPU part (the running domain, the run queue,
+/// the timer), with the shared parts (domains, frames, channels) behind
+/// their own locks; the fast hypercall path touches only the first kind
+/// and the current domain, which only its CPU runs.
+pub(crate) struct HvCell(UnsafeCell<Option<Hv>>);
+
+// SAFETY: the cell is only reached through `HvCell::get`, whose contract
+// (one CPU, interrupts off, one live reference per entry) rules out any
+// concurrent or overlapping access; see the type's documentation.
+unsafe impl Sync for HvCell {}
+
+impl HvCell {
+    /// The hypervisor, once `lifecycle::start` installed it.
+    ///
+    /// # Safety
+    /// Call only from an entry from ring 3 (or from `start`, before the first
+    /// guest runs), with interrupts disabled, at most once per entry, and do
+    /// not keep the reference past the entry's return: then no other
+    /// reference to the cell's contents is live (see [`HvCell`]).
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    pub(crate) unsafe fn get(&self) -> Option<&mut Hv> {
+        // SAFETY: the caller's contract: no other reference is live.
+        unsafe { (*self.0.get()).as_mut() }
+    }
+
+    /// Installs the hypervisor (`lifecycle::start`, once).
+    ///
+    /// # Safety
+    /// As for [`HvCell::get`]: no reference to the contents is live.
+    pub(crate) unsafe fn install(&self, hv: Hv) {
+        // SAFETY: the caller's contract: no other reference is live.
+        unsafe { *self.0.get() = Some(hv) };
+    }
+}
 
 /// The id of the domain whose context the CPU holds (0: none, idle or
 /// between domains), for debuggers: `cargo xtask run --gdb` conditions a
@@ -134,15 +183,74 @@ pub(crate) struct Scheduler {
     pub(crate) cpu_state_of: Option<DomId>,
 }
 
-/// Entry from `syscall` (CALL-1), registered with `arch` ([`arch::entries`]).
+/// Entry from `syscall` (CALL-1), registered with `arch` ([`arch::entries`]):
+/// the fast path. The stub saved only the number, the argument registers,
+/// `rip`, `rflags` and `rsp` (`arch::syscall`); this runs a call that
+/// cannot replace the caller's context and, when nothing else is to be done
+/// on the way back, returns with `sysretq`. Everything else goes on in
+/// [`hypercall_slow_entry`] with the frame completed, and leaves with
+/// `iretq`.
+///
+/// `sysretq` is allowed only when it restores exactly what `iretq` would:
+/// the caller's own context, unchanged but for `rax` (`rcx` = `rip` and
+/// `r11` = `rflags` hold by construction: the stub saved them from there),
+/// with `rip` in the lower canonical half. That is the SYSRET hazard: a
+/// `syscall` in the last two bytes below `GUEST_VA_TOP` has `rcx =
+/// 0x0000_8000_0000_0000`, non-canonical, and Intel's `sysretq` raises its
+/// #GP in ring 0, after the guest's `rsp` is loaded (CVE-2012-0217). TF and
+/// RF set also take the slow path (`sysretq` cannot restore RF, and with TF
+/// it would trap right after the return instead of after the next
+/// instruction). SS is the kernel's from `syscall` to `sysretq` (no entry
+/// with a privilege change happens in between), so AMD's SYSRET SS
+/// attributes erratum does not apply.
 #[no_mangle] // a stable name for debuggers (`break hypercall_entry`)
-pub extern "C" fn hypercall_entry(frame: &mut TrapFrame) {
-    let mut guard = HV.lock();
-    let Some(hv) = guard.as_mut() else {
+pub extern "C" fn hypercall_entry(frame: &mut TrapFrame) -> arch::entries::FastExit {
+    use arch::entries::{FastExit, SLOW_FROM_START, SLOW_LEAVE};
+    const TF_RF: u64 = (1 << 8) | (1 << 16);
+    let slow = |stage| FastExit {
+        rax: 0,
+        slow: stage,
+    };
+    if frame.rip >= hypercall_abi::layout::GUEST_VA_TOP || frame.rflags & TF_RF != 0 {
+        return slow(SLOW_FROM_START);
+    }
+    // A call that may replace the frame goes the slow way from the start.
+    let Some(call) = crate::hypercall::returning_handler(frame.rax) else {
+        return slow(SLOW_FROM_START);
+    };
+    // SAFETY: an entry from ring 3 with interrupts disabled (SFMASK clears
+    // IF); the one reference taken by this entry, dropped on return.
+    let Some(hv) = (unsafe { HV.get() }) else {
+        return slow(SLOW_FROM_START);
+    };
+    let Some(cur) = hv.sched.current else {
+        return slow(SLOW_FROM_START);
+    };
+    crate::hypercall::count(hv, cur);
+    let rax = call(hv, cur, frame);
+    if hv.work_pending(cur) {
+        frame.rax = rax;
+        return slow(SLOW_LEAVE);
+    }
+    FastExit { rax, slow: 0 }
+}
+
+/// The rest of a hypercall the fast entry did not finish ([`hypercall_entry`]),
+/// with the frame complete: `stage` says where it stopped
+/// (`arch::entries::SLOW_*`). Leaves through `trap_return` (`iretq`).
+#[no_mangle] // a stable name for debuggers
+pub extern "C" fn hypercall_slow_entry(frame: &mut TrapFrame, stage: u64) {
+    use arch::entries::SLOW_LEAVE;
+    // SAFETY: an entry from ring 3 with interrupts disabled; the fast entry
+    // that ran before returned, so its reference is gone; this is the one
+    // reference taken now, dropped on return.
+    let Some(hv) = (unsafe { HV.get() }) else {
         frame.rax = regs::encode(Err(Error::NoSuchCall));
         return;
     };
-    crate::hypercall::entry(hv, frame);
+    if stage != SLOW_LEAVE {
+        crate::hypercall::entry(hv, frame, true);
+    }
     hv.leave(frame);
 }
 
@@ -153,8 +261,11 @@ pub fn timer_interrupt(frame: &mut TrapFrame) {
         // Woke the idle loop, which looks at the clock itself.
         return;
     }
-    let mut guard = HV.lock();
-    let Some(hv) = guard.as_mut() else { return };
+    // SAFETY: an entry from ring 3 (checked above) with interrupts
+    // disabled; the one reference this entry takes.
+    let Some(hv) = (unsafe { HV.get() }) else {
+        return;
+    };
     hv.sched.armed = u64::MAX;
     hv.sched.timer_dirty = true;
     let now = time::now_tsc();
@@ -176,8 +287,11 @@ pub fn timer_interrupt(frame: &mut TrapFrame) {
 
 /// A guest raised an exception (TRAP-0b, TRAP-0c).
 pub fn guest_exception(frame: &mut TrapFrame) {
-    let mut guard = HV.lock();
-    let Some(hv) = guard.as_mut() else { return };
+    // SAFETY: an exception from ring 3 (`trap::handle` routes only those
+    // here) with interrupts disabled; the one reference this entry takes.
+    let Some(hv) = (unsafe { HV.get() }) else {
+        return;
+    };
     let Some(cur) = hv.sched.current else { return };
     let (vector, error) = (frame.vector, frame.error_code);
     let cr2 = if vector == 14 { arch::cr2() } else { 0 };
@@ -212,8 +326,9 @@ pub fn guest_exception(frame: &mut TrapFrame) {
 #[no_mangle] // a stable name for debuggers
 pub extern "C" fn foreign_entry(frame: &mut TrapFrame) {
     use crate::arch::syscall::{COMPAT_SYSCALL_VECTOR, SYSENTER_VECTOR};
-    let mut guard = HV.lock();
-    let Some(hv) = guard.as_mut() else {
+    // SAFETY: an entry from ring 3 with interrupts disabled (sysenter
+    // clears IF, SFMASK does for syscall); the one reference it takes.
+    let Some(hv) = (unsafe { HV.get() }) else {
         panic!("sysenter or compat syscall before any domain ran")
     };
     let (kind, why) = match frame.vector {

@@ -101,6 +101,20 @@ impl Hv {
         }
     }
 
+    /// The one test on the fast way back from a hypercall (the fast entry):
+    /// whether [`Hv::leave`] has anything to do for the current domain `cur`.
+    /// A TLB flush the validator asked for is done here (it is what `leave`
+    /// does first, and needs no frame); an upcall to deliver or a timer to
+    /// re-arm needs `leave` and the complete frame.
+    #[inline(always)]
+    pub(crate) fn work_pending(&mut self, cur: DomId) -> bool {
+        self.flush_if_requested();
+        if self.sched.timer_dirty {
+            return true;
+        }
+        self.dom(cur).is_none_or(|d| wants_upcall(d))
+    }
+
     /// Before returning to the current domain: deliver a pending event
     /// upcall (TRAP-0a) and arm the timer for the next slice end or deadline.
     pub(crate) fn leave(&mut self, frame: &mut TrapFrame) {
@@ -110,12 +124,7 @@ impl Hv {
                 return;
             };
             let Some(d) = self.dom(cur) else { return };
-            // At the nesting limit the event waits for a return (TRAP-6).
-            let wants_upcall = d.callbacks.event != 0
-                && d.upcall_depth < MAX_UPCALL_DEPTH
-                && !d.shared.upcall_masked()
-                && d.shared.upcall_pending();
-            if !wants_upcall {
+            if !wants_upcall(d) {
                 break;
             }
             match self.push_upcall(cur, frame, UpcallKind::Event, 0, 0, 0) {
@@ -137,16 +146,32 @@ impl Hv {
                 }
             }
         }
-        // Re-arm only when a deadline or the slice changed since the last
-        // exit: the common hypercall changes neither.
+        // Look again only when a deadline or the slice changed since the
+        // last exit (the common hypercall changes neither), and re-arm only
+        // when the timer must fire earlier than it is armed for. When it is
+        // armed earlier than needed (a switch moved the slice end later),
+        // it fires early: `timer_interrupt` finds nothing due and re-arms
+        // for the new time. One early interrupt per slice instead of an
+        // APIC write on every switch.
         if self.sched.timer_dirty {
             self.sched.timer_dirty = false;
             let deadline = self.sched.deadlines.next();
             let at = deadline.map_or(self.sched.slice_end, |d| d.min(self.sched.slice_end));
-            if at != self.sched.armed {
+            if at < self.sched.armed {
                 time::arm_at(at);
                 self.sched.armed = at;
             }
         }
     }
+}
+
+/// Whether `d` gets an event upcall on its way back to ring 3 (TRAP-0a):
+/// an event entry registered, below the nesting limit (at it, the event
+/// waits for a return: TRAP-6), upcalls not masked, one pending.
+#[inline(always)]
+fn wants_upcall(d: &Domain) -> bool {
+    d.callbacks.event != 0
+        && d.upcall_depth < MAX_UPCALL_DEPTH
+        && !d.shared.upcall_masked()
+        && d.shared.upcall_pending()
 }

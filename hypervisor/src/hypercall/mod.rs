@@ -34,71 +34,159 @@ pub(crate) enum Outcome {
     Replaced,
 }
 
-pub(crate) fn entry(hv: &mut Hv, frame: &mut TrapFrame) {
-    let Some(cur) = hv.sched.current else { return };
+/// Counts a hypercall of the current domain `cur` (reported at its exit)
+/// and reports its first.
+#[inline(always)]
+pub(crate) fn count(hv: &mut Hv, cur: DomId) {
     if let Some(d) = hv.dom(cur) {
         if d.hypercalls == 0 {
             first_hypercall(d);
         }
         d.hypercalls += 1;
     }
-    let a = [
-        frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8, frame.r9,
-    ];
-    let outcome = match Hypercall::from_number(frame.rax) {
-        None => Outcome::Return(Err(Error::NoSuchCall)),
-        Some(h) => dispatch(hv, cur, h, a, frame),
-    };
-    if let Outcome::Return(r) = outcome {
-        frame.rax = regs::encode(r);
+}
+
+/// Runs the call in `frame` (counting it first if `uncounted`: the fast
+/// entry may already have) and writes its result into `frame.rax` unless
+/// it replaced the frame.
+pub(crate) fn entry(hv: &mut Hv, frame: &mut TrapFrame, uncounted: bool) {
+    let Some(cur) = hv.sched.current else { return };
+    if uncounted {
+        count(hv, cur);
+    }
+    match returning_handler(frame.rax) {
+        Some(f) => frame.rax = f(hv, cur, frame),
+        None => {
+            if let Outcome::Return(r) = dispatch_frame(hv, cur, frame) {
+                frame.rax = regs::encode(r);
+            }
+        }
     }
 }
 
-/// Decodes `h`'s arguments from `w` with the family module's type
+/// The argument words of the call in `frame` (CALL-1).
+#[inline(always)]
+fn words(frame: &TrapFrame) -> Words {
+    [
+        frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8, frame.r9,
+    ]
+}
+
+/// Decodes the arguments of a call that may replace the caller's frame
+/// (a switch, an upcall return, a restart) with the family module's type
+/// and runs its handler.
+fn dispatch_frame(hv: &mut Hv, cur: DomId, frame: &mut TrapFrame) -> Outcome {
+    use Hypercall as H;
+    let w = words(frame);
+    match Hypercall::from_number(frame.rax) {
+        Some(H::Yield) => with_frame(hv, cur, w, frame, sched::yield_now),
+        Some(H::Block) => with_frame(hv, cur, w, frame, sched::block),
+        Some(H::Shutdown) => with_frame(hv, cur, w, frame, sched::shutdown),
+        Some(H::UpcallReturn) => with_frame(hv, cur, w, frame, trap::upcall_return),
+        Some(H::MmuPin) => with_frame(hv, cur, w, frame, mmu::pin),
+        Some(H::MmuUnpin) => with_frame(hv, cur, w, frame, mmu::unpin),
+        // `returning_handler` has every other number.
+        _ => Outcome::Return(Err(Error::NoSuchCall)),
+    }
+}
+
+/// A call that only returns a result: it reads the caller's argument
+/// registers from the frame, never changes the frame, and returns the
+/// result word (CALL-2).
+pub(crate) type Handler = fn(&mut Hv, DomId, &TrapFrame) -> u64;
+
+/// Wraps `f` as a [`Handler`]: one function per call, so that the entry
+/// calls it through a table and pays only for the registers that call uses
+/// (a `match` inlining every handler into the entry made every hypercall
+/// save them all).
+macro_rules! handler {
+    ($f:path) => {{
+        fn call(hv: &mut Hv, cur: DomId, frame: &TrapFrame) -> u64 {
+            regs::encode(returning(hv, cur, words(frame), $f))
+        }
+        call as Handler
+    }};
+}
+
+fn no_such_call(_: &mut Hv, _: DomId, _: &TrapFrame) -> u64 {
+    regs::encode(Err(Error::NoSuchCall))
+}
+
+/// Numbers below this are routed through [`ROUTES`]; every defined number
+/// is (checked at compile time).
+const ROUTED: usize = 0x80;
+
+const _: () = {
+    let mut i = 0;
+    while i < Hypercall::ALL.len() {
+        assert!(Hypercall::ALL[i].number() < ROUTED as u64);
+        i += 1;
+    }
+};
+
+/// [`route`] for every number below [`ROUTED`], computed at compile time:
+/// the entry finds a call's handler with one bounds check and one load.
+static ROUTES: [Option<Handler>; ROUTED] = {
+    let mut t: [Option<Handler>; ROUTED] = [None; ROUTED];
+    let mut i = 0;
+    while i < ROUTED {
+        t[i] = route(i as u64);
+        i += 1;
+    }
+    t
+};
+
+/// The handler of call number `nr` if it only returns a result (an
+/// undefined number's returns `no_such_call`, CALL-1a); `None` for the
+/// calls that may replace the caller's frame ([`dispatch_frame`]). Each
+/// handler decodes its arguments with the family module's type
 /// (`hypercall_abi::<family>`), which refuses out-of-range words with the
 /// documented error before any state is looked at, and runs the family's
 /// handler (`hypercall::<family>`).
-pub(crate) fn dispatch(
-    hv: &mut Hv,
-    cur: DomId,
-    h: Hypercall,
-    w: Words,
-    frame: &mut TrapFrame,
-) -> Outcome {
-    use Hypercall as H;
-    match h {
-        H::AbiVersion => returning(hv, cur, w, base::abi_version),
-        H::ConsoleWrite => returning(hv, cur, w, console::write),
-        H::Yield => with_frame(hv, cur, w, frame, sched::yield_now),
-        H::Block => with_frame(hv, cur, w, frame, sched::block),
-        H::Shutdown => with_frame(hv, cur, w, frame, sched::shutdown),
-        H::TimerSet => returning(hv, cur, w, time::timer_set),
-        H::EventAllocUnbound => returning(hv, cur, w, event::alloc_unbound),
-        H::EventBindInterdomain => returning(hv, cur, w, event::bind_interdomain),
-        H::EventBindVirq => returning(hv, cur, w, event::bind_virq),
-        H::EventSend => returning(hv, cur, w, event::send),
-        H::EventClose => returning(hv, cur, w, event::close),
-        H::EventUnmask => returning(hv, cur, w, event::unmask),
-        H::SetCallbacks => returning(hv, cur, w, trap::set_callbacks),
-        H::UpcallReturn => with_frame(hv, cur, w, frame, trap::upcall_return),
-        H::MmuUpdate => returning(hv, cur, w, mmu::update),
-        H::MmuPin => with_frame(hv, cur, w, frame, mmu::pin),
-        H::MmuUnpin => with_frame(hv, cur, w, frame, mmu::unpin),
-        H::MmuSwitchRoot => returning(hv, cur, w, mmu::switch_root),
-        H::MmuInvlpg => returning(hv, cur, w, mmu::invlpg),
-        H::MmuFlushTlb => returning(hv, cur, w, mmu::flush_tlb),
-        H::UpdateVaMapping => returning(hv, cur, w, mmu::update_va_mapping),
-        H::MmuFrameInfo => returning(hv, cur, w, mmu::frame_info),
-        H::MemoryPopulate => returning(hv, cur, w, memory::populate),
-        H::MemoryRelease => returning(hv, cur, w, memory::release),
-        H::MemoryInfo => returning(hv, cur, w, memory::info),
-        H::GrantAccess => returning(hv, cur, w, grant::access),
-        H::GrantRevoke => returning(hv, cur, w, grant::revoke),
-        H::GrantMap => returning(hv, cur, w, grant::map),
-        H::GrantUnmap => returning(hv, cur, w, grant::unmap),
-        H::GrantCopy => returning(hv, cur, w, grant::copy),
-        H::IoIrqAck => returning(hv, cur, w, io::irq_ack),
+#[inline(always)]
+pub(crate) fn returning_handler(nr: u64) -> Option<Handler> {
+    match ROUTES.get(usize::try_from(nr).unwrap_or(usize::MAX)) {
+        Some(r) => *r,
+        None => Some(no_such_call),
     }
+}
+
+/// [`returning_handler`], computed (for [`ROUTES`]).
+const fn route(nr: u64) -> Option<Handler> {
+    use Hypercall as H;
+    let Some(h) = Hypercall::from_number(nr) else {
+        return Some(no_such_call);
+    };
+    Some(match h {
+        H::AbiVersion => handler!(base::abi_version),
+        H::ConsoleWrite => handler!(console::write),
+        H::TimerSet => handler!(time::timer_set),
+        H::EventAllocUnbound => handler!(event::alloc_unbound),
+        H::EventBindInterdomain => handler!(event::bind_interdomain),
+        H::EventBindVirq => handler!(event::bind_virq),
+        H::EventSend => handler!(event::send),
+        H::EventClose => handler!(event::close),
+        H::EventUnmask => handler!(event::unmask),
+        H::SetCallbacks => handler!(trap::set_callbacks),
+        H::MmuUpdate => handler!(mmu::update),
+        H::MmuSwitchRoot => handler!(mmu::switch_root),
+        H::MmuInvlpg => handler!(mmu::invlpg),
+        H::MmuFlushTlb => handler!(mmu::flush_tlb),
+        H::UpdateVaMapping => handler!(mmu::update_va_mapping),
+        H::MmuFrameInfo => handler!(mmu::frame_info),
+        H::MemoryPopulate => handler!(memory::populate),
+        H::MemoryRelease => handler!(memory::release),
+        H::MemoryInfo => handler!(memory::info),
+        H::GrantAccess => handler!(grant::access),
+        H::GrantRevoke => handler!(grant::revoke),
+        H::GrantMap => handler!(grant::map),
+        H::GrantUnmap => handler!(grant::unmap),
+        H::GrantCopy => handler!(grant::copy),
+        H::IoIrqAck => handler!(io::irq_ack),
+        H::Yield | H::Block | H::Shutdown | H::UpcallReturn | H::MmuPin | H::MmuUnpin => {
+            return None
+        }
+    })
 }
 
 /// Runs a handler that returns a result to the caller.
@@ -108,8 +196,8 @@ fn returning<T: Call>(
     cur: DomId,
     w: Words,
     f: impl FnOnce(&mut Hv, DomId, T) -> Result<u64, Error>,
-) -> Outcome {
-    Outcome::Return(T::decode(w).and_then(|a| f(hv, cur, a)))
+) -> Result<u64, Error> {
+    T::decode(w).and_then(|a| f(hv, cur, a))
 }
 
 /// Runs a handler that may replace the caller's frame (a switch, an upcall
