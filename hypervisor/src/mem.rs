@@ -34,27 +34,115 @@ pub mod pte {
 /// How far the direct map reaches (bytes of physical address space).
 static DIRECT_MAP_LIMIT: AtomicU64 = AtomicU64::new(1 << 30);
 
-const HEAP_SIZE: usize = 16 << 20;
+/// The boot heap: a static area for what is allocated before the frame
+/// allocator exists (the firmware map, the allocator's own bitmaps).
+const BOOT_HEAP_SIZE: usize = 4 << 20;
 #[repr(C, align(4096))]
-struct HeapArea([u8; HEAP_SIZE]);
-static mut HEAP_AREA: HeapArea = HeapArea([0; HEAP_SIZE]);
+struct HeapArea([u8; BOOT_HEAP_SIZE]);
+static mut HEAP_AREA: HeapArea = HeapArea([0; BOOT_HEAP_SIZE]);
+
+pub use tahoma_core::memmap::{main_heap_bytes, DOMAIN_HEAP_BYTES};
+
+/// Heap kept free for the allocations hypercalls make while domains run
+/// (ports, grants, pins): a domain is not built into it.
+pub const HEAP_RUNTIME_RESERVE: u64 = 1 << 20;
+
+/// The hypervisor's heap: the boot area, then (from [`init`] on) the main
+/// heap, taken from RAM as one machine-contiguous run whose size follows
+/// the machine's memory ([`main_heap_bytes`]). Allocations go to the main heap once it exists; a failed
+/// allocation returns null (callers that can fail use `try_reserve`, and
+/// domain builds are admitted only with [`DOMAIN_HEAP_BYTES`] and the
+/// runtime reserve free, see [`heap_free`]).
+struct Heaps {
+    boot: LockedHeap,
+    main: LockedHeap,
+    /// `[start, end)` of the main heap's virtual range (0, 0 before init).
+    main_start: AtomicU64,
+    main_end: AtomicU64,
+}
+
+impl Heaps {
+    fn in_main(&self, p: *mut u8) -> bool {
+        let a = p as u64;
+        a >= self.main_start.load(Ordering::Relaxed) && a < self.main_end.load(Ordering::Relaxed)
+    }
+}
+
+// SAFETY: each request goes to exactly one of two independent, locked
+// allocators, and each free goes back to the one whose range holds the
+// pointer (the two ranges are disjoint: a static area and a run of frames
+// the frame allocator gave up for good).
+unsafe impl core::alloc::GlobalAlloc for Heaps {
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        if self.main_end.load(Ordering::Relaxed) != 0 {
+            // SAFETY: forwarded with the caller's guarantees (non-zero size).
+            let p = unsafe { self.main.alloc(layout) };
+            if !p.is_null() {
+                return p;
+            }
+        }
+        // SAFETY: as above.
+        unsafe { self.boot.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
+        if self.in_main(ptr) {
+            // SAFETY: `ptr` came from `main` (it lies in its range) with `layout`.
+            unsafe { self.main.dealloc(ptr, layout) }
+        } else {
+            // SAFETY: `ptr` came from `boot` with `layout`.
+            unsafe { self.boot.dealloc(ptr, layout) }
+        }
+    }
+}
 
 #[global_allocator]
-static HEAP: LockedHeap = LockedHeap::empty();
+static HEAP: Heaps = Heaps {
+    boot: LockedHeap::empty(),
+    main: LockedHeap::empty(),
+    main_start: AtomicU64::new(0),
+    main_end: AtomicU64::new(0),
+};
 
 /// The physical frame allocator (set up by [`init`]).
 pub static FRAMES: Mutex<Option<FrameAllocator>> = Mutex::new(None);
 
-/// Hands the static heap area to the allocator. Called once, first.
+/// Hands the static boot area to the allocator. Called once, first.
 pub fn init_heap() {
     // SAFETY: HEAP_AREA is used by nothing but this allocator, and this runs
     // once, before any allocation.
-    unsafe { HEAP.lock().init(&raw mut HEAP_AREA as *mut u8, HEAP_SIZE) };
+    unsafe {
+        HEAP.boot
+            .lock()
+            .init(&raw mut HEAP_AREA as *mut u8, BOOT_HEAP_SIZE)
+    };
 }
 
-/// Heap bytes in total.
+/// Takes the main heap from the frame allocator (once, from [`init`]).
+fn init_main_heap(frames: u64) -> Option<u64> {
+    let bytes = main_heap_bytes(frames);
+    let first = FRAMES
+        .lock()
+        .as_mut()?
+        .alloc_contiguous(bytes / 4096, 512)?;
+    let start = phys_to_virt(first << 12);
+    // SAFETY: the frames were just taken from the allocator for good (never
+    // freed, so never handed to a guest), are direct-mapped writable, and
+    // this is the only heap over them.
+    unsafe { HEAP.main.lock().init(start as *mut u8, bytes as usize) };
+    HEAP.main_start.store(start, Ordering::Relaxed);
+    HEAP.main_end.store(start + bytes, Ordering::Relaxed);
+    Some(bytes)
+}
+
+/// Heap bytes in total (boot area and main heap).
 pub fn heap_size() -> usize {
-    HEAP_SIZE
+    HEAP.boot.lock().size() + HEAP.main.lock().size()
+}
+
+/// Heap bytes free now (boot area and main heap).
+pub fn heap_free() -> usize {
+    HEAP.boot.lock().free() + HEAP.main.lock().free()
 }
 
 /// The direct-map address of physical address `pa`.
@@ -249,6 +337,15 @@ pub fn init(map: &[(Range, Kind)], exclude: &[Range]) -> MemoryReport {
     unsafe { crate::arch::load_root(pml4 << 12) };
     DIRECT_MAP_LIMIT.store(limit, Ordering::Relaxed);
     KERNEL_PML4.store(pml4, Ordering::Relaxed);
+    // The rest of the heap, sized from the machine's memory; without it
+    // the boot area is all there is (a machine too small for both).
+    if init_main_heap(usable_frames).is_none() {
+        log::warn!(
+            "no {} contiguous bytes for the main heap: running on the {} KiB boot heap; give the machine more memory",
+            main_heap_bytes(usable_frames),
+            BOOT_HEAP_SIZE >> 10
+        );
+    }
     MemoryReport {
         regions: map.len(),
         ram_bytes: map

@@ -39,6 +39,10 @@ const DRIVER_MIN_PAGES: u64 = hypercall_abi::layout::WINDOW_MIN_PAGES;
 pub const DEFAULT_TIMEOUT: u64 = 60;
 /// Default QEMU RAM.
 const DEFAULT_MEMORY: &str = "512M";
+/// Most guests a scenario may have, `count` expansion included: domain
+/// ids are 1.. and stop below `DOMID_SELF` (0x7FF0), which they must never
+/// alias.
+const MAX_DOMAINS: usize = (hypercall_abi::event::DOMID_SELF - 1) as usize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +52,7 @@ struct RawManifest {
     memory: Option<Spanned<String>>,
     cmdline: Option<String>,
     icount: Option<bool>,
+    overcommit: Option<bool>,
     #[serde(default)]
     guest: Vec<RawGuest>,
     #[serde(default)]
@@ -113,6 +118,10 @@ pub struct Scenario {
     /// Run under TCG with `-icount shift=0,sleep=off`: guest clocks count
     /// instructions, so timing figures do not depend on host load.
     pub icount: bool,
+    /// The guests may need more memory than the machine has (the scenario
+    /// tests that the hypervisor refuses the ones that do not fit): the
+    /// check before boot ([`Scenario::check_fit`]) is skipped.
+    pub overcommit: bool,
     /// Domains to create, in boot order, after `count` expansion.
     pub guests: Vec<Guest>,
     /// Channels the hypervisor connects at boot (`[[channel]]`, ABI `EVT-7`).
@@ -282,6 +291,15 @@ impl Scenario {
         for g in &raw.guest {
             expand_guest(&cx, g, &mut guests)?;
         }
+        if guests.len() > MAX_DOMAINS {
+            return Err(cx.err(
+                None,
+                format!(
+                    "{} guests in all; at most {MAX_DOMAINS} (domain ids stop below DOMID_SELF): lower the counts",
+                    guests.len()
+                ),
+            ));
+        }
         let mut seen = BTreeSet::new();
         for (g, raw_name) in &guests {
             if !seen.insert(g.name.clone()) {
@@ -304,6 +322,7 @@ impl Scenario {
             memory_mib: memory_bytes >> 20,
             cmdline: raw.cmdline.unwrap_or_default(),
             icount: raw.icount.unwrap_or(false),
+            overcommit: raw.overcommit.unwrap_or(false),
             guests,
             channels,
             disk,
@@ -376,12 +395,15 @@ impl Scenario {
             .iter()
             .map(|g| (u64::from(g.mem_pages) + 1) * PAGE)
             .sum();
-        let hv = hypervisor_bytes + (1 << 20) + pack_bytes;
         let machine = self.memory_mib << 20;
-        if guests + hv > machine {
+        // The hypervisor's main heap, which it sizes from the machine's
+        // memory (taken from RAM at boot).
+        let heap = tahoma_core::memmap::main_heap_bytes(machine / PAGE);
+        let hv = hypervisor_bytes + heap + (1 << 20) + pack_bytes;
+        if guests + hv > machine && !self.overcommit {
             let mib = |b: u64| b.div_ceil(1 << 20);
             return Err(format!(
-                "{}: the {} guest(s) need {} MiB and the hypervisor about {} MiB (its image and heap, \
+                "{}: the {} guest(s) need {} MiB and the hypervisor about {} MiB (its image and heaps, \
                  the first MiB, the {} KiB boot pack), {} MiB in all, but the machine has {} MiB: \
                  raise `memory` at the top of the manifest or give the guests less",
                 self.path.display(),
@@ -675,9 +697,12 @@ fn expand_guest<'a>(
     };
     let count = match &g.count {
         None => 1,
-        Some(c) if (1..=1024).contains(c.get_ref()) => c.get_ref().unsigned_abs(),
+        Some(c) if (1..=MAX_DOMAINS as i64).contains(c.get_ref()) => c.get_ref().unsigned_abs(),
         Some(c) => {
-            return Err(cx.at(c, format!("count = {} is outside 1..=1024", c.get_ref())));
+            return Err(cx.at(
+                c,
+                format!("count = {} is outside 1..={MAX_DOMAINS}", c.get_ref()),
+            ));
         }
     };
     let image_line = line_of(cx.text, g.image.span().start);

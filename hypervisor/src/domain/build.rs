@@ -38,10 +38,18 @@ pub fn build(
         });
     }
     let (dev_l2_page, dev_l1_page) = (dma_first + dma_pages, dma_first + dma_pages + 1);
+    // Every frame the domain takes, checked before any is taken.
+    let no_memory = || BuildError::NoMemory {
+        needed: nr_pages + 1,
+        free: mem::free_frames(),
+    };
+    if mem::free_frames() < nr_pages + 1 {
+        return Err(no_memory());
+    }
     let dma_base = if dma_pages > 0 {
         match mem::alloc_contiguous_zeroed(dma_pages) {
             Some(b) => Some(b),
-            None => return Err(BuildError::NoMemory),
+            None => return Err(no_memory()),
         }
     } else {
         None
@@ -53,7 +61,7 @@ pub fn build(
     let mut frames = Vec::new();
     let max_pages = u64::from(rec.max_pages).max(nr_pages);
     if frames.try_reserve_exact(max_pages as usize).is_err() {
-        return Err(BuildError::NoMemory);
+        return Err(no_memory());
     }
     let take = || mem::alloc_zeroed_frame();
     // On failure: every frame taken so far, the DMA run included.
@@ -76,13 +84,13 @@ pub fn build(
             Some(f) => frames.push(f),
             None => {
                 undo(&frames);
-                return Err(BuildError::NoMemory);
+                return Err(no_memory());
             }
         }
     }
     let Some(shared_mfn) = take() else {
         undo(&frames);
-        return Err(BuildError::NoMemory);
+        return Err(no_memory());
     };
     let give_back = |mm: &mut Mm, frames: &[u64]| {
         // Not held yet if sharing it is what failed.
