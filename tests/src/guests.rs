@@ -31,6 +31,10 @@ pub fn tests() -> Vec<ScenarioTest> {
             run: sixty_four_guests_at_once,
         },
         ScenarioTest {
+            name: "five_thousand_guests_run_and_every_frame_returns",
+            run: five_thousand_guests_run_and_every_frame_returns,
+        },
+        ScenarioTest {
             name: "domains_that_do_not_fit_are_refused_and_the_rest_run",
             run: domains_that_do_not_fit_are_refused_and_the_rest_run,
         },
@@ -316,6 +320,48 @@ fn sixty_four_guests_at_once(m: &dyn Machine) -> Result<(), String> {
         .filter(|l| l.starts_with("[g-") && l.contains("Hello"))
         .count();
     ensure!(greeted == 64, "{greeted} of 64 guests greeted");
+    Ok(())
+}
+
+/// Issue 13: `density` starts 5,000 idle guests (and the sleeper) at
+/// 1 GiB. Every one is built (33 frames each, under 4 KiB of hypervisor
+/// heap each on average), makes its first hypercall (`block`) and is still
+/// blocked when the sleeper ends the run; every one is torn down
+/// (`@ domain-released`) and every frame comes back.
+fn five_thousand_guests_run_and_every_frame_returns(m: &dyn Machine) -> Result<(), String> {
+    const IDLE: u64 = 5000;
+    let out = m.boot(&BootRequest::scenario("density"))?;
+    succeeded_and_audited(&out)?;
+    let density = out.facts.one("density")?;
+    ensure!(
+        density.number("started")? == IDLE + 1 && density.number("refused")? == 0,
+        "`{density}`: expected {} started, none refused",
+        IDLE + 1
+    );
+    ensure!(
+        density.number("heap_per_domain")? <= 4096,
+        "`{density}`: a small domain should take under 4 KiB of the hypervisor's heap"
+    );
+    powered_off_cleanly(&out, "sleeper")?;
+    let blocked = out
+        .facts
+        .of_kind("domain-exit")
+        .filter(|e| {
+            e.get("name").is_some_and(|n| n.starts_with("idle-"))
+                && e.get("reason") == Some("scenario-end")
+                && e.get("hypercalls") == Some("1")
+        })
+        .count() as u64;
+    ensure!(
+        blocked == IDLE,
+        "{blocked} of {IDLE} idle guests ran and blocked"
+    );
+    let released = out.facts.of_kind("domain-released").count() as u64;
+    ensure!(
+        released == IDLE + 1,
+        "{released} domains torn down, expected {}",
+        IDLE + 1
+    );
     Ok(())
 }
 

@@ -1061,6 +1061,26 @@ weight = 256
         assert_eq!(e.line, Some(5));
     }
 
+    /// Issue 13: `count` goes up to the last domain id below DOMID_SELF
+    /// (0x7FF0), for one guest and for all of them together.
+    #[test]
+    fn count_reaches_the_domain_id_limit_and_no_further() {
+        let g = |name: &str, n: u64| {
+            format!("[[guest]]\nname = \"{name}\"\nimage = \"x\"\nmemory = \"128K\"\ncount = {n}\n")
+        };
+        let s = parse(&g("a", 32751)).unwrap();
+        assert_eq!(s.guests.len(), 32751);
+        assert_eq!(s.guests[32750].name, "a-32750");
+        let e = err(&g("a", 32752));
+        assert!(e.message.contains("outside 1..=32751"), "{e}");
+        assert_eq!(e.line, Some(5));
+        let e = err(&(g("a", 20000) + &g("b", 12752)));
+        assert!(
+            e.message.contains("32752 guests in all; at most 32751"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn unknown_key_names_file_and_line() {
         let e = err("timeout = 5\n\n[[guest]]\nname = \"a\"\nimage = \"x\"\nmemory = \"1M\"\nprivilged = true\n");
@@ -1132,13 +1152,21 @@ weight = 256
     fn guests_that_do_not_fit_are_refused_before_boot() {
         let s = parse("memory = \"64M\"\n[[guest]]\nname = \"a\"\nimage = \"x\"\nmemory = \"20M\"\ncount = 2\n")
             .unwrap();
-        // 40 MiB of guests + 18 MiB of hypervisor + 1 MiB + pack: fits.
-        assert_eq!(s.check_fit(18 << 20, 64 << 10), Ok(()));
-        // 40 + 24 + 1 does not.
-        let e = s.check_fit(24 << 20, 64 << 10).unwrap_err();
+        // 40 MiB of guests + 8 MiB of hypervisor image + its main heap
+        // (10.4 MiB at 64 MiB) + 1 MiB + pack: fits.
+        let heap = tahoma_core::memmap::main_heap_bytes(64 << 8);
+        assert_eq!(heap, (8 << 20) + (16384 * 156));
+        assert_eq!(s.check_fit(8 << 20, 64 << 10), Ok(()));
+        // 40 + 14 + 10.4 + 1 does not.
+        let e = s.check_fit(14 << 20, 64 << 10).unwrap_err();
         assert!(e.contains("2 guest(s) need 41 MiB"), "{e}");
         assert!(e.contains("the machine has 64 MiB"), "{e}");
         assert!(e.contains("raise `memory`"), "{e}");
+        // A scenario that overcommits on purpose is not refused here (the
+        // hypervisor refuses the guests that do not fit).
+        let s = parse("memory = \"64M\"\novercommit = true\n[[guest]]\nname = \"a\"\nimage = \"x\"\nmemory = \"20M\"\ncount = 4\n")
+            .unwrap();
+        assert_eq!(s.check_fit(14 << 20, 64 << 10), Ok(()));
     }
 
     #[test]
