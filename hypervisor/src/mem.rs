@@ -180,27 +180,58 @@ pub fn table_mut(mfn: u64) -> &'static mut [u64; 512] {
 
 /// Takes a zeroed frame from the allocator.
 ///
+/// Every frame given back through [`free_frame`] was scrubbed there
+/// (MEM-2a), and the allocator remembers it: such a frame is handed out
+/// as it is, without a second zeroing (issue 13). Only a frame not known
+/// to be zero (free since boot) is zeroed here.
+///
 /// With `testopt=poison-free` (see [`poison_free_frames`]) it first checks
-/// that the frame is scrubbed: all zero (scrubbed when freed, MEM-2a) or
-/// all [`POISON`] (never handed out since boot); anything else is an
-/// internal inconsistency that fails the run.
+/// what it hands out: a frame known to be scrubbed must be all zero (a
+/// frame freed without scrubbing, or written while free, is caught
+/// here), and any other must be all zero or all [`POISON`] (never handed
+/// out since boot); anything else is an internal inconsistency that fails
+/// the run.
 pub fn alloc_zeroed_frame() -> Option<u64> {
-    let mfn = FRAMES.lock().as_mut()?.alloc()?;
+    let (mfn, clean) = FRAMES.lock().as_mut()?.alloc_known()?;
     let t = table_mut(mfn);
-    if POISONED.load(Ordering::Relaxed)
-        && !(t.iter().all(|&w| w == 0) || t.iter().all(|&w| w == POISON))
-    {
-        let i = t.iter().position(|&w| w != 0 && w != POISON).unwrap_or(0);
-        inconsistency(
-            mfn,
-            format_args!(
-                "free frame handed out unscrubbed: word {i} is {:#x} (neither 0 nor the boot pattern)",
-                t[i]
-            ),
-        );
+    if POISONED.load(Ordering::Relaxed) {
+        let bad = if clean {
+            t.iter().position(|&w| w != 0)
+        } else if t.iter().all(|&w| w == 0) || t.iter().all(|&w| w == POISON) {
+            None
+        } else {
+            t.iter().position(|&w| w != 0 && w != POISON)
+        };
+        if let Some(i) = bad {
+            inconsistency(
+                mfn,
+                format_args!(
+                    "free frame handed out unscrubbed (known clean: {clean}): word {i} is {:#x}",
+                    t[i]
+                ),
+            );
+        }
     }
-    t.fill(0);
+    if clean {
+        HANDED_CLEAN.fetch_add(1, Ordering::Relaxed);
+    } else {
+        t.fill(0);
+        HANDED_ZEROED.fetch_add(1, Ordering::Relaxed);
+    }
     Some(mfn)
+}
+
+/// Frames [`alloc_zeroed_frame`] handed out as they were (scrubbed when
+/// freed) and frames it had to zero (free since boot).
+static HANDED_CLEAN: AtomicU64 = AtomicU64::new(0);
+static HANDED_ZEROED: AtomicU64 = AtomicU64::new(0);
+
+/// `(handed out without zeroing, zeroed)` so far.
+pub fn zeroing_counts() -> (u64, u64) {
+    (
+        HANDED_CLEAN.load(Ordering::Relaxed),
+        HANDED_ZEROED.load(Ordering::Relaxed),
+    )
 }
 
 /// Takes `count` machine-contiguous frames, zeroed; returns the first
@@ -457,11 +488,12 @@ pub fn scrub(mfn: u64) {
     table_mut(mfn).fill(0);
 }
 
-/// Returns frame `mfn` to the allocator after scrubbing it.
+/// Returns frame `mfn` to the allocator after scrubbing it; the
+/// allocator marks it clean, so it is not zeroed again when handed out.
 pub fn free_frame(mfn: u64) {
     scrub(mfn);
     if let Some(a) = FRAMES.lock().as_mut() {
-        if let Err(e) = a.free(mfn) {
+        if let Err(e) = a.free_scrubbed(mfn) {
             inconsistency(mfn, format_args!("freeing the frame: {e:?}"));
         }
     }

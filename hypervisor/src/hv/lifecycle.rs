@@ -535,12 +535,15 @@ impl Hv {
                 format_args!("{inconsistencies} internal inconsistencies reported during the run"),
             );
         }
+        let (clean, zeroed) = mem::zeroing_counts();
         report!(
             "audit",
-            "free_frames={} baseline={} frames={} errors={} status={} ticks={}",
+            "free_frames={} baseline={} frames={} handed_clean={} handed_zeroed={} errors={} status={} ticks={}",
             free,
             self.memory.baseline_free,
             self.memory.mm.frame_count(),
+            clean,
+            zeroed,
             errors,
             if errors == 0 { "ok" } else { "failed" },
             time::now_tsc().saturating_sub(started)
