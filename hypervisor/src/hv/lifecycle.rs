@@ -235,11 +235,11 @@ impl Density {
 }
 
 /// The most heap building a domain of `pages` (its reservation) takes:
-/// the fixed part, the FPU area, its frame list (8 bytes a page, kept),
-/// and while it is built the page-permission table and the frame list's
-/// bytes (a byte pair and 8 bytes a page).
+/// the fixed part, the FPU area, and its frame list (8 bytes a page,
+/// reserved for the whole reservation so `memory_populate` never
+/// allocates, LIM-6).
 fn domain_heap_need(pages: u64) -> u64 {
-    mem::DOMAIN_HEAP_BYTES + crate::arch::fpu::config().size as u64 + 18 * pages
+    mem::DOMAIN_HEAP_BYTES + crate::arch::fpu::config().size as u64 + 8 * pages
 }
 
 /// Reports that domain `id` was not started, and why; the others start
