@@ -42,7 +42,7 @@ const DEFAULT_MEMORY: &str = "512M";
 /// Most guests a scenario may have, `count` expansion included: domain
 /// ids are 1.. and stop below `DOMID_SELF` (0x7FF0), which they must never
 /// alias.
-const MAX_DOMAINS: usize = (hypercall_abi::event::DOMID_SELF - 1) as usize;
+const MAX_DOMAINS: usize = tahoma_core::event::MAX_DOMAINS;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

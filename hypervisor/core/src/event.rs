@@ -12,6 +12,20 @@ use hypercall_abi::Error;
 
 /// A domain id.
 pub type DomId = u16;
+/// The most domains a boot can have: ids `1..=MAX_DOMAINS`, all below
+/// `DOMID_SELF` (0x7FF0) and the values reserved above it, which a real
+/// domain's id must never alias.
+pub const MAX_DOMAINS: usize = (hypercall_abi::event::DOMID_SELF - 1) as usize;
+
+/// The id of the boot pack's domain at `index` (from 0): `index + 1`, or
+/// `None` past [`MAX_DOMAINS`] (that domain is refused).
+pub fn boot_domain_id(index: usize) -> Option<DomId> {
+    if index >= MAX_DOMAINS {
+        return None;
+    }
+    DomId::try_from(index + 1).ok()
+}
+
 /// A port number, `1..NR_PORTS`.
 pub type Port = u32;
 
@@ -355,6 +369,21 @@ mod tests {
         c.add_domain(1);
         c.add_domain(2);
         c
+    }
+
+    /// Issue 13: domain ids count from 1 and stop below DOMID_SELF; they
+    /// never wrap (a `u16` cast of 65,536 would give 0, of 0x7FF0 + 65,536
+    /// DOMID_SELF).
+    #[test]
+    fn boot_domain_ids_stop_below_the_reserved_values() {
+        assert_eq!(boot_domain_id(0), Some(1));
+        assert_eq!(boot_domain_id(MAX_DOMAINS - 1), Some(0x7FEF));
+        assert_eq!(MAX_DOMAINS, 0x7FEF);
+        for index in [MAX_DOMAINS, 0x7FEF + 1, 0xFFFF, 0x1_7FEF, usize::MAX] {
+            assert_eq!(boot_domain_id(index), None, "{index:#x}");
+        }
+        assert!((0..MAX_DOMAINS)
+            .all(|i| boot_domain_id(i).is_some_and(|id| u64::from(id) < DOMID_SELF && id != 0)));
     }
 
     /// Issue 13: a new domain's port table stores nothing; it grows as

@@ -63,10 +63,11 @@ pub fn start(pack: &Pack<'_>) -> ! {
     // the last id here, each `add_domain` below is O(1) instead of a
     // reallocation (O(n^2) for n domains). Only built domains run, so the
     // slots of a refused one stay empty.
-    if let Some(last) = DomId::try_from(wanted)
-        .ok()
-        .filter(|&id| u64::from(id) < hypercall_abi::event::DOMID_SELF)
-    {
+    if let Some(last) = tahoma_core::event::boot_domain_id(
+        wanted
+            .min(tahoma_core::event::MAX_DOMAINS)
+            .saturating_sub(1),
+    ) {
         hv.sched.deadlines.add_domain(last);
     }
     if !reserved {
@@ -78,18 +79,15 @@ pub fn start(pack: &Pack<'_>) -> ! {
         // Domain ids are 1.. in boot order, and never reach the reserved
         // values (`DOMID_SELF` = 0x7FF0 and above): a domain past them is
         // refused, not given an id that aliases one.
-        let Some(id) = DomId::try_from(i + 1)
-            .ok()
-            .filter(|&id| u64::from(id) < hypercall_abi::event::DOMID_SELF)
-        else {
+        let Some(id) = tahoma_core::event::boot_domain_id(i) else {
             refuse(
                 &mut hv,
                 i + 1,
                 name,
                 format_args!(
                     "domain ids end at {:#x} (DOMID_SELF and above are reserved): at most {} domains",
-                    hypercall_abi::event::DOMID_SELF - 1,
-                    hypercall_abi::event::DOMID_SELF - 1
+                    tahoma_core::event::MAX_DOMAINS,
+                    tahoma_core::event::MAX_DOMAINS
                 ),
             );
             continue;
