@@ -11,10 +11,12 @@
 //! | 511 | `0xFFFF_FFFF_8000_0000` | the hypervisor image, 4 KiB pages, W^X |
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use linked_list_allocator::LockedHeap;
 use spin::Mutex;
 use tahoma_core::frames::FrameAllocator;
 use tahoma_core::memmap::{self, Kind, Range};
+use talc::base::Talc;
+use talc::source::Manual;
+use talc::DefaultBinning;
 
 /// Base of the direct map.
 pub const PHYS_OFFSET: u64 = 0xFFFF_8000_0000_0000;
@@ -34,27 +36,92 @@ pub mod pte {
 /// How far the direct map reaches (bytes of physical address space).
 static DIRECT_MAP_LIMIT: AtomicU64 = AtomicU64::new(1 << 30);
 
-const HEAP_SIZE: usize = 16 << 20;
+/// The boot heap: a static area for what is allocated before the frame
+/// allocator exists (the firmware map, the allocator's own bitmaps).
+const BOOT_HEAP_SIZE: usize = 4 << 20;
 #[repr(C, align(4096))]
-struct HeapArea([u8; HEAP_SIZE]);
-static mut HEAP_AREA: HeapArea = HeapArea([0; HEAP_SIZE]);
+struct HeapArea([u8; BOOT_HEAP_SIZE]);
+static mut HEAP_AREA: HeapArea = HeapArea([0; BOOT_HEAP_SIZE]);
+
+pub use tahoma_core::memmap::{main_heap_bytes, DOMAIN_HEAP_BYTES};
+
+/// Heap kept free for the allocations hypercalls make while domains run
+/// (ports, grants, pins): a domain is not built into it.
+pub const HEAP_RUNTIME_RESERVE: u64 = 1 << 20;
+
+/// The hypervisor's heap: the boot area, then (from [`init`] on) the main
+/// heap, taken from RAM as one machine-contiguous run whose size follows
+/// the machine's memory ([`main_heap_bytes`]). Both are regions of one
+/// `talc` allocator: binned (dlmalloc-like), so an allocation does not walk
+/// the holes earlier domains left, and building the n-th domain costs what
+/// building the first did (issue 13; `linked_list_allocator`'s first fit
+/// walked every hole, +24 instructions per domain present). A failed
+/// allocation returns null (callers that can fail use `try_reserve`, and
+/// domain builds are admitted only with their need and the runtime
+/// reserve free, see [`heap_free`]).
+struct Heaps {
+    talc: Mutex<Talc<Manual, DefaultBinning>>,
+}
+
+// SAFETY: every request goes to the one allocator behind the lock, and
+// every free goes back to it with the layout it was allocated with (the
+// `GlobalAlloc` contract the callers keep).
+unsafe impl core::alloc::GlobalAlloc for Heaps {
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        // SAFETY: `GlobalAlloc::alloc` is never called with a zero size.
+        unsafe { self.talc.lock().allocate(layout) }.map_or(core::ptr::null_mut(), |p| p.as_ptr())
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
+        // SAFETY: `ptr` was allocated by this allocator with `layout`.
+        unsafe { self.talc.lock().deallocate(ptr, layout) }
+    }
+}
 
 #[global_allocator]
-static HEAP: LockedHeap = LockedHeap::empty();
+static HEAP: Heaps = Heaps {
+    talc: Mutex::new(Talc::new(Manual)),
+};
 
 /// The physical frame allocator (set up by [`init`]).
 pub static FRAMES: Mutex<Option<FrameAllocator>> = Mutex::new(None);
 
-/// Hands the static heap area to the allocator. Called once, first.
+/// Hands the static boot area to the allocator. Called once, first.
 pub fn init_heap() {
     // SAFETY: HEAP_AREA is used by nothing but this allocator, and this runs
-    // once, before any allocation.
-    unsafe { HEAP.lock().init(&raw mut HEAP_AREA as *mut u8, HEAP_SIZE) };
+    // once, before any allocation; the area is large enough for talc's
+    // metadata (the first claim).
+    let ok = unsafe {
+        HEAP.talc
+            .lock()
+            .claim(&raw mut HEAP_AREA as *mut u8, BOOT_HEAP_SIZE)
+    };
+    assert!(ok.is_some(), "the boot heap is too small for the allocator");
 }
 
-/// Heap bytes in total.
+/// Takes the main heap from the frame allocator (once, from [`init`]).
+fn init_main_heap(frames: u64) -> Option<u64> {
+    let bytes = main_heap_bytes(frames);
+    let first = FRAMES
+        .lock()
+        .as_mut()?
+        .alloc_contiguous(bytes / 4096, 512)?;
+    let start = phys_to_virt(first << 12);
+    // SAFETY: the frames were just taken from the allocator for good (never
+    // freed, so never handed to a guest), are direct-mapped writable, and
+    // nothing else uses them.
+    unsafe { HEAP.talc.lock().claim(start as *mut u8, bytes as usize) }?;
+    Some(bytes)
+}
+
+/// Heap bytes in total (boot area and main heap).
 pub fn heap_size() -> usize {
-    HEAP_SIZE
+    HEAP.talc.lock().counters().claimed_bytes
+}
+
+/// Heap bytes free now (boot area and main heap).
+pub fn heap_free() -> usize {
+    HEAP.talc.lock().counters().available_bytes
 }
 
 /// The direct-map address of physical address `pa`.
@@ -92,27 +159,58 @@ pub fn table_mut(mfn: u64) -> &'static mut [u64; 512] {
 
 /// Takes a zeroed frame from the allocator.
 ///
+/// Every frame given back through [`free_frame`] was scrubbed there
+/// (MEM-2a), and the allocator remembers it: such a frame is handed out
+/// as it is, without a second zeroing (issue 13). Only a frame not known
+/// to be zero (free since boot) is zeroed here.
+///
 /// With `testopt=poison-free` (see [`poison_free_frames`]) it first checks
-/// that the frame is scrubbed: all zero (scrubbed when freed, MEM-2a) or
-/// all [`POISON`] (never handed out since boot); anything else is an
-/// internal inconsistency that fails the run.
+/// what it hands out: a frame known to be scrubbed must be all zero (a
+/// frame freed without scrubbing, or written while free, is caught
+/// here), and any other must be all zero or all [`POISON`] (never handed
+/// out since boot); anything else is an internal inconsistency that fails
+/// the run.
 pub fn alloc_zeroed_frame() -> Option<u64> {
-    let mfn = FRAMES.lock().as_mut()?.alloc()?;
+    let (mfn, clean) = FRAMES.lock().as_mut()?.alloc_known()?;
     let t = table_mut(mfn);
-    if POISONED.load(Ordering::Relaxed)
-        && !(t.iter().all(|&w| w == 0) || t.iter().all(|&w| w == POISON))
-    {
-        let i = t.iter().position(|&w| w != 0 && w != POISON).unwrap_or(0);
-        inconsistency(
-            mfn,
-            format_args!(
-                "free frame handed out unscrubbed: word {i} is {:#x} (neither 0 nor the boot pattern)",
-                t[i]
-            ),
-        );
+    if POISONED.load(Ordering::Relaxed) {
+        let bad = if clean {
+            t.iter().position(|&w| w != 0)
+        } else if t.iter().all(|&w| w == 0) || t.iter().all(|&w| w == POISON) {
+            None
+        } else {
+            t.iter().position(|&w| w != 0 && w != POISON)
+        };
+        if let Some(i) = bad {
+            inconsistency(
+                mfn,
+                format_args!(
+                    "free frame handed out unscrubbed (known clean: {clean}): word {i} is {:#x}",
+                    t[i]
+                ),
+            );
+        }
     }
-    t.fill(0);
+    if clean {
+        HANDED_CLEAN.fetch_add(1, Ordering::Relaxed);
+    } else {
+        t.fill(0);
+        HANDED_ZEROED.fetch_add(1, Ordering::Relaxed);
+    }
     Some(mfn)
+}
+
+/// Frames [`alloc_zeroed_frame`] handed out as they were (scrubbed when
+/// freed) and frames it had to zero (free since boot).
+static HANDED_CLEAN: AtomicU64 = AtomicU64::new(0);
+static HANDED_ZEROED: AtomicU64 = AtomicU64::new(0);
+
+/// `(handed out without zeroing, zeroed)` so far.
+pub fn zeroing_counts() -> (u64, u64) {
+    (
+        HANDED_CLEAN.load(Ordering::Relaxed),
+        HANDED_ZEROED.load(Ordering::Relaxed),
+    )
 }
 
 /// Takes `count` machine-contiguous frames, zeroed; returns the first
@@ -249,6 +347,15 @@ pub fn init(map: &[(Range, Kind)], exclude: &[Range]) -> MemoryReport {
     unsafe { crate::arch::load_root(pml4 << 12) };
     DIRECT_MAP_LIMIT.store(limit, Ordering::Relaxed);
     KERNEL_PML4.store(pml4, Ordering::Relaxed);
+    // The rest of the heap, sized from the machine's memory; without it
+    // the boot area is all there is (a machine too small for both).
+    if init_main_heap(usable_frames).is_none() {
+        log::warn!(
+            "no {} contiguous bytes for the main heap: running on the {} KiB boot heap; give the machine more memory",
+            main_heap_bytes(usable_frames),
+            BOOT_HEAP_SIZE >> 10
+        );
+    }
     MemoryReport {
         regions: map.len(),
         ram_bytes: map
@@ -360,11 +467,12 @@ pub fn scrub(mfn: u64) {
     table_mut(mfn).fill(0);
 }
 
-/// Returns frame `mfn` to the allocator after scrubbing it.
+/// Returns frame `mfn` to the allocator after scrubbing it; the
+/// allocator marks it clean, so it is not zeroed again when handed out.
 pub fn free_frame(mfn: u64) {
     scrub(mfn);
     if let Some(a) = FRAMES.lock().as_mut() {
-        if let Err(e) = a.free(mfn) {
+        if let Err(e) = a.free_scrubbed(mfn) {
             inconsistency(mfn, format_args!("freeing the frame: {e:?}"));
         }
     }

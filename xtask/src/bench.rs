@@ -106,6 +106,44 @@ pub struct BootFigures {
     /// `(build, run, total)` ticks of the solo domain's start.
     pub start: Option<(u64, u64, u64)>,
     pub tsc_hz: Option<u64>,
+    /// `@ density` of a `bench-density*` scenario, with its teardowns.
+    pub density: Option<Density>,
+}
+
+/// What the hypervisor reported about building (and tearing down) many
+/// domains: `@ density` and the `@ domain-released` of the idle guests.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Density {
+    pub started: u64,
+    pub frames_per_guest: u64,
+    pub heap_per_guest: u64,
+    /// Build ticks per domain (instructions under icount).
+    pub start_per_guest: u64,
+    /// Mean `busy_ticks` of the idle guests' teardowns.
+    pub teardown_per_guest: u64,
+    pub torn_down: u64,
+}
+
+/// The `@ density` figures and the mean teardown of domains named `idle-*`.
+pub fn collect_density(facts: &Facts) -> Result<Option<Density>, String> {
+    let Ok(d) = facts.one("density") else {
+        return Ok(None);
+    };
+    let (mut sum, mut n) = (0u64, 0u64);
+    for r in facts.of_kind("domain-released") {
+        if r.get("name").is_some_and(|x| x.starts_with("idle-")) {
+            sum += r.number("busy_ticks")?;
+            n += 1;
+        }
+    }
+    Ok(Some(Density {
+        started: d.number("started")?,
+        frames_per_guest: d.number("frames_per_domain")?,
+        heap_per_guest: d.number("heap_per_domain")?,
+        start_per_guest: d.number("build_ticks_per_domain")?,
+        teardown_per_guest: sum.checked_div(n).unwrap_or(0),
+        torn_down: n,
+    }))
 }
 
 /// Extracts the bench figures from a transcript's facts.
@@ -146,6 +184,7 @@ pub fn collect(facts: &Facts, solo_domain: Option<&str>) -> Result<BootFigures, 
         }
     }
     out.tsc_hz = facts.one("time").ok().and_then(|f| f.number("tsc_hz").ok());
+    out.density = collect_density(facts)?;
     Ok(out)
 }
 
@@ -184,6 +223,12 @@ pub fn reference(name: &str) -> &'static str {
         }
         "yield_round_trip_fpu" => {
             "yield_round_trip with SIMD in use on both sides (+1 instruction)"
+        }
+        "domain_switch_density" => {
+            "domain_switch with the density scenario's idle guests present: must match it"
+        }
+        "yield_round_trip_density" => {
+            "yield_round_trip with the density scenario's idle guests present: must match it"
         }
         "yield_round_trip_64dom" => {
             "yield_round_trip with 62 more (blocked) domains: must match it"
@@ -250,6 +295,55 @@ pub fn icount_rows(boots: &[BootFigures]) -> Vec<Row> {
             });
         }
         rows.extend(blk_ratio_rows(b, "instructions per request"));
+        if let Some(d) = &b.density {
+            for (name, v, unit, what, compare) in [
+                (
+                    "density.guests",
+                    d.started,
+                    "guests",
+                    "domains started and running (idle guests block)".to_string(),
+                    "issue 13 goal: 20,000 at -m 2G; Denali: >10,000 in 1 GiB (2002)".to_string(),
+                ),
+                (
+                    "density.frames_per_guest",
+                    d.frames_per_guest,
+                    "frames",
+                    "window and shared page".into(),
+                    "goal <= 25 for 20,000 in 2 GiB".into(),
+                ),
+                (
+                    "density.heap_per_guest",
+                    d.heap_per_guest,
+                    "bytes",
+                    "hypervisor heap per domain (mean)".into(),
+                    "a1c1678: over 16 KiB (eager port table)".into(),
+                ),
+                (
+                    "density.start_per_guest",
+                    d.start_per_guest,
+                    "instructions",
+                    "hypervisor builds one idle guest (mean)".into(),
+                    "flat in the number of domains (a1c1678: grew ~24 per domain present)".into(),
+                ),
+                (
+                    "density.teardown_per_guest",
+                    d.teardown_per_guest,
+                    "instructions",
+                    format!("busy time tearing one down (mean of {})", d.torn_down),
+                    "a1c1678: 110,482 (already its own frames, not the frame table)".into(),
+                ),
+            ] {
+                rows.push(Row {
+                    record: Record {
+                        name: name.into(),
+                        value: Value::Count(v),
+                        unit: unit.into(),
+                    },
+                    detail: what,
+                    compare,
+                });
+            }
+        }
         if let Some((build, run, total)) = b.start {
             for (part, v, what) in [
                 ("build", build, "hypervisor builds the domain"),
@@ -484,8 +578,13 @@ fn pass(
         eprintln!("{:.1} s", started.elapsed().as_secs_f64());
         check(&outcome, name)?;
         let solo = (name == SOLO_SCENARIO).then_some(SOLO_DOMAIN);
-        let figures = collect(&outcome.facts, solo)
+        let mut figures = collect(&outcome.facts, solo)
             .map_err(|e| format!("scenario `{name}`: {e}{}", log_hint(&outcome)))?;
+        if !name.starts_with("bench-density") {
+            // Every boot reports `@ density`; only these scenarios are
+            // about it.
+            figures.density = None;
+        }
         if figures.figures.is_empty() {
             return Err(format!(
                 "scenario `{name}` reported no `@ bench` figure{}",

@@ -39,6 +39,10 @@ const DRIVER_MIN_PAGES: u64 = hypercall_abi::layout::WINDOW_MIN_PAGES;
 pub const DEFAULT_TIMEOUT: u64 = 60;
 /// Default QEMU RAM.
 const DEFAULT_MEMORY: &str = "512M";
+/// Most guests a scenario may have, `count` expansion included: domain
+/// ids are 1.. and stop below `DOMID_SELF` (0x7FF0), which they must never
+/// alias.
+const MAX_DOMAINS: usize = tahoma_core::event::MAX_DOMAINS;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +52,7 @@ struct RawManifest {
     memory: Option<Spanned<String>>,
     cmdline: Option<String>,
     icount: Option<bool>,
+    overcommit: Option<bool>,
     #[serde(default)]
     guest: Vec<RawGuest>,
     #[serde(default)]
@@ -113,6 +118,10 @@ pub struct Scenario {
     /// Run under TCG with `-icount shift=0,sleep=off`: guest clocks count
     /// instructions, so timing figures do not depend on host load.
     pub icount: bool,
+    /// The guests may need more memory than the machine has (the scenario
+    /// tests that the hypervisor refuses the ones that do not fit): the
+    /// check before boot ([`Scenario::check_fit`]) is skipped.
+    pub overcommit: bool,
     /// Domains to create, in boot order, after `count` expansion.
     pub guests: Vec<Guest>,
     /// Channels the hypervisor connects at boot (`[[channel]]`, ABI `EVT-7`).
@@ -282,6 +291,15 @@ impl Scenario {
         for g in &raw.guest {
             expand_guest(&cx, g, &mut guests)?;
         }
+        if guests.len() > MAX_DOMAINS {
+            return Err(cx.err(
+                None,
+                format!(
+                    "{} guests in all; at most {MAX_DOMAINS} (domain ids stop below DOMID_SELF): lower the counts",
+                    guests.len()
+                ),
+            ));
+        }
         let mut seen = BTreeSet::new();
         for (g, raw_name) in &guests {
             if !seen.insert(g.name.clone()) {
@@ -304,6 +322,7 @@ impl Scenario {
             memory_mib: memory_bytes >> 20,
             cmdline: raw.cmdline.unwrap_or_default(),
             icount: raw.icount.unwrap_or(false),
+            overcommit: raw.overcommit.unwrap_or(false),
             guests,
             channels,
             disk,
@@ -376,12 +395,15 @@ impl Scenario {
             .iter()
             .map(|g| (u64::from(g.mem_pages) + 1) * PAGE)
             .sum();
-        let hv = hypervisor_bytes + (1 << 20) + pack_bytes;
         let machine = self.memory_mib << 20;
-        if guests + hv > machine {
+        // The hypervisor's main heap, which it sizes from the machine's
+        // memory (taken from RAM at boot).
+        let heap = tahoma_core::memmap::main_heap_bytes(machine / PAGE);
+        let hv = hypervisor_bytes + heap + (1 << 20) + pack_bytes;
+        if guests + hv > machine && !self.overcommit {
             let mib = |b: u64| b.div_ceil(1 << 20);
             return Err(format!(
-                "{}: the {} guest(s) need {} MiB and the hypervisor about {} MiB (its image and heap, \
+                "{}: the {} guest(s) need {} MiB and the hypervisor about {} MiB (its image and heaps, \
                  the first MiB, the {} KiB boot pack), {} MiB in all, but the machine has {} MiB: \
                  raise `memory` at the top of the manifest or give the guests less",
                 self.path.display(),
@@ -675,9 +697,12 @@ fn expand_guest<'a>(
     };
     let count = match &g.count {
         None => 1,
-        Some(c) if (1..=1024).contains(c.get_ref()) => c.get_ref().unsigned_abs(),
+        Some(c) if (1..=MAX_DOMAINS as i64).contains(c.get_ref()) => c.get_ref().unsigned_abs(),
         Some(c) => {
-            return Err(cx.at(c, format!("count = {} is outside 1..=1024", c.get_ref())));
+            return Err(cx.at(
+                c,
+                format!("count = {} is outside 1..={MAX_DOMAINS}", c.get_ref()),
+            ));
         }
     };
     let image_line = line_of(cx.text, g.image.span().start);
@@ -1036,6 +1061,26 @@ weight = 256
         assert_eq!(e.line, Some(5));
     }
 
+    /// Issue 13: `count` goes up to the last domain id below DOMID_SELF
+    /// (0x7FF0), for one guest and for all of them together.
+    #[test]
+    fn count_reaches_the_domain_id_limit_and_no_further() {
+        let g = |name: &str, n: u64| {
+            format!("[[guest]]\nname = \"{name}\"\nimage = \"x\"\nmemory = \"128K\"\ncount = {n}\n")
+        };
+        let s = parse(&g("a", 32751)).unwrap();
+        assert_eq!(s.guests.len(), 32751);
+        assert_eq!(s.guests[32750].name, "a-32750");
+        let e = err(&g("a", 32752));
+        assert!(e.message.contains("outside 1..=32751"), "{e}");
+        assert_eq!(e.line, Some(5));
+        let e = err(&(g("a", 20000) + &g("b", 12752)));
+        assert!(
+            e.message.contains("32752 guests in all; at most 32751"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn unknown_key_names_file_and_line() {
         let e = err("timeout = 5\n\n[[guest]]\nname = \"a\"\nimage = \"x\"\nmemory = \"1M\"\nprivilged = true\n");
@@ -1107,13 +1152,21 @@ weight = 256
     fn guests_that_do_not_fit_are_refused_before_boot() {
         let s = parse("memory = \"64M\"\n[[guest]]\nname = \"a\"\nimage = \"x\"\nmemory = \"20M\"\ncount = 2\n")
             .unwrap();
-        // 40 MiB of guests + 18 MiB of hypervisor + 1 MiB + pack: fits.
-        assert_eq!(s.check_fit(18 << 20, 64 << 10), Ok(()));
-        // 40 + 24 + 1 does not.
-        let e = s.check_fit(24 << 20, 64 << 10).unwrap_err();
+        // 40 MiB of guests + 8 MiB of hypervisor image + its main heap
+        // (10.4 MiB at 64 MiB) + 1 MiB + pack: fits.
+        let heap = tahoma_core::memmap::main_heap_bytes(64 << 8);
+        assert_eq!(heap, (8 << 20) + (16384 * 156));
+        assert_eq!(s.check_fit(8 << 20, 64 << 10), Ok(()));
+        // 40 + 14 + 10.4 + 1 does not.
+        let e = s.check_fit(14 << 20, 64 << 10).unwrap_err();
         assert!(e.contains("2 guest(s) need 41 MiB"), "{e}");
         assert!(e.contains("the machine has 64 MiB"), "{e}");
         assert!(e.contains("raise `memory`"), "{e}");
+        // A scenario that overcommits on purpose is not refused here (the
+        // hypervisor refuses the guests that do not fit).
+        let s = parse("memory = \"64M\"\novercommit = true\n[[guest]]\nname = \"a\"\nimage = \"x\"\nmemory = \"20M\"\ncount = 4\n")
+            .unwrap();
+        assert_eq!(s.check_fit(14 << 20, 64 << 10), Ok(()));
     }
 
     #[test]

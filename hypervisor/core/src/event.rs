@@ -5,7 +5,6 @@
 //! mask bits live in each domain's shared-info page and are handled by the
 //! hypervisor; this module decides *whom* an operation affects.
 
-use alloc::vec;
 use alloc::vec::Vec;
 use hypercall_abi::event::Virq;
 use hypercall_abi::layout::NR_PORTS;
@@ -13,6 +12,20 @@ use hypercall_abi::Error;
 
 /// A domain id.
 pub type DomId = u16;
+/// The most domains a boot can have: ids `1..=MAX_DOMAINS`, all below
+/// `DOMID_SELF` (0x7FF0) and the values reserved above it, which a real
+/// domain's id must never alias.
+pub const MAX_DOMAINS: usize = (hypercall_abi::event::DOMID_SELF - 1) as usize;
+
+/// The id of the boot pack's domain at `index` (from 0): `index + 1`, or
+/// `None` past [`MAX_DOMAINS`] (that domain is refused).
+pub fn boot_domain_id(index: usize) -> Option<DomId> {
+    if index >= MAX_DOMAINS {
+        return None;
+    }
+    DomId::try_from(index + 1).ok()
+}
+
 /// A port number, `1..NR_PORTS`.
 pub type Port = u32;
 
@@ -41,7 +54,10 @@ pub enum PortState {
     Pirq(u32),
 }
 
-/// One domain's ports.
+/// One domain's ports: `NR_PORTS` of them, of which only the first
+/// `ports.len()` are stored (the rest are free). The table starts empty and
+/// grows in steps (16 entries, then doubling) when every stored port is in
+/// use, so a domain that never binds a port costs nothing here (issue 13).
 #[derive(Debug, Clone)]
 pub struct PortTable {
     ports: Vec<PortState>,
@@ -52,7 +68,7 @@ pub struct PortTable {
 impl Default for PortTable {
     fn default() -> Self {
         PortTable {
-            ports: vec![PortState::Free; NR_PORTS],
+            ports: Vec::new(),
             virqs: [None; Virq::COUNT],
             in_use: 0,
         }
@@ -62,10 +78,20 @@ impl Default for PortTable {
 impl PortTable {
     /// The state of `port` (`None` when out of range or port 0).
     pub fn get(&self, port: Port) -> Option<PortState> {
-        if port == 0 {
+        if port == 0 || port as usize >= NR_PORTS {
             return None;
         }
-        self.ports.get(port as usize).copied()
+        Some(
+            self.ports
+                .get(port as usize)
+                .copied()
+                .unwrap_or(PortState::Free),
+        )
+    }
+
+    /// Entries stored (ports beyond are free and take no memory).
+    pub fn stored(&self) -> usize {
+        self.ports.len()
     }
 
     /// The port bound to `virq`, if any.
@@ -79,21 +105,44 @@ impl PortTable {
     }
 
     fn alloc(&mut self, state: PortState) -> Result<Port, Error> {
-        let p = self
+        let p = match self
             .ports
             .iter()
             .skip(1)
             .position(|s| *s == PortState::Free)
-            .ok_or(Error::NoResources)?
-            + 1;
+        {
+            Some(i) => i + 1,
+            None => self.grow()?,
+        };
         let port = Port::try_from(p).map_err(|_| Error::NoResources)?;
         self.ports[p] = state;
         self.in_use += 1;
         Ok(port)
     }
 
+    /// Makes room for more ports (every stored one is in use); returns the
+    /// first new one. `NoResources` at `NR_PORTS` (LIM-3), and when the
+    /// hypervisor's heap cannot hold the larger table (nothing changes).
+    fn grow(&mut self) -> Result<usize, Error> {
+        let len = self.ports.len();
+        if len >= NR_PORTS {
+            return Err(Error::NoResources);
+        }
+        let new_len = (len * 2).clamp(16, NR_PORTS);
+        self.ports
+            .try_reserve_exact(new_len - len)
+            .map_err(|_| Error::NoResources)?;
+        self.ports.resize(new_len, PortState::Free);
+        Ok(len.max(1))
+    }
+
     fn set(&mut self, port: Port, state: PortState) {
-        let old = self.ports[port as usize];
+        let Some(&old) = self.ports.get(port as usize) else {
+            // Not stored: free. Only allocated ports change to another
+            // state, and `alloc` stores them first.
+            debug_assert!(state == PortState::Free);
+            return;
+        };
         if let PortState::Virq(v) = old {
             self.virqs[v as usize] = None;
         }
@@ -125,6 +174,13 @@ impl Channels {
     /// No domains yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes room for the tables of domain ids below `n` (so adding them
+    /// later does not reallocate).
+    pub fn reserve(&mut self, n: usize) -> Result<(), alloc::collections::TryReserveError> {
+        self.tables
+            .try_reserve_exact(n.saturating_sub(self.tables.len()))
     }
 
     /// Gives domain `dom` an empty port table.
@@ -313,6 +369,46 @@ mod tests {
         c.add_domain(1);
         c.add_domain(2);
         c
+    }
+
+    /// Issue 13: domain ids count from 1 and stop below DOMID_SELF; they
+    /// never wrap (a `u16` cast of 65,536 would give 0, of 0x7FF0 + 65,536
+    /// DOMID_SELF).
+    #[test]
+    fn boot_domain_ids_stop_below_the_reserved_values() {
+        assert_eq!(boot_domain_id(0), Some(1));
+        assert_eq!(boot_domain_id(MAX_DOMAINS - 1), Some(0x7FEF));
+        assert_eq!(MAX_DOMAINS, 0x7FEF);
+        for index in [MAX_DOMAINS, 0x7FEF + 1, 0xFFFF, 0x1_7FEF, usize::MAX] {
+            assert_eq!(boot_domain_id(index), None, "{index:#x}");
+        }
+        assert!((0..MAX_DOMAINS)
+            .all(|i| boot_domain_id(i).is_some_and(|id| u64::from(id) < DOMID_SELF && id != 0)));
+    }
+
+    /// Issue 13: a new domain's port table stores nothing; it grows as
+    /// ports are taken, to `NR_PORTS` entries at most, and the limit
+    /// (LIM-3) is the same as with an eager table.
+    #[test]
+    fn port_table_grows_on_demand_to_the_limit() {
+        let mut c = two();
+        assert_eq!(c.table(1).unwrap().stored(), 0);
+        assert_eq!(c.table(1).unwrap().get(1), Some(PortState::Free));
+        assert_eq!(c.table(1).unwrap().get(NR_PORTS as Port), None);
+        assert_eq!(c.alloc_unbound(1, 2), Ok(1));
+        assert_eq!(c.table(1).unwrap().stored(), 16);
+        for want in 2..NR_PORTS as Port {
+            assert_eq!(c.alloc_unbound(1, 2), Ok(want));
+        }
+        assert_eq!(c.table(1).unwrap().stored(), NR_PORTS);
+        assert_eq!(c.alloc_unbound(1, 2), Err(Error::NoResources));
+        assert_eq!(c.table(1).unwrap().in_use(), NR_PORTS - 1);
+        // Closing one makes room for exactly one.
+        assert_eq!(c.close(1, 700), Ok(None));
+        assert_eq!(c.alloc_unbound(1, 2), Ok(700));
+        assert_eq!(c.alloc_unbound(1, 2), Err(Error::NoResources));
+        // The other domain's table never grew.
+        assert_eq!(c.table(2).unwrap().stored(), 0);
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub struct FrameAllocator {
     free: Vec<u64>,
     /// Bit set = frame belongs to usable RAM.
     managed: Vec<u64>,
+    /// Bit set = a free frame known to be all zeroes: it was scrubbed when
+    /// it was freed ([`FrameAllocator::free_scrubbed`]). Frames free since
+    /// boot are not (their contents are whatever firmware left), nor are
+    /// frames given back with [`FrameAllocator::free`].
+    clean: Vec<u64>,
     frames: u64,
     free_count: u64,
     hint: usize,
@@ -44,6 +49,7 @@ impl FrameAllocator {
             base,
             free: vec![0; words],
             managed: vec![0; words],
+            clean: vec![0; words],
             frames: 0,
             free_count: 0,
             hint: 0,
@@ -85,6 +91,13 @@ impl FrameAllocator {
 
     /// Takes one free frame, lowest-numbered after the last allocation.
     pub fn alloc(&mut self) -> Option<Mfn> {
+        self.alloc_known().map(|(mfn, _)| mfn)
+    }
+
+    /// Takes one free frame like [`FrameAllocator::alloc`], and says
+    /// whether it is known to be all zeroes (scrubbed when it was freed):
+    /// only a frame that is not needs zeroing before it is handed out.
+    pub fn alloc_known(&mut self) -> Option<(Mfn, bool)> {
         let n = self.free.len();
         for k in 0..n {
             let w = (self.hint + k) % n;
@@ -92,9 +105,11 @@ impl FrameAllocator {
             if word != 0 {
                 let bit = word.trailing_zeros() as u64;
                 self.free[w] &= !(1 << bit);
+                let clean = self.clean[w] & (1 << bit) != 0;
+                self.clean[w] &= !(1 << bit);
                 self.free_count -= 1;
                 self.hint = w;
-                return Some(self.base + w as u64 * 64 + bit);
+                return Some((self.base + w as u64 * 64 + bit, clean));
             }
         }
         None
@@ -114,6 +129,7 @@ impl FrameAllocator {
                     for p in start..start + count {
                         let (w, b) = self.slot(p).expect("checked free");
                         self.free[w] &= !b;
+                        self.clean[w] &= !b;
                     }
                     self.free_count -= count;
                     return Some(start);
@@ -135,8 +151,25 @@ impl FrameAllocator {
             .is_some_and(|(w, b)| self.managed[w] & b != 0)
     }
 
-    /// Returns a frame.
+    /// Whether `mfn` is free and known to be all zeroes.
+    pub fn is_clean(&self, mfn: Mfn) -> bool {
+        self.slot(mfn)
+            .is_some_and(|(w, b)| self.free[w] & self.clean[w] & b != 0)
+    }
+
+    /// Returns a frame whose contents are unknown: it is zeroed when it is
+    /// next handed out.
     pub fn free(&mut self, mfn: Mfn) -> Result<(), FreeError> {
+        self.free_marked(mfn, false)
+    }
+
+    /// Returns a frame the caller has just scrubbed (every byte zero): it
+    /// is handed out again without a second zeroing (issue 13).
+    pub fn free_scrubbed(&mut self, mfn: Mfn) -> Result<(), FreeError> {
+        self.free_marked(mfn, true)
+    }
+
+    fn free_marked(&mut self, mfn: Mfn, clean: bool) -> Result<(), FreeError> {
         let (w, b) = self.slot(mfn).ok_or(FreeError::NotManaged)?;
         if self.managed[w] & b == 0 {
             return Err(FreeError::NotManaged);
@@ -145,6 +178,11 @@ impl FrameAllocator {
             return Err(FreeError::DoubleFree);
         }
         self.free[w] |= b;
+        if clean {
+            self.clean[w] |= b;
+        } else {
+            self.clean[w] &= !b;
+        }
         self.free_count += 1;
         Ok(())
     }
@@ -290,6 +328,35 @@ mod tests {
         assert_eq!(a.alloc_contiguous(1, 1), None);
         assert_eq!(a.free_count(), 0);
         assert_eq!(a.alloc(), None);
+    }
+
+    /// Issue 13: only frames freed as scrubbed come back as known zero;
+    /// frames free since boot, or freed with `free`, do not, and a frame
+    /// is clean only while it is free.
+    #[test]
+    fn only_frames_freed_scrubbed_come_back_clean() {
+        let mut a = FrameAllocator::new(&ranges());
+        assert!(!a.is_clean(0x300), "boot frames are not known to be zero");
+        assert_eq!(a.alloc_known(), Some((0x300, false)));
+        assert_eq!(a.alloc_known(), Some((0x301, false)));
+        a.free_scrubbed(0x300).unwrap();
+        a.free(0x301).unwrap();
+        assert!(a.is_clean(0x300) && !a.is_clean(0x301));
+        assert_eq!(a.free_scrubbed(0x300), Err(FreeError::DoubleFree));
+        assert!(a.is_clean(0x300), "a refused free changes nothing");
+        // Drain the rest; the two come back last, as they were freed.
+        let mut back = Vec::new();
+        while let Some(k) = a.alloc_known() {
+            back.push(k);
+        }
+        assert!(back.contains(&(0x300, true)) && back.contains(&(0x301, false)));
+        assert_eq!(back.iter().filter(|(_, c)| *c).count(), 1);
+        assert!(!a.is_clean(0x300), "allocated: no longer clean");
+        // A scrubbed frame taken in a contiguous run loses its mark too.
+        a.free_scrubbed(0x308).unwrap();
+        assert_eq!(a.alloc_contiguous(1, 8), Some(0x308));
+        a.free(0x308).unwrap();
+        assert_eq!(a.alloc_known(), Some((0x308, false)));
     }
 
     proptest! {

@@ -38,10 +38,18 @@ pub fn build(
         });
     }
     let (dev_l2_page, dev_l1_page) = (dma_first + dma_pages, dma_first + dma_pages + 1);
+    // Every frame the domain takes, checked before any is taken.
+    let no_memory = || BuildError::NoMemory {
+        needed: nr_pages + 1,
+        free: mem::free_frames(),
+    };
+    if mem::free_frames() < nr_pages + 1 {
+        return Err(no_memory());
+    }
     let dma_base = if dma_pages > 0 {
         match mem::alloc_contiguous_zeroed(dma_pages) {
             Some(b) => Some(b),
-            None => return Err(BuildError::NoMemory),
+            None => return Err(no_memory()),
         }
     } else {
         None
@@ -53,7 +61,7 @@ pub fn build(
     let mut frames = Vec::new();
     let max_pages = u64::from(rec.max_pages).max(nr_pages);
     if frames.try_reserve_exact(max_pages as usize).is_err() {
-        return Err(BuildError::NoMemory);
+        return Err(no_memory());
     }
     let take = || mem::alloc_zeroed_frame();
     // On failure: every frame taken so far, the DMA run included.
@@ -76,13 +84,13 @@ pub fn build(
             Some(f) => frames.push(f),
             None => {
                 undo(&frames);
-                return Err(BuildError::NoMemory);
+                return Err(no_memory());
             }
         }
     }
     let Some(shared_mfn) = take() else {
         undo(&frames);
-        return Err(BuildError::NoMemory);
+        return Err(no_memory());
     };
     let give_back = |mm: &mut Mm, frames: &[u64]| {
         // Not held yet if sharing it is what failed.
@@ -104,7 +112,6 @@ pub fn build(
     }
 
     // The image.
-    let mut perms = alloc::vec![(false, false); plan.image_pages as usize];
     for s in &segs {
         let data = &image[s.file_offset..s.file_offset + s.file_len];
         let mut done = 0usize;
@@ -116,14 +123,17 @@ pub fn build(
             mem::copy_to_phys((frames[page as usize] << 12) + off, &data[done..done + n]);
             done += n;
         }
-        let first = (s.va - WINDOW_BASE) / 4096;
-        let last = (s.va + s.mem - 1 - WINDOW_BASE) / 4096;
-        for p in first..=last {
-            let e = &mut perms[p as usize];
-            e.0 |= s.write;
-            e.1 |= s.exec;
-        }
     }
+    // A page of the image is writable (executable) if any segment covering
+    // it is. Computed per page, without a table: a build allocates nothing
+    // it frees again, so the heap does not fragment with the number of
+    // domains (issue 13).
+    let perms = |page: u64| {
+        let va = WINDOW_BASE + page * 4096;
+        segs.iter()
+            .filter(|s| s.va < va + 4096 && va < s.va + s.mem)
+            .fold((false, false), |(w, x), s| (w | s.write, x | s.exec))
+    };
 
     // Page tables.
     let pt = |i: u64| frames[(plan.pt_first + i) as usize];
@@ -143,7 +153,7 @@ pub fn build(
             mem::table_mut(l2)[((WINDOW_BASE >> 21) + page / 512) as usize] = table(l1);
         }
         let (w, x) = if page < plan.image_pages {
-            perms[page as usize]
+            perms(page)
         } else if (plan.pt_first..plan.pt_first + plan.pt_pages).contains(&page)
             || page == plan.start_info_page
             || (dev_tables > 0 && (page == dev_l2_page || page == dev_l1_page))
@@ -169,13 +179,14 @@ pub fn build(
         mem::table_mut(dl2)[((DEVICE_VA_BASE >> 21) & 0x1ff) as usize] = table(dl1);
     }
 
-    // The frame list.
-    let list: Vec<u8> = frames.iter().flat_map(|f| f.to_le_bytes()).collect();
-    for (i, chunk) in list.chunks(4096).enumerate() {
-        mem::copy_to_phys(
-            frames[(plan.frame_list_first + i as u64) as usize] << 12,
-            chunk,
-        );
+    // The frame list, written 64 entries at a time (no heap buffer).
+    let list_pa = |i: usize| {
+        (frames[(plan.frame_list_first + (i / 512) as u64) as usize] << 12) + (i % 512) as u64 * 8
+    };
+    for (n, chunk) in frames.chunks(64).enumerate() {
+        let mut buf = [0u64; 64];
+        buf[..chunk.len()].copy_from_slice(chunk);
+        mem::copy_to_phys(list_pa(n * 64), buf[..chunk.len()].as_bytes());
     }
     let va_of = |page: u64| WINDOW_BASE + page * 4096;
 

@@ -115,8 +115,14 @@ pub struct Domain {
 pub enum BuildError {
     /// The image or the window size was refused (MEM-2b, MEM-2c).
     Image(ImageError),
-    /// Not enough free frames.
-    NoMemory,
+    /// Not enough free frames (the machine's memory is the limit).
+    NoMemory {
+        /// Frames the domain needs (its window and shared page; with
+        /// machine-contiguous DMA, that run).
+        needed: u64,
+        /// Frames free when it was built.
+        free: u64,
+    },
     /// The validator refused the initial page tables (a hypervisor bug).
     Tables(MmError),
     /// A driver domain's window has no room for its DMA region and device
@@ -133,7 +139,10 @@ impl core::fmt::Display for BuildError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             BuildError::Image(e) => write!(f, "{e}"),
-            BuildError::NoMemory => write!(f, "not enough free frames"),
+            BuildError::NoMemory { needed, free } => write!(
+                f,
+                "machine memory full: the domain needs {needed} frames, {free} are free (give the machine more memory, or ask for fewer or smaller guests)"
+            ),
             BuildError::Tables(e) => write!(f, "initial page tables refused: {e:?}"),
             BuildError::NoRoomForDevices { needed, free } => write!(
                 f,

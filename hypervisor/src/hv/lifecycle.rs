@@ -54,17 +54,81 @@ pub fn start(pack: &Pack<'_>) -> ! {
         orphans: Vec::new(),
         failed: false,
     };
+    let wanted = pack.header().domain_count as usize;
+    // The id-indexed tables grow to their final size once, before the
+    // heap fills with domains (a late doubling could not be admitted).
+    let reserved = hv.domains.slots.try_reserve_exact(wanted).is_ok()
+        && hv.channels.reserve(wanted + 1).is_ok();
+    // The deadline queue reserves exactly per domain added: sized once for
+    // the last id here, each `add_domain` below is O(1) instead of a
+    // reallocation (O(n^2) for n domains). Only built domains run, so the
+    // slots of a refused one stay empty.
+    if let Some(last) = tahoma_core::event::boot_domain_id(
+        wanted
+            .min(tahoma_core::event::MAX_DOMAINS)
+            .saturating_sub(1),
+    ) {
+        hv.sched.deadlines.add_domain(last);
+    }
+    if !reserved {
+        log::warn!("no heap for the tables of {wanted} domains; later domains may be refused");
+    }
+    let mut density = Density::default();
     for (i, rec) in pack.domains().enumerate() {
-        let id = (i + 1) as DomId;
         let name = bootpack::name_str(&rec.name);
+        // Domain ids are 1.. in boot order, and never reach the reserved
+        // values (`DOMID_SELF` = 0x7FF0 and above): a domain past them is
+        // refused, not given an id that aliases one.
+        let Some(id) = tahoma_core::event::boot_domain_id(i) else {
+            refuse(
+                &mut hv,
+                i + 1,
+                name,
+                format_args!(
+                    "domain ids end at {:#x} (DOMID_SELF and above are reserved): at most {} domains",
+                    tahoma_core::event::MAX_DOMAINS,
+                    tahoma_core::event::MAX_DOMAINS
+                ),
+            );
+            continue;
+        };
         let image = pack.blob(rec.image_blob).unwrap_or(&[]);
         let cmdline = if rec.cmdline_blob == bootpack::NO_BLOB {
             &[][..]
         } else {
             pack.blob(rec.cmdline_blob).unwrap_or(&[])
         };
+        if hv.domains.slots.len() <= usize::from(id) && hv.domains.slots.try_reserve(1).is_err() {
+            refuse(
+                &mut hv,
+                usize::from(id),
+                name,
+                format_args!("no heap for its slot"),
+            );
+            continue;
+        }
         hv.domains.slots.push(None);
+        // Admission (issue 13): the domain's heap structures must fit with
+        // the runtime reserve left over, so no allocation of the build
+        // below (nor of a hypercall later) can fail and panic.
+        let pages = u64::from(rec.max_pages).max(u64::from(rec.mem_pages));
+        let need = domain_heap_need(pages);
+        let reserve = mem::HEAP_RUNTIME_RESERVE + 64 * u64::from(hv.domains.live);
+        let free = mem::heap_free() as u64;
+        if free < need + reserve {
+            refuse(
+                &mut hv,
+                usize::from(id),
+                name,
+                format_args!(
+                    "hypervisor heap full: {free} bytes free, a domain of {pages} pages needs {need} plus the {reserve}-byte runtime reserve (the heap is sized from the machine's memory: give it more, or ask for fewer guests)"
+                ),
+            );
+            continue;
+        }
         let io = crate::io::plan_for(pack, id);
+        let heap_before = mem::heap_free();
+        let t0 = time::now_tsc();
         match domain::build(id, &rec, image, cmdline, &mut hv.memory.mm, &io) {
             Ok(d) => {
                 report!(
@@ -80,28 +144,47 @@ pub fn start(pack: &Pack<'_>) -> ! {
                     hv.domains.critical_left += 1;
                     hv.domains.critical_total += 1;
                 }
+                let frames = d.frames.len() as u64 + 1;
+
                 hv.channels.add_domain(id);
                 hv.grants.add_domain(id);
                 hv.sched.deadlines.add_domain(id);
                 hv.sched.runq.push(id);
                 hv.domains.live += 1;
                 hv.domains.slots[usize::from(id)] = Some(Box::new(d));
+                let used = heap_before.saturating_sub(mem::heap_free()) as u64;
+                density.add(frames, time::now_tsc().saturating_sub(t0), used);
+                // Its own structures must fit `need`; the id-indexed tables
+                // that grow by doubling (run queue, grant map) take theirs
+                // from the runtime reserve, which admission kept free.
+                if used > need + reserve {
+                    mem::inconsistency(
+                        0,
+                        format_args!(
+                            "domain {id} took {used} heap bytes, more than the {need} admitted and the {reserve} reserve: raise mem::DOMAIN_HEAP_BYTES"
+                        ),
+                    );
+                }
             }
             Err(e) => {
-                let mut msg = heapless::String::<96>::new();
+                let mut msg = heapless::String::<160>::new();
                 let _ = core::fmt::write(&mut msg, format_args!("{e}"));
-                report!(
-                    "domain-error",
-                    "id={} name={} error={}",
-                    id,
-                    Quoted(name),
-                    Quoted(&msg)
-                );
-                log::error!("domain {name:?} not started: {e}; fix its manifest entry or image");
-                hv.failed = true;
+                refuse(&mut hv, usize::from(id), name, format_args!("{msg}"));
             }
         }
     }
+    report!(
+        "density",
+        "started={} refused={} frames_per_domain={} build_ticks_per_domain={} heap_per_domain={} heap_per_domain_max={} heap_free={} heap_bytes={}",
+        density.started,
+        (wanted as u64).saturating_sub(density.started),
+        density.frames.checked_div(density.started).unwrap_or(0),
+        density.ticks.checked_div(density.started).unwrap_or(0),
+        density.heap.checked_div(density.started).unwrap_or(0),
+        density.heap_max,
+        mem::heap_free(),
+        mem::heap_size()
+    );
     // Named channels (EVT-7): both ends exist before either runs.
     if !crate::named::wire(pack, &mut hv.channels, &hv.domains.slots) {
         hv.failed = true;
@@ -129,6 +212,50 @@ pub fn start(pack: &Pack<'_>) -> ! {
     // can hold a reference into the cell.
     unsafe { HV.install(hv) };
     arch::enter_guest(&frame)
+}
+
+/// What building the boot pack's domains took (`@ density`).
+#[derive(Default)]
+struct Density {
+    started: u64,
+    frames: u64,
+    ticks: u64,
+    heap: u64,
+    heap_max: u64,
+}
+
+impl Density {
+    fn add(&mut self, frames: u64, ticks: u64, heap: u64) {
+        self.started += 1;
+        self.frames += frames;
+        self.ticks += ticks;
+        self.heap += heap;
+        self.heap_max = self.heap_max.max(heap);
+    }
+}
+
+/// The most heap building a domain of `pages` (its reservation) takes:
+/// the fixed part, the FPU area, and its frame list (8 bytes a page,
+/// reserved for the whole reservation so `memory_populate` never
+/// allocates, LIM-6).
+fn domain_heap_need(pages: u64) -> u64 {
+    mem::DOMAIN_HEAP_BYTES + crate::arch::fpu::config().size as u64 + 8 * pages
+}
+
+/// Reports that domain `id` was not started, and why; the others start
+/// and run, but the run is marked failed (the scenario asked for it).
+fn refuse(hv: &mut Hv, id: usize, name: &str, why: core::fmt::Arguments<'_>) {
+    let mut msg = heapless::String::<240>::new();
+    let _ = core::fmt::write(&mut msg, why);
+    report!(
+        "domain-error",
+        "id={} name={} error={}",
+        id,
+        Quoted(name),
+        Quoted(&msg)
+    );
+    log::error!("domain {name:?} not started: {msg}; fix its manifest entry or image");
+    hv.failed = true;
 }
 
 impl Hv {
@@ -408,12 +535,15 @@ impl Hv {
                 format_args!("{inconsistencies} internal inconsistencies reported during the run"),
             );
         }
+        let (clean, zeroed) = mem::zeroing_counts();
         report!(
             "audit",
-            "free_frames={} baseline={} frames={} errors={} status={} ticks={}",
+            "free_frames={} baseline={} frames={} handed_clean={} handed_zeroed={} errors={} status={} ticks={}",
             free,
             self.memory.baseline_free,
             self.memory.mm.frame_count(),
+            clean,
+            zeroed,
             errors,
             if errors == 0 { "ok" } else { "failed" },
             time::now_tsc().saturating_sub(started)
