@@ -39,6 +39,12 @@ pub const CPU_GUEST: &str = "cpu";
 pub const IO_SCENARIO: &str = "io";
 /// The domains in it that report clause results.
 pub const IO_GUESTS: [&str; 2] = ["drv", "plain"];
+/// The network scenario (MEM-3c, `docs/network.md`): the network driver
+/// domain and two vNIC frontends, all reporting clauses.
+pub const NET_SCENARIO: &str = "net";
+/// The domains in it that report clause results. A clause several of them
+/// report (MEM-3c: each end checks its side) passes only if all do.
+pub const NET_GUESTS: [&str; 3] = ["netback", "a", "b"];
 /// The `-cpu` models (under TCG) the CPU-state clauses must hold under:
 /// the default one (FXSAVE, no UMIP, AMD vendor: `sysenter` is #UD) and
 /// QEMU's `max` (XSAVE with AVX, UMIP, FSGSBASE, RDPID) with an Intel
@@ -979,6 +985,7 @@ pub fn run(booter: &Booter<'_>, timeout: Option<Duration>) -> Result<Report, Str
     results.extend(mmu(booter, timeout, &mut problems));
     results.extend(cpu(booter, timeout, &mut problems));
     results.extend(io(booter, timeout, &mut problems));
+    results.extend(net(booter, timeout, &mut problems));
     Ok(Report {
         records: reconcile(&doc, results),
         problems,
@@ -1099,6 +1106,82 @@ fn io(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String>
         detail,
     ));
     records
+}
+
+/// Boots the network scenario and takes its guests' clause results; a
+/// clause reported by several of them (each checks its own side) becomes
+/// one record that passes only if every guest that should report it did
+/// and passed.
+fn net(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String>) -> Vec<Record> {
+    let how = Presentation {
+        echo: false,
+        gdb: None,
+        log_name: format!("tests/{NET_SCENARIO}"),
+    };
+    let mut req = BootRequest::scenario(NET_SCENARIO);
+    req.timeout = timeout;
+    let outcome = match booter.boot(&req, &how) {
+        Ok((outcome, _, _)) => outcome,
+        Err(e) => {
+            problems.push(format!("could not boot `{NET_SCENARIO}`: {e}"));
+            return Vec::new();
+        }
+    };
+    let per_guest: Vec<(&str, Vec<Record>)> = NET_GUESTS
+        .iter()
+        .map(|&g| (g, guest_records(&outcome, g)))
+        .collect();
+    for (g, r) in &per_guest {
+        if r.is_empty() {
+            problems.push(format!(
+                "the `{NET_SCENARIO}` guest `{g}` reported no clause (run ended with {})",
+                outcome.exit
+            ));
+        }
+    }
+    if outcome.exit != Exit::Success {
+        problems.push(format!(
+            "the `{NET_SCENARIO}` run ended with {}",
+            outcome.exit
+        ));
+    }
+    combine_sides(&per_guest, &["MEM-3c"])
+}
+
+/// Merges the records of several guests: each clause in `shared` must be
+/// reported exactly once by every guest and becomes one record (failing
+/// with the first failing guest's detail, or naming the guests that did not
+/// report it); any other clause is kept as reported.
+fn combine_sides(per_guest: &[(&str, Vec<Record>)], shared: &[&str]) -> Vec<Record> {
+    let mut out = Vec::new();
+    for &id in shared {
+        let mut name = String::new();
+        let mut fails = Vec::new();
+        for (g, records) in per_guest {
+            let mine: Vec<&Record> = records.iter().filter(|r| r.clause == id).collect();
+            match mine.as_slice() {
+                [] => fails.push(format!("`{g}` did not report it")),
+                [r] => {
+                    name.clone_from(&r.name);
+                    if !r.passed() {
+                        fails.push(format!("`{g}`: {}", r.detail));
+                    }
+                }
+                _ => fails.push(format!("`{g}` reported it {} times", mine.len())),
+            }
+        }
+        let name = name.split(" (").next().unwrap_or("").to_string();
+        out.push(Record::new(id, &name, fails.is_empty(), fails.join("; ")));
+    }
+    for (_, records) in per_guest {
+        out.extend(
+            records
+                .iter()
+                .filter(|r| !shared.contains(&r.clause.as_str()))
+                .cloned(),
+        );
+    }
+    out
 }
 
 /// IO-4 from the `io` transcript: the driver `drv` (domain 1) died on a
@@ -1659,6 +1742,33 @@ mod tests {
         ] {
             assert!(!poisoned(&canned(bad, Exit::Success)).fails.is_empty(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_clause_both_sides_report_passes_only_if_every_side_does() {
+        let rec = |id: &str, pass: bool| Record::new(id, "vNIC table (side)", pass, "why");
+        let all = [
+            ("s", vec![rec("MEM-3c", true), rec("NET-1", true)]),
+            ("a", vec![rec("MEM-3c", true)]),
+        ];
+        let out = combine_sides(&all, &["MEM-3c"]);
+        assert_eq!(out.len(), 2);
+        assert!(out[0].passed() && out[0].clause == "MEM-3c", "{out:?}");
+        assert_eq!(out[0].name, "vNIC table");
+        assert_eq!(out[1].clause, "NET-1");
+        let one_fails = [
+            ("s", vec![rec("MEM-3c", true)]),
+            ("a", vec![rec("MEM-3c", false)]),
+        ];
+        let out = combine_sides(&one_fails, &["MEM-3c"]);
+        assert!(!out[0].passed());
+        assert!(out[0].detail.contains("`a`: why"), "{}", out[0].detail);
+        let missing = [("s", vec![rec("MEM-3c", true)]), ("a", vec![])];
+        let out = combine_sides(&missing, &["MEM-3c"]);
+        assert!(!out[0].passed());
+        assert!(out[0].detail.contains("`a` did not report it"));
+        let twice = [("s", vec![rec("MEM-3c", true), rec("MEM-3c", true)])];
+        assert!(!combine_sides(&twice, &["MEM-3c"])[0].passed());
     }
 
     #[test]
