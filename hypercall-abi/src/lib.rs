@@ -39,6 +39,7 @@ pub mod args;
 pub mod call;
 pub mod error;
 pub mod layout;
+pub mod net;
 pub mod numbers;
 pub mod pte;
 pub mod regs;
