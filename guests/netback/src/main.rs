@@ -5,23 +5,36 @@
 //! hypervisor lists them in its start-info vNIC table (MEM-3c), each with
 //! an event channel already connected to the frontend.
 //!
-//! What it does today: checks its side of the wiring (MEM-3c: the uplink
-//! in its device table, one backend entry per vNIC with the frontend's MAC
-//! and address), answers each frontend's first event on its vNIC port, and
-//! reads the uplink's virtio-mmio identity through its mapping. The rings
-//! and the switch are not built yet (docs/network.md says what remains).
+//! For each vNIC, on the frontend's first event, it maps the TX and RX
+//! ring pages the frontend granted at references `2i` and `2i + 1`
+//! (NET-1). It then takes TX requests (copied once, the chain checked:
+//! NET-2), copies each frame out of the frontend's granted pages with
+//! `grant_copy`, hands it to the learning switch (`netswitch`: source-MAC
+//! check, MTU, bounded queues, NET-4, NET-5), and copies frames queued for
+//! a vNIC into the RX buffers its frontend posted, again with `grant_copy`
+//! (NET-3): it never maps a data page. Frames for the uplink are counted
+//! and dropped: the virtio-net driver is not written yet (docs/network.md).
 #![no_std]
 #![no_main]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 
+use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use guest_sdk::abi::layout::{MAX_START_VNICS, VNIC_ROLE_BACKEND};
-use guest_sdk::{event, println, time, Port, StartInfo, Vnic, VnicRole};
+use guest_sdk::abi::net::{
+    check_tx, rx_ring_ref, tx_ring_ref, RxResponse, RxRing, TxRequest, TxResponse, TxRing,
+    FRAME_MAX, NET_DROPPED, NET_ERROR, NET_OK, TXF_MORE_DATA, TX_MAX_SLOTS,
+};
+use guest_sdk::grant::{self, GrantRef, MapHandle};
+use guest_sdk::paging::{self, Flags, MAP_BASE};
+use guest_sdk::ring::{BackEnd, RingPage};
+use guest_sdk::{event, memory, println, time, Port, StartInfo, Vnic, VnicRole};
 use harness::{clause, Ck};
+use netswitch::{Switch, Verdict, UPLINK};
 
 guest_sdk::entry!(main);
 
@@ -29,6 +42,10 @@ guest_sdk::entry!(main);
 const VIRTIO_MAGIC: u32 = 0x7472_6976;
 /// virtio device id of a network device.
 const VIRTIO_ID_NET: u32 = 1;
+/// Frames the switch queues per port before dropping (NET-5).
+const QUEUE_LIMIT: usize = 32;
+/// Where ring pages are grant-mapped: two pages per vNIC.
+const SLOTS: u64 = MAP_BASE + 0x40_0000;
 
 /// Bit `i`: an event arrived on the port of backend entry `i`.
 static SEEN: AtomicU64 = AtomicU64::new(0);
@@ -53,32 +70,186 @@ fn mmio_r(va: u64, off: u64) -> u32 {
     unsafe { core::ptr::read_volatile((va + off) as *const u32) }
 }
 
+/// One vNIC's backend state.
+struct Nic {
+    info: Vnic,
+    /// Its switch port (`i + 1`).
+    port: usize,
+    tx: Option<BackEnd<TxRing, RingPage>>,
+    rx: Option<BackEnd<RxRing, RingPage>>,
+    maps: Vec<MapHandle>,
+    /// Why connecting failed, if it did.
+    failed: Option<guest_sdk::Error>,
+    /// TX requests refused as malformed.
+    tx_errors: u64,
+}
+
+fn ring_page(va: u64) -> Option<RingPage> {
+    // SAFETY: `va` is a page this domain just grant-mapped writable (NET-1)
+    // and never unmaps while the ring lives; the ring code reaches it only
+    // through atomics and volatile copies, as a page the peer also writes.
+    unsafe { RingPage::new(va as *mut u8) }
+}
+
+impl Nic {
+    /// Maps the frontend's two ring pages (NET-1).
+    fn connect(&mut self, slot: u64) {
+        let peer = self.info.peer;
+        let tx_va = SLOTS + slot * 2 * 4096;
+        let rx_va = tx_va + 4096;
+        let r =
+            grant::map(peer, GrantRef(tx_ring_ref(self.info.index)), tx_va, false).and_then(|t| {
+                self.maps.push(t);
+                grant::map(peer, GrantRef(rx_ring_ref(self.info.index)), rx_va, false)
+            });
+        match r {
+            Ok(h) => {
+                self.maps.push(h);
+                self.tx = ring_page(tx_va).map(BackEnd::attach);
+                self.rx = ring_page(rx_va).map(BackEnd::attach);
+            }
+            Err(e) => {
+                println!("netback: vNIC of domain {} not connected: {e}", peer.0);
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    /// Takes every published TX request: each frame's chain checked,
+    /// copied out by grant copy, switched; each slot answered. Whether
+    /// anything was taken and whether to notify.
+    fn transmit(&mut self, sw: &mut Switch) -> (bool, bool) {
+        let Some(tx) = self.tx.as_mut() else {
+            return (false, false);
+        };
+        let mut work = false;
+        let mut buf = vec![0u8; FRAME_MAX];
+        loop {
+            let Ok(Some(first)) = tx.take_request() else {
+                break;
+            };
+            work = true;
+            let mut chain: Vec<TxRequest> = vec![first];
+            let mut broken = false;
+            while chain.last().is_some_and(|s| s.flags & TXF_MORE_DATA != 0) {
+                if chain.len() > TX_MAX_SLOTS {
+                    break;
+                }
+                match tx.take_request() {
+                    Ok(Some(s)) => chain.push(s),
+                    _ => {
+                        broken = true;
+                        break;
+                    }
+                }
+            }
+            let status = if broken || chain.last().is_some_and(|s| s.flags & TXF_MORE_DATA != 0) {
+                NET_ERROR
+            } else {
+                match check_tx(&chain) {
+                    Err(_) => NET_ERROR,
+                    Ok(len) => {
+                        let mut at = 0usize;
+                        let mut ok = true;
+                        for s in &chain {
+                            let n = usize::from(s.size);
+                            let r = grant::copy_from_granted(
+                                self.info.peer,
+                                GrantRef(s.gref),
+                                u64::from(s.offset),
+                                &mut buf[at..at + n],
+                            );
+                            ok &= r.is_ok();
+                            at += n;
+                        }
+                        if !ok {
+                            NET_ERROR
+                        } else {
+                            match sw.ingress(self.port, &buf[..len]) {
+                                Verdict::Queued(_) => NET_OK,
+                                Verdict::Spoofed => NET_DROPPED,
+                                Verdict::BadSize | Verdict::NoPort => NET_ERROR,
+                            }
+                        }
+                    }
+                }
+            };
+            if status == NET_ERROR {
+                self.tx_errors += 1;
+            }
+            for s in &chain {
+                let _ = tx.push_response(&TxResponse { id: s.id, status });
+            }
+        }
+        let notify = tx.publish().unwrap_or(false);
+        (work, notify)
+    }
+
+    /// Copies queued frames into posted RX buffers (grant copy); a frame
+    /// with no buffer waits in the switch's bounded queue.
+    fn receive(&mut self, sw: &mut Switch) -> bool {
+        let Some(rx) = self.rx.as_mut() else {
+            return false;
+        };
+        let mut any = false;
+        while let Some(frame) = sw.pop(self.port) {
+            let req = match rx.take_request() {
+                Ok(Some(r)) => r,
+                _ => {
+                    sw.unpop(self.port, frame);
+                    break;
+                }
+            };
+            let status = match grant::copy_to_granted(self.info.peer, GrantRef(req.gref), 0, &frame)
+            {
+                Ok(()) => i16::try_from(frame.len()).unwrap_or(NET_ERROR),
+                Err(_) => NET_ERROR,
+            };
+            let _ = rx.push_response(&RxResponse {
+                id: req.id,
+                offset: 0,
+                flags: 0,
+                status,
+            });
+            any = true;
+        }
+        any && rx.publish().unwrap_or(false)
+    }
+}
+
 fn main(si: &StartInfo) -> i32 {
-    let nics: Vec<Vnic> = si.vnics().collect();
+    let infos: Vec<Vnic> = si.vnics().collect();
     let uplink = si.devices().find(|d| d.virtio_id == VIRTIO_ID_NET);
     println!(
         "netback: {} vNIC(s), uplink {}",
-        nics.len(),
+        infos.len(),
         if uplink.is_some() {
             "present"
         } else {
             "missing"
         }
     );
-    for (i, v) in nics.iter().enumerate() {
+    // An L1 for the ring slots: map a frame at the end of the range, unmap it.
+    let l1 = memory::populate_one()
+        .and_then(|f| paging::map(SLOTS + 511 * 4096, f, Flags::READ_ONLY))
+        .and_then(|()| paging::unmap(SLOTS + 511 * 4096));
+    if let Err(e) = l1 {
+        println!("netback: no page table for the ring slots: {e}");
+    }
+    for (i, v) in infos.iter().enumerate() {
         PORTS[i].store(u64::from(v.port.0), Ordering::SeqCst);
         event::set_handler(v.port, on_vnic);
         let _ = event::unmask(v.port);
     }
-    let want = (1u64 << nics.len()) - 1;
+    let want = (1u64 << infos.len()) - 1;
     let all_seen = event::wait_for_until(
         || SEEN.load(Ordering::SeqCst) & want == want,
         time::now_ns() + 10_000_000_000,
     );
-    let answered = nics.iter().all(|v| event::send(v.port).is_ok());
+    let answered = infos.iter().all(|v| event::send(v.port).is_ok());
 
     clause("MEM-3c", "start-info vNIC table (switch side)", |ck| {
-        check_table(ck, si, &nics);
+        check_table(ck, si, &infos);
         match uplink {
             None => ck.t(false, "no virtio-net device in the device table"),
             Some(d) => {
@@ -86,7 +257,7 @@ fn main(si: &StartInfo) -> i32 {
                 ck.eq("uplink magic", mmio_r(d.mmio_va, 0), VIRTIO_MAGIC);
                 ck.eq("uplink device id", mmio_r(d.mmio_va, 8), VIRTIO_ID_NET);
                 ck.t(
-                    nics.iter().all(|v| v.device == d.index),
+                    infos.iter().all(|v| v.device == d.index),
                     "every entry names the uplink's device index",
                 );
             }
@@ -97,7 +268,91 @@ fn main(si: &StartInfo) -> i32 {
         );
         ck.t(answered, "an event sent back on each port");
     });
-    0
+
+    let macs: Vec<[u8; 6]> = infos.iter().map(|v| v.mac).collect();
+    let mut sw = Switch::new(&macs, QUEUE_LIMIT);
+    let mut nics: Vec<Nic> = infos
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Nic {
+            info: *v,
+            port: i + 1,
+            tx: None,
+            rx: None,
+            maps: Vec::new(),
+            failed: None,
+            tx_errors: 0,
+        })
+        .collect();
+    for (i, n) in nics.iter_mut().enumerate() {
+        n.connect(i as u64);
+    }
+    clause("NET-1", "the backend maps both granted ring pages", |ck| {
+        for n in &nics {
+            ck.eq("connected", n.failed, None);
+            ck.t(n.tx.is_some() && n.rx.is_some(), "both rings attached");
+            ck.eq("two grant mappings", n.maps.len(), 2);
+        }
+        // A reference the frontend did not grant: refused, nothing mapped.
+        let bad = grant::map(
+            infos[0].peer,
+            GrantRef(tx_ring_ref(5)),
+            SLOTS + 40 * 4096,
+            false,
+        );
+        ck.eq(
+            "an ungranted ring reference",
+            bad.map(|_| ()),
+            Err(guest_sdk::Error::NotFound),
+        );
+        ck.t(
+            paging::translate(SLOTS + 40 * 4096).is_none(),
+            "nothing mapped for it",
+        );
+    });
+    serve(&mut nics, &mut sw)
+}
+
+/// The switch's loop: forever (the scenario ends when the frontends do).
+fn serve(nics: &mut [Nic], sw: &mut Switch) -> i32 {
+    let mut reported = [false; 2];
+    loop {
+        let mut work = false;
+        for n in nics.iter_mut() {
+            let (w, notify) = n.transmit(sw);
+            work |= w;
+            if notify {
+                let _ = event::send(n.info.port);
+            }
+        }
+        for n in nics.iter_mut() {
+            if n.receive(sw) {
+                let _ = event::send(n.info.port);
+            }
+        }
+        // The uplink has no driver yet: its frames are counted and dropped.
+        while sw.pop(UPLINK).is_some() {}
+        let spoofed: u64 = (1..sw.ports()).map(|p| sw.counters(p).spoofed).sum();
+        if spoofed > 0 && !reported[0] {
+            reported[0] = true;
+            println!("netback: dropped {spoofed} spoofed frame(s)");
+        }
+        let errors: u64 = nics.iter().map(|n| n.tx_errors).sum();
+        if errors > 0 && !reported[1] {
+            reported[1] = true;
+            println!("netback: refused {errors} malformed TX request(s)");
+        }
+        if work {
+            continue;
+        }
+        let more = nics
+            .iter_mut()
+            .filter_map(|n| n.tx.as_mut())
+            .any(|t| t.final_check().unwrap_or(false));
+        if !more {
+            event::wait_until(time::now_ns() + 50_000_000);
+        }
+    }
 }
 
 /// The scenario's two vNICs: `a` (domain 2, 10.0.2.10, MAC derived from
