@@ -63,6 +63,7 @@ mod start;
 pub mod time;
 pub mod trap;
 pub mod upcall;
+pub mod vnic;
 
 #[cfg(target_os = "none")]
 mod arch;
