@@ -15,6 +15,10 @@ pub fn tests() -> Vec<ScenarioTest> {
             run: net_guests_ping_and_move_a_mebibyte_over_tcp,
         },
         ScenarioTest {
+            name: "host_reaches_a_guest_through_a_forwarded_port",
+            run: host_reaches_a_guest_through_a_forwarded_port,
+        },
+        ScenarioTest {
             name: "hello_guest_greets_and_powers_off",
             run: hello_guest_greets_and_powers_off,
         },
@@ -228,6 +232,94 @@ fn net_guests_ping_and_move_a_mebibyte_over_tcp(m: &dyn Machine) -> Result<(), S
         cmd.contains("-netdev user,id=n0,net=10.0.2.0/24")
             && cmd.contains("-device virtio-net-device,netdev=n0"),
         "QEMU ran without the network: `{cmd}`"
+    );
+    Ok(())
+}
+
+/// The host port `net-host.toml` forwards to `server`:80.
+const FORWARDED_PORT: u16 = 47080;
+/// Bytes the host sends the guest.
+const HOST_BYTES: usize = 256 * 1024;
+
+/// FNV-1a/64, as `guests/tcptest` computes it.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// One attempt of the host client: connect, send `data`, close the write
+/// side, read the server's 16-byte answer (length, checksum).
+fn host_client_once(data: &[u8]) -> Result<[u8; 16], String> {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, SocketAddr, TcpStream};
+    use std::time::Duration;
+    let addr = SocketAddr::from(([127, 0, 0, 1], FORWARDED_PORT));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(data).map_err(|e| format!("write: {e}"))?;
+    s.shutdown(Shutdown::Write)
+        .map_err(|e| format!("shutdown: {e}"))?;
+    let mut answer = [0u8; 16];
+    s.read_exact(&mut answer)
+        .map_err(|e| format!("read the answer: {e}"))?;
+    Ok(answer)
+}
+
+/// Networking from the host (`docs/network.md`): the test itself connects
+/// to 127.0.0.1:47080, which QEMU forwards through the uplink and the
+/// switch in `netback` to the guest `server` (smoltcp on the SDK's vNIC),
+/// sends 256 KiB and reads back the length and checksum the guest computed:
+/// they must equal its own. The guest reports the same; the run ends
+/// audited. (Attempts before the guest listens are refused and retried.)
+fn host_reaches_a_guest_through_a_forwarded_port(m: &dyn Machine) -> Result<(), String> {
+    let data: Vec<u8> = (0..HOST_BYTES).map(|i| (i * 7 + (i >> 8)) as u8).collect();
+    let want_sum = fnv(&data);
+    let client = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let mut last = String::from("never tried");
+        while start.elapsed() < std::time::Duration::from_secs(120) {
+            match host_client_once(&data) {
+                Ok(a) => return Ok(a),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        Err(format!(
+            "no answer through the forward in 120 s (last: {last})"
+        ))
+    });
+    let out = m.boot(&BootRequest::scenario("net-host"))?;
+    let answer = client
+        .join()
+        .map_err(|_| "the host client panicked".to_string())??;
+    succeeded_and_audited(&out)?;
+    powered_off_cleanly(&out, "server")?;
+    let len = u64::from_le_bytes(answer[..8].try_into().unwrap_or([0; 8]));
+    let sum = u64::from_le_bytes(answer[8..].try_into().unwrap_or([0; 8]));
+    ensure!(
+        len == HOST_BYTES as u64 && sum == want_sum,
+        "the guest answered {len} bytes, checksum {sum:#x}; the host sent {HOST_BYTES}, checksum {want_sum:#x}"
+    );
+    let server = out.facts.guest_one("server", "tcp-server")?;
+    ensure!(
+        server.number("bytes")? == HOST_BYTES as u64
+            && server.get("sum") == Some(format!("{want_sum:#018x}").as_str()),
+        "`{server}`: the guest must report the host's bytes and checksum"
+    );
+    let log = out
+        .log
+        .as_ref()
+        .ok_or("no serial log to find QEMU's command line in")?;
+    let text = std::fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let cmd = text.lines().next().unwrap_or_default();
+    ensure!(
+        cmd.contains("hostfwd=tcp:127.0.0.1:47080-10.0.2.10:80") && !cmd.contains("hostfwd=tcp::"),
+        "the forward must be bound to 127.0.0.1 only: `{cmd}`"
     );
     Ok(())
 }

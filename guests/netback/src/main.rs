@@ -20,6 +20,8 @@
 
 extern crate alloc;
 
+mod uplink;
+
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -286,8 +288,21 @@ fn main(si: &StartInfo) -> i32 {
         })
         .collect();
     if !checks {
+        let up = match (uplink, si.dma()) {
+            (Some(d), Some(dma)) => match uplink::Uplink::start(&d, dma) {
+                Ok(u) => {
+                    println!("netback: uplink up");
+                    Some(u)
+                }
+                Err(e) => {
+                    println!("netback: uplink not started: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
         // Each vNIC connects on its frontend's first event (`serve`).
-        return serve(&mut nics, &mut sw);
+        return serve(&mut nics, &mut sw, up);
     }
     for (i, n) in nics.iter_mut().enumerate() {
         n.connect(i as u64);
@@ -315,11 +330,13 @@ fn main(si: &StartInfo) -> i32 {
             "nothing mapped for it",
         );
     });
-    serve(&mut nics, &mut sw)
+    serve(&mut nics, &mut sw, None)
 }
 
 /// The switch's loop: forever (the scenario ends when the frontends do).
-fn serve(nics: &mut [Nic], sw: &mut Switch) -> i32 {
+/// Without an uplink (the `net` conformance run), frames for it are
+/// counted and dropped.
+fn serve(nics: &mut [Nic], sw: &mut Switch, mut up: Option<uplink::Uplink>) -> i32 {
     let mut reported = [false; 2];
     loop {
         let mut work = false;
@@ -344,8 +361,10 @@ fn serve(nics: &mut [Nic], sw: &mut Switch) -> i32 {
                 let _ = event::send(n.info.port);
             }
         }
-        // The uplink has no driver yet: its frames are counted and dropped.
-        while sw.pop(UPLINK).is_some() {}
+        match up.as_mut() {
+            Some(u) => work |= u.poll(sw),
+            None => while sw.pop(UPLINK).is_some() {},
+        }
         let spoofed: u64 = (1..sw.ports()).map(|p| sw.counters(p).spoofed).sum();
         if spoofed > 0 && !reported[0] {
             reported[0] = true;
