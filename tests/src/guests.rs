@@ -19,6 +19,10 @@ pub fn tests() -> Vec<ScenarioTest> {
             run: host_reaches_a_guest_through_a_forwarded_port,
         },
         ScenarioTest {
+            name: "a_guest_reaches_the_host_through_the_gateway",
+            run: a_guest_reaches_the_host_through_the_gateway,
+        },
+        ScenarioTest {
             name: "hello_guest_greets_and_powers_off",
             run: hello_guest_greets_and_powers_off,
         },
@@ -320,6 +324,68 @@ fn host_reaches_a_guest_through_a_forwarded_port(m: &dyn Machine) -> Result<(), 
     ensure!(
         cmd.contains("hostfwd=tcp:127.0.0.1:47080-10.0.2.10:80") && !cmd.contains("hostfwd=tcp::"),
         "the forward must be bound to 127.0.0.1 only: `{cmd}`"
+    );
+    Ok(())
+}
+
+/// The port the test listens on for `net-out.toml`'s client.
+const HOST_SERVER_PORT: u16 = 47081;
+
+/// Networking out of a guest (`docs/network.md`): the test listens on
+/// 127.0.0.1:47081; the guest `client` (smoltcp on the SDK's vNIC) connects
+/// to 10.0.2.2:47081, QEMU's gateway, through the switch and the uplink,
+/// sends 256 KiB and closes its side; the test answers with the length and
+/// checksum it received, which the guest compares with its own and
+/// reports. The test checks the bytes it got too.
+fn a_guest_reaches_the_host_through_the_gateway(m: &dyn Machine) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(("127.0.0.1", HOST_SERVER_PORT))
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{HOST_SERVER_PORT}: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let server = std::thread::spawn(move || -> Result<Vec<u8>, String> {
+        let start = std::time::Instant::now();
+        let (mut s, _) = loop {
+            match listener.accept() {
+                Ok(c) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if start.elapsed() > std::time::Duration::from_secs(120) {
+                        return Err("no connection from the guest in 120 s".into());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(format!("accept: {e}")),
+            }
+        };
+        s.set_nonblocking(false).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .map_err(|e| e.to_string())?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)
+            .map_err(|e| format!("read from the guest: {e}"))?;
+        let mut answer = (got.len() as u64).to_le_bytes().to_vec();
+        answer.extend_from_slice(&fnv(&got).to_le_bytes());
+        s.write_all(&answer)
+            .map_err(|e| format!("answer the guest: {e}"))?;
+        Ok(got)
+    });
+    let out = m.boot(&BootRequest::scenario("net-out"))?;
+    let got = server
+        .join()
+        .map_err(|_| "the host server panicked".to_string())??;
+    succeeded_and_audited(&out)?;
+    powered_off_cleanly(&out, "client")?;
+    let want: Vec<u8> = (0..262_144usize)
+        .map(|i| (i.wrapping_mul(31) ^ (i >> 9)) as u8)
+        .collect();
+    ensure!(
+        got == want,
+        "the host received {} bytes, not the guest's 262144-byte pattern",
+        got.len()
+    );
+    let c = out.facts.guest_one("client", "tcp-client")?;
+    ensure!(
+        c.number("match")? == 1 && c.number("server_bytes")? == 262_144,
+        "`{c}`: the guest must see the host's answer match what it sent"
     );
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! `role=server`: answers pings (smoltcp does), accepts one TCP connection
 //! on port 80, reads until the peer closes, sends back the stream's length
 //! and FNV-1a/64 checksum (16 bytes), closes.
-//! `role=client server=IP`: pings the server (3 echo requests), connects,
+//! `role=client server=IP [port=80] [pings=3]`: pings the server (`pings`
+//! echo requests, one at a time), connects to `port`,
 //! sends `bytes=N` (default 1 MiB) of a fixed pattern, closes its side,
 //! reads the server's length and checksum and compares them with its own.
 //! Both print `@` facts the scenario test asserts on.
@@ -84,8 +85,16 @@ fn main(si: &StartInfo) -> i32 {
                 .cmdline_value("bytes")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(1 << 20);
+            let port = si
+                .cmdline_value("port")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(PORT);
+            let pings = si
+                .cmdline_value("pings")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(3);
             match ip {
-                Some(ip) => client(&mut iface, &mut dev, ip, bytes, deadline),
+                Some(ip) => client(&mut iface, &mut dev, ip, port, pings, bytes, deadline),
                 None => {
                     println!("tcptest: client needs server=IP");
                     2
@@ -153,6 +162,8 @@ fn client(
     iface: &mut Interface,
     dev: &mut vnic::Device,
     server: Ipv4Address,
+    port: u16,
+    pings: u16,
     bytes: usize,
     deadline: u64,
 ) -> i32 {
@@ -189,7 +200,7 @@ fn client(
         // The first request may go while the server's MAC is unknown
         // (smoltcp sends an ARP request instead): ask again after 500 ms.
         let lost = replies < sent && time::now_ns() - sent_at > 500_000_000;
-        if (replies == sent && sent < 3 || lost) && sock.can_send() {
+        if (replies == sent && sent < pings || lost) && sock.can_send() {
             if lost {
                 retries += 1;
             } else {
@@ -205,7 +216,7 @@ fn client(
                 sent_at = time::now_ns();
             }
         }
-        replies >= 3
+        replies >= pings
     });
     println!(
         "@ ping sent={sent} replies={replies} retries={retries} avg_rtt_us={}",
@@ -217,7 +228,7 @@ fn client(
         let cx = iface.context();
         if sockets
             .get_mut::<tcp::Socket>(h)
-            .connect(cx, (IpAddress::Ipv4(server), PORT), 49152)
+            .connect(cx, (IpAddress::Ipv4(server), port), 49152)
             .is_err()
         {
             println!("tcptest: connect refused locally");
@@ -276,5 +287,5 @@ fn client(
         "@ vnic-stats tx={} rx={} tx_errors={} rx_errors={}",
         st.tx, st.rx, st.tx_errors, st.rx_errors
     );
-    i32::from(!matched || replies < 3)
+    i32::from(!matched || replies < pings)
 }
