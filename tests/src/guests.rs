@@ -23,6 +23,10 @@ pub fn tests() -> Vec<ScenarioTest> {
             run: a_guest_reaches_the_host_through_the_gateway,
         },
         ScenarioTest {
+            name: "a_hostile_vnic_frontend_is_contained",
+            run: a_hostile_vnic_frontend_is_contained,
+        },
+        ScenarioTest {
             name: "hello_guest_greets_and_powers_off",
             run: hello_guest_greets_and_powers_off,
         },
@@ -386,6 +390,52 @@ fn a_guest_reaches_the_host_through_the_gateway(m: &dyn Machine) -> Result<(), S
     ensure!(
         c.number("match")? == 1 && c.number("server_bytes")? == 262_144,
         "`{c}`: the guest must see the host's answer match what it sent"
+    );
+    Ok(())
+}
+
+/// Containment (`docs/network.md`, NET-2..4): while `hostile` floods
+/// broadcasts, sends malformed and ungranted TX requests, never consumes
+/// its RX ring, publishes a producer index past its ring and storms the
+/// driver with events, `client` and `server` (smoltcp) complete 3 pings and
+/// a 4 MiB TCP transfer whose checksum matches on the far side. The driver
+/// refused the malformed requests, disconnected only the hostile ring, and
+/// kept running; the run ends audited.
+fn a_hostile_vnic_frontend_is_contained(m: &dyn Machine) -> Result<(), String> {
+    let out = m.boot(&BootRequest::scenario("net-hostile"))?;
+    succeeded_and_audited(&out)?;
+    for name in ["server", "client", "hostile"] {
+        powered_off_cleanly(&out, name)?;
+    }
+    let h = out.facts.guest_one("hostile", "hostile")?;
+    ensure!(
+        h.number("flood_ok")? > 0 && h.number("refused")? > 0 && h.number("storms")? > 1000,
+        "`{h}`: the hostile guest must have flooded, been refused and stormed"
+    );
+    let cut = out.facts.guest_one("netback", "vnic-disconnected")?;
+    ensure!(
+        cut.get("dom") == Some("4") && cut.number("tx")? == 1,
+        "`{cut}`: only the hostile guest's (domain 4) TX ring must be cut"
+    );
+    let ping = out.facts.guest_one("client", "ping")?;
+    ensure!(
+        ping.number("replies")? == 3,
+        "`{ping}`: the pings must be answered beside the hostile guest"
+    );
+    let server = out.facts.guest_one("server", "tcp-server")?;
+    let client = out.facts.guest_one("client", "tcp-client")?;
+    ensure!(
+        client.number("match")? == 1
+            && client.number("bytes")? == 4 << 20
+            && server.number("bytes")? == 4 << 20
+            && client.get("sum") == server.get("sum"),
+        "the stream beside the hostile guest broke: client `{client}`, server `{server}`"
+    );
+    ensure!(
+        !out.facts
+            .of_kind("domain-exit")
+            .any(|f| f.get("name") == Some("netback") && f.get("reason") != Some("scenario-end")),
+        "the driver domain must run to the end of the scenario"
     );
     Ok(())
 }

@@ -84,6 +84,8 @@ struct Nic {
     failed: Option<guest_sdk::Error>,
     /// TX requests refused as malformed.
     tx_errors: u64,
+    /// Whether a ring's disconnection was reported.
+    cut_reported: bool,
 }
 
 fn ring_page(va: u64) -> Option<RingPage> {
@@ -181,6 +183,18 @@ impl Nic {
             }
         }
         let notify = tx.publish().unwrap_or(false);
+        let cut = tx.is_disconnected() || self.rx.as_ref().is_some_and(|r| r.is_disconnected());
+        if cut && !self.cut_reported {
+            // A producer index past the ring: this vNIC's rings are no
+            // longer read (NET-2); every other vNIC is served as before.
+            self.cut_reported = true;
+            println!(
+                "@ vnic-disconnected dom={} tx={} rx={}",
+                self.info.peer.0,
+                u8::from(tx.is_disconnected()),
+                u8::from(self.rx.as_ref().is_some_and(|r| r.is_disconnected()))
+            );
+        }
         (work, notify)
     }
 
@@ -285,6 +299,7 @@ fn main(si: &StartInfo) -> i32 {
             maps: Vec::new(),
             failed: None,
             tx_errors: 0,
+            cut_reported: false,
         })
         .collect();
     if !checks {

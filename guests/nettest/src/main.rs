@@ -93,6 +93,8 @@ struct Nic {
     tx_buf: (u64, GrantRef),
     rx_bufs: Vec<(u64, GrantRef)>,
     next_id: u16,
+    /// The TX ring page (`hostile` writes its producer index raw).
+    tx_ring_va: u64,
 }
 
 impl Nic {
@@ -120,6 +122,7 @@ impl Nic {
             tx_buf,
             rx_bufs,
             next_id: 1,
+            tx_ring_va: tva,
         };
         for i in 0..RX_BUFS {
             nic.post(i);
@@ -241,6 +244,15 @@ fn main(si: &StartInfo) -> i32 {
     let nic = Nic::setup(v);
     let _ = event::unmask(v.port);
     let sent = event::send(v.port);
+    if si.cmdline_value("role") == Some("hostile") {
+        return match nic {
+            Ok(mut n) => hostile(&mut n),
+            Err(e) => {
+                println!("nettest: ring setup failed: {e}");
+                1
+            }
+        };
+    }
     let answered = event::wait_for_until(
         || EVENTS.load(Ordering::SeqCst) >= 1,
         time::now_ns() + 10_000_000_000,
@@ -426,6 +438,75 @@ fn receiver(nic: &mut Nic) -> i32 {
             );
         },
     );
+    0
+}
+
+/// `role=hostile` (scenario `net-hostile`): everything a frontend can do
+/// wrong, while two other guests keep a TCP stream going. Broadcast
+/// floods (to every port), malformed TX requests, an ungranted page, an RX
+/// ring never consumed, then a TX producer index far past the ring (the
+/// driver must disconnect this ring only), then an event storm.
+fn hostile(nic: &mut Nic) -> i32 {
+    let me = nic.info.mac;
+    let g = nic.tx_buf.1 .0;
+    let bcast = frame([0xff; 6], me, 9, 1514);
+    let mut flood_ok = 0u32;
+    let mut refused = 0u32;
+    let mut storms = 0u64;
+    let start = time::now_ns();
+    // Phase 1 (2 s, while the other guests' stream runs): broadcast floods,
+    // malformed requests and bursts of events, interleaved; the RX ring is
+    // never consumed.
+    while time::now_ns() - start < 2_000_000_000 {
+        for _ in 0..200 {
+            if event::send(nic.info.port).is_ok() {
+                storms += 1;
+            }
+        }
+        if nic.send(&bcast) == Some(NET_OK) {
+            flood_ok += 1;
+        }
+        let bad = [
+            TxRequest {
+                gref: g,
+                offset: 0,
+                flags: 0,
+                id: 7,
+                size: 0,
+            },
+            TxRequest {
+                gref: g,
+                offset: 0,
+                flags: 0,
+                id: 8,
+                size: FRAME_MAX as u16 + 100,
+            },
+            TxRequest {
+                gref: 999,
+                offset: 0,
+                flags: 0,
+                id: 9,
+                size: 60,
+            },
+        ];
+        refused += nic
+            .send_raw(&bad)
+            .iter()
+            .filter(|r| r.status == NET_ERROR)
+            .count() as u32;
+    }
+    // Phase 2: a producer index far past the ring (NET-2: the driver
+    // bounds it and disconnects this ring, nothing else).
+    write_page(nic.tx_ring_va, 0, &0x8000_0000u32.to_le_bytes());
+    let _ = event::send(nic.info.port);
+    // Phase 3 (3 s): an event storm.
+    let storm_start = time::now_ns();
+    while time::now_ns() - storm_start < 3_000_000_000 {
+        if event::send(nic.info.port).is_ok() {
+            storms += 1;
+        }
+    }
+    println!("@ hostile flood_ok={flood_ok} refused={refused} storms={storms}");
     0
 }
 
