@@ -209,6 +209,12 @@ impl Frontend {
         !self.ready.is_empty()
     }
 
+    /// Frames sent whose TX response has not come back yet.
+    pub fn in_flight(&mut self) -> usize {
+        self.reap();
+        self.tx_bufs.len() - self.tx_free.len()
+    }
+
     /// Whether [`Self::send`] would find a TX buffer.
     pub fn can_send(&mut self) -> bool {
         self.reap();
