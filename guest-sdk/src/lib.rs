@@ -66,6 +66,7 @@ pub mod time;
 pub mod trap;
 pub mod upcall;
 pub mod vblk;
+pub mod vnic;
 
 #[cfg(target_os = "none")]
 mod arch;
@@ -76,7 +77,7 @@ mod rt;
 pub use rt::{heap_grown, heap_usage};
 
 pub use event::{DomId, Port};
-pub use start::{start_info, Channel, StartInfo, Vblk, VblkRole};
+pub use start::{start_info, Channel, StartInfo, Vblk, VblkRole, Vnic, VnicRole};
 
 pub use base::abi_version;
 

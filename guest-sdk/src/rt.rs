@@ -97,6 +97,10 @@ pub(crate) extern "C" fn start(si: *const layout::StartInfo) -> ! {
     for v in si.vblks() {
         crate::event::mask(v.port);
     }
+    // And vNIC channels (MEM-3c).
+    for v in si.vnics() {
+        crate::event::mask(v.port);
+    }
     init_callbacks();
     if let Err(e) = paging {
         log::warn!("paging: no self entry ({e}): page tables cannot be read, the heap cannot grow");

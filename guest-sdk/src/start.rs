@@ -4,8 +4,8 @@
 use core::ops::Deref;
 
 use hypercall_abi::layout::{
-    self, StartFlags, MAX_NAMED_CHANNELS, MAX_START_VBLKS, NR_PORTS, VBLK_READONLY,
-    VBLK_ROLE_BACKEND, VBLK_ROLE_FRONTEND,
+    self, StartFlags, MAX_NAMED_CHANNELS, MAX_START_VBLKS, MAX_START_VNICS, NR_PORTS,
+    VBLK_READONLY, VBLK_ROLE_BACKEND, VBLK_ROLE_FRONTEND, VNIC_ROLE_BACKEND, VNIC_ROLE_FRONTEND,
 };
 
 use crate::event::{DomId, Port};
@@ -65,6 +65,44 @@ pub struct Vblk<'a> {
     /// Backend: the extent's first byte on the device (0 for a frontend).
     pub extent_offset: u64,
     /// Backend: the device's index in [`StartInfo::devices`].
+    pub device: u32,
+}
+
+/// Which end of a virtual NIC this domain is (`MEM-3c`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VnicRole {
+    /// The domain uses the vNIC.
+    Frontend,
+    /// The domain (the network driver domain) switches it for
+    /// [`Vnic::peer`].
+    Backend,
+}
+
+/// A virtual NIC this domain uses or switches, connected at boot
+/// (`MEM-3c`): `port` is an interdomain channel to the other end, masked
+/// at start (as virtual-disk ports are) until the guest unmasks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vnic {
+    /// Frontend or backend.
+    pub role: VnicRole,
+    /// The vNIC's index among its frontend's vNICs (its rings are granted
+    /// at references `2 * index` and `2 * index + 1`).
+    pub index: u8,
+    /// The other end.
+    pub peer: DomId,
+    /// This domain's port, connected to the peer's.
+    pub port: Port,
+    /// The vNIC's MAC address.
+    pub mac: [u8; 6],
+    /// The frontend's IPv4 address.
+    pub ipv4: [u8; 4],
+    /// Its prefix length (24).
+    pub prefix_len: u8,
+    /// The default gateway (10.0.2.2).
+    pub gateway: [u8; 4],
+    /// Largest IP packet (1500).
+    pub mtu: u16,
+    /// Backend: the uplink's index in [`StartInfo::devices`].
     pub device: u32,
 }
 
@@ -203,6 +241,41 @@ impl StartInfo {
     pub fn vblk(&self, index: u32) -> Option<Vblk<'_>> {
         self.vblks()
             .find(|v| v.role == VblkRole::Frontend && v.index == index)
+    }
+
+    /// This domain's virtual NICs (`MEM-3c`), in table order. Entries past
+    /// `vnic_count` (clamped to the table), with an unknown role, or with
+    /// port 0 or out of range are skipped.
+    pub fn vnics(&self) -> impl Iterator<Item = Vnic> + '_ {
+        let n = usize::try_from(self.raw.vnic_count)
+            .unwrap_or(usize::MAX)
+            .min(MAX_START_VNICS);
+        self.raw.vnics[..n].iter().filter_map(|v| {
+            let role = match v.role {
+                VNIC_ROLE_FRONTEND => VnicRole::Frontend,
+                VNIC_ROLE_BACKEND => VnicRole::Backend,
+                _ => return None,
+            };
+            let ok = v.port != 0 && (v.port as usize) < NR_PORTS;
+            ok.then_some(Vnic {
+                role,
+                index: v.index,
+                peer: DomId(v.peer_domain),
+                port: Port(v.port),
+                mac: v.mac,
+                ipv4: v.ipv4,
+                prefix_len: v.prefix_len,
+                gateway: v.gateway,
+                mtu: v.mtu,
+                device: v.device,
+            })
+        })
+    }
+
+    /// This domain's `index`-th vNIC as a frontend.
+    pub fn vnic(&self, index: u8) -> Option<Vnic> {
+        self.vnics()
+            .find(|v| v.role == VnicRole::Frontend && v.index == index)
     }
 
     /// Virtual address of pseudo-physical page `page` of the window (`MEM-2`).
@@ -353,6 +426,38 @@ mod tests {
         raw.channels[..entries.len()].copy_from_slice(entries);
         raw.channel_count = count;
         StartInfo::new(raw)
+    }
+
+    #[test]
+    fn vnics_are_read_within_the_count_and_checked() {
+        use zerocopy::FromZeros;
+        let mut raw = layout::StartInfo::new_zeroed();
+        for (i, v) in raw.vnics.iter_mut().enumerate() {
+            v.role = VNIC_ROLE_FRONTEND;
+            v.index = u8::try_from(i).unwrap();
+            v.port = u32::try_from(i + 1).unwrap();
+            v.mac = [2, 0, 0, 0, 0, 1];
+            v.ipv4 = [10, 0, 2, 10];
+        }
+        raw.vnics[1].role = 7;
+        raw.vnics[2].port = u32::try_from(NR_PORTS).unwrap();
+        raw.vnics[3].role = VNIC_ROLE_BACKEND;
+        raw.vnic_count = 4;
+        let si = StartInfo::new(raw);
+        let got: alloc::vec::Vec<_> = si.vnics().map(|v| (v.role, v.index)).collect();
+        assert_eq!(got, [(VnicRole::Frontend, 0), (VnicRole::Backend, 3)]);
+        assert_eq!(
+            si.vnic(0).map(|v| (v.port, v.ipv4)),
+            Some((Port(1), [10, 0, 2, 10]))
+        );
+        assert_eq!(
+            si.vnic(3),
+            None,
+            "a backend entry is not this domain's vNIC"
+        );
+        let mut raw = raw;
+        raw.vnic_count = u32::MAX;
+        assert_eq!(StartInfo::new(raw).vnics().count(), MAX_START_VNICS - 2);
     }
 
     #[test]

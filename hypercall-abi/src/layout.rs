@@ -110,6 +110,60 @@ pub struct StartInfo {
     /// Virtual disks this domain uses (frontend) or serves (backend)
     /// (`BLK-*`). Entries at and after `vblk_count` are zero.
     pub vblks: [VblkInfo; MAX_START_VBLKS],
+    /// Entries used in `vnics` (at most [`MAX_START_VNICS`]). Since ABI 0.4
+    /// (`MEM-3c`).
+    pub vnic_count: u32,
+    /// Reserved, zero.
+    pub reserved2: u32,
+    /// Virtual NICs this domain uses (frontend) or switches (backend)
+    /// (`NET-*`). Entries at and after `vnic_count` are zero.
+    pub vnics: [VnicInfo; MAX_START_VNICS],
+}
+
+/// Most vNIC entries one start-info page describes: the vNICs a frontend
+/// has, or every vNIC a network driver domain switches (so a scenario has
+/// at most this many vNICs per driver).
+pub const MAX_START_VNICS: usize = 8;
+
+/// [`VnicInfo::role`]: a vNIC this domain uses.
+pub const VNIC_ROLE_FRONTEND: u8 = 1;
+/// [`VnicInfo::role`]: a vNIC this (driver) domain switches for
+/// `peer_domain`.
+pub const VNIC_ROLE_BACKEND: u8 = 2;
+
+/// One virtual NIC, as its frontend or its backend (the network driver
+/// domain) sees it (`MEM-3c`, `NET-*`).
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct VnicInfo {
+    /// [`VNIC_ROLE_FRONTEND`] or [`VNIC_ROLE_BACKEND`].
+    pub role: u8,
+    /// The vNIC's index among its frontend's vNICs (`0..`): its rings are
+    /// granted at references `2 * index` (TX) and `2 * index + 1` (RX).
+    pub index: u8,
+    /// The IPv4 prefix length of `ipv4` (24 on QEMU's user network).
+    pub prefix_len: u8,
+    /// Reserved, zero.
+    pub flags: u8,
+    /// The other end: the driver domain (for a frontend) or the frontend.
+    pub peer_domain: u16,
+    /// Largest Ethernet payload (IP packet) the switch carries: 1500.
+    pub mtu: u16,
+    /// This domain's event port for the vNIC, already connected to the
+    /// peer's.
+    pub port: u32,
+    /// The vNIC's MAC address (a unicast address; the switch drops frames
+    /// from it with any other source).
+    pub mac: [u8; 6],
+    /// Reserved, zero.
+    pub reserved0: [u8; 2],
+    /// The frontend's static IPv4 address (network byte order).
+    pub ipv4: [u8; 4],
+    /// The default gateway (QEMU's user network: 10.0.2.2).
+    pub gateway: [u8; 4],
+    /// Backend only: index in [`StartInfo::devices`] of the uplink (the
+    /// virtio-net device); 0 for a frontend.
+    pub device: u32,
 }
 
 /// Most delegated devices one start-info page describes.
@@ -394,7 +448,18 @@ const _: () = assert!(core::mem::size_of::<DeviceInfo>() == 40);
 const _: () = assert!(core::mem::size_of::<VblkInfo>() == 80);
 const _: () = assert!(
     core::mem::size_of::<StartInfo>()
-        == 2320 + 8 * 3 + 8 + 40 * MAX_START_DEVICES + 80 * MAX_START_VBLKS
+        == 2320
+            + 8 * 3
+            + 8
+            + 40 * MAX_START_DEVICES
+            + 80 * MAX_START_VBLKS
+            + 8
+            + 32 * MAX_START_VNICS
+);
+const _: () = assert!(core::mem::size_of::<VnicInfo>() == 32);
+const _: () = assert!(
+    core::mem::offset_of!(StartInfo, vnics)
+        == 2320 + 8 * 3 + 8 + 40 * MAX_START_DEVICES + 80 * MAX_START_VBLKS + 8
 );
 const _: () = assert!(core::mem::size_of::<StartInfo>() <= 4096);
 const _: () = assert!(core::mem::size_of::<TimeInfo>() == 32);

@@ -234,6 +234,60 @@ pub fn setup(pack: &Pack<'_>, channels: &mut Channels, doms: &[Option<Box<Domain
             report_vblk(dom, v);
         }
     }
+    let (links, skipped) = plan::vnic_links(&records);
+    if skipped > 0 {
+        log::error!("{skipped} vNIC(s) not wired: a switch or a guest has more than 8, or its uplink is not delegated");
+        ok = false;
+    }
+    let (tables, failed) = plan::wire_vnics(channels, &links);
+    for l in &failed {
+        report!(
+            "vnic-error",
+            "frontend={} index={} backend={} error={}",
+            l.frontend,
+            l.index,
+            l.backend,
+            Quoted("an end was not built")
+        );
+        log::error!(
+            "vNIC {} of domain {} not wired: domain {} or {} was not built (fix its manifest entry or image)",
+            l.index, l.frontend, l.frontend, l.backend
+        );
+        ok = false;
+    }
+    for (&dom, table) in &tables {
+        let Some(d) = doms.get(usize::from(dom)).and_then(|d| d.as_ref()) else {
+            continue;
+        };
+        let page = d.start_info << 12;
+        let count = table.len() as u32;
+        mem::copy_to_phys(
+            page + core::mem::offset_of!(StartInfo, vnic_count) as u64,
+            count.as_bytes(),
+        );
+        mem::copy_to_phys(
+            page + core::mem::offset_of!(StartInfo, vnics) as u64,
+            table.as_slice().as_bytes(),
+        );
+        for v in table {
+            report!(
+                "vnic",
+                "dom={} role={} index={} peer={} port={} mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} ip={}.{}.{}.{} device={}",
+                dom,
+                if v.role == hypercall_abi::layout::VNIC_ROLE_FRONTEND {
+                    "frontend"
+                } else {
+                    "backend"
+                },
+                v.index,
+                v.peer_domain,
+                v.port,
+                v.mac[0], v.mac[1], v.mac[2], v.mac[3], v.mac[4], v.mac[5],
+                v.ipv4[0], v.ipv4[1], v.ipv4[2], v.ipv4[3],
+                v.device
+            );
+        }
+    }
     ok
 }
 

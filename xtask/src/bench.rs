@@ -260,6 +260,13 @@ pub fn reference(name: &str) -> &'static str {
         "grant_map_unmap" => {
             "map installs one entry; unmap clears it and flushes the whole TLB (no PCIDs)"
         }
+        "vnic_frame_64_batch1"
+        | "vnic_frame_64_batch32"
+        | "vnic_frame_1514_batch1"
+        | "vnic_frame_1514_batch32" => {
+            "per frame, whole system: two grant copies, the switch, events per batch \
+             (docs/network.md)"
+        }
         _ => "",
     }
 }

@@ -39,6 +39,12 @@ pub const CPU_GUEST: &str = "cpu";
 pub const IO_SCENARIO: &str = "io";
 /// The domains in it that report clause results.
 pub const IO_GUESTS: [&str; 2] = ["drv", "plain"];
+/// The network scenario (MEM-3c, NET-*, `docs/network.md`): the network driver
+/// domain and two vNIC frontends, all reporting clauses.
+pub const NET_SCENARIO: &str = "net";
+/// The domains in it that report clause results. A clause several of them
+/// report (MEM-3c: each end checks its side) passes only if all do.
+pub const NET_GUESTS: [&str; 3] = ["netback", "a", "b"];
 /// The `-cpu` models (under TCG) the CPU-state clauses must hold under:
 /// the default one (FXSAVE, no UMIP, AMD vendor: `sysenter` is #UD) and
 /// QEMU's `max` (XSAVE with AVX, UMIP, FSGSBASE, RDPID) with an Intel
@@ -986,6 +992,7 @@ pub fn run(booter: &Booter<'_>, timeout: Option<Duration>) -> Result<Report, Str
     results.extend(cpu(booter, timeout, &mut problems));
     results.extend(io(booter, timeout, &mut problems));
     results.extend(blk(booter, timeout, &mut problems));
+    results.extend(net(booter, timeout, &mut problems));
     Ok(Report {
         records: reconcile(&doc, results),
         problems,
@@ -1119,6 +1126,90 @@ fn io(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String>
         detail,
     ));
     records
+}
+
+/// Boots the network scenario and takes its guests' clause results; a
+/// clause reported by several of them (each checks its own side) becomes
+/// one record that passes only if every guest that should report it did
+/// and passed.
+fn net(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String>) -> Vec<Record> {
+    let how = Presentation {
+        echo: false,
+        gdb: None,
+        log_name: format!("tests/{NET_SCENARIO}"),
+    };
+    let mut req = BootRequest::scenario(NET_SCENARIO);
+    req.timeout = timeout;
+    let outcome = match booter.boot(&req, &how) {
+        Ok((outcome, _, _)) => outcome,
+        Err(e) => {
+            problems.push(format!("could not boot `{NET_SCENARIO}`: {e}"));
+            return Vec::new();
+        }
+    };
+    let per_guest: Vec<(&str, Vec<Record>)> = NET_GUESTS
+        .iter()
+        .map(|&g| (g, guest_records(&outcome, g)))
+        .collect();
+    for (g, r) in &per_guest {
+        if r.is_empty() {
+            problems.push(format!(
+                "the `{NET_SCENARIO}` guest `{g}` reported no clause (run ended with {})",
+                outcome.exit
+            ));
+        }
+    }
+    if outcome.exit != Exit::Success {
+        problems.push(format!(
+            "the `{NET_SCENARIO}` run ended with {}",
+            outcome.exit
+        ));
+    }
+    combine_sides(&per_guest, NET_SHARED)
+}
+
+/// Clauses of the `net` scenario that several guests check, each its own
+/// side, and who must report them.
+const NET_SHARED: &[(&str, &[&str])] = &[("MEM-3c", &NET_GUESTS), ("NET-4", &["a", "b"])];
+
+/// Merges the records of several guests: each clause in `shared` must be
+/// reported exactly once by every guest listed with it and becomes one
+/// record (failing with the failing guests' details, or naming the guests
+/// that did not report it); any other clause is kept as reported.
+fn combine_sides(per_guest: &[(&str, Vec<Record>)], shared: &[(&str, &[&str])]) -> Vec<Record> {
+    let mut out = Vec::new();
+    for &(id, reporters) in shared {
+        let mut name = String::new();
+        let mut fails = Vec::new();
+        for &g in reporters {
+            let records = per_guest
+                .iter()
+                .find(|(n, _)| *n == g)
+                .map_or(&[][..], |(_, r)| r.as_slice());
+            let mine: Vec<&Record> = records.iter().filter(|r| r.clause == id).collect();
+            match mine.as_slice() {
+                [] => fails.push(format!("`{g}` did not report it")),
+                [r] => {
+                    name.clone_from(&r.name);
+                    if !r.passed() {
+                        fails.push(format!("`{g}`: {}", r.detail));
+                    }
+                }
+                _ => fails.push(format!("`{g}` reported it {} times", mine.len())),
+            }
+        }
+        let name = name.split(" (").next().unwrap_or("").to_string();
+        out.push(Record::new(id, &name, fails.is_empty(), fails.join("; ")));
+    }
+    for (_, records) in per_guest {
+        out.extend(
+            records
+                .iter()
+                .filter(|r| !shared.iter().any(|(id, _)| *id == r.clause))
+                .cloned(),
+        );
+    }
+    out
 }
 
 /// IO-4 from the `io` transcript: the driver `drv` (domain 1) died on a
@@ -1798,6 +1889,37 @@ mod tests {
         ] {
             assert!(!poisoned(&canned(bad, Exit::Success)).fails.is_empty(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_clause_both_sides_report_passes_only_if_every_side_does() {
+        let rec = |id: &str, pass: bool| Record::new(id, "vNIC table (side)", pass, "why");
+        let all = [
+            ("s", vec![rec("MEM-3c", true), rec("NET-1", true)]),
+            ("a", vec![rec("MEM-3c", true)]),
+        ];
+        let both: &[(&str, &[&str])] = &[("MEM-3c", &["s", "a"])];
+        let out = combine_sides(&all, both);
+        assert_eq!(out.len(), 2);
+        assert!(out[0].passed() && out[0].clause == "MEM-3c", "{out:?}");
+        assert_eq!(out[0].name, "vNIC table");
+        assert_eq!(out[1].clause, "NET-1");
+        let one_fails = [
+            ("s", vec![rec("MEM-3c", true)]),
+            ("a", vec![rec("MEM-3c", false)]),
+        ];
+        let out = combine_sides(&one_fails, both);
+        assert!(!out[0].passed());
+        assert!(out[0].detail.contains("`a`: why"), "{}", out[0].detail);
+        let missing = [("s", vec![rec("MEM-3c", true)]), ("a", vec![])];
+        let out = combine_sides(&missing, both);
+        assert!(!out[0].passed());
+        assert!(out[0].detail.contains("`a` did not report it"));
+        let twice = [("s", vec![rec("MEM-3c", true), rec("MEM-3c", true)])];
+        assert!(!combine_sides(&twice, &[("MEM-3c", &["s"])])[0].passed());
+        // Only the listed guests must report it.
+        let one: &[(&str, &[&str])] = &[("NET-1", &["s"])];
+        assert!(combine_sides(&all, one)[0].passed());
     }
 
     #[test]

@@ -109,11 +109,19 @@ pub fn list_text(root: &Path) -> Result<String, String> {
                 "", c.name, s.guests[c.ends[0]].name, s.guests[c.ends[1]].name
             );
         }
-        let _ = writeln!(
-            out,
-            "{:<20}   devices: none; machine memory {} MiB",
-            "", s.memory_mib
-        );
+        let (_, reach) = crate::machine::endpoints(&s);
+        if reach.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<20}   devices: none; machine memory {} MiB",
+                "", s.memory_mib
+            );
+        } else {
+            for r in reach {
+                let _ = writeln!(out, "{:<20}   {r}", "");
+            }
+            let _ = writeln!(out, "{:<20}   machine memory {} MiB", "", s.memory_mib);
+        }
     }
     Ok(out)
 }

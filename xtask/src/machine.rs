@@ -38,13 +38,40 @@ pub struct Presentation {
 
 /// Ports and devices a scenario asks for, and how a human reaches them.
 ///
-/// The hook for scenarios that forward ports: return the QEMU arguments
-/// (e.g. `-netdev user,id=n0,hostfwd=tcp::8080-:80 -device ...`) and one line
-/// per endpoint for `run` to print. No scenario forwards anything yet.
+/// Returns the QEMU arguments of the network (`[net]`: QEMU's user network
+/// with every vNIC's forwards bound to 127.0.0.1, and the virtio-net
+/// device after the disk's) and one line per endpoint for `run` to print.
 /// A scenario's disk (`[disk]`) is listed here; its QEMU arguments come from
 /// [`Booter::boot_with`], which also creates the image.
 pub fn endpoints(scenario: &Scenario) -> (Vec<String>, Vec<String>) {
     let mut reach = Vec::new();
+    let mut args = Vec::new();
+    if let Some(net) = &scenario.net {
+        let n = u32::from(scenario.disk.is_some());
+        if let Some((base, irq)) = crate::devices::mmio_slot(n) {
+            reach.push(format!(
+                "network: virtio-net at {base:#x}, IOAPIC input {irq}, switched by `{}` (QEMU user network 10.0.2.0/24, gateway 10.0.2.2)",
+                scenario.guests[net.driver].name
+            ));
+        }
+        for g in &scenario.guests {
+            for v in &g.vnic {
+                let [a, b, c, d] = v.ipv4;
+                for f in &v.forward {
+                    reach.push(format!(
+                        "{} 127.0.0.1:{} -> `{}` {a}.{b}.{c}.{d}:{}",
+                        f.proto.name(),
+                        f.host_port,
+                        g.name,
+                        f.guest_port
+                    ));
+                }
+            }
+        }
+        let vnics: Vec<&[crate::devices::Vnic]> =
+            scenario.guests.iter().map(|g| g.vnic.as_slice()).collect();
+        args = net.qemu_args(&vnics, scenario.disk.is_none());
+    }
     if let Some(disk) = &scenario.disk {
         if let Some((base, irq)) = crate::devices::mmio_slot(0) {
             reach.push(format!(
@@ -55,7 +82,7 @@ pub fn endpoints(scenario: &Scenario) -> (Vec<String>, Vec<String>) {
             ));
         }
     }
-    (Vec::new(), reach)
+    (args, reach)
 }
 
 impl Booter<'_> {
@@ -125,14 +152,17 @@ impl Booter<'_> {
             .copied()
             .collect::<Vec<_>>()
             .join(" ");
-        let (mut extra, _) = endpoints(&scenario);
+        let (net, _) = endpoints(&scenario);
+        let mut extra = Vec::new();
         if scenario.icount && self.accel == crate::qemu::Accel::Tcg {
             extra.extend(crate::bench::ICOUNT_ARGS.iter().map(|s| s.to_string()));
         }
+        // The disk's device first (slot 7), then the network's (`mmio_slot`).
         if let Some(disk) = &scenario.disk {
             let image = disk.ensure_image(&self.root)?;
             extra.extend(disk.qemu_args(&image));
         }
+        extra.extend(net);
         extra.extend(qemu_extra.iter().cloned());
         let log = self
             .work_dir()

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tahoma_core::bootpack::{DomainFlags, DomainSpec, PackBuilder, NAME_LEN};
 use tahoma_core::loader::{self, ImageError};
 
-use crate::devices::{self, Disk, Vblk};
+use crate::devices::{self, Disk, Net, Vblk, Vnic};
 use toml::Spanned;
 
 /// Bytes per page.
@@ -58,6 +58,22 @@ struct RawManifest {
     #[serde(default)]
     channel: Vec<RawChannel>,
     disk: Option<RawDisk>,
+    net: Option<RawNet>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNet {
+    driver: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVnic {
+    ip: Spanned<String>,
+    mac: Option<Spanned<String>>,
+    #[serde(default)]
+    forward: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +114,8 @@ struct RawGuest {
     dma: Option<Spanned<String>>,
     #[serde(default)]
     vblk: Vec<RawVblk>,
+    #[serde(default)]
+    vnic: Vec<RawVnic>,
 }
 
 /// A validated scenario.
@@ -128,6 +146,8 @@ pub struct Scenario {
     pub channels: Vec<Channel>,
     /// The disk image and its driver domain (`[disk]`), if any.
     pub disk: Option<Disk>,
+    /// The network's driver domain (`[net]`), if any.
+    pub net: Option<Net>,
 }
 
 /// A named channel between two guests, wired by the hypervisor before any
@@ -171,6 +191,8 @@ pub struct Guest {
     pub dma_pages: u32,
     /// Virtual disks (`[[guest.vblk]]`): extents of the scenario's disk.
     pub vblk: Vec<Vblk>,
+    /// Virtual NICs (`[[guest.vnic]]`) on the scenario's switch.
+    pub vnic: Vec<Vnic>,
 }
 
 /// A manifest error, pointing at the file and line.
@@ -313,6 +335,7 @@ impl Scenario {
         let guests: Vec<Guest> = guests.into_iter().map(|(g, _)| g).collect();
         let channels = channels(&cx, &raw.channel, &guests)?;
         let disk = disk(&cx, &name, raw.disk.as_ref(), &raw.guest, &guests)?;
+        let net = net(&cx, raw.net.as_ref(), &raw.guest, &guests)?;
 
         Ok(Scenario {
             name,
@@ -326,6 +349,7 @@ impl Scenario {
             guests,
             channels,
             disk,
+            net,
         })
     }
 
@@ -505,6 +529,10 @@ impl Scenario {
             let vblks: Vec<&[Vblk]> = self.guests.iter().map(|g| g.vblk.as_slice()).collect();
             disk.pack(&mut b, &vblks)?;
         }
+        if let Some(net) = &self.net {
+            let vnics: Vec<&[Vnic]> = self.guests.iter().map(|g| g.vnic.as_slice()).collect();
+            net.pack(&mut b, u32::from(self.disk.is_some()), &vnics)?;
+        }
         Ok(b.finish())
     }
 }
@@ -617,6 +645,7 @@ fn expand_guest<'a>(
         ));
     }
     let vblk = vblks(cx, g)?;
+    let vnic = vnics(cx, g)?;
     let pages = |v: &Spanned<String>, what: &str| -> Result<u32, ManifestError> {
         let bytes = parse_size(v.get_ref()).map_err(|e| cx.at(v, format!("{what}: {e}")))?;
         if bytes % PAGE != 0 {
@@ -732,6 +761,7 @@ fn expand_guest<'a>(
                 weight,
                 dma_pages,
                 vblk: vblk.clone(),
+                vnic: vnic.clone(),
             },
             &g.name,
         ));
@@ -787,6 +817,188 @@ fn vblks(cx: &Ctx<'_>, g: &RawGuest) -> Result<Vec<Vblk>, ManifestError> {
         });
     }
     Ok(out)
+}
+
+/// A guest's `[[guest.vnic]]` entries, each checked alone: a static IPv4
+/// address usable on QEMU's user network, a unicast MAC (given, or derived
+/// from the guest's name), forwards that parse; at most
+/// `MAX_VNIC_PER_GUEST`, and only on a guest without `count`. Uniqueness
+/// across guests and `[net]` itself are checked by [`net`].
+fn vnics(cx: &Ctx<'_>, g: &RawGuest) -> Result<Vec<Vnic>, ManifestError> {
+    if g.vnic.len() > devices::MAX_VNIC_PER_GUEST {
+        return Err(cx.at(
+            &g.vnic[devices::MAX_VNIC_PER_GUEST].ip,
+            format!(
+                "guest `{}` has more than {} [[guest.vnic]] NICs",
+                g.name.get_ref(),
+                devices::MAX_VNIC_PER_GUEST
+            ),
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, v) in g.vnic.iter().enumerate() {
+        if g.count.is_some() {
+            return Err(cx.at(
+                &v.ip,
+                "a guest with [[guest.vnic]] cannot have `count`: every copy would get the same address; write one [[guest]] per copy",
+            ));
+        }
+        let ip = devices::parse_ipv4(v.ip.get_ref()).ok_or_else(|| {
+            cx.at(
+                &v.ip,
+                format!(
+                    "vnic ip `{}` is not an IPv4 address like \"10.0.2.10\"",
+                    v.ip.get_ref()
+                ),
+            )
+        })?;
+        if let Some(why) = devices::ipv4_problem(ip) {
+            return Err(cx.at(
+                &v.ip,
+                format!("vnic ip `{}` {why}: pick one of 10.0.2.4..=10.0.2.14 or 10.0.2.31..=10.0.2.254", v.ip.get_ref()),
+            ));
+        }
+        let mac = match &v.mac {
+            None => devices::derived_mac(g.name.get_ref(), i),
+            Some(m) => {
+                let mac = devices::parse_mac(m.get_ref()).ok_or_else(|| {
+                    cx.at(
+                        m,
+                        format!(
+                            "vnic mac `{}` is not a MAC like \"02:00:00:00:00:01\"",
+                            m.get_ref()
+                        ),
+                    )
+                })?;
+                if mac[0] & 1 != 0 || mac == [0; 6] || mac == devices::UPLINK_MAC {
+                    return Err(cx.at(
+                        m,
+                        format!("vnic mac `{}` must be a unicast address other than 00:00:00:00:00:00 and QEMU's own 52:54:00:12:34:56 (leave `mac` out to derive one from the guest's name)", m.get_ref()),
+                    ));
+                }
+                mac
+            }
+        };
+        let mut forward = Vec::new();
+        for f in &v.forward {
+            forward.push(devices::Forward::parse(f.get_ref()).map_err(|e| cx.at(f, e))?);
+        }
+        out.push(Vnic {
+            mac,
+            ipv4: ip,
+            forward,
+        });
+    }
+    Ok(out)
+}
+
+/// Validates `[net]` against the guests: a driver that is one privileged
+/// guest with room for its DMA region; every `[[guest.vnic]]` needs
+/// `[net]`, is not on the driver itself, and has a MAC, an address and
+/// host ports no other vNIC has; at most `MAX_VNICS` in all.
+fn net(
+    cx: &Ctx<'_>,
+    raw: Option<&RawNet>,
+    raw_guests: &[RawGuest],
+    guests: &[Guest],
+) -> Result<Option<Net>, ManifestError> {
+    let Some(raw) = raw else {
+        if let Some(v) = raw_guests.iter().flat_map(|g| &g.vnic).next() {
+            return Err(cx.at(
+                &v.ip,
+                "[[guest.vnic]] needs a top-level [net] (driver = a privileged guest that switches the network)",
+            ));
+        }
+        return Ok(None);
+    };
+    let driver_name = raw.driver.get_ref();
+    let Some(driver) = guests.iter().position(|g| &g.name == driver_name) else {
+        return Err(cx.at(
+            &raw.driver,
+            format!("net driver `{driver_name}` is not a guest of this scenario"),
+        ));
+    };
+    let d = &guests[driver];
+    if !d.privileged {
+        return Err(cx.at(
+            &raw.driver,
+            format!("net driver `{driver_name}` must be a privileged guest (add `privileged = true` to it)"),
+        ));
+    }
+    let dma = if d.dma_pages == 0 {
+        DEFAULT_DMA_PAGES
+    } else {
+        u64::from(d.dma_pages)
+    };
+    if u64::from(d.mem_pages) < dma + 2 + DRIVER_MIN_PAGES {
+        return Err(cx.at(
+            &raw.driver,
+            format!(
+                "net driver `{driver_name}` has memory for {} pages, its DMA region ({}K; `dma`, default 2M) and device tables need {} more than a plain guest: give it more `memory` or a smaller `dma`",
+                d.mem_pages,
+                dma * 4,
+                dma + 2
+            ),
+        ));
+    }
+    let mut count = 0;
+    let mut macs: BTreeMap<[u8; 6], &str> = BTreeMap::new();
+    let mut ips: BTreeMap<[u8; 4], &str> = BTreeMap::new();
+    let mut ports: BTreeMap<(&str, u16), &str> = BTreeMap::new();
+    for g in raw_guests {
+        let name = g.name.get_ref();
+        let Some(parsed) = guests.iter().find(|x| &x.name == name) else {
+            continue;
+        };
+        for (v, p) in g.vnic.iter().zip(&parsed.vnic) {
+            if name == driver_name {
+                return Err(cx.at(
+                    &v.ip,
+                    format!("`{name}` drives the network: it owns the uplink, not a vNIC"),
+                ));
+            }
+            count += 1;
+            if count > devices::MAX_VNICS {
+                return Err(cx.at(
+                    &v.ip,
+                    format!(
+                        "more than {} vNICs on one switch (the driver's start-info table holds {})",
+                        devices::MAX_VNICS,
+                        devices::MAX_VNICS
+                    ),
+                ));
+            }
+            if let Some(other) = macs.insert(p.mac, name) {
+                let at = v.mac.as_ref().map_or(v.ip.span(), |m| m.span());
+                return Err(cx.err(
+                    Some(at),
+                    format!("this vNIC of `{name}` has the MAC of a vNIC of `{other}`: give one a different `mac`"),
+                ));
+            }
+            if let Some(other) = ips.insert(p.ipv4, name) {
+                return Err(cx.at(
+                    &v.ip,
+                    format!(
+                        "vnic ip `{}` of `{name}` is already `{other}`'s",
+                        v.ip.get_ref()
+                    ),
+                ));
+            }
+            for (f, pf) in v.forward.iter().zip(&p.forward) {
+                if let Some(other) = ports.insert((pf.proto.name(), pf.host_port), name) {
+                    return Err(cx.at(
+                        f,
+                        format!(
+                            "host port {}:{} is already forwarded to `{other}`",
+                            pf.proto.name(),
+                            pf.host_port
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(Some(Net { driver }))
 }
 
 /// Validates `[disk]` against the guests: a size that is whole sectors, an
@@ -1384,6 +1596,221 @@ size = "16M"
             parse(&with_file).unwrap().disk.unwrap().file,
             PathBuf::from("target/x/y.img")
         );
+    }
+
+    const NET: &str = r#"
+[net]
+driver = "drv"
+
+[[guest]]
+name = "drv"
+image = "hello"
+memory = "4M"
+privileged = true
+
+[[guest]]
+name = "a"
+image = "hello"
+memory = "1M"
+
+[[guest.vnic]]
+ip = "10.0.2.10"
+forward = ["tcp:8080:80", "udp:5353:53"]
+
+[[guest]]
+name = "b"
+image = "hello"
+memory = "1M"
+
+[[guest.vnic]]
+ip = "10.0.2.11"
+mac = "02:00:00:00:00:0b"
+"#;
+
+    #[test]
+    fn nets_are_parsed_and_packed() {
+        use crate::devices::{derived_mac, Forward};
+        let s = parse(NET).unwrap();
+        assert_eq!(s.net, Some(Net { driver: 0 }));
+        assert!(s.guests[0].vnic.is_empty());
+        assert_eq!(
+            s.guests[1].vnic,
+            [Vnic {
+                mac: derived_mac("a", 0),
+                ipv4: [10, 0, 2, 10],
+                forward: vec![
+                    Forward::parse("tcp:8080:80").unwrap(),
+                    Forward::parse("udp:5353:53").unwrap()
+                ],
+            }]
+        );
+        assert_eq!(s.guests[2].vnic[0].mac, [2, 0, 0, 0, 0, 0x0b]);
+        let (args, reach) = crate::machine::endpoints(&s);
+        let args = args.join(" ");
+        assert!(
+            args.starts_with("-machine acpi=off -global virtio-mmio.force-legacy=false -netdev user,id=n0,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:8080-10.0.2.10:80,hostfwd=udp:127.0.0.1:5353-10.0.2.10:53 "),
+            "{args}"
+        );
+        assert!(
+            reach[0].contains("virtio-net at 0xfeb00e00, IOAPIC input 12"),
+            "{reach:?}"
+        );
+        assert!(
+            reach
+                .iter()
+                .any(|r| r == "tcp 127.0.0.1:8080 -> `a` 10.0.2.10:80"),
+            "{reach:?}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("tahoma-net-pack-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hello"), b"\x7fELF-fake").unwrap();
+        let bytes = s.pack(&dir).unwrap();
+        let devs: Vec<_> = Pack::parse(&bytes).unwrap().devices().collect();
+        let got: Vec<_> = devs
+            .iter()
+            .map(|d| (d.kind, d.domain, d.id, d.base, d.size, d.irq))
+            .collect();
+        let m = derived_mac("a", 0);
+        let mut a = [0u8; 8];
+        a[2..].copy_from_slice(&m);
+        assert_eq!(
+            got,
+            [
+                (1, 0, 1, 0xfeb0_0e00, 0x200, 12),
+                (3, 1, 0, u64::from_be_bytes(a), 0x0a00_020a, 0),
+                (3, 2, 0, 0x0200_0000_000b, 0x0a00_020b, 0)
+            ]
+        );
+        // With a disk, the network is the second virtio device (slot 6).
+        let both = format!("[disk]\nsize = \"1M\"\ndriver = \"drv\"\n{}", NET);
+        let s = parse(&both).unwrap();
+        let devs: Vec<_> = Pack::parse(&s.pack(&dir).unwrap())
+            .unwrap()
+            .devices()
+            .collect();
+        assert_eq!(
+            (devs[1].id, devs[1].base, devs[1].irq),
+            (1, 0xfeb0_0c00, 11)
+        );
+        let (args, _) = crate::machine::endpoints(&s);
+        assert!(!args.join(" ").contains("-machine"), "the disk gives them");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_nets_name_the_line() {
+        let cases: &[(&str, &str, usize, &str)] = &[
+            (
+                "driver = \"drv\"",
+                "driver = \"a\"",
+                3,
+                "must be a privileged guest",
+            ),
+            (
+                "driver = \"drv\"",
+                "driver = \"zz\"",
+                3,
+                "not a guest of this scenario",
+            ),
+            (
+                "ip = \"10.0.2.10\"",
+                "ip = \"10.0.2.2\"",
+                17,
+                "QEMU's gateway",
+            ),
+            ("ip = \"10.0.2.10\"", "ip = \"10.0.2.16\"", 17, "DHCP pool"),
+            (
+                "ip = \"10.0.2.10\"",
+                "ip = \"192.168.1.4\"",
+                17,
+                "outside QEMU's user network",
+            ),
+            (
+                "ip = \"10.0.2.10\"",
+                "ip = \"ten\"",
+                17,
+                "not an IPv4 address",
+            ),
+            (
+                "ip = \"10.0.2.11\"",
+                "ip = \"10.0.2.10\"",
+                26,
+                "already `a`'s",
+            ),
+            (
+                "\"02:00:00:00:00:0b\"",
+                "\"03:00:00:00:00:0b\"",
+                27,
+                "must be a unicast address",
+            ),
+            (
+                "\"02:00:00:00:00:0b\"",
+                "\"52:54:00:12:34:56\"",
+                27,
+                "QEMU's own",
+            ),
+            (
+                "\"02:00:00:00:00:0b\"",
+                "\"02:00:00:00:0b\"",
+                27,
+                "not a MAC",
+            ),
+            (
+                "\"tcp:8080:80\"",
+                "\"tcp:8080\"",
+                18,
+                "tcp:HOSTPORT:GUESTPORT",
+            ),
+            (
+                "mac = \"02:00:00:00:00:0b\"",
+                "forward = [\"tcp:8080:81\"]",
+                27,
+                "host port tcp:8080 is already forwarded to `a`",
+            ),
+            (
+                "[net]\ndriver = \"drv\"\n",
+                "",
+                15,
+                "needs a top-level [net]",
+            ),
+            ("memory = \"4M\"", "memory = \"1M\"", 3, "DMA region"),
+            (
+                "name = \"a\"\nimage = \"hello\"\nmemory = \"1M\"\n",
+                "name = \"a\"\nimage = \"hello\"\nmemory = \"1M\"\ncount = 2\n",
+                18,
+                "cannot have `count`",
+            ),
+        ];
+        for (from, to, line, want) in cases {
+            let text = NET.replacen(from, to, 1);
+            assert_ne!(text, NET, "{from}");
+            let e = err(&text);
+            assert!(e.message.contains(want), "{from} -> {to}: {e}");
+            assert_eq!(e.line, Some(*line), "{from} -> {to}: {e}");
+        }
+        let on_driver = NET.replacen(
+            "privileged = true\n",
+            "privileged = true\n[[guest.vnic]]\nip = \"10.0.2.40\"\n",
+            1,
+        );
+        let e = err(&on_driver);
+        assert!(e.message.contains("drives the network"), "{e}");
+        let mut many = String::from("[net]\ndriver = \"drv\"\n[[guest]]\nname = \"drv\"\nimage = \"hello\"\nmemory = \"4M\"\nprivileged = true\n");
+        for i in 0..=devices::MAX_VNICS {
+            many += &format!(
+                "[[guest]]\nname = \"g{i}\"\nimage = \"hello\"\nmemory = \"1M\"\n[[guest.vnic]]\nip = \"10.0.2.{}\"\n",
+                40 + i
+            );
+        }
+        let e = err(&many);
+        assert!(e.message.contains("more than 8 vNICs"), "{e}");
+        let e = err(&NET.replacen(
+            "ip = \"10.0.2.11\"\n",
+            "ip = \"10.0.2.11\"\n[[guest.vnic]]\nip = \"10.0.2.12\"\n[[guest.vnic]]\nip = \"10.0.2.13\"\n",
+            1,
+        ));
+        assert!(e.message.contains("more than 2 [[guest.vnic]]"), "{e}");
     }
 
     #[test]

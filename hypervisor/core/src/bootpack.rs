@@ -106,6 +106,8 @@ pub const IOAPIC_PINS: u32 = 24;
 pub const SECTOR_SIZE: u64 = 512;
 /// virtio device id of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
+/// virtio device id of a network device.
+pub const VIRTIO_ID_NET: u32 = 1;
 
 /// What a [`DeviceRecord`] describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +121,12 @@ pub enum DeviceKind {
     /// MMIO record `id` (a block device), `base` = first byte on that disk,
     /// `size` = bytes, `flags` = [`ExtentFlags`].
     VblkExtent = 2,
+    /// A virtual NIC of guest `domain` on the switch of the driver domain
+    /// that owns MMIO record `id` (a network device, the uplink): `base` =
+    /// its MAC address (the six bytes big-endian in the low 48 bits, a
+    /// unicast address), `size` = its IPv4 address (big-endian, in the low
+    /// 32 bits), `flags` and `irq` zero (`MEM-3c`, `NET-*`).
+    Vnic = 3,
 }
 
 bitflags::bitflags! {
@@ -179,6 +187,13 @@ pub enum DeviceFault {
     Overlap,
     /// A reserved field or unknown flag is not zero.
     Reserved,
+    /// A vNIC's uplink is not an MMIO record of a network device.
+    NoSuchNic,
+    /// A vNIC with a multicast or zero MAC, a zero IPv4 address or one with
+    /// high bits set, or that belongs to its switch's own driver domain.
+    BadVnic,
+    /// Two vNICs of one switch share a MAC or an IPv4 address.
+    DuplicateAddress,
 }
 
 impl core::fmt::Display for DeviceFault {
@@ -202,6 +217,15 @@ impl core::fmt::Display for DeviceFault {
             }
             DeviceFault::Overlap => "the extent overlaps another extent of the same disk",
             DeviceFault::Reserved => "a reserved field or unknown flag is not zero",
+            DeviceFault::NoSuchNic => {
+                "its uplink is not a network device record of the pack"
+            }
+            DeviceFault::BadVnic => {
+                "the vNIC's MAC is multicast or zero, its IPv4 address is zero or too wide, or it is the driver domain's"
+            }
+            DeviceFault::DuplicateAddress => {
+                "the vNIC's MAC or IPv4 address is another vNIC's on the same switch"
+            }
         })
     }
 }
@@ -591,6 +615,29 @@ fn check_devices(pack: &Pack<'_>) -> Result<(), PackError> {
             if overlap {
                 return Err(bad(DeviceFault::Overlap));
             }
+        } else if r.kind == DeviceKind::Vnic as u32 {
+            if r.flags != 0 || r.irq != 0 {
+                return Err(bad(DeviceFault::Reserved));
+            }
+            let Some(nic) = records
+                .get(r.id as usize)
+                .filter(|d| d.kind == mmio && d.id == VIRTIO_ID_NET)
+            else {
+                return Err(bad(DeviceFault::NoSuchNic));
+            };
+            let mac_ok = r.base != 0 && r.base >> 48 == 0 && (r.base >> 40) & 1 == 0;
+            let ip_ok = r.size != 0 && r.size >> 32 == 0;
+            if !mac_ok || !ip_ok || r.domain == nic.domain {
+                return Err(bad(DeviceFault::BadVnic));
+            }
+            let dup = records[..i].iter().any(|o| {
+                o.kind == DeviceKind::Vnic as u32
+                    && o.id == r.id
+                    && (o.base == r.base || o.size == r.size)
+            });
+            if dup {
+                return Err(bad(DeviceFault::DuplicateAddress));
+            }
         } else {
             return Err(bad(DeviceFault::BadKind));
         }
@@ -801,6 +848,24 @@ impl PackBuilder {
             base: offset,
             size,
             flags: flags.bits(),
+            reserved: [0; 7],
+        });
+    }
+
+    /// Gives the domain added `domain`th a virtual NIC on the switch of
+    /// device record `nic` (a network device): MAC `mac`, IPv4 address
+    /// `ipv4`. Checked where the pack is read.
+    pub fn vnic(&mut self, domain: u32, nic: u32, mac: [u8; 6], ipv4: [u8; 4]) {
+        let mut m = [0u8; 8];
+        m[2..].copy_from_slice(&mac);
+        self.devices.push(DeviceRecord {
+            kind: DeviceKind::Vnic as u32,
+            domain,
+            id: nic,
+            irq: 0,
+            base: u64::from_be_bytes(m),
+            size: u64::from(u32::from_be_bytes(ipv4)),
+            flags: 0,
             reserved: [0; 7],
         });
     }
@@ -1239,6 +1304,100 @@ mod tests {
     }
 
     #[test]
+    fn vnic_records_are_checked() {
+        use DeviceFault::*;
+        const NET: u64 = 0xfeb0_0c00;
+        let nic = |b: &mut PackBuilder| b.mmio_device(0, VIRTIO_ID_NET, NET, 11);
+        let mac = |last: u8| [0x02, 0, 0, 0, 0, last];
+        let ok = |b: &mut PackBuilder| {
+            let n = nic(b);
+            b.vnic(1, n, mac(1), [10, 0, 2, 10]);
+            b.vnic(2, n, mac(2), [10, 0, 2, 11]);
+        };
+        assert_eq!(device_fault(ok), None);
+        let bytes = with_devices(ok).unwrap();
+        let devs: alloc::vec::Vec<_> = Pack::parse(&bytes).unwrap().devices().collect();
+        assert_eq!(
+            (devs[1].kind, devs[1].domain, devs[1].id),
+            (DeviceKind::Vnic as u32, 1, 0)
+        );
+        assert_eq!(
+            (devs[1].base, devs[1].size),
+            (0x0200_0000_0001, 0x0a00_020a)
+        );
+        assert_eq!(
+            device_fault(|b| b.vnic(1, 0, mac(1), [10, 0, 2, 10])),
+            Some((0, NoSuchNic)),
+            "no uplink record"
+        );
+        assert_eq!(
+            device_fault(|b| {
+                let d = b.mmio_device(0, VIRTIO_ID_BLOCK, NET, 11);
+                b.vnic(1, d, mac(1), [10, 0, 2, 10]);
+            }),
+            Some((1, NoSuchNic)),
+            "a disk is no uplink"
+        );
+        for (m, ip, dom) in [
+            ([0u8; 6], [10, 0, 2, 10], 1),
+            ([0x03, 0, 0, 0, 0, 1], [10, 0, 2, 10], 1),
+            ([0xff; 6], [10, 0, 2, 10], 1),
+            (mac(1), [0; 4], 1),
+            (mac(1), [10, 0, 2, 10], 0),
+        ] {
+            assert_eq!(
+                device_fault(|b| {
+                    let n = nic(b);
+                    b.vnic(dom, n, m, ip);
+                }),
+                Some((1, BadVnic)),
+                "{m:?} {ip:?} {dom}"
+            );
+        }
+        for (m2, ip2) in [(mac(1), [10, 0, 2, 11]), (mac(2), [10, 0, 2, 10])] {
+            assert_eq!(
+                device_fault(|b| {
+                    let n = nic(b);
+                    b.vnic(1, n, mac(1), [10, 0, 2, 10]);
+                    b.vnic(2, n, m2, ip2);
+                }),
+                Some((2, DuplicateAddress))
+            );
+        }
+        let mut bytes = with_devices(|b| {
+            let n = nic(b);
+            b.vnic(1, n, mac(1), [10, 0, 2, 10]);
+        })
+        .unwrap();
+        let h = PackHeader::read_from_prefix(&bytes).unwrap().0;
+        let off = (h.channels_offset + h.channel_count * 64) as usize + 64;
+        for edit in [
+            (&|r: &mut DeviceRecord| r.size = 1 << 32) as &dyn Fn(&mut DeviceRecord),
+            &|r| r.base = 1 << 48,
+            &|r| r.flags = 1,
+            &|r| r.irq = 1,
+        ] {
+            let mut r = DeviceRecord::read_from_prefix(&bytes[off..]).unwrap().0;
+            edit(&mut r);
+            let saved = bytes.clone();
+            bytes[off..off + 64].copy_from_slice(r.as_bytes());
+            let sum = checksum(&bytes, Some(CHECKSUM_OFFSET));
+            bytes[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 8].copy_from_slice(&sum.to_le_bytes());
+            assert!(
+                matches!(
+                    Pack::parse(&bytes),
+                    Err(PackError::BadDevice {
+                        index: 1,
+                        why: BadVnic | Reserved
+                    })
+                ),
+                "{r:?}"
+            );
+            bytes = saved;
+        }
+    }
+
+    #[test]
     fn hostile_device_fields_are_refused() {
         let patch = |f: &dyn Fn(&mut DeviceRecord)| {
             let mut bytes = with_devices(|b| {
@@ -1258,7 +1417,7 @@ mod tests {
         assert_eq!(patch(&|r| r.reserved[6] = 1), bad(DeviceFault::Reserved));
         assert_eq!(patch(&|r| r.flags = 1), bad(DeviceFault::Reserved));
         assert_eq!(patch(&|r| r.kind = 0), bad(DeviceFault::BadKind));
-        assert_eq!(patch(&|r| r.kind = 3), bad(DeviceFault::BadKind));
+        assert_eq!(patch(&|r| r.kind = 4), bad(DeviceFault::BadKind));
         assert_eq!(patch(&|r| r.size = 0x1000), bad(DeviceFault::BadWindow));
         assert_eq!(
             patch(&|r| r.domain = u32::MAX),

@@ -6,8 +6,9 @@
 
 use alloc::vec::Vec;
 use hypercall_abi::layout::{
-    DeviceInfo, VblkInfo, DEVICE_KIND_VIRTIO_MMIO, DEVICE_VA_BASE, MAX_START_DEVICES,
-    MAX_START_VBLKS, VBLK_READONLY, VBLK_ROLE_BACKEND, VBLK_ROLE_FRONTEND,
+    DeviceInfo, VblkInfo, VnicInfo, DEVICE_KIND_VIRTIO_MMIO, DEVICE_VA_BASE, MAX_START_DEVICES,
+    MAX_START_VBLKS, MAX_START_VNICS, VBLK_READONLY, VBLK_ROLE_BACKEND, VBLK_ROLE_FRONTEND,
+    VNIC_ROLE_BACKEND, VNIC_ROLE_FRONTEND,
 };
 
 use crate::bootpack::{DeviceKind, DeviceRecord, ExtentFlags, NAME_LEN, SECTOR_SIZE};
@@ -188,21 +189,147 @@ pub fn wire_vblks(
     let mut tables: alloc::collections::BTreeMap<DomId, Vec<VblkInfo>> = Default::default();
     let mut failed = Vec::new();
     for l in links {
-        if !channels.exists(l.frontend) || !channels.exists(l.backend) {
-            failed.push(*l);
-            continue;
-        }
-        let Ok(fp) = channels.alloc_unbound(l.frontend, u64::from(l.backend)) else {
-            failed.push(*l);
-            continue;
-        };
-        let Ok(bp) = channels.bind_interdomain(l.backend, u64::from(l.frontend), u64::from(fp))
-        else {
-            let _ = channels.close(l.frontend, u64::from(fp));
+        let Some((fp, bp)) = connect(channels, l.frontend, l.backend) else {
             failed.push(*l);
             continue;
         };
         let (f, b) = vblk_entries(l, fp, bp, &name_of);
+        tables.entry(l.frontend).or_default().push(f);
+        tables.entry(l.backend).or_default().push(b);
+    }
+    (tables, failed)
+}
+
+/// Connects `frontend` and `backend` with an interdomain channel (EVT-1
+/// then EVT-2, as named channels are, EVT-7): their ports, or `None` (and
+/// nothing allocated) if an end does not exist or a port table refuses.
+fn connect(channels: &mut Channels, frontend: DomId, backend: DomId) -> Option<(Port, Port)> {
+    if !channels.exists(frontend) || !channels.exists(backend) {
+        return None;
+    }
+    let fp = channels.alloc_unbound(frontend, u64::from(backend)).ok()?;
+    match channels.bind_interdomain(backend, u64::from(frontend), u64::from(fp)) {
+        Ok(bp) => Some((fp, bp)),
+        Err(_) => {
+            let _ = channels.close(frontend, u64::from(fp));
+            None
+        }
+    }
+}
+
+/// The largest IP packet a vNIC carries (Ethernet's MTU).
+pub const VNIC_MTU: u16 = 1500;
+
+/// QEMU's user-network gateway, the default route of every vNIC.
+pub const VNIC_GATEWAY: [u8; 4] = [10, 0, 2, 2];
+
+/// One virtual NIC: a frontend's port on the switch of a driver domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VnicLink {
+    /// The guest using the vNIC.
+    pub frontend: DomId,
+    /// Its index among the frontend's vNICs.
+    pub index: u8,
+    /// The driver domain switching it.
+    pub backend: DomId,
+    /// The uplink's index in the backend's start-info device table.
+    pub device: u32,
+    /// The vNIC's MAC.
+    pub mac: [u8; 6],
+    /// Its IPv4 address.
+    pub ipv4: [u8; 4],
+}
+
+/// Every vNIC record of a (checked) pack as a link, in pack order. Records
+/// whose uplink is not a delegated device in its driver's table, or beyond
+/// [`MAX_START_VNICS`] for one frontend or one backend, are skipped
+/// (counted).
+pub fn vnic_links(records: &[DeviceRecord]) -> (Vec<VnicLink>, usize) {
+    let mut links: Vec<VnicLink> = Vec::new();
+    let mut skipped = 0;
+    for r in records {
+        if r.kind != DeviceKind::Vnic as u32 {
+            continue;
+        }
+        let nic = records
+            .get(r.id as usize)
+            .filter(|d| d.kind == DeviceKind::Mmio as u32);
+        let (Some(nic), Some(frontend)) = (nic, domain_id(r.domain)) else {
+            skipped += 1;
+            continue;
+        };
+        let (plan, _) = driver_plan(records, nic.domain);
+        let device = plan.records.iter().position(|&k| k == r.id);
+        let (Some(device), Some(backend)) = (device, domain_id(nic.domain)) else {
+            skipped += 1;
+            continue;
+        };
+        let index = links.iter().filter(|l| l.frontend == frontend).count();
+        if index >= MAX_START_VNICS
+            || links.iter().filter(|l| l.backend == backend).count() >= MAX_START_VNICS
+        {
+            skipped += 1;
+            continue;
+        }
+        let m = r.base.to_be_bytes();
+        let ip = u32::try_from(r.size).unwrap_or(0).to_be_bytes();
+        links.push(VnicLink {
+            frontend,
+            index: u8::try_from(index).unwrap_or(u8::MAX),
+            backend,
+            device: u32::try_from(device).unwrap_or(u32::MAX),
+            mac: [m[2], m[3], m[4], m[5], m[6], m[7]],
+            ipv4: ip,
+        });
+    }
+    (links, skipped)
+}
+
+/// The start-info entries of both ends of `link`, whose ports are
+/// `front_port` (frontend's) and `back_port` (backend's).
+pub fn vnic_entries(link: &VnicLink, front_port: Port, back_port: Port) -> (VnicInfo, VnicInfo) {
+    let front = VnicInfo {
+        role: VNIC_ROLE_FRONTEND,
+        index: link.index,
+        prefix_len: 24,
+        flags: 0,
+        peer_domain: link.backend,
+        mtu: VNIC_MTU,
+        port: front_port,
+        mac: link.mac,
+        reserved0: [0; 2],
+        ipv4: link.ipv4,
+        gateway: VNIC_GATEWAY,
+        device: 0,
+    };
+    let back = VnicInfo {
+        role: VNIC_ROLE_BACKEND,
+        peer_domain: link.frontend,
+        port: back_port,
+        device: link.device,
+        ..front
+    };
+    (front, back)
+}
+
+/// Connects every vNIC link whose ends both exist with an interdomain
+/// channel and returns each domain's start-info vNIC table, in link order,
+/// plus the links not wired.
+pub fn wire_vnics(
+    channels: &mut Channels,
+    links: &[VnicLink],
+) -> (
+    alloc::collections::BTreeMap<DomId, Vec<VnicInfo>>,
+    Vec<VnicLink>,
+) {
+    let mut tables: alloc::collections::BTreeMap<DomId, Vec<VnicInfo>> = Default::default();
+    let mut failed = Vec::new();
+    for l in links {
+        let Some((fp, bp)) = connect(channels, l.frontend, l.backend) else {
+            failed.push(*l);
+            continue;
+        };
+        let (f, b) = vnic_entries(l, fp, bp);
         tables.entry(l.frontend).or_default().push(f);
         tables.entry(l.backend).or_default().push(b);
     }
@@ -248,6 +375,17 @@ mod tests {
         }
         fn mmio_device(&mut self, domain: u32, id: u32, base: u64, irq: u32) -> u32 {
             self.push(DeviceKind::Mmio, domain, id, irq, base, 0x200, 0)
+        }
+        fn vnic(&mut self, domain: u32, nic: u32, last: u8) {
+            self.push(
+                DeviceKind::Vnic,
+                domain,
+                nic,
+                0,
+                0x0200_0000_0000 | u64::from(last),
+                0x0a00_0200 | u64::from(last),
+                0,
+            );
         }
         fn vblk_extent(&mut self, domain: u32, disk: u32, offset: u64, size: u64, f: ExtentFlags) {
             self.push(
@@ -377,5 +515,74 @@ mod tests {
         assert_eq!(c.send(1, u64::from(b.port)).unwrap().port, f.port);
         // Nothing allocated for the failed link.
         assert_eq!(c.table(1).unwrap().in_use(), 1);
+    }
+
+    #[test]
+    fn mem_3c_vnics_are_numbered_per_frontend_and_wired_both_ways() {
+        let recs = records(|b| {
+            b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, 12);
+            let nic = b.mmio_device(0, 1, SLOT6, 11);
+            b.vnic(1, nic, 10);
+            b.vnic(2, nic, 11);
+            b.vnic(1, nic, 12);
+            b.vnic(3, nic, 13);
+        });
+        let (links, skipped) = vnic_links(&recs);
+        assert_eq!(skipped, 0);
+        assert_eq!(
+            links
+                .iter()
+                .map(|l| (l.frontend, l.index, l.backend, l.device))
+                .collect::<Vec<_>>(),
+            vec![(2, 0, 1, 1), (3, 0, 1, 1), (2, 1, 1, 1), (4, 0, 1, 1)]
+        );
+        assert_eq!(links[0].mac, [2, 0, 0, 0, 0, 10]);
+        assert_eq!(links[0].ipv4, [10, 0, 2, 10]);
+        let mut c = Channels::new();
+        for d in 1..=3 {
+            c.add_domain(d);
+        }
+        // Domain 4 was not built: its link fails and allocates nothing.
+        let (tables, failed) = wire_vnics(&mut c, &links);
+        assert_eq!(failed, vec![links[3]]);
+        assert_eq!(tables[&1].len(), 3);
+        assert_eq!(tables[&2].len(), 2);
+        let f = tables[&3][0];
+        let b = tables[&1][1];
+        assert_eq!(
+            (f.role, f.index, f.peer_domain, f.mtu, f.prefix_len),
+            (VNIC_ROLE_FRONTEND, 0, 1, 1500, 24)
+        );
+        assert_eq!(
+            (f.mac, f.ipv4, f.gateway),
+            ([2, 0, 0, 0, 0, 11], [10, 0, 2, 11], [10, 0, 2, 2])
+        );
+        assert_eq!((f.device, f.flags, f.reserved0), (0, 0, [0; 2]));
+        assert_eq!(
+            (b.role, b.index, b.peer_domain, b.device),
+            (VNIC_ROLE_BACKEND, 0, 3, 1)
+        );
+        assert_eq!((b.mac, b.ipv4), (f.mac, f.ipv4));
+        assert_eq!(
+            c.table(3).unwrap().get(f.port),
+            Some(PortState::Interdomain {
+                remote: 1,
+                remote_port: b.port
+            })
+        );
+        assert_eq!(c.send(1, u64::from(b.port)).unwrap().port, f.port);
+        assert_eq!(c.table(1).unwrap().in_use(), 3);
+    }
+
+    #[test]
+    fn mem_3c_at_most_the_start_info_table_of_vnics_per_switch() {
+        let recs = records(|b| {
+            let nic = b.mmio_device(0, 1, SLOT6, 11);
+            for k in 0..(MAX_START_VNICS as u8 + 2) {
+                b.vnic(u32::from(k) + 1, nic, 10 + k);
+            }
+        });
+        let (links, skipped) = vnic_links(&recs);
+        assert_eq!((links.len(), skipped), (MAX_START_VNICS, 2));
     }
 }

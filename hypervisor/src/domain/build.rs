@@ -227,6 +227,10 @@ pub fn build(
         vblk_count: 0,
         devices: zerocopy::FromZeros::new_zeroed(),
         vblks: zerocopy::FromZeros::new_zeroed(),
+        // vNICs are wired by `io::setup` too (MEM-3c, NET-*).
+        vnic_count: 0,
+        reserved2: 0,
+        vnics: zerocopy::FromZeros::new_zeroed(),
     };
     for (slot, dev) in si.devices.iter_mut().zip(&io.devices) {
         *slot = *dev;
