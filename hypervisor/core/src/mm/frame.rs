@@ -76,9 +76,11 @@ pub(super) const OP_REF: u8 = 1 << 3;
 /// Flag: a device (non-RAM) frame delegated to a driver domain (IO-0,
 /// `Mm::delegate_io`), for a device frame the table has a record of. An
 /// entry naming it holds no reference, and releasing that entry must know
-/// so in O(1): `Mm::put_data` reads this bit of the record it loads anyway
-/// (the list of delegated frames stays the authority; the audit checks the
-/// two agree). While set, the frame is not idle: it cannot change hands.
+/// so in O(1): while set, the frame is not idle (it cannot change hands,
+/// so it stays the hypervisor's and never has a count), and `Mm::put_data`
+/// finds a zero count in the record it loads anyway, where this bit is
+/// asserted. The list of delegated frames stays the authority; the audit
+/// checks the two agree.
 pub(super) const DEVICE: u8 = 1 << 4;
 
 /// One frame's accounting. 24 bytes; the table has one per frame of RAM.

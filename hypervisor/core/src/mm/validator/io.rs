@@ -10,9 +10,10 @@
 //!
 //! The list here is the authority ([`Mm::is_io`], [`Mm::io_owner`]); a
 //! delegated frame the frame table has a record of also carries the
-//! `DEVICE` flag, which is what the release path (`put_data`) tests, in
-//! O(1), and which keeps the frame from changing hands while delegated
-//! (it is not idle). The audit checks that flag and list agree.
+//! `DEVICE` flag, which keeps the frame from changing hands while delegated
+//! (it is not idle), so it never has a count: the release path
+//! (`put_data`) tells a device entry by the zero count of the record it
+//! loads anyway, in O(1). The audit checks that flag and list agree.
 
 use super::*;
 use crate::mm::frame::DEVICE;
