@@ -6,7 +6,7 @@
 //! target run it after every operation; the hypervisor runs it at the end of
 //! every run ([`audit_holds`]) and fails the run on any error. O(frames + 512 x tables); allocates one vector.
 
-use super::frame::{FrameType, Owner};
+use super::frame::{FrameType, Owner, DEVICE};
 use super::pte::{Level, ACCESSED, ENTRIES, FIRST_HYPERVISOR_SLOT};
 use super::{Mm, PhysMem};
 use crate::frames::Mfn;
@@ -100,6 +100,11 @@ fn check<M: PhysMem>(
             return fail(mfn, "frame missing");
         };
         check_frame_alone(mfn, f)?;
+        // The release path trusts the flag alone (IO-0): it must say
+        // exactly what the list of delegated frames says.
+        if (f.flags & DEVICE != 0) != mm.is_io(mfn) {
+            return fail(mfn, "device flag and delegated-frame list disagree");
+        }
         if f.pinned() || f.held_by_operation() {
             bump(&mut expected, mfn, true)?;
         }

@@ -73,6 +73,15 @@ pub(super) const PARTIAL: u8 = 1 << 2;
 /// Flag: a bounded pin or unpin in progress holds a type and a total
 /// reference on the frame (the root of its chain of partial tables).
 pub(super) const OP_REF: u8 = 1 << 3;
+/// Flag: a device (non-RAM) frame delegated to a driver domain (IO-0,
+/// `Mm::delegate_io`), for a device frame the table has a record of. An
+/// entry naming it holds no reference, and releasing that entry must know
+/// so in O(1): while set, the frame is not idle (it cannot change hands,
+/// so it stays the hypervisor's and never has a count), and `Mm::put_data`
+/// finds a zero count in the record it loads anyway, where this bit is
+/// asserted. The list of delegated frames stays the authority; the audit
+/// checks the two agree.
+pub(super) const DEVICE: u8 = 1 << 4;
 
 /// One frame's accounting. 24 bytes; the table has one per frame of RAM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -155,13 +164,14 @@ impl FrameInfo {
         self.held
     }
     /// Nothing refers to it (no page-table entry, pin, loaded root or
-    /// hypervisor hold) and it has no type: it may change hands.
+    /// hypervisor hold), it has no type and is not a delegated device
+    /// frame: it may change hands.
     pub const fn idle(&self) -> bool {
         self.type_count == 0
             && self.total_count == 0
             && self.loaded == 0
             && self.held == 0
-            && self.flags & (PINNED | PARTIAL | OP_REF) == 0
+            && self.flags & (PINNED | PARTIAL | OP_REF | DEVICE) == 0
     }
 
     /// The accounting fields that a refused operation must leave unchanged

@@ -121,3 +121,78 @@ fn io_0_install_and_delegate_refusals() {
     assert_eq!(mm.delegate_io(VIRTIO, DOM), Ok(()));
     assert_eq!(mm.io_frames(DOM).collect::<Vec<_>>(), vec![VIRTIO, HYP_DEV]);
 }
+
+#[test]
+fn io_0_a_delegated_frame_cannot_change_hands_until_revoked() {
+    // The release path trusts the frame's DEVICE flag (O(1)); the frame
+    // must stay the hypervisor's device frame for as long as it is set.
+    let (mut mm, mut mem, _) = delegated();
+    let before = snapshot(&mm, &mem);
+    for r in [
+        mm.assign(HYP_DEV, Owner::Domain(DOM)),
+        mm.assign(HYP_DEV, Owner::Free),
+        mm.share_special(HYP_DEV, DOM, true),
+    ] {
+        assert_refused(&mm, &mem, &before, r, MmError::FrameInUse(HYP_DEV));
+    }
+    assert!(mm.is_io(HYP_DEV));
+    audit::audit(&mm, &mem).unwrap();
+    // Revoked: an ordinary hypervisor frame again, free to hand over.
+    mm.revoke_io(DOM);
+    assert!(!mm.is_io(HYP_DEV) && !mm.is_io(VIRTIO));
+    audit::audit(&mm, &mem).unwrap();
+    mm.assign(HYP_DEV, Owner::Free).unwrap();
+    // A revoked frame is no device frame: releasing an entry that names
+    // it counts (here it is the domain's own data, mapped and unmapped).
+    mm.assign(HYP_DEV, Owner::Domain(DOM)).unwrap();
+    mm.mmu_update_one(&mut mem, DOM, ptr(L1, 9), rw(HYP_DEV))
+        .unwrap();
+    assert_eq!(view(&mm, HYP_DEV).total_count, 1);
+    mm.mmu_update_one(&mut mem, DOM, ptr(L1, 9), 0).unwrap();
+    assert_eq!(view(&mm, HYP_DEV).total_count, 0);
+    assert_eq!(view(&mm, HYP_DEV).ty, FrameType::None);
+    audit::audit(&mm, &mem).unwrap();
+}
+
+#[test]
+fn io_0_released_device_entries_leave_every_count_alone_in_bulk() {
+    // Many installed entries released by one unpin of their table: the
+    // hypervisor's device frame and every other frame keep their counts.
+    let (mut mm, mut mem, mut space) = delegated();
+    for i in 100..164 {
+        let mfn = if i % 2 == 0 { VIRTIO } else { HYP_DEV };
+        mm.install_io(&mut mem, DOM, L1, i, mfn).unwrap();
+    }
+    audit::audit(&mm, &mem).unwrap();
+    let hyp_before = view(&mm, HYP_DEV);
+    mm.detach(&mut space);
+    mm.teardown(&mut mem, DOM);
+    assert_eq!(view(&mm, HYP_DEV), hyp_before);
+    audit::audit(&mm, &mem).unwrap();
+    mm.revoke_io(DOM);
+    audit::audit(&mm, &mem).unwrap();
+}
+
+#[test]
+fn io_0_audit_catches_a_device_flag_that_disagrees_with_the_list() {
+    let (mut mm, mem, _) = delegated();
+    audit::audit(&mm, &mem).unwrap();
+    let flag = crate::mm::frame::DEVICE;
+    let mut lost = mm.clone();
+    lost.frame_mut(HYP_DEV).flags &= !flag;
+    assert_eq!(
+        audit::audit(&lost, &mem),
+        Err(audit::AuditError {
+            mfn: HYP_DEV,
+            what: "device flag and delegated-frame list disagree"
+        })
+    );
+    mm.frame_mut(HYP_DEV + 1).flags |= flag;
+    assert_eq!(
+        audit::audit(&mm, &mem),
+        Err(audit::AuditError {
+            mfn: HYP_DEV + 1,
+            what: "device flag and delegated-frame list disagree"
+        })
+    );
+}

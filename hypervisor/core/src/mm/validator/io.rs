@@ -6,10 +6,17 @@
 //! at build, into the driver domain's device L1 ([`Mm::install_io`]). Such
 //! an entry takes no reference: if the domain overwrites it, or releases or
 //! unpins the table holding it, the entry is dropped without touching any
-//! count ([`Mm::is_io`] in `put_data`), and the domain can never map the
-//! frame again by itself.
+//! count, and the domain can never map the frame again by itself.
+//!
+//! The list here is the authority ([`Mm::is_io`], [`Mm::io_owner`]); a
+//! delegated frame the frame table has a record of also carries the
+//! `DEVICE` flag, which keeps the frame from changing hands while delegated
+//! (it is not idle), so it never has a count: the release path
+//! (`put_data`) tells a device entry by the zero count of the record it
+//! loads anyway, in O(1). The audit checks that flag and list agree.
 
 use super::*;
+use crate::mm::frame::DEVICE;
 use crate::mm::pte::{NX, PCD, PRESENT, PWT, WRITABLE};
 
 impl Mm {
@@ -28,6 +35,11 @@ impl Mm {
             Some(_) => Err(MmError::Busy(mfn)),
             None => {
                 self.io.push((mfn, dom));
+                // The O(1) mark `put_data` tests (a frame beyond the table
+                // has no record, and `put_data` counts nothing for it).
+                if let Ok(f) = self.info_mut(mfn) {
+                    f.flags |= DEVICE;
+                }
                 Ok(())
             }
         }
@@ -85,6 +97,15 @@ impl Mm {
     /// Forgets `dom`'s device frames. Call once its tables are torn down
     /// (no entry of its can name them any more).
     pub fn revoke_io(&mut self, dom: DomId) {
-        self.io.retain(|(_, d)| *d != dom);
+        let frames = &mut self.frames;
+        self.io.retain(|&(mfn, d)| {
+            if d != dom {
+                return true;
+            }
+            if let Some(f) = usize::try_from(mfn).ok().and_then(|i| frames.get_mut(i)) {
+                f.flags &= !DEVICE;
+            }
+            false
+        });
     }
 }
