@@ -102,6 +102,12 @@ pub struct Server {
     next_turn: usize,
     /// Requests done, for the final report.
     pub served: u64,
+    /// `cpu_marks=a,b,...` (benchmarks): the `k`-th flush served reports
+    /// the serving CPU per request since the one before as
+    /// `blk_cpu_serve_<k-th name>` (`-` for none).
+    marks: Vec<alloc::string::String>,
+    /// Flushes taken, and `(ticks, blocked ticks, served)` at the last one.
+    mark: (usize, u64, u64, u64),
 }
 
 impl Server {
@@ -147,12 +153,18 @@ impl Server {
             });
         }
         let draining = alloc::vec![false; disks.len()];
+        let marks = si
+            .cmdline_value("cpu_marks")
+            .map(|m| m.split(',').map(alloc::string::String::from).collect())
+            .unwrap_or_default();
         Server {
             disks,
             vdisks,
             draining,
             next_turn: 0,
             served: 0,
+            marks,
+            mark: (0, 0, 0, 0),
         }
     }
 
@@ -355,6 +367,7 @@ impl Server {
             let ok = self.disks[d].flush();
             self.vdisks[i].flush = None;
             self.respond(i, &v, if ok { Status::Ok } else { Status::IoError });
+            self.cpu_rebase();
             any = true;
         }
         for (d, drain) in self.draining.iter_mut().enumerate() {
@@ -415,6 +428,7 @@ impl Server {
         };
         let kind = match v.dev_op {
             DevOp::Flush => {
+                self.cpu_mark();
                 self.vdisks[i].flush = Some(v);
                 self.draining[d] = true;
                 return true;
@@ -445,6 +459,43 @@ impl Server {
             return false;
         }
         true
+    }
+
+    /// A flush was taken: with `cpu_marks=`, reports this domain's CPU
+    /// work (time not blocked in `event::wait`) per request served since
+    /// the previous flush.
+    fn cpu_mark(&mut self) {
+        if self.marks.is_empty() {
+            return;
+        }
+        let (now, blocked) = (guest_sdk::time::rdtsc(), guest_sdk::event::blocked_ticks());
+        let (k, t0, b0, s0) = self.mark;
+        let n = self.served.saturating_sub(s0);
+        if let Some(name) = self.marks.get(k).filter(|m| m.as_str() != "-") {
+            if k > 0 && n > 0 {
+                let cpu = now
+                    .saturating_sub(t0)
+                    .saturating_sub(blocked.saturating_sub(b0))
+                    / n;
+                println!(
+                    "@ bench name=blk_cpu_serve_{name} value={cpu} min={cpu} mean={cpu} iters={n} unit=ticks"
+                );
+            }
+        }
+        self.mark = (k + 1, now, blocked, self.served);
+    }
+
+    /// A flush was answered: the next interval starts now (the device's
+    /// flush, a busy wait in the driver, is no request's CPU work).
+    fn cpu_rebase(&mut self) {
+        if !self.marks.is_empty() {
+            self.mark = (
+                self.mark.0,
+                guest_sdk::time::rdtsc(),
+                guest_sdk::event::blocked_ticks(),
+                self.served,
+            );
+        }
     }
 
     fn publish(&mut self) {
