@@ -76,7 +76,7 @@ mod rt;
 pub use rt::{heap_grown, heap_usage};
 
 pub use event::{DomId, Port};
-pub use start::{start_info, Channel, StartInfo, Vblk, VblkRole};
+pub use start::{start_info, Channel, StartInfo, VblkEntry, VblkRole};
 
 pub use base::abi_version;
 

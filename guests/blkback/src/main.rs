@@ -29,7 +29,6 @@ mod serve;
 
 use alloc::vec::Vec;
 
-use guest_sdk::dma::Region;
 use guest_sdk::{println, StartInfo};
 
 use dev::{Disk, Kind};
@@ -47,7 +46,7 @@ pub enum Job {
 guest_sdk::entry!(main);
 
 fn main(si: &StartInfo) -> i32 {
-    let Some(region) = Region::of(si) else {
+    let Some(region) = si.dma() else {
         println!("blkback: no DMA region in the start info: declare this domain the disk's driver");
         return 1;
     };
