@@ -455,6 +455,37 @@ impl<P: RingProtocol, M: SharedPage> BackEnd<P, M> {
     }
 }
 
+/// A ring page in host memory, for the unit tests of the protocols built
+/// on rings (`vblk`, `blkback`): plain bytes, no concurrency.
+#[cfg(test)]
+pub(crate) struct HostPage(core::cell::RefCell<Vec<u8>>);
+
+#[cfg(test)]
+impl HostPage {
+    pub(crate) fn new() -> Self {
+        HostPage(core::cell::RefCell::new(alloc::vec![0; 4096]))
+    }
+}
+
+#[cfg(test)]
+impl SharedPage for HostPage {
+    fn load(&self, off: usize) -> u32 {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&self.0.borrow()[off..off + 4]);
+        u32::from_le_bytes(b)
+    }
+    fn store(&self, off: usize, v: u32) {
+        self.0.borrow_mut()[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    fn full_barrier(&self) {}
+    fn read(&self, off: usize, dst: &mut [u8]) {
+        dst.copy_from_slice(&self.0.borrow()[off..off + dst.len()]);
+    }
+    fn write(&self, off: usize, src: &[u8]) {
+        self.0.borrow_mut()[off..off + src.len()].copy_from_slice(src);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

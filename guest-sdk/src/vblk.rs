@@ -368,43 +368,34 @@ impl<M: SharedPage, H: Host> Core<M, H> {
         // All segments on persistent pages, or none (BLK-2b).
         let pooled = !pages.is_empty() && pages.len() <= self.pool_free.len();
         for (i, p) in pages.iter().enumerate() {
-            if pooled {
+            let gref = if pooled {
                 let k = self.pool_free.pop().unwrap_or(0);
-                let gref = self.pool[usize::from(k)];
                 slot.pooled[i] = k;
-                slot.grefs[i] = gref;
-                slot.nr = i + 1;
-                req.seg[i] = Segment {
-                    gref,
-                    first_sect: p.first_sect,
-                    last_sect: p.last_sect,
-                    reserved: 0,
-                };
-                continue;
-            }
-            self.grants += 1;
-            match self.host.grant(p.mfn, readonly) {
-                Ok(gref) => {
-                    slot.grefs[i] = gref;
-                    slot.nr = i + 1;
-                    req.seg[i] = Segment {
-                        gref,
-                        first_sect: p.first_sect,
-                        last_sect: p.last_sect,
-                        reserved: 0,
-                    };
-                }
-                Err(e) => {
-                    self.revoke_all(&slot);
-                    if e == Error::NotFound {
-                        // The grantee does not exist (GNT-1): the backend
-                        // is gone.
-                        self.dead = true;
-                        return Err(VblkError::Disconnected);
+                self.pool[usize::from(k)]
+            } else {
+                self.grants += 1;
+                match self.host.grant(p.mfn, readonly) {
+                    Ok(gref) => gref,
+                    Err(e) => {
+                        self.revoke_all(&slot);
+                        if e == Error::NotFound {
+                            // The grantee does not exist (GNT-1): the
+                            // backend is gone.
+                            self.dead = true;
+                            return Err(VblkError::Disconnected);
+                        }
+                        return Err(VblkError::Grant(e));
                     }
-                    return Err(VblkError::Grant(e));
                 }
-            }
+            };
+            slot.grefs[i] = gref;
+            slot.nr = i + 1;
+            req.seg[i] = Segment {
+                gref,
+                first_sect: p.first_sect,
+                last_sect: p.last_sect,
+                reserved: 0,
+            };
         }
         req.nr_segments = u8::try_from(slot.nr).unwrap_or(0);
         if let Err(e) = self.ring.push_request(&req) {
@@ -1171,28 +1162,7 @@ mod tests {
     use std::rc::Rc;
     use std::vec::Vec;
 
-    /// A ring page in host memory.
-    struct Page(RefCell<Vec<u8>>);
-    impl Page {
-        fn new() -> Self {
-            Page(RefCell::new(vec![0; 4096]))
-        }
-    }
-    impl SharedPage for Page {
-        fn load(&self, off: usize) -> u32 {
-            u32::from_le_bytes(self.0.borrow()[off..off + 4].try_into().unwrap())
-        }
-        fn store(&self, off: usize, v: u32) {
-            self.0.borrow_mut()[off..off + 4].copy_from_slice(&v.to_le_bytes());
-        }
-        fn full_barrier(&self) {}
-        fn read(&self, off: usize, dst: &mut [u8]) {
-            dst.copy_from_slice(&self.0.borrow()[off..off + dst.len()]);
-        }
-        fn write(&self, off: usize, src: &[u8]) {
-            self.0.borrow_mut()[off..off + src.len()].copy_from_slice(src);
-        }
-    }
+    use crate::ring::HostPage as Page;
 
     #[derive(Clone, Debug, PartialEq, Eq)]
     enum Call {
