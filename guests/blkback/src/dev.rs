@@ -42,6 +42,8 @@ struct Slot<J> {
     data_va: u64,
     data_pa: u64,
     busy: Option<(Kind, u16, usize, J)>,
+    /// Taken for a request whose data is still being copied in.
+    reserved: bool,
 }
 
 /// A virtio-blk device and its request slots; `J` is the caller's record
@@ -50,6 +52,8 @@ pub struct Disk<J> {
     blk: VirtIOBlk<TahomaHal, MmioTransport<'static>>,
     slots: Vec<Slot<J>>,
     in_flight: usize,
+    /// Requests the virtqueue was seen to hold at once (at most the slots).
+    room: usize,
     /// Index in the start info's device table.
     pub index: usize,
     /// The event port of its interrupt.
@@ -110,10 +114,12 @@ impl<J> Disk<J> {
                 data_va,
                 data_pa,
                 busy: None,
+                reserved: false,
             });
         }
         Ok(Disk {
             blk,
+            room: v.len(),
             slots: v,
             in_flight: 0,
             index,
@@ -143,7 +149,28 @@ impl<J> Disk<J> {
 
     /// A free slot.
     pub fn free_slot(&self) -> Option<usize> {
-        self.slots.iter().position(|s| s.busy.is_none())
+        let reserved = self.slots.iter().filter(|s| s.reserved).count();
+        if self.in_flight + reserved >= self.room {
+            return None;
+        }
+        self.slots
+            .iter()
+            .position(|s| s.busy.is_none() && !s.reserved)
+    }
+
+    /// Keeps free `slot` out of [`Disk::free_slot`]'s answers until it is
+    /// submitted or [`Disk::release`]d (its buffer is being filled).
+    pub fn reserve(&mut self, slot: usize) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.reserved = true;
+        }
+    }
+
+    /// Undoes [`Disk::reserve`].
+    pub fn release(&mut self, slot: usize) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.reserved = false;
+        }
     }
 
     /// The data buffer of `slot`: `(virtual, machine)` address of its
@@ -191,11 +218,24 @@ impl<J> Disk<J> {
         match token {
             Ok(t) => {
                 self.slots[slot].busy = Some((kind, t, bytes, job));
+                self.slots[slot].reserved = false;
                 self.in_flight += 1;
                 Ok(())
             }
             Err(e) => {
                 log::debug!("device {}: submit refused: {e:?}", self.index);
+                if self.in_flight > 0 && self.in_flight < self.room {
+                    // The virtqueue holds fewer requests than there are
+                    // slots (no indirect descriptors): offer no more slots
+                    // than fit, so that no request is taken (and its data
+                    // copied) only to wait.
+                    log::info!(
+                        "device {}: the queue holds {} requests at once",
+                        self.index,
+                        self.in_flight
+                    );
+                    self.room = self.in_flight;
+                }
                 Err(job)
             }
         }

@@ -17,6 +17,7 @@
 //! frontend is gone (its port no longer connected), is disconnected and its
 //! mapping dropped, alone.
 
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -72,8 +73,9 @@ pub struct Vdisk {
     state: State,
     /// A flush waiting for the device to drain.
     flush: Option<Valid>,
-    /// A valid request taken from the ring that found no device slot.
-    stash: Option<Valid>,
+    /// Valid requests taken from the ring that found no room in the
+    /// device's queue, oldest first: served before the ring's next.
+    stash: VecDeque<Valid>,
     /// Responses pushed and not yet published.
     unpublished: bool,
     /// Failed connection attempts (only the first is reported: a frontend
@@ -147,7 +149,7 @@ impl Server {
                 disk: d,
                 state: State::Waiting,
                 flush: None,
-                stash: None,
+                stash: VecDeque::new(),
                 unpublished: false,
                 refusals: 0,
             });
@@ -294,7 +296,7 @@ impl Server {
             }
         }
         v.flush = None;
-        v.stash = None;
+        v.stash.clear();
         println!(
             "@ blk-disconnected frontend={} disk={} why=\"{why}\"",
             v.name(),
@@ -317,7 +319,8 @@ impl Server {
                         self.flush_copies(&mut batch);
                     }
                     let (_, pa) = self.disks[d].buffer(slot);
-                    batch.add(vi, v, self.vdisks[vi].info.peer_domain, pa);
+                    let frontend = self.vdisks[vi].info.peer_domain;
+                    batch.add(vi, v, frontend, pa, slot, CopyDir::ToFrontend);
                 } else {
                     self.respond(vi, &v, if ok { Status::Ok } else { Status::IoError });
                 }
@@ -335,7 +338,7 @@ impl Server {
         let n = batch.n;
         let r = hv::copy_to_grants(&mut batch.ops[..n]);
         let reqs = core::mem::take(&mut batch.reqs);
-        for (vi, v, a, b) in reqs {
+        for (vi, v, _, a, b) in reqs {
             let status = copy_outcome(&batch.ops[a..b], r);
             self.respond(vi, &v, status);
         }
@@ -376,26 +379,62 @@ impl Server {
         any
     }
 
-    /// Takes requests round-robin, one per disk per turn.
+    /// Takes requests round-robin, one per disk per turn. The data of the
+    /// writes taken comes in with one `grant_copy` batch (up to 64
+    /// elements) before they go to the device, rather than one call each.
     fn intake(&mut self) -> bool {
         let n = self.vdisks.len();
         let mut any = false;
+        let mut writes = CopyBatch::new();
         loop {
             let mut took = false;
             for k in 0..n {
                 let i = (self.next_turn + k) % n;
-                took |= self.take_one(i);
+                took |= self.take_one(i, &mut writes);
             }
             self.next_turn = (self.next_turn + 1) % n.max(1);
             any |= took;
             if !took {
+                self.submit_writes(&mut writes);
                 return any;
             }
         }
     }
 
-    /// One request from disk `i`, if it may take one: `true` if it did.
-    fn take_one(&mut self, i: usize) -> bool {
+    /// Copies a batch of writes' data into their reserved slots, then
+    /// starts each whose copy succeeded; the others are answered with the
+    /// copy's status (`BLK-5c`: nothing written).
+    fn submit_writes(&mut self, batch: &mut CopyBatch) {
+        if batch.reqs.is_empty() {
+            return;
+        }
+        let n = batch.n;
+        let r = hv::copy_into_dma(&mut batch.ops[..n]);
+        for (vi, v, slot, a, b) in core::mem::take(&mut batch.reqs) {
+            let d = self.vdisks[vi].disk;
+            let status = copy_outcome(&batch.ops[a..b], r);
+            if status != Status::Ok {
+                self.disks[d].release(slot);
+                self.respond(vi, &v, status);
+                continue;
+            }
+            let bytes = usize::try_from(v.bytes()).unwrap_or(0);
+            if let Err(Job::Serve(_, v)) =
+                self.disks[d].submit(slot, Kind::Write, v.device_sector, bytes, Job::Serve(vi, v))
+            {
+                // The queue is full after all: keep it for the next turn
+                // (its data is copied again then).
+                self.disks[d].release(slot);
+                self.vdisks[vi].stash.push_back(v);
+            }
+        }
+        batch.n = 0;
+    }
+
+    /// One request from disk `i`, if it may take one: `true` if it did. A
+    /// write is only planned into `writes` (its slot reserved): the caller
+    /// copies and submits the batch.
+    fn take_one(&mut self, i: usize, writes: &mut CopyBatch) -> bool {
         let d = self.vdisks[i].disk;
         if self.vdisks[i].flush.is_some() || self.draining[d] {
             return false;
@@ -403,7 +442,7 @@ impl Server {
         let Some(slot) = self.disks[d].free_slot() else {
             return false;
         };
-        let v = match self.vdisks[i].stash.take() {
+        let v = match self.vdisks[i].stash.pop_front() {
             Some(v) => v,
             None => {
                 let State::Connected { conn, .. } = &mut self.vdisks[i].state else {
@@ -435,18 +474,14 @@ impl Server {
             }
             DevOp::Read => Kind::Read,
             DevOp::Write => {
-                let (_, pa) = self.disks[d].buffer(slot);
-                let status = copy(
-                    &v,
-                    self.vdisks[i].info.peer_domain,
-                    pa,
-                    CopyDir::FromFrontend,
-                );
-                if status != Status::Ok {
-                    self.respond(i, &v, status);
-                    return true;
+                if !writes.room() {
+                    self.submit_writes(writes);
                 }
-                Kind::Write
+                let (_, pa) = self.disks[d].buffer(slot);
+                self.disks[d].reserve(slot);
+                let frontend = self.vdisks[i].info.peer_domain;
+                writes.add(i, v, frontend, pa, slot, CopyDir::FromFrontend);
+                return true;
             }
         };
         let bytes = usize::try_from(v.bytes()).unwrap_or(0);
@@ -455,7 +490,7 @@ impl Server {
             .is_err()
         {
             // The queue is full after all: keep it for the next turn.
-            self.vdisks[i].stash = Some(v);
+            self.vdisks[i].stash.push_front(v);
             return false;
         }
         true
@@ -524,7 +559,7 @@ impl Server {
     fn final_checks(&mut self) -> bool {
         let mut again = false;
         for i in 0..self.vdisks.len() {
-            if self.vdisks[i].flush.is_some() || self.vdisks[i].stash.is_some() {
+            if self.vdisks[i].flush.is_some() || !self.vdisks[i].stash.is_empty() {
                 continue;
             }
             let State::Connected { conn, .. } = &mut self.vdisks[i].state else {
@@ -547,8 +582,8 @@ impl Server {
 struct CopyBatch {
     ops: [CopyOp; COPY_BATCH],
     n: usize,
-    /// `(disk, request, first op, end op)`.
-    reqs: Vec<(usize, Valid, usize, usize)>,
+    /// `(disk, request, device slot, first op, end op)`.
+    reqs: Vec<(usize, Valid, usize, usize, usize)>,
 }
 
 const COPY_BATCH: usize = guest_sdk::abi::grant::COPY_BATCH_MAX as usize;
@@ -567,23 +602,11 @@ impl CopyBatch {
         self.n + MAX_COPIES <= COPY_BATCH
     }
 
-    fn add(&mut self, vi: usize, v: Valid, frontend: u16, pa: u64) {
+    fn add(&mut self, vi: usize, v: Valid, frontend: u16, pa: u64, slot: usize, dir: CopyDir) {
         let mut one = [CopyOp::default(); MAX_COPIES];
-        let k = plan_copies(&v, frontend, pa, CopyDir::ToFrontend, &mut one);
+        let k = plan_copies(&v, frontend, pa, dir, &mut one);
         self.ops[self.n..self.n + k].copy_from_slice(&one[..k]);
-        self.reqs.push((vi, v, self.n, self.n + k));
+        self.reqs.push((vi, v, slot, self.n, self.n + k));
         self.n += k;
     }
-}
-
-/// Copies a request's data between the frontend's grants and the DMA
-/// buffer at machine address `pa`; the request's status.
-fn copy(v: &Valid, frontend: u16, pa: u64, dir: CopyDir) -> Status {
-    let mut ops = [CopyOp::default(); MAX_COPIES];
-    let n = plan_copies(v, frontend, pa, dir, &mut ops);
-    let r = match dir {
-        CopyDir::ToFrontend => hv::copy_to_grants(&mut ops[..n]),
-        CopyDir::FromFrontend => hv::copy_into_dma(&mut ops[..n]),
-    };
-    copy_outcome(&ops[..n], r)
 }
