@@ -52,8 +52,6 @@ pub struct Disk<J> {
     blk: VirtIOBlk<TahomaHal, MmioTransport<'static>>,
     slots: Vec<Slot<J>>,
     in_flight: usize,
-    /// Requests the virtqueue was seen to hold at once (at most the slots).
-    room: usize,
     /// Index in the start info's device table.
     pub index: usize,
     /// The event port of its interrupt.
@@ -119,7 +117,6 @@ impl<J> Disk<J> {
         }
         Ok(Disk {
             blk,
-            room: v.len(),
             slots: v,
             in_flight: 0,
             index,
@@ -149,10 +146,6 @@ impl<J> Disk<J> {
 
     /// A free slot.
     pub fn free_slot(&self) -> Option<usize> {
-        let reserved = self.slots.iter().filter(|s| s.reserved).count();
-        if self.in_flight + reserved >= self.room {
-            return None;
-        }
         self.slots
             .iter()
             .position(|s| s.busy.is_none() && !s.reserved)
@@ -224,18 +217,6 @@ impl<J> Disk<J> {
             }
             Err(e) => {
                 log::debug!("device {}: submit refused: {e:?}", self.index);
-                if self.in_flight > 0 && self.in_flight < self.room {
-                    // The virtqueue holds fewer requests than there are
-                    // slots (no indirect descriptors): offer no more slots
-                    // than fit, so that no request is taken (and its data
-                    // copied) only to wait.
-                    log::info!(
-                        "device {}: the queue holds {} requests at once",
-                        self.index,
-                        self.in_flight
-                    );
-                    self.room = self.in_flight;
-                }
                 Err(job)
             }
         }
