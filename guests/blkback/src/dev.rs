@@ -42,8 +42,6 @@ struct Slot<J> {
     data_va: u64,
     data_pa: u64,
     busy: Option<(Kind, u16, usize, J)>,
-    /// Taken for a request whose data is still being copied in.
-    reserved: bool,
 }
 
 /// A virtio-blk device and its request slots; `J` is the caller's record
@@ -112,7 +110,6 @@ impl<J> Disk<J> {
                 data_va,
                 data_pa,
                 busy: None,
-                reserved: false,
             });
         }
         Ok(Disk {
@@ -146,24 +143,7 @@ impl<J> Disk<J> {
 
     /// A free slot.
     pub fn free_slot(&self) -> Option<usize> {
-        self.slots
-            .iter()
-            .position(|s| s.busy.is_none() && !s.reserved)
-    }
-
-    /// Keeps free `slot` out of [`Disk::free_slot`]'s answers until it is
-    /// submitted or [`Disk::release`]d (its buffer is being filled).
-    pub fn reserve(&mut self, slot: usize) {
-        if let Some(s) = self.slots.get_mut(slot) {
-            s.reserved = true;
-        }
-    }
-
-    /// Undoes [`Disk::reserve`].
-    pub fn release(&mut self, slot: usize) {
-        if let Some(s) = self.slots.get_mut(slot) {
-            s.reserved = false;
-        }
+        self.slots.iter().position(|s| s.busy.is_none())
     }
 
     /// The data buffer of `slot`: `(virtual, machine)` address of its
@@ -211,7 +191,6 @@ impl<J> Disk<J> {
         match token {
             Ok(t) => {
                 self.slots[slot].busy = Some((kind, t, bytes, job));
-                self.slots[slot].reserved = false;
                 self.in_flight += 1;
                 Ok(())
             }

@@ -17,7 +17,6 @@
 //! frontend is gone (its port no longer connected), is disconnected and its
 //! mapping dropped, alone.
 
-use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -73,9 +72,8 @@ pub struct Vdisk {
     state: State,
     /// A flush waiting for the device to drain.
     flush: Option<Valid>,
-    /// Valid requests taken from the ring that found no room in the
-    /// device's queue, oldest first: served before the ring's next.
-    stash: VecDeque<Valid>,
+    /// A valid request taken from the ring that found no device slot.
+    stash: Option<Valid>,
     /// Responses pushed and not yet published.
     unpublished: bool,
     /// Failed connection attempts (only the first is reported: a frontend
@@ -152,7 +150,7 @@ impl Server {
                 disk: d,
                 state: State::Waiting,
                 flush: None,
-                stash: VecDeque::new(),
+                stash: None,
                 unpublished: false,
                 refusals: 0,
             });
@@ -300,7 +298,7 @@ impl Server {
             }
         }
         v.flush = None;
-        v.stash.clear();
+        v.stash = None;
         println!(
             "@ blk-disconnected frontend={} disk={} why=\"{why}\"",
             v.name(),
@@ -313,7 +311,10 @@ impl Server {
     /// elements) rather than one call per request.
     fn completions(&mut self) -> bool {
         let mut any = false;
-        let mut batch = self.batch();
+        let mut batch = self
+            .spare
+            .take()
+            .unwrap_or_else(|| alloc::boxed::Box::new(CopyBatch::new()));
         for d in 0..self.disks.len() {
             while let Some((slot, job, ok)) = self.disks[d].poll() {
                 let Job::Serve(vi, v) = job else { continue };
@@ -323,8 +324,7 @@ impl Server {
                         self.flush_copies(&mut batch);
                     }
                     let (_, pa) = self.disks[d].buffer(slot);
-                    let frontend = self.vdisks[vi].info.peer_domain;
-                    batch.add(vi, v, frontend, pa, slot, CopyDir::ToFrontend);
+                    batch.add(vi, v, self.vdisks[vi].info.peer_domain, pa);
                 } else {
                     self.respond(vi, &v, if ok { Status::Ok } else { Status::IoError });
                 }
@@ -335,13 +335,6 @@ impl Server {
         any
     }
 
-    /// An empty copy batch (the kept one, if there is one).
-    fn batch(&mut self) -> alloc::boxed::Box<CopyBatch> {
-        self.spare
-            .take()
-            .unwrap_or_else(|| alloc::boxed::Box::new(CopyBatch::new()))
-    }
-
     /// Copies a batch of reads' data and answers each with its outcome.
     fn flush_copies(&mut self, batch: &mut CopyBatch) {
         if batch.reqs.is_empty() {
@@ -350,7 +343,7 @@ impl Server {
         let n = batch.n;
         let r = hv::copy_to_grants(&mut batch.ops[..n]);
         let reqs = core::mem::take(&mut batch.reqs);
-        for (vi, v, _, a, b) in reqs {
+        for (vi, v, a, b) in reqs {
             let status = copy_outcome(&batch.ops[a..b], r);
             self.respond(vi, &v, status);
         }
@@ -391,63 +384,26 @@ impl Server {
         any
     }
 
-    /// Takes requests round-robin, one per disk per turn. The data of the
-    /// writes taken comes in with one `grant_copy` batch (up to 64
-    /// elements) before they go to the device, rather than one call each.
+    /// Takes requests round-robin, one per disk per turn.
     fn intake(&mut self) -> bool {
         let n = self.vdisks.len();
         let mut any = false;
-        let mut writes = self.batch();
         loop {
             let mut took = false;
             for k in 0..n {
                 let i = (self.next_turn + k) % n;
-                took |= self.take_one(i, &mut writes);
+                took |= self.take_one(i);
             }
             self.next_turn = (self.next_turn + 1) % n.max(1);
             any |= took;
             if !took {
-                self.submit_writes(&mut writes);
-                self.spare = Some(writes);
                 return any;
             }
         }
     }
 
-    /// Copies a batch of writes' data into their reserved slots, then
-    /// starts each whose copy succeeded; the others are answered with the
-    /// copy's status (`BLK-5c`: nothing written).
-    fn submit_writes(&mut self, batch: &mut CopyBatch) {
-        if batch.reqs.is_empty() {
-            return;
-        }
-        let n = batch.n;
-        let r = hv::copy_into_dma(&mut batch.ops[..n]);
-        for (vi, v, slot, a, b) in core::mem::take(&mut batch.reqs) {
-            let d = self.vdisks[vi].disk;
-            let status = copy_outcome(&batch.ops[a..b], r);
-            if status != Status::Ok {
-                self.disks[d].release(slot);
-                self.respond(vi, &v, status);
-                continue;
-            }
-            let bytes = usize::try_from(v.bytes()).unwrap_or(0);
-            if let Err(Job::Serve(_, v)) =
-                self.disks[d].submit(slot, Kind::Write, v.device_sector, bytes, Job::Serve(vi, v))
-            {
-                // The queue is full after all: keep it for the next turn
-                // (its data is copied again then).
-                self.disks[d].release(slot);
-                self.vdisks[vi].stash.push_back(v);
-            }
-        }
-        batch.n = 0;
-    }
-
-    /// One request from disk `i`, if it may take one: `true` if it did. A
-    /// write is only planned into `writes` (its slot reserved): the caller
-    /// copies and submits the batch.
-    fn take_one(&mut self, i: usize, writes: &mut CopyBatch) -> bool {
+    /// One request from disk `i`, if it may take one: `true` if it did.
+    fn take_one(&mut self, i: usize) -> bool {
         let d = self.vdisks[i].disk;
         if self.vdisks[i].flush.is_some() || self.draining[d] {
             return false;
@@ -455,7 +411,7 @@ impl Server {
         let Some(slot) = self.disks[d].free_slot() else {
             return false;
         };
-        let v = match self.vdisks[i].stash.pop_front() {
+        let v = match self.vdisks[i].stash.take() {
             Some(v) => v,
             None => {
                 let State::Connected { conn, .. } = &mut self.vdisks[i].state else {
@@ -487,14 +443,18 @@ impl Server {
             }
             DevOp::Read => Kind::Read,
             DevOp::Write => {
-                if !writes.room() {
-                    self.submit_writes(writes);
-                }
                 let (_, pa) = self.disks[d].buffer(slot);
-                self.disks[d].reserve(slot);
-                let frontend = self.vdisks[i].info.peer_domain;
-                writes.add(i, v, frontend, pa, slot, CopyDir::FromFrontend);
-                return true;
+                let status = copy(
+                    &v,
+                    self.vdisks[i].info.peer_domain,
+                    pa,
+                    CopyDir::FromFrontend,
+                );
+                if status != Status::Ok {
+                    self.respond(i, &v, status);
+                    return true;
+                }
+                Kind::Write
             }
         };
         let bytes = usize::try_from(v.bytes()).unwrap_or(0);
@@ -503,7 +463,7 @@ impl Server {
             .is_err()
         {
             // The queue is full after all: keep it for the next turn.
-            self.vdisks[i].stash.push_front(v);
+            self.vdisks[i].stash = Some(v);
             return false;
         }
         true
@@ -572,7 +532,7 @@ impl Server {
     fn final_checks(&mut self) -> bool {
         let mut again = false;
         for i in 0..self.vdisks.len() {
-            if self.vdisks[i].flush.is_some() || !self.vdisks[i].stash.is_empty() {
+            if self.vdisks[i].flush.is_some() || self.vdisks[i].stash.is_some() {
                 continue;
             }
             let State::Connected { conn, .. } = &mut self.vdisks[i].state else {
@@ -595,8 +555,8 @@ impl Server {
 struct CopyBatch {
     ops: [CopyOp; COPY_BATCH],
     n: usize,
-    /// `(disk, request, device slot, first op, end op)`.
-    reqs: Vec<(usize, Valid, usize, usize, usize)>,
+    /// `(disk, request, first op, end op)`.
+    reqs: Vec<(usize, Valid, usize, usize)>,
 }
 
 const COPY_BATCH: usize = guest_sdk::abi::grant::COPY_BATCH_MAX as usize;
@@ -615,11 +575,23 @@ impl CopyBatch {
         self.n + MAX_COPIES <= COPY_BATCH
     }
 
-    fn add(&mut self, vi: usize, v: Valid, frontend: u16, pa: u64, slot: usize, dir: CopyDir) {
+    fn add(&mut self, vi: usize, v: Valid, frontend: u16, pa: u64) {
         let mut one = [CopyOp::default(); MAX_COPIES];
-        let k = plan_copies(&v, frontend, pa, dir, &mut one);
+        let k = plan_copies(&v, frontend, pa, CopyDir::ToFrontend, &mut one);
         self.ops[self.n..self.n + k].copy_from_slice(&one[..k]);
-        self.reqs.push((vi, v, slot, self.n, self.n + k));
+        self.reqs.push((vi, v, self.n, self.n + k));
         self.n += k;
     }
+}
+
+/// Copies a request's data between the frontend's grants and the DMA
+/// buffer at machine address `pa`; the request's status.
+fn copy(v: &Valid, frontend: u16, pa: u64, dir: CopyDir) -> Status {
+    let mut ops = [CopyOp::default(); MAX_COPIES];
+    let n = plan_copies(v, frontend, pa, dir, &mut ops);
+    let r = match dir {
+        CopyDir::ToFrontend => hv::copy_to_grants(&mut ops[..n]),
+        CopyDir::FromFrontend => hv::copy_into_dma(&mut ops[..n]),
+    };
+    copy_outcome(&ops[..n], r)
 }
