@@ -364,7 +364,6 @@ impl<M: SharedPage> Conn<M> {
 mod tests {
     use super::*;
     use crate::ring::FrontEnd;
-    use core::cell::RefCell;
     use hypercall_abi::event::DOMID_SELF;
     use hypercall_abi::ring::{RingProtocol, REQ_PROD_OFFSET};
     use proptest::prelude::*;
@@ -556,28 +555,7 @@ mod tests {
         assert_eq!(copy_outcome(&ops, Err(Error::BadAddress)), Status::IoError);
     }
 
-    /// A ring page in host memory, pokeable by the "frontend" test code.
-    struct Page(RefCell<Vec<u8>>);
-    impl Page {
-        fn new() -> Self {
-            Page(RefCell::new(vec![0; 4096]))
-        }
-    }
-    impl SharedPage for Page {
-        fn load(&self, off: usize) -> u32 {
-            u32::from_le_bytes(self.0.borrow()[off..off + 4].try_into().unwrap())
-        }
-        fn store(&self, off: usize, v: u32) {
-            self.0.borrow_mut()[off..off + 4].copy_from_slice(&v.to_le_bytes());
-        }
-        fn full_barrier(&self) {}
-        fn read(&self, off: usize, dst: &mut [u8]) {
-            dst.copy_from_slice(&self.0.borrow()[off..off + dst.len()]);
-        }
-        fn write(&self, off: usize, src: &[u8]) {
-            self.0.borrow_mut()[off..off + src.len()].copy_from_slice(src);
-        }
-    }
+    use crate::ring::HostPage as Page;
 
     #[test]
     fn refusals_are_answered_at_once_and_service_later() {

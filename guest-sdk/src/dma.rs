@@ -1,59 +1,14 @@
-//! A driver domain's DMA region (`IO-*`): pages whose machine frames are
-//! contiguous, listed in start info (`dma_first_page`, `dma_pages`,
-//! `dma_machine_base`). Devices address memory by machine address, so a
-//! driver must hand them buffers from this region; [`PagePool`] hands out
-//! runs of its pages (first fit over a bitmap), and [`Region`] converts
-//! between their virtual and machine addresses.
+//! Allocation in a driver domain's DMA region (`IO-*`): the region itself,
+//! and the conversions between its virtual and machine addresses, are
+//! [`crate::io::DmaRegion`] (`StartInfo::dma`). Devices address memory by
+//! machine address, so a driver must hand them buffers from the region;
+//! [`PagePool`] hands out runs of its pages (first fit over a bitmap).
 //!
 //! Pure and host-tested; the driver owns the memory.
 #![forbid(unsafe_code)]
 
 use alloc::vec;
 use alloc::vec::Vec;
-
-const PAGE: u64 = hypercall_abi::PAGE_SIZE as u64;
-
-/// Where the DMA region is, in both address spaces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Region {
-    /// Virtual address of the first page.
-    pub va: u64,
-    /// Machine address of the first page.
-    pub machine: u64,
-    /// Pages.
-    pub pages: u64,
-}
-
-impl Region {
-    /// The region the start info describes, if it has one (`None` when
-    /// `dma_pages` is 0 or the addresses are not page-aligned).
-    pub fn of(si: &crate::StartInfo) -> Option<Region> {
-        let r = Region {
-            va: si.page_va(si.dma_first_page),
-            machine: si.dma_machine_base,
-            pages: si.dma_pages,
-        };
-        (r.pages > 0 && r.machine.is_multiple_of(PAGE) && r.va.is_multiple_of(PAGE)).then_some(r)
-    }
-
-    /// Bytes in the region.
-    pub fn bytes(&self) -> u64 {
-        self.pages * PAGE
-    }
-
-    /// The machine address of virtual `va..va + len`, if that range lies
-    /// inside the region.
-    pub fn machine_of(&self, va: u64, len: u64) -> Option<u64> {
-        let off = va.checked_sub(self.va)?;
-        (off.checked_add(len)? <= self.bytes()).then(|| self.machine + off)
-    }
-
-    /// The virtual address of machine `pa..pa + len`, if inside.
-    pub fn va_of(&self, pa: u64, len: u64) -> Option<u64> {
-        let off = pa.checked_sub(self.machine)?;
-        (off.checked_add(len)? <= self.bytes()).then(|| self.va + off)
-    }
-}
 
 /// Runs of pages out of `0..pages`, first fit.
 #[derive(Clone, Debug)]
@@ -136,22 +91,6 @@ mod tests {
         assert!(!p.dealloc(0, 0));
         assert_eq!(p.alloc(0), None);
         assert_eq!(p.free(), 1);
-    }
-
-    #[test]
-    fn addresses_convert_only_inside_the_region() {
-        let r = Region {
-            va: 0x80_0000,
-            machine: 0x1234_5000,
-            pages: 4,
-        };
-        assert_eq!(r.machine_of(0x80_0010, 16), Some(0x1234_5010));
-        assert_eq!(r.machine_of(0x80_0000, 0x4000), Some(0x1234_5000));
-        assert_eq!(r.machine_of(0x80_0000, 0x4001), None);
-        assert_eq!(r.machine_of(0x7f_ffff, 1), None);
-        assert_eq!(r.machine_of(u64::MAX, 2), None);
-        assert_eq!(r.va_of(0x1234_8fff, 1), Some(0x80_3fff));
-        assert_eq!(r.va_of(0x1234_9000, 1), None);
     }
 
     proptest! {

@@ -241,6 +241,33 @@ pub fn wait() {
 /// [`wait`] with a deadline (monotonic ns): `Event` when an upcall ran,
 /// `Deadline` when the deadline passed first.
 pub fn wait_until(deadline_ns: u64) -> BlockResult {
+    let t0 = ticks();
+    let r = wait_until_inner(deadline_ns);
+    BLOCKED_TICKS.fetch_add(ticks().saturating_sub(t0), Ordering::Relaxed);
+    r
+}
+
+/// The TSC for [`blocked_ticks`] (host builds, the unit tests, have none:
+/// there the count stays 0).
+fn ticks() -> u64 {
+    #[cfg(target_os = "none")]
+    return crate::time::rdtsc();
+    #[cfg(not(target_os = "none"))]
+    return 0;
+}
+
+/// Ticks this domain has spent in [`wait`] and [`wait_until`] so far
+/// (blocked, or running their upcalls). A domain's own CPU work over an
+/// interval is its length minus the growth of this: under `-icount` the
+/// emulator's idle time warps fall inside the waits and drop out
+/// (`docs/benchmarks.md`, "Virtual disks").
+pub fn blocked_ticks() -> u64 {
+    BLOCKED_TICKS.load(Ordering::Relaxed)
+}
+
+static BLOCKED_TICKS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+fn wait_until_inner(deadline_ns: u64) -> BlockResult {
     let sh = Shared::get();
     loop {
         // Check the token with upcalls masked, then block: `block` unmasks

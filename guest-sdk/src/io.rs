@@ -78,6 +78,20 @@ impl DmaRegion {
         let off = machine.checked_sub(self.machine_base)?;
         (off < self.len()).then(|| self.va + off)
     }
+
+    /// The machine address of the whole range `va..va + len`, if it lies
+    /// inside the region (a buffer handed to a device).
+    pub fn machine_of_range(&self, va: u64, len: u64) -> Option<u64> {
+        let off = va.checked_sub(self.va)?;
+        (off.checked_add(len)? <= self.len()).then(|| self.machine_base + off)
+    }
+
+    /// The virtual address of the whole machine range `pa..pa + len`, if
+    /// inside.
+    pub fn va_of_range(&self, pa: u64, len: u64) -> Option<u64> {
+        let off = pa.checked_sub(self.machine_base)?;
+        (off.checked_add(len)? <= self.len()).then(|| self.va + off)
+    }
 }
 
 impl StartInfo {
@@ -110,10 +124,11 @@ impl StartInfo {
         self.devices().find(|d| d.virtio_id == virtio_id)
     }
 
-    /// The DMA region (`IO-3`), if this domain has one.
+    /// The DMA region (`IO-3`), if this domain has one (`None` when
+    /// `dma_pages` is 0 or its machine base is not page-aligned).
     pub fn dma(&self) -> Option<DmaRegion> {
         let r = self.raw();
-        (r.dma_pages > 0).then(|| DmaRegion {
+        (r.dma_pages > 0 && r.dma_machine_base.is_multiple_of(4096)).then(|| DmaRegion {
             first_page: r.dma_first_page,
             pages: r.dma_pages,
             machine_base: r.dma_machine_base,
@@ -133,6 +148,26 @@ pub fn irq_ack(index: u32) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_convert_only_wholly_inside_the_region() {
+        let r = DmaRegion {
+            first_page: 3,
+            va: 0x80_0000,
+            machine_base: 0x1234_5000,
+            pages: 4,
+        };
+        assert_eq!(r.machine_of_range(0x80_0010, 16), Some(0x1234_5010));
+        assert_eq!(r.machine_of_range(0x80_0000, 0x4000), Some(0x1234_5000));
+        assert_eq!(r.machine_of_range(0x80_0000, 0x4001), None);
+        assert_eq!(r.machine_of_range(0x7f_ffff, 1), None);
+        assert_eq!(r.machine_of_range(u64::MAX, 2), None);
+        assert_eq!(r.va_of_range(0x1234_8fff, 1), Some(0x80_3fff));
+        assert_eq!(r.va_of_range(0x1234_8fff, 2), None);
+        assert_eq!(r.va_of_range(0x1234_9000, 1), None);
+        assert_eq!(r.va_of_range(u64::MAX, 2), None);
+    }
+
     use crate::fake::{err, ok, Fake};
     use hypercall_abi::layout::{self, DeviceInfo};
     use hypercall_abi::Hypercall;

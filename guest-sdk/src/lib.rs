@@ -77,7 +77,7 @@ mod rt;
 pub use rt::{heap_grown, heap_usage};
 
 pub use event::{DomId, Port};
-pub use start::{start_info, Channel, StartInfo, Vblk, VblkRole, Vnic, VnicRole};
+pub use start::{start_info, Channel, StartInfo, VblkEntry, VblkRole, Vnic, VnicRole};
 
 pub use base::abi_version;
 

@@ -36,15 +36,16 @@ pub struct Channel<'a> {
 pub enum VblkRole {
     /// The domain uses the disk.
     Frontend,
-    /// The domain (a driver domain) serves it to [`Vblk::peer`].
+    /// The domain (a driver domain) serves it to [`VblkEntry::peer`].
     Backend,
 }
 
-/// A virtual disk this domain uses or serves, connected at boot (`IO-5`):
-/// `port` is an interdomain channel to the other end, masked at start (the
+/// A virtual disk this domain uses or serves, as its start-info entry
+/// describes it (the connected disk, a frontend's handle, is
+/// [`crate::vblk::Vblk`]), connected at boot (`IO-5`): `port` is an interdomain channel to the other end, masked at start (the
 /// SDK masks it, as it does named channels) until the guest unmasks it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Vblk<'a> {
+pub struct VblkEntry<'a> {
     /// Frontend or backend.
     pub role: VblkRole,
     /// The disk's index among its frontend's disks (the grant reference
@@ -211,7 +212,7 @@ impl StartInfo {
     /// This domain's virtual disks (`MEM-3b`, `IO-5`), in table order.
     /// Entries past `vblk_count` (clamped to the table), with an unknown
     /// role, port 0 or out of range, or a zero sector size are skipped.
-    pub fn vblks(&self) -> impl Iterator<Item = Vblk<'_>> {
+    pub fn vblks(&self) -> impl Iterator<Item = VblkEntry<'_>> {
         let n = usize::try_from(self.raw.vblk_count)
             .unwrap_or(usize::MAX)
             .min(MAX_START_VBLKS);
@@ -222,7 +223,7 @@ impl StartInfo {
                 _ => return None,
             };
             let ok = v.port != 0 && (v.port as usize) < NR_PORTS && v.sector_size != 0;
-            ok.then(|| Vblk {
+            ok.then(|| VblkEntry {
                 role,
                 index: v.index,
                 peer: DomId(v.peer_domain),
@@ -238,7 +239,7 @@ impl StartInfo {
     }
 
     /// This domain's `index`-th disk as a frontend.
-    pub fn vblk(&self, index: u32) -> Option<Vblk<'_>> {
+    pub fn vblk(&self, index: u32) -> Option<VblkEntry<'_>> {
         self.vblks()
             .find(|v| v.role == VblkRole::Frontend && v.index == index)
     }
@@ -355,7 +356,7 @@ mod tests {
         raw.vblks[2] = vblk(7, 2, 6);
         raw.vblks[3] = vblk(VBLK_ROLE_FRONTEND, 3, 7);
         let si = StartInfo::new(raw);
-        let all: Vec<Vblk<'_>> = si.vblks().collect();
+        let all: Vec<VblkEntry<'_>> = si.vblks().collect();
         assert_eq!(
             all.len(),
             2,
@@ -378,7 +379,7 @@ mod tests {
         raw.vblks[1] = vblk(VBLK_ROLE_FRONTEND, 0, 0);
         raw.vblks[2] = vblk(VBLK_ROLE_FRONTEND, 0, u32::try_from(NR_PORTS).unwrap());
         let si = StartInfo::new(raw);
-        let all: Vec<Vblk<'_>> = si.vblks().collect();
+        let all: Vec<VblkEntry<'_>> = si.vblks().collect();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].role, VblkRole::Backend);
         assert_eq!((all[0].extent_offset, all[0].device), (1 << 20, 1));

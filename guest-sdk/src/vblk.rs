@@ -134,6 +134,10 @@ pub struct Done {
     /// A data grant could not be revoked (the backend holds it mapped,
     /// which `BLK-2` forbids): the frames must never be reused.
     pub leaked: bool,
+    /// Per segment, the persistent page it used ([`NOT_POOLED`] for none):
+    /// a read's data is there, to copy out before the next submit reuses
+    /// the page (`BLK-2b`).
+    pub pooled: [u8; MAX_SEGMENTS],
 }
 
 /// What a disk offers (from the start info).
@@ -145,13 +149,37 @@ pub struct Geometry {
     pub readonly: bool,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+/// [`Done::pooled`] and [`Core::pooled`] for a segment that used no
+/// persistent page.
+pub const NOT_POOLED: u8 = u8::MAX;
+
+/// Most persistent pages a disk may have ([`Core::set_pool`]): pool
+/// indices are bytes, [`NOT_POOLED`] excluded.
+pub const MAX_POOL: usize = NOT_POOLED as usize;
+
+#[derive(Clone, Copy, Debug)]
 struct Slot {
     busy: bool,
     gen: u32,
     op: u8,
     grefs: [u32; MAX_SEGMENTS],
     nr: usize,
+    /// Per segment, the persistent page it uses, or [`NOT_POOLED`] (its
+    /// grant is the request's own, revoked at completion).
+    pooled: [u8; MAX_SEGMENTS],
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            busy: false,
+            gen: 0,
+            op: 0,
+            grefs: [0; MAX_SEGMENTS],
+            nr: 0,
+            pooled: [NOT_POOLED; MAX_SEGMENTS],
+        }
+    }
 }
 
 /// The frontend protocol over a ring page `M` and a hypervisor `H`.
@@ -163,6 +191,13 @@ pub struct Core<M: SharedPage, H: Host> {
     slots: [Slot; RING_DEPTH as usize],
     in_flight: u32,
     dead: bool,
+    /// Persistent pages (`BLK-2b`): their references, granted writable to
+    /// the backend once by the caller ([`Core::set_pool`]).
+    pool: Vec<u32>,
+    /// Indices of `pool` no request in flight uses.
+    pool_free: Vec<u8>,
+    /// Grants made per request (none while the pool has room).
+    grants: u64,
 }
 
 impl<M: SharedPage, H: Host> Core<M, H> {
@@ -176,7 +211,52 @@ impl<M: SharedPage, H: Host> Core<M, H> {
             slots: [Slot::default(); RING_DEPTH as usize],
             in_flight: 0,
             dead: false,
+            pool: Vec::new(),
+            pool_free: Vec::new(),
+            grants: 0,
         }
+    }
+
+    /// Persistent pages (`BLK-2b`): `grefs` are references to frames of the
+    /// caller's that it granted **writable** to the backend once and keeps
+    /// granted while the disk is open (at most [`MAX_POOL`]; more are
+    /// ignored). From then on a request whose segments all find a free
+    /// persistent page names those pages instead of granting its own
+    /// frames, and the caller moves the data: into the pages before
+    /// [`Core::kick`] for a write, out of them when a read is [`Done`]
+    /// ([`Core::pooled`], [`Done::pooled`] say which page a segment uses).
+    /// A request that finds too few free pages grants its own frames as
+    /// before. Replaces an earlier pool only when nothing is in flight.
+    pub fn set_pool(&mut self, grefs: Vec<u32>) -> bool {
+        if self.in_flight != 0 {
+            return false;
+        }
+        let mut grefs = grefs;
+        grefs.truncate(MAX_POOL);
+        self.pool_free = (0..grefs.len())
+            .rev()
+            .map(|i| u8::try_from(i).unwrap_or(0))
+            .collect();
+        self.pool = grefs;
+        true
+    }
+
+    /// The persistent pages (their references), in pool order.
+    pub fn pool(&self) -> &[u32] {
+        &self.pool
+    }
+
+    /// Grants made for single requests since the disk was opened: 0 while
+    /// every request found room in the persistent pages.
+    pub fn request_grants(&self) -> u64 {
+        self.grants
+    }
+
+    /// For an outstanding request, the persistent page each segment uses
+    /// ([`NOT_POOLED`] for none, and past its segments).
+    pub fn pooled(&self, tag: Tag) -> Option<[u8; MAX_SEGMENTS]> {
+        self.is_outstanding(tag)
+            .then(|| self.slots[tag.slot()].pooled)
     }
 
     /// The disk.
@@ -281,34 +361,41 @@ impl<M: SharedPage, H: Host> Core<M, H> {
             busy: true,
             gen: self.slots[index].gen.wrapping_add(1),
             op,
-            grefs: [0; MAX_SEGMENTS],
-            nr: 0,
+            ..Slot::default()
         };
         let tag = Tag(u64::from(slot.gen) << 8 | index as u64);
         let mut req = Request::new(op, tag.0, sector);
+        // All segments on persistent pages, or none (BLK-2b).
+        let pooled = !pages.is_empty() && pages.len() <= self.pool_free.len();
         for (i, p) in pages.iter().enumerate() {
-            match self.host.grant(p.mfn, readonly) {
-                Ok(gref) => {
-                    slot.grefs[i] = gref;
-                    slot.nr = i + 1;
-                    req.seg[i] = Segment {
-                        gref,
-                        first_sect: p.first_sect,
-                        last_sect: p.last_sect,
-                        reserved: 0,
-                    };
-                }
-                Err(e) => {
-                    self.revoke_all(&slot);
-                    if e == Error::NotFound {
-                        // The grantee does not exist (GNT-1): the backend
-                        // is gone.
-                        self.dead = true;
-                        return Err(VblkError::Disconnected);
+            let gref = if pooled {
+                let k = self.pool_free.pop().unwrap_or(0);
+                slot.pooled[i] = k;
+                self.pool[usize::from(k)]
+            } else {
+                self.grants += 1;
+                match self.host.grant(p.mfn, readonly) {
+                    Ok(gref) => gref,
+                    Err(e) => {
+                        self.revoke_all(&slot);
+                        if e == Error::NotFound {
+                            // The grantee does not exist (GNT-1): the
+                            // backend is gone.
+                            self.dead = true;
+                            return Err(VblkError::Disconnected);
+                        }
+                        return Err(VblkError::Grant(e));
                     }
-                    return Err(VblkError::Grant(e));
                 }
-            }
+            };
+            slot.grefs[i] = gref;
+            slot.nr = i + 1;
+            req.seg[i] = Segment {
+                gref,
+                first_sect: p.first_sect,
+                last_sect: p.last_sect,
+                reserved: 0,
+            };
         }
         req.nr_segments = u8::try_from(slot.nr).unwrap_or(0);
         if let Err(e) = self.ring.push_request(&req) {
@@ -323,10 +410,15 @@ impl<M: SharedPage, H: Host> Core<M, H> {
         Ok(tag)
     }
 
-    /// Revokes a slot's grants; `true` if one could not be revoked.
+    /// Revokes a slot's own grants and gives its persistent pages back to
+    /// the pool; `true` if a grant could not be revoked.
     fn revoke_all(&mut self, slot: &Slot) -> bool {
         let mut leaked = false;
-        for &g in &slot.grefs[..slot.nr] {
+        for (&g, &k) in slot.grefs[..slot.nr].iter().zip(&slot.pooled) {
+            if k != NOT_POOLED {
+                self.pool_free.push(k);
+                continue;
+            }
             if self.host.revoke(g).is_err() {
                 leaked = true;
             }
@@ -389,6 +481,7 @@ impl<M: SharedPage, H: Host> Core<M, H> {
             tag,
             result,
             leaked,
+            pooled: slot.pooled,
         })
     }
 
@@ -422,6 +515,7 @@ impl<M: SharedPage, H: Host> Core<M, H> {
                 tag: Tag(u64::from(slot.gen) << 8 | i as u64),
                 result: Err(VblkError::Disconnected),
                 leaked,
+                pooled: slot.pooled,
             });
         }
     }
@@ -538,6 +632,20 @@ pub const PROBE_NS: u64 = 100_000_000;
 
 fn on_disk_event(_: Port) {}
 
+/// Persistent pages [`Vblk::open`] grants its backend (`BLK-2b`): one per
+/// slot, so that a ring of one-page requests never grants per request.
+pub const POOL_PAGES: usize = RING_DEPTH as usize;
+
+/// A persistent page (`BLK-2b`): a leaked, page-aligned [`PageBytes`] box
+/// granted writable to the backend, which may write it at any time, so this
+/// side never makes a Rust reference to it: only word-wise volatile copies
+/// in and out ([`pool_put`], [`pool_get`]).
+#[derive(Debug)]
+struct PoolPage {
+    va: u64,
+    gref: u32,
+}
+
 /// A virtual disk of this guest, connected to its backend (`BLK-2`).
 pub struct Vblk {
     core: Core<RingPage, Hyper>,
@@ -547,6 +655,10 @@ pub struct Vblk {
     probe_ns: u64,
     probes: u64,
     bufs: Vec<Option<Buffer>>,
+    /// Per slot: the request's op and the sectors used of each page (for
+    /// the copies out of the persistent pages).
+    shapes: Vec<(u8, u8, u8)>,
+    pool: Vec<PoolPage>,
     ready: alloc::collections::VecDeque<Completion>,
 }
 
@@ -591,6 +703,8 @@ impl Vblk {
         let mut core = Core::new(page, host, geo);
         let ring_gref =
             crate::grant::grant_access_at(mfn, DomId(info.peer_domain), false, GrantRef(index))?.0;
+        let pool = grant_pool(info.peer_domain, index);
+        core.set_pool(pool.iter().map(|p| p.gref).collect());
         event::set_handler(port, on_disk_event);
         let _ = event::unmask(port);
         core.host().notify()?;
@@ -602,8 +716,17 @@ impl Vblk {
             probe_ns: PROBE_NS,
             probes: 0,
             bufs: (0..RING_DEPTH).map(|_| None).collect(),
+            shapes: (0..RING_DEPTH).map(|_| (0, 0, 0)).collect(),
+            pool,
             ready: alloc::collections::VecDeque::new(),
         })
+    }
+
+    /// `(persistent pages granted at open, grants made for single requests
+    /// since)` (`BLK-2b`): the second stays 0 while every request fits in
+    /// the free persistent pages.
+    pub fn grant_stats(&self) -> (usize, u64) {
+        (self.pool.len(), self.core.request_grants())
     }
 
     /// The disk's size and read-only flag.
@@ -640,14 +763,14 @@ impl Vblk {
     pub fn submit_read(&mut self, sector: u64, buf: Buffer) -> Result<Tag, (VblkError, Buffer)> {
         let refs = buf.refs();
         let r = self.core.read(sector, &refs);
-        self.hold(r, buf)
+        self.hold(r, buf, (OP_READ, 0, SECTORS_PER_PAGE - 1))
     }
 
     /// Queues a write of `buf` at `sector`.
     pub fn submit_write(&mut self, sector: u64, buf: Buffer) -> Result<Tag, (VblkError, Buffer)> {
         let refs = buf.refs();
         let r = self.core.write(sector, &refs);
-        self.hold(r, buf)
+        self.hold(r, buf, (OP_WRITE, 0, SECTORS_PER_PAGE - 1))
     }
 
     /// Queues request `op` with sectors `first..=last` of each page of
@@ -671,12 +794,23 @@ impl Vblk {
             })
             .collect();
         let r = self.core.submit_unchecked(op, sector, &refs);
-        self.hold(r, buf)
+        self.hold(r, buf, (op, first, last))
     }
 
-    fn hold(&mut self, r: Result<Tag, VblkError>, buf: Buffer) -> Result<Tag, (VblkError, Buffer)> {
+    /// Keeps `buf` while its request is in flight; a write's data goes into
+    /// its persistent pages now, before [`Vblk::kick`] publishes it.
+    fn hold(
+        &mut self,
+        r: Result<Tag, VblkError>,
+        buf: Buffer,
+        shape: (u8, u8, u8),
+    ) -> Result<Tag, (VblkError, Buffer)> {
         match r {
             Ok(tag) => {
+                if shape.0 == OP_WRITE {
+                    self.stage(tag, &buf, shape);
+                }
+                self.shapes[tag.slot()] = shape;
                 self.bufs[tag.slot()] = Some(buf);
                 Ok(tag)
             }
@@ -703,8 +837,51 @@ impl Vblk {
         r
     }
 
+    /// The byte range of each page a request of `shape` uses.
+    fn span(shape: (u8, u8, u8)) -> Option<core::ops::Range<usize>> {
+        let (_, first, last) = shape;
+        (first <= last && last < SECTORS_PER_PAGE)
+            .then(|| usize::from(first) * 512..(usize::from(last) + 1) * 512)
+    }
+
+    /// Copies a write's data into the persistent pages its segments use.
+    fn stage(&self, tag: Tag, buf: &Buffer, shape: (u8, u8, u8)) {
+        let (Some(pooled), Some(span)) = (self.core.pooled(tag), Self::span(shape)) else {
+            return;
+        };
+        for (i, &k) in pooled.iter().enumerate().take(buf.pages()) {
+            if let Some(p) = self.pool.get(usize::from(k)) {
+                let start = i * PAGE;
+                pool_put(
+                    p,
+                    span.start,
+                    &buf.bytes()[start + span.start..start + span.end],
+                );
+            }
+        }
+    }
+
     fn finish(&mut self, d: Done) -> Completion {
-        let buf = self.bufs.get_mut(d.tag.slot()).and_then(Option::take);
+        let mut buf = self.bufs.get_mut(d.tag.slot()).and_then(Option::take);
+        let shape = self.shapes.get(d.tag.slot()).copied().unwrap_or((0, 0, 0));
+        if let (Some(b), Some(span), true) = (
+            buf.as_mut(),
+            Self::span(shape),
+            shape.0 == OP_READ && d.result.is_ok(),
+        ) {
+            // A read's data is in its persistent pages (BLK-2b): copy it
+            // out before another request reuses them.
+            for (i, &k) in d.pooled.iter().enumerate().take(b.pages()) {
+                if let Some(p) = self.pool.get(usize::from(k)) {
+                    let start = i * PAGE;
+                    pool_get(
+                        p,
+                        span.start,
+                        &mut b.bytes_mut()[start + span.start..start + span.end],
+                    );
+                }
+            }
+        }
         let buffer = if d.leaked {
             // The backend kept a grant mapped: the frames are never given
             // back to the allocator.
@@ -865,7 +1042,104 @@ impl Drop for Vblk {
         // Refused while the backend still maps the ring (it unmaps when it
         // sees the frontend gone); the page is never freed either way.
         let _ = self.core.host().revoke(self.ring_gref);
+        // The persistent pages go back to the heap once their grants are
+        // gone; one the backend holds mapped (which BLK-2b forbids) stays
+        // leaked, never reused.
+        for p in core::mem::take(&mut self.pool) {
+            if crate::grant::revoke(GrantRef(p.gref)).is_ok() {
+                pool_free(p);
+            }
+        }
     }
+}
+
+/// Allocates and grants [`POOL_PAGES`] persistent pages writable to
+/// `backend` (`BLK-2b`); fewer (logged) if memory or grants run out: the
+/// requests that find no free page then grant their own frames.
+fn grant_pool(backend: u16, index: u32) -> Vec<PoolPage> {
+    let mut pool = Vec::new();
+    for _ in 0..POOL_PAGES {
+        let va = alloc::boxed::Box::into_raw(alloc::boxed::Box::new(PageBytes([0; PAGE]))) as u64;
+        let Some((mfn, _)) = crate::paging::translate(va) else {
+            log::warn!(
+                "vblk {index}: persistent page not translatable; using {} pages",
+                pool.len()
+            );
+            break;
+        };
+        match crate::grant::grant_access(mfn, DomId(backend), false) {
+            Ok(g) => pool.push(PoolPage { va, gref: g.0 }),
+            Err(e) => {
+                // Never granted: the page can go back.
+                pool_free(PoolPage { va, gref: 0 });
+                log::warn!(
+                    "vblk {index}: persistent grant refused ({e}); using {} pages",
+                    pool.len()
+                );
+                break;
+            }
+        }
+    }
+    pool
+}
+
+/// Copies `src` into persistent page `p` at `off` (both multiples of 8
+/// bytes; anything else is ignored, never out of the page).
+fn pool_put(p: &PoolPage, off: usize, src: &[u8]) {
+    if !off.is_multiple_of(8) || !src.len().is_multiple_of(8) || off + src.len() > PAGE {
+        return;
+    }
+    shared_copy(
+        src.as_ptr(),
+        (p.va as *mut u8).wrapping_add(off),
+        src.len() / 8,
+    );
+}
+
+/// Copies persistent page `p` at `off` into `dst` (as [`pool_put`]).
+fn pool_get(p: &PoolPage, off: usize, dst: &mut [u8]) {
+    if !off.is_multiple_of(8) || !dst.len().is_multiple_of(8) || off + dst.len() > PAGE {
+        return;
+    }
+    shared_copy(
+        (p.va as *const u8).wrapping_add(off),
+        dst.as_mut_ptr(),
+        dst.len() / 8,
+    );
+}
+
+/// Copies `words` 8-byte words from `src` to `dst` with one `rep movsq`,
+/// one side being a persistent page the backend may write at any moment:
+/// the copy is opaque to the compiler (like a volatile access, it assumes
+/// nothing about that memory), and the data is never trusted. A quarter
+/// of the instructions of a word-wise volatile loop.
+#[allow(unsafe_code)]
+fn shared_copy(src: *const u8, dst: *mut u8, words: usize) {
+    // SAFETY: both callers checked that the persistent-page side lies
+    // inside its page (a leaked, live `Box<PageBytes>` no Rust reference
+    // reaches, valid for reads and writes until `pool_free`), and the other
+    // side is a slice of exactly `words * 8` bytes borrowed by the caller
+    // (shared for `src`, unique for `dst`), so the ranges do not overlap;
+    // `rep movsq` with DF clear (the ABI's state at any call) copies
+    // forwards and touches nothing else; rcx, rsi, rdi are clobbered.
+    unsafe {
+        core::arch::asm!(
+            "rep movsq",
+            inout("rcx") words => _,
+            inout("rsi") src => _,
+            inout("rdi") dst => _,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
+/// Gives a persistent page back to the heap: it must no longer be granted.
+#[allow(unsafe_code)]
+fn pool_free(p: PoolPage) {
+    // SAFETY: `p.va` came from `Box::into_raw` of a `Box<PageBytes>` in
+    // `grant_pool` and is freed once (`p` is consumed); its grant is
+    // revoked (or was never made), so no one else may write it any more.
+    drop(unsafe { alloc::boxed::Box::from_raw(p.va as *mut PageBytes) });
 }
 
 /// The ring page at `va` (a leaked, page-aligned [`PageBytes`] box this
@@ -888,28 +1162,7 @@ mod tests {
     use std::rc::Rc;
     use std::vec::Vec;
 
-    /// A ring page in host memory.
-    struct Page(RefCell<Vec<u8>>);
-    impl Page {
-        fn new() -> Self {
-            Page(RefCell::new(vec![0; 4096]))
-        }
-    }
-    impl SharedPage for Page {
-        fn load(&self, off: usize) -> u32 {
-            u32::from_le_bytes(self.0.borrow()[off..off + 4].try_into().unwrap())
-        }
-        fn store(&self, off: usize, v: u32) {
-            self.0.borrow_mut()[off..off + 4].copy_from_slice(&v.to_le_bytes());
-        }
-        fn full_barrier(&self) {}
-        fn read(&self, off: usize, dst: &mut [u8]) {
-            dst.copy_from_slice(&self.0.borrow()[off..off + dst.len()]);
-        }
-        fn write(&self, off: usize, src: &[u8]) {
-            self.0.borrow_mut()[off..off + src.len()].copy_from_slice(src);
-        }
-    }
+    use crate::ring::HostPage as Page;
 
     #[derive(Clone, Debug, PartialEq, Eq)]
     enum Call {
@@ -1058,6 +1311,124 @@ mod tests {
         assert_eq!(done, tags);
         assert_eq!(hv.live_grants(), 0);
         assert_eq!(core.in_flight(), 0);
+    }
+
+    /// The backend's view of a request: the references of its segments.
+    fn take_grefs(conn: &mut Conn<Rc<Page>>) -> Vec<Vec<u32>> {
+        let mut out = Vec::new();
+        while let Ok(Next::Serve(v)) = conn.take() {
+            out.push(v.segments().iter().map(|s| s.gref).collect());
+            conn.respond(&v, Status::Ok).unwrap();
+        }
+        conn.publish().unwrap();
+        out
+    }
+
+    #[test]
+    fn persistent_pages_replace_per_request_grants_and_are_never_shared() {
+        let (page, hv, mut core) = setup();
+        let mut conn = Conn::attach(page.clone(), EXT);
+        let pool: Vec<u32> = (500..532).collect();
+        assert!(core.set_pool(pool.clone()));
+        // Three rounds of a full ring of one-page reads and writes: no
+        // grant or revoke at all, each in-flight request on its own page.
+        for round in 0..3u64 {
+            let mut tags = Vec::new();
+            for i in 0..RING_DEPTH {
+                let p = [PageRef::whole(100 + u64::from(i))];
+                let t = if (round + u64::from(i)) % 2 == 0 {
+                    core.read(u64::from(i) * 8, &p)
+                } else {
+                    core.write(u64::from(i) * 8, &p)
+                };
+                tags.push(t.unwrap());
+            }
+            let mut used: Vec<u8> = tags.iter().map(|&t| core.pooled(t).unwrap()[0]).collect();
+            assert!(tags.iter().all(|&t| core.pooled(t).unwrap()[1..]
+                .iter()
+                .all(|&k| k == NOT_POOLED)));
+            used.sort_unstable();
+            used.dedup();
+            assert_eq!(used.len(), 32, "no page shared by two requests");
+            core.kick().unwrap();
+            let seen = take_grefs(&mut conn);
+            assert_eq!(seen.len(), 32);
+            for g in &seen {
+                assert!(pool.contains(&g[0]), "segment names a persistent page");
+            }
+            while let Some(d) = core.poll().unwrap() {
+                assert_eq!(d.result, Ok(()));
+                assert_ne!(d.pooled[0], NOT_POOLED);
+            }
+            assert_eq!(core.in_flight(), 0);
+        }
+        assert_eq!(
+            hv.0.borrow()
+                .log
+                .iter()
+                .filter(|c| !matches!(c, Call::Notify))
+                .count(),
+            0
+        );
+        assert_eq!(core.request_grants(), 0);
+        assert_eq!(hv.live_grants(), 0);
+    }
+
+    #[test]
+    fn a_request_too_big_for_the_free_pages_grants_its_own_frames() {
+        let (page, hv, mut core) = setup();
+        let mut conn = Conn::attach(page.clone(), EXT);
+        assert!(core.set_pool(vec![500, 501, 502]));
+        let two = [PageRef::whole(10), PageRef::whole(11)];
+        let a = core.write(0, &two).unwrap();
+        assert_eq!(core.pooled(a).unwrap()[..2], [0, 1]);
+        // One page left: a two-page request is all granted, none pooled.
+        let b = core.read(16, &two).unwrap();
+        assert_eq!(core.pooled(b).unwrap(), [NOT_POOLED; MAX_SEGMENTS]);
+        assert_eq!(hv.live_grants(), 2);
+        assert_eq!(core.request_grants(), 2);
+        // A one-page request still finds the last page.
+        let c = core.read(32, &[PageRef::whole(12)]).unwrap();
+        assert_eq!(core.pooled(c).unwrap()[0], 2);
+        core.kick().unwrap();
+        let seen = take_grefs(&mut conn);
+        assert_eq!(seen[0], [500, 501]);
+        assert!(!seen[1].iter().any(|g| (500..503).contains(g)));
+        assert_eq!(seen[2], [502]);
+        let mut n = 0;
+        while core.poll().unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 3);
+        assert_eq!(hv.live_grants(), 0, "the request's own grants revoked");
+        // Every page is free again: a full ring of one-page requests fits
+        // three, the rest grant.
+        for i in 0..3 {
+            let t = core.read(i * 8, &[PageRef::whole(20)]).unwrap();
+            assert_ne!(core.pooled(t).unwrap()[0], NOT_POOLED);
+        }
+        assert!(!core.set_pool(vec![1]), "not while requests are in flight");
+    }
+
+    #[test]
+    fn a_disconnect_gives_the_persistent_pages_back_and_revokes_none() {
+        let (_page, hv, mut core) = setup();
+        assert!(core.set_pool((500..504).collect()));
+        for i in 0..4 {
+            core.write(i * 8, &[PageRef::whole(30)]).unwrap();
+        }
+        let mut done = Vec::new();
+        core.fail_all(|d| done.push(d));
+        assert_eq!(done.len(), 4);
+        assert!(done.iter().all(|d| d.result == Err(VblkError::Disconnected)
+            && !d.leaked
+            && d.pooled[0] != NOT_POOLED));
+        assert!(
+            hv.0.borrow().log.is_empty(),
+            "no revoke of a persistent page"
+        );
+        assert_eq!(core.in_flight(), 0);
+        assert!(core.set_pool(Vec::new()), "nothing in flight");
     }
 
     #[test]

@@ -249,6 +249,24 @@ pub fn reference(name: &str) -> &'static str {
         "blk_vblk_read_d1" | "blk_vblk_read_d32" | "blk_vblk_write_d1" | "blk_vblk_write_d32" => {
             "per 4 KiB request through the ring: compare blk_direct_* of the same run"
         }
+        "blk_cpu_direct_read_d1"
+        | "blk_cpu_direct_read_d32"
+        | "blk_cpu_direct_write_d1"
+        | "blk_cpu_direct_write_d32" => {
+            "CPU work per request, the driver on the device (time blocked in event::wait left out)"
+        }
+        "blk_cpu_front_read_d1"
+        | "blk_cpu_front_read_d32"
+        | "blk_cpu_front_write_d1"
+        | "blk_cpu_front_write_d32" => {
+            "CPU work per request in the frontend (vblk); add blk_cpu_serve_* for the ring's total"
+        }
+        "blk_cpu_serve_read_d1"
+        | "blk_cpu_serve_read_d32"
+        | "blk_cpu_serve_write_d1"
+        | "blk_cpu_serve_write_d32" => {
+            "CPU work per request in the driver serving the ring (copies, events, device)"
+        }
         "grant_copy_4k" => {
             "one element: checks, then 4 KiB through a bounce buffer (two 4 KiB copies); \
              Xen GNTTABOP_copy does one"

@@ -14,20 +14,21 @@
 
 use core::ptr::NonNull;
 
-use guest_sdk::dma::{PagePool, Region};
+use guest_sdk::dma::PagePool;
+use guest_sdk::io::DmaRegion;
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
 const PAGE: usize = 4096;
 
 struct Dma {
-    region: Region,
+    region: DmaRegion,
     pool: PagePool,
 }
 
 static DMA: spin::Mutex<Option<Dma>> = spin::Mutex::new(None);
 
 /// Takes the DMA region for the driver. Call once, before any device.
-pub fn init(region: Region) {
+pub fn init(region: DmaRegion) {
     let pages = usize::try_from(region.pages).unwrap_or(0);
     *DMA.lock() = Some(Dma {
         region,
@@ -55,7 +56,7 @@ pub fn alloc_pages(n: usize) -> Option<(u64, u64)> {
     // which the hypervisor maps writable in the window for the domain's life
     // (IO-*), and nothing else uses it until it is given back.
     unsafe { core::ptr::write_bytes(va as *mut u8, 0, n * PAGE) };
-    Some((va, d.region.machine + off))
+    Some((va, d.region.machine_base + off))
 }
 
 /// Gives back `n` pages at virtual address `va` (from [`alloc_pages`]).
@@ -71,11 +72,11 @@ pub fn free_pages(va: u64, n: usize) -> bool {
 
 /// The machine address of `va..va + len` if it lies in the region.
 pub fn machine_of(va: u64, len: u64) -> Option<u64> {
-    DMA.lock().as_ref()?.region.machine_of(va, len)
+    DMA.lock().as_ref()?.region.machine_of_range(va, len)
 }
 
 fn va_of(pa: u64, len: u64) -> Option<u64> {
-    DMA.lock().as_ref()?.region.va_of(pa, len)
+    DMA.lock().as_ref()?.region.va_of_range(pa, len)
 }
 
 /// The `Hal` of this driver domain.

@@ -29,7 +29,6 @@ mod serve;
 
 use alloc::vec::Vec;
 
-use guest_sdk::dma::Region;
 use guest_sdk::{println, StartInfo};
 
 use dev::{Disk, Kind};
@@ -47,7 +46,7 @@ pub enum Job {
 guest_sdk::entry!(main);
 
 fn main(si: &StartInfo) -> i32 {
-    let Some(region) = Region::of(si) else {
+    let Some(region) = si.dma() else {
         println!("blkback: no DMA region in the start info: declare this domain the disk's driver");
         return 1;
     };
@@ -125,6 +124,7 @@ fn direct(d: &mut Disk<Job>, n: u64, first: u64, count: u64) -> bool {
     for (kind, name) in [(Kind::Write, "write"), (Kind::Read, "read")] {
         for depth in [1, d.slots()] {
             let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+            let b0 = guest_sdk::event::blocked_ticks();
             let t0 = guest_sdk::time::rdtsc();
             let (mut sent, mut done, mut failed) = (0u64, 0u64, 0u64);
             while done < n {
@@ -169,12 +169,19 @@ fn direct(d: &mut Disk<Job>, n: u64, first: u64, count: u64) -> bool {
                     }
                 }
             }
-            let per = guest_sdk::time::rdtsc().saturating_sub(t0) / n.max(1);
+            let elapsed = guest_sdk::time::rdtsc().saturating_sub(t0);
+            let per = elapsed / n.max(1);
+            let blocked = guest_sdk::event::blocked_ticks().saturating_sub(b0);
+            let cpu = elapsed.saturating_sub(blocked) / n.max(1);
+            let d = if depth == 1 { 1 } else { 32 };
             // One figure per phase: ticks per request (instructions under
-            // `-icount`), in the `cargo xtask bench` format.
+            // `-icount`), in the `cargo xtask bench` format; and the CPU
+            // work alone (the time not blocked waiting for the device).
             println!(
-                "@ bench name=blk_direct_{name}_d{} value={per} min={per} mean={per} iters={n} unit=ticks",
-                if depth == 1 { 1 } else { 32 }
+                "@ bench name=blk_direct_{name}_d{d} value={per} min={per} mean={per} iters={n} unit=ticks"
+            );
+            println!(
+                "@ bench name=blk_cpu_direct_{name}_d{d} value={cpu} min={cpu} mean={cpu} iters={n} unit=ticks"
             );
             if failed != 0 {
                 println!("blkback: direct {name} at depth {depth}: {failed} of {n} failed or read back wrong");
