@@ -280,6 +280,10 @@ pub fn reference(name: &str) -> &'static str {
         "grant_map_unmap" => {
             "map installs one entry; unmap clears it and flushes the whole TLB (no PCIDs)"
         }
+        "tcp_host_to_guest_1m" => {
+            "1 MiB from xtask through QEMU's forward, the uplink and the switch to an smoltcp \
+             guest, SYN to closed; wall pass only"
+        }
         "tcp_guest_to_guest_1m" => {
             "1 MiB over TCP (smoltcp both ends) through the switch, connect to both FINs \
              acknowledged; whole system"
@@ -452,7 +456,9 @@ fn baseline_for(name: &str, host: &Host) -> Option<(&'static str, f64)> {
         | "yield_round_trip" => Some(("pipe_round_trip", host.pipe_round_trip_ns)),
         "domain_switch" => Some(("pipe_round_trip/2", host.pipe_round_trip_ns / 2.0)),
         "guest_start.total" => Some(("spawn", host.spawn_ns)),
-        "tcp_guest_to_guest_1m" => Some(("tcp_loopback_1m", host.tcp_loopback_1m_ns)),
+        "tcp_guest_to_guest_1m" | "tcp_host_to_guest_1m" => {
+            Some(("tcp_loopback_1m", host.tcp_loopback_1m_ns))
+        }
         _ => None,
     }
 }
@@ -602,6 +608,68 @@ fn scenarios(root: &Path) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// The scenario whose TCP client is `cargo xtask bench` itself, through
+/// its forwarded host port; wall pass only (under `-icount ... sleep=off`
+/// the guest's clock races past its deadline while it waits for the host).
+const HOST_CLIENT_SCENARIO: &str = "bench-net-host";
+/// The host port `bench-net-host.toml` forwards to the guest's port 80.
+const HOST_CLIENT_PORT: u16 = 47090;
+/// What the host sends it: 1 MiB, as `host.tcp_loopback_1m`.
+const HOST_CLIENT_BYTES: usize = 1 << 20;
+
+/// FNV-1a/64, as `guests/tcptest` computes it.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The host side of `bench-net-host`: connects to the forwarded port
+/// (retrying while the guest is not listening yet), sends `data`, closes
+/// its write side and checks the guest's answer (length, FNV-1a/64).
+fn host_tcp_client(port: u16, data: &[u8]) -> Result<(), String> {
+    use std::net::{Shutdown, SocketAddr, TcpStream};
+    let once = || -> Result<[u8; 16], String> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .and_then(|_| s.set_write_timeout(Some(Duration::from_secs(30))))
+            .map_err(|e| e.to_string())?;
+        s.write_all(data).map_err(|e| format!("write: {e}"))?;
+        s.shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))?;
+        let mut answer = [0u8; 16];
+        s.read_exact(&mut answer)
+            .map_err(|e| format!("read the answer: {e}"))?;
+        Ok(answer)
+    };
+    let start = Instant::now();
+    let mut last = String::from("never tried");
+    while start.elapsed() < Duration::from_secs(120) {
+        match once() {
+            Ok(a) => {
+                let len = u64::from_le_bytes(a[..8].try_into().unwrap_or([0; 8]));
+                let sum = u64::from_le_bytes(a[8..].try_into().unwrap_or([0; 8]));
+                let want = fnv(data);
+                if len != data.len() as u64 || sum != want {
+                    return Err(format!(
+                        "the guest answered {len} bytes, checksum {sum:#x}; \
+                         the host sent {}, checksum {want:#x}",
+                        data.len()
+                    ));
+                }
+                return Ok(());
+            }
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Err(format!(
+        "no answer through 127.0.0.1:{port} in 120 s (last: {last})"
+    ))
+}
+
 /// Boots every bench scenario once with `extra` QEMU arguments.
 fn pass(
     booter: &Booter<'_>,
@@ -629,7 +697,18 @@ fn pass(
             gdb: None,
             log_name: format!("bench/{name}.{label}"),
         };
+        let client = (name == HOST_CLIENT_SCENARIO).then(|| {
+            let data: Vec<u8> = (0..HOST_CLIENT_BYTES)
+                .map(|i| (i * 7 + (i >> 8)) as u8)
+                .collect();
+            std::thread::spawn(move || host_tcp_client(HOST_CLIENT_PORT, &data))
+        });
         let (outcome, _, _) = booter.boot_with(&req, &how, extra)?;
+        if let Some(c) = client {
+            c.join()
+                .map_err(|_| "the host TCP client panicked".to_string())?
+                .map_err(|e| format!("scenario `{name}`: {e}{}", log_hint(&outcome)))?;
+        }
         eprintln!("{:.1} s", started.elapsed().as_secs_f64());
         check(&outcome, name)?;
         let solo = (name == SOLO_SCENARIO).then_some(SOLO_DOMAIN);
@@ -704,7 +783,12 @@ pub fn bench(opts: &Options) -> Result<ExitCode, String> {
         accel: Accel::Tcg,
     };
     let icount: Vec<String> = ICOUNT_ARGS.iter().map(|s| s.to_string()).collect();
-    let boots = pass(&booter, &names, "icount", &icount, opts.timeout)?;
+    let under_icount: Vec<String> = names
+        .iter()
+        .filter(|n| n.as_str() != HOST_CLIENT_SCENARIO)
+        .cloned()
+        .collect();
+    let boots = pass(&booter, &under_icount, "icount", &icount, opts.timeout)?;
     let mut rows = icount_rows(&boots);
     if opts.wall {
         eprintln!("xtask: bench: host baselines (wall clock) ...");

@@ -9,7 +9,7 @@
 //! echo requests, one at a time), connects to `port`,
 //! sends `bytes=N` (default 1 MiB) of a fixed pattern, closes its side,
 //! reads the server's length and checksum and compares them with its own.
-//! `bench=NAME` on the client also reports the transfer's ticks as `@ bench`.
+//! `bench=NAME` on either role also reports the transfer's ticks as `@ bench`.
 //! Both print `@` facts the scenario test asserts on.
 #![no_std]
 #![no_main]
@@ -82,7 +82,7 @@ fn main(si: &StartInfo) -> i32 {
         .add_default_ipv4_route(Ipv4Address::new(g0, g1, g2, g3));
     let deadline = time::now_ns() + 90_000_000_000;
     match si.cmdline_value("role") {
-        Some("server") => server(&mut iface, &mut dev, deadline),
+        Some("server") => server(&mut iface, &mut dev, deadline, si.cmdline_value("bench")),
         Some("client") => {
             let ip = si
                 .cmdline_value("server")
@@ -132,7 +132,12 @@ fn tcp_socket() -> tcp::Socket<'static> {
     )
 }
 
-fn server(iface: &mut Interface, dev: &mut vnic::Device, deadline: u64) -> i32 {
+fn server(
+    iface: &mut Interface,
+    dev: &mut vnic::Device,
+    deadline: u64,
+    bench: Option<&str>,
+) -> i32 {
     let mut sockets = SocketSet::new(vec![]);
     let h = sockets.add(tcp_socket());
     if sockets.get_mut::<tcp::Socket>(h).listen(PORT).is_err() {
@@ -143,8 +148,12 @@ fn server(iface: &mut Interface, dev: &mut vnic::Device, deadline: u64) -> i32 {
     let mut total = 0usize;
     let mut replied = false;
     let mut buf = vec![0u8; 8192];
+    let mut start_tsc = None;
     let done = vnic::run(iface, dev, &mut sockets, deadline, |_, s| {
         let sock = s.get_mut::<tcp::Socket>(h);
+        if start_tsc.is_none() && sock.state() != tcp::State::Listen {
+            start_tsc = Some(time::rdtsc());
+        }
         while sock.can_recv() {
             match sock.recv_slice(&mut buf) {
                 Ok(n) if n > 0 => {
@@ -165,7 +174,14 @@ fn server(iface: &mut Interface, dev: &mut vnic::Device, deadline: u64) -> i32 {
         }
         replied && sock.state() == tcp::State::Closed
     });
+    let ticks = start_tsc.map_or(0, |t| time::rdtsc().wrapping_sub(t));
     let state = sockets.get::<tcp::Socket>(h).state();
+    // `bench=NAME` (scenario `bench-net-host`): SYN received to closed.
+    if let Some(name) = bench.filter(|_| done) {
+        println!(
+            "@ bench name={name} value={ticks} min={ticks} mean={ticks} iters=1 unit=ticks bytes={total}"
+        );
+    }
     println!(
         "@ tcp-server bytes={} sum={:#018x} done={} state={state}",
         total,
