@@ -280,6 +280,13 @@ pub fn reference(name: &str) -> &'static str {
         "grant_map_unmap" => {
             "map installs one entry; unmap clears it and flushes the whole TLB (no PCIDs)"
         }
+        "switch_frame_64" | "switch_frame_1514" => {
+            "netback's switch, port to port (checks, learning, lookup, copy, pop): \
+             compare queue_frame_* of the same boot"
+        }
+        "queue_frame_64" | "queue_frame_1514" => {
+            "the same frame copied into one of netback's own queues, moved to another, popped"
+        }
         "tcp_host_to_guest_1m" => {
             "1 MiB from xtask through QEMU's forward, the uplink and the switch to an smoltcp \
              guest, SYN to closed; wall pass only"
