@@ -407,8 +407,9 @@ fn a_guest_reaches_the_host_through_the_gateway(m: &dyn Machine) -> Result<(), S
 }
 
 /// Containment (`docs/network.md`, NET-2..4): while `hostile` floods
-/// broadcasts, sends malformed and ungranted TX requests, never consumes
-/// its RX ring, publishes a producer index past its ring and storms the
+/// broadcasts, rewrites TX requests after publishing them (only the
+/// published frame may reach `observer`), sends malformed and ungranted
+/// TX requests, never consumes its RX ring, publishes a producer index past its ring and storms the
 /// driver with events, `client` and `server` (smoltcp) complete 3 pings and
 /// a 4 MiB TCP transfer whose checksum matches on the far side. The driver
 /// refused the malformed requests, disconnected only the hostile ring, and
@@ -416,13 +417,28 @@ fn a_guest_reaches_the_host_through_the_gateway(m: &dyn Machine) -> Result<(), S
 fn a_hostile_vnic_frontend_is_contained(m: &dyn Machine) -> Result<(), String> {
     let out = m.boot(&BootRequest::scenario("net-hostile"))?;
     succeeded_and_audited(&out)?;
-    for name in ["server", "client", "hostile"] {
+    for name in ["server", "client", "hostile", "observer"] {
         powered_off_cleanly(&out, name)?;
     }
     let h = out.facts.guest_one("hostile", "hostile")?;
     ensure!(
         h.number("flood_ok")? > 0 && h.number("refused")? > 0 && h.number("storms")? > 1000,
         "`{h}`: the hostile guest must have flooded, been refused and stormed"
+    );
+    // TX requests rewritten after they were published (slot size over the
+    // MTU, bytes from a foreign source, and back): the driver acted on
+    // either version (both must have happened), and only the validated,
+    // published frame ever reached the observer, byte for byte.
+    let seen = out.facts.guest_one("observer", "observer")?;
+    let (ok, refused) = (h.number("rewrite_ok")?, h.number("rewrite_refused")?);
+    ensure!(
+        ok > 0 && refused > 0,
+        "`{h}`: the driver must have answered rewritten requests both ways"
+    );
+    ensure!(
+        seen.number("bad")? == 0 && seen.number("good")? > 0 && seen.number("good")? <= ok,
+        "`{seen}` (hostile: `{h}`): a rewritten request's bytes reached the observer, \
+         or none of the accepted frames did"
     );
     let cut = out.facts.guest_one("netback", "vnic-disconnected")?;
     ensure!(

@@ -37,6 +37,8 @@ pub struct Options {
     pub wall: bool,
     /// Per-boot timeout override.
     pub timeout: Option<Duration>,
+    /// Boot only the scenarios whose name contains this.
+    pub only: Option<String>,
 }
 
 /// QEMU arguments that make guest `rdtsc` count instructions, deterministically.
@@ -278,6 +280,21 @@ pub fn reference(name: &str) -> &'static str {
         "grant_map_unmap" => {
             "map installs one entry; unmap clears it and flushes the whole TLB (no PCIDs)"
         }
+        "switch_frame_64" | "switch_frame_1514" => {
+            "netback's switch, port to port (checks, learning, lookup, copy, pop): \
+             compare queue_frame_* of the same boot"
+        }
+        "queue_frame_64" | "queue_frame_1514" => {
+            "the same frame copied into one of netback's own queues, moved to another, popped"
+        }
+        "tcp_host_to_guest_1m" => {
+            "1 MiB from xtask through QEMU's forward, the uplink and the switch to an smoltcp \
+             guest, SYN to closed; wall pass only"
+        }
+        "tcp_guest_to_guest_1m" => {
+            "1 MiB over TCP (smoltcp both ends) through the switch, connect to both FINs \
+             acknowledged; whole system"
+        }
         "vnic_frame_64_batch1"
         | "vnic_frame_64_batch32"
         | "vnic_frame_1514_batch1"
@@ -431,6 +448,9 @@ pub struct Host {
     pub getpid_ns: f64,
     pub pipe_round_trip_ns: f64,
     pub spawn_ns: f64,
+    /// 1 MiB written to a TCP connection over 127.0.0.1 and read on the
+    /// other end (connect to the last byte read, one process, two threads).
+    pub tcp_loopback_1m_ns: f64,
 }
 
 /// Which host baseline a guest figure is divided by.
@@ -443,6 +463,9 @@ fn baseline_for(name: &str, host: &Host) -> Option<(&'static str, f64)> {
         | "yield_round_trip" => Some(("pipe_round_trip", host.pipe_round_trip_ns)),
         "domain_switch" => Some(("pipe_round_trip/2", host.pipe_round_trip_ns / 2.0)),
         "guest_start.total" => Some(("spawn", host.spawn_ns)),
+        "tcp_guest_to_guest_1m" | "tcp_host_to_guest_1m" => {
+            Some(("tcp_loopback_1m", host.tcp_loopback_1m_ns))
+        }
         _ => None,
     }
 }
@@ -463,6 +486,11 @@ pub fn wall_rows(host: &Host, boots: &[BootFigures]) -> Vec<Row> {
             "1 byte there and back between two processes over pipes",
         ),
         ("host.spawn", host.spawn_ns, "spawn and wait for `true`"),
+        (
+            "host.tcp_loopback_1m",
+            host.tcp_loopback_1m_ns,
+            "1 MiB over a TCP connection on 127.0.0.1, connect to last byte read",
+        ),
     ] {
         rows.push(Row {
             record: Record {
@@ -492,6 +520,21 @@ pub fn wall_rows(host: &Host, boots: &[BootFigures]) -> Vec<Row> {
             let Some((base, base_ns)) = baseline_for(&name, host) else {
                 continue;
             };
+            if name.starts_with("tcp_") && guest_ns > 0.0 {
+                // A transfer of 1 MiB: its throughput, for the reader.
+                rows.push(Row {
+                    record: Record {
+                        name: format!("{name}.wall_mb_s"),
+                        value: Value::Real(1_048_576.0 / 1e6 / (guest_ns / 1e9)),
+                        unit: "MB/s".into(),
+                    },
+                    detail: "TCG, no icount".into(),
+                    compare: format!(
+                        "host loopback {:.0} MB/s in this run",
+                        1_048_576.0 / 1e6 / (base_ns / 1e9)
+                    ),
+                });
+            }
             rows.push(Row {
                 record: Record {
                     name: format!("{name}.wall_vs_host_{}", base.replace("/2", "_half")),
@@ -572,6 +615,68 @@ fn scenarios(root: &Path) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// The scenario whose TCP client is `cargo xtask bench` itself, through
+/// its forwarded host port; wall pass only (under `-icount ... sleep=off`
+/// the guest's clock races past its deadline while it waits for the host).
+const HOST_CLIENT_SCENARIO: &str = "bench-net-host";
+/// The host port `bench-net-host.toml` forwards to the guest's port 80.
+const HOST_CLIENT_PORT: u16 = 47090;
+/// What the host sends it: 1 MiB, as `host.tcp_loopback_1m`.
+const HOST_CLIENT_BYTES: usize = 1 << 20;
+
+/// FNV-1a/64, as `guests/tcptest` computes it.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The host side of `bench-net-host`: connects to the forwarded port
+/// (retrying while the guest is not listening yet), sends `data`, closes
+/// its write side and checks the guest's answer (length, FNV-1a/64).
+fn host_tcp_client(port: u16, data: &[u8]) -> Result<(), String> {
+    use std::net::{Shutdown, SocketAddr, TcpStream};
+    let once = || -> Result<[u8; 16], String> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .and_then(|_| s.set_write_timeout(Some(Duration::from_secs(30))))
+            .map_err(|e| e.to_string())?;
+        s.write_all(data).map_err(|e| format!("write: {e}"))?;
+        s.shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))?;
+        let mut answer = [0u8; 16];
+        s.read_exact(&mut answer)
+            .map_err(|e| format!("read the answer: {e}"))?;
+        Ok(answer)
+    };
+    let start = Instant::now();
+    let mut last = String::from("never tried");
+    while start.elapsed() < Duration::from_secs(120) {
+        match once() {
+            Ok(a) => {
+                let len = u64::from_le_bytes(a[..8].try_into().unwrap_or([0; 8]));
+                let sum = u64::from_le_bytes(a[8..].try_into().unwrap_or([0; 8]));
+                let want = fnv(data);
+                if len != data.len() as u64 || sum != want {
+                    return Err(format!(
+                        "the guest answered {len} bytes, checksum {sum:#x}; \
+                         the host sent {}, checksum {want:#x}",
+                        data.len()
+                    ));
+                }
+                return Ok(());
+            }
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Err(format!(
+        "no answer through 127.0.0.1:{port} in 120 s (last: {last})"
+    ))
+}
+
 /// Boots every bench scenario once with `extra` QEMU arguments.
 fn pass(
     booter: &Booter<'_>,
@@ -599,7 +704,18 @@ fn pass(
             gdb: None,
             log_name: format!("bench/{name}.{label}"),
         };
+        let client = (name == HOST_CLIENT_SCENARIO).then(|| {
+            let data: Vec<u8> = (0..HOST_CLIENT_BYTES)
+                .map(|i| (i * 7 + (i >> 8)) as u8)
+                .collect();
+            std::thread::spawn(move || host_tcp_client(HOST_CLIENT_PORT, &data))
+        });
         let (outcome, _, _) = booter.boot_with(&req, &how, extra)?;
+        if let Some(c) = client {
+            c.join()
+                .map_err(|_| "the host TCP client panicked".to_string())?
+                .map_err(|e| format!("scenario `{name}`: {e}{}", log_hint(&outcome)))?;
+        }
         eprintln!("{:.1} s", started.elapsed().as_secs_f64());
         check(&outcome, name)?;
         let solo = (name == SOLO_SCENARIO).then_some(SOLO_DOMAIN);
@@ -651,7 +767,15 @@ fn check(o: &BootOutcome, name: &str) -> Result<(), String> {
 pub fn bench(opts: &Options) -> Result<ExitCode, String> {
     let sh = Shell::new().map_err(|e| format!("cannot set up a shell: {e}"))?;
     let root = images::root();
-    let names = scenarios(&root)?;
+    let mut names = scenarios(&root)?;
+    if let Some(only) = &opts.only {
+        names.retain(|n| n.contains(only.as_str()));
+        if names.is_empty() {
+            return Err(format!(
+                "no bench scenario's name contains `{only}`: see guests/scenarios/bench*.toml"
+            ));
+        }
+    }
     for n in &names {
         manifest::Scenario::load(&root, n)?.check_images(&images::guest_crates(&root)?)?;
     }
@@ -666,7 +790,12 @@ pub fn bench(opts: &Options) -> Result<ExitCode, String> {
         accel: Accel::Tcg,
     };
     let icount: Vec<String> = ICOUNT_ARGS.iter().map(|s| s.to_string()).collect();
-    let boots = pass(&booter, &names, "icount", &icount, opts.timeout)?;
+    let under_icount: Vec<String> = names
+        .iter()
+        .filter(|n| n.as_str() != HOST_CLIENT_SCENARIO)
+        .cloned()
+        .collect();
+    let boots = pass(&booter, &under_icount, "icount", &icount, opts.timeout)?;
     let mut rows = icount_rows(&boots);
     if opts.wall {
         eprintln!("xtask: bench: host baselines (wall clock) ...");
@@ -750,11 +879,59 @@ pub fn host_baselines() -> Result<Host, String> {
     if let Some(e) = spawn_failed {
         return Err(format!("cannot spawn `true`: {e}"));
     }
+    let tcp_loopback_1m_ns = median_ns(9, 1, |n| {
+        for _ in 0..n {
+            if let Err(e) = tcp_loopback(1 << 20) {
+                spawn_failed.get_or_insert(e);
+            }
+        }
+    });
+    if let Some(e) = spawn_failed {
+        return Err(format!("the TCP loopback transfer failed: {e}"));
+    }
     Ok(Host {
         getpid_ns,
         pipe_round_trip_ns,
         spawn_ns,
+        tcp_loopback_1m_ns,
     })
+}
+
+/// `bytes` over a fresh TCP connection on 127.0.0.1 (an ephemeral port):
+/// a thread writes, this one reads until the writer closes.
+fn tcp_loopback(bytes: usize) -> std::io::Result<()> {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut s = TcpStream::connect(addr)?;
+        let chunk = [0x5au8; 8192];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            s.write_all(&chunk[..n])?;
+            left -= n;
+        }
+        Ok(())
+    });
+    let (mut conn, _) = listener.accept()?;
+    let mut buf = [0u8; 65536];
+    let mut got = 0usize;
+    loop {
+        match conn.read(&mut buf)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    writer
+        .join()
+        .map_err(|_| std::io::Error::other("the writer thread panicked"))??;
+    if got != bytes {
+        return Err(std::io::Error::other(format!(
+            "read {got} bytes of {bytes}"
+        )));
+    }
+    Ok(())
 }
 
 /// The hidden subcommand the pipe baseline runs in its child process.
@@ -863,10 +1040,29 @@ mod tests {
             getpid_ns: 100.0,
             pipe_round_trip_ns: 4000.0,
             spawn_ns: 500_000.0,
+            tcp_loopback_1m_ns: 1_000_000.0,
         };
         let mut b = solo();
         b.tsc_hz = Some(2_000_000_000); // 151 ticks = 75.5 ns
+        b.figures.push(GuestFigure {
+            name: "tcp_guest_to_guest_1m".into(),
+            median: 200_000_000, // 100 ms
+            min: 200_000_000,
+            mean: 200_000_000,
+            iters: 1,
+            expected: None,
+        });
         let rows = wall_rows(&host, &[b]);
+        let tcp = rows
+            .iter()
+            .find(|r| r.record.name == "tcp_guest_to_guest_1m.wall_vs_host_tcp_loopback_1m")
+            .unwrap();
+        assert_eq!(tcp.record.value, Value::Real(100.0));
+        let mbs = rows
+            .iter()
+            .find(|r| r.record.name == "tcp_guest_to_guest_1m.wall_mb_s")
+            .unwrap();
+        assert_eq!(mbs.record.unit, "MB/s");
         let null = rows
             .iter()
             .find(|r| r.record.name == "null_hypercall.wall_vs_host_getpid")
@@ -881,7 +1077,9 @@ mod tests {
         // Guest figures never appear in ns; host baselines do.
         for r in &rows {
             assert!(
-                r.record.unit == "ratio" || r.record.name.starts_with("host."),
+                r.record.unit == "ratio"
+                    || r.record.unit == "MB/s"
+                    || r.record.name.starts_with("host."),
                 "{r:?}"
             );
         }

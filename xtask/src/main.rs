@@ -126,6 +126,10 @@ struct BenchArgs {
     /// Kill each boot after S seconds (default: each scenario's `timeout`).
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
     timeout: Option<u64>,
+    /// Boot only the bench scenarios whose name contains SUBSTR (e.g.
+    /// `net`); the host baselines are measured all the same.
+    #[arg(long, value_name = "SUBSTR")]
+    only: Option<String>,
 }
 
 #[derive(Args)]
@@ -225,6 +229,7 @@ fn main() -> ExitCode {
             json: args.json,
             wall: args.wall,
             timeout: args.timeout.map(Duration::from_secs),
+            only: args.only,
         }),
         Command::BenchEcho => bench::echo(),
         Command::Conformance(args) => conformance(args),

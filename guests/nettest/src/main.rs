@@ -26,9 +26,10 @@ use guest_sdk::abi::net::{
     rx_ring_ref, tx_ring_ref, RxRequest, RxRing, TxRequest, TxResponse, TxRing, FRAME_MAX,
     NET_DROPPED, NET_ERROR, NET_OK, TXF_MORE_DATA,
 };
+use guest_sdk::abi::ring::{slot_offset, RingProtocol, REQ_PROD_OFFSET, RSP_PROD_OFFSET};
 use guest_sdk::grant::{self, GrantRef};
 use guest_sdk::ring::{FrontEnd, RingPage};
-use guest_sdk::{event, paging, println, time, Error, Port, StartInfo, Vnic, VnicRole};
+use guest_sdk::{event, paging, println, sched, time, Error, Port, StartInfo, Vnic, VnicRole};
 use harness::clause;
 
 guest_sdk::entry!(main);
@@ -244,10 +245,16 @@ fn main(si: &StartInfo) -> i32 {
     let nic = Nic::setup(v);
     let _ = event::unmask(v.port);
     let sent = event::send(v.port);
-    if si.cmdline_value("role") == Some("hostile") {
-        return match nic {
-            Ok(mut n) => hostile(&mut n),
-            Err(e) => {
+    if let Some(role @ ("hostile" | "observer")) = si.cmdline_value("role") {
+        let peer = si.cmdline_value("peer").and_then(parse_mac);
+        return match (nic, peer) {
+            (Ok(mut n), Some(peer)) if role == "hostile" => hostile(&mut n, peer),
+            (Ok(mut n), Some(peer)) => observer(&mut n, peer),
+            (Ok(_), None) => {
+                println!("nettest: role={role} needs peer=MAC");
+                2
+            }
+            (Err(e), _) => {
                 println!("nettest: ring setup failed: {e}");
                 1
             }
@@ -445,14 +452,17 @@ fn receiver(nic: &mut Nic) -> i32 {
 /// wrong, while two other guests keep a TCP stream going. Broadcast
 /// floods (to every port), malformed TX requests, an ungranted page, an RX
 /// ring never consumed, then a TX producer index far past the ring (the
-/// driver must disconnect this ring only), then an event storm.
-fn hostile(nic: &mut Nic) -> i32 {
+/// driver must disconnect this ring only), then an event storm. In phase
+/// 1 it also rewrites published TX requests (`rewrite_after_publish`),
+/// sending to `peer` (the `observer` guest).
+fn hostile(nic: &mut Nic, peer: [u8; 6]) -> i32 {
     let me = nic.info.mac;
     let g = nic.tx_buf.1 .0;
     let bcast = frame([0xff; 6], me, 9, 1514);
     let mut flood_ok = 0u32;
     let mut refused = 0u32;
     let mut storms = 0u64;
+    let (mut rewrite_ok, mut rewrite_refused, mut rewrite_lost) = (0u32, 0u32, 0u32);
     let start = time::now_ns();
     // Phase 1 (2 s, while the other guests' stream runs): broadcast floods,
     // malformed requests and bursts of events, interleaved; the RX ring is
@@ -465,6 +475,11 @@ fn hostile(nic: &mut Nic) -> i32 {
         }
         if nic.send(&bcast) == Some(NET_OK) {
             flood_ok += 1;
+        }
+        match rewrite_after_publish(nic, peer, rewrite_ok + rewrite_refused + rewrite_lost) {
+            Some(NET_OK) => rewrite_ok += 1,
+            Some(_) => rewrite_refused += 1,
+            None => rewrite_lost += 1,
         }
         let bad = [
             TxRequest {
@@ -506,8 +521,147 @@ fn hostile(nic: &mut Nic) -> i32 {
             storms += 1;
         }
     }
-    println!("@ hostile flood_ok={flood_ok} refused={refused} storms={storms}");
+    println!(
+        "@ hostile flood_ok={flood_ok} refused={refused} storms={storms} \
+         rewrite_ok={rewrite_ok} rewrite_refused={rewrite_refused} rewrite_lost={rewrite_lost}"
+    );
     0
+}
+
+/// The frame `hostile` publishes to `observer` (`to`), and the only one of
+/// its rewrites that may ever arrive: 200 bytes, its own source, tag 0x40.
+fn published_frame(to: [u8; 6], me: [u8; 6]) -> Vec<u8> {
+    frame(to, me, 0x40, 200)
+}
+
+/// A source MAC that is no port's own: the rewritten frame's.
+const FOREIGN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+
+/// A TX request changed after it was published (NET-2: the backend copies
+/// each request once and validates the copy). Publishes a valid request
+/// for `published_frame`, signals the driver, then keeps rewriting the slot
+/// (size over the MTU) and the granted bytes (a foreign source, other
+/// contents, 1,600 bytes) and back, yielding between rewrites so the driver
+/// runs on one version or the other (`round` picks which comes first),
+/// until the driver answers. Whatever the driver copied, only
+/// `published_frame` may reach `to`: the observer checks every frame it
+/// gets. The response's status, if one came.
+fn rewrite_after_publish(nic: &mut Nic, to: [u8; 6], round: u32) -> Option<i16> {
+    let me = nic.info.mac;
+    let good = published_frame(to, me);
+    let bad = frame(to, FOREIGN_MAC, 0xee, 1600);
+    let gref = nic.tx_buf.1 .0;
+    let id = nic.next_id;
+    nic.next_id = nic.next_id.wrapping_add(1);
+    let req = |size: u16| TxRequest {
+        gref,
+        offset: 0,
+        flags: 0,
+        id,
+        size,
+    };
+    write_page(nic.tx_buf.0, 0, &good);
+    let _ = nic.tx.push_request(&req(good.len() as u16));
+    let _ = nic.tx.publish();
+    // The slot just published: the TX producer index minus one.
+    let prod = read_page(nic.tx_ring_va, REQ_PROD_OFFSET + 4)[REQ_PROD_OFFSET..]
+        .try_into()
+        .map_or(0, u32::from_le_bytes);
+    let slot = slot_offset(prod.wrapping_sub(1), TxRing::SLOTS, TxRing::SLOT_SIZE);
+    let write_slot = |r: &TxRequest| {
+        let mut b = [0u8; 12];
+        b[0..4].copy_from_slice(&r.gref.to_le_bytes());
+        b[4..6].copy_from_slice(&r.offset.to_le_bytes());
+        b[6..8].copy_from_slice(&r.flags.to_le_bytes());
+        b[8..10].copy_from_slice(&r.id.to_le_bytes());
+        b[10..12].copy_from_slice(&r.size.to_le_bytes());
+        write_page(nic.tx_ring_va, slot, &b);
+    };
+    let rsp_prod = || {
+        read_page(nic.tx_ring_va, RSP_PROD_OFFSET + 4)[RSP_PROD_OFFSET..]
+            .try_into()
+            .map_or(0, u32::from_le_bytes)
+    };
+    let answered_before = rsp_prod();
+    let _ = event::send(nic.info.port);
+    // Rewrite until the driver answers (its response takes the same slot,
+    // which must not be overwritten then), 16 rounds at most.
+    for i in 0..16u32 {
+        if rsp_prod() != answered_before {
+            break;
+        }
+        write_slot(&req(bad.len() as u16));
+        write_page(nic.tx_buf.0, 0, &bad);
+        // The driver runs at a yield: on odd rounds it finds the rewritten
+        // version first, on even ones the published one.
+        if (i + round) % 2 == 1 {
+            sched::yield_now();
+            if rsp_prod() != answered_before {
+                break;
+            }
+        }
+        write_slot(&req(good.len() as u16));
+        write_page(nic.tx_buf.0, 0, &good);
+        if (i + round) % 2 == 0 {
+            sched::yield_now();
+        }
+    }
+    let mut got = None;
+    let tx = &mut nic.tx;
+    event::wait_for_until(
+        || {
+            while let Ok(Some(r)) = tx.take_response() {
+                if r.id == id {
+                    got = Some(r.status);
+                }
+            }
+            if got.is_none() {
+                // Ask for an event at the next response, then look again.
+                let _ = tx.final_check();
+                while let Ok(Some(r)) = tx.take_response() {
+                    if r.id == id {
+                        got = Some(r.status);
+                    }
+                }
+            }
+            got.is_some()
+        },
+        time::now_ns() + 5_000_000_000,
+    );
+    got
+}
+
+/// `role=observer peer=MAC` (scenario `net-hostile`): takes every frame
+/// for 12 s and checks each test frame (this test's EtherType) from the
+/// hostile guest `peer`: only its broadcast flood and `published_frame`
+/// may arrive, byte for byte; a frame with any byte of a rewrite (or a
+/// foreign source) is counted as `bad`.
+fn observer(nic: &mut Nic, peer: [u8; 6]) -> i32 {
+    let me = nic.info.mac;
+    let want = published_frame(me, peer);
+    let flood = frame([0xff; 6], peer, 9, 1514);
+    let (mut good, mut flooded, mut bad, mut other) = (0u32, 0u32, 0u32, 0u32);
+    let end = time::now_ns() + 12_000_000_000;
+    while let Some((f, _, _)) = nic.recv(end) {
+        if f.get(12..14) != Some(&ETHERTYPE[..]) {
+            other += 1;
+        } else if f == want {
+            good += 1;
+        } else if f == flood {
+            flooded += 1;
+        } else {
+            bad += 1;
+            if bad == 1 {
+                println!(
+                    "nettest: a frame of {} bytes from {:02x?} that hostile never validated arrived",
+                    f.len(),
+                    f.get(6..12)
+                );
+            }
+        }
+    }
+    println!("@ observer good={good} flood={flooded} bad={bad} other={other}");
+    i32::from(bad > 0)
 }
 
 fn parse_ipv4(s: &str) -> Option<[u8; 4]> {

@@ -9,6 +9,7 @@
 //! echo requests, one at a time), connects to `port`,
 //! sends `bytes=N` (default 1 MiB) of a fixed pattern, closes its side,
 //! reads the server's length and checksum and compares them with its own.
+//! `bench=NAME` on either role also reports the transfer's ticks as `@ bench`.
 //! Both print `@` facts the scenario test asserts on.
 #![no_std]
 #![no_main]
@@ -81,7 +82,7 @@ fn main(si: &StartInfo) -> i32 {
         .add_default_ipv4_route(Ipv4Address::new(g0, g1, g2, g3));
     let deadline = time::now_ns() + 90_000_000_000;
     match si.cmdline_value("role") {
-        Some("server") => server(&mut iface, &mut dev, deadline),
+        Some("server") => server(&mut iface, &mut dev, deadline, si.cmdline_value("bench")),
         Some("client") => {
             let ip = si
                 .cmdline_value("server")
@@ -99,7 +100,18 @@ fn main(si: &StartInfo) -> i32 {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(3);
             match ip {
-                Some(ip) => client(&mut iface, &mut dev, ip, port, pings, bytes, deadline),
+                Some(ip) => client(
+                    &mut iface,
+                    &mut dev,
+                    ClientArgs {
+                        server: ip,
+                        port,
+                        pings,
+                        bytes,
+                        deadline,
+                        bench: si.cmdline_value("bench"),
+                    },
+                ),
                 None => {
                     println!("tcptest: client needs server=IP");
                     2
@@ -120,7 +132,12 @@ fn tcp_socket() -> tcp::Socket<'static> {
     )
 }
 
-fn server(iface: &mut Interface, dev: &mut vnic::Device, deadline: u64) -> i32 {
+fn server(
+    iface: &mut Interface,
+    dev: &mut vnic::Device,
+    deadline: u64,
+    bench: Option<&str>,
+) -> i32 {
     let mut sockets = SocketSet::new(vec![]);
     let h = sockets.add(tcp_socket());
     if sockets.get_mut::<tcp::Socket>(h).listen(PORT).is_err() {
@@ -131,8 +148,12 @@ fn server(iface: &mut Interface, dev: &mut vnic::Device, deadline: u64) -> i32 {
     let mut total = 0usize;
     let mut replied = false;
     let mut buf = vec![0u8; 8192];
+    let mut start_tsc = None;
     let done = vnic::run(iface, dev, &mut sockets, deadline, |_, s| {
         let sock = s.get_mut::<tcp::Socket>(h);
+        if start_tsc.is_none() && sock.state() != tcp::State::Listen {
+            start_tsc = Some(time::rdtsc());
+        }
         while sock.can_recv() {
             match sock.recv_slice(&mut buf) {
                 Ok(n) if n > 0 => {
@@ -153,7 +174,14 @@ fn server(iface: &mut Interface, dev: &mut vnic::Device, deadline: u64) -> i32 {
         }
         replied && sock.state() == tcp::State::Closed
     });
+    let ticks = start_tsc.map_or(0, |t| time::rdtsc().wrapping_sub(t));
     let state = sockets.get::<tcp::Socket>(h).state();
+    // `bench=NAME` (scenario `bench-net-host`): SYN received to closed.
+    if let Some(name) = bench.filter(|_| done) {
+        println!(
+            "@ bench name={name} value={ticks} min={ticks} mean={ticks} iters=1 unit=ticks bytes={total}"
+        );
+    }
     println!(
         "@ tcp-server bytes={} sum={:#018x} done={} state={state}",
         total,
@@ -163,15 +191,25 @@ fn server(iface: &mut Interface, dev: &mut vnic::Device, deadline: u64) -> i32 {
     i32::from(!done)
 }
 
-fn client(
-    iface: &mut Interface,
-    dev: &mut vnic::Device,
+struct ClientArgs<'a> {
     server: Ipv4Address,
     port: u16,
     pings: u16,
     bytes: usize,
     deadline: u64,
-) -> i32 {
+    /// `bench=NAME`: report the transfer's ticks as `@ bench name=NAME`.
+    bench: Option<&'a str>,
+}
+
+fn client(iface: &mut Interface, dev: &mut vnic::Device, args: ClientArgs<'_>) -> i32 {
+    let ClientArgs {
+        server,
+        port,
+        pings,
+        bytes,
+        deadline,
+        bench: si_bench,
+    } = args;
     let mut sockets = SocketSet::new(vec![]);
     let icmp_h = sockets.add(icmp::Socket::new(
         icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
@@ -246,6 +284,7 @@ fn client(
     let mut got = 0usize;
     let mut chunk = vec![0u8; 8192];
     let start = time::now_ns();
+    let start_tsc = time::rdtsc();
     let mut closed = false;
     let done = vnic::run(iface, dev, &mut sockets, deadline, |_, s| {
         let sock = s.get_mut::<tcp::Socket>(h);
@@ -276,6 +315,7 @@ fn client(
         got == 16 && matches!(sock.state(), tcp::State::TimeWait | tcp::State::Closed)
     });
     let ms = (time::now_ns() - start) / 1_000_000;
+    let ticks = time::rdtsc().wrapping_sub(start_tsc);
     // Let the last ACK go out before this domain ends.
     let linger = time::now_ns() + 200_000_000;
     vnic::run(iface, dev, &mut sockets, linger, |_, _| false);
@@ -287,6 +327,11 @@ fn client(
         sum.0,
         u8::from(matched)
     );
+    // `bench=NAME` (scenario `bench-net-tcp`): the whole transfer, from
+    // connect to both FINs acknowledged, as one `cargo xtask bench` figure.
+    if let Some(name) = si_bench.filter(|_| matched) {
+        println!("@ bench name={name} value={ticks} min={ticks} mean={ticks} iters=1 unit=ticks");
+    }
     let st = dev.0.stats();
     println!(
         "@ vnic-stats tx={} rx={} tx_errors={} rx_errors={}",
