@@ -15,7 +15,11 @@ pub type DomId = u16;
 /// The most domains a boot can have: ids `1..=MAX_DOMAINS`, all below
 /// `DOMID_SELF` (0x7FF0) and the values reserved above it, which a real
 /// domain's id must never alias.
+// A constant of 0x7FEF: it fits every `usize` (checked below), so the
+// cast cannot truncate.
+#[allow(clippy::cast_possible_truncation)]
 pub const MAX_DOMAINS: usize = (hypercall_abi::event::DOMID_SELF - 1) as usize;
+const _: () = assert!(MAX_DOMAINS as u64 == hypercall_abi::event::DOMID_SELF - 1);
 
 /// The id of the boot pack's domain at `index` (from 0): `index + 1`, or
 /// `None` past [`MAX_DOMAINS`] (that domain is refused).
