@@ -20,6 +20,7 @@ use std::time::Duration;
 pub mod facts;
 pub mod fuzz;
 mod guests;
+mod kv;
 mod scenarios;
 
 pub use facts::{Fact, Facts};
