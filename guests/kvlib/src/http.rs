@@ -148,6 +148,9 @@ pub struct Server<D: BlockDevice> {
     pub quit_requested: bool,
     started_ms: u64,
     generation: u64,
+    /// The commits of the last generations that failed, and the status
+    /// their writes get (507 when the store is full).
+    failed: Vec<(u64, u16)>,
     broken: bool,
 }
 
@@ -308,6 +311,7 @@ impl<D: BlockDevice> Server<D> {
             quit_requested: false,
             started_ms: now_ms,
             generation: 0,
+            failed: Vec::new(),
             broken: false,
         }
     }
@@ -338,7 +342,10 @@ impl<D: BlockDevice> Server<D> {
                 return;
             }
             conn.pending = None;
-            let status = if self.broken { 500 } else { p.status };
+            let status = match self.failed.iter().find(|&&(g, _)| g == p.generation) {
+                Some(&(_, status)) => status,
+                None => p.status,
+            };
             self.respond(conn, status, "text/plain", b"", !p.keep_alive);
         }
         while !conn.closing && conn.pending.is_none() && !conn.input.is_empty() {
@@ -379,9 +386,19 @@ impl<D: BlockDevice> Server<D> {
         if self.store.staged() == 0 {
             return;
         }
-        if self.store.commit().is_err() {
+        match self.store.commit() {
+            Ok(_) => {}
+            // Nothing of this commit was written: its writes get 507 and
+            // the service goes on (deletes can make room).
+            Err(Error::Full) => self.failed.push((self.generation, 507)),
             // The device failed: nothing more is acknowledged.
-            self.broken = true;
+            Err(_) => {
+                self.failed.push((self.generation, 500));
+                self.broken = true;
+            }
+        }
+        if self.failed.len() > 64 {
+            self.failed.remove(0);
         }
         self.generation += 1;
     }

@@ -431,6 +431,8 @@ impl<D: BlockDevice> Store<D> {
             return Ok(0);
         }
         let n = ops.len();
+        let mut batches = Vec::new();
+        let mut need = SECTOR as u64;
         let mut start = 0;
         while start < ops.len() {
             let mut end = start;
@@ -441,17 +443,40 @@ impl<D: BlockDevice> Store<D> {
                 body += ops[end].encoded_len();
                 end += 1;
             }
-            self.write_batch(&ops[start..end])?;
+            need += align_up((HEADER + body) as u64);
+            batches.push(start..end);
             start = end;
+        }
+        // All of it fits, or none of it is written. Writes that add data
+        // leave a reserve, so that deletes (which make room) always fit.
+        if ops.iter().any(|op| matches!(op, Op::Put(..))) {
+            need += self.delete_reserve();
+        }
+        if self.tail + need > self.region_bytes() {
+            self.compact()?;
+            if self.tail + need > self.region_bytes() {
+                return Err(Error::Full);
+            }
+        }
+        for range in batches {
+            self.write_batch(&ops[range])?;
         }
         self.dev.flush()?;
         self.stats.flushes += 1;
         // Compact when the dead share passes half of a log of some size.
+        // The commit is durable already: a compaction that cannot finish
+        // changes nothing (the old region stays active) and is retried later.
         let s = self.stats();
         if s.dead_bytes * 2 > s.log_bytes && s.log_bytes * 4 > self.region_bytes() {
-            self.compact()?;
+            let _ = self.compact();
         }
         Ok(n)
+    }
+
+    /// Room kept free of puts for deletes: an eighth of a region, at most
+    /// 16 KiB (a commit of 60 deletes of the longest keys).
+    fn delete_reserve(&self) -> u64 {
+        (self.region_bytes() / 8).min(16 * 1024)
     }
 
     fn encode_batch(&self, epoch: u64, first: u64, ops: &[Op]) -> Vec<u8> {

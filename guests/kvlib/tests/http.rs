@@ -356,3 +356,41 @@ fn the_quit_route_exists_only_when_enabled() {
     assert_eq!(statuses(&r), [200]);
     assert!(s.quit_requested);
 }
+
+#[test]
+fn a_full_store_answers_507_and_keeps_serving() {
+    let mut s = Server::new(Store::open(MemDisk::new(2 + 2 * 64)).unwrap(), 0);
+    let mut c = Conn::new(0);
+    let value = "v".repeat(8000);
+    let mut seen = Vec::new();
+    for i in 0..8 {
+        let req = format!("PUT /kv/k{i} HTTP/1.1\r\nContent-Length: 8000\r\n\r\n{value}");
+        seen.extend(statuses(&exchange(&mut s, &mut c, req.as_bytes())));
+    }
+    assert_eq!(&seen[..3], [201, 201, 201], "{seen:?}");
+    assert_eq!(
+        seen.last(),
+        Some(&507),
+        "a 32 KiB region cannot hold 64 KB: {seen:?}"
+    );
+    let ok = seen.iter().filter(|&&x| x == 201).count();
+    // Deleting makes room; the service goes on.
+    let r = exchange(&mut s, &mut c, b"DELETE /kv/k0 HTTP/1.1\r\n\r\n");
+    assert_eq!(statuses(&r), [204]);
+    let r = exchange(
+        &mut s,
+        &mut c,
+        format!("PUT /kv/again HTTP/1.1\r\nContent-Length: 8000\r\n\r\n{value}").as_bytes(),
+    );
+    assert_eq!(statuses(&r), [201]);
+    let r = exchange(&mut s, &mut c, b"GET /kv?limit=100 HTTP/1.1\r\n\r\n");
+    assert_eq!(
+        ok, 3,
+        "three 8 KB values and the delete reserve fill a 32 KiB region: {seen:?}"
+    );
+    assert_eq!(
+        body_of(&r),
+        "{\"keys\":[\"again\",\"k1\",\"k2\"],\"truncated\":false}\n"
+    );
+    assert!(!c.closing());
+}
