@@ -318,12 +318,21 @@ impl<D: BlockDevice> Server<D> {
 
     fn respond(&mut self, conn: &mut Conn, status: u16, ctype: &str, body: &[u8], close: bool) {
         self.counters.count(status);
+        // RFC 9110 8.6: no Content-Length in a 204 (it has no body).
+        let length = if status == 204 {
+            String::new()
+        } else {
+            format!(
+                "Content-Length: {}\r\nContent-Type: {}\r\n",
+                body.len(),
+                ctype
+            )
+        };
         let head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Length: {}\r\nContent-Type: {}\r\n{}\r\n",
+            "HTTP/1.1 {} {}\r\n{}{}\r\n",
             status,
             reason(status),
-            body.len(),
-            ctype,
+            length,
             if close { "Connection: close\r\n" } else { "" }
         );
         conn.out.extend_from_slice(head.as_bytes());
