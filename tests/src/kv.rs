@@ -108,7 +108,7 @@ fn wait_for_health() -> Result<(), String> {
             Ok(r) => last = format!("status {}", r.status),
             Err(e) => last = e,
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(2500));
     }
     Err(format!(
         "no /health answer through the forward in 150 s (last: {last})"
@@ -341,6 +341,19 @@ fn client() -> Result<(), String> {
         r.status
     );
 
+    // A flood of silent connections (more than the service's 16) does not
+    // keep a well-behaved client out: idle ones are evicted.
+    let flood: Vec<TcpStream> = (0..20).filter_map(|_| connect().ok()).collect();
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = ask_new(b"GET /health HTTP/1.1\r\n\r\n")?;
+    ensure!(
+        r.status == 200,
+        "beside {} silent connections: status {}",
+        flood.len(),
+        r.status
+    );
+    drop(flood);
+
     let r = ask_new(b"GET /stats HTTP/1.1\r\n\r\n")?;
     let stats = String::from_utf8_lossy(&r.body).into_owned();
     ensure!(stats.contains("\"keys\":83,"), "stats: `{stats}`");
@@ -365,6 +378,10 @@ fn kvstore_answers_the_host_and_outlasts_hostile_clients(m: &dyn Machine) -> Res
     ensure!(
         done.number("408")? >= 1 && done.number("431")? >= 2 && done.number("413")? == 1,
         "`{done}`: the guest must count the refusals the client saw"
+    );
+    ensure!(
+        done.number("evicted")? >= 1,
+        "`{done}`: the silent flood must have cost idle connections their slot"
     );
     ensure!(
         done.number("flushes")? < done.number("records")?,

@@ -108,6 +108,14 @@ impl Conn {
     pub fn waiting(&self) -> bool {
         self.pending.is_some()
     }
+
+    /// When the connection last received, if it is idle: no partial
+    /// request, no write waiting, nothing left to send. A service out of
+    /// connections evicts the longest idle one.
+    pub fn idle_since(&self) -> Option<u64> {
+        (self.input.is_empty() && self.pending.is_none() && self.out.is_empty())
+            .then_some(self.last_activity_ms)
+    }
 }
 
 /// Requests answered, by status.

@@ -397,3 +397,21 @@ fn a_full_store_answers_507_and_keeps_serving() {
     );
     assert!(!c.closing());
 }
+
+#[test]
+fn only_a_connection_with_nothing_in_flight_is_idle() {
+    let mut s = server();
+    let mut c = Conn::new(5);
+    assert_eq!(c.idle_since(), Some(5));
+    c.feed(b"GET /hea", 7);
+    s.drive(&mut c, 7);
+    assert_eq!(c.idle_since(), None, "a partial request");
+    c.feed(b"lth HTTP/1.1\r\n\r\n", 8);
+    s.drive(&mut c, 8);
+    assert_eq!(c.idle_since(), None, "an answer not sent");
+    c.out.clear();
+    assert_eq!(c.idle_since(), Some(8));
+    c.feed(b"PUT /kv/a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", 9);
+    s.drive(&mut c, 9);
+    assert_eq!(c.idle_since(), None, "a write waiting for its commit");
+}

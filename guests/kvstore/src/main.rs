@@ -35,6 +35,8 @@ guest_sdk::entry!(main);
 const PORT: u16 = 80;
 /// Connections served at once.
 const CONNECTIONS: usize = 16;
+/// A connection idle this long may lose its socket to a new one.
+const EVICT_IDLE_MS: u64 = 1000;
 const RX_BUF: usize = 16 * 1024;
 const TX_BUF: usize = 32 * 1024;
 
@@ -97,6 +99,7 @@ fn main(si: &StartInfo) -> i32 {
     let mut conns: Vec<Option<Conn>> = (0..CONNECTIONS).map(|_| None).collect();
     let mut buf = vec![0u8; 8192];
     let mut accepted = 0u64;
+    let mut evicted = 0u64;
     println!("@ kv-listen port={PORT} connections={CONNECTIONS} disk_kib={disk_kib}");
 
     let give_up = time::now_ns() + num("serve_s", 600) * 1_000_000_000;
@@ -152,6 +155,26 @@ fn main(si: &StartInfo) -> i32 {
                     sock.close();
                 }
             }
+            // Never out of listening sockets for long: when every socket
+            // holds a connection, the longest idle one (idle for at least
+            // EVICT_IDLE_MS) is closed, so that silent connections cannot
+            // keep others out for the whole idle limit.
+            let listening = handles
+                .iter()
+                .any(|h| s.get::<tcp::Socket>(*h).state() == tcp::State::Listen);
+            if !listening {
+                let oldest = conns
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| Some((c.as_ref()?.idle_since()?, i)))
+                    .filter(|&(since, _)| now.saturating_sub(since) >= EVICT_IDLE_MS)
+                    .min();
+                if let Some((_, i)) = oldest {
+                    s.get_mut::<tcp::Socket>(handles[i]).abort();
+                    conns[i] = None;
+                    evicted += 1;
+                }
+            }
             if server.quit_requested && quit_at.is_none() {
                 // Let the answer to /quit go out.
                 quit_at = Some(time::now_ns() + 300_000_000);
@@ -161,7 +184,7 @@ fn main(si: &StartInfo) -> i32 {
     }
     let st = server.store.stats();
     println!(
-        "@ kv-done accepted={accepted} keys={} records={} batches={} flushes={} 200={} 201={} 204={} 400={} 404={} 408={} 413={} 431={}",
+        "@ kv-done accepted={accepted} evicted={evicted} keys={} records={} batches={} flushes={} 200={} 201={} 204={} 400={} 404={} 408={} 413={} 431={}",
         st.keys,
         st.records,
         st.batches,
