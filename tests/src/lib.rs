@@ -21,6 +21,7 @@ mod blk;
 pub mod facts;
 pub mod fuzz;
 mod guests;
+mod kv;
 mod scenarios;
 
 pub use facts::{Fact, Facts};

@@ -36,6 +36,7 @@ pub fn scenario_tests() -> Vec<ScenarioTest> {
     ];
     tests.extend(crate::guests::tests());
     tests.extend(crate::blk::tests());
+    tests.extend(crate::kv::tests());
     tests.extend(crate::fuzz::tests());
     tests
 }

@@ -16,6 +16,7 @@ mod explain;
 mod fuzz;
 mod gdb;
 mod images;
+mod kv;
 mod machine;
 mod manifest;
 mod qemu;
@@ -149,7 +150,7 @@ struct ConformanceArgs {
 #[derive(Args)]
 struct RunArgs {
     /// The scenario: guests/scenarios/SCENARIO.toml (or a path to a .toml).
-    /// Default: hello.
+    /// Default: kvstore (the sample unikernel, docs/kvstore.md).
     #[arg(conflicts_with = "image")]
     scenario: Option<String>,
     /// Boot one guest from an ELF built elsewhere (a static x86_64 ELF
@@ -280,7 +281,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             path.display().to_string()
         }
-        None => args.scenario.clone().unwrap_or_else(|| "hello".into()),
+        None => args.scenario.clone().unwrap_or_else(|| "kvstore".into()),
     };
     // A typo in the manifest should fail before a long build.
     let scenario = Scenario::load(&root, &scenario_arg)?;
@@ -322,6 +323,9 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     }
     let (_, reach) = machine::endpoints(&scenario);
     for line in reach {
+        eprintln!("xtask: {line}");
+    }
+    for line in kv::curl_lines(&scenario) {
         eprintln!("xtask: {line}");
     }
     let req = BootRequest {

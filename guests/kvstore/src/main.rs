@@ -1,0 +1,202 @@
+//! The sample unikernel (docs/kvstore.md): `guests/kvlib`'s HTTP key-value
+//! service on smoltcp over the SDK's vNIC.
+//!
+//! [`CONNECTIONS`] TCP sockets listen on port 80 (a further connection is
+//! refused by smoltcp with a reset: the bound). Each turn reads what every
+//! connection received, parses and answers it in order, makes every staged
+//! write durable with one commit (group commit), then answers the writes
+//! that waited and sends.
+//!
+//! Command line: `disk_kib=N` (the store's disk, default 4096),
+//! `request_ms=N` and `idle_ms=N` (the time limits), `quit=1` (serve
+//! `POST /quit`, which ends the guest: the scenario tests use it),
+//! `serve_s=N` (give up after N seconds, default 600).
+//!
+//! The store is on a RAM disk (`kvlib::store::MemDisk`): this branch does
+//! not have `guest_sdk::vblk` yet, so nothing survives the guest.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use guest_sdk::vnic::{self, Frontend};
+use guest_sdk::{println, time, StartInfo};
+use kvlib::http::{Conn, Server};
+use kvlib::store::{MemDisk, Store, SECTOR};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+
+guest_sdk::entry!(main);
+
+const PORT: u16 = 80;
+/// Connections served at once.
+const CONNECTIONS: usize = 16;
+/// A connection idle this long may lose its socket to a new one.
+const EVICT_IDLE_MS: u64 = 1000;
+const RX_BUF: usize = 16 * 1024;
+const TX_BUF: usize = 32 * 1024;
+
+fn now_ms() -> u64 {
+    time::now_ns() / 1_000_000
+}
+
+fn main(si: &StartInfo) -> i32 {
+    let Some(v) = si.vnic(0) else {
+        println!("kvstore: no vNIC (give the guest a [[guest.vnic]])");
+        return 1;
+    };
+    let front = match Frontend::connect(v) {
+        Ok(f) => f,
+        Err(e) => {
+            println!("kvstore: vNIC setup failed: {e}");
+            return 1;
+        }
+    };
+    let num = |k: &str, d: u64| {
+        si.cmdline_value(k)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let disk_kib = num("disk_kib", 4096).clamp(64, 1 << 20);
+    let store = match Store::open(MemDisk::new(disk_kib * 1024 / SECTOR as u64)) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("kvstore: cannot open the store: {e:?}");
+            return 1;
+        }
+    };
+    let mut server = Server::new(store, now_ms());
+    server.timeouts.request_ms = num("request_ms", server.timeouts.request_ms);
+    server.timeouts.idle_ms = num("idle_ms", server.timeouts.idle_ms);
+    server.quit_route = num("quit", 0) == 1;
+
+    let mut dev = vnic::Device(front);
+    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(v.mac)));
+    config.random_seed = time::rdtsc();
+    let mut iface = Interface::new(config, &mut dev, vnic::now());
+    let [a, b, c, d] = v.ipv4;
+    iface.update_ip_addrs(|addrs| {
+        let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), v.prefix_len));
+    });
+    let [g0, g1, g2, g3] = v.gateway;
+    let _ = iface
+        .routes_mut()
+        .add_default_ipv4_route(Ipv4Address::new(g0, g1, g2, g3));
+
+    let mut sockets = SocketSet::new(vec![]);
+    let handles: Vec<SocketHandle> = (0..CONNECTIONS)
+        .map(|_| {
+            sockets.add(tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; RX_BUF]),
+                tcp::SocketBuffer::new(vec![0; TX_BUF]),
+            ))
+        })
+        .collect();
+    let mut conns: Vec<Option<Conn>> = (0..CONNECTIONS).map(|_| None).collect();
+    let mut buf = vec![0u8; 8192];
+    let mut accepted = 0u64;
+    let mut evicted = 0u64;
+    println!("@ kv-listen port={PORT} connections={CONNECTIONS} disk_kib={disk_kib}");
+
+    let give_up = time::now_ns() + num("serve_s", 600) * 1_000_000_000;
+    let mut quit_at: Option<u64> = None;
+    loop {
+        let t = time::now_ns();
+        if t >= give_up || quit_at.is_some_and(|q| t >= q) {
+            break;
+        }
+        // Wake at least every 200 ms for the time limits.
+        let turn_end = (t + 200_000_000).min(give_up);
+        vnic::run(&mut iface, &mut dev, &mut sockets, turn_end, |_, s| {
+            let now = now_ms();
+            for (h, slot) in handles.iter().zip(conns.iter_mut()) {
+                let sock = s.get_mut::<tcp::Socket>(*h);
+                if !sock.is_open() {
+                    *slot = None;
+                    let _ = sock.listen(PORT);
+                    continue;
+                }
+                if slot.is_none() && sock.is_active() {
+                    *slot = Some(Conn::new(now));
+                    accepted += 1;
+                }
+                let Some(c) = slot.as_mut() else { continue };
+                while c.wants_input() && sock.can_recv() {
+                    match sock.recv_slice(&mut buf) {
+                        Ok(n) if n > 0 => c.feed(&buf[..n], now),
+                        _ => break,
+                    }
+                }
+                server.drive(c, now);
+            }
+            // Group commit: every connection's staged writes, one flush.
+            server.commit();
+            for (h, slot) in handles.iter().zip(conns.iter_mut()) {
+                let Some(c) = slot.as_mut() else { continue };
+                let sock = s.get_mut::<tcp::Socket>(*h);
+                server.drive(c, now);
+                let expired = server.expire(c, now);
+                while !c.out.is_empty() && sock.can_send() {
+                    match sock.send_slice(&c.out) {
+                        Ok(n) if n > 0 => {
+                            c.out.drain(..n);
+                        }
+                        _ => break,
+                    }
+                }
+                // The peer closed its side and everything it sent is answered.
+                let peer_done =
+                    sock.state() == tcp::State::CloseWait && !sock.can_recv() && !c.waiting();
+                if c.out.is_empty() && (expired || c.closing() || peer_done) {
+                    sock.close();
+                }
+            }
+            // Never out of listening sockets for long: when every socket
+            // holds a connection, the longest idle one (idle for at least
+            // EVICT_IDLE_MS) is closed, so that silent connections cannot
+            // keep others out for the whole idle limit.
+            let listening = handles
+                .iter()
+                .any(|h| s.get::<tcp::Socket>(*h).state() == tcp::State::Listen);
+            if !listening {
+                let oldest = conns
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| Some((c.as_ref()?.idle_since()?, i)))
+                    .filter(|&(since, _)| now.saturating_sub(since) >= EVICT_IDLE_MS)
+                    .min();
+                if let Some((_, i)) = oldest {
+                    s.get_mut::<tcp::Socket>(handles[i]).abort();
+                    conns[i] = None;
+                    evicted += 1;
+                }
+            }
+            if server.quit_requested && quit_at.is_none() {
+                // Let the answer to /quit go out.
+                quit_at = Some(time::now_ns() + 300_000_000);
+            }
+            false
+        });
+    }
+    let st = server.store.stats();
+    println!(
+        "@ kv-done accepted={accepted} evicted={evicted} keys={} records={} batches={} flushes={} 200={} 201={} 204={} 400={} 404={} 408={} 413={} 431={}",
+        st.keys,
+        st.records,
+        st.batches,
+        st.flushes,
+        server.counters.get(200),
+        server.counters.get(201),
+        server.counters.get(204),
+        server.counters.get(400),
+        server.counters.get(404),
+        server.counters.get(408),
+        server.counters.get(413),
+        server.counters.get(431)
+    );
+    i32::from(!server.quit_requested)
+}

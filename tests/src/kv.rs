@@ -1,0 +1,391 @@
+//! The sample unikernel (docs/kvstore.md) from the host: the test is an
+//! HTTP client of `guests/kvstore` through QEMU's forward of
+//! 127.0.0.1:47082 (scenario `kvstore-http`).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::{BootRequest, Exit, Machine, ScenarioTest};
+
+/// The scenario tests of the key-value service.
+pub fn tests() -> Vec<ScenarioTest> {
+    vec![ScenarioTest {
+        name: "kvstore_answers_the_host_and_outlasts_hostile_clients",
+        run: kvstore_answers_the_host_and_outlasts_hostile_clients,
+    }]
+}
+
+const PORT: u16 = 47082;
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+fn connect() -> Result<TcpStream, String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], PORT));
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// One response: status, headers (lower-cased names), body.
+struct Response {
+    status: u16,
+    close: bool,
+    body: Vec<u8>,
+}
+
+/// Reads one response from `s`, with `pending` holding bytes read past the
+/// previous one.
+fn read_response(s: &mut TcpStream, pending: &mut Vec<u8>) -> Result<Response, String> {
+    let head_end = loop {
+        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        ensure!(n > 0, "the connection closed before a whole response head");
+        pending.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&pending[..head_end]).into_owned();
+    let status: u16 = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line in `{head}`"))?;
+    let mut len = 0usize;
+    let mut close = false;
+    for line in head.lines().skip(1) {
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad length in `{head}`"))?;
+        }
+        if lower.starts_with("connection:") && lower.contains("close") {
+            close = true;
+        }
+    }
+    while pending.len() < head_end + len {
+        let mut buf = [0u8; 8192];
+        let n = s.read(&mut buf).map_err(|e| format!("read body: {e}"))?;
+        ensure!(n > 0, "the connection closed inside a body");
+        pending.extend_from_slice(&buf[..n]);
+    }
+    let body = pending[head_end..head_end + len].to_vec();
+    pending.drain(..head_end + len);
+    Ok(Response {
+        status,
+        close,
+        body,
+    })
+}
+
+/// Sends `req` on `s` and reads one response.
+fn ask(s: &mut TcpStream, req: &[u8]) -> Result<Response, String> {
+    s.write_all(req).map_err(|e| format!("write: {e}"))?;
+    read_response(s, &mut Vec::new())
+}
+
+fn ask_new(req: &[u8]) -> Result<Response, String> {
+    ask(&mut connect()?, req)
+}
+
+fn wait_for_health() -> Result<(), String> {
+    let start = Instant::now();
+    let mut last = String::from("never tried");
+    while start.elapsed() < Duration::from_secs(150) {
+        match ask_new(b"GET /health HTTP/1.1\r\n\r\n") {
+            Ok(r) if r.status == 200 && r.body == b"ok\n" => return Ok(()),
+            Ok(r) => last = format!("status {}", r.status),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    Err(format!(
+        "no /health answer through the forward in 150 s (last: {last})"
+    ))
+}
+
+/// Every route and status, keep-alive, pipelining, 16 writers at once, a
+/// hostile client beside a well-behaved one.
+fn client() -> Result<(), String> {
+    wait_for_health()?;
+    // Every route on one keep-alive connection.
+    let mut s = connect()?;
+    let value = vec![b'v'; 1000];
+    let mut put = format!(
+        "PUT /kv/fruit%2Fapple HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        value.len()
+    )
+    .into_bytes();
+    put.extend_from_slice(&value);
+    type Step<'a> = (Vec<u8>, u16, Option<&'a [u8]>);
+    let steps: Vec<Step> = vec![
+        (put, 201, None),
+        (
+            b"PUT /kv/fruit%2Fpear HTTP/1.1\r\nContent-Length: 4\r\n\r\ngood".to_vec(),
+            201,
+            None,
+        ),
+        (
+            b"PUT /kv/veg HTTP/1.1\r\nContent-Length: 1\r\n\r\nx".to_vec(),
+            201,
+            None,
+        ),
+        (
+            b"GET /kv/fruit%2Fpear HTTP/1.1\r\n\r\n".to_vec(),
+            200,
+            Some(b"good"),
+        ),
+        (
+            b"GET /kv?prefix=fruit%2F HTTP/1.1\r\n\r\n".to_vec(),
+            200,
+            Some(b"{\"keys\":[\"fruit/apple\",\"fruit/pear\"],\"truncated\":false}\n"),
+        ),
+        (
+            b"GET /kv?prefix=fruit&limit=1 HTTP/1.1\r\n\r\n".to_vec(),
+            200,
+            Some(b"{\"keys\":[\"fruit/apple\"],\"truncated\":true}\n"),
+        ),
+        (b"DELETE /kv/veg HTTP/1.1\r\n\r\n".to_vec(), 204, None),
+        (b"DELETE /kv/veg HTTP/1.1\r\n\r\n".to_vec(), 404, None),
+        (b"GET /kv/veg HTTP/1.1\r\n\r\n".to_vec(), 404, None),
+        (b"GET /nowhere HTTP/1.1\r\n\r\n".to_vec(), 404, None),
+        (
+            b"POST /kv/veg HTTP/1.1\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            405,
+            None,
+        ),
+        (
+            format!("GET /kv/{} HTTP/1.1\r\n\r\n", "k".repeat(257)).into_bytes(),
+            414,
+            None,
+        ),
+        (b"GET /health HTTP/1.1\r\n\r\n".to_vec(), 200, Some(b"ok\n")),
+    ];
+    for (req, status, body) in &steps {
+        let r = ask(&mut s, req)?;
+        let what = String::from_utf8_lossy(&req[..req.len().min(50)]).into_owned();
+        ensure!(
+            r.status == *status,
+            "`{what}`: status {} (want {status})",
+            r.status
+        );
+        ensure!(!r.close, "`{what}`: the connection must stay open");
+        if let Some(b) = body {
+            ensure!(
+                r.body == *b,
+                "`{what}`: body `{}`",
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+    }
+    let r = ask(&mut s, b"GET /kv/fruit%2Fapple HTTP/1.1\r\n\r\n")?;
+    ensure!(
+        r.body == value,
+        "the 1000-byte value came back as {} bytes",
+        r.body.len()
+    );
+
+    // Statuses that close the connection.
+    let closing: Vec<(Vec<u8>, u16)> = vec![
+        (
+            format!(
+                "PUT /kv/big HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+                64 * 1024 + 1
+            )
+            .into_bytes(),
+            413,
+        ),
+        (
+            format!("GET /health HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000)).into_bytes(),
+            431,
+        ),
+        (b"PUT /kv/a HTTP/1.1\r\n\r\n".to_vec(), 411),
+        (
+            b"PUT /kv/a HTTP/1.1\r\nContent-Length: x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"PUT /kv/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            501,
+        ),
+        (b"\x01\x02 nonsense\r\n\r\n".to_vec(), 400),
+    ];
+    for (req, status) in &closing {
+        let mut c = connect()?;
+        let r = ask(&mut c, req)?;
+        ensure!(
+            r.status == *status && r.close,
+            "status {} close={} (want {status}, close)",
+            r.status,
+            r.close
+        );
+        let mut rest = [0u8; 16];
+        let n = c.read(&mut rest).unwrap_or(0);
+        ensure!(
+            n == 0,
+            "{status}: the connection must be closed after the answer"
+        );
+    }
+
+    // Pipelining: everything in one write, answers in order, each GET
+    // seeing the PUT before it.
+    let mut p = connect()?;
+    let mut pipe = Vec::new();
+    for i in 0..10 {
+        pipe.extend_from_slice(
+            format!(
+                "PUT /kv/p HTTP/1.1\r\nContent-Length: 2\r\n\r\n{i:02}GET /kv/p HTTP/1.1\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    p.write_all(&pipe)
+        .map_err(|e| format!("pipelined write: {e}"))?;
+    let mut pending = Vec::new();
+    for i in 0..10 {
+        let put = read_response(&mut p, &mut pending)?;
+        let get = read_response(&mut p, &mut pending)?;
+        ensure!(
+            put.status == 201 && get.status == 200,
+            "pipelined pair {i}: {} {}",
+            put.status,
+            get.status
+        );
+        ensure!(
+            get.body == format!("{i:02}").as_bytes(),
+            "pipelined GET {i} saw `{}`",
+            String::from_utf8_lossy(&get.body)
+        );
+    }
+
+    // 16 writers at once, each on its own connection.
+    let writers: Vec<_> = (0..16)
+        .map(|i| {
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut c = connect()?;
+                for j in 0..5 {
+                    let req = format!("PUT /kv/w{i}-{j} HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc");
+                    let r = ask(&mut c, req.as_bytes())?;
+                    ensure!(r.status == 201, "writer {i}: status {}", r.status);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().map_err(|_| "a writer panicked".to_string())??;
+    }
+    let r = ask_new(b"GET /kv?prefix=w&limit=1000 HTTP/1.1\r\n\r\n")?;
+    let listed = String::from_utf8_lossy(&r.body).matches("\"w").count();
+    ensure!(
+        listed == 80,
+        "80 keys written by 16 writers; {listed} listed"
+    );
+
+    // Hostile clients: a slowloris dripping a head, one that never sends,
+    // and one that sends an endless header; a well-behaved client is
+    // answered meanwhile, and the slow ones are cut off (408).
+    let mut slow = connect()?;
+    let _silent = connect()?;
+    let mut endless = connect()?;
+    // Past the 8 KiB head limit at once (so that the request timeout
+    // cannot answer first on a loaded machine), then more of it.
+    let mut head = b"GET /health HTTP/1.1\r\nX-Endless: ".to_vec();
+    head.resize(10_000, b'X');
+    endless.write_all(&head).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut cut_off = None;
+    for i in 0..40 {
+        if slow.write_all(b"G").is_err() {
+            cut_off = Some(start.elapsed());
+            break;
+        }
+        let _ = endless.write_all(&[b'X'; 1000]);
+        if i % 5 == 0 {
+            let r = ask_new(b"GET /health HTTP/1.1\r\n\r\n")?;
+            ensure!(
+                r.status == 200,
+                "a well-behaved client beside hostile ones got {}",
+                r.status
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let r = read_response(&mut slow, &mut Vec::new());
+    ensure!(
+        matches!(&r, Ok(r) if r.status == 408),
+        "the dripping client must get 408 (got {:?}, write refused after {cut_off:?})",
+        r.map(|r| r.status)
+    );
+    let r = read_response(&mut endless, &mut Vec::new());
+    ensure!(
+        matches!(&r, Ok(r) if r.status == 431),
+        "the endless header must get 431 (got {:?})",
+        r.map(|r| r.status)
+    );
+    let r = ask_new(b"GET /kv/fruit%2Fpear HTTP/1.1\r\n\r\n")?;
+    ensure!(
+        r.status == 200 && r.body == b"good",
+        "after the hostile clients: status {}",
+        r.status
+    );
+
+    // A flood of silent connections (more than the service's 16) does not
+    // keep a well-behaved client out: idle ones are evicted.
+    let flood: Vec<TcpStream> = (0..20).filter_map(|_| connect().ok()).collect();
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = ask_new(b"GET /health HTTP/1.1\r\n\r\n")?;
+    ensure!(
+        r.status == 200,
+        "beside {} silent connections: status {}",
+        flood.len(),
+        r.status
+    );
+    drop(flood);
+
+    let r = ask_new(b"GET /stats HTTP/1.1\r\n\r\n")?;
+    let stats = String::from_utf8_lossy(&r.body).into_owned();
+    ensure!(stats.contains("\"keys\":83,"), "stats: `{stats}`");
+    let r = ask_new(b"POST /quit HTTP/1.1\r\nContent-Length: 0\r\n\r\n")?;
+    ensure!(r.status == 200, "/quit: {}", r.status);
+    Ok(())
+}
+
+fn kvstore_answers_the_host_and_outlasts_hostile_clients(m: &dyn Machine) -> Result<(), String> {
+    let c = std::thread::spawn(client);
+    let out = m.boot(&BootRequest::scenario("kvstore-http"))?;
+    let result = c
+        .join()
+        .map_err(|_| "the host client panicked".to_string())?;
+    result?;
+    ensure!(
+        out.exit == Exit::Success,
+        "the run ended with {}, not success",
+        out.exit
+    );
+    let done = out.facts.guest_one("kv", "kv-done")?;
+    ensure!(
+        done.number("408")? >= 1 && done.number("431")? >= 2 && done.number("413")? == 1,
+        "`{done}`: the guest must count the refusals the client saw"
+    );
+    ensure!(
+        done.number("evicted")? >= 1,
+        "`{done}`: the silent flood must have cost idle connections their slot"
+    );
+    ensure!(
+        done.number("flushes")? < done.number("records")?,
+        "`{done}`: writers at once must share flushes (group commit)"
+    );
+    Ok(())
+}
