@@ -45,7 +45,7 @@ impl VblkDisk {
 
     /// Checks `sector` and `len` bytes against the disk; the range of pages.
     fn pages(&self, sector: u64, len: usize) -> Result<(u64, u64), Error> {
-        if len % SECTOR != 0 {
+        if !len.is_multiple_of(SECTOR) {
             return Err(Error::Io);
         }
         let n = (len / SECTOR) as u64;
@@ -130,7 +130,7 @@ impl BlockDevice for VblkDisk {
 /// gives the guest none.
 pub enum Disk {
     /// Durable: the guest's virtual disk 0.
-    Vblk(VblkDisk),
+    Vblk(alloc::boxed::Box<VblkDisk>),
     /// Lost when the guest ends.
     Ram(kvlib::store::MemDisk),
 }

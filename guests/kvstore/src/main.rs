@@ -81,11 +81,12 @@ fn durable(store: &mut Store<disk::Disk>, rounds: u64) -> i32 {
             .is_ok_and(|v| v == Some(pattern(found)));
     let st = store.stats();
     println!(
-        "@ kv-found seq={found} ok={} keys={} recovered={} dropped_tail={}",
+        "@ kv-found seq={found} ok={} keys={} recovered={} dropped_tail={} log_bytes={}",
         u8::from(ok),
         st.keys,
         st.recovered_records,
-        u8::from(st.dropped_tail)
+        u8::from(st.dropped_tail),
+        st.log_bytes
     );
     for seq in found.saturating_add(1)..found.saturating_add(1).saturating_add(rounds) {
         let staged = store
@@ -127,7 +128,7 @@ fn main(si: &StartInfo) -> i32 {
                     "kvstore: store on virtual disk 0 ({} KiB): it survives a restart",
                     d.sectors() * SECTOR as u64 / 1024
                 );
-                disk::Disk::Vblk(d)
+                disk::Disk::Vblk(alloc::boxed::Box::new(d))
             }
             None => {
                 println!(
