@@ -220,15 +220,12 @@ pub fn setup(pack: &Pack<'_>, channels: &mut Channels, doms: &[Option<Box<Domain
         let Some(d) = doms.get(usize::from(dom)).and_then(|d| d.as_ref()) else {
             continue;
         };
-        let page = d.start_info << 12;
-        let count = table.len() as u32;
-        mem::copy_to_phys(
-            page + core::mem::offset_of!(StartInfo, vblk_count) as u64,
-            count.as_bytes(),
-        );
-        mem::copy_to_phys(
-            page + core::mem::offset_of!(StartInfo, vblks) as u64,
+        write_table(
+            d,
+            core::mem::offset_of!(StartInfo, vblk_count),
+            core::mem::offset_of!(StartInfo, vblks),
             table.as_slice().as_bytes(),
+            table.len(),
         );
         for v in table {
             report_vblk(dom, v);
@@ -259,15 +256,12 @@ pub fn setup(pack: &Pack<'_>, channels: &mut Channels, doms: &[Option<Box<Domain
         let Some(d) = doms.get(usize::from(dom)).and_then(|d| d.as_ref()) else {
             continue;
         };
-        let page = d.start_info << 12;
-        let count = table.len() as u32;
-        mem::copy_to_phys(
-            page + core::mem::offset_of!(StartInfo, vnic_count) as u64,
-            count.as_bytes(),
-        );
-        mem::copy_to_phys(
-            page + core::mem::offset_of!(StartInfo, vnics) as u64,
+        write_table(
+            d,
+            core::mem::offset_of!(StartInfo, vnic_count),
+            core::mem::offset_of!(StartInfo, vnics),
             table.as_slice().as_bytes(),
+            table.len(),
         );
         for v in table {
             report!(
@@ -289,6 +283,16 @@ pub fn setup(pack: &Pack<'_>, channels: &mut Channels, doms: &[Option<Box<Domain
         }
     }
     ok
+}
+
+/// Writes one of a domain's start-info tables (its entries at `table_off`,
+/// their number at `count_off`) before the domain first runs.
+fn write_table(d: &Domain, count_off: usize, table_off: usize, entries: &[u8], count: usize) {
+    let page = d.start_info << 12;
+    // The tables hold at most MAX_START_VBLKS / vNIC-table entries.
+    let count = u32::try_from(count).unwrap_or(u32::MAX);
+    mem::copy_to_phys(page + count_off as u64, count.as_bytes());
+    mem::copy_to_phys(page + table_off as u64, entries);
 }
 
 fn report_vblk(dom: DomId, v: &VblkInfo) {
