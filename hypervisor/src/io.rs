@@ -202,18 +202,7 @@ pub fn setup(pack: &Pack<'_>, channels: &mut Channels, doms: &[Option<Box<Domain
     }
     let (tables, failed) = plan::wire_vblks(channels, &links, name_of);
     for l in &failed {
-        report!(
-            "vblk-error",
-            "frontend={} index={} backend={} error={}",
-            l.frontend,
-            l.index,
-            l.backend,
-            Quoted("an end was not built")
-        );
-        log::error!(
-            "virtual disk {} of domain {} not wired: domain {} or {} was not built (fix its manifest entry or image)",
-            l.index, l.frontend, l.frontend, l.backend
-        );
+        report_unwired("vblk-error", "virtual disk", l.frontend, l.index, l.backend);
         ok = false;
     }
     for (&dom, table) in &tables {
@@ -238,17 +227,12 @@ pub fn setup(pack: &Pack<'_>, channels: &mut Channels, doms: &[Option<Box<Domain
     }
     let (tables, failed) = plan::wire_vnics(channels, &links);
     for l in &failed {
-        report!(
+        report_unwired(
             "vnic-error",
-            "frontend={} index={} backend={} error={}",
+            "vNIC",
             l.frontend,
-            l.index,
+            u32::from(l.index),
             l.backend,
-            Quoted("an end was not built")
-        );
-        log::error!(
-            "vNIC {} of domain {} not wired: domain {} or {} was not built (fix its manifest entry or image)",
-            l.index, l.frontend, l.frontend, l.backend
         );
         ok = false;
     }
@@ -283,6 +267,22 @@ pub fn setup(pack: &Pack<'_>, channels: &mut Channels, doms: &[Option<Box<Domain
         }
     }
     ok
+}
+
+/// Reports a virtual device (disk or vNIC) whose link could not be wired
+/// because one of its ends was not built.
+fn report_unwired(event: &str, what: &str, frontend: DomId, index: u32, backend: DomId) {
+    report!(
+        event,
+        "frontend={} index={} backend={} error={}",
+        frontend,
+        index,
+        backend,
+        Quoted("an end was not built")
+    );
+    log::error!(
+        "{what} {index} of domain {frontend} not wired: domain {frontend} or {backend} was not built (fix its manifest entry or image)"
+    );
 }
 
 /// Writes one of a domain's start-info tables (its entries at `table_off`,
