@@ -297,6 +297,7 @@ fn host_client_once(data: &[u8]) -> Result<[u8; 16], String> {
 /// they must equal its own. The guest reports the same; the run ends
 /// audited. (Attempts before the guest listens are refused and retried.)
 fn host_reaches_a_guest_through_a_forwarded_port(m: &dyn Machine) -> Result<(), String> {
+    let _port = crate::hold_port(FORWARDED_PORT)?;
     let data: Vec<u8> = (0..HOST_BYTES).map(|i| (i * 7 + (i >> 8)) as u8).collect();
     let want_sum = fnv(&data);
     let client = std::thread::spawn(move || {
@@ -355,6 +356,7 @@ const HOST_SERVER_PORT: u16 = 47081;
 /// reports. The test checks the bytes it got too.
 fn a_guest_reaches_the_host_through_the_gateway(m: &dyn Machine) -> Result<(), String> {
     use std::io::{Read, Write};
+    let _port = crate::hold_port(HOST_SERVER_PORT)?;
     let listener = std::net::TcpListener::bind(("127.0.0.1", HOST_SERVER_PORT))
         .map_err(|e| format!("cannot listen on 127.0.0.1:{HOST_SERVER_PORT}: {e}"))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;

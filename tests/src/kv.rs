@@ -369,6 +369,7 @@ fn client() -> Result<(), String> {
 }
 
 fn kvstore_answers_the_host_and_outlasts_hostile_clients(m: &dyn Machine) -> Result<(), String> {
+    let _port = crate::hold_port(PORT)?;
     let c = std::thread::spawn(client);
     let out = m.boot(&BootRequest::scenario("kvstore-http"))?;
     let result = c

@@ -209,6 +209,23 @@ impl fmt::Debug for ScenarioTest {
     }
 }
 
+/// Holds the host's loopback `port` for the caller, across processes, until
+/// the returned file is dropped. The network scenarios forward fixed ports;
+/// two `cargo xtask test` runs on one machine (two checkouts, or a bench
+/// beside a suite) would otherwise collide on them and fail each other.
+pub fn hold_port(port: u16) -> Result<std::fs::File, String> {
+    let path = std::env::temp_dir().join(format!("tahoma-port-{port}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open the port lock {}: {e}", path.display()))?;
+    file.lock()
+        .map_err(|e| format!("cannot take the port lock {}: {e}", path.display()))?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -704,6 +704,11 @@ fn pass(
             gdb: None,
             log_name: format!("bench/{name}.{label}"),
         };
+        let _port = if name == HOST_CLIENT_SCENARIO {
+            Some(tahoma_tests::hold_port(HOST_CLIENT_PORT)?)
+        } else {
+            None
+        };
         let client = (name == HOST_CLIENT_SCENARIO).then(|| {
             let data: Vec<u8> = (0..HOST_CLIENT_BYTES)
                 .map(|i| (i * 7 + (i >> 8)) as u8)
