@@ -1,6 +1,8 @@
 //! The sample unikernel (docs/kvstore.md) from the host: the test is an
 //! HTTP client of `guests/kvstore` through QEMU's forward of
-//! 127.0.0.1:47082 (scenario `kvstore-http`).
+//! 127.0.0.1:47082 (scenario `kvstore-http`); from a client guest over the
+//! virtual switch (scenario `kvclient`); and its store under power cuts
+//! (scenario `kvstore-durable`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,6 +16,10 @@ pub fn tests() -> Vec<ScenarioTest> {
         ScenarioTest {
             name: "kvstore_answers_the_host_and_outlasts_hostile_clients",
             run: kvstore_answers_the_host_and_outlasts_hostile_clients,
+        },
+        ScenarioTest {
+            name: "kvstore_answers_a_client_guest_over_the_switch",
+            run: kvstore_answers_a_client_guest_over_the_switch,
         },
         ScenarioTest {
             name: "kvstore_acknowledged_commits_survive_power_cuts_on_its_vblk",
@@ -462,4 +468,457 @@ fn kvstore_acknowledged_commits_survive_power_cuts_on_its_vblk(
         acked = Some(ack);
     }
     Ok(())
+}
+
+/// Undoes `guests/kvclient`'s escaping of a body in a fact value (the
+/// fact parser has already undone `\"` and `\\`): `%XX` is byte XX.
+fn unpercent(s: &str) -> Result<Vec<u8>, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad %-escape in `{s}`"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// FNV-1a/64, as `guests/kvclient` reports it for every body.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The numbers of a flat JSON object's `"key":N` members inside `json`'s
+/// object named `name` (`"requests":{"200":15,...}`), in order.
+fn json_object_numbers(json: &str, name: &str) -> Result<Vec<(String, u64)>, String> {
+    let start = json
+        .find(&format!("\"{name}\":{{"))
+        .ok_or_else(|| format!("no `{name}` object in `{json}`"))?
+        + name.len()
+        + 4;
+    let end = json[start..]
+        .find('}')
+        .ok_or_else(|| format!("`{name}` object not closed in `{json}`"))?;
+    json[start..start + end]
+        .split(',')
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            let (k, v) = m
+                .split_once(':')
+                .ok_or_else(|| format!("bad member `{m}` in `{json}`"))?;
+            let v = v
+                .parse()
+                .map_err(|_| format!("`{m}`: not a number in `{json}`"))?;
+            Ok((k.trim_matches('"').to_string(), v))
+        })
+        .collect()
+}
+
+/// The number of top-level member `"name":N` of `json`.
+fn json_number(json: &str, name: &str) -> Result<u64, String> {
+    let key = format!("\"{name}\":");
+    let start = json
+        .find(&key)
+        .ok_or_else(|| format!("no `{name}` in `{json}`"))?
+        + key.len();
+    let digits: String = json[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .map_err(|_| format!("`{name}` is not a number in `{json}`"))
+}
+
+/// What the check expects of one answer: step, status, whether the
+/// service closes after it, and the body (`None`: not checked here).
+type Want = (&'static str, u16, bool, Option<Vec<u8>>);
+
+fn wanted_answers() -> Vec<Want> {
+    let text = |s: &str| Some(s.as_bytes().to_vec());
+    let apple: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut want: Vec<Want> = vec![
+        ("put-apple", 201, false, text("")),
+        ("put-pear", 201, false, text("")),
+        ("put-veg", 201, false, text("")),
+        ("get-pear", 200, false, text("good")),
+        ("get-apple", 200, false, Some(apple)),
+        (
+            "list-fruit",
+            200,
+            false,
+            text("{\"keys\":[\"fruit/apple\",\"fruit/pear\"],\"truncated\":false}\n"),
+        ),
+        (
+            "list-limit",
+            200,
+            false,
+            text("{\"keys\":[\"fruit/apple\"],\"truncated\":true}\n"),
+        ),
+        ("delete-veg", 204, false, text("")),
+        ("delete-veg-again", 404, false, text("Not Found\n")),
+        ("get-veg", 404, false, text("Not Found\n")),
+        ("health", 200, false, text("ok\n")),
+    ];
+    const PIPE: [&str; 20] = [
+        "pipe-put-0",
+        "pipe-get-0",
+        "pipe-put-1",
+        "pipe-get-1",
+        "pipe-put-2",
+        "pipe-get-2",
+        "pipe-put-3",
+        "pipe-get-3",
+        "pipe-put-4",
+        "pipe-get-4",
+        "pipe-put-5",
+        "pipe-get-5",
+        "pipe-put-6",
+        "pipe-get-6",
+        "pipe-put-7",
+        "pipe-get-7",
+        "pipe-put-8",
+        "pipe-get-8",
+        "pipe-put-9",
+        "pipe-get-9",
+    ];
+    for (i, step) in PIPE.iter().enumerate() {
+        if i % 2 == 0 {
+            want.push((step, 201, false, text("")));
+        } else {
+            want.push((step, 200, false, Some(format!("{:02}", i / 2).into_bytes())));
+        }
+    }
+    want.push(("put-65k", 413, true, text("Content Too Large\n")));
+    want.push(("malformed", 400, true, text("Bad Request\n")));
+    want
+}
+
+/// A client guest over the virtual switch (scenario `kvclient`): what
+/// `guests/kvclient` observed, answer by answer, in order: every route
+/// (PUT 201, GET the value, the prefix list with and without a limit,
+/// DELETE 204 then 404), all on one keep-alive connection; ten pipelined
+/// PUT/GET pairs on that connection answered in order, each GET seeing the
+/// PUT before it; a 65 KiB value refused with 413 and a malformed request
+/// line with 400, each followed by the service closing. The service's
+/// `/stats`, fetched by the client, must agree: its answers by status are
+/// exactly the client's tally, three keys live, one record per write;
+/// and the service's own end-of-run counts must include them.
+fn kvstore_answers_a_client_guest_over_the_switch(m: &dyn Machine) -> Result<(), String> {
+    let out = m.boot(&BootRequest::scenario("kvclient"))?;
+    ensure!(
+        out.exit == Exit::Success,
+        "the run ended with {}, not success",
+        out.exit
+    );
+    if let Some(bad) = out.facts.guest_bad.first() {
+        return Err(format!(
+            "malformed guest report line {}: `{}`",
+            bad.line, bad.text
+        ));
+    }
+    if let Ok(e) = out.facts.guest_one("client", "kvc-error") {
+        return Err(format!("the client guest gave up: `{e}`"));
+    }
+    let answers: Vec<&crate::Fact> = out
+        .facts
+        .guest_of_kind("kvc-answer")
+        .filter(|(n, _)| *n == "client")
+        .map(|(_, f)| f)
+        .collect();
+    let want = wanted_answers();
+    let steps: Vec<&str> = answers.iter().filter_map(|f| f.get("step")).collect();
+    let want_steps: Vec<&str> = want.iter().map(|w| w.0).collect();
+    ensure!(
+        steps == want_steps,
+        "the client's answers came in this order: {steps:?}; want {want_steps:?}"
+    );
+    for (f, (step, status, closes, body)) in answers.iter().zip(&want) {
+        ensure!(
+            f.number("status")? == u64::from(*status),
+            "{step}: status {} (want {status}): `{f}`",
+            f.number("status")?
+        );
+        ensure!(
+            (f.number("close")? == 1) == *closes,
+            "{step}: `Connection: close` {} (want {closes}): `{f}`",
+            f.number("close")? == 1
+        );
+        if *closes {
+            ensure!(
+                f.number("peer_closed")? == 1,
+                "{step}: the service must close the connection after it: `{f}`"
+            );
+        } else {
+            // Every answer that keeps the connection came on the first one.
+            ensure!(
+                f.number("conn")? == 1,
+                "{step}: answered on connection {}, not the first (keep-alive): `{f}`",
+                f.number("conn")?
+            );
+        }
+        if let Some(b) = body {
+            ensure!(
+                f.number("len")? == b.len() as u64 && f.number("fnv")? == fnv(b),
+                "{step}: the body is not the one expected ({} bytes): `{f}`",
+                b.len()
+            );
+            if b.len() <= 100 {
+                let shown = unpercent(f.get("body").unwrap_or("<none>"))?;
+                ensure!(
+                    shown == *b,
+                    "{step}: body `{}`, want `{}`",
+                    String::from_utf8_lossy(&shown),
+                    String::from_utf8_lossy(b)
+                );
+            }
+        }
+    }
+    let pipe = out.facts.guest_one("client", "kvc-pipeline")?;
+    ensure!(
+        pipe.number("requests")? == 20 && pipe.number("conn")? == 1,
+        "`{pipe}`: the pipelined batch must be 20 requests on the keep-alive connection"
+    );
+    // The client's tally against the expected statuses.
+    let tally = out.facts.guest_one("client", "kvc-tally")?;
+    let mut counted = std::collections::BTreeMap::<String, u64>::new();
+    for (_, status, _, _) in &want {
+        *counted.entry(status.to_string()).or_default() += 1;
+    }
+    for (status, n) in &counted {
+        ensure!(
+            tally.number(status)? == *n,
+            "`{tally}`: want {n} answers with status {status}"
+        );
+    }
+    for f in &tally.fields {
+        ensure!(
+            f.key == "connections" || counted.contains_key(&f.key),
+            "`{tally}`: the client received answers with status {} (none expected)",
+            f.key
+        );
+    }
+    // /stats, as the client received it, in parts.
+    let stats = out.facts.guest_one("client", "kvc-stats")?;
+    ensure!(stats.number("status")? == 200, "`{stats}`: /stats failed");
+    let mut body = Vec::new();
+    for (i, (_, p)) in out
+        .facts
+        .guest_of_kind("kvc-stats-part")
+        .filter(|(n, _)| *n == "client")
+        .enumerate()
+    {
+        ensure!(
+            p.number("n")? == i as u64,
+            "`{p}`: /stats parts out of order"
+        );
+        body.extend(unpercent(p.get("body").unwrap_or_default())?);
+    }
+    ensure!(
+        body.len() as u64 == stats.number("len")?,
+        "/stats: {} bytes in its parts, `{stats}` says {}",
+        body.len(),
+        stats.number("len")?
+    );
+    let json = String::from_utf8(body).map_err(|_| "/stats is not UTF-8".to_string())?;
+    let requests = json_object_numbers(&json, "requests")?;
+    let served: std::collections::BTreeMap<String, u64> = requests.into_iter().collect();
+    ensure!(
+        served == counted,
+        "/stats counts answers {served:?}; the client received {counted:?}"
+    );
+    // Live keys: fruit/apple, fruit/pear, p (veg deleted, big refused);
+    // 13 PUTs and a DELETE acknowledged: 14 records.
+    ensure!(
+        json_number(&json, "keys")? == 3 && json_number(&json, "records")? == 14,
+        "/stats: want 3 keys and 14 records: `{json}`"
+    );
+    let quit = out.facts.guest_one("client", "kvc-quit")?;
+    ensure!(quit.number("status")? == 200, "`{quit}`: /quit refused");
+    // The service's own end-of-run count: the client's answers plus the
+    // ones to /stats and /quit.
+    let done = out.facts.guest_one("kv", "kv-done")?;
+    for (status, extra) in [
+        ("200", 2u64),
+        ("201", 0),
+        ("204", 0),
+        ("400", 0),
+        ("404", 0),
+        ("413", 0),
+    ] {
+        let want = counted.get(status).copied().unwrap_or(0) + extra;
+        ensure!(
+            done.number(status)? == want,
+            "`{done}`: the service counts {} answers with status {status}; want {want}",
+            done.number(status)?
+        );
+    }
+    ensure!(
+        done.number("accepted")? == tally.number("connections")? + 1,
+        "`{done}`: the service accepted a different number of connections than the client opened (`{tally}` + 1 for /stats)"
+    );
+    for name in ["kv", "client"] {
+        let e = out
+            .facts
+            .of_kind("domain-exit")
+            .find(|f| f.get("name") == Some(name))
+            .ok_or_else(|| format!("no `@ domain-exit` for `{name}`"))?;
+        ensure!(
+            e.get("reason") == Some("poweroff") && e.number("code")? == 0,
+            "`{e}`: expected reason=poweroff code=0"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! `kvstore_answers_a_client_guest_over_the_switch` against a canned
+    //! transcript (a real run's facts): it passes on it and fails on each
+    //! defect a broken service or client would show.
+
+    use super::*;
+    use crate::BootOutcome;
+
+    struct Canned(String);
+
+    impl Machine for Canned {
+        fn boot(&self, req: &BootRequest) -> Result<BootOutcome, String> {
+            assert_eq!(req.scenario, "kvclient");
+            Ok(BootOutcome::new(Exit::Success, Some(33), self.0.clone()))
+        }
+    }
+
+    /// The facts of a `cargo xtask run kvclient` (2026-12-01).
+    const RUN: &str = r#"[client] @ kvc-answer step=put-apple conn=1 status=201 close=0 len=0 fnv=0xcbf29ce484222325 body=""
+[client] @ kvc-answer step=put-pear conn=1 status=201 close=0 len=0 fnv=0xcbf29ce484222325 body=""
+[client] @ kvc-answer step=put-veg conn=1 status=201 close=0 len=0 fnv=0xcbf29ce484222325 body=""
+[client] @ kvc-answer step=get-pear conn=1 status=200 close=0 len=4 fnv=0x9ce4d6720e9c9118 body="good"
+[client] @ kvc-answer step=get-apple conn=1 status=200 close=0 len=1000 fnv=0xe81c9c635bfcf6f1 body=""
+[client] @ kvc-answer step=list-fruit conn=1 status=200 close=0 len=56 fnv=0x58fb3507554f3c78 body="{\"keys\":[\"fruit/apple\",\"fruit/pear\"],\"truncated\":false}%0A"
+[client] @ kvc-answer step=list-limit conn=1 status=200 close=0 len=42 fnv=0xb486abcdaec9a606 body="{\"keys\":[\"fruit/apple\"],\"truncated\":true}%0A"
+[client] @ kvc-answer step=delete-veg conn=1 status=204 close=0 len=0 fnv=0xcbf29ce484222325 body=""
+[client] @ kvc-answer step=delete-veg-again conn=1 status=404 close=0 len=10 fnv=0x8852fb94e9f40750 body="Not Found%0A"
+[client] @ kvc-answer step=get-veg conn=1 status=404 close=0 len=10 fnv=0x8852fb94e9f40750 body="Not Found%0A"
+[client] @ kvc-answer step=health conn=1 status=200 close=0 len=3 fnv=0x1a19f91921d9561f body="ok%0A"
+[client] @ kvc-pipeline conn=1 requests=20 bytes=650
+[client] @ kvc-answer step=pipe-put-0 conn=1 status=201 close=0 len=0 fnv=0xcbf29ce484222325 body=""
+[client] @ kvc-answer step=pipe-get-0 conn=1 status=200 close=0 len=2 fnv=0x07fc1807b4bd222d body="00"
+[client] @ kvc-answer step=pipe-put-1 conn=1 status=201 close=0 len=0 fnv=0xcbf29ce484222325 body=""
+[client] @ kvc-answer step=pipe-get-1 conn=1 status=200 close=0 len=2 fnv=0x07fc1707b4bd207a body="01"
+[client] @ kvc-answer step=pipe-put-2 conn=1 status=201 close=0 len=0 fnv=0xcbf29ce484222325 body=""
+[client] @ kvc-answer step=pipe-get-2 conn=1 status=200 close=0 len=2 fnv=0x07fc1607b4bd1ec7 body="02"
+[client] @ kvc-answer step=pipe-put-3 conn=1 status=201 close=0 len=0 fnv=0xcbf29ce484222325 body=""
+[client] @ kvc-answer step=pipe-get-3 conn=1 status=200 close=0 len=2 fnv=0x07fc1507b4bd1d14 body="03"
+[client] @ kvc-answer step=pipe-put-4 conn=1 status=201 close=0 len=0 fnv=0xcbf29ce484222325 body=""
+[client] @ kvc-answer step=pipe-get-4 conn=1 status=200 close=0 len=2 fnv=0x07fc1407b4bd1b61 body="04"
+[client] @ kvc-answer step=pipe-put-5 conn=1 status=201 close=0 len=0 fnv=0xcbf29ce484222325 body=""
+[client] @ kvc-answer step=pipe-get-5 conn=1 status=200 close=0 len=2 fnv=0x07fc1307b4bd19ae body="05"
+[client] @ kvc-answer step=pipe-put-6 conn=1 status=201 close=0 len=0 fnv=0xcbf29ce484222325 body=""
+[client] @ kvc-answer step=pipe-get-6 conn=1 status=200 close=0 len=2 fnv=0x07fc1207b4bd17fb body="06"
+[client] @ kvc-answer step=pipe-put-7 conn=1 status=201 close=0 len=0 fnv=0xcbf29ce484222325 body=""
+[client] @ kvc-answer step=pipe-get-7 conn=1 status=200 close=0 len=2 fnv=0x07fc1107b4bd1648 body="07"
+[client] @ kvc-answer step=pipe-put-8 conn=1 status=201 close=0 len=0 fnv=0xcbf29ce484222325 body=""
+[client] @ kvc-answer step=pipe-get-8 conn=1 status=200 close=0 len=2 fnv=0x07fc1007b4bd1495 body="08"
+[client] @ kvc-answer step=pipe-put-9 conn=1 status=201 close=0 len=0 fnv=0xcbf29ce484222325 body=""
+[client] @ kvc-answer step=pipe-get-9 conn=1 status=200 close=0 len=2 fnv=0x07fc0f07b4bd12e2 body="09"
+[client] @ kvc-answer step=put-65k conn=2 status=413 close=1 len=18 fnv=0x399586a1868d494b peer_closed=1 body="Content Too Large%0A"
+[client] @ kvc-answer step=malformed conn=3 status=400 close=1 len=12 fnv=0x265ca9cc9ff89629 peer_closed=1 body="Bad Request%0A"
+[client] @ kvc-tally 200=15 201=13 204=1 400=1 404=2 413=1 connections=3
+[client] @ kvc-stats conn=4 status=200 len=235 parts=3
+[client] @ kvc-stats-part n=0 body="{\"keys\":3,\"bytes\":1006,\"log_bytes\":8192,\"dead_bytes\":111,\"batches\":14,\"records\":14,\"flushes\":14,\"com"
+[client] @ kvc-stats-part n=1 body="pactions\":0,\"recovered_records\":0,\"dropped_tail\":false,\"uptime_ms\":249,\"requests\":{\"200\":15,\"201\":13"
+[client] @ kvc-stats-part n=2 body=",\"204\":1,\"400\":1,\"404\":2,\"413\":1}}%0A"
+[client] @ kvc-quit status=200
+@ domain-exit id=3 name="client" reason=poweroff code=0 hypercalls=267
+[kv] @ kv-done accepted=4 evicted=0 keys=3 records=14 batches=14 flushes=14 200=17 201=13 204=1 400=1 404=2 408=0 413=1 431=0
+@ domain-exit id=2 name="kv" reason=poweroff code=0 hypercalls=225
+@ domain-exit id=1 name="netback" reason=scenario-end code=0 hypercalls=452
+@ exit status=success
+"#;
+
+    #[test]
+    fn passes_on_a_good_run() {
+        assert_eq!(
+            kvstore_answers_a_client_guest_over_the_switch(&Canned(RUN.into())),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn fails_on_each_defect() {
+        let cases: &[(&str, &str, &str)] = &[
+            // A pipelined GET that did not see the PUT before it.
+            (
+                "len=2 fnv=0x07fc1507b4bd1d14 body=\"03\"",
+                "len=2 fnv=0x07fc1607b4bd1ec7 body=\"02\"",
+                "pipe-get-3",
+            ),
+            // Answers out of order.
+            ("step=pipe-put-4", "step=pipe-get-4x", "order"),
+            // A new connection for a step that must be keep-alive.
+            ("step=health conn=1", "step=health conn=2", "keep-alive"),
+            // The 413 without the close.
+            (
+                "status=413 close=1",
+                "status=413 close=0",
+                "Connection: close",
+            ),
+            (
+                "peer_closed=1 body=\"Bad",
+                "peer_closed=0 body=\"Bad",
+                "must close",
+            ),
+            // A wrong body shown, and a wrong long body (by FNV).
+            ("body=\"good\"", "body=\"gooD\"", "get-pear"),
+            (
+                "len=1000 fnv=0xe81c9c635bfcf6f1",
+                "len=1000 fnv=0xe81c9c635bfcf6f2",
+                "get-apple",
+            ),
+            // /stats disagreeing with what the client received.
+            ("\\\"404\\\":2", "\\\"404\\\":3", "/stats counts"),
+            ("{\\\"keys\\\":3", "{\\\"keys\\\":4", "3 keys"),
+            ("n=1 body", "n=2 body", "out of order"),
+            // The tally off by one, or with an unexpected status.
+            ("@ kvc-tally 200=15", "@ kvc-tally 200=14", "status 200"),
+            (
+                "413=1 connections",
+                "413=1 500=1 connections",
+                "none expected",
+            ),
+            // The service's own counts.
+            ("accepted=4", "accepted=5", "connections"),
+            ("flushes=14 200=17", "flushes=14 200=16", "status 200"),
+            ("@ kvc-quit status=200", "@ kvc-quit status=404", "/quit"),
+            (
+                "name=\"kv\" reason=poweroff code=0",
+                "name=\"kv\" reason=poweroff code=1",
+                "code=0",
+            ),
+        ];
+        for (from, to, why) in cases {
+            assert!(RUN.contains(from), "the canned run has no `{from}`");
+            let err =
+                kvstore_answers_a_client_guest_over_the_switch(&Canned(RUN.replace(from, to)))
+                    .expect_err(from);
+            assert!(err.contains(why), "{from} -> {to}: {err}");
+        }
+        let err = kvstore_answers_a_client_guest_over_the_switch(&Canned(format!(
+            "{RUN}[client] @ kvc-error what=\"no answer\"\n"
+        )))
+        .unwrap_err();
+        assert!(err.contains("gave up"), "{err}");
+    }
 }
