@@ -25,6 +25,9 @@ use tahoma_tests::{BootOutcome, BootRequest, Exit, Facts};
 use xshell::Shell;
 
 use crate::images;
+
+// The client guest's KV rows (kv_guest_*): guests/kvclient over the switch.
+mod kv_guest;
 use crate::machine::{Booter, Presentation};
 use crate::manifest;
 use crate::qemu::{self, Accel};
@@ -110,6 +113,8 @@ pub struct BootFigures {
     pub tsc_hz: Option<u64>,
     /// `@ density` of a `bench-density*` scenario, with its teardowns.
     pub density: Option<Density>,
+    /// `@ kv-guest-bench` of `bench-kv-guest` (rows `kv_guest_*`).
+    pub kv_guest: Option<kv_guest::Figures>,
 }
 
 /// What the hypervisor reported about building (and tearing down) many
@@ -187,6 +192,7 @@ pub fn collect(facts: &Facts, solo_domain: Option<&str>) -> Result<BootFigures, 
     }
     out.tsc_hz = facts.one("time").ok().and_then(|f| f.number("tsc_hz").ok());
     out.density = collect_density(facts)?;
+    out.kv_guest = kv_guest::collect(facts)?;
     Ok(out)
 }
 
@@ -302,6 +308,7 @@ pub fn reference(name: &str) -> &'static str {
             "per frame, whole system: two grant copies, the switch, events per batch \
              (docs/network.md)"
         }
+        n if n.starts_with("kv_guest_") => kv_guest::reference(n),
         _ => "",
     }
 }
@@ -337,6 +344,7 @@ pub fn icount_rows(boots: &[BootFigures]) -> Vec<Row> {
             });
         }
         rows.extend(blk_ratio_rows(b, "instructions per request"));
+        kv_guest::add_rows(&mut rows, b);
         if let Some(d) = &b.density {
             for (name, v, unit, what, compare) in [
                 (

@@ -10,18 +10,23 @@
 //! closes) on connections of their own, then `/stats`. It judges nothing:
 //! it reports every answer it received (`@ kvc-answer`: step, connection,
 //! status, body) and its own tally of statuses before `/stats`
-//! (`@ kvc-tally`), and the scenario test compares them with what the
-//! service must have answered and with the service's `/stats`.
+//! (`@ kvc-tally`), then the `/stats` body in parts (`@ kvc-stats-part`:
+//! a console line holds 256 bytes), and the scenario test compares them
+//! with what the service must have answered and with the service's
+//! `/stats`.
 //!
 //! `mode=bench op=get|put[,..] conns=N[,..]`: loads `keys=K` keys of
 //! `value=V` bytes, then for each op and each connection count drives that
 //! many keep-alive connections, one request outstanding on each, until
 //! `requests=R` requests (after `warmup=W`) are answered; reports requests
 //! per second and the p50/p99 latency (request handed to the socket to
-//! answer complete) on the hypervisor's clock (`time::now_ns`), and the
-//! same latencies in `rdtsc` ticks as `@ bench` lines for `cargo xtask
-//! bench`. Under `-icount shift=0,sleep=off` the clock is virtual and
-//! advances with instructions: the figures repeat run after run.
+//! answer complete) on the hypervisor's clock (`time::now_ns`) as
+//! `@ kv-guest-bench`, and the same latencies in `rdtsc` ticks as `@ bench`
+//! lines for `cargo xtask bench` (`xtask/src/bench/kv_guest.rs`). Under
+//! `-icount shift=0,sleep=off` the clock is virtual and advances with
+//! instructions: the figures repeat run after run. A wrong answer (a GET
+//! not 200 with the value's length, a PUT not 201) is counted (`wrong=`)
+//! and fails the guest.
 //!
 //! Common: `server=IP` (default 10.0.2.10), `port=N` (80), `quit=1` (end
 //! the service with `POST /quit` when done: the service must be started
