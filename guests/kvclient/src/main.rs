@@ -22,7 +22,9 @@
 //! per second and the p50/p99 latency (request handed to the socket to
 //! answer complete) on the hypervisor's clock (`time::now_ns`) as
 //! `@ kv-guest-bench`, and the same latencies in `rdtsc` ticks as `@ bench`
-//! lines for `cargo xtask bench` (`xtask/src/bench/kv_guest.rs`). Under
+//! lines for `cargo xtask bench` (`xtask/src/bench/kv_guest.rs`), with
+//! the client's own work per request (`client_ticks=`: the window's ticks
+//! minus those it spent blocked in `event::wait_until`). Under
 //! `-icount shift=0,sleep=off` the clock is virtual and advances with
 //! instructions: the figures repeat run after run. A wrong answer (a GET
 //! not 200 with the value's length, a PUT not 201) is counted (`wrong=`)
@@ -689,6 +691,11 @@ fn bench_run(net: &mut Net, p: &BenchParams, put_op: bool, n: usize) -> Result<u
     let mut lat_ticks: Vec<u64> = Vec::with_capacity(p.requests);
     let mut first_ns: Option<u64> = None;
     let mut last_ns = 0u64;
+    // The client's own work over the measured window: its length in ticks
+    // minus the ticks spent blocked (event::wait_until), when the other
+    // domains and the hypervisor ran.
+    let mut first_tsc = (0u64, 0u64);
+    let mut last_tsc = (0u64, 0u64);
     let values: Vec<Vec<u8>> = (0..10).map(|r| bench_value(p.value, r)).collect();
     let mut err = None;
     let deadline = net.deadline;
@@ -716,6 +723,7 @@ fn bench_run(net: &mut Net, p: &BenchParams, put_op: bool, n: usize) -> Result<u
                     lat_ns.push(now - t_ns);
                     lat_ticks.push(tsc.wrapping_sub(t_tsc));
                     last_ns = now;
+                    last_tsc = (tsc, guest_sdk::event::blocked_ticks());
                 }
             }
             if outstanding[i].is_none() && issued < total {
@@ -729,6 +737,7 @@ fn bench_run(net: &mut Net, p: &BenchParams, put_op: bool, n: usize) -> Result<u
                 let now = time::now_ns();
                 if issued == p.warmup {
                     first_ns = Some(now);
+                    first_tsc = (time::rdtsc(), guest_sdk::event::blocked_ticks());
                 }
                 outstanding[i] = Some((issued, now, time::rdtsc()));
                 issued += 1;
@@ -762,6 +771,9 @@ fn bench_run(net: &mut Net, p: &BenchParams, put_op: bool, n: usize) -> Result<u
     lat_ns.sort_unstable();
     lat_ticks.sort_unstable();
     let mean = lat_ticks.iter().sum::<u64>() / count.max(1);
+    let window = last_tsc.0.saturating_sub(first_tsc.0);
+    let blocked = last_tsc.1.saturating_sub(first_tsc.1);
+    let client_ticks = window.saturating_sub(blocked) / count.max(1);
     for (pct, label) in [(50, "p50"), (99, "p99")] {
         println!(
             "@ bench name={name}.{label} value={} min={} mean={mean} iters={count} unit=ticks",
@@ -770,11 +782,8 @@ fn bench_run(net: &mut Net, p: &BenchParams, put_op: bool, n: usize) -> Result<u
         );
     }
     println!(
-        "@ kv-guest-bench name={name} op={} conns={n} requests={count} warmup={} wrong={wrong} keys={} value={} elapsed_ns={elapsed} rps={rps} p50_ns={} p99_ns={}",
+        "@ kv-guest-bench name={name} op={} conns={n} requests={count} wrong={wrong} elapsed_ns={elapsed} rps={rps} p50_ns={} p99_ns={} client_ticks={client_ticks} window_ticks={window}",
         if put_op { "put" } else { "get" },
-        p.warmup,
-        p.keys,
-        p.value,
         percentile(&lat_ns, 50),
         percentile(&lat_ns, 99)
     );

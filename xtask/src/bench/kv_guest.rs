@@ -28,6 +28,10 @@ pub struct Run {
     pub requests: u64,
     pub elapsed_ns: u64,
     pub rps: u64,
+    /// The client domain's own ticks per request (not blocked).
+    pub client_ticks: u64,
+    /// Ticks of the measured window (first request written to last answer).
+    pub window_ticks: u64,
 }
 
 /// What a boot of `bench-kv-guest` reported beyond its `@ bench` lines.
@@ -65,6 +69,8 @@ pub fn collect(facts: &Facts) -> Result<Option<Figures>, String> {
             requests: num("requests")?,
             elapsed_ns: num("elapsed_ns")?,
             rps: num("rps")?,
+            client_ticks: num("client_ticks")?,
+            window_ticks: num("window_ticks")?,
         });
     }
     if out.runs.is_empty() {
@@ -95,8 +101,10 @@ pub fn reference(name: &str) -> &'static str {
     }
 }
 
-/// Adds each run's requests/s row after its p99 row (or at the end), and
-/// the hypercalls per answer.
+/// Adds each run's rows after its p99 row (or at the end): requests/s, and
+/// the instructions per request split between the client domain's own work
+/// (`.client`) and everything else (`.rest`: the switch in `netback`, the
+/// service, the hypervisor); then the hypercalls per answer.
 pub fn add_rows(rows: &mut Vec<Row>, b: &BootFigures) {
     let Some(k) = &b.kv_guest else {
         return;
@@ -116,11 +124,32 @@ pub fn add_rows(rows: &mut Vec<Row>, b: &BootFigures) {
             ),
             compare: "virtual time: 1 ns = 1 instruction of the whole system".into(),
         };
+        let per_request = r.window_ticks / r.requests.max(1);
+        let client = Row {
+            record: Record {
+                name: format!("{}.client", r.name),
+                value: Value::Count(r.client_ticks),
+                unit: "instructions".into(),
+            },
+            detail: "per request, the client domain's own work".into(),
+            compare: "smoltcp + HTTP client + its hypercalls (time blocked left out)".into(),
+        };
+        let rest = Row {
+            record: Record {
+                name: format!("{}.rest", r.name),
+                value: Value::Count(per_request.saturating_sub(r.client_ticks)),
+                unit: "instructions".into(),
+            },
+            detail: format!("per request, the rest of {}", super::group(per_request)),
+            compare: "netback's switch + the service + the hypervisor, while the client waits"
+                .into(),
+        };
         let p99 = format!("{}.p99", r.name);
-        match rows.iter().position(|x| x.record.name == p99) {
-            Some(i) => rows.insert(i + 1, row),
-            None => rows.push(row),
-        }
+        let at = rows
+            .iter()
+            .position(|x| x.record.name == p99)
+            .map_or(rows.len(), |i| i + 1);
+        rows.splice(at..at, [row, client, rest]);
     }
     if k.answers > 0 {
         rows.push(Row {
@@ -146,10 +175,10 @@ mod tests {
     const RUN: &str = "\
 [client] @ bench name=kv_guest_get_1.p50 value=67720 min=67001 mean=67716 iters=2000 unit=ticks
 [client] @ bench name=kv_guest_get_1.p99 value=68465 min=67001 mean=67716 iters=2000 unit=ticks
-[client] @ kv-guest-bench name=kv_guest_get_1 op=get conns=1 requests=2000 warmup=100 wrong=0 keys=64 value=128 elapsed_ns=138529861 rps=14437 p50_ns=67725 p99_ns=68469
+[client] @ kv-guest-bench name=kv_guest_get_1 op=get conns=1 requests=2000 warmup=100 wrong=0 keys=64 value=128 elapsed_ns=138529861 rps=14437 p50_ns=67725 p99_ns=68469 client_ticks=20000 window_ticks=138529861
 [client] @ bench name=kv_guest_put_16.p50 value=697086 min=262427 mean=697428 iters=2000 unit=ticks
 [client] @ bench name=kv_guest_put_16.p99 value=703580 min=262427 mean=697428 iters=2000 unit=ticks
-[client] @ kv-guest-bench name=kv_guest_put_16 op=put conns=16 requests=2000 warmup=100 wrong=0 keys=64 value=128 elapsed_ns=87843419 rps=22767 p50_ns=697089 p99_ns=703583
+[client] @ kv-guest-bench name=kv_guest_put_16 op=put conns=16 requests=2000 warmup=100 wrong=0 keys=64 value=128 elapsed_ns=87843419 rps=22767 p50_ns=697089 p99_ns=703583 client_ticks=10000 window_ticks=87843419
 @ domain-exit id=3 name=\"client\" reason=poweroff code=0 hypercalls=300
 [kv] @ kv-done accepted=36 evicted=0 keys=64 records=4264 batches=2296 flushes=2296 200=50 201=50 204=0 400=0 404=0 408=0 413=0 431=0
 @ domain-exit id=2 name=\"kv\" reason=poweroff code=0 hypercalls=200
@@ -168,19 +197,27 @@ mod tests {
                 "kv_guest_get_1.p50",
                 "kv_guest_get_1.p99",
                 "kv_guest_get_1.rps",
+                "kv_guest_get_1.client",
+                "kv_guest_get_1.rest",
                 "kv_guest_put_16.p50",
                 "kv_guest_put_16.p99",
                 "kv_guest_put_16.rps",
+                "kv_guest_put_16.client",
+                "kv_guest_put_16.rest",
                 "kv_guest.hypercalls_per_request"
             ]
         );
         assert_eq!(rows[0].record.unit, "instructions");
         assert_eq!(rows[0].record.value, Value::Count(67_720));
         assert!(rows[0].compare.contains("1 outstanding per conn"));
-        assert_eq!(rows[5].record.value, Value::Count(22_767));
-        assert_eq!(rows[5].record.unit, "requests/s");
+        assert_eq!(rows[7].record.value, Value::Count(22_767));
+        assert_eq!(rows[7].record.unit, "requests/s");
+        // 138,529,861 ticks / 2,000 requests = 69,264, 20,000 of them the
+        // client's.
+        assert_eq!(rows[3].record.value, Value::Count(20_000));
+        assert_eq!(rows[4].record.value, Value::Count(49_264));
         // 1,000 hypercalls for 100 answers.
-        assert_eq!(rows[6].record.value, Value::Real(10.0));
+        assert_eq!(rows[10].record.value, Value::Real(10.0));
     }
 
     #[test]
