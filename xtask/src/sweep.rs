@@ -260,7 +260,11 @@ pub fn rows(points: &[Point]) -> Result<Vec<Row>, String> {
             format!("{key}.domain_switch"),
             p.switch,
             "instructions",
-            format!("{} domains: the switch pair + {} idle", p.started, p.idle),
+            format!(
+                "{} domains: the switch pair + {} idle",
+                bench::group(p.started),
+                bench::group(p.idle)
+            ),
             "flat: the switch at 2 domains (SCHED-0)",
         );
         if let Some(b) = build_per_guest(p, pair) {
@@ -268,7 +272,7 @@ pub fn rows(points: &[Point]) -> Result<Vec<Row>, String> {
                 format!("{key}.start_per_guest"),
                 b,
                 "instructions",
-                format!("build of one idle guest, mean of {}", p.idle),
+                format!("build of one idle guest, mean of {}", bench::group(p.idle)),
                 "flat in the number of domains",
             );
         }
@@ -428,9 +432,9 @@ count = 15000
 
     fn boot(idle: u64, build_mean: u64, pages: u64, switch: u64, refused: u64) -> String {
         let started = idle + 2 - refused;
-        let mut t = format!(
+        let mut t = String::from(
             "@ domain-start id=1 name=\"switch-a\" pages=513 critical=1 fpu_bytes=512\n\
-             @ domain-start id=2 name=\"switch-b\" pages=513 critical=0 fpu_bytes=512\n"
+             @ domain-start id=2 name=\"switch-b\" pages=513 critical=0 fpu_bytes=512\n",
         );
         for i in 0..idle - refused {
             let name = if idle == 1 {
