@@ -331,9 +331,11 @@ pub fn run(
             gdb: None,
             log_name: format!("bench/{SCENARIO}-sweep-{n}.icount"),
         };
-        let (outcome, _, _) = booter.boot_with(&req, &how, &icount)?;
-        eprintln!("{:.1} s", started.elapsed().as_secs_f64());
         let name = format!("{SCENARIO} with {n} x {}", plan.guest);
+        let (outcome, _, _) = booter.boot_with(&req, &how, &icount).map_err(|e| {
+            format!("{name}: {e} (a point of the density sweep: ask for fewer with --counts)")
+        })?;
+        eprintln!("{:.1} s", started.elapsed().as_secs_f64());
         bench::check(&outcome, &name)?;
         let p = point(&outcome.facts, &plan, n)
             .map_err(|e| format!("{name}: {e}{}", bench::log_hint(&outcome)))?;
