@@ -130,7 +130,8 @@ struct BenchArgs {
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
     timeout: Option<u64>,
     /// Boot only the bench scenarios whose name contains SUBSTR (e.g.
-    /// `net`); the host baselines are measured all the same.
+    /// `net`); the host baselines are measured all the same. A SUBSTR of
+    /// `density-sweep` (e.g. `density`) runs the density sweep too.
     #[arg(long, value_name = "SUBSTR")]
     only: Option<String>,
     /// Write SVG charts into DIR: the density curve (bench-density.svg)
