@@ -40,8 +40,15 @@ pub struct Options {
     pub wall: bool,
     /// Per-boot timeout override.
     pub timeout: Option<Duration>,
-    /// Boot only the scenarios whose name contains this.
+    /// Boot only the scenarios whose name contains this (and the density
+    /// sweep, if `density-sweep` contains it).
     pub only: Option<String>,
+    /// Write SVG charts here (runs the density sweep unless `from`).
+    pub plot: Option<PathBuf>,
+    /// Draw the charts from this `--json` file instead of booting.
+    pub from: Option<PathBuf>,
+    /// The density sweep's counts of idle guests (runs the sweep).
+    pub counts: Option<Vec<u64>>,
 }
 
 /// QEMU arguments that make guest `rdtsc` count instructions, deterministically.
@@ -750,14 +757,14 @@ fn pass(
     Ok(out)
 }
 
-fn log_hint(o: &BootOutcome) -> String {
+pub(crate) fn log_hint(o: &BootOutcome) -> String {
     o.log
         .as_ref()
         .map(|l| format!(" (serial log: {})", l.display()))
         .unwrap_or_default()
 }
 
-fn check(o: &BootOutcome, name: &str) -> Result<(), String> {
+pub(crate) fn check(o: &BootOutcome, name: &str) -> Result<(), String> {
     if o.exit != Exit::Success {
         return Err(format!(
             "scenario `{name}` ended: {}{}",
@@ -778,12 +785,25 @@ fn check(o: &BootOutcome, name: &str) -> Result<(), String> {
 
 /// Runs the benchmarks and prints the table.
 pub fn bench(opts: &Options) -> Result<ExitCode, String> {
+    if let Some(from) = &opts.from {
+        let dir = opts
+            .plot
+            .as_ref()
+            .ok_or("--from FILE draws charts: give --plot DIR too")?;
+        return plot_records(dir, &crate::plot::read_json(from)?);
+    }
     let sh = Shell::new().map_err(|e| format!("cannot set up a shell: {e}"))?;
     let root = images::root();
     let mut names = scenarios(&root)?;
+    let sweep = opts.plot.is_some()
+        || opts.counts.is_some()
+        || opts
+            .only
+            .as_ref()
+            .is_some_and(|o| crate::sweep::NAME.contains(o.as_str()));
     if let Some(only) = &opts.only {
         names.retain(|n| n.contains(only.as_str()));
-        if names.is_empty() {
+        if names.is_empty() && !sweep {
             return Err(format!(
                 "no bench scenario's name contains `{only}`: see guests/scenarios/bench*.toml"
             ));
@@ -810,6 +830,14 @@ pub fn bench(opts: &Options) -> Result<ExitCode, String> {
         .collect();
     let boots = pass(&booter, &under_icount, "icount", &icount, opts.timeout)?;
     let mut rows = icount_rows(&boots);
+    if sweep {
+        rows.extend(crate::sweep::run(
+            &booter,
+            &root,
+            opts.counts.as_deref(),
+            opts.timeout,
+        )?);
+    }
     if opts.wall {
         eprintln!("xtask: bench: host baselines (wall clock) ...");
         let host = host_baselines()?;
@@ -822,6 +850,10 @@ pub fn bench(opts: &Options) -> Result<ExitCode, String> {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         eprintln!("xtask: bench: wrote {}", path.display());
     }
+    if let Some(dir) = &opts.plot {
+        let records: Vec<Record> = rows.iter().map(|r| r.record.clone()).collect();
+        plot_records(dir, &records)?;
+    }
     let calibrated = rows.iter().all(|r| !r.compare.contains("MISMATCH"));
     if !calibrated {
         eprintln!(
@@ -829,6 +861,14 @@ pub fn bench(opts: &Options) -> Result<ExitCode, String> {
              the instruction figures above are not instruction counts"
         );
         return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Draws the charts of `records` into `dir` (`--plot`).
+fn plot_records(dir: &Path, records: &[Record]) -> Result<ExitCode, String> {
+    for f in crate::plot::write_charts(dir, records)? {
+        eprintln!("xtask: bench: wrote {}", f.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -19,9 +19,11 @@ mod images;
 mod kv;
 mod machine;
 mod manifest;
+mod plot;
 mod qemu;
 mod status;
 mod summary;
+mod sweep;
 mod symbols;
 mod test;
 
@@ -128,9 +130,23 @@ struct BenchArgs {
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
     timeout: Option<u64>,
     /// Boot only the bench scenarios whose name contains SUBSTR (e.g.
-    /// `net`); the host baselines are measured all the same.
+    /// `net`); the host baselines are measured all the same. A SUBSTR of
+    /// `density-sweep` (e.g. `density`) runs the density sweep too.
     #[arg(long, value_name = "SUBSTR")]
     only: Option<String>,
+    /// Write SVG charts into DIR: the density curve (bench-density.svg)
+    /// and each path beside Linux's and Xen's anchors (bench-anchors.svg).
+    /// Runs the density sweep too (bench-density at several counts).
+    #[arg(long, value_name = "DIR")]
+    plot: Option<std::path::PathBuf>,
+    /// With --plot: draw the charts from a file `--json` wrote, booting
+    /// nothing.
+    #[arg(long, value_name = "FILE", requires = "plot")]
+    from: Option<std::path::PathBuf>,
+    /// Run the density sweep with these counts of idle guests (default:
+    /// 0, 1, 3, 10, 30, ... up to bench-density.toml's count).
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
+    counts: Option<Vec<u64>>,
 }
 
 #[derive(Args)]
@@ -231,6 +247,9 @@ fn main() -> ExitCode {
             wall: args.wall,
             timeout: args.timeout.map(Duration::from_secs),
             only: args.only,
+            plot: args.plot,
+            from: args.from,
+            counts: args.counts,
         }),
         Command::BenchEcho => bench::echo(),
         Command::Conformance(args) => conformance(args),
