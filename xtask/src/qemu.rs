@@ -322,7 +322,8 @@ impl Run {
     }
 }
 
-/// Reads serial output line by line: into the transcript, the log and
+/// Reads serial output line by line: into the transcript (a last line that
+/// ended without a newline stays without one), the log and
 /// (if `echo`) our stdout, keeping `status` (if any) below it. Returns the
 /// transcript and the log.
 fn stream_serial(
@@ -350,7 +351,11 @@ fn stream_serial(
             }
         }
         transcript.push_str(line);
-        transcript.push('\n');
+        // A last line cut by a kill keeps no newline, so a test can tell a
+        // line printed whole from one cut mid-print (`seq=48` of `seq=482`).
+        if buf.ends_with(b"\n") {
+            transcript.push('\n');
+        }
         let _ = writeln!(log, "{line}");
         if echo {
             let mut st = status.and_then(|s| s.lock().ok());
@@ -469,8 +474,8 @@ mod tests {
         assert_eq!(ended.exit, Exit::Success);
         assert_eq!(ended.raw_status, Some(33));
         assert_eq!(
-            ended.transcript,
-            "hello\n@ exit status=success\nno newline\n"
+            ended.transcript, "hello\n@ exit status=success\nno newline",
+            "a last line without its newline stays without one"
         );
         assert_eq!(ended.qemu_stderr, "oops\n");
         assert!(log.starts_with("# /bin/sh"), "{log}");
