@@ -995,10 +995,8 @@ mod power_cut_tests {
         // a loss, which must fail.
         assert!(run(boots).is_err(), "a lost acknowledged commit must fail");
         let mut boots = good;
-        let mut f = 50;
-        for _ in 2..KV_CUTS {
+        for f in (50..).take(KV_CUTS as usize - 2) {
             boots.push(boot(f, &format!("[kv] @ kv-acked seq={}\n", f + 1)));
-            f += 1;
         }
         run(boots).expect("cut last lines that begin the number due pass");
     }
