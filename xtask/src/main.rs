@@ -328,6 +328,9 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     for line in kv::curl_lines(&scenario) {
         eprintln!("xtask: {line}");
     }
+    for line in kv::storage_lines(&scenario, &root) {
+        eprintln!("xtask: {line}");
+    }
     let req = BootRequest {
         scenario: scenario_arg.clone(),
         cmdline: args.append,
