@@ -7,8 +7,8 @@
 //! with `grant_copy` and answers in the slot) and an **RX ring** (the
 //! frontend posts empty buffers, one granted page each; the backend copies
 //! a frame into one with `grant_copy` and answers with its length). The
-//! frontend grants the TX ring page at reference `2 * index` and the RX
-//! ring page at `2 * index + 1` (`ACCESS_AT_REF`, writable, to the driver
+//! frontend grants the TX ring page at reference `8 + 2 * index` and the
+//! RX ring page at `9 + 2 * index` (`ACCESS_AT_REF`, writable, to the driver
 //! domain), `index` being the vNIC's index in its start info (`MEM-3c`),
 //! then sends an event on the vNIC's port.
 
@@ -113,14 +113,20 @@ impl RingProtocol for RxRing {
     type Rsp = RxResponse;
 }
 
+/// The first well-known grant reference of the vNIC rings. References
+/// `0..8` belong to the guest's virtual disks (disk `i`'s ring at reference
+/// `i`, BLK-2), so a guest with both a disk and a vNIC (the key-value
+/// service) grants each ring at its own reference.
+pub const VNIC_REF_BASE: u32 = 8;
+
 /// The grant reference of vNIC `index`'s TX ring page.
 pub const fn tx_ring_ref(index: u8) -> u32 {
-    2 * index as u32
+    VNIC_REF_BASE + 2 * index as u32
 }
 
 /// The grant reference of vNIC `index`'s RX ring page.
 pub const fn rx_ring_ref(index: u8) -> u32 {
-    2 * index as u32 + 1
+    VNIC_REF_BASE + 2 * index as u32 + 1
 }
 
 const _: () = assert!(core::mem::size_of::<TxRequest>() == 12);
@@ -197,7 +203,25 @@ mod tests {
 
     #[test]
     fn ring_refs_pair_up() {
-        assert_eq!((tx_ring_ref(0), rx_ring_ref(0)), (0, 1));
-        assert_eq!((tx_ring_ref(1), rx_ring_ref(1)), (2, 3));
+        assert_eq!((tx_ring_ref(0), rx_ring_ref(0)), (8, 9));
+        assert_eq!((tx_ring_ref(1), rx_ring_ref(1)), (10, 11));
+    }
+
+    #[test]
+    fn vnic_refs_never_meet_disk_refs() {
+        // Disk `i`'s ring is at reference `i` (BLK-2, `i < 8`); a guest's
+        // vNICs (indices 0..4, at most 2 per guest in a manifest) take
+        // well-known references above them, below the automatic ones.
+        let mut seen = [false; crate::grant::WELL_KNOWN_REFS as usize];
+        for i in 0..4u8 {
+            for r in [tx_ring_ref(i), rx_ring_ref(i)] {
+                assert!(
+                    (VNIC_REF_BASE..crate::grant::WELL_KNOWN_REFS).contains(&r),
+                    "vNIC {i}: reference {r}"
+                );
+                assert!(!seen[r as usize], "reference {r} twice");
+                seen[r as usize] = true;
+            }
+        }
     }
 }

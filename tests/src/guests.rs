@@ -27,6 +27,10 @@ pub fn tests() -> Vec<ScenarioTest> {
             run: a_hostile_vnic_frontend_is_contained,
         },
         ScenarioTest {
+            name: "one_driver_domain_contains_a_hostile_vblk_and_a_hostile_vnic",
+            run: one_driver_domain_contains_a_hostile_vblk_and_a_hostile_vnic,
+        },
+        ScenarioTest {
             name: "hello_guest_greets_and_powers_off",
             run: hello_guest_greets_and_powers_off,
         },
@@ -418,9 +422,15 @@ fn a_guest_reaches_the_host_through_the_gateway(m: &dyn Machine) -> Result<(), S
 /// kept running; the run ends audited.
 fn a_hostile_vnic_frontend_is_contained(m: &dyn Machine) -> Result<(), String> {
     let out = m.boot(&BootRequest::scenario("net-hostile"))?;
-    succeeded_and_audited(&out)?;
+    hostile_vnic_contained(&out, "netback")
+}
+
+/// The checks of [`a_hostile_vnic_frontend_is_contained`] on a run whose
+/// network driver domain is the guest `driver`.
+fn hostile_vnic_contained(out: &BootOutcome, driver: &str) -> Result<(), String> {
+    succeeded_and_audited(out)?;
     for name in ["server", "client", "hostile", "observer"] {
-        powered_off_cleanly(&out, name)?;
+        powered_off_cleanly(out, name)?;
     }
     let h = out.facts.guest_one("hostile", "hostile")?;
     ensure!(
@@ -442,7 +452,7 @@ fn a_hostile_vnic_frontend_is_contained(m: &dyn Machine) -> Result<(), String> {
         "`{seen}` (hostile: `{h}`): a rewritten request's bytes reached the observer, \
          or none of the accepted frames did"
     );
-    let cut = out.facts.guest_one("netback", "vnic-disconnected")?;
+    let cut = out.facts.guest_one(driver, "vnic-disconnected")?;
     ensure!(
         cut.get("dom") == Some("4") && cut.number("tx")? == 1,
         "`{cut}`: only the hostile guest's (domain 4) TX ring must be cut"
@@ -464,9 +474,73 @@ fn a_hostile_vnic_frontend_is_contained(m: &dyn Machine) -> Result<(), String> {
     ensure!(
         !out.facts
             .of_kind("domain-exit")
-            .any(|f| f.get("name") == Some("netback") && f.get("reason") != Some("scenario-end")),
+            .any(|f| f.get("name") == Some(driver) && f.get("reason") != Some("scenario-end")),
         "the driver domain must run to the end of the scenario"
     );
+    Ok(())
+}
+
+/// One driver domain for disk and network (`drv-hostile`, `guests/driverdom`):
+/// a hostile vNIC frontend and a hostile vblk frontend attack it at once.
+/// The network side is judged as in [`a_hostile_vnic_frontend_is_contained`]
+/// (the TCP stream beside the attacks completes with its checksum); the disk
+/// side as the block conformance run judges it: every clause `vconf` checks
+/// passes (bad requests, bad grants, rewritten requests, a flood, an
+/// overrun ring: BLK-*, RING-*), the overrun ring alone is disconnected,
+/// and `peer`'s 1500 operations all succeed. Neither attack stalls the
+/// other device: both sets of clients finish within the run.
+fn one_driver_domain_contains_a_hostile_vblk_and_a_hostile_vnic(
+    m: &dyn Machine,
+) -> Result<(), String> {
+    let out = m.boot(&BootRequest::scenario("drv-hostile"))?;
+    hostile_vnic_contained(&out, "drv")?;
+    let clauses: Vec<_> = out
+        .facts
+        .guest_of_kind("conformance")
+        .filter(|(n, _)| *n == "vconf")
+        .map(|(_, f)| f)
+        .collect();
+    ensure!(
+        clauses.len() == 20,
+        "want the 20 block clauses from vconf, got {}",
+        clauses.len()
+    );
+    for c in &clauses {
+        ensure!(
+            c.get("outcome") == Some("pass"),
+            "`{c}`: a block clause failed against the combined driver domain"
+        );
+    }
+    // vconf's disk 2 for its overrun (RING-5), its disk 1 after it closed
+    // the port (BLK-7); no other ring.
+    let cuts: Vec<String> = out
+        .facts
+        .guest_of_kind("blk-disconnected")
+        .filter(|(n, _)| *n == "drv")
+        .map(|(_, f)| {
+            format!(
+                "{}/{}",
+                f.get("frontend").unwrap_or("?"),
+                f.get("disk").unwrap_or("?")
+            )
+        })
+        .collect();
+    let mut sorted = cuts.clone();
+    sorted.sort();
+    ensure!(
+        sorted == ["vconf/1", "vconf/2"],
+        "disconnected rings {cuts:?}: want exactly vconf's disks 1 and 2"
+    );
+    let load = out.facts.guest_one("peer", "vblk")?;
+    ensure!(
+        load.number("ops")? == 1500
+            && load.number("errors")? == 0
+            && load.number("disconnected")? == 0,
+        "`{load}`: the peer's I/O beside the hostile frontends"
+    );
+    for name in ["vconf", "peer"] {
+        powered_off_cleanly(&out, name)?;
+    }
     Ok(())
 }
 

@@ -66,6 +66,13 @@ pub struct BootRequest {
     /// this text: a power cut at a chosen moment (the run ends
     /// [`Exit::Killed`]).
     pub kill_on: Option<String>,
+    /// Kill QEMU (SIGKILL) as soon as this file exists: a power cut at a
+    /// moment the test picks from the host (it creates the file), e.g. in
+    /// the middle of its own HTTP writes. The file is removed before boot.
+    pub kill_file: Option<PathBuf>,
+    /// Start from a zeroed disk image: the scenario's `[disk]` image is
+    /// deleted before the boot (and created afresh, as on a first run).
+    pub fresh_disk: bool,
 }
 
 impl BootRequest {
@@ -95,6 +102,18 @@ impl BootRequest {
     /// Kills QEMU as soon as a console line contains `text`.
     pub fn kill_on(mut self, text: &str) -> Self {
         self.kill_on = Some(text.to_string());
+        self
+    }
+
+    /// Kills QEMU as soon as `path` exists (see [`BootRequest::kill_file`]).
+    pub fn kill_file(mut self, path: &std::path::Path) -> Self {
+        self.kill_file = Some(path.to_path_buf());
+        self
+    }
+
+    /// Boots on a fresh (zeroed) disk image.
+    pub fn fresh_disk(mut self) -> Self {
+        self.fresh_disk = true;
         self
     }
 

@@ -821,6 +821,7 @@ fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Vec<Record> {
             echo: false,
             log: log.clone(),
             kill_on: None,
+            kill_file: None,
         };
         let ended = run.run(booter.sh)?;
         let mut o = BootOutcome::new(ended.exit, ended.raw_status, ended.transcript);

@@ -159,6 +159,19 @@ impl Booter<'_> {
         }
         // The disk's device first (slot 7), then the network's (`mmio_slot`).
         if let Some(disk) = &scenario.disk {
+            if req.fresh_disk {
+                let path = disk.path(&self.root);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(format!(
+                            "cannot delete {} for a fresh disk: {e}",
+                            path.display()
+                        ))
+                    }
+                }
+            }
             let image = disk.ensure_image(&self.root)?;
             extra.extend(disk.qemu_args(&image));
         }
@@ -186,6 +199,7 @@ impl Booter<'_> {
             echo: how.echo,
             log: log.clone(),
             kill_on: req.kill_on.clone(),
+            kill_file: req.kill_file.clone(),
         };
         let ended = run.run(self.sh)?;
         let mut outcome = BootOutcome::new(

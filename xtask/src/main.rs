@@ -347,6 +347,9 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
     for line in kv::curl_lines(&scenario) {
         eprintln!("xtask: {line}");
     }
+    for line in kv::storage_lines(&scenario, &root) {
+        eprintln!("xtask: {line}");
+    }
     let req = BootRequest {
         scenario: scenario_arg.clone(),
         cmdline: args.append,
@@ -369,6 +372,19 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         .as_ref()
         .map(|l| l.strip_prefix(&root).unwrap_or(l).display().to_string())
         .unwrap_or_default();
+    // Ctrl-C reaches QEMU too (same process group): it ends with status 0,
+    // which would otherwise read as a triple fault.
+    let interrupted = ended.qemu_stderr.contains("terminating on signal 2");
+    if interrupted {
+        eprintln!(
+            "xtask: scenario `{}` stopped by Ctrl-C (serial log: {log}; one log per guest beside it)",
+            scenario.name
+        );
+        for line in kv::storage_lines(&scenario, &root) {
+            eprintln!("xtask: {line}");
+        }
+        return Ok(ExitCode::from(130));
+    }
     eprintln!(
         "xtask: scenario `{}` ended: {} (serial log: {log}; one log per guest beside it)",
         scenario.name, outcome.exit

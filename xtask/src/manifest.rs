@@ -1627,6 +1627,79 @@ ip = "10.0.2.11"
 mac = "02:00:00:00:00:0b"
 "#;
 
+    /// One driver domain for both (docs/io.md): `[disk]` and `[net]` name
+    /// the same privileged guest, which gets both device records (two slots
+    /// of the one virtio-mmio frame, which the hypervisor delegates to one
+    /// domain only); a guest may have a vblk and a vNIC. Every other rule
+    /// still holds for the shared driver.
+    #[test]
+    fn one_driver_domain_may_drive_the_disk_and_the_network() {
+        let one = r#"
+[disk]
+size = "4M"
+driver = "drv"
+
+[net]
+driver = "drv"
+
+[[guest]]
+name = "drv"
+image = "hello"
+memory = "6M"
+privileged = true
+
+[[guest]]
+name = "kv"
+image = "hello"
+memory = "1M"
+
+[[guest.vnic]]
+ip = "10.0.2.10"
+
+[[guest.vblk]]
+offset = "0"
+size = "4M"
+"#;
+        let s = parse(one).unwrap();
+        assert_eq!(s.net, Some(Net { driver: 0 }));
+        assert_eq!(s.disk.as_ref().map(|d| d.driver), Some(0));
+        let dir = std::env::temp_dir().join(format!("tahoma-one-drv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hello"), b"\x7fELF-fake").unwrap();
+        let bytes = s.pack(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mmio: Vec<_> = Pack::parse(&bytes)
+            .unwrap()
+            .devices()
+            .filter(|d| d.kind == 1)
+            .map(|d| (d.domain, d.id, d.base >> 12))
+            .collect();
+        // The disk (virtio id 2) and the uplink (1), both the driver's
+        // (domain 0), both in frame 0xfeb00.
+        assert_eq!(mmio, [(0, 2, 0xfeb00), (0, 1, 0xfeb00)]);
+
+        // The shared driver keeps every rule: privileged, ...
+        let e = err(&one.replacen("privileged = true\n", "", 1));
+        assert!(e.message.contains("must be a privileged guest"), "{e}");
+        // ... room for its DMA region, ...
+        let e = err(&one.replacen("memory = \"6M\"", "memory = \"1M\"", 1));
+        assert!(e.message.contains("DMA region"), "{e}");
+        // ... no vblk and no vNIC of its own.
+        let on_drv = one.replacen(
+            "privileged = true\n",
+            "privileged = true\n[[guest.vblk]]\noffset = \"0\"\nsize = \"512\"\n",
+            1,
+        );
+        assert!(err(&on_drv).message.contains("drives the disk"));
+        let on_drv = one.replacen(
+            "privileged = true\n",
+            "privileged = true\n[[guest.vnic]]\nip = \"10.0.2.12\"\n",
+            1,
+        );
+        let e = err(&on_drv);
+        assert!(e.message.contains("drives the network"), "{e}");
+    }
+
     #[test]
     fn nets_are_parsed_and_packed() {
         use crate::devices::{derived_mac, Forward};

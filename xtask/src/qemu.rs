@@ -146,6 +146,9 @@ pub struct Run {
     /// Kill QEMU as soon as a console line contains this (a power cut at a
     /// chosen moment; the run ends [`Exit::Killed`]).
     pub kill_on: Option<String>,
+    /// Kill QEMU as soon as this file exists (a power cut the caller times
+    /// from outside; removed before QEMU starts).
+    pub kill_file: Option<PathBuf>,
 }
 
 /// What a run produced.
@@ -222,6 +225,10 @@ impl Run {
         writeln!(log, "# {}", self.command_line())
             .map_err(|e| format!("cannot write {}: {e}", self.log.display()))?;
 
+        if let Some(f) = &self.kill_file {
+            // A trigger left by an earlier run must not cut this one at once.
+            let _ = std::fs::remove_file(f);
+        }
         let mut command: Command = sh.cmd(&self.qemu).args(args).into();
         command
             .stdin(Stdio::null())
@@ -272,7 +279,9 @@ impl Run {
                     st.draw(&mut std::io::stderr(), false);
                 }
             }
-            if kill.load(std::sync::atomic::Ordering::Acquire) {
+            if kill.load(std::sync::atomic::Ordering::Acquire)
+                || self.kill_file.as_ref().is_some_and(|f| f.exists())
+            {
                 let _ = child.kill();
                 break child.wait().ok();
             }
@@ -404,6 +413,7 @@ mod tests {
             echo: false,
             log: "x.log".into(),
             kill_on: None,
+            kill_file: None,
         }
     }
 

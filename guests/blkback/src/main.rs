@@ -22,26 +22,12 @@
 
 extern crate alloc;
 
-mod dev;
-mod hal;
-mod hv;
-mod serve;
-
 use alloc::vec::Vec;
 
+use blkback::dev::{Disk, Kind};
+use blkback::serve::{self, Server};
+use blkback::{hal, hv, Job};
 use guest_sdk::{println, StartInfo};
-
-use dev::{Disk, Kind};
-use serve::Server;
-
-/// What a device request belongs to.
-#[derive(Clone, Copy, Debug)]
-pub enum Job {
-    /// The direct measurement: the sector, to check a read.
-    Direct(u64),
-    /// A frontend's request: the disk's index in the server, the request.
-    Serve(usize, guest_sdk::blkback::Valid),
-}
 
 guest_sdk::entry!(main);
 

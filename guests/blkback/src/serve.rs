@@ -40,13 +40,13 @@ use crate::Job;
 
 static FIRED: [AtomicBool; NR_PORTS] = [const { AtomicBool::new(false) }; NR_PORTS];
 
-pub(crate) fn on_event(port: Port) {
+pub fn on_event(port: Port) {
     if let Some(f) = FIRED.get(port.0 as usize) {
         f.store(true, Ordering::Release);
     }
 }
 
-pub(crate) fn fired(port: u32) -> bool {
+pub fn fired(port: u32) -> bool {
     FIRED
         .get(port as usize)
         .is_some_and(|f| f.swap(false, Ordering::AcqRel))
@@ -208,13 +208,7 @@ impl Server {
     /// to do).
     pub fn run(&mut self, mut stop: impl FnMut(&Server) -> bool) {
         loop {
-            let mut progress = self.interrupts();
-            progress |= self.connect();
-            progress |= self.completions();
-            progress |= self.flushes();
-            progress |= self.intake();
-            self.publish();
-            if progress {
+            if self.poll() {
                 continue;
             }
             if stop(self) {
@@ -225,6 +219,21 @@ impl Server {
             }
             event::wait();
         }
+    }
+
+    /// One pass: the devices' interrupts, new connections, completions,
+    /// flushes, new requests (bounded by the devices' free slots), then
+    /// every ring's responses published. Whether anything moved. A loop
+    /// that also serves something else (`guests/driverdom`) calls this,
+    /// then [`Server::final_checks`] before it sleeps.
+    pub fn poll(&mut self) -> bool {
+        let mut progress = self.interrupts();
+        progress |= self.connect();
+        progress |= self.completions();
+        progress |= self.flushes();
+        progress |= self.intake();
+        self.publish();
+        progress
     }
 
     fn interrupts(&mut self) -> bool {
@@ -528,8 +537,9 @@ impl Server {
         }
     }
 
-    /// `true` if a ring has requests after all (RING-3).
-    fn final_checks(&mut self) -> bool {
+    /// `true` if a ring has requests after all (RING-3): call before
+    /// sleeping, after a [`Server::poll`] that found nothing to do.
+    pub fn final_checks(&mut self) -> bool {
         let mut again = false;
         for i in 0..self.vdisks.len() {
             if self.vdisks[i].flush.is_some() || self.vdisks[i].stash.is_some() {

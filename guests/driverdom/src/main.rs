@@ -1,0 +1,124 @@
+//! One driver domain for disk and network (`docs/io.md`, "One driver
+//! domain for both"): like Xen's domain 0 running `blkback` and `netback`.
+//!
+//! QEMU `microvm`'s virtio-mmio slots share one 4 KiB frame, and the
+//! hypervisor never delegates one frame to two domains, so a scenario with
+//! both a `[disk]` and a `[net]` names one privileged guest as the driver
+//! of both, running this image. It
+//!
+//! * takes the DMA region: a fixed part of it for the virtio-net uplink's
+//!   queues and frame buffers ([`UPLINK_DMA_PAGES`]), the rest for the
+//!   block devices' request slots (`blkback::hal`);
+//! * opens every delegated virtio-blk device (`blkback::dev`) and serves
+//!   every virtual disk its start info lists (`blkback::serve`, BLK-*);
+//! * brings up the virtio-net uplink and switches every vNIC its start
+//!   info lists (`netback`, NET-*);
+//! * runs one loop: a pass of the disks, a pass of the network, and sleeps
+//!   only when neither had anything to do and no ring has requests after a
+//!   final check. Each pass is bounded (the disks by the devices' request
+//!   slots, one request per disk per turn; each TX ring by its size), so a
+//!   flood on a disk ring cannot keep the network from being served, nor
+//!   the other way round (the `drv-hostile` scenario tries both).
+#![no_std]
+#![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+
+use blkback::dev::Disk;
+use blkback::serve::Server;
+use blkback::{hal, Job};
+use guest_sdk::io::DmaRegion;
+use guest_sdk::{event, println, time, StartInfo, Vnic};
+use netback::{Net, VIRTIO_ID_NET};
+
+guest_sdk::entry!(main);
+
+/// virtio device id of a block device.
+const VIRTIO_ID_BLOCK: u32 = 2;
+/// DMA pages set aside for the uplink: its two 16-entry virtqueues and
+/// 24 one-page frame buffers, with room to spare.
+const UPLINK_DMA_PAGES: usize = 48;
+/// Request slots per block device (the virtqueue's size).
+const BLK_SLOTS: usize = 16;
+
+fn main(si: &StartInfo) -> i32 {
+    let Some(region) = si.dma() else {
+        println!("driverdom: no DMA region in the start info: name this domain the driver of [disk] and [net]");
+        return 1;
+    };
+    hal::init(region);
+    // The uplink's share first, so the block slots cannot leave it short.
+    let uplink = si.devices().find(|d| d.virtio_id == VIRTIO_ID_NET);
+    let uplink_dma = match uplink {
+        Some(_) => match hal::alloc_pages(UPLINK_DMA_PAGES) {
+            Some((va, pa)) => Some(DmaRegion {
+                first_page: region.first_page + (va - region.va) / 4096,
+                pages: UPLINK_DMA_PAGES as u64,
+                machine_base: pa,
+                va,
+            }),
+            None => {
+                println!("driverdom: the DMA region is too small for the uplink: raise `dma` in the manifest");
+                None
+            }
+        },
+        None => None,
+    };
+
+    let n = usize::try_from(si.device_count)
+        .unwrap_or(0)
+        .min(si.devices.len());
+    let mut disks: Vec<Disk<Job>> = Vec::new();
+    for (i, info) in si.devices[..n].iter().enumerate() {
+        if info.virtio_id != VIRTIO_ID_BLOCK {
+            continue;
+        }
+        match Disk::open(i, info, BLK_SLOTS) {
+            Ok(d) => {
+                println!(
+                    "@ blk-device index={i} capacity={} slots={} readonly={} flush=yes irq_port={}",
+                    d.capacity(),
+                    d.slots(),
+                    d.readonly(),
+                    d.irq_port
+                );
+                disks.push(d);
+            }
+            Err(e) => println!("@ blk-device index={i} error=\"{e:?}\" served=0"),
+        }
+    }
+    let mut server = Server::new(si, disks);
+    server.listen();
+
+    let infos: Vec<Vnic> = si.vnics().collect();
+    let mut net = Net::new(&infos);
+    if let (Some(d), Some(dma)) = (uplink, uplink_dma) {
+        net.start_uplink(&d, dma);
+    }
+    let (free, total) = hal::usage();
+    println!(
+        "@ drv-serving disks={} vnics={} uplink={} dma_free={free} dma_pages={total}",
+        server.vdisks(),
+        infos.len(),
+        u8::from(net.up.is_some())
+    );
+    println!("@ blk-serving disks={}", server.vdisks());
+
+    loop {
+        let mut progress = server.poll();
+        progress |= net.poll();
+        if progress {
+            continue;
+        }
+        // Both final checks, so that neither side's late request is left
+        // for the timeout.
+        let again = server.final_checks() | net.final_check();
+        if again {
+            continue;
+        }
+        event::wait_until(time::now_ns() + 50_000_000);
+    }
+}
