@@ -1038,7 +1038,7 @@ fn wanted_answers() -> Vec<Want> {
 /// exactly the client's tally, three keys live, one record per write;
 /// and the service's own end-of-run counts must include them.
 fn kvstore_answers_a_client_guest_over_the_switch(m: &dyn Machine) -> Result<(), String> {
-    let out = m.boot(&BootRequest::scenario("kvclient"))?;
+    let out = m.boot(&BootRequest::scenario("kvclient").fresh_disk())?;
     ensure!(
         out.exit == Exit::Success,
         "the run ended with {}, not success",

@@ -709,9 +709,12 @@ fn pass(
             names.len()
         );
         let _ = std::io::stderr().flush();
+        // A fresh disk image each boot: the figures must not depend on
+        // what an earlier run left on it.
         let req = BootRequest {
             scenario: name.clone(),
             timeout,
+            fresh_disk: true,
             ..Default::default()
         };
         let how = Presentation {
