@@ -566,6 +566,44 @@ pub fn rows(tahoma: &System, linux: &System, how: &str) -> Vec<crate::bench::Row
     rows
 }
 
+fn guest_dir(root: &std::path::Path) -> std::path::PathBuf {
+    crate::linux::cache_dir(root)
+}
+
+/// QEMU arguments giving the Linux guest a disk like the service's vblk
+/// in [`SCENARIO`], or `None` if the service has none (RAM disk).
+fn linux_disk(
+    booter: &crate::machine::Booter<'_>,
+    dir: std::path::PathBuf,
+) -> Result<Option<Vec<String>>, String> {
+    let scenario = crate::manifest::Scenario::load(&booter.root, SCENARIO)?;
+    let Some(v) = scenario
+        .guests
+        .iter()
+        .find(|g| g.image == "kvstore")
+        .and_then(|g| g.vblk.first())
+    else {
+        return Ok(None);
+    };
+    let image = dir.join("kv-disk.img");
+    let f = std::fs::File::create(&image)
+        .map_err(|e| format!("cannot create {}: {e}", image.display()))?;
+    f.set_len(v.size)
+        .map_err(|e| format!("cannot size {}: {e}", image.display()))?;
+    let disk = crate::devices::Disk {
+        file: image.clone(),
+        size: v.size,
+        driver: 0,
+    };
+    // Without the machine options (`-machine acpi=off`): Linux needs ACPI.
+    Ok(Some(
+        disk.qemu_args(&image)
+            .into_iter()
+            .skip(crate::devices::machine_args().len())
+            .collect(),
+    ))
+}
+
 /// The whole bench: Tahoma's `bench-kv-host` and the Linux baseline,
 /// booted side by side with [`QEMU_ARGS`] (an idle QEMU costs little) and
 /// driven in turn by the same load.
@@ -593,6 +631,18 @@ pub fn bench(
         .into_iter()
         .filter(|a| a != "-machine" && a != "acpi=off")
         .collect();
+    // The store where Tahoma's is: on a RAM disk of the same size, or, if
+    // the scenario gives the service a `[[guest.vblk]]`, on a virtio disk
+    // of the extent's size (a fresh zeroed image each run; the same QEMU
+    // drive options as the scenario's disk, first device as there).
+    let mut append = String::from("console=ttyS0 quiet reboot=t panic=-1 kv.ip=10.0.2.10");
+    match linux_disk(booter, guest_dir(&booter.root))? {
+        Some(args) => {
+            qemu_extra.extend(args);
+            append.push_str(" kv.store=vda");
+        }
+        None => append.push_str(" kv.disk_kib=4096"),
+    }
     qemu_extra.extend([
         "-netdev".into(),
         format!("user,id=n0,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:{LINUX_PORT}-10.0.2.10:80"),
@@ -607,7 +657,7 @@ pub fn bench(
         memory_mib: MEMORY_MIB,
         kernel: guest.kernel.clone(),
         initrd: Some(guest.initrd.clone()),
-        append: "console=ttyS0 quiet reboot=t panic=-1 kv.ip=10.0.2.10 kv.disk_kib=4096".into(),
+        append,
         gdb: None,
         extra: qemu_extra,
         cpu: None,

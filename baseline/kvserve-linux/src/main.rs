@@ -11,7 +11,10 @@
 //! turn reads every ready connection, drives it, commits once for all of
 //! them (group commit), answers, and sends. The store is a RAM disk of
 //! `kv.disk_kib=` KiB (default 4096), as the Tahoma bench scenario's
-//! (`bench-kv-host`, no `[[guest.vblk]]` yet). At most 16 connections at
+//! (`bench-kv-host`, no `[[guest.vblk]]` yet), or with `kv.store=vda` the
+//! virtio disk `/dev/vda` (`pread`/`pwrite`, flush = `fdatasync`, which
+//! the virtio-blk driver turns into a device flush), as the unikernel's
+//! store on its vblk. At most 16 connections at
 //! once, as the unikernel's 16 sockets. `POST /quit` (always on: this is a
 //! bench fixture) ends it: the machine resets (`reboot=t`), QEMU exits.
 
@@ -21,7 +24,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use kvlib::http::{Conn, Server};
-use kvlib::store::{MemDisk, Store, SECTOR};
+use kvlib::store::{BlockDevice, Error, MemDisk, Store, SECTOR};
 
 const PORT: u16 = 80;
 const CONNECTIONS: usize = 16;
@@ -57,11 +60,91 @@ fn run() -> Result<(), String> {
     let ip: std::net::Ipv4Addr = ip.parse().map_err(|e| format!("kv.ip={ip}: {e}"))?;
     bring_up("lo", std::net::Ipv4Addr::LOCALHOST, 8)?;
     bring_up("eth0", ip, 24)?;
+    if param("kv.store").as_deref() == Some("vda") {
+        let disk = Vda::open()?;
+        println!(
+            "kvserve: store on /dev/vda ({} KiB)",
+            disk.sectors * SECTOR as u64 / 1024
+        );
+        return serve(disk, "vda");
+    }
     let kib: u64 = param("kv.disk_kib")
         .and_then(|s| s.parse().ok())
         .unwrap_or(4096)
         .clamp(64, 1 << 20);
-    serve(kib)
+    serve(MemDisk::new(kib * 1024 / SECTOR as u64), "ram")
+}
+
+/// The store's device on `/dev/vda` (devtmpfs mounted on `/dev` first).
+struct Vda {
+    file: std::fs::File,
+    sectors: u64,
+}
+
+impl Vda {
+    fn open() -> Result<Vda, String> {
+        // SAFETY: every pointer is a NUL-terminated literal that outlives the call.
+        let r = unsafe {
+            libc::mount(
+                c"devtmpfs".as_ptr(),
+                c"/dev".as_ptr(),
+                c"devtmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if r != 0 {
+            return Err(format!(
+                "cannot mount devtmpfs on /dev: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let started = Instant::now();
+        let file = loop {
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/vda")
+            {
+                Ok(f) => break f,
+                Err(e) if started.elapsed() > Duration::from_secs(5) => {
+                    return Err(format!(
+                        "cannot open /dev/vda: {e} (is the virtio_blk module loaded, the disk given to QEMU?)"
+                    ))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        use std::io::Seek;
+        let bytes = (&file)
+            .seek(std::io::SeekFrom::End(0))
+            .map_err(|e| format!("cannot size /dev/vda: {e}"))?;
+        Ok(Vda {
+            file,
+            sectors: bytes / SECTOR as u64,
+        })
+    }
+}
+
+impl BlockDevice for Vda {
+    fn sectors(&self) -> u64 {
+        self.sectors
+    }
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), Error> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .read_exact_at(buf, sector * SECTOR as u64)
+            .map_err(|_| Error::Io)
+    }
+    fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), Error> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(buf, sector * SECTOR as u64)
+            .map_err(|_| Error::Io)
+    }
+    fn flush(&mut self) -> Result<(), Error> {
+        self.file.sync_data().map_err(|_| Error::Io)
+    }
 }
 
 fn mount_proc() -> Result<(), String> {
@@ -196,9 +279,9 @@ struct Client {
     peer_done: bool,
 }
 
-fn serve(disk_kib: u64) -> Result<(), String> {
-    let store = Store::open(MemDisk::new(disk_kib * 1024 / SECTOR as u64))
-        .map_err(|e| format!("cannot open the store: {e:?}"))?;
+fn serve<D: BlockDevice>(disk: D, kind: &str) -> Result<(), String> {
+    let disk_kib = disk.sectors() * SECTOR as u64 / 1024;
+    let store = Store::open(disk).map_err(|e| format!("cannot open the store: {e:?}"))?;
     let started = Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
     let mut server = Server::new(store, now_ms());
@@ -208,7 +291,7 @@ fn serve(disk_kib: u64) -> Result<(), String> {
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("cannot make the listener non-blocking: {e}"))?;
-    println!("@ kv-listen port={PORT} connections={CONNECTIONS} disk_kib={disk_kib} store=ram");
+    println!("@ kv-listen port={PORT} connections={CONNECTIONS} disk_kib={disk_kib} store={kind}");
     let mut clients: Vec<Client> = Vec::new();
     let mut buf = vec![0u8; 65536];
     let mut accepted = 0u64;
