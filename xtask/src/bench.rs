@@ -826,6 +826,11 @@ pub fn bench(opts: &Options) -> Result<ExitCode, String> {
         accel: Accel::Tcg,
     };
     let icount: Vec<String> = ICOUNT_ARGS.iter().map(|s| s.to_string()).collect();
+    // --- The key-value bench from the host (issue 11 item 5): its own
+    // scenario and QEMU settings, its own rows (xtask/src/kvbench.rs). ---
+    let kv_host = names.iter().any(|n| n == crate::kvbench::SCENARIO);
+    names.retain(|n| n != crate::kvbench::SCENARIO);
+    // --- end of the key-value bench's selection ---
     let under_icount: Vec<String> = names
         .iter()
         .filter(|n| n.as_str() != HOST_CLIENT_SCENARIO)
@@ -841,12 +846,17 @@ pub fn bench(opts: &Options) -> Result<ExitCode, String> {
             opts.timeout,
         )?);
     }
-    if opts.wall {
+    if opts.wall && !names.is_empty() {
         eprintln!("xtask: bench: host baselines (wall clock) ...");
         let host = host_baselines()?;
         let wall = pass(&booter, &names, "wall", &[], opts.timeout)?;
         rows.extend(wall_rows(&host, &wall));
     }
+    // --- The key-value bench from the host: Tahoma, then the Linux guest. ---
+    if kv_host {
+        rows.extend(crate::kvbench::bench(&booter, opts.timeout)?);
+    }
+    // --- end of the key-value bench ---
     print!("{}", table(&rows));
     if let Some(path) = &opts.json {
         std::fs::write(path, json(&rows))

@@ -17,6 +17,8 @@ mod fuzz;
 mod gdb;
 mod images;
 mod kv;
+mod kvbench;
+mod linux;
 mod machine;
 mod manifest;
 mod plot;
