@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 use super::*;
+use crate::report;
 
 /// Builds domain `id` from its boot-pack record and ELF image: allocates and
 /// scrubs its frames, loads the image, builds its page tables and
@@ -135,48 +136,84 @@ pub fn build(
             .fold((false, false), |(w, x), s| (w | s.write, x | s.exec))
     };
 
-    // Page tables.
+    // Page tables, typed and counted as they are built (issue 13): the
+    // root starts pinned and empty, each entry is checked and counted by
+    // the validator's own rules as it is written, every table it links is
+    // a frame just taken zeroed (`Mm::build_entry`). No second pass
+    // validates them; `testopt=verify-build` proves the result equal to
+    // one (`verify_built`).
     let pt = |i: u64| frames[(plan.pt_first + i) as usize];
     let (l4, l3, l2, l1_low) = (pt(0), pt(1), pt(2), pt(3));
     let table = |mfn: u64| (mfn << 12) | pte::PRESENT | pte::WRITABLE | pte::USER;
-    let kernel = mem::table_mut(mem::kernel_pml4());
-    let root = mem::table_mut(l4);
-    root[256..].copy_from_slice(&kernel[256..]);
-    root[0] = table(l3);
-    mem::table_mut(l3)[0] = table(l2);
-    mem::table_mut(l2)[(SHARED_INFO_VA >> 21) as usize & 0x1ff] = table(l1_low);
-    mem::table_mut(l1_low)[(SHARED_INFO_VA >> 12) as usize & 0x1ff] =
-        (shared_mfn << 12) | pte::PRESENT | pte::WRITABLE | pte::USER | pte::NX;
-    for page in 0..nr_pages {
-        let l1 = pt(4 + page / 512);
-        if page % 512 == 0 {
-            mem::table_mut(l2)[((WINDOW_BASE >> 21) + page / 512) as usize] = table(l1);
+    let dm = &mut mem::DirectMap;
+    let tables = (|| {
+        let tree = mm.build_root(dm, id, l4)?;
+        mm.build_entry(dm, &tree, l4, 0, table(l3))?;
+        mm.build_entry(dm, &tree, l3, 0, table(l2))?;
+        mm.build_entry(
+            dm,
+            &tree,
+            l2,
+            (SHARED_INFO_VA >> 21) as usize & 0x1ff,
+            table(l1_low),
+        )?;
+        mm.build_entry(
+            dm,
+            &tree,
+            l1_low,
+            (SHARED_INFO_VA >> 12) as usize & 0x1ff,
+            (shared_mfn << 12) | pte::PRESENT | pte::WRITABLE | pte::USER | pte::NX,
+        )?;
+        for page in 0..nr_pages {
+            let l1 = pt(4 + page / 512);
+            if page % 512 == 0 {
+                let slot = ((WINDOW_BASE >> 21) + page / 512) as usize;
+                mm.build_entry(dm, &tree, l2, slot, table(l1))?;
+            }
+            let (w, x) = if page < plan.image_pages {
+                perms(page)
+            } else if (plan.pt_first..plan.pt_first + plan.pt_pages).contains(&page)
+                || page == plan.start_info_page
+                || (dev_tables > 0 && (page == dev_l2_page || page == dev_l1_page))
+            {
+                (false, false)
+            } else {
+                (true, false)
+            };
+            let mut e = (frames[page as usize] << 12) | pte::PRESENT | pte::USER;
+            if w {
+                e |= pte::WRITABLE;
+            }
+            if !x {
+                e |= pte::NX;
+            }
+            mm.build_entry(dm, &tree, l1, (page % 512) as usize, e)?;
         }
-        let (w, x) = if page < plan.image_pages {
-            perms(page)
-        } else if (plan.pt_first..plan.pt_first + plan.pt_pages).contains(&page)
-            || page == plan.start_info_page
-            || (dev_tables > 0 && (page == dev_l2_page || page == dev_l1_page))
-        {
-            (false, false)
-        } else {
-            (true, false)
-        };
-        let mut e = (frames[page as usize] << 12) | pte::PRESENT | pte::USER;
-        if w {
-            e |= pte::WRITABLE;
+        // The device region (IO-0): L3[1] -> device L2 -> device L1, whose
+        // entries the hypervisor installs below.
+        if dev_tables > 0 {
+            let (dl2, dl1) = (frames[dev_l2_page as usize], frames[dev_l1_page as usize]);
+            mm.build_entry(
+                dm,
+                &tree,
+                l3,
+                ((DEVICE_VA_BASE >> 30) & 0x1ff) as usize,
+                table(dl2),
+            )?;
+            mm.build_entry(
+                dm,
+                &tree,
+                dl2,
+                ((DEVICE_VA_BASE >> 21) & 0x1ff) as usize,
+                table(dl1),
+            )?;
         }
-        if !x {
-            e |= pte::NX;
-        }
-        mem::table_mut(l1)[(page % 512) as usize] = e;
-    }
-    // The device region (IO-0): L3[1] -> device L2 -> device L1, whose
-    // entries the hypervisor installs after the pin below.
-    if dev_tables > 0 {
-        let (dl2, dl1) = (frames[dev_l2_page as usize], frames[dev_l1_page as usize]);
-        mem::table_mut(l3)[((DEVICE_VA_BASE >> 30) & 0x1ff) as usize] = table(dl2);
-        mem::table_mut(dl2)[((DEVICE_VA_BASE >> 21) & 0x1ff) as usize] = table(dl1);
+        Ok(())
+    })();
+    if let Err(e) = tables {
+        mm.teardown(&mut mem::DirectMap, id);
+        give_back(mm, &frames);
+        return Err(BuildError::Tables(e));
     }
 
     // The frame list, written 64 entries at a time (no heap buffer).
@@ -242,12 +279,12 @@ pub fn build(
     mem::copy_to_phys(start_info << 12, si.as_bytes());
     let _ = plan.frame_list_pages;
 
-    // The validator takes the tables over: pinning the root validates the
-    // whole tree (and finds any mistake above), loading it marks it in use.
+    if crate::testopt::verify_build() {
+        verify_built(mm, id, l4, &frames, shared_mfn);
+    }
+    // Loading the root marks it in use.
     let mut space = AddressSpace::new(id);
-    let pinned = mm
-        .pin(&mut mem::DirectMap, id, l4, Level::L4)
-        .and_then(|()| mm.switch_root(&mut space, l4));
+    let pinned = mm.switch_root(&mut space, l4);
     // Device frames (IO-0): delegated to this domain and installed in its
     // device L1, uncached; nothing else of I/O memory is mapped.
     let devices = pinned.and_then(|_| {
@@ -319,4 +356,65 @@ pub fn build(
         built_at,
         first_run_at: None,
     })
+}
+
+/// `testopt=verify-build`: checks that the tables [`build`] typed and
+/// counted as it wrote them are exactly what a full validation of the same
+/// tables gives. Takes every frame's accounting, unpins the root (which
+/// releases the whole tree: each frame must be left idle, the held
+/// shared-info page aside), pins it again (the validator reads and checks
+/// every entry of every table), and compares type, counts, pin and hold of
+/// every frame of the domain. A difference is an internal inconsistency:
+/// the run fails. Reports `@ verify-build id= frames= tables= status=`.
+fn verify_built(mm: &mut Mm, id: DomId, l4: u64, frames: &[u64], shared: u64) {
+    let all = || frames.iter().copied().chain(core::iter::once(shared));
+    let view = |mm: &Mm, f: u64| mm.frame(f).map(|i| i.view());
+    let built: Vec<_> = all().map(|f| view(mm, f)).collect();
+    let tables = built
+        .iter()
+        .flatten()
+        .filter(|v| tahoma_core::mm::TableType::level(v.ty).is_some())
+        .count();
+    let mut bad = 0u64;
+    let mut problem = |f: u64, what: core::fmt::Arguments<'_>| {
+        bad += 1;
+        mem::inconsistency(f, what);
+    };
+    if let Err(e) = mm.unpin(&mut mem::DirectMap, id, l4) {
+        problem(
+            l4,
+            format_args!("verify-build: unpin of the built root refused: {e:?}"),
+        );
+    }
+    for f in all().filter(|&f| f != shared) {
+        if !mm.frame(f).is_some_and(|i| i.idle()) {
+            problem(
+                f,
+                format_args!("verify-build: still referenced once the built tree is released"),
+            );
+        }
+    }
+    if let Err(e) = mm.pin(&mut mem::DirectMap, id, l4, Level::L4) {
+        problem(
+            l4,
+            format_args!("verify-build: full validation refused the built tree: {e:?}"),
+        );
+    }
+    for (f, was) in all().zip(&built) {
+        let now = view(mm, f);
+        if now != *was {
+            problem(
+                f,
+                format_args!("verify-build: built as {was:?}, validated as {now:?}"),
+            );
+        }
+    }
+    report!(
+        "verify-build",
+        "id={} frames={} tables={} status={}",
+        id,
+        built.len(),
+        tables,
+        if bad == 0 { "ok" } else { "failed" }
+    );
 }

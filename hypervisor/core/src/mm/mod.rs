@@ -43,7 +43,7 @@ pub use error::{BatchError, MmError};
 pub use frame::{DomId, FrameInfo, FrameType, FrameView, Owner, TableType};
 pub use pte::{EntryRules, Level};
 pub use validator::{
-    Budget, Mm, MmConfig, Pending, Progress, Teardown, HYPERVISOR_SLOTS, OP_STEPS,
+    Budget, BuiltTree, Mm, MmConfig, Pending, Progress, Teardown, HYPERVISOR_SLOTS, OP_STEPS,
 };
 
 use crate::frames::Mfn;
