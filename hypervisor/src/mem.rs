@@ -160,9 +160,11 @@ pub fn table_mut(mfn: u64) -> &'static mut [u64; 512] {
 /// Takes a zeroed frame from the allocator.
 ///
 /// Every frame given back through [`free_frame`] was scrubbed there
-/// (MEM-2a), and the allocator remembers it: such a frame is handed out
-/// as it is, without a second zeroing (issue 13). Only a frame not known
-/// to be zero (free since boot) is zeroed here.
+/// (MEM-2a), and so was every frame of the boot scrub
+/// ([`scrub_free_frames`]); the allocator remembers it: such a frame is
+/// handed out as it is, without a second zeroing (issue 13). Only a frame
+/// not known to be zero (free since boot, beyond the boot scrub) is zeroed
+/// here.
 ///
 /// With `testopt=poison-free` (see [`poison_free_frames`]) it first checks
 /// what it hands out: a frame known to be scrubbed must be all zero (a
@@ -245,6 +247,20 @@ pub fn poison_free_frames() -> u64 {
     }
     POISONED.store(true, Ordering::Relaxed);
     n
+}
+
+/// The boot scrub (issue 13, MEM-2a): zeroes up to `limit` free frames
+/// not known to be zero, in the order the allocator hands frames out, and
+/// marks them clean; called once before the boot pack's domains are built,
+/// with the frames they will take, so that no build zeroes a frame
+/// ([`alloc_zeroed_frame`] hands clean frames out as they are, and
+/// [`free_frame`] scrubs every frame given back). Returns the frames
+/// zeroed.
+pub fn scrub_free_frames(limit: u64) -> u64 {
+    FRAMES
+        .lock()
+        .as_mut()
+        .map_or(0, |a| a.scrub_free(limit, |mfn| table_mut(mfn).fill(0)))
 }
 
 /// Internal inconsistencies found so far (issue 7, finding 9).

@@ -655,7 +655,7 @@ fn sixty_four_guests_at_once(m: &dyn Machine) -> Result<(), String> {
 }
 
 /// Issue 13: `density` starts 5,000 idle guests (and the sleeper) at
-/// 1 GiB. Every one is built (33 frames each, under 4 KiB of hypervisor
+/// 1 GiB. Every one is built (17 frames each, under 4 KiB of hypervisor
 /// heap each on average), makes its first hypercall (`block`) and is still
 /// blocked when the sleeper ends the run; every one is torn down
 /// (`@ domain-released`) and every frame comes back.
@@ -696,15 +696,15 @@ fn five_thousand_guests_run_and_every_frame_returns(m: &dyn Machine) -> Result<(
     Ok(())
 }
 
-/// Issue 13: `density-refuse` asks for 601 guests in 64 MiB. Those that
+/// Issue 13: `density-refuse` asks for 1,501 guests in 64 MiB. Those that
 /// fit are started and run (each idle guest makes its one `block`, the
 /// sleeper wakes and powers off); each that does not is refused with a
-/// report naming the limit (`machine memory full: the domain needs 33
+/// report naming the limit (`machine memory full: the domain needs 17
 /// frames, N are free`), in boot order, after the last one that fit; the
 /// hypervisor does not panic; every frame comes back (a clean audit); the
 /// run is a failure only because the manifest asked for the impossible.
 fn domains_that_do_not_fit_are_refused_and_the_rest_run(m: &dyn Machine) -> Result<(), String> {
-    const ASKED: u64 = 601;
+    const ASKED: u64 = 1501;
     let out = m.boot(&BootRequest::scenario("density-refuse"))?;
     ensure!(
         out.facts.of_kind("panic").next().is_none(),
@@ -729,8 +729,8 @@ fn domains_that_do_not_fit_are_refused_and_the_rest_run(m: &dyn Machine) -> Resu
         "`{density}`: expected {ASKED} in all, at least 100 started and 100 refused"
     );
     ensure!(
-        density.number("frames_per_domain")? <= 34,
-        "`{density}`: an idle guest should take 33 frames (its window and shared page)"
+        density.number("frames_per_domain")? <= 18,
+        "`{density}`: an idle guest should take 17 frames (its 16-page window and shared page)"
     );
     let errors: Vec<_> = out.facts.of_kind("domain-error").collect();
     ensure!(
@@ -742,7 +742,7 @@ fn domains_that_do_not_fit_are_refused_and_the_rest_run(m: &dyn Machine) -> Resu
         let id = e.number("id")?;
         let why = e.get("error").unwrap_or("");
         ensure!(
-            id > started && why.starts_with("machine memory full: the domain needs 33 frames"),
+            id > started && why.starts_with("machine memory full: the domain needs 17 frames"),
             "`{e}`: expected a refusal after the last domain that fit, naming the limit"
         );
     }

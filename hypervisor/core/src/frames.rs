@@ -169,6 +169,30 @@ impl FrameAllocator {
         self.free_marked(mfn, true)
     }
 
+    /// The boot scrub (issue 13): calls `zero` on up to `limit` free
+    /// frames not yet known to be all zeroes, in the order
+    /// [`FrameAllocator::alloc_known`] hands frames out (from the lowest,
+    /// as at boot), and marks each clean, so that it is not zeroed when
+    /// it is handed out. `zero` must leave the frame all zeroes. Returns
+    /// the frames zeroed.
+    pub fn scrub_free(&mut self, limit: u64, mut zero: impl FnMut(Mfn)) -> u64 {
+        let mut n = 0;
+        for w in 0..self.free.len() {
+            let mut dirty = self.free[w] & !self.clean[w];
+            while dirty != 0 {
+                if n == limit {
+                    return n;
+                }
+                let b = dirty & dirty.wrapping_neg();
+                dirty &= !b;
+                zero(self.base + w as u64 * 64 + u64::from(b.trailing_zeros()));
+                self.clean[w] |= b;
+                n += 1;
+            }
+        }
+        n
+    }
+
     fn free_marked(&mut self, mfn: Mfn, clean: bool) -> Result<(), FreeError> {
         let (w, b) = self.slot(mfn).ok_or(FreeError::NotManaged)?;
         if self.managed[w] & b == 0 {
@@ -357,6 +381,42 @@ mod tests {
         assert_eq!(a.alloc_contiguous(1, 8), Some(0x308));
         a.free(0x308).unwrap();
         assert_eq!(a.alloc_known(), Some((0x308, false)));
+    }
+
+    /// The boot scrub zeroes free frames not known clean, lowest first, at
+    /// most `limit`, each once, and marks them clean; frames in use and
+    /// frames already clean are not touched, and the frames handed out next
+    /// are the scrubbed ones.
+    #[test]
+    fn the_boot_scrub_zeroes_each_dirty_free_frame_once() {
+        let mut a = FrameAllocator::new(&ranges());
+        let total = a.free_count();
+        let used = a.alloc().unwrap();
+        let scrubbed = a.alloc().unwrap();
+        a.free_scrubbed(scrubbed).unwrap();
+        let mut zeroed = Vec::new();
+        assert!(total > 10, "the test needs a few frames");
+        assert_eq!(a.scrub_free(5, |m| zeroed.push(m)), 5);
+        assert!(
+            zeroed.windows(2).all(|w| w[0] < w[1]),
+            "lowest first, once each"
+        );
+        assert!(!zeroed.contains(&used) && !zeroed.contains(&scrubbed));
+        assert!(zeroed.iter().all(|&m| a.is_clean(m)));
+        assert_eq!(
+            (0..0x400).filter(|&m| a.is_clean(m)).count(),
+            6,
+            "no more than the limit (and the one freed scrubbed)"
+        );
+        for _ in 0..6 {
+            let (m, clean) = a.alloc_known().unwrap();
+            assert!(clean, "frame {m:#x}: the first six handed out are clean");
+        }
+        assert_eq!(a.alloc_known().map(|(_, c)| c), Some(false));
+        let mut rest = BTreeSet::new();
+        let n = a.scrub_free(u64::MAX, |m| assert!(rest.insert(m), "{m:#x} twice"));
+        assert_eq!(n, total - 8, "every free frame left: none was clean");
+        assert_eq!(a.scrub_free(u64::MAX, |m| panic!("{m:#x} zeroed again")), 0);
     }
 
     proptest! {
