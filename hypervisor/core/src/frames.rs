@@ -115,6 +115,42 @@ impl FrameAllocator {
         None
     }
 
+    /// Takes `n` free frames at once, like `n` calls of
+    /// [`FrameAllocator::alloc_known`] (the same frames, in the same order)
+    /// but a bitmap word at a time: `take(mfn, clean)` is called for each.
+    /// Takes nothing and returns `false` when fewer than `n` are free.
+    pub fn alloc_many(&mut self, n: u64, mut take: impl FnMut(Mfn, bool)) -> bool {
+        if n > self.free_count {
+            return false;
+        }
+        let words = self.free.len();
+        let mut left = n;
+        let mut k = 0;
+        while left > 0 && k < words {
+            let w = (self.hint + k) % words;
+            let mut word = self.free[w];
+            while word != 0 && left > 0 {
+                let b = word & word.wrapping_neg();
+                word &= !b;
+                take(
+                    self.base + w as u64 * 64 + u64::from(b.trailing_zeros()),
+                    self.clean[w] & b != 0,
+                );
+                self.clean[w] &= !b;
+                left -= 1;
+            }
+            self.free[w] = word;
+            if left > 0 {
+                k += 1;
+            } else {
+                self.hint = w;
+            }
+        }
+        self.free_count -= n - left;
+        debug_assert_eq!(left, 0, "the free count was exact");
+        left == 0
+    }
+
     /// Takes `count` physically contiguous free frames, aligned to `align`
     /// frames (a power of two); returns the first.
     pub fn alloc_contiguous(&mut self, count: u64, align: u64) -> Option<Mfn> {
@@ -420,6 +456,39 @@ mod tests {
     }
 
     proptest! {
+        /// `alloc_many(n)` hands out exactly what `n` calls of
+        /// `alloc_known` would, clean marks included, and leaves the same
+        /// allocator; asking for more than is free takes nothing.
+        #[test]
+        fn alloc_many_equals_one_at_a_time(
+            ops in proptest::collection::vec((any::<bool>(), 0u64..40), 0..40),
+        ) {
+            let mut a = FrameAllocator::new(&ranges());
+            let mut b = FrameAllocator::new(&ranges());
+            let mut held = Vec::new();
+            for (op, n) in ops {
+                if op {
+                    let mut many = Vec::new();
+                    let ok = a.alloc_many(n, |m, c| many.push((m, c)));
+                    if n > b.free_count() {
+                        prop_assert!(!ok && many.is_empty());
+                        continue;
+                    }
+                    let one: Vec<_> = (0..n).map(|_| b.alloc_known().unwrap()).collect();
+                    prop_assert!(ok);
+                    prop_assert_eq!(&many, &one);
+                    held.extend(many.iter().map(|&(m, _)| m));
+                } else if let Some(m) = held.pop() {
+                    // Freed scrubbed or not, alike in both.
+                    if n % 2 == 0 { a.free_scrubbed(m).unwrap(); b.free_scrubbed(m).unwrap(); }
+                    else { a.free(m).unwrap(); b.free(m).unwrap(); }
+                }
+                prop_assert_eq!(a.free_count(), b.free_count());
+                prop_assert_eq!(&a.free, &b.free);
+                prop_assert_eq!(&a.clean, &b.clean);
+            }
+        }
+
         #[test]
         fn free_count_is_exact(ops in proptest::collection::vec(any::<bool>(), 0..200)) {
             let mut a = FrameAllocator::new(&ranges());

@@ -74,7 +74,9 @@ pub fn build(
                 .for_each(mem::free_frame);
         }
     };
-    for page in 0..nr_pages {
+    // Without a DMA region, the window's frames are taken at once.
+    let batched = dma_base.is_none() && mem::alloc_zeroed_frames(nr_pages, |f| frames.push(f));
+    for page in (if batched { nr_pages } else { 0 })..nr_pages {
         let f = match dma_base {
             Some(b) if (dma_first..dma_first + dma_pages).contains(&page) => {
                 Some(b + page - dma_first)
@@ -164,12 +166,7 @@ pub fn build(
             (SHARED_INFO_VA >> 12) as usize & 0x1ff,
             (shared_mfn << 12) | pte::PRESENT | pte::WRITABLE | pte::USER | pte::NX,
         )?;
-        for page in 0..nr_pages {
-            let l1 = pt(4 + page / 512);
-            if page % 512 == 0 {
-                let slot = ((WINDOW_BASE >> 21) + page / 512) as usize;
-                mm.build_entry(dm, &tree, l2, slot, table(l1))?;
-            }
+        let leaf = |page: u64| {
             let (w, x) = if page < plan.image_pages {
                 perms(page)
             } else if (plan.pt_first..plan.pt_first + plan.pt_pages).contains(&page)
@@ -187,7 +184,15 @@ pub fn build(
             if !x {
                 e |= pte::NX;
             }
-            mm.build_entry(dm, &tree, l1, (page % 512) as usize, e)?;
+            e
+        };
+        // One L1 per 2 MiB of the window, its leaves set as one run.
+        for (j, first) in (0..nr_pages).step_by(512).enumerate() {
+            let l1 = pt(4 + j as u64);
+            let slot = (WINDOW_BASE >> 21) as usize + j;
+            mm.build_entry(dm, &tree, l2, slot, table(l1))?;
+            let end = (first + 512).min(nr_pages);
+            mm.build_leaves(dm, &tree, l1, 0, (first..end).map(leaf))?;
         }
         // The device region (IO-0): L3[1] -> device L2 -> device L1, whose
         // entries the hypervisor installs below.
@@ -227,56 +232,47 @@ pub fn build(
     }
     let va_of = |page: u64| WINDOW_BASE + page * 4096;
 
-    // The start-info page.
-    let mut si = StartInfo {
-        magic: START_INFO_MAGIC,
-        abi_version: hypercall_abi::ABI_VERSION,
-        domain_id: id,
-        flags: if DomainFlags::from_bits_truncate(rec.flags).contains(DomainFlags::PRIVILEGED) {
-            StartFlags::PRIVILEGED.bits()
-        } else {
-            0
-        },
-        nr_pages,
-        max_pages: u64::from(rec.max_pages).max(nr_pages),
-        window_base: WINDOW_BASE,
-        shared_info_va: SHARED_INFO_VA,
-        first_free_page: first_free,
-        stack_first_page: plan.stack_first,
-        pt_first_page: plan.pt_first,
-        pt_pages: plan.pt_pages,
-        frame_list_va: va_of(plan.frame_list_first),
-        tsc_hz: crate::time::tsc_hz(),
-        cmdline_len: 0,
-        reserved0: 0,
-        name: rec.name,
-        cmdline: [0; 1024],
-        // Filled in by `named::write_tables` once every domain is built.
-        channel_count: 0,
-        reserved1: 0,
-        channels: [NamedChannel::EMPTY; MAX_NAMED_CHANNELS],
-        // The DMA region and the device table (IO-3, IO-0; the ports are
-        // filled by `io::setup`); virtual disks by `io::setup` too (IO-5).
-        dma_first_page: if dma_pages > 0 { dma_first } else { 0 },
-        dma_pages,
-        dma_machine_base: dma_base.map_or(0, |b| b << 12),
-        device_count: io.devices.len() as u32,
-        vblk_count: 0,
-        devices: zerocopy::FromZeros::new_zeroed(),
-        vblks: zerocopy::FromZeros::new_zeroed(),
-        // vNICs are wired by `io::setup` too (MEM-3c, NET-*).
-        vnic_count: 0,
-        reserved2: 0,
-        vnics: zerocopy::FromZeros::new_zeroed(),
+    // The start-info page, written in place: its frame came zeroed
+    // (MEM-2a), so only the fields that are not zero are stored; no 3.7 KiB
+    // record is built on the stack, zeroed and copied (issue 13).
+    let start_info = frames[plan.start_info_page as usize];
+    let page = mem::table_mut(start_info).as_mut_bytes();
+    let Ok((si, _)) = <StartInfo as zerocopy::FromBytes>::mut_from_prefix(page) else {
+        unreachable!("a start-info record fits in a page, aligned")
     };
+    si.magic = START_INFO_MAGIC;
+    si.abi_version = hypercall_abi::ABI_VERSION;
+    si.domain_id = id;
+    if DomainFlags::from_bits_truncate(rec.flags).contains(DomainFlags::PRIVILEGED) {
+        si.flags = StartFlags::PRIVILEGED.bits();
+    }
+    si.nr_pages = nr_pages;
+    si.max_pages = u64::from(rec.max_pages).max(nr_pages);
+    si.window_base = WINDOW_BASE;
+    si.shared_info_va = SHARED_INFO_VA;
+    si.first_free_page = first_free;
+    si.stack_first_page = plan.stack_first;
+    si.pt_first_page = plan.pt_first;
+    si.pt_pages = plan.pt_pages;
+    si.frame_list_va = va_of(plan.frame_list_first);
+    si.tsc_hz = crate::time::tsc_hz();
+    si.name = rec.name;
+    // The channel table is filled by `named::write_tables` once every
+    // domain is built (EVT-7); the DMA region and the device table here
+    // (IO-3, IO-0; the ports by `io::setup`), virtual disks and vNICs by
+    // `io::setup` (IO-5, MEM-3c).
+    if dma_pages > 0 {
+        si.dma_first_page = dma_first;
+        si.dma_pages = dma_pages;
+        si.dma_machine_base = dma_base.map_or(0, |b| b << 12);
+    }
+    si.device_count = io.devices.len() as u32;
     for (slot, dev) in si.devices.iter_mut().zip(&io.devices) {
         *slot = *dev;
     }
     let n = cmdline.len().min(si.cmdline.len());
     si.cmdline[..n].copy_from_slice(&cmdline[..n]);
     si.cmdline_len = n as u32;
-    let start_info = frames[plan.start_info_page as usize];
-    mem::copy_to_phys(start_info << 12, si.as_bytes());
     let _ = plan.frame_list_pages;
 
     if crate::testopt::verify_build() {

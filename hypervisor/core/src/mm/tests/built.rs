@@ -90,6 +90,27 @@ fn build(l: &Layout) -> (Mm, Mem) {
     (mm, mem)
 }
 
+/// Built with the leaves in runs, one `build_leaves` per L1.
+fn build_batched(l: &Layout) -> (Mm, Mem) {
+    let (mut mm, mut mem) = machine_with_shared(l);
+    let tree = mm.build_root(&mut mem, DOM, l.l4).unwrap();
+    let all = entries(l);
+    let links = 4 + l.l1s.len();
+    for &(t, i, v) in &all[..links] {
+        mm.build_entry(&mut mem, &tree, t, i, v).unwrap();
+    }
+    for &l1 in &l.l1s {
+        let run: Vec<u64> = all[links..]
+            .iter()
+            .filter(|e| e.0 == l1)
+            .map(|e| e.2)
+            .collect();
+        let n = run.len();
+        assert_eq!(mm.build_leaves(&mut mem, &tree, l1, 0, run), Ok(n));
+    }
+    (mm, mem)
+}
+
 /// Written as plain memory, then pinned: the full validation.
 fn validated(l: &Layout) -> (Mm, Mem) {
     let (mut mm, mut mem) = machine_with_shared(l);
@@ -269,6 +290,55 @@ fn the_builder_refuses_what_the_validator_refuses() {
     audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
 }
 
+/// A run of leaves stops at the first refusal, with the exact error and
+/// the entries before it set and counted (the audit holds); the table's
+/// own checks refuse before any entry; a run past the table's end stops
+/// there.
+#[test]
+fn a_run_of_leaves_stops_at_the_first_refusal() {
+    let l = layout(1, vec![]);
+    let (mut mm, mut mem) = machine_with_shared(&l);
+    let tree = mm.build_root(&mut mem, DOM, l.l4).unwrap();
+    mm.build_entry(&mut mem, &tree, l.l4, 0, table(l.l3))
+        .unwrap();
+    mm.build_entry(&mut mem, &tree, l.l3, 0, table(l.l2))
+        .unwrap();
+    mm.build_entry(&mut mem, &tree, l.l2, 2, table(l.l1s[0]))
+        .unwrap();
+    let l1 = l.l1s[0];
+    let run = [rw(20), ro(21), rw(OTHER_FRAMES.start), rw(22)];
+    assert_eq!(
+        mm.build_leaves(&mut mem, &tree, l1, 10, run),
+        Err(MmError::NotOwner(OTHER_FRAMES.start))
+    );
+    assert_eq!((mem.peek(l1, 10), mem.peek(l1, 11)), (rw(20), ro(21)));
+    assert_eq!((mem.peek(l1, 12), mem.peek(l1, 13)), (0, 0));
+    assert_eq!(view(&mm, 20).ty, FrameType::Writable);
+    assert_eq!(view(&mm, 22).total_count, 0);
+    audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
+    // The table's own checks, before any entry.
+    for (t, want) in [
+        (l.l2, MmError::NotATable(l.l2)),
+        (23, MmError::NotATable(23)),
+        (OTHER_FRAMES.start, MmError::NotOwner(OTHER_FRAMES.start)),
+    ] {
+        let before = snapshot(&mm, &mem);
+        let r = mm.build_leaves(&mut mem, &tree, t, 0, [rw(24)]);
+        assert_refused(&mm, &mem, &before, r, want);
+    }
+    // An entry already set, and the end of the table.
+    assert_eq!(
+        mm.build_leaves(&mut mem, &tree, l1, 11, [ro(25)]),
+        Err(MmError::EntryInUse)
+    );
+    assert_eq!(
+        mm.build_leaves(&mut mem, &tree, l1, 511, [ro(25), ro(26)]),
+        Err(MmError::HypervisorSlot)
+    );
+    assert_eq!(mem.peek(l1, 511), ro(25));
+    audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
+}
+
 /// A failed build is undone by the ordinary teardown: nothing leaks.
 #[test]
 fn a_half_built_tree_is_torn_down_like_any_other() {
@@ -304,6 +374,9 @@ proptest! {
         let (vm, vmem) = validated(&l);
         prop_assert_eq!(views(&mm), views(&vm));
         prop_assert_eq!(&mem, &vmem);
+        let (bm, bmem) = build_batched(&l);
+        prop_assert_eq!(views(&bm), views(&vm));
+        prop_assert_eq!(&bmem, &vmem);
         audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
         revalidate_in_place(&mut mm, &mut mem, &l);
     }

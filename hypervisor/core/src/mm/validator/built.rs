@@ -74,9 +74,7 @@ impl Mm {
             (0..Level::L4.guest_slots()).all(|i| mem.read_entry(root, i) == 0),
             "build_root: frame {root:#x} is not empty"
         );
-        for (i, e) in self.template.iter().enumerate() {
-            mem.write_entry(root, FIRST_HYPERVISOR_SLOT + i, *e);
-        }
+        mem.write_entries(root, FIRST_HYPERVISOR_SLOT, &self.template);
         self.retype(root, FrameType::L4)?;
         self.get_total(root)?;
         self.info_mut(root)?.flags |= PINNED;
@@ -128,5 +126,47 @@ impl Mm {
         }
         mem.write_entry(table, index, value);
         Ok(())
+    }
+
+    /// [`Mm::build_entry`] for a run of leaves: sets the empty entries
+    /// `first..` of the L1 `table` (of `tree`'s domain, in use) to
+    /// `values`, each checked and counted as [`Mm::build_entry`] does, the
+    /// table's own checks made once. Stops at the first refusal, which it
+    /// returns; the entries before it stay set (a failed build is torn
+    /// down as a whole); a run past the table's end stops there with
+    /// `HypervisorSlot`. Returns the entries set.
+    pub fn build_leaves<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        tree: &BuiltTree,
+        table: Mfn,
+        first: usize,
+        values: impl IntoIterator<Item = u64>,
+    ) -> Result<usize, MmError> {
+        let f = self.info(table)?;
+        if f.owner != Owner::Domain(tree.dom) {
+            return Err(MmError::NotOwner(table));
+        }
+        if f.table_level() != Some(Level::L1) {
+            return Err(MmError::NotATable(table));
+        }
+        if f.is_partial() {
+            return Err(MmError::Busy(table));
+        }
+        let mut index = first;
+        for value in values {
+            if index >= Level::L1.guest_slots() {
+                return Err(MmError::HypervisorSlot);
+            }
+            if mem.read_entry(table, index) != 0 {
+                return Err(MmError::EntryInUse);
+            }
+            // A leaf links no table: `validate_one` only checks the value
+            // and takes its data reference.
+            self.validate_one(tree.dom, table, Level::L1, value)?;
+            mem.write_entry(table, index, value);
+            index += 1;
+        }
+        Ok(index - first)
     }
 }
