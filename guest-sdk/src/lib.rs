@@ -74,7 +74,7 @@ mod arch;
 mod rt;
 
 #[cfg(target_os = "none")]
-pub use rt::{heap_grown, heap_usage};
+pub use rt::{heap_grown, heap_usage, stack_floor_page, STACK_RESERVE_PAGES};
 
 pub use event::{DomId, Port};
 pub use start::{start_info, Channel, StartInfo, VblkEntry, VblkRole, Vnic, VnicRole};

@@ -284,7 +284,24 @@ unsafe impl GlobalAlloc for Heap {
     }
 }
 
-/// Gives the heap the pages `[first_free_page, stack_first_page)` (`MEM-2`).
+/// Pages below the initial stack (`MEM-2d`: `INITIAL_STACK_PAGES`, 4) that
+/// the SDK keeps out of its heap for the stack to grow into: with them a
+/// guest's main stack is 64 KiB, as it was when the ABI's initial stack
+/// was 16 pages. In a small window it keeps at most half the free pages.
+pub const STACK_RESERVE_PAGES: u64 = 12;
+
+/// The lowest page the SDK leaves to the main stack: the initial stack
+/// (`stack_first_page ..`, MEM-2d) and the reserve below it
+/// ([`STACK_RESERVE_PAGES`], at most half the free pages). The heap ends
+/// here.
+pub fn stack_floor_page(si: &StartInfo) -> u64 {
+    let (first, stack) = (si.first_free_page, si.stack_first_page);
+    stack - STACK_RESERVE_PAGES.min(stack.saturating_sub(first) / 2)
+}
+
+/// Gives the heap the pages `[first_free_page, stack_first_page)`
+/// (`MEM-2`), less the stack's reserve below the initial stack
+/// ([`STACK_RESERVE_PAGES`]).
 fn init_heap(si: &StartInfo) {
     let (first, stack) = (si.first_free_page, si.stack_first_page);
     if first > stack || stack > si.nr_pages {
@@ -293,6 +310,7 @@ fn init_heap(si: &StartInfo) {
             si.nr_pages
         ));
     }
+    let stack = stack_floor_page(si);
     let bottom = si.page_va(first);
     let Ok(size) = usize::try_from((stack - first) * PAGE_SIZE as u64) else {
         fail(format_args!("heap too large"));

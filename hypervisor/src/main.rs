@@ -78,6 +78,9 @@ extern "C" fn kernel_start(start_info: u64) -> ! {
     if let Some(list) = boot.arg("testopt") {
         testopt::set(list);
     }
+    if testopt::verify_build() {
+        report!("testopt", "verify-build");
+    }
     if testopt::poison_free() {
         let n = mem::poison_free_frames();
         report!(

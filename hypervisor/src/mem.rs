@@ -160,9 +160,11 @@ pub fn table_mut(mfn: u64) -> &'static mut [u64; 512] {
 /// Takes a zeroed frame from the allocator.
 ///
 /// Every frame given back through [`free_frame`] was scrubbed there
-/// (MEM-2a), and the allocator remembers it: such a frame is handed out
-/// as it is, without a second zeroing (issue 13). Only a frame not known
-/// to be zero (free since boot) is zeroed here.
+/// (MEM-2a), and so was every frame of the boot scrub
+/// ([`scrub_free_frames`]); the allocator remembers it: such a frame is
+/// handed out as it is, without a second zeroing (issue 13). Only a frame
+/// not known to be zero (free since boot, beyond the boot scrub) is zeroed
+/// here.
 ///
 /// With `testopt=poison-free` (see [`poison_free_frames`]) it first checks
 /// what it hands out: a frame known to be scrubbed must be all zero (a
@@ -172,6 +174,14 @@ pub fn table_mut(mfn: u64) -> &'static mut [u64; 512] {
 /// the run.
 pub fn alloc_zeroed_frame() -> Option<u64> {
     let (mfn, clean) = FRAMES.lock().as_mut()?.alloc_known()?;
+    hand_out(mfn, clean);
+    Some(mfn)
+}
+
+/// Makes frame `mfn`, just taken from the allocator, fit to hand out:
+/// zeroed unless `clean`, checked under `testopt=poison-free`.
+#[inline]
+fn hand_out(mfn: u64, clean: bool) {
     let t = table_mut(mfn);
     if POISONED.load(Ordering::Relaxed) {
         let bad = if clean {
@@ -197,7 +207,22 @@ pub fn alloc_zeroed_frame() -> Option<u64> {
         t.fill(0);
         HANDED_ZEROED.fetch_add(1, Ordering::Relaxed);
     }
-    Some(mfn)
+}
+
+/// Takes `n` zeroed frames at once and passes each to `take`, in the order
+/// [`alloc_zeroed_frame`] would hand them out (one lock, the bitmap a word
+/// at a time: a domain's build takes hundreds). With the same checks under
+/// `testopt=poison-free`. Takes nothing and returns `false` when fewer than
+/// `n` are free.
+pub fn alloc_zeroed_frames(n: u64, mut take: impl FnMut(u64)) -> bool {
+    let mut guard = FRAMES.lock();
+    let Some(a) = guard.as_mut() else {
+        return false;
+    };
+    a.alloc_many(n, |mfn, clean| {
+        hand_out(mfn, clean);
+        take(mfn);
+    })
 }
 
 /// Frames [`alloc_zeroed_frame`] handed out as they were (scrubbed when
@@ -245,6 +270,20 @@ pub fn poison_free_frames() -> u64 {
     }
     POISONED.store(true, Ordering::Relaxed);
     n
+}
+
+/// The boot scrub (issue 13, MEM-2a): zeroes up to `limit` free frames
+/// not known to be zero, in the order the allocator hands frames out, and
+/// marks them clean; called once before the boot pack's domains are built,
+/// with the frames they will take, so that no build zeroes a frame
+/// ([`alloc_zeroed_frame`] hands clean frames out as they are, and
+/// [`free_frame`] scrubs every frame given back). Returns the frames
+/// zeroed.
+pub fn scrub_free_frames(limit: u64) -> u64 {
+    FRAMES
+        .lock()
+        .as_mut()
+        .map_or(0, |a| a.scrub_free(limit, |mfn| table_mut(mfn).fill(0)))
 }
 
 /// Internal inconsistencies found so far (issue 7, finding 9).
@@ -498,6 +537,24 @@ impl tahoma_core::mm::PhysMem for DirectMap {
         // SAFETY: inside the direct map (checked), 8-aligned; the validator
         // writes only entries of frames it has typed as page tables.
         unsafe { (phys_to_virt(pa) as *mut u64).write_volatile(value) }
+    }
+
+    fn write_entries(&mut self, mfn: u64, first: usize, values: &[u64]) {
+        let end = first.saturating_add(values.len());
+        let pa = (mfn << 12) + (first as u64) * 8;
+        assert!(end <= 512 && (mfn + 1) << 12 <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed));
+        // SAFETY: entries `first..end` of frame `mfn` lie inside the direct
+        // map (checked) and do not overlap `values` (a slice in hypervisor
+        // memory, never a page-table frame the validator writes); the
+        // validator writes only entries of frames it has typed as tables,
+        // and no other CPU walks a table it is building.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                values.as_ptr(),
+                phys_to_virt(pa) as *mut u64,
+                values.len(),
+            )
+        }
     }
 }
 

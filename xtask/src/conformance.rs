@@ -761,9 +761,10 @@ fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Vec<Record> {
     let run = || -> Result<BootOutcome, String> {
         let peer = booter.images.dir.join("conf-peer");
         let hello = booter.images.dir.join("hello");
+        let idle = booter.images.dir.join("idle");
         let read =
             |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-        let (peer, hello) = (read(&peer)?, read(&hello)?);
+        let (peer, hello, idle) = (read(&peer)?, read(&hello)?, read(&idle)?);
         let mut b = PackBuilder::new();
         b.scenario("conformance-mem2b");
         let spec = |name, blob, critical| DomainSpec {
@@ -784,14 +785,22 @@ fn mem2b(booter: &Booter<'_>, timeout: Option<Duration>) -> Vec<Record> {
             let blob = b.blob(&patch(&peer, how));
             b.domain(&spec(dom, blob, false))?;
             if i == 2 {
+                // MEM-2c: a window of exactly the minimum starts; first in
+                // the run queue, so it makes its one hypercall (`block`)
+                // before the good domain ends the run.
+                let idle_blob = b.blob(&idle);
+                let mut d = spec(MEM2C_MIN, idle_blob, false);
+                d.mem_pages = WINDOW_MIN_PAGES as u32;
+                d.max_pages = WINDOW_MIN_PAGES as u32;
+                b.domain(&d)?;
                 // A good domain in the middle: those after it start too.
                 let good = b.blob(&hello);
                 b.domain(&spec("good", good, true))?;
             }
         }
-        // EVT-7b: a channel from the good domain (index 3) to a refused
+        // EVT-7b: a channel from the good domain (index 4) to a refused
         // one (index 0) cannot be wired.
-        b.channel(ORPHAN, 3, 0)?;
+        b.channel(ORPHAN, 4, 0)?;
         // MEM-2c: windows one page outside the documented range.
         let hello_blob = b.blob(&hello);
         for (dom, pages) in MEM2C_CASES {
@@ -886,11 +895,31 @@ const MEM2C_CASES: [(&str, u32); 2] = [
     ("huge-window", WINDOW_MAX_PAGES as u32 + 1),
 ];
 
+/// The MEM-2c domain of exactly `WINDOW_MIN_PAGES` (the `idle` image).
+const MEM2C_MIN: &str = "min-window";
+
 /// MEM-2c from the same transcript: each out-of-range window refused with
-/// a report naming its size, never started.
+/// a report naming its size, never started; the window of exactly the
+/// minimum started, took its window and shared page, and made its one
+/// hypercall (`block`) before the run ended.
 pub fn judge_mem2c(o: &BootOutcome) -> (bool, String) {
     let mut c = HostCheck::new();
     let f = &o.facts;
+    c.t(
+        f.of_kind("domain-start").any(|x| {
+            x.get("name") == Some(MEM2C_MIN)
+                && x.get("pages") == Some(WINDOW_MIN_PAGES.to_string().as_str())
+        }),
+        format!("{MEM2C_MIN}: no `@ domain-start` with pages={WINDOW_MIN_PAGES}"),
+    );
+    c.t(
+        f.of_kind("domain-exit").any(|x| {
+            x.get("name") == Some(MEM2C_MIN)
+                && x.get("reason") == Some("scenario-end")
+                && x.get("hypercalls") == Some("1")
+        }),
+        format!("{MEM2C_MIN}: did not run and block until the scenario's end"),
+    );
     for (dom, pages) in MEM2C_CASES {
         let err = f
             .of_kind("domain-error")
@@ -937,8 +966,9 @@ pub fn judge_mem2b(o: &BootOutcome) -> (bool, String) {
         "the good domain did not run to its end",
     );
     c.t(
-        f.of_kind("domains").any(|x| x.get("started") == Some("1")),
-        "`@ domains started=1` missing",
+        // The good one and MEM-2c's window of the minimum size.
+        f.of_kind("domains").any(|x| x.get("started") == Some("2")),
+        "`@ domains started=2` missing",
     );
     c.result()
 }
@@ -2049,7 +2079,7 @@ mod tests {
         for (d, _) in MEM2B_CASES {
             t += &format!("@ domain-error id=1 name=\"{d}\" error=\"image refused\"\n");
         }
-        t += "@ domain-start id=4 name=\"good\" pages=256 critical=1\n@ domains started=1 free_frames=1\n\
+        t += "@ domain-start id=4 name=\"good\" pages=256 critical=1\n@ domains started=2 free_frames=1\n\
               @ domain-exit id=4 name=\"good\" reason=poweroff code=0\n";
         assert!(judge_mem2b(&canned(&t, Exit::Failure)).0);
         let started = t.replace(
@@ -2057,6 +2087,27 @@ mod tests {
             "domain-start id=1 name=\"bad-entry\"",
         );
         assert!(!judge_mem2b(&canned(&started, Exit::Failure)).0);
+    }
+
+    #[test]
+    fn mem2c_needs_both_refusals_and_the_minimum_running() {
+        let mut t = String::new();
+        for (d, pages) in MEM2C_CASES {
+            t += &format!(
+                "@ domain-error id=1 name=\"{d}\" error=\"{pages} pages is outside 16..=261120\"\n"
+            );
+        }
+        t += &format!(
+            "@ domain-start id=9 name=\"{MEM2C_MIN}\" pages={WINDOW_MIN_PAGES} critical=0\n\
+             @ domain-exit id=9 name=\"{MEM2C_MIN}\" reason=scenario-end code=0 hypercalls=1\n"
+        );
+        assert!(judge_mem2c(&canned(&t, Exit::Failure)).0);
+        let never_ran = t.replace("hypercalls=1", "hypercalls=0");
+        assert!(!judge_mem2c(&canned(&never_ran, Exit::Failure)).0);
+        let refused = t.replace("domain-start id=9", "domain-error id=9");
+        assert!(!judge_mem2c(&canned(&refused, Exit::Failure)).0);
+        let small_started = t.replacen("domain-error id=1", "domain-start id=1", 1);
+        assert!(!judge_mem2c(&canned(&small_started, Exit::Failure)).0);
     }
 
     #[test]

@@ -455,6 +455,7 @@ fn time_and_sched() {
 fn faults(si: &StartInfo) {
     memory::mem_1();
     memory::mem_2(si);
+    memory::mem_2d(si);
 }
 
 fn traps() {

@@ -29,8 +29,9 @@ pub fn mem_2a(si: &StartInfo) {
             va += 8;
         }
         ck.eq("frame-list tail nonzero words", nonzero, 0);
-        // The top 64 pages of the heap (the allocator fills from the bottom).
-        let hi = si.page_va(si.stack_first_page);
+        // The top 64 pages of the heap (the allocator fills from the
+        // bottom), which ends below the SDK's stack reserve (MEM-2d).
+        let hi = si.page_va(guest_sdk::stack_floor_page(si));
         let mut nonzero = 0;
         let mut va = hi - 64 * 4096;
         while va < hi {
@@ -39,14 +40,46 @@ pub fn mem_2a(si: &StartInfo) {
             va += 8;
         }
         ck.eq("high heap nonzero words", nonzero, 0);
-        // The lowest initial-stack page (far below anything used).
-        let lo = si.page_va(si.stack_first_page);
+        // The lowest page of the stack's reserve (far below anything used).
+        let lo = si.page_va(guest_sdk::stack_floor_page(si));
         let mut nonzero = 0;
         for i in 0..512 {
             // SAFETY: the stack pages are mapped read-write.
             nonzero += u64::from(unsafe { arch::peek(lo + 8 * i) } != 0);
         }
-        ck.eq("lowest stack page nonzero words", nonzero, 0);
+        ck.eq("lowest stack reserve page nonzero words", nonzero, 0);
+    });
+}
+
+/// MEM-2d (run in the `faults` phase, with the conformance entries
+/// registered): the initial stack is the window's top
+/// `INITIAL_STACK_PAGES`, each page read-write, nothing mapped above it.
+pub fn mem_2d(si: &StartInfo) {
+    clause("MEM-2d", "the initial stack: the top 4 pages", |ck| {
+        ck.eq("INITIAL_STACK_PAGES", INITIAL_STACK_PAGES, 4);
+        ck.eq(
+            "stack_first_page",
+            si.stack_first_page,
+            si.nr_pages - INITIAL_STACK_PAGES,
+        );
+        for page in si.stack_first_page..si.nr_pages {
+            // A word read and written back: harmless even where the live
+            // stack is (one thread; upcalls run on the callback stack).
+            let va = si.page_va(page) + 8;
+            let f = trapped(|| {
+                at!("mov rax, [rcx]", "mov [rcx], rax"; in("rcx") va, out("rax") _);
+            });
+            ck.eq("stack page read and written", f.map(|f| f.vector), None);
+        }
+        let top = si.page_va(si.nr_pages);
+        let f = trapped(|| {
+            at!("mov qword ptr [rcx], 0"; in("rcx") top);
+        });
+        ck.eq(
+            "a store past the stack's top",
+            f.map(|f| (f.vector, f.cr2, f.error_code & 0x7)),
+            Some((14, top, 6)),
+        );
     });
 }
 
@@ -325,12 +358,13 @@ fn mem3(ck: &mut Ck, si: &StartInfo, si_va: u64) {
     ck.eq("cmdline", si.cmdline(), "suite=all");
     ck.eq("cmdline_len", si.cmdline_len as usize, "suite=all".len());
     ck.eq("start info page", si_va & 0xfff, 0);
-    // rsp at entry is the window's top: main's stack lies in the stack pages.
+    // rsp at entry is the window's top: main's stack lies in the stack
+    // pages (the initial stack and the SDK's reserve below it, MEM-2d).
     let local = 0u64;
     let sp = &local as *const u64 as u64;
     ck.t(
-        sp >= si.page_va(si.stack_first_page) && sp < si.page_va(si.nr_pages),
-        "main's stack is not in the initial stack pages",
+        sp >= si.page_va(guest_sdk::stack_floor_page(si)) && sp < si.page_va(si.nr_pages),
+        "main's stack is not in the stack pages",
     );
 }
 

@@ -651,7 +651,11 @@ pub fn trap_3() {
         // so with SMAP the pop of the guest's own stack faults (#PF, U=0)
         // before the #GP the CPU would raise. Accepted, with a note.
         let si = guest_sdk::start_info();
-        let (lo, hi) = (si.page_va(si.stack_first_page), si.page_va(si.nr_pages));
+        // Its stack: the initial stack and the SDK's reserve below it.
+        let (lo, hi) = (
+            si.page_va(guest_sdk::stack_floor_page(si)),
+            si.page_va(si.nr_pages),
+        );
         match iret {
             Some(f) if f.vector == 14 && f.error_code & 4 == 0 && (lo..hi).contains(&f.cr2) => {
                 note = "; iretq: #PF U=0 on own stack (QEMU TCG < 8.1 quirk), accepted";

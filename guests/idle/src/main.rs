@@ -1,7 +1,7 @@
 //! The smallest Tahoma guest: it blocks, with no deadline and no event
 //! bound, until the scenario ends (issue 13, density). No SDK runtime: no
 //! callback stack, heap or start-info copy, so its image is two pages and
-//! it fits the smallest window (`WINDOW_MIN_PAGES`), 33 frames in all with
+//! it fits the smallest window (`WINDOW_MIN_PAGES`, 16), 17 frames in all with
 //! its shared page. Its first and only hypercall is `block`.
 #![no_std]
 #![no_main]

@@ -115,6 +115,42 @@ impl FrameAllocator {
         None
     }
 
+    /// Takes `n` free frames at once, like `n` calls of
+    /// [`FrameAllocator::alloc_known`] (the same frames, in the same order)
+    /// but a bitmap word at a time: `take(mfn, clean)` is called for each.
+    /// Takes nothing and returns `false` when fewer than `n` are free.
+    pub fn alloc_many(&mut self, n: u64, mut take: impl FnMut(Mfn, bool)) -> bool {
+        if n > self.free_count {
+            return false;
+        }
+        let words = self.free.len();
+        let mut left = n;
+        let mut k = 0;
+        while left > 0 && k < words {
+            let w = (self.hint + k) % words;
+            let mut word = self.free[w];
+            while word != 0 && left > 0 {
+                let b = word & word.wrapping_neg();
+                word &= !b;
+                take(
+                    self.base + w as u64 * 64 + u64::from(b.trailing_zeros()),
+                    self.clean[w] & b != 0,
+                );
+                self.clean[w] &= !b;
+                left -= 1;
+            }
+            self.free[w] = word;
+            if left > 0 {
+                k += 1;
+            } else {
+                self.hint = w;
+            }
+        }
+        self.free_count -= n - left;
+        debug_assert_eq!(left, 0, "the free count was exact");
+        left == 0
+    }
+
     /// Takes `count` physically contiguous free frames, aligned to `align`
     /// frames (a power of two); returns the first.
     pub fn alloc_contiguous(&mut self, count: u64, align: u64) -> Option<Mfn> {
@@ -167,6 +203,30 @@ impl FrameAllocator {
     /// is handed out again without a second zeroing (issue 13).
     pub fn free_scrubbed(&mut self, mfn: Mfn) -> Result<(), FreeError> {
         self.free_marked(mfn, true)
+    }
+
+    /// The boot scrub (issue 13): calls `zero` on up to `limit` free
+    /// frames not yet known to be all zeroes, in the order
+    /// [`FrameAllocator::alloc_known`] hands frames out (from the lowest,
+    /// as at boot), and marks each clean, so that it is not zeroed when
+    /// it is handed out. `zero` must leave the frame all zeroes. Returns
+    /// the frames zeroed.
+    pub fn scrub_free(&mut self, limit: u64, mut zero: impl FnMut(Mfn)) -> u64 {
+        let mut n = 0;
+        for w in 0..self.free.len() {
+            let mut dirty = self.free[w] & !self.clean[w];
+            while dirty != 0 {
+                if n == limit {
+                    return n;
+                }
+                let b = dirty & dirty.wrapping_neg();
+                dirty &= !b;
+                zero(self.base + w as u64 * 64 + u64::from(b.trailing_zeros()));
+                self.clean[w] |= b;
+                n += 1;
+            }
+        }
+        n
     }
 
     fn free_marked(&mut self, mfn: Mfn, clean: bool) -> Result<(), FreeError> {
@@ -359,7 +419,76 @@ mod tests {
         assert_eq!(a.alloc_known(), Some((0x308, false)));
     }
 
+    /// The boot scrub zeroes free frames not known clean, lowest first, at
+    /// most `limit`, each once, and marks them clean; frames in use and
+    /// frames already clean are not touched, and the frames handed out next
+    /// are the scrubbed ones.
+    #[test]
+    fn the_boot_scrub_zeroes_each_dirty_free_frame_once() {
+        let mut a = FrameAllocator::new(&ranges());
+        let total = a.free_count();
+        let used = a.alloc().unwrap();
+        let scrubbed = a.alloc().unwrap();
+        a.free_scrubbed(scrubbed).unwrap();
+        let mut zeroed = Vec::new();
+        assert!(total > 10, "the test needs a few frames");
+        assert_eq!(a.scrub_free(5, |m| zeroed.push(m)), 5);
+        assert!(
+            zeroed.windows(2).all(|w| w[0] < w[1]),
+            "lowest first, once each"
+        );
+        assert!(!zeroed.contains(&used) && !zeroed.contains(&scrubbed));
+        assert!(zeroed.iter().all(|&m| a.is_clean(m)));
+        assert_eq!(
+            (0..0x400).filter(|&m| a.is_clean(m)).count(),
+            6,
+            "no more than the limit (and the one freed scrubbed)"
+        );
+        for _ in 0..6 {
+            let (m, clean) = a.alloc_known().unwrap();
+            assert!(clean, "frame {m:#x}: the first six handed out are clean");
+        }
+        assert_eq!(a.alloc_known().map(|(_, c)| c), Some(false));
+        let mut rest = BTreeSet::new();
+        let n = a.scrub_free(u64::MAX, |m| assert!(rest.insert(m), "{m:#x} twice"));
+        assert_eq!(n, total - 8, "every free frame left: none was clean");
+        assert_eq!(a.scrub_free(u64::MAX, |m| panic!("{m:#x} zeroed again")), 0);
+    }
+
     proptest! {
+        /// `alloc_many(n)` hands out exactly what `n` calls of
+        /// `alloc_known` would, clean marks included, and leaves the same
+        /// allocator; asking for more than is free takes nothing.
+        #[test]
+        fn alloc_many_equals_one_at_a_time(
+            ops in proptest::collection::vec((any::<bool>(), 0u64..40), 0..40),
+        ) {
+            let mut a = FrameAllocator::new(&ranges());
+            let mut b = FrameAllocator::new(&ranges());
+            let mut held = Vec::new();
+            for (op, n) in ops {
+                if op {
+                    let mut many = Vec::new();
+                    let ok = a.alloc_many(n, |m, c| many.push((m, c)));
+                    if n > b.free_count() {
+                        prop_assert!(!ok && many.is_empty());
+                        continue;
+                    }
+                    let one: Vec<_> = (0..n).map(|_| b.alloc_known().unwrap()).collect();
+                    prop_assert!(ok);
+                    prop_assert_eq!(&many, &one);
+                    held.extend(many.iter().map(|&(m, _)| m));
+                } else if let Some(m) = held.pop() {
+                    // Freed scrubbed or not, alike in both.
+                    if n % 2 == 0 { a.free_scrubbed(m).unwrap(); b.free_scrubbed(m).unwrap(); }
+                    else { a.free(m).unwrap(); b.free(m).unwrap(); }
+                }
+                prop_assert_eq!(a.free_count(), b.free_count());
+                prop_assert_eq!(&a.free, &b.free);
+                prop_assert_eq!(&a.clean, &b.clean);
+            }
+        }
+
         #[test]
         fn free_count_is_exact(ops in proptest::collection::vec(any::<bool>(), 0..200)) {
             let mut a = FrameAllocator::new(&ranges());

@@ -270,9 +270,11 @@ pub const DOMAIN_HEAP_BYTES: u64 = 4096;
 pub const HEAP_FIXED: u64 = 8 << 20;
 /// The main heap's part per frame of RAM: the frame table's record (24
 /// bytes) and one smallest domain's structures ([`DOMAIN_HEAP_BYTES`] and
-/// 8 bytes a page) shared by the 33 frames it takes (a 32-page window and
-/// its shared page).
-pub const HEAP_PER_FRAME: u64 = 24 + (DOMAIN_HEAP_BYTES + 8 * 32).div_ceil(33);
+/// 8 bytes a page) shared by the 17 frames it takes (a window of
+/// `WINDOW_MIN_PAGES`, 16, and its shared page).
+pub const HEAP_PER_FRAME: u64 = 24
+    + (DOMAIN_HEAP_BYTES + 8 * hypercall_abi::layout::WINDOW_MIN_PAGES)
+        .div_ceil(hypercall_abi::layout::WINDOW_MIN_PAGES + 1);
 
 /// The hypervisor's main heap for a machine of `frames` frames of RAM
 /// (bytes, page-aligned): taken from RAM at boot, so the number of domains

@@ -15,8 +15,8 @@ use crate::mem::{self, pte};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use hypercall_abi::layout::{
-    NamedChannel, SharedInfo, StartFlags, StartInfo, TimeInfo, DEVICE_VA_BASE, MAX_NAMED_CHANNELS,
-    PORT_WORDS, RFLAGS_IF, SHARED_INFO_VA, START_INFO_MAGIC, WINDOW_BASE,
+    SharedInfo, StartFlags, StartInfo, TimeInfo, DEVICE_VA_BASE, PORT_WORDS, RFLAGS_IF,
+    SHARED_INFO_VA, START_INFO_MAGIC, WINDOW_BASE,
 };
 use tahoma_core::bootpack::{DomainFlags, DomainRecord, NAME_LEN};
 use tahoma_core::event::DomId;

@@ -43,7 +43,7 @@ pub use error::{BatchError, MmError};
 pub use frame::{DomId, FrameInfo, FrameType, FrameView, Owner, TableType};
 pub use pte::{EntryRules, Level};
 pub use validator::{
-    Budget, Mm, MmConfig, Pending, Progress, Teardown, HYPERVISOR_SLOTS, OP_STEPS,
+    Budget, BuiltTree, Mm, MmConfig, Pending, Progress, Teardown, HYPERVISOR_SLOTS, OP_STEPS,
 };
 
 use crate::frames::Mfn;
@@ -60,6 +60,14 @@ pub trait PhysMem {
     fn read_entry(&self, mfn: Mfn, index: usize) -> u64;
     /// Stores `value` in entry `index` of frame `mfn`.
     fn write_entry(&mut self, mfn: Mfn, index: usize, value: u64);
+    /// Stores `values` in entries `first..` of frame `mfn` (`first +
+    /// values.len() <= 512`): one copy where the implementation can (the
+    /// hypervisor's slots of a new L4, 256 entries).
+    fn write_entries(&mut self, mfn: Mfn, first: usize, values: &[u64]) {
+        for (i, v) in values.iter().enumerate() {
+            self.write_entry(mfn, first + i, *v);
+        }
+    }
 }
 
 /// One vCPU's view of its domain's address space: which L4 it runs on.

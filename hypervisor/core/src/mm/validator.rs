@@ -26,9 +26,11 @@ use crate::mm::TableType;
 use alloc::vec::Vec;
 
 mod bounded;
+mod built;
 mod foreign;
 mod io;
 pub use bounded::{Budget, Pending, Progress, Teardown, OP_STEPS};
+pub use built::BuiltTree;
 
 /// Number of L4 slots the hypervisor owns (256..=511).
 pub const HYPERVISOR_SLOTS: usize = ENTRIES - FIRST_HYPERVISOR_SLOT;

@@ -4,6 +4,7 @@
 
 mod audit_teeth;
 mod bounded;
+mod built;
 mod holds;
 mod io;
 mod props;

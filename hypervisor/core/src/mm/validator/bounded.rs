@@ -689,7 +689,7 @@ impl Mm {
     /// takes (six saved registers, the argument moves, the result passed
     /// through memory); see docs/benchmarks.md, issue 8's regressions.
     #[inline(always)]
-    fn validate_one(
+    pub(super) fn validate_one(
         &mut self,
         dom: DomId,
         table: Mfn,

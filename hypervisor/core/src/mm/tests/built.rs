@@ -1,0 +1,383 @@
+//! Initial tables typed and counted as they are built (`Mm::build_root`,
+//! `Mm::build_entry`, issue 13): the result must be exactly what a full
+//! validation of the same tables gives (types, counts, pins, holds, and the
+//! entries themselves), and every refusal leaves nothing changed.
+
+use super::*;
+use proptest::prelude::*;
+
+/// Every frame's accounting, in frame order.
+fn views(mm: &Mm) -> Vec<FrameView> {
+    (0..mm.frame_count()).map(|p| view(mm, p)).collect()
+}
+
+/// A leaf: the frame, writable, executable.
+type Leaf = (Mfn, bool, bool);
+
+fn leaf_value((mfn, w, x): Leaf) -> u64 {
+    let mut e = (mfn << 12) | PRESENT | USER;
+    if w {
+        e |= WRITABLE;
+    }
+    if !x {
+        e |= NX;
+    }
+    e
+}
+
+/// A domain's initial tree as the hypervisor lays it out: L4 -> L3 -> L2
+/// -> `l1s` (one L1 per 2 MiB, at L2 slots 2.. as the window does), the
+/// special shared page writable at L2[1]'s L1 slot 511 (below the window),
+/// and `leaves` spread over the L1s in order.
+struct Layout {
+    l4: Mfn,
+    l3: Mfn,
+    l2: Mfn,
+    l1_low: Mfn,
+    shared: Mfn,
+    l1s: Vec<Mfn>,
+    leaves: Vec<Leaf>,
+}
+
+/// The hypervisor's layout on the test machine: tables 1..=4 and 5..,
+/// leaves from 12 on, the shared page 11 (shared writable, held).
+fn layout(l1s: usize, leaves: Vec<Leaf>) -> Layout {
+    Layout {
+        l4: 1,
+        l3: 2,
+        l2: 3,
+        l1_low: 4,
+        shared: 11,
+        l1s: (0..l1s as u64).map(|i| 5 + i).collect(),
+        leaves,
+    }
+}
+
+/// All entries of `l`, as (table, index, value), parents before children.
+fn entries(l: &Layout) -> Vec<(Mfn, usize, u64)> {
+    let mut v = vec![
+        (l.l4, 0, table(l.l3)),
+        (l.l3, 0, table(l.l2)),
+        (l.l2, 1, table(l.l1_low)),
+        (l.l1_low, 511, rw(l.shared)),
+    ];
+    for (i, &l1) in l.l1s.iter().enumerate() {
+        v.push((l.l2, 2 + i, table(l1)));
+    }
+    for (i, &leaf) in l.leaves.iter().enumerate() {
+        let l1 = l.l1s[i % l.l1s.len()];
+        v.push((l1, i / l.l1s.len(), leaf_value(leaf)));
+    }
+    v
+}
+
+/// The machine with the shared page shared and held, as the build does
+/// before the tables.
+fn machine_with_shared(l: &Layout) -> (Mm, Mem) {
+    let (mut mm, mem) = machine();
+    mm.assign(l.shared, Owner::Free).unwrap();
+    mm.share_special(l.shared, DOM, true).unwrap();
+    (mm, mem)
+}
+
+/// Built entry by entry.
+fn build(l: &Layout) -> (Mm, Mem) {
+    let (mut mm, mut mem) = machine_with_shared(l);
+    let tree = mm.build_root(&mut mem, DOM, l.l4).unwrap();
+    for (t, i, v) in entries(l) {
+        mm.build_entry(&mut mem, &tree, t, i, v).unwrap();
+    }
+    (mm, mem)
+}
+
+/// Built with the leaves in runs, one `build_leaves` per L1.
+fn build_batched(l: &Layout) -> (Mm, Mem) {
+    let (mut mm, mut mem) = machine_with_shared(l);
+    let tree = mm.build_root(&mut mem, DOM, l.l4).unwrap();
+    let all = entries(l);
+    let links = 4 + l.l1s.len();
+    for &(t, i, v) in &all[..links] {
+        mm.build_entry(&mut mem, &tree, t, i, v).unwrap();
+    }
+    for &l1 in &l.l1s {
+        let run: Vec<u64> = all[links..]
+            .iter()
+            .filter(|e| e.0 == l1)
+            .map(|e| e.2)
+            .collect();
+        let n = run.len();
+        assert_eq!(mm.build_leaves(&mut mem, &tree, l1, 0, run), Ok(n));
+    }
+    (mm, mem)
+}
+
+/// Written as plain memory, then pinned: the full validation.
+fn validated(l: &Layout) -> (Mm, Mem) {
+    let (mut mm, mut mem) = machine_with_shared(l);
+    for (t, i, v) in entries(l) {
+        mem.poke(t, i, v);
+    }
+    mm.pin(&mut mem, DOM, l.l4, Level::L4).unwrap();
+    (mm, mem)
+}
+
+/// The check the hypervisor's `testopt=verify-build` makes, on the built
+/// machine itself: unpinning releases everything the builder counted
+/// (every frame idle again but the held shared page), pinning again
+/// validates the tree in full, and the accounting comes back identical.
+fn revalidate_in_place(mm: &mut Mm, mem: &mut Mem, l: &Layout) {
+    let built = views(mm);
+    mm.unpin(mem, DOM, l.l4).unwrap();
+    for mfn in 0..mm.frame_count() {
+        let f = mm.frame(mfn).unwrap();
+        if mfn != l.shared && f.owner() == Owner::Domain(DOM) {
+            assert!(f.idle(), "frame {mfn} still referenced after the unpin");
+        }
+    }
+    mm.pin(mem, DOM, l.l4, Level::L4).unwrap();
+    assert_eq!(
+        views(mm),
+        built,
+        "the full validation disagrees with the build"
+    );
+}
+
+#[test]
+fn a_built_tree_equals_the_validated_one() {
+    let leaves: Vec<Leaf> = (12..40)
+        .map(|m| (m, m % 3 != 0, m % 5 == 0))
+        .chain([(12, false, true), (13, true, false)]) // mapped twice
+        .collect();
+    let l = layout(2, leaves);
+    let (mut mm, mut mem) = build(&l);
+    let (vm, vmem) = validated(&l);
+    assert_eq!(
+        views(&mm),
+        views(&vm),
+        "types, counts, pins or holds differ"
+    );
+    assert_eq!(mem, vmem, "the entries differ");
+    audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
+    // Spot checks against the rules themselves, so the comparison above
+    // cannot pass by both sides being wrong alike.
+    let l4 = view(&mm, l.l4);
+    assert_eq!(
+        (l4.ty, l4.type_count, l4.total_count, l4.pinned),
+        (FrameType::L4, 1, 1, true)
+    );
+    assert_eq!(view(&mm, l.l1s[0]).ty, FrameType::L1);
+    assert_eq!(view(&mm, 13).ty, FrameType::Writable);
+    assert_eq!(view(&mm, 13).type_count, 2, "writable twice");
+    assert_eq!(view(&mm, 12).ty, FrameType::None, "never writable");
+    assert_eq!(view(&mm, 12).total_count, 2);
+    assert_eq!(view(&mm, l.shared).held, 1);
+    assert_eq!(mem.peek(l.l4, 256), template()[0], "the hypervisor's slots");
+    revalidate_in_place(&mut mm, &mut mem, &l);
+    // And the tree is an ordinary one: loaded, updated, torn down.
+    let mut space = AddressSpace::new(DOM);
+    mm.switch_root(&mut space, l.l4).unwrap();
+    mm.mmu_update_one(&mut mem, DOM, ptr(l.l1s[0], 100), rw(39))
+        .unwrap();
+    mm.detach(&mut space);
+    mm.teardown(&mut mem, DOM);
+    audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
+    for mfn in (0..40).filter(|&m| m != l.shared) {
+        assert!(mm.frame(mfn).unwrap().idle(), "frame {mfn} after teardown");
+    }
+}
+
+/// Each refusal: the exact error, nothing changed (frame table and memory).
+#[test]
+fn the_builder_refuses_what_the_validator_refuses() {
+    let l = layout(1, vec![]);
+    let (mut mm, mut mem) = machine_with_shared(&l);
+    // A root the domain does not own, or one in use.
+    for (root, want) in [
+        (OTHER_FRAMES.start, MmError::NotOwner(OTHER_FRAMES.start)),
+        (l.shared, MmError::FrameInUse(l.shared)),
+    ] {
+        let before = snapshot(&mm, &mem);
+        let r = mm.build_root(&mut mem, DOM, root);
+        assert_refused(&mm, &mem, &before, r, want);
+    }
+    let tree = mm.build_root(&mut mem, DOM, l.l4).unwrap();
+    mm.build_entry(&mut mem, &tree, l.l4, 0, table(l.l3))
+        .unwrap();
+    mm.build_entry(&mut mem, &tree, l.l3, 0, table(l.l2))
+        .unwrap();
+    mm.build_entry(&mut mem, &tree, l.l2, 2, table(l.l1s[0]))
+        .unwrap();
+    mm.build_entry(&mut mem, &tree, l.l1s[0], 0, rw(20))
+        .unwrap();
+    let l1 = l.l1s[0];
+    let cases: Vec<(Mfn, usize, u64, MmError)> = vec![
+        // Another domain's frame, the hypervisor's, a free one (MMU-7).
+        (
+            l1,
+            1,
+            rw(OTHER_FRAMES.start),
+            MmError::NotOwner(OTHER_FRAMES.start),
+        ),
+        (
+            l1,
+            1,
+            ro(HYP_FRAMES.start),
+            MmError::NotOwner(HYP_FRAMES.start),
+        ),
+        (l1, 1, ro(FREE_FRAME), MmError::NotOwner(FREE_FRAME)),
+        (l1, 1, ro(FRAMES + 5), MmError::NoSuchFrame(FRAMES + 5)),
+        // A page table mapped writable (MMU-2), a data frame as a table.
+        (
+            l1,
+            1,
+            rw(l.l2),
+            MmError::TypeConflict {
+                mfn: l.l2,
+                has: FrameType::L2,
+                wants: FrameType::Writable,
+            },
+        ),
+        (
+            l.l2,
+            3,
+            table(20),
+            MmError::TypeConflict {
+                mfn: 20,
+                has: FrameType::Writable,
+                wants: FrameType::L1,
+            },
+        ),
+        // A table at two levels (MMU-1).
+        (
+            l.l2,
+            3,
+            table(l.l3),
+            MmError::TypeConflict {
+                mfn: l.l3,
+                has: FrameType::L3,
+                wants: FrameType::L1,
+            },
+        ),
+        // Bits the rules refuse (MMU-5, MMU-6, MMU-9).
+        (l1, 1, rw(21) | (1 << 4), MmError::ForbiddenBits(1 << 4)),
+        (l1, 1, (21 << 12) | PRESENT, MmError::NotUser),
+        (l.l2, 3, table(21) | (1 << 7), MmError::LargePage),
+        // A hypervisor slot (MMU-3), an entry already set, a frame that
+        // is no table in use.
+        (l.l4, 300, table(21), MmError::HypervisorSlot),
+        (l1, 0, rw(21), MmError::EntryInUse),
+        (21, 0, rw(22), MmError::NotATable(21)),
+        (
+            OTHER_FRAMES.start,
+            0,
+            rw(22),
+            MmError::NotOwner(OTHER_FRAMES.start),
+        ),
+        // The held shared page writable is fine; as a table it is not.
+        (l.l2, 3, table(l.shared), MmError::HeldFrame(l.shared)),
+    ];
+    for (t, i, v, want) in cases {
+        let before = snapshot(&mm, &mem);
+        let r = mm.build_entry(&mut mem, &tree, t, i, v);
+        assert_refused(&mm, &mem, &before, r, want);
+    }
+    // A writable self entry is refused, a read-only one takes nothing.
+    let before = snapshot(&mm, &mem);
+    let r = mm.build_entry(&mut mem, &tree, l.l4, 5, table(l.l4));
+    assert_refused(&mm, &mem, &before, r, MmError::WritableSelfMap);
+    mm.build_entry(&mut mem, &tree, l.l4, 5, ro(l.l4)).unwrap();
+    assert_eq!(view(&mm, l.l4).total_count, 1);
+    audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
+}
+
+/// A run of leaves stops at the first refusal, with the exact error and
+/// the entries before it set and counted (the audit holds); the table's
+/// own checks refuse before any entry; a run past the table's end stops
+/// there.
+#[test]
+fn a_run_of_leaves_stops_at_the_first_refusal() {
+    let l = layout(1, vec![]);
+    let (mut mm, mut mem) = machine_with_shared(&l);
+    let tree = mm.build_root(&mut mem, DOM, l.l4).unwrap();
+    mm.build_entry(&mut mem, &tree, l.l4, 0, table(l.l3))
+        .unwrap();
+    mm.build_entry(&mut mem, &tree, l.l3, 0, table(l.l2))
+        .unwrap();
+    mm.build_entry(&mut mem, &tree, l.l2, 2, table(l.l1s[0]))
+        .unwrap();
+    let l1 = l.l1s[0];
+    let run = [rw(20), ro(21), rw(OTHER_FRAMES.start), rw(22)];
+    assert_eq!(
+        mm.build_leaves(&mut mem, &tree, l1, 10, run),
+        Err(MmError::NotOwner(OTHER_FRAMES.start))
+    );
+    assert_eq!((mem.peek(l1, 10), mem.peek(l1, 11)), (rw(20), ro(21)));
+    assert_eq!((mem.peek(l1, 12), mem.peek(l1, 13)), (0, 0));
+    assert_eq!(view(&mm, 20).ty, FrameType::Writable);
+    assert_eq!(view(&mm, 22).total_count, 0);
+    audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
+    // The table's own checks, before any entry.
+    for (t, want) in [
+        (l.l2, MmError::NotATable(l.l2)),
+        (23, MmError::NotATable(23)),
+        (OTHER_FRAMES.start, MmError::NotOwner(OTHER_FRAMES.start)),
+    ] {
+        let before = snapshot(&mm, &mem);
+        let r = mm.build_leaves(&mut mem, &tree, t, 0, [rw(24)]);
+        assert_refused(&mm, &mem, &before, r, want);
+    }
+    // An entry already set, and the end of the table.
+    assert_eq!(
+        mm.build_leaves(&mut mem, &tree, l1, 11, [ro(25)]),
+        Err(MmError::EntryInUse)
+    );
+    assert_eq!(
+        mm.build_leaves(&mut mem, &tree, l1, 511, [ro(25), ro(26)]),
+        Err(MmError::HypervisorSlot)
+    );
+    assert_eq!(mem.peek(l1, 511), ro(25));
+    audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
+}
+
+/// A failed build is undone by the ordinary teardown: nothing leaks.
+#[test]
+fn a_half_built_tree_is_torn_down_like_any_other() {
+    let l = layout(2, (12..30).map(|m| (m, true, false)).collect());
+    let (mut mm, mut mem) = machine_with_shared(&l);
+    let tree = mm.build_root(&mut mem, DOM, l.l4).unwrap();
+    for (t, i, v) in entries(&l).into_iter().take(15) {
+        mm.build_entry(&mut mem, &tree, t, i, v).unwrap();
+    }
+    audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
+    assert_eq!(mm.teardown(&mut mem, DOM), 1);
+    for mfn in (0..40).filter(|&m| m != l.shared) {
+        assert!(mm.frame(mfn).unwrap().idle(), "frame {mfn} after teardown");
+    }
+    assert!(
+        (0..256).all(|i| mem.peek(l.l4, 256 + i) == 0),
+        "no hypervisor slot left in a frame the guest may read"
+    );
+}
+
+proptest! {
+    /// Any layout of the hypervisor's shape, with leaves mapped once or
+    /// more, read-only or writable, executable or not, over one to four
+    /// L1s: built entry by entry it equals its full validation, and
+    /// revalidating in place changes nothing.
+    #[test]
+    fn any_built_layout_equals_its_validation(
+        l1s in 1usize..5,
+        leaves in proptest::collection::vec((12u64..40, any::<bool>(), any::<bool>()), 0..120),
+    ) {
+        let l = layout(l1s, leaves);
+        let (mut mm, mut mem) = build(&l);
+        let (vm, vmem) = validated(&l);
+        prop_assert_eq!(views(&mm), views(&vm));
+        prop_assert_eq!(&mem, &vmem);
+        let (bm, bmem) = build_batched(&l);
+        prop_assert_eq!(views(&bm), views(&vm));
+        prop_assert_eq!(&bmem, &vmem);
+        audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
+        revalidate_in_place(&mut mm, &mut mem, &l);
+    }
+}
