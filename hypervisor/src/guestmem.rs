@@ -224,34 +224,69 @@ impl Remembered {
         }
     }
 
-    /// Translates `va` for writing, from a slot if one is valid.
+    /// The slot `va` of `space.dom` would use.
     #[inline]
-    fn translate_write(&mut self, space: &Space<'_>, va: u64) -> Result<u64, Error> {
-        let generation = TABLE_GENERATION.load(Ordering::Relaxed);
-        let page = va & !0xfff;
-        let i = ((va >> 12) as usize).wrapping_add(usize::from(space.dom).wrapping_mul(3))
-            % REMEMBERED_SLOTS;
-        let s = &mut self.slots[i];
-        if s.generation == generation
-            && s.va_page == page
+    fn index(space: &Space<'_>, va: u64) -> usize {
+        ((va >> 12) as usize).wrapping_add(usize::from(space.dom).wrapping_mul(3))
+            % REMEMBERED_SLOTS
+    }
+
+    /// The remembered frame of `va`'s page, if a slot holds it and is still
+    /// valid (same generation, domain and root), checked with `may_map` for
+    /// the access as a fresh walk would be.
+    #[inline]
+    fn lookup(&self, space: &Space<'_>, va: u64, write: bool) -> Option<Result<u64, Error>> {
+        let s = &self.slots[Self::index(space, va)];
+        let valid = s.generation == TABLE_GENERATION.load(Ordering::Relaxed)
+            && s.va_page == va & !0xfff
             && s.dom == space.dom
-            && s.root == space.root
-        {
+            && s.root == space.root;
+        if !valid {
+            return None;
+        }
+        Some(
             space
                 .mm
-                .may_map(space.dom, s.pa_page >> 12, true)
-                .map_err(|_| Error::BadAddress)?;
-            return Ok(s.pa_page | (va & 0xfff));
+                .may_map(space.dom, s.pa_page >> 12, write)
+                .map(|()| s.pa_page | (va & 0xfff))
+                .map_err(|_| Error::BadAddress),
+        )
+    }
+
+    /// Translates `va` for writing, from a slot if one is valid; a walk
+    /// otherwise, remembered.
+    #[inline]
+    fn translate_write(&mut self, space: &Space<'_>, va: u64) -> Result<u64, Error> {
+        if let Some(r) = self.lookup(space, va, true) {
+            return r;
         }
+        let generation = TABLE_GENERATION.load(Ordering::Relaxed);
         let pa = translate(space, va, true)?;
-        *s = Slot {
+        self.slots[Self::index(space, va)] = Slot {
             generation,
             root: space.root,
-            va_page: page,
+            va_page: va & !0xfff,
             pa_page: pa & !0xfff,
             dom: space.dom,
         };
         Ok(pa)
+    }
+
+    /// Reads a `T` from guest address `va` as [`read`] does, through a
+    /// remembered translation when one is valid (the `upcall_return` of a
+    /// frame the hypervisor just wrote). A miss walks the tables and is not
+    /// remembered: only written pages are.
+    pub fn read<T: FromBytes + IntoBytes>(&self, space: &Space<'_>, va: u64) -> Result<T, Error> {
+        let len = core::mem::size_of::<T>() as u64;
+        let range = GuestRange::new(va, len, u64::MAX)?;
+        if len == 0 || len > 4096 - (range.va & 0xfff) {
+            return read(space, va);
+        }
+        let pa = match self.lookup(space, range.va, false) {
+            Some(r) => r?,
+            None => translate(space, range.va, false)?,
+        };
+        Ok(mem::read_phys(pa))
     }
 
     /// Writes `value` at guest address `va` as [`write`] does (nothing is

@@ -867,6 +867,41 @@ pub fn trap_0d(fsize: u64) {
                 intact(VIEW[1]),
                 "the old frame was written after mmu_update",
             );
+            // 4. The read of upcall_return: the frame just written (and read
+            // back) in fa is remembered; move the page to fb, put a copy of a
+            // live frame in both (rax = a different mark in each) and return
+            // with the stack's address from an upcall on our own stack. The
+            // interrupted send must return fb's mark: the frame mapped now.
+            ck.eq(
+                "register our own stack",
+                set_callbacks(
+                    arch::event_entry(),
+                    arch::trap_entry(),
+                    crate::own_stack_top(),
+                ),
+                Ok(0),
+            );
+            ck.eq(
+                "update_va_mapping to the second frame again",
+                guest_sdk::mmu::update_va_mapping(TOP_PAGE, leaf_entry(fb, Flags::WRITABLE), true),
+                Ok(()),
+            );
+            up::EV_ELSEWHERE[0].store(VIEW[0] + off, SeqCst);
+            up::EV_ELSEWHERE[1].store(VIEW[1] + off, SeqCst);
+            up::EV_ELSEWHERE[2].store(TOP - fsize, SeqCst);
+            up::EV_RET_FAIL.store(0, SeqCst);
+            up::EV_MODE.store(up::EV_RETURN_ELSEWHERE, SeqCst);
+            ck.eq(
+                "upcall_return read the frame mapped now",
+                send(a),
+                Ok(up::EV_MARKS[1]),
+            );
+            ck.eq(
+                "that upcall_return succeeded",
+                up::EV_RET_FAIL.load(SeqCst),
+                0,
+            );
+            ck.eq("fourth upcall", up::EV_COUNT.load(SeqCst), n + 4);
             // Back to our own stack; give everything back.
             ck.eq(
                 "register our own stack again",
