@@ -77,7 +77,14 @@ impl Hv {
                 note_current(id);
                 self.sched.cpu_state_of = Some(id);
                 self.sched.slice_end = now + slice;
-                self.sched.timer_dirty = true;
+                // `leave` need look at the timer only if the new slice ends
+                // before the time it is armed for: every deadline is at or
+                // after `armed` (whoever adds one sets `timer_dirty`, and
+                // `leave` then arms for it if it is earlier), so otherwise
+                // it would find nothing to re-arm.
+                if self.sched.slice_end < self.sched.armed {
+                    self.sched.timer_dirty = true;
+                }
                 return;
             }
             if !self.domains.dying.is_empty() {
