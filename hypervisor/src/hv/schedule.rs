@@ -132,7 +132,21 @@ impl Hv {
 
     /// Before returning to the current domain: deliver a pending event
     /// upcall (TRAP-0a) and arm the timer for the next slice end or deadline.
+    /// The test whether there is anything to do is inline (it is
+    /// [`Hv::work_pending`]'s); the work is not.
+    #[inline(always)]
     pub(crate) fn leave(&mut self, frame: &mut TrapFrame) {
+        let Some(cur) = self.sched.current else {
+            self.flush_if_requested();
+            return;
+        };
+        if self.work_pending(cur) {
+            self.leave_slow(frame);
+        }
+    }
+
+    #[inline(never)]
+    fn leave_slow(&mut self, frame: &mut TrapFrame) {
         self.flush_if_requested();
         loop {
             let Some(cur) = self.sched.current else {
