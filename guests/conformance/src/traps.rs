@@ -902,6 +902,42 @@ pub fn trap_0d(fsize: u64) {
                 0,
             );
             ck.eq("fourth upcall", up::EV_COUNT.load(SeqCst), n + 4);
+            // 5. Unmapped: warm the slot again (an upcall on the mapped
+            // stack), unmap the page, and return from an upcall on our own
+            // stack with the unmapped page's address: bad_address (TRAP-2a),
+            // never a read through the remembered frame.
+            ck.eq(
+                "register the mapped stack again",
+                set_callbacks(arch::event_entry(), arch::trap_entry(), TOP),
+                Ok(0),
+            );
+            let _ = send(a);
+            ck.eq("fifth upcall", up::EV_COUNT.load(SeqCst), n + 5);
+            landed(ck, "warm again", VIEW[1]);
+            ck.eq(
+                "register our own stack once more",
+                set_callbacks(
+                    arch::event_entry(),
+                    arch::trap_entry(),
+                    crate::own_stack_top(),
+                ),
+                Ok(0),
+            );
+            ck.eq(
+                "unmap the stack's top page",
+                guest_sdk::mmu::update_va_mapping(TOP_PAGE, 0, true),
+                Ok(()),
+            );
+            up::EV_RET_FAIL.store(0, SeqCst);
+            up::EV_MODE.store(up::EV_RETURN_ELSEWHERE, SeqCst);
+            ck.eq("the interrupted send", send(a), Ok(0));
+            ck.err(
+                "upcall_return from the unmapped page",
+                up::dec(up::EV_RET_FAIL.load(SeqCst)),
+                Error::BadAddress,
+            );
+            ck.eq("sixth upcall", up::EV_COUNT.load(SeqCst), n + 6);
+            up::EV_RET_FAIL.store(0, SeqCst);
             // Back to our own stack; give everything back.
             ck.eq(
                 "register our own stack again",
