@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 use crate::mem::{self, pte};
+use core::sync::atomic::{AtomicU64, Ordering};
 use hypercall_abi::layout::GUEST_VA_TOP;
 use hypercall_abi::Error;
 use tahoma_core::event::DomId;
@@ -147,6 +148,13 @@ pub fn copy_to(space: &Space<'_>, va: u64, data: &[u8]) -> Result<(), Error> {
 
 /// Reads a `T` from guest address `va`.
 pub fn read<T: FromBytes + IntoBytes>(space: &Space<'_>, va: u64) -> Result<T, Error> {
+    let len = core::mem::size_of::<T>() as u64;
+    let range = GuestRange::new(va, len, u64::MAX)?;
+    if len > 0 && len <= 4096 - (va & 0xfff) {
+        // Within one page: one translation, one copy straight into the
+        // value (no zeroed buffer first).
+        return Ok(mem::read_phys(translate(space, range.va, false)?));
+    }
     let mut value = T::new_zeroed();
     let range = GuestRange::new(va, core::mem::size_of::<T>() as u64, u64::MAX)?;
     copy_from(space, range, value.as_mut_bytes())?;
@@ -156,4 +164,157 @@ pub fn read<T: FromBytes + IntoBytes>(space: &Space<'_>, va: u64) -> Result<T, E
 /// Writes `value` to guest address `va`.
 pub fn write<T: IntoBytes + Immutable>(space: &Space<'_>, va: u64, value: &T) -> Result<(), Error> {
     copy_to(space, va, value.as_bytes())
+}
+
+/// The generation of every guest page table's contents: bumped whenever the
+/// validator writes an entry (`mem::DirectMap::write_entry`: `mmu_update`,
+/// `update_va_mapping`, pin, unpin, grant and device mappings, teardown) and
+/// when a domain is destroyed. A remembered translation is used only within
+/// the generation it was taken in ([`Remembered`]). Starts at 1: 0 marks an
+/// empty slot. One CPU, interrupts off: `Relaxed` is all the ordering needed
+/// (SMP: a write on another CPU must bump it before that CPU's flush IPI
+/// completes, like any TLB shootdown).
+static TABLE_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Some guest page-table entry changed (or a domain went): every
+/// remembered translation is void from now on.
+#[inline]
+pub fn note_table_write() {
+    TABLE_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One remembered write translation: page `va_page` of domain `dom` running
+/// on `root` is frame `pa_page`, writable, as of `generation`.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    generation: u64,
+    root: u64,
+    va_page: u64,
+    pa_page: u64,
+    dom: DomId,
+}
+
+/// A few remembered *write* translations, for the pages the hypervisor
+/// writes on every upcall (the callback stack's top; TRAP-0). A software
+/// TLB that never outlives a change: a slot is used only if no page-table
+/// entry anywhere was written since it was filled (`TABLE_GENERATION`:
+/// remapping, unmapping, unpinning, a teardown all write entries), the
+/// domain still runs on the same root (`new_baseptr` changes it), and the
+/// frame still passes `Mm::may_map` for writing (checked on every use, as a
+/// fresh walk would). A miss walks the tables as [`translate`] does.
+pub struct Remembered {
+    slots: [Slot; REMEMBERED_SLOTS],
+}
+
+/// Slots in [`Remembered`]: two domains ping-ponging events, each with a
+/// frame that may straddle two pages, fit without evicting each other.
+const REMEMBERED_SLOTS: usize = 8;
+
+impl Remembered {
+    /// Nothing remembered.
+    pub const fn new() -> Remembered {
+        Remembered {
+            slots: [Slot {
+                generation: 0,
+                root: 0,
+                va_page: 0,
+                pa_page: 0,
+                dom: 0,
+            }; REMEMBERED_SLOTS],
+        }
+    }
+
+    /// The slot `va` of `space.dom` would use.
+    #[inline]
+    fn index(space: &Space<'_>, va: u64) -> usize {
+        ((va >> 12) as usize).wrapping_add(usize::from(space.dom).wrapping_mul(3))
+            % REMEMBERED_SLOTS
+    }
+
+    /// The remembered frame of `va`'s page, if a slot holds it and is still
+    /// valid (same generation, domain and root), checked with `may_map` for
+    /// the access as a fresh walk would be.
+    #[inline]
+    fn lookup(&self, space: &Space<'_>, va: u64, write: bool) -> Option<Result<u64, Error>> {
+        let s = &self.slots[Self::index(space, va)];
+        let valid = s.generation == TABLE_GENERATION.load(Ordering::Relaxed)
+            && s.va_page == va & !0xfff
+            && s.dom == space.dom
+            && s.root == space.root;
+        if !valid {
+            return None;
+        }
+        Some(
+            space
+                .mm
+                .may_map(space.dom, s.pa_page >> 12, write)
+                .map(|()| s.pa_page | (va & 0xfff))
+                .map_err(|_| Error::BadAddress),
+        )
+    }
+
+    /// Translates `va` for writing, from a slot if one is valid; a walk
+    /// otherwise, remembered.
+    #[inline]
+    fn translate_write(&mut self, space: &Space<'_>, va: u64) -> Result<u64, Error> {
+        if let Some(r) = self.lookup(space, va, true) {
+            return r;
+        }
+        let generation = TABLE_GENERATION.load(Ordering::Relaxed);
+        let pa = translate(space, va, true)?;
+        self.slots[Self::index(space, va)] = Slot {
+            generation,
+            root: space.root,
+            va_page: va & !0xfff,
+            pa_page: pa & !0xfff,
+            dom: space.dom,
+        };
+        Ok(pa)
+    }
+
+    /// Reads a `T` from guest address `va` as [`read`] does, through a
+    /// remembered translation when one is valid (the `upcall_return` of a
+    /// frame the hypervisor just wrote). A miss walks the tables and is not
+    /// remembered: only written pages are.
+    pub fn read<T: FromBytes + IntoBytes>(&self, space: &Space<'_>, va: u64) -> Result<T, Error> {
+        let len = core::mem::size_of::<T>() as u64;
+        let range = GuestRange::new(va, len, u64::MAX)?;
+        if len == 0 || len > 4096 - (range.va & 0xfff) {
+            return read(space, va);
+        }
+        let pa = match self.lookup(space, range.va, false) {
+            Some(r) => r?,
+            None => translate(space, range.va, false)?,
+        };
+        Ok(mem::read_phys(pa))
+    }
+
+    /// Writes `value` at guest address `va` as [`write`] does (nothing is
+    /// written unless every byte is writable), through remembered
+    /// translations. `T` spans at most two pages.
+    pub fn write<T: IntoBytes + Immutable>(
+        &mut self,
+        space: &Space<'_>,
+        va: u64,
+        value: &T,
+    ) -> Result<(), Error> {
+        let data = value.as_bytes();
+        let len = data.len() as u64;
+        const { assert!(core::mem::size_of::<T>() <= 4096) };
+        let range = GuestRange::new(va, len, 4096)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let first_len = (4096 - (range.va & 0xfff)).min(len);
+        let first = self.translate_write(space, range.va)?;
+        if first_len == len {
+            mem::copy_to_phys(first, data);
+            return Ok(());
+        }
+        let second = self.translate_write(space, range.va + first_len)?;
+        let (a, b) = data.split_at(first_len as usize);
+        mem::copy_to_phys(first, a);
+        mem::copy_to_phys(second, b);
+        Ok(())
+    }
 }

@@ -491,6 +491,18 @@ pub fn copy_from_phys(pa: u64, buf: &mut [u8]) {
     }
 }
 
+/// Reads a `T` from physical memory at `pa`; the range must be inside the
+/// direct map (callers translate page by page). One copy, straight into
+/// the value (no zeroed buffer first).
+#[inline]
+pub fn read_phys<T: zerocopy::FromBytes>(pa: u64) -> T {
+    assert!(pa + core::mem::size_of::<T>() as u64 <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed));
+    // SAFETY: the source range is inside the direct map (checked above);
+    // `read_unaligned` has no alignment requirement, and any bytes are a
+    // valid `T` (`FromBytes`).
+    unsafe { core::ptr::read_unaligned(phys_to_virt(pa) as *const T) }
+}
+
 /// Copies `data` to physical memory at `pa` (inside the direct map).
 pub fn copy_to_phys(pa: u64, data: &[u8]) {
     assert!(pa + data.len() as u64 <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed));
@@ -537,6 +549,8 @@ impl tahoma_core::mm::PhysMem for DirectMap {
         // SAFETY: inside the direct map (checked), 8-aligned; the validator
         // writes only entries of frames it has typed as page tables.
         unsafe { (phys_to_virt(pa) as *mut u64).write_volatile(value) }
+        // Any translation the hypervisor remembers may have changed.
+        crate::guestmem::note_table_write();
     }
 
     fn write_entries(&mut self, mfn: u64, first: usize, values: &[u64]) {

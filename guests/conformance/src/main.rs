@@ -465,6 +465,7 @@ fn traps() {
     traps::trap_1(top);
     traps::trap_1a(top, fsize);
     traps::trap_0(top, fsize);
+    traps::trap_0d(fsize);
     traps::trap_0a();
     sched::sched_2c();
     traps::trap_0b();

@@ -769,3 +769,196 @@ pub fn trap_6(all: &mut Ck) {
         all.fails += ck.fails;
     });
 }
+
+/// TRAP-0d (run in the `traps` phase): the hypervisor remembers the
+/// callback stack's translation between upcalls; every change to the
+/// mapping must void it. The stack's top page is moved between two frames
+/// of ours (by `update_va_mapping`, then by `mmu_update`) between upcalls:
+/// each frame must land in the frame mapped *now*, and the frame mapped
+/// before must keep every word of the secret we filled it with.
+pub fn trap_0d(fsize: u64) {
+    use guest_sdk::paging::{self, leaf_entry, Flags, MAP_BASE};
+    clause(
+        "TRAP-0d",
+        "upcall frames follow the stack's mapping",
+        |ck| {
+            const CB: u64 = MAP_BASE + 0xe0_0000;
+            const TOP: u64 = CB + 4 * 4096;
+            const TOP_PAGE: u64 = TOP - 4096;
+            // Our views of the two candidate frames.
+            const VIEW: [u64; 2] = [CB + 0x10_000, CB + 0x11_000];
+            const SECRET: u64 = 0x5EC2_E7C0_FFEE_0D0D;
+            let mut f = [0u64; 5];
+            if let Err(e) = guest_sdk::memory::populate(&mut f) {
+                ck.t(false, &format!("populate: {e}"));
+                return;
+            }
+            let [lo0, lo1, lo2, fa, fb] = f;
+            let mapped = [
+                (CB, lo0),
+                (CB + 4096, lo1),
+                (CB + 8192, lo2),
+                (TOP_PAGE, fa),
+                (VIEW[0], fa),
+                (VIEW[1], fb),
+            ]
+            .iter()
+            .all(|&(va, mfn)| paging::map(va, mfn, Flags::WRITABLE).is_ok());
+            ck.t(mapped, "mapping the stack and the views");
+            let word = |view: u64, i: u64| -> u64 {
+                // SAFETY: `view` is one of the two pages mapped above, i < 512.
+                unsafe { ((view + i * 8) as *const u64).read_volatile() }
+            };
+            let fill = |view: u64| {
+                for i in 0..512 {
+                    // SAFETY: as above; nothing Rust reaches lives there.
+                    unsafe { ((view + i * 8) as *mut u64).write_volatile(SECRET) };
+                }
+            };
+            let intact = |view: u64| (0..512).all(|i| word(view, i) == SECRET);
+            let (a, b) = loopback();
+            up::EV_CLEAR[0].store(b, SeqCst);
+            ck.eq(
+                "register the mapped stack",
+                set_callbacks(arch::event_entry(), arch::trap_entry(), TOP),
+                Ok(0),
+            );
+            let off = (TOP - fsize) & 0xfff;
+            // The frame as delivered must be in the frame behind `view`.
+            let landed = |ck: &mut Ck, what: &str, view: u64| {
+                let rec = arch::frame_words(&up::recorded(&up::EV_FRAME));
+                let held: Vec<u64> = (0..22).map(|i| word(view, off / 8 + i)).collect();
+                ck.eq(
+                    &format!("{what}: frame address"),
+                    up::EV_ADDR.load(SeqCst),
+                    TOP - fsize,
+                );
+                ck.t(
+                    held[..] == rec[..],
+                    &format!("{what}: frame not in the mapped frame"),
+                );
+            };
+            // 1. Warm: the translation is remembered now.
+            let n = up::EV_COUNT.load(SeqCst);
+            let _ = send(a);
+            ck.eq("first upcall", up::EV_COUNT.load(SeqCst), n + 1);
+            landed(ck, "first", VIEW[0]);
+            // 2. update_va_mapping moves the top page to fb.
+            fill(VIEW[0]);
+            ck.eq(
+                "update_va_mapping to the second frame",
+                guest_sdk::mmu::update_va_mapping(TOP_PAGE, leaf_entry(fb, Flags::WRITABLE), true),
+                Ok(()),
+            );
+            let _ = send(a);
+            ck.eq("second upcall", up::EV_COUNT.load(SeqCst), n + 2);
+            landed(ck, "after update_va_mapping", VIEW[1]);
+            ck.t(
+                intact(VIEW[0]),
+                "the old frame was written after update_va_mapping",
+            );
+            // 3. mmu_update (the SDK's map) moves it back to fa.
+            fill(VIEW[1]);
+            ck.eq(
+                "mmu_update back to the first frame",
+                paging::map(TOP_PAGE, fa, Flags::WRITABLE),
+                Ok(()),
+            );
+            let _ = send(a);
+            ck.eq("third upcall", up::EV_COUNT.load(SeqCst), n + 3);
+            landed(ck, "after mmu_update", VIEW[0]);
+            ck.t(
+                intact(VIEW[1]),
+                "the old frame was written after mmu_update",
+            );
+            // 4. The read of upcall_return: the frame just written (and read
+            // back) in fa is remembered; move the page to fb, put a copy of a
+            // live frame in both (rax = a different mark in each) and return
+            // with the stack's address from an upcall on our own stack. The
+            // interrupted send must return fb's mark: the frame mapped now.
+            ck.eq(
+                "register our own stack",
+                set_callbacks(
+                    arch::event_entry(),
+                    arch::trap_entry(),
+                    crate::own_stack_top(),
+                ),
+                Ok(0),
+            );
+            ck.eq(
+                "update_va_mapping to the second frame again",
+                guest_sdk::mmu::update_va_mapping(TOP_PAGE, leaf_entry(fb, Flags::WRITABLE), true),
+                Ok(()),
+            );
+            up::EV_ELSEWHERE[0].store(VIEW[0] + off, SeqCst);
+            up::EV_ELSEWHERE[1].store(VIEW[1] + off, SeqCst);
+            up::EV_ELSEWHERE[2].store(TOP - fsize, SeqCst);
+            up::EV_RET_FAIL.store(0, SeqCst);
+            up::EV_MODE.store(up::EV_RETURN_ELSEWHERE, SeqCst);
+            ck.eq(
+                "upcall_return read the frame mapped now",
+                send(a),
+                Ok(up::EV_MARKS[1]),
+            );
+            ck.eq(
+                "that upcall_return succeeded",
+                up::EV_RET_FAIL.load(SeqCst),
+                0,
+            );
+            ck.eq("fourth upcall", up::EV_COUNT.load(SeqCst), n + 4);
+            // 5. Unmapped: warm the slot again (an upcall on the mapped
+            // stack), unmap the page, and return from an upcall on our own
+            // stack with the unmapped page's address: bad_address (TRAP-2a),
+            // never a read through the remembered frame.
+            ck.eq(
+                "register the mapped stack again",
+                set_callbacks(arch::event_entry(), arch::trap_entry(), TOP),
+                Ok(0),
+            );
+            let _ = send(a);
+            ck.eq("fifth upcall", up::EV_COUNT.load(SeqCst), n + 5);
+            landed(ck, "warm again", VIEW[1]);
+            ck.eq(
+                "register our own stack once more",
+                set_callbacks(
+                    arch::event_entry(),
+                    arch::trap_entry(),
+                    crate::own_stack_top(),
+                ),
+                Ok(0),
+            );
+            ck.eq(
+                "unmap the stack's top page",
+                guest_sdk::mmu::update_va_mapping(TOP_PAGE, 0, true),
+                Ok(()),
+            );
+            up::EV_RET_FAIL.store(0, SeqCst);
+            up::EV_MODE.store(up::EV_RETURN_ELSEWHERE, SeqCst);
+            ck.eq("the interrupted send", send(a), Ok(0));
+            ck.err(
+                "upcall_return from the unmapped page",
+                up::dec(up::EV_RET_FAIL.load(SeqCst)),
+                Error::BadAddress,
+            );
+            ck.eq("sixth upcall", up::EV_COUNT.load(SeqCst), n + 6);
+            up::EV_RET_FAIL.store(0, SeqCst);
+            // Back to our own stack; give everything back.
+            ck.eq(
+                "register our own stack again",
+                set_callbacks(
+                    arch::event_entry(),
+                    arch::trap_entry(),
+                    crate::own_stack_top(),
+                ),
+                Ok(0),
+            );
+            up::EV_CLEAR[0].store(0, SeqCst);
+            let _ = close(a);
+            let _ = close(b);
+            for va in [CB, CB + 4096, CB + 8192, TOP_PAGE, VIEW[0], VIEW[1]] {
+                let _ = paging::unmap(va);
+            }
+            ck.eq("release the frames", guest_sdk::memory::release(&f), Ok(()));
+        },
+    );
+}

@@ -58,6 +58,13 @@ pub const EV_FLAGS_ALL: u64 = 2;
 pub const EV_RESEND_ONCE: u64 = 3;
 /// Execute ud2 inside the handler (nested trap frame placement).
 pub const EV_UD2: u64 = 4;
+/// Copy the frame, `rax` changed to `EV_MARKS[i]`, to `EV_ELSEWHERE[i]`
+/// (i = 0, 1), then `upcall_return` with `EV_ELSEWHERE[2]` (TRAP-0d).
+pub const EV_RETURN_ELSEWHERE: u64 = 5;
+/// Where mode RETURN_ELSEWHERE copies the frame and which one it returns with.
+pub static EV_ELSEWHERE: [AtomicU64; 3] = [Z; 3];
+/// The `rax` each copy gets (what the interrupted call then returns).
+pub const EV_MARKS: [u64; 2] = [0x5747, 0x11fe];
 
 /// A scratch frame for the bad-return tests.
 static mut SCRATCH: UpcallFrame = UpcallFrame {
@@ -154,6 +161,19 @@ pub extern "C" fn event_rust(frame: *mut UpcallFrame) -> ! {
         EV_RESEND_ONCE => {
             let p = EV_RESEND.load(SeqCst);
             let _ = guest_sdk::raw::call1(Hypercall::EventSend, p);
+        }
+        EV_RETURN_ELSEWHERE => {
+            let mut g = *f;
+            for (to, mark) in EV_ELSEWHERE.iter().zip(EV_MARKS) {
+                g.rax = mark;
+                // SAFETY: the test mapped both pages writable for this and
+                // nothing Rust reaches lives there.
+                unsafe { (to.load(SeqCst) as *mut UpcallFrame).write_volatile(g) };
+            }
+            EV_DEPTH.fetch_sub(1, SeqCst);
+            let r = upcall_return_raw(EV_ELSEWHERE[2].load(SeqCst));
+            EV_RET_FAIL.store(r, SeqCst);
+            EV_DEPTH.fetch_add(1, SeqCst);
         }
         EV_UD2 => {
             TR_MODE.store(TR_SKIP, SeqCst);

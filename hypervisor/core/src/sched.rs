@@ -252,6 +252,7 @@ impl Deadlines {
     }
 
     /// The earliest armed deadline.
+    #[inline]
     pub fn next(&self) -> Option<u64> {
         self.heap.first().map(|&(at, _)| at)
     }

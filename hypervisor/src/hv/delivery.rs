@@ -55,8 +55,15 @@ impl Hv {
             rsp: frame.rsp,
             rflags: frame.rflags,
         };
-        let space = self.space(id).map_err(|_| "no domain")?;
-        guestmem::write(&space, at, &uf).map_err(|_| "callback stack not writable")?;
+        let root = self.dom(id).ok_or("no domain")?.root;
+        let space = Space {
+            root,
+            dom: id,
+            mm: &self.memory.mm,
+        };
+        self.remembered
+            .write(&space, at, &uf)
+            .map_err(|_| "callback stack not writable")?;
         let d = self.dom(id).ok_or("no domain")?;
         frame.rip = entry;
         frame.rsp = at;

@@ -52,6 +52,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
         channels: Channels::new(),
         grants: GrantTables::new(),
         orphans: Vec::new(),
+        remembered: guestmem::Remembered::new(),
         failed: false,
     };
     let wanted = pack.header().domain_count as usize;
@@ -309,6 +310,8 @@ impl Hv {
             self.memory.loaded_root = mem::kernel_pml4() << 12;
         }
         self.domains.live -= 1;
+        // Its id may be reused: nothing remembered for it survives.
+        guestmem::note_table_write();
         let name = Quoted(&d.name);
         let ok = match exit {
             Exit::Shutdown(reason, code) => {

@@ -147,6 +147,9 @@ pub(crate) struct Hv {
     pub(crate) orphans: Vec<u64>,
     /// A critical domain failed, or the audit did: the run ends in failure.
     pub(crate) failed: bool,
+    /// Write translations of the callback stacks' pages, remembered between
+    /// upcalls and voided by any page-table change (`guestmem::Remembered`).
+    pub(crate) remembered: guestmem::Remembered,
 }
 
 /// The domains: slots by id (0 unused), and the ones being torn down.

@@ -4,7 +4,17 @@
 use super::*;
 
 impl Hv {
+    /// Fires every deadline at or before `now`. The test whether one is due
+    /// is inline (on every switch); the firing is not.
+    #[inline(always)]
     pub(crate) fn fire_deadlines(&mut self, now: u64) {
+        if self.sched.deadlines.next().is_some_and(|at| at <= now) {
+            self.fire_due_deadlines(now);
+        }
+    }
+
+    #[inline(never)]
+    fn fire_due_deadlines(&mut self, now: u64) {
         while let Some((id, kind)) = self.sched.deadlines.pop_expired(now) {
             self.sched.timer_dirty = true;
             match kind {
@@ -61,6 +71,7 @@ impl Hv {
                     d.fpu.restore();
                     d.selectors.load();
                 }
+                d.first_run_at.get_or_insert(now);
                 let (root, slice) = (d.root, d.slice);
                 if root != self.memory.loaded_root {
                     // SAFETY: `root` is a complete PML4 built for this domain
@@ -70,14 +81,18 @@ impl Hv {
                     self.memory.loaded_root = root;
                     self.memory.mm.note_tlb_flushed();
                 }
-                if let Some(d) = self.dom(id) {
-                    d.first_run_at.get_or_insert(now);
-                }
                 self.sched.current = Some(id);
                 note_current(id);
                 self.sched.cpu_state_of = Some(id);
                 self.sched.slice_end = now + slice;
-                self.sched.timer_dirty = true;
+                // `leave` need look at the timer only if the new slice ends
+                // before the time it is armed for: every deadline is at or
+                // after `armed` (whoever adds one sets `timer_dirty`, and
+                // `leave` then arms for it if it is earlier), so otherwise
+                // it would find nothing to re-arm.
+                if self.sched.slice_end < self.sched.armed {
+                    self.sched.timer_dirty = true;
+                }
                 return;
             }
             if !self.domains.dying.is_empty() {
@@ -117,7 +132,21 @@ impl Hv {
 
     /// Before returning to the current domain: deliver a pending event
     /// upcall (TRAP-0a) and arm the timer for the next slice end or deadline.
+    /// The test whether there is anything to do is inline (it is
+    /// [`Hv::work_pending`]'s); the work is not.
+    #[inline(always)]
     pub(crate) fn leave(&mut self, frame: &mut TrapFrame) {
+        let Some(cur) = self.sched.current else {
+            self.flush_if_requested();
+            return;
+        };
+        if self.work_pending(cur) {
+            self.leave_slow(frame);
+        }
+    }
+
+    #[inline(never)]
+    fn leave_slow(&mut self, frame: &mut TrapFrame) {
         self.flush_if_requested();
         loop {
             let Some(cur) = self.sched.current else {

@@ -4,7 +4,6 @@
 use crate::arch::cpu::{USER_CS, USER_SS};
 use crate::arch::traps::TrapFrame;
 use crate::domain;
-use crate::guestmem;
 use crate::hv::Hv;
 use crate::hypercall::Outcome;
 use hypercall_abi::layout::{UpcallFrame, UpcallKind, GUEST_VA_TOP, RFLAGS_GUEST_MASK, RFLAGS_IF};
@@ -40,7 +39,7 @@ fn restore(hv: &mut Hv, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(
     if hv.dom(cur).ok_or(Error::NotFound)?.upcall_depth == 0 {
         return Err(Error::WrongState);
     }
-    let uf: UpcallFrame = guestmem::read(&hv.space(cur)?, ptr)?;
+    let uf: UpcallFrame = hv.remembered.read(&hv.space(cur)?, ptr)?;
     let d = hv.dom(cur).ok_or(Error::NotFound)?;
     let kind = match uf.kind {
         0 => UpcallKind::Event,
