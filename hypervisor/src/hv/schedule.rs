@@ -217,7 +217,7 @@ impl Hv {
 const _: () = {
     use hypercall_abi::layout::{SHARED_UPCALL_MASK_OFFSET, SHARED_UPCALL_PENDING_OFFSET};
     assert!(SHARED_UPCALL_MASK_OFFSET == SHARED_UPCALL_PENDING_OFFSET + 1);
-    assert!(SHARED_UPCALL_PENDING_OFFSET % 2 == 0);
+    assert!(SHARED_UPCALL_PENDING_OFFSET.is_multiple_of(2));
 };
 
 /// The direct-map address of `d`'s `upcall_pending` byte when it has an
@@ -250,7 +250,7 @@ fn upcall_may_be_due(word: u64) -> bool {
     let w = unsafe { core::sync::atomic::AtomicU16::from_ptr(word as *mut u16) }
         .load(core::sync::atomic::Ordering::Relaxed);
     // Low byte (pending) nonzero and high byte (mask) zero: 1..=0xff.
-    w.wrapping_sub(1) < 0xff
+    u32::from(w).wrapping_sub(1) < 0xff
 }
 
 /// Whether `d` gets an event upcall on its way back to ring 3 (TRAP-0a):
