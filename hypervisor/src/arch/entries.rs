@@ -26,7 +26,10 @@ pub type SlowEntry = extern "C" fn(&mut TrapFrame, u64);
 /// What the fast entry tells the `syscall` stub (returned in `rax:rdx`).
 #[repr(C)]
 pub struct FastExit {
-    /// The result word for the caller's `rax` when `slow` is 0.
+    /// The result word for the caller's `rax`. On the slow way the stub
+    /// writes it into the frame's `rax` first (at [`SLOW_FROM_START`] it is
+    /// the call number, unchanged), so that the fast entry needs the frame
+    /// only until the call's handler returns.
     pub rax: u64,
     /// 0: return to the caller with `sysretq` (the call is done, nothing
     /// else to do); otherwise the stage for the slow entry (the stub
@@ -36,8 +39,9 @@ pub struct FastExit {
 
 /// [`FastExit::slow`]: nothing done yet; count, dispatch and leave.
 pub const SLOW_FROM_START: u64 = 1;
-/// [`FastExit::slow`]: the call is done and its result is in the frame's
-/// `rax`; only the way back (`Hv::leave`) remains.
+/// [`FastExit::slow`]: the call is done and its result is in
+/// [`FastExit::rax`] (the stub puts it into the frame's `rax`); only the
+/// way back (`Hv::leave`) remains.
 pub const SLOW_LEAVE: u64 = 3;
 
 /// The kernel's entries.

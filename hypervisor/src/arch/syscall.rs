@@ -90,8 +90,10 @@ syscall_entry:
 
     // Slow path: complete the frame (the callee-saved registers still hold
     // the caller's values), then the slow entry with the stage in rsi, and
-    // leave through trap_return (iretq).
-1:  movq ${user_ss}, {o_ss}(%rsp)
+    // leave through trap_return (iretq). rax is the frame's rax now: the
+    // call's result, or its number if nothing was done.
+1:  movq %rax, {o_rax}(%rsp)
+    movq ${user_ss}, {o_ss}(%rsp)
     movq ${user_cs}, {o_cs}(%rsp)
     movq $0, {o_err}(%rsp)
     movq ${vector}, {o_vector}(%rsp)

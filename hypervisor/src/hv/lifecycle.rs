@@ -48,6 +48,9 @@ pub fn start(pack: &Pack<'_>) -> ! {
             armed: u64::MAX,
             timer_dirty: true,
             cpu_state_of: None,
+            calls: 0,
+            first_call_due: false,
+            upcall_shared: 0,
         },
         channels: Channels::new(),
         grants: GrantTables::new(),
@@ -303,6 +306,9 @@ impl Hv {
         if self.sched.current == Some(id) {
             self.sched.current = None;
             note_current(0);
+            d.hypercalls += core::mem::take(&mut self.sched.calls);
+            self.sched.first_call_due = false;
+            self.sched.upcall_shared = 0;
         }
         if self.memory.loaded_root == d.root {
             // SAFETY: the hypervisor's own PML4 maps everything ring 0 needs.

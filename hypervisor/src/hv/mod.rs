@@ -184,6 +184,20 @@ pub(crate) struct Scheduler {
     pub(crate) timer_dirty: bool,
     /// The domain whose FPU state and selectors the CPU holds (CPU-1, CPU-2).
     pub(crate) cpu_state_of: Option<DomId>,
+    /// Hypercalls made by the current domain since it was loaded: a plain
+    /// increment on the fast path, added to its `Domain::hypercalls` when
+    /// it stops running (`switch_away`, `destroy`), so that the count needs
+    /// no domain look-up per call.
+    pub(crate) calls: u64,
+    /// The current domain has not made a hypercall yet: its first is
+    /// reported (`@ domain-first-hypercall`). Set when it is loaded.
+    pub(crate) first_call_due: bool,
+    /// The frame of the current domain's shared page when it has an event
+    /// entry registered, else 0: what the "work pending" test reads for the
+    /// upcall test (TRAP-0a) without looking the domain up. Kept by
+    /// [`Hv::note_upcall_entry`], called wherever the current domain or its
+    /// callbacks change; cleared with `current`.
+    pub(crate) upcall_shared: u64,
 }
 
 /// Entry from `syscall` (CALL-1), registered with `arch` ([`arch::entries`]):
@@ -210,8 +224,9 @@ pub(crate) struct Scheduler {
 pub extern "C" fn hypercall_entry(frame: &mut TrapFrame) -> arch::entries::FastExit {
     use arch::entries::{FastExit, SLOW_FROM_START, SLOW_LEAVE};
     const TF_RF: u64 = (1 << 8) | (1 << 16);
+    // Nothing done: the stub writes the number back into the frame's rax.
     let slow = |stage| FastExit {
-        rax: 0,
+        rax: frame.rax,
         slow: stage,
     };
     if frame.rip >= hypercall_abi::layout::GUEST_VA_TOP || frame.rflags & TF_RF != 0 {
@@ -229,11 +244,20 @@ pub extern "C" fn hypercall_entry(frame: &mut TrapFrame) -> arch::entries::FastE
     let Some(cur) = hv.sched.current else {
         return slow(SLOW_FROM_START);
     };
-    crate::hypercall::count(hv, cur);
+    // A domain's first call goes the slow way, which reports it: no call
+    // before the handler's, so nothing is kept in registers across one.
+    if hv.sched.first_call_due {
+        return slow(SLOW_FROM_START);
+    }
+    hv.sched.calls += 1;
     let rax = call(hv, cur, frame);
-    if hv.work_pending(cur) {
-        frame.rax = rax;
-        return slow(SLOW_LEAVE);
+    // The frame is not touched past this point (the stub stores `rax` into
+    // it on the slow way), so nothing is kept across the call but `hv`.
+    if hv.work_pending() {
+        return FastExit {
+            rax,
+            slow: SLOW_LEAVE,
+        };
     }
     FastExit { rax, slow: 0 }
 }

@@ -33,7 +33,11 @@ impl Hv {
     pub(crate) fn switch_away(&mut self, frame: &mut TrapFrame, requeue: bool) {
         if let Some(cur) = self.sched.current.take() {
             note_current(0);
+            let calls = core::mem::take(&mut self.sched.calls);
+            self.sched.first_call_due = false;
+            self.sched.upcall_shared = 0;
             if let Some(d) = self.dom(cur) {
+                d.hypercalls += calls;
                 d.ctx = *frame;
                 // The CPU keeps holding this state (cpu_state_of) until
                 // another domain's is loaded.
@@ -73,6 +77,7 @@ impl Hv {
                 }
                 d.first_run_at.get_or_insert(now);
                 let (root, slice) = (d.root, d.slice);
+                let (fresh, upcall_shared) = (d.hypercalls == 0, upcall_word(d));
                 if root != self.memory.loaded_root {
                     // SAFETY: `root` is a complete PML4 built for this domain
                     // whose upper half is the hypervisor's, so the running
@@ -82,6 +87,8 @@ impl Hv {
                     self.memory.mm.note_tlb_flushed();
                 }
                 self.sched.current = Some(id);
+                self.sched.first_call_due = fresh;
+                self.sched.upcall_shared = upcall_shared;
                 note_current(id);
                 self.sched.cpu_state_of = Some(id);
                 self.sched.slice_end = now + slice;
@@ -117,17 +124,28 @@ impl Hv {
     }
 
     /// The one test on the fast way back from a hypercall (the fast entry):
-    /// whether [`Hv::leave`] has anything to do for the current domain `cur`.
+    /// whether [`Hv::leave`] has anything to do for the current domain.
     /// A TLB flush the validator asked for is done here (it is what `leave`
     /// does first, and needs no frame); an upcall to deliver or a timer to
     /// re-arm needs `leave` and the complete frame.
+    ///
+    /// The upcall half reads the current domain's shared page through
+    /// `Scheduler::upcall_shared`, without looking the domain up. It may
+    /// say yes when no upcall follows (the nesting limit is `leave_slow`'s
+    /// to test, with the rest of [`wants_upcall`]), never no when one is
+    /// due: the word is set whenever the current domain has an event entry.
     #[inline(always)]
-    pub(crate) fn work_pending(&mut self, cur: DomId) -> bool {
+    pub(crate) fn work_pending(&mut self) -> bool {
         self.flush_if_requested();
-        if self.sched.timer_dirty {
-            return true;
+        self.sched.timer_dirty || upcall_may_be_due(self.sched.upcall_shared)
+    }
+
+    /// Refreshes `Scheduler::upcall_shared` after domain `id`'s callbacks
+    /// changed (TRAP-1), if it is the current domain.
+    pub(crate) fn note_upcall_entry(&mut self, id: DomId) {
+        if self.sched.current == Some(id) {
+            self.sched.upcall_shared = self.dom(id).map_or(0, |d| upcall_word(d));
         }
-        self.dom(cur).is_none_or(|d| wants_upcall(d))
     }
 
     /// Before returning to the current domain: deliver a pending event
@@ -136,11 +154,11 @@ impl Hv {
     /// [`Hv::work_pending`]'s); the work is not.
     #[inline(always)]
     pub(crate) fn leave(&mut self, frame: &mut TrapFrame) {
-        let Some(cur) = self.sched.current else {
+        if self.sched.current.is_none() {
             self.flush_if_requested();
             return;
-        };
-        if self.work_pending(cur) {
+        }
+        if self.work_pending() {
             self.leave_slow(frame);
         }
     }
@@ -192,6 +210,47 @@ impl Hv {
             }
         }
     }
+}
+
+// `upcall_may_be_due` reads `upcall_pending` and `upcall_mask` as one
+// aligned 16-bit word, pending in the low byte (little endian).
+const _: () = {
+    use hypercall_abi::layout::{SHARED_UPCALL_MASK_OFFSET, SHARED_UPCALL_PENDING_OFFSET};
+    assert!(SHARED_UPCALL_MASK_OFFSET == SHARED_UPCALL_PENDING_OFFSET + 1);
+    assert!(SHARED_UPCALL_PENDING_OFFSET.is_multiple_of(2));
+};
+
+/// The direct-map address of `d`'s `upcall_pending` byte when it has an
+/// event entry registered (it may get event upcalls), else 0: the value of
+/// `Scheduler::upcall_shared` while `d` runs.
+fn upcall_word(d: &Domain) -> u64 {
+    if d.callbacks.event == 0 {
+        return 0;
+    }
+    mem::phys_to_virt(d.shared.mfn() << 12)
+        + hypercall_abi::layout::SHARED_UPCALL_PENDING_OFFSET as u64
+}
+
+/// Whether an event upcall may be due for the current domain: `word` is
+/// `Scheduler::upcall_shared` (0: no event entry, no upcall), and the
+/// guest's `upcall_pending` is nonzero with `upcall_mask` zero.
+#[inline(always)]
+fn upcall_may_be_due(word: u64) -> bool {
+    if word == 0 {
+        return false;
+    }
+    // SAFETY: a nonzero `word` is set only by `upcall_word` for the current
+    // domain (cleared whenever `current` changes or that domain is
+    // destroyed), so it is the direct-map address of the 2-aligned
+    // `upcall_pending`/`upcall_mask` pair in that domain's shared page, a
+    // frame the hypervisor holds in the frame table for the domain's life
+    // (MEM-8): live memory, and any bit pattern is a valid u16. The guest
+    // does not run while the hypervisor does (one CPU), so the atomic load
+    // races with nothing.
+    let w = unsafe { core::sync::atomic::AtomicU16::from_ptr(word as *mut u16) }
+        .load(core::sync::atomic::Ordering::Relaxed);
+    // Low byte (pending) nonzero and high byte (mask) zero: 1..=0xff.
+    u32::from(w).wrapping_sub(1) < 0xff
 }
 
 /// Whether `d` gets an event upcall on its way back to ring 3 (TRAP-0a):

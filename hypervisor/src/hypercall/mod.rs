@@ -20,7 +20,6 @@ pub(crate) mod trap;
 
 use crate::arch::traps::TrapFrame;
 use crate::console::Quoted;
-use crate::domain::Domain;
 use crate::hv::Hv;
 use crate::{report, time as clock};
 use hypercall_abi::{regs, Call, Error, Hypercall, Words};
@@ -34,15 +33,14 @@ pub(crate) enum Outcome {
     Replaced,
 }
 
-/// Counts a hypercall of the current domain `cur` (reported at its exit)
-/// and reports its first.
+/// Counts a hypercall of the current domain (reported at its exit:
+/// `Scheduler::calls` is added to its `Domain::hypercalls` when it stops
+/// running) and reports its first.
 #[inline(always)]
-pub(crate) fn count(hv: &mut Hv, cur: DomId) {
-    if let Some(d) = hv.dom(cur) {
-        if d.hypercalls == 0 {
-            first_hypercall(d);
-        }
-        d.hypercalls += 1;
+pub(crate) fn count(hv: &mut Hv) {
+    hv.sched.calls += 1;
+    if hv.sched.first_call_due {
+        first_hypercall(hv);
     }
 }
 
@@ -52,7 +50,7 @@ pub(crate) fn count(hv: &mut Hv, cur: DomId) {
 pub(crate) fn entry(hv: &mut Hv, frame: &mut TrapFrame, uncounted: bool) {
     let Some(cur) = hv.sched.current else { return };
     if uncounted {
-        count(hv, cur);
+        count(hv);
     }
     match returning_handler(frame.rax) {
         Some(f) => frame.rax = f(hv, cur, frame),
@@ -219,7 +217,12 @@ fn with_frame<T: Call>(
 /// Reports how long the domain took from the start of its build to its
 /// first hypercall, in TSC ticks (instructions under `-icount shift=0`).
 #[cold]
-fn first_hypercall(d: &Domain) {
+#[inline(never)]
+fn first_hypercall(hv: &mut Hv) {
+    hv.sched.first_call_due = false;
+    let Some(d) = hv.sched.current.and_then(|c| hv.dom(c)) else {
+        return;
+    };
     let now = clock::now_tsc();
     let run = d.first_run_at.unwrap_or(now);
     report!(

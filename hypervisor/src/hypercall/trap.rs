@@ -19,6 +19,7 @@ pub(crate) fn set_callbacks(
     let abi::trap::SetCallbacks { event, trap, stack } = a;
     let d = hv.dom(cur).ok_or(Error::NotFound)?;
     d.callbacks = domain::Callbacks { event, trap, stack };
+    hv.note_upcall_entry(cur);
     Ok(0)
 }
 
