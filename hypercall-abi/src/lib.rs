@@ -54,7 +54,7 @@ pub use numbers::Hypercall;
 ///
 /// A guest and hypervisor agree when the majors are equal and the guest's
 /// minor is not greater than the hypervisor's (spec clause `BASE-1`).
-pub const ABI_VERSION: u32 = abi_version(0, 4);
+pub const ABI_VERSION: u32 = abi_version(1, 0);
 
 /// Packs a major and minor number into an ABI version word.
 pub const fn abi_version(major: u16, minor: u16) -> u32 {

@@ -15,14 +15,14 @@ use hypercall_abi::{abi_compatible, abi_major, abi_minor, abi_version, pte, Erro
 
 #[test]
 fn version_words_pack_major_and_minor() {
-    // BASE-1 / README: ABI 0.4 is 0x0000_0004; `major << 16 | minor`.
-    assert_eq!(ABI_VERSION, 0x0000_0004);
+    // BASE-1 / README: ABI 1.0 is 0x0001_0000; `major << 16 | minor`.
+    assert_eq!(ABI_VERSION, 0x0001_0000);
     assert_eq!(abi_version(0x1234, 0x5678), 0x1234_5678);
     assert_eq!(abi_version(0, 0xffff), 0x0000_ffff);
     assert_eq!(abi_major(0x1234_5678), 0x1234);
     assert_eq!(abi_minor(0x1234_5678), 0x5678);
-    assert_eq!(abi_major(ABI_VERSION), 0);
-    assert_eq!(abi_minor(ABI_VERSION), 4);
+    assert_eq!(abi_major(ABI_VERSION), 1);
+    assert_eq!(abi_minor(ABI_VERSION), 0);
 }
 
 #[test]
