@@ -19,6 +19,11 @@ use tahoma_tests::Facts;
 
 use super::{BootFigures, Record, Row, Value};
 
+/// The longest a measured request may take: half the driver domain's
+/// 50 ms fallback deadline. The slowest requests (a PUT at 16 connections
+/// waiting for the group commit's flush) take about 3 ms.
+pub const STALL_NS: u64 = 25_000_000;
+
 /// One `@ kv-guest-bench` line: an op at a connection count.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Run {
@@ -56,6 +61,17 @@ pub fn collect(facts: &Facts) -> Result<Option<Figures>, String> {
         if num("wrong")? != 0 {
             return Err(format!(
                 "guest `{guest}`: wrong answers during the run ({f})"
+            ));
+        }
+        // A request stalled until a timer (the driver domain's 50 ms
+        // fallback, the vblk's 100 ms probe): a domain blocked while work
+        // was pending somewhere, and under -icount sleep=off the idle
+        // machine's clock jumped to that timer. Such a run's figures are
+        // the timer's, not the system's: refuse them.
+        let max = num("max_ns")?;
+        if max >= STALL_NS {
+            return Err(format!(
+                "guest `{guest}`: a request took {max} ns (≥ {STALL_NS}): something slept on a timer while work was pending; look for a domain that blocks with a fallback deadline while it waits for a device or a peer (docs/kvstore.md) ({f})"
             ));
         }
         out.runs.push(Run {
@@ -175,10 +191,10 @@ mod tests {
     const RUN: &str = "\
 [client] @ bench name=kv_guest_get_1.p50 value=67720 min=67001 mean=67716 iters=2000 unit=ticks
 [client] @ bench name=kv_guest_get_1.p99 value=68465 min=67001 mean=67716 iters=2000 unit=ticks
-[client] @ kv-guest-bench name=kv_guest_get_1 op=get conns=1 requests=2000 warmup=100 wrong=0 keys=64 value=128 elapsed_ns=138529861 rps=14437 p50_ns=67725 p99_ns=68469 client_ticks=20000 window_ticks=138529861
+[client] @ kv-guest-bench name=kv_guest_get_1 op=get conns=1 requests=2000 warmup=100 wrong=0 keys=64 value=128 elapsed_ns=138529861 rps=14437 p50_ns=67725 p99_ns=68469 max_ns=70001 client_ticks=20000 window_ticks=138529861
 [client] @ bench name=kv_guest_put_16.p50 value=697086 min=262427 mean=697428 iters=2000 unit=ticks
 [client] @ bench name=kv_guest_put_16.p99 value=703580 min=262427 mean=697428 iters=2000 unit=ticks
-[client] @ kv-guest-bench name=kv_guest_put_16 op=put conns=16 requests=2000 warmup=100 wrong=0 keys=64 value=128 elapsed_ns=87843419 rps=22767 p50_ns=697089 p99_ns=703583 client_ticks=10000 window_ticks=87843419
+[client] @ kv-guest-bench name=kv_guest_put_16 op=put conns=16 requests=2000 warmup=100 wrong=0 keys=64 value=128 elapsed_ns=87843419 rps=22767 p50_ns=697089 p99_ns=703583 max_ns=704001 client_ticks=10000 window_ticks=87843419
 @ domain-exit id=3 name=\"client\" reason=poweroff code=0 hypercalls=300
 [kv] @ kv-done accepted=36 evicted=0 keys=64 records=4264 batches=2296 flushes=2296 200=50 201=50 204=0 400=0 404=0 408=0 413=0 431=0
 @ domain-exit id=2 name=\"kv\" reason=poweroff code=0 hypercalls=200
@@ -226,6 +242,15 @@ mod tests {
         assert!(collect(&Facts::parse(&bad))
             .unwrap_err()
             .contains("wrong answers"));
+        // One request that waited for a 50 ms timer fails the run.
+        let stalled = RUN.replacen("max_ns=70001", "max_ns=50107946", 1);
+        let e = collect(&Facts::parse(&stalled)).unwrap_err();
+        assert!(
+            e.contains("50107946 ns") && e.contains("slept on a timer"),
+            "{e}"
+        );
+        let edge = RUN.replacen("max_ns=70001", &format!("max_ns={}", STALL_NS - 1), 1);
+        assert!(collect(&Facts::parse(&edge)).is_ok());
         let cut = RUN.replace("[kv] @ kv-done", "[kv] kv-done");
         assert!(collect(&Facts::parse(&cut))
             .unwrap_err()
