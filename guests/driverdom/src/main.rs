@@ -49,6 +49,8 @@ const BLK_SLOTS: usize = 16;
 /// request never waits for the fallback timer; a device that takes longer
 /// is served from its interrupt.
 const DEVICE_POLL_NS: u64 = 100_000_000;
+/// `@ drv-late-wake` lines printed at most (the console is not flooded).
+const LATE_REPORTS: u64 = 16;
 
 fn main(si: &StartInfo) -> i32 {
     let Some(region) = si.dma() else {
@@ -116,9 +118,26 @@ fn main(si: &StartInfo) -> i32 {
     // When the pass found nothing to do while a device had requests in
     // flight: since when (see below).
     let mut polling_since: Option<u64> = None;
+    // Waits that ended by their deadline, and those after which the next
+    // pass found work: work that was pending while this domain slept, a
+    // missed wake-up (`@ drv-late-wake`, which `cargo xtask bench` refuses
+    // in `bench-kv-guest`).
+    let (mut deadlines, mut late) = (0u64, 0u64);
+    let mut by_deadline = false;
     loop {
-        let mut progress = server.poll();
-        progress |= net.poll();
+        let disk = server.poll();
+        let network = net.poll();
+        let progress = disk || network;
+        if core::mem::take(&mut by_deadline) && progress {
+            late += 1;
+            if late <= LATE_REPORTS {
+                println!(
+                    "@ drv-late-wake n={late} deadlines={deadlines} disk={} net={}",
+                    u8::from(disk),
+                    u8::from(network)
+                );
+            }
+        }
         if progress {
             polling_since = None;
             continue;
@@ -147,6 +166,9 @@ fn main(si: &StartInfo) -> i32 {
                 continue;
             }
         }
-        event::wait_until(time::now_ns() + 50_000_000);
+        if event::wait_until(time::now_ns() + 50_000_000) == sched::BlockResult::Deadline {
+            deadlines += 1;
+            by_deadline = true;
+        }
     }
 }
