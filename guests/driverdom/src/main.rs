@@ -14,8 +14,9 @@
 //! * brings up the virtio-net uplink and switches every vNIC its start
 //!   info lists (`netback`, NET-*);
 //! * runs one loop: a pass of the disks, a pass of the network, and sleeps
-//!   only when neither had anything to do and no ring has requests after a
-//!   final check. Each pass is bounded (the disks by the devices' request
+//!   only when neither had anything to do, no ring has requests after a
+//!   final check, and no device has had a request in flight for less than
+//!   [`DEVICE_POLL_NS`] (meanwhile it polls, yielding the CPU). Each pass is bounded (the disks by the devices' request
 //!   slots, one request per disk per turn; each TX ring by its size), so a
 //!   flood on a disk ring cannot keep the network from being served, nor
 //!   the other way round (the `drv-hostile` scenario tries both).
@@ -151,13 +152,13 @@ fn main(si: &StartInfo) -> i32 {
         }
         // A device request in flight completes outside the machine (QEMU's
         // I/O thread): poll for it, yielding the CPU to every other domain
-        // between looks (only otherwise idle time is spent), for up to
-        // DEVICE_POLL_NS, and only then sleep
-        // until its interrupt. Blocking at once would hand the completion
-        // to a wake-up across domains, and under `-icount ... sleep=off`
-        // (`cargo xtask bench`) an idle machine's clock jumps to the next
-        // timer: the 50 ms fallback below, measured as a request's latency
-        // (docs/kvstore.md, "Figures from a client guest").
+        // between looks (only time no other domain wants is spent), for up
+        // to DEVICE_POLL_NS, and only then sleep until its interrupt. With
+        // every domain asleep while the host does the I/O the machine is
+        // idle, and under `-icount ... sleep=off` (`cargo xtask bench`) an
+        // idle machine's clock jumps to the next timer: the 50 ms fallback
+        // below, which requests then measured (issue 11; docs/kvstore.md,
+        // "Figures from a client guest").
         if server.device_busy() {
             let now = time::now_ns();
             let since = *polling_since.get_or_insert(now);
