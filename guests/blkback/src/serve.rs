@@ -172,6 +172,12 @@ impl Server {
         }
     }
 
+    /// Whether a device has requests in flight (their completions are due
+    /// from outside the machine: see `guests/driverdom`'s loop).
+    pub fn device_busy(&self) -> bool {
+        self.disks.iter().any(|d| d.in_flight() > 0)
+    }
+
     /// Disks served.
     pub fn vdisks(&self) -> usize {
         self.vdisks.len()

@@ -784,10 +784,11 @@ fn bench_run(net: &mut Net, p: &BenchParams, put_op: bool, n: usize) -> Result<u
         );
     }
     println!(
-        "@ kv-guest-bench name={name} op={} conns={n} requests={count} wrong={wrong} elapsed_ns={elapsed} rps={rps} p50_ns={} p99_ns={} client_ticks={client_ticks} window_ticks={window}",
+        "@ kv-guest-bench name={name} op={} conns={n} requests={count} wrong={wrong} elapsed_ns={elapsed} rps={rps} p50_ns={} p99_ns={} max_ns={} client_ticks={client_ticks} window_ticks={window}",
         if put_op { "put" } else { "get" },
         percentile(&lat_ns, 50),
-        percentile(&lat_ns, 99)
+        percentile(&lat_ns, 99),
+        lat_ns.last().copied().unwrap_or(0)
     );
     Ok(wrong)
 }

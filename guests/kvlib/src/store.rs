@@ -656,24 +656,53 @@ fn parse_records(body: &[u8], count: usize) -> Option<Vec<(u8, usize, usize, usi
     (p == body.len()).then_some(out)
 }
 
-/// A block device in memory, for tests and the std build: sectors written
-/// are recorded so a test can "crash" at any byte of what was written since
-/// the last flush.
+/// A block device in memory: the service's RAM disk (a guest given no
+/// vblk, the std build) and the tests'. Made with [`MemDisk::recording`],
+/// it also keeps a copy of every write, so a test can "crash" at any byte of
+/// what was written since the last flush; made with [`MemDisk::new`] it
+/// keeps nothing but the bytes, so a long-running service's memory stays
+/// the disk's size.
 #[derive(Clone, Debug)]
 pub struct MemDisk {
     /// The bytes.
     pub data: Vec<u8>,
-    /// Every write since the device was made (or the list was cleared):
-    /// byte offset and data, in order.
+    /// With recording on: every write since the device was made (or the
+    /// list was cleared), byte offset and data, in order. Always empty
+    /// with recording off.
     pub writes: Vec<(u64, Vec<u8>)>,
+    record: bool,
 }
 
 impl MemDisk {
-    /// A zeroed disk of `sectors` sectors.
+    /// A zeroed disk of `sectors` sectors that keeps no record of writes.
     pub fn new(sectors: u64) -> Self {
         MemDisk {
             data: vec![0; sectors as usize * SECTOR],
             writes: Vec::new(),
+            record: false,
+        }
+    }
+
+    /// A zeroed disk of `sectors` sectors that records every write in
+    /// [`MemDisk::writes`] (the crash tests; memory grows with every write
+    /// until the list is cleared).
+    pub fn recording(sectors: u64) -> Self {
+        MemDisk {
+            record: true,
+            ..MemDisk::new(sectors)
+        }
+    }
+
+    /// Whether writes are recorded.
+    pub fn is_recording(&self) -> bool {
+        self.record
+    }
+
+    /// Turns the record on or off; off also drops what was recorded.
+    pub fn set_recording(&mut self, on: bool) {
+        self.record = on;
+        if !on {
+            self.writes = Vec::new();
         }
     }
 }
@@ -692,7 +721,9 @@ impl BlockDevice for MemDisk {
         let s = sector as usize * SECTOR;
         let dst = self.data.get_mut(s..s + buf.len()).ok_or(Error::Io)?;
         dst.copy_from_slice(buf);
-        self.writes.push((s as u64, buf.to_vec()));
+        if self.record {
+            self.writes.push((s as u64, buf.to_vec()));
+        }
         Ok(())
     }
     fn flush(&mut self) -> Result<(), Error> {

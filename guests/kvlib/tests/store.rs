@@ -68,7 +68,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 /// holding `history`): the reopened store holds either the state before or
 /// the state after, and accepts and keeps a new write.
 fn check_every_tear(sectors: u64, history: &[Vec<Op>], last: &[Op]) {
-    let mut store = Store::open(MemDisk::new(sectors)).unwrap();
+    let mut store = Store::open(MemDisk::recording(sectors)).unwrap();
     let mut model = Model::new();
     for ops in history {
         commit(&mut store, &mut model, ops);
@@ -81,6 +81,10 @@ fn check_every_tear(sectors: u64, history: &[Vec<Op>], last: &[Op]) {
     let after_model = model;
     let writes = store.device().writes.clone();
     let total: usize = writes.iter().map(|(_, d)| d.len()).sum();
+    assert!(
+        last.is_empty() || total > 0,
+        "the commit's writes were recorded"
+    );
     for cut in 0..=total {
         let disk = torn(&before, &writes, cut);
         let mut s = Store::open(disk).unwrap();
@@ -156,7 +160,7 @@ proptest! {
 /// superblock switched): nothing is lost at any point.
 #[test]
 fn a_crash_at_any_byte_of_a_compaction_loses_nothing() {
-    let mut store = Store::open(MemDisk::new(2 + 2 * 32)).unwrap();
+    let mut store = Store::open(MemDisk::recording(2 + 2 * 32)).unwrap();
     let mut model = Model::new();
     for i in 0..20u8 {
         let ops = [Op::Put(vec![b'k', i % 5], vec![i; 300 + i as usize])];
@@ -282,4 +286,44 @@ fn bad_keys_and_values_are_refused_at_stage() {
 fn a_too_small_device_is_refused() {
     assert!(matches!(Store::open(MemDisk::new(8)), Err(Error::TooSmall)));
     assert_eq!(MemDisk::new(8).sectors(), 8);
+}
+
+/// The service's RAM disk keeps no copy of its writes: 5,000 commits (each
+/// a record and, with compactions, more) leave its memory the disk's size.
+/// A recording disk keeps every write until told to stop.
+#[test]
+fn a_ram_disk_keeps_no_record_unless_asked() {
+    let mut store = Store::open(MemDisk::new(2 + 2 * 64)).unwrap();
+    assert!(!store.device().is_recording());
+    for i in 0..5_000u32 {
+        store
+            .stage(Op::Put(format!("k{}", i % 40).into_bytes(), vec![7; 200]))
+            .unwrap();
+        store.commit().unwrap();
+    }
+    assert!(
+        store.stats().compactions > 0,
+        "the log wrapped: compactions ran"
+    );
+    assert!(store.device().writes.is_empty());
+    assert_eq!(store.device().writes.capacity(), 0, "nothing allocated");
+    assert_eq!(store.device().data.len(), (2 + 2 * 64) * SECTOR);
+    assert_eq!(store.get(b"k3").unwrap(), Some(vec![7; 200]));
+
+    let mut rec = Store::open(MemDisk::recording(2 + 2 * 64)).unwrap();
+    assert!(rec.device().is_recording());
+    let before = rec.device().writes.len();
+    rec.stage(Op::Put(b"a".to_vec(), vec![1; 100])).unwrap();
+    rec.commit().unwrap();
+    let recorded = rec.device().writes.len();
+    assert!(recorded > before, "the commit's writes are recorded");
+    rec.device_mut().set_recording(false);
+    assert!(
+        rec.device().writes.is_empty(),
+        "turning it off drops the record"
+    );
+    rec.stage(Op::Put(b"b".to_vec(), vec![2; 100])).unwrap();
+    rec.commit().unwrap();
+    assert!(rec.device().writes.is_empty());
+    assert_eq!(rec.get(b"b").unwrap(), Some(vec![2; 100]));
 }

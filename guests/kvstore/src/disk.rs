@@ -38,6 +38,11 @@ impl VblkDisk {
         })
     }
 
+    /// The vblk's `(events sent, waits that timed out)` (`Vblk::stats`).
+    pub fn stats(&self) -> (u64, u64) {
+        self.vblk.stats()
+    }
+
     fn io(what: &str, sector: u64, e: VblkError) -> Error {
         println!("kvstore: disk {what} at sector {sector} failed: {e}");
         Error::Io

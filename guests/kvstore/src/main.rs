@@ -291,6 +291,10 @@ fn main(si: &StartInfo) -> i32 {
         });
     }
     let st = server.store.stats();
+    if let disk::Disk::Vblk(d) = server.store.device() {
+        let (events, probes) = d.stats();
+        println!("@ kv-disk events={events} timeouts={probes}");
+    }
     println!(
         "@ kv-done accepted={accepted} evicted={evicted} keys={} records={} batches={} flushes={} 200={} 201={} 204={} 400={} 404={} 408={} 413={} 431={}",
         st.keys,

@@ -322,12 +322,24 @@ impl Net {
         work
     }
 
-    /// `true` if a TX ring has requests after all (RING-3): call before
-    /// sleeping, after a [`Net::poll`] that found nothing to do.
+    /// `true` if a TX ring has requests after all, or an RX ring has
+    /// buffers for frames the switch holds for it (RING-3): call before
+    /// sleeping, after a [`Net::poll`] that found nothing to do. A vNIC
+    /// with frames waiting for buffers has its RX ring asked for an event
+    /// at the next buffer posted, so that the frames do not wait for the
+    /// loop's fallback timer.
     pub fn final_check(&mut self) -> bool {
-        self.nics
-            .iter_mut()
-            .filter_map(|n| n.tx.as_mut())
-            .any(|t| t.final_check().unwrap_or(false))
+        let mut again = false;
+        for n in self.nics.iter_mut() {
+            if let Some(t) = n.tx.as_mut() {
+                again |= t.final_check().unwrap_or(false);
+            }
+            if self.sw.queued(n.port) > 0 {
+                if let Some(r) = n.rx.as_mut() {
+                    again |= r.final_check().unwrap_or(false);
+                }
+            }
+        }
+        again
     }
 }
