@@ -6,6 +6,9 @@
 //!   torn or corrupt tail detected and dropped, crash-safe compaction between
 //!   two regions switched by a double superblock, and group commit (any
 //!   number of staged writes, one write and one flush).
+//! - [`cache`]: a bounded, write-through read cache of whole pages in front
+//!   of any [`store::BlockDevice`] (the unikernel's vblk; Linux has its page
+//!   cache).
 //! - [`http`]: HTTP/1.1 over that store on `httparse`: the routes, the
 //!   limits and their statuses, keep-alive and pipelining answered in order,
 //!   timeouts for slow clients.
@@ -15,5 +18,6 @@
 
 extern crate alloc;
 
+pub mod cache;
 pub mod http;
 pub mod store;

@@ -134,8 +134,10 @@ impl BlockDevice for VblkDisk {
 /// The disk the store is on: the vblk, or a RAM disk when the manifest
 /// gives the guest none.
 pub enum Disk {
-    /// Durable: the guest's virtual disk 0.
-    Vblk(alloc::boxed::Box<VblkDisk>),
+    /// Durable: the guest's virtual disk 0, behind kvlib's read cache
+    /// (docs/kvstore.md, "The read cache"): a GET of a value read or
+    /// written before costs no round trip through the ring.
+    Vblk(alloc::boxed::Box<kvlib::cache::CachedDevice<VblkDisk>>),
     /// Lost when the guest ends.
     Ram(kvlib::store::MemDisk),
 }

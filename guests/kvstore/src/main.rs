@@ -29,6 +29,7 @@ use alloc::vec::Vec;
 use guest_sdk::vblk::Vblk;
 use guest_sdk::vnic::{self, Frontend};
 use guest_sdk::{println, time, Error, StartInfo};
+use kvlib::cache::{CachedDevice, DEFAULT_CACHE_KIB};
 use kvlib::http::{Conn, Server};
 use kvlib::store::{BlockDevice, MemDisk, Op, Store, SECTOR};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
@@ -127,11 +128,14 @@ fn main(si: &StartInfo) -> i32 {
     let dev = match Vblk::open(0) {
         Ok(v) => match disk::VblkDisk::new(v) {
             Some(d) => {
+                // The read cache: `cache_kib=N` (0 turns it off), at most
+                // 4 MiB of the guest's memory.
+                let cache_kib = num("cache_kib", DEFAULT_CACHE_KIB).min(4096);
                 println!(
-                    "kvstore: store on virtual disk 0 ({} KiB): it survives a restart",
+                    "kvstore: store on virtual disk 0 ({} KiB): it survives a restart; read cache {cache_kib} KiB",
                     d.sectors() * SECTOR as u64 / 1024
                 );
-                disk::Disk::Vblk(alloc::boxed::Box::new(d))
+                disk::Disk::Vblk(alloc::boxed::Box::new(CachedDevice::new(d, cache_kib)))
             }
             None => {
                 println!(
@@ -292,8 +296,19 @@ fn main(si: &StartInfo) -> i32 {
     }
     let st = server.store.stats();
     if let disk::Disk::Vblk(d) = server.store.device() {
-        let (events, probes) = d.stats();
+        let (events, probes) = d.inner().stats();
         println!("@ kv-disk events={events} timeouts={probes}");
+        let c = d.stats();
+        println!(
+            "kvstore: read cache {} of {} pages held, {} hits, {} misses, {} device reads, {} evictions, {} dropped by failed writes",
+            d.cached_pages(),
+            d.capacity_pages(),
+            c.hits,
+            c.misses,
+            c.device_reads,
+            c.evictions,
+            c.invalidations
+        );
     }
     println!(
         "@ kv-done accepted={accepted} evicted={evicted} keys={} records={} batches={} flushes={} 200={} 201={} 204={} 400={} 404={} 408={} 413={} 431={}",
