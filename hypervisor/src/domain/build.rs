@@ -92,6 +92,9 @@ pub fn build(
     // The existing copy of page `page`, if it is one of the image's shared
     // pages (`existing` is sorted by page).
     let copy_of = |page: u64| {
+        if reused == 0 || page >= plan.image_pages {
+            return None;
+        }
         existing
             .binary_search_by_key(&page, |&(p, _)| p)
             .ok()
