@@ -612,6 +612,39 @@ fn poisoned(outcome: &BootOutcome) -> HostCheck {
 /// MEM-8's canary: after every attack the `mmu` guest asks the victim to
 /// check the secret it keeps in a mapped page; the victim must report it
 /// intact, and the attacker must have had the answer.
+/// MEM-2e, the host's side: the victim (the second domain of the mmu
+/// image) was built on the attacker's copy of the image's read-only pages
+/// (`@ domain-start shared=`: 0 for the first, more for the second), it
+/// still answered the canary after the attacks, and the copy was freed
+/// with the last of them (a clean audit with every frame back).
+fn shared_copy(outcome: &BootOutcome) -> HostCheck {
+    let mut c = canary(outcome);
+    let shared_of = |name: &str| {
+        outcome
+            .facts
+            .of_kind("domain-start")
+            .find(|f| f.get("name") == Some(name))
+            .and_then(|f| f.number("shared").ok())
+    };
+    let (first, second) = (shared_of(MMU_GUEST), shared_of("victim"));
+    c.t(
+        first == Some(0),
+        format!("`{MMU_GUEST}` (first of its image) reports shared={first:?}, want 0"),
+    );
+    c.t(
+        second.is_some_and(|n| n > 0),
+        format!("`victim` (second of the image) reports shared={second:?}, want > 0"),
+    );
+    match outcome.facts.one("audit") {
+        Ok(a) => c.t(
+            a.get("status") == Some("ok") && a.get("free_frames") == a.get("baseline"),
+            format!("`{a}`: the shared copy was not freed with the image's last domain"),
+        ),
+        Err(e) => c.t(false, e),
+    }
+    c
+}
+
 fn canary(outcome: &BootOutcome) -> HostCheck {
     let mut c = HostCheck::new();
     let says = |guest: &str, key: &str| -> Vec<String> {
@@ -1081,6 +1114,7 @@ fn mmu(booter: &Booter<'_>, timeout: Option<Duration>, problems: &mut Vec<String
     );
     host_map.insert("MEM-5", reuse.result());
     host_map.insert("MEM-8", canary(&outcome).result());
+    host_map.insert("MEM-2e", shared_copy(&outcome).result());
     let mut records = merge(records, host_map);
     let mut c = HostCheck::new();
     match outcome.facts.one("audit") {

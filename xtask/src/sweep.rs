@@ -14,7 +14,7 @@
 //!
 //! * the switch: the ping-pong's `domain_switch_density` with that many
 //!   domains present;
-//! * frames per idle guest: the mean of `pages + 1` (its frames and its
+//! * frames per idle guest: the mean of `pages - shared + 1` (its frames and its
 //!   shared page) over the idle guests' `@ domain-start` lines;
 //! * the build of one idle guest: `@ density` gives the mean build over all
 //!   domains, the two switch guests (2 MiB each) among them; their share is
@@ -208,7 +208,9 @@ pub fn point(facts: &Facts, plan: &Plan, idle: u64) -> Result<Point, String> {
     let mut pages = Vec::new();
     for f in facts.of_kind("domain-start") {
         if f.get("name").is_some_and(|n| names.iter().any(|x| x == n)) {
-            pages.push(f.number("pages")?);
+            // Its own frames: the image's shared read-only pages are
+            // counted once, with the first guest of the image (MEM-2e).
+            pages.push(f.number("pages")? - f.number("shared")?);
         }
     }
     if pages.len() as u64 != idle {
@@ -442,8 +444,8 @@ count = 15000
     fn boot(idle: u64, build_mean: u64, pages: u64, switch: u64, refused: u64) -> String {
         let started = idle + 2 - refused;
         let mut t = String::from(
-            "@ domain-start id=1 name=\"switch-a\" pages=513 critical=1 fpu_bytes=512\n\
-             @ domain-start id=2 name=\"switch-b\" pages=513 critical=0 fpu_bytes=512\n",
+            "@ domain-start id=1 name=\"switch-a\" pages=513 shared=0 critical=1 fpu_bytes=512\n\
+             @ domain-start id=2 name=\"switch-b\" pages=513 shared=0 critical=0 fpu_bytes=512\n",
         );
         for i in 0..idle - refused {
             let name = if idle == 1 {
@@ -452,7 +454,7 @@ count = 15000
                 format!("idle-{i}")
             };
             t.push_str(&format!(
-                "@ domain-start id={} name=\"{name}\" pages={pages} critical=0 fpu_bytes=512\n",
+                "@ domain-start id={} name=\"{name}\" pages={pages} shared=0 critical=0 fpu_bytes=512\n",
                 i + 3
             ));
         }

@@ -26,6 +26,7 @@ use guest_sdk::{println, raw, trap, Error, StartInfo, UpcallFrame};
 use crate::lab::{self, peek, poke, upd, update1};
 
 mod frames;
+mod shared;
 
 use harness::Outcome;
 
@@ -326,6 +327,11 @@ pub fn run(si: &StartInfo) -> i32 {
             frames::mem_8,
         ),
         ("MEM-9", "released frames are scrubbed", frames::mem_9),
+        (
+            "MEM-2e",
+            "shared read-only image pages: read-only, not ours",
+            shared::mem_2e,
+        ),
         (
             "MMU-30",
             "a batch that makes *done read-only",

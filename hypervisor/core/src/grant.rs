@@ -657,7 +657,13 @@ impl GrantTables {
                 check_range(offset, len)?;
                 let f = mm.frame(mfn).ok_or(GrantError::NotOwner(mfn))?;
                 if f.owner() != Owner::Domain(caller) {
-                    return Err(GrantError::NotOwner(mfn));
+                    // A shared read-only page of its image (MEM-2e) is a
+                    // frame it may read: a source, never a destination.
+                    return match mm.may_map(caller, mfn, false) {
+                        Ok(()) if dst => Err(GrantError::ReadOnly),
+                        Ok(()) => Ok((mfn, usize::from(offset))),
+                        Err(_) => Err(GrantError::NotOwner(mfn)),
+                    };
                 }
                 if dst {
                     if is_table(mm, mfn)? {

@@ -12,15 +12,16 @@ use crate::report;
 pub fn build(
     id: DomId,
     rec: &DomainRecord,
-    image: &[u8],
+    elf: &[u8],
     cmdline: &[u8],
     mm: &mut Mm,
+    images: &mut SharedImages,
     io: &DriverPlan,
 ) -> Result<Domain, BuildError> {
     let built_at = crate::time::now_tsc();
     let nr_pages = u64::from(rec.mem_pages);
     // The same checks xtask made before boot (MEM-2b, MEM-2c).
-    let (img, plan) = loader::check(image, nr_pages).map_err(BuildError::Image)?;
+    let (img, plan) = loader::check(elf, nr_pages).map_err(BuildError::Image)?;
     let (entry, segs) = (img.entry, img.segments);
     // A driver domain's window: the DMA region (machine-contiguous), then
     // its device L2 and L1, at the start of the free pages (MEM-3b).
@@ -39,12 +40,35 @@ pub fn build(
         });
     }
     let (dev_l2_page, dev_l1_page) = (dma_first + dma_pages, dma_first + dma_pages + 1);
+    // A page of the image is writable (executable) if any segment covering
+    // it is. Computed per page, without a table: a build allocates nothing
+    // it frees again, so the heap does not fragment with the number of
+    // domains (issue 13).
+    let perms = |page: u64| {
+        let va = WINDOW_BASE + page * 4096;
+        segs.iter()
+            .filter(|s| s.va < va + 4096 && va < s.va + s.mem)
+            .fold((false, false), |(w, x), s| (w | s.write, x | s.exec))
+    };
+    // The image's read-only pages (no writable segment touches them: text,
+    // rodata) are shared by every domain of the image, one copy (MEM-2e).
+    // A domain past the first maps the copy instead of taking frames.
+    // (A blob index past `ImageId`'s range keeps private copies.)
+    let image = ImageId::try_from(rec.image_blob)
+        .ok()
+        .filter(|&i| i < ImageId::MAX);
+    let shareable = |page: u64| image.is_some() && page < plan.image_pages && !perms(page).0;
+    let existing = image.and_then(|i| images.pages(i)).unwrap_or(&[]);
+    let reused = existing.len() as u64;
+    // The existing copy covers exactly the shareable pages: the same image
+    // gives the same segments.
+    let reusing = |page: u64| reused > 0 && shareable(page);
     // Every frame the domain takes, checked before any is taken.
     let no_memory = || BuildError::NoMemory {
-        needed: nr_pages + 1,
+        needed: nr_pages + 1 - reused,
         free: mem::free_frames(),
     };
-    if mem::free_frames() < nr_pages + 1 {
+    if mem::free_frames() < nr_pages + 1 - reused {
         return Err(no_memory());
     }
     let dma_base = if dma_pages > 0 {
@@ -65,23 +89,51 @@ pub fn build(
         return Err(no_memory());
     }
     let take = || mem::alloc_zeroed_frame();
-    // On failure: every frame taken so far, the DMA run included.
+    // The existing copy of page `page`, if it is one of the image's shared
+    // pages (`existing` is sorted by page).
+    let copy_of = |page: u64| {
+        if reused == 0 || page >= plan.image_pages {
+            return None;
+        }
+        existing
+            .binary_search_by_key(&page, |&(p, _)| p)
+            .ok()
+            .map(|i| existing[i].1)
+    };
+    // On failure: every frame taken so far, the DMA run included (the
+    // image's shared copy is not this domain's to free).
     let undo = |frames: &[u64]| {
-        frames.iter().for_each(|&f| mem::free_frame(f));
+        frames
+            .iter()
+            .enumerate()
+            .filter(|&(page, _)| !reusing(page as u64))
+            .for_each(|(_, &f)| mem::free_frame(f));
         if let Some(b) = dma_base {
             (b..b + dma_pages)
                 .filter(|f| !frames.contains(f))
                 .for_each(mem::free_frame);
         }
     };
-    // Without a DMA region, the window's frames are taken at once.
-    let batched = dma_base.is_none() && mem::alloc_zeroed_frames(nr_pages, |f| frames.push(f));
+    // Without a DMA region, the window's frames are taken at once, the
+    // image's existing copy put in its place.
+    let batched = dma_base.is_none()
+        && mem::alloc_zeroed_frames(nr_pages - reused, |f| {
+            while let Some(c) = copy_of(frames.len() as u64) {
+                frames.push(c);
+            }
+            frames.push(f);
+        });
+    if batched {
+        while let Some(c) = copy_of(frames.len() as u64) {
+            frames.push(c);
+        }
+    }
     for page in (if batched { nr_pages } else { 0 })..nr_pages {
         let f = match dma_base {
             Some(b) if (dma_first..dma_first + dma_pages).contains(&page) => {
                 Some(b + page - dma_first)
             }
-            _ => take(),
+            _ => copy_of(page).or_else(take),
         };
         match f {
             Some(f) => frames.push(f),
@@ -95,48 +147,92 @@ pub fn build(
         undo(&frames);
         return Err(no_memory());
     };
-    let give_back = |mm: &mut Mm, frames: &[u64]| {
+    // The image's copy: the existing one gains a user, or this domain's
+    // frames of those pages become it (filled below with the image).
+    let new_copy = image.is_some() && reused == 0;
+    let mut copy = Vec::new();
+    if new_copy {
+        let n = (0..plan.image_pages).filter(|&p| shareable(p)).count();
+        if copy.try_reserve_exact(n).is_err() {
+            undo(&frames);
+            mem::free_frame(shared_mfn);
+            return Err(no_memory());
+        }
+        copy.extend(
+            (0..plan.image_pages)
+                .filter(|&p| shareable(p))
+                .map(|p| (p, frames[p as usize])),
+        );
+    }
+    let sharing = image.filter(|_| reused > 0 || !copy.is_empty());
+    // Undoes everything from here: the domain's own frames freed, its use
+    // of the image's copy dropped (the copy freed if it was the only one).
+    let give_back = |mm: &mut Mm, images: &mut SharedImages, frames: &[u64]| {
         // Not held yet if sharing it is what failed.
         let _ = mm.release_hold(shared_mfn);
+        let _ = mm.set_domain_image(id, None);
         for &f in frames.iter().chain(core::iter::once(&shared_mfn)) {
+            if mm
+                .frame(f)
+                .is_some_and(|i| matches!(i.owner(), Owner::Image(_)))
+            {
+                continue;
+            }
             let _ = mm.assign(f, Owner::Free);
             mem::free_frame(f);
         }
+        if let Some(img) = sharing {
+            super::release_image(mm, images, img);
+        }
     };
-    for &f in &frames {
-        if let Err(e) = mm.assign(f, Owner::Domain(id)) {
-            give_back(mm, &frames);
+    if let Some(img) = sharing {
+        let recorded = if reused > 0 {
+            images.attach(img).map(|_| ())
+        } else {
+            images.create(img, core::mem::take(&mut copy))
+        };
+        if recorded.is_err() {
+            undo(&frames);
+            mem::free_frame(shared_mfn);
+            return Err(no_memory());
+        }
+        if let Err(e) = mm.set_domain_image(id, Some(img)) {
+            give_back(mm, images, &frames);
+            return Err(BuildError::Tables(e));
+        }
+    }
+    for (page, &f) in frames.iter().enumerate() {
+        let page = page as u64;
+        let r = match sharing {
+            Some(_) if reusing(page) => Ok(()),
+            Some(img) if reused == 0 && shareable(page) => mm.share_image(f, img),
+            _ => mm.assign(f, Owner::Domain(id)),
+        };
+        if let Err(e) = r {
+            give_back(mm, images, &frames);
             return Err(BuildError::Tables(e));
         }
     }
     if let Err(e) = mm.share_special(shared_mfn, id, true) {
-        give_back(mm, &frames);
+        give_back(mm, images, &frames);
         return Err(BuildError::Tables(e));
     }
 
-    // The image.
+    // The image (an existing shared copy has it already).
     for s in &segs {
-        let data = &image[s.file_offset..s.file_offset + s.file_len];
+        let data = &elf[s.file_offset..s.file_offset + s.file_len];
         let mut done = 0usize;
         while done < data.len() {
             let va = s.va + done as u64;
             let page = (va - WINDOW_BASE) / 4096;
             let off = va & 0xfff;
             let n = ((4096 - off) as usize).min(data.len() - done);
-            mem::copy_to_phys((frames[page as usize] << 12) + off, &data[done..done + n]);
+            if !reusing(page) {
+                mem::copy_to_phys((frames[page as usize] << 12) + off, &data[done..done + n]);
+            }
             done += n;
         }
     }
-    // A page of the image is writable (executable) if any segment covering
-    // it is. Computed per page, without a table: a build allocates nothing
-    // it frees again, so the heap does not fragment with the number of
-    // domains (issue 13).
-    let perms = |page: u64| {
-        let va = WINDOW_BASE + page * 4096;
-        segs.iter()
-            .filter(|s| s.va < va + 4096 && va < s.va + s.mem)
-            .fold((false, false), |(w, x), s| (w | s.write, x | s.exec))
-    };
 
     // Page tables, typed and counted as they are built (issue 13): the
     // root starts pinned and empty, each entry is checked and counted by
@@ -217,7 +313,7 @@ pub fn build(
     })();
     if let Err(e) = tables {
         mm.teardown(&mut mem::DirectMap, id);
-        give_back(mm, &frames);
+        give_back(mm, images, &frames);
         return Err(BuildError::Tables(e));
     }
 
@@ -298,7 +394,7 @@ pub fn build(
         mm.detach(&mut space);
         mm.teardown(&mut mem::DirectMap, id);
         mm.revoke_io(id);
-        give_back(mm, &frames);
+        give_back(mm, images, &frames);
         return Err(BuildError::Tables(e));
     }
 
@@ -337,6 +433,7 @@ pub fn build(
         selectors: Selectors::default(),
         root: l4 << 12,
         frames,
+        image: sharing,
         max_pages: u64::from(rec.max_pages).max(nr_pages),
         space,
         shared,
@@ -382,7 +479,8 @@ fn verify_built(mm: &mut Mm, id: DomId, l4: u64, frames: &[u64], shared: u64) {
             format_args!("verify-build: unpin of the built root refused: {e:?}"),
         );
     }
-    for f in all().filter(|&f| f != shared) {
+    let own = |mm: &Mm, f: u64| mm.frame(f).is_some_and(|i| i.owner() == Owner::Domain(id));
+    for f in all().filter(|&f| f != shared && own(mm, f)) {
         if !mm.frame(f).is_some_and(|i| i.idle()) {
             problem(
                 f,

@@ -24,7 +24,8 @@ use tahoma_core::grant::GrantTables;
 use tahoma_core::io::DriverPlan;
 use tahoma_core::loader::{self, ImageError};
 use tahoma_core::mm::{
-    AddressSpace, Budget, Level, Mm, MmError, Owner, Pending, Progress, Teardown,
+    AddressSpace, Budget, ImageId, Level, Mm, MmError, Owner, Pending, Progress, SharedImages,
+    Teardown,
 };
 use zerocopy::IntoBytes;
 
@@ -75,9 +76,12 @@ pub struct Domain {
     pub selectors: Selectors,
     /// Physical address of the root page table (loaded into CR3).
     pub root: u64,
-    /// Every frame the domain owns: its window (pseudo-physical order),
-    /// then frames taken with `memory_populate`.
+    /// Every frame of its window (pseudo-physical order), then frames
+    /// taken with `memory_populate`. All its own, but for the shared
+    /// read-only pages of its image (MEM-2e), owned by the image.
     pub frames: Vec<u64>,
+    /// The image whose shared read-only pages it maps (MEM-2e), if any.
+    pub image: Option<ImageId>,
     /// Most frames the domain may own (MEM-5).
     pub max_pages: u64,
     /// The domain's vCPU address space (its loaded root).
@@ -172,6 +176,7 @@ impl Domain {
         t: &mut Teardown,
         grants: &mut GrantTables,
         orphans: &mut Vec<u64>,
+        images: &mut SharedImages,
     ) -> bool {
         mm.detach(&mut self.space);
         let mut budget = Budget::new(RELEASE_STEPS);
@@ -191,6 +196,14 @@ impl Domain {
         }
         let end = (self.freed + FREE_FRAMES_PER_STEP).min(self.frames.len());
         for &f in &self.frames[self.freed..end] {
+            if mm
+                .frame(f)
+                .is_some_and(|i| matches!(i.owner(), Owner::Image(_)))
+            {
+                // A shared page of its image (MEM-2e): not its to free;
+                // the image's last domain frees it (below).
+                continue;
+            }
             if mm.frame(f).is_some_and(|i| i.held() > 0) {
                 // Mapped by a grantee through a grant: freed with its
                 // last mapping.
@@ -216,12 +229,45 @@ impl Domain {
         }
         free_owned(mm, self.id, self.shared.mfn);
         self.frames.clear();
+        // Its tables are gone: it maps no shared page of its image any
+        // more. The image's last domain frees the copy (MEM-2e).
+        let _ = mm.set_domain_image(self.id, None);
+        if let Some(image) = self.image.take() {
+            release_image(mm, images, image);
+        }
         true
     }
 
     /// Whether this domain ends the scenario when it ends.
     pub fn critical(&self) -> bool {
         self.flags.contains(DomainFlags::CRITICAL)
+    }
+}
+
+/// One domain of `image` is gone (released, or its build undone): when it
+/// was the last, the image's shared copy goes back to the pool, scrubbed
+/// (MEM-2e). Nothing maps it then: every domain that could is released.
+pub(crate) fn release_image(mm: &mut Mm, images: &mut SharedImages, image: ImageId) {
+    match images.detach(image) {
+        Ok(None) => {}
+        Ok(Some(pages)) => {
+            for (_, f) in pages {
+                if let Err(e) = mm.unshare_image(f, image) {
+                    mem::inconsistency(
+                        f,
+                        format_args!(
+                            "shared page of image {image} still in use after its last domain: {e:?}"
+                        ),
+                    );
+                    continue;
+                }
+                mem::free_frame(f);
+            }
+        }
+        Err(e) => mem::inconsistency(
+            0,
+            format_args!("image {image} released without a shared copy: {e:?}"),
+        ),
     }
 }
 

@@ -39,6 +39,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
             mm,
             loaded_root: mem::kernel_pml4() << 12,
             baseline_free: mem::free_frames(),
+            images: tahoma_core::mm::SharedImages::new(),
         },
         sched: Scheduler {
             current: None,
@@ -147,14 +148,32 @@ pub fn start(pack: &Pack<'_>) -> ! {
         let io = crate::io::plan_for(pack, id);
         let heap_before = mem::heap_free();
         let t0 = time::now_tsc();
-        match domain::build(id, &rec, image, cmdline, &mut hv.memory.mm, &io) {
+        let memory = &mut hv.memory;
+        match domain::build(
+            id,
+            &rec,
+            image,
+            cmdline,
+            &mut memory.mm,
+            &mut memory.images,
+            &io,
+        ) {
             Ok(d) => {
                 let (pages, critical, fpu_bytes) = (d.frames.len(), d.critical(), d.fpu.bytes());
                 if d.critical() {
                     hv.domains.critical_left += 1;
                     hv.domains.critical_total += 1;
                 }
-                let frames = d.frames.len() as u64 + 1;
+                // Its own frames: the image's shared copy is counted once,
+                // with the domain that made it (MEM-2e).
+                let shared = d.image.map_or(0, |i| {
+                    if memory.images.users(i) > 1 {
+                        memory.images.pages(i).map_or(0, <[_]>::len)
+                    } else {
+                        0
+                    }
+                });
+                let frames = (d.frames.len() - shared) as u64 + 1;
 
                 hv.channels.add_domain(id);
                 hv.grants.add_domain(id);
@@ -169,10 +188,11 @@ pub fn start(pack: &Pack<'_>) -> ! {
                 density.add(frames, time::now_tsc().saturating_sub(t0), used);
                 report!(
                     "domain-start",
-                    "id={} name={} pages={} critical={} fpu_bytes={}",
+                    "id={} name={} pages={} shared={} critical={} fpu_bytes={}",
                     id,
                     Quoted(name),
                     pages,
+                    shared,
                     u8::from(critical),
                     fpu_bytes
                 );
@@ -418,6 +438,7 @@ impl Hv {
                     &mut t,
                     &mut self.grants,
                     &mut self.orphans,
+                    &mut self.memory.images,
                 ) {
                     // Its grant mappings are gone: frames of dead granters
                     // they held may be free now.
@@ -519,6 +540,12 @@ impl Hv {
                     mfn,
                     format_args!("still owned by domain {d} after every domain ended"),
                 ),
+                Owner::Image(i) => error(
+                    mfn,
+                    format_args!(
+                        "a shared page of image {i} kept after every domain of it ended (MEM-2e)"
+                    ),
+                ),
                 _ => {}
             }
         }
@@ -538,6 +565,9 @@ impl Hv {
             tahoma_core::mm::audit::audit_full(&self.memory.mm, &mem::DirectMap, &holds, &foreign)
         {
             error(e.mfn, format_args!("frame table: {}", e.what));
+        }
+        if let Err((mfn, what)) = self.memory.images.check(&self.memory.mm) {
+            error(mfn, format_args!("shared image pages: {what}"));
         }
         if let Err(e) = self.grants.audit(&self.memory.mm) {
             error(

@@ -170,6 +170,8 @@ pub(crate) struct Memory {
     pub(crate) loaded_root: u64,
     /// Free frames before the first domain was built (the audit's baseline).
     pub(crate) baseline_free: u64,
+    /// Each image's shared read-only pages and their users (MEM-2e).
+    pub(crate) images: tahoma_core::mm::SharedImages,
 }
 
 /// Scheduling: the running domain, the run queue, deadlines and the timer.

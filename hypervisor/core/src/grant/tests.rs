@@ -933,3 +933,40 @@ fn an_entry_in_a_table_no_longer_in_use_is_left_alone() {
     );
     full_audit(&mm, &mem, &gt);
 }
+
+/// MEM-2e: a shared read-only page of an image. Its domains may read it as
+/// a `grant_copy` source; never write it, grant it or copy into it; other
+/// domains may not touch it.
+#[test]
+fn a_shared_image_page_is_a_copy_source_only_and_never_granted() {
+    let (mut mm, mem, mut gt) = machine();
+    let page: Mfn = 60;
+    mm.share_image(page, 5).unwrap();
+    mm.set_domain_image(A, Some(5)).unwrap();
+    mm.set_domain_image(B, Some(5)).unwrap();
+    let l = |mfn, offset| CopyPtr::Local { mfn, offset };
+    let ok = |src, dst, len| CopyOp { src, dst, len };
+    assert_eq!(
+        gt.check_copy(&mm, A, &ok(l(page, 0), l(1, 0), 4096)),
+        Ok(CopyPlan {
+            src: (page, 0),
+            dst: (1, 0),
+            len: 4096
+        })
+    );
+    assert_eq!(
+        gt.check_copy(&mm, A, &ok(l(1, 0), l(page, 0), 8)),
+        Err(GrantError::ReadOnly)
+    );
+    // C runs another image (or none): not its to read.
+    assert_eq!(
+        gt.check_copy(&mm, C, &ok(l(page, 0), l(40, 0), 8)),
+        Err(GrantError::NotOwner(page))
+    );
+    let before = snapshot(&mm, &gt);
+    for ro in [true, false] {
+        let r = gt.grant_access(&mm, A, B, page, ro);
+        refused(&mm, &gt, &before, r, GrantError::NotOwner(page));
+    }
+    audit(&mm, &mem, &gt);
+}

@@ -178,6 +178,16 @@ fn check_frame_alone(mfn: Mfn, f: &super::FrameInfo) -> Result<(), AuditError> {
     if f.frame_type() == FrameType::Special && f.held() == 0 {
         return fail(mfn, "special frame the hypervisor does not hold");
     }
+    // A shared image page (MEM-2e) is only ever mapped read-only: no type,
+    // no flag (pin, special, partial, device), never a root, never held.
+    if matches!(f.owner(), Owner::Image(_))
+        && (f.frame_type() != FrameType::None || f.flags != 0 || f.loaded() > 0)
+    {
+        return fail(
+            mfn,
+            "shared image frame with a type, a flag or a loaded root",
+        );
+    }
     if f.owner() == Owner::Free && (f.view() != super::FrameInfo::default().view() || f.flags != 0)
     {
         return fail(mfn, "free frame with a type, a count or a flag");
@@ -241,7 +251,14 @@ fn scan_table<M: PhysMem>(
                         && e.mfn == target.mfn
                         && (e.writable || !target.writable)
                 });
-            if !granted {
+            // A page of the table owner's own image, read-only (MEM-2e).
+            let shared = level == Level::L1
+                && !target.writable
+                && match (tf.owner(), owner) {
+                    (Owner::Image(img), Some(Owner::Domain(d))) => mm.image_of(d) == Some(img),
+                    _ => false,
+                };
+            if !granted && !shared {
                 return fail(target.mfn, "mapped frame not owned by the table's owner");
             }
         }

@@ -40,6 +40,9 @@ pub enum MmError {
     BadLevel,
     /// Invalid boot configuration (hypervisor-side only).
     BadConfig,
+    /// The hypervisor's heap cannot hold the record asked for
+    /// (hypervisor-side only: a domain's image, `Mm::set_domain_image`).
+    NoMemory,
     /// The frame has a type, or a type count, that forbids the request:
     /// mapping a page table writable, using a frame at two levels, pinning
     /// a writable-mapped frame (MMU-1, MMU-2, MMU-10).
@@ -128,7 +131,7 @@ impl MmError {
             | MmError::OperationPending
             | MmError::EntryInUse => Error::WrongState,
             MmError::VaOutOfRange | MmError::NotMapped => Error::BadAddress,
-            MmError::SubtreeTooLarge => Error::NoResources,
+            MmError::SubtreeTooLarge | MmError::NoMemory => Error::NoResources,
         }
     }
 }

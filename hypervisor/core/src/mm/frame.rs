@@ -13,6 +13,10 @@ use super::pte::Level;
 /// A domain's identifier.
 pub use crate::event::DomId;
 
+/// One boot-pack image whose read-only pages are shared (its blob index):
+/// see [`Owner::Image`].
+pub type ImageId = u16;
+
 /// Who a frame belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Owner {
@@ -23,6 +27,14 @@ pub enum Owner {
     Hypervisor,
     /// A guest domain.
     Domain(DomId),
+    /// A read-only page of one image (text, rodata: no writable segment
+    /// touches it), one copy shared by every domain built from that image
+    /// (MEM-2e). Only those domains may map it, and only read-only
+    /// (`Mm::may_map`); it is never typed, pinned, held or handed to anyone
+    /// (every other ownership check wants `Domain(dom)` and refuses it with
+    /// `NotOwner`). The hypervisor frees it, scrubbed, when the last domain
+    /// of the image is released.
+    Image(ImageId),
 }
 
 /// What a frame is used as: exactly one at a time (MMU-1). The ABI's enum

@@ -33,6 +33,7 @@
 pub mod audit;
 pub mod error;
 pub mod frame;
+pub mod images;
 pub mod pte;
 pub mod validator;
 
@@ -40,7 +41,8 @@ pub mod validator;
 mod tests;
 
 pub use error::{BatchError, MmError};
-pub use frame::{DomId, FrameInfo, FrameType, FrameView, Owner, TableType};
+pub use frame::{DomId, FrameInfo, FrameType, FrameView, ImageId, Owner, TableType};
+pub use images::{ShareError, SharedImages};
 pub use pte::{EntryRules, Level};
 pub use validator::{
     Budget, BuiltTree, Mm, MmConfig, Pending, Progress, Teardown, HYPERVISOR_SLOTS, OP_STEPS,

@@ -18,7 +18,7 @@
 //! recursion depth is at most four.
 
 use super::error::{BatchError, MmError};
-use super::frame::{DomId, FrameInfo, FrameType, Owner, DEVICE, SPECIAL_WRITABLE};
+use super::frame::{DomId, FrameInfo, FrameType, ImageId, Owner, DEVICE, SPECIAL_WRITABLE};
 use super::pte::{EntryRules, Level, Target, ENTRIES, FIRST_HYPERVISOR_SLOT, PS_OR_PAT, USER};
 use super::{AddressSpace, PhysMem};
 use crate::frames::Mfn;
@@ -65,6 +65,10 @@ pub struct Mm {
     /// domain (IO-0): only the hypervisor maps them ([`Mm::install_io`]);
     /// dropping such an entry takes no reference.
     io: Vec<(Mfn, DomId)>,
+    /// Each domain's image, by domain id: `image + 1`, 0 for none (MEM-2e).
+    /// A domain may map its image's shared frames ([`Owner::Image`]),
+    /// read-only. Grows on demand, two bytes per domain id.
+    images: Vec<u16>,
 }
 
 impl Mm {
@@ -96,6 +100,7 @@ impl Mm {
             epoch: 1,
             flush_pending: false,
             io: Vec::new(),
+            images: Vec::new(),
         })
     }
 
@@ -232,19 +237,104 @@ impl Mm {
     /// Whether `dom` may map `mfn` (writable or not) from one of its L1s
     /// (MMU-7).
     ///
-    /// Today: only frames it owns, and `Special` read-only frames only
-    /// read-only. The hook for grants: a grant check extends this, and the
-    /// reference accounting below is already owner-agnostic.
+    /// Frames it owns, `Special` read-only frames only read-only, and the
+    /// shared read-only pages of its own image ([`Owner::Image`], MEM-2e)
+    /// only read-only. The reference accounting below is owner-agnostic
+    /// (grant mappings are installed by `Mm::map_foreign`).
     #[inline]
     pub fn may_map(&self, dom: DomId, mfn: Mfn, writable: bool) -> Result<(), MmError> {
         let f = self.info(mfn)?;
         if f.owner != Owner::Domain(dom) {
-            return Err(MmError::NotOwner(mfn));
+            return self.may_map_shared(dom, mfn, f.owner, writable);
         }
         if writable && f.ty == FrameType::Special && !f.special_writable() {
             return Err(MmError::ReadOnlyFrame(mfn));
         }
         Ok(())
+    }
+
+    /// [`Mm::may_map`] of a frame `dom` does not own: only a shared page of
+    /// its own image, read-only (MEM-2e). Off the common path.
+    #[cold]
+    fn may_map_shared(
+        &self,
+        dom: DomId,
+        mfn: Mfn,
+        owner: Owner,
+        writable: bool,
+    ) -> Result<(), MmError> {
+        match owner {
+            Owner::Image(image) if self.image_of(dom) == Some(image) => {
+                if writable {
+                    Err(MmError::ReadOnlyFrame(mfn))
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Err(MmError::NotOwner(mfn)),
+        }
+    }
+
+    // ----- shared image pages (MEM-2e) -----
+
+    /// Records that `dom` runs `image` (or nothing, `None`: call it when
+    /// the domain's tables are gone): from here on it may map that image's
+    /// shared frames read-only. `NoMemory` if the record cannot grow.
+    pub fn set_domain_image(&mut self, dom: DomId, image: Option<ImageId>) -> Result<(), MmError> {
+        let i = usize::from(dom);
+        let value = match image {
+            Some(img) => img.checked_add(1).ok_or(MmError::BadConfig)?,
+            None => 0,
+        };
+        if i >= self.images.len() {
+            if value == 0 {
+                return Ok(());
+            }
+            self.images
+                .try_reserve(i + 1 - self.images.len())
+                .map_err(|_| MmError::NoMemory)?;
+            self.images.resize(i + 1, 0);
+        }
+        self.images[i] = value;
+        Ok(())
+    }
+
+    /// The image `dom` runs, if it has shared frames (MEM-2e).
+    #[inline]
+    pub fn image_of(&self, dom: DomId) -> Option<ImageId> {
+        match self.images.get(usize::from(dom)) {
+            Some(&v) if v != 0 => Some(v - 1),
+            _ => None,
+        }
+    }
+
+    /// Makes an idle frame (filled with its contents) the shared copy of
+    /// one read-only page of `image` (MEM-2e): owned by no domain, mappable
+    /// read-only by the domains of that image, never typed, held or
+    /// handed on. Undo with [`Mm::unshare_image`].
+    pub fn share_image(&mut self, mfn: Mfn, image: ImageId) -> Result<(), MmError> {
+        let f = self.info(mfn)?;
+        if !f.idle() {
+            return Err(MmError::FrameInUse(mfn));
+        }
+        self.note_owner_change(mfn, f);
+        let f = self.info_mut(mfn)?;
+        f.owner = Owner::Image(image);
+        f.ty = FrameType::None;
+        f.flags = 0;
+        Ok(())
+    }
+
+    /// Ends the sharing of `mfn`, a frame of `image`'s: it becomes free
+    /// (the hypervisor scrubs it and returns it to the pool). Refused with
+    /// `NotOwner` for any other frame and `FrameInUse` while a table still
+    /// maps it; nothing changed then.
+    pub fn unshare_image(&mut self, mfn: Mfn, image: ImageId) -> Result<(), MmError> {
+        let f = self.info(mfn)?;
+        if f.owner != Owner::Image(image) {
+            return Err(MmError::NotOwner(mfn));
+        }
+        self.assign(mfn, Owner::Free)
     }
 
     // ----- TLB bookkeeping (XSA-286, XSA-401) -----

@@ -10,6 +10,7 @@ mod io;
 mod props;
 mod pure;
 mod rules;
+mod shared;
 
 use super::pte::{ENTRIES, NX, PRESENT, USER, WRITABLE};
 use super::*;
