@@ -227,13 +227,12 @@ pub fn start(pack: &Pack<'_>) -> ! {
         hv.domains.live,
         mem::free_frames()
     );
-    let mut frame = TrapFrame::default();
-    hv.run_next(&mut frame);
-    hv.leave(&mut frame);
+    hv.run_next();
+    hv.leave();
     // SAFETY: boot, interrupts disabled, no guest has run: nothing else
     // can hold a reference into the cell.
     unsafe { HV.install(hv) };
-    arch::enter_guest(&frame)
+    arch::enter_guest()
 }
 
 /// What building the boot pack's domains took (`@ density`).
@@ -309,6 +308,10 @@ impl Hv {
             d.hypercalls += core::mem::take(&mut self.sched.calls);
             self.sched.first_call_due = false;
             self.sched.upcall_shared = 0;
+            // Its frame is freed with it (at the end of its teardown): the
+            // guest frame address must not outlive it. `run_next` makes the
+            // next domain's current before any return to ring 3.
+            arch::traps::clear_guest_frame();
         }
         if self.memory.loaded_root == d.root {
             // SAFETY: the hypervisor's own PML4 maps everything ring 0 needs.
