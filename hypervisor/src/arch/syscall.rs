@@ -1,9 +1,10 @@
 //! Hypercall entry through `syscall` (spec CALL-1).
 //!
 //! The entry lays out the same [`TrapFrame`](super::traps::TrapFrame) an
-//! interrupt would (vector [`SYSCALL_VECTOR`]) at the top of the ring-0
-//! stack, which is empty whenever a guest runs, so the frame's address is
-//! fixed and the caller's `rsp` is written straight into it. First it fills
+//! interrupt would (vector [`SYSCALL_VECTOR`]) in place, in the running
+//! domain's own frame (its address in `TAHOMA_GUEST_FRAME`, kept by
+//! [`super::traps::set_guest_frame`]; the caller's `rsp` goes through a
+//! scratch word), then runs Rust on the empty ring-0 stack. First it fills
 //! only what the fast entry (`hv::hypercall_entry`) needs: the number, the
 //! argument registers, `rip`, `rflags`, `rsp`. When the fast entry finished
 //! the call and nothing else is due, the stub restores the argument
@@ -11,8 +12,8 @@
 //! `hv::hypercall_entry`). Otherwise it completes the frame (the
 //! callee-saved registers still hold the caller's values), calls the slow
 //! entry and leaves through `trap_return`, so that any hypercall can return
-//! into any guest: one that blocks simply returns into another domain's
-//! saved frame. The compatibility-mode and `sysenter` entries, which
+//! into any guest: one that blocks simply returns through another domain's
+//! frame, the current one when the slow entry returns. The compatibility-mode and `sysenter` entries, which
 //! destroy their caller, build the whole frame at once.
 
 use super::cpu::{KERNEL_CS, USER_CS, USER_SS};

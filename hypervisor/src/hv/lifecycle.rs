@@ -51,6 +51,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
             calls: 0,
             first_call_due: false,
             upcall_shared: 0,
+            retired: crate::domain::Frame::new(TrapFrame::default()),
         },
         channels: Channels::new(),
         grants: GrantTables::new(),
@@ -308,9 +309,12 @@ impl Hv {
             d.hypercalls += core::mem::take(&mut self.sched.calls);
             self.sched.first_call_due = false;
             self.sched.upcall_shared = 0;
-            // Its frame is freed with it (at the end of its teardown): the
-            // guest frame address must not outlive it. `run_next` makes the
-            // next domain's current before any return to ring 3.
+            // The entry in progress still holds its frame (it was saved
+            // there in place) and `reap` may free the domain before that
+            // entry ends: keep the frame, give the domain the spare (freed
+            // with it). The frame address names a static frame until
+            // `run_next` makes the next domain's current.
+            core::mem::swap(&mut d.ctx, &mut self.sched.retired);
             arch::traps::clear_guest_frame();
         }
         if self.memory.loaded_root == d.root {

@@ -198,6 +198,12 @@ pub(crate) struct Scheduler {
     /// [`Hv::note_upcall_entry`], called wherever the current domain or its
     /// callbacks change; cleared with `current`.
     pub(crate) upcall_shared: u64,
+    /// The frame of the last domain destroyed while current, kept until the
+    /// next such destruction (when it goes to that domain's teardown in
+    /// exchange): the entry that destroyed it may still hold a reference
+    /// into it, and the teardown may finish inside that entry
+    /// (`Hv::destroy`). A spare until then.
+    pub(crate) retired: crate::domain::Frame,
 }
 
 /// Entry from `syscall` (CALL-1), registered with `arch` ([`arch::entries`]):
