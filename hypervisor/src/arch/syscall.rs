@@ -13,8 +13,9 @@
 //! callee-saved registers still hold the caller's values), calls the slow
 //! entry and leaves through `trap_return`, so that any hypercall can return
 //! into any guest: one that blocks simply returns through another domain's
-//! frame, the current one when the slow entry returns. The compatibility-mode and `sysenter` entries, which
-//! destroy their caller, build the whole frame at once.
+//! frame, the current one when the slow entry returns. The
+//! compatibility-mode and `sysenter` entries, which destroy their caller,
+//! build the whole frame at once (on the ring-0 stack).
 
 use super::cpu::{KERNEL_CS, USER_CS, USER_SS};
 use super::traps::TrapFrame;

@@ -235,13 +235,15 @@ pub extern "C" fn hypercall_entry(frame: &mut TrapFrame) -> arch::entries::FastE
         rax: frame.rax,
         slow: stage,
     };
-    if frame.rip >= hypercall_abi::layout::GUEST_VA_TOP || frame.rflags & TF_RF != 0 {
-        return slow(SLOW_FROM_START);
-    }
-    // A call that may replace the frame goes the slow way from the start.
+    // A call that may replace the frame goes the slow way from the start
+    // (tested first: `yield` and `block`, the switching calls, then leave
+    // the fast entry after the route alone).
     let Some(call) = crate::hypercall::returning_handler(frame.rax) else {
         return slow(SLOW_FROM_START);
     };
+    if frame.rip >= hypercall_abi::layout::GUEST_VA_TOP || frame.rflags & TF_RF != 0 {
+        return slow(SLOW_FROM_START);
+    }
     // SAFETY: an entry from ring 3 with interrupts disabled (SFMASK clears
     // IF); the one reference taken by this entry, dropped on return.
     let Some(hv) = (unsafe { HV.get() }) else {
