@@ -193,6 +193,13 @@ pub fn set_guest_frame(frame: &FrameSlot) {
     super::cpu::set_rsp0(at + core::mem::size_of::<TrapFrame>() as u64);
 }
 
+/// The current guest frame's address (`TAHOMA_GUEST_FRAME`).
+pub fn guest_frame() -> u64 {
+    // SAFETY: a plain read of a word only the hypervisor writes, one CPU
+    // with interrupts off.
+    unsafe { TAHOMA_GUEST_FRAME }
+}
+
 /// No domain runs: points the frame address (and TSS.RSP0) at a static
 /// frame, so that nothing keeps the address of a destroyed domain's.
 pub fn clear_guest_frame() {

@@ -431,6 +431,20 @@ impl Hv {
                     self.sweep_orphans();
                     // No table of its names its device frames any more.
                     self.memory.mm.revoke_io(d.id);
+                    // Its frame is freed with it (`d` drops at the end of
+                    // this block): the guest frame address must not name it
+                    // (`destroy` swaps the current domain's frame out and
+                    // points the address at a static frame). Checked on
+                    // every release; a failure fails the run.
+                    if d.ctx.ptr() as u64 == arch::traps::guest_frame() {
+                        report!("frame-dangling", "id={} name={}", d.id, Quoted(&d.name));
+                        log::error!(
+                            "domain {}'s frame freed while it is the guest frame; \
+                             see Hv::destroy and Scheduler::retired",
+                            d.id
+                        );
+                        self.failed = true;
+                    }
                     let now = time::now_tsc();
                     report!(
                         "domain-released",
