@@ -66,11 +66,12 @@ pub fn plan_for(pack: &Pack<'_>, id: DomId) -> DriverPlan {
 
 /// A device interrupt (vector of IOAPIC input `pin`): masks the input,
 /// EOIs, marks it pending; from a guest, delivers it now.
-pub fn interrupt(frame: &mut TrapFrame, pin: u32) {
+pub fn interrupt(frame: *mut TrapFrame, pin: u32) {
     ioapic::mask(pin);
     lapic::eoi();
     PENDING.fetch_or(1 << pin, Ordering::SeqCst);
-    if frame.cs & 3 == 0 {
+    // SAFETY: the trap entry's frame, live for the entry; read by value.
+    if unsafe { (*frame).cs } & 3 == 0 {
         // The idle loop (which holds the hypervisor) delivers it.
         return;
     }
@@ -80,7 +81,7 @@ pub fn interrupt(frame: &mut TrapFrame, pin: u32) {
         return;
     };
     hv.deliver_irqs();
-    hv.leave(frame);
+    hv.leave();
 }
 
 /// Whether any device may still interrupt (a routed input): then a run

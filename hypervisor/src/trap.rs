@@ -10,24 +10,33 @@ use crate::arch::{self, cpu};
 
 /// An exception or interrupt, by vector: the trap entry registered with
 /// `arch` ([`arch::entries`]).
-pub extern "C" fn handle(frame: &mut TrapFrame) {
-    let from_guest = frame.cs & 3 == 3;
-    match frame.vector {
+pub extern "C" fn handle(frame: *mut TrapFrame) {
+    // SAFETY: the frame the trap stub completed (from ring 3 the current
+    // domain's own frame, from ring 0 one on the ring-0 stack), live for
+    // the entry; read by value, no reference kept: the handlers below take
+    // their own, short-lived ones (a switch in them makes another frame
+    // current, which `Hv::leave` finds itself).
+    let (cs, vector, rip) = unsafe { ((*frame).cs, (*frame).vector, (*frame).rip) };
+    let from_guest = cs & 3 == 3;
+    match vector {
         v if v == u64::from(lapic::TIMER_VECTOR) => crate::hv::timer_interrupt(frame),
         v if v == u64::from(lapic::SPURIOUS_VECTOR) => {}
         v if arch::ioapic::pin_of(v).is_some() => {
             crate::io::interrupt(frame, arch::ioapic::pin_of(v).unwrap_or(0))
         }
         // NMI, double fault and machine check are never the guest's.
-        2 | 8 | 18 => hypervisor_fault(frame),
+        // SAFETY: as above; the run ends in this call.
+        2 | 8 | 18 => hypervisor_fault(unsafe { &*frame }),
         // A guest's `sysenter` with TF set single-steps into the sysenter
         // entry: the trap is the guest's doing; the entry destroys it
         // (CPU-4). Continue there with TF clear.
-        1 if !from_guest && frame.rip == arch::syscall::sysenter_entry_address() => {
-            frame.rflags &= !(1 << 8);
+        1 if !from_guest && rip == arch::syscall::sysenter_entry_address() => {
+            // SAFETY: as above; a ring-0 frame on the ring-0 stack.
+            unsafe { (*frame).rflags &= !(1 << 8) };
         }
         0..=31 if from_guest => crate::hv::guest_exception(frame),
-        0..=31 => hypervisor_fault(frame),
+        // SAFETY: as above; the run ends in this call.
+        0..=31 => hypervisor_fault(unsafe { &*frame }),
         v => log::warn!("unexpected interrupt vector {v}; ignored"),
     }
 }

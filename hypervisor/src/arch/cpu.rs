@@ -33,7 +33,10 @@ static mut IST_STACKS: [Stack; 3] = [const { Stack([0; STACK_SIZE]) }; 3];
 /// The stack every trap from ring 3 lands on (TSS.RSP0).
 pub(super) static mut KERNEL_STACK: Stack = Stack([0; STACK_SIZE]);
 
-static TSS: spin::Once<TaskStateSegment> = spin::Once::new();
+/// The TSS. Written by [`init`] and, for RSP0 alone, by [`set_rsp0`] on
+/// every domain switch; the CPU reads it (RSP0, the IST slots) on entries.
+/// Never referenced: only raw pointers to it are taken.
+static mut TSS: TaskStateSegment = TaskStateSegment::new();
 static GDT: spin::Once<GlobalDescriptorTable> = spin::Once::new();
 static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
 /// The GDT with a 32-bit ring-3 code segment (test boots only).
@@ -50,6 +53,19 @@ fn stack_top(stack: *const Stack) -> VirtAddr {
 /// The top of the ring-0 stack that traps from guests arrive on.
 pub fn kernel_stack_top() -> u64 {
     stack_top(&raw const KERNEL_STACK).as_u64()
+}
+
+/// Points TSS.RSP0 at `top`: where the CPU pushes the iret words of the
+/// next entry from ring 3 (the end of the running domain's frame).
+pub fn set_rsp0(top: u64) {
+    // SAFETY: one CPU with interrupts off (every caller is the hypervisor
+    // running between entries): the CPU reads RSP0 only on an entry from
+    // ring 3, which cannot happen during this store; the field is written
+    // through a raw pointer, no reference to the TSS exists.
+    unsafe {
+        let tss = &raw mut TSS;
+        (*tss).privilege_stack_table[0] = VirtAddr::new_truncate(top);
+    }
 }
 
 /// Whether `addr` lies in one of the hypervisor's own stacks.
@@ -73,7 +89,8 @@ pub fn on_kernel_stack(addr: u64) -> bool {
 
 /// Loads the GDT, TSS and IDT. Called once, early, with interrupts off.
 pub fn init() {
-    let tss = TSS.call_once(|| {
+    let tss_ptr = &raw mut TSS;
+    {
         let mut tss = TaskStateSegment::new();
         tss.privilege_stack_table[0] = stack_top(&raw const KERNEL_STACK);
         for (i, slot) in [IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK]
@@ -84,8 +101,10 @@ pub fn init() {
             let s = unsafe { &raw const IST_STACKS[i] };
             tss.interrupt_stack_table[usize::from(*slot) - 1] = stack_top(s);
         }
-        tss
-    });
+        // SAFETY: boot, one CPU, interrupts off, the TSS not loaded yet:
+        // nothing else reads or writes it.
+        unsafe { tss_ptr.write(tss) };
+    }
     let (gdt, tss_sel) = {
         let mut tss_sel = SegmentSelector(0);
         let gdt = GDT.call_once(|| {
@@ -94,7 +113,10 @@ pub fn init() {
             let kss = gdt.append(Descriptor::kernel_data_segment());
             let uss = gdt.append(Descriptor::user_data_segment());
             let ucs = gdt.append(Descriptor::user_code_segment());
-            tss_sel = gdt.append(Descriptor::tss_segment(tss));
+            // SAFETY: the TSS is a static (lives forever) and is only
+            // written through raw pointers (RSP0 by `set_rsp0`), which the
+            // CPU may read at any entry: that is what a TSS is for.
+            tss_sel = gdt.append(unsafe { Descriptor::tss_segment_unchecked(tss_ptr) });
             debug_assert_eq!(
                 (kcs.0, kss.0, uss.0, ucs.0),
                 (KERNEL_CS, KERNEL_SS, USER_SS, USER_CS)
@@ -135,14 +157,16 @@ pub fn init() {
 /// and the IA32_CSTAR entry can be tested (CPU-3b). The normal GDT has no
 /// such segment (CPU-3a). Called before any domain runs.
 pub fn add_compat32_segment() {
-    let tss = TSS.get().expect("cpu::init ran");
+    let tss = &raw const TSS;
     let gdt = GDT_COMPAT32.call_once(|| {
         let mut gdt = GlobalDescriptorTable::new();
         gdt.append(Descriptor::kernel_code_segment());
         gdt.append(Descriptor::kernel_data_segment());
         gdt.append(Descriptor::user_data_segment());
         gdt.append(Descriptor::user_code_segment());
-        let t = gdt.append(Descriptor::tss_segment(tss));
+        // SAFETY: as in `init`: the static TSS, written only through raw
+        // pointers.
+        let t = gdt.append(unsafe { Descriptor::tss_segment_unchecked(tss) });
         // P=1 DPL=3 S=1 type=execute/read, D=1 (32-bit), G=1, base 0, 4 GiB.
         let c = gdt.append(Descriptor::UserSegment(0x00cf_fa00_0000_ffff));
         debug_assert_eq!((Some(&t), c.0), (TSS_SELECTOR.get(), TEST_COMPAT32_CS & !3));

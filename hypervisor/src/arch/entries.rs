@@ -9,9 +9,11 @@
 use super::traps::TrapFrame;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-/// A kernel entry: takes the frame the stub built and may change it (the
-/// stub returns to whatever context the frame then holds).
-pub type Entry = extern "C" fn(&mut TrapFrame);
+/// A kernel entry: takes the frame the stub built (a raw pointer: from
+/// ring 3 it is the running domain's own frame, which a switch inside the
+/// entry may make another's current; see [`super::traps::set_guest_frame`])
+/// and may change it. The stub leaves through the current domain's frame.
+pub type Entry = extern "C" fn(*mut TrapFrame);
 
 /// The hypercall fast entry: takes the partial frame the `syscall` stub
 /// built (see [`super::syscall`]: the iret words `rip`, `rflags`, `rsp`,
@@ -21,7 +23,7 @@ pub type FastEntry = extern "C" fn(&mut TrapFrame) -> FastExit;
 
 /// The hypercall slow entry: takes the frame the stub completed and the
 /// [`FastExit::slow`] stage the fast entry stopped at.
-pub type SlowEntry = extern "C" fn(&mut TrapFrame, u64);
+pub type SlowEntry = extern "C" fn(*mut TrapFrame, u64);
 
 /// What the fast entry tells the `syscall` stub (returned in `rax:rdx`).
 #[repr(C)]

@@ -148,14 +148,15 @@ pub fn idle() {
     unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
 }
 
-/// Starts running the context in `frame` (ring 3) on an empty ring-0 stack.
-pub fn enter_guest(frame: &traps::TrapFrame) -> ! {
-    let at = cpu::kernel_stack_top() - core::mem::size_of::<traps::TrapFrame>() as u64;
-    // SAFETY: `at` is the top of the ring-0 stack, unused while we run on
-    // the boot stack; `trap_return` pops exactly one TrapFrame and irets.
+/// Starts running the current domain (its frame made current with
+/// [`traps::set_guest_frame`]) in ring 3.
+pub fn enter_guest() -> ! {
+    let top = cpu::kernel_stack_top();
+    // SAFETY: `trap_return` loads rsp from the current guest frame, pops
+    // exactly one TrapFrame and irets; the ring-0 stack is set first so that
+    // nothing of the boot stack is used again.
     unsafe {
-        (at as *mut traps::TrapFrame).write(*frame);
-        core::arch::asm!("mov rsp, {0}", "jmp trap_return", in(reg) at, options(noreturn));
+        core::arch::asm!("mov rsp, {0}", "jmp trap_return", in(reg) top, options(noreturn));
     }
 }
 

@@ -1,9 +1,10 @@
 //! Hypercall entry through `syscall` (spec CALL-1).
 //!
 //! The entry lays out the same [`TrapFrame`](super::traps::TrapFrame) an
-//! interrupt would (vector [`SYSCALL_VECTOR`]) at the top of the ring-0
-//! stack, which is empty whenever a guest runs, so the frame's address is
-//! fixed and the caller's `rsp` is written straight into it. First it fills
+//! interrupt would (vector [`SYSCALL_VECTOR`]) in place, in the running
+//! domain's own frame (its address in `TAHOMA_GUEST_FRAME`, kept by
+//! [`super::traps::set_guest_frame`]; the caller's `rsp` goes through a
+//! scratch word), then runs Rust on the empty ring-0 stack. First it fills
 //! only what the fast entry (`hv::hypercall_entry`) needs: the number, the
 //! argument registers, `rip`, `rflags`, `rsp`. When the fast entry finished
 //! the call and nothing else is due, the stub restores the argument
@@ -11,9 +12,10 @@
 //! `hv::hypercall_entry`). Otherwise it completes the frame (the
 //! callee-saved registers still hold the caller's values), calls the slow
 //! entry and leaves through `trap_return`, so that any hypercall can return
-//! into any guest: one that blocks simply returns into another domain's
-//! saved frame. The compatibility-mode and `sysenter` entries, which
-//! destroy their caller, build the whole frame at once.
+//! into any guest: one that blocks simply returns through another domain's
+//! frame, the current one when the slow entry returns. The
+//! compatibility-mode and `sysenter` entries, which destroy their caller,
+//! build the whole frame at once (on the ring-0 stack).
 
 use super::cpu::{KERNEL_CS, USER_CS, USER_SS};
 use super::traps::TrapFrame;
@@ -30,12 +32,6 @@ pub const COMPAT_SYSCALL_VECTOR: u64 = 0x101;
 /// The pseudo-vector of frames built by the `sysenter` entry (CPU-4).
 pub const SYSENTER_VECTOR: u64 = 0x102;
 
-/// Where every entry from ring 3 builds its frame, as an offset into
-/// `cpu::KERNEL_STACK`: its top `TrapFrame` (TSS.RSP0, `SYSCALL_KERNEL_RSP`
-/// and `enter_guest` all start from the same top). The `syscall` entry
-/// addresses it directly.
-const ENTRY_FRAME_OFFSET: usize = super::cpu::STACK_SIZE - core::mem::size_of::<TrapFrame>();
-
 /// Ring-0 stack top loaded by the entry (set by [`init`]).
 #[no_mangle]
 static mut SYSCALL_KERNEL_RSP: u64 = 0;
@@ -49,17 +45,19 @@ core::arch::global_asm!(
     .balign 16
     .global syscall_entry
 syscall_entry:
-    // The ring-0 stack is empty whenever a guest runs, so the frame of any
-    // entry from ring 3 sits at a fixed address: the top of the kernel
-    // stack minus one TrapFrame. Write the caller's rsp straight into its
-    // slot and point rsp at the frame.
-    movq %rsp, {kstack}+{frame_off}+{o_rsp}(%rip)
-    leaq {kstack}+{frame_off}(%rip), %rsp
+    // Save in place: the frame is the running domain's own
+    // (TAHOMA_GUEST_FRAME, switched with the domain), so a switch copies
+    // nothing. The caller's rsp goes through a scratch word (no register
+    // is free before rcx is saved).
+    movq %rsp, SYSCALL_USER_RSP(%rip)
+    movq TAHOMA_GUEST_FRAME(%rip), %rsp
+    movq %rcx, {o_rip}(%rsp)
+    movq SYSCALL_USER_RSP(%rip), %rcx
+    movq %rcx, {o_rsp}(%rsp)
     // Lean save: what the fast entry reads (number, arguments) and what
     // the way back needs (rip, rflags; the six argument registers, which
     // CALL-1 preserves and Rust may clobber). rbx, rbp and r12-r15 are
     // preserved by the Rust entry itself (callee-saved).
-    movq %rcx, {o_rip}(%rsp)
     movq %r11, {o_rflags}(%rsp)
     movq %rax, {o_rax}(%rsp)
     movq %rdi, {o_rdi}(%rsp)
@@ -68,7 +66,9 @@ syscall_entry:
     movq %r10, {o_r10}(%rsp)
     movq %r8, {o_r8}(%rsp)
     movq %r9, {o_r9}(%rsp)
+    // Rust runs on the (empty) ring-0 stack, never below a domain's frame.
     movq %rsp, %rdi
+    leaq {kstack}+{stack_size}(%rip), %rsp
     call *TAHOMA_HYPERCALL_ENTRY(%rip)
     testq %rdx, %rdx
     jnz 1f
@@ -76,7 +76,8 @@ syscall_entry:
     // the caller's own unchanged context with a canonical user rip (the
     // SYSRET hazard: a non-canonical rcx makes Intel's sysretq raise #GP
     // in ring 0 on the guest's stack) and TF/RF clear; see
-    // `hv::hypercall_entry`.
+    // `hv::hypercall_entry`. No switch happened: the frame is the caller's.
+    movq TAHOMA_GUEST_FRAME(%rip), %rsp
     movq {o_rdi}(%rsp), %rdi
     movq {o_rsi}(%rsp), %rsi
     movq {o_rdx}(%rsp), %rdx
@@ -90,25 +91,26 @@ syscall_entry:
 
     // Slow path: complete the frame (the callee-saved registers still hold
     // the caller's values), then the slow entry with the stage in rsi, and
-    // leave through trap_return (iretq). rax is the frame's rax now: the
-    // call's result, or its number if nothing was done.
-1:  movq %rax, {o_rax}(%rsp)
-    movq ${user_ss}, {o_ss}(%rsp)
-    movq ${user_cs}, {o_cs}(%rsp)
-    movq $0, {o_err}(%rsp)
-    movq ${vector}, {o_vector}(%rsp)
-    movq %rbx, {o_rbx}(%rsp)
-    movq %rbp, {o_rbp}(%rsp)
-    movq %r12, {o_r12}(%rsp)
-    movq %r13, {o_r13}(%rsp)
-    movq %r14, {o_r14}(%rsp)
-    movq %r15, {o_r15}(%rsp)
-    movq {o_rip}(%rsp), %rax
-    movq %rax, {o_rcx}(%rsp)
-    movq {o_rflags}(%rsp), %rax
-    movq %rax, {o_r11}(%rsp)
+    // leave through trap_return (iretq) by whatever frame is current then.
+    // rax is the frame's rax now: the call's result, or its number if
+    // nothing was done.
+1:  movq TAHOMA_GUEST_FRAME(%rip), %rdi
+    movq %rax, {o_rax}(%rdi)
+    movq ${user_ss}, {o_ss}(%rdi)
+    movq ${user_cs}, {o_cs}(%rdi)
+    movq $0, {o_err}(%rdi)
+    movq ${vector}, {o_vector}(%rdi)
+    movq %rbx, {o_rbx}(%rdi)
+    movq %rbp, {o_rbp}(%rdi)
+    movq %r12, {o_r12}(%rdi)
+    movq %r13, {o_r13}(%rdi)
+    movq %r14, {o_r14}(%rdi)
+    movq %r15, {o_r15}(%rdi)
+    movq {o_rip}(%rdi), %rax
+    movq %rax, {o_rcx}(%rdi)
+    movq {o_rflags}(%rdi), %rax
+    movq %rax, {o_r11}(%rdi)
     movq %rdx, %rsi
-    movq %rsp, %rdi
     xorl %ebp, %ebp
     call *TAHOMA_HYPERCALL_SLOW_ENTRY(%rip)
     jmp trap_return
@@ -176,7 +178,7 @@ foreign_common:
     user_cs = const USER_CS as u64,
     vector = const SYSCALL_VECTOR,
     kstack = sym super::cpu::KERNEL_STACK,
-    frame_off = const ENTRY_FRAME_OFFSET,
+    stack_size = const super::cpu::STACK_SIZE,
     o_rsp = const core::mem::offset_of!(TrapFrame, rsp),
     o_ss = const core::mem::offset_of!(TrapFrame, ss),
     o_cs = const core::mem::offset_of!(TrapFrame, cs),

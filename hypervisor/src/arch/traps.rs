@@ -88,11 +88,26 @@ trap_common:
     cmpb $0, SMAP_ENABLED(%rip)
     je 1f
     clac
+    // From ring 3 the CPU pushed the iret words at TSS.RSP0, the end of
+    // the running domain's own frame, so the pushes above completed that
+    // frame in place: run the handler on the ring-0 stack, and leave
+    // through whatever frame is current then (the handler may have
+    // switched domains). From ring 0 (the idle loop, a hypervisor fault,
+    // a guest's TF at the sysenter entry) the frame is on the ring-0
+    // stack: the handler runs below it and returns into it.
 1:  movq %rsp, %rdi
+    testb $3, {o_cs}(%rsp)
+    jz 2f
+    leaq {kstack}+{stack_size}(%rip), %rsp
     call *TAHOMA_TRAP_ENTRY(%rip)
 
+    // The way back to ring 3 from every entry: the current domain's frame.
     .global trap_return
 trap_return:
+    movq TAHOMA_GUEST_FRAME(%rip), %rsp
+    jmp 3f
+2:  call *TAHOMA_TRAP_ENTRY(%rip)
+3:
     popq %r15
     popq %r14
     popq %r13
@@ -111,8 +126,85 @@ trap_return:
     addq $16, %rsp
     iretq
     "#,
+    o_cs = const core::mem::offset_of!(TrapFrame, cs),
+    kstack = sym super::cpu::KERNEL_STACK,
+    stack_size = const super::cpu::STACK_SIZE,
     options(att_syntax)
 );
+
+/// A [`TrapFrame`]'s storage where an entry from ring 3 can save into it in
+/// place: 16-aligned (in 64-bit mode the CPU aligns the stack pointer from
+/// TSS.RSP0 down to 16 before pushing, so the frame's end must be aligned
+/// for the pushes to land in it), and behind an `UnsafeCell`: the entry
+/// stubs and the CPU write it while the hypervisor holds no reference.
+#[repr(C, align(16))]
+pub struct FrameSlot(pub core::cell::UnsafeCell<TrapFrame>);
+
+const _: () = assert!(core::mem::size_of::<FrameSlot>() == core::mem::size_of::<TrapFrame>());
+
+/// The frame of the running domain: where the `syscall` stub saves, where
+/// `trap_return` loads from (TSS.RSP0 is its end). When no domain runs it
+/// is [`NO_GUEST`], never a freed domain's (see [`set_guest_frame`]).
+#[no_mangle]
+static mut TAHOMA_GUEST_FRAME: u64 = 0;
+
+/// The frame address while no domain runs (boot, after the current domain
+/// was destroyed): static, never freed, never returned into.
+static NO_GUEST: FrameSlot = FrameSlot(core::cell::UnsafeCell::new(TrapFrame {
+    r15: 0,
+    r14: 0,
+    r13: 0,
+    r12: 0,
+    r11: 0,
+    r10: 0,
+    r9: 0,
+    r8: 0,
+    rbp: 0,
+    rdi: 0,
+    rsi: 0,
+    rdx: 0,
+    rcx: 0,
+    rbx: 0,
+    rax: 0,
+    vector: 0,
+    error_code: 0,
+    rip: 0,
+    cs: 0,
+    rflags: 0,
+    rsp: 0,
+    ss: 0,
+}));
+
+// SAFETY: a slot is shared only on one CPU: Rust reads or writes a
+// domain's slot during an entry (interrupts off) and the CPU or a stub
+// only while that domain runs, never both at once; `NO_GUEST` is only ever
+// addressed (stored into `TAHOMA_GUEST_FRAME`), never read or written.
+unsafe impl Sync for FrameSlot {}
+
+/// Makes `frame` the running domain's frame: the `syscall` stub saves into
+/// it, TSS.RSP0 points at its end, `trap_return` leaves through it. The
+/// caller keeps it alive (and does not move it) until the next call.
+pub fn set_guest_frame(frame: &FrameSlot) {
+    let at = frame.0.get() as u64;
+    // SAFETY: one CPU, interrupts off, no entry in progress that reads the
+    // word (the caller is the hypervisor between an entry and its exit);
+    // `at` is 16-aligned (FrameSlot's alignment).
+    unsafe { TAHOMA_GUEST_FRAME = at };
+    super::cpu::set_rsp0(at + core::mem::size_of::<TrapFrame>() as u64);
+}
+
+/// The current guest frame's address (`TAHOMA_GUEST_FRAME`).
+pub fn guest_frame() -> u64 {
+    // SAFETY: a plain read of a word only the hypervisor writes, one CPU
+    // with interrupts off.
+    unsafe { TAHOMA_GUEST_FRAME }
+}
+
+/// No domain runs: points the frame address (and TSS.RSP0) at a static
+/// frame, so that nothing keeps the address of a destroyed domain's.
+pub fn clear_guest_frame() {
+    set_guest_frame(&NO_GUEST);
+}
 
 extern "C" {
     static trap_stubs: u8;

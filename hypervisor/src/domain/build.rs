@@ -428,7 +428,7 @@ pub fn build(
         name,
         flags: DomainFlags::from_bits_truncate(rec.flags),
         state: RunState::Runnable,
-        ctx,
+        ctx: super::Frame::new(ctx),
         fpu: FpuState::initial(),
         selectors: Selectors::default(),
         root: l4 << 12,

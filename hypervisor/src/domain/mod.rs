@@ -57,6 +57,59 @@ pub struct Callbacks {
     pub stack: u64,
 }
 
+/// A domain's register frame, in a heap slot of its own that never moves:
+/// while the domain runs, its address is the current guest frame
+/// (`arch::traps::set_guest_frame`: the `syscall` stub saves into it, TSS.RSP0
+/// is its end, `trap_return` loads from it), so a switch copies nothing.
+///
+/// Held by pointer, not by value or `Box`: the CPU and the entry stubs
+/// write it behind Rust's back, and the entries hand it to the hypervisor
+/// as a raw pointer, so no `&mut Domain` (the domain table) ever covers the
+/// frame's memory and no reference into it outlives the entry that made it.
+pub struct Frame(core::ptr::NonNull<crate::arch::traps::FrameSlot>);
+
+impl Frame {
+    /// A slot holding `f`.
+    pub fn new(f: TrapFrame) -> Self {
+        let slot = alloc::boxed::Box::new(crate::arch::traps::FrameSlot(
+            core::cell::UnsafeCell::new(f),
+        ));
+        Frame(core::ptr::NonNull::from(alloc::boxed::Box::leak(slot)))
+    }
+
+    /// The slot, for `set_guest_frame`.
+    pub fn slot(&self) -> &crate::arch::traps::FrameSlot {
+        // SAFETY: the slot was leaked from a Box in `new` and is freed only
+        // by `drop`; the shared reference covers the `UnsafeCell` wrapper,
+        // whose contents may change through raw pointers.
+        unsafe { self.0.as_ref() }
+    }
+
+    /// The frame's address (what the entries pass to the hypervisor).
+    pub fn ptr(&self) -> *mut TrapFrame {
+        self.slot().0.get()
+    }
+
+    /// Sets the saved `rax` of a domain that is not running (a blocked
+    /// domain's `block` result, SCHED-2).
+    pub fn set_rax(&mut self, v: u64) {
+        // SAFETY: the slot is live (see `slot`); the domain is not running,
+        // so no entry holds a reference into its frame (one CPU, and the
+        // entries make references only to the current domain's frame, for
+        // the span of the entry).
+        unsafe { (*self.ptr()).rax = v };
+    }
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        // SAFETY: leaked from a Box in `new`, freed once here. The caller
+        // (the domain's destruction) has made sure it is not the current
+        // guest frame: `Hv::destroy` clears that first.
+        drop(unsafe { alloc::boxed::Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
 /// A guest domain.
 pub struct Domain {
     /// Its id (1-based; never reused).
@@ -67,8 +120,9 @@ pub struct Domain {
     pub flags: DomainFlags,
     /// Scheduling state.
     pub state: RunState,
-    /// Saved registers while not running.
-    pub ctx: TrapFrame,
+    /// Its registers: saved here in place by every entry from ring 3 while
+    /// it runs (the current guest frame), and kept here while it does not.
+    pub ctx: Frame,
     /// Saved x87/MMX/SSE/AVX state while not running (CPU-1); the initial
     /// state until the domain first runs (CPU-1a).
     pub fpu: FpuState,

@@ -87,7 +87,7 @@ impl Hv {
             return;
         }
         d.state = RunState::Runnable;
-        d.ctx.rax = why as u64;
+        d.ctx.set_rax(why as u64);
         if self.sched.deadlines.cancel(id, TimerKind::Block).is_some() {
             self.sched.timer_dirty = true;
         }

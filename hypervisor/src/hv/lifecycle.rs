@@ -52,6 +52,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
             calls: 0,
             first_call_due: false,
             upcall_shared: 0,
+            retired: crate::domain::Frame::new(TrapFrame::default()),
         },
         channels: Channels::new(),
         grants: GrantTables::new(),
@@ -247,13 +248,12 @@ pub fn start(pack: &Pack<'_>) -> ! {
         hv.domains.live,
         mem::free_frames()
     );
-    let mut frame = TrapFrame::default();
-    hv.run_next(&mut frame);
-    hv.leave(&mut frame);
+    hv.run_next();
+    hv.leave();
     // SAFETY: boot, interrupts disabled, no guest has run: nothing else
     // can hold a reference into the cell.
     unsafe { HV.install(hv) };
-    arch::enter_guest(&frame)
+    arch::enter_guest()
 }
 
 /// What building the boot pack's domains took (`@ density`).
@@ -329,6 +329,13 @@ impl Hv {
             d.hypercalls += core::mem::take(&mut self.sched.calls);
             self.sched.first_call_due = false;
             self.sched.upcall_shared = 0;
+            // The entry in progress still holds its frame (it was saved
+            // there in place) and `reap` may free the domain before that
+            // entry ends: keep the frame, give the domain the spare (freed
+            // with it). The frame address names a static frame until
+            // `run_next` makes the next domain's current.
+            core::mem::swap(&mut d.ctx, &mut self.sched.retired);
+            arch::traps::clear_guest_frame();
         }
         if self.memory.loaded_root == d.root {
             // SAFETY: the hypervisor's own PML4 maps everything ring 0 needs.
@@ -445,6 +452,20 @@ impl Hv {
                     self.sweep_orphans();
                     // No table of its names its device frames any more.
                     self.memory.mm.revoke_io(d.id);
+                    // Its frame is freed with it (`d` drops at the end of
+                    // this block): the guest frame address must not name it
+                    // (`destroy` swaps the current domain's frame out and
+                    // points the address at a static frame). Checked on
+                    // every release; a failure fails the run.
+                    if d.ctx.ptr() as u64 == arch::traps::guest_frame() {
+                        report!("frame-dangling", "id={} name={}", d.id, Quoted(&d.name));
+                        log::error!(
+                            "domain {}'s frame freed while it is the guest frame; \
+                             see Hv::destroy and Scheduler::retired",
+                            d.id
+                        );
+                        self.failed = true;
+                    }
                     let now = time::now_tsc();
                     report!(
                         "domain-released",

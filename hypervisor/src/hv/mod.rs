@@ -200,6 +200,12 @@ pub(crate) struct Scheduler {
     /// [`Hv::note_upcall_entry`], called wherever the current domain or its
     /// callbacks change; cleared with `current`.
     pub(crate) upcall_shared: u64,
+    /// The frame of the last domain destroyed while current, kept until the
+    /// next such destruction (when it goes to that domain's teardown in
+    /// exchange): the entry that destroyed it may still hold a reference
+    /// into it, and the teardown may finish inside that entry
+    /// (`Hv::destroy`). A spare until then.
+    pub(crate) retired: crate::domain::Frame,
 }
 
 /// Entry from `syscall` (CALL-1), registered with `arch` ([`arch::entries`]):
@@ -231,13 +237,15 @@ pub extern "C" fn hypercall_entry(frame: &mut TrapFrame) -> arch::entries::FastE
         rax: frame.rax,
         slow: stage,
     };
-    if frame.rip >= hypercall_abi::layout::GUEST_VA_TOP || frame.rflags & TF_RF != 0 {
-        return slow(SLOW_FROM_START);
-    }
-    // A call that may replace the frame goes the slow way from the start.
+    // A call that may replace the frame goes the slow way from the start
+    // (tested first: `yield` and `block`, the switching calls, then leave
+    // the fast entry after the route alone).
     let Some(call) = crate::hypercall::returning_handler(frame.rax) else {
         return slow(SLOW_FROM_START);
     };
+    if frame.rip >= hypercall_abi::layout::GUEST_VA_TOP || frame.rflags & TF_RF != 0 {
+        return slow(SLOW_FROM_START);
+    }
     // SAFETY: an entry from ring 3 with interrupts disabled (SFMASK clears
     // IF); the one reference taken by this entry, dropped on return.
     let Some(hv) = (unsafe { HV.get() }) else {
@@ -268,8 +276,13 @@ pub extern "C" fn hypercall_entry(frame: &mut TrapFrame) -> arch::entries::FastE
 /// with the frame complete: `stage` says where it stopped
 /// (`arch::entries::SLOW_*`). Leaves through `trap_return` (`iretq`).
 #[no_mangle] // a stable name for debuggers
-pub extern "C" fn hypercall_slow_entry(frame: &mut TrapFrame, stage: u64) {
+pub extern "C" fn hypercall_slow_entry(frame: *mut TrapFrame, stage: u64) {
     use arch::entries::SLOW_LEAVE;
+    // SAFETY: `frame` is the current domain's own frame (the stub saved
+    // into it in place), live while the domain is; this reference is the
+    // only one and ends before `leave`, which finds the then current
+    // domain's frame itself (a switch in the call may have changed it).
+    let frame = unsafe { &mut *frame };
     // SAFETY: an entry from ring 3 with interrupts disabled; the fast entry
     // that ran before returned, so its reference is gone; this is the one
     // reference taken now, dropped on return.
@@ -280,13 +293,15 @@ pub extern "C" fn hypercall_slow_entry(frame: &mut TrapFrame, stage: u64) {
     if stage != SLOW_LEAVE {
         crate::hypercall::entry(hv, frame, true);
     }
-    hv.leave(frame);
+    hv.leave();
 }
 
 /// The local APIC timer fired.
-pub fn timer_interrupt(frame: &mut TrapFrame) {
+pub fn timer_interrupt(frame: *mut TrapFrame) {
     arch::lapic::eoi();
-    if frame.cs & 3 == 0 {
+    // SAFETY: the trap entry's frame, live for the entry; read by value
+    // (a switch below makes another frame current: `leave` finds it).
+    if unsafe { (*frame).cs } & 3 == 0 {
         // Woke the idle loop, which looks at the clock itself.
         return;
     }
@@ -308,14 +323,18 @@ pub fn timer_interrupt(frame: &mut TrapFrame) {
                 .map_or(0, |d| d.slice);
             hv.sched.slice_end = now + slice;
         } else {
-            hv.switch_away(frame, true);
+            hv.switch_away(true);
         }
     }
-    hv.leave(frame);
+    hv.leave();
 }
 
 /// A guest raised an exception (TRAP-0b, TRAP-0c).
-pub fn guest_exception(frame: &mut TrapFrame) {
+pub fn guest_exception(frame: *mut TrapFrame) {
+    // SAFETY: the current domain's own frame (an entry from ring 3 saved it
+    // in place), live while the domain is; this is the one reference to it
+    // and its last use is `push_upcall`, before `destroy` and `leave`.
+    let frame = unsafe { &mut *frame };
     // SAFETY: an exception from ring 3 (`trap::handle` routes only those
     // here) with interrupts disabled; the one reference this entry takes.
     let Some(hv) = (unsafe { HV.get() }) else {
@@ -345,16 +364,19 @@ pub fn guest_exception(frame: &mut TrapFrame) {
     };
     if let Some(exit) = exit {
         hv.destroy(cur, exit);
-        hv.run_next(frame);
+        hv.run_next();
     }
-    hv.leave(frame);
+    hv.leave();
 }
 
 /// Entry from `sysenter` and from `syscall` in compatibility mode: the
 /// caller is destroyed with a report (CPU-4, CPU-5); others run on.
 #[no_mangle] // a stable name for debuggers
-pub extern "C" fn foreign_entry(frame: &mut TrapFrame) {
+pub extern "C" fn foreign_entry(frame: *mut TrapFrame) {
     use crate::arch::syscall::{COMPAT_SYSCALL_VECTOR, SYSENTER_VECTOR};
+    // SAFETY: the stub built this frame on the ring-0 stack (not any
+    // domain's); only read here, before the switch.
+    let frame = unsafe { &*frame };
     // SAFETY: an entry from ring 3 with interrupts disabled (sysenter
     // clears IF, SFMASK does for syscall); the one reference it takes.
     let Some(hv) = (unsafe { HV.get() }) else {
@@ -372,8 +394,8 @@ pub extern "C" fn foreign_entry(frame: &mut TrapFrame) {
         let rip = frame.rip;
         hv.destroy(cur, Exit::Killed { kind, rip, why });
     }
-    hv.run_next(frame);
-    hv.leave(frame);
+    hv.run_next();
+    hv.leave();
 }
 
 impl Hv {

@@ -28,9 +28,11 @@ impl Hv {
         }
     }
 
-    /// Saves the running domain (re-queueing it if `requeue`) and loads the
-    /// next one into `frame`.
-    pub(crate) fn switch_away(&mut self, frame: &mut TrapFrame, requeue: bool) {
+    /// Stops running the current domain (re-queueing it if `requeue`) and
+    /// runs the next one. Its registers are in its own frame already (the
+    /// entry saved them in place); the caller must not use the entry's
+    /// frame after this (it may be another domain's now: see [`Hv::leave`]).
+    pub(crate) fn switch_away(&mut self, requeue: bool) {
         if let Some(cur) = self.sched.current.take() {
             note_current(0);
             let calls = core::mem::take(&mut self.sched.calls);
@@ -38,7 +40,6 @@ impl Hv {
             self.sched.upcall_shared = 0;
             if let Some(d) = self.dom(cur) {
                 d.hypercalls += calls;
-                d.ctx = *frame;
                 // The CPU keeps holding this state (cpu_state_of) until
                 // another domain's is loaded.
                 d.fpu.save();
@@ -48,12 +49,13 @@ impl Hv {
                 self.sched.runq.push(cur);
             }
         }
-        self.run_next(frame);
+        self.run_next();
     }
 
-    /// Loads the next runnable domain into `frame`, idling (halting the CPU)
-    /// while none is runnable. Ends the run when no domain is left.
-    pub(crate) fn run_next(&mut self, frame: &mut TrapFrame) {
+    /// Makes the next runnable domain current (its frame the one every exit
+    /// leaves through: `arch::traps::set_guest_frame`), idling (halting the
+    /// CPU) while none is runnable. Ends the run when no domain is left.
+    pub(crate) fn run_next(&mut self) {
         loop {
             if self.domains.live == 0
                 || (self.domains.critical_total > 0 && self.domains.critical_left == 0)
@@ -69,7 +71,8 @@ impl Hv {
             while let Some(id) = self.sched.runq.pop() {
                 let reload = self.sched.cpu_state_of != Some(id);
                 let Some(d) = self.dom(id) else { continue };
-                *frame = d.ctx;
+                // No copy: the exit loads this domain's own frame.
+                arch::traps::set_guest_frame(d.ctx.slot());
                 if reload {
                     // Never the previous domain's state (CPU-1, CPU-1a, CPU-2).
                     d.fpu.restore();
@@ -152,19 +155,23 @@ impl Hv {
     /// upcall (TRAP-0a) and arm the timer for the next slice end or deadline.
     /// The test whether there is anything to do is inline (it is
     /// [`Hv::work_pending`]'s); the work is not.
+    ///
+    /// It takes no frame: after a switch the entry's frame is the previous
+    /// domain's, and the current domain's is its own (`Domain::ctx`), looked
+    /// up here. The caller must hold no reference into any frame.
     #[inline(always)]
-    pub(crate) fn leave(&mut self, frame: &mut TrapFrame) {
+    pub(crate) fn leave(&mut self) {
         if self.sched.current.is_none() {
             self.flush_if_requested();
             return;
         }
         if self.work_pending() {
-            self.leave_slow(frame);
+            self.leave_slow();
         }
     }
 
     #[inline(never)]
-    fn leave_slow(&mut self, frame: &mut TrapFrame) {
+    fn leave_slow(&mut self) {
         self.flush_if_requested();
         loop {
             let Some(cur) = self.sched.current else {
@@ -174,6 +181,11 @@ impl Hv {
             if !wants_upcall(d) {
                 break;
             }
+            // SAFETY: the current domain's frame slot, live while the domain
+            // is (its `Domain` is in the table: looked up just above); the
+            // caller holds no reference into it (see above), and this one
+            // ends before `destroy` or `run_next` below.
+            let frame = unsafe { &mut *d.ctx.ptr() };
             match self.push_upcall(cur, frame, UpcallKind::Event, 0, 0, 0) {
                 Ok(()) => {
                     if let Some(d) = self.dom(cur) {
@@ -189,7 +201,7 @@ impl Hv {
                         why,
                     };
                     self.destroy(cur, exit);
-                    self.run_next(frame);
+                    self.run_next();
                 }
             }
         }

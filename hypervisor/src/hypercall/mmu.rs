@@ -56,7 +56,7 @@ pub(crate) fn bounded(
             if time::now_tsc() >= hv.sched.slice_end
                 && !(hv.sched.runq.is_empty() && hv.domains.dying.is_empty())
             {
-                hv.switch_away(frame, true);
+                hv.switch_away(true);
             }
             Outcome::Replaced
         }

@@ -22,7 +22,7 @@ pub(crate) fn yield_now(
     let abi::sched::Yield {} = a;
     frame.rax = 0;
     if !hv.sched.runq.is_empty() {
-        hv.switch_away(frame, true);
+        hv.switch_away(true);
     }
     Outcome::Replaced
 }
@@ -32,10 +32,10 @@ pub(crate) fn shutdown(
     hv: &mut Hv,
     cur: DomId,
     a: abi::sched::Shutdown,
-    frame: &mut TrapFrame,
+    _frame: &mut TrapFrame,
 ) -> Outcome {
     hv.destroy(cur, Exit::Shutdown(a.reason, a.code));
-    hv.run_next(frame);
+    hv.run_next();
     Outcome::Replaced
 }
 
@@ -44,7 +44,7 @@ pub(crate) fn block(
     hv: &mut Hv,
     cur: DomId,
     a: abi::sched::Block,
-    frame: &mut TrapFrame,
+    _frame: &mut TrapFrame,
 ) -> Outcome {
     let deadline_ns = a.deadline_ns;
     let Some(d) = hv.dom(cur) else {
@@ -67,6 +67,6 @@ pub(crate) fn block(
         hv.sched.deadlines.arm(at, cur, TimerKind::Block);
         hv.sched.timer_dirty = true;
     }
-    hv.switch_away(frame, false);
+    hv.switch_away(false);
     Outcome::Replaced
 }
