@@ -296,15 +296,36 @@ impl Frontend {
 }
 
 #[cfg(feature = "smoltcp")]
-pub use stack::{now, run, Device};
+pub use stack::{interface, now, run, Device};
 
 #[cfg(feature = "smoltcp")]
 mod stack {
     use super::{Frontend, FRAME_MAX};
+    use crate::start::Vnic;
     use crate::time;
-    use smoltcp::iface::{Interface, SocketSet};
+    use smoltcp::iface::{Config, Interface, SocketSet};
     use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
     use smoltcp::time::Instant;
+    use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+
+    /// An smoltcp interface on `dev` configured as the manifest gave the
+    /// vNIC `info`: its MAC, its address and prefix, a default route to its
+    /// gateway, and a random seed from the time-stamp counter (TCP's initial
+    /// sequence numbers).
+    pub fn interface(dev: &mut Device, info: &Vnic) -> Interface {
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(info.mac)));
+        config.random_seed = time::rdtsc();
+        let mut iface = Interface::new(config, dev, now());
+        let [a, b, c, d] = info.ipv4;
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), info.prefix_len));
+        });
+        let [g0, g1, g2, g3] = info.gateway;
+        let _ = iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Address::new(g0, g1, g2, g3));
+        iface
+    }
 
     /// smoltcp's clock from the hypervisor's (TIME-0).
     pub fn now() -> Instant {

@@ -46,9 +46,9 @@ use alloc::vec::Vec;
 
 use guest_sdk::vnic::{self, Frontend};
 use guest_sdk::{println, time, StartInfo};
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{IpAddress, Ipv4Address};
 
 guest_sdk::entry!(main);
 
@@ -379,17 +379,7 @@ fn main(si: &StartInfo) -> i32 {
     };
     let port = u16::try_from(num("port", 80)).unwrap_or(80);
     let mut dev = vnic::Device(front);
-    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(v.mac)));
-    config.random_seed = time::rdtsc();
-    let mut iface = Interface::new(config, &mut dev, vnic::now());
-    let [a, b, c, d] = v.ipv4;
-    iface.update_ip_addrs(|addrs| {
-        let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), v.prefix_len));
-    });
-    let [g0, g1, g2, g3] = v.gateway;
-    let _ = iface
-        .routes_mut()
-        .add_default_ipv4_route(Ipv4Address::new(g0, g1, g2, g3));
+    let iface = vnic::interface(&mut dev, &v);
     let mut net = Net {
         iface,
         dev,

@@ -32,9 +32,8 @@ use guest_sdk::{println, time, Error, StartInfo};
 use kvlib::cache::{CachedDevice, DEFAULT_CACHE_KIB};
 use kvlib::http::{Conn, Server};
 use kvlib::store::{BlockDevice, MemDisk, Op, Store, SECTOR};
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
 
 guest_sdk::entry!(main);
 
@@ -185,17 +184,7 @@ fn main(si: &StartInfo) -> i32 {
     server.quit_route = num("quit", 0) == 1;
 
     let mut dev = vnic::Device(front);
-    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(v.mac)));
-    config.random_seed = time::rdtsc();
-    let mut iface = Interface::new(config, &mut dev, vnic::now());
-    let [a, b, c, d] = v.ipv4;
-    iface.update_ip_addrs(|addrs| {
-        let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), v.prefix_len));
-    });
-    let [g0, g1, g2, g3] = v.gateway;
-    let _ = iface
-        .routes_mut()
-        .add_default_ipv4_route(Ipv4Address::new(g0, g1, g2, g3));
+    let mut iface = vnic::interface(&mut dev, &v);
 
     let mut sockets = SocketSet::new(vec![]);
     let handles: Vec<SocketHandle> = (0..CONNECTIONS)

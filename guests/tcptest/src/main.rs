@@ -20,12 +20,10 @@ use alloc::vec;
 
 use guest_sdk::vnic::{self, Frontend};
 use guest_sdk::{println, time, StartInfo};
-use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::iface::{Interface, SocketSet};
 use smoltcp::phy::{ChecksumCapabilities, Device as _};
 use smoltcp::socket::{icmp, tcp};
-use smoltcp::wire::{
-    EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, Ipv4Address,
-};
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, Ipv4Address};
 
 guest_sdk::entry!(main);
 
@@ -69,17 +67,7 @@ fn main(si: &StartInfo) -> i32 {
     }
     // The one line an smoltcp example changes: its device.
     let mut dev = vnic::Device(front);
-    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(v.mac)));
-    config.random_seed = time::rdtsc();
-    let mut iface = Interface::new(config, &mut dev, vnic::now());
-    let [a, b, c, d] = v.ipv4;
-    iface.update_ip_addrs(|addrs| {
-        let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), v.prefix_len));
-    });
-    let [g0, g1, g2, g3] = v.gateway;
-    let _ = iface
-        .routes_mut()
-        .add_default_ipv4_route(Ipv4Address::new(g0, g1, g2, g3));
+    let mut iface = vnic::interface(&mut dev, &v);
     let deadline = time::now_ns() + 90_000_000_000;
     match si.cmdline_value("role") {
         Some("server") => server(&mut iface, &mut dev, deadline, si.cmdline_value("bench")),
