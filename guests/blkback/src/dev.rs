@@ -73,6 +73,27 @@ pub enum OpenError {
 }
 
 impl<J> Disk<J> {
+    /// [`Disk::open`], reporting the outcome on the console
+    /// (`@ blk-device`, which the tests read): the disk, or `None`.
+    pub fn open_reported(index: usize, info: &DeviceInfo, slots: usize) -> Option<Disk<J>> {
+        match Self::open(index, info, slots) {
+            Ok(d) => {
+                guest_sdk::println!(
+                    "@ blk-device index={index} capacity={} slots={} readonly={} flush=yes irq_port={}",
+                    d.capacity(),
+                    d.slots(),
+                    d.readonly(),
+                    d.irq_port
+                );
+                Some(d)
+            }
+            Err(e) => {
+                guest_sdk::println!("@ blk-device index={index} error=\"{e:?}\" served=0");
+                None
+            }
+        }
+    }
+
     /// Brings up device `index` of the start info, with up to `slots`
     /// request slots (at least 1, at most the virtqueue's size).
     pub fn open(index: usize, info: &DeviceInfo, slots: usize) -> Result<Disk<J>, OpenError> {

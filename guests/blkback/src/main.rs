@@ -42,19 +42,7 @@ fn main(si: &StartInfo) -> i32 {
         .min(si.devices.len());
     let mut disks: Vec<Disk<Job>> = Vec::new();
     for (i, info) in si.devices[..n].iter().enumerate() {
-        match Disk::open(i, info, 16) {
-            Ok(d) => {
-                println!(
-                    "@ blk-device index={i} capacity={} slots={} readonly={} flush=yes irq_port={}",
-                    d.capacity(),
-                    d.slots(),
-                    d.readonly(),
-                    d.irq_port
-                );
-                disks.push(d);
-            }
-            Err(e) => println!("@ blk-device index={i} error=\"{e:?}\" served=0"),
-        }
+        disks.extend(Disk::open_reported(i, info, 16));
     }
     let (free, total) = hal::usage();
     log::info!("DMA region: {total} pages, {free} free after bring-up");

@@ -85,19 +85,7 @@ fn main(si: &StartInfo) -> i32 {
         if info.virtio_id != VIRTIO_ID_BLOCK {
             continue;
         }
-        match Disk::open(i, info, BLK_SLOTS) {
-            Ok(d) => {
-                println!(
-                    "@ blk-device index={i} capacity={} slots={} readonly={} flush=yes irq_port={}",
-                    d.capacity(),
-                    d.slots(),
-                    d.readonly(),
-                    d.irq_port
-                );
-                disks.push(d);
-            }
-            Err(e) => println!("@ blk-device index={i} error=\"{e:?}\" served=0"),
-        }
+        disks.extend(Disk::open_reported(i, info, BLK_SLOTS));
     }
     let mut server = Server::new(si, disks);
     server.listen();
