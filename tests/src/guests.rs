@@ -330,13 +330,15 @@ fn fnv(bytes: &[u8]) -> u64 {
     })
 }
 
-/// One attempt of the host client: connect, send `data`, close the write
-/// side, read the server's 16-byte answer (length, checksum).
-fn host_client_once(data: &[u8]) -> Result<[u8; 16], String> {
+/// One attempt of a host client of `guests/tcptest`'s server through a
+/// forward on 127.0.0.1:`port`: connect, send `data`, close the write side,
+/// read the server's 16-byte answer (length, checksum). The bench's
+/// `bench-net-host` uses it too.
+pub fn host_client_once(port: u16, data: &[u8]) -> Result<[u8; 16], String> {
     use std::io::{Read, Write};
     use std::net::{Shutdown, SocketAddr, TcpStream};
     use std::time::Duration;
-    let addr = SocketAddr::from(([127, 0, 0, 1], FORWARDED_PORT));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
@@ -366,7 +368,7 @@ fn host_reaches_a_guest_through_a_forwarded_port(m: &dyn Machine) -> Result<(), 
         let start = std::time::Instant::now();
         let mut last = String::from("never tried");
         while start.elapsed() < std::time::Duration::from_secs(120) {
-            match host_client_once(&data) {
+            match host_client_once(FORWARDED_PORT, &data) {
                 Ok(a) => return Ok(a),
                 Err(e) => last = e,
             }

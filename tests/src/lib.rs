@@ -21,6 +21,7 @@ mod blk;
 pub mod facts;
 pub mod fuzz;
 mod guests;
+pub use guests::host_client_once;
 mod kv;
 mod scenarios;
 

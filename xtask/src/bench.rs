@@ -650,22 +650,7 @@ fn fnv(bytes: &[u8]) -> u64 {
 /// (retrying while the guest is not listening yet), sends `data`, closes
 /// its write side and checks the guest's answer (length, FNV-1a/64).
 fn host_tcp_client(port: u16, data: &[u8]) -> Result<(), String> {
-    use std::net::{Shutdown, SocketAddr, TcpStream};
-    let once = || -> Result<[u8; 16], String> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-            .map_err(|e| format!("connect: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .and_then(|_| s.set_write_timeout(Some(Duration::from_secs(30))))
-            .map_err(|e| e.to_string())?;
-        s.write_all(data).map_err(|e| format!("write: {e}"))?;
-        s.shutdown(Shutdown::Write)
-            .map_err(|e| format!("shutdown: {e}"))?;
-        let mut answer = [0u8; 16];
-        s.read_exact(&mut answer)
-            .map_err(|e| format!("read the answer: {e}"))?;
-        Ok(answer)
-    };
+    let once = || tahoma_tests::host_client_once(port, data);
     let start = Instant::now();
     let mut last = String::from("never tried");
     while start.elapsed() < Duration::from_secs(120) {
