@@ -34,7 +34,9 @@
 //! and RF clear. The first is the SYSRET hazard: a `syscall` in the last
 //! two bytes below `GUEST_VA_TOP` has `rcx = 0x0000_8000_0000_0000`,
 //! non-canonical, and Intel's `sysretq` raises its #GP in ring 0 after the
-//! guest's `rsp` is loaded (CVE-2012-0217). `sysretq` cannot restore RF,
+//! guest's `rsp` is loaded (CVE-2012-0217). `iretq` to it faults in ring 0
+//! on Intel too, so that test comes first, for every call, and makes the
+//! call no call at all: the caller's #GP through the trap entry (CALL-1c). `sysretq` cannot restore RF,
 //! and with TF it would trap right after the return instead of after the
 //! next instruction. SS is the kernel's from `syscall` to `sysretq` (no
 //! entry with a privilege change happens in between), so AMD's SYSRET SS
@@ -116,19 +118,21 @@ syscall_entry:
     movq %r10, {o_r10}(%rsp)
     movq %r8, {o_r8}(%rsp)
     movq %r9, {o_r9}(%rsp)
+    // Guest input, for every call (rip is in the frame; rcx is free): a
+    // return address at or above GUEST_VA_TOP is no call at all (the
+    // SYSRET hazard, CALL-1c; the slow entry makes it the caller's #GP).
+    shrq $47, %rcx
+    jnz 5f
     // The route: the number bounded, then its slot in the table the
     // kernel allows (an empty one when the fast path is not allowed). The
-    // calls that may switch leave here, after the route alone.
+    // calls that may switch leave here.
     cmpq ${routed}, %rax
     jae 2f
     movq TAHOMA_FAST_ROUTES(%rip), %r11
     movq (%r11,%rax,8), %r11
     testq %r11, %r11
     jz 2f
-    // Guest input for sysretq (rip and rflags are in the frame; rcx is
-    // free): rip below GUEST_VA_TOP (the SYSRET hazard), TF and RF clear.
-    shrq $47, %rcx
-    jnz 2f
+    // Guest input for sysretq: TF and RF clear.
     testl ${tf_rf}, {o_rflags}(%rsp)
     jnz 2f
     // The handler, on the (empty) ring-0 stack, never below a domain's
@@ -163,10 +167,8 @@ syscall_entry:
     // the caller's values, rax the number or the fast handler's result),
     // then the slow entry with the stage in rsi, and leave through
     // trap_return (iretq) by whatever frame is current then.
-2:  movl ${from_start}, %esi
-    jmp 4f
-3:  movl ${leave}, %esi
-4:  movq TAHOMA_GUEST_FRAME(%rip), %rdi
+    .macro TAHOMA_SYSCALL_FRAME
+    movq TAHOMA_GUEST_FRAME(%rip), %rdi
     movq %rax, {o_rax}(%rdi)
     movq SYSCALL_USER_RSP(%rip), %rax
     movq %rax, {o_rsp}(%rdi)
@@ -186,7 +188,26 @@ syscall_entry:
     movq %rax, {o_r11}(%rdi)
     leaq {kstack}+{stack_size}(%rip), %rsp
     xorl %ebp, %ebp
+    .endm
+2:  movl ${from_start}, %esi
+    jmp 4f
+3:  movl ${leave}, %esi
+4:  TAHOMA_SYSCALL_FRAME
     call *TAHOMA_HYPERCALL_SLOW_ENTRY(%rip)
+    jmp trap_return
+
+    // CALL-1c: a return address at or above GUEST_VA_TOP (a `syscall` in
+    // the last two bytes of the lower half). No call is run and no way
+    // back can return there (sysretq and iretq both fault in ring 0 on
+    // Intel CPUs): the frame becomes the #GP (error 0) the caller would
+    // take fetching there, an exception from ring 3 for the trap entry
+    // (reflected, TRAP-0b, or the end of the caller, TRAP-0c), so that no
+    // frame with such a rip is ever returned into. Only a `syscall` can
+    // make one: an exception's rip goes to the trap handler or nowhere, and
+    // `upcall_return` refuses one (TRAP-2).
+5:  TAHOMA_SYSCALL_FRAME
+    movq $13, {o_vector}(%rdi)
+    call *TAHOMA_TRAP_ENTRY(%rip)
     jmp trap_return
 
     // `syscall` from compatibility mode (IA32_CSTAR). No 32-bit code

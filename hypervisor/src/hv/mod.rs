@@ -294,29 +294,6 @@ pub(crate) struct Scheduler {
 #[no_mangle] // a stable name for debuggers (`break hypercall_entry`)
 pub extern "C" fn hypercall_entry(frame: *mut TrapFrame, stage: u64) {
     use arch::entries::SLOW_LEAVE;
-    // CALL-1c: a `syscall` in the last two bytes below GUEST_VA_TOP has
-    // nowhere to return to: its return address is GUEST_VA_TOP itself,
-    // non-canonical, and an `iretq` there faults in ring 0 on Intel CPUs,
-    // as `sysretq` does (the SYSRET hazard; the stub never takes the fast
-    // path for it). The call is not run: the caller takes the #GP it
-    // would take fetching there, as an exception of its own (reflected,
-    // TRAP-0b, or the end of it, TRAP-0c), so that no frame with such a
-    // `rip` is ever returned into (a call that switched would leave it
-    // saved for a later `iretq`). Only a `syscall` can make such a frame:
-    // an exception's `rip` goes to the trap handler or nowhere, and
-    // `upcall_return` refuses one (TRAP-2).
-    // SAFETY: the current domain's own frame (the stub saved into it in
-    // place), live while the domain is; read and written by value, no
-    // reference kept (`guest_exception` takes its own).
-    if stage != SLOW_LEAVE && unsafe { (*frame).rip } >= hypercall_abi::layout::GUEST_VA_TOP {
-        // SAFETY: as above.
-        unsafe {
-            (*frame).vector = 13;
-            (*frame).error_code = 0;
-        }
-        guest_exception(frame);
-        return;
-    }
     // SAFETY: `frame` is the current domain's own frame (the stub saved
     // into it in place), live while the domain is; this reference is the
     // only one and ends before `leave`, which finds the then current
@@ -375,7 +352,7 @@ pub fn guest_exception(frame: *mut TrapFrame) {
     // and its last use is `push_upcall`, before `destroy` and `leave`.
     let frame = unsafe { &mut *frame };
     // SAFETY: an exception from ring 3 (`trap::handle` routes only those
-    // here; `hypercall_entry` its CALL-1c #GP, before taking any reference)
+    // here, among them the `syscall` stub's CALL-1c #GP)
     // with interrupts disabled; the one reference this entry takes.
     let Some(hv) = (unsafe { HV.get() }) else {
         return;
