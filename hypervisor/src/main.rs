@@ -35,8 +35,7 @@ use tahoma_core::bootpack::Pack;
 extern "C" fn kernel_start(start_info: u64) -> ! {
     // First: every entry stub calls through this table (arch is a leaf).
     arch::entries::register(arch::entries::Entries {
-        hypercall: hv::hypercall_entry,
-        hypercall_slow: hv::hypercall_slow_entry,
+        hypercall_slow: hv::hypercall_entry,
         foreign: hv::foreign_entry,
         trap: trap::handle,
     });

@@ -673,6 +673,7 @@ fn host_name(clause: &str) -> &'static str {
     match clause {
         "SCHED-3b" => "the last critical domain ends the run",
         "CPU-4" => "sysenter destroys the caller (or is #UD)",
+        "CALL-1c" => "a syscall returning to GUEST_VA_TOP is a #GP, not a call",
         "TRAP-7" => "an undeliverable upcall is reported as such",
         "SCHED-4" => "destroyed domains are released in turns, then audited",
         _ => "judged from the transcript",
@@ -1662,6 +1663,43 @@ pub fn cpu_host_checks(o: &BootOutcome, model: &str) -> BTreeMap<&'static str, (
     canary(&mut c);
     out.insert("CPU-4", c.result());
 
+    // CALL-1c: the `syscall` in the last two bytes below GUEST_VA_TOP (a
+    // console_write, which the fast path would run) did not run; its
+    // domain took #GP at GUEST_VA_TOP, after an `abi_version` from the same
+    // page returned.
+    let mut c = HostCheck::new();
+    let said = lines_of(&o.transcript, "sysrettop");
+    c.t(
+        said.iter()
+            .any(|l| l.starts_with("sysrettop: the top page is mapped")),
+        "the sysrettop domain did not map the top page",
+    );
+    c.t(
+        !said
+            .iter()
+            .any(|l| l.contains("the call from the last two bytes ran")),
+        "the console_write from the last two bytes ran",
+    );
+    match fault("sysrettop") {
+        Some(x) => c.t(
+            x.get("kind") == Some("exception")
+                && x.get("vector") == Some("13")
+                && x.get("error") == Some("0x0")
+                && x.get("rip") == Some("0x800000000000"),
+            format!("`{x}`: not a #GP (error 0) at rip 0x800000000000"),
+        ),
+        None => c.t(
+            false,
+            "the sysrettop domain was not destroyed by an exception",
+        ),
+    }
+    c.t(
+        exit("sysrettop").is_none(),
+        "the sysrettop domain exited instead of taking the #GP",
+    );
+    canary(&mut c);
+    out.insert("CALL-1c", c.result());
+
     let mut c = HostCheck::new();
     match fault("upcallfail") {
         Some(x) => {
@@ -2047,6 +2085,8 @@ mod tests {
     fn cpu_checks_need_the_kill_reports() {
         let intel = "@ domain-fault id=4 name=\"upcallfail\" kind=event-upcall rip=0x1 reason=\"callback stack not writable\"\n\
                      @ domain-fault id=3 name=\"sysenter\" kind=sysenter rip=0x0 reason=\"sysenter is not a hypercall entry\"\n\
+                     [sysrettop] sysrettop: the top page is mapped\n\
+                     @ domain-fault id=5 name=\"sysrettop\" kind=exception vector=13 exception=general-protection error=0x0 rip=0x800000000000 cr2=0x0 reason=\"no trap handler registered\"\n\
                      @ domain-exit id=2 name=\"peer\" reason=poweroff code=0 hypercalls=3\n@ exit status=success\n";
         let h = cpu_host_checks(&canned(intel, Exit::Success), crate::qemu::TCG_CPU_MAX);
         for (k, (pass, d)) in &h {
@@ -2071,7 +2111,31 @@ mod tests {
             "name=\"peer\" reason=crash code=1",
         );
         let h = cpu_host_checks(&canned(&dead, Exit::Success), crate::qemu::TCG_CPU_MAX);
-        assert!(!h["CPU-4"].0 && !h["TRAP-7"].0);
+        assert!(!h["CPU-4"].0 && !h["TRAP-7"].0 && !h["CALL-1c"].0);
+        // CALL-1c: the call from the last two bytes ran (even with the
+        // #GP after it), or the domain exited, or the fault is not that #GP.
+        let ran = intel.replace(
+            "[sysrettop] sysrettop: the top page is mapped\n",
+            "[sysrettop] sysrettop: the top page is mapped\n\
+             [sysrettop] sysrettop: the call from the last two bytes ran\n",
+        );
+        assert!(
+            !cpu_host_checks(&canned(&ran, Exit::Success), crate::qemu::TCG_CPU_MAX)["CALL-1c"].0
+        );
+        let exited = intel.replace(
+            "@ domain-fault id=5 name=\"sysrettop\" kind=exception vector=13 exception=general-protection error=0x0 rip=0x800000000000 cr2=0x0 reason=\"no trap handler registered\"\n",
+            "@ domain-exit id=5 name=\"sysrettop\" reason=poweroff code=0 hypercalls=9\n",
+        );
+        assert!(
+            !cpu_host_checks(&canned(&exited, Exit::Success), crate::qemu::TCG_CPU_MAX)["CALL-1c"]
+                .0
+        );
+        let elsewhere = intel.replace("rip=0x800000000000", "rip=0x7ffffffffffc");
+        assert!(
+            !cpu_host_checks(&canned(&elsewhere, Exit::Success), crate::qemu::TCG_CPU_MAX)
+                ["CALL-1c"]
+                .0
+        );
     }
 
     #[test]

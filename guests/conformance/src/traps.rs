@@ -262,6 +262,47 @@ pub fn trap_0b() {
                 f.map(|f| (f.vector, f.rip == after_nop)),
                 Some((1, true)),
             );
+            // Single step over a hypercall: the `syscall` raises no #DB of
+            // its own (the entry clears TF); the call runs and returns,
+            // and the instruction after it is the next step, so the #DB
+            // has rip past that instruction. A return by `sysretq` with TF
+            // set would trap at the return address instead, before it ran.
+            let mut ret_at = 0u64;
+            let mut after_next = 0u64;
+            let f = trapped(|| {
+                // SAFETY: sets TF, then `abi_version`; the #DB after the
+                // nop is reflected and the handler resumes at r15
+                // (upcall_return clears TF). rax, rcx and r11 are the
+                // call's to change.
+                unsafe {
+                    core::arch::asm!(
+                        "lea r15, [rip + 2f]",
+                        "lea r14, [rip + 3f]",
+                        "lea r13, [rip + 4f]",
+                        "xor eax, eax",
+                        "pushfq",
+                        "or qword ptr [rsp], 0x100",
+                        "popfq",
+                        "syscall",
+                        "3:",
+                        "nop",
+                        "4:",
+                        "nop",
+                        "2:",
+                        out("r14") ret_at,
+                        out("r13") after_next,
+                        out("r15") _,
+                        out("rax") _,
+                        out("rcx") _,
+                        out("r11") _,
+                    )
+                }
+            });
+            ck.eq(
+                "#DB single step over syscall: vector, rip past the next instruction, result",
+                f.map(|f| (f.vector, f.rip == after_next, f.rip == ret_at, f.rax)),
+                Some((1, true, false, u64::from(guest_sdk::abi::ABI_VERSION))),
+            );
             // int3: #BP with rip after the instruction.
             let f = trapped(|| s = at!("int3"));
             ck.eq(

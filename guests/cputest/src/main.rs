@@ -22,6 +22,9 @@
 //! * `upcallfail` (domain 4): an event upcall whose callback stack is
 //!   read-only; must be destroyed with `kind=event-upcall` (TRAP-7; judged
 //!   by xtask).
+//! * `sysrettop` (domain 5): `syscall` in the last two bytes below
+//!   `GUEST_VA_TOP` (the SYSRET hazard); must be destroyed by a #GP at
+//!   `GUEST_VA_TOP` without the call having run (CALL-1c; judged by xtask).
 #![no_std]
 #![no_main]
 #![allow(unsafe_code)]
@@ -60,6 +63,7 @@ fn main(si: &StartInfo) -> i32 {
         "upcallfail" => upcallfail_role(si),
         "compat" => compat_role(),
         "watch" => watch_role(),
+        "sysrettop" => sysrettop_role(),
         other => {
             println!("cputest: unknown role {other:?}");
             2
@@ -698,6 +702,92 @@ fn sysenter_role() -> i32 {
             "popfq",
             "sysenter",
             "ud2",
+            options(noreturn)
+        )
+    }
+}
+
+/// CALL-1c, the SYSRET hazard: a `syscall` in the last two bytes below
+/// `GUEST_VA_TOP`, whose return address is `GUEST_VA_TOP` itself,
+/// non-canonical. The SDK's self entry in L4 slot 255 is replaced by real
+/// tables (raw updates: the SDK's paging is unusable from there on)
+/// mapping an executable page at the top of the lower half, which ends
+/// with `syscall` (abi_version, which must return: the top page is no
+/// different), `mov eax, edx` (the next number, in an argument register
+/// neither call uses: CALL-1b), `syscall` (console_write of [`RAN`], a call
+/// the fast path would run, which must not run). With no trap handler the
+/// domain must be destroyed by a #GP at `GUEST_VA_TOP` and [`RAN`] never
+/// printed (judged by xtask).
+fn sysrettop_role() -> i32 {
+    use guest_sdk::abi::layout::GUEST_VA_TOP;
+    use guest_sdk::abi::mmu::MmuUpdate;
+    use guest_sdk::paging::{self, entry_ptr, leaf_entry, table_entry, Flags, MAP_BASE};
+    /// What the call from the last two bytes would print.
+    const RAN: &str = "sysrettop: the call from the last two bytes ran\n";
+    // The code's last six bytes: syscall; mov eax, edx; syscall.
+    const TAIL: [u8; 6] = [0x0f, 0x05, 0x89, 0xd0, 0x0f, 0x05];
+    sched::yield_now();
+    let Some(root) = paging::root_mfn() else {
+        println!("sysrettop: no root page table");
+        return 2;
+    };
+    let mut f = [0u64; 4];
+    if let Err(e) = guest_sdk::memory::populate(&mut f) {
+        println!("sysrettop: populate: {e}");
+        return 2;
+    }
+    let [l3, l2, l1, code] = f;
+    let view = MAP_BASE + 0x40_0000;
+    if let Err(e) = paging::map(view, code, Flags::WRITABLE) {
+        println!("sysrettop: map: {e}");
+        return 2;
+    }
+    for i in 0..4096u64 {
+        // SAFETY: `view` is the page just mapped; nothing Rust reaches
+        // lives there. ud2 everywhere but the tail.
+        let b = match i.checked_sub(4096 - TAIL.len() as u64) {
+            Some(t) => TAIL[t as usize],
+            None if i % 2 == 0 => 0x0f,
+            None => 0x0b,
+        };
+        // SAFETY: as above.
+        unsafe { ((view + i) as *mut u8).write_volatile(b) };
+    }
+    let _ = paging::unmap(view);
+    let ups = [
+        MmuUpdate {
+            ptr: entry_ptr(root, 255),
+            val: table_entry(l3),
+        },
+        MmuUpdate {
+            ptr: entry_ptr(l3, 511),
+            val: table_entry(l2),
+        },
+        MmuUpdate {
+            ptr: entry_ptr(l2, 511),
+            val: table_entry(l1),
+        },
+        MmuUpdate {
+            ptr: entry_ptr(l1, 511),
+            val: leaf_entry(code, Flags::EXECUTABLE),
+        },
+    ];
+    if let Err(e) = guest_sdk::mmu::update(&ups) {
+        println!("sysrettop: mmu_update: {e:?}");
+        return 2;
+    }
+    let _ = guest_sdk::mmu::flush_tlb();
+    println!("sysrettop: the top page is mapped");
+    // SAFETY: deliberately hostile: runs the tail above, whose second
+    // `syscall` returns nowhere; control never comes back.
+    unsafe {
+        core::arch::asm!(
+            "jmp rcx",
+            in("rcx") GUEST_VA_TOP - TAIL.len() as u64,
+            in("rax") Hypercall::AbiVersion as u64,
+            in("rdx") Hypercall::ConsoleWrite as u64,
+            in("rdi") RAN.as_ptr() as u64,
+            in("rsi") RAN.len() as u64,
             options(noreturn)
         )
     }

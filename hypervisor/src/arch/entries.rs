@@ -15,43 +15,23 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 /// and may change it. The stub leaves through the current domain's frame.
 pub type Entry = extern "C" fn(*mut TrapFrame);
 
-/// The hypercall fast entry: takes the partial frame the `syscall` stub
-/// built (see [`super::syscall`]: the iret words `rip`, `rflags`, `rsp`,
-/// and `rax` plus the six argument registers; nothing else is written) and
-/// says how to leave.
-pub type FastEntry = extern "C" fn(&mut TrapFrame) -> FastExit;
-
-/// The hypercall slow entry: takes the frame the stub completed and the
-/// [`FastExit::slow`] stage the fast entry stopped at.
+/// The hypercall slow entry: takes the frame the `syscall` stub completed
+/// (its `rax` is the call number, or the result of a call the fast path
+/// ran) and the stage the fast path stopped at (`SLOW_*`).
 pub type SlowEntry = extern "C" fn(*mut TrapFrame, u64);
 
-/// What the fast entry tells the `syscall` stub (returned in `rax:rdx`).
-#[repr(C)]
-pub struct FastExit {
-    /// The result word for the caller's `rax`. On the slow way the stub
-    /// writes it into the frame's `rax` first (at [`SLOW_FROM_START`] it is
-    /// the call number, unchanged), so that the fast entry needs the frame
-    /// only until the call's handler returns.
-    pub rax: u64,
-    /// 0: return to the caller with `sysretq` (the call is done, nothing
-    /// else to do); otherwise the stage for the slow entry (the stub
-    /// completes the frame, calls the slow entry, leaves with `iretq`).
-    pub slow: u64,
-}
-
-/// [`FastExit::slow`]: nothing done yet; count, dispatch and leave.
+/// Slow-entry stage: the fast path ran nothing (the frame's `rax` is the
+/// call number); count, dispatch and leave.
 pub const SLOW_FROM_START: u64 = 1;
-/// [`FastExit::slow`]: the call is done and its result is in
-/// [`FastExit::rax`] (the stub puts it into the frame's `rax`); only the
-/// way back (`Hv::leave`) remains.
+/// Slow-entry stage: the fast path ran the call and its result is in the
+/// frame's `rax`; only the way back (`Hv::leave`) remains.
 pub const SLOW_LEAVE: u64 = 3;
 
 /// The kernel's entries.
 #[derive(Clone, Copy)]
 pub struct Entries {
-    /// `syscall` from 64-bit mode: a hypercall, first try.
-    pub hypercall: FastEntry,
-    /// `syscall` from 64-bit mode, when the fast entry asks for the rest.
+    /// `syscall` from 64-bit mode, when the fast path (the stub and the
+    /// call's fast handler, `super::syscall`) does not finish it.
     pub hypercall_slow: SlowEntry,
     /// `sysenter`, or `syscall` from compatibility mode.
     pub foreign: Entry,
@@ -62,8 +42,6 @@ pub struct Entries {
 // One slot per entry, each holding the address of an `Entry`. The stubs
 // read them with `call *SLOT(%rip)`; 0 until `register` runs.
 #[no_mangle]
-pub(super) static TAHOMA_HYPERCALL_ENTRY: AtomicUsize = AtomicUsize::new(0);
-#[no_mangle]
 pub(super) static TAHOMA_HYPERCALL_SLOW_ENTRY: AtomicUsize = AtomicUsize::new(0);
 #[no_mangle]
 pub(super) static TAHOMA_FOREIGN_ENTRY: AtomicUsize = AtomicUsize::new(0);
@@ -73,7 +51,6 @@ pub(super) static TAHOMA_TRAP_ENTRY: AtomicUsize = AtomicUsize::new(0);
 /// Registers the kernel's entries. Call once, before the IDT and the
 /// `syscall` MSRs are loaded (an entry taken before would call address 0).
 pub fn register(e: Entries) {
-    TAHOMA_HYPERCALL_ENTRY.store(e.hypercall as usize, Ordering::Release);
     TAHOMA_HYPERCALL_SLOW_ENTRY.store(e.hypercall_slow as usize, Ordering::Release);
     TAHOMA_FOREIGN_ENTRY.store(e.foreign as usize, Ordering::Release);
     TAHOMA_TRAP_ENTRY.store(e.trap as usize, Ordering::Release);
@@ -81,8 +58,7 @@ pub fn register(e: Entries) {
 
 /// Whether [`register`] has run.
 pub fn registered() -> bool {
-    TAHOMA_HYPERCALL_ENTRY.load(Ordering::Acquire) != 0
-        && TAHOMA_HYPERCALL_SLOW_ENTRY.load(Ordering::Acquire) != 0
+    TAHOMA_HYPERCALL_SLOW_ENTRY.load(Ordering::Acquire) != 0
         && TAHOMA_FOREIGN_ENTRY.load(Ordering::Acquire) != 0
         && TAHOMA_TRAP_ENTRY.load(Ordering::Acquire) != 0
 }

@@ -1,21 +1,58 @@
 //! Hypercall entry through `syscall` (spec CALL-1).
 //!
-//! The entry lays out the same [`TrapFrame`](super::traps::TrapFrame) an
-//! interrupt would (vector [`SYSCALL_VECTOR`]) in place, in the running
-//! domain's own frame (its address in `TAHOMA_GUEST_FRAME`, kept by
-//! [`super::traps::set_guest_frame`]; the caller's `rsp` goes through a
-//! scratch word), then runs Rust on the empty ring-0 stack. First it fills
-//! only what the fast entry (`hv::hypercall_entry`) needs: the number, the
-//! argument registers, `rip`, `rflags`, `rsp`. When the fast entry finished
-//! the call and nothing else is due, the stub restores the argument
-//! registers and returns with `sysretq` (the conditions are in
-//! `hv::hypercall_entry`). Otherwise it completes the frame (the
+//! The entry saves in place, into the running domain's own
+//! [`TrapFrame`](super::traps::TrapFrame) (its address in
+//! `TAHOMA_GUEST_FRAME`, kept by [`super::traps::set_guest_frame`]; the
+//! caller's `rsp` stays in a scratch word), first only what the fast path
+//! needs: the argument registers, `rip` and `rflags`.
+//!
+//! **The fast path** runs a call that only returns a result without any
+//! Rust entry of its own: the stub itself looks the call's handler up in
+//! the table `TAHOMA_FAST_ROUTES` points at ([`FastRoutes`], indexed by
+//! the number after a bounds test), calls it on the empty ring-0 stack with
+//! the arguments in the C convention's registers, makes the "work pending"
+//! tests on the way back and returns with `sysretq`, restoring the argument
+//! registers. The words it reads are the kernel's, found by their link
+//! names (arch names nothing above it; the kernel defines them, see
+//! `hv::fast`):
+//!
+//! * `TAHOMA_FAST_ROUTES`: the address of a [`FastRoutes`] table. The
+//!   kernel points it at an empty table whenever the fast path is not
+//!   allowed (no domain current, a domain's first call due), so that one
+//!   load is both the "allowed" test and the route.
+//! * `TAHOMA_FAST_TIMER_DIRTY`: a byte; nonzero after the handler sends
+//!   the return the slow way (the timer must be looked at).
+//! * `TAHOMA_FAST_UPCALL`: the address of the current domain's
+//!   `upcall_pending`/`upcall_mask` pair (or of a zero word); pending set
+//!   with the mask clear after the handler sends the return the slow way
+//!   (an upcall may be due, TRAP-0a). Never 0 while the routes are allowed.
+//!
+//! `sysretq` only where it restores exactly what `iretq` would: the
+//! caller's own context (a fast handler never replaces or switches it),
+//! unchanged but for `rax`, `rcx` = `rip` and `r11` = `rflags` (the stub
+//! saved them from there), and only with `rip` below `GUEST_VA_TOP` and TF
+//! and RF clear. The first is the SYSRET hazard: a `syscall` in the last
+//! two bytes below `GUEST_VA_TOP` has `rcx = 0x0000_8000_0000_0000`,
+//! non-canonical, and Intel's `sysretq` raises its #GP in ring 0 after the
+//! guest's `rsp` is loaded (CVE-2012-0217). `iretq` to it faults in ring 0
+//! on Intel too, so that test comes first, for every call, and makes the
+//! call no call at all: the caller's #GP through the trap entry (CALL-1c). `sysretq` cannot restore RF,
+//! and with TF it would trap right after the return instead of after the
+//! next instruction. SS is the kernel's from `syscall` to `sysretq` (no
+//! entry with a privilege change happens in between), so AMD's SYSRET SS
+//! attributes erratum does not apply. These tests are on guest input and
+//! come before any handler runs.
+//!
+//! **Otherwise** (a number out of the table, a call that may replace the
+//! frame: `yield`, `block`, `shutdown`, `upcall_return`, `mmu_pin`,
+//! `mmu_unpin`; the fast path not allowed; a guest-input test failed; work
+//! pending after the handler) the stub completes the frame (the
 //! callee-saved registers still hold the caller's values), calls the slow
-//! entry and leaves through `trap_return`, so that any hypercall can return
-//! into any guest: one that blocks simply returns through another domain's
-//! frame, the current one when the slow entry returns. The
-//! compatibility-mode and `sysenter` entries, which destroy their caller,
-//! build the whole frame at once (on the ring-0 stack).
+//! entry with the stage and leaves through `trap_return`, so that any
+//! hypercall can return into any guest: one that blocks simply returns
+//! through another domain's frame, the current one when the slow entry
+//! returns. The compatibility-mode and `sysenter` entries, which destroy
+//! their caller, build the whole frame at once (on the ring-0 stack).
 
 use super::cpu::{KERNEL_CS, USER_CS, USER_SS};
 use super::traps::TrapFrame;
@@ -32,6 +69,23 @@ pub const COMPAT_SYSCALL_VECTOR: u64 = 0x101;
 /// The pseudo-vector of frames built by the `sysenter` entry (CPU-4).
 pub const SYSENTER_VECTOR: u64 = 0x102;
 
+/// Numbers below this are looked up in the fast route table; the rest go
+/// the slow way (where an undefined number returns `no_such_call`).
+pub const FAST_ROUTED: usize = 0x80;
+
+/// A call's fast handler, called by the stub: the six argument words in
+/// the C convention's argument registers (the guest's `r10` in `rcx`), the
+/// result word returned in `rax`. It may not replace or switch the
+/// caller's context; it counts the call itself.
+pub type FastHandler = extern "C" fn(u64, u64, u64, u64, u64, u64) -> u64;
+
+/// What `TAHOMA_FAST_ROUTES` points at: a fast handler per number below
+/// [`FAST_ROUTED`], `None` for the calls that go the slow way.
+pub type FastRoutes = [Option<FastHandler>; FAST_ROUTED];
+
+// The stub's rip test is `rip >> 47 == 0`.
+const _: () = assert!(hypercall_abi::layout::GUEST_VA_TOP == 1 << 47);
+
 /// Ring-0 stack top loaded by the entry (set by [`init`]).
 #[no_mangle]
 static mut SYSCALL_KERNEL_RSP: u64 = 0;
@@ -47,36 +101,56 @@ core::arch::global_asm!(
 syscall_entry:
     // Save in place: the frame is the running domain's own
     // (TAHOMA_GUEST_FRAME, switched with the domain), so a switch copies
-    // nothing. The caller's rsp goes through a scratch word (no register
-    // is free before rcx is saved).
+    // nothing. The caller's rsp stays in a scratch word until the way back
+    // (nothing between here and sysretq or the frame's completion writes
+    // it: one CPU, interrupts off).
     movq %rsp, SYSCALL_USER_RSP(%rip)
     movq TAHOMA_GUEST_FRAME(%rip), %rsp
+    // Lean save: what the way back needs (rip, rflags; the six argument
+    // registers, which CALL-1 preserves and Rust may clobber). rax (the
+    // number) stays in its register until the frame is completed. rbx,
+    // rbp and r12-r15 are preserved by the Rust code (callee-saved).
     movq %rcx, {o_rip}(%rsp)
-    movq SYSCALL_USER_RSP(%rip), %rcx
-    movq %rcx, {o_rsp}(%rsp)
-    // Lean save: what the fast entry reads (number, arguments) and what
-    // the way back needs (rip, rflags; the six argument registers, which
-    // CALL-1 preserves and Rust may clobber). rbx, rbp and r12-r15 are
-    // preserved by the Rust entry itself (callee-saved).
     movq %r11, {o_rflags}(%rsp)
-    movq %rax, {o_rax}(%rsp)
     movq %rdi, {o_rdi}(%rsp)
     movq %rsi, {o_rsi}(%rsp)
     movq %rdx, {o_rdx}(%rsp)
     movq %r10, {o_r10}(%rsp)
     movq %r8, {o_r8}(%rsp)
     movq %r9, {o_r9}(%rsp)
-    // Rust runs on the (empty) ring-0 stack, never below a domain's frame.
-    movq %rsp, %rdi
+    // Guest input, for every call (rip is in the frame; rcx is free): a
+    // return address at or above GUEST_VA_TOP is no call at all (the
+    // SYSRET hazard, CALL-1c; the slow entry makes it the caller's #GP).
+    shrq $47, %rcx
+    jnz 5f
+    // The route: the number bounded, then its slot in the table the
+    // kernel allows (an empty one when the fast path is not allowed). The
+    // calls that may switch leave here.
+    cmpq ${routed}, %rax
+    jae 2f
+    movq TAHOMA_FAST_ROUTES(%rip), %r11
+    movq (%r11,%rax,8), %r11
+    testq %r11, %r11
+    jz 2f
+    // Guest input for sysretq: TF and RF clear.
+    testl ${tf_rf}, {o_rflags}(%rsp)
+    jnz 2f
+    // The handler, on the (empty) ring-0 stack, never below a domain's
+    // frame; the guest's r10 is the C convention's fourth argument.
+    movq %r10, %rcx
     leaq {kstack}+{stack_size}(%rip), %rsp
-    call *TAHOMA_HYPERCALL_ENTRY(%rip)
-    testq %rdx, %rdx
-    jnz 1f
-    // Fast exit (rax holds the result). The fast entry allows it only for
-    // the caller's own unchanged context with a canonical user rip (the
-    // SYSRET hazard: a non-canonical rcx makes Intel's sysretq raise #GP
-    // in ring 0 on the guest's stack) and TF/RF clear; see
-    // `hv::hypercall_entry`. No switch happened: the frame is the caller's.
+    call *%r11
+    // rax: the result. The work-pending tests: the timer to look at, an
+    // upcall that may be due (pending set, mask clear: the word read is
+    // 1..=0xff). A TLB flush was done by the handler's wrapper.
+    cmpb $0, TAHOMA_FAST_TIMER_DIRTY(%rip)
+    jne 3f
+    movq TAHOMA_FAST_UPCALL(%rip), %rcx
+    movzwl (%rcx), %ecx
+    decl %ecx
+    cmpl $0xff, %ecx
+    jb 3f
+    // Fast exit: the caller's own context, restored from its frame.
     movq TAHOMA_GUEST_FRAME(%rip), %rsp
     movq {o_rdi}(%rsp), %rdi
     movq {o_rsi}(%rsp), %rsi
@@ -86,16 +160,18 @@ syscall_entry:
     movq {o_r9}(%rsp), %r9
     movq {o_rip}(%rsp), %rcx
     movq {o_rflags}(%rsp), %r11
-    movq {o_rsp}(%rsp), %rsp
+    movq SYSCALL_USER_RSP(%rip), %rsp
     sysretq
 
     // Slow path: complete the frame (the callee-saved registers still hold
-    // the caller's values), then the slow entry with the stage in rsi, and
-    // leave through trap_return (iretq) by whatever frame is current then.
-    // rax is the frame's rax now: the call's result, or its number if
-    // nothing was done.
-1:  movq TAHOMA_GUEST_FRAME(%rip), %rdi
+    // the caller's values, rax the number or the fast handler's result),
+    // then the slow entry with the stage in rsi, and leave through
+    // trap_return (iretq) by whatever frame is current then.
+    .macro TAHOMA_SYSCALL_FRAME
+    movq TAHOMA_GUEST_FRAME(%rip), %rdi
     movq %rax, {o_rax}(%rdi)
+    movq SYSCALL_USER_RSP(%rip), %rax
+    movq %rax, {o_rsp}(%rdi)
     movq ${user_ss}, {o_ss}(%rdi)
     movq ${user_cs}, {o_cs}(%rdi)
     movq $0, {o_err}(%rdi)
@@ -110,9 +186,28 @@ syscall_entry:
     movq %rax, {o_rcx}(%rdi)
     movq {o_rflags}(%rdi), %rax
     movq %rax, {o_r11}(%rdi)
-    movq %rdx, %rsi
+    leaq {kstack}+{stack_size}(%rip), %rsp
     xorl %ebp, %ebp
+    .endm
+2:  movl ${from_start}, %esi
+    jmp 4f
+3:  movl ${leave}, %esi
+4:  TAHOMA_SYSCALL_FRAME
     call *TAHOMA_HYPERCALL_SLOW_ENTRY(%rip)
+    jmp trap_return
+
+    // CALL-1c: a return address at or above GUEST_VA_TOP (a `syscall` in
+    // the last two bytes of the lower half). No call is run and no way
+    // back can return there (sysretq and iretq both fault in ring 0 on
+    // Intel CPUs): the frame becomes the #GP (error 0) the caller would
+    // take fetching there, an exception from ring 3 for the trap entry
+    // (reflected, TRAP-0b, or the end of the caller, TRAP-0c), so that no
+    // frame with such a rip is ever returned into. Only a `syscall` can
+    // make one: an exception's rip goes to the trap handler or nowhere, and
+    // `upcall_return` refuses one (TRAP-2).
+5:  TAHOMA_SYSCALL_FRAME
+    movq $13, {o_vector}(%rdi)
+    call *TAHOMA_TRAP_ENTRY(%rip)
     jmp trap_return
 
     // `syscall` from compatibility mode (IA32_CSTAR). No 32-bit code
@@ -177,6 +272,10 @@ foreign_common:
     user_ss = const USER_SS as u64,
     user_cs = const USER_CS as u64,
     vector = const SYSCALL_VECTOR,
+    routed = const FAST_ROUTED,
+    tf_rf = const (1u32 << 8) | (1 << 16),
+    from_start = const super::entries::SLOW_FROM_START,
+    leave = const super::entries::SLOW_LEAVE,
     kstack = sym super::cpu::KERNEL_STACK,
     stack_size = const super::cpu::STACK_SIZE,
     o_rsp = const core::mem::offset_of!(TrapFrame, rsp),

@@ -50,7 +50,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
             timer_dirty: true,
             cpu_state_of: None,
             calls: 0,
-            first_call_due: false,
+            fast_routes: &crate::hypercall::NO_FAST_ROUTES,
             upcall_shared: 0,
             retired: crate::domain::Frame::new(TrapFrame::default()),
         },
@@ -327,7 +327,7 @@ impl Hv {
             self.sched.current = None;
             note_current(0);
             d.hypercalls += core::mem::take(&mut self.sched.calls);
-            self.sched.first_call_due = false;
+            self.sched.fast_routes = &crate::hypercall::NO_FAST_ROUTES;
             self.sched.upcall_shared = 0;
             // The entry in progress still holds its frame (it was saved
             // there in place) and `reap` may free the domain before that

@@ -22,6 +22,7 @@ use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
 use hypercall_abi::event::Virq;
 use hypercall_abi::layout::{UpcallFrame, UpcallKind, CALLBACK_STACK_SIZE, RED_ZONE, RFLAGS_IF};
 use hypercall_abi::sched::{BlockResult, ShutdownReason};
@@ -41,7 +42,10 @@ const MAX_UPCALL_DEPTH: u32 = 8;
 const REAP_QUANTUM_MS: u64 = 2;
 
 /// The hypervisor's state. Not behind a lock: see [`HvCell`].
-pub(crate) static HV: HvCell = HvCell(UnsafeCell::new(None));
+pub(crate) static HV: HvCell = HvCell {
+    hv: UnsafeCell::new(MaybeUninit::uninit()),
+    installed: UnsafeCell::new(false),
+};
 
 /// The one cell holding [`Hv`], reached without a lock.
 ///
@@ -59,11 +63,21 @@ pub(crate) static HV: HvCell = HvCell(UnsafeCell::new(None));
 /// the timer), with the shared parts (domains, frames, channels) behind
 /// their own locks; the fast hypercall path touches only the first kind
 /// and the current domain, which only its CPU runs.
-pub(crate) struct HvCell(UnsafeCell<Option<Hv>>);
+///
+/// `Hv` is the cell's first field (`repr(C)`), so its address is the
+/// cell's: the `syscall` stub reads three of its words by link names
+/// defined as offsets from it (see [`fast`]).
+#[repr(C)]
+pub(crate) struct HvCell {
+    hv: UnsafeCell<MaybeUninit<Hv>>,
+    /// `hv` holds a value (set once, by [`HvCell::install`]).
+    installed: UnsafeCell<bool>,
+}
 
-// SAFETY: the cell is only reached through `HvCell::get`, whose contract
-// (one CPU, interrupts off, one live reference per entry) rules out any
-// concurrent or overlapping access; see the type's documentation.
+// SAFETY: the cell is only reached through `HvCell::get` and
+// `HvCell::get_installed`, whose contract (one CPU, interrupts off, one
+// live reference per entry) rules out any concurrent or overlapping
+// access; see the type's documentation.
 unsafe impl Sync for HvCell {}
 
 impl HvCell {
@@ -77,18 +91,74 @@ impl HvCell {
     #[allow(clippy::mut_from_ref)]
     #[inline(always)]
     pub(crate) unsafe fn get(&self) -> Option<&mut Hv> {
-        // SAFETY: the caller's contract: no other reference is live.
-        unsafe { (*self.0.get()).as_mut() }
+        // SAFETY: `installed` is written once, by `install`, before any
+        // entry can run; a plain read on one CPU.
+        if !unsafe { *self.installed.get() } {
+            return None;
+        }
+        // SAFETY: installed, so `hv` holds a valid `Hv`; the caller's
+        // contract: no other reference is live.
+        Some(unsafe { (*self.hv.get()).assume_init_mut() })
+    }
+
+    /// The hypervisor, known to be installed: [`HvCell::get`] without the
+    /// test, for the fast path's handlers.
+    ///
+    /// # Safety
+    /// As for [`HvCell::get`], and `install` has run. The fast handlers
+    /// hold this by construction: the `syscall` stub calls them only
+    /// through the table `Scheduler::fast_routes` names, which is the empty
+    /// one until `run_next` makes a domain current, after `install`.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    pub(crate) unsafe fn get_installed(&self) -> &mut Hv {
+        // SAFETY: the caller's contract: installed (a valid `Hv`), and no
+        // other reference is live.
+        unsafe { (*self.hv.get()).assume_init_mut() }
     }
 
     /// Installs the hypervisor (`lifecycle::start`, once).
     ///
     /// # Safety
-    /// As for [`HvCell::get`]: no reference to the contents is live.
+    /// As for [`HvCell::get`]: no reference to the contents is live; and
+    /// call it once (a second call would leak the first `Hv`).
     pub(crate) unsafe fn install(&self, hv: Hv) {
         // SAFETY: the caller's contract: no other reference is live.
-        unsafe { *self.0.get() = Some(hv) };
+        unsafe {
+            (*self.hv.get()).write(hv);
+            *self.installed.get() = true;
+        }
     }
+}
+
+/// The words of [`Hv`] the `syscall` stub reads on the fast path, by link
+/// name (`arch::syscall` documents each): the address of the allowed route
+/// table (`Scheduler::fast_routes`), the timer byte
+/// (`Scheduler::timer_dirty`) and the upcall word's address
+/// (`Scheduler::upcall_shared`). Defined as offsets from [`HV`], whose
+/// first field is the `Hv` (see [`HvCell`]); the stub reads them only while
+/// the routes are allowed, i.e. after `install`.
+mod fast {
+    use super::{Hv, HV};
+    core::arch::global_asm!(
+        ".globl TAHOMA_FAST_ROUTES",
+        ".set TAHOMA_FAST_ROUTES, {hv} + {routes}",
+        ".globl TAHOMA_FAST_TIMER_DIRTY",
+        ".set TAHOMA_FAST_TIMER_DIRTY, {hv} + {timer_dirty}",
+        ".globl TAHOMA_FAST_UPCALL",
+        ".set TAHOMA_FAST_UPCALL, {hv} + {upcall}",
+        hv = sym HV,
+        routes = const core::mem::offset_of!(Hv, sched.fast_routes),
+        timer_dirty = const core::mem::offset_of!(Hv, sched.timer_dirty),
+        upcall = const core::mem::offset_of!(Hv, sched.upcall_shared),
+    );
+    // The stub reads the routes and the upcall address as 8-byte words and
+    // the timer mark as a byte.
+    const _: () = {
+        use crate::arch::syscall::FastRoutes;
+        assert!(core::mem::size_of::<&'static FastRoutes>() == 8);
+        assert!(core::mem::size_of::<bool>() == 1);
+    };
 }
 
 /// The id of the domain whose context the CPU holds (0: none, idle or
@@ -191,12 +261,20 @@ pub(crate) struct Scheduler {
     /// it stops running (`switch_away`, `destroy`), so that the count needs
     /// no domain look-up per call.
     pub(crate) calls: u64,
-    /// The current domain has not made a hypercall yet: its first is
-    /// reported (`@ domain-first-hypercall`). Set when it is loaded.
-    pub(crate) first_call_due: bool,
-    /// The frame of the current domain's shared page when it has an event
-    /// entry registered, else 0: what the "work pending" test reads for the
-    /// upcall test (TRAP-0a) without looking the domain up. Kept by
+    /// The "fast path allowed" word, which the `syscall` stub reads as
+    /// `TAHOMA_FAST_ROUTES`: the full table of fast handlers
+    /// (`hypercall::FAST_ROUTES`) while a domain is current and has made its
+    /// first hypercall, else the empty one (`hypercall::NO_FAST_ROUTES`): no
+    /// domain current, or the current domain's first call due (it goes the
+    /// slow way, which reports it: `@ domain-first-hypercall`, and then
+    /// allows the fast path). Set when a domain is loaded, reset with
+    /// `current`.
+    pub(crate) fast_routes: &'static crate::arch::syscall::FastRoutes,
+    /// The direct-map address of the current domain's `upcall_pending`
+    /// byte when it has an event entry registered, else that of a word that
+    /// is always 0 (`NO_UPCALL`); 0 when no domain is current. What the
+    /// "work pending" test reads for the upcall test (TRAP-0a) without
+    /// looking the domain up (the stub as `TAHOMA_FAST_UPCALL`). Kept by
     /// [`Hv::note_upcall_entry`], called wherever the current domain or its
     /// callbacks change; cleared with `current`.
     pub(crate) upcall_shared: u64,
@@ -208,84 +286,22 @@ pub(crate) struct Scheduler {
     pub(crate) retired: crate::domain::Frame,
 }
 
-/// Entry from `syscall` (CALL-1), registered with `arch` ([`arch::entries`]):
-/// the fast path. The stub saved only the number, the argument registers,
-/// `rip`, `rflags` and `rsp` (`arch::syscall`); this runs a call that
-/// cannot replace the caller's context and, when nothing else is to be done
-/// on the way back, returns with `sysretq`. Everything else goes on in
-/// [`hypercall_slow_entry`] with the frame completed, and leaves with
-/// `iretq`.
-///
-/// `sysretq` is allowed only when it restores exactly what `iretq` would:
-/// the caller's own context, unchanged but for `rax` (`rcx` = `rip` and
-/// `r11` = `rflags` hold by construction: the stub saved them from there),
-/// with `rip` in the lower canonical half. That is the SYSRET hazard: a
-/// `syscall` in the last two bytes below `GUEST_VA_TOP` has `rcx =
-/// 0x0000_8000_0000_0000`, non-canonical, and Intel's `sysretq` raises its
-/// #GP in ring 0, after the guest's `rsp` is loaded (CVE-2012-0217). TF and
-/// RF set also take the slow path (`sysretq` cannot restore RF, and with TF
-/// it would trap right after the return instead of after the next
-/// instruction). SS is the kernel's from `syscall` to `sysretq` (no entry
-/// with a privilege change happens in between), so AMD's SYSRET SS
-/// attributes erratum does not apply.
+/// Entry from `syscall` (CALL-1) for every hypercall the fast path (the
+/// stub and the call's fast handler: `arch::syscall`,
+/// `hypercall::FAST_ROUTES`) did not finish, with the frame complete:
+/// `stage` says where it stopped (`arch::entries::SLOW_*`). Leaves through
+/// `trap_return` (`iretq`). Every domain's first hypercall comes here.
 #[no_mangle] // a stable name for debuggers (`break hypercall_entry`)
-pub extern "C" fn hypercall_entry(frame: &mut TrapFrame) -> arch::entries::FastExit {
-    use arch::entries::{FastExit, SLOW_FROM_START, SLOW_LEAVE};
-    const TF_RF: u64 = (1 << 8) | (1 << 16);
-    // Nothing done: the stub writes the number back into the frame's rax.
-    let slow = |stage| FastExit {
-        rax: frame.rax,
-        slow: stage,
-    };
-    // A call that may replace the frame goes the slow way from the start
-    // (tested first: `yield` and `block`, the switching calls, then leave
-    // the fast entry after the route alone).
-    let Some(call) = crate::hypercall::returning_handler(frame.rax) else {
-        return slow(SLOW_FROM_START);
-    };
-    if frame.rip >= hypercall_abi::layout::GUEST_VA_TOP || frame.rflags & TF_RF != 0 {
-        return slow(SLOW_FROM_START);
-    }
-    // SAFETY: an entry from ring 3 with interrupts disabled (SFMASK clears
-    // IF); the one reference taken by this entry, dropped on return.
-    let Some(hv) = (unsafe { HV.get() }) else {
-        return slow(SLOW_FROM_START);
-    };
-    let Some(cur) = hv.sched.current else {
-        return slow(SLOW_FROM_START);
-    };
-    // A domain's first call goes the slow way, which reports it: no call
-    // before the handler's, so nothing is kept in registers across one.
-    if hv.sched.first_call_due {
-        return slow(SLOW_FROM_START);
-    }
-    hv.sched.calls += 1;
-    let rax = call(hv, cur, frame);
-    // The frame is not touched past this point (the stub stores `rax` into
-    // it on the slow way), so nothing is kept across the call but `hv`.
-    if hv.work_pending() {
-        return FastExit {
-            rax,
-            slow: SLOW_LEAVE,
-        };
-    }
-    FastExit { rax, slow: 0 }
-}
-
-/// The rest of a hypercall the fast entry did not finish ([`hypercall_entry`]),
-/// with the frame complete: `stage` says where it stopped
-/// (`arch::entries::SLOW_*`). Leaves through `trap_return` (`iretq`).
-#[no_mangle] // a stable name for debuggers
-pub extern "C" fn hypercall_slow_entry(frame: *mut TrapFrame, stage: u64) {
+pub extern "C" fn hypercall_entry(frame: *mut TrapFrame, stage: u64) {
     use arch::entries::SLOW_LEAVE;
     // SAFETY: `frame` is the current domain's own frame (the stub saved
     // into it in place), live while the domain is; this reference is the
     // only one and ends before `leave`, which finds the then current
     // domain's frame itself (a switch in the call may have changed it).
     let frame = unsafe { &mut *frame };
-    // SAFETY: an entry from ring 3 with interrupts disabled; the fast entry
-    // that ran before returned, so its reference is gone; this is the one
-    // reference taken now, dropped on return.
+    // SAFETY: an entry from ring 3 with interrupts disabled; a fast
+    // handler that ran before returned, so its reference is gone; this is
+    // the one reference taken now, dropped on return.
     let Some(hv) = (unsafe { HV.get() }) else {
         frame.rax = regs::encode(Err(Error::NoSuchCall));
         return;
@@ -336,7 +352,8 @@ pub fn guest_exception(frame: *mut TrapFrame) {
     // and its last use is `push_upcall`, before `destroy` and `leave`.
     let frame = unsafe { &mut *frame };
     // SAFETY: an exception from ring 3 (`trap::handle` routes only those
-    // here) with interrupts disabled; the one reference this entry takes.
+    // here, among them the `syscall` stub's CALL-1c #GP)
+    // with interrupts disabled; the one reference this entry takes.
     let Some(hv) = (unsafe { HV.get() }) else {
         return;
     };

@@ -36,7 +36,7 @@ impl Hv {
         if let Some(cur) = self.sched.current.take() {
             note_current(0);
             let calls = core::mem::take(&mut self.sched.calls);
-            self.sched.first_call_due = false;
+            self.sched.fast_routes = &crate::hypercall::NO_FAST_ROUTES;
             self.sched.upcall_shared = 0;
             if let Some(d) = self.dom(cur) {
                 d.hypercalls += calls;
@@ -90,7 +90,7 @@ impl Hv {
                     self.memory.mm.note_tlb_flushed();
                 }
                 self.sched.current = Some(id);
-                self.sched.first_call_due = fresh;
+                self.sched.fast_routes = crate::hypercall::fast_routes(!fresh);
                 self.sched.upcall_shared = upcall_shared;
                 note_current(id);
                 self.sched.cpu_state_of = Some(id);
@@ -126,8 +126,10 @@ impl Hv {
         }
     }
 
-    /// The one test on the fast way back from a hypercall (the fast entry):
-    /// whether [`Hv::leave`] has anything to do for the current domain.
+    /// The one test on the way back to the current domain: whether
+    /// [`Hv::leave`] has anything to do for it. (The `syscall` stub's fast
+    /// path makes the same three tests itself: the flush in the call's fast
+    /// handler, the timer byte and the upcall word in the stub.)
     /// A TLB flush the validator asked for is done here (it is what `leave`
     /// does first, and needs no frame); an upcall to deliver or a timer to
     /// re-arm needs `leave` and the complete frame.
@@ -147,7 +149,7 @@ impl Hv {
     /// changed (TRAP-1), if it is the current domain.
     pub(crate) fn note_upcall_entry(&mut self, id: DomId) {
         if self.sched.current == Some(id) {
-            self.sched.upcall_shared = self.dom(id).map_or(0, |d| upcall_word(d));
+            self.sched.upcall_shared = self.dom(id).map_or(no_upcall_word(), |d| upcall_word(d));
         }
     }
 
@@ -233,18 +235,29 @@ const _: () = {
 };
 
 /// The direct-map address of `d`'s `upcall_pending` byte when it has an
-/// event entry registered (it may get event upcalls), else 0: the value of
-/// `Scheduler::upcall_shared` while `d` runs.
+/// event entry registered (it may get event upcalls), else
+/// [`no_upcall_word`]: the value of `Scheduler::upcall_shared` while `d`
+/// runs. Never 0: the `syscall` stub reads through it without a test.
 fn upcall_word(d: &Domain) -> u64 {
     if d.callbacks.event == 0 {
-        return 0;
+        return no_upcall_word();
     }
     mem::phys_to_virt(d.shared.mfn() << 12)
         + hypercall_abi::layout::SHARED_UPCALL_PENDING_OFFSET as u64
 }
 
+/// A word that is always 0 (no upcall pending): what the upcall test reads
+/// for a current domain with no event entry. An atomic so that reading it
+/// through `upcall_may_be_due`'s pointer is a read of a mutable location.
+static NO_UPCALL: core::sync::atomic::AtomicU16 = core::sync::atomic::AtomicU16::new(0);
+
+/// [`NO_UPCALL`]'s address.
+fn no_upcall_word() -> u64 {
+    NO_UPCALL.as_ptr() as u64
+}
+
 /// Whether an event upcall may be due for the current domain: `word` is
-/// `Scheduler::upcall_shared` (0: no event entry, no upcall), and the
+/// `Scheduler::upcall_shared` (0: no domain current, no upcall), and the
 /// guest's `upcall_pending` is nonzero with `upcall_mask` zero.
 #[inline(always)]
 fn upcall_may_be_due(word: u64) -> bool {
@@ -253,12 +266,12 @@ fn upcall_may_be_due(word: u64) -> bool {
     }
     // SAFETY: a nonzero `word` is set only by `upcall_word` for the current
     // domain (cleared whenever `current` changes or that domain is
-    // destroyed), so it is the direct-map address of the 2-aligned
-    // `upcall_pending`/`upcall_mask` pair in that domain's shared page, a
-    // frame the hypervisor holds in the frame table for the domain's life
-    // (MEM-8): live memory, and any bit pattern is a valid u16. The guest
-    // does not run while the hypervisor does (one CPU), so the atomic load
-    // races with nothing.
+    // destroyed), so it is either `NO_UPCALL` (a static) or the direct-map
+    // address of the 2-aligned `upcall_pending`/`upcall_mask` pair in that
+    // domain's shared page, a frame the hypervisor holds in the frame table
+    // for the domain's life (MEM-8): live memory, and any bit pattern is a
+    // valid u16. The guest does not run while the hypervisor does (one
+    // CPU), so the atomic load races with nothing.
     let w = unsafe { core::sync::atomic::AtomicU16::from_ptr(word as *mut u16) }
         .load(core::sync::atomic::Ordering::Relaxed);
     // Low byte (pending) nonzero and high byte (mask) zero: 1..=0xff.

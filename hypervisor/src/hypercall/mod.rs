@@ -18,9 +18,10 @@ pub(crate) mod sched;
 pub(crate) mod time;
 pub(crate) mod trap;
 
+use crate::arch::syscall::{FastHandler, FastRoutes, FAST_ROUTED};
 use crate::arch::traps::TrapFrame;
 use crate::console::Quoted;
-use crate::hv::Hv;
+use crate::hv::{Hv, HV};
 use crate::{report, time as clock};
 use hypercall_abi::{regs, Call, Error, Hypercall, Words};
 use tahoma_core::event::DomId;
@@ -35,11 +36,12 @@ pub(crate) enum Outcome {
 
 /// Counts a hypercall of the current domain (reported at its exit:
 /// `Scheduler::calls` is added to its `Domain::hypercalls` when it stops
-/// running) and reports its first.
+/// running) and reports its first: while it is due, the fast path is not
+/// allowed (`Scheduler::fast_routes` is the empty table).
 #[inline(always)]
 pub(crate) fn count(hv: &mut Hv) {
     hv.sched.calls += 1;
-    if hv.sched.first_call_due {
+    if core::ptr::eq(hv.sched.fast_routes, &NO_FAST_ROUTES) {
         first_hypercall(hv);
     }
 }
@@ -93,16 +95,38 @@ fn dispatch_frame(hv: &mut Hv, cur: DomId, frame: &mut TrapFrame) -> Outcome {
 /// result word (CALL-2).
 pub(crate) type Handler = fn(&mut Hv, DomId, &TrapFrame) -> u64;
 
-/// Wraps `f` as a [`Handler`]: one function per call, so that the entry
-/// calls it through a table and pays only for the registers that call uses
-/// (a `match` inlining every handler into the entry made every hypercall
-/// save them all).
+/// Wraps `f` as a [`Handler`] and a [`FastHandler`]: one function per
+/// call, so that the entry calls it through a table and pays only for the
+/// registers that call uses (a `match` inlining every handler into the
+/// entry made every hypercall save them all).
+///
+/// The fast one is what the `syscall` stub calls (`arch::syscall`), with
+/// the argument words in registers: it takes the hypervisor itself, counts
+/// the call, runs it, and does a TLB flush the validator asked for (MMU-20;
+/// the stub makes the other "work pending" tests).
 macro_rules! handler {
     ($f:path) => {{
         fn call(hv: &mut Hv, cur: DomId, frame: &TrapFrame) -> u64 {
             regs::encode(returning(hv, cur, words(frame), $f))
         }
-        call as Handler
+        extern "C" fn fast(a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> u64 {
+            // SAFETY: called only by the `syscall` stub (an entry from ring
+            // 3, interrupts off, no other reference to the cell live),
+            // through `FAST_ROUTES`, which `Scheduler::fast_routes` names
+            // only while a domain is current: after `install`.
+            let hv = unsafe { HV.get_installed() };
+            // SAFETY: `Scheduler::fast_routes` names `FAST_ROUTES` only
+            // while `current` is `Some`: it is set so where `run_next`
+            // sets `current` and by `first_hypercall` (which tests it),
+            // and reset to the empty table wherever `current` is cleared
+            // (`switch_away`, `destroy`). A fast handler never clears it.
+            let cur = unsafe { hv.sched.current.unwrap_unchecked() };
+            hv.sched.calls += 1;
+            let r = regs::encode(returning(hv, cur, [a0, a1, a2, a3, a4, a5], $f));
+            hv.flush_if_requested();
+            r
+        }
+        (call as Handler, fast as FastHandler)
     }};
 }
 
@@ -110,9 +134,17 @@ fn no_such_call(_: &mut Hv, _: DomId, _: &TrapFrame) -> u64 {
     regs::encode(Err(Error::NoSuchCall))
 }
 
-/// Numbers below this are routed through [`ROUTES`]; every defined number
-/// is (checked at compile time).
-const ROUTED: usize = 0x80;
+extern "C" fn fast_no_such_call(_: u64, _: u64, _: u64, _: u64, _: u64, _: u64) -> u64 {
+    // SAFETY: as for `handler!`'s fast handlers: the stub's call, routes
+    // allowed only after `install`.
+    let hv = unsafe { HV.get_installed() };
+    hv.sched.calls += 1;
+    regs::encode(Err(Error::NoSuchCall))
+}
+
+/// Numbers below this are routed through [`ROUTES`] and [`FAST_ROUTES`];
+/// every defined number is (checked at compile time).
+const ROUTED: usize = FAST_ROUTED;
 
 const _: () = {
     let mut i = 0;
@@ -123,16 +155,49 @@ const _: () = {
 };
 
 /// [`route`] for every number below [`ROUTED`], computed at compile time:
-/// the entry finds a call's handler with one bounds check and one load.
+/// the slow entry finds a call's handler with one bounds check and one load.
 static ROUTES: [Option<Handler>; ROUTED] = {
     let mut t: [Option<Handler>; ROUTED] = [None; ROUTED];
     let mut i = 0;
     while i < ROUTED {
-        t[i] = route(i as u64);
+        t[i] = match route(i as u64) {
+            Some((h, _)) => Some(h),
+            None => None,
+        };
         i += 1;
     }
     t
 };
+
+/// The fast handlers of the same calls, which the `syscall` stub indexes
+/// while the fast path is allowed (`Scheduler::fast_routes`); `None` for
+/// the calls that may replace the caller's frame, which go the slow way.
+pub(crate) static FAST_ROUTES: FastRoutes = {
+    let mut t: FastRoutes = [None; ROUTED];
+    let mut i = 0;
+    while i < ROUTED {
+        t[i] = match route(i as u64) {
+            Some((_, f)) => Some(f),
+            None => None,
+        };
+        i += 1;
+    }
+    t
+};
+
+/// No fast handler at all: what `Scheduler::fast_routes` names while the
+/// fast path is not allowed (every call goes the slow way).
+pub(crate) static NO_FAST_ROUTES: FastRoutes = [None; ROUTED];
+
+/// The table `Scheduler::fast_routes` names: [`FAST_ROUTES`] if `allowed`.
+#[inline(always)]
+pub(crate) fn fast_routes(allowed: bool) -> &'static FastRoutes {
+    if allowed {
+        &FAST_ROUTES
+    } else {
+        &NO_FAST_ROUTES
+    }
+}
 
 /// The handler of call number `nr` if it only returns a result (an
 /// undefined number's returns `no_such_call`, CALL-1a); `None` for the
@@ -149,11 +214,12 @@ pub(crate) fn returning_handler(nr: u64) -> Option<Handler> {
     }
 }
 
-/// [`returning_handler`], computed (for [`ROUTES`]).
-const fn route(nr: u64) -> Option<Handler> {
+/// [`returning_handler`] and the fast handler, computed (for [`ROUTES`]
+/// and [`FAST_ROUTES`]).
+const fn route(nr: u64) -> Option<(Handler, FastHandler)> {
     use Hypercall as H;
     let Some(h) = Hypercall::from_number(nr) else {
-        return Some(no_such_call);
+        return Some((no_such_call, fast_no_such_call));
     };
     Some(match h {
         H::AbiVersion => handler!(base::abi_version),
@@ -219,7 +285,9 @@ fn with_frame<T: Call>(
 #[cold]
 #[inline(never)]
 fn first_hypercall(hv: &mut Hv) {
-    hv.sched.first_call_due = false;
+    if hv.sched.current.is_some() {
+        hv.sched.fast_routes = &FAST_ROUTES;
+    }
     let Some(d) = hv.sched.current.and_then(|c| hv.dom(c)) else {
         return;
     };
