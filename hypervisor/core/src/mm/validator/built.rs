@@ -244,7 +244,10 @@ impl Mm {
         let slots = &mut slots[..frames.len()];
         for k in 0..frames.len() {
             let mfn = frames[k];
-            let f = match self.frames.get_mut(mfn as usize) {
+            let f = match usize::try_from(mfn)
+                .ok()
+                .and_then(|i| self.frames.get_mut(i))
+            {
                 Some(f) if f.fresh() => f,
                 found => {
                     let in_table = found.is_some();
