@@ -61,6 +61,7 @@ pub mod raw;
 pub mod ring;
 pub mod sched;
 mod shared;
+pub mod stack;
 mod start;
 pub mod time;
 pub mod trap;

@@ -51,6 +51,11 @@ pub fn set_handler(handler: TrapHandler) -> Result<(), Error> {
     register(true).inspect_err(|_| *HANDLER.lock() = previous)
 }
 
+/// Whether a trap handler is set.
+pub fn has_handler() -> bool {
+    HANDLER.lock().is_some()
+}
+
 /// Removes the trap handler: exceptions destroy the domain again.
 pub fn clear_handler() -> Result<(), Error> {
     register(false)?;
@@ -72,6 +77,10 @@ fn register(trap: bool) -> Result<(), Error> {
 /// arrives while the handler slot is being changed finds no handler.
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 pub(crate) fn dispatch(frame: &mut UpcallFrame) -> TrapAction {
+    // The main stack's reserve, when it grows on demand (`stack`).
+    if let Some(action) = crate::stack::on_fault(frame) {
+        return action;
+    }
     let handler = HANDLER.try_lock().and_then(|h| *h);
     match handler {
         Some(h) if frame.kind == UpcallKind::Trap as u64 => h(frame),

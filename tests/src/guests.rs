@@ -51,6 +51,10 @@ pub fn tests() -> Vec<ScenarioTest> {
             run: misbehaving_guests_are_contained,
         },
         ScenarioTest {
+            name: "the_main_stack_grows_on_demand_and_an_overflow_stops_alone",
+            run: the_main_stack_grows_on_demand_and_an_overflow_stops_alone,
+        },
+        ScenarioTest {
             name: "sixty_four_guests_at_once",
             run: sixty_four_guests_at_once,
         },
@@ -726,6 +730,57 @@ fn misbehaving_guests_are_contained(m: &dyn Machine) -> Result<(), String> {
         "`{spin}`: the spinning guest should still be running at the end"
     );
     Ok(())
+}
+
+/// Issue 13 (`guest_sdk::stack`): the main stack's reserve grows on
+/// demand. `deep` recursed 40 KiB, past its 16 KiB initial stack: nothing
+/// of the reserve was mapped before, and exactly the pages its frames
+/// reached were mapped back on their faults, then it finished. `overflow`
+/// recursed without end: stopped at the guard page with a report naming
+/// the overflow, ended with reason `crash`, alone; the worker finished.
+fn the_main_stack_grows_on_demand_and_an_overflow_stops_alone(
+    m: &dyn Machine,
+) -> Result<(), String> {
+    let out = m.boot(&BootRequest::scenario("stack"))?;
+    succeeded_and_audited(&out)?;
+    let f = out.facts.guest_one("deep", "stack")?;
+    let (growable, before, grown, reached) = (
+        f.number("growable")?,
+        f.number("grown_before")?,
+        f.number("grown")?,
+        f.number("reached")?,
+    );
+    ensure!(growable == 11, "`{f}`: 12 reserve pages less the guard");
+    ensure!(
+        before == 0,
+        "`{f}`: reserve pages mapped before the stack reached them"
+    );
+    ensure!(
+        grown > 0 && grown == reached && grown < growable,
+        "`{f}`: the pages mapped lazily must be the pages reached"
+    );
+    powered_off_cleanly(&out, "deep")?;
+    let e = exit_of(&out, "overflow")?;
+    ensure!(
+        e.get("reason") == Some("crash") && e.number("code")? == 1,
+        "`{e}`: the overflowing guest should stop with reason crash"
+    );
+    ensure!(
+        out.transcript
+            .lines()
+            .any(|l| l.starts_with("[overflow] stack overflow: ")
+                && l.contains("past its reserve of 11 pages into the guard page")),
+        "no stack overflow report from `overflow`"
+    );
+    ensure!(
+        !out.facts
+            .guest_of_kind("stack")
+            .any(|(n, _)| n == "overflow"),
+        "`overflow` returned from an endless recursion"
+    );
+    let w = out.facts.guest_one("worker", "worker")?;
+    ensure!(w.number("iterations")? == 20, "`{w}`");
+    powered_off_cleanly(&out, "worker")
 }
 
 fn sixty_four_guests_at_once(m: &dyn Machine) -> Result<(), String> {

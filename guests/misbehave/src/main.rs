@@ -54,8 +54,60 @@ fn act(what: &str) -> Option<u64> {
     Some(0)
 }
 
+/// Recurses `depth` frames of about 1 KiB each (the buffer is written and
+/// read, so every frame's pages are touched); returns the lowest stack
+/// address reached.
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let mut buf = [0u8; 1000];
+    core::hint::black_box(&mut buf)[0] = depth as u8;
+    let here = buf.as_ptr() as u64;
+    let below = if depth == 0 { here } else { recurse(depth - 1) };
+    core::hint::black_box(&buf);
+    here.min(below)
+}
+
+/// `do=stack-deep` / `do=stack-overflow`: the main stack's reserve grown
+/// on demand (`guest_sdk::stack`, issue 13). `stack-deep` recurses
+/// `kib=N` KiB (default 40: past the 16 KiB initial stack, inside the
+/// reserve) and reports the reserve pages mapped lazily beside the pages
+/// the recursion reached below the initial stack; `stack-overflow`
+/// recurses without end and must be stopped at the guard page.
+fn stack(si: &StartInfo, what: &str) -> i32 {
+    let growable = match guest_sdk::stack::grow_on_demand() {
+        Ok(n) => n,
+        Err(e) => {
+            println!("grow_on_demand refused: {e}");
+            return 2;
+        }
+    };
+    let before = guest_sdk::stack::grown_pages();
+    let kib = if what == "stack-overflow" {
+        u64::MAX
+    } else {
+        si.cmdline_value("kib")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(40)
+    };
+    let lowest = recurse(kib);
+    // Pages below the initial stack the recursion's frames reached.
+    let stack_first = si.page_va(si.stack_first_page);
+    let reached = stack_first.saturating_sub(lowest & !0xfff) / 4096;
+    println!(
+        "@ stack growable={} grown_before={} grown={} reached={}",
+        growable,
+        before,
+        guest_sdk::stack::grown_pages(),
+        reached
+    );
+    0
+}
+
 fn main(si: &StartInfo) -> i32 {
     let what = si.cmdline_value("do").unwrap_or("");
+    if what.starts_with("stack-") {
+        return stack(si, what);
+    }
     if let Some(inner) = what.strip_prefix("trap-") {
         // `mov [rcx], rax` is 3 bytes; the single-byte privileged
         // instructions are 1; others as encoded by the assembler.

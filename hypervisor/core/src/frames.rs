@@ -151,6 +151,85 @@ impl FrameAllocator {
         left == 0
     }
 
+    /// Takes `n` free frames at once like [`FrameAllocator::alloc_many`]
+    /// (the same frames, in the same order) but hands them out as runs:
+    /// `take(first, count, clean)` for each maximal run of frames
+    /// `first..first + count` taken one after the other that are
+    /// contiguous and all clean or all not (runs join across bitmap
+    /// words). A domain's build adopts a run in one pass (issue 13). Takes
+    /// nothing and returns `false` when fewer than `n` are free.
+    ///
+    /// Never inlined: inside the build its loops spilled (21 instructions
+    /// per word passed over instead of a few).
+    #[inline(never)]
+    pub fn alloc_runs(&mut self, n: u64, mut take: impl FnMut(Mfn, u64, bool)) -> bool {
+        if n > self.free_count {
+            return false;
+        }
+        let words = self.free.len();
+        let mut left = n;
+        let mut k = 0;
+        // The run being gathered: (first, count, clean).
+        let mut run: Option<(Mfn, u64, bool)> = None;
+        let mut w = self.hint.min(words);
+        while left > 0 && k < words {
+            if w == words {
+                w = 0;
+            }
+            let mut word = self.free[w];
+            if word == 0 {
+                // Words with nothing free (the heap, earlier domains),
+                // passed over in one scan up to the end.
+                let skip = self.free[w..]
+                    .iter()
+                    .position(|&x| x != 0)
+                    .unwrap_or(words - w);
+                w += skip;
+                k += skip;
+                continue;
+            }
+            let clean = self.clean[w];
+            while word != 0 && left > 0 {
+                let bit = word.trailing_zeros();
+                let is_clean = clean & (1 << bit) != 0;
+                // The set bits from `bit` up, cut where cleanness changes
+                // and at what is still wanted.
+                let same = if is_clean { clean } else { !clean };
+                let len = u64::from(((word & same) >> bit).trailing_ones()).min(left);
+                let mask = if len == 64 {
+                    !0
+                } else {
+                    ((1u64 << len) - 1) << bit
+                };
+                word &= !mask;
+                self.clean[w] &= !mask;
+                left -= len;
+                let first = self.base + w as u64 * 64 + u64::from(bit);
+                run = match run {
+                    Some((f, c, cl)) if f + c == first && cl == is_clean => Some((f, c + len, cl)),
+                    Some((f, c, cl)) => {
+                        take(f, c, cl);
+                        Some((first, len, is_clean))
+                    }
+                    None => Some((first, len, is_clean)),
+                };
+            }
+            self.free[w] = word;
+            if left > 0 {
+                k += 1;
+                w += 1;
+            } else {
+                self.hint = w;
+            }
+        }
+        if let Some((f, c, cl)) = run {
+            take(f, c, cl);
+        }
+        self.free_count -= n - left;
+        debug_assert_eq!(left, 0, "the free count was exact");
+        left == 0
+    }
+
     /// Takes `count` physically contiguous free frames, aligned to `align`
     /// frames (a power of two); returns the first.
     pub fn alloc_contiguous(&mut self, count: u64, align: u64) -> Option<Mfn> {
@@ -486,6 +565,59 @@ mod tests {
                 prop_assert_eq!(a.free_count(), b.free_count());
                 prop_assert_eq!(&a.free, &b.free);
                 prop_assert_eq!(&a.clean, &b.clean);
+            }
+        }
+
+        /// `alloc_runs(n)` hands out exactly the frames, in the order and
+        /// with the clean marks, that `alloc_many(n)` does, as runs that
+        /// are contiguous, of one cleanness, and maximal (two runs in a
+        /// row never join up); the allocators end up the same.
+        #[test]
+        fn alloc_runs_equals_alloc_many(
+            ops in proptest::collection::vec((any::<bool>(), 0u64..150), 0..40),
+        ) {
+            // Several bitmap words, a hole, a range ending mid-word.
+            let big = [
+                Range { start: 0x300000, end: 0x3c0000 },
+                Range { start: 0x3c8000, end: 0x3d5000 },
+            ];
+            let mut a = FrameAllocator::new(&big);
+            let mut b = FrameAllocator::new(&big);
+            let mut held = Vec::new();
+            for (op, n) in ops {
+                if op {
+                    let mut runs = Vec::new();
+                    let ok = a.alloc_runs(n, |f, c, cl| runs.push((f, c, cl)));
+                    let mut many = Vec::new();
+                    let ok_b = b.alloc_many(n, |m, c| many.push((m, c)));
+                    prop_assert_eq!(ok, ok_b);
+                    if !ok {
+                        prop_assert!(runs.is_empty());
+                        continue;
+                    }
+                    prop_assert!(runs.iter().all(|&(_, c, _)| c > 0));
+                    for w in runs.windows(2) {
+                        let ((f, c, cl), (g, _, dl)) = (w[0], w[1]);
+                        prop_assert!(f + c != g || cl != dl, "runs {:?} not joined", w);
+                    }
+                    let flat: Vec<_> = runs
+                        .iter()
+                        .flat_map(|&(f, c, cl)| (f..f + c).map(move |m| (m, cl)))
+                        .collect();
+                    prop_assert_eq!(&flat, &many);
+                    held.extend(flat.iter().map(|&(m, _)| m));
+                } else {
+                    // Free a few, scrubbed or not, alike in both.
+                    for _ in 0..(n % 40) {
+                        let Some(m) = held.pop() else { break };
+                        if n % 2 == 0 { a.free_scrubbed(m).unwrap(); b.free_scrubbed(m).unwrap(); }
+                        else { a.free(m).unwrap(); b.free(m).unwrap(); }
+                    }
+                }
+                prop_assert_eq!(a.free_count(), b.free_count());
+                prop_assert_eq!(&a.free, &b.free);
+                prop_assert_eq!(&a.clean, &b.clean);
+                prop_assert_eq!(a.hint, b.hint);
             }
         }
 

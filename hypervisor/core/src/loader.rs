@@ -184,6 +184,43 @@ pub fn plan(nr_pages: u64, image_pages: u64) -> Result<Plan, ImageError> {
     })
 }
 
+/// The image's pages (from the window base, `0..image_pages`) as spans
+/// mapped alike: calls `f(pages, write, exec)` for consecutive spans, in
+/// order, covering every page once. A page is writable (executable) if any
+/// segment touching it is; a page no segment touches is neither (MEM-2).
+/// One call per change of the segments touching a page, so the build
+/// composes the leaves of a span at once instead of asking each page
+/// (issue 13).
+pub fn image_spans(
+    segments: &[Segment],
+    image_pages: u64,
+    mut f: impl FnMut(core::ops::Range<u64>, bool, bool),
+) {
+    // Segment `s` touches pages first..end.
+    let pages = |s: &Segment| {
+        let first = (s.va - WINDOW_BASE) / 4096;
+        (first, (s.va + s.mem - WINDOW_BASE).div_ceil(4096))
+    };
+    let mut cur = 0;
+    while cur < image_pages {
+        let (mut next, mut w, mut x) = (image_pages, false, false);
+        for s in segments {
+            let (a, b) = pages(s);
+            if a <= cur && cur < b {
+                w |= s.write;
+                x |= s.exec;
+            }
+            for edge in [a, b] {
+                if edge > cur {
+                    next = next.min(edge);
+                }
+            }
+        }
+        f(cur..next, w, x);
+        cur = next;
+    }
+}
+
 /// [`parse`] then [`plan`]: everything the hypervisor will check before it
 /// allocates a frame.
 pub fn check(image: &[u8], nr_pages: u64) -> Result<(Image, Plan), ImageError> {
@@ -223,6 +260,53 @@ mod tests {
         e[ph + 40..ph + 48].copy_from_slice(&mem.to_le_bytes());
         e[ph + 48..ph + 56].copy_from_slice(&0x1000u64.to_le_bytes());
         e
+    }
+
+    proptest::proptest! {
+        /// The spans cover the image's pages once, in order, and give each
+        /// page what asking every segment about that page gives.
+        #[test]
+        fn image_spans_agree_with_each_page(
+            segs in proptest::collection::vec(
+                (0u64..40 * 4096, 1u64..6 * 4096, proptest::bool::ANY, proptest::bool::ANY),
+                0..6,
+            ),
+        ) {
+            let segments: Vec<Segment> = segs
+                .iter()
+                .map(|&(off, mem, write, exec)| Segment {
+                    va: WINDOW_BASE + off,
+                    file_offset: 0,
+                    file_len: 0,
+                    mem,
+                    write,
+                    exec,
+                })
+                .collect();
+            let image_pages = segments
+                .iter()
+                .map(|s| (s.va + s.mem - WINDOW_BASE).div_ceil(4096))
+                .max()
+                .unwrap_or(0);
+            let mut next = 0;
+            let mut spans = 0;
+            image_spans(&segments, image_pages, |pages, w, x| {
+                assert_eq!(pages.start, next, "in order, no gap");
+                assert!(pages.end > pages.start, "never empty");
+                next = pages.end;
+                spans += 1;
+                for page in pages {
+                    let va = WINDOW_BASE + page * 4096;
+                    let want = segments
+                        .iter()
+                        .filter(|s| s.va < va + 4096 && va < s.va + s.mem)
+                        .fold((false, false), |(w, x), s| (w | s.write, x | s.exec));
+                    assert_eq!((w, x), want, "page {}", page);
+                }
+            });
+            proptest::prop_assert_eq!(next, image_pages);
+            proptest::prop_assert!(spans <= 2 * segments.len() + 1);
+        }
     }
 
     #[test]

@@ -114,18 +114,29 @@ pub fn build(
                 .for_each(mem::free_frame);
         }
     };
-    // Without a DMA region, the window's frames are taken at once, the
-    // image's existing copy put in its place.
+    // Without a DMA region, the window's frames are taken at once, as
+    // runs of contiguous frames, then spread over their pages around the
+    // image's existing copy.
     let batched = dma_base.is_none()
-        && mem::alloc_zeroed_frames(nr_pages - reused, |f| {
-            while let Some(c) = copy_of(frames.len() as u64) {
-                frames.push(c);
-            }
-            frames.push(f);
+        && mem::alloc_zeroed_runs(nr_pages - reused, |first, count| {
+            frames.extend(first..first + count)
         });
-    if batched {
-        while let Some(c) = copy_of(frames.len() as u64) {
-            frames.push(c);
+    if batched && reused > 0 {
+        frames.resize(nr_pages as usize, 0);
+        // From the top down: a page's own frame is never further up than
+        // the page (`src <= page`), so nothing is overwritten unread.
+        let (mut src, mut left) = ((nr_pages - reused) as usize, existing.len());
+        for page in (0..nr_pages as usize).rev() {
+            match existing[..left].last() {
+                Some(&(p, c)) if p == page as u64 => {
+                    frames[page] = c;
+                    left -= 1;
+                }
+                _ => {
+                    src -= 1;
+                    frames[page] = frames[src];
+                }
+            }
         }
     }
     for page in (if batched { nr_pages } else { 0 })..nr_pages {
@@ -152,17 +163,23 @@ pub fn build(
     let new_copy = image.is_some() && reused == 0;
     let mut copy = Vec::new();
     if new_copy {
-        let n = (0..plan.image_pages).filter(|&p| shareable(p)).count();
-        if copy.try_reserve_exact(n).is_err() {
+        // The image's read-only pages, a span at a time.
+        let mut n = 0;
+        loader::image_spans(&segs, plan.image_pages, |pages, w, _| {
+            if !w {
+                n += pages.end - pages.start;
+            }
+        });
+        if copy.try_reserve_exact(n as usize).is_err() {
             undo(&frames);
             mem::free_frame(shared_mfn);
             return Err(no_memory());
         }
-        copy.extend(
-            (0..plan.image_pages)
-                .filter(|&p| shareable(p))
-                .map(|p| (p, frames[p as usize])),
-        );
+        loader::image_spans(&segs, plan.image_pages, |pages, w, _| {
+            if !w {
+                copy.extend(pages.map(|p| (p, frames[p as usize])));
+            }
+        });
     }
     let sharing = image.filter(|_| reused > 0 || !copy.is_empty());
     // Undoes everything from here: the domain's own frames freed, its use
@@ -201,17 +218,23 @@ pub fn build(
             return Err(BuildError::Tables(e));
         }
     }
-    for (page, &f) in frames.iter().enumerate() {
-        let page = page as u64;
-        let r = match sharing {
-            Some(_) if reusing(page) => Ok(()),
-            Some(img) if reused == 0 && shareable(page) => mm.share_image(f, img),
-            _ => mm.assign(f, Owner::Domain(id)),
-        };
-        if let Err(e) = r {
-            give_back(mm, images, &frames);
-            return Err(BuildError::Tables(e));
-        }
+    // Ownership: the initial tables' frames are the domain's before they
+    // are linked, a new copy's frames become the image's; every other
+    // frame of the window is adopted with its leaf below
+    // (`Mm::adopt_leaves`), nobody's until then.
+    let table_pages = (plan.pt_first..plan.pt_first + plan.pt_pages)
+        .chain((dev_tables > 0).then_some(dev_l2_page))
+        .chain((dev_tables > 0).then_some(dev_l1_page));
+    let mut owned = table_pages
+        .map(|page| frames[page as usize])
+        .try_for_each(|f| mm.assign(f, Owner::Domain(id)));
+    if let (Ok(()), Some(img), 0) = (&owned, sharing, reused) {
+        let copy = images.pages(img).unwrap_or(&[]);
+        owned = copy.iter().try_for_each(|&(_, f)| mm.share_image(f, img));
+    }
+    if let Err(e) = owned {
+        give_back(mm, images, &frames);
+        return Err(BuildError::Tables(e));
     }
     if let Err(e) = mm.share_special(shared_mfn, id, true) {
         give_back(mm, images, &frames);
@@ -262,34 +285,62 @@ pub fn build(
             (SHARED_INFO_VA >> 12) as usize & 0x1ff,
             (shared_mfn << 12) | pte::PRESENT | pte::WRITABLE | pte::USER | pte::NX,
         )?;
-        let leaf = |page: u64| {
-            let (w, x) = if page < plan.image_pages {
-                perms(page)
-            } else if (plan.pt_first..plan.pt_first + plan.pt_pages).contains(&page)
-                || page == plan.start_info_page
-                || (dev_tables > 0 && (page == dev_l2_page || page == dev_l1_page))
-            {
-                (false, false)
-            } else {
-                (true, false)
-            };
-            let mut e = (frames[page as usize] << 12) | pte::PRESENT | pte::USER;
+        // One L1 per 2 MiB of the window.
+        for j in 0..nr_pages.div_ceil(512) {
+            let slot = (WINDOW_BASE >> 21) as usize + j as usize;
+            mm.build_entry(dm, &tree, l2, slot, table(pt(4 + j)))?;
+        }
+        // The leaves, a span of pages mapped alike at a time, cut at the
+        // L1s' edges: the window's own frames adopted, fresh, in one pass
+        // (`Mm::adopt_leaves`); tables and the image's shared copy, which
+        // are not fresh, checked and counted entry by entry.
+        let mut map = |mm: &mut Mm, pages: core::ops::Range<u64>, w: bool, x: bool, fresh: bool| {
+            let mut flags = pte::PRESENT | pte::USER;
             if w {
-                e |= pte::WRITABLE;
+                flags |= pte::WRITABLE;
             }
             if !x {
-                e |= pte::NX;
+                flags |= pte::NX;
             }
-            e
+            let mut page = pages.start;
+            while page < pages.end {
+                let end = pages.end.min((page / 512 + 1) * 512);
+                let (l1, index) = (pt(4 + page / 512), (page % 512) as usize);
+                let run = &frames[page as usize..end as usize];
+                if fresh {
+                    mm.adopt_leaves(dm, &tree, l1, index, run, flags)?;
+                } else {
+                    let values = run.iter().map(|&f| (f << 12) | flags);
+                    mm.build_leaves(dm, &tree, l1, index, values)?;
+                }
+                page = end;
+            }
+            Ok::<(), MmError>(())
         };
-        // One L1 per 2 MiB of the window, its leaves set as one run.
-        for (j, first) in (0..nr_pages).step_by(512).enumerate() {
-            let l1 = pt(4 + j as u64);
-            let slot = (WINDOW_BASE >> 21) as usize + j;
-            mm.build_entry(dm, &tree, l2, slot, table(l1))?;
-            let end = (first + 512).min(nr_pages);
-            mm.build_leaves(dm, &tree, l1, 0, (first..end).map(leaf))?;
+        let mut spans = Ok(());
+        loader::image_spans(&segs, plan.image_pages, |pages, w, x| {
+            if spans.is_ok() {
+                // Read-only pages are the image's shared copy (MEM-2e).
+                spans = map(mm, pages, w, x, image.is_none() || w);
+            }
+        });
+        spans?;
+        let pt_end = plan.pt_first + plan.pt_pages;
+        map(mm, plan.pt_first..pt_end, false, false, false)?;
+        map(mm, pt_end..plan.start_info_page, true, false, true)?;
+        map(
+            mm,
+            plan.start_info_page..plan.start_info_page + 1,
+            false,
+            false,
+            true,
+        )?;
+        if dev_tables > 0 {
+            // The DMA region, then the device tables.
+            map(mm, dma_first..dev_l2_page, true, false, true)?;
+            map(mm, dev_l2_page..dev_l1_page + 1, false, false, false)?;
         }
+        map(mm, first_free..nr_pages, true, false, true)?;
         // The device region (IO-0): L3[1] -> device L2 -> device L1, whose
         // entries the hypervisor installs below.
         if dev_tables > 0 {
@@ -317,14 +368,10 @@ pub fn build(
         return Err(BuildError::Tables(e));
     }
 
-    // The frame list, written 64 entries at a time (no heap buffer).
-    let list_pa = |i: usize| {
-        (frames[(plan.frame_list_first + (i / 512) as u64) as usize] << 12) + (i % 512) as u64 * 8
-    };
-    for (n, chunk) in frames.chunks(64).enumerate() {
-        let mut buf = [0u64; 64];
-        buf[..chunk.len()].copy_from_slice(chunk);
-        mem::copy_to_phys(list_pa(n * 64), buf[..chunk.len()].as_bytes());
+    // The frame list: one copy per page of it.
+    for (i, chunk) in frames.chunks(512).enumerate() {
+        let page = frames[(plan.frame_list_first + i as u64) as usize];
+        mem::copy_to_phys(page << 12, chunk.as_bytes());
     }
     let va_of = |page: u64| WINDOW_BASE + page * 4096;
 

@@ -38,6 +38,9 @@ impl PhysMem for Mem {
     fn write_entry(&mut self, mfn: u64, index: usize, value: u64) {
         self.0[mfn as usize][index] = value;
     }
+    fn entries_mut(&mut self, mfn: u64) -> &mut [u64; ENTRIES] {
+        &mut self.0[mfn as usize]
+    }
 }
 
 /// A frame number: mostly small (the guest's own), sometimes anything.

@@ -33,6 +33,9 @@ impl PhysMem for Mem {
     fn write_entry(&mut self, mfn: Mfn, index: usize, value: u64) {
         self.0[mfn as usize][index] = value;
     }
+    fn entries_mut(&mut self, mfn: Mfn) -> &mut [u64; 512] {
+        &mut self.0[mfn as usize]
+    }
 }
 
 fn machine() -> (Mm, Mem, GrantTables) {

@@ -186,6 +186,25 @@ impl FrameInfo {
             && self.flags & (PINNED | PARTIAL | OP_REF | DEVICE) == 0
     }
 
+    /// Nobody's: a frame in the allocator's pool, which
+    /// `Mm::adopt_leaves` may hand to a domain. Such a frame is always
+    /// idle, untyped, with no flags: it became nobody's only through
+    /// `Mm::assign` (or `Mm::new`), which wants it idle and clears its type
+    /// and flags, and nothing takes a reference on, loads, holds or
+    /// delegates a frame of nobody's (every such step wants the frame
+    /// owned, MMU-7); the audit checks it. So the owner is the one test
+    /// made here (it runs once per frame of a build), the rest asserted in
+    /// debug builds.
+    #[inline(always)]
+    pub(super) fn fresh(&self) -> bool {
+        let free = matches!(self.owner, Owner::Free);
+        debug_assert!(
+            !free || (self.idle() && self.ty == FrameType::None && self.flags == 0),
+            "a frame of nobody's in use: {self:?}"
+        );
+        free
+    }
+
     /// The accounting fields that a refused operation must leave unchanged
     /// (everything but the TLB bookkeeping).
     pub const fn view(&self) -> FrameView {

@@ -111,6 +111,66 @@ fn build_batched(l: &Layout) -> (Mm, Mem) {
     (mm, mem)
 }
 
+/// Built as the hypervisor builds a window: the frames in `adopt` (a
+/// subset of the leaves' frames) start as nobody's, and each L1's leaves
+/// go in as runs, [`Mm::adopt_leaves`] for a run of frames seen for the
+/// first time with one set of flags, [`Mm::build_leaves`] for the rest
+/// (a frame mapped again, or one the domain owns already).
+fn build_adopted(l: &Layout, adopt: &[bool]) -> (Mm, Mem) {
+    let (mut mm, mut mem) = machine_with_shared(l);
+    let adoptable = |m: Mfn| adopt.get(m as usize).copied().unwrap_or(false);
+    // The leaves' frames (never a table or the shared page) to adopt.
+    let mut leaf_frames: Vec<Mfn> = l.leaves.iter().map(|&(m, _, _)| m).collect();
+    leaf_frames.sort_unstable();
+    leaf_frames.dedup();
+    for &m in leaf_frames.iter().filter(|&&m| adoptable(m)) {
+        mm.assign(m, Owner::Free).unwrap();
+    }
+    let tree = mm.build_root(&mut mem, DOM, l.l4).unwrap();
+    let all = entries(l);
+    let links = 4 + l.l1s.len();
+    for &(t, i, v) in &all[..links] {
+        mm.build_entry(&mut mem, &tree, t, i, v).unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for &l1 in &l.l1s {
+        let run: Vec<(usize, u64)> = all[links..]
+            .iter()
+            .filter(|e| e.0 == l1)
+            .map(|e| (e.1, e.2))
+            .collect();
+        let mut k = 0;
+        while k < run.len() {
+            let (index, value) = run[k];
+            let mfn = (value & !NX) >> 12;
+            let flags = value & 0xfff | value & NX;
+            let fresh = |m: Mfn, seen: &std::collections::BTreeSet<Mfn>| {
+                mm.frame(m).unwrap().owner() == Owner::Free && !seen.contains(&m)
+            };
+            if !fresh(mfn, &seen) {
+                mm.build_leaves(&mut mem, &tree, l1, index, [value])
+                    .unwrap();
+                k += 1;
+                continue;
+            }
+            let mut frames = vec![mfn];
+            seen.insert(mfn);
+            while let Some(&(_, v)) = run.get(k + frames.len()) {
+                let m = (v & !NX) >> 12;
+                if v & 0xfff | v & NX != flags || !fresh(m, &seen) {
+                    break;
+                }
+                seen.insert(m);
+                frames.push(m);
+            }
+            mm.adopt_leaves(&mut mem, &tree, l1, index, &frames, flags)
+                .unwrap();
+            k += frames.len();
+        }
+    }
+    (mm, mem)
+}
+
 /// Written as plain memory, then pinned: the full validation.
 fn validated(l: &Layout) -> (Mm, Mem) {
     let (mut mm, mut mem) = machine_with_shared(l);
@@ -368,6 +428,7 @@ proptest! {
     fn any_built_layout_equals_its_validation(
         l1s in 1usize..5,
         leaves in proptest::collection::vec((12u64..40, any::<bool>(), any::<bool>()), 0..120),
+        adopt in proptest::collection::vec(any::<bool>(), 40),
     ) {
         let l = layout(l1s, leaves);
         let (mut mm, mut mem) = build(&l);
@@ -377,7 +438,183 @@ proptest! {
         let (bm, bmem) = build_batched(&l);
         prop_assert_eq!(views(&bm), views(&vm));
         prop_assert_eq!(&bmem, &vmem);
+        // Adopted in runs (any subset of the frames nobody's at first):
+        // the same tables, the same accounting.
+        let (mut am, mut amem) = build_adopted(&l, &adopt);
+        prop_assert_eq!(views(&am), views(&vm));
+        prop_assert_eq!(&amem, &vmem);
+        audit::audit_holds(&am, &amem, &[l.shared]).unwrap();
+        revalidate_in_place(&mut am, &mut amem, &l);
         audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
         revalidate_in_place(&mut mm, &mut mem, &l);
     }
+}
+
+/// Runs of fresh frames in a window's shape: the image read-only and
+/// executable, then data writable, adopted into two L1s; equal to the full
+/// validation, and every adopted frame is the domain's with exactly its
+/// leaf's references.
+#[test]
+fn adopted_runs_equal_their_validation() {
+    let leaves: Vec<Leaf> = (12..40).map(|m| (m, m >= 20, m < 16)).collect();
+    let l = layout(2, leaves);
+    let (mut mm, mut mem) = build_adopted(&l, &[true; 40]);
+    let (vm, vmem) = validated(&l);
+    assert_eq!(views(&mm), views(&vm));
+    assert_eq!(mem, vmem);
+    for m in 12..40 {
+        let v = view(&mm, m);
+        assert_eq!(v.owner, Owner::Domain(DOM), "frame {m}");
+        assert_eq!(v.total_count, 1, "frame {m}");
+        let want = if m >= 20 {
+            (FrameType::Writable, 1)
+        } else {
+            (FrameType::None, 0)
+        };
+        assert_eq!((v.ty, v.type_count), want, "frame {m}");
+    }
+    audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
+    revalidate_in_place(&mut mm, &mut mem, &l);
+    // An ordinary tree afterwards: torn down, every frame idle again.
+    mm.teardown(&mut mem, DOM);
+    for m in (0..40).filter(|&m| m != l.shared) {
+        assert!(mm.frame(m).unwrap().idle(), "frame {m} after teardown");
+    }
+}
+
+/// Each refusal of `adopt_leaves`: the exact error, nothing changed (no
+/// frame adopted, no entry written), also when the bad frame comes last.
+#[test]
+fn adopting_refuses_what_is_not_fresh() {
+    let l = layout(1, vec![]);
+    let (mut mm, mut mem) = machine_with_shared(&l);
+    for m in 20..30 {
+        mm.assign(m, Owner::Free).unwrap();
+    }
+    let tree = mm.build_root(&mut mem, DOM, l.l4).unwrap();
+    mm.build_entry(&mut mem, &tree, l.l4, 0, table(l.l3))
+        .unwrap();
+    mm.build_entry(&mut mem, &tree, l.l3, 0, table(l.l2))
+        .unwrap();
+    mm.build_entry(&mut mem, &tree, l.l2, 2, table(l.l1s[0]))
+        .unwrap();
+    let l1 = l.l1s[0];
+    mm.build_entry(&mut mem, &tree, l1, 7, ro(12)).unwrap();
+    let rwf = PRESENT | WRITABLE | USER | NX;
+    let cases: Vec<(Mfn, usize, Vec<Mfn>, u64, MmError)> = vec![
+        // Owned by the domain, by another, by the hypervisor; shared.
+        (l1, 0, vec![20, 21, 13], rwf, MmError::FrameInUse(13)),
+        (
+            l1,
+            0,
+            vec![20, OTHER_FRAMES.start],
+            rwf,
+            MmError::FrameInUse(OTHER_FRAMES.start),
+        ),
+        (
+            l1,
+            0,
+            vec![HYP_FRAMES.start],
+            rwf,
+            MmError::FrameInUse(HYP_FRAMES.start),
+        ),
+        (
+            l1,
+            0,
+            vec![20, l.shared],
+            rwf,
+            MmError::FrameInUse(l.shared),
+        ),
+        // A frame twice in one run, a frame past the table.
+        (l1, 0, vec![20, 21, 22, 21], rwf, MmError::FrameInUse(21)),
+        (
+            l1,
+            0,
+            vec![20, FRAMES + 3],
+            rwf,
+            MmError::NoSuchFrame(FRAMES + 3),
+        ),
+        // An entry already set, a run past the table's end.
+        (l1, 5, vec![20, 21, 22], rwf, MmError::EntryInUse),
+        (l1, 510, vec![20, 21, 22], rwf, MmError::HypervisorSlot),
+        // Flags the rules refuse, or that are no present leaf.
+        (
+            l1,
+            0,
+            vec![20],
+            rwf | (1 << 4),
+            MmError::ForbiddenBits(1 << 4),
+        ),
+        (l1, 0, vec![20], PRESENT | WRITABLE, MmError::NotUser),
+        (
+            l1,
+            0,
+            vec![20],
+            rwf | (1 << 55),
+            MmError::ReservedBits(1 << 55),
+        ),
+        (l1, 0, vec![20], USER | WRITABLE, MmError::BadConfig),
+        (l1, 0, vec![20], rwf | (5 << 12), MmError::BadConfig),
+        // Not the domain's L1 in use.
+        (l.l2, 0, vec![20], rwf, MmError::NotATable(l.l2)),
+        (30, 0, vec![20], rwf, MmError::NotATable(30)),
+        (
+            OTHER_FRAMES.start,
+            0,
+            vec![20],
+            rwf,
+            MmError::NotOwner(OTHER_FRAMES.start),
+        ),
+    ];
+    for (t, i, frames, flags, want) in cases {
+        let before = snapshot(&mm, &mem);
+        let r = mm.adopt_leaves(&mut mem, &tree, t, i, &frames, flags);
+        assert_refused(&mm, &mem, &before, r, want);
+    }
+    // The same frames adopted properly, then once more: in use now.
+    mm.adopt_leaves(&mut mem, &tree, l1, 0, &[20, 21, 22], rwf)
+        .unwrap();
+    let before = snapshot(&mm, &mem);
+    let r = mm.adopt_leaves(&mut mem, &tree, l1, 10, &[23, 20], rwf);
+    assert_refused(&mm, &mem, &before, r, MmError::FrameInUse(20));
+    assert_eq!(mem.peek(l1, 1), rw(21));
+    audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
+}
+
+/// A frame whose last reference was dropped since the last TLB flush
+/// raises the flush request when it is adopted, as `assign` would
+/// (MMU-20); a frame dropped before the flush does not.
+#[test]
+fn adopting_a_frame_dropped_since_the_flush_asks_for_one() {
+    let l = layout(1, vec![]);
+    let (mut mm, mut mem) = machine_with_shared(&l);
+    let tree = mm.build_root(&mut mem, DOM, l.l4).unwrap();
+    mm.build_entry(&mut mem, &tree, l.l4, 0, table(l.l3))
+        .unwrap();
+    mm.build_entry(&mut mem, &tree, l.l3, 0, table(l.l2))
+        .unwrap();
+    mm.build_entry(&mut mem, &tree, l.l2, 2, table(l.l1s[0]))
+        .unwrap();
+    let l1 = l.l1s[0];
+    for stale in [true, false] {
+        let m = if stale { 20 } else { 21 };
+        mm.build_entry(&mut mem, &tree, l1, 100, rw(m)).unwrap();
+        mm.mmu_update_one(&mut mem, DOM, ptr(l1, 100), 0).unwrap();
+        mm.assign(m, Owner::Free).unwrap();
+        // Flushed: the drop above is harmless now.
+        assert!(mm.take_flush_request());
+        if stale {
+            // Staged: a reference to `m` dropped since that flush (the
+            // epoch another drop records now).
+            mm.build_entry(&mut mem, &tree, l1, 101, rw(25)).unwrap();
+            mm.mmu_update_one(&mut mem, DOM, ptr(l1, 101), 0).unwrap();
+            let e = mm.frame_mut(25).dropped_epoch;
+            mm.frame_mut(m).dropped_epoch = e;
+            assert!(!mm.take_flush_request());
+        }
+        mm.adopt_leaves(&mut mem, &tree, l1, m as usize, &[m], PRESENT | USER)
+            .unwrap();
+        assert_eq!(mm.take_flush_request(), stale, "frame {m}");
+    }
+    audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
 }

@@ -57,6 +57,9 @@ impl PhysMem for Mem {
     fn write_entry(&mut self, mfn: Mfn, index: usize, value: u64) {
         self.frames[mfn as usize][index] = value;
     }
+    fn entries_mut(&mut self, mfn: Mfn) -> &mut [u64; ENTRIES] {
+        &mut self.frames[mfn as usize]
+    }
 }
 
 /// The hypervisor's L4 slots: supervisor-only tables at fixed frames.
