@@ -148,7 +148,7 @@ impl Hv {
         }
         d.first_run_at.get_or_insert(now);
         let (root, slice) = (d.root, d.slice);
-        let (fresh, upcall_shared) = (d.hypercalls == 0, upcall_word(d));
+        let (fresh, upcall_shared) = (d.hypercalls == 0, d.upcall_word);
         if root != self.memory.loaded_root {
             // SAFETY: `root` is a complete PML4 built for this domain
             // whose upper half is the hypervisor's, so the running
@@ -191,11 +191,15 @@ impl Hv {
         self.sched.timer_dirty || upcall_may_be_due(self.sched.upcall_shared)
     }
 
-    /// Refreshes `Scheduler::upcall_shared` after domain `id`'s callbacks
-    /// changed (TRAP-1), if it is the current domain.
+    /// Refreshes `Domain::upcall_word` after domain `id`'s callbacks
+    /// changed (TRAP-1), and `Scheduler::upcall_shared` if it is the
+    /// current domain.
     pub(crate) fn note_upcall_entry(&mut self, id: DomId) {
+        let Some(d) = self.dom(id) else { return };
+        d.upcall_word = upcall_word(d);
+        let word = d.upcall_word;
         if self.sched.current == Some(id) {
-            self.sched.upcall_shared = self.dom(id).map_or(0, |d| upcall_word(d));
+            self.sched.upcall_shared = word;
         }
     }
 
@@ -282,7 +286,7 @@ const _: () = {
 
 /// The direct-map address of `d`'s `upcall_pending` byte when it has an
 /// event entry registered (it may get event upcalls), else 0: the value of
-/// `Scheduler::upcall_shared` while `d` runs.
+/// `Domain::upcall_word`, and of `Scheduler::upcall_shared` while `d` runs.
 fn upcall_word(d: &Domain) -> u64 {
     if d.callbacks.event == 0 {
         return 0;

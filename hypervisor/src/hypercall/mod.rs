@@ -118,7 +118,8 @@ impl EntryFrame {
 ///
 /// `yield` and `block`, the calls that switch, are tested first and run
 /// without the route or a decode (neither can refuse its arguments:
-/// SCHED-1, SCHED-2d); everything else goes on out of line.
+/// SCHED-1, SCHED-2d); then `upcall_return`, the slow call every upcall
+/// ends with; everything else goes on out of line.
 #[inline(always)]
 pub(crate) fn entry(hv: &mut Hv, frame: EntryFrame, uncounted: bool) {
     let Some(cur) = hv.sched.current else { return };
@@ -152,10 +153,27 @@ fn counted(hv: &mut Hv, cur: DomId, frame: EntryFrame) {
         let deadline_ns = frame.rdi();
         return sched::block(hv, cur, deadline_ns, frame);
     }
+    if nr == Hypercall::UpcallReturn.number() {
+        // Tested after the switching pair (LLVM would test it first).
+        core::hint::cold_path();
+        return upcall_return(hv, cur, frame);
+    }
     other(hv, cur, frame);
 }
 
-/// [`entry`] for every call but `yield` and `block`.
+/// `upcall_return` (TRAP-2), out of line on its own: no route, no
+/// `dispatch_frame` (every reflected trap and event upcall ends here).
+/// It does not switch: the frame is lent to it for the call.
+#[inline(never)]
+fn upcall_return(hv: &mut Hv, cur: DomId, mut frame: EntryFrame) {
+    let w = frame.with(|f| words(f));
+    let r = decoded(w, |a| frame.with(|f| trap::upcall_return(hv, cur, a, f)));
+    if let Outcome::Return(r) = r {
+        frame.set_rax(regs::encode(r));
+    }
+}
+
+/// [`entry`] for every call but `yield`, `block` and `upcall_return`.
 #[inline(never)]
 fn other(hv: &mut Hv, cur: DomId, mut frame: EntryFrame) {
     match returning_handler(frame.rax()) {
@@ -182,20 +200,17 @@ fn words(frame: &TrapFrame) -> Words {
 
 /// Decodes the arguments of a call that may replace the caller's frame
 /// (a switch, an upcall return, a restart) with the family module's type
-/// and runs its handler (`yield` and `block` ran in [`entry`]).
+/// and runs its handler (`yield`, `block` and `upcall_return` ran in
+/// [`entry`]).
 fn dispatch_frame(hv: &mut Hv, cur: DomId, frame: &mut EntryFrame) -> Outcome {
     use Hypercall as H;
     let w = frame.with(|f| words(f));
     match Hypercall::from_number(frame.rax()) {
         Some(H::Shutdown) => decoded(w, |a| sched::shutdown(hv, cur, a)),
-        Some(H::UpcallReturn) => {
-            // Does not switch: the frame is lent for the call alone.
-            decoded(w, |a| frame.with(|f| trap::upcall_return(hv, cur, a, f)))
-        }
         Some(H::MmuPin) => decoded(w, |a| mmu::pin(hv, cur, a, frame)),
         Some(H::MmuUnpin) => decoded(w, |a| mmu::unpin(hv, cur, a, frame)),
-        // `entry` ran `yield` and `block`; `returning_handler` has every
-        // other number.
+        // `entry` ran `yield`, `block` and `upcall_return`;
+        // `returning_handler` has every other number.
         _ => Outcome::Return(Err(Error::NoSuchCall)),
     }
 }
