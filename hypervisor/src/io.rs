@@ -91,6 +91,14 @@ pub fn any_routed() -> bool {
     !LINES.lock().is_empty()
 }
 
+/// Whether a device interrupt waits for delivery ([`Hv::deliver_irqs`]):
+/// the lean switch's test (`Hv::switch_away`), which leaves the delivery
+/// to `Hv::run_next`.
+#[inline(always)]
+pub(crate) fn irqs_pending() -> bool {
+    PENDING.load(Ordering::SeqCst) != 0
+}
+
 impl Hv {
     /// Raises the event of every pending input on its device's port, if the
     /// port is still bound to it (IO-2); an input whose port was closed
@@ -100,7 +108,7 @@ impl Hv {
     /// pending, and paid the delivery's prologue (21 instructions) for it.
     #[inline(always)]
     pub(crate) fn deliver_irqs(&mut self) {
-        if PENDING.load(Ordering::SeqCst) != 0 {
+        if irqs_pending() {
             self.deliver_pending_irqs();
         }
     }

@@ -92,6 +92,37 @@ impl RunQueue {
         Some(d)
     }
 
+    /// [`RunQueue::push`] of `back`, then [`RunQueue::pop`], fused: the
+    /// switch of a domain that yields (it goes to the back, the front
+    /// runs). When `back` is not queued and the queue is not empty (the
+    /// switch's case), the front's link and `back`'s are rewritten in
+    /// place and the length is unchanged; otherwise it is the two calls.
+    #[inline]
+    pub fn rotate(&mut self, back: DomId) -> Option<DomId> {
+        let (b, front) = (usize::from(back), self.head);
+        let f = usize::from(front);
+        let n = self.next.len();
+        // An empty queue's head is `LAST`, never below `n` (no link is
+        // made for the markers: `push_new`), so `f < n` means "not empty".
+        if f >= n || b >= n || self.next[b] != OFF {
+            self.push(back);
+            return self.pop();
+        }
+        let after = core::mem::replace(&mut self.next[f], OFF);
+        self.next[b] = LAST;
+        if after == LAST {
+            self.head = back;
+        } else {
+            self.head = after;
+            let t = usize::from(self.tail);
+            if t < n {
+                self.next[t] = back;
+            }
+        }
+        self.tail = back;
+        Some(front)
+    }
+
     /// Whether `dom` is queued.
     pub fn contains(&self, dom: DomId) -> bool {
         self.next.get(usize::from(dom)).is_some_and(|&n| n != OFF)
@@ -236,6 +267,8 @@ impl Deadlines {
     }
 
     /// Removes `dom`'s deadline of `kind`; returns it if one was armed.
+    /// Inline (the test whether one is armed: every wake asks).
+    #[inline]
     pub fn cancel(&mut self, dom: DomId, kind: TimerKind) -> Option<u64> {
         let p = *self.pos.get(slot(dom, kind))?;
         if p == ABSENT {
@@ -352,6 +385,34 @@ mod tests {
         q.remove(8);
         assert_eq!((q.pop(), q.pop(), q.pop()), (Some(7), Some(10), None));
         assert!(!q.push(DomId::MAX) && !q.push(DomId::MAX - 1));
+    }
+
+    #[test]
+    fn rotate_is_push_then_pop() {
+        let mut q = RunQueue::new();
+        // Empty: the domain itself comes back (push, then pop).
+        assert_eq!(q.rotate(3), Some(3));
+        assert!(q.is_empty());
+        q.push(1);
+        // One queued: a swap.
+        assert_eq!(q.rotate(2), Some(1));
+        assert_eq!((q.len(), q.contains(1), q.contains(2)), (1, false, true));
+        assert_eq!(q.rotate(1), Some(2));
+        // Already queued: the push does nothing.
+        assert_eq!(q.rotate(1), Some(1));
+        assert!(q.is_empty());
+        // Longer: the front leaves, the new one goes behind the rest.
+        for d in [4, 5, 6] {
+            q.push(d);
+        }
+        assert_eq!(q.rotate(7), Some(4));
+        assert_eq!(q.rotate(8), Some(5));
+        let rest: Vec<_> = core::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(rest, [6, 7, 8]);
+        // An id beyond the links grows them, as `push` does.
+        q.push(1);
+        assert_eq!(q.rotate(40), Some(1));
+        assert_eq!((q.pop(), q.pop()), (Some(40), None));
     }
 
     fn with_domains(n: DomId) -> Deadlines {
@@ -563,9 +624,9 @@ mod tests {
         }
 
         /// Against a model (a `VecDeque` without duplicates): any mix of
-        /// push, pop and remove gives the same order and membership.
+        /// push, pop, rotate and remove gives the same order and membership.
         #[test]
-        fn run_queue_matches_a_model(ops in proptest::collection::vec((0u8..3, 0u16..20), 0..300)) {
+        fn run_queue_matches_a_model(ops in proptest::collection::vec((0u8..4, 0u16..20), 0..300)) {
             let mut q = RunQueue::new();
             let mut m: std::collections::VecDeque<DomId> = Default::default();
             for (op, d) in ops {
@@ -576,6 +637,10 @@ mod tests {
                         proptest::prop_assert_eq!(q.push(d), added);
                     }
                     1 => proptest::prop_assert_eq!(q.pop(), m.pop_front()),
+                    2 => {
+                        if !m.contains(&d) { m.push_back(d); }
+                        proptest::prop_assert_eq!(q.rotate(d), m.pop_front());
+                    }
                     _ => { q.remove(d); m.retain(|&x| x != d); }
                 }
                 proptest::prop_assert_eq!(q.len(), m.len());

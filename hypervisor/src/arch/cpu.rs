@@ -57,14 +57,18 @@ pub fn kernel_stack_top() -> u64 {
 
 /// Points TSS.RSP0 at `top`: where the CPU pushes the iret words of the
 /// next entry from ring 3 (the end of the running domain's frame).
-pub fn set_rsp0(top: u64) {
+///
+/// # Safety
+/// `top` is canonical (it is stored unchecked, on every switch).
+pub unsafe fn set_rsp0(top: u64) {
     // SAFETY: one CPU with interrupts off (every caller is the hypervisor
     // running between entries): the CPU reads RSP0 only on an entry from
     // ring 3, which cannot happen during this store; the field is written
-    // through a raw pointer, no reference to the TSS exists.
+    // through a raw pointer, no reference to the TSS exists; `top` is
+    // canonical (the caller's contract), as `VirtAddr` requires.
     unsafe {
         let tss = &raw mut TSS;
-        (*tss).privilege_stack_table[0] = VirtAddr::new_truncate(top);
+        (*tss).privilege_stack_table[0] = VirtAddr::new_unsafe(top);
     }
 }
 
@@ -184,6 +188,7 @@ pub fn add_compat32_segment() {
 /// ([`zero_segment_bases`]) and never uses FS or GS itself. So the
 /// selectors are the whole per-domain segment state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)] // `save` and `load` address the fields at offsets 0, 2, 4, 6
 pub struct Selectors {
     pub ds: u16,
     pub es: u16,
@@ -192,33 +197,43 @@ pub struct Selectors {
 }
 
 impl Selectors {
-    /// Reads the selectors the CPU holds now (the last domain's).
-    pub fn read() -> Selectors {
-        let (ds, es, fs, gs): (u16, u16, u16, u16);
-        // SAFETY: reading segment registers has no side effects.
+    /// Stores the selectors the CPU holds now (the last domain's) here:
+    /// four stores straight from the segment registers (on every switch).
+    #[inline(always)]
+    pub fn save(&mut self) {
+        let p: *mut Selectors = self;
+        // SAFETY: reading segment registers has no side effects; `p` is
+        // this value, `repr(C)`: four u16 at offsets 0, 2, 4 and 6, each
+        // written by one 16-bit store within it.
         unsafe {
             core::arch::asm!(
-                "mov {0:x}, ds", "mov {1:x}, es", "mov {2:x}, fs", "mov {3:x}, gs",
-                out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs,
-                options(nomem, nostack, preserves_flags)
+                "mov word ptr [{p}], ds", "mov word ptr [{p} + 2], es",
+                "mov word ptr [{p} + 4], fs", "mov word ptr [{p} + 6], gs",
+                p = in(reg) p,
+                options(nostack, preserves_flags)
             )
         };
-        Selectors { ds, es, fs, gs }
     }
 
-    /// Loads these selectors (saved by [`Selectors::read`] while a domain
-    /// ran, or the null selectors of a new domain).
+    /// Loads these selectors (saved by [`Selectors::save`] while a domain
+    /// ran, or the null selectors of a new domain): four loads straight
+    /// into the segment registers.
+    #[inline(always)]
     pub fn load(&self) {
-        // SAFETY: each value is 0 or a selector the domain itself loaded at
-        // CPL 3, so it names a present data or readable code descriptor of
-        // the GDT with DPL 3 (the LDT is null), which CPL 0 may load too;
-        // in 64-bit mode DS and ES are not used for addressing and the
-        // hypervisor never uses FS or GS, and every base stays 0.
+        let p: *const Selectors = self;
+        // SAFETY: `p` is this value, `repr(C)` (four u16 at offsets 0, 2,
+        // 4, 6, each read by one 16-bit load within it). Each value is 0
+        // or a selector the domain itself loaded at CPL 3, so it names a
+        // present data or readable code descriptor of the GDT with DPL 3
+        // (the LDT is null), which CPL 0 may load too; in 64-bit mode DS
+        // and ES are not used for addressing and the hypervisor never uses
+        // FS or GS, and every base stays 0.
         unsafe {
             core::arch::asm!(
-                "mov ds, {0:x}", "mov es, {1:x}", "mov fs, {2:x}", "mov gs, {3:x}",
-                in(reg) self.ds, in(reg) self.es, in(reg) self.fs, in(reg) self.gs,
-                options(nostack, preserves_flags)
+                "mov ds, word ptr [{p}]", "mov es, word ptr [{p} + 2]",
+                "mov fs, word ptr [{p} + 4]", "mov gs, word ptr [{p} + 6]",
+                p = in(reg) p,
+                options(nostack, preserves_flags, readonly)
             )
         };
     }

@@ -41,6 +41,11 @@ pub struct Config {
 
 static CONFIG: spin::Once<Config> = spin::Once::new();
 
+/// `CONFIG`'s `xsave`, as one flag the save and restore on every switch
+/// test without `Once`'s state test (set by [`init`] with `CONFIG`; no
+/// save area exists before: [`FpuState::initial`] needs the config).
+static USE_XSAVE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 /// Enables the FPU and SIMD for ring 3 and decides how state is switched:
 /// CR0.MP and CR0.NE set, CR0.EM and CR0.TS clear; CR4.OSFXSR and
 /// CR4.OSXMMEXCPT set (SSE usable, SIMD exceptions as #XM); with XSAVE,
@@ -108,7 +113,9 @@ pub fn init() -> Result<Config, &'static str> {
             size: 512,
         }
     };
-    Ok(*CONFIG.call_once(|| config))
+    let config = *CONFIG.call_once(|| config);
+    USE_XSAVE.store(config.xsave, core::sync::atomic::Ordering::Relaxed);
+    Ok(config)
 }
 
 /// The decision [`init`] made.
@@ -148,14 +155,17 @@ impl FpuState {
     }
 
     /// Saves the CPU's current FPU/SIMD state into this area.
+    #[inline(always)]
     pub fn save(&mut self) {
-        let c = config();
+        let xsave = USE_XSAVE.load(core::sync::atomic::Ordering::Relaxed);
         let p = self.ptr();
         // SAFETY: `p` is 64-byte aligned (Chunk) and the area holds
         // `config().size` bytes, the size CPUID gives for XCR0's components
-        // (512 for fxsave); the save writes only within it.
+        // (512 for fxsave); the save writes only within it. `xsave` is
+        // `config().xsave` (`init` set both before any area existed), so
+        // `xsave64` runs only with CR4.OSXSAVE set.
         unsafe {
-            if c.xsave {
+            if xsave {
                 core::arch::asm!("xsave64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack, preserves_flags));
             } else {
                 core::arch::asm!("fxsave64 [{}]", in(reg) p, options(nostack, preserves_flags));
@@ -164,16 +174,18 @@ impl FpuState {
     }
 
     /// Loads this area into the CPU.
+    #[inline(always)]
     pub fn restore(&mut self) {
-        let c = config();
+        let xsave = USE_XSAVE.load(core::sync::atomic::Ordering::Relaxed);
         let p = self.ptr();
         // SAFETY: `p` is 64-byte aligned (Chunk) and the area holds
         // `config().size` bytes, so the restore reads only within it; the
         // area holds either the initial image (valid MXCSR, XSTATE_BV 0, a
         // zero XSAVE header) or what `save` wrote, which the CPU accepts
-        // back (no #GP). The guest cannot write it.
+        // back (no #GP). The guest cannot write it. `xsave` is
+        // `config().xsave`, as in `save`.
         unsafe {
-            if c.xsave {
+            if xsave {
                 core::arch::asm!("xrstor64 [{}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack, preserves_flags, readonly));
             } else {
                 core::arch::asm!("fxrstor64 [{}]", in(reg) p, options(nostack, preserves_flags, readonly));

@@ -190,7 +190,8 @@ pub fn set_guest_frame(frame: &FrameSlot) {
     // word (the caller is the hypervisor between an entry and its exit);
     // `at` is 16-aligned (FrameSlot's alignment).
     unsafe { TAHOMA_GUEST_FRAME = at };
-    super::cpu::set_rsp0(at + core::mem::size_of::<TrapFrame>() as u64);
+    // SAFETY: the end of a live object (the slot), so canonical.
+    unsafe { super::cpu::set_rsp0(at + core::mem::size_of::<TrapFrame>() as u64) };
 }
 
 /// The current guest frame's address (`TAHOMA_GUEST_FRAME`).

@@ -486,6 +486,7 @@ pub fn build(
         shared,
         start_info,
         callbacks: Callbacks::default(),
+        upcall_word: crate::hv::schedule::no_upcall_word(),
         upcall_depth: 0,
         slice: crate::time::ms_to_ticks(weight),
         console: tahoma_core::console::LineBuffer::new(),

@@ -146,6 +146,14 @@ pub struct Domain {
     pub start_info: u64,
     /// Registered upcall entries.
     pub callbacks: Callbacks,
+    /// The direct-map address of its shared page's `upcall_pending` byte
+    /// while it has an event entry registered, else the address of a static
+    /// zero word (never 0: the `syscall` stub reads through it without a
+    /// test): what the scheduler
+    /// loads into `Scheduler::upcall_shared` when it runs (computed once,
+    /// by `Hv::note_upcall_entry` when the callbacks change, not on every
+    /// switch).
+    pub upcall_word: u64,
     /// Upcall frames pushed and not yet returned.
     pub upcall_depth: u32,
     /// Time slice in TSC ticks.

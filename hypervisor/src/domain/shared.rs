@@ -136,18 +136,27 @@ impl SharedPage {
     /// branch per word: the pending words are or-ed first, and the masks
     /// are read only when one of them is nonzero. The usual `block` finds
     /// nothing pending (the guest cleared what it handled).
+    #[inline(always)] // on every `block`, in the slow entry (SCHED-2b)
     pub fn any_unmasked_pending(&self) -> bool {
+        // The page's address once (the atomic loads would otherwise make
+        // each word's projection read `mfn` again: 2 more per word).
+        let base = self.base();
+        // SAFETY: as in `pending` and `mask`: `base` is the direct-map
+        // address of the held frame and `w < PORT_WORDS`, so each
+        // projection stays inside it; only raw addresses are formed.
+        let pending = |w: usize| self.word(unsafe { &raw mut (*base).pending[w] });
+        // SAFETY: as for `pending` just above.
+        let mask = |w: usize| self.word(unsafe { &raw mut (*base).mask[w] });
         let mut any = 0;
         for w in 0..PORT_WORDS {
-            any |= self.pending(w).load(Ordering::SeqCst);
+            any |= pending(w).load(Ordering::SeqCst);
         }
         if any == 0 {
             return false;
         }
         let mut unmasked = 0;
         for w in 0..PORT_WORDS {
-            unmasked |=
-                self.pending(w).load(Ordering::SeqCst) & !self.mask(w).load(Ordering::SeqCst);
+            unmasked |= pending(w).load(Ordering::SeqCst) & !mask(w).load(Ordering::SeqCst);
         }
         unmasked != 0
     }

@@ -77,10 +77,14 @@ impl Hv {
     pub(crate) fn raise(&mut self, t: Target) {
         let Some(d) = self.dom(t.dom) else { return };
         if d.shared.raise(t.port) && d.state == RunState::Blocked {
-            self.wake(t.dom, BlockResult::Event);
+            // The domain just looked up, not a second look-up (`wake`).
+            d.state = RunState::Runnable;
+            d.ctx.set_rax(BlockResult::Event as u64);
+            self.woken(t.dom);
         }
     }
 
+    /// Wakes domain `id` if it is blocked: `block` returns `why` (SCHED-2).
     pub(crate) fn wake(&mut self, id: DomId, why: BlockResult) {
         let Some(d) = self.dom(id) else { return };
         if d.state != RunState::Blocked {
@@ -88,6 +92,13 @@ impl Hv {
         }
         d.state = RunState::Runnable;
         d.ctx.set_rax(why as u64);
+        self.woken(id);
+    }
+
+    /// The scheduler's half of a wake: the `block` deadline cancelled (an
+    /// inline test when none is armed), the domain queued.
+    #[inline(always)]
+    fn woken(&mut self, id: DomId) {
         if self.sched.deadlines.cancel(id, TimerKind::Block).is_some() {
             self.sched.timer_dirty = true;
         }

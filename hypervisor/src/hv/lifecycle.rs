@@ -53,6 +53,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
             fast_routes: &crate::hypercall::NO_FAST_ROUTES,
             upcall_shared: 0,
             retired: crate::domain::Frame::new(TrapFrame::default()),
+            unsettled: true,
         },
         channels: Channels::new(),
         grants: GrantTables::new(),
@@ -343,6 +344,7 @@ impl Hv {
             self.memory.loaded_root = mem::kernel_pml4() << 12;
         }
         self.domains.live -= 1;
+        self.sched.unsettled = true;
         // Its id may be reused: nothing remembered for it survives.
         guestmem::note_table_write();
         let name = Quoted(&d.name);

@@ -8,7 +8,7 @@
 
 mod delivery;
 mod lifecycle;
-mod schedule;
+pub(crate) mod schedule;
 
 pub use lifecycle::start;
 
@@ -284,6 +284,12 @@ pub(crate) struct Scheduler {
     /// into it, and the teardown may finish inside that entry
     /// (`Hv::destroy`). A spare until then.
     pub(crate) retired: crate::domain::Frame,
+    /// A domain was destroyed since [`Hv::run_next`]'s last full pass: the
+    /// run may be over (SCHED-3b) or a teardown waits for its turn
+    /// (SCHED-4), so the lean switch (`Hv::switch_away`) leaves the choice
+    /// to `run_next`. Set by `Hv::destroy`; cleared by `run_next` once no
+    /// teardown is left.
+    pub(crate) unsettled: bool,
 }
 
 /// Entry from `syscall` (CALL-1) for every hypercall the fast path (the
@@ -294,19 +300,22 @@ pub(crate) struct Scheduler {
 #[no_mangle] // a stable name for debuggers (`break hypercall_entry`)
 pub extern "C" fn hypercall_entry(frame: *mut TrapFrame, stage: u64) {
     use arch::entries::SLOW_LEAVE;
-    // SAFETY: `frame` is the current domain's own frame (the stub saved
-    // into it in place), live while the domain is; this reference is the
-    // only one and ends before `leave`, which finds the then current
-    // domain's frame itself (a switch in the call may have changed it).
-    let frame = unsafe { &mut *frame };
-    // SAFETY: an entry from ring 3 with interrupts disabled; a fast
-    // handler that ran before returned, so its reference is gone; this is
-    // the one reference taken now, dropped on return.
+    // SAFETY: an entry from ring 3 with interrupts disabled; a fast handler
+    // that ran before returned, so its reference is gone; this is the one
+    // reference taken now, dropped on return.
     let Some(hv) = (unsafe { HV.get() }) else {
-        frame.rax = regs::encode(Err(Error::NoSuchCall));
+        // SAFETY: the entry's frame, live for the entry; one field written
+        // through the pointer, no reference made.
+        unsafe { (*frame).rax = regs::encode(Err(Error::NoSuchCall)) };
         return;
     };
     if stage != SLOW_LEAVE {
+        // SAFETY: `frame` is the current domain's own frame (the stub saved
+        // into it in place), live while the domain is; no reference into
+        // it is live (the fast entry's ended), and `EntryFrame` makes none
+        // that outlives one access. `leave` below finds the then current
+        // domain's frame itself (a switch in the call may have changed it).
+        let frame = unsafe { crate::hypercall::EntryFrame::new(frame) };
         crate::hypercall::entry(hv, frame, true);
     }
     hv.leave();

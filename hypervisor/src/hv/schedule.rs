@@ -30,24 +30,51 @@ impl Hv {
 
     /// Stops running the current domain (re-queueing it if `requeue`) and
     /// runs the next one. Its registers are in its own frame already (the
-    /// entry saved them in place); the caller must not use the entry's
-    /// frame after this (it may be another domain's now: see [`Hv::leave`]).
+    /// entry saved them in place); the caller must hold no reference into
+    /// the entry's frame (it may be another domain's after this: see
+    /// [`Hv::leave`]).
+    ///
+    /// The lean way, taken by every switch that finds nothing unusual (no
+    /// domain destroyed since the last full pass, no deadline due, no
+    /// device interrupt waiting, a runnable domain queued): the current
+    /// domain's state saved, one run-queue operation (a yielding domain's
+    /// push and the pop fused: [`RunQueue::rotate`]) and the next domain
+    /// loaded ([`Hv::load`]), with no call on the way (so nothing is kept
+    /// in callee-saved registers). Anything else goes on in
+    /// [`Hv::run_next`], which fires the deadlines and delivers the
+    /// interrupts before it picks.
+    ///
+    /// [`RunQueue::rotate`]: tahoma_core::sched::RunQueue::rotate
+    #[inline(never)]
     pub(crate) fn switch_away(&mut self, requeue: bool) {
-        if let Some(cur) = self.sched.current.take() {
-            note_current(0);
-            let calls = core::mem::take(&mut self.sched.calls);
-            self.sched.fast_routes = &crate::hypercall::NO_FAST_ROUTES;
-            self.sched.upcall_shared = 0;
-            if let Some(d) = self.dom(cur) {
-                d.hypercalls += calls;
-                // The CPU keeps holding this state (cpu_state_of) until
-                // another domain's is loaded.
-                d.fpu.save();
-                d.selectors = arch::cpu::Selectors::read();
+        let Some(cur) = self.sched.current.take() else {
+            return self.run_next();
+        };
+        let calls = core::mem::take(&mut self.sched.calls);
+        if let Some(d) = self.dom(cur) {
+            d.hypercalls += calls;
+            // The CPU keeps holding this state (cpu_state_of) until
+            // another domain's is loaded.
+            d.fpu.save();
+            d.selectors.save();
+        }
+        let now = time::now_tsc();
+        let quiet = !self.sched.unsettled
+            && self.sched.deadlines.next().is_none_or(|at| at > now)
+            && !crate::io::irqs_pending();
+        if quiet {
+            let next = if requeue {
+                self.sched.runq.rotate(cur)
+            } else {
+                self.sched.runq.pop()
+            };
+            if let Some(id) = next {
+                if self.load(id, now) {
+                    return;
+                }
             }
-            if requeue {
-                self.sched.runq.push(cur);
-            }
+        } else if requeue {
+            self.sched.runq.push(cur);
         }
         self.run_next();
     }
@@ -56,6 +83,12 @@ impl Hv {
     /// leaves through: `arch::traps::set_guest_frame`), idling (halting the
     /// CPU) while none is runnable. Ends the run when no domain is left.
     pub(crate) fn run_next(&mut self) {
+        // Nothing runs until `load`: the fast entry's words say so (the
+        // lean switch leaves them to `load`, which it may not reach).
+        self.sched.current = None;
+        self.sched.fast_routes = &crate::hypercall::NO_FAST_ROUTES;
+        self.sched.upcall_shared = 0;
+        note_current(0);
         loop {
             if self.domains.live == 0
                 || (self.domains.critical_total > 0 && self.domains.critical_left == 0)
@@ -65,45 +98,16 @@ impl Hv {
             if !self.domains.dying.is_empty() {
                 self.reap(time::now_tsc() + time::ms_to_ticks(REAP_QUANTUM_MS));
             }
+            // The lean switch may run again once no teardown is left (the
+            // end-of-run test above passed: `finish` does not return).
+            self.sched.unsettled = !self.domains.dying.is_empty();
             let now = time::now_tsc();
             self.fire_deadlines(now);
             self.deliver_irqs();
             while let Some(id) = self.sched.runq.pop() {
-                let reload = self.sched.cpu_state_of != Some(id);
-                let Some(d) = self.dom(id) else { continue };
-                // No copy: the exit loads this domain's own frame.
-                arch::traps::set_guest_frame(d.ctx.slot());
-                if reload {
-                    // Never the previous domain's state (CPU-1, CPU-1a, CPU-2).
-                    d.fpu.restore();
-                    d.selectors.load();
+                if self.load(id, now) {
+                    return;
                 }
-                d.first_run_at.get_or_insert(now);
-                let (root, slice) = (d.root, d.slice);
-                let (fresh, upcall_shared) = (d.hypercalls == 0, upcall_word(d));
-                if root != self.memory.loaded_root {
-                    // SAFETY: `root` is a complete PML4 built for this domain
-                    // whose upper half is the hypervisor's, so the running
-                    // code, stack and data stay mapped.
-                    unsafe { arch::load_root(root) };
-                    self.memory.loaded_root = root;
-                    self.memory.mm.note_tlb_flushed();
-                }
-                self.sched.current = Some(id);
-                self.sched.fast_routes = crate::hypercall::fast_routes(!fresh);
-                self.sched.upcall_shared = upcall_shared;
-                note_current(id);
-                self.sched.cpu_state_of = Some(id);
-                self.sched.slice_end = now + slice;
-                // `leave` need look at the timer only if the new slice ends
-                // before the time it is armed for: every deadline is at or
-                // after `armed` (whoever adds one sets `timer_dirty`, and
-                // `leave` then arms for it if it is earlier), so otherwise
-                // it would find nothing to re-arm.
-                if self.sched.slice_end < self.sched.armed {
-                    self.sched.timer_dirty = true;
-                }
-                return;
             }
             if !self.domains.dying.is_empty() {
                 // Nothing runnable: the CPU is the teardown's.
@@ -126,6 +130,50 @@ impl Hv {
         }
     }
 
+    /// Makes domain `id` (just taken from the run queue) current at TSC
+    /// `now`: its frame the guest frame, its FPU state and selectors in the
+    /// CPU (unless the CPU holds them still), its root in CR3, its slice
+    /// started, and the scheduler's words for the fast entry set. False,
+    /// changing nothing, if no such domain exists (it was destroyed).
+    #[inline(always)]
+    fn load(&mut self, id: DomId, now: u64) -> bool {
+        let reload = self.sched.cpu_state_of != Some(id);
+        let Some(d) = self.dom(id) else { return false };
+        // No copy: the exit loads this domain's own frame.
+        arch::traps::set_guest_frame(d.ctx.slot());
+        if reload {
+            // Never the previous domain's state (CPU-1, CPU-1a, CPU-2).
+            d.fpu.restore();
+            d.selectors.load();
+        }
+        d.first_run_at.get_or_insert(now);
+        let (root, slice) = (d.root, d.slice);
+        let (fresh, upcall_shared) = (d.hypercalls == 0, d.upcall_word);
+        if root != self.memory.loaded_root {
+            // SAFETY: `root` is a complete PML4 built for this domain
+            // whose upper half is the hypervisor's, so the running
+            // code, stack and data stay mapped.
+            unsafe { arch::load_root(root) };
+            self.memory.loaded_root = root;
+            self.memory.mm.note_tlb_flushed();
+        }
+        self.sched.current = Some(id);
+        self.sched.fast_routes = crate::hypercall::fast_routes(!fresh);
+        self.sched.upcall_shared = upcall_shared;
+        note_current(id);
+        self.sched.cpu_state_of = Some(id);
+        self.sched.slice_end = now + slice;
+        // `leave` need look at the timer only if the new slice ends
+        // before the time it is armed for: every deadline is at or
+        // after `armed` (whoever adds one sets `timer_dirty`, and
+        // `leave` then arms for it if it is earlier), so otherwise
+        // it would find nothing to re-arm.
+        if self.sched.slice_end < self.sched.armed {
+            self.sched.timer_dirty = true;
+        }
+        true
+    }
+
     /// The one test on the way back to the current domain: whether
     /// [`Hv::leave`] has anything to do for it. (The `syscall` stub's fast
     /// path makes the same three tests itself: the flush in the call's fast
@@ -145,11 +193,15 @@ impl Hv {
         self.sched.timer_dirty || upcall_may_be_due(self.sched.upcall_shared)
     }
 
-    /// Refreshes `Scheduler::upcall_shared` after domain `id`'s callbacks
-    /// changed (TRAP-1), if it is the current domain.
+    /// Refreshes `Domain::upcall_word` after domain `id`'s callbacks
+    /// changed (TRAP-1), and `Scheduler::upcall_shared` if it is the
+    /// current domain.
     pub(crate) fn note_upcall_entry(&mut self, id: DomId) {
+        let Some(d) = self.dom(id) else { return };
+        d.upcall_word = upcall_word(d);
+        let word = d.upcall_word;
         if self.sched.current == Some(id) {
-            self.sched.upcall_shared = self.dom(id).map_or(no_upcall_word(), |d| upcall_word(d));
+            self.sched.upcall_shared = word;
         }
     }
 
@@ -236,8 +288,9 @@ const _: () = {
 
 /// The direct-map address of `d`'s `upcall_pending` byte when it has an
 /// event entry registered (it may get event upcalls), else
-/// [`no_upcall_word`]: the value of `Scheduler::upcall_shared` while `d`
-/// runs. Never 0: the `syscall` stub reads through it without a test.
+/// [`no_upcall_word`]: the value of `Domain::upcall_word`, and of
+/// `Scheduler::upcall_shared` while `d` runs. Never 0: the `syscall` stub
+/// reads through it without a test.
 fn upcall_word(d: &Domain) -> u64 {
     if d.callbacks.event == 0 {
         return no_upcall_word();
@@ -252,7 +305,7 @@ fn upcall_word(d: &Domain) -> u64 {
 static NO_UPCALL: core::sync::atomic::AtomicU16 = core::sync::atomic::AtomicU16::new(0);
 
 /// [`NO_UPCALL`]'s address.
-fn no_upcall_word() -> u64 {
+pub(crate) fn no_upcall_word() -> u64 {
     NO_UPCALL.as_ptr() as u64
 }
 

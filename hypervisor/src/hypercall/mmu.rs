@@ -1,9 +1,8 @@
 //! The MMU family (`MMU-*`): page-table updates through the validator.
 
-use crate::arch::traps::TrapFrame;
 use crate::guestmem::{self, GuestRange};
 use crate::hv::Hv;
-use crate::hypercall::Outcome;
+use crate::hypercall::{EntryFrame, Outcome};
 use crate::{arch, mem, time};
 use hypercall_abi::mmu::{MmuUpdate, MMU_BATCH_MAX};
 use hypercall_abi::{self as abi, Error};
@@ -31,7 +30,7 @@ const CHUNK: usize = 32;
 pub(crate) fn bounded(
     hv: &mut Hv,
     cur: DomId,
-    frame: &mut TrapFrame,
+    frame: &mut EntryFrame,
     f: impl FnOnce(&mut Mm, DomId, &mut Option<Pending>, &mut Budget) -> Result<Progress, MmError>,
 ) -> Outcome {
     let Hv {
@@ -52,7 +51,7 @@ pub(crate) fn bounded(
         Ok(Progress::Done) => Outcome::Return(Ok(0)),
         Err(e) => Outcome::Return(Err(e.into())),
         Ok(Progress::Preempted) => {
-            frame.rip = frame.rip.wrapping_sub(SYSCALL_LEN);
+            frame.set_rip(frame.rip().wrapping_sub(SYSCALL_LEN));
             if time::now_tsc() >= hv.sched.slice_end
                 && !(hv.sched.runq.is_empty() && hv.domains.dying.is_empty())
             {
@@ -184,7 +183,7 @@ pub(crate) fn frame_info(hv: &mut Hv, cur: DomId, a: abi::mmu::FrameInfo) -> Res
 }
 
 /// MMU-23: validates and pins a table, a bounded step at a time.
-pub(crate) fn pin(hv: &mut Hv, cur: DomId, a: abi::mmu::Pin, frame: &mut TrapFrame) -> Outcome {
+pub(crate) fn pin(hv: &mut Hv, cur: DomId, a: abi::mmu::Pin, frame: &mut EntryFrame) -> Outcome {
     bounded(hv, cur, frame, |mm, dom, pending, budget| {
         let level = Level::from_number(a.level)?;
         mm.pin_bounded(&mut mem::DirectMap, dom, a.mfn, level, pending, budget)
@@ -192,7 +191,12 @@ pub(crate) fn pin(hv: &mut Hv, cur: DomId, a: abi::mmu::Pin, frame: &mut TrapFra
 }
 
 /// MMU-24: unpins a table, a bounded step at a time.
-pub(crate) fn unpin(hv: &mut Hv, cur: DomId, a: abi::mmu::Unpin, frame: &mut TrapFrame) -> Outcome {
+pub(crate) fn unpin(
+    hv: &mut Hv,
+    cur: DomId,
+    a: abi::mmu::Unpin,
+    frame: &mut EntryFrame,
+) -> Outcome {
     bounded(hv, cur, frame, |mm, dom, pending, budget| {
         mm.unpin_bounded(&mut mem::DirectMap, dom, a.mfn, pending, budget)
     })

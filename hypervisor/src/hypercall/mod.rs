@@ -34,31 +34,159 @@ pub(crate) enum Outcome {
     Replaced,
 }
 
-/// Counts a hypercall of the current domain (reported at its exit:
-/// `Scheduler::calls` is added to its `Domain::hypercalls` when it stops
-/// running) and reports its first: while it is due, the fast path is not
-/// allowed (`Scheduler::fast_routes` is the empty table).
-#[inline(always)]
-pub(crate) fn count(hv: &mut Hv) {
-    hv.sched.calls += 1;
-    if core::ptr::eq(hv.sched.fast_routes, &NO_FAST_ROUTES) {
-        first_hypercall(hv);
+/// The calling domain's frame as the entry saved it (its own
+/// `Domain::ctx`, saved in place), held by address through a call that may
+/// switch domains.
+///
+/// The borrow argument (`docs/architecture.md`, "The frame across a
+/// switch"): a switch makes another frame current, and `Hv::load` hands
+/// the CPU a shared reference to that domain's slot while a wake writes a
+/// blocked domain's `rax` through its pointer, so a `&mut TrapFrame` held
+/// across a switch (a function argument is held for the whole call) could
+/// alias a frame the switch touches, or one the teardown frees. So the
+/// calls that may switch get this instead: each accessor reads or writes
+/// one field through the raw pointer and makes no reference, and
+/// [`EntryFrame::with`] lends a `&mut` only for a closure that does not
+/// switch. Every access happens before the call's switch (the handlers
+/// write their result first); after it the frame may be another domain's
+/// current one, or a destroyed domain's.
+pub(crate) struct EntryFrame(*mut TrapFrame);
+
+impl EntryFrame {
+    /// # Safety
+    /// `frame` is the current domain's frame as the entry from ring 3
+    /// saved it (live while the domain is, and for the rest of the entry
+    /// if it is destroyed in it: `Scheduler::retired`), and no reference
+    /// into it is live.
+    #[inline(always)]
+    pub(crate) unsafe fn new(frame: *mut TrapFrame) -> Self {
+        EntryFrame(frame)
+    }
+
+    /// The saved `rax`: the call number, until the result replaces it.
+    #[inline(always)]
+    pub(crate) fn rax(&self) -> u64 {
+        // SAFETY: a live frame (see `new`), read by value, no reference.
+        unsafe { (*self.0).rax }
+    }
+
+    /// Writes the caller's result (its `rax` on return).
+    #[inline(always)]
+    pub(crate) fn set_rax(&mut self, v: u64) {
+        // SAFETY: a live frame (see `new`), one field written through the
+        // pointer, no reference.
+        unsafe { (*self.0).rax = v };
+    }
+
+    /// The first argument register (`rdi`, CALL-1).
+    #[inline(always)]
+    pub(crate) fn rdi(&self) -> u64 {
+        // SAFETY: as for `rax`.
+        unsafe { (*self.0).rdi }
+    }
+
+    /// The caller's `rip` (after its `syscall`).
+    #[inline(always)]
+    pub(crate) fn rip(&self) -> u64 {
+        // SAFETY: as for `rax`.
+        unsafe { (*self.0).rip }
+    }
+
+    /// Moves the caller's `rip` (a restart, MMU-35).
+    #[inline(always)]
+    pub(crate) fn set_rip(&mut self, v: u64) {
+        // SAFETY: as for `set_rax`.
+        unsafe { (*self.0).rip = v };
+    }
+
+    /// Lends the frame to `f`, which must not switch domains (it cannot
+    /// reach `Hv` through this; the caller does not pass it one that
+    /// switches): the reference ends when `f` returns.
+    #[inline(always)]
+    pub(crate) fn with<R>(&mut self, f: impl FnOnce(&mut TrapFrame) -> R) -> R {
+        // SAFETY: a live frame (see `new`) with no other reference into it
+        // (`EntryFrame` makes none that outlives its methods, and `&mut
+        // self` rules out a second `with`); this one lives for `f` alone.
+        f(unsafe { &mut *self.0 })
     }
 }
 
 /// Runs the call in `frame` (counting it first if `uncounted`: the fast
-/// entry may already have) and writes its result into `frame.rax` unless
-/// it replaced the frame.
-pub(crate) fn entry(hv: &mut Hv, frame: &mut TrapFrame, uncounted: bool) {
+/// entry may already have; the count is reported at the domain's exit,
+/// `Scheduler::calls` being added to its `Domain::hypercalls` when it stops
+/// running, and its first call is reported now) and writes its result into
+/// the frame's `rax` unless it replaced the frame.
+///
+/// `yield` and `block`, the calls that switch, are tested first and run
+/// without the route or a decode (neither can refuse its arguments:
+/// SCHED-1, SCHED-2d); then `upcall_return`, the slow call every upcall
+/// ends with; everything else goes on out of line.
+#[inline(always)]
+pub(crate) fn entry(hv: &mut Hv, frame: EntryFrame, uncounted: bool) {
     let Some(cur) = hv.sched.current else { return };
     if uncounted {
-        count(hv);
+        hv.sched.calls += 1;
+        // The fast path is not allowed until the first call is reported.
+        if core::ptr::eq(hv.sched.fast_routes, &NO_FAST_ROUTES) {
+            // Out of line with the rest of the call, so that no path here
+            // keeps anything in callee-saved registers across a call.
+            return first_call(hv, cur, frame);
+        }
     }
-    match returning_handler(frame.rax) {
-        Some(f) => frame.rax = f(hv, cur, frame),
+    counted(hv, cur, frame);
+}
+
+/// [`entry`] of a domain's first hypercall: reported, then run.
+#[cold]
+#[inline(never)]
+fn first_call(hv: &mut Hv, cur: DomId, frame: EntryFrame) {
+    first_hypercall(hv);
+    counted(hv, cur, frame);
+}
+
+/// [`entry`] once the call is counted.
+#[inline(always)]
+fn counted(hv: &mut Hv, cur: DomId, frame: EntryFrame) {
+    let nr = frame.rax();
+    if nr == Hypercall::Yield.number() {
+        return sched::yield_now(hv, frame);
+    }
+    if nr == Hypercall::Block.number() {
+        let deadline_ns = frame.rdi();
+        return sched::block(hv, cur, deadline_ns, frame);
+    }
+    if nr == Hypercall::UpcallReturn.number() {
+        // Tested after the switching pair (LLVM would test it first).
+        core::hint::cold_path();
+        return upcall_return(hv, cur, frame);
+    }
+    other(hv, cur, frame);
+}
+
+/// `upcall_return` (TRAP-2), out of line on its own: no route, no
+/// `dispatch_frame` (every reflected trap and event upcall ends here).
+/// It does not switch: the frame is lent to it for the call.
+#[inline(never)]
+fn upcall_return(hv: &mut Hv, cur: DomId, mut frame: EntryFrame) {
+    let w = frame.with(|f| words(f));
+    let r = decoded(w, |a| frame.with(|f| trap::upcall_return(hv, cur, a, f)));
+    if let Outcome::Return(r) = r {
+        frame.set_rax(regs::encode(r));
+    }
+}
+
+/// [`entry`] for every call but `yield`, `block` and `upcall_return`.
+#[inline(never)]
+fn other(hv: &mut Hv, cur: DomId, mut frame: EntryFrame) {
+    match returning_handler(frame.rax()) {
+        Some(f) => {
+            // The handler does not switch: the shared reference ends with it.
+            let r = frame.with(|frame| f(hv, cur, frame));
+            frame.set_rax(r);
+        }
         None => {
-            if let Outcome::Return(r) = dispatch_frame(hv, cur, frame) {
-                frame.rax = regs::encode(r);
+            if let Outcome::Return(r) = dispatch_frame(hv, cur, &mut frame) {
+                frame.set_rax(regs::encode(r));
             }
         }
     }
@@ -74,17 +202,16 @@ fn words(frame: &TrapFrame) -> Words {
 
 /// Decodes the arguments of a call that may replace the caller's frame
 /// (a switch, an upcall return, a restart) with the family module's type
-/// and runs its handler.
-fn dispatch_frame(hv: &mut Hv, cur: DomId, frame: &mut TrapFrame) -> Outcome {
+/// and runs its handler (`yield`, `block` and `upcall_return` ran in
+/// [`entry`]).
+fn dispatch_frame(hv: &mut Hv, cur: DomId, frame: &mut EntryFrame) -> Outcome {
     use Hypercall as H;
-    let w = words(frame);
-    match Hypercall::from_number(frame.rax) {
-        Some(H::Yield) => with_frame(hv, cur, w, frame, sched::yield_now),
-        Some(H::Block) => with_frame(hv, cur, w, frame, sched::block),
-        Some(H::Shutdown) => with_frame(hv, cur, w, frame, sched::shutdown),
-        Some(H::UpcallReturn) => with_frame(hv, cur, w, frame, trap::upcall_return),
-        Some(H::MmuPin) => with_frame(hv, cur, w, frame, mmu::pin),
-        Some(H::MmuUnpin) => with_frame(hv, cur, w, frame, mmu::unpin),
+    let w = frame.with(|f| words(f));
+    match Hypercall::from_number(frame.rax()) {
+        Some(H::Shutdown) => decoded(w, |a| sched::shutdown(hv, cur, a)),
+        Some(H::MmuPin) => decoded(w, |a| mmu::pin(hv, cur, a, frame)),
+        Some(H::MmuUnpin) => decoded(w, |a| mmu::unpin(hv, cur, a, frame)),
+        // `entry` ran `yield`, `block` and `upcall_return`;
         // `returning_handler` has every other number.
         _ => Outcome::Return(Err(Error::NoSuchCall)),
     }
@@ -116,10 +243,13 @@ macro_rules! handler {
             // only while a domain is current: after `install`.
             let hv = unsafe { HV.get_installed() };
             // SAFETY: `Scheduler::fast_routes` names `FAST_ROUTES` only
-            // while `current` is `Some`: it is set so where `run_next`
+            // while `current` is `Some`: it is set so where `Hv::load`
             // sets `current` and by `first_hypercall` (which tests it),
-            // and reset to the empty table wherever `current` is cleared
-            // (`switch_away`, `destroy`). A fast handler never clears it.
+            // and reset to the empty table where `current` is cleared for
+            // longer than a switch (`run_next`, `destroy`); the lean
+            // switch (`switch_away`) clears `current` and sets both anew
+            // in `load`, or goes on in `run_next`, before any return to
+            // ring 3. A fast handler never clears it.
             let cur = unsafe { hv.sched.current.unwrap_unchecked() };
             hv.sched.calls += 1;
             let r = regs::encode(returning(hv, cur, [a0, a1, a2, a3, a4, a5], $f));
@@ -264,18 +394,12 @@ fn returning<T: Call>(
     T::decode(w).and_then(|a| f(hv, cur, a))
 }
 
-/// Runs a handler that may replace the caller's frame (a switch, an upcall
-/// return, a restart).
+/// Decodes the arguments of a call that may replace the caller's frame
+/// and runs its handler on them (a refused word is the call's result).
 #[inline(always)]
-fn with_frame<T: Call>(
-    hv: &mut Hv,
-    cur: DomId,
-    w: Words,
-    frame: &mut TrapFrame,
-    f: impl FnOnce(&mut Hv, DomId, T, &mut TrapFrame) -> Outcome,
-) -> Outcome {
+fn decoded<T: Call>(w: Words, f: impl FnOnce(T) -> Outcome) -> Outcome {
     match T::decode(w) {
-        Ok(a) => f(hv, cur, a, frame),
+        Ok(a) => f(a),
         Err(e) => Outcome::Return(Err(e)),
     }
 }

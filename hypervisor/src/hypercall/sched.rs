@@ -1,11 +1,10 @@
 //! The scheduling family (`SCHED-*`).
 #![forbid(unsafe_code)]
 
-use crate::arch::traps::TrapFrame;
 use crate::domain::RunState;
 use crate::hv::Exit;
 use crate::hv::Hv;
-use crate::hypercall::Outcome;
+use crate::hypercall::{EntryFrame, Outcome};
 use crate::time;
 use hypercall_abi::sched::{BlockResult, NO_DEADLINE};
 use hypercall_abi::{self as abi, Error};
@@ -13,60 +12,61 @@ use tahoma_core::event::DomId;
 use tahoma_core::sched::TimerKind;
 
 /// SCHED-1: gives up the rest of the slice when another domain can run.
-pub(crate) fn yield_now(
-    hv: &mut Hv,
-    _cur: DomId,
-    a: abi::sched::Yield,
-    frame: &mut TrapFrame,
-) -> Outcome {
-    let abi::sched::Yield {} = a;
-    frame.rax = 0;
+/// Takes no argument (nothing to decode or refuse) and returns 0.
+#[inline(always)]
+pub(crate) fn yield_now(hv: &mut Hv, mut frame: EntryFrame) {
+    frame.set_rax(0);
     if !hv.sched.runq.is_empty() {
+        // The frame is not touched past this point (see `EntryFrame`).
         hv.switch_away(true);
     }
-    Outcome::Replaced
 }
 
 /// SCHED-3: ends the caller; another domain runs.
-pub(crate) fn shutdown(
-    hv: &mut Hv,
-    cur: DomId,
-    a: abi::sched::Shutdown,
-    _frame: &mut TrapFrame,
-) -> Outcome {
+pub(crate) fn shutdown(hv: &mut Hv, cur: DomId, a: abi::sched::Shutdown) -> Outcome {
     hv.destroy(cur, Exit::Shutdown(a.reason, a.code));
     hv.run_next();
     Outcome::Replaced
 }
 
-/// SCHED-2: idles until an unmasked event is pending or the deadline passes.
-pub(crate) fn block(
-    hv: &mut Hv,
-    cur: DomId,
-    a: abi::sched::Block,
-    _frame: &mut TrapFrame,
-) -> Outcome {
-    let deadline_ns = a.deadline_ns;
+/// SCHED-2: idles until an unmasked event is pending or the deadline
+/// passes. Its one argument, the deadline, takes any value (SCHED-2d):
+/// nothing to decode or refuse. Without a deadline, inline and with no
+/// call before the switch's (so the slow entry keeps nothing in
+/// callee-saved registers); with one, out of line.
+#[inline(always)]
+pub(crate) fn block(hv: &mut Hv, cur: DomId, deadline_ns: u64, mut frame: EntryFrame) {
     let Some(d) = hv.dom(cur) else {
-        return Outcome::Return(Err(Error::NotFound));
+        return frame.set_rax(abi::regs::encode(Err(Error::NotFound)));
     };
     d.shared.set_upcall_mask(false);
     if d.shared.any_unmasked_pending() {
-        return Outcome::Return(Ok(BlockResult::Event as u64));
+        return frame.set_rax(BlockResult::Event as u64);
     }
-    let at = if deadline_ns == NO_DEADLINE {
-        None
-    } else {
-        Some(time::ns_to_tsc(deadline_ns))
-    };
-    if at.is_some_and(|at| at <= time::now_tsc()) {
-        return Outcome::Return(Ok(BlockResult::Deadline as u64));
+    if deadline_ns != NO_DEADLINE {
+        return block_until(hv, cur, deadline_ns, frame);
     }
+    // The result is written by the wake (`Hv::wake`), into this frame
+    // while the domain is not running.
     d.state = RunState::Blocked;
-    if let Some(at) = at {
-        hv.sched.deadlines.arm(at, cur, TimerKind::Block);
-        hv.sched.timer_dirty = true;
-    }
+    // The frame is not touched past this point (see `EntryFrame`).
     hv.switch_away(false);
-    Outcome::Replaced
+}
+
+/// [`block`] with a deadline: returns at once if it has passed (SCHED-2b),
+/// else sleeps until it or an event.
+#[inline(never)]
+fn block_until(hv: &mut Hv, cur: DomId, deadline_ns: u64, mut frame: EntryFrame) {
+    let at = time::ns_to_tsc(deadline_ns);
+    if at <= time::now_tsc() {
+        return frame.set_rax(BlockResult::Deadline as u64);
+    }
+    let Some(d) = hv.dom(cur) else {
+        return frame.set_rax(abi::regs::encode(Err(Error::NotFound)));
+    };
+    d.state = RunState::Blocked;
+    hv.sched.deadlines.arm(at, cur, TimerKind::Block);
+    hv.sched.timer_dirty = true;
+    // The frame is not touched past this point (see `EntryFrame`).
+    hv.switch_away(false);
 }
