@@ -45,6 +45,15 @@ pub const SLOW_FROM_START: u64 = 1;
 /// [`FastExit::rax`] (the stub puts it into the frame's `rax`); only the
 /// way back (`Hv::leave`) remains.
 pub const SLOW_LEAVE: u64 = 3;
+/// [`FastExit::slow`]: the call replaced the whole frame (`upcall_return`,
+/// TRAP-2: every register and iret word written, so the frame is complete
+/// and the stub must not complete it); the way back (`Hv::leave`) remains.
+/// [`FastExit::rax`] is ignored.
+pub const SLOW_REPLACED: u64 = 4;
+/// [`FastExit::slow`]: the call replaced the whole frame, as for
+/// [`SLOW_REPLACED`], and nothing else is due: the stub leaves through
+/// `trap_return` (`iretq`) at once.
+pub const REPLACED: u64 = 5;
 
 /// The kernel's entries.
 #[derive(Clone, Copy)]

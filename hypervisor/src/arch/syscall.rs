@@ -32,6 +32,10 @@ pub const COMPAT_SYSCALL_VECTOR: u64 = 0x101;
 /// The pseudo-vector of frames built by the `sysenter` entry (CPU-4).
 pub const SYSENTER_VECTOR: u64 = 0x102;
 
+// The stub tells REPLACED from SLOW_REPLACED by one comparison.
+const _: () = assert!(super::entries::REPLACED == super::entries::SLOW_REPLACED + 1);
+const _: () = assert!(super::entries::SLOW_LEAVE < super::entries::SLOW_REPLACED);
+
 /// Ring-0 stack top loaded by the entry (set by [`init`]).
 #[no_mangle]
 static mut SYSCALL_KERNEL_RSP: u64 = 0;
@@ -89,12 +93,24 @@ syscall_entry:
     movq {o_rsp}(%rsp), %rsp
     sysretq
 
+    // The call replaced the whole frame (upcall_return): it is complete,
+    // so leave through trap_return as it is, after the slow entry's leave
+    // if something is due (stage SLOW_REPLACED), at once if not (REPLACED).
+1:  cmpq ${slow_replaced}, %rdx
+    jb 2f
+    ja trap_return
+    movq TAHOMA_GUEST_FRAME(%rip), %rdi
+    movq %rdx, %rsi
+    xorl %ebp, %ebp
+    call *TAHOMA_HYPERCALL_SLOW_ENTRY(%rip)
+    jmp trap_return
+
     // Slow path: complete the frame (the callee-saved registers still hold
     // the caller's values), then the slow entry with the stage in rsi, and
     // leave through trap_return (iretq) by whatever frame is current then.
     // rax is the frame's rax now: the call's result, or its number if
     // nothing was done.
-1:  movq TAHOMA_GUEST_FRAME(%rip), %rdi
+2:  movq TAHOMA_GUEST_FRAME(%rip), %rdi
     movq %rax, {o_rax}(%rdi)
     movq ${user_ss}, {o_ss}(%rdi)
     movq ${user_cs}, {o_cs}(%rdi)
@@ -201,6 +217,7 @@ foreign_common:
     o_r13 = const core::mem::offset_of!(TrapFrame, r13),
     o_r14 = const core::mem::offset_of!(TrapFrame, r14),
     o_r15 = const core::mem::offset_of!(TrapFrame, r15),
+    slow_replaced = const super::entries::SLOW_REPLACED,
     compat = const COMPAT_SYSCALL_VECTOR,
     sysenter = const SYSENTER_VECTOR,
     options(att_syntax)

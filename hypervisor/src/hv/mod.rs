@@ -148,7 +148,8 @@ pub(crate) struct Hv {
     /// A critical domain failed, or the audit did: the run ends in failure.
     pub(crate) failed: bool,
     /// Write translations of the callback stacks' pages, remembered between
-    /// upcalls and voided by any page-table change (`guestmem::Remembered`).
+    /// upcalls and voided by any change to the entries that map them
+    /// (`guestmem::Remembered`).
     pub(crate) remembered: guestmem::Remembered,
 }
 
@@ -241,6 +242,9 @@ pub extern "C" fn hypercall_entry(frame: &mut TrapFrame) -> arch::entries::FastE
     // (tested first: `yield` and `block`, the switching calls, then leave
     // the fast entry after the route alone).
     let Some(call) = crate::hypercall::returning_handler(frame.rax) else {
+        if frame.rax == hypercall_abi::Hypercall::UpcallReturn.number() {
+            return upcall_return_entry(frame);
+        }
         return slow(SLOW_FROM_START);
     };
     if frame.rip >= hypercall_abi::layout::GUEST_VA_TOP || frame.rflags & TF_RF != 0 {
@@ -272,12 +276,64 @@ pub extern "C" fn hypercall_entry(frame: &mut TrapFrame) -> arch::entries::FastE
     FastExit { rax, slow: 0 }
 }
 
+/// `upcall_return` (TRAP-2) from the fast entry: the call replaces the
+/// whole frame with the checked upcall frame (`hypercall::trap`), so the
+/// partial frame the stub saved needs no completing, and the way back is
+/// `trap_return`'s `iretq` at once (`arch::entries::REPLACED`), or after
+/// `leave` when an upcall or the timer is due (`SLOW_REPLACED`). A refused
+/// return changes nothing and returns its error like any fast call, with
+/// `sysretq` only under the fast entry's conditions. A domain's first call
+/// goes the slow way, as in [`hypercall_entry`].
+#[inline(never)]
+fn upcall_return_entry(frame: &mut TrapFrame) -> arch::entries::FastExit {
+    use arch::entries::{FastExit, REPLACED, SLOW_FROM_START, SLOW_LEAVE, SLOW_REPLACED};
+    const TF_RF: u64 = (1 << 8) | (1 << 16);
+    let slow = |stage| FastExit {
+        rax: frame.rax,
+        slow: stage,
+    };
+    // SAFETY: an entry from ring 3 with interrupts disabled (SFMASK clears
+    // IF); the fast entry took no reference; the one this entry takes,
+    // dropped on return.
+    let Some(hv) = (unsafe { HV.get() }) else {
+        return slow(SLOW_FROM_START);
+    };
+    let Some(cur) = hv.sched.current else {
+        return slow(SLOW_FROM_START);
+    };
+    if hv.sched.first_call_due {
+        return slow(SLOW_FROM_START);
+    }
+    hv.sched.calls += 1;
+    match crate::hypercall::trap::upcall_return_in_place(hv, cur, frame) {
+        Ok(()) => FastExit {
+            rax: 0,
+            slow: if hv.work_pending() {
+                SLOW_REPLACED
+            } else {
+                REPLACED
+            },
+        },
+        Err(e) => {
+            let rax = regs::encode(Err(e));
+            let sysret_ok =
+                frame.rip < hypercall_abi::layout::GUEST_VA_TOP && frame.rflags & TF_RF == 0;
+            let slow = if hv.work_pending() || !sysret_ok {
+                SLOW_LEAVE
+            } else {
+                0
+            };
+            FastExit { rax, slow }
+        }
+    }
+}
+
 /// The rest of a hypercall the fast entry did not finish ([`hypercall_entry`]),
 /// with the frame complete: `stage` says where it stopped
 /// (`arch::entries::SLOW_*`). Leaves through `trap_return` (`iretq`).
 #[no_mangle] // a stable name for debuggers
 pub extern "C" fn hypercall_slow_entry(frame: *mut TrapFrame, stage: u64) {
-    use arch::entries::SLOW_LEAVE;
+    use arch::entries::SLOW_FROM_START;
     // SAFETY: `frame` is the current domain's own frame (the stub saved
     // into it in place), live while the domain is; this reference is the
     // only one and ends before `leave`, which finds the then current
@@ -290,7 +346,8 @@ pub extern "C" fn hypercall_slow_entry(frame: *mut TrapFrame, stage: u64) {
         frame.rax = regs::encode(Err(Error::NoSuchCall));
         return;
     };
-    if stage != SLOW_LEAVE {
+    // SLOW_LEAVE and SLOW_REPLACED: the call is done, only `leave` remains.
+    if stage == SLOW_FROM_START {
         crate::hypercall::entry(hv, frame, true);
     }
     hv.leave();
