@@ -511,6 +511,55 @@ pub fn read_phys<T: zerocopy::FromBytes>(pa: u64) -> T {
     unsafe { core::ptr::read_unaligned(phys_to_virt(pa) as *const T) }
 }
 
+/// `N` words of physical memory, 8-aligned and inside the direct map
+/// (checked once, by [`PhysWords::new`]), written one store per word with
+/// [`PhysWords::put`]: the caller loads each word from where it is and
+/// stores it, with no copy on the stack and no `memcpy` call (an upcall
+/// frame, TRAP-0).
+pub struct PhysWords<const N: usize>(*mut u64);
+
+impl<const N: usize> PhysWords<N> {
+    /// The words at `pa`, if 8-aligned and inside the direct map. The caller
+    /// translated them for writing (a guest frame it may write).
+    #[inline(always)]
+    pub fn new(pa: u64) -> Option<PhysWords<N>> {
+        let end = pa.checked_add(8 * N as u64)?;
+        (pa.is_multiple_of(8) && end <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed))
+            .then(|| PhysWords(phys_to_virt(pa) as *mut u64))
+    }
+
+    /// Stores `w` as word `i` (`i < N`, checked; a constant index folds it).
+    #[inline(always)]
+    pub fn put(&self, i: usize, w: u64) {
+        assert!(i < N);
+        // SAFETY: word `i < N` (checked) of the range `new` checked (inside
+        // the direct map, aligned); no Rust reference covers guest frames.
+        unsafe { self.0.add(i).write_volatile(w) }
+    }
+}
+
+/// Whether every `(pa, value)` in `words` still holds: the u64 at physical
+/// address `pa` (8-aligned, inside the direct map, else `false`) equals
+/// `value`. For re-checking the page-table entries a walk read
+/// (`guestmem::Remembered`): every address is checked first (the limit
+/// loaded once), then the words are compared without a branch per word.
+#[inline]
+pub fn phys_words_hold<const N: usize>(words: &[(u64, u64); N]) -> bool {
+    let last = DIRECT_MAP_LIMIT.load(Ordering::Relaxed).saturating_sub(8);
+    if words
+        .iter()
+        .any(|&(pa, _)| !pa.is_multiple_of(8) || pa > last)
+    {
+        return false;
+    }
+    let mut differ = 0;
+    for &(pa, value) in words {
+        // SAFETY: aligned and inside the direct map (all checked above).
+        differ |= unsafe { (phys_to_virt(pa) as *const u64).read_volatile() } ^ value;
+    }
+    differ == 0
+}
+
 /// Copies `data` to physical memory at `pa` (inside the direct map).
 pub fn copy_to_phys(pa: u64, data: &[u8]) {
     assert!(pa + data.len() as u64 <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed));
