@@ -59,7 +59,7 @@ pub struct Space<'a> {
 /// the domain may map with that access (`Mm::may_map`): defence in depth
 /// behind the validator.
 pub fn translate(space: &Space<'_>, va: u64, write: bool) -> Result<u64, Error> {
-    walk(space, va, write, &mut [(0, 0); LEVELS])
+    walk(space, va, write, &mut [(mem::PhysWord::ZERO, 0); LEVELS])
 }
 
 /// Page-table levels a walk reads at most.
@@ -74,7 +74,7 @@ fn walk(
     space: &Space<'_>,
     va: u64,
     write: bool,
-    read: &mut [(u64, u64); LEVELS],
+    read: &mut [(mem::PhysWord, u64); LEVELS],
 ) -> Result<u64, Error> {
     if va >= GUEST_VA_TOP {
         return Err(Error::BadAddress);
@@ -84,9 +84,9 @@ fn walk(
     for level in (1..=4u32).rev() {
         let index = (va >> (12 + 9 * (level - 1))) & 0x1ff;
         let at = table + index * 8;
-        let entry = mem::read_phys_u64(at).ok_or(Error::BadAddress)?;
+        let (word, entry) = mem::PhysWord::read_new(at).ok_or(Error::BadAddress)?;
         for r in read.iter_mut().skip(LEVELS - level as usize) {
-            *r = (at, entry);
+            *r = (word, entry);
         }
         if entry & need != need {
             return Err(Error::BadAddress);
@@ -229,7 +229,7 @@ struct Slot {
     root: u64,
     va_page: u64,
     pa_page: u64,
-    read: [(u64, u64); LEVELS],
+    read: [(mem::PhysWord, u64); LEVELS],
     dom: DomId,
 }
 
@@ -253,7 +253,7 @@ impl Slot {
         root: 0,
         va_page: 0,
         pa_page: 0,
-        read: [(0, 0); LEVELS],
+        read: [(mem::PhysWord::ZERO, 0); LEVELS],
         dom: 0,
     };
 }
@@ -337,7 +337,7 @@ impl Remembered {
     #[inline(never)]
     fn fill(&mut self, space: &Space<'_>, va: u64) -> Result<u64, Error> {
         let generation = TABLE_GENERATION.load(Ordering::Relaxed);
-        let mut read = [(0, 0); LEVELS];
+        let mut read = [(mem::PhysWord::ZERO, 0); LEVELS];
         let pa = walk(space, va, true, &mut read)?;
         self.slots[Self::index(space, va)] = Slot {
             generation,

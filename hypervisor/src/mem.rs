@@ -538,24 +538,44 @@ impl<const N: usize> PhysWords<N> {
     }
 }
 
-/// Whether every `(pa, value)` in `words` still holds: the u64 at physical
-/// address `pa` (8-aligned, inside the direct map, else `false`) equals
-/// `value`. For re-checking the page-table entries a walk read
-/// (`guestmem::Remembered`): every address is checked first (the limit
-/// loaded once), then the words are compared without a branch per word.
-#[inline]
-pub fn phys_words_hold<const N: usize>(words: &[(u64, u64); N]) -> bool {
-    let last = DIRECT_MAP_LIMIT.load(Ordering::Relaxed).saturating_sub(8);
-    if words
-        .iter()
-        .any(|&(pa, _)| !pa.is_multiple_of(8) || pa > last)
-    {
-        return false;
+/// A physical word known to be readable: 8-aligned and inside the direct
+/// map, checked once when made ([`PhysWord::read_new`]). The direct map
+/// only grows (`DIRECT_MAP_LIMIT` is raised once, at boot), so the check
+/// holds for as long as the value lives, and [`PhysWord::read`] needs none.
+#[derive(Clone, Copy)]
+pub struct PhysWord(u64);
+
+impl PhysWord {
+    /// Physical address 0: aligned and inside every direct map.
+    pub const ZERO: PhysWord = PhysWord(0);
+
+    /// The word at `pa` and its value, if `pa` is 8-aligned and inside the
+    /// direct map ([`read_phys_u64`]'s test).
+    #[inline]
+    pub fn read_new(pa: u64) -> Option<(PhysWord, u64)> {
+        let value = read_phys_u64(pa)?;
+        Some((PhysWord(pa), value))
     }
+
+    /// The word's current value.
+    #[inline(always)]
+    pub fn read(self) -> u64 {
+        // SAFETY: `self.0` was 8-aligned and inside the direct map when
+        // made (`read_new`, or 0 for `ZERO`), and the direct map never
+        // shrinks; a volatile read of a frame another CPU may write.
+        unsafe { (phys_to_virt(self.0) as *const u64).read_volatile() }
+    }
+}
+
+/// Whether every `(word, value)` in `words` still holds: the word equals
+/// `value`. For re-checking the page-table entries a walk read
+/// (`guestmem::Remembered`): the addresses were checked when the words
+/// were made, so this is the loads and one test, no branch per word.
+#[inline]
+pub fn phys_words_hold<const N: usize>(words: &[(PhysWord, u64); N]) -> bool {
     let mut differ = 0;
-    for &(pa, value) in words {
-        // SAFETY: aligned and inside the direct map (all checked above).
-        differ |= unsafe { (phys_to_virt(pa) as *const u64).read_volatile() } ^ value;
+    for &(word, value) in words {
+        differ |= word.read() ^ value;
     }
     differ == 0
 }
