@@ -40,17 +40,27 @@ pub const fn encode(result: Result<u64, Error>) -> u64 {
 ///
 /// A negative word that is not a defined code decodes as
 /// [`Error::InvalidArgument`]; the hypervisor never returns one.
+///
+/// Inline (a guest decodes after every call): the success test is one
+/// comparison; the error's look-up is out of line.
+#[inline]
 pub fn decode(rax: u64) -> Result<u64, Error> {
-    let signed = rax as i64;
-    if signed >= 0 {
+    if (rax as i64) >= 0 {
         Ok(rax)
     } else {
-        let code = signed.unsigned_abs();
-        match u16::try_from(code).ok().and_then(Error::from_code) {
-            Some(e) => Err(e),
-            None => Err(Error::InvalidArgument),
-        }
+        Err(decode_error(rax))
     }
+}
+
+/// The error of a negative `rax` word ([`decode`]).
+#[cold]
+#[inline(never)]
+fn decode_error(rax: u64) -> Error {
+    let code = (rax as i64).unsigned_abs();
+    u16::try_from(code)
+        .ok()
+        .and_then(Error::from_code)
+        .unwrap_or(Error::InvalidArgument)
 }
 
 #[cfg(test)]

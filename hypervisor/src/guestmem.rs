@@ -14,7 +14,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use hypercall_abi::layout::GUEST_VA_TOP;
 use hypercall_abi::Error;
 use tahoma_core::event::DomId;
-use tahoma_core::mm::Mm;
+use tahoma_core::mm::{FrameType, Mm, Owner};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// A range of guest virtual memory whose shape has been checked.
@@ -59,6 +59,23 @@ pub struct Space<'a> {
 /// the domain may map with that access (`Mm::may_map`): defence in depth
 /// behind the validator.
 pub fn translate(space: &Space<'_>, va: u64, write: bool) -> Result<u64, Error> {
+    walk(space, va, write, &mut [(mem::PhysWord::ZERO, 0); LEVELS])
+}
+
+/// Page-table levels a walk reads at most.
+const LEVELS: usize = 4;
+
+/// [`translate`], recording in `read` the physical address and the value of
+/// every entry the walk read, top down; after a huge leaf the last one is
+/// repeated, so all [`LEVELS`] are set. The translation is a function of
+/// `space.root`, `va`, `write` and those entries alone (and of `may_map`),
+/// which is what [`Remembered`] relies on.
+fn walk(
+    space: &Space<'_>,
+    va: u64,
+    write: bool,
+    read: &mut [(mem::PhysWord, u64); LEVELS],
+) -> Result<u64, Error> {
     if va >= GUEST_VA_TOP {
         return Err(Error::BadAddress);
     }
@@ -66,7 +83,11 @@ pub fn translate(space: &Space<'_>, va: u64, write: bool) -> Result<u64, Error> 
     let mut table = space.root & pte::ADDR;
     for level in (1..=4u32).rev() {
         let index = (va >> (12 + 9 * (level - 1))) & 0x1ff;
-        let entry = mem::read_phys_u64(table + index * 8).ok_or(Error::BadAddress)?;
+        let at = table + index * 8;
+        let (word, entry) = mem::PhysWord::read_new(at).ok_or(Error::BadAddress)?;
+        for r in read.iter_mut().skip(LEVELS - level as usize) {
+            *r = (word, entry);
+        }
         if entry & need != need {
             return Err(Error::BadAddress);
         }
@@ -75,15 +96,30 @@ pub fn translate(space: &Space<'_>, va: u64, write: bool) -> Result<u64, Error> 
             let page_bits = 12 + 9 * (level - 1);
             let base = entry & pte::ADDR & !((1u64 << page_bits) - 1);
             let pa = base + (va & ((1u64 << page_bits) - 1));
-            space
-                .mm
-                .may_map(space.dom, pa >> 12, write)
-                .map_err(|_| Error::BadAddress)?;
+            if !may_map(space, pa >> 12, write) {
+                return Err(Error::BadAddress);
+            }
             return Ok(pa);
         }
         table = entry & pte::ADDR;
     }
     Err(Error::BadAddress)
+}
+
+/// `Mm::may_map(space.dom, mfn, write)`, its common case tested inline: a
+/// frame the domain owns that is not `Special` may be mapped either way
+/// (that is what `may_map` answers for it); any other frame is asked of
+/// `may_map` itself.
+#[inline(always)]
+fn may_map(space: &Space<'_>, mfn: u64, write: bool) -> bool {
+    match space.mm.frame(mfn) {
+        Some(f)
+            if f.owner() == Owner::Domain(space.dom) && f.frame_type() != FrameType::Special =>
+        {
+            true
+        }
+        _ => space.mm.may_map(space.dom, mfn, write).is_ok(),
+    }
 }
 
 /// Physical pieces (address, length) covering `range`, each within a page.
@@ -169,39 +205,76 @@ pub fn write<T: IntoBytes + Immutable>(space: &Space<'_>, va: u64, value: &T) ->
 /// The generation of every guest page table's contents: bumped whenever the
 /// validator writes an entry (`mem::DirectMap::write_entry`: `mmu_update`,
 /// `update_va_mapping`, pin, unpin, grant and device mappings, teardown) and
-/// when a domain is destroyed. A remembered translation is used only within
-/// the generation it was taken in ([`Remembered`]). Starts at 1: 0 marks an
-/// empty slot. One CPU, interrupts off: `Relaxed` is all the ordering needed
-/// (SMP: a write on another CPU must bump it before that CPU's flush IPI
-/// completes, like any TLB shootdown).
+/// when a domain is destroyed. A remembered translation of the current
+/// generation is used as it is; one of an older generation only after its
+/// walk's entries are read again and found unchanged ([`Remembered`]).
+/// Starts at 1: 0 marks an empty slot. One CPU, interrupts off: `Relaxed`
+/// is all the ordering needed (SMP: a write on another CPU must bump it
+/// before that CPU's flush IPI completes, like any TLB shootdown).
 static TABLE_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// Some guest page-table entry changed (or a domain went): every
-/// remembered translation is void from now on.
+/// remembered translation must be checked again before its next use.
 #[inline]
 pub fn note_table_write() {
     TABLE_GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
-/// One remembered write translation: page `va_page` of domain `dom` running
-/// on `root` is frame `pa_page`, writable, as of `generation`.
-#[derive(Clone, Copy, Default)]
+/// One remembered translation: page `va_page` of domain `dom` running on
+/// `root` is frame `pa_page`, through the entries in `read` (physical
+/// address and value, top down), as of `generation`.
+#[derive(Clone, Copy)]
 struct Slot {
     generation: u64,
     root: u64,
     va_page: u64,
     pa_page: u64,
+    read: [(mem::PhysWord, u64); LEVELS],
     dom: DomId,
 }
 
-/// A few remembered *write* translations, for the pages the hypervisor
-/// writes on every upcall (the callback stack's top; TRAP-0). A software
-/// TLB that never outlives a change: a slot is used only if no page-table
-/// entry anywhere was written since it was filled (`TABLE_GENERATION`:
-/// remapping, unmapping, unpinning, a teardown all write entries), the
-/// domain still runs on the same root (`new_baseptr` changes it), and the
-/// frame still passes `Mm::may_map` for writing (checked on every use, as a
-/// fresh walk would). A miss walks the tables as [`translate`] does.
+impl Slot {
+    /// Some entry somewhere was written since this slot was filled or last
+    /// checked: whether every entry its walk read still holds its value
+    /// (then it is current again), else void it.
+    #[inline(never)]
+    fn recheck(&mut self) -> bool {
+        if mem::phys_words_hold(&self.read) {
+            self.generation = TABLE_GENERATION.load(Ordering::Relaxed);
+            true
+        } else {
+            self.generation = 0;
+            false
+        }
+    }
+
+    const EMPTY: Slot = Slot {
+        generation: 0,
+        root: 0,
+        va_page: 0,
+        pa_page: 0,
+        read: [(mem::PhysWord::ZERO, 0); LEVELS],
+        dom: 0,
+    };
+}
+
+/// A few remembered translations, for the pages the hypervisor writes on
+/// every upcall (the callback stack's top; TRAP-0) and reads back at
+/// `upcall_return`. A software TLB that never outlives a change: a slot is
+/// used as it is only if no page-table entry anywhere was written since it
+/// was filled or last checked (`TABLE_GENERATION`). After any write it is
+/// used only if every entry its walk read (the four levels: physical
+/// address and value, recorded by [`walk`]) still holds the value it held:
+/// the walk is a function of the root, the address and those entries, so
+/// it would give the same frame, with the same permission bits, all the
+/// way down. A write anywhere else (the page-fault handler's
+/// `update_va_mapping` of another page) then costs four reads instead of a
+/// walk; a write to any of them (the page remapped, unmapped, made
+/// read-only, or a table above it replaced) voids the slot, however the
+/// table was written. The domain must still run on the same root
+/// (`new_baseptr` changes the key), and the frame must still pass
+/// `Mm::may_map` for the access (checked on every use, as a fresh walk
+/// would). A miss walks the tables as [`translate`] does.
 pub struct Remembered {
     slots: [Slot; REMEMBERED_SLOTS],
 }
@@ -214,13 +287,7 @@ impl Remembered {
     /// Nothing remembered.
     pub const fn new() -> Remembered {
         Remembered {
-            slots: [Slot {
-                generation: 0,
-                root: 0,
-                va_page: 0,
-                pa_page: 0,
-                dom: 0,
-            }; REMEMBERED_SLOTS],
+            slots: [Slot::EMPTY; REMEMBERED_SLOTS],
         }
     }
 
@@ -232,41 +299,52 @@ impl Remembered {
     }
 
     /// The remembered frame of `va`'s page, if a slot holds it and is still
-    /// valid (same generation, domain and root), checked with `may_map` for
-    /// the access as a fresh walk would be.
-    #[inline]
-    fn lookup(&self, space: &Space<'_>, va: u64, write: bool) -> Option<Result<u64, Error>> {
-        let s = &self.slots[Self::index(space, va)];
-        let valid = s.generation == TABLE_GENERATION.load(Ordering::Relaxed)
-            && s.va_page == va & !0xfff
-            && s.dom == space.dom
-            && s.root == space.root;
-        if !valid {
+    /// valid (same domain and root; same generation, or the walk's entries
+    /// unchanged), checked with `may_map` for the access as a fresh walk
+    /// would be.
+    #[inline(always)]
+    fn lookup(&mut self, space: &Space<'_>, va: u64, write: bool) -> Option<Result<u64, Error>> {
+        let s = &mut self.slots[Self::index(space, va)];
+        if s.generation == 0
+            || s.va_page != va & !0xfff
+            || s.dom != space.dom
+            || s.root != space.root
+        {
             return None;
         }
-        Some(
-            space
-                .mm
-                .may_map(space.dom, s.pa_page >> 12, write)
-                .map(|()| s.pa_page | (va & 0xfff))
-                .map_err(|_| Error::BadAddress),
-        )
+        if s.generation != TABLE_GENERATION.load(Ordering::Relaxed) && !s.recheck() {
+            return None;
+        }
+        // The entries' permission bits were checked for writing when the
+        // slot was filled; they are unchanged.
+        if !may_map(space, s.pa_page >> 12, write) {
+            return Some(Err(Error::BadAddress));
+        }
+        Some(Ok(s.pa_page | (va & 0xfff)))
     }
 
     /// Translates `va` for writing, from a slot if one is valid; a walk
     /// otherwise, remembered.
-    #[inline]
+    #[inline(always)]
     fn translate_write(&mut self, space: &Space<'_>, va: u64) -> Result<u64, Error> {
         if let Some(r) = self.lookup(space, va, true) {
             return r;
         }
+        self.fill(space, va)
+    }
+
+    /// A miss of [`Remembered::translate_write`]: walks and remembers.
+    #[inline(never)]
+    fn fill(&mut self, space: &Space<'_>, va: u64) -> Result<u64, Error> {
         let generation = TABLE_GENERATION.load(Ordering::Relaxed);
-        let pa = translate(space, va, true)?;
+        let mut read = [(mem::PhysWord::ZERO, 0); LEVELS];
+        let pa = walk(space, va, true, &mut read)?;
         self.slots[Self::index(space, va)] = Slot {
             generation,
             root: space.root,
             va_page: va & !0xfff,
             pa_page: pa & !0xfff,
+            read,
             dom: space.dom,
         };
         Ok(pa)
@@ -276,7 +354,11 @@ impl Remembered {
     /// remembered translation when one is valid (the `upcall_return` of a
     /// frame the hypervisor just wrote). A miss walks the tables and is not
     /// remembered: only written pages are.
-    pub fn read<T: FromBytes + IntoBytes>(&self, space: &Space<'_>, va: u64) -> Result<T, Error> {
+    pub fn read<T: FromBytes + IntoBytes>(
+        &mut self,
+        space: &Space<'_>,
+        va: u64,
+    ) -> Result<T, Error> {
         let len = core::mem::size_of::<T>() as u64;
         let range = GuestRange::new(va, len, u64::MAX)?;
         if len == 0 || len > 4096 - (range.va & 0xfff) {
@@ -289,32 +371,50 @@ impl Remembered {
         Ok(mem::read_phys(pa))
     }
 
-    /// Writes `value` at guest address `va` as [`write`] does (nothing is
-    /// written unless every byte is writable), through remembered
-    /// translations. `T` spans at most two pages.
-    pub fn write<T: IntoBytes + Immutable>(
+    /// Where `N` words written at guest address `va` (8-aligned) go, as
+    /// [`write`] would check them (every byte writable), through remembered
+    /// translations; nothing is written. The caller then builds the words
+    /// straight from where they are and stores them (see [`Destination`]).
+    #[inline(always)]
+    pub fn destination<const N: usize>(
         &mut self,
         space: &Space<'_>,
         va: u64,
-        value: &T,
-    ) -> Result<(), Error> {
-        let data = value.as_bytes();
-        let len = data.len() as u64;
-        const { assert!(core::mem::size_of::<T>() <= 4096) };
+    ) -> Result<Destination<N>, Error> {
+        const { assert!(N > 0 && N * 8 <= 4096) };
+        let len = 8 * N as u64;
         let range = GuestRange::new(va, len, 4096)?;
-        if len == 0 {
-            return Ok(());
+        if range.va % 8 != 0 {
+            return Err(Error::BadAddress);
         }
         let first_len = (4096 - (range.va & 0xfff)).min(len);
         let first = self.translate_write(space, range.va)?;
         if first_len == len {
-            mem::copy_to_phys(first, data);
-            return Ok(());
+            return mem::PhysWords::new(first)
+                .map(Destination::One)
+                .ok_or(Error::BadAddress);
         }
         let second = self.translate_write(space, range.va + first_len)?;
-        let (a, b) = data.split_at(first_len as usize);
+        Ok(Destination::Two(first, first_len as usize, second))
+    }
+}
+
+/// Where [`Remembered::destination`] found `N` words go: checked writable,
+/// within one page or split across two. Store them with
+/// [`Destination::One`]'s [`mem::PhysWords::put`] (one store per word,
+/// straight from where they are) or [`Destination::store_split`].
+pub enum Destination<const N: usize> {
+    /// All of them here.
+    One(mem::PhysWords<N>),
+    /// The first `.1` bytes at `.0`, the rest at `.2`.
+    Two(u64, usize, u64),
+}
+
+impl<const N: usize> Destination<N> {
+    /// Stores `words` across the two pages of a [`Destination::Two`].
+    pub fn store_split(first: u64, first_len: usize, second: u64, words: &[u64; N]) {
+        let (a, b) = words.as_bytes().split_at(first_len);
         mem::copy_to_phys(first, a);
         mem::copy_to_phys(second, b);
-        Ok(())
     }
 }

@@ -511,6 +511,75 @@ pub fn read_phys<T: zerocopy::FromBytes>(pa: u64) -> T {
     unsafe { core::ptr::read_unaligned(phys_to_virt(pa) as *const T) }
 }
 
+/// `N` words of physical memory, 8-aligned and inside the direct map
+/// (checked once, by [`PhysWords::new`]), written one store per word with
+/// [`PhysWords::put`]: the caller loads each word from where it is and
+/// stores it, with no copy on the stack and no `memcpy` call (an upcall
+/// frame, TRAP-0).
+pub struct PhysWords<const N: usize>(*mut u64);
+
+impl<const N: usize> PhysWords<N> {
+    /// The words at `pa`, if 8-aligned and inside the direct map. The caller
+    /// translated them for writing (a guest frame it may write).
+    #[inline(always)]
+    pub fn new(pa: u64) -> Option<PhysWords<N>> {
+        let end = pa.checked_add(8 * N as u64)?;
+        (pa.is_multiple_of(8) && end <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed))
+            .then(|| PhysWords(phys_to_virt(pa) as *mut u64))
+    }
+
+    /// Stores `w` as word `i` (`i < N`, checked; a constant index folds it).
+    #[inline(always)]
+    pub fn put(&self, i: usize, w: u64) {
+        assert!(i < N);
+        // SAFETY: word `i < N` (checked) of the range `new` checked (inside
+        // the direct map, aligned); no Rust reference covers guest frames.
+        unsafe { self.0.add(i).write_volatile(w) }
+    }
+}
+
+/// A physical word known to be readable: 8-aligned and inside the direct
+/// map, checked once when made ([`PhysWord::read_new`]). The direct map
+/// only grows (`DIRECT_MAP_LIMIT` is raised once, at boot), so the check
+/// holds for as long as the value lives, and [`PhysWord::read`] needs none.
+#[derive(Clone, Copy)]
+pub struct PhysWord(u64);
+
+impl PhysWord {
+    /// Physical address 0: aligned and inside every direct map.
+    pub const ZERO: PhysWord = PhysWord(0);
+
+    /// The word at `pa` and its value, if `pa` is 8-aligned and inside the
+    /// direct map ([`read_phys_u64`]'s test).
+    #[inline]
+    pub fn read_new(pa: u64) -> Option<(PhysWord, u64)> {
+        let value = read_phys_u64(pa)?;
+        Some((PhysWord(pa), value))
+    }
+
+    /// The word's current value.
+    #[inline(always)]
+    pub fn read(self) -> u64 {
+        // SAFETY: `self.0` was 8-aligned and inside the direct map when
+        // made (`read_new`, or 0 for `ZERO`), and the direct map never
+        // shrinks; a volatile read of a frame another CPU may write.
+        unsafe { (phys_to_virt(self.0) as *const u64).read_volatile() }
+    }
+}
+
+/// Whether every `(word, value)` in `words` still holds: the word equals
+/// `value`. For re-checking the page-table entries a walk read
+/// (`guestmem::Remembered`): the addresses were checked when the words
+/// were made, so this is the loads and one test, no branch per word.
+#[inline]
+pub fn phys_words_hold<const N: usize>(words: &[(PhysWord, u64); N]) -> bool {
+    let mut differ = 0;
+    for &(word, value) in words {
+        differ |= word.read() ^ value;
+    }
+    differ == 0
+}
+
 /// Copies `data` to physical memory at `pa` (inside the direct map).
 pub fn copy_to_phys(pa: u64, data: &[u8]) {
     assert!(pa + data.len() as u64 <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed));

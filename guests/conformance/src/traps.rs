@@ -811,12 +811,46 @@ pub fn trap_6(all: &mut Ck) {
     });
 }
 
+/// Replaces the L1 table that maps `region`'s 2 MiB with a copy of it in
+/// a fresh frame in which `page` maps `frame` (writable): the copy is
+/// written through a view that is unmapped again (and left out of the
+/// copy), then installed by `mmu_update` of the region's L2 entry. Only
+/// the L2 entry changes; the old L1 still holds the old entry for `page`.
+fn swap_l1(region: u64, page: u64, frame: u64) -> Result<(), Error> {
+    use guest_sdk::abi::mmu::MmuUpdate;
+    use guest_sdk::paging::{self, entry_ptr, index, leaf_entry, table_entry, Flags, Level};
+    let base = region & !0x1f_ffff;
+    let view = base + 0x12_000;
+    let l1 = guest_sdk::memory::populate_one()?;
+    paging::map(view, l1, Flags::WRITABLE)?;
+    for i in 0..512u64 {
+        let va = base + i * 4096;
+        let e = if va == page {
+            leaf_entry(frame, Flags::WRITABLE)
+        } else if va == view {
+            0
+        } else {
+            paging::read_entry(va, Level::L1).unwrap_or(0)
+        };
+        // SAFETY: `view` maps `l1`, a fresh frame of ours, writable; i < 512.
+        unsafe { ((view + i * 8) as *mut u64).write_volatile(e) };
+    }
+    paging::unmap(view)?;
+    let l2 = paging::table_mfn(base, Level::L2).ok_or(Error::NotFound)?;
+    guest_sdk::mmu::update(&[MmuUpdate {
+        ptr: entry_ptr(l2, index(base, Level::L2)),
+        val: table_entry(l1),
+    }])?;
+    guest_sdk::mmu::flush_tlb()
+}
+
 /// TRAP-0d (run in the `traps` phase): the hypervisor remembers the
 /// callback stack's translation between upcalls; every change to the
 /// mapping must void it. The stack's top page is moved between two frames
-/// of ours (by `update_va_mapping`, then by `mmu_update`) between upcalls:
-/// each frame must land in the frame mapped *now*, and the frame mapped
-/// before must keep every word of the secret we filled it with.
+/// of ours (by `update_va_mapping`, then by `mmu_update`, then by replacing
+/// the L1 table above it through its L2 entry) between upcalls: each frame
+/// must land in the frame mapped *now*, and the frame mapped before must
+/// keep every word of the secret we filled it with.
 pub fn trap_0d(fsize: u64) {
     use guest_sdk::paging::{self, leaf_entry, Flags, MAP_BASE};
     clause(
@@ -983,6 +1017,39 @@ pub fn trap_0d(fsize: u64) {
             );
             ck.eq("sixth upcall", up::EV_COUNT.load(SeqCst), n + 6);
             up::EV_RET_FAIL.store(0, SeqCst);
+            // 6. A table above the page replaced: warm the translation on
+            // the mapped stack (the page back at fa), then swap the L1 that
+            // maps the region for a copy that maps the page at fb: an L2
+            // entry is written, the L1 entry remembered for the page is not
+            // (the old table still holds it). The next frame must land in
+            // fb, and fa must keep the secret.
+            ck.eq(
+                "map the stack's top page again",
+                paging::map(TOP_PAGE, fa, Flags::WRITABLE),
+                Ok(()),
+            );
+            ck.eq(
+                "register the mapped stack before the table swap",
+                set_callbacks(arch::event_entry(), arch::trap_entry(), TOP),
+                Ok(0),
+            );
+            let _ = send(a);
+            ck.eq("seventh upcall", up::EV_COUNT.load(SeqCst), n + 7);
+            landed(ck, "warm before the table swap", VIEW[0]);
+            fill(VIEW[0]);
+            let swapped = swap_l1(CB, TOP_PAGE, fb);
+            ck.eq(
+                "replace the region's L1 by mmu_update of its L2 entry",
+                swapped,
+                Ok(()),
+            );
+            let _ = send(a);
+            ck.eq("eighth upcall", up::EV_COUNT.load(SeqCst), n + 8);
+            landed(ck, "after the table swap", VIEW[1]);
+            ck.t(
+                intact(VIEW[0]),
+                "the old frame was written after the table above it was replaced",
+            );
             // Back to our own stack; give everything back.
             ck.eq(
                 "register our own stack again",

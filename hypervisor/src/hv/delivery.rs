@@ -3,10 +3,15 @@
 #![forbid(unsafe_code)]
 
 use super::*;
+use crate::guestmem::Destination;
 
 impl Hv {
     /// Pushes an upcall frame for the context in `frame` and points `frame`
-    /// at the registered entry (TRAP-0).
+    /// at the registered entry (TRAP-0); an event upcall also masks upcalls
+    /// (TRAP-0a). One look-up of the domain; the frame is built straight
+    /// into the callback stack's page through its remembered translation
+    /// (`guestmem::Remembered`: checked as a fresh walk would be, TRAP-0d),
+    /// with no copy on the way. Nothing changes unless it is written.
     pub(crate) fn push_upcall(
         &mut self,
         id: DomId,
@@ -16,7 +21,15 @@ impl Hv {
         error: u64,
         cr2: u64,
     ) -> Result<(), &'static str> {
-        let d = self.dom(id).ok_or("no domain")?;
+        // Disjoint fields: the domain, the frame table, the translations.
+        let Some(d) = self
+            .domains
+            .slots
+            .get_mut(usize::from(id))
+            .and_then(|d| d.as_deref_mut())
+        else {
+            return Err("no domain");
+        };
         let entry = match kind {
             UpcallKind::Event => d.callbacks.event,
             UpcallKind::Trap => d.callbacks.trap,
@@ -31,45 +44,62 @@ impl Hv {
         };
         let size = core::mem::size_of::<UpcallFrame>() as u64;
         let at = base.checked_sub(size).ok_or("callback stack exhausted")? & !15;
-        let uf = UpcallFrame {
-            kind: kind as u64,
-            vector,
-            error_code: error,
-            cr2,
-            rax: frame.rax,
-            rbx: frame.rbx,
-            rcx: frame.rcx,
-            rdx: frame.rdx,
-            rsi: frame.rsi,
-            rdi: frame.rdi,
-            rbp: frame.rbp,
-            r8: frame.r8,
-            r9: frame.r9,
-            r10: frame.r10,
-            r11: frame.r11,
-            r12: frame.r12,
-            r13: frame.r13,
-            r14: frame.r14,
-            r15: frame.r15,
-            rip: frame.rip,
-            rsp: frame.rsp,
-            rflags: frame.rflags,
-        };
-        let root = self.dom(id).ok_or("no domain")?.root;
         let space = Space {
-            root,
+            root: d.root,
             dom: id,
             mm: &self.memory.mm,
         };
-        self.remembered
-            .write(&space, at, &uf)
+        let dest: Destination<{ FRAME_WORDS }> = self
+            .remembered
+            .destination(&space, at)
             .map_err(|_| "callback stack not writable")?;
-        let d = self.dom(id).ok_or("no domain")?;
+        // The words of an `UpcallFrame`, in its order (checked below), read
+        // from `frame` only now that the destination is known, and stored
+        // straight into the guest's page when the frame is within one.
+        macro_rules! words {
+            ($put:expr) => {{
+                #[allow(unused_mut)]
+                let mut put = $put;
+                put(0, kind as u64);
+                put(1, vector);
+                put(2, error);
+                put(3, cr2);
+                put(4, frame.rax);
+                put(5, frame.rbx);
+                put(6, frame.rcx);
+                put(7, frame.rdx);
+                put(8, frame.rsi);
+                put(9, frame.rdi);
+                put(10, frame.rbp);
+                put(11, frame.r8);
+                put(12, frame.r9);
+                put(13, frame.r10);
+                put(14, frame.r11);
+                put(15, frame.r12);
+                put(16, frame.r13);
+                put(17, frame.r14);
+                put(18, frame.r15);
+                put(19, frame.rip);
+                put(20, frame.rsp);
+                put(21, frame.rflags);
+            }};
+        }
+        match dest {
+            Destination::One(w) => words!(|i, v| w.put(i, v)),
+            Destination::Two(first, len, second) => {
+                let mut a = [0u64; FRAME_WORDS];
+                words!(|i: usize, v| a[i] = v);
+                Destination::store_split(first, len, second, &a)
+            }
+        }
         frame.rip = entry;
         frame.rsp = at;
         frame.rdi = at;
         frame.rflags = RFLAGS_IF | 0x2;
         d.upcall_depth += 1;
+        if kind == UpcallKind::Event {
+            d.shared.set_upcall_mask(true);
+        }
         Ok(())
     }
 
@@ -105,3 +135,21 @@ impl Hv {
         self.sched.runq.push(id);
     }
 }
+
+/// The words of an `UpcallFrame`.
+const FRAME_WORDS: usize = 22;
+
+// `push_upcall` writes an `UpcallFrame` as 22 words in field order.
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<UpcallFrame>() == 22 * 8);
+    assert!(offset_of!(UpcallFrame, kind) == 0);
+    assert!(offset_of!(UpcallFrame, cr2) == 3 * 8);
+    assert!(offset_of!(UpcallFrame, rax) == 4 * 8);
+    assert!(offset_of!(UpcallFrame, rbp) == 10 * 8);
+    assert!(offset_of!(UpcallFrame, r8) == 11 * 8);
+    assert!(offset_of!(UpcallFrame, r15) == 18 * 8);
+    assert!(offset_of!(UpcallFrame, rip) == 19 * 8);
+    assert!(offset_of!(UpcallFrame, rsp) == 20 * 8);
+    assert!(offset_of!(UpcallFrame, rflags) == 21 * 8);
+};

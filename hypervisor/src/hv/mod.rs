@@ -218,7 +218,8 @@ pub(crate) struct Hv {
     /// A critical domain failed, or the audit did: the run ends in failure.
     pub(crate) failed: bool,
     /// Write translations of the callback stacks' pages, remembered between
-    /// upcalls and voided by any page-table change (`guestmem::Remembered`).
+    /// upcalls and voided by any change to the entries that map them
+    /// (`guestmem::Remembered`).
     pub(crate) remembered: guestmem::Remembered,
 }
 

@@ -240,13 +240,9 @@ impl Hv {
             // caller holds no reference into it (see above), and this one
             // ends before `destroy` or `run_next` below.
             let frame = unsafe { &mut *d.ctx.ptr() };
+            // An event upcall masks upcalls (`push_upcall`).
             match self.push_upcall(cur, frame, UpcallKind::Event, 0, 0, 0) {
-                Ok(()) => {
-                    if let Some(d) = self.dom(cur) {
-                        d.shared.set_upcall_mask(true);
-                    }
-                    break;
-                }
+                Ok(()) => break,
                 Err(why) => {
                     // Not an exception (TRAP-7): say what failed.
                     let exit = Exit::Killed {

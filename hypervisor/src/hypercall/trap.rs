@@ -4,6 +4,7 @@
 use crate::arch::cpu::{USER_CS, USER_SS};
 use crate::arch::traps::TrapFrame;
 use crate::domain;
+use crate::guestmem::Space;
 use crate::hv::Hv;
 use crate::hypercall::Outcome;
 use hypercall_abi::layout::{UpcallFrame, UpcallKind, GUEST_VA_TOP, RFLAGS_GUEST_MASK, RFLAGS_IF};
@@ -35,13 +36,27 @@ pub(crate) fn upcall_return(
     }
 }
 
-/// Replaces `frame` with the saved frame at `ptr`, checked (TRAP-2).
+/// Replaces `frame` with the saved frame at `ptr`, checked (TRAP-2). The
+/// frame is guest memory: copied once (through the remembered translation
+/// of the page the upcall wrote, when it is still valid: TRAP-0d), then
+/// checked; `frame` and the domain change only when every check passed.
 fn restore(hv: &mut Hv, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(), Error> {
-    if hv.dom(cur).ok_or(Error::NotFound)?.upcall_depth == 0 {
+    // Disjoint fields: the domain, the frame table, the translations.
+    let d = hv
+        .domains
+        .slots
+        .get_mut(usize::from(cur))
+        .and_then(|d| d.as_deref_mut())
+        .ok_or(Error::NotFound)?;
+    if d.upcall_depth == 0 {
         return Err(Error::WrongState);
     }
-    let uf: UpcallFrame = hv.remembered.read(&hv.space(cur)?, ptr)?;
-    let d = hv.dom(cur).ok_or(Error::NotFound)?;
+    let space = Space {
+        root: d.root,
+        dom: cur,
+        mm: &hv.memory.mm,
+    };
+    let uf: UpcallFrame = hv.remembered.read(&space, ptr)?;
     let kind = match uf.kind {
         0 => UpcallKind::Event,
         1 => UpcallKind::Trap,

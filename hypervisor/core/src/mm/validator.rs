@@ -69,6 +69,38 @@ pub struct Mm {
     /// A domain may map its image's shared frames ([`Owner::Image`]),
     /// read-only. Grows on demand, two bytes per domain id.
     images: Vec<u16>,
+    /// The last successful walk of [`Mm::update_va_mapping`], reused only
+    /// after the three entries it read are read again and found unchanged
+    /// ([`WalkHint`]).
+    walk_hint: Option<WalkHint>,
+}
+
+/// A remembered [`Mm::update_va_mapping`] walk: in `dom`'s tree rooted at
+/// `root`, the 2 MiB region `va_2m` (`va >> 21`) is mapped by the L1 `l1`,
+/// reached through the L4, L3 and L2 entries `entries` of the tables
+/// `tables`.
+///
+/// Used instead of a walk only when the key matches, the root passed the
+/// same in-use L4 test as for a walk and is not partial, and every one of the three entries
+/// still holds its value: the walk is then the same (each table is the
+/// one the entry above names), and the frames it reaches still have the
+/// types it found, because a frame's type cannot change while it has type
+/// references, and each of these frames has one from the unchanged entry
+/// above it in an in-use table (MMU-1: the in-use root holds its L3, that
+/// L3 its L2, that L2 the L1). The L1 itself is checked again by
+/// `update_entry` (owner, a table, not partial) and here (an L1). Any
+/// entry written in between (the L2 entry pointed at another L1, an L3
+/// entry cleared, a table written behind the validator's back) fails the
+/// comparison and the walk runs. Attack tests in `tests/rules.rs`
+/// (`mmu_17_attack_remembered_walk_*`).
+#[derive(Clone, Copy, Debug)]
+struct WalkHint {
+    dom: DomId,
+    root: Mfn,
+    va_2m: u64,
+    tables: [Mfn; 3],
+    entries: [u64; 3],
+    l1: Mfn,
 }
 
 impl Mm {
@@ -101,6 +133,7 @@ impl Mm {
             flush_pending: false,
             io: Vec::new(),
             images: Vec::new(),
+            walk_hint: None,
         })
     }
 
@@ -698,24 +731,60 @@ impl Mm {
                 wants: FrameType::L4,
             });
         }
-        let l1 = self.walk_to_l1(mem, dom, root, va)?;
+        // A partial root (a pin or unpin in progress) has entries that may
+        // hold no references: walk it, never trust a remembered walk.
+        let hinted = if f.is_partial() {
+            None
+        } else {
+            self.hinted_l1(mem, dom, root, va)
+        };
+        let l1 = match hinted {
+            Some(l1) => l1,
+            None => self.walk_to_l1(mem, dom, root, va)?,
+        };
         // An L1 entry links no table and its old value releases none: O(1).
         let mut budget = Budget::new(OP_STEPS);
         self.update_entry(mem, dom, l1, Level::L1.index_of(va), value, &mut budget)
     }
 
+    /// The L1 of the remembered walk ([`WalkHint`]) if it is `va`'s in
+    /// `dom`'s tree at `root` (an in-use, not partial L4 of `dom`'s: the
+    /// caller checked) and the three entries it read still hold their values.
+    #[inline]
+    fn hinted_l1<M: PhysMem>(&self, mem: &M, dom: DomId, root: Mfn, va: u64) -> Option<Mfn> {
+        let h = self.walk_hint.as_ref()?;
+        if h.dom != dom || h.root != root || h.va_2m != va >> 21 {
+            return None;
+        }
+        for (i, level) in [Level::L4, Level::L3, Level::L2].into_iter().enumerate() {
+            if mem.read_entry(h.tables[i], level.index_of(va)) != h.entries[i] {
+                return None;
+            }
+        }
+        // Implied by the entries (see `WalkHint`); tested as it is cheap.
+        if self.frame(h.l1).map(|f| f.ty) != Some(FrameType::L1) {
+            return None;
+        }
+        Some(h.l1)
+    }
+
     /// Follows `va` from `root` down to the L1 that maps it, checking at
-    /// each step that the frame reached is a table of the expected level.
+    /// each step that the frame reached is a table of the expected level;
+    /// remembers the walk ([`WalkHint`]) when it succeeds.
     fn walk_to_l1<M: PhysMem>(
-        &self,
+        &mut self,
         mem: &M,
         dom: DomId,
         root: Mfn,
         va: u64,
     ) -> Result<Mfn, MmError> {
         let mut table = root;
-        for level in [Level::L4, Level::L3, Level::L2] {
+        let mut tables = [0; 3];
+        let mut entries = [0; 3];
+        for (i, level) in [Level::L4, Level::L3, Level::L2].into_iter().enumerate() {
             let entry = mem.read_entry(table, level.index_of(va));
+            tables[i] = table;
+            entries[i] = entry;
             let Some(t) = self.rules.target_of(entry) else {
                 return Err(MmError::NotMapped);
             };
@@ -736,6 +805,14 @@ impl Mm {
             }
             table = t.mfn;
         }
+        self.walk_hint = Some(WalkHint {
+            dom,
+            root,
+            va_2m: va >> 21,
+            tables,
+            entries,
+            l1: table,
+        });
         Ok(table)
     }
 

@@ -759,6 +759,59 @@ fn mmu_17_update_va_mapping_refusals() {
     assert_refused(&mm, &mem, &before, r, want);
 }
 
+// The remembered walk (`WalkHint`): reused only while the three entries
+// it read hold their values. Each attack warms it, changes an entry above
+// the L1 while the old L1 stays a pinned L1 of the domain's (so only the
+// entry comparison can tell), and expects what a fresh walk gives.
+
+#[test]
+fn mmu_17_attack_remembered_walk_l2_entry_repointed() {
+    let (mut mm, mut mem, _) = tree();
+    mm.update_va_mapping(&mut mem, DOM, L4, 0x5000, rw(20))
+        .unwrap();
+    mm.pin(&mut mem, DOM, L1, Level::L1).unwrap();
+    mm.pin(&mut mem, DOM, 25, Level::L1).unwrap();
+    mm.mmu_update_one(&mut mem, DOM, ptr(L2, 0), table(25))
+        .unwrap();
+    mm.update_va_mapping(&mut mem, DOM, L4, 0x6000, rw(21))
+        .unwrap();
+    assert_eq!(mem.peek(25, 6), rw(21), "the write went to the new L1");
+    assert_eq!(mem.peek(L1, 6), 0, "the old L1 was not written");
+    assert_eq!(view(&mm, 21).type_count, 1);
+    audit::audit(&mm, &mem).unwrap();
+}
+
+#[test]
+fn mmu_17_attack_remembered_walk_upper_entry_cleared() {
+    for (table_mfn, level) in [(L4, "L4"), (L3, "L3"), (L2, "L2")] {
+        let (mut mm, mut mem, _) = tree();
+        mm.update_va_mapping(&mut mem, DOM, L4, 0x5000, rw(20))
+            .unwrap();
+        mm.pin(&mut mem, DOM, L1, Level::L1).unwrap();
+        mm.mmu_update_one(&mut mem, DOM, ptr(table_mfn, 0), 0)
+            .unwrap();
+        assert_eq!(view(&mm, L1).ty, FrameType::L1, "{level}: L1 still typed");
+        let before = snapshot(&mm, &mem);
+        let r = mm.update_va_mapping(&mut mem, DOM, L4, 0x6000, rw(21));
+        assert_refused(&mm, &mem, &before, r, MmError::NotMapped);
+    }
+}
+
+/// An entry changed behind the validator's back (as in
+/// `mmu_17_walk_refuses_a_large_page_on_the_way`) after the walk was
+/// remembered: the comparison sees it, the walk runs and refuses.
+#[test]
+fn mmu_17_attack_remembered_walk_entry_written_directly() {
+    let (mut mm, mut mem, _) = tree();
+    mm.update_va_mapping(&mut mem, DOM, L4, 0x5000, rw(20))
+        .unwrap();
+    mem.poke(L2, 0, table(L1) | PS_OR_PAT);
+    let r = mm.update_va_mapping(&mut mem, DOM, L4, 0x6000, rw(21));
+    assert_eq!(r, Err(MmError::LargePage));
+    assert_eq!(mem.peek(L1, 6), 0, "nothing written");
+    assert_eq!(view(&mm, 21).total_count, 0, "no reference taken");
+}
+
 #[test]
 fn mmu_17_attack_fast_path_through_the_linear_slot() {
     // With a self entry at slot 5, va 5<<39 | 5<<30 | 5<<21 | x walks
