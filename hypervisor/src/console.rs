@@ -10,13 +10,13 @@
 //! read and write per byte) are off the path that reported. The ring is
 //! drained to COM1, oldest byte first, when the CPU is about to idle
 //! ([`flush`] from the scheduler), before a domain's console line
-//! ([`write_now`]), on every exit of the run (`arch::exit_qemu`: the end,
+//! ([`write_now`]), when a domain is destroyed for a fault, on every exit of the run (`arch::exit_qemu`: the end,
 //! a failure, a panic, a fatal exception), whenever it is more than half
 //! full, and whenever a line does not fit (so no line is ever dropped).
 
 use core::fmt::Write;
 use spin::Mutex;
-use tahoma_core::conring::{ConRing, RingWriter};
+use tahoma_core::conring::{ConRing, Fact, RingWriter};
 use uart_16550::SerialPort;
 
 /// COM1, the serial console QEMU connects to stdio.
@@ -100,6 +100,22 @@ pub fn write_now(args: core::fmt::Arguments<'_>) {
     });
 }
 
+/// Reports a fact (`@ kind key=value ...`, the text [`report!`] would
+/// make) encoded by [`Fact`] instead of `core::fmt`: for the facts on a
+/// measured path (a domain's start).
+pub fn fact(kind: &str, fields: impl FnOnce(&mut Fact<&mut dyn FnMut(&[u8])>)) {
+    with_ring(|ring| {
+        let mut w = RingWriter::new(ring, serial);
+        {
+            let mut out = |b: &[u8]| w.write_bytes(b);
+            let mut f = Fact::new(kind, &mut out as &mut dyn FnMut(&[u8]));
+            fields(&mut f);
+            f.end();
+        }
+        w.drain_past_mark();
+    });
+}
+
 /// Drains the console ring to COM1: when the CPU is about to idle and on
 /// every exit of the run.
 pub fn flush() {
@@ -154,23 +170,5 @@ impl log::Log for Logger {
     }
 }
 
-/// A string to be printed as a quoted report value (escapes `"` and `\`).
-pub struct Quoted<'a>(pub &'a str);
-
-impl core::fmt::Display for Quoted<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_char('"')?;
-        for c in self.0.chars() {
-            match c {
-                '"' | '\\' => {
-                    f.write_char('\\')?;
-                    f.write_char(c)?;
-                }
-                '\n' => f.write_str("\\n")?,
-                c if c.is_control() => f.write_char('?')?,
-                c => f.write_char(c)?,
-            }
-        }
-        f.write_char('"')
-    }
-}
+/// A string printed as a quoted report value (escapes `"` and `\`).
+pub use tahoma_core::conring::Quoted;
