@@ -184,9 +184,9 @@ pub fn start(pack: &Pack<'_>) -> ! {
                 hv.domains.live += 1;
                 hv.domains.slots[usize::from(id)] = Some(Box::new(d));
                 let used = heap_before.saturating_sub(mem::heap_free()) as u64;
-                // The build, up to the domain in every table; its console
-                // line below is not counted (~3,300 instructions of serial
-                // output under TCG, docs/benchmarks.md).
+                // The build, up to the domain in every table; its fact
+                // below is not counted (~700 instructions into the console
+                // ring, docs/benchmarks.md "Guest start, round 4").
                 density.add(frames, time::now_tsc().saturating_sub(t0), used);
                 // Encoded without `core::fmt` (`console::fact`): it is
                 // on the start path, before the domain's first instruction.
