@@ -10,9 +10,10 @@
 //! read and write per byte) are off the path that reported. The ring is
 //! drained to COM1, oldest byte first, when the CPU is about to idle
 //! ([`flush`] from the scheduler), before a domain's console line
-//! ([`write_now`]), when a domain is destroyed for a fault, on every exit of the run (`arch::exit_qemu`: the end,
-//! a failure, a panic, a fatal exception), whenever it is more than half
-//! full, and whenever a line does not fit (so no line is ever dropped).
+//! ([`write_now`]), when a domain is destroyed for a fault, on every exit
+//! of the run (`arch::exit_qemu`: the end, a failure, a panic, a fatal
+//! exception), whenever it is more than half full, and whenever a line
+//! does not fit (so no line is ever dropped).
 
 use core::fmt::Write;
 use spin::Mutex;
@@ -70,8 +71,9 @@ fn with_ring(f: impl FnOnce(&mut ConRing<RING_BYTES>)) {
     // report. One CPU: the holder is the code this fault interrupted, which
     // never resumes (every such path ends the run). The ring is consistent
     // at every instant (`ConRing::push` counts bytes only once they are in
-    // place), so at worst the part of a line the holder had not yet pushed
-    // is missing.
+    // place, and empties only after its drain), so at worst the part of a
+    // line the holder had not yet pushed is missing, or the part of a
+    // drain it had written goes out twice.
     // SAFETY: force_unlock's obligation is that no one uses the guard
     // still held: its holder is the faulted code, which never runs again.
     unsafe { RING.force_unlock() };
