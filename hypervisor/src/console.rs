@@ -1,17 +1,38 @@
-//! The hypervisor's console: COM1, the `log` backend, and `@` report lines.
+//! The hypervisor's console: COM1, the console ring, the `log` backend,
+//! and `@` report lines.
 //!
 //! Human-readable logs go through `log` (`[LEVEL target] message`).
 //! Machine-readable facts for xtask and the scenario tests go through
 //! [`report!`]: one line `@ <kind> key=value ...` per fact (`docs/xtask.md`).
+//!
+//! Both are formatted into the console ring ([`tahoma_core::conring`], as
+//! Xen's `conring`), not onto the serial port: the serial writes (a port
+//! read and write per byte) are off the path that reported. The ring is
+//! drained to COM1, oldest byte first, when the CPU is about to idle
+//! ([`flush`] from the scheduler), before a domain's console line
+//! ([`write_now`]), when a domain is destroyed for a fault, on every exit
+//! of the run (`arch::exit_qemu`: the end, a failure, a panic, a fatal
+//! exception), whenever it is more than half full, and whenever a line
+//! does not fit (so no line is ever dropped).
 
 use core::fmt::Write;
 use spin::Mutex;
+use tahoma_core::conring::{ConRing, Fact, RingWriter};
 use uart_16550::SerialPort;
 
 /// COM1, the serial console QEMU connects to stdio.
 // SAFETY: 0x3f8 is COM1 on every PC-compatible machine QEMU models; nothing
 // else in the hypervisor touches these ports, and guests never get them.
 static COM1: Mutex<SerialPort> = Mutex::new(unsafe { SerialPort::new(0x3f8) });
+
+/// Bytes of console text the ring holds before it must be drained.
+const RING_BYTES: usize = 16 * 1024;
+
+/// The console ring: text reported but not yet written to COM1.
+static RING: Mutex<ConRing<RING_BYTES>> = Mutex::new(ConRing::new());
+
+/// How long to spin for a console lock before deciding its holder faulted.
+const SPINS: u32 = 1_000_000;
 
 /// Programs the UART (115200 8N1, FIFO on).
 pub fn init() {
@@ -20,13 +41,13 @@ pub fn init() {
     log::set_max_level(log::LevelFilter::Info);
 }
 
-/// Writes formatted text to COM1.
-pub fn write_fmt(args: core::fmt::Arguments<'_>) {
+/// Writes bytes to COM1.
+fn serial(bytes: &[u8]) {
     // A panic or exception while the lock is held (inside a write) must still
     // be able to report: after a bounded spin, write without the lock.
-    for _ in 0..1_000_000 {
+    for _ in 0..SPINS {
         if let Some(mut port) = COM1.try_lock() {
-            let _ = port.write_fmt(args);
+            bytes.iter().for_each(|&b| port.send(b));
             return;
         }
         core::hint::spin_loop();
@@ -34,7 +55,73 @@ pub fn write_fmt(args: core::fmt::Arguments<'_>) {
     // SAFETY: only reached when the lock is wedged by a faulting holder; we
     // build a second handle to the same ports so the report still gets out.
     let mut port = unsafe { SerialPort::new(0x3f8) };
-    let _ = port.write_fmt(args);
+    bytes.iter().for_each(|&b| port.send(b));
+}
+
+/// Runs `f` on the console ring.
+fn with_ring(f: impl FnOnce(&mut ConRing<RING_BYTES>)) {
+    for _ in 0..SPINS {
+        if let Some(mut ring) = RING.try_lock() {
+            f(&mut ring);
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    // A panic or exception while the lock is held must still be able to
+    // report. One CPU: the holder is the code this fault interrupted, which
+    // never resumes (every such path ends the run). The ring is consistent
+    // at every instant (`ConRing::push` counts bytes only once they are in
+    // place, and empties only after its drain), so at worst the part of a
+    // line the holder had not yet pushed is missing, or the part of a
+    // drain it had written goes out twice.
+    // SAFETY: force_unlock's obligation is that no one uses the guard
+    // still held: its holder is the faulted code, which never runs again.
+    unsafe { RING.force_unlock() };
+    if let Some(mut ring) = RING.try_lock() {
+        f(&mut ring);
+    }
+}
+
+/// Formats text into the console ring; drains the ring to COM1 if it is
+/// now past its mark.
+pub fn write_fmt(args: core::fmt::Arguments<'_>) {
+    with_ring(|ring| {
+        let mut w = RingWriter::new(ring, serial);
+        let _ = w.write_fmt(args);
+        w.drain_past_mark();
+    });
+}
+
+/// Formats text into the console ring and drains all of it to COM1 now
+/// (a domain's console line: it follows every hypervisor line before it).
+pub fn write_now(args: core::fmt::Arguments<'_>) {
+    with_ring(|ring| {
+        let mut w = RingWriter::new(ring, serial);
+        let _ = w.write_fmt(args);
+        w.drain();
+    });
+}
+
+/// Reports a fact (`@ kind key=value ...`, the text [`report!`] would
+/// make) encoded by [`Fact`] instead of `core::fmt`: for the facts on a
+/// measured path (a domain's start).
+pub fn fact(kind: &str, fields: impl FnOnce(&mut Fact<&mut dyn FnMut(&[u8])>)) {
+    with_ring(|ring| {
+        let mut w = RingWriter::new(ring, serial);
+        {
+            let mut out = |b: &[u8]| w.write_bytes(b);
+            let mut f = Fact::new(kind, &mut out as &mut dyn FnMut(&[u8]));
+            fields(&mut f);
+            f.end();
+        }
+        w.drain_past_mark();
+    });
+}
+
+/// Drains the console ring to COM1: when the CPU is about to idle and on
+/// every exit of the run.
+pub fn flush() {
+    with_ring(|ring| ring.drain(serial));
 }
 
 /// Prints a line to the console.
@@ -80,26 +167,10 @@ impl log::Log for Logger {
         }
     }
 
-    fn flush(&self) {}
-}
-
-/// A string to be printed as a quoted report value (escapes `"` and `\`).
-pub struct Quoted<'a>(pub &'a str);
-
-impl core::fmt::Display for Quoted<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_char('"')?;
-        for c in self.0.chars() {
-            match c {
-                '"' | '\\' => {
-                    f.write_char('\\')?;
-                    f.write_char(c)?;
-                }
-                '\n' => f.write_str("\\n")?,
-                c if c.is_control() => f.write_char('?')?,
-                c => f.write_char(c)?,
-            }
-        }
-        f.write_char('"')
+    fn flush(&self) {
+        flush();
     }
 }
+
+/// A string printed as a quoted report value (escapes `"` and `\`).
+pub use tahoma_core::conring::Quoted;

@@ -17,6 +17,7 @@
 extern crate alloc;
 
 pub mod bootpack;
+pub mod conring;
 pub mod console;
 pub mod event;
 pub mod frames;

@@ -18,8 +18,10 @@ pub const EXIT_SUCCESS: u32 = 0x10;
 pub const EXIT_FAILURE: u32 = 0x11;
 
 /// Ends the QEMU run through isa-debug-exit, then halts for good (on a
-/// machine without that device).
+/// machine without that device). The console ring is drained first, so
+/// every line reported reaches the serial port.
 pub fn exit_qemu(code: u32) -> ! {
+    crate::console::flush();
     let mut port: Port<u32> = Port::new(0xf4);
     // SAFETY: port 0xf4 is the isa-debug-exit device xtask configures; on a
     // machine without it the write is ignored and we halt below.

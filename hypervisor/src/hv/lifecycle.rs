@@ -184,20 +184,20 @@ pub fn start(pack: &Pack<'_>) -> ! {
                 hv.domains.live += 1;
                 hv.domains.slots[usize::from(id)] = Some(Box::new(d));
                 let used = heap_before.saturating_sub(mem::heap_free()) as u64;
-                // The build, up to the domain in every table; its console
-                // line below is not counted (~3,300 instructions of serial
-                // output under TCG, docs/benchmarks.md).
+                // The build, up to the domain in every table; its fact
+                // below is not counted (~700 instructions into the console
+                // ring, docs/benchmarks.md "Guest start, round 4").
                 density.add(frames, time::now_tsc().saturating_sub(t0), used);
-                report!(
-                    "domain-start",
-                    "id={} name={} pages={} shared={} critical={} fpu_bytes={}",
-                    id,
-                    Quoted(name),
-                    pages,
-                    shared,
-                    u8::from(critical),
-                    fpu_bytes
-                );
+                // Encoded without `core::fmt` (`console::fact`): it is
+                // on the start path, before the domain's first instruction.
+                crate::console::fact("domain-start", |f| {
+                    f.num("id", u64::from(id))
+                        .quoted("name", name)
+                        .num("pages", pages as u64)
+                        .num("shared", shared as u64)
+                        .num("critical", u64::from(critical))
+                        .num("fpu_bytes", fpu_bytes as u64);
+                });
                 // Its own structures must fit `need`; the id-indexed tables
                 // that grow by doubling (run queue, grant map) take theirs
                 // from the runtime reserve, which admission kept free.
@@ -217,18 +217,28 @@ pub fn start(pack: &Pack<'_>) -> ! {
             }
         }
     }
-    report!(
-        "density",
-        "started={} refused={} frames_per_domain={} build_ticks_per_domain={} heap_per_domain={} heap_per_domain_max={} heap_free={} heap_bytes={}",
-        density.started,
-        (wanted as u64).saturating_sub(density.started),
-        density.frames.checked_div(density.started).unwrap_or(0),
-        density.ticks.checked_div(density.started).unwrap_or(0),
-        density.heap.checked_div(density.started).unwrap_or(0),
-        density.heap_max,
-        mem::heap_free(),
-        mem::heap_size()
-    );
+    // This fact and `@ domains` are encoded without `core::fmt`
+    // (`console::fact`): they lie between the last domain's build and its
+    // first instruction.
+    crate::console::fact("density", |f| {
+        f.num("started", density.started)
+            .num("refused", (wanted as u64).saturating_sub(density.started))
+            .num(
+                "frames_per_domain",
+                density.frames.checked_div(density.started).unwrap_or(0),
+            )
+            .num(
+                "build_ticks_per_domain",
+                density.ticks.checked_div(density.started).unwrap_or(0),
+            )
+            .num(
+                "heap_per_domain",
+                density.heap.checked_div(density.started).unwrap_or(0),
+            )
+            .num("heap_per_domain_max", density.heap_max)
+            .num("heap_free", mem::heap_free() as u64)
+            .num("heap_bytes", mem::heap_size() as u64);
+    });
     // Named channels (EVT-7): both ends exist before either runs.
     if !crate::named::wire(pack, &mut hv.channels, &hv.domains.slots) {
         hv.failed = true;
@@ -243,12 +253,10 @@ pub fn start(pack: &Pack<'_>) -> ! {
         let leaked = mem::alloc_zeroed_frame().unwrap_or(0);
         report!("testopt", "leak-frame mfn={:#x}", leaked);
     }
-    report!(
-        "domains",
-        "started={} free_frames={}",
-        hv.domains.live,
-        mem::free_frames()
-    );
+    crate::console::fact("domains", |f| {
+        f.num("started", u64::from(hv.domains.live))
+            .num("free_frames", mem::free_frames());
+    });
     hv.run_next();
     hv.leave();
     // SAFETY: boot, interrupts disabled, no guest has run: nothing else
@@ -388,6 +396,8 @@ impl Hv {
                     rip,
                     why
                 );
+                // A domain destroyed for a fault: its report goes out now.
+                crate::console::flush();
                 false
             }
             Exit::Killed { kind, rip, why } => {
@@ -408,6 +418,8 @@ impl Hv {
                     rip,
                     why
                 );
+                // A domain destroyed for a fault: its report goes out now.
+                crate::console::flush();
                 false
             }
             Exit::ScenarioEnd => {

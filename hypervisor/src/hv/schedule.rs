@@ -126,6 +126,9 @@ impl Hv {
                 self.failed = true;
                 self.finish();
             }
+            // The CPU has nothing else to do: the console ring's lines go
+            // out now (crate::console).
+            crate::console::flush();
             arch::idle();
         }
     }

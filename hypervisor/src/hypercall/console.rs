@@ -32,7 +32,13 @@ pub(crate) fn write(hv: &mut Hv, cur: DomId, a: abi::console::Write) -> Result<u
 }
 
 /// Prints one of a domain's console lines, prefixed with its name and
-/// rendered as CON-1d says ([`tahoma_core::console::Rendered`]).
+/// rendered as CON-1d says ([`tahoma_core::console::Rendered`]). It goes
+/// out at once, after every hypervisor line still in the console ring, so
+/// the two keep their order.
 pub(crate) fn print_line(name: &str, line: &[u8]) {
-    crate::println!("[{}] {}", name, tahoma_core::console::Rendered(line));
+    crate::console::write_now(format_args!(
+        "[{}] {}\n",
+        name,
+        tahoma_core::console::Rendered(line)
+    ));
 }

@@ -61,6 +61,10 @@ pub struct Mm {
     /// Counts full TLB flushes; see [`Mm::take_flush_request`].
     epoch: u32,
     flush_pending: bool,
+    /// Whether a reference was dropped in this epoch (some frame's
+    /// `dropped_epoch` may equal `epoch`): if not, adopting fresh frames
+    /// skips the per-frame test (`Mm::adopt_leaves`).
+    dropped_this_epoch: bool,
     /// Device (non-RAM) frames delegated to a driver domain, with the
     /// domain (IO-0): only the hypervisor maps them ([`Mm::install_io`]);
     /// dropping such an entry takes no reference.
@@ -131,6 +135,7 @@ impl Mm {
             template: config.hypervisor_slots,
             epoch: 1,
             flush_pending: false,
+            dropped_this_epoch: false,
             io: Vec::new(),
             images: Vec::new(),
             walk_hint: None,
@@ -396,11 +401,13 @@ impl Mm {
     /// without PCIDs); earlier dropped references are now harmless.
     pub fn note_tlb_flushed(&mut self) {
         self.flush_pending = false;
+        self.dropped_this_epoch = false;
         self.epoch = self.epoch.wrapping_add(1).max(1);
     }
 
     #[inline]
     fn note_dropped(&mut self, mfn: Mfn) {
+        self.dropped_this_epoch = true;
         let epoch = self.epoch;
         if let Ok(f) = self.info_mut(mfn) {
             f.dropped_epoch = epoch;
@@ -476,6 +483,7 @@ impl Mm {
         // A frame without a record is no RAM frame: a device frame (the
         // only such entry a table may hold) or nothing to count.
         let epoch = self.epoch;
+        self.dropped_this_epoch = true;
         let Ok(f) = self.info_mut(t.mfn) else { return };
         if f.total_count == 0 {
             // Nothing of this entry's to drop: a device entry the

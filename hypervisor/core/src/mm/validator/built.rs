@@ -233,46 +233,39 @@ impl Mm {
         if slots.iter().fold(0, |a, &e| a | e) != 0 {
             return Err(MmError::EntryInUse);
         }
-        let (ty, type_count) = if flags & WRITABLE != 0 {
-            (FrameType::Writable, 1)
-        } else {
-            (FrameType::None, 0)
-        };
         let owner = Owner::Domain(tree.dom);
         let epoch = self.epoch;
-        let mut stale = false;
         let slots = &mut slots[..frames.len()];
-        for k in 0..frames.len() {
-            let mfn = frames[k];
-            let f = match usize::try_from(mfn)
-                .ok()
-                .and_then(|i| self.frames.get_mut(i))
-            {
-                Some(f) if f.fresh() => f,
-                found => {
-                    let in_table = found.is_some();
-                    self.unadopt(&frames[..k]);
-                    slots[..k].fill(0);
-                    return Err(if in_table {
-                        MmError::FrameInUse(mfn)
-                    } else {
-                        MmError::NoSuchFrame(mfn)
-                    });
+        // One loop per kind of leaf, so the type and its count are
+        // constants in it and everything else stays in registers.
+        // With no reference dropped since the last flush no frame can be
+        // stale: the loop skips that test.
+        let t = &mut self.frames;
+        let adopted = match (flags & WRITABLE != 0, self.dropped_this_epoch) {
+            (true, true) => adopt_run::<true, true>(t, frames, slots, owner, epoch, flags),
+            (true, false) => adopt_run::<true, false>(t, frames, slots, owner, epoch, flags),
+            (false, true) => adopt_run::<false, true>(t, frames, slots, owner, epoch, flags),
+            (false, false) => adopt_run::<false, false>(t, frames, slots, owner, epoch, flags),
+        };
+        match adopted {
+            Ok(stale) => {
+                if stale {
+                    self.flush_pending = true;
                 }
-            };
-            // A reference dropped since the last flush: as `assign` and
-            // `retype` note it (MMU-20).
-            stale |= f.dropped_epoch == epoch;
-            f.owner = owner;
-            f.ty = ty;
-            f.type_count = type_count;
-            f.total_count = 1;
-            slots[k] = (mfn << 12) | flags;
+                Ok(())
+            }
+            Err(k) => {
+                let mfn = frames[k];
+                let in_table = self.frame(mfn).is_some();
+                self.unadopt(&frames[..k]);
+                slots[..k].fill(0);
+                Err(if in_table {
+                    MmError::FrameInUse(mfn)
+                } else {
+                    MmError::NoSuchFrame(mfn)
+                })
+            }
         }
-        if stale {
-            self.flush_pending = true;
-        }
-        Ok(())
     }
 
     /// Undoes [`Mm::adopt_leaves`]'s frame-table pass over `frames`: each
@@ -287,4 +280,45 @@ impl Mm {
             }
         }
     }
+}
+
+/// [`Mm::adopt_leaves`]' loop over `frames` (each fresh, or it stops) and
+/// their `slots`: owner, type (`Writable` if `WRITABLE`) and counts set,
+/// the leaf `mfn << 12 | flags` stored. Returns whether a frame's reference
+/// was dropped in TLB epoch `epoch` (MMU-20; tested only if `MAYBE_STALE`:
+/// the caller knows whether any reference was dropped in it), or the index of the first
+/// frame that is not fresh or not in `table` (those before it adopted:
+/// the caller undoes them).
+#[inline(always)]
+fn adopt_run<const WRITABLE_LEAF: bool, const MAYBE_STALE: bool>(
+    table: &mut [FrameInfo],
+    frames: &[Mfn],
+    slots: &mut [u64],
+    owner: Owner,
+    epoch: u32,
+    flags: u64,
+) -> Result<bool, usize> {
+    let (ty, type_count) = if WRITABLE_LEAF {
+        (FrameType::Writable, 1)
+    } else {
+        (FrameType::None, 0)
+    };
+    let mut stale = false;
+    for (k, (&mfn, slot)) in frames.iter().zip(slots.iter_mut()).enumerate() {
+        let Some(f) = usize::try_from(mfn).ok().and_then(|i| table.get_mut(i)) else {
+            return Err(k);
+        };
+        if !f.fresh() {
+            return Err(k);
+        }
+        if MAYBE_STALE {
+            stale |= f.dropped_epoch == epoch;
+        }
+        f.owner = owner;
+        f.ty = ty;
+        f.type_count = type_count;
+        f.total_count = 1;
+        *slot = (mfn << 12) | flags;
+    }
+    Ok(stale)
 }
