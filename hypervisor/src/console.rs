@@ -14,8 +14,14 @@
 //! of the run (`arch::exit_qemu`: the end, a failure, a panic, a fatal
 //! exception), whenever it is more than half full, and whenever a line
 //! does not fit (so no line is ever dropped).
+//!
+//! Lines still in the ring are lost if the machine stops from outside (a
+//! timeout's kill, a hang): for debugging such a run, `console=sync` on
+//! the hypervisor's command line drains the ring after every line, as
+//! Xen's `sync_console` does (`@ console mode=sync` says it is on).
 
 use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 use tahoma_core::conring::{ConRing, Fact, RingWriter};
 use uart_16550::SerialPort;
@@ -24,6 +30,19 @@ use uart_16550::SerialPort;
 // SAFETY: 0x3f8 is COM1 on every PC-compatible machine QEMU models; nothing
 // else in the hypervisor touches these ports, and guests never get them.
 static COM1: Mutex<SerialPort> = Mutex::new(unsafe { SerialPort::new(0x3f8) });
+
+/// `console=sync`: every line goes to COM1 as it is written.
+static SYNC: AtomicBool = AtomicBool::new(false);
+
+/// Turns `console=sync` on (the boot command line asked for it).
+pub fn set_sync() {
+    SYNC.store(true, Ordering::Relaxed);
+}
+
+/// Whether `console=sync` is on.
+pub fn is_sync() -> bool {
+    SYNC.load(Ordering::Relaxed)
+}
 
 /// Bytes of console text the ring holds before it must be drained.
 const RING_BYTES: usize = 16 * 1024;
@@ -88,7 +107,11 @@ pub fn write_fmt(args: core::fmt::Arguments<'_>) {
     with_ring(|ring| {
         let mut w = RingWriter::new(ring, serial);
         let _ = w.write_fmt(args);
-        w.drain_past_mark();
+        if is_sync() {
+            w.drain();
+        } else {
+            w.drain_past_mark();
+        }
     });
 }
 
@@ -114,7 +137,11 @@ pub fn fact(kind: &str, fields: impl FnOnce(&mut Fact<&mut dyn FnMut(&[u8])>)) {
             fields(&mut f);
             f.end();
         }
-        w.drain_past_mark();
+        if is_sync() {
+            w.drain();
+        } else {
+            w.drain_past_mark();
+        }
     });
 }
 

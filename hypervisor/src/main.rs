@@ -50,12 +50,22 @@ extern "C" fn kernel_start(start_info: u64) -> ! {
             "start info at {start_info:#x} unusable: {e}; boot with a PVH loader (QEMU -kernel)"
         )),
     };
+    match boot.arg("console") {
+        Some("sync") => console::set_sync(),
+        Some("ring") | None => {}
+        Some(other) => {
+            log::warn!("unknown console={other:?} ignored; known: ring (the default), sync")
+        }
+    }
     report!(
         "boot",
         "abi={:#x} cmdline={}",
         hypercall_abi::ABI_VERSION,
         Quoted(&boot.cmdline)
     );
+    if console::is_sync() {
+        report!("console", "mode=sync");
+    }
 
     let mut exclude = boot.boot_ranges.clone();
     exclude.extend(boot.module);
