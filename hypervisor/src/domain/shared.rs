@@ -147,9 +147,17 @@ impl SharedPage {
         let pending = |w: usize| self.word(unsafe { &raw mut (*base).pending[w] });
         // SAFETY: as for `pending` just above.
         let mask = |w: usize| self.word(unsafe { &raw mut (*base).mask[w] });
+        // The "no" of the usual `block` is one load and 15 `or`s from
+        // memory: volatile reads, which the compiler folds into the `or`
+        // (atomic loads it keeps as a load and an `or` each: 16 more).
         let mut any = 0;
         for w in 0..PORT_WORDS {
-            any |= pending(w).load(Ordering::SeqCst);
+            // SAFETY: as for `pending` above: `base` is the direct-map
+            // address of the held frame, `w < PORT_WORDS`, so the 8-aligned
+            // word lies inside it; any bit pattern is a valid u64, and the
+            // guest does not run while we do (one CPU), so the volatile
+            // read races with nothing.
+            any |= unsafe { core::ptr::read_volatile(&raw const (*base).pending[w]) };
         }
         if any == 0 {
             return false;

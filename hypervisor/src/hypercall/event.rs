@@ -48,7 +48,7 @@ pub(crate) fn bind_virq(hv: &mut Hv, cur: DomId, a: abi::event::BindVirq) -> Res
 /// EVT-4: raises the event on the port's peer.
 pub(crate) fn send(hv: &mut Hv, cur: DomId, a: abi::event::Send) -> Result<u64, Error> {
     let t = hv.channels.send(cur, u64::from(a.port))?;
-    hv.raise(t);
+    hv.raise_inline(t);
     Ok(0)
 }
 
