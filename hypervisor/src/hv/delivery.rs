@@ -108,19 +108,20 @@ impl Hv {
     #[inline(always)]
     fn woken(&mut self, id: DomId) {
         if self.sched.deadlines.is_armed(id, TimerKind::Block) {
-            self.cancel_block_deadline(id);
+            return self.cancel_block_deadline_and_queue(id);
         }
         self.sched.runq.push(id);
     }
 
-    /// [`Hv::woken`]'s cancel of an armed `block` deadline, out of line:
-    /// the usual wake has none, and a call inline made every raise keep
-    /// its values in callee-saved registers across it.
+    /// [`Hv::woken`] with a `block` deadline armed, out of line: the usual
+    /// wake has none, and a call inline with anything after it made every
+    /// raise keep its values in callee-saved registers across it.
     #[cold]
     #[inline(never)]
-    fn cancel_block_deadline(&mut self, id: DomId) {
+    fn cancel_block_deadline_and_queue(&mut self, id: DomId) {
         if self.sched.deadlines.cancel(id, TimerKind::Block).is_some() {
             self.sched.timer_dirty = true;
         }
+        self.sched.runq.push(id);
     }
 }
