@@ -277,6 +277,13 @@ impl Deadlines {
         Some(self.remove_at(p as usize).0)
     }
 
+    /// Whether `dom` has a deadline of `kind` armed (the inline test of a
+    /// wake, before the out-of-line [`Deadlines::cancel`]).
+    #[inline]
+    pub fn is_armed(&self, dom: DomId, kind: TimerKind) -> bool {
+        self.pos.get(slot(dom, kind)).is_some_and(|&p| p != ABSENT)
+    }
+
     /// Removes both of `dom`'s deadlines (it is being destroyed).
     pub fn remove_domain(&mut self, dom: DomId) {
         for kind in TimerKind::ALL {
@@ -487,6 +494,24 @@ mod tests {
         // Cancelling what was never armed, or for an unknown domain.
         assert_eq!(d.cancel(0, TimerKind::OneShot), None);
         assert_eq!(d.cancel(9, TimerKind::OneShot), None);
+    }
+
+    #[test]
+    fn is_armed_says_what_cancel_would_find() {
+        let mut d = with_domains(3);
+        d.arm(10, 1, TimerKind::Block);
+        d.arm(5, 2, TimerKind::OneShot);
+        assert!(d.is_armed(1, TimerKind::Block));
+        assert!(!d.is_armed(1, TimerKind::OneShot));
+        assert!(d.is_armed(2, TimerKind::OneShot));
+        assert!(!d.is_armed(2, TimerKind::Block));
+        // Unknown domains (beyond the slots) have nothing armed.
+        assert!(!d.is_armed(9, TimerKind::Block));
+        assert_eq!(d.cancel(1, TimerKind::Block), Some(10));
+        assert!(!d.is_armed(1, TimerKind::Block));
+        // A deadline that fired (popped) is no longer armed.
+        assert_eq!(d.pop_expired(5), Some((2, TimerKind::OneShot)));
+        assert!(!d.is_armed(2, TimerKind::OneShot));
     }
 
     #[test]

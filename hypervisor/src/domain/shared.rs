@@ -130,26 +130,47 @@ impl SharedPage {
         }
     }
 
-    /// Whether any port is pending and not masked. Every word is read (the
-    /// guest may set pending or clear mask bits itself, EVT-0e, so
+    /// Clears `upcall_mask`, then says whether any port is pending and not
+    /// masked. Every word is read (the guest may set pending or clear mask bits itself, EVT-0e, so
     /// `pending_sel` cannot narrow the search for a "no"), but without a
     /// branch per word: the pending words are or-ed first, and the masks
     /// are read only when one of them is nonzero. The usual `block` finds
     /// nothing pending (the guest cleared what it handled).
+    ///
+    /// `block`'s test (SCHED-2a, SCHED-2b): `upcall_mask` cleared first,
+    /// with the page's address computed once (the store is atomic, so the
+    /// compiler read `mfn` again after it).
     #[inline(always)] // on every `block`, in the slow entry (SCHED-2b)
-    pub fn any_unmasked_pending(&self) -> bool {
-        // The page's address once (the atomic loads would otherwise make
-        // each word's projection read `mfn` again: 2 more per word).
+    pub fn unmask_upcalls_then_any_pending(&self) -> bool {
         let base = self.base();
+        // SAFETY: `base` is the direct-map address of the held frame;
+        // `upcall_mask` is a field of it, so the raw address lies inside.
+        self.byte(unsafe { &raw mut (*base).upcall_mask })
+            .store(0, Ordering::SeqCst);
+        self.any_unmasked_pending_at(base)
+    }
+
+    /// Whether any port of the page at `base` (its `base()`) is pending
+    /// and not masked.
+    #[inline(always)]
+    fn any_unmasked_pending_at(&self, base: *mut SharedInfo) -> bool {
         // SAFETY: as in `pending` and `mask`: `base` is the direct-map
         // address of the held frame and `w < PORT_WORDS`, so each
         // projection stays inside it; only raw addresses are formed.
         let pending = |w: usize| self.word(unsafe { &raw mut (*base).pending[w] });
         // SAFETY: as for `pending` just above.
         let mask = |w: usize| self.word(unsafe { &raw mut (*base).mask[w] });
+        // The "no" of the usual `block` is one load and 15 `or`s from
+        // memory: volatile reads, which the compiler folds into the `or`
+        // (atomic loads it keeps as a load and an `or` each: 16 more).
         let mut any = 0;
         for w in 0..PORT_WORDS {
-            any |= pending(w).load(Ordering::SeqCst);
+            // SAFETY: as for `pending` above: `base` is the direct-map
+            // address of the held frame, `w < PORT_WORDS`, so the 8-aligned
+            // word lies inside it; any bit pattern is a valid u64, and the
+            // guest does not run while we do (one CPU), so the volatile
+            // read races with nothing.
+            any |= unsafe { core::ptr::read_volatile(&raw const (*base).pending[w]) };
         }
         if any == 0 {
             return false;

@@ -105,6 +105,14 @@ impl Hv {
 
     /// Raises `t.port` in `t.dom` (EVT-0).
     pub(crate) fn raise(&mut self, t: Target) {
+        self.raise_inline(t);
+    }
+
+    /// [`Hv::raise`], inline: `event_send`'s fast handler (EVT-4) raises
+    /// on every call, and a call out of line with its prologue cost it
+    /// more than the raise itself.
+    #[inline(always)]
+    pub(crate) fn raise_inline(&mut self, t: Target) {
         let Some(d) = self.dom(t.dom) else { return };
         if d.shared.raise(t.port) && d.state == RunState::Blocked {
             // The domain just looked up, not a second look-up (`wake`).
@@ -129,6 +137,18 @@ impl Hv {
     /// inline test when none is armed), the domain queued.
     #[inline(always)]
     fn woken(&mut self, id: DomId) {
+        if self.sched.deadlines.is_armed(id, TimerKind::Block) {
+            return self.cancel_block_deadline_and_queue(id);
+        }
+        self.sched.runq.push(id);
+    }
+
+    /// [`Hv::woken`] with a `block` deadline armed, out of line: the usual
+    /// wake has none, and a call inline with anything after it made every
+    /// raise keep its values in callee-saved registers across it.
+    #[cold]
+    #[inline(never)]
+    fn cancel_block_deadline_and_queue(&mut self, id: DomId) {
         if self.sched.deadlines.cancel(id, TimerKind::Block).is_some() {
             self.sched.timer_dirty = true;
         }

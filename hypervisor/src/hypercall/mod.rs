@@ -391,7 +391,13 @@ fn returning<T: Call>(
     w: Words,
     f: impl FnOnce(&mut Hv, DomId, T) -> Result<u64, Error>,
 ) -> Result<u64, Error> {
-    T::decode(w).and_then(|a| f(hv, cur, a))
+    // A `match`, not `and_then`: the closure `and_then` takes was kept out
+    // of line (`FnOnce::call_once`), with its result through memory, even
+    // when `f` is inline (`event::send`).
+    match T::decode(w) {
+        Ok(a) => f(hv, cur, a),
+        Err(e) => Err(e),
+    }
 }
 
 /// Decodes the arguments of a call that may replace the caller's frame

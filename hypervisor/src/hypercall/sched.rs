@@ -39,8 +39,7 @@ pub(crate) fn block(hv: &mut Hv, cur: DomId, deadline_ns: u64, mut frame: EntryF
     let Some(d) = hv.dom(cur) else {
         return frame.set_rax(abi::regs::encode(Err(Error::NotFound)));
     };
-    d.shared.set_upcall_mask(false);
-    if d.shared.any_unmasked_pending() {
+    if d.shared.unmask_upcalls_then_any_pending() {
         return frame.set_rax(BlockResult::Event as u64);
     }
     if deadline_ns != NO_DEADLINE {
