@@ -18,11 +18,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod blk;
+mod density;
 pub mod facts;
 pub mod fuzz;
 mod guests;
-pub use guests::host_client_once;
+pub use net::host_client_once;
 mod kv;
+mod net;
 mod scenarios;
 
 pub use facts::{Fact, Facts};
