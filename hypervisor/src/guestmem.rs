@@ -62,14 +62,23 @@ pub fn translate(space: &Space<'_>, va: u64, write: bool) -> Result<u64, Error> 
     walk(space, va, write, &mut NoRecord)
 }
 
+/// [`translate`] for reading, out of line: the miss of
+/// [`Remembered::read`], kept apart from `upcall_return`'s hit path so that
+/// path's register allocation does not pay for it (`page_fault`).
+#[cold]
+#[inline(never)]
+fn translate_cold(space: &Space<'_>, va: u64) -> Result<u64, Error> {
+    translate(space, va, false)
+}
+
 /// Page-table levels a walk reads at most.
 const LEVELS: usize = 4;
 
 /// Where [`walk`] records the entries it read. Generic, so that a plain
 /// [`translate`] (every guest copy: `mmu_update`'s request array, each
 /// hypercall's arguments) compiles to a walk with no recording at all:
-/// recording into a zeroed array cost `mmu_update_batch_1` 139
-/// instructions (issue 13, docs/benchmarks.md "Rows that rose").
+/// recording into a zeroed array cost `mmu_update_batch_1` 176
+/// instructions a call (issue 13, docs/benchmarks.md "Rows that rose").
 trait Record {
     /// The walk read `entry` at `word`, at `level` (4 to 1).
     fn record(&mut self, level: u32, word: mem::PhysWord, entry: u64);
@@ -388,7 +397,7 @@ impl Remembered {
         }
         let pa = match self.lookup(space, range.va, false) {
             Some(r) => r?,
-            None => translate(space, range.va, false)?,
+            None => translate_cold(space, range.va)?,
         };
         Ok(mem::read_phys(pa))
     }
