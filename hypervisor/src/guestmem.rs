@@ -59,23 +59,56 @@ pub struct Space<'a> {
 /// the domain may map with that access (`Mm::may_map`): defence in depth
 /// behind the validator.
 pub fn translate(space: &Space<'_>, va: u64, write: bool) -> Result<u64, Error> {
-    walk(space, va, write, &mut [(mem::PhysWord::ZERO, 0); LEVELS])
+    walk(space, va, write, &mut NoRecord)
+}
+
+/// [`translate`] for reading, out of line: the miss of
+/// [`Remembered::read`], kept apart from `upcall_return`'s hit path so that
+/// path's register allocation does not pay for it (`page_fault`).
+#[cold]
+#[inline(never)]
+fn translate_cold(space: &Space<'_>, va: u64) -> Result<u64, Error> {
+    translate(space, va, false)
 }
 
 /// Page-table levels a walk reads at most.
 const LEVELS: usize = 4;
+
+/// Where [`walk`] records the entries it read. Generic, so that a plain
+/// [`translate`] (every guest copy: `mmu_update`'s request array, each
+/// hypercall's arguments) compiles to a walk with no recording at all:
+/// recording into a zeroed array cost `mmu_update_batch_1` 176
+/// instructions a call (issue 13, docs/benchmarks.md "Rows that rose").
+trait Record {
+    /// The walk read `entry` at `word`, at `level` (4 to 1).
+    fn record(&mut self, level: u32, word: mem::PhysWord, entry: u64);
+}
+
+/// Records nothing ([`translate`]).
+struct NoRecord;
+
+impl Record for NoRecord {
+    #[inline(always)]
+    fn record(&mut self, _level: u32, _word: mem::PhysWord, _entry: u64) {}
+}
+
+/// Records every entry, top down; after a huge leaf the last one is
+/// repeated, so all [`LEVELS`] are set ([`Remembered`]).
+impl Record for [(mem::PhysWord, u64); LEVELS] {
+    #[inline(always)]
+    fn record(&mut self, level: u32, word: mem::PhysWord, entry: u64) {
+        for r in self.iter_mut().skip(LEVELS - level as usize) {
+            *r = (word, entry);
+        }
+    }
+}
 
 /// [`translate`], recording in `read` the physical address and the value of
 /// every entry the walk read, top down; after a huge leaf the last one is
 /// repeated, so all [`LEVELS`] are set. The translation is a function of
 /// `space.root`, `va`, `write` and those entries alone (and of `may_map`),
 /// which is what [`Remembered`] relies on.
-fn walk(
-    space: &Space<'_>,
-    va: u64,
-    write: bool,
-    read: &mut [(mem::PhysWord, u64); LEVELS],
-) -> Result<u64, Error> {
+fn walk<R: Record>(space: &Space<'_>, va: u64, write: bool, read: &mut R) -> Result<u64, Error> {
     if va >= GUEST_VA_TOP {
         return Err(Error::BadAddress);
     }
@@ -85,9 +118,7 @@ fn walk(
         let index = (va >> (12 + 9 * (level - 1))) & 0x1ff;
         let at = table + index * 8;
         let (word, entry) = mem::PhysWord::read_new(at).ok_or(Error::BadAddress)?;
-        for r in read.iter_mut().skip(LEVELS - level as usize) {
-            *r = (word, entry);
-        }
+        read.record(level, word, entry);
         if entry & need != need {
             return Err(Error::BadAddress);
         }
@@ -366,7 +397,7 @@ impl Remembered {
         }
         let pa = match self.lookup(space, range.va, false) {
             Some(r) => r?,
-            None => translate(space, range.va, false)?,
+            None => translate_cold(space, range.va)?,
         };
         Ok(mem::read_phys(pa))
     }
