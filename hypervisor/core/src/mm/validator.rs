@@ -408,10 +408,24 @@ impl Mm {
     #[inline]
     fn note_dropped(&mut self, mfn: Mfn) {
         self.dropped_this_epoch = true;
+        self.note_dropped_unflagged(mfn);
+    }
+
+    /// [`Mm::note_dropped`] for a caller that has set `dropped_this_epoch`
+    /// itself (see [`Mm::put_data_unflagged`]).
+    #[inline]
+    pub(super) fn note_dropped_unflagged(&mut self, mfn: Mfn) {
         let epoch = self.epoch;
         if let Ok(f) = self.info_mut(mfn) {
             f.dropped_epoch = epoch;
         }
+    }
+
+    /// Notes, before a batch of releases, that references may be dropped
+    /// in this epoch (read by `Mm::adopt_leaves`).
+    #[inline]
+    pub(super) fn note_dropping(&mut self) {
+        self.dropped_this_epoch = true;
     }
 
     fn note_owner_change(&mut self, _mfn: Mfn, f: FrameInfo) {
@@ -480,10 +494,22 @@ impl Mm {
 
     #[inline]
     fn put_data(&mut self, t: Target) {
+        self.dropped_this_epoch = true;
+        self.put_data_unflagged(t);
+    }
+
+    /// [`Mm::put_data`] without setting `dropped_this_epoch`: the caller
+    /// has set it for the whole batch (MMU-20 depends on it being set
+    /// whenever a frame's `dropped_epoch` becomes `epoch`). Set per entry
+    /// in [`Mm::release_entries_from`]'s loop it kept `self` live there and
+    /// spilled the epoch: ~6 instructions per leaf released
+    /// (`mmu_unpin_fresh_space` 169,429 -> 194,161, now 169,537 again;
+    /// docs/benchmarks.md, "Rows that rose (issue 13)").
+    #[inline]
+    pub(super) fn put_data_unflagged(&mut self, t: Target) {
         // A frame without a record is no RAM frame: a device frame (the
         // only such entry a table may hold) or nothing to count.
         let epoch = self.epoch;
-        self.dropped_this_epoch = true;
         let Ok(f) = self.info_mut(t.mfn) else { return };
         if f.total_count == 0 {
             // Nothing of this entry's to drop: a device entry the

@@ -618,3 +618,79 @@ fn adopting_a_frame_dropped_since_the_flush_asks_for_one() {
     }
     audit::audit_holds(&mm, &mem, &[l.shared]).unwrap();
 }
+
+/// The release loop notes its drops once per batch, not per entry
+/// (`Mm::release_entries_from`, docs/benchmarks.md "Rows that rose
+/// (issue 13)"). A refused pin undoes what it validated: halfway through
+/// that release, before the table's own reference is dropped (which marks
+/// the epoch too), a frame adopted with such a drop in the same epoch must
+/// still raise the flush request (MMU-20).
+#[test]
+fn a_drop_in_a_preempted_release_still_marks_the_epoch() {
+    use crate::mm::validator::{Budget, Progress};
+    let l = layout(1, vec![]);
+    let (mut mm, mut mem) = machine_with_shared(&l);
+    let tree = mm.build_root(&mut mem, DOM, l.l4).unwrap();
+    for (t, i, v) in entries(&l) {
+        mm.build_entry(&mut mem, &tree, t, i, v).unwrap();
+    }
+    // An L1 to pin: four leaves, then an entry naming another domain's
+    // frame, refused after the four were counted.
+    let pinned = 30;
+    for (i, m) in (20..24).enumerate() {
+        mem.poke(pinned, i, rw(m));
+    }
+    mem.poke(pinned, 4, rw(OTHER_FRAMES.start));
+    let fresh = 60;
+    assert!(matches!(mm.frame(fresh).unwrap().owner, Owner::Free));
+    let _ = mm.take_flush_request();
+    mm.note_tlb_flushed();
+    let mut pending = None;
+    let (mut mid_table, mut counted) = (0, false);
+    let r = loop {
+        let r = mm.pin_bounded(
+            &mut mem,
+            DOM,
+            pinned,
+            Level::L1,
+            &mut pending,
+            &mut Budget::new(1),
+        );
+        if r != Ok(Progress::Preempted) {
+            break r;
+        }
+        // Once all four leaves are counted, a leaf back at zero was
+        // dropped by the undo.
+        let counts: Vec<u32> = (20..24).map(|m| mm.frame(m).unwrap().total_count).collect();
+        counted |= counts.iter().all(|&c| c == 1);
+        let in_use = mm.frame(pinned).unwrap().type_count > 0;
+        let Some(k) = counts.iter().position(|&c| c == 0) else {
+            continue;
+        };
+        if !counted || !in_use {
+            continue;
+        }
+        let dropped = 20 + k as u64;
+        mid_table += 1;
+        assert!(!mm.clone().take_flush_request());
+        let (mut probe, mut probe_mem) = (mm.clone(), mem.clone());
+        let epoch = probe.frame(dropped).unwrap().dropped_epoch;
+        probe.frame_mut(fresh).dropped_epoch = epoch;
+        probe
+            .adopt_leaves(
+                &mut probe_mem,
+                &tree,
+                l.l1s[0],
+                100,
+                &[fresh],
+                PRESENT | USER,
+            )
+            .unwrap();
+        assert!(
+            probe.take_flush_request(),
+            "after {mid_table} steps of the undo"
+        );
+    };
+    assert_eq!(r, Err(MmError::NotOwner(OTHER_FRAMES.start)));
+    assert!(mid_table > 0, "no step stopped inside the undo");
+}

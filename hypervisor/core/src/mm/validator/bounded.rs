@@ -310,6 +310,9 @@ impl Mm {
             self.link(mem, dom, c, budget)?;
         }
         mem.write_entry(table, index, new);
+        if self.rules.target_of(old).is_some() {
+            self.note_dropping();
+        }
         let Some(c) = self.release_one(table, level, old) else {
             return Ok(());
         };
@@ -648,6 +651,9 @@ impl Mm {
         budget: &mut Budget,
     ) -> (usize, Option<Mfn>, bool) {
         let (allowed, mut taken) = (budget.left, 0);
+        // Once for the batch, not per entry (see `put_data_unflagged`):
+        // `release_one` drops references without setting it.
+        self.note_dropping();
         let r = loop {
             if let Some(c) = self.release_one(table, level, mem.read_entry(table, v - 1)) {
                 break (v, Some(c), false);
@@ -755,11 +761,14 @@ impl Mm {
     /// descending: a table whose last reference it is becomes partial
     /// (all its entries still hold theirs) and is returned, to be released
     /// next; the entry keeps its reference until then.
+    ///
+    /// Does not set `dropped_this_epoch`: the caller must have noted the
+    /// drop ([`Mm::note_dropping`]) if `value` names a target.
     #[inline]
     fn release_one(&mut self, table: Mfn, level: Level, value: u64) -> Option<Mfn> {
         let t = self.rules.target_of(value)?;
         let Some(below) = level.below() else {
-            self.put_data(t);
+            self.put_data_unflagged(t);
             return None;
         };
         if level == Level::L4 && t.mfn == table {
@@ -769,7 +778,7 @@ impl Mm {
         if f.type_count > 1 {
             f.type_count -= 1;
             f.total_count = f.total_count.saturating_sub(1);
-            self.note_dropped(t.mfn);
+            self.note_dropped_unflagged(t.mfn);
             return None;
         }
         f.flags |= PARTIAL;
