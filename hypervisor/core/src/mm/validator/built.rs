@@ -152,16 +152,7 @@ impl Mm {
         first: usize,
         values: impl IntoIterator<Item = u64>,
     ) -> Result<usize, MmError> {
-        let f = self.info(table)?;
-        if f.owner != Owner::Domain(tree.dom) {
-            return Err(MmError::NotOwner(table));
-        }
-        if f.table_level() != Some(Level::L1) {
-            return Err(MmError::NotATable(table));
-        }
-        if f.is_partial() {
-            return Err(MmError::Busy(table));
-        }
+        self.check_built_l1(tree, table)?;
         let mut index = first;
         for value in values {
             if index >= Level::L1.guest_slots() {
@@ -177,6 +168,24 @@ impl Mm {
             index += 1;
         }
         Ok(index - first)
+    }
+
+    /// The table checks of [`Mm::build_leaves`] and [`Mm::adopt_leaves`]:
+    /// `table` is an L1 of `tree`'s domain, in use and not partial
+    /// (`NotOwner`, `NotATable`, `Busy`).
+    #[inline(always)]
+    fn check_built_l1(&self, tree: &BuiltTree, table: Mfn) -> Result<(), MmError> {
+        let f = self.info(table)?;
+        if f.owner != Owner::Domain(tree.dom) {
+            return Err(MmError::NotOwner(table));
+        }
+        if f.table_level() != Some(Level::L1) {
+            return Err(MmError::NotATable(table));
+        }
+        if f.is_partial() {
+            return Err(MmError::Busy(table));
+        }
+        Ok(())
     }
 
     /// Adopts `frames`, frames nobody owns and nothing references (just
@@ -211,16 +220,7 @@ impl Mm {
         frames: &[Mfn],
         flags: u64,
     ) -> Result<(), MmError> {
-        let f = self.info(table)?;
-        if f.owner != Owner::Domain(tree.dom) {
-            return Err(MmError::NotOwner(table));
-        }
-        if f.table_level() != Some(Level::L1) {
-            return Err(MmError::NotATable(table));
-        }
-        if f.is_partial() {
-            return Err(MmError::Busy(table));
-        }
+        self.check_built_l1(tree, table)?;
         let end = index.saturating_add(frames.len());
         if end > Level::L1.guest_slots() {
             return Err(MmError::HypervisorSlot);
