@@ -29,15 +29,8 @@
 //!   [`GrantTables::audit`] checks the table's own counts against its
 //!   mappings and the frame table.
 //!
-//! # Copies
-//!
-//! [`GrantTables::copy_batch`] checks each element of a batch on its own
-//! (per-element status, like `GNTTABOP_copy`): length not 0, `offset + len`
-//! inside one page on both sides, the source readable by the caller (its own
-//! frame or a grant to it), the destination writable by the caller (its own
-//! frame or a writable grant to it) and never a page table or a read-only
-//! shared frame. Copies happen inside one hypercall on one CPU, so the
-//! checked state cannot change before the copy is done.
+//! Copies ([`GrantTables::copy_batch`], per-element status like
+//! `GNTTABOP_copy`) are in `grant/copy.rs`.
 //!
 //! Pure logic, bounded ([`MAX_GRANTS_PER_DOMAIN`], [`MAX_MAPPINGS_PER_DOMAIN`],
 //! [`MAX_COPY_BATCH`]), never panics on guest input.
@@ -49,6 +42,11 @@ use alloc::vec::Vec;
 use crate::frames::Mfn;
 use crate::mm::{DomId, FrameType, Mm, MmError, Owner};
 use hypercall_abi::Error;
+
+mod audit;
+mod copy;
+pub use audit::GrantAuditError;
+pub use copy::{CopyOp, CopyPlan, CopyPtr};
 
 /// Grants one domain may have at once (its table's size).
 pub const MAX_GRANTS_PER_DOMAIN: usize = 512;
@@ -173,49 +171,6 @@ struct Domain {
     dying: bool,
 }
 
-/// One side of a copy element.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CopyPtr {
-    /// A frame of the caller's own.
-    Local {
-        /// The frame.
-        mfn: Mfn,
-        /// Byte offset in it.
-        offset: u16,
-    },
-    /// A grant made to the caller.
-    Granted {
-        /// The granter.
-        granter: DomId,
-        /// The grant.
-        gref: GrantRef,
-        /// Byte offset in the granted frame.
-        offset: u16,
-    },
-}
-
-/// One element of a `grant_copy` batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CopyOp {
-    /// Copied from.
-    pub src: CopyPtr,
-    /// Copied to.
-    pub dst: CopyPtr,
-    /// Bytes, 1..=4096, inside one frame on each side.
-    pub len: u16,
-}
-
-/// A checked copy element: what the hypervisor copies, frame to frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CopyPlan {
-    /// Source frame and offset.
-    pub src: (Mfn, usize),
-    /// Destination frame and offset.
-    pub dst: (Mfn, usize),
-    /// Bytes.
-    pub len: usize,
-}
-
 /// What [`GrantTables::unmap`] released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unmapped {
@@ -242,29 +197,10 @@ pub struct Teardown {
     pub free_now: Vec<Mfn>,
 }
 
-/// An inconsistency found by [`GrantTables::audit`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GrantAuditError {
-    /// The domain whose table it is in.
-    pub dom: DomId,
-    /// What is wrong.
-    pub what: &'static str,
-}
-
 /// Every domain's grant table and grant mappings.
 #[derive(Clone, Debug, Default)]
 pub struct GrantTables {
     doms: BTreeMap<DomId, Domain>,
-}
-
-fn check_range(offset: u16, len: u16) -> Result<(), GrantError> {
-    if len == 0 {
-        return Err(GrantError::ZeroLength);
-    }
-    if usize::from(offset) + usize::from(len) > FRAME_SIZE {
-        return Err(GrantError::OutOfPage);
-    }
-    Ok(())
 }
 
 /// Whether the frame is, or is on its way to being, a page table.
@@ -642,160 +578,6 @@ impl GrantTables {
         }
         self.forget_if_gone(dom);
         t
-    }
-
-    fn resolve(
-        &self,
-        mm: &Mm,
-        caller: DomId,
-        p: CopyPtr,
-        len: u16,
-        dst: bool,
-    ) -> Result<(Mfn, usize), GrantError> {
-        match p {
-            CopyPtr::Local { mfn, offset } => {
-                check_range(offset, len)?;
-                let f = mm.frame(mfn).ok_or(GrantError::NotOwner(mfn))?;
-                if f.owner() != Owner::Domain(caller) {
-                    // A shared read-only page of its image (MEM-2e) is a
-                    // frame it may read: a source, never a destination.
-                    return match mm.may_map(caller, mfn, false) {
-                        Ok(()) if dst => Err(GrantError::ReadOnly),
-                        Ok(()) => Ok((mfn, usize::from(offset))),
-                        Err(_) => Err(GrantError::NotOwner(mfn)),
-                    };
-                }
-                if dst {
-                    if is_table(mm, mfn)? {
-                        return Err(GrantError::TableFrame(mfn));
-                    }
-                    if f.frame_type() == FrameType::Special && !f.special_writable() {
-                        return Err(GrantError::ReadOnly);
-                    }
-                }
-                Ok((mfn, usize::from(offset)))
-            }
-            CopyPtr::Granted {
-                granter,
-                gref,
-                offset,
-            } => {
-                check_range(offset, len)?;
-                let g = self.usable(mm, caller, granter, gref, dst)?;
-                Ok((g.mfn, usize::from(offset)))
-            }
-        }
-    }
-
-    /// Checks one copy element for `caller`; what to copy.
-    pub fn check_copy(&self, mm: &Mm, caller: DomId, op: &CopyOp) -> Result<CopyPlan, GrantError> {
-        self.live(caller)?;
-        let src = self.resolve(mm, caller, op.src, op.len, false)?;
-        let dst = self.resolve(mm, caller, op.dst, op.len, true)?;
-        Ok(CopyPlan {
-            src,
-            dst,
-            len: usize::from(op.len),
-        })
-    }
-
-    /// A `grant_copy` batch: each element checked on its own and, if
-    /// allowed, copied by `copy`; `status[i]` says what happened to element
-    /// `i` (a refused element changes nothing and does not stop the rest).
-    /// Refused as a whole, before anything, if longer than
-    /// [`MAX_COPY_BATCH`] or if `status` is shorter than `ops`.
-    pub fn copy_batch(
-        &self,
-        mm: &Mm,
-        caller: DomId,
-        ops: &[CopyOp],
-        status: &mut [Result<(), GrantError>],
-        mut copy: impl FnMut(CopyPlan),
-    ) -> Result<(), GrantError> {
-        if ops.len() > MAX_COPY_BATCH || status.len() < ops.len() {
-            return Err(GrantError::BatchTooLong);
-        }
-        for (op, st) in ops.iter().zip(status.iter_mut()) {
-            *st = self.check_copy(mm, caller, op).map(&mut copy);
-        }
-        Ok(())
-    }
-
-    /// One frame per grant mapping: the hypervisor's holds on behalf of
-    /// grants, for `mm::audit::audit_holds`.
-    pub fn holds(&self) -> impl Iterator<Item = Mfn> + '_ {
-        self.doms
-            .values()
-            .flat_map(|d| d.mappings.iter().flatten().map(|m| m.mfn))
-    }
-
-    /// Grant mappings in all.
-    pub fn mapping_count(&self) -> usize {
-        self.doms.values().map(|d| d.live_mappings).sum()
-    }
-
-    /// Checks the tables against their mappings and the frame table: every
-    /// grant's map count equals the mappings of it; every mapping names a
-    /// live grant to its holder, of the same frame, writable only if the
-    /// grant is; a mapped frame is its granter's, held, and not a table;
-    /// the bounds hold.
-    pub fn audit(&self, mm: &Mm) -> Result<(), GrantAuditError> {
-        let fail = |dom, what| Err(GrantAuditError { dom, what });
-        let mut counted: BTreeMap<(DomId, GrantRef), u32> = BTreeMap::new();
-        for (&dom, d) in &self.doms {
-            if d.grants.len() > MAX_GRANTS_PER_DOMAIN || d.mappings.len() > MAX_MAPPINGS_PER_DOMAIN
-            {
-                return fail(dom, "table beyond its bound");
-            }
-            if d.live_mappings != d.mappings.iter().flatten().count() {
-                return fail(dom, "live mapping count differs from the mappings");
-            }
-            for m in d.mappings.iter().flatten() {
-                let Some(g) = self.grant(m.granter, m.gref) else {
-                    return fail(dom, "mapping of a grant that does not exist");
-                };
-                if g.grantee != dom || g.mfn != m.mfn {
-                    return fail(dom, "mapping differs from its grant");
-                }
-                if m.writable && g.readonly {
-                    return fail(dom, "writable mapping of a read-only grant");
-                }
-                let Some(f) = mm.frame(m.mfn) else {
-                    return fail(dom, "mapped frame beyond the frame table");
-                };
-                if f.owner() != Owner::Domain(m.granter) {
-                    return fail(dom, "mapped frame not owned by its granter");
-                }
-                if f.frame_type().level().is_some() {
-                    return fail(dom, "mapped grant frame is a page table");
-                }
-                *counted.entry((m.granter, m.gref)).or_default() += 1;
-            }
-        }
-        let mut per_frame: BTreeMap<Mfn, (DomId, u32)> = BTreeMap::new();
-        for (&dom, d) in &self.doms {
-            for (i, g) in d.grants.iter().enumerate() {
-                let Some(g) = g else { continue };
-                let n = counted.get(&(dom, index(i))).copied().unwrap_or(0);
-                if n != g.maps {
-                    return fail(dom, "grant map count differs from its mappings");
-                }
-                if d.dying && g.maps == 0 {
-                    return fail(dom, "dying domain kept an unmapped grant");
-                }
-                let e = per_frame.entry(g.mfn).or_insert((dom, 0));
-                e.1 += g.maps;
-            }
-        }
-        // Every grant mapping of a frame holds it once (other holds, such as
-        // a ring page the hypervisor keeps, may come on top).
-        for (mfn, (dom, maps)) in per_frame {
-            let held = mm.frame(mfn).map_or(0, |f| u32::from(f.held()));
-            if held < maps {
-                return fail(dom, "a granted frame has fewer holds than mappings");
-            }
-        }
-        Ok(())
     }
 }
 
