@@ -1626,23 +1626,31 @@ mod tests {
     #[test]
     fn the_first_virtio_slot_is_a_slot() {
         assert_eq!(
-            two_drivers(|b| drop(b.mmio_device(0, VIRTIO_ID_BLOCK, VIRTIO_MMIO_BASE, 5))),
+            two_drivers(|b| {
+                b.mmio_device(0, VIRTIO_ID_BLOCK, VIRTIO_MMIO_BASE, 5);
+            }),
             None
         );
         assert_eq!(
-            two_drivers(|b| drop(b.mmio_device(
-                0,
-                VIRTIO_ID_BLOCK,
-                VIRTIO_MMIO_BASE - VIRTIO_MMIO_SLOT_SIZE,
-                5
-            ))),
+            two_drivers(|b| {
+                b.mmio_device(
+                    0,
+                    VIRTIO_ID_BLOCK,
+                    VIRTIO_MMIO_BASE - VIRTIO_MMIO_SLOT_SIZE,
+                    5,
+                );
+            }),
             Some((0, DeviceFault::BadWindow))
         );
     }
 
     #[test]
     fn irq_lines_stop_at_the_ioapic() {
-        let with_irq = |irq| two_drivers(|b| drop(b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, irq)));
+        let with_irq = |irq| {
+            two_drivers(|b| {
+                b.mmio_device(0, VIRTIO_ID_BLOCK, BLK, irq);
+            })
+        };
         assert_eq!(with_irq(IOAPIC_PINS - 1), None);
         assert_eq!(with_irq(IOAPIC_PINS), Some((0, DeviceFault::BadIrq)));
         assert_eq!(with_irq(IOAPIC_PINS + 1), Some((0, DeviceFault::BadIrq)));

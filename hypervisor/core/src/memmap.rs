@@ -113,6 +113,30 @@ pub fn align_down(x: u64) -> u64 {
     x & !(PAGE - 1)
 }
 
+/// What building one domain takes from the hypervisor's heap besides its
+/// frame list and page-permission table (its `Domain`, run-queue, timer,
+/// grant and port bookkeeping), with room to spare; the hypervisor checks
+/// every build against it and reports the largest (`@ density
+/// heap_per_domain_max=...`).
+pub const DOMAIN_HEAP_BYTES: u64 = 4096;
+/// The main heap's fixed part: frame-independent tables and room for the
+/// allocations hypercalls make while domains run.
+pub const HEAP_FIXED: u64 = 8 << 20;
+/// The main heap's part per frame of RAM: the frame table's record (24
+/// bytes) and one smallest domain's structures ([`DOMAIN_HEAP_BYTES`] and
+/// 8 bytes a page) shared by the 17 frames it takes (a window of
+/// `WINDOW_MIN_PAGES`, 16, and its shared page).
+pub const HEAP_PER_FRAME: u64 = 24
+    + (DOMAIN_HEAP_BYTES + 8 * hypercall_abi::layout::WINDOW_MIN_PAGES)
+        .div_ceil(hypercall_abi::layout::WINDOW_MIN_PAGES + 1);
+
+/// The hypervisor's main heap for a machine of `frames` frames of RAM
+/// (bytes, page-aligned): taken from RAM at boot, so the number of domains
+/// the heap can describe grows with the memory they can have (issue 13).
+pub fn main_heap_bytes(frames: u64) -> u64 {
+    (HEAP_FIXED + frames * HEAP_PER_FRAME).next_multiple_of(PAGE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,7 +191,7 @@ mod tests {
         assert_eq!(align_up(1), PAGE);
         assert_eq!(align_up(PAGE), PAGE);
         assert_eq!(align_up(PAGE + 1), 2 * PAGE);
-        assert_eq!(align_up(u64::MAX), u64::MAX & !(PAGE - 1));
+        assert_eq!(align_up(u64::MAX), !(PAGE - 1));
         assert_eq!(align_down(PAGE - 1), 0);
         assert_eq!(align_down(2 * PAGE + 5), 2 * PAGE);
     }
@@ -257,28 +281,4 @@ mod tests {
             }
         }
     }
-}
-
-/// What building one domain takes from the hypervisor's heap besides its
-/// frame list and page-permission table (its `Domain`, run-queue, timer,
-/// grant and port bookkeeping), with room to spare; the hypervisor checks
-/// every build against it and reports the largest (`@ density
-/// heap_per_domain_max=...`).
-pub const DOMAIN_HEAP_BYTES: u64 = 4096;
-/// The main heap's fixed part: frame-independent tables and room for the
-/// allocations hypercalls make while domains run.
-pub const HEAP_FIXED: u64 = 8 << 20;
-/// The main heap's part per frame of RAM: the frame table's record (24
-/// bytes) and one smallest domain's structures ([`DOMAIN_HEAP_BYTES`] and
-/// 8 bytes a page) shared by the 17 frames it takes (a window of
-/// `WINDOW_MIN_PAGES`, 16, and its shared page).
-pub const HEAP_PER_FRAME: u64 = 24
-    + (DOMAIN_HEAP_BYTES + 8 * hypercall_abi::layout::WINDOW_MIN_PAGES)
-        .div_ceil(hypercall_abi::layout::WINDOW_MIN_PAGES + 1);
-
-/// The hypervisor's main heap for a machine of `frames` frames of RAM
-/// (bytes, page-aligned): taken from RAM at boot, so the number of domains
-/// the heap can describe grows with the memory they can have (issue 13).
-pub fn main_heap_bytes(frames: u64) -> u64 {
-    (HEAP_FIXED + frames * HEAP_PER_FRAME).next_multiple_of(PAGE)
 }
