@@ -113,6 +113,9 @@ fn main(si: &StartInfo) -> i32 {
     }
 }
 
+/// How long the client lingers after both FINs (see `client`).
+const TIME_WAIT_NS: u64 = 3_500_000_000;
+
 fn tcp_socket() -> tcp::Socket<'static> {
     tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; BUF]),
@@ -304,8 +307,13 @@ fn client(iface: &mut Interface, dev: &mut vnic::Device, args: ClientArgs<'_>) -
     });
     let ms = (time::now_ns() - start) / 1_000_000;
     let ticks = time::rdtsc().wrapping_sub(start_tsc);
-    // Let the last ACK go out before this domain ends.
-    let linger = time::now_ns() + 200_000_000;
+    // TIME-WAIT, shortened: stay long enough to acknowledge the server's
+    // FIN again should the last ACK be lost (a switch queue full of a
+    // hostile guest's flood drops it, NET-3). smoltcp retransmits no sooner
+    // than its minimum RTO, 1 s, then doubles it: 3.5 s covers the first
+    // two retransmissions. Leaving after 200 ms, as this did, left the
+    // server in LAST-ACK until its deadline whenever that ACK was dropped.
+    let linger = time::now_ns() + TIME_WAIT_NS;
     vnic::run(iface, dev, &mut sockets, linger, |_, _| false);
     let their_len = u64::from_le_bytes(answer[..8].try_into().unwrap_or([0; 8]));
     let their_sum = u64::from_le_bytes(answer[8..].try_into().unwrap_or([0; 8]));
