@@ -283,8 +283,8 @@ pub fn reference(name: &str) -> &'static str {
             "CPU work per request in the driver serving the ring (copies, events, device)"
         }
         "grant_copy_4k" => {
-            "one element: checks, then 4 KiB through a bounce buffer (two 4 KiB copies); \
-             Xen GNTTABOP_copy does one"
+            "one element: checks, then 4 KiB frame to frame through the direct map (one copy, \
+             as Xen GNTTABOP_copy)"
         }
         "page_fault" => {
             "guest handler maps the page with update_va_mapping; \

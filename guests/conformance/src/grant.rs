@@ -163,11 +163,11 @@ pub fn unreachable(why: &str) {
     }
 }
 
-const CLAUSES: [&str; 30] = [
+const CLAUSES: [&str; 31] = [
     "GNT-0", "GNT-0a", "GNT-0b", "GNT-0c", "GNT-0d", "GNT-0e", "GNT-1", "GNT-1a", "GNT-1b",
     "GNT-1c", "GNT-1d", "GNT-1e", "GNT-2", "GNT-2a", "GNT-2b", "GNT-3", "GNT-3a", "GNT-3b",
     "GNT-3c", "GNT-3d", "GNT-3e", "GNT-3f", "GNT-4", "GNT-4a", "GNT-4b", "GNT-5", "GNT-5a",
-    "GNT-5b", "GNT-5c", "GNT-5d",
+    "GNT-5b", "GNT-5c", "GNT-5d", "GNT-5e",
 ];
 
 /// Runs every GNT clause (the helper must have been set up).
@@ -196,6 +196,7 @@ pub fn run(env: Env) {
     gnt_5b(env);
     gnt_5c(env);
     gnt_5d(env);
+    gnt_5e(env);
     // The helper's steps: 1 and 2 (the hold), 3 (both sides dying).
     let step1 = ask(env.ctl);
     gnt_0(env, step1);
@@ -773,6 +774,48 @@ pub fn gnt_5d(env: Env) {
 }
 
 /// After step 1: the helper wrote into f1 through its mapping.
+pub fn gnt_5e(env: Env) {
+    clause("GNT-5e", "overlapping ranges in one frame", |ck| {
+        // f4's first four words 1, 2, 3, 4 (f4 is a frame nothing lives in).
+        if paging::map(LOOK, env.f4, Flags::WRITABLE).is_err() {
+            ck.t(false, "map f4 writable");
+            return;
+        }
+        for w in 0..4 {
+            poke(LOOK + w * 8, w + 1);
+        }
+        let _ = paging::unmap(LOOK);
+        let words = || (0..4).map(|w| look(env.f4, w)).collect::<Vec<_>>();
+        // Three words up by one (the destination above the source), then,
+        // as the batch's second element, three words down by one: a copy
+        // front to back would give 1, 1, 1, 1 after the first.
+        let mut ops = [
+            op(own_op(env.f4, 0), own_op(env.f4, 8), 24),
+            op(own_op(env.f4, 16), own_op(env.f4, 8), 16),
+        ];
+        ck.eq("the batch", copy(&mut ops[..1]), Ok(1));
+        ck.eq("up by a word", words(), alloc::vec![1, 1, 2, 3]);
+        ck.eq("second batch", copy(&mut ops[1..]), Ok(1));
+        ck.eq("down by a word", words(), alloc::vec![1, 2, 3, 3]);
+        // Both in one batch, in order: the second reads the first's bytes.
+        for w in 0..4 {
+            let mut set = [op(own_op(env.f3, 0), own_op(env.f4, w * 8), 8)];
+            let _ = copy(&mut set); // f3 is zero
+        }
+        let mut one = [
+            op(own_op(env.f4, 0), own_op(env.f4, 8), 8),
+            op(own_op(env.f4, 8), own_op(env.f4, 16), 8),
+        ];
+        if paging::map(LOOK, env.f4, Flags::WRITABLE).is_ok() {
+            poke(LOOK, 7);
+            let _ = paging::unmap(LOOK);
+        }
+        ck.eq("one batch", copy(&mut one), Ok(2));
+        ck.eq("statuses", (one[0].status, one[1].status), (0, 0));
+        ck.eq("in order", words(), alloc::vec![7, 7, 7, 0]);
+    });
+}
+
 pub fn gnt_0(env: Env, step1: Option<bool>) {
     clause("GNT-0", "grant model: both sides see one frame", |ck| {
         ck.eq("the helper's step 1", step1, Some(true));

@@ -27,6 +27,27 @@ pub fn copy_from_phys(pa: u64, buf: &mut [u8]) {
     }
 }
 
+/// Copies `len` bytes of physical memory from `src` to `dst`, both ranges
+/// inside the direct map; they may overlap (the same frame on both sides of
+/// a grant copy).
+pub fn copy_phys(src: u64, dst: u64, len: usize) {
+    let limit = DIRECT_MAP_LIMIT.load(Ordering::Relaxed);
+    let len64 = len as u64;
+    assert!(src.checked_add(len64).is_some_and(|e| e <= limit));
+    assert!(dst.checked_add(len64).is_some_and(|e| e <= limit));
+    // SAFETY: both ranges are inside the direct map (checked above), so
+    // valid for reads and writes of `len` bytes; `ptr::copy` allows them to
+    // overlap. Neither is a Rust object: the caller chose guest frames the
+    // copy's checks allowed (GNT-4).
+    unsafe {
+        core::ptr::copy(
+            phys_to_virt(src) as *const u8,
+            phys_to_virt(dst) as *mut u8,
+            len,
+        )
+    }
+}
+
 /// Reads a `T` from physical memory at `pa`; the range must be inside the
 /// direct map (callers translate page by page). One copy, straight into
 /// the value (no zeroed buffer first).
