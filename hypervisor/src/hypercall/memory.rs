@@ -29,17 +29,18 @@ pub(crate) fn populate(hv: &mut Hv, cur: DomId, a: abi::memory::Populate) -> Res
     }
     // At most MEMORY_BATCH_MAX (the decode checked).
     let n = usize::try_from(count).map_err(|_| Error::InvalidArgument)?;
-    let mut taken = [0u64; BATCH];
-    for i in 0..n {
-        match mem::alloc_zeroed_frame() {
-            Some(f) => taken[i] = f,
-            None => {
-                taken[..i].iter().for_each(|&f| mem::free_frame(f));
-                return Err(Error::NoResources);
-            }
+    // Room for the largest batch; no slot zeroed that is not taken.
+    let mut taken: heapless::Vec<u64, BATCH> = heapless::Vec::new();
+    for _ in 0..n {
+        // `n` is at most BATCH, so a push cannot fail; were it to, its
+        // frame goes back with the rest.
+        let pushed = mem::alloc_zeroed_frame().map(|f| taken.push(f).map_err(mem::free_frame));
+        if !matches!(pushed, Some(Ok(()))) {
+            taken.iter().for_each(|&f| mem::free_frame(f));
+            return Err(Error::NoResources);
         }
     }
-    let taken = &taken[..n];
+    let taken = taken.as_slice();
     for &f in taken {
         // A frame fresh from the allocator is idle and nobody's.
         let _ = hv.memory.mm.assign(f, Owner::Domain(cur));
@@ -64,8 +65,11 @@ pub(crate) fn release(hv: &mut Hv, cur: DomId, a: abi::memory::Release) -> Resul
         return Err(Error::InvalidArgument);
     }
     let range = GuestRange::new(list, count * 8, MEMORY_BATCH_MAX * 8)?;
-    let mut buf = [0u64; BATCH];
-    let frames = &mut buf[..usize::try_from(count).map_err(|_| Error::InvalidArgument)?];
+    // Only the batch's own slots zeroed before they are read.
+    let mut buf: heapless::Vec<u64, BATCH> = heapless::Vec::new();
+    buf.resize_default(usize::try_from(count).map_err(|_| Error::InvalidArgument)?)
+        .map_err(|()| Error::InvalidArgument)?;
+    let frames = buf.as_mut_slice();
     guestmem::copy_from(&hv.space(cur)?, range, frames.as_mut_bytes())?;
     for (i, &f) in frames.iter().enumerate() {
         let info = hv.memory.mm.frame(f).ok_or(Error::PermissionDenied)?;
