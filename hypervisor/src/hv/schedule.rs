@@ -47,6 +47,15 @@ impl Hv {
     /// [`RunQueue::rotate`]: tahoma_core::sched::RunQueue::rotate
     #[inline(never)]
     pub(crate) fn switch_away(&mut self, requeue: bool) {
+        self.switch_away_inline(requeue);
+    }
+
+    /// [`Hv::switch_away`], inline: the slow entry's `yield` and `block`
+    /// (the two calls that switch on every round trip) each have their own
+    /// copy, so that the switch is not a call with its own prologue, and
+    /// `requeue` is a constant in it.
+    #[inline(always)]
+    pub(crate) fn switch_away_inline(&mut self, requeue: bool) {
         let Some(cur) = self.sched.current.take() else {
             return self.run_next();
         };
@@ -294,8 +303,7 @@ fn upcall_word(d: &Domain) -> u64 {
     if d.callbacks.event == 0 {
         return no_upcall_word();
     }
-    mem::phys_to_virt(d.shared.mfn() << 12)
-        + hypercall_abi::layout::SHARED_UPCALL_PENDING_OFFSET as u64
+    d.shared.base_va() + hypercall_abi::layout::SHARED_UPCALL_PENDING_OFFSET as u64
 }
 
 /// A word that is always 0 (no upcall pending): what the upcall test reads

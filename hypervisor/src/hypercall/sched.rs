@@ -18,7 +18,7 @@ pub(crate) fn yield_now(hv: &mut Hv, mut frame: EntryFrame) {
     frame.set_rax(0);
     if !hv.sched.runq.is_empty() {
         // The frame is not touched past this point (see `EntryFrame`).
-        hv.switch_away(true);
+        hv.switch_away_inline(true);
     }
 }
 
@@ -49,7 +49,7 @@ pub(crate) fn block(hv: &mut Hv, cur: DomId, deadline_ns: u64, mut frame: EntryF
     // while the domain is not running.
     d.state = RunState::Blocked;
     // The frame is not touched past this point (see `EntryFrame`).
-    hv.switch_away(false);
+    hv.switch_away_inline(false);
 }
 
 /// [`block`] with a deadline: returns at once if it has passed (SCHED-2b),
