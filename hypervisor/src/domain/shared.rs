@@ -15,16 +15,34 @@ use super::*;
 /// anyone while this accessor exists (issue 7, finding 1).
 pub struct SharedPage {
     pub(super) mfn: u64,
+    /// The frame's direct-map address (`mfn`'s, computed once: every
+    /// raise and every `block` reach the page through it).
+    base: u64,
 }
 
 impl SharedPage {
+    /// The accessor for the domain's shared-info frame `mfn`, which the
+    /// caller holds in the frame table for as long as this exists (MEM-8).
+    pub(super) fn new(mfn: u64) -> SharedPage {
+        SharedPage {
+            mfn,
+            base: mem::phys_to_virt(mfn << 12),
+        }
+    }
+
     /// The frame.
     pub fn mfn(&self) -> u64 {
         self.mfn
     }
 
+    /// The frame's direct-map address.
+    pub fn base_va(&self) -> u64 {
+        self.base
+    }
+
+    #[inline(always)]
     fn base(&self) -> *mut SharedInfo {
-        mem::phys_to_virt(self.mfn << 12) as *mut SharedInfo
+        self.base as *mut SharedInfo
     }
 
     fn word(&self, field: *mut u64) -> &AtomicU64 {

@@ -26,7 +26,7 @@ use core::mem::MaybeUninit;
 use hypercall_abi::event::Virq;
 use hypercall_abi::layout::{UpcallFrame, UpcallKind, CALLBACK_STACK_SIZE, RED_ZONE, RFLAGS_IF};
 use hypercall_abi::sched::{BlockResult, ShutdownReason};
-use hypercall_abi::{regs, Error};
+use hypercall_abi::Error;
 use tahoma_core::bootpack::{self, Pack};
 use tahoma_core::event::{Channels, DomId, Target};
 use tahoma_core::grant::GrantTables;
@@ -303,13 +303,10 @@ pub extern "C" fn hypercall_entry(frame: *mut TrapFrame, stage: u64) {
     use arch::entries::SLOW_LEAVE;
     // SAFETY: an entry from ring 3 with interrupts disabled; a fast handler
     // that ran before returned, so its reference is gone; this is the one
-    // reference taken now, dropped on return.
-    let Some(hv) = (unsafe { HV.get() }) else {
-        // SAFETY: the entry's frame, live for the entry; one field written
-        // through the pointer, no reference made.
-        unsafe { (*frame).rax = regs::encode(Err(Error::NoSuchCall)) };
-        return;
-    };
+    // reference taken now, dropped on return. Installed: no ring-3 code
+    // runs before `lifecycle::start` installs the cell (its last step
+    // before the first entry into a guest), so no `syscall` comes earlier.
+    let hv = unsafe { HV.get_installed() };
     if stage != SLOW_LEAVE {
         // SAFETY: `frame` is the current domain's own frame (the stub saved
         // into it in place), live while the domain is; no reference into
@@ -425,9 +422,18 @@ pub extern "C" fn foreign_entry(frame: *mut TrapFrame) {
     hv.leave();
 }
 
+impl Domains {
+    /// Domain `id`, if it exists (a borrow of the domains alone, beside
+    /// the scheduler's).
+    #[inline(always)]
+    pub(crate) fn get_mut(&mut self, id: DomId) -> Option<&mut Domain> {
+        self.slots.get_mut(usize::from(id))?.as_deref_mut()
+    }
+}
+
 impl Hv {
     pub(crate) fn dom(&mut self, id: DomId) -> Option<&mut Domain> {
-        self.domains.slots.get_mut(usize::from(id))?.as_deref_mut()
+        self.domains.get_mut(id)
     }
 
     /// Domain `id`'s view of memory, for checked copies.

@@ -3,6 +3,23 @@
 
 use super::*;
 
+impl Scheduler {
+    /// Stops running the current domain, `d` (the caller looked it up by
+    /// `current`): `current` cleared, its call count (and `extra` calls not
+    /// counted yet) added to `d`, its FPU state and selectors saved. The
+    /// CPU keeps holding that state (`cpu_state_of`) until another
+    /// domain's is loaded. Nothing but the switch may follow: `current` is
+    /// `None` until [`Hv::switch_next`] loads a domain or
+    /// [`Hv::run_next`] resets the fast path's words.
+    #[inline(always)]
+    pub(crate) fn stop(&mut self, d: &mut Domain, extra: u64) {
+        self.current = None;
+        d.hypercalls += core::mem::take(&mut self.calls) + extra;
+        d.fpu.save();
+        d.selectors.save();
+    }
+}
+
 impl Hv {
     /// Fires every deadline at or before `now`. The test whether one is due
     /// is inline (on every switch); the firing is not.
@@ -47,17 +64,33 @@ impl Hv {
     /// [`RunQueue::rotate`]: tahoma_core::sched::RunQueue::rotate
     #[inline(never)]
     pub(crate) fn switch_away(&mut self, requeue: bool) {
-        let Some(cur) = self.sched.current.take() else {
+        self.switch_away_inline(requeue);
+    }
+
+    /// [`Hv::switch_away`], inline: the slow entry's `yield` has its own
+    /// copy (and `block` its own of the second half, [`Hv::switch_next`]),
+    /// so that the switch is not a call with its own prologue, and
+    /// `requeue` is a constant in it.
+    #[inline(always)]
+    pub(crate) fn switch_away_inline(&mut self, requeue: bool) {
+        let Some(cur) = self.sched.current else {
             return self.run_next();
         };
-        let calls = core::mem::take(&mut self.sched.calls);
-        if let Some(d) = self.dom(cur) {
-            d.hypercalls += calls;
-            // The CPU keeps holding this state (cpu_state_of) until
-            // another domain's is loaded.
-            d.fpu.save();
-            d.selectors.save();
+        if let Some(d) = self.domains.get_mut(cur) {
+            self.sched.stop(d, 0);
+        } else {
+            self.sched.current = None;
         }
+        self.switch_next(cur, requeue);
+    }
+
+    /// The second half of a switch away from `cur`, which the caller has
+    /// stopped ([`Scheduler::stop`]): the lean way when nothing is unusual
+    /// (see [`Hv::switch_away`]), else [`Hv::run_next`]. Inline: `block`
+    /// calls it with the domain it looked up already stopped, so the switch
+    /// neither looks it up again nor tests `current`.
+    #[inline(always)]
+    pub(crate) fn switch_next(&mut self, cur: DomId, requeue: bool) {
         let now = time::now_tsc();
         let quiet = !self.sched.unsettled
             && self.sched.deadlines.next().is_none_or(|at| at > now)
@@ -216,12 +249,14 @@ impl Hv {
     /// It takes no frame: after a switch the entry's frame is the previous
     /// domain's, and the current domain's is its own (`Domain::ctx`), looked
     /// up here. The caller must hold no reference into any frame.
+    ///
+    /// With no domain current it only flushes: the upcall word is then 0
+    /// (`upcall_may_be_due` says no), and `leave_slow` (for the timer
+    /// byte) returns at once, as it does when the domain it looks at is
+    /// gone. So there is no test of `current` here (3 instructions on every
+    /// way back from the slow entry).
     #[inline(always)]
     pub(crate) fn leave(&mut self) {
-        if self.sched.current.is_none() {
-            self.flush_if_requested();
-            return;
-        }
         if self.work_pending() {
             self.leave_slow();
         }
@@ -294,8 +329,7 @@ fn upcall_word(d: &Domain) -> u64 {
     if d.callbacks.event == 0 {
         return no_upcall_word();
     }
-    mem::phys_to_virt(d.shared.mfn() << 12)
-        + hypercall_abi::layout::SHARED_UPCALL_PENDING_OFFSET as u64
+    d.shared.base_va() + hypercall_abi::layout::SHARED_UPCALL_PENDING_OFFSET as u64
 }
 
 /// A word that is always 0 (no upcall pending): what the upcall test reads

@@ -124,16 +124,13 @@ impl EntryFrame {
 #[inline(always)]
 pub(crate) fn entry(hv: &mut Hv, frame: EntryFrame, uncounted: bool) {
     let Some(cur) = hv.sched.current else { return };
-    if uncounted {
-        hv.sched.calls += 1;
-        // The fast path is not allowed until the first call is reported.
-        if core::ptr::eq(hv.sched.fast_routes, &NO_FAST_ROUTES) {
-            // Out of line with the rest of the call, so that no path here
-            // keeps anything in callee-saved registers across a call.
-            return first_call(hv, cur, frame);
-        }
+    // The fast path is not allowed until the first call is reported.
+    if uncounted && core::ptr::eq(hv.sched.fast_routes, &NO_FAST_ROUTES) {
+        // Out of line with the rest of the call, so that no path here
+        // keeps anything in callee-saved registers across a call.
+        return first_call(hv, cur, frame);
     }
-    counted(hv, cur, frame);
+    counted(hv, cur, frame, u64::from(uncounted));
 }
 
 /// [`entry`] of a domain's first hypercall: reported, then run.
@@ -141,20 +138,23 @@ pub(crate) fn entry(hv: &mut Hv, frame: EntryFrame, uncounted: bool) {
 #[inline(never)]
 fn first_call(hv: &mut Hv, cur: DomId, frame: EntryFrame) {
     first_hypercall(hv);
-    counted(hv, cur, frame);
+    counted(hv, cur, frame, 1);
 }
 
-/// [`entry`] once the call is counted.
+/// [`entry`] once the first-call test passed; `uncounted` (0 or 1) is
+/// added to `Scheduler::calls` here (by `block` with its switch).
 #[inline(always)]
-fn counted(hv: &mut Hv, cur: DomId, frame: EntryFrame) {
+fn counted(hv: &mut Hv, cur: DomId, frame: EntryFrame, uncounted: u64) {
     let nr = frame.rax();
     if nr == Hypercall::Yield.number() {
+        hv.sched.calls += uncounted;
         return sched::yield_now(hv, frame);
     }
     if nr == Hypercall::Block.number() {
         let deadline_ns = frame.rdi();
-        return sched::block(hv, cur, deadline_ns, frame);
+        return sched::block(hv, cur, deadline_ns, frame, uncounted);
     }
+    hv.sched.calls += uncounted;
     if nr == Hypercall::UpcallReturn.number() {
         // Tested after the switching pair (LLVM would test it first).
         core::hint::cold_path();
