@@ -123,21 +123,8 @@ pub fn copy_to_phys(pa: u64, data: &[u8]) {
 pub struct DirectMap;
 
 impl tahoma_core::mm::PhysMem for DirectMap {
-    /// Entry `index & 511` of frame `mfn`, or 0 for a frame outside the
-    /// direct map. One test of the frame number (the index cannot leave
-    /// its frame, nor the address wrap): `read_phys_u64`'s alignment and
-    /// end tests cost every remembered-walk entry (`Mm::hinted_l1`) and
-    /// every entry a pin validates ~3 instructions more.
-    #[inline]
     fn read_entry(&self, mfn: u64, index: usize) -> u64 {
-        if mfn >= DIRECT_MAP_LIMIT.load(Ordering::Relaxed) >> 12 {
-            return 0;
-        }
-        let pa = (mfn << 12) | ((index as u64 & 511) * 8);
-        // SAFETY: `mfn` is below the direct map's limit in frames (tested
-        // above, so `mfn << 12` does not wrap) and the offset is inside
-        // that frame and 8-aligned: the whole word is mapped.
-        unsafe { (phys_to_virt(pa) as *const u64).read_volatile() }
+        read_phys_u64((mfn << 12) + (index as u64) * 8).unwrap_or(0)
     }
 
     fn write_entry(&mut self, mfn: u64, index: usize, value: u64) {
