@@ -91,8 +91,9 @@ pub struct Mm {
 /// types it found, because a frame's type cannot change while it has type
 /// references, and each of these frames has one from the unchanged entry
 /// above it in an in-use table (MMU-1: the in-use root holds its L3, that
-/// L3 its L2, that L2 the L1). The L1 itself is checked again by
-/// `update_entry` (owner, a table, not partial) and here (an L1). Any
+/// L3 its L2, that L2 the L1). The L1 itself gets the walk's tests again
+/// (`Mm::hinted_l1`: an L1 of the domain's in use, not partial), which
+/// `Mm::update_leaf` relies on in place of `update_entry`'s. Any
 /// entry written in between (the L2 entry pointed at another L1, an L3
 /// entry cleared, a table written behind the validator's back) fails the
 /// comparison and the walk runs. Attack tests in `tests/rules.rs`
