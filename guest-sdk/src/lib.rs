@@ -25,8 +25,8 @@
 //!   layout and error from it (re-exported as [`abi`]).
 //! * `unsafe` is confined to named places: [`raw`] (the `syscall` stub),
 //!   `arch` (the entry points in assembly), `shared` (the shared-info page),
-//!   [`upcall`] (calls that transfer control), and the runtime (start-info
-//!   read, heap). Everything else is safe wrappers.
+//!   [`upcall`] (calls that transfer control), [`trap`] (the handler kept
+//!   as one atomic word), and the runtime (start-info read, heap). Everything else is safe wrappers.
 //! * Pure logic (the pending-bit scan, start-info decoding, the clock
 //!   formula) compiles on the host, so `cargo test -p guest-sdk` checks it.
 //! * Shared memory is never a Rust `&mut`: the shared-info page is reached

@@ -11,6 +11,7 @@
 //! deep, then the domain is destroyed).
 
 use core::fmt;
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 use hypercall_abi::layout::{UpcallFrame, UpcallKind};
 use hypercall_abi::Error;
@@ -31,7 +32,34 @@ pub enum TrapAction {
 /// the frame's registers and stack.
 pub type TrapHandler = fn(&mut UpcallFrame) -> TrapAction;
 
-static HANDLER: spin::Mutex<Option<TrapHandler>> = spin::Mutex::new(None);
+/// The handler, as a pointer: null for none, else a [`TrapHandler`] that
+/// [`set_handler`] stored. One atomic word, read with one load on every
+/// trap (a lock here cost the page fault a locked `cmpxchg` and a release
+/// store, and a trap arriving while the slot was being changed found no
+/// handler).
+static HANDLER: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+/// The handler in [`HANDLER`], if any.
+#[allow(unsafe_code)]
+#[inline(always)]
+fn handler() -> Option<TrapHandler> {
+    let p = HANDLER.load(Ordering::Acquire);
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: every non-null value in `HANDLER` is a `TrapHandler` that
+    // `store_handler` converted to a pointer; converting it back gives
+    // that same function pointer.
+    Some(unsafe { core::mem::transmute::<*mut (), TrapHandler>(p) })
+}
+
+/// Stores `handler` in [`HANDLER`]; returns the previous one.
+fn store_handler(new: Option<TrapHandler>) -> Option<TrapHandler> {
+    let previous = handler();
+    let p = new.map_or(core::ptr::null_mut(), |h| h as *mut ());
+    HANDLER.store(p, Ordering::Release);
+    previous
+}
 
 /// The entries registered at start: (event entry, trap entry, stack top).
 static CALLBACKS: spin::Once<(u64, u64, u64)> = spin::Once::new();
@@ -47,19 +75,21 @@ pub(crate) fn init(event_entry: u64, trap_entry: u64, stack_top: u64) {
 pub fn set_handler(handler: TrapHandler) -> Result<(), Error> {
     // The handler is in place before the entry is registered, so a trap
     // right after registration finds it.
-    let previous = HANDLER.lock().replace(handler);
-    register(true).inspect_err(|_| *HANDLER.lock() = previous)
+    let previous = store_handler(Some(handler));
+    register(true).inspect_err(|_| {
+        store_handler(previous);
+    })
 }
 
 /// Whether a trap handler is set.
 pub fn has_handler() -> bool {
-    HANDLER.lock().is_some()
+    handler().is_some()
 }
 
 /// Removes the trap handler: exceptions destroy the domain again.
 pub fn clear_handler() -> Result<(), Error> {
     register(false)?;
-    *HANDLER.lock() = None;
+    store_handler(None);
     Ok(())
 }
 
@@ -73,16 +103,14 @@ fn register(trap: bool) -> Result<(), Error> {
     unsafe { crate::upcall::set_callbacks(event_entry, trap_entry, stack_top) }
 }
 
-/// Runs the registered handler for a reflected exception. A trap that
-/// arrives while the handler slot is being changed finds no handler.
+/// Runs the registered handler for a reflected exception.
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 pub(crate) fn dispatch(frame: &mut UpcallFrame) -> TrapAction {
     // The main stack's reserve, when it grows on demand (`stack`).
     if let Some(action) = crate::stack::on_fault(frame) {
         return action;
     }
-    let handler = HANDLER.try_lock().and_then(|h| *h);
-    match handler {
+    match handler() {
         Some(h) if frame.kind == UpcallKind::Trap as u64 => h(frame),
         _ => TrapAction::Crash,
     }

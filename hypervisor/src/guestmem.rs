@@ -235,7 +235,9 @@ pub fn write<T: IntoBytes + Immutable>(space: &Space<'_>, va: u64, value: &T) ->
 
 /// The generation of every guest page table's contents: bumped whenever the
 /// validator writes an entry (`mem::DirectMap::write_entry`: `mmu_update`,
-/// `update_va_mapping`, pin, unpin, grant and device mappings, teardown) and
+/// `update_va_mapping`, pin, unpin, grant and device mappings, teardown),
+/// but for a write over an entry that was not present
+/// (`mem::DirectMap::replace_entry`: no walk a slot rests on read it), and
 /// when a domain is destroyed. A remembered translation of the current
 /// generation is used as it is; one of an older generation only after its
 /// walk's entries are read again and found unchanged ([`Remembered`]).

@@ -848,7 +848,8 @@ fn swap_l1(region: u64, page: u64, frame: u64) -> Result<(), Error> {
 /// callback stack's translation between upcalls; every change to the
 /// mapping must void it. The stack's top page is moved between two frames
 /// of ours (by `update_va_mapping`, then by `mmu_update`, then by replacing
-/// the L1 table above it through its L2 entry) between upcalls: each frame
+/// the L1 table above it through its L2 entry, then by clearing its entry
+/// and filling it again) between upcalls: each frame
 /// must land in the frame mapped *now*, and the frame mapped before must
 /// keep every word of the secret we filled it with.
 pub fn trap_0d(fsize: u64) {
@@ -1049,6 +1050,30 @@ pub fn trap_0d(fsize: u64) {
             ck.t(
                 intact(VIEW[0]),
                 "the old frame was written after the table above it was replaced",
+            );
+            // 7. Cleared, then filled: the page unmapped and mapped at fa
+            // again by two `update_va_mapping`s with no upcall between. The
+            // second writes over a not-present entry, which bumps no
+            // generation (`DirectMap::replace_entry`: no remembered walk
+            // read it); the first wrote over the remembered entry and must
+            // have, or the next frame would land in fb.
+            fill(VIEW[1]);
+            ck.eq(
+                "unmap the stack's top page before filling it again",
+                guest_sdk::mmu::update_va_mapping(TOP_PAGE, 0, true),
+                Ok(()),
+            );
+            ck.eq(
+                "map it at the first frame over the cleared entry",
+                guest_sdk::mmu::update_va_mapping(TOP_PAGE, leaf_entry(fa, Flags::WRITABLE), true),
+                Ok(()),
+            );
+            let _ = send(a);
+            ck.eq("ninth upcall", up::EV_COUNT.load(SeqCst), n + 9);
+            landed(ck, "after clearing and filling", VIEW[0]);
+            ck.t(
+                intact(VIEW[1]),
+                "the old frame was written after the entry was cleared and filled",
             );
             // Back to our own stack; give everything back.
             ck.eq(

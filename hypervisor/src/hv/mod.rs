@@ -352,7 +352,9 @@ pub fn timer_interrupt(frame: *mut TrapFrame) {
     hv.leave();
 }
 
-/// A guest raised an exception (TRAP-0b, TRAP-0c).
+/// A guest raised an exception (TRAP-0b, TRAP-0c). Inline into its one
+/// caller, `trap::handle` (one prologue for the reflected fault's path).
+#[inline(always)]
 pub fn guest_exception(frame: *mut TrapFrame) {
     // SAFETY: the current domain's own frame (an entry from ring 3 saved it
     // in place), live while the domain is; this is the one reference to it
@@ -483,10 +485,11 @@ impl Hv {
     }
 
     pub(crate) fn flush_if_requested(&mut self) {
+        // `take_flush_request` starts the new epoch itself (no second
+        // `note_tlb_flushed`).
         if self.memory.mm.take_flush_request() {
             // SAFETY: reloading the loaded root, which maps the hypervisor.
             unsafe { arch::load_root(self.memory.loaded_root) };
-            self.memory.mm.note_tlb_flushed();
         }
     }
 }

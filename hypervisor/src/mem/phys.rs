@@ -158,6 +158,27 @@ impl tahoma_core::mm::PhysMem for DirectMap {
         crate::guestmem::note_table_write();
     }
 
+    /// [`DirectMap::write_entry`] without the generation bump when `old`
+    /// was not present: every walk a remembered translation rests on
+    /// (`guestmem::Remembered`) read only present entries, and each of
+    /// them still holds its value while the generation is unchanged, so
+    /// an entry that held a not-present value is none of them, and filling
+    /// it changes no remembered walk. (A present entry may be one: writing
+    /// over it bumps, and so does every other write.) The page-fault path's
+    /// `update_va_mapping` of an unmapped page then costs the upcall's
+    /// return no re-check (docs/benchmarks.md, "The page fault, round 7").
+    #[inline(always)]
+    fn replace_entry(&mut self, mfn: u64, index: usize, old: u64, value: u64) {
+        let pa = (mfn << 12) + (index as u64) * 8;
+        assert!(index < 512 && pa + 8 <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed));
+        // SAFETY: inside the direct map (checked), 8-aligned; the validator
+        // writes only entries of frames it has typed as page tables.
+        unsafe { (phys_to_virt(pa) as *mut u64).write_volatile(value) }
+        if old & hypercall_abi::pte::PRESENT != 0 {
+            crate::guestmem::note_table_write();
+        }
+    }
+
     fn entries_mut(&mut self, mfn: u64) -> &mut [u64; 512] {
         // The caller may write any of them.
         crate::guestmem::note_table_write();

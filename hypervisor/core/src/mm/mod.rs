@@ -62,6 +62,15 @@ pub trait PhysMem {
     fn read_entry(&self, mfn: Mfn, index: usize) -> u64;
     /// Stores `value` in entry `index` of frame `mfn`.
     fn write_entry(&mut self, mfn: Mfn, index: usize, value: u64);
+    /// Stores `value` in entry `index` of frame `mfn`, which the caller
+    /// has just read as `old` (nothing wrote it since). The hypervisor
+    /// uses `old`: an entry that was not present was read by no walk that
+    /// succeeded, so no translation it remembers can depend on it
+    /// (`guestmem::Remembered`).
+    fn replace_entry(&mut self, mfn: Mfn, index: usize, old: u64, value: u64) {
+        let _ = old;
+        self.write_entry(mfn, index, value);
+    }
     /// Stores `values` in entries `first..` of frame `mfn` (`first +
     /// values.len() <= 512`): one copy where the implementation can (the
     /// hypervisor's slots of a new L4, 256 entries).

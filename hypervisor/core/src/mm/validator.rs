@@ -91,8 +91,9 @@ pub struct Mm {
 /// types it found, because a frame's type cannot change while it has type
 /// references, and each of these frames has one from the unchanged entry
 /// above it in an in-use table (MMU-1: the in-use root holds its L3, that
-/// L3 its L2, that L2 the L1). The L1 itself is checked again by
-/// `update_entry` (owner, a table, not partial) and here (an L1). Any
+/// L3 its L2, that L2 the L1). The L1 itself gets the walk's tests again
+/// (`Mm::hinted_l1`: an L1 of the domain's in use, not partial), which
+/// `Mm::update_leaf` relies on in place of `update_entry`'s. Any
 /// entry written in between (the L2 entry pointed at another L1, an L3
 /// entry cleared, a table written behind the validator's back) fails the
 /// comparison and the walk runs. Attack tests in `tests/rules.rs`
@@ -281,7 +282,14 @@ impl Mm {
     /// (grant mappings are installed by `Mm::map_foreign`).
     #[inline]
     pub fn may_map(&self, dom: DomId, mfn: Mfn, writable: bool) -> Result<(), MmError> {
-        let f = self.info(mfn)?;
+        self.may_map_inline(dom, mfn, writable)
+    }
+
+    /// [`Mm::may_map`], always inline ([`Mm::get_data_inline`]); the
+    /// record read in place.
+    #[inline(always)]
+    fn may_map_inline(&self, dom: DomId, mfn: Mfn, writable: bool) -> Result<(), MmError> {
+        let f = self.frame(mfn).ok_or(MmError::NoSuchFrame(mfn))?;
         if f.owner != Owner::Domain(dom) {
             return self.may_map_shared(dom, mfn, f.owner, writable);
         }
@@ -465,21 +473,37 @@ impl Mm {
     /// reference if writable (MMU-2).
     #[inline]
     fn get_data(&mut self, dom: DomId, t: Target) -> Result<(), MmError> {
-        self.may_map(dom, t.mfn, t.writable)?;
-        let f = self.info(t.mfn)?;
+        self.get_data_inline(dom, t)
+    }
+
+    /// [`Mm::get_data`], always inline (the page-fault path's one entry,
+    /// `Mm::update_leaf`: as a call it cost ~15 instructions).
+    #[inline(always)]
+    fn get_data_inline(&mut self, dom: DomId, t: Target) -> Result<(), MmError> {
+        self.may_map_inline(dom, t.mfn, t.writable)?;
+        // `get_total` and `retype` on the one record, read and written in
+        // place (the same tests, in the same order, nothing changed on a
+        // refusal).
+        let epoch = self.epoch;
+        let f = self.info_mut(t.mfn)?;
         if f.total_count == u32::MAX {
             return Err(MmError::CountOverflow(t.mfn));
         }
+        let mut stale = false;
         if t.writable && f.ty != FrameType::Special {
             match f.ty {
                 FrameType::Writable => {
-                    let count = f
+                    f.type_count = f
                         .type_count
                         .checked_add(1)
                         .ok_or(MmError::CountOverflow(t.mfn))?;
-                    self.info_mut(t.mfn)?.type_count = count;
                 }
-                FrameType::None => self.retype(t.mfn, FrameType::Writable)?,
+                FrameType::None => {
+                    // `retype`.
+                    stale = f.dropped_epoch == epoch;
+                    f.ty = FrameType::Writable;
+                    f.type_count = 1;
+                }
                 has => {
                     return Err(MmError::TypeConflict {
                         mfn: t.mfn,
@@ -489,7 +513,11 @@ impl Mm {
                 }
             }
         }
-        self.get_total(t.mfn)
+        f.total_count += 1;
+        if stale {
+            self.flush_pending = true;
+        }
+        Ok(())
     }
 
     #[inline]
@@ -754,7 +782,8 @@ impl Mm {
         if va & 0xfff != 0 {
             return Err(MmError::MisalignedVa);
         }
-        let f = self.info(root)?;
+        // The root's record read in place, once (not copied whole).
+        let f = self.frame(root).ok_or(MmError::NoSuchFrame(root))?;
         if f.owner != Owner::Domain(dom) {
             return Err(MmError::NotOwner(root));
         }
@@ -776,27 +805,73 @@ impl Mm {
             Some(l1) => l1,
             None => self.walk_to_l1(mem, dom, root, va)?,
         };
-        // An L1 entry links no table and its old value releases none: O(1).
-        let mut budget = Budget::new(OP_STEPS);
-        self.update_entry(mem, dom, l1, Level::L1.index_of(va), value, &mut budget)
+        // Either way `l1` passed `update_entry`'s table tests (an L1 of
+        // `dom`'s in use, not partial), and every L1 index is a guest slot.
+        self.update_leaf(mem, dom, l1, Level::L1.index_of(va), value)
+    }
+
+    /// [`Mm::update_entry`] of entry `index` of `l1`, which the caller
+    /// found to be an L1 of `dom`'s in use and not partial (the tests
+    /// `update_entry` makes, not repeated): the same steps as
+    /// `update_entry_bounded` takes for an L1 entry, O(1) (an L1 entry
+    /// links no table, and its old value releases none). No "only the
+    /// flags changed" shortcut (XSA-182): the new value is validated in
+    /// full and its reference taken before the old one is dropped.
+    #[inline(always)]
+    fn update_leaf<M: PhysMem>(
+        &mut self,
+        mem: &mut M,
+        dom: DomId,
+        l1: Mfn,
+        index: usize,
+        new: u64,
+    ) -> Result<(), MmError> {
+        debug_assert!(self.frame(l1).is_some_and(|f| f.owner == Owner::Domain(dom)
+            && f.table_level() == Some(Level::L1)
+            && !f.is_partial()));
+        let old = mem.read_entry(l1, index);
+        // `validate_one`'s steps for an L1 entry, inline: an L1 entry
+        // names data, so there is nothing to link.
+        // (Its `NoSuchFrame` test is `get_data`'s first, with the same
+        // error.)
+        if let Some(t) = self.rules.check(Level::L1, new)? {
+            self.get_data_inline(dom, t)?;
+        }
+        mem.replace_entry(l1, index, old, new);
+        if let Some(t) = self.rules.target_of(old) {
+            self.note_dropping();
+            self.put_data_unflagged(t);
+        }
+        Ok(())
     }
 
     /// The L1 of the remembered walk ([`WalkHint`]) if it is `va`'s in
     /// `dom`'s tree at `root` (an in-use, not partial L4 of `dom`'s: the
-    /// caller checked) and the three entries it read still hold their values.
-    #[inline]
+    /// caller checked), the three entries it read still hold their values,
+    /// and it passes the tests the walk makes of the L1 it reaches (an L1
+    /// of `dom`'s in use, not partial). Inline into its one caller (a call
+    /// cost ~12 instructions of moves).
+    #[inline(always)]
     fn hinted_l1<M: PhysMem>(&self, mem: &M, dom: DomId, root: Mfn, va: u64) -> Option<Mfn> {
         let h = self.walk_hint.as_ref()?;
         if h.dom != dom || h.root != root || h.va_2m != va >> 21 {
             return None;
         }
+        let mut differ = 0;
         for (i, level) in [Level::L4, Level::L3, Level::L2].into_iter().enumerate() {
-            if mem.read_entry(h.tables[i], level.index_of(va)) != h.entries[i] {
-                return None;
-            }
+            differ |= mem.read_entry(h.tables[i], level.index_of(va)) ^ h.entries[i];
         }
-        // Implied by the entries (see `WalkHint`); tested as it is cheap.
-        if self.frame(h.l1).map(|f| f.ty) != Some(FrameType::L1) {
+        if differ != 0 {
+            return None;
+        }
+        // Implied by the entries (see `WalkHint`); tested as the walk tests
+        // it, as `update_leaf` relies on it.
+        let f = self.frame(h.l1)?;
+        if f.type_count == 0
+            || f.ty != FrameType::L1
+            || f.owner != Owner::Domain(dom)
+            || f.is_partial()
+        {
             return None;
         }
         Some(h.l1)

@@ -812,6 +812,52 @@ fn mmu_17_attack_remembered_walk_entry_written_directly() {
     assert_eq!(view(&mm, 21).total_count, 0, "no reference taken");
 }
 
+/// The remembered L1's own record no longer what the walk found (staged
+/// behind the validator's back: the entries above cannot change it, see
+/// `WalkHint`). `Mm::update_leaf` makes none of `update_entry`'s table
+/// tests: it relies on `hinted_l1` having made the walk's (an L1 of the
+/// domain's in use, not partial). With that test taken out the write lands
+/// in the L1 the record says is busy, or is another domain's.
+#[test]
+fn mmu_17_attack_remembered_walk_l1_record_changed() {
+    use super::super::frame::PARTIAL;
+    fn busy(mm: &mut Mm) {
+        mm.frame_mut(L1).flags |= PARTIAL;
+    }
+    fn foreign(mm: &mut Mm) {
+        mm.frame_mut(L1).owner = Owner::Domain(OTHER);
+    }
+    let cases = [
+        ("partial", busy as fn(&mut Mm), MmError::Busy(L1)),
+        (
+            "another domain's",
+            foreign,
+            MmError::TypeConflict {
+                mfn: L1,
+                has: FrameType::L1,
+                wants: FrameType::L1,
+            },
+        ),
+    ];
+    for (what, stage, want) in cases {
+        let (mut mm, mut mem, _) = tree();
+        mm.update_va_mapping(&mut mem, DOM, L4, 0x5000, rw(20))
+            .unwrap();
+        stage(&mut mm);
+        let r = mm.update_va_mapping(&mut mem, DOM, L4, 0x6000, rw(21));
+        assert_eq!(r, Err(want), "{what}");
+        assert_eq!(mem.peek(L1, 6), 0, "{what}: nothing written");
+        assert_eq!(
+            view(&mm, 21),
+            FrameView {
+                owner: Owner::Domain(DOM),
+                ..FrameView::default()
+            },
+            "{what}: no reference taken"
+        );
+    }
+}
+
 #[test]
 fn mmu_17_attack_fast_path_through_the_linear_slot() {
     // With a self entry at slot 5, va 5<<39 | 5<<30 | 5<<21 | x walks

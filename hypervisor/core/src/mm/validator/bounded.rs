@@ -309,7 +309,8 @@ impl Mm {
         if let Some(c) = self.validate_one_outlined(dom, table, level, new)? {
             self.link(mem, dom, c, budget)?;
         }
-        mem.write_entry(table, index, new);
+        // `old` as read above: validating `new` wrote only tables below.
+        mem.replace_entry(table, index, old, new);
         if self.rules.target_of(old).is_some() {
             self.note_dropping();
         }
