@@ -286,9 +286,18 @@ fn wait_until_inner(deadline_ns: u64) -> BlockResult {
             }
             return BlockResult::Deadline;
         }
-        // The upcall has run (SCHED-2c) and set the token; loop to take it.
+        // The upcall has run (SCHED-2c) and set the token.
         if was_masked {
+            // Put back what the caller had and loop to take it.
             mask_upcalls(&sh);
+            continue;
+        }
+        // Upcalls are unmasked, as the caller had them (`block` unmasked
+        // them, SCHED-2a): take the token without masking again; nothing
+        // is left to deliver (an upcall that comes now runs as it would
+        // after the return). A spurious wake-up (no token) loops.
+        if WOKEN.swap(false, Ordering::AcqRel) {
+            return BlockResult::Event;
         }
     }
 }

@@ -354,6 +354,40 @@ impl Remembered {
         Some(Ok(s.pa_page | (va & 0xfff)))
     }
 
+    /// The hit that needs no call: the frame of `va` (`pa_page | offset`)
+    /// if its slot holds `va`'s page of `space.dom` on `space.root`, filled
+    /// or last checked in the current generation (no entry written
+    /// anywhere since: used as it is, as [`Remembered::lookup`] does), and
+    /// the frame is one `may_map`'s inline common case allows either way
+    /// (the domain's own, not `Special`). `None` in every other case, never
+    /// a refusal: the caller then takes its full path
+    /// ([`Remembered::destination`], [`Remembered::read`]), which
+    /// re-checks, walks or refuses exactly as before. Changes nothing, so
+    /// the caller's hot path holds no value across a call (`push_upcall`,
+    /// `restore`: docs/benchmarks.md, "SDK upcalls, round 7").
+    #[inline(always)]
+    pub fn current(&self, space: &Space<'_>, va: u64) -> Option<u64> {
+        let s = &self.slots[Self::index(space, va)];
+        if s.generation != TABLE_GENERATION.load(Ordering::Relaxed)
+            || s.va_page != va & !0xfff
+            || s.dom != space.dom
+            || s.root != space.root
+        {
+            return None;
+        }
+        // `generation` is never 0 (it starts at 1 and only grows), so an
+        // empty slot (generation 0) fails the first test.
+        match space.mm.frame(s.pa_page >> 12) {
+            Some(f)
+                if f.owner() == Owner::Domain(space.dom)
+                    && f.frame_type() != FrameType::Special =>
+            {
+                Some(s.pa_page | (va & 0xfff))
+            }
+            _ => None,
+        }
+    }
+
     /// Translates `va` for writing, from a slot if one is valid; a walk
     /// otherwise, remembered.
     #[inline(always)]

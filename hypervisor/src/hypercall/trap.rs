@@ -7,6 +7,7 @@ use crate::domain;
 use crate::guestmem::Space;
 use crate::hv::Hv;
 use crate::hypercall::Outcome;
+use crate::mem;
 use hypercall_abi::layout::{UpcallFrame, UpcallKind, GUEST_VA_TOP, RFLAGS_GUEST_MASK, RFLAGS_IF};
 use hypercall_abi::{self as abi, Error};
 use tahoma_core::event::DomId;
@@ -37,10 +38,86 @@ pub(crate) fn upcall_return(
 }
 
 /// Replaces `frame` with the saved frame at `ptr`, checked (TRAP-2). The
-/// frame is guest memory: copied once (through the remembered translation
-/// of the page the upcall wrote, when it is still valid: TRAP-0d), then
-/// checked; `frame` and the domain change only when every check passed.
+/// frame is guest memory: each word is loaded once; the words the checks
+/// look at (`kind`, `rip`, `rsp`, `rflags`) are checked as loaded and the
+/// checked values are the ones used (another CPU writing the guest's page
+/// meanwhile cannot slip a value past a check); `frame` and the domain
+/// change only when every check passed.
+///
+/// The common case inline, with no call: the frame within one page whose
+/// remembered translation is current (`Remembered::current`, the page the
+/// upcall wrote), its words moved straight from the guest's page into the
+/// `TrapFrame`. Anything else goes to [`restore_full`] (the remembered
+/// translation re-checked, or a walk: TRAP-0d), which does it all from the
+/// start, so the hot path keeps no value across a call
+/// (docs/benchmarks.md, "SDK upcalls, round 7").
+#[inline(always)]
 fn restore(hv: &mut Hv, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(), Error> {
+    // Disjoint fields: the domain, the frame table, the translations.
+    if let Some(d) = hv
+        .domains
+        .slots
+        .get_mut(usize::from(cur))
+        .and_then(|d| d.as_deref_mut())
+    {
+        let space = Space {
+            root: d.root,
+            dom: cur,
+            mm: &hv.memory.mm,
+        };
+        if d.upcall_depth != 0
+            && ptr % 8 == 0
+            && ptr & 0xfff <= 4096 - FRAME_BYTES
+            && ptr < GUEST_VA_TOP
+        {
+            if let Some(w) = hv
+                .remembered
+                .current(&space, ptr)
+                .and_then(mem::PhysWords::<FRAME_WORDS>::new)
+            {
+                let (kind, rip, rsp, rflags) = (w.get(0), w.get(19), w.get(20), w.get(21));
+                if kind <= 1 && rip < GUEST_VA_TOP && rsp < GUEST_VA_TOP {
+                    *frame = TrapFrame {
+                        r15: w.get(18),
+                        r14: w.get(17),
+                        r13: w.get(16),
+                        r12: w.get(15),
+                        r11: w.get(14),
+                        r10: w.get(13),
+                        r9: w.get(12),
+                        r8: w.get(11),
+                        rbp: w.get(10),
+                        rdi: w.get(9),
+                        rsi: w.get(8),
+                        rdx: w.get(7),
+                        rcx: w.get(6),
+                        rbx: w.get(5),
+                        rax: w.get(4),
+                        vector: 0,
+                        error_code: 0,
+                        rip,
+                        cs: u64::from(USER_CS),
+                        rflags: (rflags & RFLAGS_GUEST_MASK) | RFLAGS_IF | 0x2,
+                        rsp,
+                        ss: u64::from(USER_SS),
+                    };
+                    d.upcall_depth -= 1;
+                    if kind == UpcallKind::Event as u64 {
+                        d.shared.set_upcall_mask(false);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+    restore_full(hv, cur, ptr, frame)
+}
+
+/// [`restore`] in full: the frame read through `Remembered::read` (a slot
+/// re-checked, or a walk), every refusal with its error.
+#[cold]
+#[inline(never)]
+fn restore_full(hv: &mut Hv, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(), Error> {
     // Disjoint fields: the domain, the frame table, the translations.
     let d = hv
         .domains
@@ -95,3 +172,34 @@ fn restore(hv: &mut Hv, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(
     }
     Ok(())
 }
+
+/// The words of an `UpcallFrame` (the layout `hv::delivery` checks).
+const FRAME_WORDS: usize = 22;
+
+/// Its size in bytes.
+const FRAME_BYTES: u64 = 8 * FRAME_WORDS as u64;
+
+// `restore` reads an `UpcallFrame` as 22 words in field order.
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<UpcallFrame>() == FRAME_BYTES as usize);
+    assert!(offset_of!(UpcallFrame, kind) == 0);
+    assert!(offset_of!(UpcallFrame, rax) == 4 * 8);
+    assert!(offset_of!(UpcallFrame, rbx) == 5 * 8);
+    assert!(offset_of!(UpcallFrame, rcx) == 6 * 8);
+    assert!(offset_of!(UpcallFrame, rdx) == 7 * 8);
+    assert!(offset_of!(UpcallFrame, rsi) == 8 * 8);
+    assert!(offset_of!(UpcallFrame, rdi) == 9 * 8);
+    assert!(offset_of!(UpcallFrame, rbp) == 10 * 8);
+    assert!(offset_of!(UpcallFrame, r8) == 11 * 8);
+    assert!(offset_of!(UpcallFrame, r9) == 12 * 8);
+    assert!(offset_of!(UpcallFrame, r10) == 13 * 8);
+    assert!(offset_of!(UpcallFrame, r11) == 14 * 8);
+    assert!(offset_of!(UpcallFrame, r12) == 15 * 8);
+    assert!(offset_of!(UpcallFrame, r13) == 16 * 8);
+    assert!(offset_of!(UpcallFrame, r14) == 17 * 8);
+    assert!(offset_of!(UpcallFrame, r15) == 18 * 8);
+    assert!(offset_of!(UpcallFrame, rip) == 19 * 8);
+    assert!(offset_of!(UpcallFrame, rsp) == 20 * 8);
+    assert!(offset_of!(UpcallFrame, rflags) == 21 * 8);
+};
