@@ -19,7 +19,9 @@ impl Hv {
     /// must be asked about, an error) goes to [`Hv::push_upcall_full`],
     /// which does it all again from the start, so the hot path keeps no
     /// value across a call (no spills: docs/benchmarks.md, "SDK upcalls,
-    /// round 7").
+    /// round 7"). Inline into its two callers (`leave_slow`'s event
+    /// upcall, `guest_exception`'s trap): one prologue for both.
+    #[inline(always)]
     pub(crate) fn push_upcall(
         &mut self,
         id: DomId,

@@ -25,6 +25,9 @@ pub(crate) fn set_callbacks(
     Ok(0)
 }
 
+/// TRAP-2. Inline: into the stub exit's `tahoma_upcall_return` (one
+/// prologue for the call and its restore) and the slow entry's.
+#[inline(always)]
 pub(crate) fn upcall_return(
     hv: &mut Hv,
     cur: DomId,
@@ -77,30 +80,31 @@ fn restore(hv: &mut Hv, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(
             {
                 let (kind, rip, rsp, rflags) = (w.get(0), w.get(19), w.get(20), w.get(21));
                 if kind <= 1 && rip < GUEST_VA_TOP && rsp < GUEST_VA_TOP {
-                    *frame = TrapFrame {
-                        r15: w.get(18),
-                        r14: w.get(17),
-                        r13: w.get(16),
-                        r12: w.get(15),
-                        r11: w.get(14),
-                        r10: w.get(13),
-                        r9: w.get(12),
-                        r8: w.get(11),
-                        rbp: w.get(10),
-                        rdi: w.get(9),
-                        rsi: w.get(8),
-                        rdx: w.get(7),
-                        rcx: w.get(6),
-                        rbx: w.get(5),
-                        rax: w.get(4),
-                        vector: 0,
-                        error_code: 0,
-                        rip,
-                        cs: u64::from(USER_CS),
-                        rflags: (rflags & RFLAGS_GUEST_MASK) | RFLAGS_IF | 0x2,
-                        rsp,
-                        ss: u64::from(USER_SS),
-                    };
+                    // Field by field, each word loaded and stored at
+                    // once (a struct literal loaded all 22 volatile words
+                    // first and spilled half of them).
+                    frame.rip = rip;
+                    frame.rsp = rsp;
+                    frame.rflags = (rflags & RFLAGS_GUEST_MASK) | RFLAGS_IF | 0x2;
+                    frame.cs = u64::from(USER_CS);
+                    frame.ss = u64::from(USER_SS);
+                    frame.vector = 0;
+                    frame.error_code = 0;
+                    frame.rax = w.get(4);
+                    frame.rbx = w.get(5);
+                    frame.rcx = w.get(6);
+                    frame.rdx = w.get(7);
+                    frame.rsi = w.get(8);
+                    frame.rdi = w.get(9);
+                    frame.rbp = w.get(10);
+                    frame.r8 = w.get(11);
+                    frame.r9 = w.get(12);
+                    frame.r10 = w.get(13);
+                    frame.r11 = w.get(14);
+                    frame.r12 = w.get(15);
+                    frame.r13 = w.get(16);
+                    frame.r14 = w.get(17);
+                    frame.r15 = w.get(18);
                     d.upcall_depth -= 1;
                     if kind == UpcallKind::Event as u64 {
                         d.shared.set_upcall_mask(false);
