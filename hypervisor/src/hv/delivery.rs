@@ -38,23 +38,15 @@ impl Hv {
             .get_mut(usize::from(id))
             .and_then(|d| d.as_deref_mut())
         {
-            if let Some((entry, at)) = upcall_target(d, frame, kind) {
-                let space = Space {
-                    root: d.root,
-                    dom: id,
-                    mm: &self.memory.mm,
-                };
-                if at & 0xfff <= 4096 - FRAME_BYTES {
-                    if let Some(w) = self
-                        .remembered
-                        .current(&space, at)
-                        .and_then(mem::PhysWords::<FRAME_WORDS>::new)
-                    {
-                        store_frame(frame, kind, vector, error, cr2, |i, v| w.put(i, v));
-                        enter(d, frame, kind, entry, at);
-                        return Ok(());
-                    }
-                }
+            let u = Upcall {
+                id,
+                kind,
+                vector,
+                error,
+                cr2,
+            };
+            if push_upcall_hot(d, &mut self.remembered, &self.memory.mm, frame, u) {
+                return Ok(());
             }
         }
         self.push_upcall_full(id, frame, kind, vector, error, cr2)
@@ -65,7 +57,7 @@ impl Hv {
     /// a frame across two pages, and every refusal.
     #[cold]
     #[inline(never)]
-    fn push_upcall_full(
+    pub(super) fn push_upcall_full(
         &mut self,
         id: DomId,
         frame: &mut TrapFrame,
@@ -156,6 +148,51 @@ impl Hv {
         }
         self.sched.runq.push(id);
     }
+}
+
+/// What an upcall reports, besides the context.
+#[derive(Clone, Copy)]
+pub(super) struct Upcall {
+    pub(super) id: DomId,
+    pub(super) kind: UpcallKind,
+    pub(super) vector: u64,
+    pub(super) error: u64,
+    pub(super) cr2: u64,
+}
+
+/// [`Hv::push_upcall`]'s common case for domain `u.id`, looked up as `d`:
+/// the frame within one page whose slot is current
+/// (`Remembered::current`), stored and entered; `false` (nothing changed)
+/// for anything else, which the caller hands to `push_upcall_full`
+/// (`leave_slow` calls this with the domain it looked up itself).
+#[inline(always)]
+pub(super) fn push_upcall_hot(
+    d: &mut Domain,
+    remembered: &mut crate::guestmem::Remembered,
+    mm: &Mm,
+    frame: &mut TrapFrame,
+    u: Upcall,
+) -> bool {
+    let Some((entry, at)) = upcall_target(d, frame, u.kind) else {
+        return false;
+    };
+    if at & 0xfff > 4096 - FRAME_BYTES {
+        return false;
+    }
+    let space = Space {
+        root: d.root,
+        dom: u.id,
+        mm,
+    };
+    let Some(w) = remembered
+        .current(&space, at)
+        .and_then(mem::PhysWords::<FRAME_WORDS>::new)
+    else {
+        return false;
+    };
+    store_frame(frame, u.kind, u.vector, u.error, u.cr2, |i, v| w.put(i, v));
+    enter(d, frame, u.kind, entry, at);
+    true
 }
 
 /// The entry to run and where the frame goes (16-aligned, below the red

@@ -69,7 +69,7 @@ fn restore(hv: &mut Hv, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(
             mm: &hv.memory.mm,
         };
         if d.upcall_depth != 0
-            && ptr % 8 == 0
+            && ptr.is_multiple_of(8)
             && ptr & 0xfff <= 4096 - FRAME_BYTES
             && ptr < GUEST_VA_TOP
         {
@@ -186,7 +186,7 @@ const FRAME_BYTES: u64 = 8 * FRAME_WORDS as u64;
 // `restore` reads an `UpcallFrame` as 22 words in field order.
 const _: () = {
     use core::mem::{offset_of, size_of};
-    assert!(size_of::<UpcallFrame>() == FRAME_BYTES as usize);
+    assert!(size_of::<UpcallFrame>() == 8 * FRAME_WORDS);
     assert!(offset_of!(UpcallFrame, kind) == 0);
     assert!(offset_of!(UpcallFrame, rax) == 4 * 8);
     assert!(offset_of!(UpcallFrame, rbx) == 5 * 8);
