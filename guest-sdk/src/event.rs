@@ -263,12 +263,15 @@ pub(crate) fn restore_upcalls(sh: &Shared, was_masked: bool) {
 /// (returns at once if one has). Like a park token: an event that arrives
 /// just before the call is not lost, and spurious returns are possible, so
 /// re-check your condition in a loop (or use [`wait_for`]).
+#[inline]
 pub fn wait() {
     wait_until(NO_DEADLINE);
 }
 
 /// [`wait`] with a deadline (monotonic ns): `Event` when an upcall ran,
-/// `Deadline` when the deadline passed first.
+/// `Deadline` when the deadline passed first. Inline (with [`wait`]), so
+/// that a [`wait_for`] loop pays no call for it.
+#[inline]
 pub fn wait_until(deadline_ns: u64) -> BlockResult {
     let t0 = ticks();
     let r = wait_until_inner(deadline_ns);
@@ -296,6 +299,7 @@ pub fn blocked_ticks() -> u64 {
 
 static BLOCKED_TICKS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
+#[inline]
 fn wait_until_inner(deadline_ns: u64) -> BlockResult {
     let sh = Shared::get();
     loop {
@@ -315,9 +319,18 @@ fn wait_until_inner(deadline_ns: u64) -> BlockResult {
             }
             return BlockResult::Deadline;
         }
-        // The upcall has run (SCHED-2c) and set the token; loop to take it.
+        // The upcall has run (SCHED-2c) and set the token.
         if was_masked {
+            // Put back what the caller had and loop to take it.
             mask_upcalls(&sh);
+            continue;
+        }
+        // Upcalls are unmasked, as the caller had them (`block` unmasked
+        // them, SCHED-2a): take the token without masking again; nothing
+        // is left to deliver (an upcall that comes now runs as it would
+        // after the return). A spurious wake-up (no token) loops.
+        if WOKEN.swap(false, Ordering::AcqRel) {
+            return BlockResult::Event;
         }
     }
 }

@@ -51,6 +51,7 @@ pub unsafe fn set_callbacks(
 /// frame the hypervisor pushed for the current upcall, unchanged or with
 /// `rip`/registers edited to a state the interrupted code can continue from.
 /// Everything on the callback stack at or below the frame is dead afterwards.
+#[inline]
 pub unsafe fn upcall_return(frame: *const UpcallFrame) -> Error {
     // SAFETY: `call_unchecked` needs the frame of an `upcall_return` to be
     // valid to resume: this function's `# Safety` puts exactly that on its

@@ -269,7 +269,9 @@ struct Slot {
 impl Slot {
     /// Some entry somewhere was written since this slot was filled or last
     /// checked: whether every entry its walk read still holds its value
-    /// (then it is current again), else void it.
+    /// (then it is current again), else void it. Cold: the upcall paths'
+    /// callers keep their values around it only on this branch.
+    #[cold]
     #[inline(never)]
     fn recheck(&mut self) -> bool {
         if mem::phys_words_hold(&self.read) {
@@ -354,6 +356,43 @@ impl Remembered {
             return Some(Err(Error::BadAddress));
         }
         Some(Ok(s.pa_page | (va & 0xfff)))
+    }
+
+    /// The hit that needs no call: the frame of `va` (`pa_page | offset`)
+    /// if its slot holds `va`'s page of `space.dom` on `space.root` and is
+    /// valid (the same tests as [`Remembered::lookup`]: of the current
+    /// generation, or its walk's four entries read again and found
+    /// unchanged, `Slot::recheck`, which makes it current or voids it),
+    /// and the frame is
+    /// one `may_map`'s inline common case allows either way (the domain's
+    /// own, not `Special`). `None` in every other case, never a refusal:
+    /// the caller then takes its full path ([`Remembered::destination`],
+    /// [`Remembered::read`]), which re-checks (and voids), walks or
+    /// refuses exactly as before. No call but the re-check's, cold, so the
+    /// caller's hot path keeps no value across one (`push_upcall`,
+    /// `restore`: docs/benchmarks.md, "SDK upcalls, round 7").
+    #[inline(always)]
+    pub fn current(&mut self, space: &Space<'_>, va: u64) -> Option<u64> {
+        let s = &mut self.slots[Self::index(space, va)];
+        if s.generation == 0
+            || s.va_page != va & !0xfff
+            || s.dom != space.dom
+            || s.root != space.root
+        {
+            return None;
+        }
+        if s.generation != TABLE_GENERATION.load(Ordering::Relaxed) && !s.recheck() {
+            return None;
+        }
+        match space.mm.frame(s.pa_page >> 12) {
+            Some(f)
+                if f.owner() == Owner::Domain(space.dom)
+                    && f.frame_type() != FrameType::Special =>
+            {
+                Some(s.pa_page | (va & 0xfff))
+            }
+            _ => None,
+        }
     }
 
     /// Translates `va` for writing, from a slot if one is valid; a walk

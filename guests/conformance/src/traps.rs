@@ -844,12 +844,85 @@ fn swap_l1(region: u64, page: u64, frame: u64) -> Result<(), Error> {
     guest_sdk::mmu::flush_tlb()
 }
 
+/// Builds and pins another root, the loaded one's copy but for the tables
+/// on `region`'s path (L3, L2, L1: fresh copies) in which `page` maps
+/// `frame` (writable). Each copy is written through a view in the region
+/// that is unmapped again (and left out of the L1 copy). Returns the new
+/// tables, the L4 first (pinned; the caller unpins and releases them).
+fn other_root(region: u64, page: u64, frame: u64) -> Result<[u64; 4], Error> {
+    use guest_sdk::paging::{
+        self, index, leaf_entry, self_entry, table_entry, Flags, Level, RECURSIVE_SLOT,
+    };
+    let base = region & !0x1f_ffff;
+    let view = base + 0x12_000;
+    let mut t = [0u64; 4];
+    guest_sdk::memory::populate(&mut t)?;
+    let [n4, n3, n2, n1] = t;
+    let l1: Vec<u64> = (0..512u64)
+        .map(|i| {
+            let va = base + i * 4096;
+            if va == page {
+                leaf_entry(frame, Flags::WRITABLE)
+            } else if va == view {
+                0
+            } else {
+                paging::read_entry(va, Level::L1).unwrap_or(0)
+            }
+        })
+        .collect();
+    let (b2, b3) = (region & !0x3fff_ffff, region & !0x7f_ffff_ffff);
+    let l2: Vec<u64> = (0..512u64)
+        .map(|i| {
+            let va = b2 + (i << 21);
+            if va == base {
+                table_entry(n1)
+            } else {
+                paging::read_entry(va, Level::L2).unwrap_or(0)
+            }
+        })
+        .collect();
+    let l3: Vec<u64> = (0..512u64)
+        .map(|i| {
+            let va = b3 + (i << 30);
+            if va == b2 {
+                table_entry(n2)
+            } else {
+                paging::read_entry(va, Level::L3).unwrap_or(0)
+            }
+        })
+        .collect();
+    let slot = index(region, Level::L4);
+    let l4: Vec<u64> = (0..256usize)
+        .map(|i| {
+            if i == slot {
+                table_entry(n3)
+            } else if i as u64 == RECURSIVE_SLOT {
+                self_entry(n4)
+            } else {
+                paging::read_root_slot(i).unwrap_or(0)
+            }
+        })
+        .collect();
+    for (m, entries) in [(n1, &l1), (n2, &l2), (n3, &l3), (n4, &l4)] {
+        paging::map(view, m, Flags::WRITABLE)?;
+        for (i, &e) in entries.iter().enumerate() {
+            // SAFETY: `view` maps `m`, a fresh frame of ours, writable;
+            // i < 512.
+            unsafe { ((view + i as u64 * 8) as *mut u64).write_volatile(e) };
+        }
+        paging::unmap(view)?;
+    }
+    paging::pin(n4, Level::L4)?;
+    Ok(t)
+}
+
 /// TRAP-0d (run in the `traps` phase): the hypervisor remembers the
 /// callback stack's translation between upcalls; every change to the
 /// mapping must void it. The stack's top page is moved between two frames
 /// of ours (by `update_va_mapping`, then by `mmu_update`, then by replacing
-/// the L1 table above it through its L2 entry, then by clearing its entry
-/// and filling it again) between upcalls: each frame
+/// the L1 table above it through its L2 entry, then by loading another
+/// root whose tables map it elsewhere, then by clearing its entry and
+/// filling it again) between upcalls: each frame
 /// must land in the frame mapped *now*, and the frame mapped before must
 /// keep every word of the secret we filled it with.
 pub fn trap_0d(fsize: u64) {
@@ -1051,7 +1124,43 @@ pub fn trap_0d(fsize: u64) {
                 intact(VIEW[0]),
                 "the old frame was written after the table above it was replaced",
             );
-            // 7. Cleared, then filled: the page unmapped and mapped at fa
+            // 7. Another root (`new_baseptr`), no entry written in between:
+            // a root whose tables map the page at fa (the loaded one maps it
+            // at fb since step 6) is built and pinned first; then the
+            // translation is warmed on the loaded root, fb filled, the new
+            // root loaded. The next frame must land in fa, and fb keep the
+            // secret: the remembered translation is the old root's.
+            let other = other_root(CB, TOP_PAGE, fa);
+            ck.t(other.is_ok(), &format!("build another root: {other:?}"));
+            if let Ok(tables) = other {
+                let _ = send(a);
+                ck.eq("ninth upcall", up::EV_COUNT.load(SeqCst), n + 9);
+                landed(ck, "warm before the root switch", VIEW[1]);
+                fill(VIEW[1]);
+                let old_root = paging::root_mfn().unwrap_or(0);
+                ck.eq(
+                    "switch to the other root",
+                    paging::switch_root(tables[0]),
+                    Ok(()),
+                );
+                let _ = send(a);
+                let count = up::EV_COUNT.load(SeqCst);
+                let back = paging::switch_root(old_root);
+                ck.eq("switch back to our root", back, Ok(()));
+                ck.eq("tenth upcall", count, n + 10);
+                landed(ck, "after the root switch", VIEW[0]);
+                ck.t(
+                    intact(VIEW[1]),
+                    "the old root's frame was written after new_baseptr",
+                );
+                ck.eq("unpin the other root", paging::unpin(tables[0]), Ok(()));
+                ck.eq(
+                    "release the other root's tables",
+                    guest_sdk::memory::release(&tables),
+                    Ok(()),
+                );
+            }
+            // 8. Cleared, then filled: the page unmapped and mapped at fa
             // again by two `update_va_mapping`s with no upcall between. The
             // second writes over a not-present entry, which bumps no
             // generation (`DirectMap::replace_entry`: no remembered walk
@@ -1069,7 +1178,7 @@ pub fn trap_0d(fsize: u64) {
                 Ok(()),
             );
             let _ = send(a);
-            ck.eq("ninth upcall", up::EV_COUNT.load(SeqCst), n + 9);
+            ck.eq("eleventh upcall", up::EV_COUNT.load(SeqCst), n + 11);
             landed(ck, "after clearing and filling", VIEW[0]);
             ck.t(
                 intact(VIEW[1]),

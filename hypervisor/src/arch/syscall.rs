@@ -43,9 +43,15 @@
 //! attributes erratum does not apply. These tests are on guest input and
 //! come before any handler runs.
 //!
+//! **`upcall_return`** (TRAP-2) is in the table too, as the stub's own
+//! `upcall_return_exit`: called like a fast handler, it has the kernel
+//! restore the frame into the domain's `TrapFrame` and do the way back's
+//! work, then leaves through `trap_return` (the frame was replaced whole,
+//! so nothing completes it first); a refused frame's error goes back as a
+//! fast handler's result.
+//!
 //! **Otherwise** (a number out of the table, a call that may replace the
-//! frame: `yield`, `block`, `shutdown`, `upcall_return`, `mmu_pin`,
-//! `mmu_unpin`; the fast path not allowed; a guest-input test failed; work
+//! frame: `yield`, `block`, `shutdown`, `mmu_pin`, `mmu_unpin`; the fast path not allowed; a guest-input test failed; work
 //! pending after the handler) the stub completes the frame (the
 //! callee-saved registers still hold the caller's values), calls the slow
 //! entry with the stage and leaves through `trap_return`, so that any
@@ -210,6 +216,29 @@ syscall_entry:
     call *TAHOMA_TRAP_ENTRY(%rip)
     jmp trap_return
 
+    // `upcall_return`'s exit (TRAP-2): what the fast route table holds for
+    // `upcall_return`, called by the stub like a fast handler (the six
+    // argument words in the C convention's registers, on the empty ring-0
+    // stack, TF and RF clear, the caller's context lean-saved). The
+    // kernel's `tahoma_upcall_return` restores the frame into the current
+    // domain's `TrapFrame` and does the way back's work (`leave`): it
+    // returns 0 when the frame was replaced, and this leaves through
+    // `trap_return` (`iretq`) by whatever frame is current then, dropping
+    // the stub's return address (the ring-0 stack is empty at every entry);
+    // otherwise it returns the error word, and this returns it to the stub,
+    // which sends it back like any fast handler's result (the caller's
+    // context unchanged). No slow entry, no frame completion: the frame is
+    // replaced whole.
+    .balign 16
+    .global upcall_return_exit
+upcall_return_exit:
+    subq $8, %rsp
+    call tahoma_upcall_return
+    addq $8, %rsp
+    testq %rax, %rax
+    jz trap_return
+    ret
+
     // `syscall` from compatibility mode (IA32_CSTAR). No 32-bit code
     // segment exists, so no guest reaches it; should one ever get there, it
     // arrives as the 64-bit entry does (rsp still the guest's, IF, TF, DF
@@ -306,10 +335,34 @@ foreign_common:
 );
 
 extern "C" {
+    /// `upcall_return`'s exit (the assembly above): a [`FastHandler`] as
+    /// the stub calls it, which does not return to its caller when the
+    /// frame was replaced.
+    fn upcall_return_exit(a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> u64;
     fn syscall_entry();
     fn compat_syscall_entry();
     fn sysenter_entry();
 }
+
+/// `upcall_return`'s entry in the fast route table: the stub calls it as a
+/// fast handler; it runs the kernel's `tahoma_upcall_return` (an
+/// `extern "C" fn(u64, u64, u64, u64, u64, u64) -> u64` returning 0 when it
+/// replaced the current frame, else the call's error word) and leaves
+/// through `trap_return` on 0. Only the stub may call it.
+pub const UPCALL_RETURN_EXIT: FastHandler = {
+    // SAFETY: the transmute only drops `unsafe` from the pointer's type:
+    // the routine has the `FastHandler` convention (six words in, one in
+    // `rax` out, callee-saved registers preserved: it saves none itself
+    // and calls a Rust `extern "C"` function). What makes it unsafe to call
+    // from Rust (it may leave through `trap_return` instead of returning)
+    // concerns only the stub, its one caller, which is never followed by
+    // anything but its own way back either.
+    unsafe {
+        core::mem::transmute::<unsafe extern "C" fn(u64, u64, u64, u64, u64, u64) -> u64, FastHandler>(
+            upcall_return_exit,
+        )
+    }
+};
 
 /// The address of the `sysenter` entry (where a guest's TF raises #DB).
 pub fn sysenter_entry_address() -> u64 {

@@ -12,7 +12,52 @@ impl Hv {
     /// into the callback stack's page through its remembered translation
     /// (`guestmem::Remembered`: checked as a fresh walk would be, TRAP-0d),
     /// with no copy on the way. Nothing changes unless it is written.
+    ///
+    /// The common case inline, with no call: the frame within one page
+    /// whose slot is current (`Remembered::current`). Anything else (a slot
+    /// to re-check or fill, a frame across two pages, a frame `may_map`
+    /// must be asked about, an error) goes to [`Hv::push_upcall_full`],
+    /// which does it all again from the start, so the hot path keeps no
+    /// value across a call (no spills: docs/benchmarks.md, "SDK upcalls,
+    /// round 7"). Inline into its two callers (`leave_slow`'s event
+    /// upcall, `guest_exception`'s trap): one prologue for both.
+    #[inline(always)]
     pub(crate) fn push_upcall(
+        &mut self,
+        id: DomId,
+        frame: &mut TrapFrame,
+        kind: UpcallKind,
+        vector: u64,
+        error: u64,
+        cr2: u64,
+    ) -> Result<(), &'static str> {
+        // Disjoint fields: the domain, the frame table, the translations.
+        if let Some(d) = self
+            .domains
+            .slots
+            .get_mut(usize::from(id))
+            .and_then(|d| d.as_deref_mut())
+        {
+            let u = Upcall {
+                id,
+                kind,
+                vector,
+                error,
+                cr2,
+            };
+            if push_upcall_hot(d, &mut self.remembered, &self.memory.mm, frame, u) {
+                return Ok(());
+            }
+        }
+        self.push_upcall_full(id, frame, kind, vector, error, cr2)
+    }
+
+    /// [`Hv::push_upcall`] in full: the look-up, the destination through
+    /// `Remembered::destination` (a slot re-checked, or a walk remembered),
+    /// a frame across two pages, and every refusal.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn push_upcall_full(
         &mut self,
         id: DomId,
         frame: &mut TrapFrame,
@@ -30,20 +75,7 @@ impl Hv {
         else {
             return Err("no domain");
         };
-        let entry = match kind {
-            UpcallKind::Event => d.callbacks.event,
-            UpcallKind::Trap => d.callbacks.trap,
-        };
-        let top = d.callbacks.stack;
-        let on_callback_stack =
-            frame.rsp <= top && frame.rsp > top.saturating_sub(CALLBACK_STACK_SIZE);
-        let base = if on_callback_stack {
-            frame.rsp.saturating_sub(RED_ZONE)
-        } else {
-            top
-        };
-        let size = core::mem::size_of::<UpcallFrame>() as u64;
-        let at = base.checked_sub(size).ok_or("callback stack exhausted")? & !15;
+        let (entry, at) = upcall_target(d, frame, kind).ok_or("callback stack exhausted")?;
         let space = Space {
             root: d.root,
             dom: id,
@@ -53,53 +85,15 @@ impl Hv {
             .remembered
             .destination(&space, at)
             .map_err(|_| "callback stack not writable")?;
-        // The words of an `UpcallFrame`, in its order (checked below), read
-        // from `frame` only now that the destination is known, and stored
-        // straight into the guest's page when the frame is within one.
-        macro_rules! words {
-            ($put:expr) => {{
-                #[allow(unused_mut)]
-                let mut put = $put;
-                put(0, kind as u64);
-                put(1, vector);
-                put(2, error);
-                put(3, cr2);
-                put(4, frame.rax);
-                put(5, frame.rbx);
-                put(6, frame.rcx);
-                put(7, frame.rdx);
-                put(8, frame.rsi);
-                put(9, frame.rdi);
-                put(10, frame.rbp);
-                put(11, frame.r8);
-                put(12, frame.r9);
-                put(13, frame.r10);
-                put(14, frame.r11);
-                put(15, frame.r12);
-                put(16, frame.r13);
-                put(17, frame.r14);
-                put(18, frame.r15);
-                put(19, frame.rip);
-                put(20, frame.rsp);
-                put(21, frame.rflags);
-            }};
-        }
         match dest {
-            Destination::One(w) => words!(|i, v| w.put(i, v)),
+            Destination::One(w) => store_frame(frame, kind, vector, error, cr2, |i, v| w.put(i, v)),
             Destination::Two(first, len, second) => {
                 let mut a = [0u64; FRAME_WORDS];
-                words!(|i: usize, v| a[i] = v);
+                store_frame(frame, kind, vector, error, cr2, |i: usize, v| a[i] = v);
                 Destination::store_split(first, len, second, &a)
             }
         }
-        frame.rip = entry;
-        frame.rsp = at;
-        frame.rdi = at;
-        frame.rflags = RFLAGS_IF | 0x2;
-        d.upcall_depth += 1;
-        if kind == UpcallKind::Event {
-            d.shared.set_upcall_mask(true);
-        }
+        enter(d, frame, kind, entry, at);
         Ok(())
     }
 
@@ -156,8 +150,126 @@ impl Hv {
     }
 }
 
+/// What an upcall reports, besides the context.
+#[derive(Clone, Copy)]
+pub(super) struct Upcall {
+    pub(super) id: DomId,
+    pub(super) kind: UpcallKind,
+    pub(super) vector: u64,
+    pub(super) error: u64,
+    pub(super) cr2: u64,
+}
+
+/// [`Hv::push_upcall`]'s common case for domain `u.id`, looked up as `d`:
+/// the frame within one page whose slot is current
+/// (`Remembered::current`), stored and entered; `false` (nothing changed)
+/// for anything else, which the caller hands to `push_upcall_full`
+/// (`leave_slow` calls this with the domain it looked up itself).
+#[inline(always)]
+pub(super) fn push_upcall_hot(
+    d: &mut Domain,
+    remembered: &mut crate::guestmem::Remembered,
+    mm: &Mm,
+    frame: &mut TrapFrame,
+    u: Upcall,
+) -> bool {
+    let Some((entry, at)) = upcall_target(d, frame, u.kind) else {
+        return false;
+    };
+    if at & 0xfff > 4096 - FRAME_BYTES {
+        return false;
+    }
+    let space = Space {
+        root: d.root,
+        dom: u.id,
+        mm,
+    };
+    let Some(w) = remembered
+        .current(&space, at)
+        .and_then(mem::PhysWords::<FRAME_WORDS>::new)
+    else {
+        return false;
+    };
+    store_frame(frame, u.kind, u.vector, u.error, u.cr2, |i, v| w.put(i, v));
+    enter(d, frame, u.kind, entry, at);
+    true
+}
+
+/// The entry to run and where the frame goes (16-aligned, below the red
+/// zone when `frame` is already on the callback stack, TRAP-0), or `None`
+/// when the stack has no room below its top.
+#[inline(always)]
+fn upcall_target(d: &Domain, frame: &TrapFrame, kind: UpcallKind) -> Option<(u64, u64)> {
+    let entry = match kind {
+        UpcallKind::Event => d.callbacks.event,
+        UpcallKind::Trap => d.callbacks.trap,
+    };
+    let top = d.callbacks.stack;
+    let on_callback_stack = frame.rsp <= top && frame.rsp > top.saturating_sub(CALLBACK_STACK_SIZE);
+    let base = if on_callback_stack {
+        frame.rsp.saturating_sub(RED_ZONE)
+    } else {
+        top
+    };
+    let at = base.checked_sub(FRAME_BYTES)? & !15;
+    Some((entry, at))
+}
+
+/// The words of an `UpcallFrame`, in its order (checked below), read from
+/// `frame` as they are stored (`put(index, word)`): straight into the
+/// guest's page when the frame is within one.
+#[inline(always)]
+fn store_frame(
+    frame: &TrapFrame,
+    kind: UpcallKind,
+    vector: u64,
+    error: u64,
+    cr2: u64,
+    mut put: impl FnMut(usize, u64),
+) {
+    put(0, kind as u64);
+    put(1, vector);
+    put(2, error);
+    put(3, cr2);
+    put(4, frame.rax);
+    put(5, frame.rbx);
+    put(6, frame.rcx);
+    put(7, frame.rdx);
+    put(8, frame.rsi);
+    put(9, frame.rdi);
+    put(10, frame.rbp);
+    put(11, frame.r8);
+    put(12, frame.r9);
+    put(13, frame.r10);
+    put(14, frame.r11);
+    put(15, frame.r12);
+    put(16, frame.r13);
+    put(17, frame.r14);
+    put(18, frame.r15);
+    put(19, frame.rip);
+    put(20, frame.rsp);
+    put(21, frame.rflags);
+}
+
+/// The frame is stored: point `frame` at the entry (TRAP-0), count the
+/// nesting, and mask upcalls for an event upcall (TRAP-0a).
+#[inline(always)]
+fn enter(d: &mut Domain, frame: &mut TrapFrame, kind: UpcallKind, entry: u64, at: u64) {
+    frame.rip = entry;
+    frame.rsp = at;
+    frame.rdi = at;
+    frame.rflags = RFLAGS_IF | 0x2;
+    d.upcall_depth += 1;
+    if kind == UpcallKind::Event {
+        d.shared.set_upcall_mask(true);
+    }
+}
+
 /// The words of an `UpcallFrame`.
 const FRAME_WORDS: usize = 22;
+
+/// Its size in bytes.
+const FRAME_BYTES: u64 = 8 * FRAME_WORDS as u64;
 
 // `push_upcall` writes an `UpcallFrame` as 22 words in field order.
 const _: () = {

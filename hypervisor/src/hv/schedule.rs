@@ -269,7 +269,21 @@ impl Hv {
             let Some(cur) = self.sched.current else {
                 return;
             };
-            let Some(d) = self.dom(cur) else { return };
+            // Disjoint fields: the domain, the translations, the frame
+            // table (the upcall's common case needs no second look-up).
+            let Hv {
+                domains,
+                remembered,
+                memory,
+                ..
+            } = &mut *self;
+            let Some(d) = domains
+                .slots
+                .get_mut(usize::from(cur))
+                .and_then(|d| d.as_deref_mut())
+            else {
+                return;
+            };
             if !wants_upcall(d) {
                 break;
             }
@@ -279,7 +293,17 @@ impl Hv {
             // ends before `destroy` or `run_next` below.
             let frame = unsafe { &mut *d.ctx.ptr() };
             // An event upcall masks upcalls (`push_upcall`).
-            match self.push_upcall(cur, frame, UpcallKind::Event, 0, 0, 0) {
+            let u = super::delivery::Upcall {
+                id: cur,
+                kind: UpcallKind::Event,
+                vector: 0,
+                error: 0,
+                cr2: 0,
+            };
+            if super::delivery::push_upcall_hot(d, remembered, &memory.mm, frame, u) {
+                break;
+            }
+            match self.push_upcall_full(cur, frame, UpcallKind::Event, 0, 0, 0) {
                 Ok(()) => break,
                 Err(why) => {
                     // Not an exception (TRAP-7): say what failed.

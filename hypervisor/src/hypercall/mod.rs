@@ -175,6 +175,54 @@ fn upcall_return(hv: &mut Hv, cur: DomId, mut frame: EntryFrame) {
     }
 }
 
+/// `upcall_return` (TRAP-2) on the fast path: what the stub's
+/// `upcall_return_exit` (the fast route table's entry for the call, see
+/// `arch::syscall`) runs. Counts the call, restores the frame at `a0` into
+/// the current domain's `TrapFrame` as [`upcall_return`] does, and on
+/// success does the way back's work ([`Hv::leave`]: an upcall due now, the
+/// timer) and returns 0, on which the stub leaves through `trap_return`;
+/// a refused frame changes nothing and its error word goes back to the
+/// caller as any fast handler's result. No slow entry and no completion of
+/// a frame about to be replaced whole (docs/benchmarks.md, "SDK upcalls,
+/// round 7").
+#[no_mangle]
+extern "C" fn tahoma_upcall_return(a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> u64 {
+    // SAFETY: as for `handler!`'s fast handlers: called only by the
+    // `syscall` stub (through `upcall_return_exit`), whose route table is
+    // allowed only after `install`; the one reference of this entry.
+    let hv = unsafe { HV.get_installed() };
+    // SAFETY: as for `handler!`'s fast handlers: the routes are allowed
+    // only while `current` is `Some`.
+    let cur = unsafe { hv.sched.current.unwrap_unchecked() };
+    hv.sched.calls += 1;
+    // SAFETY: the stub saved the caller's context in place into the
+    // current domain's frame (`guest_frame`), live while the domain is;
+    // no reference into it is live (the stub holds none).
+    let mut frame = unsafe { EntryFrame::new(crate::arch::traps::guest_frame() as *mut TrapFrame) };
+    match decoded([a0, a1, a2, a3, a4, a5], |a| {
+        frame.with(|f| trap::upcall_return(hv, cur, a, f))
+    }) {
+        Outcome::Replaced => {
+            hv.leave();
+            0
+        }
+        Outcome::Return(r) => {
+            hv.flush_if_requested();
+            regs::encode(r)
+        }
+    }
+}
+
+// `upcall_return_exit` takes 0 for "replaced": no result word is 0 but
+// success's, which `upcall_return` never returns (TRAP-2).
+const _: () = {
+    let mut i = 0;
+    while i < Error::ALL.len() {
+        assert!(regs::encode(Err(Error::ALL[i])) != 0);
+        i += 1;
+    }
+};
+
 /// [`entry`] for every call but `yield`, `block` and `upcall_return`.
 #[inline(never)]
 fn other(hv: &mut Hv, cur: DomId, mut frame: EntryFrame) {
@@ -308,6 +356,9 @@ pub(crate) static FAST_ROUTES: FastRoutes = {
     while i < ROUTED {
         t[i] = match route(i as u64) {
             Some((_, f)) => Some(f),
+            None if i as u64 == Hypercall::UpcallReturn.number() => {
+                Some(crate::arch::syscall::UPCALL_RETURN_EXIT)
+            }
             None => None,
         };
         i += 1;

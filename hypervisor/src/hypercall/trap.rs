@@ -7,6 +7,7 @@ use crate::domain;
 use crate::guestmem::Space;
 use crate::hv::Hv;
 use crate::hypercall::Outcome;
+use crate::mem;
 use hypercall_abi::layout::{UpcallFrame, UpcallKind, GUEST_VA_TOP, RFLAGS_GUEST_MASK, RFLAGS_IF};
 use hypercall_abi::{self as abi, Error};
 use tahoma_core::event::DomId;
@@ -24,6 +25,9 @@ pub(crate) fn set_callbacks(
     Ok(0)
 }
 
+/// TRAP-2. Inline: into the stub exit's `tahoma_upcall_return` (one
+/// prologue for the call and its restore) and the slow entry's.
+#[inline(always)]
 pub(crate) fn upcall_return(
     hv: &mut Hv,
     cur: DomId,
@@ -37,10 +41,87 @@ pub(crate) fn upcall_return(
 }
 
 /// Replaces `frame` with the saved frame at `ptr`, checked (TRAP-2). The
-/// frame is guest memory: copied once (through the remembered translation
-/// of the page the upcall wrote, when it is still valid: TRAP-0d), then
-/// checked; `frame` and the domain change only when every check passed.
+/// frame is guest memory: each word is loaded once; the words the checks
+/// look at (`kind`, `rip`, `rsp`, `rflags`) are checked as loaded and the
+/// checked values are the ones used (another CPU writing the guest's page
+/// meanwhile cannot slip a value past a check); `frame` and the domain
+/// change only when every check passed.
+///
+/// The common case inline, with no call: the frame within one page whose
+/// remembered translation is current (`Remembered::current`, the page the
+/// upcall wrote), its words moved straight from the guest's page into the
+/// `TrapFrame`. Anything else goes to [`restore_full`] (the remembered
+/// translation re-checked, or a walk: TRAP-0d), which does it all from the
+/// start, so the hot path keeps no value across a call
+/// (docs/benchmarks.md, "SDK upcalls, round 7").
+#[inline(always)]
 fn restore(hv: &mut Hv, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(), Error> {
+    // Disjoint fields: the domain, the frame table, the translations.
+    if let Some(d) = hv
+        .domains
+        .slots
+        .get_mut(usize::from(cur))
+        .and_then(|d| d.as_deref_mut())
+    {
+        let space = Space {
+            root: d.root,
+            dom: cur,
+            mm: &hv.memory.mm,
+        };
+        if d.upcall_depth != 0
+            && ptr.is_multiple_of(8)
+            && ptr & 0xfff <= 4096 - FRAME_BYTES
+            && ptr < GUEST_VA_TOP
+        {
+            if let Some(w) = hv
+                .remembered
+                .current(&space, ptr)
+                .and_then(mem::PhysWords::<FRAME_WORDS>::new)
+            {
+                let (kind, rip, rsp, rflags) = (w.get(0), w.get(19), w.get(20), w.get(21));
+                if kind <= 1 && rip < GUEST_VA_TOP && rsp < GUEST_VA_TOP {
+                    // Field by field, each word loaded and stored at
+                    // once (a struct literal loaded all 22 volatile words
+                    // first and spilled half of them).
+                    frame.rip = rip;
+                    frame.rsp = rsp;
+                    frame.rflags = (rflags & RFLAGS_GUEST_MASK) | RFLAGS_IF | 0x2;
+                    frame.cs = u64::from(USER_CS);
+                    frame.ss = u64::from(USER_SS);
+                    frame.vector = 0;
+                    frame.error_code = 0;
+                    frame.rax = w.get(4);
+                    frame.rbx = w.get(5);
+                    frame.rcx = w.get(6);
+                    frame.rdx = w.get(7);
+                    frame.rsi = w.get(8);
+                    frame.rdi = w.get(9);
+                    frame.rbp = w.get(10);
+                    frame.r8 = w.get(11);
+                    frame.r9 = w.get(12);
+                    frame.r10 = w.get(13);
+                    frame.r11 = w.get(14);
+                    frame.r12 = w.get(15);
+                    frame.r13 = w.get(16);
+                    frame.r14 = w.get(17);
+                    frame.r15 = w.get(18);
+                    d.upcall_depth -= 1;
+                    if kind == UpcallKind::Event as u64 {
+                        d.shared.set_upcall_mask(false);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+    restore_full(hv, cur, ptr, frame)
+}
+
+/// [`restore`] in full: the frame read through `Remembered::read` (a slot
+/// re-checked, or a walk), every refusal with its error.
+#[cold]
+#[inline(never)]
+fn restore_full(hv: &mut Hv, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(), Error> {
     // Disjoint fields: the domain, the frame table, the translations.
     let d = hv
         .domains
@@ -95,3 +176,34 @@ fn restore(hv: &mut Hv, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(
     }
     Ok(())
 }
+
+/// The words of an `UpcallFrame` (the layout `hv::delivery` checks).
+const FRAME_WORDS: usize = 22;
+
+/// Its size in bytes.
+const FRAME_BYTES: u64 = 8 * FRAME_WORDS as u64;
+
+// `restore` reads an `UpcallFrame` as 22 words in field order.
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<UpcallFrame>() == 8 * FRAME_WORDS);
+    assert!(offset_of!(UpcallFrame, kind) == 0);
+    assert!(offset_of!(UpcallFrame, rax) == 4 * 8);
+    assert!(offset_of!(UpcallFrame, rbx) == 5 * 8);
+    assert!(offset_of!(UpcallFrame, rcx) == 6 * 8);
+    assert!(offset_of!(UpcallFrame, rdx) == 7 * 8);
+    assert!(offset_of!(UpcallFrame, rsi) == 8 * 8);
+    assert!(offset_of!(UpcallFrame, rdi) == 9 * 8);
+    assert!(offset_of!(UpcallFrame, rbp) == 10 * 8);
+    assert!(offset_of!(UpcallFrame, r8) == 11 * 8);
+    assert!(offset_of!(UpcallFrame, r9) == 12 * 8);
+    assert!(offset_of!(UpcallFrame, r10) == 13 * 8);
+    assert!(offset_of!(UpcallFrame, r11) == 14 * 8);
+    assert!(offset_of!(UpcallFrame, r12) == 15 * 8);
+    assert!(offset_of!(UpcallFrame, r13) == 16 * 8);
+    assert!(offset_of!(UpcallFrame, r14) == 17 * 8);
+    assert!(offset_of!(UpcallFrame, r15) == 18 * 8);
+    assert!(offset_of!(UpcallFrame, rip) == 19 * 8);
+    assert!(offset_of!(UpcallFrame, rsp) == 20 * 8);
+    assert!(offset_of!(UpcallFrame, rflags) == 21 * 8);
+};

@@ -69,7 +69,8 @@ pub struct PhysWords<const N: usize>(*mut u64);
 
 impl<const N: usize> PhysWords<N> {
     /// The words at `pa`, if 8-aligned and inside the direct map. The caller
-    /// translated them for writing (a guest frame it may write).
+    /// translated them for the access it makes (a guest frame it may write
+    /// for [`PhysWords::put`], read for [`PhysWords::get`]).
     #[inline(always)]
     pub fn new(pa: u64) -> Option<PhysWords<N>> {
         let end = pa.checked_add(8 * N as u64)?;
@@ -84,6 +85,18 @@ impl<const N: usize> PhysWords<N> {
         // SAFETY: word `i < N` (checked) of the range `new` checked (inside
         // the direct map, aligned); no Rust reference covers guest frames.
         unsafe { self.0.add(i).write_volatile(w) }
+    }
+
+    /// Loads word `i` (`i < N`, checked; a constant index folds it): one
+    /// load, for a caller that stores it straight where it goes (the
+    /// `upcall_return` of a frame, TRAP-2).
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> u64 {
+        assert!(i < N);
+        // SAFETY: word `i < N` (checked) of the range `new` checked (inside
+        // the direct map, aligned); a volatile read of a guest frame,
+        // through no Rust reference.
+        unsafe { self.0.add(i).read_volatile() }
     }
 }
 
