@@ -616,7 +616,7 @@ mod tests {
         for l in [Level::L1, Level::L2, Level::L3, Level::L4] {
             let a = entry_va(top, l);
             assert!(
-                a >= RECURSIVE_BASE && a < GUEST_VA_TOP && a % 8 == 0,
+                (RECURSIVE_BASE..GUEST_VA_TOP).contains(&a) && a.is_multiple_of(8),
                 "{l:?} {a:#x}"
             );
         }
@@ -668,11 +668,13 @@ mod tests {
         assert!(in_map_region(MAP_BASE));
         assert!(!in_map_region(MAP_TOP));
         assert!(!in_map_region(HEAP_GROW_BASE));
-        assert!(
-            HEAP_GROW_BASE
-                >= hypercall_abi::layout::WINDOW_BASE
-                    + hypercall_abi::layout::WINDOW_MAX_PAGES * PAGE
-        );
+        const {
+            assert!(
+                HEAP_GROW_BASE
+                    >= hypercall_abi::layout::WINDOW_BASE
+                        + hypercall_abi::layout::WINDOW_MAX_PAGES * PAGE
+            );
+        }
         assert_eq!(check_va(MAP_BASE + 1), Err(Error::InvalidArgument));
         assert_eq!(check_region(0x40_0000), Err(Error::BadAddress));
         assert_eq!(check_va(RECURSIVE_BASE), Err(Error::BadAddress));

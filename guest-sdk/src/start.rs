@@ -456,7 +456,6 @@ mod tests {
             None,
             "a backend entry is not this domain's vNIC"
         );
-        let mut raw = raw;
         raw.vnic_count = u32::MAX;
         assert_eq!(StartInfo::new(raw).vnics().count(), MAX_START_VNICS - 2);
     }

@@ -496,7 +496,7 @@ mod tests {
 
     #[test]
     fn window_fits_one_l2() {
-        assert!(WINDOW_BASE + WINDOW_MAX_PAGES * 4096 <= 1 << 30);
+        const { assert!(WINDOW_BASE + WINDOW_MAX_PAGES * 4096 <= 1 << 30) };
         assert_eq!(SHARED_INFO_VA % 4096, 0);
     }
 }

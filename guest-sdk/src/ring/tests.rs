@@ -564,6 +564,6 @@ proptest! {
                 }
             }
         }
-        prop_assert_eq!(page.slot_reads.borrow().len() as u32, taken);
+        prop_assert_eq!(page.slot_reads.borrow().len(), taken as usize);
     }
 }

@@ -602,7 +602,7 @@ fn rewrite_after_publish(nic: &mut Nic, to: [u8; 6], round: u32) -> Option<i16> 
         }
         write_slot(&req(good.len() as u16));
         write_page(nic.tx_buf.0, 0, &good);
-        if (i + round) % 2 == 0 {
+        if (i + round).is_multiple_of(2) {
             sched::yield_now();
         }
     }
