@@ -263,11 +263,13 @@ pub fn without_upcalls<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Masks upcalls; returns whether they were already masked.
+#[inline]
 pub(crate) fn mask_upcalls(sh: &Shared) -> bool {
     sh.upcall_mask().swap(1, Ordering::AcqRel) != 0
 }
 
 /// Restores the state saved by [`mask_upcalls`].
+#[inline]
 pub(crate) fn restore_upcalls(sh: &Shared, was_masked: bool) {
     if was_masked {
         return;
@@ -292,26 +294,86 @@ pub fn wait() {
 
 /// [`wait`] with a deadline (monotonic ns): `Event` when an upcall ran,
 /// `Deadline` when the deadline passed first. Inline (with [`wait`]), so
-/// that a [`wait_for`] loop pays no call for it.
+/// that a [`wait_for`] loop pays no call for it; a caller that has upcalls
+/// masked takes the out-of-line [`wait_until_masked`].
 #[inline]
 pub fn wait_until(deadline_ns: u64) -> BlockResult {
+    let sh = Shared::get();
+    // Check the token with upcalls masked, then block: `block` unmasks
+    // atomically with sleeping (SCHED-2a) and returns at once if an event
+    // came in between (SCHED-2b), so no wake-up falls between the check
+    // and the sleep.
+    if mask_upcalls(&sh) {
+        return wait_until_masked(deadline_ns);
+    }
+    loop {
+        // Masked here; the caller had upcalls unmasked.
+        if WOKEN.swap(false, Ordering::AcqRel) {
+            restore_upcalls(&sh, false);
+            return BlockResult::Event;
+        }
+        // `block` leaves upcalls unmasked, as the caller had them.
+        if timed_block(deadline_ns) == BlockResult::Deadline {
+            return BlockResult::Deadline;
+        }
+        // The upcall has run (SCHED-2c) and set the token: take it without
+        // masking again; nothing is left to deliver (an upcall that comes
+        // now runs as it would after the return).
+        if WOKEN.swap(false, Ordering::AcqRel) {
+            return BlockResult::Event;
+        }
+        // A spurious wake-up (no token): mask and look again.
+        mask_upcalls(&sh);
+    }
+}
+
+/// [`wait_until`] for a caller that has upcalls masked (and still has):
+/// each `block` unmasks them, so mask them again after it, then take the
+/// token the upcall set (`SCHED-2c`) on the next turn.
+#[cold]
+#[inline(never)]
+fn wait_until_masked(deadline_ns: u64) -> BlockResult {
+    let sh = Shared::get();
+    loop {
+        if WOKEN.swap(false, Ordering::AcqRel) {
+            return BlockResult::Event;
+        }
+        let r = timed_block(deadline_ns);
+        mask_upcalls(&sh);
+        if r == BlockResult::Deadline {
+            return BlockResult::Deadline;
+        }
+    }
+}
+
+/// [`block`], its time (and that of the upcalls that ran before it
+/// returned) added to [`blocked_ticks`].
+#[inline(always)]
+fn timed_block(deadline_ns: u64) -> BlockResult {
     let t0 = ticks();
-    let r = wait_until_inner(deadline_ns);
+    let r = block(deadline_ns);
     BLOCKED_TICKS.fetch_add(ticks().saturating_sub(t0), Ordering::Relaxed);
     r
 }
 
-/// The TSC for [`blocked_ticks`] (host builds, the unit tests, have none:
-/// there the count stays 0).
+/// The TSC for [`blocked_ticks`], read without the `lfence` of
+/// [`crate::time::rdtsc`]: a count of blocked time needs no ordering
+/// against the loads around it (host builds, the unit tests, have no
+/// guest TSC: there the count stays 0).
+#[allow(unsafe_code)]
+#[inline(always)]
 fn ticks() -> u64 {
     #[cfg(target_os = "none")]
-    return crate::time::rdtsc();
+    // SAFETY: `_rdtsc` needs `rdtsc` to be allowed to run: it is in ring 3
+    // (TIME-0: the hypervisor leaves CR4.TSD clear); it touches no memory.
+    return unsafe { core::arch::x86_64::_rdtsc() };
     #[cfg(not(target_os = "none"))]
     return 0;
 }
 
-/// Ticks this domain has spent in [`wait`] and [`wait_until`] so far
-/// (blocked, or running their upcalls). A domain's own CPU work over an
+/// Ticks this domain has spent blocked in [`wait`] and [`wait_until`] so
+/// far (from just before each `block` to just after it returned, so the
+/// upcalls that ran there are included). A domain's own CPU work over an
 /// interval is its length minus the growth of this: under `-icount` the
 /// emulator's idle time warps fall inside the waits and drop out
 /// (`docs/benchmarks.md`, "Virtual disks").
@@ -320,42 +382,6 @@ pub fn blocked_ticks() -> u64 {
 }
 
 static BLOCKED_TICKS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-
-#[inline]
-fn wait_until_inner(deadline_ns: u64) -> BlockResult {
-    let sh = Shared::get();
-    loop {
-        // Check the token with upcalls masked, then block: `block` unmasks
-        // atomically with sleeping (SCHED-2a) and returns at once if an
-        // event came in between (SCHED-2b), so no wake-up falls between the
-        // check and the sleep.
-        let was_masked = mask_upcalls(&sh);
-        if WOKEN.swap(false, Ordering::AcqRel) {
-            restore_upcalls(&sh, was_masked);
-            return BlockResult::Event;
-        }
-        if block(deadline_ns) == BlockResult::Deadline {
-            // `block` left upcalls unmasked; put back what the caller had.
-            if was_masked {
-                mask_upcalls(&sh);
-            }
-            return BlockResult::Deadline;
-        }
-        // The upcall has run (SCHED-2c) and set the token.
-        if was_masked {
-            // Put back what the caller had and loop to take it.
-            mask_upcalls(&sh);
-            continue;
-        }
-        // Upcalls are unmasked, as the caller had them (`block` unmasked
-        // them, SCHED-2a): take the token without masking again; nothing
-        // is left to deliver (an upcall that comes now runs as it would
-        // after the return). A spurious wake-up (no token) loops.
-        if WOKEN.swap(false, Ordering::AcqRel) {
-            return BlockResult::Event;
-        }
-    }
-}
 
 /// [`sched::block`], its result looked at only with a deadline: with
 /// [`NO_DEADLINE`] it returns for an event (or spuriously, which the
