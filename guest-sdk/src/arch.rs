@@ -19,11 +19,11 @@ use crate::sched::{self, ShutdownReason};
 use crate::trap::{self, TrapAction};
 use crate::{console, event, upcall};
 
-/// RFLAGS.DF and RFLAGS.AC: the System V ABI requires DF clear at a call,
-/// and AC set would make unaligned accesses in Rust code fault (#AC). The
-/// spec does not fix `rflags` at an upcall entry, and the interrupted
-/// context may have set either, so the entries clear both.
-const ENTRY_FLAGS_CLEAR: i32 = !(0x400 | 0x4_0000);
+// The upcall entries below call Rust as they are entered: TRAP-0 fixes the
+// entry state the System V ABI needs (`rflags` is IF only, so DF and AC
+// are clear, whatever the interrupted context had; `rsp` = `rdi` = the
+// frame, 16-byte aligned, so the `call` leaves the callee's stack aligned
+// as a call does), and the TRAP-0 conformance test checks both.
 
 core::arch::global_asm!(
     // _start: terminate the frame-pointer chain, keep rdi (the start-info
@@ -43,12 +43,8 @@ core::arch::global_asm!(
     ".globl __tahoma_event_entry",
     ".type __tahoma_event_entry, @function",
     "__tahoma_event_entry:",
-    "    pushfq",
-    "    and qword ptr [rsp], {flags}",
-    "    popfq",
     "    xor ebp, ebp",
     "    mov rdi, rsp",
-    "    and rsp, -16",
     "    call {event}",
     "    ud2",
     ".size __tahoma_event_entry, . - __tahoma_event_entry",
@@ -58,12 +54,8 @@ core::arch::global_asm!(
     ".globl __tahoma_trap_entry",
     ".type __tahoma_trap_entry, @function",
     "__tahoma_trap_entry:",
-    "    pushfq",
-    "    and qword ptr [rsp], {flags}",
-    "    popfq",
     "    xor ebp, ebp",
     "    mov rdi, rsp",
-    "    and rsp, -16",
     "    call {trap}",
     "    ud2",
     ".size __tahoma_trap_entry, . - __tahoma_trap_entry",
@@ -71,7 +63,6 @@ core::arch::global_asm!(
     start = sym crate::rt::start,
     event = sym event_upcall,
     trap = sym trap_upcall,
-    flags = const ENTRY_FLAGS_CLEAR,
 );
 
 unsafe extern "C" {

@@ -11,9 +11,8 @@
 //! whatever `main` was doing: keep them short, communicate through atomics,
 //! and do not block in them. [`wait`] and [`wait_for`] put `main` to sleep
 //! until a handler has run.
-#![forbid(unsafe_code)]
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use hypercall_abi::args::{BlockResult, Virq, DOMID_SELF, NO_DEADLINE};
 use hypercall_abi::layout::{NR_PORTS, PORT_WORDS};
@@ -186,9 +185,29 @@ pub fn take_pending(port: Port) -> bool {
 /// An event handler: called in upcall context with the port that fired.
 pub type Handler = fn(Port);
 
-/// The handler table. Locked only with upcalls masked, so the upcall (which
-/// runs only with upcalls unmasked before it) never finds it held.
-static HANDLERS: spin::Mutex<[Option<Handler>; NR_PORTS]> = spin::Mutex::new([None; NR_PORTS]);
+/// The handler table: one atomic word per port, null for none, else a
+/// [`Handler`] that [`set_slot`] stored. A slot is written with one store
+/// and read with one load, so an upcall that interrupts `set_handler` or
+/// `clear_handler` finds the old handler or the new one, never half of
+/// either, and needs no lock (a `spin` lock here cost every dispatch a
+/// locked `cmpxchg` and a release store, and made setting a handler mask
+/// upcalls around it).
+static HANDLERS: [AtomicPtr<()>; NR_PORTS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; NR_PORTS];
+
+/// The handler in slot `i` of [`HANDLERS`], if any (none out of range).
+#[allow(unsafe_code)]
+#[inline(always)]
+fn handler(i: usize) -> Option<Handler> {
+    let p = HANDLERS.get(i)?.load(Ordering::Acquire);
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: every non-null value in `HANDLERS` is a `Handler` that
+    // `set_slot` converted to a pointer (the only store of a non-null
+    // value); converting it back gives that same function pointer.
+    Some(unsafe { core::mem::transmute::<*mut (), Handler>(p) })
+}
 
 /// Set at every event upcall; consumed by [`wait`] (a park token).
 static WOKEN: AtomicBool = AtomicBool::new(false);
@@ -215,8 +234,11 @@ pub fn clear_handler(port: Port) {
 }
 
 fn set_slot(port: Port, slot: Option<Handler>) {
-    if let Some(i) = usize::try_from(port.0).ok().filter(|&p| p < NR_PORTS) {
-        without_upcalls(|| HANDLERS.lock()[i] = slot);
+    if let Some(h) = usize::try_from(port.0).ok().and_then(|i| HANDLERS.get(i)) {
+        h.store(
+            slot.map_or(core::ptr::null_mut(), |f| f as *mut ()),
+            Ordering::Release,
+        );
     }
 }
 
@@ -241,11 +263,13 @@ pub fn without_upcalls<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Masks upcalls; returns whether they were already masked.
+#[inline]
 pub(crate) fn mask_upcalls(sh: &Shared) -> bool {
     sh.upcall_mask().swap(1, Ordering::AcqRel) != 0
 }
 
 /// Restores the state saved by [`mask_upcalls`].
+#[inline]
 pub(crate) fn restore_upcalls(sh: &Shared, was_masked: bool) {
     if was_masked {
         return;
@@ -270,26 +294,86 @@ pub fn wait() {
 
 /// [`wait`] with a deadline (monotonic ns): `Event` when an upcall ran,
 /// `Deadline` when the deadline passed first. Inline (with [`wait`]), so
-/// that a [`wait_for`] loop pays no call for it.
+/// that a [`wait_for`] loop pays no call for it; a caller that has upcalls
+/// masked takes the out-of-line [`wait_until_masked`].
 #[inline]
 pub fn wait_until(deadline_ns: u64) -> BlockResult {
+    let sh = Shared::get();
+    // Check the token with upcalls masked, then block: `block` unmasks
+    // atomically with sleeping (SCHED-2a) and returns at once if an event
+    // came in between (SCHED-2b), so no wake-up falls between the check
+    // and the sleep.
+    if mask_upcalls(&sh) {
+        return wait_until_masked(deadline_ns);
+    }
+    loop {
+        // Masked here; the caller had upcalls unmasked.
+        if WOKEN.swap(false, Ordering::AcqRel) {
+            restore_upcalls(&sh, false);
+            return BlockResult::Event;
+        }
+        // `block` leaves upcalls unmasked, as the caller had them.
+        if timed_block(deadline_ns) == BlockResult::Deadline {
+            return BlockResult::Deadline;
+        }
+        // The upcall has run (SCHED-2c) and set the token: take it without
+        // masking again; nothing is left to deliver (an upcall that comes
+        // now runs as it would after the return).
+        if WOKEN.swap(false, Ordering::AcqRel) {
+            return BlockResult::Event;
+        }
+        // A spurious wake-up (no token): mask and look again.
+        mask_upcalls(&sh);
+    }
+}
+
+/// [`wait_until`] for a caller that has upcalls masked (and still has):
+/// each `block` unmasks them, so mask them again after it, then take the
+/// token the upcall set (`SCHED-2c`) on the next turn.
+#[cold]
+#[inline(never)]
+fn wait_until_masked(deadline_ns: u64) -> BlockResult {
+    let sh = Shared::get();
+    loop {
+        if WOKEN.swap(false, Ordering::AcqRel) {
+            return BlockResult::Event;
+        }
+        let r = timed_block(deadline_ns);
+        mask_upcalls(&sh);
+        if r == BlockResult::Deadline {
+            return BlockResult::Deadline;
+        }
+    }
+}
+
+/// [`block`], its time (and that of the upcalls that ran before it
+/// returned) added to [`blocked_ticks`].
+#[inline(always)]
+fn timed_block(deadline_ns: u64) -> BlockResult {
     let t0 = ticks();
-    let r = wait_until_inner(deadline_ns);
+    let r = block(deadline_ns);
     BLOCKED_TICKS.fetch_add(ticks().saturating_sub(t0), Ordering::Relaxed);
     r
 }
 
-/// The TSC for [`blocked_ticks`] (host builds, the unit tests, have none:
-/// there the count stays 0).
+/// The TSC for [`blocked_ticks`], read without the `lfence` of
+/// [`crate::time::rdtsc`]: a count of blocked time needs no ordering
+/// against the loads around it (host builds, the unit tests, have no
+/// guest TSC: there the count stays 0).
+#[allow(unsafe_code)]
+#[inline(always)]
 fn ticks() -> u64 {
     #[cfg(target_os = "none")]
-    return crate::time::rdtsc();
+    // SAFETY: `_rdtsc` needs `rdtsc` to be allowed to run: it is in ring 3
+    // (TIME-0: the hypervisor leaves CR4.TSD clear); it touches no memory.
+    return unsafe { core::arch::x86_64::_rdtsc() };
     #[cfg(not(target_os = "none"))]
     return 0;
 }
 
-/// Ticks this domain has spent in [`wait`] and [`wait_until`] so far
-/// (blocked, or running their upcalls). A domain's own CPU work over an
+/// Ticks this domain has spent blocked in [`wait`] and [`wait_until`] so
+/// far (from just before each `block` to just after it returned, so the
+/// upcalls that ran there are included). A domain's own CPU work over an
 /// interval is its length minus the growth of this: under `-icount` the
 /// emulator's idle time warps fall inside the waits and drop out
 /// (`docs/benchmarks.md`, "Virtual disks").
@@ -299,43 +383,23 @@ pub fn blocked_ticks() -> u64 {
 
 static BLOCKED_TICKS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
-#[inline]
-fn wait_until_inner(deadline_ns: u64) -> BlockResult {
-    let sh = Shared::get();
-    loop {
-        // Check the token with upcalls masked, then block: `block` unmasks
-        // atomically with sleeping (SCHED-2a) and returns at once if an
-        // event came in between (SCHED-2b), so no wake-up falls between the
-        // check and the sleep.
-        let was_masked = mask_upcalls(&sh);
-        if WOKEN.swap(false, Ordering::AcqRel) {
-            restore_upcalls(&sh, was_masked);
-            return BlockResult::Event;
-        }
-        if sched::block(deadline_ns) == BlockResult::Deadline {
-            // `block` left upcalls unmasked; put back what the caller had.
-            if was_masked {
-                mask_upcalls(&sh);
-            }
-            return BlockResult::Deadline;
-        }
-        // The upcall has run (SCHED-2c) and set the token.
-        if was_masked {
-            // Put back what the caller had and loop to take it.
-            mask_upcalls(&sh);
-            continue;
-        }
-        // Upcalls are unmasked, as the caller had them (`block` unmasked
-        // them, SCHED-2a): take the token without masking again; nothing
-        // is left to deliver (an upcall that comes now runs as it would
-        // after the return). A spurious wake-up (no token) loops.
-        if WOKEN.swap(false, Ordering::AcqRel) {
-            return BlockResult::Event;
-        }
+/// [`sched::block`], its result looked at only with a deadline: with
+/// [`NO_DEADLINE`] it returns for an event (or spuriously, which the
+/// callers' loops absorb), never `Deadline` (`SCHED-2`, `SCHED-2d`), so
+/// [`wait`] pays for the `syscall` and its arguments only.
+#[inline(always)]
+fn block(deadline_ns: u64) -> BlockResult {
+    if deadline_ns == NO_DEADLINE {
+        let _ = sched::block(NO_DEADLINE);
+        BlockResult::Event
+    } else {
+        sched::block(deadline_ns)
     }
 }
 
-/// Sleeps until `cond()` holds, re-checking after every event.
+/// Sleeps until `cond()` holds, re-checking after every event. Inline:
+/// the caller's condition and the wait are then one loop, with no call.
+#[inline]
 pub fn wait_for(mut cond: impl FnMut() -> bool) {
     while !cond() {
         wait();
@@ -359,60 +423,69 @@ pub fn wait_for_until(mut cond: impl FnMut() -> bool, deadline_ns: u64) -> bool 
 /// pending, unmasked ports. Called by the event entry with upcalls masked.
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
 pub(crate) fn dispatch() {
-    scan(&Shared::get(), |port| {
-        let handler = usize::try_from(port.0)
-            .ok()
-            .and_then(|i| HANDLERS.lock().get(i).copied().flatten());
-        match handler {
-            Some(h) => h(port),
-            None => log::trace!("event on {port} with no handler, dropped"),
-        }
+    scan(&Shared::get(), |port| match handler(port.0 as usize) {
+        Some(h) => h(port),
+        None => no_handler(port),
     });
     WOKEN.store(true, Ordering::Release);
 }
+
+/// An event on a port with no handler: dropped (out of line, so that the
+/// log's arguments cost the dispatch nothing).
+#[cold]
+#[inline(never)]
+fn no_handler(port: Port) {
+    log::trace!("event on {port} with no handler, dropped");
+}
+
+/// The words of `pending_sel` that name a bitmap word (`PORT_WORDS` bits).
+const SEL_WORDS: u64 = if PORT_WORDS >= 64 {
+    u64::MAX
+} else {
+    (1 << PORT_WORDS) - 1
+};
 
 /// The scan: clear `upcall_pending`, swap `pending_sel` with 0, and for
 /// each word it names (ascending), each pending and unmasked bit
 /// (ascending): clear the bit atomically, then call `handle`. Repeats
 /// while the hypervisor names more words. Masked ports stay pending.
 /// Returns the number of events handled.
+///
+/// Inline (into [`dispatch`]): the loops are the selector's and the
+/// word's set bits, lowest first (`trailing_zeros`, then clear it), the
+/// selector's bits beyond the bitmap dropped once per pass.
+#[inline(always)]
 pub(crate) fn scan(sh: &Shared, mut handle: impl FnMut(Port)) -> usize {
     let mut handled = 0;
     loop {
         sh.upcall_pending().store(0, Ordering::Release);
-        let sel = sh.pending_sel().swap(0, Ordering::AcqRel);
+        let mut sel = sh.pending_sel().swap(0, Ordering::AcqRel) & SEL_WORDS;
         if sel == 0 {
             return handled;
         }
-        for word in set_bits(sel).filter(|&w| w < PORT_WORDS) {
-            let ready =
-                sh.pending(word).load(Ordering::Acquire) & !sh.mask(word).load(Ordering::Acquire);
-            for bit in set_bits(ready) {
+        while sel != 0 {
+            // Below PORT_WORDS: `sel` has no bit at or above it.
+            let word = sel.trailing_zeros() as usize;
+            sel &= sel - 1;
+            let pending = sh.pending(word);
+            let mut ready =
+                pending.load(Ordering::Acquire) & !sh.mask(word).load(Ordering::Acquire);
+            while ready != 0 {
+                let bit = ready.trailing_zeros();
+                ready &= ready - 1;
                 let b = 1u64 << bit;
                 // Clear before handling (EVT-0c); skip if someone else
                 // (a nested upcall) already took it.
-                if sh.pending(word).fetch_and(!b, Ordering::AcqRel) & b != 0 {
+                if pending.fetch_and(!b, Ordering::AcqRel) & b != 0 {
                     handled += 1;
-                    // word < PORT_WORDS and bit < 64: below NR_PORTS.
-                    if let Ok(p) = u32::try_from(word * 64 + bit) {
-                        handle(Port(p));
-                    }
+                    // word < PORT_WORDS and bit < 64: below NR_PORTS,
+                    // which fits a u32.
+                    #[allow(clippy::cast_possible_truncation)]
+                    handle(Port((word * 64) as u32 | bit));
                 }
             }
         }
     }
-}
-
-/// The indices of the set bits of `w`, ascending.
-fn set_bits(mut w: u64) -> impl Iterator<Item = usize> {
-    core::iter::from_fn(move || {
-        if w == 0 {
-            return None;
-        }
-        let i = w.trailing_zeros() as usize;
-        w &= w - 1;
-        Some(i)
-    })
 }
 
 #[cfg(test)]
@@ -529,9 +602,81 @@ mod tests {
         assert_eq!(Port(1023).position(), Some((15, 1 << 63)));
     }
 
+    /// The last handler call: `1_000_000 + port` for `record_a`,
+    /// `2_000_000 + port` for `record_b` (tests that use it hold the
+    /// token lock).
+    static LAST: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+    fn record_a(p: Port) {
+        LAST.store(1_000_000 + p.0, Ordering::SeqCst);
+    }
+    fn record_b(p: Port) {
+        LAST.store(2_000_000 + p.0, Ordering::SeqCst);
+    }
+    /// Calls `h` and says which of the two it was.
+    fn which(h: Handler) -> u32 {
+        LAST.store(0, Ordering::SeqCst);
+        h(Port(1));
+        LAST.load(Ordering::SeqCst)
+    }
+
     #[test]
-    fn set_bits_ascend() {
-        let v: Vec<usize> = set_bits(0x8000_0000_0000_0005).collect();
-        assert_eq!(v, [0, 2, 63]);
+    fn dispatch_calls_the_slot_as_set_replaced_and_cleared() {
+        let _t = tests_token_lock();
+        let sh = Shared::get();
+        let port = Port(777);
+        let (w, b) = port.position().unwrap();
+        set_handler(port, record_a);
+        raise(&sh, 777);
+        WOKEN.store(false, Ordering::SeqCst);
+        LAST.store(0, Ordering::SeqCst);
+        dispatch();
+        assert_eq!(LAST.swap(0, Ordering::SeqCst), 1_000_777);
+        assert!(WOKEN.swap(false, Ordering::SeqCst), "the token is set");
+        assert_eq!(sh.pending(w).load(Ordering::SeqCst) & b, 0);
+        // Replaced: only the new handler runs.
+        set_handler(port, record_b);
+        raise(&sh, 777);
+        dispatch();
+        assert_eq!(LAST.swap(0, Ordering::SeqCst), 2_000_777);
+        // Cleared: the event is taken and dropped, no handler runs.
+        clear_handler(port);
+        raise(&sh, 777);
+        dispatch();
+        assert_eq!(LAST.load(Ordering::SeqCst), 0);
+        assert_eq!(sh.pending(w).load(Ordering::SeqCst) & b, 0);
+        assert!(WOKEN.swap(false, Ordering::SeqCst));
+    }
+
+    #[test]
+    fn handler_slots_are_per_port_and_out_of_range_is_ignored() {
+        let _t = tests_token_lock();
+        set_handler(Port(778), record_a);
+        assert_eq!(handler(778).map(which), Some(1_000_001));
+        assert!(handler(779).is_none());
+        set_handler(Port(1024), record_a);
+        set_handler(Port(u32::MAX), record_a);
+        assert!(handler(1024).is_none());
+        assert!(handler(usize::MAX).is_none());
+        clear_handler(Port(778));
+        assert!(handler(778).is_none());
+    }
+
+    #[test]
+    fn a_slot_changed_under_a_reader_is_the_old_or_the_new_handler() {
+        let _t = tests_token_lock();
+        // One thread flips the slot while this one reads and calls it:
+        // every read is a whole handler (one of the two), never none.
+        set_handler(Port(780), record_a);
+        let flipper = std::thread::spawn(|| {
+            for i in 0..20_000 {
+                set_handler(Port(780), if i % 2 == 0 { record_b } else { record_a });
+            }
+        });
+        for _ in 0..20_000 {
+            let h = handler(780).expect("a handler is always set");
+            assert!(matches!(which(h), 1_000_001 | 2_000_001));
+        }
+        flipper.join().unwrap();
+        clear_handler(Port(780));
     }
 }

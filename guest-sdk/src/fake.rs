@@ -338,6 +338,42 @@ mod tests {
     }
 
     #[test]
+    fn wait_with_upcalls_masked_leaves_them_masked_and_loops_past_a_spurious_wake() {
+        let _g = crate::event::tests_token_lock();
+        static SPURIOUS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
+        SPURIOUS.store(true, Ordering::SeqCst);
+        let fake = Fake::install(|call, a, sh| {
+            assert_eq!(call, Some(Hypercall::Block));
+            assert_eq!(sh.upcall_mask().load(Ordering::Acquire), 1);
+            sh.upcall_mask().store(0, Ordering::Release);
+            if a[0] == 55 {
+                return ok(1);
+            }
+            // First a wake-up with no upcall (spurious), then an event.
+            if !SPURIOUS.swap(false, Ordering::SeqCst) {
+                crate::event::dispatch();
+            }
+            ok(0)
+        });
+        let sh = fake.shared();
+        // The caller has upcalls masked: each return leaves them masked.
+        event::without_upcalls(|| {
+            assert_eq!(event::wait_until(55), BlockResult::Deadline);
+            assert_eq!(sh.upcall_mask().load(Ordering::Acquire), 1);
+            assert_eq!(event::wait_until(NO_DEADLINE), BlockResult::Event);
+            assert_eq!(sh.upcall_mask().load(Ordering::Acquire), 1);
+        });
+        // deadline, spurious, event: three blocks.
+        assert_eq!(fake.calls().len(), 3);
+        // Unmasked caller: a spurious wake loops (masked again) to a
+        // second block, and the return leaves upcalls unmasked.
+        SPURIOUS.store(true, Ordering::SeqCst);
+        assert_eq!(event::wait_until(NO_DEADLINE), BlockResult::Event);
+        assert_eq!(fake.calls().len(), 5);
+        assert_eq!(sh.upcall_mask().load(Ordering::Acquire), 0);
+    }
+
+    #[test]
     fn populate_takes_batches_and_gives_back_on_a_refusal() {
         let fake = Fake::install(|call, a, _| match call {
             Some(Hypercall::MemoryPopulate) if a[1] == 512 => {
