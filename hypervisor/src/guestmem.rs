@@ -254,14 +254,15 @@ pub fn note_table_write() {
 }
 
 /// One remembered translation: page `va_page` of domain `dom` running on
-/// `root` is frame `pa_page`, through the entries in `read` (physical
+/// `root` is frame `page` (its direct-map reach checked when the slot was
+/// filled: `mem::PhysPage`), through the entries in `read` (physical
 /// address and value, top down), as of `generation`.
 #[derive(Clone, Copy)]
 struct Slot {
     generation: u64,
     root: u64,
     va_page: u64,
-    pa_page: u64,
+    page: mem::PhysPage,
     read: [(mem::PhysWord, u64); LEVELS],
     dom: DomId,
 }
@@ -287,7 +288,7 @@ impl Slot {
         generation: 0,
         root: 0,
         va_page: 0,
-        pa_page: 0,
+        page: mem::PhysPage::ZERO,
         read: [(mem::PhysWord::ZERO, 0); LEVELS],
         dom: 0,
     };
@@ -352,14 +353,14 @@ impl Remembered {
         }
         // The entries' permission bits were checked for writing when the
         // slot was filled; they are unchanged.
-        if !may_map(space, s.pa_page >> 12, write) {
+        if !may_map(space, s.page.addr() >> 12, write) {
             return Some(Err(Error::BadAddress));
         }
-        Some(Ok(s.pa_page | (va & 0xfff)))
+        Some(Ok(s.page.addr() | (va & 0xfff)))
     }
 
-    /// The hit that needs no call: the frame of `va` (`pa_page | offset`)
-    /// if its slot holds `va`'s page of `space.dom` on `space.root` and is
+    /// The hit that needs no call: the page of `va` (the caller adds the
+    /// offset with `mem::PhysPage::words`, no direct-map test) if its slot holds `va`'s page of `space.dom` on `space.root` and is
     /// valid (the same tests as [`Remembered::lookup`]: of the current
     /// generation, or its walk's four entries read again and found
     /// unchanged, `Slot::recheck`, which makes it current or voids it),
@@ -372,7 +373,7 @@ impl Remembered {
     /// caller's hot path keeps no value across one (`push_upcall`,
     /// `restore`: docs/benchmarks.md, "SDK upcalls, round 7").
     #[inline(always)]
-    pub fn current(&mut self, space: &Space<'_>, va: u64) -> Option<u64> {
+    pub fn current(&mut self, space: &Space<'_>, va: u64) -> Option<mem::PhysPage> {
         let s = &mut self.slots[Self::index(space, va)];
         if s.generation == 0
             || s.va_page != va & !0xfff
@@ -384,12 +385,12 @@ impl Remembered {
         if s.generation != TABLE_GENERATION.load(Ordering::Relaxed) && !s.recheck() {
             return None;
         }
-        match space.mm.frame(s.pa_page >> 12) {
+        match space.mm.frame(s.page.addr() >> 12) {
             Some(f)
                 if f.owner() == Owner::Domain(space.dom)
                     && f.frame_type() != FrameType::Special =>
             {
-                Some(s.pa_page | (va & 0xfff))
+                Some(s.page)
             }
             _ => None,
         }
@@ -405,17 +406,22 @@ impl Remembered {
         self.fill(space, va)
     }
 
-    /// A miss of [`Remembered::translate_write`]: walks and remembers.
+    /// A miss of [`Remembered::translate_write`]: walks and remembers (a
+    /// frame outside the direct map, which no guest frame is, is not
+    /// remembered; its use fails as before).
     #[inline(never)]
     fn fill(&mut self, space: &Space<'_>, va: u64) -> Result<u64, Error> {
         let generation = TABLE_GENERATION.load(Ordering::Relaxed);
         let mut read = [(mem::PhysWord::ZERO, 0); LEVELS];
         let pa = walk(space, va, true, &mut read)?;
+        let Some(page) = mem::PhysPage::new(pa & !0xfff) else {
+            return Ok(pa);
+        };
         self.slots[Self::index(space, va)] = Slot {
             generation,
             root: space.root,
             va_page: va & !0xfff,
-            pa_page: pa & !0xfff,
+            page,
             read,
             dom: space.dom,
         };

@@ -47,8 +47,8 @@ pub use tahoma_core::memmap::{main_heap_bytes, DOMAIN_HEAP_BYTES};
 
 mod phys;
 pub use phys::{
-    copy_from_phys, copy_phys, copy_to_phys, phys_words_hold, read_phys, DirectMap, PhysWord,
-    PhysWords,
+    copy_from_phys, copy_phys, copy_to_phys, phys_words_hold, read_phys, DirectMap, PhysPage,
+    PhysWord, PhysWords,
 };
 
 /// Heap kept free for the allocations hypercalls make while domains run

@@ -22,6 +22,41 @@ pub fn trap_1(top: u64) {
             set_callbacks(arch::event_entry(), arch::trap_entry(), top),
             Ok(0),
         );
+        // An event entry of 0 disables event upcalls: an unmasked pending
+        // event then delivers nothing, and registering the entry again
+        // delivers it on that call's return. The hypervisor decides both
+        // from a word it keeps per domain and refreshes on every
+        // `set_callbacks` (docs/benchmarks.md, "SDK upcalls, round 8").
+        let (a, b) = loopback();
+        up::EV_CLEAR[0].store(b, SeqCst);
+        let n = up::EV_COUNT.load(SeqCst);
+        ck.eq(
+            "event entry 0",
+            set_callbacks(0, arch::trap_entry(), top),
+            Ok(0),
+        );
+        Sh::upcall_mask().store(0, SeqCst);
+        let _ = send(a);
+        let _ = c1(Hypercall::AbiVersion, 0);
+        ck.eq("event entry 0: no upcall", up::EV_COUNT.load(SeqCst), n);
+        ck.eq(
+            "event entry 0: still pending",
+            Sh::upcall_pending().load(SeqCst),
+            1,
+        );
+        ck.eq(
+            "event entry back",
+            set_callbacks(arch::event_entry(), arch::trap_entry(), top),
+            Ok(0),
+        );
+        ck.eq(
+            "event entry back: delivered on its return",
+            up::EV_COUNT.load(SeqCst),
+            n + 1,
+        );
+        up::EV_CLEAR[0].store(0, SeqCst);
+        let _ = close(a);
+        let _ = close(b);
     });
 }
 

@@ -200,30 +200,12 @@ impl SharedPage {
         unmasked != 0
     }
 
-    /// `upcall_mask` (the guest's virtual interrupt flag; set = disabled).
-    pub fn upcall_masked(&self) -> bool {
-        // SAFETY: `base()` is the direct-map address of the held frame;
-        // `upcall_mask` is a field of it, so the raw address lies inside.
-        self.byte(unsafe { &raw mut (*self.base()).upcall_mask })
-            .load(Ordering::SeqCst)
-            != 0
-    }
-
     /// Sets or clears `upcall_mask`.
     pub fn set_upcall_mask(&self, masked: bool) {
         // SAFETY: `base()` is the direct-map address of the held frame;
         // `upcall_mask` is a field of it, so the raw address lies inside.
         self.byte(unsafe { &raw mut (*self.base()).upcall_mask })
             .store(u8::from(masked), Ordering::SeqCst);
-    }
-
-    /// `upcall_pending`.
-    pub fn upcall_pending(&self) -> bool {
-        // SAFETY: `base()` is the direct-map address of the held frame;
-        // `upcall_pending` is a field of it, so the raw address lies inside.
-        self.byte(unsafe { &raw mut (*self.base()).upcall_pending })
-            .load(Ordering::SeqCst)
-            != 0
     }
 
     pub(super) fn write_time(&self, t: &TimeInfo) {

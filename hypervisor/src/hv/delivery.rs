@@ -186,7 +186,7 @@ pub(super) fn push_upcall_hot(
     };
     let Some(w) = remembered
         .current(&space, at)
-        .and_then(mem::PhysWords::<FRAME_WORDS>::new)
+        .and_then(|page| page.words::<FRAME_WORDS>(at & 0xfff))
     else {
         return false;
     };

@@ -371,12 +371,20 @@ pub(crate) fn no_upcall_word() -> u64 {
 /// guest's `upcall_pending` is nonzero with `upcall_mask` zero.
 #[inline(always)]
 fn upcall_may_be_due(word: u64) -> bool {
-    if word == 0 {
-        return false;
-    }
-    // SAFETY: a nonzero `word` is set only by `upcall_word` for the current
-    // domain (cleared whenever `current` changes or that domain is
-    // destroyed), so it is either `NO_UPCALL` (a static) or the direct-map
+    word != 0 && upcall_due_at(word)
+}
+
+/// [`upcall_may_be_due`] for a word that is never 0: `Scheduler::upcall_shared`
+/// while a domain is current, or the current domain's own
+/// `Domain::upcall_word` (`wants_upcall`). One load of the pending/mask
+/// pair, not one per byte.
+#[inline(always)]
+fn upcall_due_at(word: u64) -> bool {
+    // SAFETY: `word` is set only by `upcall_word` for the current domain
+    // (`Scheduler::upcall_shared`: cleared whenever `current` changes or
+    // that domain is destroyed, and 0 is not passed here;
+    // `Domain::upcall_word`: read while that domain is looked up, so live),
+    // so it is either `NO_UPCALL` (a static) or the direct-map
     // address of the 2-aligned `upcall_pending`/`upcall_mask` pair in that
     // domain's shared page, a frame the hypervisor holds in the frame table
     // for the domain's life (MEM-8): live memory, and any bit pattern is a
@@ -390,11 +398,11 @@ fn upcall_may_be_due(word: u64) -> bool {
 
 /// Whether `d` gets an event upcall on its way back to ring 3 (TRAP-0a):
 /// an event entry registered, below the nesting limit (at it, the event
-/// waits for a return: TRAP-6), upcalls not masked, one pending.
+/// waits for a return: TRAP-6), upcalls not masked, one pending. The
+/// entry, the mask and the pending byte in one test: `d.upcall_word` is
+/// [`NO_UPCALL`] (always 0) with no event entry, else the shared page's
+/// pending/mask pair (`upcall_word`, refreshed on every TRAP-1 change).
 #[inline(always)]
 fn wants_upcall(d: &Domain) -> bool {
-    d.callbacks.event != 0
-        && d.upcall_depth < MAX_UPCALL_DEPTH
-        && !d.shared.upcall_masked()
-        && d.shared.upcall_pending()
+    d.upcall_depth < MAX_UPCALL_DEPTH && upcall_due_at(d.upcall_word)
 }

@@ -7,7 +7,6 @@ use crate::domain;
 use crate::guestmem::Space;
 use crate::hv::Hv;
 use crate::hypercall::Outcome;
-use crate::mem;
 use hypercall_abi::layout::{UpcallFrame, UpcallKind, GUEST_VA_TOP, RFLAGS_GUEST_MASK, RFLAGS_IF};
 use hypercall_abi::{self as abi, Error};
 use tahoma_core::event::DomId;
@@ -76,7 +75,7 @@ fn restore(hv: &mut Hv, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(
             if let Some(w) = hv
                 .remembered
                 .current(&space, ptr)
-                .and_then(mem::PhysWords::<FRAME_WORDS>::new)
+                .and_then(|page| page.words::<FRAME_WORDS>(ptr & 0xfff))
             {
                 let (kind, rip, rsp, rflags) = (w.get(0), w.get(19), w.get(20), w.get(21));
                 if kind <= 1 && rip < GUEST_VA_TOP && rsp < GUEST_VA_TOP {

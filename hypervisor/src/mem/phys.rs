@@ -61,7 +61,7 @@ pub fn read_phys<T: zerocopy::FromBytes>(pa: u64) -> T {
 }
 
 /// `N` words of physical memory, 8-aligned and inside the direct map
-/// (checked once, by [`PhysWords::new`]), written one store per word with
+/// (checked once, by [`PhysWords::new`] or [`PhysPage::words`]), written one store per word with
 /// [`PhysWords::put`]: the caller loads each word from where it is and
 /// stores it, with no copy on the stack and no `memcpy` call (an upcall
 /// frame, TRAP-0).
@@ -82,8 +82,9 @@ impl<const N: usize> PhysWords<N> {
     #[inline(always)]
     pub fn put(&self, i: usize, w: u64) {
         assert!(i < N);
-        // SAFETY: word `i < N` (checked) of the range `new` checked (inside
-        // the direct map, aligned); no Rust reference covers guest frames.
+        // SAFETY: word `i < N` (checked) of the range `new` or
+        // `PhysPage::words` checked (inside the direct map, aligned); no
+        // Rust reference covers guest frames.
         unsafe { self.0.add(i).write_volatile(w) }
     }
 
@@ -93,10 +94,50 @@ impl<const N: usize> PhysWords<N> {
     #[inline(always)]
     pub fn get(&self, i: usize) -> u64 {
         assert!(i < N);
-        // SAFETY: word `i < N` (checked) of the range `new` checked (inside
-        // the direct map, aligned); a volatile read of a guest frame,
+        // SAFETY: word `i < N` (checked) of the range `new` or
+        // `PhysPage::words` checked (inside the direct map, aligned); a
+        // volatile read of a guest frame,
         // through no Rust reference.
         unsafe { self.0.add(i).read_volatile() }
+    }
+}
+
+/// A physical page known to be inside the direct map: 4 KiB-aligned and
+/// its whole 4 KiB below the direct map's limit, checked once when made
+/// ([`PhysPage::new`]). The direct map only grows (`DIRECT_MAP_LIMIT` is
+/// raised once, at boot), so the check holds for as long as the value
+/// lives, and [`PhysPage::words`] needs only the offset's test, which a
+/// caller that made it already folds away (a remembered translation's
+/// frame, `guestmem::Remembered`: the upcall frame's page, TRAP-0).
+#[derive(Clone, Copy)]
+pub struct PhysPage(u64);
+
+impl PhysPage {
+    /// Physical page 0: aligned and inside every direct map.
+    pub const ZERO: PhysPage = PhysPage(0);
+
+    /// The page at `pa`, if 4 KiB-aligned and wholly inside the direct map.
+    #[inline]
+    pub fn new(pa: u64) -> Option<PhysPage> {
+        let end = pa.checked_add(4096)?;
+        (pa & 0xfff == 0 && end <= DIRECT_MAP_LIMIT.load(Ordering::Relaxed)).then_some(PhysPage(pa))
+    }
+
+    /// Its physical address.
+    #[inline(always)]
+    pub fn addr(self) -> u64 {
+        self.0
+    }
+
+    /// The `N` words at byte `offset` of the page, if `offset` is 8-aligned
+    /// and they end within the page (no direct-map test: `new` made it for
+    /// the whole page). The caller translated the page for the access it
+    /// makes, as for [`PhysWords::new`].
+    #[inline(always)]
+    pub fn words<const N: usize>(self, offset: u64) -> Option<PhysWords<N>> {
+        const { assert!(N > 0 && N * 8 <= 4096) };
+        (offset.is_multiple_of(8) && offset <= 4096 - 8 * N as u64)
+            .then(|| PhysWords(phys_to_virt(self.0 + offset) as *mut u64))
     }
 }
 
