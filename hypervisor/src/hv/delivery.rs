@@ -45,7 +45,7 @@ impl Hv {
                 error,
                 cr2,
             };
-            if push_upcall_hot(d, &mut self.remembered, &self.memory.mm, frame, u) {
+            if push_upcall_hot::<true>(d, &mut self.remembered, &self.memory.mm, frame, u) {
                 return Ok(());
             }
         }
@@ -165,8 +165,11 @@ pub(super) struct Upcall {
 /// (`Remembered::current`), stored and entered; `false` (nothing changed)
 /// for anything else, which the caller hands to `push_upcall_full`
 /// (`leave_slow` calls this with the domain it looked up itself).
+/// `RECHECK`: whether a slot of an older table generation is re-checked
+/// here (`Remembered::current`) or left to `push_upcall_full`;
+/// `leave_slow` says no, so its hot path has no call and spills nothing.
 #[inline(always)]
-pub(super) fn push_upcall_hot(
+pub(super) fn push_upcall_hot<const RECHECK: bool>(
     d: &mut Domain,
     remembered: &mut crate::guestmem::Remembered,
     mm: &Mm,
@@ -184,10 +187,12 @@ pub(super) fn push_upcall_hot(
         dom: u.id,
         mm,
     };
-    let Some(w) = remembered
-        .current(&space, at)
-        .and_then(|page| page.words::<FRAME_WORDS>(at & 0xfff))
-    else {
+    let page = if RECHECK {
+        remembered.current(&space, at)
+    } else {
+        remembered.current_no_recheck(&space, at)
+    };
+    let Some(w) = page.and_then(|page| page.words::<FRAME_WORDS>(at & 0xfff)) else {
         return false;
     };
     store_frame(frame, u.kind, u.vector, u.error, u.cr2, |i, v| w.put(i, v));
