@@ -19,8 +19,9 @@ impl Hv {
     /// must be asked about, an error) goes to [`Hv::push_upcall_full`],
     /// which does it all again from the start, so the hot path keeps no
     /// value across a call (no spills: docs/benchmarks.md, "SDK upcalls,
-    /// round 7"). Inline into its two callers (`leave_slow`'s event
-    /// upcall, `guest_exception`'s trap): one prologue for both.
+    /// round 7"). Inline into its caller, `guest_exception`'s trap (the
+    /// event upcall calls [`push_upcall_hot`] from `leave_slow` and
+    /// `leave_cold` itself).
     #[inline(always)]
     pub(crate) fn push_upcall(
         &mut self,
@@ -164,7 +165,8 @@ pub(super) struct Upcall {
 /// the frame within one page whose slot is current
 /// (`Remembered::current`), stored and entered; `false` (nothing changed)
 /// for anything else, which the caller hands to `push_upcall_full`
-/// (`leave_slow` calls this with the domain it looked up itself).
+/// (`leave_slow` and `leave_cold` call this with the domain they looked
+/// up themselves).
 /// `RECHECK`: whether a slot of an older table generation is re-checked
 /// here (`Remembered::current`) or left to `push_upcall_full`;
 /// `leave_slow` says no, so its hot path has no call and spills nothing.
