@@ -284,6 +284,31 @@ impl Slot {
         }
     }
 
+    /// Whether the slot is filled with `va`'s page of `space.dom` on
+    /// `space.root` (its generation not yet judged).
+    #[inline(always)]
+    fn holds(&self, space: &Space<'_>, va: u64) -> bool {
+        self.generation != 0
+            && self.va_page == va & !0xfff
+            && self.dom == space.dom
+            && self.root == space.root
+    }
+
+    /// The slot's page, if the frame table still has it as `space.dom`'s
+    /// own and not `Special` (`may_map`'s inline common case).
+    #[inline(always)]
+    fn owned_page(&self, space: &Space<'_>) -> Option<mem::PhysPage> {
+        match space.mm.frame(self.page.addr() >> 12) {
+            Some(f)
+                if f.owner() == Owner::Domain(space.dom)
+                    && f.frame_type() != FrameType::Special =>
+            {
+                Some(self.page)
+            }
+            _ => None,
+        }
+    }
+
     const EMPTY: Slot = Slot {
         generation: 0,
         root: 0,
@@ -375,25 +400,28 @@ impl Remembered {
     #[inline(always)]
     pub fn current(&mut self, space: &Space<'_>, va: u64) -> Option<mem::PhysPage> {
         let s = &mut self.slots[Self::index(space, va)];
-        if s.generation == 0
-            || s.va_page != va & !0xfff
-            || s.dom != space.dom
-            || s.root != space.root
-        {
+        if !s.holds(space, va) {
             return None;
         }
         if s.generation != TABLE_GENERATION.load(Ordering::Relaxed) && !s.recheck() {
             return None;
         }
-        match space.mm.frame(s.page.addr() >> 12) {
-            Some(f)
-                if f.owner() == Owner::Domain(space.dom)
-                    && f.frame_type() != FrameType::Special =>
-            {
-                Some(s.page)
-            }
-            _ => None,
+        s.owned_page(space)
+    }
+
+    /// [`Remembered::current`] with no call at all: a slot of an older
+    /// table generation is a miss too (not re-checked here: the caller's
+    /// full path re-checks it), so a caller that keeps values across its
+    /// own cold calls needs no spill on its hot path (`leave_slow`'s event
+    /// upcall: docs/benchmarks.md, "SDK upcalls, round 9, the hypervisor's
+    /// share").
+    #[inline(always)]
+    pub fn current_no_recheck(&mut self, space: &Space<'_>, va: u64) -> Option<mem::PhysPage> {
+        let s = &self.slots[Self::index(space, va)];
+        if !s.holds(space, va) || s.generation != TABLE_GENERATION.load(Ordering::Relaxed) {
+            return None;
         }
+        s.owned_page(space)
     }
 
     /// Translates `va` for writing, from a slot if one is valid; a walk

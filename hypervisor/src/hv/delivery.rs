@@ -19,8 +19,9 @@ impl Hv {
     /// must be asked about, an error) goes to [`Hv::push_upcall_full`],
     /// which does it all again from the start, so the hot path keeps no
     /// value across a call (no spills: docs/benchmarks.md, "SDK upcalls,
-    /// round 7"). Inline into its two callers (`leave_slow`'s event
-    /// upcall, `guest_exception`'s trap): one prologue for both.
+    /// round 7"). Inline into its caller, `guest_exception`'s trap (the
+    /// event upcall calls [`push_upcall_hot`] from `leave_slow` and
+    /// `leave_cold` itself).
     #[inline(always)]
     pub(crate) fn push_upcall(
         &mut self,
@@ -45,7 +46,7 @@ impl Hv {
                 error,
                 cr2,
             };
-            if push_upcall_hot(d, &mut self.remembered, &self.memory.mm, frame, u) {
+            if push_upcall_hot::<true>(d, &mut self.remembered, &self.memory.mm, frame, u) {
                 return Ok(());
             }
         }
@@ -164,9 +165,13 @@ pub(super) struct Upcall {
 /// the frame within one page whose slot is current
 /// (`Remembered::current`), stored and entered; `false` (nothing changed)
 /// for anything else, which the caller hands to `push_upcall_full`
-/// (`leave_slow` calls this with the domain it looked up itself).
+/// (`leave_slow` and `leave_cold` call this with the domain they looked
+/// up themselves).
+/// `RECHECK`: whether a slot of an older table generation is re-checked
+/// here (`Remembered::current`) or left to `push_upcall_full`;
+/// `leave_slow` says no, so its hot path has no call and spills nothing.
 #[inline(always)]
-pub(super) fn push_upcall_hot(
+pub(super) fn push_upcall_hot<const RECHECK: bool>(
     d: &mut Domain,
     remembered: &mut crate::guestmem::Remembered,
     mm: &Mm,
@@ -184,10 +189,12 @@ pub(super) fn push_upcall_hot(
         dom: u.id,
         mm,
     };
-    let Some(w) = remembered
-        .current(&space, at)
-        .and_then(|page| page.words::<FRAME_WORDS>(at & 0xfff))
-    else {
+    let page = if RECHECK {
+        remembered.current(&space, at)
+    } else {
+        remembered.current_no_recheck(&space, at)
+    };
+    let Some(w) = page.and_then(|page| page.words::<FRAME_WORDS>(at & 0xfff)) else {
         return false;
     };
     store_frame(frame, u.kind, u.vector, u.error, u.cr2, |i, v| w.put(i, v));

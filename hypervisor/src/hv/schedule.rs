@@ -262,8 +262,64 @@ impl Hv {
         }
     }
 
+    /// The work [`Hv::leave`] found: the common event upcall (the frame
+    /// within one page whose slot is current: `push_upcall_hot`, with no
+    /// re-check) with no call at all, then the timer; anything else (a
+    /// slot to re-check or fill, a frame across two pages, an error that
+    /// destroys the domain and runs another) starts again from the top in
+    /// [`Hv::leave_cold`], a tail call. So no value lives across a call
+    /// here and the hot path spills nothing (docs/benchmarks.md, "SDK
+    /// upcalls, round 9, the hypervisor's share").
     #[inline(never)]
     fn leave_slow(&mut self) {
+        self.flush_if_requested();
+        if let Some(cur) = self.sched.current {
+            // Disjoint fields: the domain, the translations, the frame
+            // table.
+            let Hv {
+                domains,
+                remembered,
+                memory,
+                ..
+            } = &mut *self;
+            if let Some(d) = domains
+                .slots
+                .get_mut(usize::from(cur))
+                .and_then(|d| d.as_deref_mut())
+            {
+                if wants_upcall(d) {
+                    // SAFETY: the current domain's frame slot, live while
+                    // the domain is (its `Domain` is in the table: looked
+                    // up just above); the caller holds no reference into
+                    // it (see above), and this one ends before
+                    // `leave_cold`.
+                    let frame = unsafe { &mut *d.ctx.ptr() };
+                    let u = super::delivery::Upcall {
+                        id: cur,
+                        kind: UpcallKind::Event,
+                        vector: 0,
+                        error: 0,
+                        cr2: 0,
+                    };
+                    // `false`: nothing changed; `leave_cold` does it all.
+                    if !super::delivery::push_upcall_hot::<false>(
+                        d, remembered, &memory.mm, frame, u,
+                    ) {
+                        return self.leave_cold();
+                    }
+                }
+            }
+        }
+        self.rearm_if_dirty();
+    }
+
+    /// [`Hv::leave_slow`] in full, from the top: the upcall through
+    /// `push_upcall_hot` with the slot re-check, else `push_upcall_full`,
+    /// the domain destroyed (and another run) when it fails, then the
+    /// timer.
+    #[cold]
+    #[inline(never)]
+    fn leave_cold(&mut self) {
         self.flush_if_requested();
         loop {
             let Some(cur) = self.sched.current else {
@@ -300,7 +356,7 @@ impl Hv {
                 error: 0,
                 cr2: 0,
             };
-            if super::delivery::push_upcall_hot(d, remembered, &memory.mm, frame, u) {
+            if super::delivery::push_upcall_hot::<true>(d, remembered, &memory.mm, frame, u) {
                 break;
             }
             match self.push_upcall_full(cur, frame, UpcallKind::Event, 0, 0, 0) {
@@ -317,6 +373,12 @@ impl Hv {
                 }
             }
         }
+        self.rearm_if_dirty();
+    }
+
+    /// The timer half of [`Hv::leave_slow`].
+    #[inline(always)]
+    fn rearm_if_dirty(&mut self) {
         // Look again only when a deadline or the slice changed since the
         // last exit (the common hypercall changes neither), and re-arm only
         // when the timer must fire earlier than it is armed for. When it is
