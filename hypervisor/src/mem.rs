@@ -446,7 +446,7 @@ fn map_direct(pml4: u64, limit: u64) {
         let mut flags = pte::PRESENT | pte::WRITABLE | pte::HUGE | pte::GLOBAL | pte::NX;
         // The 32 MiB under 4 GiB hold the local APIC, I/O APIC and
         // virtio-mmio windows: uncached.
-        if ((0xFE00_0000)..(1 << 32)).contains(&pa) {
+        if (0xFE00_0000..(1 << 32)).contains(&pa) {
             flags |= pte::PCD | pte::PWT;
         }
         table_mut(pd)[idx(va, 2)] = pa | flags;

@@ -93,7 +93,7 @@ pub fn backtrace(first: u64, mut rbp: u64) {
     use core::fmt::Write;
     let _ = write!(line, "{first:#x}");
     for _ in 0..16 {
-        if rbp % 8 != 0 || !cpu::on_kernel_stack(rbp) || !cpu::on_kernel_stack(rbp + 8) {
+        if !rbp.is_multiple_of(8) || !cpu::on_kernel_stack(rbp) || !cpu::on_kernel_stack(rbp + 8) {
             break;
         }
         // SAFETY: rbp and rbp+8 lie inside one of the hypervisor's stacks

@@ -240,7 +240,7 @@ pub fn vector_name(vector: u64) -> &'static str {
         19 => "simd-fp",
         20 => "virtualization",
         21 => "control-protection",
-        0..=31 => "reserved",
+        9 | 15 | 22..=31 => "reserved",
         _ => "interrupt",
     }
 }

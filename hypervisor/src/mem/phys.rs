@@ -9,7 +9,7 @@ use core::sync::atomic::Ordering;
 /// Reads the u64 at physical address `pa` (8-aligned), or `None` when it
 /// is outside the direct map.
 pub fn read_phys_u64(pa: u64) -> Option<u64> {
-    if pa % 8 != 0 || pa.checked_add(8)? > DIRECT_MAP_LIMIT.load(Ordering::Relaxed) {
+    if !pa.is_multiple_of(8) || pa.checked_add(8)? > DIRECT_MAP_LIMIT.load(Ordering::Relaxed) {
         return None;
     }
     // SAFETY: aligned and inside the direct map (checked above).
