@@ -399,10 +399,47 @@ fn block(deadline_ns: u64) -> BlockResult {
 
 /// Sleeps until `cond()` holds, re-checking after every event. Inline:
 /// the caller's condition and the wait are then one loop, with no call.
-#[inline]
+///
+/// The condition is its own token: it is checked once more with upcalls
+/// masked before each `block` (an upcall that made it true before the mask
+/// is seen there; one that comes after leaves an event pending, and `block`
+/// returns at once, SCHED-2b), so the wake-up token of [`wait`] is neither
+/// checked nor taken (it stays set for a later [`wait`], whose contract it
+/// still describes: an upcall ran since that `wait` last returned).
+#[inline(always)]
 pub fn wait_for(mut cond: impl FnMut() -> bool) {
+    if cond() {
+        return;
+    }
+    let sh = Shared::get();
+    if mask_upcalls(&sh) {
+        return wait_for_masked(cond);
+    }
+    loop {
+        // Masked here; the caller had upcalls unmasked.
+        if cond() {
+            restore_upcalls(&sh, false);
+            return;
+        }
+        // `block` unmasks atomically with sleeping (SCHED-2a) and has run
+        // the upcall when it returns for an event (SCHED-2c); with no
+        // deadline it returns for nothing else but spuriously.
+        timed_block(NO_DEADLINE);
+        if cond() {
+            return;
+        }
+        // Not yet (another port's event, or spurious): mask and look again.
+        mask_upcalls(&sh);
+    }
+}
+
+/// [`wait_for`] for a caller that has upcalls masked (and keeps them so):
+/// as [`wait`] does for it (out of line, as [`wait_until_masked`] is).
+#[cold]
+#[inline(never)]
+fn wait_for_masked(mut cond: impl FnMut() -> bool) {
     while !cond() {
-        wait();
+        wait_until_masked(NO_DEADLINE);
     }
 }
 

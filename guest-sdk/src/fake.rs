@@ -338,6 +338,74 @@ mod tests {
     }
 
     #[test]
+    fn wait_for_checks_the_condition_masked_before_block_and_leaves_the_token() {
+        let _g = crate::event::tests_token_lock();
+        static DONE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+        static SPURIOUS: core::sync::atomic::AtomicBool =
+            core::sync::atomic::AtomicBool::new(false);
+        DONE.store(0, Ordering::SeqCst);
+        let fake = Fake::install(|call, a, sh| {
+            assert_eq!(call, Some(Hypercall::Block));
+            assert_eq!(a[0], NO_DEADLINE);
+            // The condition was checked with upcalls masked: `block`
+            // unmasks atomically with sleeping.
+            assert_eq!(sh.upcall_mask().load(Ordering::Acquire), 1);
+            sh.upcall_mask().store(0, Ordering::Release);
+            if !SPURIOUS.swap(false, Ordering::SeqCst) {
+                // An event: the upcall runs on the way back and its handler
+                // makes the condition true.
+                DONE.fetch_add(1, Ordering::SeqCst);
+                crate::event::dispatch();
+            }
+            ok(0)
+        });
+        let sh = fake.shared();
+        // Not yet true: one block, the upcall makes it true, upcalls left
+        // unmasked, the wake-up token left for a later `wait`.
+        event::wait_for(|| DONE.load(Ordering::SeqCst) >= 1);
+        assert_eq!(fake.calls().len(), 1);
+        assert_eq!(sh.upcall_mask().load(Ordering::Acquire), 0);
+        // The token is still set: a `wait` returns at once (no block).
+        event::wait();
+        assert_eq!(
+            fake.calls().len(),
+            1,
+            "the wake-up token was left for `wait`"
+        );
+        // Already true: no block, nothing masked.
+        event::wait_for(|| DONE.load(Ordering::SeqCst) >= 1);
+        assert_eq!(fake.calls().len(), 1);
+        assert_eq!(sh.upcall_mask().load(Ordering::Acquire), 0);
+        // Made true by an upcall between the first look and the mask (here:
+        // by the condition's own first call): seen by the masked look, no
+        // block, upcalls unmasked again.
+        let mut looks = 0;
+        event::wait_for(|| {
+            looks += 1;
+            if looks == 1 {
+                DONE.fetch_add(1, Ordering::SeqCst);
+                return false;
+            }
+            DONE.load(Ordering::SeqCst) >= 2
+        });
+        assert_eq!((looks, fake.calls().len()), (2, 1));
+        assert_eq!(sh.upcall_mask().load(Ordering::Acquire), 0);
+        // A spurious wake-up: masked again, looked at, a second block.
+        SPURIOUS.store(true, Ordering::SeqCst);
+        event::wait_for(|| DONE.load(Ordering::SeqCst) >= 3);
+        assert_eq!(fake.calls().len(), 3);
+        assert_eq!(sh.upcall_mask().load(Ordering::Acquire), 0);
+        // A caller with upcalls masked keeps them masked.
+        event::without_upcalls(|| {
+            event::wait_for(|| DONE.load(Ordering::SeqCst) >= 4);
+            assert_eq!(sh.upcall_mask().load(Ordering::Acquire), 1);
+        });
+        // (`wait_until_masked` took the token the last upcall set, as it
+        // does for `wait`: the other tests start without one.)
+        assert_eq!(fake.calls().len(), 4);
+    }
+
+    #[test]
     fn wait_with_upcalls_masked_leaves_them_masked_and_loops_past_a_spurious_wake() {
         let _g = crate::event::tests_token_lock();
         static SPURIOUS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
