@@ -161,6 +161,20 @@ pub(super) struct Upcall {
     pub(super) cr2: u64,
 }
 
+impl Upcall {
+    /// An event upcall for domain `id` (no vector, error or `cr2`).
+    #[inline(always)]
+    pub(super) const fn event(id: DomId) -> Upcall {
+        Upcall {
+            id,
+            kind: UpcallKind::Event,
+            vector: 0,
+            error: 0,
+            cr2: 0,
+        }
+    }
+}
+
 /// [`Hv::push_upcall`]'s common case for domain `u.id`, looked up as `d`:
 /// the frame within one page whose slot is current
 /// (`Remembered::current`), stored and entered; `false` (nothing changed)

@@ -294,13 +294,7 @@ impl Hv {
                     // it (see above), and this one ends before
                     // `leave_cold`.
                     let frame = unsafe { &mut *d.ctx.ptr() };
-                    let u = super::delivery::Upcall {
-                        id: cur,
-                        kind: UpcallKind::Event,
-                        vector: 0,
-                        error: 0,
-                        cr2: 0,
-                    };
+                    let u = super::delivery::Upcall::event(cur);
                     // `false`: nothing changed; `leave_cold` does it all.
                     if !super::delivery::push_upcall_hot::<false>(
                         d, remembered, &memory.mm, frame, u,
@@ -349,13 +343,7 @@ impl Hv {
             // ends before `destroy` or `run_next` below.
             let frame = unsafe { &mut *d.ctx.ptr() };
             // An event upcall masks upcalls (`push_upcall`).
-            let u = super::delivery::Upcall {
-                id: cur,
-                kind: UpcallKind::Event,
-                vector: 0,
-                error: 0,
-                cr2: 0,
-            };
+            let u = super::delivery::Upcall::event(cur);
             if super::delivery::push_upcall_hot::<true>(d, remembered, &memory.mm, frame, u) {
                 break;
             }
