@@ -703,17 +703,7 @@ impl Mm {
         new: u64,
         budget: &mut Budget,
     ) -> Result<(), MmError> {
-        let f = self.info(table)?;
-        if f.owner != Owner::Domain(dom) {
-            return Err(MmError::NotOwner(table));
-        }
-        let level = f.table_level().ok_or(MmError::NotATable(table))?;
-        if f.is_partial() {
-            return Err(MmError::Busy(table));
-        }
-        if index >= level.guest_slots() {
-            return Err(MmError::HypervisorSlot);
-        }
+        self.writable_slot(dom, table, index)?;
         // No "only the flags changed" shortcut (XSA-182, XSA-148): the new
         // value is validated in full, and references are taken before the
         // old ones are dropped, so an unchanged target never drops to zero.
