@@ -263,9 +263,20 @@ pub fn without_upcalls<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Masks upcalls; returns whether they were already masked.
+///
+/// A load, then a store if it was clear, not a swap: the domain has one
+/// vCPU, and the only thing that can run between the two is an event
+/// upcall, which finds the mask clear and returns with it clear again
+/// (TRAP-2), so the store masks exactly as the swap would (as Xen PV
+/// guests save and set their `evtchn_upcall_mask`).
 #[inline]
 pub(crate) fn mask_upcalls(sh: &Shared) -> bool {
-    sh.upcall_mask().swap(1, Ordering::AcqRel) != 0
+    let mask = sh.upcall_mask();
+    if mask.load(Ordering::Acquire) != 0 {
+        return true;
+    }
+    mask.store(1, Ordering::Release);
+    false
 }
 
 /// Restores the state saved by [`mask_upcalls`].
@@ -417,7 +428,7 @@ static TRACK_BLOCKED: AtomicBool = AtomicBool::new(false);
 #[inline(always)]
 fn block(deadline_ns: u64) -> BlockResult {
     if deadline_ns == NO_DEADLINE {
-        let _ = sched::block(NO_DEADLINE);
+        sched::block_forever();
         BlockResult::Event
     } else {
         sched::block(deadline_ns)

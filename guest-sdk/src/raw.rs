@@ -259,6 +259,27 @@ pub fn invoke<A: Call>(args: &A) -> Result<u64, Error> {
     unsafe { invoke_unchecked(args) }
 }
 
+/// [`invoke`] for a call whose result the caller does not look at (one
+/// that never fails, as `yield` and `block`: SCHED-1, SCHED-2d): `rax` is
+/// dropped undecoded, so the call costs its arguments and the `syscall`
+/// only (decoding it is a test and a branch to the error decoder, which
+/// the compiler keeps even for a discarded result).
+///
+/// # Panics
+///
+/// For the control-transfer calls, as [`call`].
+#[inline(always)]
+pub fn invoke_ignored<A: Call>(args: &A) {
+    assert!(
+        !transfers_control(A::CALL),
+        "{} transfers control: use raw::call_unchecked",
+        A::CALL.spec_name()
+    );
+    // SAFETY: not a control-transfer call (checked above), so any
+    // arguments are sound (CALL-4); only the `A::USED` registers are set.
+    let _ = unsafe { Active::default().syscall_used(A::CALL.number(), args.encode(), A::USED) };
+}
+
 /// [`invoke`] for any call, the control transfers too: the call `A` names
 /// with `args`, only its `A::USED` argument registers set (`CALL-1b`).
 ///
