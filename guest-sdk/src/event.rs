@@ -263,9 +263,20 @@ pub fn without_upcalls<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Masks upcalls; returns whether they were already masked.
+///
+/// A load, then a store if it was clear, not a swap: the domain has one
+/// vCPU, and the only thing that can run between the two is an event
+/// upcall, which finds the mask clear and returns with it clear again
+/// (TRAP-2), so the store masks exactly as the swap would (as Xen PV
+/// guests save and set their `evtchn_upcall_mask`).
 #[inline]
 pub(crate) fn mask_upcalls(sh: &Shared) -> bool {
-    sh.upcall_mask().swap(1, Ordering::AcqRel) != 0
+    let mask = sh.upcall_mask();
+    if mask.load(Ordering::Acquire) != 0 {
+        return true;
+    }
+    mask.store(1, Ordering::Release);
+    false
 }
 
 /// Restores the state saved by [`mask_upcalls`].
@@ -347,9 +358,15 @@ fn wait_until_masked(deadline_ns: u64) -> BlockResult {
 }
 
 /// [`block`], its time (and that of the upcalls that ran before it
-/// returned) added to [`blocked_ticks`].
+/// returned) added to [`blocked_ticks`] while [`track_blocked`] is on.
+/// Off (the default), the wait pays one test for it instead of two TSC
+/// reads and the sum (12 instructions per `block`, a tenth of an event
+/// round trip's guest share: docs/benchmarks.md, "SDK upcalls, round 10").
 #[inline(always)]
 fn timed_block(deadline_ns: u64) -> BlockResult {
+    if !TRACK_BLOCKED.load(Ordering::Relaxed) {
+        return block(deadline_ns);
+    }
     let t0 = ticks();
     let r = block(deadline_ns);
     BLOCKED_TICKS.fetch_add(ticks().saturating_sub(t0), Ordering::Relaxed);
@@ -359,7 +376,8 @@ fn timed_block(deadline_ns: u64) -> BlockResult {
 /// The TSC for [`blocked_ticks`], read without the `lfence` of
 /// [`crate::time::rdtsc`]: a count of blocked time needs no ordering
 /// against the loads around it (host builds, the unit tests, have no
-/// guest TSC: there the count stays 0).
+/// guest TSC: in the SDK's own tests each read on a thread is one more
+/// than the last, so a counted `block` adds exactly 1; elsewhere it is 0).
 #[allow(unsafe_code)]
 #[inline(always)]
 fn ticks() -> u64 {
@@ -367,21 +385,41 @@ fn ticks() -> u64 {
     // SAFETY: `_rdtsc` needs `rdtsc` to be allowed to run: it is in ring 3
     // (TIME-0: the hypervisor leaves CR4.TSD clear); it touches no memory.
     return unsafe { core::arch::x86_64::_rdtsc() };
-    #[cfg(not(target_os = "none"))]
+    #[cfg(test)]
+    return HOST_TICKS.with(|t| {
+        t.set(t.get() + 1);
+        t.get()
+    });
+    #[cfg(all(not(target_os = "none"), not(test)))]
     return 0;
 }
 
-/// Ticks this domain has spent blocked in [`wait`] and [`wait_until`] so
-/// far (from just before each `block` to just after it returned, so the
-/// upcalls that ran there are included). A domain's own CPU work over an
-/// interval is its length minus the growth of this: under `-icount` the
-/// emulator's idle time warps fall inside the waits and drop out
+#[cfg(test)]
+std::thread_local! {
+    static HOST_TICKS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// Ticks this domain has spent blocked in [`wait`], [`wait_until`] and
+/// [`wait_for`] while [`track_blocked`] was on (from just before each
+/// `block` to just after it returned, so the upcalls that ran there are
+/// included; 0 if it never was). A domain's own CPU work over an interval
+/// is its length minus the growth of this: under `-icount` the emulator's
+/// idle time warps fall inside the waits and drop out
 /// (`docs/benchmarks.md`, "Virtual disks").
 pub fn blocked_ticks() -> u64 {
     BLOCKED_TICKS.load(Ordering::Relaxed)
 }
 
+/// Switches the count of [`blocked_ticks`] on or off (off at start). Like
+/// Linux's delay accounting (`delayacct`, off by default since 5.14 for
+/// its cost on every sleep), it is for the guests that read the figure:
+/// each counted `block` costs two TSC reads and an atomic add.
+pub fn track_blocked(on: bool) {
+    TRACK_BLOCKED.store(on, Ordering::Relaxed);
+}
+
 static BLOCKED_TICKS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static TRACK_BLOCKED: AtomicBool = AtomicBool::new(false);
 
 /// [`sched::block`], its result looked at only with a deadline: with
 /// [`NO_DEADLINE`] it returns for an event (or spuriously, which the
@@ -390,7 +428,7 @@ static BLOCKED_TICKS: core::sync::atomic::AtomicU64 = core::sync::atomic::Atomic
 #[inline(always)]
 fn block(deadline_ns: u64) -> BlockResult {
     if deadline_ns == NO_DEADLINE {
-        let _ = sched::block(NO_DEADLINE);
+        sched::block_forever();
         BlockResult::Event
     } else {
         sched::block(deadline_ns)
@@ -485,12 +523,17 @@ const SEL_WORDS: u64 = if PORT_WORDS >= 64 {
 /// The scan: clear `upcall_pending`, swap `pending_sel` with 0, and for
 /// each word it names (ascending), each pending and unmasked bit
 /// (ascending): clear the bit atomically, then call `handle`. Repeats
-/// while the hypervisor names more words. Masked ports stay pending.
+/// while the hypervisor has raised more meanwhile, which it says by
+/// setting `upcall_pending` again (EVT-0: every raise that sets a
+/// selector bit sets it too, after the bit). Masked ports stay pending.
 /// Returns the number of events handled.
 ///
 /// Inline (into [`dispatch`]): the loops are the selector's and the
 /// word's set bits, lowest first (`trailing_zeros`, then clear it), the
-/// selector's bits beyond the bitmap dropped once per pass.
+/// selector's bits beyond the bitmap dropped once per pass. The test for
+/// another pass is one load of `upcall_pending`, not a second swap of the
+/// selector: a raise after the flag was cleared sets it again, and one
+/// before left its selector bit for the swap that followed.
 #[inline(always)]
 pub(crate) fn scan(sh: &Shared, mut handle: impl FnMut(Port)) -> usize {
     let mut handled = 0;
@@ -521,6 +564,9 @@ pub(crate) fn scan(sh: &Shared, mut handle: impl FnMut(Port)) -> usize {
                     handle(Port((word * 64) as u32 | bit));
                 }
             }
+        }
+        if sh.upcall_pending().load(Ordering::Acquire) == 0 {
+            return handled;
         }
     }
 }

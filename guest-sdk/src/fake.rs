@@ -338,6 +338,35 @@ mod tests {
     }
 
     #[test]
+    fn blocked_time_is_counted_only_while_tracking_is_on() {
+        let _g = crate::event::tests_token_lock();
+        let fake = Fake::install(|call, _, sh| {
+            assert_eq!(call, Some(Hypercall::Block));
+            sh.upcall_mask().store(0, Ordering::Release);
+            // An event: its upcall sets the token `wait` takes.
+            crate::event::dispatch();
+            ok(0)
+        });
+        // Take a token an earlier test may have left, so that each `wait`
+        // below blocks once.
+        event::wait();
+        // Off (the default): a wait blocks, nothing is counted.
+        let (b0, n0) = (event::blocked_ticks(), fake.calls().len());
+        event::wait();
+        assert_eq!(fake.calls().len(), n0 + 1, "the wait blocked");
+        assert_eq!(event::blocked_ticks(), b0, "counted while off");
+        // On: each `block` adds its time (1 on the host's tick counter).
+        event::track_blocked(true);
+        event::wait();
+        event::wait();
+        let on = event::blocked_ticks();
+        event::track_blocked(false);
+        assert_eq!(on, b0 + 2, "one tick per counted block");
+        event::wait();
+        assert_eq!(event::blocked_ticks(), on, "counted after switching off");
+    }
+
+    #[test]
     fn wait_for_checks_the_condition_masked_before_block_and_leaves_the_token() {
         let _g = crate::event::tests_token_lock();
         static DONE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);

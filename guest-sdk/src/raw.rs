@@ -36,6 +36,22 @@ pub trait Hypervisor {
     /// `upcall_return`, or a number a later ABI defines) the caller must
     /// make sure the code and context its arguments name are valid to run.
     unsafe fn syscall(&self, nr: u64, args: Words) -> u64;
+
+    /// [`Hypervisor::syscall`] for a call that uses only its first `used`
+    /// argument words (`Args::USED`): the real stub sets only those
+    /// registers (`CALL-1b`: the others are ignored, so zeroing them would
+    /// be work for nothing); a fake records all six as given.
+    ///
+    /// # Safety
+    ///
+    /// As [`Hypervisor::syscall`].
+    #[inline(always)]
+    unsafe fn syscall_used(&self, nr: u64, args: Words, used: usize) -> u64 {
+        let _ = used;
+        // SAFETY: the caller upholds this method's contract, which is
+        // `syscall`'s own.
+        unsafe { self.syscall(nr, args) }
+    }
 }
 
 /// The real hypercall: the `syscall` instruction. Zero-sized; its method is
@@ -49,6 +65,12 @@ impl Hypervisor for Syscall {
         // SAFETY: the caller upholds `Hypervisor::syscall`'s contract, which
         // is `syscall`'s own.
         unsafe { syscall(nr, args) }
+    }
+
+    #[inline(always)]
+    unsafe fn syscall_used(&self, nr: u64, args: Words, used: usize) -> u64 {
+        // SAFETY: as `syscall` above.
+        unsafe { syscall_used(nr, args, used) }
     }
 }
 
@@ -99,6 +121,61 @@ pub unsafe fn syscall(nr: u64, args: [u64; 6]) -> u64 {
     rax
 }
 
+/// [`syscall`] setting only the first `used` argument registers (`rdi`,
+/// then `rsi`, `rdx`, `r10`, `r8`, `r9`); the others keep whatever they
+/// held, which the hypervisor ignores (`CALL-1b`). `used` is a constant
+/// at every call site (`Args::USED`), so one `asm!` block remains.
+///
+/// # Safety
+///
+/// As [`syscall`].
+#[cfg(target_os = "none")]
+#[inline(always)]
+pub unsafe fn syscall_used(nr: u64, args: [u64; 6], used: usize) -> u64 {
+    /// One `syscall` with the named argument registers as inputs, under
+    /// [`syscall`]'s register convention (the rest preserved).
+    macro_rules! with {
+        ($($reg:tt = $i:tt),*) => {{
+            let rax: u64;
+            // SAFETY: as in `syscall`: CALL-1's convention declared
+            // exactly; the registers not named are preserved by the
+            // hypervisor and ignored by it as arguments (CALL-1b).
+            unsafe {
+                core::arch::asm!(
+                    "syscall",
+                    inlateout("rax") nr => rax,
+                    $(in($reg) args[$i],)*
+                    lateout("rcx") _,
+                    lateout("r11") _,
+                    options(nostack),
+                );
+            }
+            rax
+        }};
+    }
+    match used {
+        0 => with!(),
+        1 => with!("rdi" = 0),
+        2 => with!("rdi" = 0, "rsi" = 1),
+        3 => with!("rdi" = 0, "rsi" = 1, "rdx" = 2),
+        4 => with!("rdi" = 0, "rsi" = 1, "rdx" = 2, "r10" = 3),
+        5 => with!("rdi" = 0, "rsi" = 1, "rdx" = 2, "r10" = 3, "r8" = 4),
+        // SAFETY: the caller's contract, passed on.
+        _ => unsafe { syscall(nr, args) },
+    }
+}
+
+/// Host build (unit tests): there is no hypervisor to call.
+///
+/// # Safety
+///
+/// Always sound; it panics.
+#[cfg(not(target_os = "none"))]
+pub unsafe fn syscall_used(nr: u64, args: [u64; 6], _used: usize) -> u64 {
+    // SAFETY: always sound on the host (it panics).
+    unsafe { syscall(nr, args) }
+}
+
 /// Host build (unit tests): there is no hypervisor to call.
 ///
 /// # Safety
@@ -120,6 +197,22 @@ pub unsafe fn call_unchecked(nr: Hypercall, args: [u64; 6]) -> Result<u64, Error
     // SAFETY: the control-transfer obligation of `Hypervisor::syscall` is
     // this function's own `# Safety` contract, so the caller holds it.
     regs::decode(unsafe { Active::default().syscall(nr.number(), args) })
+}
+
+/// [`call_unchecked`] for a call that uses only its first `used` words:
+/// the other argument registers are not set (`CALL-1b`).
+///
+/// # Safety
+///
+/// As [`call_unchecked`].
+#[inline(always)]
+pub unsafe fn call_used_unchecked(
+    nr: Hypercall,
+    args: [u64; 6],
+    used: usize,
+) -> Result<u64, Error> {
+    // SAFETY: as `call_unchecked`: the caller holds the contract.
+    regs::decode(unsafe { Active::default().syscall_used(nr.number(), args, used) })
 }
 
 /// Whether `nr` transfers control to guest code named by its arguments.
@@ -155,7 +248,49 @@ pub fn call(nr: Hypercall, args: [u64; 6]) -> Result<u64, Error> {
 /// For the control-transfer calls, as [`call`].
 #[inline]
 pub fn invoke<A: Call>(args: &A) -> Result<u64, Error> {
-    call(A::CALL, args.encode())
+    assert!(
+        !transfers_control(A::CALL),
+        "{} transfers control: use raw::call_unchecked",
+        A::CALL.spec_name()
+    );
+    // SAFETY: not a control-transfer call (checked above; a constant test
+    // for each `A`), so as in `call`. Only the `A::USED` registers are set:
+    // the hypervisor ignores the others (CALL-1b).
+    unsafe { invoke_unchecked(args) }
+}
+
+/// [`invoke`] for a call whose result the caller does not look at (one
+/// that never fails, as `yield` and `block`: SCHED-1, SCHED-2d): `rax` is
+/// dropped undecoded, so the call costs its arguments and the `syscall`
+/// only (decoding it is a test and a branch to the error decoder, which
+/// the compiler keeps even for a discarded result).
+///
+/// # Panics
+///
+/// For the control-transfer calls, as [`call`].
+#[inline(always)]
+pub fn invoke_ignored<A: Call>(args: &A) {
+    assert!(
+        !transfers_control(A::CALL),
+        "{} transfers control: use raw::call_unchecked",
+        A::CALL.spec_name()
+    );
+    // SAFETY: not a control-transfer call (checked above), so any
+    // arguments are sound (CALL-4); only the `A::USED` registers are set.
+    let _ = unsafe { Active::default().syscall_used(A::CALL.number(), args.encode(), A::USED) };
+}
+
+/// [`invoke`] for any call, the control transfers too: the call `A` names
+/// with `args`, only its `A::USED` argument registers set (`CALL-1b`).
+///
+/// # Safety
+///
+/// As [`call_unchecked`]: for `SetCallbacks` and `UpcallReturn` the caller
+/// must make sure the entries, stack or frame are valid to run.
+#[inline(always)]
+pub unsafe fn invoke_unchecked<A: Call>(args: &A) -> Result<u64, Error> {
+    // SAFETY: the caller holds `call_unchecked`'s contract.
+    unsafe { call_used_unchecked(A::CALL, args.encode(), A::USED) }
 }
 
 /// [`call`] with no arguments.

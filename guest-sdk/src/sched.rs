@@ -7,11 +7,23 @@ use hypercall_abi::sched;
 use crate::raw;
 
 /// Gives up the rest of the time slice (`SCHED-1`). Inline: the call is
-/// its number, the arguments zeroed (`CALL-1b`) and the `syscall`.
+/// its number and the `syscall` (no argument registers set, `CALL-1b`;
+/// the result, always 0, not decoded).
 #[inline]
 pub fn yield_now() {
     // SCHED-1: never fails.
-    let _ = raw::invoke(&sched::Yield {});
+    raw::invoke_ignored(&sched::Yield {});
+}
+
+/// [`block`] with no deadline, its result not looked at: it can only be
+/// an event (or a spurious return, which a caller that re-checks its
+/// condition absorbs), never `Deadline`, and `block` never fails
+/// (`SCHED-2d`). The `syscall` and its one argument, nothing else.
+#[inline]
+pub fn block_forever() {
+    raw::invoke_ignored(&sched::Block {
+        deadline_ns: NO_DEADLINE,
+    });
 }
 
 /// Sleeps until an unmasked event is pending or `deadline_ns` (monotonic,

@@ -7,7 +7,7 @@
 #![allow(unsafe_code)]
 
 use hypercall_abi::layout::UpcallFrame;
-use hypercall_abi::{Error, Hypercall};
+use hypercall_abi::{trap, Error};
 
 use crate::raw;
 
@@ -31,14 +31,15 @@ pub unsafe fn set_callbacks(
     trap_entry: u64,
     stack_top: u64,
 ) -> Result<(), Error> {
-    // SAFETY: `call_unchecked` needs the entries and stack of a
+    // SAFETY: `invoke_unchecked` needs the entries and stack of a
     // `set_callbacks` to be valid to run: this function's `# Safety` puts
     // exactly that on its caller.
     unsafe {
-        raw::call_unchecked(
-            Hypercall::SetCallbacks,
-            [event_entry, trap_entry, stack_top, 0, 0, 0],
-        )
+        raw::invoke_unchecked(&trap::SetCallbacks {
+            event: event_entry,
+            trap: trap_entry,
+            stack: stack_top,
+        })
     }
     .map(drop)
 }
@@ -53,10 +54,14 @@ pub unsafe fn set_callbacks(
 /// Everything on the callback stack at or below the frame is dead afterwards.
 #[inline]
 pub unsafe fn upcall_return(frame: *const UpcallFrame) -> Error {
-    // SAFETY: `call_unchecked` needs the frame of an `upcall_return` to be
+    // SAFETY: `invoke_unchecked` needs the frame of an `upcall_return` to be
     // valid to resume: this function's `# Safety` puts exactly that on its
     // caller.
-    match unsafe { raw::call_unchecked(Hypercall::UpcallReturn, [frame as u64, 0, 0, 0, 0, 0]) } {
+    match unsafe {
+        raw::invoke_unchecked(&trap::UpcallReturn {
+            frame: frame as u64,
+        })
+    } {
         Err(e) => e,
         // TRAP-2: success does not return; a return with a success value
         // is a hypervisor bug, reported as such.

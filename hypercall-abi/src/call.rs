@@ -15,6 +15,11 @@ pub type Words = [u64; 6];
 /// documented error; everything that needs the caller's state is checked by
 /// the handler.
 pub trait Args: Sized {
+    /// How many argument words the call uses (`rdi` first, in `CALL-1`
+    /// order): `encode` leaves every word from here on 0 and `decode` reads
+    /// none of them, so a guest need not set those registers at all
+    /// (`CALL-1b`; the SDK sets only these).
+    const USED: usize;
     /// The argument registers for these values.
     fn encode(&self) -> Words;
     /// The values from the argument registers, or the documented error for
@@ -40,6 +45,8 @@ macro_rules! plain {
         }
 
         impl $crate::call::Args for $name {
+            const USED: usize = 0 $( + { let _ = stringify!($field); 1 } )*;
+
             #[allow(unused_mut, unused_variables, unused_assignments)]
             fn encode(&self) -> $crate::call::Words {
                 let mut w = [0u64; 6];

@@ -63,6 +63,8 @@ pub struct BindVirq {
 }
 
 impl Args for BindVirq {
+    const USED: usize = 1;
+
     fn encode(&self) -> Words {
         [self.virq as u64, 0, 0, 0, 0, 0]
     }
@@ -85,6 +87,8 @@ macro_rules! port_call {
         }
 
         impl Args for $name {
+            const USED: usize = 1;
+
             fn encode(&self) -> Words {
                 [u64::from(self.port), 0, 0, 0, 0, 0]
             }
@@ -122,6 +126,8 @@ pub struct Unmask {
 }
 
 impl Args for Unmask {
+    const USED: usize = 1;
+
     fn encode(&self) -> Words {
         [u64::from(self.port), 0, 0, 0, 0, 0]
     }

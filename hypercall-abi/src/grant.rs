@@ -41,6 +41,8 @@ pub struct Access {
 }
 
 impl Args for Access {
+    const USED: usize = 4;
+
     fn encode(&self) -> Words {
         [self.mfn, self.grantee, self.flags, self.gref, 0, 0]
     }
@@ -71,6 +73,8 @@ pub struct Revoke {
 }
 
 impl Args for Revoke {
+    const USED: usize = 1;
+
     fn encode(&self) -> Words {
         [self.gref, 0, 0, 0, 0, 0]
     }
@@ -101,6 +105,8 @@ pub struct Map {
 }
 
 impl Args for Map {
+    const USED: usize = 4;
+
     fn encode(&self) -> Words {
         [self.granter, self.gref, self.va, self.flags, 0, 0]
     }
@@ -128,6 +134,8 @@ pub struct Unmap {
 }
 
 impl Args for Unmap {
+    const USED: usize = 1;
+
     fn encode(&self) -> Words {
         [self.handle, 0, 0, 0, 0, 0]
     }
@@ -148,6 +156,8 @@ pub struct Copy {
 }
 
 impl Args for Copy {
+    const USED: usize = 2;
+
     fn encode(&self) -> Words {
         [self.ops, self.count, 0, 0, 0, 0]
     }

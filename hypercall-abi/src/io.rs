@@ -17,6 +17,8 @@ pub struct IrqAck {
 }
 
 impl Args for IrqAck {
+    const USED: usize = 1;
+
     fn encode(&self) -> Words {
         [u64::from(self.device), 0, 0, 0, 0, 0]
     }

@@ -19,6 +19,8 @@ macro_rules! batch_call {
         }
 
         impl Args for $name {
+            const USED: usize = 2;
+
             fn encode(&self) -> Words {
                 [self.list, self.count, 0, 0, 0, 0]
             }

@@ -111,6 +111,8 @@ pub struct Update {
 }
 
 impl Args for Update {
+    const USED: usize = 3;
+
     fn encode(&self) -> Words {
         [self.reqs, self.count, self.done, 0, 0, 0]
     }
@@ -163,6 +165,8 @@ pub struct Invlpg {
 }
 
 impl Args for Invlpg {
+    const USED: usize = 1;
+
     fn encode(&self) -> Words {
         [self.va, 0, 0, 0, 0, 0]
     }
@@ -193,6 +197,8 @@ pub struct UpdateVaMapping {
 }
 
 impl Args for UpdateVaMapping {
+    const USED: usize = 3;
+
     fn encode(&self) -> Words {
         let flags = if self.invlpg { UVM_INVLPG } else { 0 };
         [self.va, self.val, flags, 0, 0, 0]

@@ -73,6 +73,8 @@ pub struct Shutdown {
 }
 
 impl Args for Shutdown {
+    const USED: usize = 2;
+
     fn encode(&self) -> Words {
         [self.reason as u64, self.code, 0, 0, 0, 0]
     }

@@ -17,6 +17,8 @@ pub struct SetCallbacks {
 }
 
 impl Args for SetCallbacks {
+    const USED: usize = 3;
+
     fn encode(&self) -> Words {
         [self.event, self.trap, self.stack, 0, 0, 0]
     }

@@ -21,7 +21,36 @@ fn check<T: Call + PartialEq + core::fmt::Debug>(v: T, words: Words) -> Hypercal
         T::CALL
     );
     assert_eq!(T::decode(words), Ok(v), "{:?} decodes back", T::CALL);
+    unused_words_are_ignored::<T>(words);
     T::CALL
+}
+
+/// `CALL-1b` as `Args::USED` states it: the words from `USED` on are 0 in
+/// the encoding and `decode` reads none of them, so garbage there (what
+/// the SDK leaves in the registers it does not set) changes nothing.
+fn unused_words_are_ignored<T: Call + PartialEq + core::fmt::Debug>(words: Words) {
+    assert!(T::USED <= 6, "{:?}: USED {} > 6", T::CALL, T::USED);
+    for (i, w) in words.iter().enumerate().skip(T::USED) {
+        assert_eq!(
+            *w,
+            0,
+            "{:?}: word {i} is at or past USED but encoded",
+            T::CALL
+        );
+    }
+    for garbage in [u64::MAX, 0xdead_beef_dead_beef, 1] {
+        let mut g = words;
+        for w in g.iter_mut().skip(T::USED) {
+            *w = garbage;
+        }
+        assert_eq!(
+            T::decode(g),
+            T::decode(words),
+            "{:?}: decode read a word at or past USED ({})",
+            T::CALL,
+            T::USED
+        );
+    }
 }
 
 #[test]

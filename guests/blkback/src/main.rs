@@ -32,6 +32,8 @@ use guest_sdk::{println, StartInfo};
 guest_sdk::entry!(main);
 
 fn main(si: &StartInfo) -> i32 {
+    // Its CPU figures are its time minus its blocked time: count the latter.
+    guest_sdk::event::track_blocked(true);
     let Some(region) = si.dma() else {
         println!("blkback: no DMA region in the start info: declare this domain the disk's driver");
         return 1;

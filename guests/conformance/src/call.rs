@@ -115,6 +115,36 @@ pub fn call_1b() {
             call(Hypercall::TimerSet, [0, g, g, g, g, g]),
             Ok(0),
         );
+        // The calls whose SDK wrappers set only `rdi` on the hot paths:
+        // `block` with a past deadline returns `Deadline` at once (SCHED-2b)
+        // and `upcall_return` refuses a frame outside an upcall as it does
+        // with zeros beside it.
+        ck.eq(
+            "block(past) + garbage",
+            call(Hypercall::Block, [1, g, g, g, g, g]),
+            Ok(1),
+        );
+        let upcall_return = |junk: u64| {
+            // SAFETY: called while no upcall is active, with an unaligned
+            // frame address: refused before anything is restored (TRAP-2a,
+            // TRAP-2c), so nothing resumes.
+            unsafe {
+                guest_sdk::raw::call_unchecked(
+                    Hypercall::UpcallReturn,
+                    [3, junk, junk, junk, junk, junk],
+                )
+            }
+        };
+        let zeros = upcall_return(0);
+        ck.t(
+            zeros.is_err(),
+            "upcall_return outside an upcall was not refused",
+        );
+        ck.eq(
+            "upcall_return + garbage: the same refusal",
+            upcall_return(g),
+            zeros,
+        );
         let _ = close(b);
         let _ = close(a);
     });

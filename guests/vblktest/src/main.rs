@@ -33,6 +33,8 @@ use guest_sdk::{println, StartInfo};
 guest_sdk::entry!(main);
 
 fn main(si: &StartInfo) -> i32 {
+    // Its CPU figures are its time minus its blocked time: count the latter.
+    guest_sdk::event::track_blocked(true);
     let arg = |k: &str, d: u64| {
         si.cmdline_value(k)
             .and_then(|v| v.parse().ok())
