@@ -229,6 +229,17 @@ impl Hv {
         self.sched.timer_dirty || upcall_may_be_due(self.sched.upcall_shared)
     }
 
+    /// [`Hv::work_pending`] without doing the flush: whether [`Hv::leave`]
+    /// has anything to do (a TLB flush requested included, which `leave`
+    /// does first), for a caller that has no frame to spare a call for
+    /// (`tahoma_upcall_return_hot`: the stub calls `leave` only on a yes).
+    #[inline(always)]
+    pub(crate) fn leave_wanted(&self) -> bool {
+        self.memory.mm.flush_requested()
+            || self.sched.timer_dirty
+            || upcall_may_be_due(self.sched.upcall_shared)
+    }
+
     /// Refreshes `Domain::upcall_word` after domain `id`'s callbacks
     /// changed (TRAP-1), and `Scheduler::upcall_shared` if it is the
     /// current domain.
