@@ -25,7 +25,7 @@
 //! * `TAHOMA_FAST_UPCALL`: the address of the current domain's
 //!   `upcall_pending`/`upcall_mask` pair (or of a zero word); pending set
 //!   with the mask clear after the handler sends the return the slow way
-//!   (an upcall may be due, TRAP-0a). Never 0 while the routes are allowed.
+//!   (an upcall may be due, TRAP-0a). Never 0.
 //!
 //! `sysretq` only where it restores exactly what `iretq` would: the
 //! caller's own context (a fast handler never replaces or switches it),
