@@ -19,7 +19,8 @@ pub(crate) mod time;
 pub(crate) mod trap;
 
 use crate::arch::syscall::{
-    FastHandler, FastRoutes, FAST_ROUTED, UPCALL_RETURN_DONE, UPCALL_RETURN_FULL, UPCALL_RETURN_LEAVE,
+    FastHandler, FastRoutes, FAST_ROUTED, UPCALL_RETURN_DONE, UPCALL_RETURN_FULL,
+    UPCALL_RETURN_LEAVE,
 };
 use crate::arch::traps::TrapFrame;
 use crate::console::Quoted;
