@@ -177,6 +177,23 @@ fn decode_refuses_out_of_range_words_with_the_documented_error() {
     );
     assert_eq!(event::Unmask::decode(w([0, 0, 0])), Err(Error::NotFound));
     let top = u64::try_from(NR_PORTS).unwrap();
+    // EVT-4a, EVT-5a: port 0 and ports from NR_PORTS up are refused by
+    // the decode itself (the table would say the same); the rest decode.
+    for bad in [0, top, top + 1, huge - 1, huge, u64::MAX] {
+        assert_eq!(event::Send::decode(w([bad, 0, 0])), Err(Error::NotFound));
+        assert_eq!(event::Close::decode(w([bad, 0, 0])), Err(Error::NotFound));
+    }
+    for good in [1, 2, top / 2, top - 1] {
+        let port = u32::try_from(good).unwrap();
+        assert_eq!(
+            event::Send::decode(w([good, 0, 0])),
+            Ok(event::Send { port })
+        );
+        assert_eq!(
+            event::Close::decode(w([good, 0, 0])),
+            Ok(event::Close { port })
+        );
+    }
     assert_eq!(event::Unmask::decode(w([top, 0, 0])), Err(Error::NotFound));
     assert_eq!(
         event::Unmask::decode(w([top - 1, 0, 0])).map(|u| u.port),

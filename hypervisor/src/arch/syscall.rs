@@ -25,7 +25,7 @@
 //! * `TAHOMA_FAST_UPCALL`: the address of the current domain's
 //!   `upcall_pending`/`upcall_mask` pair (or of a zero word); pending set
 //!   with the mask clear after the handler sends the return the slow way
-//!   (an upcall may be due, TRAP-0a). Never 0 while the routes are allowed.
+//!   (an upcall may be due, TRAP-0a). Never 0.
 //!
 //! `sysretq` only where it restores exactly what `iretq` would: the
 //! caller's own context (a fast handler never replaces or switches it),
@@ -45,8 +45,10 @@
 //!
 //! **`upcall_return`** (TRAP-2) is in the table too, as the stub's own
 //! `upcall_return_exit`: called like a fast handler, it has the kernel
-//! restore the frame into the domain's `TrapFrame` and do the way back's
-//! work, then leaves through `trap_return` (the frame was replaced whole,
+//! restore the frame into the domain's `TrapFrame` (the common case first,
+//! in a kernel function that makes no call, then if that declines the whole
+//! call from the start) and do the way back's work, then leaves through
+//! `trap_return` (the frame was replaced whole,
 //! so nothing completes it first); a refused frame's error goes back as a
 //! fast handler's result.
 //!
@@ -74,6 +76,18 @@ pub const SYSCALL_VECTOR: u64 = 0x100;
 pub const COMPAT_SYSCALL_VECTOR: u64 = 0x101;
 /// The pseudo-vector of frames built by the `sysenter` entry (CPU-4).
 pub const SYSENTER_VECTOR: u64 = 0x102;
+
+/// What the kernel's `tahoma_upcall_return_hot` returns to
+/// `upcall_return_exit`: the frame restored, nothing to do on the way back.
+pub const UPCALL_RETURN_DONE: u64 = 0;
+/// The frame restored, and the way back has work
+/// (`tahoma_upcall_return_leave` does it).
+pub const UPCALL_RETURN_LEAVE: u64 = 1;
+/// Declined, nothing changed: `tahoma_upcall_return` does it all.
+pub const UPCALL_RETURN_FULL: u64 = 2;
+
+// The stub tests "done" with `testq`, and anything but "leave" is "full".
+const _: () = assert!(UPCALL_RETURN_DONE == 0 && UPCALL_RETURN_LEAVE != UPCALL_RETURN_FULL);
 
 /// Numbers below this are looked up in the fast route table; the rest go
 /// the slow way (where an undefined number returns `no_such_call`).
@@ -219,21 +233,34 @@ syscall_entry:
     // `upcall_return`'s exit (TRAP-2): what the fast route table holds for
     // `upcall_return`, called by the stub like a fast handler (the six
     // argument words in the C convention's registers, on the empty ring-0
-    // stack, TF and RF clear, the caller's context lean-saved). The
-    // kernel's `tahoma_upcall_return` restores the frame into the current
-    // domain's `TrapFrame` and does the way back's work (`leave`): it
-    // returns 0 when the frame was replaced, and this leaves through
-    // `trap_return` (`iretq`) by whatever frame is current then, dropping
-    // the stub's return address (the ring-0 stack is empty at every entry);
-    // otherwise it returns the error word, and this returns it to the stub,
-    // which sends it back like any fast handler's result (the caller's
-    // context unchanged). No slow entry, no frame completion: the frame is
-    // replaced whole.
+    // stack, TF and RF clear, the caller's context lean-saved). First the
+    // kernel's `tahoma_upcall_return_hot`, the common case with no call
+    // (so it saves no callee-saved register): 0 when it restored the frame
+    // into the current domain's `TrapFrame` and the way back has nothing
+    // to do, and this leaves through `trap_return` (`iretq`) by that
+    // frame, dropping the stub's return address (the ring-0 stack is empty
+    // at every entry); UPCALL_RETURN_LEAVE when it restored the frame and the way
+    // back has work: `tahoma_upcall_return_leave` does it (`leave`), then
+    // `trap_return` by whatever frame is current then; UPCALL_RETURN_FULL when it
+    // declined with nothing changed: `tahoma_upcall_return` does it all
+    // from the start (the argument words taken again from the frame the
+    // stub saved) and returns 0 when the frame was replaced (then as for
+    // 0 above, `leave` done), else the error word, which this returns to
+    // the stub, which sends it back like any fast handler's result (the
+    // caller's context unchanged). No slow entry, no frame completion: the
+    // frame is replaced whole.
     .balign 16
     .global upcall_return_exit
 upcall_return_exit:
     subq $8, %rsp
-    call tahoma_upcall_return
+    call tahoma_upcall_return_hot
+    testq %rax, %rax
+    jz trap_return
+    cmpq ${leave_code}, %rax
+    jne 1f
+    call tahoma_upcall_return_leave
+    jmp trap_return
+1:  call tahoma_upcall_return
     addq $8, %rsp
     testq %rax, %rax
     jz trap_return
@@ -329,6 +356,7 @@ foreign_common:
     o_r13 = const core::mem::offset_of!(TrapFrame, r13),
     o_r14 = const core::mem::offset_of!(TrapFrame, r14),
     o_r15 = const core::mem::offset_of!(TrapFrame, r15),
+    leave_code = const UPCALL_RETURN_LEAVE,
     compat = const COMPAT_SYSCALL_VECTOR,
     sysenter = const SYSENTER_VECTOR,
     options(att_syntax)
@@ -345,15 +373,18 @@ extern "C" {
 }
 
 /// `upcall_return`'s entry in the fast route table: the stub calls it as a
-/// fast handler; it runs the kernel's `tahoma_upcall_return` (an
-/// `extern "C" fn(u64, u64, u64, u64, u64, u64) -> u64` returning 0 when it
-/// replaced the current frame, else the call's error word) and leaves
-/// through `trap_return` on 0. Only the stub may call it.
+/// fast handler; it runs the kernel's `tahoma_upcall_return_hot` (an
+/// `extern "C" fn(u64, u64, u64, u64, u64, u64) -> u64` returning one of
+/// the `UPCALL_RETURN_*` codes), then `tahoma_upcall_return_leave`
+/// (`extern "C" fn()`) or `tahoma_upcall_return` (`extern "C" fn() -> u64`,
+/// returning 0 when it replaced the current frame, else the call's error
+/// word) as the code says, and leaves through `trap_return` once the frame
+/// was replaced. Only the stub may call it.
 pub const UPCALL_RETURN_EXIT: FastHandler = {
     // SAFETY: the transmute only drops `unsafe` from the pointer's type:
     // the routine has the `FastHandler` convention (six words in, one in
     // `rax` out, callee-saved registers preserved: it saves none itself
-    // and calls a Rust `extern "C"` function). What makes it unsafe to call
+    // and calls only Rust `extern "C"` functions). What makes it unsafe to call
     // from Rust (it may leave through `trap_return` instead of returning)
     // concerns only the stub, its one caller, which is never followed by
     // anything but its own way back either.

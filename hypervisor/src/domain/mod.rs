@@ -153,7 +153,7 @@ pub struct Domain {
     /// loads into `Scheduler::upcall_shared` when it runs (computed once,
     /// by `Hv::note_upcall_entry` when the callbacks change, not on every
     /// switch).
-    pub upcall_word: u64,
+    pub upcall_word: core::num::NonZeroU64,
     /// Upcall frames pushed and not yet returned.
     pub upcall_depth: u32,
     /// Time slice in TSC ticks.

@@ -105,7 +105,17 @@ impl SharedPage {
             )
         };
         self.word(sel).fetch_or(1 << w, Ordering::SeqCst);
-        self.byte(up).store(1, Ordering::SeqCst);
+        // Release, not SeqCst: a plain store (`mov`) instead of an `xchg`
+        // (one instruction less on every raise that notifies). The guest
+        // reads the byte, then `pending_sel`, then the pending words: the
+        // release keeps every store above (the pending bit, the selector
+        // bit) before it, so a guest that sees the byte set sees what it
+        // announces. What SeqCst adds, a store ordered before this CPU's
+        // later loads, matters only to an observer on another CPU running
+        // at the same time, and there is none: the hypervisor runs on one
+        // CPU with interrupts off (`hv::HvCell`), and the guest only after
+        // it returns, on the same CPU, where its own program order holds.
+        self.byte(up).store(1, Ordering::Release);
     }
 
     /// Clears `port`'s mask bit; returns true when it is pending (EVT-6).
@@ -163,8 +173,11 @@ impl SharedPage {
         let base = self.base();
         // SAFETY: `base` is the direct-map address of the held frame;
         // `upcall_mask` is a field of it, so the raw address lies inside.
+        // Release, not SeqCst (a `mov`, not an `xchg`): the loads below
+        // need not be ordered after it, as no other CPU runs the guest or
+        // raises meanwhile (see `note_pending_word`).
         self.byte(unsafe { &raw mut (*base).upcall_mask })
-            .store(0, Ordering::SeqCst);
+            .store(0, Ordering::Release);
         self.any_unmasked_pending_at(base)
     }
 
@@ -200,12 +213,15 @@ impl SharedPage {
         unmasked != 0
     }
 
-    /// Sets or clears `upcall_mask`.
+    /// Sets or clears `upcall_mask` (on every event upcall and its
+    /// return). Release, not SeqCst: a `mov`, not an `xchg` (see
+    /// `note_pending_word`: one CPU, the guest reads it only after the
+    /// hypervisor returns to it).
     pub fn set_upcall_mask(&self, masked: bool) {
         // SAFETY: `base()` is the direct-map address of the held frame;
         // `upcall_mask` is a field of it, so the raw address lies inside.
         self.byte(unsafe { &raw mut (*self.base()).upcall_mask })
-            .store(u8::from(masked), Ordering::SeqCst);
+            .store(u8::from(masked), Ordering::Release);
     }
 
     pub(super) fn write_time(&self, t: &TimeInfo) {

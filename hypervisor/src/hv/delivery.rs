@@ -192,7 +192,10 @@ pub(super) fn push_upcall_hot<const RECHECK: bool>(
     frame: &mut TrapFrame,
     u: Upcall,
 ) -> bool {
-    let Some((entry, at)) = upcall_target(d, frame, u.kind) else {
+    // The entry is looked up again once every test passed (the same
+    // field, which nothing here writes), not kept from here: one register
+    // less through the tests.
+    let Some((_, at)) = upcall_target(d, frame, u.kind) else {
         return false;
     };
     if at & 0xfff > 4096 - FRAME_BYTES {
@@ -212,7 +215,7 @@ pub(super) fn push_upcall_hot<const RECHECK: bool>(
         return false;
     };
     store_frame(frame, u.kind, u.vector, u.error, u.cr2, |i, v| w.put(i, v));
-    enter(d, frame, u.kind, entry, at);
+    enter(d, frame, u.kind, upcall_entry(d, u.kind), at);
     true
 }
 
@@ -221,10 +224,7 @@ pub(super) fn push_upcall_hot<const RECHECK: bool>(
 /// when the stack has no room below its top.
 #[inline(always)]
 fn upcall_target(d: &Domain, frame: &TrapFrame, kind: UpcallKind) -> Option<(u64, u64)> {
-    let entry = match kind {
-        UpcallKind::Event => d.callbacks.event,
-        UpcallKind::Trap => d.callbacks.trap,
-    };
+    let entry = upcall_entry(d, kind);
     let top = d.callbacks.stack;
     let on_callback_stack = frame.rsp <= top && frame.rsp > top.saturating_sub(CALLBACK_STACK_SIZE);
     let base = if on_callback_stack {
@@ -234,6 +234,15 @@ fn upcall_target(d: &Domain, frame: &TrapFrame, kind: UpcallKind) -> Option<(u64
     };
     let at = base.checked_sub(FRAME_BYTES)? & !15;
     Some((entry, at))
+}
+
+/// The registered entry of an upcall of `kind`.
+#[inline(always)]
+fn upcall_entry(d: &Domain, kind: UpcallKind) -> u64 {
+    match kind {
+        UpcallKind::Event => d.callbacks.event,
+        UpcallKind::Trap => d.callbacks.trap,
+    }
 }
 
 /// The words of an `UpcallFrame`, in its order (checked below), read from

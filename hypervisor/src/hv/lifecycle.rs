@@ -54,7 +54,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
             cpu_state_of: None,
             calls: 0,
             fast_routes: &crate::hypercall::NO_FAST_ROUTES,
-            upcall_shared: 0,
+            upcall_shared: super::schedule::no_upcall_word(),
             retired: crate::domain::Frame::new(TrapFrame::default()),
             unsettled: true,
         },

@@ -273,12 +273,13 @@ pub(crate) struct Scheduler {
     pub(crate) fast_routes: &'static crate::arch::syscall::FastRoutes,
     /// The direct-map address of the current domain's `upcall_pending`
     /// byte when it has an event entry registered, else that of a word that
-    /// is always 0 (`NO_UPCALL`); 0 when no domain is current. What the
+    /// is always 0 (`NO_UPCALL`), as also when no domain is current: never
+    /// 0, so neither the stub nor `leave`'s test tests it. What the
     /// "work pending" test reads for the upcall test (TRAP-0a) without
     /// looking the domain up (the stub as `TAHOMA_FAST_UPCALL`). Kept by
     /// [`Hv::note_upcall_entry`], called wherever the current domain or its
     /// callbacks change; cleared with `current`.
-    pub(crate) upcall_shared: u64,
+    pub(crate) upcall_shared: core::num::NonZeroU64,
     /// The frame of the last domain destroyed while current, kept until the
     /// next such destruction (when it goes to that domain's teardown in
     /// exchange): the entry that destroyed it may still hold a reference

@@ -2,6 +2,7 @@
 //! domain, and the one way back to a guest ([`Hv::leave`]).
 
 use super::*;
+use core::num::NonZeroU64;
 
 impl Scheduler {
     /// Stops running the current domain, `d` (the caller looked it up by
@@ -120,7 +121,7 @@ impl Hv {
         // lean switch leaves them to `load`, which it may not reach).
         self.sched.current = None;
         self.sched.fast_routes = &crate::hypercall::NO_FAST_ROUTES;
-        self.sched.upcall_shared = 0;
+        self.sched.upcall_shared = no_upcall_word();
         note_current(0);
         loop {
             if self.domains.live == 0
@@ -226,7 +227,18 @@ impl Hv {
     #[inline(always)]
     pub(crate) fn work_pending(&mut self) -> bool {
         self.flush_if_requested();
-        self.sched.timer_dirty || upcall_may_be_due(self.sched.upcall_shared)
+        self.sched.timer_dirty || upcall_due_at(self.sched.upcall_shared)
+    }
+
+    /// [`Hv::work_pending`] without doing the flush: whether [`Hv::leave`]
+    /// has anything to do (a TLB flush requested included, which `leave`
+    /// does first), for a caller that has no frame to spare a call for
+    /// (`tahoma_upcall_return_hot`: the stub calls `leave` only on a yes).
+    #[inline(always)]
+    pub(crate) fn leave_wanted(&self) -> bool {
+        self.memory.mm.flush_requested()
+            || self.sched.timer_dirty
+            || upcall_due_at(self.sched.upcall_shared)
     }
 
     /// Refreshes `Domain::upcall_word` after domain `id`'s callbacks
@@ -250,8 +262,8 @@ impl Hv {
     /// domain's, and the current domain's is its own (`Domain::ctx`), looked
     /// up here. The caller must hold no reference into any frame.
     ///
-    /// With no domain current it only flushes: the upcall word is then 0
-    /// (`upcall_may_be_due` says no), and `leave_slow` (for the timer
+    /// With no domain current it only flushes: the upcall word is then
+    /// `NO_UPCALL`'s (`upcall_due_at` says no), and `leave_slow` (for the timer
     /// byte) returns at once, as it does when the domain it looks at is
     /// gone. So there is no test of `current` here (3 instructions on every
     /// way back from the slow entry).
@@ -386,7 +398,7 @@ impl Hv {
     }
 }
 
-// `upcall_may_be_due` reads `upcall_pending` and `upcall_mask` as one
+// `upcall_due_at` reads `upcall_pending` and `upcall_mask` as one
 // aligned 16-bit word, pending in the low byte (little endian).
 const _: () = {
     use hypercall_abi::layout::{SHARED_UPCALL_MASK_OFFSET, SHARED_UPCALL_PENDING_OFFSET};
@@ -397,42 +409,41 @@ const _: () = {
 /// The direct-map address of `d`'s `upcall_pending` byte when it has an
 /// event entry registered (it may get event upcalls), else
 /// [`no_upcall_word`]: the value of `Domain::upcall_word`, and of
-/// `Scheduler::upcall_shared` while `d` runs. Never 0: the `syscall` stub
-/// reads through it without a test.
-fn upcall_word(d: &Domain) -> u64 {
+/// `Scheduler::upcall_shared` while `d` runs. Never 0 (the type says so):
+/// the `syscall` stub and [`upcall_due_at`] read through it without a test.
+fn upcall_word(d: &Domain) -> NonZeroU64 {
     if d.callbacks.event == 0 {
         return no_upcall_word();
     }
-    d.shared.base_va() + hypercall_abi::layout::SHARED_UPCALL_PENDING_OFFSET as u64
+    let at = d.shared.base_va() + hypercall_abi::layout::SHARED_UPCALL_PENDING_OFFSET as u64;
+    NonZeroU64::new(at).expect("a direct-map address is not 0")
 }
 
 /// A word that is always 0 (no upcall pending): what the upcall test reads
-/// for a current domain with no event entry. An atomic so that reading it
-/// through `upcall_may_be_due`'s pointer is a read of a mutable location.
+/// while the current domain has no event entry, or no domain is current.
+/// An atomic so that reading it through `upcall_due_at`'s pointer is a
+/// read of a mutable location.
 static NO_UPCALL: core::sync::atomic::AtomicU16 = core::sync::atomic::AtomicU16::new(0);
 
 /// [`NO_UPCALL`]'s address.
-pub(crate) fn no_upcall_word() -> u64 {
-    NO_UPCALL.as_ptr() as u64
+pub(crate) fn no_upcall_word() -> NonZeroU64 {
+    NonZeroU64::new(NO_UPCALL.as_ptr() as u64).expect("a static's address is not 0")
 }
 
 /// Whether an event upcall may be due for the current domain: `word` is
-/// `Scheduler::upcall_shared` (0: no domain current, no upcall), and the
-/// guest's `upcall_pending` is nonzero with `upcall_mask` zero.
+/// `Scheduler::upcall_shared` ([`NO_UPCALL`]'s address while no domain is
+/// current, so no) or the current domain's own `Domain::upcall_word`
+/// (`wants_upcall`), and the guest's `upcall_pending` is nonzero with
+/// `upcall_mask` zero. One load of the pending/mask pair, not one per byte,
+/// and no test of the address: it is never 0 (`NonZeroU64`, written only
+/// from [`upcall_word`] and [`no_upcall_word`]), where it once was 0 with
+/// no domain current, and every test paid for that.
 #[inline(always)]
-fn upcall_may_be_due(word: u64) -> bool {
-    word != 0 && upcall_due_at(word)
-}
-
-/// [`upcall_may_be_due`] for a word that is never 0: `Scheduler::upcall_shared`
-/// while a domain is current, or the current domain's own
-/// `Domain::upcall_word` (`wants_upcall`). One load of the pending/mask
-/// pair, not one per byte.
-#[inline(always)]
-fn upcall_due_at(word: u64) -> bool {
-    // SAFETY: `word` is set only by `upcall_word` for the current domain
-    // (`Scheduler::upcall_shared`: cleared whenever `current` changes or
-    // that domain is destroyed, and 0 is not passed here;
+fn upcall_due_at(word: NonZeroU64) -> bool {
+    // SAFETY: `word` is set only by `upcall_word` or `no_upcall_word`
+    // (`Scheduler::upcall_shared`: set to the current domain's word by
+    // `load` and `note_upcall_entry`, to `no_upcall_word` whenever no
+    // domain is current or the current one is destroyed;
     // `Domain::upcall_word`: read while that domain is looked up, so live),
     // so it is either `NO_UPCALL` (a static) or the direct-map
     // address of the 2-aligned `upcall_pending`/`upcall_mask` pair in that
@@ -440,7 +451,7 @@ fn upcall_due_at(word: u64) -> bool {
     // for the domain's life (MEM-8): live memory, and any bit pattern is a
     // valid u16. The guest does not run while the hypervisor does (one
     // CPU), so the atomic load races with nothing.
-    let w = unsafe { core::sync::atomic::AtomicU16::from_ptr(word as *mut u16) }
+    let w = unsafe { core::sync::atomic::AtomicU16::from_ptr(word.get() as *mut u16) }
         .load(core::sync::atomic::Ordering::Relaxed);
     // Low byte (pending) nonzero and high byte (mask) zero: 1..=0xff.
     u32::from(w).wrapping_sub(1) < 0xff

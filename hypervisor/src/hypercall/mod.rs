@@ -18,7 +18,10 @@ pub(crate) mod sched;
 pub(crate) mod time;
 pub(crate) mod trap;
 
-use crate::arch::syscall::{FastHandler, FastRoutes, FAST_ROUTED};
+use crate::arch::syscall::{
+    FastHandler, FastRoutes, FAST_ROUTED, UPCALL_RETURN_DONE, UPCALL_RETURN_FULL,
+    UPCALL_RETURN_LEAVE,
+};
 use crate::arch::traps::TrapFrame;
 use crate::console::Quoted;
 use crate::hv::{Hv, HV};
@@ -175,21 +178,85 @@ fn upcall_return(hv: &mut Hv, cur: DomId, mut frame: EntryFrame) {
     }
 }
 
-/// `upcall_return` (TRAP-2) on the fast path: what the stub's
-/// `upcall_return_exit` (the fast route table's entry for the call, see
-/// `arch::syscall`) runs. Counts the call, restores the frame at `a0` into
-/// the current domain's `TrapFrame` as [`upcall_return`] does, and on
-/// success does the way back's work ([`Hv::leave`]: an upcall due now, the
-/// timer) and returns 0, on which the stub leaves through `trap_return`;
-/// a refused frame changes nothing and its error word goes back to the
-/// caller as any fast handler's result. No slow entry and no completion of
-/// a frame about to be replaced whole (docs/benchmarks.md, "SDK upcalls,
-/// round 7").
+/// `upcall_return` (TRAP-2) on the fast path, its common case: what the
+/// stub's `upcall_return_exit` (the fast route table's entry for the call,
+/// see `arch::syscall`) calls first, with the argument words as any fast
+/// handler gets them. The frame at `a0` restored into the current domain's
+/// `TrapFrame` by `trap::restore_hot` (no re-check of a slot of an older
+/// table generation) and the call counted, then the test of
+/// [`Hv::leave`] (a flush requested, the timer, an upcall due now), with
+/// no call at all: so no callee-saved register is saved or restored
+/// (docs/benchmarks.md, "SDK upcalls, round 10, the hypervisor's share"). Returns
+/// [`UPCALL_RETURN_DONE`] (restored, nothing to do on the way back: the
+/// stub leaves through `trap_return`), [`UPCALL_RETURN_LEAVE`] (restored,
+/// `leave` has work: the stub calls [`tahoma_upcall_return_leave`] first)
+/// or [`UPCALL_RETURN_FULL`] (declined with nothing changed, not even the
+/// count: the stub calls [`tahoma_upcall_return`], which does it all from
+/// the start, every refusal with its error).
 #[no_mangle]
-extern "C" fn tahoma_upcall_return(a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> u64 {
+extern "C" fn tahoma_upcall_return_hot(
+    a0: u64,
+    a1: u64,
+    a2: u64,
+    a3: u64,
+    a4: u64,
+    a5: u64,
+) -> u64 {
     // SAFETY: as for `handler!`'s fast handlers: called only by the
     // `syscall` stub (through `upcall_return_exit`), whose route table is
     // allowed only after `install`; the one reference of this entry.
+    let hv = unsafe { HV.get_installed() };
+    // SAFETY: as for `handler!`'s fast handlers: the routes are allowed
+    // only while `current` is `Some`.
+    let cur = unsafe { hv.sched.current.unwrap_unchecked() };
+    let Ok(a) = <hypercall_abi::trap::UpcallReturn as hypercall_abi::Args>::decode([
+        a0, a1, a2, a3, a4, a5,
+    ]) else {
+        return UPCALL_RETURN_FULL;
+    };
+    // SAFETY: the stub saved the caller's context in place into the
+    // current domain's frame (`guest_frame`), live while the domain is;
+    // no other reference into it is live (the stub holds none), and this
+    // one ends with the restore.
+    let frame = || unsafe { &mut *(crate::arch::traps::guest_frame() as *mut TrapFrame) };
+    if !trap::restore_hot::<false, _>(hv, cur, a.frame, frame) {
+        return UPCALL_RETURN_FULL;
+    }
+    hv.sched.calls += 1;
+    if hv.leave_wanted() {
+        UPCALL_RETURN_LEAVE
+    } else {
+        UPCALL_RETURN_DONE
+    }
+}
+
+/// The way back's work after [`tahoma_upcall_return_hot`] restored a frame
+/// and found some ([`Hv::leave`]); the stub then leaves through
+/// `trap_return`.
+#[no_mangle]
+extern "C" fn tahoma_upcall_return_leave() {
+    // SAFETY: as for `tahoma_upcall_return_hot`, whose caller's way back
+    // this is (the stub calls it only after that returned
+    // `UPCALL_RETURN_LEAVE`).
+    let hv = unsafe { HV.get_installed() };
+    hv.leave();
+}
+
+/// `upcall_return` (TRAP-2) on the fast path in full, from the start:
+/// what the stub's `upcall_return_exit` calls when
+/// [`tahoma_upcall_return_hot`] declined (nothing changed). Counts the
+/// call, takes its argument words again from the caller's frame (the
+/// stub's lean save put them there; nothing has changed them), restores
+/// the frame at the first into the current domain's `TrapFrame` as
+/// [`upcall_return`] does, and on success does the way back's work
+/// ([`Hv::leave`]) and returns 0, on which the stub leaves through
+/// `trap_return`; a refused frame changes nothing and its error word goes
+/// back to the caller as any fast handler's result. No slow entry and no
+/// completion of a frame about to be replaced whole (docs/benchmarks.md,
+/// "SDK upcalls, round 7").
+#[no_mangle]
+extern "C" fn tahoma_upcall_return() -> u64 {
+    // SAFETY: as for `tahoma_upcall_return_hot`, which declined the call.
     let hv = unsafe { HV.get_installed() };
     // SAFETY: as for `handler!`'s fast handlers: the routes are allowed
     // only while `current` is `Some`.
@@ -199,9 +266,8 @@ extern "C" fn tahoma_upcall_return(a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, 
     // current domain's frame (`guest_frame`), live while the domain is;
     // no reference into it is live (the stub holds none).
     let mut frame = unsafe { EntryFrame::new(crate::arch::traps::guest_frame() as *mut TrapFrame) };
-    match decoded([a0, a1, a2, a3, a4, a5], |a| {
-        frame.with(|f| trap::upcall_return(hv, cur, a, f))
-    }) {
+    let w = frame.with(|f| words(f));
+    match decoded(w, |a| frame.with(|f| trap::upcall_return(hv, cur, a, f))) {
         Outcome::Replaced => {
             hv.leave();
             0

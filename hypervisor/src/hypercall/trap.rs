@@ -46,74 +46,119 @@ pub(crate) fn upcall_return(
 /// meanwhile cannot slip a value past a check); `frame` and the domain
 /// change only when every check passed.
 ///
-/// The common case inline, with no call: the frame within one page whose
-/// remembered translation is current (`Remembered::current`, the page the
-/// upcall wrote), its words moved straight from the guest's page into the
-/// `TrapFrame`. Anything else goes to [`restore_full`] (the remembered
-/// translation re-checked, or a walk: TRAP-0d), which does it all from the
-/// start, so the hot path keeps no value across a call
+/// The common case inline ([`restore_hot`], a slot of an older table
+/// generation re-checked), anything else in [`restore_full`], which does
+/// it all from the start, so the hot path keeps no value across a call
 /// (docs/benchmarks.md, "SDK upcalls, round 7").
 #[inline(always)]
 fn restore(hv: &mut Hv, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(), Error> {
+    if restore_hot::<true, _>(hv, cur, ptr, || &mut *frame) {
+        return Ok(());
+    }
+    restore_full(hv, cur, ptr, frame)
+}
+
+/// [`restore`]'s common case, with no call (but the cold re-check of a
+/// slot of an older table generation when `RECHECK`; without it such a
+/// slot is a miss): the frame within one page whose remembered
+/// translation is current (`Remembered::current`, the page the upcall
+/// wrote), its words moved straight from the guest's page into the
+/// `TrapFrame`. True when it restored; false, with nothing changed
+/// (neither `frame` nor the domain), for everything else, which the
+/// caller hands to [`restore_full`] (a refusal included: this never
+/// refuses). The fast `upcall_return` calls it with `RECHECK` false
+/// (`tahoma_upcall_return_hot`: no call, so no callee-saved register).
+/// `frame` gives the frame to restore into, asked for only once every
+/// check passed (so that its address is not kept in a register through
+/// them).
+#[inline(always)]
+pub(crate) fn restore_hot<'f, const RECHECK: bool, F: FnOnce() -> &'f mut TrapFrame>(
+    hv: &mut Hv,
+    cur: DomId,
+    ptr: u64,
+    frame: F,
+) -> bool {
     // Disjoint fields: the domain, the frame table, the translations.
-    if let Some(d) = hv
+    let Some(d) = hv
         .domains
         .slots
         .get_mut(usize::from(cur))
         .and_then(|d| d.as_deref_mut())
-    {
-        let space = Space {
-            root: d.root,
-            dom: cur,
-            mm: &hv.memory.mm,
-        };
-        if d.upcall_depth != 0
-            && ptr.is_multiple_of(8)
-            && ptr & 0xfff <= 4096 - FRAME_BYTES
-            && ptr < GUEST_VA_TOP
-        {
-            if let Some(w) = hv
-                .remembered
-                .current(&space, ptr)
-                .and_then(|page| page.words::<FRAME_WORDS>(ptr & 0xfff))
-            {
-                let (kind, rip, rsp, rflags) = (w.get(0), w.get(19), w.get(20), w.get(21));
-                if kind <= 1 && rip < GUEST_VA_TOP && rsp < GUEST_VA_TOP {
-                    // Field by field, each word loaded and stored at
-                    // once (a struct literal loaded all 22 volatile words
-                    // first and spilled half of them).
-                    frame.rip = rip;
-                    frame.rsp = rsp;
-                    frame.rflags = (rflags & RFLAGS_GUEST_MASK) | RFLAGS_IF | 0x2;
-                    frame.cs = u64::from(USER_CS);
-                    frame.ss = u64::from(USER_SS);
-                    frame.vector = 0;
-                    frame.error_code = 0;
-                    frame.rax = w.get(4);
-                    frame.rbx = w.get(5);
-                    frame.rcx = w.get(6);
-                    frame.rdx = w.get(7);
-                    frame.rsi = w.get(8);
-                    frame.rdi = w.get(9);
-                    frame.rbp = w.get(10);
-                    frame.r8 = w.get(11);
-                    frame.r9 = w.get(12);
-                    frame.r10 = w.get(13);
-                    frame.r11 = w.get(14);
-                    frame.r12 = w.get(15);
-                    frame.r13 = w.get(16);
-                    frame.r14 = w.get(17);
-                    frame.r15 = w.get(18);
-                    d.upcall_depth -= 1;
-                    if kind == UpcallKind::Event as u64 {
-                        d.shared.set_upcall_mask(false);
-                    }
-                    return Ok(());
-                }
-            }
-        }
+    else {
+        return false;
+    };
+    let space = Space {
+        root: d.root,
+        dom: cur,
+        mm: &hv.memory.mm,
+    };
+    // Three tests, not one `||` (which the compiler made branch-free, with
+    // a register for each part).
+    if !ptr.is_multiple_of(8) {
+        return false;
     }
-    restore_full(hv, cur, ptr, frame)
+    if ptr >> 47 != 0 {
+        core::hint::cold_path();
+        return false;
+    }
+    if ptr & 0xfff > 4096 - FRAME_BYTES {
+        core::hint::cold_path();
+        return false;
+    }
+    let page = if RECHECK {
+        hv.remembered.current(&space, ptr)
+    } else {
+        hv.remembered.current_no_recheck(&space, ptr)
+    };
+    let Some(w) = page.and_then(|page| page.words::<FRAME_WORDS>(ptr & 0xfff)) else {
+        return false;
+    };
+    let (kind, rip, rsp) = (w.get(0), w.get(19), w.get(20));
+    if kind > 1 {
+        return false;
+    }
+    // `rip < GUEST_VA_TOP && rsp < GUEST_VA_TOP` as one test (the limit a
+    // power of two), with no register for the limit.
+    const _: () = assert!(GUEST_VA_TOP == 1 << 47);
+    if (rip | rsp) >> 47 != 0 {
+        return false;
+    }
+    // Last, so that the depth is not kept in a register through the tests
+    // above (the order of tests that only decline does not matter).
+    if d.upcall_depth == 0 {
+        return false;
+    }
+    // Field by field, each word loaded and stored at once (a struct
+    // literal loaded all 22 volatile words first and spilled half of
+    // them); `rflags`, which no check looks at, only now.
+    let frame = frame();
+    frame.rip = rip;
+    frame.rsp = rsp;
+    frame.rflags = (w.get(21) & RFLAGS_GUEST_MASK) | RFLAGS_IF | 0x2;
+    frame.cs = u64::from(USER_CS);
+    frame.ss = u64::from(USER_SS);
+    frame.vector = 0;
+    frame.error_code = 0;
+    frame.rax = w.get(4);
+    frame.rbx = w.get(5);
+    frame.rcx = w.get(6);
+    frame.rdx = w.get(7);
+    frame.rsi = w.get(8);
+    frame.rdi = w.get(9);
+    frame.rbp = w.get(10);
+    frame.r8 = w.get(11);
+    frame.r9 = w.get(12);
+    frame.r10 = w.get(13);
+    frame.r11 = w.get(14);
+    frame.r12 = w.get(15);
+    frame.r13 = w.get(16);
+    frame.r14 = w.get(17);
+    frame.r15 = w.get(18);
+    d.upcall_depth -= 1;
+    if kind == UpcallKind::Event as u64 {
+        d.shared.set_upcall_mask(false);
+    }
+    true
 }
 
 /// [`restore`] in full: the frame read through `Remembered::read` (a slot

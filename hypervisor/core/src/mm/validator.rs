@@ -405,6 +405,15 @@ impl Mm {
         pending
     }
 
+    /// Whether a flush is requested ([`Mm::take_flush_request`] would say
+    /// yes), without clearing the request: for a caller that hands the
+    /// flush to the code that takes it.
+    #[inline]
+    #[must_use]
+    pub fn flush_requested(&self) -> bool {
+        self.flush_pending
+    }
+
     /// The hypervisor flushed the whole TLB on its own (e.g. a CR3 load
     /// without PCIDs); earlier dropped references are now harmless.
     pub fn note_tlb_flushed(&mut self) {

@@ -32,7 +32,7 @@ impl Hv {
             note_current(0);
             d.hypercalls += core::mem::take(&mut self.sched.calls);
             self.sched.fast_routes = &crate::hypercall::NO_FAST_ROUTES;
-            self.sched.upcall_shared = 0;
+            self.sched.upcall_shared = crate::hv::schedule::no_upcall_word();
             // The entry in progress still holds its frame (it was saved
             // there in place) and `reap` may free the domain before that
             // entry ends: keep the frame, give the domain the spare (freed

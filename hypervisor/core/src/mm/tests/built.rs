@@ -601,8 +601,12 @@ fn adopting_a_frame_dropped_since_the_flush_asks_for_one() {
         mm.build_entry(&mut mem, &tree, l1, 100, rw(m)).unwrap();
         mm.mmu_update_one(&mut mem, DOM, ptr(l1, 100), 0).unwrap();
         mm.assign(m, Owner::Free).unwrap();
-        // Flushed: the drop above is harmless now.
+        // Flushed: the drop above is harmless now. `flush_requested`
+        // says so without taking the request; `take_flush_request` takes it.
+        assert!(mm.flush_requested());
+        assert!(mm.flush_requested());
         assert!(mm.take_flush_request());
+        assert!(!mm.flush_requested());
         if stale {
             // Staged: a reference to `m` dropped since that flush (the
             // epoch another drop records now).
