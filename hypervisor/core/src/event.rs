@@ -62,19 +62,34 @@ pub enum PortState {
 /// `ports.len()` are stored (the rest are free). The table starts empty and
 /// grows in steps (16 entries, then doubling) when every stored port is in
 /// use, so a domain that never binds a port costs nothing here (issue 13).
+///
+/// A domain id with no domain (never added, or removed) has a table too,
+/// not live and with no port stored ([`PortTable::default`]): the one
+/// invariant [`Channels::send`] rests on, so that it needs no test of
+/// whether the caller's table is there (it finds every port free, as it
+/// would find no table: `not_found` either way).
 #[derive(Debug, Clone)]
 pub struct PortTable {
     ports: Vec<PortState>,
     virqs: [Option<Port>; Virq::COUNT],
-    in_use: usize,
+    /// Ports in use (at most `NR_PORTS`): 32 bits, so that the table
+    /// with `live` is no larger than an `Option` of it was (40 bytes: one
+    /// `lea` to index the tables).
+    in_use: u32,
+    /// Whether a domain has this table (`Channels::add_domain`, until
+    /// `Channels::remove_domain`). A table that is not live stores no
+    /// port.
+    live: bool,
 }
 
 impl Default for PortTable {
+    /// The table of a domain id with no domain: not live, no port stored.
     fn default() -> Self {
         PortTable {
             ports: Vec::new(),
             virqs: [None; Virq::COUNT],
             in_use: 0,
+            live: false,
         }
     }
 }
@@ -106,7 +121,7 @@ impl PortTable {
 
     /// Ports in use.
     pub fn in_use(&self) -> usize {
-        self.in_use
+        self.in_use as usize
     }
 
     fn alloc(&mut self, state: PortState) -> Result<Port, Error> {
@@ -160,10 +175,11 @@ impl PortTable {
     }
 }
 
-/// Every domain's port table, indexed by domain id.
+/// Every domain's port table, indexed by domain id (a table that is not
+/// live where no domain has that id: see [`PortTable`]).
 #[derive(Debug, Default)]
 pub struct Channels {
-    tables: Vec<Option<PortTable>>,
+    tables: Vec<PortTable>,
 }
 
 /// The target of an event: raise `port` in domain `dom`.
@@ -192,9 +208,12 @@ impl Channels {
     pub fn add_domain(&mut self, dom: DomId) {
         let i = usize::from(dom);
         if self.tables.len() <= i {
-            self.tables.resize_with(i + 1, || None);
+            self.tables.resize_with(i + 1, PortTable::default);
         }
-        self.tables[i] = Some(PortTable::default());
+        self.tables[i] = PortTable {
+            live: true,
+            ..PortTable::default()
+        };
     }
 
     /// Whether `dom` exists.
@@ -205,11 +224,11 @@ impl Channels {
     /// The port table of `dom`.
     #[inline]
     pub fn table(&self, dom: DomId) -> Option<&PortTable> {
-        self.tables.get(usize::from(dom))?.as_ref()
+        self.tables.get(usize::from(dom)).filter(|t| t.live)
     }
 
     fn table_mut(&mut self, dom: DomId) -> Option<&mut PortTable> {
-        self.tables.get_mut(usize::from(dom))?.as_mut()
+        self.tables.get_mut(usize::from(dom)).filter(|t| t.live)
     }
 
     fn resolve(caller: DomId, dom: u64) -> Option<DomId> {
@@ -297,7 +316,14 @@ impl Channels {
     #[inline]
     pub fn send(&self, caller: DomId, port: u64) -> Result<Target, Error> {
         let port = Port::try_from(port).map_err(|_| Error::NotFound)?;
-        match self.table(caller).and_then(|t| t.get(port)) {
+        // Any table, live or not: one that is not live stores no port, so
+        // every port of it is free, `not_found` as for no table at all
+        // (`PortTable`'s invariant); no test of `live` on every send.
+        match self
+            .tables
+            .get(usize::from(caller))
+            .and_then(|t| t.get(port))
+        {
             None | Some(PortState::Free) => Err(Error::NotFound),
             Some(PortState::Interdomain {
                 remote,
@@ -362,7 +388,9 @@ impl Channels {
             let _ = self.close(dom, p);
         }
         if let Some(slot) = self.tables.get_mut(usize::from(dom)) {
-            *slot = None;
+            // Not live, no port stored (`PortTable`'s invariant; the
+            // ports' memory goes too).
+            *slot = PortTable::default();
         }
     }
 }
@@ -561,5 +589,28 @@ mod tests {
             Err(Error::NotFound),
             "the dead domain has no ports"
         );
+    }
+
+    /// `send` does not test whether the caller's table is live: it rests
+    /// on every table that is not live storing no port (`PortTable`),
+    /// which `remove_domain` and `add_domain`'s padding must keep.
+    #[test]
+    fn tables_that_are_not_live_store_no_ports() {
+        let mut c = two();
+        let p1 = c.alloc_unbound(1, 2).unwrap();
+        let p2 = c.bind_interdomain(2, 1, p1.into()).unwrap();
+        let _ = c.bind_virq(2, 0).unwrap();
+        c.add_domain(6);
+        assert!(c.tables[2].stored() > 0);
+        c.remove_domain(2);
+        for (id, t) in c.tables.iter().enumerate() {
+            assert!(t.live || (t.stored() == 0 && t.in_use() == 0), "table {id}");
+        }
+        assert!(!c.exists(3) && c.table(3).is_none());
+        for (dom, port) in [(2, p2), (3, 1), (5, 1), (7, 1), (DomId::MAX, 1)] {
+            assert_eq!(c.send(dom, port.into()), Err(Error::NotFound), "{dom}");
+        }
+        assert_eq!(c.alloc_unbound(2, 1), Err(Error::NotFound));
+        assert_eq!(c.bind_virq(3, 0), Err(Error::NotFound));
     }
 }

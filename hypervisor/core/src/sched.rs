@@ -99,14 +99,29 @@ impl RunQueue {
     /// place and the length is unchanged; otherwise it is the two calls.
     #[inline]
     pub fn rotate(&mut self, back: DomId) -> Option<DomId> {
+        match self.try_rotate(back) {
+            Some(front) => Some(front),
+            None => {
+                self.push(back);
+                self.pop()
+            }
+        }
+    }
+
+    /// [`RunQueue::rotate`]'s fused way alone, with no call: `Some` of
+    /// the front when it applies (`back` not queued, the queue not
+    /// empty), else `None` with nothing changed (the caller then pushes
+    /// and pops, or does what the switch does when not quiet): so that
+    /// the `yield` that switches keeps no value across a call.
+    #[inline(always)]
+    pub fn try_rotate(&mut self, back: DomId) -> Option<DomId> {
         let (b, front) = (usize::from(back), self.head);
         let f = usize::from(front);
         let n = self.next.len();
         // An empty queue's head is `LAST`, never below `n` (no link is
         // made for the markers: `push_new`), so `f < n` means "not empty".
         if f >= n || b >= n || self.next[b] != OFF {
-            self.push(back);
-            return self.pop();
+            return None;
         }
         let after = core::mem::replace(&mut self.next[f], OFF);
         self.next[b] = LAST;
@@ -420,6 +435,35 @@ mod tests {
         q.push(1);
         assert_eq!(q.rotate(40), Some(1));
         assert_eq!((q.pop(), q.pop()), (Some(40), None));
+    }
+
+    /// `try_rotate` is `rotate` where the fused way applies, and changes
+    /// nothing where it does not (the switch then pushes and pops itself).
+    #[test]
+    fn try_rotate_is_rotate_or_nothing() {
+        let drain = |q: &mut RunQueue| core::iter::from_fn(|| q.pop()).collect::<Vec<_>>();
+        let queued = |ids: &[DomId]| {
+            let mut q = RunQueue::new();
+            for &d in ids {
+                q.push(d);
+            }
+            q
+        };
+        // Empty: does not apply.
+        let mut q = RunQueue::new();
+        assert_eq!(q.try_rotate(3), None);
+        assert!(q.is_empty());
+        // `back` already queued, or an id beyond the links (`rotate`
+        // grows them): does not apply, nothing changes.
+        let mut q = queued(&[1, 2, 3]);
+        assert_eq!(q.try_rotate(2), None);
+        assert_eq!(q.try_rotate(40), None);
+        assert_eq!(drain(&mut q), [1, 2, 3]);
+        // Applies: as `rotate`.
+        let (mut q, mut r) = (queued(&[1, 2, 3]), queued(&[1, 2, 3]));
+        assert_eq!(q.try_rotate(0), Some(1));
+        assert_eq!(r.rotate(0), Some(1));
+        assert_eq!(drain(&mut q), drain(&mut r));
     }
 
     fn with_domains(n: DomId) -> Deadlines {

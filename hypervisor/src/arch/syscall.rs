@@ -209,9 +209,12 @@ syscall_entry:
     leaq {kstack}+{stack_size}(%rip), %rsp
     xorl %ebp, %ebp
     .endm
-2:  movl ${from_start}, %esi
-    jmp 4f
+    // (The stage from the start falls through: `block` and `yield`, the
+    // calls that switch, take it on every call; a fast handler's work
+    // pending jumps.)
 3:  movl ${leave}, %esi
+    jmp 4f
+2:  movl ${from_start}, %esi
 4:  TAHOMA_SYSCALL_FRAME
     call *TAHOMA_HYPERCALL_SLOW_ENTRY(%rip)
     jmp trap_return

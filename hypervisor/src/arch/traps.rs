@@ -102,11 +102,11 @@ trap_common:
     call *TAHOMA_TRAP_ENTRY(%rip)
 
     // The way back to ring 3 from every entry: the current domain's frame.
+    // (It falls through into the pops; the entry from ring 0 jumps back
+    // to them from below, so the way back to ring 3 takes no jump.)
     .global trap_return
 trap_return:
     movq TAHOMA_GUEST_FRAME(%rip), %rsp
-    jmp 3f
-2:  call *TAHOMA_TRAP_ENTRY(%rip)
 3:
     popq %r15
     popq %r14
@@ -125,6 +125,10 @@ trap_return:
     popq %rax
     addq $16, %rsp
     iretq
+    // From ring 0: the handler on the same stack, below the frame, then
+    // back into it.
+2:  call *TAHOMA_TRAP_ENTRY(%rip)
+    jmp 3b
     "#,
     o_cs = const core::mem::offset_of!(TrapFrame, cs),
     kstack = sym super::cpu::KERNEL_STACK,

@@ -98,7 +98,11 @@ impl Hv {
             && !crate::io::irqs_pending();
         if quiet {
             let next = if requeue {
-                self.sched.runq.rotate(cur)
+                match self.sched.runq.try_rotate(cur) {
+                    Some(id) => Some(id),
+                    // Out of line, a tail call: nothing is kept across it.
+                    None => return self.requeue_then_switch(cur, now),
+                }
             } else {
                 self.sched.runq.pop()
             };
@@ -109,6 +113,22 @@ impl Hv {
             }
         } else if requeue {
             self.sched.runq.push(cur);
+        }
+        self.run_next();
+    }
+
+    /// [`Hv::switch_next`]'s quiet switch of a domain that yields when the
+    /// run queue's fused rotate does not apply (`cur` already queued, or
+    /// nothing else queued: it runs again): the push, the pop and the load
+    /// at `now`, or [`Hv::run_next`].
+    #[cold]
+    #[inline(never)]
+    fn requeue_then_switch(&mut self, cur: DomId, now: u64) {
+        self.sched.runq.push(cur);
+        if let Some(id) = self.sched.runq.pop() {
+            if self.load(id, now) {
+                return;
+            }
         }
         self.run_next();
     }
