@@ -160,8 +160,34 @@ pub fn collect_density(facts: &Facts) -> Result<Option<Density>, String> {
     }))
 }
 
+/// The clock a pass runs under: what its ticks mean, and which checks of
+/// the run apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// `-icount`: a tick is an instruction, and a wait that ran to a timer
+    /// made the idle machine's clock jump to it.
+    Icount,
+    /// Real time (`--wall`): the host's own delays (a disk flush) are in
+    /// the figures.
+    Wall,
+}
+
+impl Clock {
+    /// The pass's name in progress lines and log file names.
+    pub fn label(self) -> &'static str {
+        match self {
+            Clock::Icount => "icount",
+            Clock::Wall => "wall",
+        }
+    }
+}
+
 /// Extracts the bench figures from a transcript's facts.
-pub fn collect(facts: &Facts, solo_domain: Option<&str>) -> Result<BootFigures, String> {
+pub fn collect(
+    facts: &Facts,
+    solo_domain: Option<&str>,
+    clock: Clock,
+) -> Result<BootFigures, String> {
     let mut out = BootFigures::default();
     for (guest, f) in facts.guest_of_kind("bench") {
         let name = f
@@ -199,7 +225,7 @@ pub fn collect(facts: &Facts, solo_domain: Option<&str>) -> Result<BootFigures, 
     }
     out.tsc_hz = facts.one("time").ok().and_then(|f| f.number("tsc_hz").ok());
     out.density = collect_density(facts)?;
-    out.kv_guest = kv_guest::collect(facts)?;
+    out.kv_guest = kv_guest::collect(facts, clock)?;
     Ok(out)
 }
 
@@ -681,10 +707,11 @@ fn host_tcp_client(port: u16, data: &[u8]) -> Result<(), String> {
 fn pass(
     booter: &Booter<'_>,
     names: &[String],
-    label: &str,
+    clock: Clock,
     extra: &[String],
     timeout: Option<Duration>,
 ) -> Result<Vec<BootFigures>, String> {
+    let label = clock.label();
     let mut out = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let started = Instant::now();
@@ -727,7 +754,7 @@ fn pass(
         eprintln!("{:.1} s", started.elapsed().as_secs_f64());
         check(&outcome, name)?;
         let solo = (name == SOLO_SCENARIO).then_some(SOLO_DOMAIN);
-        let mut figures = collect(&outcome.facts, solo)
+        let mut figures = collect(&outcome.facts, solo, clock)
             .map_err(|e| format!("scenario `{name}`: {e}{}", log_hint(&outcome)))?;
         if !name.starts_with("bench-density") {
             // Every boot reports `@ density`; only these scenarios are
@@ -821,7 +848,7 @@ pub fn bench(opts: &Options) -> Result<ExitCode, String> {
         .filter(|n| n.as_str() != HOST_CLIENT_SCENARIO)
         .cloned()
         .collect();
-    let boots = pass(&booter, &under_icount, "icount", &icount, opts.timeout)?;
+    let boots = pass(&booter, &under_icount, Clock::Icount, &icount, opts.timeout)?;
     let mut rows = icount_rows(&boots);
     if sweep {
         rows.extend(crate::sweep::run(
@@ -834,7 +861,7 @@ pub fn bench(opts: &Options) -> Result<ExitCode, String> {
     if opts.wall && !names.is_empty() {
         eprintln!("xtask: bench: host baselines (wall clock) ...");
         let host = host_baselines()?;
-        let wall = pass(&booter, &names, "wall", &[], opts.timeout)?;
+        let wall = pass(&booter, &names, Clock::Wall, &[], opts.timeout)?;
         rows.extend(wall_rows(&host, &wall));
     }
     // --- The key-value bench from the host: Tahoma, then the Linux guest. ---
@@ -1027,7 +1054,7 @@ mod tests {
 ";
 
     fn solo() -> BootFigures {
-        collect(&Facts::parse(SOLO), Some("bench")).unwrap()
+        collect(&Facts::parse(SOLO), Some("bench"), Clock::Icount).unwrap()
     }
 
     #[test]
@@ -1049,15 +1076,20 @@ mod tests {
         assert_eq!(b.start, Some((360_248, 4_820, 365_068)));
         assert_eq!(b.tsc_hz, Some(1_000_000_000));
         // The start-up is only taken for the named domain.
-        assert_eq!(collect(&Facts::parse(SOLO), None).unwrap().start, None);
+        assert_eq!(
+            collect(&Facts::parse(SOLO), None, Clock::Icount)
+                .unwrap()
+                .start,
+            None
+        );
     }
 
     #[test]
     fn rejects_figures_without_ticks() {
         let t = "[g] @ bench name=x value=1 min=1 mean=1 iters=1 unit=ns\n";
-        assert!(collect(&Facts::parse(t), None).is_err());
+        assert!(collect(&Facts::parse(t), None, Clock::Icount).is_err());
         let t = "[g] @ bench name=x value=1 iters=1 unit=ticks\n";
-        assert!(collect(&Facts::parse(t), None).is_err());
+        assert!(collect(&Facts::parse(t), None, Clock::Icount).is_err());
     }
 
     #[test]

@@ -194,7 +194,7 @@ pub fn point(facts: &Facts, plan: &Plan, idle: u64) -> Result<Point, String> {
              ask for fewer (--counts) or give {SCENARIO}.toml more memory"
         ));
     }
-    let figures = bench::collect(facts, None)?;
+    let figures = bench::collect(facts, None, bench::Clock::Icount)?;
     let switch = figures
         .figures
         .iter()
