@@ -78,7 +78,7 @@ const LEVELS: usize = 4;
 /// [`translate`] (every guest copy: `mmu_update`'s request array, each
 /// hypercall's arguments) compiles to a walk with no recording at all:
 /// recording into a zeroed array cost `mmu_update_batch_1` 176
-/// instructions a call (issue 13, docs/benchmarks.md "Rows that rose").
+/// instructions a call (issue 13, docs/bench-history/regressions.md "Rows that rose").
 trait Record {
     /// The walk read `entry` at `word`, at `level` (4 to 1).
     fn record(&mut self, level: u32, word: mem::PhysWord, entry: u64);
@@ -396,7 +396,7 @@ impl Remembered {
     /// [`Remembered::read`]), which re-checks (and voids), walks or
     /// refuses exactly as before. No call but the re-check's, cold, so the
     /// caller's hot path keeps no value across one (`push_upcall`,
-    /// `restore`: docs/benchmarks.md, "SDK upcalls, round 7").
+    /// `restore`: docs/bench-history/issue-13-fast-paths.md, "SDK upcalls, round 7").
     #[inline(always)]
     pub fn current(&mut self, space: &Space<'_>, va: u64) -> Option<mem::PhysPage> {
         let s = &mut self.slots[Self::index(space, va)];
@@ -413,7 +413,7 @@ impl Remembered {
     /// table generation is a miss too (not re-checked here: the caller's
     /// full path re-checks it), so a caller that keeps values across its
     /// own cold calls needs no spill on its hot path (`leave_slow`'s event
-    /// upcall: docs/benchmarks.md, "SDK upcalls, round 9, the hypervisor's
+    /// upcall: docs/bench-history/issue-13-fast-paths.md, "SDK upcalls, round 9, the hypervisor's
     /// share").
     #[inline(always)]
     pub fn current_no_recheck(&mut self, space: &Space<'_>, va: u64) -> Option<mem::PhysPage> {

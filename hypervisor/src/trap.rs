@@ -19,7 +19,7 @@ pub extern "C" fn handle(frame: *mut TrapFrame) {
     let (cs, vector, rip) = unsafe { ((*frame).cs, (*frame).vector, (*frame).rip) };
     let from_guest = cs & 3 == 3;
     // A guest's exception first, with one test: the reflected page fault's
-    // path (docs/benchmarks.md, "The page fault, round 7"): every vector
+    // path (docs/bench-history/issue-13-fast-paths.md, "The page fault, round 7"): every vector
     // below 32 from ring 3 but 2, 8 and 18, which the match below sends to
     // `hypervisor_fault`, as it does any exception from ring 0.
     if from_guest && vector < 32 && (1u64 << vector) & GUEST_NEVER == 0 {

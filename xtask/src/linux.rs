@@ -1,5 +1,5 @@
 //! The Linux guest of the key-value bench's baseline (docs/kvstore.md,
-//! "Bench"; docs/benchmarks.md), built and cached under
+//! "Bench"; docs/benchmarks-io.md), built and cached under
 //! `target/tahoma/linux/` from packages, nothing committed:
 //!
 //! - the kernel: Debian's `linux-image-amd64` (the image package it

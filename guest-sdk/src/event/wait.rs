@@ -122,7 +122,7 @@ fn wait_until_masked(deadline_ns: u64) -> BlockResult {
 /// returned) added to [`blocked_ticks`] while [`track_blocked`] is on.
 /// Off (the default), the wait pays one test for it instead of two TSC
 /// reads and the sum (12 instructions per `block`, a tenth of an event
-/// round trip's guest share: docs/benchmarks.md, "SDK upcalls, round 10").
+/// round trip's guest share: docs/bench-history/issue-13-fast-paths.md, "SDK upcalls, round 10").
 #[inline(always)]
 fn timed_block(deadline_ns: u64) -> BlockResult {
     if !TRACK_BLOCKED.load(Ordering::Relaxed) {
@@ -166,7 +166,7 @@ std::thread_local! {
 /// included; 0 if it never was). A domain's own CPU work over an interval
 /// is its length minus the growth of this: under `-icount` the emulator's
 /// idle time warps fall inside the waits and drop out
-/// (`docs/benchmarks.md`, "Virtual disks").
+/// (`docs/benchmarks-io.md`, "Virtual disks").
 pub fn blocked_ticks() -> u64 {
     BLOCKED_TICKS.load(Ordering::Relaxed)
 }

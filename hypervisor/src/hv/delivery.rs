@@ -18,7 +18,7 @@ impl Hv {
     /// to re-check or fill, a frame across two pages, a frame `may_map`
     /// must be asked about, an error) goes to [`Hv::push_upcall_full`],
     /// which does it all again from the start, so the hot path keeps no
-    /// value across a call (no spills: docs/benchmarks.md, "SDK upcalls,
+    /// value across a call (no spills: docs/bench-history/issue-13-fast-paths.md, "SDK upcalls,
     /// round 7"). Inline into its caller, `guest_exception`'s trap (the
     /// event upcall calls [`push_upcall_hot`] from `leave_slow` and
     /// `leave_cold` itself).

@@ -189,7 +189,7 @@ pub fn start(pack: &Pack<'_>) -> ! {
                 let used = heap_before.saturating_sub(mem::heap_free()) as u64;
                 // The build, up to the domain in every table; its fact
                 // below is not counted (~700 instructions into the console
-                // ring, docs/benchmarks.md "Guest start, round 4").
+                // ring, docs/bench-history/issue-13-start-and-density.md "Guest start, round 4").
                 density.add(frames, time::now_tsc().saturating_sub(t0), used);
                 // Encoded without `core::fmt` (`console::fact`): it is
                 // on the start path, before the domain's first instruction.

@@ -300,7 +300,7 @@ impl Hv {
     /// slot to re-check or fill, a frame across two pages, an error that
     /// destroys the domain and runs another) starts again from the top in
     /// [`Hv::leave_cold`], a tail call. So no value lives across a call
-    /// here and the hot path spills nothing (docs/benchmarks.md, "SDK
+    /// here and the hot path spills nothing (docs/bench-history/issue-13-fast-paths.md, "SDK
     /// upcalls, round 9, the hypervisor's share").
     #[inline(never)]
     fn leave_slow(&mut self) {

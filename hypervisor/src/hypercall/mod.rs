@@ -186,7 +186,8 @@ fn upcall_return(hv: &mut Hv, cur: DomId, mut frame: EntryFrame) {
 /// table generation) and the call counted, then the test of
 /// [`Hv::leave`] (a flush requested, the timer, an upcall due now), with
 /// no call at all: so no callee-saved register is saved or restored
-/// (docs/benchmarks.md, "SDK upcalls, round 10, the hypervisor's share"). Returns
+/// (docs/bench-history/issue-13-fast-paths.md, "SDK upcalls, round 10,
+/// the hypervisor's share"). Returns
 /// [`UPCALL_RETURN_DONE`] (restored, nothing to do on the way back: the
 /// stub leaves through `trap_return`), [`UPCALL_RETURN_LEAVE`] (restored,
 /// `leave` has work: the stub calls [`tahoma_upcall_return_leave`] first)
@@ -252,7 +253,7 @@ extern "C" fn tahoma_upcall_return_leave() {
 /// ([`Hv::leave`]) and returns 0, on which the stub leaves through
 /// `trap_return`; a refused frame changes nothing and its error word goes
 /// back to the caller as any fast handler's result. No slow entry and no
-/// completion of a frame about to be replaced whole (docs/benchmarks.md,
+/// completion of a frame about to be replaced whole (docs/bench-history/issue-13-fast-paths.md,
 /// "SDK upcalls, round 7").
 #[no_mangle]
 extern "C" fn tahoma_upcall_return() -> u64 {

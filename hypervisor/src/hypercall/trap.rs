@@ -49,7 +49,7 @@ pub(crate) fn upcall_return(
 /// The common case inline ([`restore_hot`], a slot of an older table
 /// generation re-checked), anything else in [`restore_full`], which does
 /// it all from the start, so the hot path keeps no value across a call
-/// (docs/benchmarks.md, "SDK upcalls, round 7").
+/// (docs/bench-history/issue-13-fast-paths.md, "SDK upcalls, round 7").
 #[inline(always)]
 fn restore(hv: &mut Hv, cur: DomId, ptr: u64, frame: &mut TrapFrame) -> Result<(), Error> {
     if restore_hot::<true, _>(hv, cur, ptr, || &mut *frame) {

@@ -220,7 +220,7 @@ impl tahoma_core::mm::PhysMem for DirectMap {
     /// it changes no remembered walk. (A present entry may be one: writing
     /// over it bumps, and so does every other write.) The page-fault path's
     /// `update_va_mapping` of an unmapped page then costs the upcall's
-    /// return no re-check (docs/benchmarks.md, "The page fault, round 7").
+    /// return no re-check (docs/bench-history/issue-13-fast-paths.md, "The page fault, round 7").
     #[inline(always)]
     fn replace_entry(&mut self, mfn: u64, index: usize, old: u64, value: u64) {
         let pa = (mfn << 12) + (index as u64) * 8;

@@ -541,7 +541,7 @@ impl Mm {
     /// in [`Mm::release_entries_from`]'s loop it kept `self` live there and
     /// spilled the epoch: ~6 instructions per leaf released
     /// (`mmu_unpin_fresh_space` 169,429 -> 194,161, now 169,537 again;
-    /// docs/benchmarks.md, "Rows that rose (issue 13)").
+    /// docs/bench-history/regressions.md, "Rows that rose during issue 13").
     #[inline]
     pub(super) fn put_data_unflagged(&mut self, t: Target) {
         // A frame without a record is no RAM frame: a device frame (the
@@ -556,7 +556,7 @@ impl Mm {
             // delegated), so the ordinary path decides with the test it
             // needs anyway, and the flag is read only here. As a search of
             // the delegated list on every entry, this check cost ~55
-            // instructions per entry released (docs/benchmarks.md,
+            // instructions per entry released (docs/bench-history/regressions.md,
             // "Devices on the release path").
             debug_assert!(f.flags & DEVICE != 0, "a data reference dropped twice");
             return;

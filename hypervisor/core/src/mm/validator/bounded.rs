@@ -694,7 +694,7 @@ impl Mm {
     /// Always inlined: it runs once per entry of every table a pin
     /// validates, and as a call it cost ~20 instructions of the ~70 an entry
     /// takes (six saved registers, the argument moves, the result passed
-    /// through memory); see docs/benchmarks.md, issue 8's regressions.
+    /// through memory); see docs/bench-history/regressions.md, issue 8's regressions.
     #[inline(always)]
     pub(super) fn validate_one(
         &mut self,
