@@ -3,7 +3,7 @@
 //! before and after the device.
 //!
 //! * [`Extent`]: the part of the device a frontend may use (from its
-//!   backend [`VblkInfo`](hypercall_abi::layout::VblkInfo) entry).
+//!   backend [`hypercall_abi::layout::VblkInfo`] entry).
 //! * [`validate`]: a private copy of a request (the ring's
 //!   [`take_request`](crate::ring::BackEnd::take_request) copied it once)
 //!   against the protocol and the extent: op, segment count, sectors inside

@@ -113,7 +113,8 @@ impl core::fmt::Display for VblkError {
     }
 }
 
-/// A request in flight, as [`Core::submit`] returned it.
+/// A request in flight, as [`Core::read`], [`Core::write`] or
+/// [`Core::flush`] returned it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tag(pub u64);
 

@@ -7,8 +7,8 @@
 //! ([`crate::StartInfo::vnic`], MEM-3c); [`Frontend::send`] and
 //! [`Frontend::recv_with`] move frames without blocking;
 //! [`Frontend::wait_until`] sleeps until the driver signals or a deadline.
-//! With the `smoltcp` feature, [`Device`] is smoltcp's `phy::Device` over a
-//! frontend and [`run`] drives an `Interface` from events and `poll_at`.
+//! With the `smoltcp` feature, `Device` is smoltcp's `phy::Device` over a
+//! frontend and `run` drives an `Interface` from events and `poll_at`.
 #![allow(unsafe_code)] // `page` and `shared` only, each with its SAFETY note.
 
 use alloc::collections::VecDeque;

@@ -67,7 +67,7 @@ pub fn wait() {
 /// [`wait`] with a deadline (monotonic ns): `Event` when an upcall ran,
 /// `Deadline` when the deadline passed first. Inline (with [`wait`]), so
 /// that a [`wait_for`] loop pays no call for it; a caller that has upcalls
-/// masked takes the out-of-line [`wait_until_masked`].
+/// masked takes the out-of-line `wait_until_masked`.
 #[inline]
 pub fn wait_until(deadline_ns: u64) -> BlockResult {
     let sh = Shared::get();

@@ -199,7 +199,7 @@ const FACT_BUF: usize = 192;
 /// the same text `report!` makes with `core::fmt` (numbers in decimal,
 /// strings as [`Quoted`]) at a fraction of its cost, for the facts on a
 /// measured path (a domain's start). The bytes go to `out` in pieces of at
-/// most [`FACT_BUF`] (never cut or dropped); [`Fact::end`] ends the line.
+/// most `FACT_BUF` (192) bytes (never cut or dropped); [`Fact::end`] ends the line.
 pub struct Fact<F: FnMut(&[u8])> {
     buf: [u8; FACT_BUF],
     len: usize,
