@@ -22,7 +22,7 @@ use crate::sweep;
 
 /// A path measured by the bench and the Linux and Xen PV figures for the
 /// like operation (`docs/benchmarks.md`, "The anchors"; the same numbers
-/// as [`crate::bench::reference`], which a test keeps in step).
+/// as [`crate::bench::rows::reference`], which a test keeps in step).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Anchor {
     /// The bench figure.
@@ -577,7 +577,7 @@ mod tests {
     #[test]
     fn anchors_match_the_bench_references() {
         for a in ANCHORS {
-            let r = crate::bench::reference(a.path);
+            let r = crate::bench::rows::reference(a.path);
             for n in [a.linux, a.xen] {
                 assert!(
                     r.contains(&group(n)),
