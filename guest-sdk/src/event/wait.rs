@@ -122,7 +122,8 @@ fn wait_until_masked(deadline_ns: u64) -> BlockResult {
 /// returned) added to [`blocked_ticks`] while [`track_blocked`] is on.
 /// Off (the default), the wait pays one test for it instead of two TSC
 /// reads and the sum (12 instructions per `block`, a tenth of an event
-/// round trip's guest share: docs/bench-history/issue-13-fast-paths.md, "SDK upcalls, round 10").
+/// round trip's guest share: docs/bench-history/issue-13-fast-paths.md, "SDK upcalls, round
+/// 10, the guest's share").
 #[inline(always)]
 fn timed_block(deadline_ns: u64) -> BlockResult {
     if !TRACK_BLOCKED.load(Ordering::Relaxed) {

@@ -29,7 +29,8 @@ pub fn trap_1(top: u64) {
         // event then delivers nothing, and registering the entry again
         // delivers it on that call's return. The hypervisor decides both
         // from a word it keeps per domain and refreshes on every
-        // `set_callbacks` (docs/bench-history/issue-13-fast-paths.md, "SDK upcalls, round 8").
+        // `set_callbacks` (docs/bench-history/issue-13-fast-paths.md, "SDK upcalls, round 8:
+        // the hypervisor's share").
         let (a, b) = loopback();
         up::EV_CLEAR[0].store(b, SeqCst);
         let n = up::EV_COUNT.load(SeqCst);

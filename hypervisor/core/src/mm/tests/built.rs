@@ -625,7 +625,7 @@ fn adopting_a_frame_dropped_since_the_flush_asks_for_one() {
 
 /// The release loop notes its drops once per batch, not per entry
 /// (`Mm::release_entries_from`, docs/bench-history/regressions.md "Rows that rose
-/// (issue 13)"). A refused pin undoes what it validated: halfway through
+/// during issue 13"). A refused pin undoes what it validated: halfway through
 /// that release, before the table's own reference is dropped (which marks
 /// the epoch too), a frame adopted with such a drop in the same epoch must
 /// still raise the flush request (MMU-20).
