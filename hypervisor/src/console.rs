@@ -3,7 +3,7 @@
 //!
 //! Human-readable logs go through `log` (`[LEVEL target] message`).
 //! Machine-readable facts for xtask and the scenario tests go through
-//! [`report!`]: one line `@ <kind> key=value ...` per fact (`docs/xtask.md`).
+//! [`crate::report!`]: one line `@ <kind> key=value ...` per fact (`docs/xtask.md`).
 //!
 //! Both are formatted into the console ring ([`tahoma_core::conring`], as
 //! Xen's `conring`), not onto the serial port: the serial writes (a port
@@ -125,7 +125,7 @@ pub fn write_now(args: core::fmt::Arguments<'_>) {
     });
 }
 
-/// Reports a fact (`@ kind key=value ...`, the text [`report!`] would
+/// Reports a fact (`@ kind key=value ...`, the text [`crate::report!`] would
 /// make) encoded by [`Fact`] instead of `core::fmt`: for the facts on a
 /// measured path (a domain's start).
 pub fn fact(kind: &str, fields: impl FnOnce(&mut Fact<&mut dyn FnMut(&[u8])>)) {

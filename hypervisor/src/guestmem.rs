@@ -478,7 +478,7 @@ impl Remembered {
     }
 
     /// Where `N` words written at guest address `va` (8-aligned) go, as
-    /// [`write`] would check them (every byte writable), through remembered
+    /// [`write()`] would check them (every byte writable), through remembered
     /// translations; nothing is written. The caller then builds the words
     /// straight from where they are and stores them (see [`Destination`]).
     #[inline(always)]

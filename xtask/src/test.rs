@@ -45,6 +45,7 @@ pub fn test(opts: &Options) -> Result<ExitCode, String> {
 
     if opts.filter.is_none() {
         unit_tests(&sh, &root, &mut tally);
+        lints(&root, &mut tally);
     }
 
     let booter = qemu::find_qemu(&sh).and_then(|qemu| {
@@ -139,6 +140,67 @@ fn unit_tests(sh: &Shell, root: &Path, tally: &mut Tally) {
             "unit tests ... {} ({passed} passed, {failed} failed)",
             if failed == 0 { "ok" } else { "FAILED" }
         );
+    }
+}
+
+/// The checks that keep the tree readable, one test each: the formatting
+/// `cargo fmt` gives, and the documentation of the hypervisor and the
+/// crates a guest author reads (the ABI, the SDK, the hypervisor's pure
+/// core) built with every rustdoc warning an error, so a link to an item
+/// that moved or went private fails here rather than in a reader's browser.
+const LINTS: &[(&str, &[&str], &str)] = &[
+    (
+        "lint: formatting (cargo fmt --all --check)",
+        &["fmt", "--all", "--check"],
+        "run `cargo fmt --all` (rustup component add rustfmt if cargo fmt is missing)",
+    ),
+    (
+        "lint: rustdoc of tahoma-hypervisor, tahoma-core, guest-sdk, hypercall-abi",
+        &[
+            "doc",
+            "--no-deps",
+            "--target",
+            "x86_64-unknown-none",
+            "-p",
+            "tahoma-hypervisor",
+            "-p",
+            "tahoma-core",
+            "-p",
+            "guest-sdk",
+            "-p",
+            "hypercall-abi",
+        ],
+        "fix the doc comments rustdoc names above (broken or private links)",
+    ),
+];
+
+fn lints(root: &Path, tally: &mut Tally) {
+    for (name, args, fix) in LINTS {
+        let out = Command::new("cargo")
+            .args(*args)
+            .current_dir(root)
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                eprintln!("{name} ... ok");
+                tally.passed += 1;
+            }
+            Ok(o) => {
+                let text = String::from_utf8_lossy(&o.stdout).into_owned()
+                    + &String::from_utf8_lossy(&o.stderr);
+                let lines: Vec<&str> = text.lines().collect();
+                for line in &lines[lines.len().saturating_sub(TAIL_LINES)..] {
+                    eprintln!("  {line}");
+                }
+                eprintln!("{name} ... FAILED: {fix}");
+                tally.failed += 1;
+            }
+            Err(e) => {
+                eprintln!("{name} ... FAILED (cannot start cargo: {e})");
+                tally.failed += 1;
+            }
+        }
     }
 }
 

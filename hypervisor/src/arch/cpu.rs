@@ -8,13 +8,13 @@ use x86_64::structures::idt::InterruptDescriptorTable;
 use x86_64::structures::tss::TaskStateSegment;
 use x86_64::{PrivilegeLevel, VirtAddr};
 
-/// Kernel code selector (STAR[47:32]).
+/// Kernel code selector (`STAR[47:32]`).
 pub const KERNEL_CS: u16 = 0x08;
 /// Kernel data selector.
 pub const KERNEL_SS: u16 = 0x10;
-/// User data selector with RPL 3 (sysret loads STAR[63:48] + 8).
+/// User data selector with RPL 3 (sysret loads `STAR[63:48]` + 8).
 pub const USER_SS: u16 = 0x18 | 3;
-/// User 64-bit code selector with RPL 3 (sysret loads STAR[63:48] + 16).
+/// User 64-bit code selector with RPL 3 (sysret loads `STAR[63:48]` + 16).
 pub const USER_CS: u16 = 0x20 | 3;
 
 /// IST slot (1-based, as the IDT encodes it) for double faults.

@@ -1,7 +1,7 @@
 //! Hypercall entry through `syscall` (spec CALL-1).
 //!
 //! The entry saves in place, into the running domain's own
-//! [`TrapFrame`](super::traps::TrapFrame) (its address in
+//! [`super::traps::TrapFrame`] (its address in
 //! `TAHOMA_GUEST_FRAME`, kept by [`super::traps::set_guest_frame`]; the
 //! caller's `rsp` stays in a scratch word), first only what the fast path
 //! needs: the argument registers, `rip` and `rflags`.

@@ -499,7 +499,7 @@ pub fn build(
     })
 }
 
-/// `testopt=verify-build`: checks that the tables [`build`] typed and
+/// `testopt=verify-build`: checks that the tables [`build()`] typed and
 /// counted as it wrote them are exactly what a full validation of the same
 /// tables gives. Takes every frame's accounting, unpins the root (which
 /// releases the whole tree: each frame must be left idle, the held

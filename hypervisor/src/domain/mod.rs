@@ -1,5 +1,5 @@
 //! Domains: the per-domain state, and tearing a domain down. Building one
-//! is in [`build`]; its shared-info page, the one accessor the hypervisor
+//! is in [`build()`]; its shared-info page, the one accessor the hypervisor
 //! has for it, in [`shared`].
 
 mod build;

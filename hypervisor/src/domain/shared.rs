@@ -10,7 +10,8 @@ use super::*;
 ///
 /// The hypervisor writes it whenever it raises an event, so it holds a
 /// reference on the frame in the frame table (`Mm::share_special` takes it,
-/// MEM-8) from the build until [`Domain::release_frames`]: the guest can
+/// MEM-8) from the build until the domain's frames are released
+/// ([`super::Domain::release_step`]): the guest can
 /// unmap the page, but never release it, retype it or see it handed to
 /// anyone while this accessor exists (issue 7, finding 1).
 pub struct SharedPage {

@@ -212,7 +212,7 @@ impl tahoma_core::mm::PhysMem for DirectMap {
         crate::guestmem::note_table_write();
     }
 
-    /// [`DirectMap::write_entry`] without the generation bump when `old`
+    /// `DirectMap`'s `write_entry` without the generation bump when `old`
     /// was not present: every walk a remembered translation rests on
     /// (`guestmem::Remembered`) read only present entries, and each of
     /// them still holds its value while the generation is unchanged, so
